@@ -1,0 +1,127 @@
+//! Settings shared by every function and the CLI, from command-line flags or environment variables.
+//!
+//! Each setting is documented once, on its field: clap turns those doc comments into `--help`,
+//! and the README's configuration table repeats the same names. Function-specific settings live
+//! beside each function and flatten [`CommonArgs`] in.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::subjects::{DEFAULT_PREFIX, Subjects};
+use crate::topology::{Topology, TopologyError};
+
+/// How to reach NATS and prove who we are.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated; a client fails over between them
+    #[arg(long = "nats-url", env = "FRESHET_NATS_URL", value_delimiter = ',', default_value = "nats://127.0.0.1:4222")]
+    pub urls: Vec<String>,
+    /// NATS credentials file (JWT and nkey seed), for decentralised auth
+    #[arg(long = "nats-creds", env = "FRESHET_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// NATS user name (with --nats-password)
+    #[arg(long = "nats-user", env = "FRESHET_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password (with --nats-user)
+    #[arg(long = "nats-password", env = "FRESHET_NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// NATS authentication token
+    #[arg(long = "nats-token", env = "FRESHET_NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// NATS nkey seed (starts with "SU"), for nkey authentication
+    #[arg(long = "nats-nkey-seed", env = "FRESHET_NATS_NKEY_SEED", hide_env_values = true)]
+    pub nkey_seed: Option<String>,
+    /// CA certificate (PEM) to verify the NATS server's TLS certificate; turns TLS on
+    #[arg(long = "nats-tls-ca", env = "FRESHET_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key)
+    #[arg(long = "nats-tls-cert", env = "FRESHET_NATS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS (with --nats-tls-cert)
+    #[arg(long = "nats-tls-key", env = "FRESHET_NATS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for NatsArgs {
+    fn default() -> Self {
+        NatsArgs {
+            urls: vec!["nats://127.0.0.1:4222".to_string()],
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// Where model artifacts live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
+    /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
+    /// MinIO), or memory:// (tests only)
+    #[arg(long = "object-store", env = "FRESHET_OBJECT_STORE", default_value = "file://.freshet/artifacts")]
+    pub url: String,
+}
+
+/// Settings every function and the CLI share.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Prefix of every subject freshet publishes or subscribes to
+    #[arg(long = "subject-prefix", env = "FRESHET_SUBJECT_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub subject_prefix: String,
+    /// Topology file (streams, buckets, consumers; TOML); the built-in infra/topology.toml if unset
+    #[arg(long = "topology", env = "FRESHET_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    pub fn subjects(&self) -> Result<Subjects, crate::subjects::PrefixError> {
+        Subjects::new(&self.subject_prefix)
+    }
+
+    pub fn topology(&self) -> Result<Topology, TopologyError> {
+        match &self.topology {
+            Some(path) => Topology::from_file(path),
+            None => Ok(Topology::builtin()),
+        }
+    }
+}
+
+/// Settings of a long-running function: its HTTP port and its consumer loop.
+#[derive(Debug, Clone, Args)]
+pub struct FunctionArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Port of the HTTP server for /healthz, /readyz and /metrics (0 picks a free port)
+    #[arg(long = "http-port", env = "FRESHET_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Address the HTTP server binds to
+    #[arg(long = "http-addr", env = "FRESHET_HTTP_ADDR", default_value = "0.0.0.0")]
+    pub http_addr: String,
+    /// Most messages fetched and handled as one batch
+    #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill before handling what has arrived
+    #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+    /// Largest event accepted, in bytes; larger ones are dead-lettered as oversized
+    #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Log filter, in tracing's EnvFilter syntax (e.g. "info,freshet=debug")
+    #[arg(long = "log", env = "FRESHET_LOG", default_value = "info,async_nats=warn")]
+    pub log: String,
+    /// Log format: "json" (one object per line) or "text"
+    #[arg(long = "log-format", env = "FRESHET_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}

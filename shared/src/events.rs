@@ -1,0 +1,465 @@
+//! The event contract: CloudEvents 1.0 in JSON structured mode, with typed `data` per event type.
+//!
+//! [`decode`] is the only way bytes become an [`Event`]; it refuses anything a function should not
+//! act on with a [`Rejection`] that names the field and the reason, so the dead-letter subject
+//! explains itself. Numbers a model could see are checked here, once: no NaN, no infinity, nothing
+//! beyond ±[`MAX_ABS_VALUE`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RejectReason, Rejection};
+use crate::ids::{EntityId, ModelName};
+
+/// The only CloudEvents version spoken.
+pub const SPEC_VERSION: &str = "1.0";
+/// Default limit on one encoded event; larger events are rejected as `oversized`.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The largest magnitude a feature, price or label may have. Finite values beyond it (1e308) are
+/// as harmful to a model as infinities: one step of SGD turns them into one.
+pub const MAX_ABS_VALUE: f64 = 1e12;
+/// The most features one example may carry.
+pub const MAX_FEATURES: usize = 1024;
+const MAX_ID_LEN: usize = 256;
+const MAX_TEXT_LEN: usize = 256;
+
+/// A CloudEvents 1.0 envelope in JSON structured mode. Extension attributes (such as
+/// `traceparent`) are kept in `extensions` and passed along untouched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
+}
+
+/// The event types freshet understands; the string form is the CloudEvent `type` and the type
+/// token of the event's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    UserAction,
+    NewItem,
+    Example,
+    Outcome,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        EventType::UserAction,
+        EventType::NewItem,
+        EventType::Example,
+        EventType::Outcome,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserAction => "user_action",
+            EventType::NewItem => "new_item",
+            EventType::Example => "example",
+            EventType::Outcome => "outcome",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == value)
+    }
+}
+
+/// What a user did to an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    View,
+    AddToCart,
+    Purchase,
+}
+
+/// `user_action`: a user viewed, carted or bought an item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserAction {
+    pub user: EntityId,
+    pub item: EntityId,
+    pub action: Action,
+}
+
+/// `new_item`: an item entered the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    pub item: EntityId,
+    pub category: String,
+    pub price: f64,
+}
+
+/// `example`: a labelled feature vector for a named model, already featurized upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleData {
+    pub model: ModelName,
+    pub features: Vec<f64>,
+    pub label: f64,
+}
+
+/// `outcome`: the true label of an earlier prediction, by the prediction's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub prediction_id: EntityId,
+    pub label: f64,
+}
+
+/// The typed payload of a valid event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    UserAction(UserAction),
+    NewItem(NewItem),
+    Example(ExampleData),
+    Outcome(Outcome),
+}
+
+impl EventData {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventData::UserAction(_) => EventType::UserAction,
+            EventData::NewItem(_) => EventType::NewItem,
+            EventData::Example(_) => EventType::Example,
+            EventData::Outcome(_) => EventType::Outcome,
+        }
+    }
+
+    /// The entity whose events must stay in order: it names the event's subject, and so its
+    /// partition.
+    pub fn partition_key(&self) -> &str {
+        match self {
+            EventData::UserAction(a) => a.user.as_str(),
+            EventData::NewItem(n) => n.item.as_str(),
+            EventData::Example(e) => e.model.as_str(),
+            EventData::Outcome(o) => o.prediction_id.as_str(),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            EventData::UserAction(d) => serde_json::to_value(d),
+            EventData::NewItem(d) => serde_json::to_value(d),
+            EventData::Example(d) => serde_json::to_value(d),
+            EventData::Outcome(d) => serde_json::to_value(d),
+        };
+        value.expect("event data is plain structs of strings and finite numbers")
+    }
+}
+
+/// A validated event: envelope attributes plus typed data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub time: Option<DateTime<Utc>>,
+    pub data: EventData,
+}
+
+impl Event {
+    /// Encodes the event as a structured-mode CloudEvent.
+    pub fn to_cloud_event(&self) -> CloudEvent {
+        CloudEvent {
+            specversion: SPEC_VERSION.to_string(),
+            id: self.id.clone(),
+            source: self.source.clone(),
+            event_type: self.data.event_type().as_str().to_string(),
+            subject: None,
+            time: self.time,
+            datacontenttype: Some("application/json".to_string()),
+            data: self.data.to_json(),
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_cloud_event())
+            .expect("a CloudEvent built from a valid event always serialises")
+    }
+}
+
+/// Decodes and validates one structured-mode CloudEvent.
+pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
+    if bytes.len() > max_bytes {
+        return Err(Rejection::new(
+            RejectReason::Oversized,
+            "$",
+            format!("event is {} bytes, the limit is {max_bytes}", bytes.len()),
+        ));
+    }
+    let raw: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, "$", e.to_string()))?;
+    if !raw.is_object() {
+        return Err(invalid_envelope("$", "a CloudEvent must be a JSON object"));
+    }
+    let envelope: CloudEvent = from_value_with_path(raw, "")
+        .map_err(|(field, detail)| invalid_envelope(&field, &detail))?;
+    check_envelope(&envelope)?;
+    let event_type = EventType::parse(&envelope.event_type).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::UnknownType,
+            "type",
+            format!(
+                "{:?} is not one of user_action, new_item, example, outcome",
+                truncate(&envelope.event_type)
+            ),
+        )
+    })?;
+    let data = decode_data(event_type, envelope.data)?;
+    Ok(Event {
+        id: envelope.id,
+        source: envelope.source,
+        time: envelope.time,
+        data,
+    })
+}
+
+fn check_envelope(envelope: &CloudEvent) -> Result<(), Rejection> {
+    if envelope.specversion != SPEC_VERSION {
+        return Err(invalid_envelope(
+            "specversion",
+            &format!("{:?} is not supported, expected \"1.0\"", truncate(&envelope.specversion)),
+        ));
+    }
+    check_text("id", &envelope.id, MAX_ID_LEN).map_err(|d| invalid_envelope("id", &d))?;
+    check_text("source", &envelope.source, MAX_ID_LEN).map_err(|d| invalid_envelope("source", &d))?;
+    if let Some(content_type) = &envelope.datacontenttype {
+        let json = content_type.starts_with("application/json") || content_type.contains("+json");
+        if !json {
+            return Err(invalid_envelope(
+                "datacontenttype",
+                &format!("{:?} is not JSON; only JSON data is accepted", truncate(content_type)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventData, Rejection> {
+    if data.is_null() {
+        return Err(invalid_data("data", "is missing".to_string()));
+    }
+    let typed = match event_type {
+        EventType::UserAction => EventData::UserAction(typed_data(data)?),
+        EventType::NewItem => {
+            let item: NewItem = typed_data(data)?;
+            check_text("category", &item.category, MAX_TEXT_LEN)
+                .map_err(|d| invalid_data("data.category", d))?;
+            check_number("data.price", item.price)?;
+            if item.price < 0.0 {
+                return Err(invalid_data("data.price", format!("{} is negative", item.price)));
+            }
+            EventData::NewItem(item)
+        }
+        EventType::Example => {
+            let example: ExampleData = typed_data(data)?;
+            if example.features.is_empty() || example.features.len() > MAX_FEATURES {
+                return Err(invalid_data(
+                    "data.features",
+                    format!("has {} values; 1 to {MAX_FEATURES} are accepted", example.features.len()),
+                ));
+            }
+            for (i, value) in example.features.iter().enumerate() {
+                check_number(&format!("data.features[{i}]"), *value)?;
+            }
+            check_label("data.label", example.label)?;
+            EventData::Example(example)
+        }
+        EventType::Outcome => {
+            let outcome: Outcome = typed_data(data)?;
+            check_label("data.label", outcome.label)?;
+            EventData::Outcome(outcome)
+        }
+    };
+    Ok(typed)
+}
+
+fn typed_data<T: DeserializeOwned>(data: serde_json::Value) -> Result<T, Rejection> {
+    from_value_with_path(data, "data").map_err(|(field, detail)| invalid_data(&field, detail))
+}
+
+/// Deserialises with the path of the offending field, e.g. `data.price`.
+fn from_value_with_path<T: DeserializeOwned>(
+    value: serde_json::Value,
+    root: &str,
+) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let field = match (root.is_empty(), path.as_str()) {
+            (true, ".") => "$".to_string(),
+            (true, p) => p.to_string(),
+            (false, ".") => root.to_string(),
+            (false, p) => format!("{root}.{p}"),
+        };
+        (field, err.into_inner().to_string())
+    })
+}
+
+fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if value.len() > max {
+        return Err(format!("{name} is {} bytes long, the limit is {max}", value.len()));
+    }
+    Ok(())
+}
+
+/// Checks that a number is one a model may see.
+pub fn check_number(field: &str, value: f64) -> Result<(), Rejection> {
+    if !value.is_finite() {
+        return Err(Rejection::new(RejectReason::NonFinite, field, format!("{value} is not finite")));
+    }
+    if value.abs() > MAX_ABS_VALUE {
+        return Err(Rejection::new(
+            RejectReason::OutOfRange,
+            field,
+            format!("{value:e} is beyond ±{MAX_ABS_VALUE:e}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_label(field: &str, label: f64) -> Result<(), Rejection> {
+    check_number(field, label)?;
+    if label != 0.0 && label != 1.0 {
+        return Err(invalid_data(field, format!("{label} is not a binary label (0 or 1)")));
+    }
+    Ok(())
+}
+
+fn invalid_envelope(field: &str, detail: &str) -> Rejection {
+    Rejection::new(RejectReason::InvalidEnvelope, field, detail)
+}
+
+fn invalid_data(field: &str, detail: String) -> Rejection {
+    Rejection::new(RejectReason::InvalidData, field, detail)
+}
+
+/// Keeps hostile strings out of error messages at a readable length.
+fn truncate(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(event_type: &str, data: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "specversion": "1.0", "id": "e1", "source": "test", "type": event_type,
+            "time": "2026-11-26T10:00:00Z", "data": data,
+        }))
+        .unwrap()
+    }
+
+    fn rejection(bytes: &[u8]) -> Rejection {
+        decode(bytes, DEFAULT_MAX_EVENT_BYTES).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_every_type() {
+        let cases = [
+            envelope("user_action", json!({"user": "u1", "item": "b1", "action": "add_to_cart"})),
+            envelope("new_item", json!({"item": "b1", "category": "sci-fi", "price": 12.5})),
+            envelope("example", json!({"model": "m", "features": [1.0, -2.0], "label": 1})),
+            envelope("outcome", json!({"prediction_id": "p-1", "label": 0})),
+        ];
+        let types: Vec<EventType> = cases
+            .iter()
+            .map(|bytes| decode(bytes, DEFAULT_MAX_EVENT_BYTES).unwrap().data.event_type())
+            .collect();
+        assert_eq!(types, EventType::ALL.to_vec());
+    }
+
+    #[test]
+    fn round_trips_through_a_cloud_event() {
+        let bytes = envelope("user_action", json!({"user": "u1", "item": "b1", "action": "view"}));
+        let event = decode(&bytes, DEFAULT_MAX_EVENT_BYTES).unwrap();
+        let again = decode(&event.to_json_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap();
+        assert_eq!(event, again);
+        assert_eq!(event.data.partition_key(), "u1");
+    }
+
+    #[test]
+    fn keeps_extension_attributes() {
+        let bytes = serde_json::to_vec(&json!({
+            "specversion": "1.0", "id": "e1", "source": "s", "type": "outcome",
+            "traceparent": "00-abc-def-01", "data": {"prediction_id": "p", "label": 1},
+        }))
+        .unwrap();
+        let ce: CloudEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(ce.extensions["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn says_which_field_is_wrong_and_why() {
+        let cases: Vec<(Vec<u8>, RejectReason, &str)> = vec![
+            (b"{not json".to_vec(), RejectReason::MalformedJson, "$"),
+            (b"\xff\xfe".to_vec(), RejectReason::MalformedJson, "$"),
+            (b"[1,2]".to_vec(), RejectReason::InvalidEnvelope, "$"),
+            (br#"{"specversion":"1.0","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "$"),
+            (br#"{"specversion":"0.3","id":"1","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "specversion"),
+            (br#"{"specversion":"1.0","id":"","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
+            (br#"{"specversion":"1.0","id":7,"source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"yesterday","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
+            (envelope("click", json!({})), RejectReason::UnknownType, "type"),
+            (envelope("user_action", json!({"user": "u1", "action": "view"})), RejectReason::InvalidData, "data"),
+            (envelope("user_action", json!({"user": "u1", "item": "b1", "action": "steal"})), RejectReason::InvalidData, "data.action"),
+            (envelope("user_action", json!({"user": "u.1", "item": "b1", "action": "view"})), RejectReason::InvalidData, "data.user"),
+            (envelope("user_action", json!({"user": "u1", "item": "b1", "action": "view", "extra": 1})), RejectReason::InvalidData, "data.extra"),
+            (envelope("new_item", json!({"item": "b1", "category": "x", "price": "12"})), RejectReason::InvalidData, "data.price"),
+            (envelope("new_item", json!({"item": "b1", "category": "x", "price": -1.0})), RejectReason::InvalidData, "data.price"),
+            (envelope("new_item", json!({"item": "b1", "category": "x", "price": 1e308})), RejectReason::OutOfRange, "data.price"),
+            (envelope("example", json!({"model": "m", "features": [1.0, 1e300], "label": 1})), RejectReason::OutOfRange, "data.features[1]"),
+            (envelope("example", json!({"model": "m", "features": [], "label": 1})), RejectReason::InvalidData, "data.features"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 0.5})), RejectReason::InvalidData, "data.label"),
+            (envelope("example", json!({"model": "m", "features": [1.0, "NaN"], "label": 1})), RejectReason::InvalidData, "data.features[1]"),
+            (envelope("outcome", serde_json::Value::Null), RejectReason::InvalidData, "data"),
+        ];
+        for (bytes, reason, field) in cases {
+            let got = rejection(&bytes);
+            assert_eq!((got.reason, got.field.as_str()), (reason, field), "{}: {got}", String::from_utf8_lossy(&bytes));
+            assert!(!got.detail.is_empty());
+        }
+    }
+
+    #[test]
+    fn json_cannot_smuggle_non_finite_numbers() {
+        // JSON has no NaN or Infinity literals, and serde_json refuses numbers that overflow f64.
+        for text in ["NaN", "Infinity", "1e999"] {
+            let bytes = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"s","type":"example","data":{{"model":"m","features":[{text}],"label":1}}}}"#
+            );
+            assert_eq!(rejection(bytes.as_bytes()).reason, RejectReason::MalformedJson, "{text}");
+        }
+        assert_eq!(check_number("x", f64::NAN).unwrap_err().reason, RejectReason::NonFinite);
+        assert_eq!(check_number("x", f64::NEG_INFINITY).unwrap_err().reason, RejectReason::NonFinite);
+    }
+
+    #[test]
+    fn refuses_oversized_and_deeply_nested_input() {
+        let big = envelope("new_item", json!({"item": "b1", "category": "x".repeat(70_000), "price": 1.0}));
+        assert_eq!(rejection(&big).reason, RejectReason::Oversized);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(rejection(deep.as_bytes()).reason, RejectReason::MalformedJson);
+    }
+}

@@ -1,0 +1,84 @@
+//! The training example: what featurize publishes on `<prefix>.examples.<model>` and train learns
+//! from. Its id, derived from the source event's id, is the `Nats-Msg-Id`, so a featurize replica
+//! that republishes after a crash is de-duplicated by JetStream.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RejectReason, Rejection};
+use crate::events::{MAX_FEATURES, check_number};
+use crate::ids::ModelName;
+
+/// One labelled feature vector for one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleRecord {
+    /// Unique and deterministic: `ex-<source event id>`.
+    pub id: String,
+    pub model: ModelName,
+    /// The feature schema the vector follows (name and version), or `None` for examples that
+    /// arrived already featurized as `example` events.
+    pub schema: Option<(String, u32)>,
+    pub features: Vec<f32>,
+    /// 0 or 1.
+    pub label: f32,
+    /// The CloudEvent id this example came from.
+    pub source_event: String,
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+impl ExampleRecord {
+    pub fn id_for(source_event: &str) -> String {
+        format!("ex-{source_event}")
+    }
+
+    /// Decodes and checks an example so a model never sees a malformed or non-finite one.
+    pub fn decode(bytes: &[u8]) -> Result<ExampleRecord, Rejection> {
+        let record: ExampleRecord = serde_json::from_slice(bytes)
+            .map_err(|e| Rejection::new(RejectReason::InvalidData, "$", e.to_string()))?;
+        if record.features.is_empty() || record.features.len() > MAX_FEATURES {
+            return Err(Rejection::new(
+                RejectReason::InvalidData,
+                "features",
+                format!("has {} values; 1 to {MAX_FEATURES} are accepted", record.features.len()),
+            ));
+        }
+        for (i, value) in record.features.iter().enumerate() {
+            check_number(&format!("features[{i}]"), f64::from(*value))?;
+        }
+        if record.label != 0.0 && record.label != 1.0 {
+            return Err(Rejection::new(RejectReason::InvalidData, "label", format!("{} is not 0 or 1", record.label)));
+        }
+        Ok(record)
+    }
+
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an example is plain data and always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_checks_what_a_model_would_see() {
+        let good = ExampleRecord {
+            id: ExampleRecord::id_for("e1"),
+            model: ModelName::parse("m").unwrap(),
+            schema: None,
+            features: vec![1.0, 2.0],
+            label: 1.0,
+            source_event: "e1".into(),
+            event_time: None,
+        };
+        assert_eq!(ExampleRecord::decode(&good.to_json_bytes()).unwrap(), good);
+        let bad_label = ExampleRecord { label: 0.3, ..good.clone() };
+        assert_eq!(ExampleRecord::decode(&bad_label.to_json_bytes()).unwrap_err().field, "label");
+        let huge = ExampleRecord { features: vec![1.0, 1e30], ..good.clone() };
+        assert_eq!(ExampleRecord::decode(&huge.to_json_bytes()).unwrap_err().reason, RejectReason::OutOfRange);
+        let empty = ExampleRecord { features: vec![], ..good };
+        assert_eq!(ExampleRecord::decode(&empty.to_json_bytes()).unwrap_err().field, "features");
+        assert_eq!(ExampleRecord::decode(b"{").unwrap_err().reason, RejectReason::InvalidData);
+    }
+}

@@ -1,0 +1,28 @@
+//! freshet: keeps machine-learning models fresh in real time on NATS JetStream.
+//!
+//! This crate is the library every function (featurize, train, drift, predict) and the `freshet`
+//! CLI share. A map of it:
+//!
+//! - [`events`]: the CloudEvents contract and its validation; [`ids`]: checked identifiers.
+//! - [`examples`]: the training example featurize publishes and train consumes.
+//! - [`features`]: the bookstore features, computed by the same code at training and serving time.
+//! - [`model`]: the burn models, their artifacts and manifests.
+//! - [`store`]: model artifacts in object storage; pointers and entity state in JetStream KV.
+//! - [`subjects`]: every subject, stream, bucket and header name, from one prefix.
+//! - [`topology`]: the streams, buckets and consumers, provisioned idempotently.
+//! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
+//! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
+//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
+
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod events;
+pub mod examples;
+pub mod features;
+pub mod ids;
+pub mod model;
+pub mod runtime;
+pub mod store;
+pub mod subjects;
+pub mod topology;

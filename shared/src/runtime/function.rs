@@ -1,0 +1,108 @@
+//! Start-up shared by every function: logging, NATS connection, provisioning, HTTP probes and
+//! metrics, and the consumer loop, so each function's `main` is a few lines.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::Router;
+
+use crate::config::FunctionArgs;
+use crate::connect::connect;
+use crate::runtime::http::{probe_routes, serve};
+use crate::runtime::pull::{self, LoopSettings, Processor};
+use crate::runtime::{Metrics, Readiness, Shutdown};
+use crate::store::ArtifactStore;
+use crate::subjects::Subjects;
+use crate::topology::{self, Topology};
+
+/// Everything a running function needs, built once at start-up.
+pub struct FunctionContext {
+    pub name: &'static str,
+    pub args: FunctionArgs,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub topology: Topology,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    pub shutdown: Shutdown,
+}
+
+impl FunctionContext {
+    /// Starts logging, connects to NATS and provisions the topology (idempotently).
+    pub async fn start(name: &'static str, args: FunctionArgs) -> anyhow::Result<FunctionContext> {
+        crate::runtime::init_tracing(&args.log, &args.log_format);
+        let shutdown = Shutdown::on_signals();
+        let subjects = args.common.subjects()?;
+        let topology = args.common.topology()?;
+        let client = connect(&args.common.nats, name).await?;
+        let js = jetstream::new(client.clone());
+        let report = topology::provision(&js, &topology, &subjects)
+            .await
+            .context("provisioning the JetStream topology")?;
+        for (what, outcome) in report {
+            tracing::debug!(%what, ?outcome, "provisioned");
+        }
+        Ok(FunctionContext {
+            name,
+            args,
+            client,
+            js,
+            subjects,
+            topology,
+            metrics: Metrics::new(name),
+            readiness: Readiness::default(),
+            shutdown,
+        })
+    }
+
+    /// Opens the configured artifact store.
+    pub fn artifacts(&self) -> anyhow::Result<ArtifactStore> {
+        Ok(ArtifactStore::from_url(&self.args.common.store.url)?)
+    }
+
+    /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`.
+    pub async fn serve_http(&self, routes: Router) -> anyhow::Result<SocketAddr> {
+        let router = probe_routes(self.readiness.clone(), self.metrics.clone()).merge(routes);
+        let (addr, _task) = serve(&self.args.http_addr, self.args.http_port, router, self.shutdown.clone())
+            .await
+            .with_context(|| format!("binding HTTP on {}:{}", self.args.http_addr, self.args.http_port))?;
+        Ok(addr)
+    }
+
+    /// Runs `processor` on the durable consumer `durable` of `stream` until shutdown.
+    pub async fn consume<P: Processor>(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        processor: P,
+    ) -> anyhow::Result<()> {
+        let config = self.topology.consumer_config(durable, filter_subjects);
+        let consumer = topology::ensure_consumer(&self.js, stream, config)
+            .await
+            .with_context(|| format!("setting up consumer {stream}/{durable}"))?;
+        let settings = LoopSettings {
+            function: self.name.to_string(),
+            batch_size: self.args.batch_size.max(1),
+            batch_wait: self.args.batch_wait,
+            idle_tick: self.args.batch_wait.max(std::time::Duration::from_millis(50)),
+            ack_wait: self.topology.consumers.ack_wait,
+        };
+        self.readiness.set(true, &self.metrics);
+        tracing::info!(stream, durable, "consuming");
+        pull::run(
+            self.js.clone(),
+            consumer,
+            self.subjects.clone(),
+            settings,
+            self.metrics.clone(),
+            processor,
+            self.shutdown.clone(),
+        )
+        .await;
+        self.readiness.set(false, &self.metrics);
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
+//! metrics, dead-lettering, graceful shutdown and logging.
+
+pub mod dead_letter;
+pub mod function;
+pub mod http;
+pub mod metrics;
+pub mod pull;
+pub mod shutdown;
+
+pub use function::FunctionContext;
+pub use http::Readiness;
+pub use metrics::Metrics;
+pub use pull::{Disposition, Incoming, LoopSettings, Processor};
+pub use shutdown::Shutdown;
+
+/// Starts logging to stderr: JSON lines (`format = "json"`) or human text, filtered by `filter`
+/// in tracing's EnvFilter syntax.
+pub fn init_tracing(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}

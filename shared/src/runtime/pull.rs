@@ -1,0 +1,294 @@
+//! The one JetStream consumer loop every function runs: receive a batch, hand it to the function's
+//! [`Processor`], apply each message's [`Disposition`], and acknowledge last.
+//!
+//! A message is acknowledged only after everything it caused is durable. Refused input is
+//! published to the dead-letter subject before it is terminated; a transient failure is
+//! negatively acknowledged with a growing delay. On shutdown the loop stops receiving, lets the
+//! processor commit what it holds, acknowledges, and returns; the process then exits 0.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::error::{Failure, Rejection};
+use crate::runtime::dead_letter::{self, Origin};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::shutdown::Shutdown;
+use crate::subjects::Subjects;
+
+/// One received message, as a processor sees it: no NATS handles, just data.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub payload: Bytes,
+    /// Stream sequence: the message's position in its stream, the unit of exactly-once bookkeeping.
+    pub stream_sequence: u64,
+    /// How many times this message has been delivered (1 the first time).
+    pub delivered: i64,
+    /// When JetStream stored the message: the same on every redelivery, so a handler that uses it
+    /// as "now" stays deterministic.
+    pub published: DateTime<Utc>,
+}
+
+/// What to do with one message after the processor has seen it.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Its effects are durable: acknowledge.
+    Ack,
+    /// Its effects are pending in the processor: acknowledge when [`Processor::commit`] says so.
+    Hold,
+    /// Refuse it for good: publish to dead-letter, then terminate.
+    Reject(Rejection),
+    /// Try again later: negatively acknowledge with a backoff.
+    Retry(Failure),
+}
+
+/// A function's logic as the loop drives it.
+pub trait Processor: Send {
+    /// Handles a batch; returns one disposition per message, in order. After a `Retry`, a
+    /// processor should return `Retry` for the rest of the batch too, so per-entity order holds.
+    fn process(&mut self, batch: &[Incoming]) -> impl Future<Output = Vec<Disposition>> + Send;
+
+    /// Makes held effects durable when due (or at once when `final_commit`). Returns true when
+    /// everything held so far is durable and may be acknowledged.
+    fn commit(&mut self, final_commit: bool) -> impl Future<Output = Result<bool, Failure>> + Send {
+        let _ = final_commit;
+        async { Ok(false) }
+    }
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// The function's name, for dead-letter subjects and logs.
+    pub function: String,
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill once its first message arrived.
+    pub batch_wait: Duration,
+    /// How often to offer the processor a commit while no message arrives.
+    pub idle_tick: Duration,
+    /// Redelivery happens after this; held messages are kept alive well within it.
+    pub ack_wait: Duration,
+}
+
+/// Delay before redelivering a message that failed `delivered` times: 100 ms doubling to 30 s.
+pub fn retry_delay(delivered: i64) -> Duration {
+    let exponent = delivered.clamp(1, 10) as u32 - 1;
+    Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(Duration::from_secs(30))
+}
+
+/// Runs the loop until shutdown. Returns an error only if the consumer cannot be read at all
+/// after shutdown was requested; transient errors are logged and retried.
+pub async fn run<P: Processor>(
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    subjects: Subjects,
+    settings: LoopSettings,
+    metrics: Metrics,
+    mut processor: P,
+    mut shutdown: Shutdown,
+) {
+    let mut held: Vec<jetstream::Message> = Vec::new();
+    let mut held_since = Instant::now();
+    let mut reconnect_attempt: i64 = 0;
+    'outer: while !shutdown.is_triggered() {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(settings.batch_size)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(err) => {
+                reconnect_attempt += 1;
+                tracing::warn!(error = %err, "cannot start pulling; retrying");
+                tokio::time::sleep(retry_delay(reconnect_attempt)).await;
+                continue;
+            }
+        };
+        reconnect_attempt = 0;
+        loop {
+            // Wait for the first message of a batch, offering the processor a commit when idle.
+            let first = tokio::select! {
+                next = messages.next() => next,
+                _ = tokio::time::sleep(settings.idle_tick) => {
+                    commit_held(&mut processor, &mut held, &metrics, false).await;
+                    keep_alive(&held, &mut held_since, settings.ack_wait).await;
+                    continue;
+                }
+                _ = shutdown.wait() => break 'outer,
+            };
+            let mut batch = match first {
+                Some(Ok(message)) => vec![message],
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pull failed; resubscribing");
+                    tokio::time::sleep(retry_delay(1)).await;
+                    continue 'outer;
+                }
+                None => continue 'outer,
+            };
+            let deadline = tokio::time::Instant::now() + settings.batch_wait;
+            while batch.len() < settings.batch_size {
+                match tokio::time::timeout_at(deadline, messages.next()).await {
+                    Ok(Some(Ok(message))) => batch.push(message),
+                    Ok(Some(Err(err))) => {
+                        tracing::warn!(error = %err, "pull failed mid-batch");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if held.is_empty() {
+                held_since = Instant::now();
+            }
+            handle_batch(&js, &subjects, &settings, &metrics, &mut processor, batch, &mut held).await;
+            commit_held(&mut processor, &mut held, &metrics, false).await;
+            keep_alive(&held, &mut held_since, settings.ack_wait).await;
+        }
+    }
+    finish(&mut processor, &mut held, &metrics).await;
+}
+
+async fn handle_batch<P: Processor>(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &LoopSettings,
+    metrics: &Metrics,
+    processor: &mut P,
+    batch: Vec<jetstream::Message>,
+    held: &mut Vec<jetstream::Message>,
+) {
+    let started = Instant::now();
+    metrics.messages_in.inc_by(batch.len() as u64);
+    let incoming: Vec<Incoming> = batch
+        .iter()
+        .map(|m| {
+            let (stream_sequence, delivered, published) = match m.info() {
+                Ok(info) => {
+                    let nanos = i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                    (info.stream_sequence, info.delivered, DateTime::from_timestamp_nanos(nanos))
+                }
+                Err(_) => (0, 1, Utc::now()),
+            };
+            Incoming {
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+                stream_sequence,
+                delivered,
+                published,
+            }
+        })
+        .collect();
+    let mut dispositions = processor.process(&incoming).await;
+    if dispositions.len() != batch.len() {
+        // A processor bug must not lose messages: retry whatever has no disposition.
+        tracing::error!(got = dispositions.len(), expected = batch.len(), "processor returned the wrong number of dispositions");
+        dispositions.resize_with(batch.len(), || Disposition::Retry(Failure::new("process", "no disposition returned")));
+    }
+    for ((message, input), disposition) in batch.into_iter().zip(&incoming).zip(dispositions) {
+        match disposition {
+            Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
+            Disposition::Hold => held.push(message),
+            Disposition::Reject(rejection) => {
+                tracing::info!(subject = %input.subject, seq = input.stream_sequence, reason = %rejection.reason, field = %rejection.field, detail = %rejection.detail, "refused input; sent to dead-letter");
+                let origin = Origin {
+                    subject: &input.subject,
+                    stream_sequence: Some(input.stream_sequence),
+                    dedup_id: input.stream_sequence.to_string(),
+                };
+                match dead_letter::publish(js, subjects, &settings.function, &rejection, &origin, input.payload.clone()).await {
+                    Ok(()) => {
+                        metrics.count_rejection(rejection.reason.as_str());
+                        ack(&message, AckKind::Term, metrics).await;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(error = %failure, "dead-letter publish failed; will redeliver");
+                        nak(&message, input.delivered, metrics).await;
+                    }
+                }
+            }
+            Disposition::Retry(failure) => {
+                tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
+                nak(&message, input.delivered, metrics).await;
+            }
+        }
+    }
+    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
+    // A lost ack means a redelivery, which the processors recognise; it is not worth a retry here.
+    match message.ack_with(kind).await {
+        Ok(()) => {
+            metrics.messages_acked.inc();
+        }
+        Err(err) => tracing::warn!(error = %err, "ack failed; the message will be redelivered"),
+    }
+}
+
+async fn nak(message: &jetstream::Message, delivered: i64, metrics: &Metrics) {
+    metrics.retries.inc();
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(retry_delay(delivered)))).await {
+        tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
+    }
+}
+
+async fn commit_held<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::Message>, metrics: &Metrics, final_commit: bool) {
+    if held.is_empty() && !final_commit {
+        return;
+    }
+    match processor.commit(final_commit).await {
+        Ok(true) => {
+            for message in held.drain(..) {
+                ack(&message, AckKind::Ack, metrics).await;
+            }
+        }
+        Ok(false) => {}
+        Err(failure) => tracing::warn!(error = %failure, held = held.len(), "commit failed; holding and retrying"),
+    }
+}
+
+/// Held messages must not reach ack_wait, or JetStream redelivers them while they are pending.
+async fn keep_alive(held: &[jetstream::Message], held_since: &mut Instant, ack_wait: Duration) {
+    if held.is_empty() || held_since.elapsed() < ack_wait / 3 {
+        return;
+    }
+    for message in held {
+        let _ = message.ack_with(AckKind::Progress).await;
+    }
+    *held_since = Instant::now();
+}
+
+async fn finish<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::Message>, metrics: &Metrics) {
+    for attempt in 1..=5 {
+        commit_held(processor, held, metrics, true).await;
+        if held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(retry_delay(attempt)).await;
+    }
+    for message in held.drain(..) {
+        // Not durable: hand it back for another replica to process now rather than after ack_wait.
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+    tracing::info!("consumer loop stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        assert_eq!(retry_delay(1), Duration::from_millis(100));
+        assert_eq!(retry_delay(2), Duration::from_millis(200));
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+        assert_eq!(retry_delay(1_000), Duration::from_secs(30));
+    }
+}

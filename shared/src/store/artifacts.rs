@@ -1,0 +1,273 @@
+//! Immutable model versions in object storage: `models/<model>/<version>/model.bin` and
+//! `manifest.json`, addressed by URL (`file://`, `s3://bucket/prefix`, `memory://`).
+//!
+//! A version is written once and never changed (`PutMode::Create`); the manifest is written last,
+//! so a version without a manifest is an interrupted write, never a published version. Reads
+//! verify the bytes against the manifest's sha256 before anyone can load them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use crate::ids::ModelName;
+use crate::model::{Manifest, ModelError};
+
+/// Why an artifact could not be stored or fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("object store URL {url:?} is not supported: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("object store at {url} cannot be opened: {source}")]
+    Open {
+        url: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("model {model} version {version} is not in the object store ({path})")]
+    Missing { model: String, version: u64, path: String },
+    #[error("model {model} version {version} already exists with other contents; versions are immutable")]
+    VersionExists { model: String, version: u64 },
+    #[error("manifest of model {model} version {version} is unreadable: {source}")]
+    BadManifest {
+        model: String,
+        version: u64,
+        source: serde_json::Error,
+    },
+    #[error("model {model} version {version} failed verification: {source}")]
+    Verification {
+        model: String,
+        version: u64,
+        source: ModelError,
+    },
+    #[error("object store {operation} {path}: {source}")]
+    Store {
+        operation: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+}
+
+impl ArtifactError {
+    /// Whether retrying the same call later may succeed (the store was unreachable), as opposed
+    /// to a verdict about the artifact itself.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ArtifactError::Store { source, .. } if !matches!(source, object_store::Error::NotFound { .. }))
+    }
+}
+
+/// The model artifact store.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore").field("url", &self.url).finish()
+    }
+}
+
+impl ArtifactStore {
+    /// Opens the store a URL names. `file://` paths may be relative to the working directory and
+    /// are created if missing; `s3://` takes endpoint, region and keys from the AWS_* variables.
+    pub fn from_url(url: &str) -> Result<ArtifactStore, ArtifactError> {
+        let open_error = |source: object_store::Error| ArtifactError::Open {
+            url: url.to_string(),
+            source: Box::new(source),
+        };
+        let store: Arc<dyn ObjectStore> = if let Some(path) = url.strip_prefix("file://") {
+            let dir = PathBuf::from(if path.is_empty() { "." } else { path });
+            std::fs::create_dir_all(&dir).map_err(|source| ArtifactError::Open {
+                url: url.to_string(),
+                source: Box::new(source),
+            })?;
+            Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(open_error)?)
+        } else if url.starts_with("memory://") {
+            Arc::new(InMemory::new())
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ArtifactError::BadUrl {
+                    url: url.to_string(),
+                    reason: "the bucket is missing (s3://bucket/prefix)".to_string(),
+                });
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // MinIO and other local S3 servers speak plain HTTP; allow it when asked for by URL.
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
+            if endpoint.is_ok_and(|e| e.starts_with("http://")) {
+                builder = builder.with_allow_http(true);
+            }
+            let s3 = builder.build().map_err(open_error)?;
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            }
+        } else {
+            return Err(ArtifactError::BadUrl {
+                url: url.to_string(),
+                reason: "use file://DIR, s3://BUCKET/PREFIX or memory://".to_string(),
+            });
+        };
+        Ok(ArtifactStore {
+            store,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn version_dir(model: &str, version: u64) -> Path {
+        Path::from(format!("models/{model}/{version}"))
+    }
+
+    /// Writes a new version: the model bytes, then the manifest. Writing the same version with the
+    /// same bytes again (a retry after a crash) succeeds; different bytes are refused.
+    pub async fn put_version(&self, manifest: &Manifest, model_bytes: &[u8]) -> Result<(), ArtifactError> {
+        let dir = Self::version_dir(&manifest.model, manifest.version);
+        let manifest_json =
+            serde_json::to_vec_pretty(manifest).expect("a manifest is plain data and always serialises");
+        self.put_once(manifest, dir.clone().join("model.bin"), model_bytes).await?;
+        self.put_once(manifest, dir.join("manifest.json"), &manifest_json).await
+    }
+
+    async fn put_once(&self, manifest: &Manifest, path: Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+        match self.store.put_opts(&path, payload, PutMode::Create.into()).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.get_bytes("read back", &path).await?;
+                if existing.as_ref() == bytes {
+                    Ok(())
+                } else {
+                    Err(ArtifactError::VersionExists {
+                        model: manifest.model.clone(),
+                        version: manifest.version,
+                    })
+                }
+            }
+            Err(source) => Err(ArtifactError::Store {
+                operation: "put",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn get_bytes(&self, operation: &'static str, path: &Path) -> Result<Bytes, ArtifactError> {
+        let store_error = |source| ArtifactError::Store {
+            operation,
+            path: path.to_string(),
+            source,
+        };
+        self.store.get(path).await.map_err(store_error)?.bytes().await.map_err(store_error)
+    }
+
+    /// Reads a version's manifest.
+    pub async fn manifest(&self, model: &ModelName, version: u64) -> Result<Manifest, ArtifactError> {
+        let path = Self::version_dir(model.as_str(), version).join("manifest.json");
+        let bytes = match self.get_bytes("get", &path).await {
+            Err(ArtifactError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(ArtifactError::Missing {
+                    model: model.to_string(),
+                    version,
+                    path: path.to_string(),
+                });
+            }
+            other => other?,
+        };
+        serde_json::from_slice(&bytes).map_err(|source| ArtifactError::BadManifest {
+            model: model.to_string(),
+            version,
+            source,
+        })
+    }
+
+    /// Reads a version and verifies its bytes against the manifest's size and sha256.
+    pub async fn load(&self, model: &ModelName, version: u64) -> Result<(Manifest, Bytes), ArtifactError> {
+        let manifest = self.manifest(model, version).await?;
+        let path = Self::version_dir(model.as_str(), version).join("model.bin");
+        let bytes = match self.get_bytes("get", &path).await {
+            Err(ArtifactError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(ArtifactError::Missing {
+                    model: model.to_string(),
+                    version,
+                    path: path.to_string(),
+                });
+            }
+            other => other?,
+        };
+        manifest.verify(&bytes).map_err(|source| ArtifactError::Verification {
+            model: model.to_string(),
+            version,
+            source,
+        })?;
+        Ok((manifest, bytes))
+    }
+
+    /// Every version of a model that has a manifest, oldest first.
+    pub async fn versions(&self, model: &ModelName) -> Result<Vec<u64>, ArtifactError> {
+        let prefix = Path::from(format!("models/{model}"));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| ArtifactError::Store {
+                operation: "list",
+                path: prefix.to_string(),
+                source,
+            })?;
+        let mut versions: Vec<u64> = objects
+            .iter()
+            .filter(|meta| meta.location.filename() == Some("manifest.json"))
+            .filter_map(|meta| meta.location.parts().nth(2)?.as_ref().parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// Every model with at least one object in the store.
+    pub async fn models(&self) -> Result<Vec<String>, ArtifactError> {
+        let prefix = Path::from("models");
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|source| ArtifactError::Store {
+                operation: "list",
+                path: prefix.to_string(),
+                source,
+            })?;
+        let mut models: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        models.sort();
+        Ok(models)
+    }
+
+    /// Direct access for tools that must damage an artifact on purpose (tests of refusal).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+}

@@ -1,0 +1,10 @@
+//! Where state lives: model artifacts in object storage, model pointers and entity features in
+//! JetStream KV, both written by compare-and-set.
+
+pub mod artifacts;
+pub mod kv;
+pub mod pointers;
+
+pub use artifacts::{ArtifactError, ArtifactStore};
+pub use kv::{CasError, Versioned};
+pub use pointers::{Pointer, Pointers, Slot};
