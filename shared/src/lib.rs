@@ -12,6 +12,7 @@
 //! - [`topology`]: the streams, buckets and consumers, provisioned idempotently.
 //! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
 //! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
+//! - [`serving`]: the prediction request/reply protocol.
 //! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod features;
 pub mod ids;
 pub mod model;
 pub mod runtime;
+pub mod serving;
 pub mod store;
 pub mod subjects;
 pub mod topology;

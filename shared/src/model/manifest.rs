@@ -1,0 +1,209 @@
+//! The manifest stored beside each model version: identity, lineage, provenance and metrics.
+//!
+//! A model artifact is opaque bytes; the manifest is the JSON that says what those bytes are
+//! (kind, feature schema, hyperparameters), where they came from (parent version, which stream
+//! sequences were learned, the high-water mark of everything folded in), how good the model was
+//! when written (prequential metrics), and how to check the bytes are intact (size and SHA-256,
+//! see [`Manifest::verify`]). Readers should verify before loading.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+use super::logistic::Hyper;
+
+/// Which model family an artifact holds; selects the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// [`LogisticTrainer`](super::LogisticTrainer) / [`Scorer`](super::Scorer).
+    Logistic,
+}
+
+/// Names and order of the features a model expects; a model is only valid for the schema
+/// (name and version) it was trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSchema {
+    /// Schema name, e.g. the featurize function that produces the vectors.
+    pub name: String,
+    /// Schema version; bumped whenever features are added, removed or reordered.
+    pub version: u32,
+    /// Feature names in vector order.
+    pub features: Vec<String>,
+}
+
+impl FeatureSchema {
+    /// Number of features, i.e. the length every input row must have.
+    pub fn n_features(&self) -> usize {
+        self.features.len()
+    }
+}
+
+/// An inclusive range of stream sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceRange {
+    /// First sequence included.
+    pub first: u64,
+    /// Last sequence included (inclusive).
+    pub last: u64,
+}
+
+/// Training metrics at the time a version was written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMetrics {
+    /// Examples learned by this version and all its ancestors.
+    pub examples_total: u64,
+    /// Examples in the window the two metrics below are computed over.
+    pub window_examples: u64,
+    /// Prequential (test-then-train) accuracy over the window, in [0, 1].
+    pub prequential_accuracy: f64,
+    /// Mean prequential log-loss (nats per example) over the window.
+    pub log_loss: f64,
+}
+
+/// Everything recorded about one stored model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Model name (the lineage this version belongs to).
+    pub model: String,
+    /// Version number within the lineage.
+    pub version: u64,
+    /// The version this one continued training from, if any.
+    pub parent: Option<u64>,
+    /// Model family of the artifact.
+    pub kind: ModelKind,
+    /// Hyperparameters used to train this version.
+    pub hyper: Hyper,
+    /// Feature schema the model expects.
+    pub schema: FeatureSchema,
+    /// Lower-case hex SHA-256 of the artifact bytes.
+    pub sha256: String,
+    /// Length of the artifact in bytes.
+    pub size_bytes: u64,
+    /// When this version was written.
+    pub created_at: DateTime<Utc>,
+    /// SGD step counter `t` stored in the artifact.
+    pub step: u64,
+    /// Stream sequences of the examples this version learned (beyond its parent); `None` if it
+    /// learned nothing new (e.g. a re-publish).
+    pub learned: Option<SequenceRange>,
+    /// Highest example stream sequence included in this version or any ancestor; training
+    /// resumes after it.
+    pub high_water_mark: u64,
+    /// Prequential metrics when the version was written.
+    pub metrics: TrainingMetrics,
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Manifest {
+    /// Checks `bytes` have the recorded size and SHA-256.
+    ///
+    /// Size is checked first (cheap, and a clearer message for truncation); the hash comparison
+    /// ignores hex case so a manifest written by another tool in upper case still verifies.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), ModelError> {
+        let size = bytes.len() as u64;
+        if size != self.size_bytes {
+            return Err(ModelError::ChecksumMismatch {
+                expected: format!("size:{}", self.size_bytes),
+                actual: format!("size:{size}"),
+            });
+        }
+        let actual = sha256_hex(bytes);
+        if !actual.eq_ignore_ascii_case(&self.sha256) {
+            return Err(ModelError::ChecksumMismatch {
+                expected: format!("sha256:{}", self.sha256),
+                actual: format!("sha256:{actual}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn manifest(bytes: &[u8]) -> Manifest {
+        Manifest {
+            model: "churn".into(),
+            version: 7,
+            parent: Some(6),
+            kind: ModelKind::Logistic,
+            hyper: Hyper::default(),
+            schema: FeatureSchema {
+                name: "churn-features".into(),
+                version: 2,
+                features: vec!["a".into(), "b".into(), "c".into()],
+            },
+            sha256: sha256_hex(bytes),
+            size_bytes: bytes.len() as u64,
+            created_at: DateTime::parse_from_rfc3339("2025-01-02T03:04:05.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            step: 120,
+            learned: Some(SequenceRange {
+                first: 1001,
+                last: 2000,
+            }),
+            high_water_mark: 2000,
+            metrics: TrainingMetrics {
+                examples_total: 7680,
+                window_examples: 640,
+                prequential_accuracy: 0.93,
+                log_loss: 0.21,
+            },
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let m = manifest(b"model bytes");
+        let json = serde_json::to_string_pretty(&m).unwrap();
+        assert!(json.contains("\"kind\": \"logistic\""), "{json}");
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        assert_eq!(m.schema.n_features(), 3);
+
+        let none = Manifest {
+            parent: None,
+            learned: None,
+            ..m
+        };
+        let json = serde_json::to_string(&none).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), none);
+    }
+
+    #[test]
+    fn sha256_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn verify_detects_flipped_byte_and_size() {
+        let bytes = b"some model artifact bytes".to_vec();
+        let m = manifest(&bytes);
+        m.verify(&bytes).unwrap();
+
+        let mut flipped = bytes.clone();
+        flipped[3] ^= 0x01;
+        match m.verify(&flipped) {
+            Err(ModelError::ChecksumMismatch { expected, actual }) => {
+                assert_eq!(expected, format!("sha256:{}", m.sha256));
+                assert_eq!(actual, format!("sha256:{}", sha256_hex(&flipped)));
+            }
+            other => panic!("expected checksum mismatch, got {other:?}"),
+        }
+        assert!(matches!(
+            m.verify(&bytes[..bytes.len() - 1]),
+            Err(ModelError::ChecksumMismatch { .. })
+        ));
+    }
+}
