@@ -1,1 +1,71 @@
-fn main() {}
+//! train: mini-batch incremental learning of one model from EXAMPLES, publishing versions.
+
+mod handler;
+mod trainer;
+
+use std::time::Duration;
+
+use clap::Parser;
+use freshet::config::FunctionArgs;
+use freshet::ids::ModelName;
+use freshet::model::Hyper;
+use freshet::runtime::FunctionContext;
+use freshet::store::Pointers;
+use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+
+/// Trains one model from its examples: each batch is scored (prequential metrics), then learned
+/// with SGD; every few batches a new immutable version goes to the object store and the model's
+/// live pointer moves to it. Messages are acknowledged only once the version holding them is live.
+#[derive(Debug, Parser)]
+#[command(name = "train", version)]
+struct Args {
+    #[command(flatten)]
+    function: FunctionArgs,
+    /// Model to train (its examples are on <prefix>.examples.<model>)
+    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
+    model: ModelName,
+    /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
+    #[arg(long = "learning-rate", env = "FRESHET_LEARNING_RATE", default_value_t = 0.1)]
+    learning_rate: f64,
+    /// Learning-rate decay α
+    #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = 0.01)]
+    lr_decay: f64,
+    /// L2 regularisation λ
+    #[arg(long = "l2", env = "FRESHET_L2", default_value_t = 1e-4)]
+    l2: f64,
+    /// Publish a version after this many trained batches...
+    #[arg(long = "publish-every-batches", env = "FRESHET_PUBLISH_EVERY_BATCHES", default_value_t = 1)]
+    publish_every_batches: usize,
+    /// ...or this long after the first unpublished batch, whichever comes first
+    #[arg(long = "publish-interval", env = "FRESHET_PUBLISH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    publish_interval: Duration,
+    /// Examples in the prequential metrics window
+    #[arg(long = "metrics-window", env = "FRESHET_METRICS_WINDOW", default_value_t = 1000)]
+    metrics_window: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ctx = FunctionContext::start("train", args.function).await?;
+    ctx.serve_http(axum::Router::new()).await?;
+    let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
+    let hyper = Hyper { learning_rate: args.learning_rate, decay: args.lr_decay, l2: args.l2 };
+    hyper.validate()?;
+    let metrics = trainer::TrainMetrics::default();
+    metrics.register(&ctx.metrics);
+    let mut trainer = trainer::Trainer::new(
+        args.model.clone(),
+        hyper,
+        trainer::Cadence { every_batches: args.publish_every_batches.max(1), every: args.publish_interval },
+        args.metrics_window,
+        ctx.js.clone(),
+        ctx.subjects.clone(),
+        ctx.artifacts()?,
+        pointers,
+        metrics,
+    );
+    trainer.resume().await?;
+    let durable = format!("train-{}", args.model);
+    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], trainer).await
+}

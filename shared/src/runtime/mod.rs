@@ -11,7 +11,7 @@ pub mod shutdown;
 pub use function::FunctionContext;
 pub use http::Readiness;
 pub use metrics::Metrics;
-pub use pull::{Disposition, Incoming, LoopSettings, Processor};
+pub use pull::{Commit, Disposition, Incoming, LoopSettings, Processor};
 pub use shutdown::Shutdown;
 
 /// Starts logging to stderr: JSON lines (`format = "json"`) or human text, filtered by `filter`

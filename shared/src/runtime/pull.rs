@@ -47,17 +47,29 @@ pub enum Disposition {
     Retry(Failure),
 }
 
+/// What a commit achieved for the messages held so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Not due yet: keep holding.
+    Pending,
+    /// Everything held is durable: acknowledge it.
+    Durable,
+    /// The held effects were thrown away (another writer won a compare-and-set): hand the
+    /// messages back for redelivery at once.
+    Abandoned,
+}
+
 /// A function's logic as the loop drives it.
 pub trait Processor: Send {
     /// Handles a batch; returns one disposition per message, in order. After a `Retry`, a
     /// processor should return `Retry` for the rest of the batch too, so per-entity order holds.
     fn process(&mut self, batch: &[Incoming]) -> impl Future<Output = Vec<Disposition>> + Send;
 
-    /// Makes held effects durable when due (or at once when `final_commit`). Returns true when
-    /// everything held so far is durable and may be acknowledged.
-    fn commit(&mut self, final_commit: bool) -> impl Future<Output = Result<bool, Failure>> + Send {
+    /// Makes held effects durable when due (or at once when `final_commit`). An error is
+    /// transient: the messages stay held and the commit is offered again.
+    fn commit(&mut self, final_commit: bool) -> impl Future<Output = Result<Commit, Failure>> + Send {
         let _ = final_commit;
-        async { Ok(false) }
+        async { Ok(Commit::Pending) }
     }
 }
 
@@ -244,12 +256,17 @@ async fn commit_held<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::
         return;
     }
     match processor.commit(final_commit).await {
-        Ok(true) => {
+        Ok(Commit::Durable) => {
             for message in held.drain(..) {
                 ack(&message, AckKind::Ack, metrics).await;
             }
         }
-        Ok(false) => {}
+        Ok(Commit::Pending) => {}
+        Ok(Commit::Abandoned) => {
+            for message in held.drain(..) {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
         Err(failure) => tracing::warn!(error = %failure, held = held.len(), "commit failed; holding and retrying"),
     }
 }

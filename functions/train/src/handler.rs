@@ -1,0 +1,221 @@
+//! train's pure logic: which examples of a batch to learn, skip or refuse; the prequential metrics
+//! window; and the manifest of the next version. No I/O and no clock reads.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use freshet::error::{RejectReason, Rejection};
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::model::{BatchReport, FeatureSchema, Hyper, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex};
+
+/// What to do with one example of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Learn from it.
+    Learn { features: Vec<f32>, label: f32 },
+    /// Its sequence is already inside the live version's learned history: acknowledge only.
+    AlreadyLearned,
+    /// It is already part of the pending (not yet published) update: hold it again.
+    AlreadyPending,
+    Reject(Rejection),
+}
+
+/// The schema a model takes, from the first example when the model has no version yet.
+pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
+    match &record.schema {
+        Some((name, version)) if name == freshet::features::SCHEMA_NAME && *version == freshet::features::SCHEMA_VERSION => {
+            freshet::features::schema()
+        }
+        Some((name, version)) => FeatureSchema {
+            name: name.clone(),
+            version: *version,
+            features: (0..record.features.len()).map(|i| format!("f{i}")).collect(),
+        },
+        None => FeatureSchema {
+            name: "raw".to_string(),
+            version: 0,
+            features: (0..record.features.len()).map(|i| format!("f{i}")).collect(),
+        },
+    }
+}
+
+/// Decides what to do with the example at `sequence`.
+pub fn classify(
+    decoded: Result<ExampleRecord, Rejection>,
+    sequence: u64,
+    high_water_mark: u64,
+    pending_last: Option<u64>,
+    schema: &FeatureSchema,
+) -> Verdict {
+    if sequence <= high_water_mark {
+        return Verdict::AlreadyLearned;
+    }
+    if pending_last.is_some_and(|last| sequence <= last) {
+        return Verdict::AlreadyPending;
+    }
+    let record = match decoded {
+        Ok(record) => record,
+        Err(rejection) => return Verdict::Reject(rejection),
+    };
+    if record.features.len() != schema.n_features() {
+        return Verdict::Reject(Rejection::new(
+            RejectReason::SchemaMismatch,
+            "features",
+            format!("has {} values; model {} takes {} ({} v{})", record.features.len(), record.model, schema.n_features(), schema.name, schema.version),
+        ));
+    }
+    if let Some((name, version)) = &record.schema
+        && (name != &schema.name || *version != schema.version)
+    {
+        return Verdict::Reject(Rejection::new(
+            RejectReason::SchemaMismatch,
+            "schema",
+            format!("is {name} v{version}; model {} takes {} v{}", record.model, schema.name, schema.version),
+        ));
+    }
+    Verdict::Learn {
+        features: record.features,
+        label: record.label,
+    }
+}
+
+/// Prequential results over the most recent examples (at least `capacity`, in whole batches).
+#[derive(Debug, Clone)]
+pub struct MetricsWindow {
+    capacity: usize,
+    batches: VecDeque<(usize, usize, f64)>,
+    examples_total: u64,
+}
+
+impl MetricsWindow {
+    pub fn new(capacity: usize, examples_total: u64) -> MetricsWindow {
+        MetricsWindow {
+            capacity: capacity.max(1),
+            batches: VecDeque::new(),
+            examples_total,
+        }
+    }
+
+    pub fn record(&mut self, report: &BatchReport) {
+        self.batches.push_back((report.examples, report.correct, report.log_loss_sum));
+        self.examples_total += report.examples as u64;
+        while self.batches.len() > 1 && self.window_examples() - self.batches[0].0 >= self.capacity {
+            self.batches.pop_front();
+        }
+    }
+
+    fn window_examples(&self) -> usize {
+        self.batches.iter().map(|b| b.0).sum()
+    }
+
+    pub fn snapshot(&self) -> TrainingMetrics {
+        let examples = self.window_examples();
+        let correct: usize = self.batches.iter().map(|b| b.1).sum();
+        let loss: f64 = self.batches.iter().map(|b| b.2).sum();
+        let denominator = examples.max(1) as f64;
+        TrainingMetrics {
+            examples_total: self.examples_total,
+            window_examples: examples as u64,
+            prequential_accuracy: correct as f64 / denominator,
+            log_loss: loss / denominator,
+        }
+    }
+}
+
+/// Everything about the next version except its bytes.
+pub struct NextVersion<'a> {
+    pub model: &'a ModelName,
+    pub parent: Option<&'a Manifest>,
+    pub hyper: Hyper,
+    pub schema: FeatureSchema,
+    pub step: u64,
+    pub learned: SequenceRange,
+    pub metrics: TrainingMetrics,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The manifest of the version that follows `parent` and holds `model_bytes`.
+pub fn next_manifest(next: NextVersion<'_>, model_bytes: &[u8]) -> Manifest {
+    let parent_hwm = next.parent.map_or(0, |p| p.high_water_mark);
+    Manifest {
+        model: next.model.to_string(),
+        version: next.parent.map_or(1, |p| p.version + 1),
+        parent: next.parent.map(|p| p.version),
+        kind: ModelKind::Logistic,
+        hyper: next.hyper,
+        schema: next.schema,
+        sha256: sha256_hex(model_bytes),
+        size_bytes: model_bytes.len() as u64,
+        created_at: next.created_at,
+        step: next.step,
+        learned: Some(next.learned),
+        high_water_mark: parent_hwm.max(next.learned.last),
+        metrics: next.metrics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(features: Vec<f32>) -> ExampleRecord {
+        ExampleRecord {
+            id: "ex-1".into(),
+            model: ModelName::parse("m").unwrap(),
+            schema: None,
+            features,
+            label: 1.0,
+            source_event: "1".into(),
+            event_time: None,
+        }
+    }
+
+    #[test]
+    fn classifies_by_sequence_then_shape() {
+        let schema = schema_for(&record(vec![0.0; 3]));
+        assert_eq!(classify(Ok(record(vec![1.0; 3])), 10, 10, None, &schema), Verdict::AlreadyLearned);
+        assert_eq!(classify(Ok(record(vec![1.0; 3])), 11, 10, Some(12), &schema), Verdict::AlreadyPending);
+        assert_eq!(
+            classify(Ok(record(vec![1.0; 3])), 13, 10, Some(12), &schema),
+            Verdict::Learn { features: vec![1.0; 3], label: 1.0 }
+        );
+        match classify(Ok(record(vec![1.0; 2])), 13, 10, None, &schema) {
+            Verdict::Reject(r) => assert_eq!(r.reason, RejectReason::SchemaMismatch),
+            other => panic!("{other:?}"),
+        }
+        let mut bookstore = record(vec![1.0; 3]);
+        bookstore.schema = Some(("bookstore".into(), 1));
+        match classify(Ok(bookstore), 13, 10, None, &schema) {
+            Verdict::Reject(r) => assert_eq!((r.reason, r.field.as_str()), (RejectReason::SchemaMismatch, "schema")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_recent_batches() {
+        let mut window = MetricsWindow::new(100, 0);
+        for correct in [0, 0, 50, 50] {
+            window.record(&BatchReport { examples: 50, correct, log_loss_sum: 10.0, step: 1, learning_rate: 0.1 });
+        }
+        let m = window.snapshot();
+        assert_eq!((m.examples_total, m.window_examples), (200, 100));
+        assert!((m.prequential_accuracy - 1.0).abs() < 1e-12);
+        assert!((m.log_loss - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn versions_chain_and_the_high_water_mark_never_falls() {
+        let model = ModelName::parse("m").unwrap();
+        let schema = schema_for(&record(vec![0.0; 2]));
+        let metrics = MetricsWindow::new(10, 0).snapshot();
+        let at = DateTime::from_timestamp(0, 0).unwrap();
+        let first = next_manifest(NextVersion { model: &model, parent: None, hyper: Hyper::default(), schema: schema.clone(), step: 3,
+            learned: SequenceRange { first: 1, last: 40 }, metrics, created_at: at }, b"abc");
+        assert_eq!((first.version, first.parent, first.high_water_mark), (1, None, 40));
+        assert_eq!(first.sha256, sha256_hex(b"abc"));
+        let second = next_manifest(NextVersion { model: &model, parent: Some(&first), hyper: Hyper::default(), schema, step: 5,
+            learned: SequenceRange { first: 41, last: 90 }, metrics, created_at: at }, b"abcd");
+        assert_eq!((second.version, second.parent, second.high_water_mark, second.size_bytes), (2, Some(1), 90, 4));
+    }
+}

@@ -1,0 +1,282 @@
+//! train's runtime adapter: learns each batch in memory, holds the messages, and on the
+//! publishing cadence writes the new version to object storage and moves `<model>.live` by
+//! compare-and-set. Only then are the held messages acknowledged, so a crash at any instant
+//! loses nothing and learns nothing twice: the restarted trainer resumes from the live version,
+//! whose high-water mark says which examples it already holds.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use bytes::Bytes;
+use chrono::Utc;
+use freshet::error::{Failure, RejectReason, Rejection};
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelError, SequenceRange};
+use freshet::runtime::{Commit, Disposition, Incoming, Processor};
+use freshet::store::{ArtifactStore, CasError, Pointer, Pointers, Slot};
+use freshet::subjects::Subjects;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::json;
+
+use crate::handler::{self, MetricsWindow, NextVersion, Verdict};
+
+/// When a new version is published.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// After this many trained batches.
+    pub every_batches: usize,
+    /// Or this long after the first unpublished batch, whichever comes first.
+    pub every: Duration,
+}
+
+/// The model as last published, plus what has been learned since.
+struct Lineage {
+    trainer: LogisticTrainer,
+    schema: FeatureSchema,
+    live: Option<Manifest>,
+    pointer_revision: u64,
+    window: MetricsWindow,
+}
+
+/// Examples learned in memory but not yet in a published version.
+#[derive(Default)]
+struct PendingUpdate {
+    batches: usize,
+    range: Option<SequenceRange>,
+    since: Option<Instant>,
+}
+
+/// Metrics train exports beside the common ones.
+#[derive(Clone, Default)]
+pub struct TrainMetrics {
+    pub examples_trained: Counter,
+    pub versions_published: Counter,
+    pub pointer_conflicts: Counter,
+    pub live_version: Gauge,
+    pub prequential_accuracy: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl TrainMetrics {
+    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+        metrics.register("examples_trained", "Examples learned (prequentially scored first)", self.examples_trained.clone());
+        metrics.register("versions_published", "Model versions written and made live", self.versions_published.clone());
+        metrics.register("pointer_conflicts", "Live pointer compare-and-set conflicts (another trainer won)", self.pointer_conflicts.clone());
+        metrics.register("live_version", "The version this trainer last made live", self.live_version.clone());
+        metrics.register("prequential_accuracy", "Accuracy over the recent window, scored before learning", self.prequential_accuracy.clone());
+    }
+}
+
+pub struct Trainer {
+    pub model: ModelName,
+    pub hyper: Hyper,
+    pub cadence: Cadence,
+    pub window_size: usize,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub artifacts: ArtifactStore,
+    pub pointers: Pointers,
+    pub metrics: TrainMetrics,
+    lineage: Option<Lineage>,
+    pending: PendingUpdate,
+}
+
+impl Trainer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: ModelName,
+        hyper: Hyper,
+        cadence: Cadence,
+        window_size: usize,
+        js: jetstream::Context,
+        subjects: Subjects,
+        artifacts: ArtifactStore,
+        pointers: Pointers,
+        metrics: TrainMetrics,
+    ) -> Trainer {
+        Trainer { model, hyper, cadence, window_size, js, subjects, artifacts, pointers, metrics, lineage: None, pending: PendingUpdate::default() }
+    }
+
+    /// Loads the live version, if any, so training continues its lineage and schedule.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        self.lineage = self.load_live().await?;
+        if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
+            tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version");
+            self.metrics.live_version.set(live.version as i64);
+        }
+        Ok(())
+    }
+
+    async fn load_live(&self) -> anyhow::Result<Option<Lineage>> {
+        let pointer = self.pointers.get(&self.model, Slot::Live).await?;
+        let Some(live) = pointer.value else {
+            return Ok(None);
+        };
+        let (manifest, bytes) = self
+            .artifacts
+            .load(&self.model, live.version)
+            .await
+            .with_context(|| format!("loading live version {} of {}", live.version, self.model))?;
+        let trainer = LogisticTrainer::from_bytes(&bytes, self.hyper)
+            .with_context(|| format!("decoding live version {} of {}", live.version, self.model))?;
+        Ok(Some(Lineage {
+            trainer,
+            schema: manifest.schema.clone(),
+            window: MetricsWindow::new(self.window_size, manifest.metrics.examples_total),
+            pointer_revision: pointer.revision,
+            live: Some(manifest),
+        }))
+    }
+
+    fn lineage_for(&mut self, first: &ExampleRecord) -> Result<&mut Lineage, ModelError> {
+        if self.lineage.is_none() {
+            let schema = handler::schema_for(first);
+            let trainer = LogisticTrainer::new(schema.n_features(), self.hyper)?;
+            self.lineage = Some(Lineage { trainer, schema, live: None, pointer_revision: 0, window: MetricsWindow::new(self.window_size, 0) });
+        }
+        Ok(self.lineage.as_mut().expect("set just above when missing"))
+    }
+
+    async fn publish(&mut self) -> Result<Commit, Failure> {
+        let (Some(lineage), Some(range)) = (self.lineage.as_ref(), self.pending.range) else {
+            return Ok(Commit::Durable);
+        };
+        let bytes = lineage.trainer.to_bytes().map_err(|e| Failure::new("encode model", e))?;
+        let manifest = handler::next_manifest(
+            NextVersion {
+                model: &self.model,
+                parent: lineage.live.as_ref(),
+                hyper: lineage.trainer.hyper(),
+                schema: lineage.schema.clone(),
+                step: lineage.trainer.step(),
+                learned: range,
+                metrics: lineage.window.snapshot(),
+                created_at: Utc::now(),
+            },
+            &bytes,
+        );
+        self.artifacts
+            .put_version(&manifest, &bytes)
+            .await
+            .map_err(|e| Failure::new(format!("store version {} of {}", manifest.version, self.model), e))?;
+        let pointer = Pointer { version: manifest.version, sha256: manifest.sha256.clone(), updated_at: manifest.created_at, reason: "train".into() };
+        let revision = match self.pointers.set(&self.model, Slot::Live, &pointer, lineage.pointer_revision).await {
+            Ok(revision) => revision,
+            Err(CasError::Conflict { .. }) => {
+                // Another trainer moved the pointer: its history wins. Reload it and let the held
+                // examples be redelivered and learned on top of it.
+                self.metrics.pointer_conflicts.inc();
+                tracing::warn!(model = %self.model, "live pointer moved by another writer; reloading and retrying the held examples");
+                self.pending = PendingUpdate::default();
+                self.lineage = self.load_live().await.map_err(|e| Failure::new("reload live version", e))?;
+                return Ok(Commit::Abandoned);
+            }
+            Err(CasError::Failed(failure)) => return Err(failure),
+        };
+        tracing::info!(model = %self.model, version = manifest.version, first = range.first, last = range.last,
+            accuracy = manifest.metrics.prequential_accuracy, "published a new live version");
+        self.announce(&manifest).await;
+        self.metrics.versions_published.inc();
+        self.metrics.live_version.set(manifest.version as i64);
+        self.metrics.prequential_accuracy.set(manifest.metrics.prequential_accuracy);
+        let lineage = self.lineage.as_mut().expect("checked at the top of publish");
+        lineage.pointer_revision = revision;
+        lineage.live = Some(manifest);
+        self.pending = PendingUpdate::default();
+        Ok(Commit::Durable)
+    }
+
+    /// Tells CONTROL about the new version. Best effort: the pointer is the source of truth.
+    async fn announce(&self, manifest: &Manifest) {
+        let body = json!({
+            "kind": "version_published", "model": manifest.model, "version": manifest.version,
+            "parent": manifest.parent, "learned": manifest.learned, "high_water_mark": manifest.high_water_mark,
+            "metrics": manifest.metrics, "created_at": manifest.created_at,
+        });
+        let subject = self.subjects.control(&self.model, "version");
+        if let Err(err) = self.js.publish(subject, Bytes::from(body.to_string())).await {
+            tracing::warn!(error = %err, "cannot announce the new version on CONTROL");
+        }
+    }
+}
+
+impl Processor for Trainer {
+    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch.iter().map(|m| ExampleRecord::decode(&m.payload)).collect();
+        let Some(first_valid) = decoded.iter().find_map(|d| d.as_ref().ok()).cloned() else {
+            return decoded.into_iter().map(|d| Disposition::Reject(d.err().unwrap_or_else(|| Rejection::new(RejectReason::InvalidData, "$", "undecodable")))).collect();
+        };
+        let pending_last = self.pending.range.map(|r| r.last);
+        let lineage = match self.lineage_for(&first_valid) {
+            Ok(lineage) => lineage,
+            Err(err) => {
+                let rejection = Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
+                return batch.iter().map(|_| Disposition::Reject(rejection.clone())).collect();
+            }
+        };
+        let high_water_mark = lineage.live.as_ref().map_or(0, |m| m.high_water_mark);
+        let mut dispositions = Vec::with_capacity(batch.len());
+        let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
+        for (message, record) in batch.iter().zip(decoded) {
+            match handler::classify(record, message.stream_sequence, high_water_mark, pending_last, &lineage.schema) {
+                Verdict::Learn { features, label } => {
+                    learned_at.push(dispositions.len());
+                    rows.push(features);
+                    labels.push(label);
+                    dispositions.push(Disposition::Hold);
+                }
+                Verdict::AlreadyLearned => dispositions.push(Disposition::Ack),
+                Verdict::AlreadyPending => dispositions.push(Disposition::Hold),
+                Verdict::Reject(rejection) => dispositions.push(Disposition::Reject(rejection)),
+            }
+        }
+        if rows.is_empty() {
+            return dispositions;
+        }
+        // burn is blocking CPU work: keep it off the async workers' hot path.
+        let result = tokio::task::block_in_place(|| lineage.trainer.train_batch(&rows, &labels));
+        match result {
+            Ok(report) => {
+                lineage.window.record(&report);
+                self.metrics.examples_trained.inc_by(report.examples as u64);
+                let first = learned_at.iter().map(|&i| batch[i].stream_sequence).min().unwrap_or(0);
+                let last = learned_at.iter().map(|&i| batch[i].stream_sequence).max().unwrap_or(0);
+                self.pending.range = Some(match self.pending.range {
+                    Some(r) => SequenceRange { first: r.first.min(first), last: r.last.max(last) },
+                    None => SequenceRange { first, last },
+                });
+                self.pending.batches += 1;
+                self.pending.since.get_or_insert_with(Instant::now);
+            }
+            Err(err) => {
+                // The update was discarded (the model is unchanged); the examples are kept on the
+                // dead-letter subject for review instead of being retried forever.
+                tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
+                let reason = match err {
+                    ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => RejectReason::NonFinite,
+                    _ => RejectReason::InvalidData,
+                };
+                let rejection = Rejection::new(reason, "batch", err.to_string());
+                for i in learned_at {
+                    dispositions[i] = Disposition::Reject(rejection.clone());
+                }
+            }
+        }
+        dispositions
+    }
+
+    async fn commit(&mut self, final_commit: bool) -> Result<Commit, Failure> {
+        if self.pending.range.is_none() {
+            return Ok(Commit::Durable);
+        }
+        let due = final_commit
+            || self.pending.batches >= self.cadence.every_batches
+            || self.pending.since.is_some_and(|since| since.elapsed() >= self.cadence.every);
+        if !due {
+            return Ok(Commit::Pending);
+        }
+        self.publish().await
+    }
+}
