@@ -1,1 +1,7 @@
+//! The `freshet` operator tool as a library: the commands behind the binary, the synthetic
+//! bookstore generator, and the local stack (nats-server plus function processes) that the demo
+//! and the integration tests start. Keeping them here, not in `main.rs`, lets tests call them.
 
+pub mod bookstore;
+pub mod commands;
+pub mod stack;

@@ -319,6 +319,10 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
         return Err(format!("{name} is {} bytes long, the limit is {max}", value.len()));
     }
+    // Ids travel in NATS headers (Nats-Msg-Id), where a line break would corrupt the message.
+    if value.chars().any(char::is_control) {
+        return Err(format!("{name} contains control characters"));
+    }
     Ok(())
 }
 
@@ -420,6 +424,7 @@ mod tests {
             (br#"{"specversion":"0.3","id":"1","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "specversion"),
             (br#"{"specversion":"1.0","id":"","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
             (br#"{"specversion":"1.0","id":7,"source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
+            (br#"{"specversion":"1.0","id":"a\r\nb","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
             (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"yesterday","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
             (envelope("click", json!({})), RejectReason::UnknownType, "type"),
             (envelope("user_action", json!({"user": "u1", "action": "view"})), RejectReason::InvalidData, "data"),

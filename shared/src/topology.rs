@@ -44,7 +44,6 @@ pub struct BucketSettings {
 pub struct ConsumerDefaults {
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    pub max_ack_pending: i64,
 }
 
 /// The whole topology, as read from the TOML file.
@@ -219,12 +218,16 @@ impl Topology {
     }
 
     /// A durable pull consumer on `filter_subjects` with this topology's defaults.
-    pub fn consumer_config(&self, durable: &str, filter_subjects: Vec<String>) -> consumer::pull::Config {
+    ///
+    /// `max_ack_pending` is what the function holds unacknowledged at most. Keeping it at exactly
+    /// that is what keeps a partition in order across a crash: the dead replica's unacknowledged
+    /// messages fill the allowance, so nothing newer is delivered before they are redelivered.
+    pub fn consumer_config(&self, durable: &str, filter_subjects: Vec<String>, max_ack_pending: usize) -> consumer::pull::Config {
         consumer::pull::Config {
             durable_name: Some(durable.to_string()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.consumers.ack_wait,
-            max_ack_pending: self.consumers.max_ack_pending,
+            max_ack_pending: i64::try_from(max_ack_pending.max(1)).unwrap_or(i64::MAX),
             filter_subjects,
             num_replicas: self.replicas,
             ..Default::default()
@@ -313,6 +316,9 @@ async fn ensure_bucket(js: &jetstream::Context, wanted: &kv::Config) -> Result<P
 }
 
 /// Creates the durable consumer if it is missing, checks it if it exists, and returns it.
+///
+/// What it reads (filters, ack policy) must match or it is a conflict; how it is read (ack wait,
+/// max ack pending) follows the function's settings and is updated in place.
 pub async fn ensure_consumer(
     js: &jetstream::Context,
     stream_name: &str,
@@ -333,14 +339,17 @@ pub async fn ensure_consumer(
             let mut diff = Differences::default();
             diff.check("filter_subjects", &existing_filters, &wanted.filter_subjects);
             diff.check("ack_policy", existing.ack_policy, wanted.ack_policy);
-            diff.check("ack_wait", existing.ack_wait, wanted.ack_wait);
-            diff.check("max_ack_pending", existing.max_ack_pending, wanted.max_ack_pending);
             diff.into_result("consumer", &format!("{stream_name}/{durable}"))?;
+            if existing.ack_wait != wanted.ack_wait || existing.max_ack_pending != wanted.max_ack_pending {
+                tracing::info!(consumer = %durable, ack_wait = ?wanted.ack_wait, max_ack_pending = wanted.max_ack_pending, "updating consumer settings");
+                stream
+                    .create_consumer(wanted)
+                    .await
+                    .map_err(|e| js_error(format!("update consumer {stream_name}/{durable}"), e))?;
+            }
         }
         Err(err) => match err.kind() {
-            jetstream::context::ConsumerInfoErrorKind::JetStream(e)
-                if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
-            {
+            jetstream::context::ConsumerInfoErrorKind::NotFound => {
                 stream
                     .create_consumer(wanted)
                     .await

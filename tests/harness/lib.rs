@@ -1,1 +1,207 @@
+//! The integration-test harness: a real nats-server per test (free loopback port, its own store
+//! folder, killed when the test ends), function binaries started as real processes against it,
+//! and helpers to publish events and read what the pipeline produced.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use bytes::Bytes;
+use freshet::serving::{PredictRequest, PredictResponse};
+use freshet::subjects::Subjects;
+use freshet::topology::{self, Topology};
+use freshet_cli::stack::{FunctionProcess, NatsServer};
+use futures::StreamExt;
+
+pub use freshet_cli::stack;
+
+/// The built-in topology with a short ack wait, so redelivery after a crash takes seconds.
+pub fn test_topology() -> String {
+    include_str!("../../infra/topology.toml").replace("ack_wait = \"30s\"", "ack_wait = \"3s\"")
+}
+
+/// A message read back from a stream.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+    pub sequence: u64,
+}
+
+impl Stored {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One test's freshet: a server, the functions it started, and a client.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    processes: Vec<FunctionProcess>,
+}
+
+impl Stack {
+    /// Starts nats-server and provisions the test topology.
+    pub async fn start() -> anyhow::Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("topology.toml"), test_topology())?;
+        let nats = NatsServer::start(&dir.path().join("jetstream"))?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::default();
+        let topology = Topology::from_file(&dir.path().join("topology.toml"))?;
+        topology::provision(&js, &topology, &subjects).await?;
+        Ok(Stack { dir, nats, client, js, subjects, processes: Vec::new() })
+    }
+
+    pub fn artifacts_url(&self) -> String {
+        format!("file://{}", self.dir.path().join("artifacts").display())
+    }
+
+    /// The environment every function gets: this stack's server, store and topology.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("FRESHET_NATS_URL".into(), self.nats.url()),
+            ("FRESHET_OBJECT_STORE".into(), self.artifacts_url()),
+            ("FRESHET_TOPOLOGY".into(), self.dir.path().join("topology.toml").display().to_string()),
+            ("FRESHET_HTTP_PORT".into(), "0".into()),
+            ("FRESHET_HTTP_ADDR".into(), "127.0.0.1".into()),
+            ("FRESHET_LOG_FORMAT".into(), "text".into()),
+            ("FRESHET_BATCH_WAIT".into(), "20ms".into()),
+        ]
+    }
+
+    /// Starts a function binary; returns its index for [`Stack::process`].
+    pub fn spawn(&mut self, binary: &str, args: &[&str]) -> anyhow::Result<usize> {
+        let log = self.log_path(binary, self.processes.len());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.processes.push(FunctionProcess::spawn(binary, &args, &self.env(), &log)?);
+        Ok(self.processes.len() - 1)
+    }
+
+    pub fn log_path(&self, binary: &str, index: usize) -> PathBuf {
+        self.dir.path().join(format!("{binary}-{index}.log"))
+    }
+
+    /// The log a started function wrote so far, for failure messages.
+    pub fn log_of(&self, binary: &str, index: usize) -> String {
+        std::fs::read_to_string(self.log_path(binary, index)).unwrap_or_default()
+    }
+
+    pub fn process(&mut self, index: usize) -> &mut FunctionProcess {
+        &mut self.processes[index]
+    }
+
+    /// Publishes a structured CloudEvent to the subject its content calls for.
+    pub async fn publish_event(&self, event: &serde_json::Value) -> anyhow::Result<jetstream::publish::PublishAck> {
+        let bytes = serde_json::to_vec(event)?;
+        let decoded = freshet::events::decode(&bytes, usize::MAX).map_err(|r| anyhow::anyhow!("test event is invalid: {r}"))?;
+        let subject = self.subjects.event(decoded.data.event_type().as_str(), decoded.data.partition_key());
+        let message = PublishMessage::build().payload(Bytes::from(bytes)).message_id(&decoded.id);
+        Ok(self.js.send_publish(subject, message).await?.await?)
+    }
+
+    /// Publishes raw bytes to an event subject, valid or not.
+    pub async fn publish_raw(&self, event_type: &str, entity: &str, payload: impl Into<Bytes>) -> anyhow::Result<()> {
+        self.js.publish(self.subjects.event(event_type, entity), payload.into()).await?.await?;
+        Ok(())
+    }
+
+    /// Every message of a stream (up to `limit`), read with an ephemeral consumer.
+    pub async fn read_stream(&self, stream: &str, limit: usize) -> anyhow::Result<Vec<Stored>> {
+        let stream_handle = self.js.get_stream(stream).await?;
+        let consumer = stream_handle
+            .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
+            .await?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let mut batch = consumer.fetch().max_messages(500.min(limit - out.len())).messages().await?;
+            let before = out.len();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!(e))?;
+                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let headers = message
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter().map(|(k, v)| (k.to_string(), v.first().map(|v| v.to_string()).unwrap_or_default())))
+                    .collect();
+                out.push(Stored { subject: message.subject.to_string(), headers, payload: message.payload.clone(), sequence });
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages in a stream right now.
+    pub async fn stream_len(&self, stream: &str) -> anyhow::Result<u64> {
+        Ok(self.js.get_stream(stream).await?.info().await?.state.messages)
+    }
+
+    /// Asks the predictor; errors carry the service error header text.
+    pub async fn predict(&self, model: &str, request: &PredictRequest) -> anyhow::Result<PredictResponse> {
+        let model = freshet::ids::ModelName::parse(model)?;
+        let subject = freshet::serving::endpoint_single(&self.subjects, &model);
+        let reply = self
+            .client
+            .send_request(subject, async_nats::Request::new().payload(Bytes::from(serde_json::to_vec(request)?)).timeout(Some(Duration::from_secs(5))))
+            .await?;
+        if let Some(error) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
+            bail!("predictor error: {error}");
+        }
+        serde_json::from_slice(&reply.payload).context("decoding the predictor's reply")
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A CloudEvent as JSON, for tests.
+pub fn cloud_event(id: &str, event_type: &str, data: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"specversion": "1.0", "id": id, "source": "tests", "type": event_type,
+        "time": "2026-11-26T12:00:00Z", "data": data})
+}
+
+/// A small bookstore: `items` new_item events then `actions` user actions with a learnable
+/// pattern (users buy cheap books more often).
+pub fn bookstore_events(items: usize, actions: usize, id_prefix: &str) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for i in 0..items {
+        events.push(cloud_event(&format!("{id_prefix}-item-{i}"), "new_item",
+            serde_json::json!({"item": format!("b{i}"), "category": format!("c{}", i % 3), "price": 5.0 + (i * 7 % 50) as f64})));
+    }
+    for n in 0..actions {
+        let item = (n * 7 + n / 3) % items;
+        let cheap = (5 + item * 7 % 50) < 25;
+        let action = if cheap && n % 3 == 0 { "purchase" } else if n % 5 == 0 { "add_to_cart" } else { "view" };
+        events.push(cloud_event(&format!("{id_prefix}-act-{n}"), "user_action",
+            serde_json::json!({"user": format!("u{}", n % 17), "item": format!("b{item}"), "action": action})));
+    }
+    events
+}

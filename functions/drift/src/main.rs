@@ -75,5 +75,6 @@ async fn main() -> anyhow::Result<()> {
         detectors: handler::FeatureDetectors::new(config),
     };
     let durable = format!("drift-{}", args.model);
-    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], watcher).await
+    let batch_size = ctx.args.batch_size;
+    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], batch_size, watcher).await
 }

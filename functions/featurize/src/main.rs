@@ -41,5 +41,6 @@ async fn main() -> anyhow::Result<()> {
         model: args.model,
         max_event_bytes: ctx.args.max_event_bytes,
     };
-    ctx.consume(STREAM_EVENTS, &durable, vec![filter], featurizer).await
+    let batch_size = ctx.args.batch_size;
+    ctx.consume(STREAM_EVENTS, &durable, vec![filter], batch_size, featurizer).await
 }

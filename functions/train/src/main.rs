@@ -67,5 +67,7 @@ async fn main() -> anyhow::Result<()> {
     );
     trainer.resume().await?;
     let durable = format!("train-{}", args.model);
-    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], trainer).await
+    // Held messages wait for the version that learns them; at most this many batches of them.
+    let max_held = ctx.args.batch_size.saturating_mul(args.publish_every_batches.max(1));
+    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], max_held, trainer).await
 }

@@ -72,14 +72,17 @@ impl FunctionContext {
     }
 
     /// Runs `processor` on the durable consumer `durable` of `stream` until shutdown.
+    /// `max_held` is the most messages the processor keeps unacknowledged at once (the batch size
+    /// for a processor that acknowledges every batch).
     pub async fn consume<P: Processor>(
         &self,
         stream: &str,
         durable: &str,
         filter_subjects: Vec<String>,
+        max_held: usize,
         processor: P,
     ) -> anyhow::Result<()> {
-        let config = self.topology.consumer_config(durable, filter_subjects);
+        let config = self.topology.consumer_config(durable, filter_subjects, max_held.max(self.args.batch_size));
         let consumer = topology::ensure_consumer(&self.js, stream, config)
             .await
             .with_context(|| format!("setting up consumer {stream}/{durable}"))?;

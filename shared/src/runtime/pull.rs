@@ -203,6 +203,14 @@ async fn handle_batch<P: Processor>(
         tracing::error!(got = dispositions.len(), expected = batch.len(), "processor returned the wrong number of dispositions");
         dispositions.resize_with(batch.len(), || Disposition::Retry(Failure::new("process", "no disposition returned")));
     }
+    // Every retried message of a batch waits the same delay, so they come back in stream order.
+    let retry_after = incoming
+        .iter()
+        .zip(&dispositions)
+        .filter(|(_, d)| matches!(d, Disposition::Retry(_)))
+        .map(|(m, _)| m.delivered)
+        .max()
+        .unwrap_or(1);
     for ((message, input), disposition) in batch.into_iter().zip(&incoming).zip(dispositions) {
         match disposition {
             Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
@@ -227,7 +235,7 @@ async fn handle_batch<P: Processor>(
             }
             Disposition::Retry(failure) => {
                 tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
-                nak(&message, input.delivered, metrics).await;
+                nak(&message, retry_after, metrics).await;
             }
         }
     }

@@ -1,0 +1,51 @@
+# freshet: the commands people expect. `make demo` and `make test` do their own set-up.
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/debug
+
+.PHONY: all tools build demo test unit integration fmt lint up down clean
+
+all: build
+
+## tools: install nats-server (and moto, an S3 server) into .tools/ if missing
+tools:
+	@bash tools/install.sh
+
+## build: build every binary (debug; tests and the demo use these)
+build:
+	$(CARGO) build --workspace --bins
+
+## demo: start a local nats-server, run the bookstore story end to end, stop everything
+demo: tools build
+	$(BIN)/freshet demo
+
+## test: every test, unit and integration, against real nats-servers the tests start
+test: tools build
+	$(CARGO) test --workspace --no-fail-fast
+
+## unit: tests that need no server
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+## integration: the tests/ suite only
+integration: tools build
+	$(CARGO) test -p freshet-tests
+
+fmt:
+	$(CARGO) fmt --all
+
+## lint: formatting and clippy, warnings denied
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## up / down: a local stack in the background (nats-server on 4222, file:// artifacts in .freshet/)
+up: tools build
+	@bash tools/stack.sh up
+
+down:
+	@bash tools/stack.sh down
+
+clean:
+	$(CARGO) clean
+	rm -rf .freshet

@@ -1,0 +1,458 @@
+//! A deterministic synthetic bookstore: a catalogue of items and a stream of user actions with a
+//! signal a model can learn, for demos, tests and load.
+//!
+//! Every user has a favourite category and an affinity to each category. Users mostly view items
+//! of their favourite category, and buy with a probability that grows with their affinity to the
+//! item's category and falls with its price, so "purchase versus view" is predictable from the
+//! features featurize computes (category share, purchase rates, price). An optional viral item
+//! appears part-way through and then draws a large share of views and purchases: a drift a
+//! deployed model should notice. The same seed always yields the same events.
+
+use chrono::{DateTime, Duration, Utc};
+use freshet::events::{Action, Event, EventData, NewItem, UserAction};
+use freshet::ids::EntityId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The catalogue's categories.
+pub const CATEGORIES: [&str; 8] = [
+    "fiction", "mystery", "sci-fi", "fantasy", "romance", "history", "science", "children",
+];
+/// The CloudEvent `source` of every generated event.
+pub const SOURCE: &str = "freshet-generate";
+/// The time of the first event, 2026-01-01T00:00:00Z, as a Unix timestamp; events are 1 s apart.
+pub const START_UNIX_SECONDS: i64 = 1_767_225_600;
+/// Lowest and highest item price.
+pub const PRICE_RANGE: (f64, f64) = (5.0, 60.0);
+
+/// Chance that a user browses their favourite category rather than the whole catalogue.
+const FAVOURITE_BROWSE_SHARE: f64 = 0.75;
+/// Once the viral item is out, the chance that a view is of it.
+const VIRAL_VIEW_SHARE: f64 = 0.5;
+/// The viral item sells to anyone, whatever their taste.
+const VIRAL_PURCHASE_PROBABILITY: f64 = 0.5;
+const VIRAL_PRICE: f64 = 12.0;
+/// The purchase probability of a perfect-affinity user on the cheapest item.
+const MAX_PURCHASE_PROBABILITY: f64 = 0.45;
+
+/// An item that appears part-way through the stream and then draws much of the traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Viral {
+    pub item: EntityId,
+    /// Where its `new_item` is emitted, as a fraction of the user actions (0 = before the first,
+    /// 1 = after the last).
+    pub at: f64,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookstoreConfig {
+    pub users: usize,
+    pub items: usize,
+    /// Number of `user_action` events (the catalogue's `new_item` events come on top).
+    pub actions: usize,
+    pub seed: u64,
+    pub viral: Option<Viral>,
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    id: EntityId,
+    /// Index into [`CATEGORIES`]; `None` for the viral item, which sells outside any taste.
+    category: Option<usize>,
+    price: f64,
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    id: EntityId,
+    favourite: usize,
+    /// Affinity to each category, in [0, 1]; highest for the favourite.
+    affinity: [f64; CATEGORIES.len()],
+}
+
+/// Appends events with sequential ids (`evt-<seed>-<n>`) and times (1 s apart).
+struct Emitter {
+    seed: u64,
+    start: DateTime<Utc>,
+    events: Vec<Event>,
+}
+
+impl Emitter {
+    fn emit(&mut self, data: EventData) {
+        let n = self.events.len();
+        self.events.push(Event {
+            id: format!("evt-{}-{n}", self.seed),
+            source: SOURCE.to_string(),
+            time: Some(self.start + Duration::seconds(n as i64)),
+            data,
+        });
+    }
+
+    fn new_item(&mut self, item: &Item, category: &str) {
+        self.emit(EventData::NewItem(NewItem {
+            item: item.id.clone(),
+            category: category.to_string(),
+            price: item.price,
+        }));
+    }
+
+    fn action(&mut self, user: &User, item: &Item, action: Action) {
+        self.emit(EventData::UserAction(UserAction {
+            user: user.id.clone(),
+            item: item.id.clone(),
+            action,
+        }));
+    }
+}
+
+/// A generated id such as `b0001`: a letter and digits, always a valid entity id.
+fn entity_id(letter: char, n: usize) -> EntityId {
+    EntityId::parse(format!("{letter}{n:04}"))
+        .expect("a letter followed by digits is a valid entity id")
+}
+
+/// The chance a user buys an item they just viewed.
+fn purchase_probability(user: &User, item: &Item) -> f64 {
+    let Some(category) = item.category else {
+        return VIRAL_PURCHASE_PROBABILITY;
+    };
+    let (low, high) = PRICE_RANGE;
+    let cheapness = 1.0 - 0.7 * ((item.price - low) / (high - low)).clamp(0.0, 1.0);
+    MAX_PURCHASE_PROBABILITY * user.affinity[category] * cheapness
+}
+
+/// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions.
+pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let start = DateTime::<Utc>::from_timestamp(START_UNIX_SECONDS, 0)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let mut out = Emitter {
+        seed: config.seed,
+        start,
+        events: Vec::with_capacity(config.items + config.actions + 1),
+    };
+
+    let items: Vec<Item> = (1..=config.items)
+        .map(|n| {
+            let (low, high) = PRICE_RANGE;
+            Item {
+                id: entity_id('b', n),
+                category: Some(rng.random_range(0..CATEGORIES.len())),
+                price: (rng.random_range(low..=high) * 100.0).round() / 100.0,
+            }
+        })
+        .collect();
+    let users: Vec<User> = (1..=config.users)
+        .map(|n| {
+            let favourite = rng.random_range(0..CATEGORIES.len());
+            let mut affinity = [0.0; CATEGORIES.len()];
+            for (category, value) in affinity.iter_mut().enumerate() {
+                *value = if category == favourite {
+                    rng.random_range(0.6..=1.0)
+                } else {
+                    rng.random_range(0.0..=0.2)
+                };
+            }
+            User {
+                id: entity_id('u', n),
+                favourite,
+                affinity,
+            }
+        })
+        .collect();
+    let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
+    for (index, item) in items.iter().enumerate() {
+        if let Some(category) = item.category {
+            by_category[category].push(index);
+            out.new_item(item, CATEGORIES[category]);
+        }
+    }
+
+    // Where the viral item launches: after this many user actions.
+    let viral_launch = config.viral.as_ref().map(|spec| {
+        (
+            spec,
+            ((spec.at.clamp(0.0, 1.0) * config.actions as f64).floor() as usize)
+                .min(config.actions),
+        )
+    });
+    let mut viral: Option<Item> = None;
+
+    let mut actions = 0;
+    while actions < config.actions {
+        if viral.is_none()
+            && let Some(spec) = launch_due(viral_launch, actions)
+        {
+            viral = Some(launch_viral(spec, &mut out, &mut rng));
+        }
+        if users.is_empty() {
+            break;
+        }
+        // One visit: a view, sometimes a cart, sometimes a purchase, of one item by one user.
+        let user = &users[rng.random_range(0..users.len())];
+        let item = match &viral {
+            Some(viral) if items.is_empty() || rng.random_bool(VIRAL_VIEW_SHARE) => viral.clone(),
+            // Nothing to view yet; the viral item is announced after the loop.
+            _ if items.is_empty() => break,
+            _ => {
+                let favourites = &by_category[user.favourite];
+                if !favourites.is_empty() && rng.random_bool(FAVOURITE_BROWSE_SHARE) {
+                    items[favourites[rng.random_range(0..favourites.len())]].clone()
+                } else {
+                    items[rng.random_range(0..items.len())].clone()
+                }
+            }
+        };
+        let buy = purchase_probability(user, &item);
+        let cart = (1.5 * buy + 0.05).min(0.9);
+        let mut visit = vec![Action::View];
+        if rng.random_bool(cart) {
+            visit.push(Action::AddToCart);
+        }
+        if rng.random_bool(buy) {
+            visit.push(Action::Purchase);
+        }
+        for action in visit {
+            if actions == config.actions {
+                break;
+            }
+            // The launch lands exactly at its fraction, even in the middle of a visit.
+            if viral.is_none()
+                && let Some(spec) = launch_due(viral_launch, actions)
+            {
+                viral = Some(launch_viral(spec, &mut out, &mut rng));
+            }
+            out.action(user, &item, action);
+            actions += 1;
+        }
+    }
+    // With no user or item to act, the loop ends early; the viral item is still announced.
+    if viral.is_none()
+        && let Some((spec, _)) = viral_launch
+    {
+        launch_viral(spec, &mut out, &mut rng);
+    }
+    out.events
+}
+
+/// The viral item to launch now, if its moment (a count of user actions) has come.
+fn launch_due(launch: Option<(&Viral, usize)>, actions: usize) -> Option<&Viral> {
+    launch
+        .filter(|(_, at)| actions >= *at)
+        .map(|(spec, _)| spec)
+}
+
+/// Announces the viral item (in a random category, though it sells outside any taste).
+fn launch_viral(spec: &Viral, out: &mut Emitter, rng: &mut StdRng) -> Item {
+    let item = Item {
+        id: spec.item.clone(),
+        category: None,
+        price: VIRAL_PRICE,
+    };
+    out.new_item(&item, CATEGORIES[rng.random_range(0..CATEGORIES.len())]);
+    item
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
+
+    use super::*;
+
+    fn config(seed: u64) -> BookstoreConfig {
+        BookstoreConfig {
+            users: 50,
+            items: 40,
+            actions: 20_000,
+            seed,
+            viral: None,
+        }
+    }
+
+    fn actions(events: &[Event]) -> impl Iterator<Item = &UserAction> {
+        events.iter().filter_map(|e| match &e.data {
+            EventData::UserAction(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_events() {
+        assert_eq!(generate(&config(7)), generate(&config(7)));
+        assert_ne!(generate(&config(7)), generate(&config(8)));
+    }
+
+    #[test]
+    fn every_event_round_trips_through_the_decoder() {
+        let events = generate(&BookstoreConfig {
+            viral: Some(Viral {
+                item: EntityId::parse("viral-1").unwrap(),
+                at: 0.5,
+            }),
+            ..config(1)
+        });
+        for event in &events {
+            let decoded = decode(&event.to_json_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap();
+            assert_eq!(&decoded, event);
+        }
+    }
+
+    #[test]
+    fn catalogue_comes_first_then_exactly_the_requested_actions() {
+        let events = generate(&config(3));
+        assert_eq!(events.len(), 40 + 20_000);
+        assert!(
+            events[..40]
+                .iter()
+                .all(|e| matches!(e.data, EventData::NewItem(_)))
+        );
+        assert_eq!(actions(&events).count(), 20_000);
+        match &events[0].data {
+            EventData::NewItem(item) => {
+                assert_eq!(item.item.as_str(), "b0001");
+                assert!(CATEGORIES.contains(&item.category.as_str()));
+                assert!((PRICE_RANGE.0..=PRICE_RANGE.1).contains(&item.price));
+            }
+            other => panic!("expected new_item, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_and_times_increase_from_the_start() {
+        let events = generate(&config(5));
+        let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), events.len());
+        assert_eq!(events[0].id, "evt-5-0");
+        assert_eq!(
+            events[0].time.unwrap().to_rfc3339(),
+            "2026-01-01T00:00:00+00:00"
+        );
+        assert!(events.windows(2).all(|w| w[0].time < w[1].time));
+        assert!(events.iter().all(|e| e.source == SOURCE));
+    }
+
+    #[test]
+    fn users_buy_more_in_their_favourite_category() {
+        let events = generate(&config(11));
+        let category: HashMap<String, String> = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::NewItem(n) => Some((n.item.to_string(), n.category.clone())),
+                _ => None,
+            })
+            .collect();
+        // A user's favourite is the category they view most, as a model would see it.
+        let mut views: HashMap<(String, String), u64> = HashMap::new();
+        for a in actions(&events).filter(|a| a.action == Action::View) {
+            *views
+                .entry((a.user.to_string(), category[a.item.as_str()].clone()))
+                .or_default() += 1;
+        }
+        let mut favourite: HashMap<String, (String, u64)> = HashMap::new();
+        for ((user, cat), n) in &views {
+            let best = favourite.entry(user.clone()).or_insert((cat.clone(), 0));
+            if *n > best.1 {
+                *best = (cat.clone(), *n);
+            }
+        }
+        let (mut fav, mut other) = ((0u64, 0u64), (0u64, 0u64));
+        for a in actions(&events) {
+            let in_favourite = favourite[a.user.as_str()].0 == category[a.item.as_str()];
+            let tally = if in_favourite { &mut fav } else { &mut other };
+            match a.action {
+                Action::View => tally.0 += 1,
+                Action::Purchase => tally.1 += 1,
+                Action::AddToCart => {}
+            }
+        }
+        let (fav_rate, other_rate) = (fav.1 as f64 / fav.0 as f64, other.1 as f64 / other.0 as f64);
+        assert!(
+            fav.0 > other.0,
+            "users should mostly view their favourite category: {fav:?} vs {other:?}"
+        );
+        assert!(
+            fav_rate > 2.0 * other_rate,
+            "favourite {fav_rate:.3} vs other {other_rate:.3}"
+        );
+    }
+
+    #[test]
+    fn the_viral_item_arrives_at_its_fraction_and_then_dominates() {
+        let viral = EntityId::parse("b-viral").unwrap();
+        let events = generate(&BookstoreConfig {
+            viral: Some(Viral {
+                item: viral.clone(),
+                at: 0.25,
+            }),
+            ..config(9)
+        });
+        let launch = events
+            .iter()
+            .position(|e| matches!(&e.data, EventData::NewItem(n) if n.item == viral))
+            .unwrap();
+        let actions_before = actions(&events[..launch]).count();
+        assert_eq!(actions_before, 5_000);
+        assert!(actions(&events[..launch]).all(|a| a.item != viral));
+        let after: Vec<&UserAction> = actions(&events[launch..]).collect();
+        let viral_views = after
+            .iter()
+            .filter(|a| a.item == viral && a.action == Action::View)
+            .count();
+        let all_views = after.iter().filter(|a| a.action == Action::View).count();
+        let viral_buys = after
+            .iter()
+            .filter(|a| a.item == viral && a.action == Action::Purchase)
+            .count();
+        let all_buys = after
+            .iter()
+            .filter(|a| a.action == Action::Purchase)
+            .count();
+        assert!(
+            viral_views * 3 > all_views,
+            "{viral_views} of {all_views} views"
+        );
+        assert!(
+            viral_buys * 2 > all_buys,
+            "{viral_buys} of {all_buys} purchases"
+        );
+    }
+
+    #[test]
+    fn degenerate_sizes_do_not_panic() {
+        let none = BookstoreConfig {
+            users: 0,
+            items: 0,
+            actions: 10,
+            seed: 1,
+            viral: None,
+        };
+        assert!(generate(&none).is_empty());
+        let only_viral = BookstoreConfig {
+            users: 2,
+            items: 0,
+            viral: Some(Viral {
+                item: EntityId::parse("v").unwrap(),
+                at: 1.0,
+            }),
+            ..none
+        };
+        let events = generate(&only_viral);
+        assert_eq!(
+            events.len(),
+            1,
+            "the viral item is announced at the end, after no actions could be made"
+        );
+        let at_start = generate(&BookstoreConfig {
+            viral: Some(Viral {
+                item: EntityId::parse("v").unwrap(),
+                at: 0.0,
+            }),
+            ..only_viral
+        });
+        assert_eq!(at_start.len(), 11);
+    }
+}

@@ -1,0 +1,247 @@
+//! A local freshet stack made of real processes: a nats-server with JetStream on a free loopback
+//! port and its own store folder, and function binaries pointed at it. `freshet demo` and the
+//! integration tests both use it; every process it starts is ended by pid when its handle drops.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The oldest nats-server freshet works with: KV creation and multi-filter consumers need 2.10.
+pub const MIN_NATS_SERVER: (u32, u32) = (2, 10);
+
+/// Finds a nats-server binary: `$FRESHET_NATS_SERVER`, then the project's `.tools/venv/bin`
+/// (where `tools/install.sh` puts it), then `$PATH`. Refuses one older than 2.10.
+pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("FRESHET_NATS_SERVER") {
+        candidates.push(path.into());
+    }
+    for start in [std::env::current_dir().ok(), std::env::current_exe().ok()].into_iter().flatten() {
+        for dir in start.ancestors() {
+            candidates.push(dir.join(".tools/venv/bin/nats-server"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
+    }
+    let found = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("no nats-server found: run tools/install.sh (or `make tools`), or set FRESHET_NATS_SERVER")?;
+    let output = Command::new(&found).arg("--version").output().with_context(|| format!("running {}", found.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < MIN_NATS_SERVER {
+        bail!("{} is nats-server {version}; freshet needs 2.10 or newer (tools/install.sh installs one)", found.display());
+    }
+    Ok(found)
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sends a signal to a process this stack started (and only to such a process: `child` is ours).
+#[allow(unsafe_code)]
+fn signal(child: &Child, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    // SAFETY: kill(2) has no memory-safety preconditions; the worst case is ESRCH for a child that
+    // already exited and was not yet reaped, which still names our own child.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A nats-server with JetStream, listening on 127.0.0.1.
+pub struct NatsServer {
+    binary: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    store_dir: PathBuf,
+    log_file: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port, storing JetStream data under `store_dir`.
+    pub fn start(store_dir: &Path) -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer {
+            binary: find_nats_server()?,
+            child: None,
+            port: free_port()?,
+            store_dir: store_dir.to_path_buf(),
+            log_file: store_dir.join("nats-server.log"),
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.store_dir)?;
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store_dir)
+            .args(["-l"])
+            .arg(&self.log_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on port {} within 10 s; see {}", self.port, self.log_file.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if wait_with_timeout(&mut child, Duration::from_secs(5))?.is_none() {
+                child.kill()?;
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and starts the server on the same port and store, as an operator's restart would.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.launch()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where the workspace's binaries are: beside the running executable, or one folder up for test
+/// executables, which cargo puts in `target/<profile>/deps`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no folder")?;
+    Ok(if dir.ends_with("deps") {
+        dir.parent().context("deps has no parent")?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// One function (or CLI) process of the stack.
+pub struct FunctionProcess {
+    name: String,
+    child: Option<Child>,
+}
+
+impl FunctionProcess {
+    /// Starts `binary` from [`bin_dir`] with `args` and `envs`; its stderr goes to `log`.
+    pub fn spawn(binary: &str, args: &[String], envs: &[(String, String)], log: &Path) -> anyhow::Result<FunctionProcess> {
+        let path = bin_dir()?.join(binary);
+        if !path.is_file() {
+            bail!("{} is missing: build the workspace first (cargo build --workspace)", path.display());
+        }
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&path)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        Ok(FunctionProcess {
+            name: binary.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a graceful exit; returns its status.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("process already stopped")?;
+        signal(&child, libc::SIGTERM);
+        match wait_with_timeout(&mut child, timeout)? {
+            Some(status) => Ok(status),
+            None => {
+                child.kill()?;
+                child.wait()?;
+                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name)
+            }
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
