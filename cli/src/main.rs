@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
-    self, GlobalArgs, generate, models, predict, provision, publish, status,
+    self, GlobalArgs, demo, generate, models, predict, provision, publish, status,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -37,6 +37,8 @@ enum Command {
     Status,
     /// Write a deterministic synthetic bookstore event stream to stdout as JSON Lines
     Generate(generate::GenerateArgs),
+    /// Run the bookstore story end to end on a private local stack, then stop it
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line. The shared settings are defined in the library without `global`;
@@ -57,6 +59,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(global, args).await,
         Command::Status => status::run(global).await,
         Command::Generate(args) => generate::run(args),
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

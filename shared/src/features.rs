@@ -17,7 +17,7 @@ use crate::model::FeatureSchema;
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
 /// Bumped whenever a feature's meaning changes; predictors refuse a model of another version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// The features, in vector order.
 pub const FEATURE_NAMES: [&str; 7] = [
     "user_log_views",
@@ -128,9 +128,16 @@ impl ItemState {
     }
 }
 
-/// A smoothed rate that is defined (and sensible) for brand-new entities: (k + 1) / (n + 2).
-fn smoothed_rate(hits: u64, trials: u64) -> f32 {
-    ((hits as f64 + 1.0) / (trials as f64 + 2.0)) as f32
+/// The purchase rate assumed for an entity with no history: about what a bookshop sees. A new
+/// item starts there, neither buried nor on top, and moves as its own evidence arrives.
+pub const PRIOR_PURCHASE_RATE: f64 = 0.1;
+/// How many observations the prior is worth.
+const PRIOR_WEIGHT: f64 = 4.0;
+
+/// A rate shrunk towards `prior` (additive smoothing): defined and sensible for brand-new
+/// entities, and dominated by the entity's own counts once it has a few.
+fn smoothed_rate(hits: u64, trials: u64, prior: f64) -> f32 {
+    ((hits as f64 + PRIOR_WEIGHT * prior) / (trials as f64 + PRIOR_WEIGHT)) as f32
 }
 
 fn log1p(count: f64) -> f32 {
@@ -152,10 +159,10 @@ pub fn feature_vector(user: &UserState, item: &ItemState, now: DateTime<Utc>) ->
         .unwrap_or(0.0);
     vec![
         log1p(user.views as f64),
-        smoothed_rate(user.purchases, user.views.max(user.purchases)),
-        smoothed_rate(category_views, user.views),
+        smoothed_rate(user.purchases, user.views.max(user.purchases), PRIOR_PURCHASE_RATE),
+        smoothed_rate(category_views, user.views, 0.5),
         log1p(item.views as f64),
-        smoothed_rate(item.purchases, item.views.max(item.purchases)),
+        smoothed_rate(item.purchases, item.views.max(item.purchases), PRIOR_PURCHASE_RATE),
         log1p(item.price.unwrap_or(0.0)),
         log1p(age_hours),
     ]
@@ -183,7 +190,7 @@ mod tests {
     fn features_of_new_entities_are_defined() {
         let v = feature_vector(&UserState::default(), &ItemState::default(), at(0));
         assert_eq!(v.len(), FEATURE_NAMES.len());
-        assert_eq!(v, vec![0.0, 0.5, 0.5, 0.0, 0.5, 0.0, 0.0]);
+        assert_eq!(v, vec![0.0, 0.1, 0.5, 0.0, 0.1, 0.0, 0.0]);
     }
 
     #[test]
@@ -199,8 +206,8 @@ mod tests {
         item.apply_action(Action::Purchase, at(20));
         let v = feature_vector(&user, &item, at(7200));
         assert!((v[0] - 4f32.ln()).abs() < 1e-6);
-        assert!((v[1] - 2.0 / 5.0).abs() < 1e-6);
-        assert!((v[2] - 4.0 / 5.0).abs() < 1e-6);
+        assert!((v[1] - 1.4 / 7.0).abs() < 1e-6, "(1 + 4·0.1) / (3 + 4)");
+        assert!((v[2] - 5.0 / 7.0).abs() < 1e-6, "(3 + 4·0.5) / (3 + 4)");
         assert!((v[5] - 20f32.ln()).abs() < 1e-6);
         assert!((v[6] - 3f32.ln()).abs() < 1e-6, "2 hours old");
         assert!(v.iter().all(|x| x.is_finite()));
