@@ -77,55 +77,6 @@ pub fn example_passthrough(event_id: &str, data: &ExampleData, at: DateTime<Utc>
     }
 }
 
-/// The user's state after the action, or `None` if this position was already applied.
-pub fn next_user_state(
-    user: &UserState,
-    action: &UserAction,
-    item_category: Option<&str>,
-    at: DateTime<Utc>,
-    position: Position,
-) -> Option<UserState> {
-    if user.applied.contains(position.partition, position.sequence) {
-        return None;
-    }
-    let mut next = user.clone();
-    next.apply(action.action, item_category, at);
-    next.applied.record(position.partition, position.sequence);
-    Some(next)
-}
-
-/// The item's state after an action on it, or `None` if already applied.
-pub fn next_item_state_for_action(
-    item: &ItemState,
-    action: &UserAction,
-    at: DateTime<Utc>,
-    position: Position,
-) -> Option<ItemState> {
-    if item.applied.contains(position.partition, position.sequence) {
-        return None;
-    }
-    let mut next = item.clone();
-    next.apply_action(action.action, at);
-    next.applied.record(position.partition, position.sequence);
-    Some(next)
-}
-
-/// The item's state after its `new_item` event, or `None` if already applied.
-pub fn next_item_state_for_new_item(
-    item: &ItemState,
-    new_item: &NewItem,
-    at: DateTime<Utc>,
-    position: Position,
-) -> Option<ItemState> {
-    if item.applied.contains(position.partition, position.sequence) {
-        return None;
-    }
-    let mut next = item.clone();
-    next.apply_new_item(&new_item.category, new_item.price, at);
-    next.applied.record(position.partition, position.sequence);
-    Some(next)
-}
-
 /// What an event asks of featurize, before any state is read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
@@ -145,6 +96,158 @@ pub fn work_for(event: &Event, at: DateTime<Utc>) -> Work {
         EventData::Example(data) => Work::Example(example_passthrough(&event.id, data, at)),
         EventData::Outcome(_) => Work::Nothing,
     }
+}
+
+/// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
+/// state if a compare-and-set loses to another writer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// A user acted on an item of `category`.
+    UserAction { action: Action, category: Option<String>, at: DateTime<Utc>, position: Position },
+    /// An item was acted on.
+    ItemAction { action: Action, at: DateTime<Utc>, position: Position },
+    /// An item entered the catalogue.
+    NewItem { category: String, price: f64, at: DateTime<Utc>, position: Position },
+}
+
+/// The state of one FEATURES key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntityState {
+    User(UserState),
+    Item(ItemState),
+}
+
+impl EntityState {
+    /// Applies a mutation unless its position was already applied. Returns whether it changed.
+    pub fn apply(&mut self, mutation: &Mutation) -> bool {
+        match (self, mutation) {
+            (EntityState::User(user), Mutation::UserAction { action, category, at, position }) => {
+                if user.applied.contains(position.partition, position.sequence) {
+                    return false;
+                }
+                user.apply(*action, category.as_deref(), *at);
+                user.applied.record(position.partition, position.sequence);
+                true
+            }
+            (EntityState::Item(item), Mutation::ItemAction { action, at, position }) => {
+                if item.applied.contains(position.partition, position.sequence) {
+                    return false;
+                }
+                item.apply_action(*action, *at);
+                item.applied.record(position.partition, position.sequence);
+                true
+            }
+            (EntityState::Item(item), Mutation::NewItem { category, price, at, position }) => {
+                if item.applied.contains(position.partition, position.sequence) {
+                    return false;
+                }
+                item.apply_new_item(category, *price, *at);
+                item.applied.record(position.partition, position.sequence);
+                true
+            }
+            // Keys are derived from the event, so a user key never meets an item mutation.
+            _ => false,
+        }
+    }
+}
+
+/// One routed event of a batch, ready to plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    pub event_id: String,
+    pub position: Position,
+    pub at: DateTime<Utc>,
+    pub work: Work,
+}
+
+/// What a batch does: the examples to publish, and per FEATURES key, the mutations to write.
+#[derive(Debug, Default, PartialEq)]
+pub struct BatchPlan {
+    pub examples: Vec<ExampleRecord>,
+    pub mutations: std::collections::BTreeMap<String, Vec<Mutation>>,
+}
+
+/// The FEATURES keys a batch reads.
+pub fn keys_of(batch: &[Routed]) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for routed in batch {
+        match &routed.work {
+            Work::UserAction(action) => {
+                keys.insert(features::user_key(&action.user));
+                keys.insert(features::item_key(&action.item));
+            }
+            Work::NewItem(item) => {
+                keys.insert(features::item_key(&item.item));
+            }
+            Work::Example(_) | Work::Nothing => {}
+        }
+    }
+    keys
+}
+
+/// Plans a batch in stream order against `states` (the states read, updated in place). An event
+/// whose user state already holds its position was fully handled before a redelivery: it yields
+/// no example, and its mutations change nothing.
+pub fn plan_batch(model: &ModelName, batch: &[Routed], states: &mut std::collections::BTreeMap<String, EntityState>) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    for routed in batch {
+        match &routed.work {
+            Work::UserAction(action) => {
+                let user_key = features::user_key(&action.user);
+                let item_key = features::item_key(&action.item);
+                let user = match states.get(&user_key) {
+                    Some(EntityState::User(user)) => user.clone(),
+                    _ => UserState::default(),
+                };
+                let item = match states.get(&item_key) {
+                    Some(EntityState::Item(item)) => item.clone(),
+                    _ => ItemState::default(),
+                };
+                if !user.applied.contains(routed.position.partition, routed.position.sequence) {
+                    plan.examples.push(example_for_action(model, &routed.event_id, action, &user, &item, routed.at));
+                }
+                let user_mutation = Mutation::UserAction {
+                    action: action.action,
+                    category: item.category.clone(),
+                    at: routed.at,
+                    position: routed.position,
+                };
+                let item_mutation = Mutation::ItemAction { action: action.action, at: routed.at, position: routed.position };
+                record(states, &mut plan, user_key, EntityState::User(user), user_mutation);
+                record(states, &mut plan, item_key, EntityState::Item(item), item_mutation);
+            }
+            Work::NewItem(new_item) => {
+                let key = features::item_key(&new_item.item);
+                let item = match states.get(&key) {
+                    Some(EntityState::Item(item)) => item.clone(),
+                    _ => ItemState::default(),
+                };
+                let mutation = Mutation::NewItem {
+                    category: new_item.category.clone(),
+                    price: new_item.price,
+                    at: routed.at,
+                    position: routed.position,
+                };
+                record(states, &mut plan, key, EntityState::Item(item), mutation);
+            }
+            Work::Example(record) => plan.examples.push(record.clone()),
+            Work::Nothing => {}
+        }
+    }
+    plan
+}
+
+fn record(
+    states: &mut std::collections::BTreeMap<String, EntityState>,
+    plan: &mut BatchPlan,
+    key: String,
+    mut state: EntityState,
+    mutation: Mutation,
+) {
+    if state.apply(&mutation) {
+        plan.mutations.entry(key.clone()).or_default().push(mutation);
+    }
+    states.insert(key, state);
 }
 
 #[cfg(test)]
@@ -177,38 +280,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_action_is_applied_once_per_position() {
-        let action = view("u1", "b1", Action::View);
-        let pos = Position { partition: 1, sequence: 7 };
-        let user = next_user_state(&UserState::default(), &action, Some("scifi"), at(0), pos).unwrap();
-        assert_eq!((user.views, user.category_views["scifi"]), (1, 1));
-        assert_eq!(next_user_state(&user, &action, Some("scifi"), at(0), pos), None, "redelivery is recognised");
-        let earlier = Position { partition: 1, sequence: 3 };
-        assert_eq!(next_user_state(&user, &action, None, at(0), earlier), None);
-        let other_partition = Position { partition: 2, sequence: 3 };
-        assert!(next_item_state_for_action(&ItemState::default(), &action, at(0), other_partition).is_some());
+    fn routed(seq: u64, work: Work) -> Routed {
+        Routed { event_id: format!("e{seq}"), position: Position { partition: 1, sequence: seq }, at: at(seq as i64), work }
     }
 
     #[test]
-    fn examples_use_the_state_before_the_action_and_label_purchases() {
-        let user = UserState { views: 3, ..Default::default() };
-        let item = ItemState { price: Some(10.0), ..Default::default() };
+    fn a_batch_applies_each_position_once_and_in_order() {
         let model = ModelName::parse("bookstore").unwrap();
-        let buy = example_for_action(&model, "e9", &view("u1", "b1", Action::Purchase), &user, &item, at(0));
-        assert_eq!((buy.id.as_str(), buy.label), ("ex-e9", 1.0));
-        assert_eq!(buy.features, features::feature_vector(&user, &item, at(0)));
-        let look = example_for_action(&model, "e10", &view("u1", "b1", Action::View), &user, &item, at(0));
-        assert_eq!(look.label, 0.0);
+        let new_item = NewItem { item: EntityId::parse("b1").unwrap(), category: "poetry".into(), price: 9.5 };
+        let batch = vec![
+            routed(1, Work::NewItem(new_item)),
+            routed(2, Work::UserAction(view("u1", "b1", Action::View))),
+            routed(3, Work::UserAction(view("u1", "b1", Action::Purchase))),
+        ];
+        let mut states = Default::default();
+        let plan = plan_batch(&model, &batch, &mut states);
+        assert_eq!(plan.examples.len(), 2);
+        assert_eq!((plan.examples[0].label, plan.examples[1].label), (0.0, 1.0));
+        // The purchase's example saw the view before it: the state moves through the batch.
+        let viewed = UserState { views: 1, ..Default::default() };
+        assert_eq!(plan.examples[1].features[0], features::feature_vector(&viewed, &ItemState::default(), at(3))[0]);
+        assert_eq!(plan.mutations["user.u1"].len(), 2);
+        assert_eq!(plan.mutations["item.b1"].len(), 3);
+        match &states["user.u1"] {
+            EntityState::User(user) => assert_eq!((user.views, user.purchases, user.category_views["poetry"]), (1, 1, 1)),
+            other => panic!("{other:?}"),
+        }
+
+        // Redelivered after the states were written: no example, no mutation.
+        let again = plan_batch(&model, &batch, &mut states);
+        assert!(again.examples.is_empty() && again.mutations.is_empty(), "{again:?}");
     }
 
     #[test]
-    fn new_items_record_catalogue_facts_once() {
-        let new_item = NewItem { item: EntityId::parse("b1").unwrap(), category: "poetry".into(), price: 9.5 };
-        let pos = Position { partition: 0, sequence: 1 };
-        let item = next_item_state_for_new_item(&ItemState::default(), &new_item, at(5), pos).unwrap();
-        assert_eq!((item.category.as_deref(), item.price, item.first_seen), (Some("poetry"), Some(9.5), Some(at(5))));
-        assert!(next_item_state_for_new_item(&item, &new_item, at(5), pos).is_none());
+    fn mutations_replay_on_a_fresher_state() {
+        let mutation = Mutation::ItemAction { action: Action::Purchase, at: at(0), position: Position { partition: 0, sequence: 9 } };
+        let mut fresher = EntityState::Item(ItemState { views: 5, ..Default::default() });
+        assert!(fresher.apply(&mutation));
+        assert!(!fresher.apply(&mutation), "a position applies once");
+        match fresher {
+            EntityState::Item(item) => assert_eq!((item.views, item.purchases), (5, 1)),
+            other => panic!("{other:?}"),
+        }
+        let mut user = EntityState::User(UserState::default());
+        assert!(!user.apply(&mutation), "a user key never takes an item mutation");
+    }
+
+    #[test]
+    fn keys_cover_users_and_items() {
+        let batch = vec![routed(1, Work::UserAction(view("u1", "b1", Action::View))), routed(2, Work::Nothing)];
+        assert_eq!(keys_of(&batch).into_iter().collect::<Vec<_>>(), vec!["item.b1".to_string(), "user.u1".to_string()]);
     }
 
     #[test]

@@ -1,23 +1,27 @@
-//! featurize's runtime adapter: reads entity state from FEATURES, asks the handler what changes,
-//! publishes the example, then writes the state back by compare-and-set. The order is what makes
-//! the effect exactly-once: the example goes out first (JetStream drops a republished duplicate by
-//! its id), then each entity's state records the event's position, so a redelivered event finds
-//! its mark and changes nothing twice.
+//! featurize's runtime adapter, one batch at a time: read every FEATURES key the batch touches
+//! (concurrently), plan the batch in memory, publish its examples (acks awaited together), then
+//! write each changed key back by compare-and-set.
+//!
+//! That order is what makes the effect exactly-once. Examples go out first with an id derived from
+//! their event, so a republished one is dropped by JetStream; each entity's state then records the
+//! positions it applied, so a redelivered event finds its mark and changes nothing twice. A write
+//! that loses to another replica re-reads the key and replays the batch's mutations for it.
+
+use std::collections::BTreeMap;
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use freshet::error::Failure;
-use freshet::events::{self, Event};
+use freshet::events;
 use freshet::examples::ExampleRecord;
-use freshet::features::{ItemState, UserState, item_key, user_key};
+use freshet::features::{ItemState, UserState};
 use freshet::ids::ModelName;
 use freshet::runtime::{Disposition, Incoming, Processor};
-use freshet::store::kv::{CasError, Versioned, compare_and_set, read};
+use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use futures::future::try_join_all;
 
-use crate::handler::{self, Position, Work};
+use crate::handler::{self, EntityState, Mutation, Position, Routed};
 
 /// How often one state write is retried when another replica wrote the same key in between.
 const MAX_CAS_ATTEMPTS: usize = 32;
@@ -31,138 +35,128 @@ pub struct Featurizer {
     pub max_event_bytes: usize,
 }
 
+/// A FEATURES key as read: its state and the revision to write against.
+struct Read {
+    state: EntityState,
+    revision: u64,
+}
+
 impl Processor for Featurizer {
     async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
-        let mut out = Vec::with_capacity(batch.len());
-        let mut failed = false;
+        let mut dispositions: Vec<Option<Disposition>> = Vec::with_capacity(batch.len());
+        let mut routed = Vec::with_capacity(batch.len());
         for message in batch {
-            if failed {
-                // Keep per-entity order: nothing after a failure is handled before it.
-                out.push(Disposition::Retry(Failure::new("featurize", "an earlier message in the batch failed")));
-                continue;
+            match self.route(message) {
+                Ok(r) => {
+                    routed.push(r);
+                    dispositions.push(None);
+                }
+                Err(rejection) => dispositions.push(Some(Disposition::Reject(rejection))),
             }
-            let disposition = self.handle(message).await;
-            failed = matches!(disposition, Disposition::Retry(_));
-            out.push(disposition);
         }
-        out
+        let outcome = self.handle(&routed).await;
+        dispositions
+            .into_iter()
+            .map(|d| match (d, &outcome) {
+                (Some(rejected), _) => rejected,
+                (None, Ok(())) => Disposition::Ack,
+                (None, Err(failure)) => Disposition::Retry(Failure::new(failure.operation.clone(), failure.source.to_string())),
+            })
+            .collect()
     }
 }
 
 impl Featurizer {
-    async fn handle(&self, message: &Incoming) -> Disposition {
-        let event = match events::decode(&message.payload, self.max_event_bytes) {
-            Ok(event) => event,
-            Err(rejection) => return Disposition::Reject(rejection),
-        };
-        let partition = match handler::route(&self.subjects, &message.subject, &event) {
-            Ok(partition) => partition,
-            Err(rejection) => return Disposition::Reject(rejection),
-        };
-        let position = Position {
-            partition,
-            sequence: message.stream_sequence,
-        };
+    fn route(&self, message: &Incoming) -> Result<Routed, freshet::error::Rejection> {
+        let event = events::decode(&message.payload, self.max_event_bytes)?;
+        let partition = handler::route(&self.subjects, &message.subject, &event)?;
         let at = handler::event_time(&event, message.published);
-        let result = match handler::work_for(&event, at) {
-            Work::UserAction(action) => self.user_action(&event, &action, at, position).await,
-            Work::NewItem(new_item) => {
-                self.update(&item_key(&new_item.item), |item: &ItemState| {
-                    handler::next_item_state_for_new_item(item, &new_item, at, position)
-                })
-                .await
-            }
-            Work::Example(record) => self.publish_example(&record).await,
-            Work::Nothing => Ok(()),
-        };
-        match result {
-            Ok(()) => Disposition::Ack,
-            Err(failure) => Disposition::Retry(failure),
-        }
+        Ok(Routed {
+            work: handler::work_for(&event, at),
+            event_id: event.id,
+            position: Position { partition, sequence: message.stream_sequence },
+            at,
+        })
     }
 
-    async fn user_action(
-        &self,
-        event: &Event,
-        action: &freshet::events::UserAction,
-        at: chrono::DateTime<chrono::Utc>,
-        position: Position,
-    ) -> Result<(), Failure> {
-        let user_key = user_key(&action.user);
-        let item_key = item_key(&action.item);
-        let user: Versioned<UserState> = self.read(&user_key).await?;
-        let item: Versioned<ItemState> = self.read(&item_key).await?;
-        let user_state = user.value.clone().unwrap_or_default();
-        let item_state = item.value.clone().unwrap_or_default();
-        if !user_state.applied.contains(position.partition, position.sequence) {
-            let example = handler::example_for_action(&self.model, &event.id, action, &user_state, &item_state, at);
-            self.publish_example(&example).await?;
+    async fn handle(&self, batch: &[Routed]) -> Result<(), Failure> {
+        if batch.is_empty() {
+            return Ok(());
         }
-        let category = item_state.category.clone();
-        self.update_from(&user_key, user, |u: &UserState| {
-            handler::next_user_state(u, action, category.as_deref(), at, position)
-        })
+        let keys: Vec<String> = handler::keys_of(batch).into_iter().collect();
+        let reads = try_join_all(keys.iter().map(|key| self.read(key))).await?;
+        let mut revisions = BTreeMap::new();
+        let mut states = BTreeMap::new();
+        for (key, read) in keys.into_iter().zip(reads) {
+            revisions.insert(key.clone(), read.revision);
+            states.insert(key, read.state);
+        }
+        let plan = handler::plan_batch(&self.model, batch, &mut states);
+        self.publish_examples(&plan.examples).await?;
+        try_join_all(plan.mutations.iter().map(|(key, mutations)| {
+            let state = states.remove(key).expect("every planned key was read");
+            self.write(key, state, revisions[key], mutations)
+        }))
         .await?;
-        self.update_from(&item_key, item, |i: &ItemState| {
-            handler::next_item_state_for_action(i, action, at, position)
-        })
-        .await
+        Ok(())
     }
 
-    async fn publish_example(&self, example: &ExampleRecord) -> Result<(), Failure> {
-        let publish = PublishMessage::build()
-            .payload(Bytes::from(example.to_json_bytes()))
-            .message_id(&example.id);
-        self.js
-            .send_publish(self.subjects.examples(&example.model), publish)
-            .await
-            .map_err(|e| Failure::new("publish example", e))?
+    async fn publish_examples(&self, examples: &[ExampleRecord]) -> Result<(), Failure> {
+        let mut acks = Vec::with_capacity(examples.len());
+        for example in examples {
+            let publish = PublishMessage::build().payload(Bytes::from(example.to_json_bytes())).message_id(&example.id);
+            acks.push(
+                self.js
+                    .send_publish(self.subjects.examples(&example.model), publish)
+                    .await
+                    .map_err(|e| Failure::new("publish example", e))?,
+            );
+        }
+        try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
             .await
             .map_err(|e| Failure::new("publish example", e))?;
         Ok(())
     }
 
-    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Versioned<T>, Failure> {
+    async fn read(&self, key: &str) -> Result<Read, Failure> {
         let raw = read(&self.features, key).await?;
-        let value = match raw.value {
-            None => None,
-            // State this version cannot read is a bug or a schema change, not bad input: fail
-            // loudly and retry rather than silently starting the entity from scratch.
-            Some(bytes) => Some(
-                serde_json::from_slice(&bytes).map_err(|e| Failure::new(format!("decode FEATURES {key}"), e))?,
-            ),
+        // State this version cannot read is a bug or a schema change, not bad input: fail loudly
+        // and retry rather than silently starting the entity from scratch.
+        let decode_error = |e| Failure::new(format!("decode FEATURES {key}"), e);
+        let state = if key.starts_with("user.") {
+            EntityState::User(match raw.value {
+                Some(bytes) => serde_json::from_slice::<UserState>(&bytes).map_err(decode_error)?,
+                None => UserState::default(),
+            })
+        } else {
+            EntityState::Item(match raw.value {
+                Some(bytes) => serde_json::from_slice::<ItemState>(&bytes).map_err(decode_error)?,
+                None => ItemState::default(),
+            })
         };
-        Ok(Versioned {
-            value,
-            revision: raw.revision,
-        })
+        Ok(Read { state, revision: raw.revision })
     }
 
-    async fn update<T, F>(&self, key: &str, next: F) -> Result<(), Failure>
-    where
-        T: DeserializeOwned + Serialize + Default + Clone,
-        F: Fn(&T) -> Option<T>,
-    {
-        let current = self.read(key).await?;
-        self.update_from(key, current, next).await
-    }
-
-    /// Compare-and-set loop: apply `next` to the state read, write it at that revision, and on a
-    /// conflict re-read and apply again (`next` returns `None` once the event is already applied).
-    async fn update_from<T, F>(&self, key: &str, mut current: Versioned<T>, next: F) -> Result<(), Failure>
-    where
-        T: DeserializeOwned + Serialize + Default + Clone,
-        F: Fn(&T) -> Option<T>,
-    {
+    /// Writes `state` at `revision`; on a conflict re-reads and replays `mutations` on the fresher
+    /// state (mutations already applied there are skipped by their positions).
+    async fn write(&self, key: &str, mut state: EntityState, mut revision: u64, mutations: &[Mutation]) -> Result<(), Failure> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let state = current.value.clone().unwrap_or_default();
-            let Some(updated) = next(&state) else {
-                return Ok(());
-            };
-            let bytes = serde_json::to_vec(&updated).expect("entity state is plain data and always serialises");
-            match compare_and_set(&self.features, key, Bytes::from(bytes), current.revision).await {
+            let bytes = match &state {
+                EntityState::User(user) => serde_json::to_vec(user),
+                EntityState::Item(item) => serde_json::to_vec(item),
+            }
+            .expect("entity state is plain data and always serialises");
+            match compare_and_set(&self.features, key, Bytes::from(bytes), revision).await {
                 Ok(_) => return Ok(()),
-                Err(CasError::Conflict { .. }) => current = self.read(key).await?,
+                Err(CasError::Conflict { .. }) => {
+                    let fresh = self.read(key).await?;
+                    state = fresh.state;
+                    revision = fresh.revision;
+                    let changed = mutations.iter().fold(false, |changed, m| state.apply(m) | changed);
+                    if !changed {
+                        return Ok(());
+                    }
+                }
                 Err(CasError::Failed(failure)) => return Err(failure),
             }
         }

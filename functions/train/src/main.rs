@@ -25,7 +25,7 @@ struct Args {
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
     /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
-    #[arg(long = "learning-rate", env = "FRESHET_LEARNING_RATE", default_value_t = 0.1)]
+    #[arg(long = "learning-rate", env = "FRESHET_LEARNING_RATE", default_value_t = 0.5)]
     learning_rate: f64,
     /// Learning-rate decay α
     #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = 0.01)]

@@ -11,12 +11,13 @@
 //! The artifact written by [`LogisticTrainer::to_bytes`] is self-describing:
 //!
 //! ```text
-//! b"FRESHETM" | u32 LE header length | header JSON | burnpack record of the module
+//! b"FRESHETM" | u32 LE header length | header JSON | burnpack record | SHA-256 of all before
 //! ```
 //!
-//! The header carries the format version, model kind, feature count, SGD step and the length
-//! and SHA-256 of the record, so a truncated or corrupted artifact is rejected as
-//! [`ModelError::Decode`] before burn ever parses it.
+//! The header carries the format version, model kind, feature count, SGD step, the input
+//! scaler's state and the length and SHA-256 of the record; the trailing digest covers header
+//! and record alike, so a truncated or corrupted artifact is rejected as [`ModelError::Decode`]
+//! before burn ever parses it.
 //!
 //! L2 regularisation is applied by hand, as the term `(λ/2)·‖w‖²` added to the loss, on the
 //! weights only (not the bias). Its gradient `λ·w` is exactly what burn's coupled
@@ -31,13 +32,18 @@ use burn::store::ModuleRecord;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::ModelError;
 use super::manifest::{ModelKind, sha256_hex};
+use super::scaler::StandardScaler;
 
 /// Version of the artifact layout written by [`LogisticTrainer::to_bytes`]; bump it when the
 /// header or the module's field paths change, because burn keys record tensors by field path.
-pub const ARTIFACT_FORMAT_VERSION: u32 = 1;
+pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
+
+/// Length of the trailing SHA-256 digest.
+const DIGEST_LEN: usize = 32;
 
 /// Leading bytes of every artifact, so a random blob is rejected before JSON parsing.
 const MAGIC: &[u8; 8] = b"FRESHETM";
@@ -193,6 +199,10 @@ struct ArtifactHeader {
     step: u64,
     record_len: u64,
     record_sha256: String,
+    /// The input scaler's state. Absent in artifacts written before scaling existed, which
+    /// then score unscaled rows as they always did.
+    #[serde(default)]
+    scaler: Option<StandardScaler>,
 }
 
 /// Checks every row has `n_features` finite values.
@@ -257,6 +267,8 @@ pub struct LogisticTrainer {
     /// are infallible and the finiteness check after an update reads the device only once.
     weights: Vec<f32>,
     bias: f32,
+    /// Standardises inputs before the linear unit; learned alongside the weights.
+    scaler: Option<StandardScaler>,
 }
 
 impl std::fmt::Debug for LogisticTrainer {
@@ -290,6 +302,7 @@ impl LogisticTrainer {
             hyper,
             weights: vec![0.0; n_features],
             bias: 0.0,
+            scaler: Some(StandardScaler::new(n_features)),
         })
     }
 
@@ -330,11 +343,13 @@ impl LogisticTrainer {
         }
 
         let n = rows.len();
-        let x = input_tensor(rows, self.n_features, &self.device);
-
-        // Test: one forward pass serves both the prequential score and the loss below.
-        let logits = self.model.forward(x);
-        let probs = read_f32(sigmoid(logits.clone()))?;
+        // Test with the scaler as it was, like a predictor serving this model would; then fold
+        // the batch into the scaler and learn on the rows as the updated scaler sees them.
+        let probs = {
+            let scaled = scale_rows(self.scaler.as_ref(), rows);
+            let x = input_tensor(&scaled, self.n_features, &self.device);
+            read_f32(sigmoid(self.model.forward(x)))?
+        };
         if probs.iter().any(|p| !p.is_finite()) {
             return Err(ModelError::NonFinite {
                 what: "prequential scores".into(),
@@ -350,6 +365,13 @@ impl LogisticTrainer {
             let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
             log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
         }
+
+        let mut scaler = self.scaler.clone();
+        if let Some(scaler) = scaler.as_mut() {
+            scaler.update(rows);
+        }
+        let scaled = scale_rows(scaler.as_ref(), rows);
+        let logits = self.model.forward(input_tensor(&scaled, self.n_features, &self.device));
 
         // Train: mean binary cross-entropy on logits, in the numerically stable form that
         // burn's BinaryCrossEntropyLoss uses with `logits = true`: (1 - y)·z − log σ(z).
@@ -380,6 +402,7 @@ impl LogisticTrainer {
         self.optim = optim;
         self.weights = weights;
         self.bias = bias;
+        self.scaler = scaler;
         self.t = self.t.saturating_add(1);
         Ok(BatchReport {
             examples: n,
@@ -397,12 +420,13 @@ impl LogisticTrainer {
             device: Device::flex(),
             n_features: self.n_features,
             step: self.t,
+            scaler: self.scaler.clone(),
         }
     }
 
     /// Serialises the model and step counter as a self-describing artifact (see module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        encode_artifact(self.model.valid(), self.n_features, self.t)
+        encode_artifact(self.model.valid(), self.n_features, self.t, self.scaler.clone())
     }
 
     /// Restores a trainer from [`to_bytes`](Self::to_bytes) output, continuing the learning-rate
@@ -421,6 +445,7 @@ impl LogisticTrainer {
             hyper,
             weights: decoded.weights,
             bias: decoded.bias,
+            scaler: decoded.scaler,
         })
     }
 
@@ -458,6 +483,7 @@ pub struct Scorer {
     device: Device,
     n_features: usize,
     step: u64,
+    scaler: Option<StandardScaler>,
 }
 
 impl Scorer {
@@ -470,6 +496,7 @@ impl Scorer {
             device,
             n_features: decoded.n_features,
             step: decoded.step,
+            scaler: decoded.scaler,
         })
     }
 
@@ -489,21 +516,32 @@ impl Scorer {
             return Ok(Vec::new());
         }
         validate_rows(rows, self.n_features)?;
-        let x = input_tensor(rows, self.n_features, &self.device);
+        let scaled = scale_rows(self.scaler.as_ref(), rows);
+        let x = input_tensor(&scaled, self.n_features, &self.device);
         probabilities(&self.model, x, "scores")
     }
 
     /// Probability of class 1 for one row.
     pub fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
         validate_row(row, 0, self.n_features)?;
-        // One copy of the row into a [1, n] tensor; no per-call allocation beyond that.
-        let x = input_tensor(std::slice::from_ref(&row), self.n_features, &self.device);
+        let scaled = scale_rows(self.scaler.as_ref(), std::slice::from_ref(&row));
+        let x = input_tensor(&scaled, self.n_features, &self.device);
         let probs = probabilities(&self.model, x, "score")?;
         probs
             .first()
             .copied()
             .ok_or_else(|| ModelError::Backend("empty output for one row".into()))
     }
+}
+
+/// Validated rows as the scaler sees them (unchanged without a scaler).
+fn scale_rows<R: AsRef<[f32]>>(scaler: Option<&StandardScaler>, rows: &[R]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|row| match scaler {
+            Some(scaler) => scaler.transform(row.as_ref()),
+            None => row.as_ref().to_vec(),
+        })
+        .collect()
 }
 
 /// A decoded artifact: module on the requested device plus its host-side parameters.
@@ -513,12 +551,14 @@ struct Decoded {
     step: u64,
     weights: Vec<f32>,
     bias: f32,
+    scaler: Option<StandardScaler>,
 }
 
 fn encode_artifact(
     model: LogisticRegression,
     n_features: usize,
     step: u64,
+    scaler: Option<StandardScaler>,
 ) -> Result<Vec<u8>, ModelError> {
     let record = model
         .into_record()
@@ -532,6 +572,7 @@ fn encode_artifact(
         step,
         record_len: record.len() as u64,
         record_sha256: sha256_hex(record),
+        scaler,
     };
     let header = serde_json::to_vec(&header).map_err(|e| ModelError::Encode(e.to_string()))?;
     let header_len = u32::try_from(header.len())
@@ -539,17 +580,27 @@ fn encode_artifact(
         .filter(|len| (*len as usize) <= MAX_HEADER_LEN)
         .ok_or_else(|| ModelError::Encode(format!("header too large: {} bytes", header.len())))?;
 
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + record.len());
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + record.len() + DIGEST_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(&header);
     out.extend_from_slice(record);
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
     Ok(out)
 }
 
 fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError> {
     let decode = |msg: String| ModelError::Decode(msg);
 
+    let body_len = bytes
+        .len()
+        .checked_sub(DIGEST_LEN)
+        .ok_or_else(|| decode("shorter than its checksum".into()))?;
+    let (bytes, digest) = bytes.split_at(body_len);
+    if Sha256::digest(bytes).as_slice() != digest {
+        return Err(decode("artifact checksum does not match its contents".into()));
+    }
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or_else(|| decode("not a freshet model artifact (bad magic)".into()))?;
@@ -598,6 +649,9 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
                 record.len()
             ))
         })?;
+    if let Some(scaler) = &header.scaler {
+        scaler.validate(n_features)?;
+    }
     let actual = sha256_hex(record);
     if actual != header.record_sha256 {
         return Err(decode(format!(
@@ -630,6 +684,7 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
         step: header.step,
         weights,
         bias,
+        scaler: header.scaler,
     })
 }
 
@@ -938,18 +993,19 @@ mod tests {
 
     #[test]
     fn overflowing_update_is_discarded_after_scoring() {
-        // Zero weights score p = 0.5 finitely, so it is the update itself (±5e29·1e10) that
-        // overflows f32 and must be rolled back.
+        // Zero weights score p = 0.5 finitely, so it is the update itself that overflows f32
+        // and must be rolled back.
         let mut trainer = LogisticTrainer::new(
             3,
             Hyper {
-                learning_rate: 1e10,
+                learning_rate: 1e40,
                 decay: 0.0,
                 l2: 1e-4,
             },
         )
         .unwrap();
-        let huge = vec![vec![1e30f32, 1e30, -1e30]; 4];
+        // Scaled, these rows are ±1; a step of 1e40 takes any weight past f32::MAX.
+        let huge = vec![vec![1e30f32, 1e30, -1e30], vec![-1e30, -1e30, 1e30], vec![1e30, 1e30, -1e30], vec![-1e30, -1e30, 1e30]];
         let err = trainer
             .train_batch(&huge, &[1.0, 0.0, 1.0, 1.0])
             .unwrap_err();

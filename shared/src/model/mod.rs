@@ -9,8 +9,10 @@
 
 pub mod logistic;
 pub mod manifest;
+pub mod scaler;
 
 pub use logistic::{ARTIFACT_FORMAT_VERSION, BatchReport, Hyper, LogisticTrainer, Scorer};
+pub use scaler::StandardScaler;
 pub use manifest::{
     FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
 };

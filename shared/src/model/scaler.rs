@@ -1,0 +1,112 @@
+//! Online standard scaling: each feature is centred on its running mean and divided by its
+//! running standard deviation (Welford's algorithm, over every example seen).
+//!
+//! Raw features live on very different scales (a log view count reaches 10, a rate stays below
+//! 1); SGD on them is ill-conditioned and learns the small ones barely at all. The scaler's state
+//! is part of the model artifact, so training and serving scale identically.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// Standard deviations below this are treated as this, so a constant feature maps to 0, not ∞.
+const MIN_STD: f64 = 1e-6;
+
+/// Running mean and variance per feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StandardScaler {
+    count: u64,
+    mean: Vec<f64>,
+    /// Sum of squared deviations from the mean (Welford's M2).
+    m2: Vec<f64>,
+}
+
+impl StandardScaler {
+    pub fn new(n_features: usize) -> StandardScaler {
+        StandardScaler { count: 0, mean: vec![0.0; n_features], m2: vec![0.0; n_features] }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Examples seen.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Folds validated rows into the running statistics.
+    pub fn update<R: AsRef<[f32]>>(&mut self, rows: &[R]) {
+        for row in rows {
+            self.count += 1;
+            let n = self.count as f64;
+            for ((mean, m2), x) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(row.as_ref()) {
+                let x = f64::from(*x);
+                let delta = x - *mean;
+                *mean += delta / n;
+                *m2 += delta * (x - *mean);
+            }
+        }
+    }
+
+    /// The scaled copy of a validated row. Until two examples are seen, rows are only centred.
+    pub fn transform(&self, row: &[f32]) -> Vec<f32> {
+        row.iter()
+            .zip(self.mean.iter().zip(&self.m2))
+            .map(|(x, (mean, m2))| {
+                let std = if self.count > 1 { (m2 / self.count as f64).sqrt().max(MIN_STD) } else { 1.0 };
+                ((f64::from(*x) - mean) / std) as f32
+            })
+            .collect()
+    }
+
+    /// Checks a decoded state is usable: the right width and finite statistics.
+    pub fn validate(&self, n_features: usize) -> Result<(), ModelError> {
+        if self.mean.len() != n_features || self.m2.len() != n_features {
+            return Err(ModelError::Decode(format!(
+                "scaler has {} features, the model {n_features}",
+                self.mean.len()
+            )));
+        }
+        if self.mean.iter().chain(&self.m2).any(|v| !v.is_finite()) || self.m2.iter().any(|v| *v < 0.0) {
+            return Err(ModelError::Decode("scaler holds non-finite or negative statistics".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_batch_mean_and_population_deviation() {
+        let rows = vec![vec![1.0f32, 10.0], vec![3.0, 10.0], vec![5.0, 10.0]];
+        let mut scaler = StandardScaler::new(2);
+        scaler.update(&rows[..1]);
+        scaler.update(&rows[1..]);
+        let std = (8.0f64 / 3.0).sqrt();
+        let scaled = scaler.transform(&[5.0, 10.0]);
+        assert!((f64::from(scaled[0]) - 2.0 / std).abs() < 1e-6, "{scaled:?}");
+        assert_eq!(scaled[1], 0.0, "a constant feature maps to zero");
+        assert_eq!(scaler.count(), 3);
+    }
+
+    #[test]
+    fn before_two_examples_rows_are_only_centred() {
+        let mut scaler = StandardScaler::new(1);
+        assert_eq!(scaler.transform(&[4.0]), vec![4.0]);
+        scaler.update(&[[4.0f32]]);
+        assert_eq!(scaler.transform(&[6.0]), vec![2.0]);
+    }
+
+    #[test]
+    fn refuses_a_state_that_does_not_fit() {
+        let scaler = StandardScaler::new(2);
+        assert!(scaler.validate(2).is_ok());
+        assert!(scaler.validate(3).is_err());
+        let broken = StandardScaler { count: 2, mean: vec![f64::NAN], m2: vec![0.0] };
+        assert!(broken.validate(1).is_err());
+    }
+}
