@@ -1,10 +1,14 @@
 //! (c) Invalid events land on the dead-letter subject with a reason, while valid ones keep
 //! flowing through featurize.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freshet::subjects::{HEADER_FIELD, HEADER_REASON, HEADER_SOURCE_SEQUENCE, STREAM_DEAD_LETTER, STREAM_EXAMPLES};
+use freshet::subjects::{
+    HEADER_FIELD, HEADER_REASON, HEADER_SOURCE_SEQUENCE, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
+};
 use freshet_tests::{Stack, cloud_event, eventually};
 use serde_json::json;
 
@@ -26,35 +30,77 @@ async fn invalid_events_are_dead_lettered_with_a_reason() -> anyhow::Result<()> 
     ];
     let mut valid_actions = 0;
     for (i, (event_type, entity, payload, _, _)) in bad.iter().enumerate() {
-        stack.publish_raw(event_type, entity, payload.clone()).await?;
+        stack
+            .publish_raw(event_type, entity, payload.clone())
+            .await?;
         // Valid events interleaved with the bad ones must keep flowing.
-        stack.publish_event(&cloud_event(&format!("good-{i}"), "user_action", json!({"user": "u1", "item": "b1", "action": "view"}))).await?;
+        stack
+            .publish_event(&cloud_event(
+                &format!("good-{i}"),
+                "user_action",
+                json!({"user": "u1", "item": "b1", "action": "view"}),
+            ))
+            .await?;
         valid_actions += 1;
     }
 
-    let dead = eventually(Duration::from_secs(30), "every invalid event on the dead-letter stream", || async {
-        let n = stack.stream_len(STREAM_DEAD_LETTER).await.ok()?;
-        (n as usize >= bad.len()).then_some(())
-    })
+    let dead = eventually(
+        Duration::from_secs(30),
+        "every invalid event on the dead-letter stream",
+        || async {
+            let n = stack.stream_len(STREAM_DEAD_LETTER).await.ok()?;
+            (n as usize >= bad.len()).then_some(())
+        },
+    )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\nfeaturize log:\n{}", stack.log_of("featurize", featurize)));
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nfeaturize log:\n{}",
+            stack.log_of("featurize", featurize)
+        )
+    });
     dead?;
     let letters = stack.read_stream(STREAM_DEAD_LETTER, 100).await?;
-    assert_eq!(letters.len(), bad.len(), "exactly one dead letter per invalid event");
-    let by_payload: BTreeMap<Vec<u8>, _> = letters.iter().map(|l| (l.payload.to_vec(), l)).collect();
+    assert_eq!(
+        letters.len(),
+        bad.len(),
+        "exactly one dead letter per invalid event"
+    );
+    let by_payload: BTreeMap<Vec<u8>, _> =
+        letters.iter().map(|l| (l.payload.to_vec(), l)).collect();
     for (_, _, payload, reason, field) in &bad {
-        let letter = by_payload.get(payload).unwrap_or_else(|| panic!("no dead letter keeps {:?}", String::from_utf8_lossy(payload)));
-        assert_eq!(letter.header(HEADER_REASON), Some(*reason), "{}", String::from_utf8_lossy(payload));
+        let letter = by_payload.get(payload).unwrap_or_else(|| {
+            panic!(
+                "no dead letter keeps {:?}",
+                String::from_utf8_lossy(payload)
+            )
+        });
+        assert_eq!(
+            letter.header(HEADER_REASON),
+            Some(*reason),
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
         assert_eq!(letter.header(HEADER_FIELD), Some(*field));
         assert!(letter.header(HEADER_SOURCE_SEQUENCE).is_some());
-        assert_eq!(letter.subject, format!("freshet.dead_letter.featurize.{reason}"));
+        assert_eq!(
+            letter.subject,
+            format!("freshet.dead_letter.featurize.{reason}")
+        );
     }
-    let examples = eventually(Duration::from_secs(30), "an example per valid event", || async {
-        let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
-        (n == valid_actions).then_some(n)
-    })
+    let examples = eventually(
+        Duration::from_secs(30),
+        "an example per valid event",
+        || async {
+            let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
+            (n == valid_actions).then_some(n)
+        },
+    )
     .await?;
     assert_eq!(examples, valid_actions);
-    assert!(stack.process(featurize).try_status()?.is_none(), "featurize is still running");
+    assert!(
+        stack.process(featurize).try_status()?.is_none(),
+        "featurize is still running"
+    );
     Ok(())
 }

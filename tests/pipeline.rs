@@ -1,6 +1,8 @@
 //! (a) Events published to JetStream become a new model version, whose pointer the predictor
 //! picks up and serves with the version in every reply; later events make later versions.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
@@ -12,7 +14,15 @@ use freshet_tests::{Stack, bookstore_events, eventually};
 async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     stack.spawn("featurize", &[])?;
-    let train = stack.spawn("train", &["--publish-every-batches", "4", "--publish-interval", "200ms"])?;
+    let train = stack.spawn(
+        "train",
+        &[
+            "--publish-every-batches",
+            "4",
+            "--publish-interval",
+            "200ms",
+        ],
+    )?;
     let predict = stack.spawn("predict", &[])?;
 
     let events = bookstore_events(20, 400, "first");
@@ -30,42 +40,80 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     .await?;
     assert_eq!(examples, 400);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
-    let first_live = eventually(Duration::from_secs(60), "a live version that learned every example", || async {
-        let live = pointers.get(&model, Slot::Live).await.ok()?.value?;
-        let manifest = artifacts.manifest(&model, live.version).await.ok()?;
-        (manifest.high_water_mark == 400).then_some(manifest)
-    })
+    let first_live = eventually(
+        Duration::from_secs(60),
+        "a live version that learned every example",
+        || async {
+            let live = pointers.get(&model, Slot::Live).await.ok()?.value?;
+            let manifest = artifacts.manifest(&model, live.version).await.ok()?;
+            (manifest.high_water_mark == 400).then_some(manifest)
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\ntrain log:\n{}", stack.log_of("train", train)))?;
     assert_eq!(first_live.schema, freshet::features::schema());
-    assert!(first_live.metrics.examples_total >= 400, "{:?}", first_live.metrics);
+    assert!(
+        first_live.metrics.examples_total >= 400,
+        "{:?}",
+        first_live.metrics
+    );
 
     // The predictor serves that version, for a raw vector and for a (user, item) pair.
-    let request = PredictRequest { user: Some("u1".parse()?), item: Some("b2".parse()?), ..Default::default() };
-    let reply = eventually(Duration::from_secs(30), "the predictor to serve the live version", || async {
-        let reply = stack.predict("bookstore", &request).await.ok()?;
-        (reply.version == first_live.version).then_some(reply)
-    })
+    let request = PredictRequest {
+        user: Some("u1".parse()?),
+        item: Some("b2".parse()?),
+        ..Default::default()
+    };
+    let reply = eventually(
+        Duration::from_secs(30),
+        "the predictor to serve the live version",
+        || async {
+            let reply = stack.predict("bookstore", &request).await.ok()?;
+            (reply.version == first_live.version).then_some(reply)
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\npredict log:\n{}", stack.log_of("predict", predict)))?;
     assert!(reply.score > 0.0 && reply.score < 1.0);
-    let provenance = reply.provenance.expect("pair requests report the FEATURES revisions read");
+    let provenance = reply
+        .provenance
+        .expect("pair requests report the FEATURES revisions read");
     assert!(provenance.user_revision > 0 && provenance.item_revision > 0);
-    let raw = stack.predict("bookstore", &PredictRequest { features: Some(vec![0.5; 7]), ..Default::default() }).await?;
+    let raw = stack
+        .predict(
+            "bookstore",
+            &PredictRequest {
+                features: Some(vec![0.5; 7]),
+                ..Default::default()
+            },
+        )
+        .await?;
     assert_eq!(raw.version, first_live.version);
 
     // New events: a later version, which the predictor swaps to.
     for event in &bookstore_events(20, 200, "second")[20..] {
         stack.publish_event(event).await?;
     }
-    let later = eventually(Duration::from_secs(60), "a later version served", || async {
-        let reply = stack.predict("bookstore", &request).await.ok()?;
-        (reply.version > first_live.version).then_some(reply)
-    })
+    let later = eventually(
+        Duration::from_secs(60),
+        "a later version served",
+        || async {
+            let reply = stack.predict("bookstore", &request).await.ok()?;
+            (reply.version > first_live.version).then_some(reply)
+        },
+    )
     .await?;
-    let live = pointers.get(&model, Slot::Live).await?.value.expect("a live pointer");
+    let live = pointers
+        .get(&model, Slot::Live)
+        .await?
+        .value
+        .expect("a live pointer");
     assert!(later.version <= live.version);
     let manifest = artifacts.manifest(&model, later.version).await?;
-    assert_eq!(manifest.parent, Some(later.version - 1), "versions form one lineage");
+    assert_eq!(
+        manifest.parent,
+        Some(later.version - 1),
+        "versions form one lineage"
+    );
     Ok(())
 }

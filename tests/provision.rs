@@ -1,6 +1,8 @@
 //! (b) Provisioning twice changes nothing, and a stream that exists with other settings is
 //! reported, not silently changed; a function refuses to start against it.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
@@ -18,12 +20,34 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
 
     let first = topology::provision(&js, &topology, &subjects).await?;
     assert_eq!(first.len(), 7, "five streams and two buckets: {first:?}");
-    assert!(first.iter().all(|(_, outcome)| *outcome == Provisioned::Created), "{first:?}");
-    let before = js.get_stream(STREAM_EXAMPLES).await?.info().await?.config.clone();
+    assert!(
+        first
+            .iter()
+            .all(|(_, outcome)| *outcome == Provisioned::Created),
+        "{first:?}"
+    );
+    let before = js
+        .get_stream(STREAM_EXAMPLES)
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
 
     let second = topology::provision(&js, &topology, &subjects).await?;
-    assert!(second.iter().all(|(_, outcome)| *outcome == Provisioned::Unchanged), "{second:?}");
-    let after = js.get_stream(STREAM_EXAMPLES).await?.info().await?.config.clone();
+    assert!(
+        second
+            .iter()
+            .all(|(_, outcome)| *outcome == Provisioned::Unchanged),
+        "{second:?}"
+    );
+    let after = js
+        .get_stream(STREAM_EXAMPLES)
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
     assert_eq!(before.max_age, after.max_age);
     assert_eq!(before.duplicate_window, after.duplicate_window);
 
@@ -31,26 +55,47 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
     let mut changed = after.clone();
     changed.max_age = Duration::from_secs(3600);
     js.update_stream(changed).await?;
-    let err = topology::provision(&js, &topology, &subjects).await.unwrap_err();
-    assert!(matches!(err, TopologyError::Conflict { kind: "stream", .. }), "{err}");
+    let err = topology::provision(&js, &topology, &subjects)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TopologyError::Conflict { kind: "stream", .. }),
+        "{err}"
+    );
     let message = err.to_string();
-    assert!(message.contains("EXAMPLES") && message.contains("max_age"), "{message}");
-    let untouched = js.get_stream(STREAM_EXAMPLES).await?.info().await?.config.max_age;
+    assert!(
+        message.contains("EXAMPLES") && message.contains("max_age"),
+        "{message}"
+    );
+    let untouched = js
+        .get_stream(STREAM_EXAMPLES)
+        .await?
+        .info()
+        .await?
+        .config
+        .max_age;
     assert_eq!(untouched, Duration::from_secs(3600));
     Ok(())
 }
 
 #[tokio::test]
-async fn a_conflicting_stream_that_does_not_exist_yet_is_created_with_the_partition_transform() -> anyhow::Result<()> {
+async fn a_conflicting_stream_that_does_not_exist_yet_is_created_with_the_partition_transform()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let nats = NatsServer::start(dir.path())?;
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
     // An unrelated stream already owns a subject freshet needs: the server refuses the overlap,
     // and provisioning reports which stream it was creating.
-    js.create_stream(stream::Config { name: "SQUATTER".into(), subjects: vec!["freshet.examples.>".into()], ..Default::default() })
-        .await?;
-    let err = topology::provision(&js, &Topology::builtin(), &Subjects::default()).await.unwrap_err();
+    js.create_stream(stream::Config {
+        name: "SQUATTER".into(),
+        subjects: vec!["freshet.examples.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let err = topology::provision(&js, &Topology::builtin(), &Subjects::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("EXAMPLES"), "{err}");
 
     // Events are stored under their partition: one entity, one partition.
@@ -59,13 +104,25 @@ async fn a_conflicting_stream_that_does_not_exist_yet_is_created_with_the_partit
     let subjects = Subjects::default();
     let mut partitions = std::collections::BTreeMap::new();
     for (i, user) in ["u1", "u2", "u1", "u3", "u1", "u2"].iter().enumerate() {
-        let ack = js.publish(subjects.event("user_action", user), format!("{i}").into()).await?.await?;
-        let message = js.get_stream("EVENTS").await?.get_raw_message(ack.sequence).await?;
-        let (partition, event_type, entity) = subjects.parse_stored_event(&message.subject).expect("a partitioned subject");
+        let ack = js
+            .publish(subjects.event("user_action", user), format!("{i}").into())
+            .await?
+            .await?;
+        let message = js
+            .get_stream("EVENTS")
+            .await?
+            .get_raw_message(ack.sequence)
+            .await?;
+        let (partition, event_type, entity) = subjects
+            .parse_stored_event(&message.subject)
+            .expect("a partitioned subject");
         assert_eq!((event_type, entity), ("user_action", *user));
         assert!(partition < Topology::builtin().partitions);
         let previous = partitions.insert(user.to_string(), partition);
-        assert!(previous.is_none() || previous == Some(partition), "{user} moved partitions");
+        assert!(
+            previous.is_none() || previous == Some(partition),
+            "{user} moved partitions"
+        );
     }
     Ok(())
 }

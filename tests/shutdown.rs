@@ -1,6 +1,8 @@
 //! (d) A function stopped with SIGTERM mid-stream exits 0 and loses nothing: after a restart,
 //! every event is reflected exactly once in FEATURES and EXAMPLES.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use freshet::features::{UserState, user_key};
@@ -15,40 +17,73 @@ const ACTIONS: usize = 3_000;
 async fn sigterm_mid_stream_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     for n in 0..ACTIONS {
-        let event = cloud_event(&format!("a-{n}"), "user_action", json!({"user": format!("u{}", n % USERS), "item": "b1", "action": "view"}));
+        let event = cloud_event(
+            &format!("a-{n}"),
+            "user_action",
+            json!({"user": format!("u{}", n % USERS), "item": "b1", "action": "view"}),
+        );
         stack.publish_event(&event).await?;
     }
     let first = stack.spawn("featurize", &["--batch-size", "32"])?;
     // Stop it once it is visibly mid-stream.
-    eventually(Duration::from_secs(60), "featurize to start producing", || async {
-        let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
-        (n > 50).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "featurize to start producing",
+        || async {
+            let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
+            (n > 50).then_some(())
+        },
+    )
     .await?;
     let status = stack.process(first).terminate(Duration::from_secs(20))?;
-    assert!(status.success(), "exit status {status:?}; log:\n{}", stack.log_of("featurize", first));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        stack.log_of("featurize", first)
+    );
     let at_stop = stack.stream_len(STREAM_EXAMPLES).await?;
-    assert!((at_stop as usize) < ACTIONS, "the stop came mid-stream ({at_stop} of {ACTIONS} done)");
+    assert!(
+        (at_stop as usize) < ACTIONS,
+        "the stop came mid-stream ({at_stop} of {ACTIONS} done)"
+    );
 
     let second = stack.spawn("featurize", &["--batch-size", "32"])?;
-    let done = eventually(Duration::from_secs(120), "every event featurized", || async {
-        let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
-        (n as usize >= ACTIONS).then_some(())
-    })
+    let done = eventually(
+        Duration::from_secs(120),
+        "every event featurized",
+        || async {
+            let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
+            (n as usize >= ACTIONS).then_some(())
+        },
+    )
     .await;
     if let Err(err) = done {
         let n = stack.stream_len(STREAM_EXAMPLES).await?;
-        anyhow::bail!("{err}: {n} examples\nsecond featurize log:\n{}", stack.log_of("featurize", second));
+        anyhow::bail!(
+            "{err}: {n} examples\nsecond featurize log:\n{}",
+            stack.log_of("featurize", second)
+        );
     }
     // Give a redelivered duplicate time to show up, if there were one.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(stack.stream_len(STREAM_EXAMPLES).await? as usize, ACTIONS, "one example per event");
+    assert_eq!(
+        stack.stream_len(STREAM_EXAMPLES).await? as usize,
+        ACTIONS,
+        "one example per event"
+    );
     let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
     let mut views = 0;
     for u in 0..USERS {
-        let bytes = features.get(user_key(&format!("u{u}").parse()?)).await?.expect("every user has state");
+        let bytes = features
+            .get(user_key(&format!("u{u}").parse()?))
+            .await?
+            .expect("every user has state");
         let state: UserState = serde_json::from_slice(&bytes)?;
-        assert_eq!(state.views as usize, ACTIONS / USERS, "user u{u} counted each view once");
+        assert_eq!(
+            state.views as usize,
+            ACTIONS / USERS,
+            "user u{u} counted each view once"
+        );
         views += state.views;
     }
     assert_eq!(views as usize, ACTIONS);

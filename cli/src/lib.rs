@@ -2,6 +2,9 @@
 //! bookstore generator, and the local stack (nats-server plus function processes) that the demo
 //! and the integration tests start. Keeping them here, not in `main.rs`, lets tests call them.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod bookstore;
 pub mod commands;
 pub mod stack;

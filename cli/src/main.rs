@@ -2,6 +2,9 @@
 //! events, inspect models and the system's state, and ask for predictions. This file only defines
 //! the command line and dispatches; each command lives in `commands/`.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -19,7 +19,10 @@ pub fn find_nats_server() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FRESHET_NATS_SERVER") {
         candidates.push(path.into());
     }
-    for start in [std::env::current_dir().ok(), std::env::current_exe().ok()].into_iter().flatten() {
+    for start in [std::env::current_dir().ok(), std::env::current_exe().ok()]
+        .into_iter()
+        .flatten()
+    {
         for dir in start.ancestors() {
             candidates.push(dir.join(".tools/venv/bin/nats-server"));
         }
@@ -27,17 +30,22 @@ pub fn find_nats_server() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
     }
-    let found = candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("no nats-server found: run tools/install.sh (or `make tools`), or set FRESHET_NATS_SERVER")?;
-    let output = Command::new(&found).arg("--version").output().with_context(|| format!("running {}", found.display()))?;
+    let found = candidates.into_iter().find(|p| p.is_file()).context(
+        "no nats-server found: run tools/install.sh (or `make tools`), or set FRESHET_NATS_SERVER",
+    )?;
+    let output = Command::new(&found)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", found.display()))?;
     let text = String::from_utf8_lossy(&output.stdout);
     let version = text.trim().rsplit('v').next().unwrap_or_default();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) < MIN_NATS_SERVER {
-        bail!("{} is nats-server {version}; freshet needs 2.10 or newer (tools/install.sh installs one)", found.display());
+        bail!(
+            "{} is nats-server {version}; freshet needs 2.10 or newer (tools/install.sh installs one)",
+            found.display()
+        );
     }
     Ok(found)
 }
@@ -50,7 +58,9 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Sends a signal to a process this stack started (and only to such a process: `child` is ours).
 #[allow(unsafe_code)]
 fn signal(child: &Child, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
     // SAFETY: kill(2) has no memory-safety preconditions; the worst case is ESRCH for a child that
     // already exited and was not yet reaped, which still names our own child.
     unsafe {
@@ -97,7 +107,14 @@ impl NatsServer {
     fn launch(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.store_dir)?;
         let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store_dir)
             .args(["-l"])
             .arg(&self.log_file)
@@ -110,7 +127,11 @@ impl NatsServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() > deadline {
-                bail!("nats-server did not listen on port {} within 10 s; see {}", self.port, self.log_file.display());
+                bail!(
+                    "nats-server did not listen on port {} within 10 s; see {}",
+                    self.port,
+                    self.log_file.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -177,12 +198,21 @@ pub struct FunctionProcess {
 
 impl FunctionProcess {
     /// Starts `binary` from [`bin_dir`] with `args` and `envs`; its stderr goes to `log`.
-    pub fn spawn(binary: &str, args: &[String], envs: &[(String, String)], log: &Path) -> anyhow::Result<FunctionProcess> {
+    pub fn spawn(
+        binary: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<FunctionProcess> {
         let path = bin_dir()?.join(binary);
         if !path.is_file() {
-            bail!("{} is missing: build the workspace first (cargo build --workspace)", path.display());
+            bail!(
+                "{} is missing: build the workspace first (cargo build --workspace)",
+                path.display()
+            );
         }
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&path)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)))

@@ -16,7 +16,12 @@ use crate::topology::{Topology, TopologyError};
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated; a client fails over between them
-    #[arg(long = "nats-url", env = "FRESHET_NATS_URL", value_delimiter = ',', default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "FRESHET_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub urls: Vec<String>,
     /// NATS credentials file (JWT and nkey seed), for decentralised auth
     #[arg(long = "nats-creds", env = "FRESHET_NATS_CREDS")]
@@ -25,13 +30,25 @@ pub struct NatsArgs {
     #[arg(long = "nats-user", env = "FRESHET_NATS_USER")]
     pub user: Option<String>,
     /// NATS password (with --nats-user)
-    #[arg(long = "nats-password", env = "FRESHET_NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "nats-password",
+        env = "FRESHET_NATS_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
     /// NATS authentication token
-    #[arg(long = "nats-token", env = "FRESHET_NATS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "nats-token",
+        env = "FRESHET_NATS_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// NATS nkey seed (starts with "SU"), for nkey authentication
-    #[arg(long = "nats-nkey-seed", env = "FRESHET_NATS_NKEY_SEED", hide_env_values = true)]
+    #[arg(
+        long = "nats-nkey-seed",
+        env = "FRESHET_NATS_NKEY_SEED",
+        hide_env_values = true
+    )]
     pub nkey_seed: Option<String>,
     /// CA certificate (PEM) to verify the NATS server's TLS certificate; turns TLS on
     #[arg(long = "nats-tls-ca", env = "FRESHET_NATS_TLS_CA")]
@@ -66,7 +83,11 @@ pub struct StoreArgs {
     /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
     /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
     /// MinIO), or memory:// (tests only)
-    #[arg(long = "object-store", env = "FRESHET_OBJECT_STORE", default_value = "file://.freshet/artifacts")]
+    #[arg(
+        long = "object-store",
+        env = "FRESHET_OBJECT_STORE",
+        default_value = "file://.freshet/artifacts"
+    )]
     pub url: String,
 }
 
@@ -107,7 +128,11 @@ pub struct FunctionArgs {
     #[arg(long = "http-port", env = "FRESHET_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
     /// Address the HTTP server binds to
-    #[arg(long = "http-addr", env = "FRESHET_HTTP_ADDR", default_value = "0.0.0.0")]
+    #[arg(
+        long = "http-addr",
+        env = "FRESHET_HTTP_ADDR",
+        default_value = "0.0.0.0"
+    )]
     pub http_addr: String,
     /// Most messages fetched and handled as one batch
     #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE", default_value_t = 256)]
@@ -119,9 +144,17 @@ pub struct FunctionArgs {
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
     /// Log filter, in tracing's EnvFilter syntax (e.g. "info,freshet=debug")
-    #[arg(long = "log", env = "FRESHET_LOG", default_value = "info,async_nats=warn")]
+    #[arg(
+        long = "log",
+        env = "FRESHET_LOG",
+        default_value = "info,async_nats=warn"
+    )]
     pub log: String,
     /// Log format: "json" (one object per line) or "text"
-    #[arg(long = "log-format", env = "FRESHET_LOG_FORMAT", default_value = "json")]
+    #[arg(
+        long = "log-format",
+        env = "FRESHET_LOG_FORMAT",
+        default_value = "json"
+    )]
     pub log_format: String,
 }

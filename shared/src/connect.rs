@@ -15,7 +15,10 @@ pub enum ConnectError {
         source: async_nats::Error,
     },
     #[error("cannot read NATS credentials file {path}: {source}")]
-    Credentials { path: String, source: std::io::Error },
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Incomplete(&'static str),
     #[error("cannot connect to NATS at {urls}: {source}")]
@@ -34,34 +37,49 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
         .urls
         .iter()
         .map(|url| {
-            url.parse::<ServerAddr>().map_err(|source| ConnectError::BadUrl {
-                url: url.clone(),
-                source: source.into(),
-            })
+            url.parse::<ServerAddr>()
+                .map_err(|source| ConnectError::BadUrl {
+                    url: url.clone(),
+                    source: source.into(),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut options = ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempt| Duration::from_millis((50u64 << attempt.min(6)).min(2_000)))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((50u64 << attempt.min(6)).min(2_000))
+        })
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
                 other => tracing::debug!(event = %other, "NATS connection event"),
             }
         });
     if let Some(path) = &args.creds {
-        options = options.credentials_file(path).await.map_err(|source| ConnectError::Credentials {
-            path: path.display().to_string(),
-            source,
-        })?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
     }
     match (&args.user, &args.password) {
-        (Some(user), Some(password)) => options = options.user_and_password(user.clone(), password.clone()),
+        (Some(user), Some(password)) => {
+            options = options.user_and_password(user.clone(), password.clone())
+        }
         (None, None) => {}
-        _ => return Err(ConnectError::Incomplete("--nats-user and --nats-password go together")),
+        _ => {
+            return Err(ConnectError::Incomplete(
+                "--nats-user and --nats-password go together",
+            ));
+        }
     }
     if let Some(token) = &args.token {
         options = options.token(token.clone());
@@ -74,18 +92,30 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
     }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            options = options.require_tls(true).add_client_certificate(cert.clone(), key.clone())
+            options = options
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone())
         }
         (None, None) => {}
-        _ => return Err(ConnectError::Incomplete("--nats-tls-cert and --nats-tls-key go together")),
+        _ => {
+            return Err(ConnectError::Incomplete(
+                "--nats-tls-cert and --nats-tls-key go together",
+            ));
+        }
     }
-    if args.urls.iter().any(|u| u.starts_with("tls://")) || args.tls_ca.is_some() || args.tls_cert.is_some() {
+    if args.urls.iter().any(|u| u.starts_with("tls://"))
+        || args.tls_ca.is_some()
+        || args.tls_cert.is_some()
+    {
         install_crypto_provider();
     }
-    options.connect(servers).await.map_err(|source| ConnectError::Connect {
-        urls: args.urls.join(","),
-        source,
-    })
+    options
+        .connect(servers)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            urls: args.urls.join(","),
+            source,
+        })
 }
 
 /// object_store brings rustls with aws-lc-rs and async-nats brings ring; with both compiled in,

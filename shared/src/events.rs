@@ -235,17 +235,24 @@ fn check_envelope(envelope: &CloudEvent) -> Result<(), Rejection> {
     if envelope.specversion != SPEC_VERSION {
         return Err(invalid_envelope(
             "specversion",
-            &format!("{:?} is not supported, expected \"1.0\"", truncate(&envelope.specversion)),
+            &format!(
+                "{:?} is not supported, expected \"1.0\"",
+                truncate(&envelope.specversion)
+            ),
         ));
     }
     check_text("id", &envelope.id, MAX_ID_LEN).map_err(|d| invalid_envelope("id", &d))?;
-    check_text("source", &envelope.source, MAX_ID_LEN).map_err(|d| invalid_envelope("source", &d))?;
+    check_text("source", &envelope.source, MAX_ID_LEN)
+        .map_err(|d| invalid_envelope("source", &d))?;
     if let Some(content_type) = &envelope.datacontenttype {
         let json = content_type.starts_with("application/json") || content_type.contains("+json");
         if !json {
             return Err(invalid_envelope(
                 "datacontenttype",
-                &format!("{:?} is not JSON; only JSON data is accepted", truncate(content_type)),
+                &format!(
+                    "{:?} is not JSON; only JSON data is accepted",
+                    truncate(content_type)
+                ),
             ));
         }
     }
@@ -264,7 +271,10 @@ fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventDa
                 .map_err(|d| invalid_data("data.category", d))?;
             check_number("data.price", item.price)?;
             if item.price < 0.0 {
-                return Err(invalid_data("data.price", format!("{} is negative", item.price)));
+                return Err(invalid_data(
+                    "data.price",
+                    format!("{} is negative", item.price),
+                ));
             }
             EventData::NewItem(item)
         }
@@ -273,7 +283,10 @@ fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventDa
             if example.features.is_empty() || example.features.len() > MAX_FEATURES {
                 return Err(invalid_data(
                     "data.features",
-                    format!("has {} values; 1 to {MAX_FEATURES} are accepted", example.features.len()),
+                    format!(
+                        "has {} values; 1 to {MAX_FEATURES} are accepted",
+                        example.features.len()
+                    ),
                 ));
             }
             for (i, value) in example.features.iter().enumerate() {
@@ -317,7 +330,10 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{name} is empty"));
     }
     if value.len() > max {
-        return Err(format!("{name} is {} bytes long, the limit is {max}", value.len()));
+        return Err(format!(
+            "{name} is {} bytes long, the limit is {max}",
+            value.len()
+        ));
     }
     // Ids travel in NATS headers (Nats-Msg-Id), where a line break would corrupt the message.
     if value.chars().any(char::is_control) {
@@ -329,7 +345,11 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
 /// Checks that a number is one a model may see.
 pub fn check_number(field: &str, value: f64) -> Result<(), Rejection> {
     if !value.is_finite() {
-        return Err(Rejection::new(RejectReason::NonFinite, field, format!("{value} is not finite")));
+        return Err(Rejection::new(
+            RejectReason::NonFinite,
+            field,
+            format!("{value} is not finite"),
+        ));
     }
     if value.abs() > MAX_ABS_VALUE {
         return Err(Rejection::new(
@@ -344,7 +364,10 @@ pub fn check_number(field: &str, value: f64) -> Result<(), Rejection> {
 fn check_label(field: &str, label: f64) -> Result<(), Rejection> {
     check_number(field, label)?;
     if label != 0.0 && label != 1.0 {
-        return Err(invalid_data(field, format!("{label} is not a binary label (0 or 1)")));
+        return Err(invalid_data(
+            field,
+            format!("{label} is not a binary label (0 or 1)"),
+        ));
     }
     Ok(())
 }
@@ -382,21 +405,38 @@ mod tests {
     #[test]
     fn decodes_every_type() {
         let cases = [
-            envelope("user_action", json!({"user": "u1", "item": "b1", "action": "add_to_cart"})),
-            envelope("new_item", json!({"item": "b1", "category": "sci-fi", "price": 12.5})),
-            envelope("example", json!({"model": "m", "features": [1.0, -2.0], "label": 1})),
+            envelope(
+                "user_action",
+                json!({"user": "u1", "item": "b1", "action": "add_to_cart"}),
+            ),
+            envelope(
+                "new_item",
+                json!({"item": "b1", "category": "sci-fi", "price": 12.5}),
+            ),
+            envelope(
+                "example",
+                json!({"model": "m", "features": [1.0, -2.0], "label": 1}),
+            ),
             envelope("outcome", json!({"prediction_id": "p-1", "label": 0})),
         ];
         let types: Vec<EventType> = cases
             .iter()
-            .map(|bytes| decode(bytes, DEFAULT_MAX_EVENT_BYTES).unwrap().data.event_type())
+            .map(|bytes| {
+                decode(bytes, DEFAULT_MAX_EVENT_BYTES)
+                    .unwrap()
+                    .data
+                    .event_type()
+            })
             .collect();
         assert_eq!(types, EventType::ALL.to_vec());
     }
 
     #[test]
     fn round_trips_through_a_cloud_event() {
-        let bytes = envelope("user_action", json!({"user": "u1", "item": "b1", "action": "view"}));
+        let bytes = envelope(
+            "user_action",
+            json!({"user": "u1", "item": "b1", "action": "view"}),
+        );
         let event = decode(&bytes, DEFAULT_MAX_EVENT_BYTES).unwrap();
         let again = decode(&event.to_json_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap();
         assert_eq!(event, again);
@@ -442,7 +482,12 @@ mod tests {
         ];
         for (bytes, reason, field) in cases {
             let got = rejection(&bytes);
-            assert_eq!((got.reason, got.field.as_str()), (reason, field), "{}: {got}", String::from_utf8_lossy(&bytes));
+            assert_eq!(
+                (got.reason, got.field.as_str()),
+                (reason, field),
+                "{}: {got}",
+                String::from_utf8_lossy(&bytes)
+            );
             assert!(!got.detail.is_empty());
         }
     }
@@ -454,17 +499,33 @@ mod tests {
             let bytes = format!(
                 r#"{{"specversion":"1.0","id":"1","source":"s","type":"example","data":{{"model":"m","features":[{text}],"label":1}}}}"#
             );
-            assert_eq!(rejection(bytes.as_bytes()).reason, RejectReason::MalformedJson, "{text}");
+            assert_eq!(
+                rejection(bytes.as_bytes()).reason,
+                RejectReason::MalformedJson,
+                "{text}"
+            );
         }
-        assert_eq!(check_number("x", f64::NAN).unwrap_err().reason, RejectReason::NonFinite);
-        assert_eq!(check_number("x", f64::NEG_INFINITY).unwrap_err().reason, RejectReason::NonFinite);
+        assert_eq!(
+            check_number("x", f64::NAN).unwrap_err().reason,
+            RejectReason::NonFinite
+        );
+        assert_eq!(
+            check_number("x", f64::NEG_INFINITY).unwrap_err().reason,
+            RejectReason::NonFinite
+        );
     }
 
     #[test]
     fn refuses_oversized_and_deeply_nested_input() {
-        let big = envelope("new_item", json!({"item": "b1", "category": "x".repeat(70_000), "price": 1.0}));
+        let big = envelope(
+            "new_item",
+            json!({"item": "b1", "category": "x".repeat(70_000), "price": 1.0}),
+        );
         assert_eq!(rejection(&big).reason, RejectReason::Oversized);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(rejection(deep.as_bytes()).reason, RejectReason::MalformedJson);
+        assert_eq!(
+            rejection(deep.as_bytes()).reason,
+            RejectReason::MalformedJson
+        );
     }
 }

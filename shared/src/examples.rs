@@ -40,14 +40,21 @@ impl ExampleRecord {
             return Err(Rejection::new(
                 RejectReason::InvalidData,
                 "features",
-                format!("has {} values; 1 to {MAX_FEATURES} are accepted", record.features.len()),
+                format!(
+                    "has {} values; 1 to {MAX_FEATURES} are accepted",
+                    record.features.len()
+                ),
             ));
         }
         for (i, value) in record.features.iter().enumerate() {
             check_number(&format!("features[{i}]"), f64::from(*value))?;
         }
         if record.label != 0.0 && record.label != 1.0 {
-            return Err(Rejection::new(RejectReason::InvalidData, "label", format!("{} is not 0 or 1", record.label)));
+            return Err(Rejection::new(
+                RejectReason::InvalidData,
+                "label",
+                format!("{} is not 0 or 1", record.label),
+            ));
         }
         Ok(record)
     }
@@ -73,12 +80,39 @@ mod tests {
             event_time: None,
         };
         assert_eq!(ExampleRecord::decode(&good.to_json_bytes()).unwrap(), good);
-        let bad_label = ExampleRecord { label: 0.3, ..good.clone() };
-        assert_eq!(ExampleRecord::decode(&bad_label.to_json_bytes()).unwrap_err().field, "label");
-        let huge = ExampleRecord { features: vec![1.0, 1e30], ..good.clone() };
-        assert_eq!(ExampleRecord::decode(&huge.to_json_bytes()).unwrap_err().reason, RejectReason::OutOfRange);
-        let empty = ExampleRecord { features: vec![], ..good };
-        assert_eq!(ExampleRecord::decode(&empty.to_json_bytes()).unwrap_err().field, "features");
-        assert_eq!(ExampleRecord::decode(b"{").unwrap_err().reason, RejectReason::InvalidData);
+        let bad_label = ExampleRecord {
+            label: 0.3,
+            ..good.clone()
+        };
+        assert_eq!(
+            ExampleRecord::decode(&bad_label.to_json_bytes())
+                .unwrap_err()
+                .field,
+            "label"
+        );
+        let huge = ExampleRecord {
+            features: vec![1.0, 1e30],
+            ..good.clone()
+        };
+        assert_eq!(
+            ExampleRecord::decode(&huge.to_json_bytes())
+                .unwrap_err()
+                .reason,
+            RejectReason::OutOfRange
+        );
+        let empty = ExampleRecord {
+            features: vec![],
+            ..good
+        };
+        assert_eq!(
+            ExampleRecord::decode(&empty.to_json_bytes())
+                .unwrap_err()
+                .field,
+            "features"
+        );
+        assert_eq!(
+            ExampleRecord::decode(b"{").unwrap_err().reason,
+            RejectReason::InvalidData
+        );
     }
 }

@@ -159,10 +159,18 @@ pub fn feature_vector(user: &UserState, item: &ItemState, now: DateTime<Utc>) ->
         .unwrap_or(0.0);
     vec![
         log1p(user.views as f64),
-        smoothed_rate(user.purchases, user.views.max(user.purchases), PRIOR_PURCHASE_RATE),
+        smoothed_rate(
+            user.purchases,
+            user.views.max(user.purchases),
+            PRIOR_PURCHASE_RATE,
+        ),
         smoothed_rate(category_views, user.views, 0.5),
         log1p(item.views as f64),
-        smoothed_rate(item.purchases, item.views.max(item.purchases), PRIOR_PURCHASE_RATE),
+        smoothed_rate(
+            item.purchases,
+            item.views.max(item.purchases),
+            PRIOR_PURCHASE_RATE,
+        ),
         log1p(item.price.unwrap_or(0.0)),
         log1p(age_hours),
     ]
@@ -215,9 +223,21 @@ mod tests {
 
     #[test]
     fn extreme_states_still_give_finite_features() {
-        let user = UserState { views: u64::MAX, purchases: u64::MAX, ..Default::default() };
-        let item = ItemState { price: Some(1e12), first_seen: Some(DateTime::<Utc>::MIN_UTC), ..Default::default() };
-        assert!(feature_vector(&user, &item, DateTime::<Utc>::MAX_UTC).iter().all(|x| x.is_finite()));
+        let user = UserState {
+            views: u64::MAX,
+            purchases: u64::MAX,
+            ..Default::default()
+        };
+        let item = ItemState {
+            price: Some(1e12),
+            first_seen: Some(DateTime::<Utc>::MIN_UTC),
+            ..Default::default()
+        };
+        assert!(
+            feature_vector(&user, &item, DateTime::<Utc>::MAX_UTC)
+                .iter()
+                .all(|x| x.is_finite())
+        );
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub enum IdError {
     BadCharacter { found: char, allowed: &'static str },
 }
 
-fn check(value: &str, max: usize, allowed: &'static str, ok: fn(char) -> bool) -> Result<(), IdError> {
+fn check(
+    value: &str,
+    max: usize,
+    allowed: &'static str,
+    ok: fn(char) -> bool,
+) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty);
     }
@@ -103,11 +108,23 @@ mod tests {
     fn entity_ids_must_be_subject_tokens() {
         assert!(EntityId::parse("user-42").is_ok());
         assert_eq!(EntityId::parse(""), Err(IdError::Empty));
-        assert!(matches!(EntityId::parse("a.b"), Err(IdError::BadCharacter { found: '.', .. })));
-        assert!(matches!(EntityId::parse("a*"), Err(IdError::BadCharacter { found: '*', .. })));
-        assert!(matches!(EntityId::parse("a b"), Err(IdError::BadCharacter { found: ' ', .. })));
+        assert!(matches!(
+            EntityId::parse("a.b"),
+            Err(IdError::BadCharacter { found: '.', .. })
+        ));
+        assert!(matches!(
+            EntityId::parse("a*"),
+            Err(IdError::BadCharacter { found: '*', .. })
+        ));
+        assert!(matches!(
+            EntityId::parse("a b"),
+            Err(IdError::BadCharacter { found: ' ', .. })
+        ));
         let long = "x".repeat(MAX_ENTITY_ID_LEN + 1);
-        assert!(matches!(EntityId::parse(long), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            EntityId::parse(long),
+            Err(IdError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -120,6 +137,9 @@ mod tests {
     #[test]
     fn deserializing_checks_the_grammar() {
         let err = serde_json::from_str::<EntityId>("\"a.b\"").unwrap_err();
-        assert!(err.to_string().contains("'.'") || err.to_string().contains("\".\""), "{err}");
+        assert!(
+            err.to_string().contains("'.'") || err.to_string().contains("\".\""),
+            "{err}"
+        );
     }
 }

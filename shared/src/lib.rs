@@ -15,6 +15,9 @@
 //! - [`serving`]: the prediction request/reply protocol.
 //! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod config;
 pub mod connect;
 pub mod error;

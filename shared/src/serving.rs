@@ -65,10 +65,16 @@ pub struct BatchResponse {
 }
 
 /// Endpoint subjects of a model's predictor.
-pub fn endpoint_single(subjects: &crate::subjects::Subjects, model: &crate::ids::ModelName) -> String {
+pub fn endpoint_single(
+    subjects: &crate::subjects::Subjects,
+    model: &crate::ids::ModelName,
+) -> String {
     subjects.predict(model)
 }
 
-pub fn endpoint_batch(subjects: &crate::subjects::Subjects, model: &crate::ids::ModelName) -> String {
+pub fn endpoint_batch(
+    subjects: &crate::subjects::Subjects,
+    model: &crate::ids::ModelName,
+) -> String {
     format!("{}.batch", subjects.predict(model))
 }

@@ -41,15 +41,20 @@ pub struct Subjects {
 
 /// Why a prefix was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("subject prefix {prefix:?} is invalid: use dot-separated tokens of letters, digits, '_' or '-'")]
+#[error(
+    "subject prefix {prefix:?} is invalid: use dot-separated tokens of letters, digits, '_' or '-'"
+)]
 pub struct PrefixError {
     prefix: String,
 }
 
 impl Subjects {
     pub fn new(prefix: &str) -> Result<Self, PrefixError> {
-        let valid_token =
-            |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid_token = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
         if prefix.split('.').all(valid_token) {
             Ok(Subjects {
                 prefix: prefix.to_string(),
@@ -136,12 +141,17 @@ impl Subjects {
 
     /// Splits a stored event subject into (partition, type token, entity token).
     pub fn parse_stored_event<'a>(&self, subject: &'a str) -> Option<(u32, &'a str, &'a str)> {
-        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".events.")?;
+        let rest = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".events.")?;
         let mut tokens = rest.split('.');
         let partition = tokens.next()?.parse().ok()?;
         let event_type = tokens.next()?;
         let entity = tokens.next()?;
-        tokens.next().is_none().then_some((partition, event_type, entity))
+        tokens
+            .next()
+            .is_none()
+            .then_some((partition, event_type, entity))
     }
 }
 
@@ -171,15 +181,27 @@ mod tests {
     fn derives_every_subject_from_the_prefix() {
         let s = Subjects::new("acme.ml").unwrap();
         let m = ModelName::parse("bookstore").unwrap();
-        assert_eq!(s.event("user_action", "u1"), "acme.ml.events.user_action.u1");
+        assert_eq!(
+            s.event("user_action", "u1"),
+            "acme.ml.events.user_action.u1"
+        );
         assert_eq!(s.examples(&m), "acme.ml.examples.bookstore");
-        assert_eq!(s.dead_letter("featurize", "non_finite"), "acme.ml.dead_letter.featurize.non_finite");
+        assert_eq!(
+            s.dead_letter("featurize", "non_finite"),
+            "acme.ml.dead_letter.featurize.non_finite"
+        );
         assert_eq!(
             s.events_partitioned_template(4),
             "acme.ml.events.{{partition(4,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"
         );
-        assert_eq!(s.parse_stored_event("acme.ml.events.3.user_action.u1"), Some((3, "user_action", "u1")));
-        assert_eq!(s.parse_stored_event("acme.ml.events.x.user_action.u1"), None);
+        assert_eq!(
+            s.parse_stored_event("acme.ml.events.3.user_action.u1"),
+            Some((3, "user_action", "u1"))
+        );
+        assert_eq!(
+            s.parse_stored_event("acme.ml.events.x.user_action.u1"),
+            None
+        );
         assert_eq!(s.parse_stored_event("other.events.3.user_action.u1"), None);
     }
 

@@ -14,8 +14,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use serde::Deserialize;
 
 use crate::subjects::{
-    BUCKET_FEATURES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES,
-    STREAM_PREDICTIONS, Subjects,
+    BUCKET_FEATURES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS,
+    STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
 };
 
 const BUILTIN: &str = include_str!("../../infra/topology.toml");
@@ -95,7 +95,9 @@ pub struct Differences(Vec<String>);
 impl Differences {
     fn check<T: PartialEq + fmt::Debug>(&mut self, field: &str, existing: T, wanted: T) {
         if existing != wanted {
-            self.0.push(format!("{field} is {existing:?}, the topology wants {wanted:?}"));
+            self.0.push(format!(
+                "{field} is {existing:?}, the topology wants {wanted:?}"
+            ));
         }
     }
 
@@ -128,7 +130,8 @@ pub enum Provisioned {
 impl Topology {
     /// The topology built into the binaries (a copy of `infra/topology.toml`).
     pub fn builtin() -> Topology {
-        Topology::parse(BUILTIN, "infra/topology.toml").expect("the built-in topology file is valid; a unit test checks it")
+        Topology::parse(BUILTIN, "infra/topology.toml")
+            .expect("the built-in topology file is valid; a unit test checks it")
     }
 
     pub fn from_file(path: &Path) -> Result<Topology, TopologyError> {
@@ -150,12 +153,24 @@ impl Topology {
 
     fn validate(&self) -> Result<(), TopologyError> {
         if !(1..=1024).contains(&self.partitions) {
-            return Err(TopologyError::Invalid(format!("partitions is {}, use 1 to 1024", self.partitions)));
+            return Err(TopologyError::Invalid(format!(
+                "partitions is {}, use 1 to 1024",
+                self.partitions
+            )));
         }
         if !(1..=5).contains(&self.replicas) {
-            return Err(TopologyError::Invalid(format!("replicas is {}, use 1 to 5", self.replicas)));
+            return Err(TopologyError::Invalid(format!(
+                "replicas is {}, use 1 to 5",
+                self.replicas
+            )));
         }
-        for name in [STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, STREAM_CONTROL, STREAM_DEAD_LETTER] {
+        for name in [
+            STREAM_EVENTS,
+            STREAM_EXAMPLES,
+            STREAM_PREDICTIONS,
+            STREAM_CONTROL,
+            STREAM_DEAD_LETTER,
+        ] {
             if !self.streams.contains_key(name) {
                 return Err(TopologyError::Invalid(format!("stream {name} is missing")));
             }
@@ -164,7 +179,9 @@ impl Topology {
             match self.buckets.get(name) {
                 None => return Err(TopologyError::Invalid(format!("bucket {name} is missing"))),
                 Some(b) if !(1..=64).contains(&b.history) => {
-                    return Err(TopologyError::Invalid(format!("bucket {name}: history must be 1 to 64")));
+                    return Err(TopologyError::Invalid(format!(
+                        "bucket {name}: history must be 1 to 64"
+                    )));
                 }
                 Some(_) => {}
             }
@@ -222,7 +239,12 @@ impl Topology {
     /// `max_ack_pending` is what the function holds unacknowledged at most. Keeping it at exactly
     /// that is what keeps a partition in order across a crash: the dead replica's unacknowledged
     /// messages fill the allowance, so nothing newer is delivered before they are redelivered.
-    pub fn consumer_config(&self, durable: &str, filter_subjects: Vec<String>, max_ack_pending: usize) -> consumer::pull::Config {
+    pub fn consumer_config(
+        &self,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        max_ack_pending: usize,
+    ) -> consumer::pull::Config {
         consumer::pull::Config {
             durable_name: Some(durable.to_string()),
             ack_policy: consumer::AckPolicy::Explicit,
@@ -260,9 +282,18 @@ pub async fn provision(
     Ok(report)
 }
 
-async fn existing_stream(js: &jetstream::Context, name: &str) -> Result<Option<stream::Info>, TopologyError> {
+async fn existing_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Info>, TopologyError> {
     match js.get_stream(name).await {
-        Ok(mut handle) => Ok(Some(handle.info().await.map_err(|e| js_error(format!("stream {name} info"), e))?.clone())),
+        Ok(mut handle) => Ok(Some(
+            handle
+                .info()
+                .await
+                .map_err(|e| js_error(format!("stream {name} info"), e))?
+                .clone(),
+        )),
         Err(err) => match err.kind() {
             jetstream::context::GetStreamErrorKind::JetStream(e)
                 if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -274,7 +305,10 @@ async fn existing_stream(js: &jetstream::Context, name: &str) -> Result<Option<s
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, wanted: &stream::Config) -> Result<Provisioned, TopologyError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<Provisioned, TopologyError> {
     let Some(info) = existing_stream(js, &wanted.name).await? else {
         js.create_stream(wanted.clone())
             .await
@@ -286,20 +320,33 @@ async fn ensure_stream(js: &jetstream::Context, wanted: &stream::Config) -> Resu
     diff.check("subjects", &existing.subjects, &wanted.subjects);
     diff.check(
         "subject_transform",
-        existing.subject_transform.as_ref().map(|t| (&t.source, &t.destination)),
-        wanted.subject_transform.as_ref().map(|t| (&t.source, &t.destination)),
+        existing
+            .subject_transform
+            .as_ref()
+            .map(|t| (&t.source, &t.destination)),
+        wanted
+            .subject_transform
+            .as_ref()
+            .map(|t| (&t.source, &t.destination)),
     );
     diff.check("retention", existing.retention, wanted.retention);
     diff.check("storage", existing.storage, wanted.storage);
     diff.check("max_age", existing.max_age, wanted.max_age);
     diff.check("max_bytes", existing.max_bytes, wanted.max_bytes);
-    diff.check("duplicate_window", existing.duplicate_window, wanted.duplicate_window);
+    diff.check(
+        "duplicate_window",
+        existing.duplicate_window,
+        wanted.duplicate_window,
+    );
     diff.check("num_replicas", existing.num_replicas, wanted.num_replicas);
     diff.into_result("stream", &wanted.name)?;
     Ok(Provisioned::Unchanged)
 }
 
-async fn ensure_bucket(js: &jetstream::Context, wanted: &kv::Config) -> Result<Provisioned, TopologyError> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    wanted: &kv::Config,
+) -> Result<Provisioned, TopologyError> {
     let stream_name = format!("KV_{}", wanted.bucket);
     let Some(info) = existing_stream(js, &stream_name).await? else {
         js.create_key_value(wanted.clone())
@@ -308,8 +355,16 @@ async fn ensure_bucket(js: &jetstream::Context, wanted: &kv::Config) -> Result<P
         return Ok(Provisioned::Created);
     };
     let mut diff = Differences::default();
-    diff.check("history", info.config.max_messages_per_subject, wanted.history);
-    diff.check("num_replicas", info.config.num_replicas, wanted.num_replicas);
+    diff.check(
+        "history",
+        info.config.max_messages_per_subject,
+        wanted.history,
+    );
+    diff.check(
+        "num_replicas",
+        info.config.num_replicas,
+        wanted.num_replicas,
+    );
     diff.check("storage", info.config.storage, wanted.storage);
     diff.into_result("bucket", &wanted.bucket)?;
     Ok(Provisioned::Unchanged)
@@ -337,10 +392,16 @@ pub async fn ensure_consumer(
                 existing_filters.push(existing.filter_subject.clone());
             }
             let mut diff = Differences::default();
-            diff.check("filter_subjects", &existing_filters, &wanted.filter_subjects);
+            diff.check(
+                "filter_subjects",
+                &existing_filters,
+                &wanted.filter_subjects,
+            );
             diff.check("ack_policy", existing.ack_policy, wanted.ack_policy);
             diff.into_result("consumer", &format!("{stream_name}/{durable}"))?;
-            if existing.ack_wait != wanted.ack_wait || existing.max_ack_pending != wanted.max_ack_pending {
+            if existing.ack_wait != wanted.ack_wait
+                || existing.max_ack_pending != wanted.max_ack_pending
+            {
                 tracing::info!(consumer = %durable, ack_wait = ?wanted.ack_wait, max_ack_pending = wanted.max_ack_pending, "updating consumer settings");
                 stream
                     .create_consumer(wanted)
@@ -375,8 +436,23 @@ mod tests {
         assert_eq!(configs.len(), 5);
         let events = configs.iter().find(|c| c.name == STREAM_EVENTS).unwrap();
         assert_eq!(events.subjects, vec!["freshet.events.*.*"]);
-        assert!(events.subject_transform.as_ref().unwrap().destination.contains("partition(4,2)"));
-        assert_eq!(topology.bucket_configs().iter().find(|b| b.bucket == BUCKET_MODELS).unwrap().history, 64);
+        assert!(
+            events
+                .subject_transform
+                .as_ref()
+                .unwrap()
+                .destination
+                .contains("partition(4,2)")
+        );
+        assert_eq!(
+            topology
+                .bucket_configs()
+                .iter()
+                .find(|b| b.bucket == BUCKET_MODELS)
+                .unwrap()
+                .history,
+            64
+        );
     }
 
     #[test]
@@ -387,6 +463,11 @@ mod tests {
         let err = Topology::parse(&text, "t.toml").unwrap_err();
         assert!(err.to_string().contains("partitions is 0"), "{err}");
         let text = BUILTIN.replace("[buckets.MODELS]\n", "[buckets.OTHER]\n");
-        assert!(Topology::parse(&text, "t.toml").unwrap_err().to_string().contains("MODELS"));
+        assert!(
+            Topology::parse(&text, "t.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("MODELS")
+        );
     }
 }

@@ -32,7 +32,10 @@ pub struct Stored {
 
 impl Stored {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -61,7 +64,14 @@ impl Stack {
         let subjects = Subjects::default();
         let topology = Topology::from_file(&dir.path().join("topology.toml"))?;
         topology::provision(&js, &topology, &subjects).await?;
-        Ok(Stack { dir, nats, client, js, subjects, processes: Vec::new() })
+        Ok(Stack {
+            dir,
+            nats,
+            client,
+            js,
+            subjects,
+            processes: Vec::new(),
+        })
     }
 
     pub fn artifacts_url(&self) -> String {
@@ -73,7 +83,10 @@ impl Stack {
         vec![
             ("FRESHET_NATS_URL".into(), self.nats.url()),
             ("FRESHET_OBJECT_STORE".into(), self.artifacts_url()),
-            ("FRESHET_TOPOLOGY".into(), self.dir.path().join("topology.toml").display().to_string()),
+            (
+                "FRESHET_TOPOLOGY".into(),
+                self.dir.path().join("topology.toml").display().to_string(),
+            ),
             ("FRESHET_HTTP_PORT".into(), "0".into()),
             ("FRESHET_HTTP_ADDR".into(), "127.0.0.1".into()),
             ("FRESHET_LOG_FORMAT".into(), "text".into()),
@@ -85,7 +98,8 @@ impl Stack {
     pub fn spawn(&mut self, binary: &str, args: &[&str]) -> anyhow::Result<usize> {
         let log = self.log_path(binary, self.processes.len());
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        self.processes.push(FunctionProcess::spawn(binary, &args, &self.env(), &log)?);
+        self.processes
+            .push(FunctionProcess::spawn(binary, &args, &self.env(), &log)?);
         Ok(self.processes.len() - 1)
     }
 
@@ -103,17 +117,34 @@ impl Stack {
     }
 
     /// Publishes a structured CloudEvent to the subject its content calls for.
-    pub async fn publish_event(&self, event: &serde_json::Value) -> anyhow::Result<jetstream::publish::PublishAck> {
+    pub async fn publish_event(
+        &self,
+        event: &serde_json::Value,
+    ) -> anyhow::Result<jetstream::publish::PublishAck> {
         let bytes = serde_json::to_vec(event)?;
-        let decoded = freshet::events::decode(&bytes, usize::MAX).map_err(|r| anyhow::anyhow!("test event is invalid: {r}"))?;
-        let subject = self.subjects.event(decoded.data.event_type().as_str(), decoded.data.partition_key());
-        let message = PublishMessage::build().payload(Bytes::from(bytes)).message_id(&decoded.id);
+        let decoded = freshet::events::decode(&bytes, usize::MAX)
+            .map_err(|r| anyhow::anyhow!("test event is invalid: {r}"))?;
+        let subject = self.subjects.event(
+            decoded.data.event_type().as_str(),
+            decoded.data.partition_key(),
+        );
+        let message = PublishMessage::build()
+            .payload(Bytes::from(bytes))
+            .message_id(&decoded.id);
         Ok(self.js.send_publish(subject, message).await?.await?)
     }
 
     /// Publishes raw bytes to an event subject, valid or not.
-    pub async fn publish_raw(&self, event_type: &str, entity: &str, payload: impl Into<Bytes>) -> anyhow::Result<()> {
-        self.js.publish(self.subjects.event(event_type, entity), payload.into()).await?.await?;
+    pub async fn publish_raw(
+        &self,
+        event_type: &str,
+        entity: &str,
+        payload: impl Into<Bytes>,
+    ) -> anyhow::Result<()> {
+        self.js
+            .publish(self.subjects.event(event_type, entity), payload.into())
+            .await?
+            .await?;
         Ok(())
     }
 
@@ -121,11 +152,18 @@ impl Stack {
     pub async fn read_stream(&self, stream: &str, limit: usize) -> anyhow::Result<Vec<Stored>> {
         let stream_handle = self.js.get_stream(stream).await?;
         let consumer = stream_handle
-            .create_consumer(consumer::pull::Config { ack_policy: consumer::AckPolicy::None, ..Default::default() })
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
             .await?;
         let mut out = Vec::new();
         while out.len() < limit {
-            let mut batch = consumer.fetch().max_messages(500.min(limit - out.len())).messages().await?;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(500.min(limit - out.len()))
+                .messages()
+                .await?;
             let before = out.len();
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
@@ -133,9 +171,21 @@ impl Stack {
                 let headers = message
                     .headers
                     .iter()
-                    .flat_map(|h| h.iter().map(|(k, v)| (k.to_string(), v.first().map(|v| v.to_string()).unwrap_or_default())))
+                    .flat_map(|h| {
+                        h.iter().map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                v.first().map(|v| v.to_string()).unwrap_or_default(),
+                            )
+                        })
+                    })
                     .collect();
-                out.push(Stored { subject: message.subject.to_string(), headers, payload: message.payload.clone(), sequence });
+                out.push(Stored {
+                    subject: message.subject.to_string(),
+                    headers,
+                    payload: message.payload.clone(),
+                    sequence,
+                });
             }
             if out.len() == before {
                 break;
@@ -146,18 +196,38 @@ impl Stack {
 
     /// Messages in a stream right now.
     pub async fn stream_len(&self, stream: &str) -> anyhow::Result<u64> {
-        Ok(self.js.get_stream(stream).await?.info().await?.state.messages)
+        Ok(self
+            .js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .messages)
     }
 
     /// Asks the predictor; errors carry the service error header text.
-    pub async fn predict(&self, model: &str, request: &PredictRequest) -> anyhow::Result<PredictResponse> {
+    pub async fn predict(
+        &self,
+        model: &str,
+        request: &PredictRequest,
+    ) -> anyhow::Result<PredictResponse> {
         let model = freshet::ids::ModelName::parse(model)?;
         let subject = freshet::serving::endpoint_single(&self.subjects, &model);
         let reply = self
             .client
-            .send_request(subject, async_nats::Request::new().payload(Bytes::from(serde_json::to_vec(request)?)).timeout(Some(Duration::from_secs(5))))
+            .send_request(
+                subject,
+                async_nats::Request::new()
+                    .payload(Bytes::from(serde_json::to_vec(request)?))
+                    .timeout(Some(Duration::from_secs(5))),
+            )
             .await?;
-        if let Some(error) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
+        if let Some(error) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+        {
             bail!("predictor error: {error}");
         }
         serde_json::from_slice(&reply.payload).context("decoding the predictor's reply")
@@ -199,7 +269,13 @@ pub fn bookstore_events(items: usize, actions: usize, id_prefix: &str) -> Vec<se
     for n in 0..actions {
         let item = (n * 7 + n / 3) % items;
         let cheap = (5 + item * 7 % 50) < 25;
-        let action = if cheap && n % 3 == 0 { "purchase" } else if n % 5 == 0 { "add_to_cart" } else { "view" };
+        let action = if cheap && n % 3 == 0 {
+            "purchase"
+        } else if n % 5 == 0 {
+            "add_to_cart"
+        } else {
+            "view"
+        };
         events.push(cloud_event(&format!("{id_prefix}-act-{n}"), "user_action",
             serde_json::json!({"user": format!("u{}", n % 17), "item": format!("b{item}"), "action": action})));
     }

@@ -67,20 +67,29 @@ impl Timeline {
 
 /// Runs the demo.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let timeline = Timeline { start: Instant::now() };
+    let timeline = Timeline {
+        start: Instant::now(),
+    };
     if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("clearing {}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("clearing {}", args.dir.display()))?;
     }
     std::fs::create_dir_all(args.dir.join("logs"))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     println!("freshet demo: a bookstore whose recommender learns while it serves\n");
 
     let mut nats = NatsServer::start(&dir.join("jetstream"))?;
-    let client = async_nats::connect(nats.url()).await.context("connecting to the demo's nats-server")?;
+    let client = async_nats::connect(nats.url())
+        .await
+        .context("connecting to the demo's nats-server")?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::default();
     topology::provision(&js, &Topology::builtin(), &subjects).await?;
-    timeline.at(&format!("nats-server up on {} (JetStream store {})", nats.url(), dir.join("jetstream").display()));
+    timeline.at(&format!(
+        "nats-server up on {} (JetStream store {})",
+        nats.url(),
+        dir.join("jetstream").display()
+    ));
 
     let artifacts_url = format!("file://{}", dir.join("artifacts").display());
     let env: Vec<(String, String)> = vec![
@@ -94,7 +103,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut functions = Vec::new();
     for (binary, extra) in [
         ("featurize", vec![]),
-        ("train", vec!["--publish-interval".to_string(), "500ms".to_string(), "--publish-every-batches".into(), "8".into()]),
+        (
+            "train",
+            vec![
+                "--publish-interval".to_string(),
+                "500ms".to_string(),
+                "--publish-every-batches".into(),
+                "8".into(),
+            ],
+        ),
         ("predict", vec![]),
         ("drift", vec![]),
     ] {
@@ -108,10 +125,16 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         items: args.items,
         actions: args.events,
         seed: 7,
-        viral: Some(Viral { item: EntityId::parse(VIRAL_ITEM)?, at: 0.5 }),
+        viral: Some(Viral {
+            item: EntityId::parse(VIRAL_ITEM)?,
+            at: 0.5,
+        }),
     };
     let events = bookstore::generate(&config);
-    let actions = events.iter().filter(|e| matches!(e.data, EventData::UserAction(_))).count();
+    let actions = events
+        .iter()
+        .filter(|e| matches!(e.data, EventData::UserAction(_)))
+        .count();
     // featurize turns the k-th user action into the k-th example of this model, in order, so the
     // first purchase of the new book is learned once a version's high-water mark reaches k.
     let first_viral_purchase_example = events
@@ -127,7 +150,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    let panel: Vec<EntityId> = (1..=PANEL).map(|n| EntityId::parse(format!("u{n:04}"))).collect::<Result<_, _>>()?;
+    let panel: Vec<EntityId> = (1..=PANEL)
+        .map(|n| EntityId::parse(format!("u{n:04}")))
+        .collect::<Result<_, _>>()?;
     println!(
         "\n  streaming {} events ({} users, {} books) at {}/s; the book {VIRAL_ITEM} launches half-way\n",
         events.len(),
@@ -139,10 +164,23 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let model = ModelName::parse(MODEL)?;
     let pointers = Pointers::new(js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&artifacts_url)?;
-    let story = Story { client: client.clone(), subjects: subjects.clone(), model: model.clone(), catalogue, panel, top: args.top };
+    let story = Story {
+        client: client.clone(),
+        subjects: subjects.clone(),
+        model: model.clone(),
+        catalogue,
+        panel,
+        top: args.top,
+    };
 
     let shared = SharedStatus::default();
-    let publisher = tokio::spawn(publish_at_rate(js.clone(), subjects.clone(), events, args.rate, shared.clone()));
+    let publisher = tokio::spawn(publish_at_rate(
+        js.clone(),
+        subjects.clone(),
+        events,
+        args.rate,
+        shared.clone(),
+    ));
     let mut seen_version = 0u64;
     let mut launch: Option<(Instant, u64)> = None;
     let mut first_purchase_logged = false;
@@ -155,7 +193,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if Instant::now() > deadline {
-            bail!("the demo did not finish within 3 minutes; see the logs in {}", dir.join("logs").display());
+            bail!(
+                "the demo did not finish within 3 minutes; see the logs in {}",
+                dir.join("logs").display()
+            );
         }
         if let Some(pointer) = pointers.get(&model, Slot::Live).await?.value
             && pointer.version > seen_version
@@ -174,18 +215,25 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 ));
             }
             if seen_version == 0 {
-                timeline.at(&format!("first model version v{} live (learned {} examples)", pointer.version, manifest.metrics.examples_total));
+                timeline.at(&format!(
+                    "first model version v{} live (learned {} examples)",
+                    pointer.version, manifest.metrics.examples_total
+                ));
             } else if pointer.version / 10 > seen_version / 10 {
                 let rank = match launch {
                     Some(_) => match story.rank_for(&story.panel[0]).await {
-                        Ok((rank, _)) => format!("; {VIRAL_ITEM} ranks #{rank} for {}", story.panel[0]),
+                        Ok((rank, _)) => {
+                            format!("; {VIRAL_ITEM} ranks #{rank} for {}", story.panel[0])
+                        }
                         Err(_) => String::new(),
                     },
                     None => String::new(),
                 };
                 timeline.at(&format!(
                     "v{} live: {} examples learned, prequential accuracy {:.3}{rank}",
-                    pointer.version, manifest.metrics.examples_total, manifest.metrics.prequential_accuracy
+                    pointer.version,
+                    manifest.metrics.examples_total,
+                    manifest.metrics.prequential_accuracy
                 ));
             }
             versions.insert(pointer.version, manifest.metrics.prequential_accuracy);
@@ -196,7 +244,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             && let Some(at) = status.launched_at
         {
             launch = Some((at, seen_version));
-            timeline.at(&format!("NEW BOOK {VIRAL_ITEM} published (the model serving is v{seen_version})"));
+            timeline.at(&format!(
+                "NEW BOOK {VIRAL_ITEM} published (the model serving is v{seen_version})"
+            ));
         }
         if !first_purchase_logged && status.first_viral_purchase.is_some() {
             first_purchase_logged = true;
@@ -219,19 +269,28 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             publishing_done = Some(Instant::now());
             timeline.at("all events published");
         }
-        if !featurized && publishing_done.is_some() && stream_last(&js, STREAM_EXAMPLES).await >= actions as u64 {
+        if !featurized
+            && publishing_done.is_some()
+            && stream_last(&js, STREAM_EXAMPLES).await >= actions as u64
+        {
             featurized = true;
             timeline.at("every event featurized into an example");
         }
-        if publishing_done.is_some() && learned.is_some() && caught_up(&js, &pointers, &artifacts, &model).await {
-            timeline.at(&format!("every example learned; live version v{seen_version}"));
+        if publishing_done.is_some()
+            && learned.is_some()
+            && caught_up(&js, &pointers, &artifacts, &model).await
+        {
+            timeline.at(&format!(
+                "every example learned; live version v{seen_version}"
+            ));
             break;
         }
     }
     publisher.await.context("publisher task")??;
 
     let (_, version_at_launch) = launch.context("the viral book was never launched")?;
-    let (learned_version, learned_after) = learned.context("no version learned the new book's first purchase")?;
+    let (learned_version, learned_after) =
+        learned.context("no version learned the new book's first purchase")?;
     let final_rank = story.rank_for(&story.panel[0]).await?.0;
     let latest = artifacts.manifest(&model, seen_version).await?;
 
@@ -239,7 +298,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut table = super::Table::new(&["", "freshet", "nightly retrain"]);
     table.row(vec![
         "versions published while the book sold".into(),
-        format!("{} (v{version_at_launch} was live at its launch)", seen_version - version_at_launch),
+        format!(
+            "{} (v{version_at_launch} was live at its launch)",
+            seen_version - version_at_launch
+        ),
         "0 until tonight's run".into(),
     ]);
     table.row(vec![
@@ -250,23 +312,40 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     table.row(vec![
         format!("{VIRAL_ITEM} in the top {} of most watched users", args.top),
         match ranked {
-            Some((version, took, in_top)) => format!("{} ms after launch (v{version}, {in_top}/{PANEL} users)", took.as_millis()),
+            Some((version, took, in_top)) => format!(
+                "{} ms after launch (v{version}, {in_top}/{PANEL} users)",
+                took.as_millis()
+            ),
             None => "not reached in this run".into(),
         },
         "after tonight's run, at the earliest".into(),
     ]);
-    table.row(vec![format!("rank of {VIRAL_ITEM} for {} at the end", story.panel[0]), format!("#{final_rank} of {}", story.catalogue.len()), "-".into()]);
+    table.row(vec![
+        format!("rank of {VIRAL_ITEM} for {} at the end", story.panel[0]),
+        format!("#{final_rank} of {}", story.catalogue.len()),
+        "-".into(),
+    ]);
     table.row(vec![
         "prequential accuracy / log loss (latest window)".into(),
-        format!("{:.3} / {:.3}", latest.metrics.prequential_accuracy, latest.metrics.log_loss),
+        format!(
+            "{:.3} / {:.3}",
+            latest.metrics.prequential_accuracy, latest.metrics.log_loss
+        ),
         "-".into(),
     ]);
     print!("{table}");
 
-    for (mut function, name) in functions.into_iter().zip(["featurize", "train", "predict", "drift"]) {
+    for (mut function, name) in
+        functions
+            .into_iter()
+            .zip(["featurize", "train", "predict", "drift"])
+    {
         let status = function.terminate(Duration::from_secs(20))?;
         if !status.success() {
-            bail!("{name} exited with {status} on SIGTERM; see {}", dir.join("logs").join(format!("{name}.log")).display());
+            bail!(
+                "{name} exited with {status} on SIGTERM; see {}",
+                dir.join("logs").join(format!("{name}.log")).display()
+            );
         }
     }
     nats.stop()?;
@@ -287,11 +366,19 @@ struct SharedStatus(Arc<Mutex<PublisherStatus>>);
 
 impl SharedStatus {
     fn get(&self) -> PublisherStatus {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn note(&self, update: impl FnOnce(&mut PublisherStatus)) {
-        update(&mut self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        update(
+            &mut self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
     }
 }
 
@@ -309,8 +396,11 @@ async fn publish_at_rate(
         tick.tick().await;
         let mut acks = Vec::with_capacity(chunk.len());
         for event in chunk {
-            let subject = subjects.event(event.data.event_type().as_str(), event.data.partition_key());
-            let message = PublishMessage::build().payload(Bytes::from(event.to_json_bytes())).message_id(&event.id);
+            let subject =
+                subjects.event(event.data.event_type().as_str(), event.data.partition_key());
+            let message = PublishMessage::build()
+                .payload(Bytes::from(event.to_json_bytes()))
+                .message_id(&event.id);
             acks.push(js.send_publish(subject, message).await?);
         }
         for ack in acks {
@@ -318,8 +408,12 @@ async fn publish_at_rate(
         }
         for event in chunk {
             match &event.data {
-                EventData::NewItem(item) if item.item.as_str() == VIRAL_ITEM => status.note(|s| s.launched_at = Some(Instant::now())),
-                EventData::UserAction(a) if a.item.as_str() == VIRAL_ITEM && a.action == Action::Purchase => {
+                EventData::NewItem(item) if item.item.as_str() == VIRAL_ITEM => {
+                    status.note(|s| s.launched_at = Some(Instant::now()))
+                }
+                EventData::UserAction(a)
+                    if a.item.as_str() == VIRAL_ITEM && a.action == Action::Purchase =>
+                {
                     status.note(|s| {
                         s.first_viral_purchase.get_or_insert_with(Instant::now);
                     })
@@ -333,7 +427,9 @@ async fn publish_at_rate(
 
 /// The last sequence of a stream (0 when unknown).
 async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
-    let Ok(mut stream) = js.get_stream(stream).await else { return 0 };
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return 0;
+    };
     match stream.info().await {
         Ok(info) => info.state.last_sequence,
         Err(_) => 0,
@@ -341,13 +437,22 @@ async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
 }
 
 /// Whether the live version has learned every example on the stream.
-async fn caught_up(js: &jetstream::Context, pointers: &Pointers, artifacts: &ArtifactStore, model: &ModelName) -> bool {
+async fn caught_up(
+    js: &jetstream::Context,
+    pointers: &Pointers,
+    artifacts: &ArtifactStore,
+    model: &ModelName,
+) -> bool {
     let last = stream_last(js, STREAM_EXAMPLES).await;
     if last == 0 {
         return false;
     }
-    let Ok(pointer) = pointers.get(model, Slot::Live).await else { return false };
-    let Some(live) = pointer.value else { return false };
+    let Ok(pointer) = pointers.get(model, Slot::Live).await else {
+        return false;
+    };
+    let Some(live) = pointer.value else {
+        return false;
+    };
     match artifacts.manifest(model, live.version).await {
         Ok(manifest) => manifest.high_water_mark >= last,
         Err(_) => false,
@@ -371,21 +476,34 @@ impl Story {
             instances: self
                 .catalogue
                 .iter()
-                .map(|item| PredictRequest { user: Some(user.clone()), item: Some(item.clone()), ..Default::default() })
+                .map(|item| PredictRequest {
+                    user: Some(user.clone()),
+                    item: Some(item.clone()),
+                    ..Default::default()
+                })
                 .collect(),
         };
         let reply = self
             .client
             .send_request(
                 endpoint_batch(&self.subjects, &self.model),
-                async_nats::Request::new().payload(Bytes::from(serde_json::to_vec(&request)?)).timeout(Some(Duration::from_secs(5))),
+                async_nats::Request::new()
+                    .payload(Bytes::from(serde_json::to_vec(&request)?))
+                    .timeout(Some(Duration::from_secs(5))),
             )
             .await?;
-        if let Some(error) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
+        if let Some(error) = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error"))
+        {
             bail!("predictor: {error}");
         }
         let response: BatchResponse = serde_json::from_slice(&reply.payload)?;
-        Ok((rank_of(&self.catalogue, &response.scores, VIRAL_ITEM), response.version))
+        Ok((
+            rank_of(&self.catalogue, &response.scores, VIRAL_ITEM),
+            response.version,
+        ))
     }
 
     /// How many watched users have the viral book in their top N, and the version that said so.
@@ -405,7 +523,9 @@ impl Story {
 
 /// 1-based rank of `wanted` when `items` are sorted by descending score.
 fn rank_of(items: &[EntityId], scores: &[f32], wanted: &str) -> usize {
-    let Some(position) = items.iter().position(|i| i.as_str() == wanted) else { return items.len() + 1 };
+    let Some(position) = items.iter().position(|i| i.as_str() == wanted) else {
+        return items.len() + 1;
+    };
     let own = scores.get(position).copied().unwrap_or(f32::MIN);
     1 + scores.iter().filter(|&&s| s > own).count()
 }
@@ -416,7 +536,10 @@ mod tests {
 
     #[test]
     fn ranks_count_strictly_better_scores() {
-        let items: Vec<EntityId> = ["a", "b", "c"].iter().map(|s| EntityId::parse(*s).unwrap()).collect();
+        let items: Vec<EntityId> = ["a", "b", "c"]
+            .iter()
+            .map(|s| EntityId::parse(*s).unwrap())
+            .collect();
         assert_eq!(rank_of(&items, &[0.2, 0.9, 0.5], "c"), 2);
         assert_eq!(rank_of(&items, &[0.2, 0.9, 0.5], "b"), 1);
         assert_eq!(rank_of(&items, &[0.2, 0.9, 0.5], "zz"), 4);

@@ -19,7 +19,12 @@ pub struct PageHinkleyConfig {
 
 impl Default for PageHinkleyConfig {
     fn default() -> Self {
-        PageHinkleyConfig { min_instances: 30, delta: 0.005, threshold: 50.0, alpha: 1.0 - 0.0001 }
+        PageHinkleyConfig {
+            min_instances: 30,
+            delta: 0.005,
+            threshold: 50.0,
+            alpha: 1.0 - 0.0001,
+        }
     }
 }
 
@@ -47,7 +52,15 @@ pub struct Change {
 
 impl PageHinkley {
     pub fn new(config: PageHinkleyConfig) -> PageHinkley {
-        PageHinkley { config, count: 0, mean: 0.0, sum_up: 0.0, min_up: 0.0, sum_down: 0.0, max_down: 0.0 }
+        PageHinkley {
+            config,
+            count: 0,
+            mean: 0.0,
+            sum_up: 0.0,
+            min_up: 0.0,
+            sum_down: 0.0,
+            max_down: 0.0,
+        }
     }
 
     fn reset(&mut self) {
@@ -70,9 +83,17 @@ impl PageHinkley {
         }
         let up = self.sum_up - self.min_up;
         let down = self.max_down - self.sum_down;
-        let (statistic, upward) = if up >= down { (up, true) } else { (down, false) };
+        let (statistic, upward) = if up >= down {
+            (up, true)
+        } else {
+            (down, false)
+        };
         if statistic > self.config.threshold {
-            let change = Change { statistic, observations: self.count, upward };
+            let change = Change {
+                statistic,
+                observations: self.count,
+                upward,
+            };
             self.reset();
             return Some(change);
         }
@@ -89,14 +110,18 @@ pub struct FeatureDetectors {
 
 impl FeatureDetectors {
     pub fn new(config: PageHinkleyConfig) -> FeatureDetectors {
-        FeatureDetectors { config, detectors: Vec::new() }
+        FeatureDetectors {
+            config,
+            detectors: Vec::new(),
+        }
     }
 
     /// Feeds one example's features; returns (feature index, change) for each detection.
     pub fn update(&mut self, features: &[f32]) -> Vec<(usize, Change)> {
         if self.detectors.len() < features.len() {
             let config = self.config;
-            self.detectors.resize_with(features.len(), || PageHinkley::new(config));
+            self.detectors
+                .resize_with(features.len(), || PageHinkley::new(config));
         }
         features
             .iter()
@@ -113,7 +138,10 @@ mod tests {
 
     /// A deterministic noise source, so tests need no random-number crate.
     fn noise(i: u64) -> f64 {
-        let x = (i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64;
+        let x = (i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            >> 33) as f64;
         x / (1u64 << 31) as f64 - 0.5
     }
 
@@ -128,16 +156,27 @@ mod tests {
         let mut ph = PageHinkley::new(PageHinkleyConfig::default());
         let change_at = 1_000u64;
         let detected = (0..3_000u64)
-            .find(|&i| ph.update(if i < change_at { noise(i) } else { 5.0 + noise(i) }).is_some())
+            .find(|&i| {
+                ph.update(if i < change_at {
+                    noise(i)
+                } else {
+                    5.0 + noise(i)
+                })
+                .is_some()
+            })
             .expect("a shift of 5 is detected");
-        assert!(detected > change_at && detected < change_at + 30, "detected at {detected}");
+        assert!(
+            detected > change_at && detected < change_at + 30,
+            "detected at {detected}"
+        );
     }
 
     #[test]
     fn detects_downward_shifts_too_and_ignores_non_finite_values() {
         let mut ph = PageHinkley::new(PageHinkleyConfig::default());
         assert!(ph.update(f64::NAN).is_none());
-        let hit = (0..3_000u64).find_map(|i| ph.update(if i < 500 { 10.0 + noise(i) } else { noise(i) }));
+        let hit =
+            (0..3_000u64).find_map(|i| ph.update(if i < 500 { 10.0 + noise(i) } else { noise(i) }));
         assert!(!hit.expect("detected").upward);
     }
 
@@ -149,6 +188,9 @@ mod tests {
             let moved = if i < 1_000 { 0.0 } else { 8.0 };
             hits.extend(bank.update(&[noise(i) as f32, (moved + noise(i + 7)) as f32]));
         }
-        assert!(!hits.is_empty() && hits.iter().all(|(feature, _)| *feature == 1), "{hits:?}");
+        assert!(
+            !hits.is_empty() && hits.iter().all(|(feature, _)| *feature == 1),
+            "{hits:?}"
+        );
     }
 }

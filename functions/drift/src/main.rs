@@ -1,5 +1,8 @@
 //! drift: watches a model's examples for changes in each feature's distribution.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod handler;
 
 use bytes::Bytes;
@@ -22,7 +25,11 @@ struct Args {
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
     /// Page-Hinkley threshold λ: larger means fewer, surer detections
-    #[arg(long = "ph-threshold", env = "FRESHET_PH_THRESHOLD", default_value_t = 50.0)]
+    #[arg(
+        long = "ph-threshold",
+        env = "FRESHET_PH_THRESHOLD",
+        default_value_t = 50.0
+    )]
     threshold: f64,
     /// Page-Hinkley tolerance δ
     #[arg(long = "ph-delta", env = "FRESHET_PH_DELTA", default_value_t = 0.005)]
@@ -52,7 +59,14 @@ impl Processor for DriftWatcher {
                 let body = json!({"kind": "drift", "model": self.model, "detector": "page_hinkley", "feature": feature,
                     "statistic": change.statistic, "window": change.observations, "upward": change.upward,
                     "sequence": message.stream_sequence, "at": message.published});
-                if let Err(err) = self.js.publish(self.subjects.control(&self.model, "drift"), Bytes::from(body.to_string())).await {
+                if let Err(err) = self
+                    .js
+                    .publish(
+                        self.subjects.control(&self.model, "drift"),
+                        Bytes::from(body.to_string()),
+                    )
+                    .await
+                {
                     tracing::warn!(error = %err, "cannot publish a drift event");
                 }
             }
@@ -67,7 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ctx = FunctionContext::start("drift", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
-    let config = handler::PageHinkleyConfig { threshold: args.threshold, delta: args.delta, ..Default::default() };
+    let config = handler::PageHinkleyConfig {
+        threshold: args.threshold,
+        delta: args.delta,
+        ..Default::default()
+    };
     let watcher = DriftWatcher {
         model: args.model.clone(),
         js: ctx.js.clone(),
@@ -76,5 +94,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let durable = format!("drift-{}", args.model);
     let batch_size = ctx.args.batch_size;
-    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], batch_size, watcher).await
+    ctx.consume(
+        STREAM_EXAMPLES,
+        &durable,
+        vec![ctx.subjects.examples(&args.model)],
+        batch_size,
+        watcher,
+    )
+    .await
 }

@@ -20,9 +20,14 @@ pub struct Position {
 /// Checks that the subject an event arrived on agrees with its content, and returns its partition.
 /// A mismatch would put an entity's events in two partitions and break their order.
 pub fn route(subjects: &Subjects, subject: &str, event: &Event) -> Result<u32, Rejection> {
-    let (partition, type_token, entity_token) = subjects.parse_stored_event(subject).ok_or_else(|| {
-        Rejection::new(RejectReason::InvalidEnvelope, "subject", format!("{subject} is not an event subject"))
-    })?;
+    let (partition, type_token, entity_token) =
+        subjects.parse_stored_event(subject).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::InvalidEnvelope,
+                "subject",
+                format!("{subject} is not an event subject"),
+            )
+        })?;
     let expected_type = event.data.event_type().as_str();
     let expected_entity = event.data.partition_key();
     if type_token != expected_type || entity_token != expected_entity {
@@ -58,7 +63,11 @@ pub fn example_for_action(
         model: model.clone(),
         schema: Some((features::SCHEMA_NAME.to_string(), features::SCHEMA_VERSION)),
         features: features::feature_vector(user, item, at),
-        label: if action.action == Action::Purchase { 1.0 } else { 0.0 },
+        label: if action.action == Action::Purchase {
+            1.0
+        } else {
+            0.0
+        },
         source_event: event_id.to_string(),
         event_time: Some(at),
     }
@@ -103,11 +112,25 @@ pub fn work_for(event: &Event, at: DateTime<Utc>) -> Work {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// A user acted on an item of `category`.
-    UserAction { action: Action, category: Option<String>, at: DateTime<Utc>, position: Position },
+    UserAction {
+        action: Action,
+        category: Option<String>,
+        at: DateTime<Utc>,
+        position: Position,
+    },
     /// An item was acted on.
-    ItemAction { action: Action, at: DateTime<Utc>, position: Position },
+    ItemAction {
+        action: Action,
+        at: DateTime<Utc>,
+        position: Position,
+    },
     /// An item entered the catalogue.
-    NewItem { category: String, price: f64, at: DateTime<Utc>, position: Position },
+    NewItem {
+        category: String,
+        price: f64,
+        at: DateTime<Utc>,
+        position: Position,
+    },
 }
 
 /// The state of one FEATURES key.
@@ -121,7 +144,15 @@ impl EntityState {
     /// Applies a mutation unless its position was already applied. Returns whether it changed.
     pub fn apply(&mut self, mutation: &Mutation) -> bool {
         match (self, mutation) {
-            (EntityState::User(user), Mutation::UserAction { action, category, at, position }) => {
+            (
+                EntityState::User(user),
+                Mutation::UserAction {
+                    action,
+                    category,
+                    at,
+                    position,
+                },
+            ) => {
                 if user.applied.contains(position.partition, position.sequence) {
                     return false;
                 }
@@ -129,7 +160,14 @@ impl EntityState {
                 user.applied.record(position.partition, position.sequence);
                 true
             }
-            (EntityState::Item(item), Mutation::ItemAction { action, at, position }) => {
+            (
+                EntityState::Item(item),
+                Mutation::ItemAction {
+                    action,
+                    at,
+                    position,
+                },
+            ) => {
                 if item.applied.contains(position.partition, position.sequence) {
                     return false;
                 }
@@ -137,7 +175,15 @@ impl EntityState {
                 item.applied.record(position.partition, position.sequence);
                 true
             }
-            (EntityState::Item(item), Mutation::NewItem { category, price, at, position }) => {
+            (
+                EntityState::Item(item),
+                Mutation::NewItem {
+                    category,
+                    price,
+                    at,
+                    position,
+                },
+            ) => {
                 if item.applied.contains(position.partition, position.sequence) {
                     return false;
                 }
@@ -188,7 +234,11 @@ pub fn keys_of(batch: &[Routed]) -> std::collections::BTreeSet<String> {
 /// Plans a batch in stream order against `states` (the states read, updated in place). An event
 /// whose user state already holds its position was fully handled before a redelivery: it yields
 /// no example, and its mutations change nothing.
-pub fn plan_batch(model: &ModelName, batch: &[Routed], states: &mut std::collections::BTreeMap<String, EntityState>) -> BatchPlan {
+pub fn plan_batch(
+    model: &ModelName,
+    batch: &[Routed],
+    states: &mut std::collections::BTreeMap<String, EntityState>,
+) -> BatchPlan {
     let mut plan = BatchPlan::default();
     for routed in batch {
         match &routed.work {
@@ -203,8 +253,18 @@ pub fn plan_batch(model: &ModelName, batch: &[Routed], states: &mut std::collect
                     Some(EntityState::Item(item)) => item.clone(),
                     _ => ItemState::default(),
                 };
-                if !user.applied.contains(routed.position.partition, routed.position.sequence) {
-                    plan.examples.push(example_for_action(model, &routed.event_id, action, &user, &item, routed.at));
+                if !user
+                    .applied
+                    .contains(routed.position.partition, routed.position.sequence)
+                {
+                    plan.examples.push(example_for_action(
+                        model,
+                        &routed.event_id,
+                        action,
+                        &user,
+                        &item,
+                        routed.at,
+                    ));
                 }
                 let user_mutation = Mutation::UserAction {
                     action: action.action,
@@ -212,9 +272,25 @@ pub fn plan_batch(model: &ModelName, batch: &[Routed], states: &mut std::collect
                     at: routed.at,
                     position: routed.position,
                 };
-                let item_mutation = Mutation::ItemAction { action: action.action, at: routed.at, position: routed.position };
-                record(states, &mut plan, user_key, EntityState::User(user), user_mutation);
-                record(states, &mut plan, item_key, EntityState::Item(item), item_mutation);
+                let item_mutation = Mutation::ItemAction {
+                    action: action.action,
+                    at: routed.at,
+                    position: routed.position,
+                };
+                record(
+                    states,
+                    &mut plan,
+                    user_key,
+                    EntityState::User(user),
+                    user_mutation,
+                );
+                record(
+                    states,
+                    &mut plan,
+                    item_key,
+                    EntityState::Item(item),
+                    item_mutation,
+                );
             }
             Work::NewItem(new_item) => {
                 let key = features::item_key(&new_item.item);
@@ -245,7 +321,10 @@ fn record(
     mutation: Mutation,
 ) {
     if state.apply(&mutation) {
-        plan.mutations.entry(key.clone()).or_default().push(mutation);
+        plan.mutations
+            .entry(key.clone())
+            .or_default()
+            .push(mutation);
     }
     states.insert(key, state);
 }
@@ -261,7 +340,11 @@ mod tests {
     }
 
     fn view(user: &str, item: &str, action: Action) -> UserAction {
-        UserAction { user: EntityId::parse(user).unwrap(), item: EntityId::parse(item).unwrap(), action }
+        UserAction {
+            user: EntityId::parse(user).unwrap(),
+            item: EntityId::parse(item).unwrap(),
+            action,
+        }
     }
 
     fn event(json: serde_json::Value) -> Event {
@@ -271,23 +354,48 @@ mod tests {
     #[test]
     fn routes_only_events_whose_subject_matches() {
         let subjects = Subjects::default();
-        let e = event(serde_json::json!({"specversion":"1.0","id":"1","source":"t","type":"user_action",
-            "data":{"user":"u1","item":"b1","action":"view"}}));
-        assert_eq!(route(&subjects, "freshet.events.2.user_action.u1", &e), Ok(2));
-        for wrong in ["freshet.events.2.user_action.u2", "freshet.events.2.new_item.u1", "freshet.events.x.user_action.u1"] {
+        let e = event(
+            serde_json::json!({"specversion":"1.0","id":"1","source":"t","type":"user_action",
+            "data":{"user":"u1","item":"b1","action":"view"}}),
+        );
+        assert_eq!(
+            route(&subjects, "freshet.events.2.user_action.u1", &e),
+            Ok(2)
+        );
+        for wrong in [
+            "freshet.events.2.user_action.u2",
+            "freshet.events.2.new_item.u1",
+            "freshet.events.x.user_action.u1",
+        ] {
             let err = route(&subjects, wrong, &e).unwrap_err();
-            assert_eq!((err.reason, err.field.as_str()), (RejectReason::InvalidEnvelope, "subject"), "{wrong}");
+            assert_eq!(
+                (err.reason, err.field.as_str()),
+                (RejectReason::InvalidEnvelope, "subject"),
+                "{wrong}"
+            );
         }
     }
 
     fn routed(seq: u64, work: Work) -> Routed {
-        Routed { event_id: format!("e{seq}"), position: Position { partition: 1, sequence: seq }, at: at(seq as i64), work }
+        Routed {
+            event_id: format!("e{seq}"),
+            position: Position {
+                partition: 1,
+                sequence: seq,
+            },
+            at: at(seq as i64),
+            work,
+        }
     }
 
     #[test]
     fn a_batch_applies_each_position_once_and_in_order() {
         let model = ModelName::parse("bookstore").unwrap();
-        let new_item = NewItem { item: EntityId::parse("b1").unwrap(), category: "poetry".into(), price: 9.5 };
+        let new_item = NewItem {
+            item: EntityId::parse("b1").unwrap(),
+            category: "poetry".into(),
+            price: 9.5,
+        };
         let batch = vec![
             routed(1, Work::NewItem(new_item)),
             routed(2, Work::UserAction(view("u1", "b1", Action::View))),
@@ -298,24 +406,46 @@ mod tests {
         assert_eq!(plan.examples.len(), 2);
         assert_eq!((plan.examples[0].label, plan.examples[1].label), (0.0, 1.0));
         // The purchase's example saw the view before it: the state moves through the batch.
-        let viewed = UserState { views: 1, ..Default::default() };
-        assert_eq!(plan.examples[1].features[0], features::feature_vector(&viewed, &ItemState::default(), at(3))[0]);
+        let viewed = UserState {
+            views: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            plan.examples[1].features[0],
+            features::feature_vector(&viewed, &ItemState::default(), at(3))[0]
+        );
         assert_eq!(plan.mutations["user.u1"].len(), 2);
         assert_eq!(plan.mutations["item.b1"].len(), 3);
         match &states["user.u1"] {
-            EntityState::User(user) => assert_eq!((user.views, user.purchases, user.category_views["poetry"]), (1, 1, 1)),
+            EntityState::User(user) => assert_eq!(
+                (user.views, user.purchases, user.category_views["poetry"]),
+                (1, 1, 1)
+            ),
             other => panic!("{other:?}"),
         }
 
         // Redelivered after the states were written: no example, no mutation.
         let again = plan_batch(&model, &batch, &mut states);
-        assert!(again.examples.is_empty() && again.mutations.is_empty(), "{again:?}");
+        assert!(
+            again.examples.is_empty() && again.mutations.is_empty(),
+            "{again:?}"
+        );
     }
 
     #[test]
     fn mutations_replay_on_a_fresher_state() {
-        let mutation = Mutation::ItemAction { action: Action::Purchase, at: at(0), position: Position { partition: 0, sequence: 9 } };
-        let mut fresher = EntityState::Item(ItemState { views: 5, ..Default::default() });
+        let mutation = Mutation::ItemAction {
+            action: Action::Purchase,
+            at: at(0),
+            position: Position {
+                partition: 0,
+                sequence: 9,
+            },
+        };
+        let mut fresher = EntityState::Item(ItemState {
+            views: 5,
+            ..Default::default()
+        });
         assert!(fresher.apply(&mutation));
         assert!(!fresher.apply(&mutation), "a position applies once");
         match fresher {
@@ -323,25 +453,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let mut user = EntityState::User(UserState::default());
-        assert!(!user.apply(&mutation), "a user key never takes an item mutation");
+        assert!(
+            !user.apply(&mutation),
+            "a user key never takes an item mutation"
+        );
     }
 
     #[test]
     fn keys_cover_users_and_items() {
-        let batch = vec![routed(1, Work::UserAction(view("u1", "b1", Action::View))), routed(2, Work::Nothing)];
-        assert_eq!(keys_of(&batch).into_iter().collect::<Vec<_>>(), vec!["item.b1".to_string(), "user.u1".to_string()]);
+        let batch = vec![
+            routed(1, Work::UserAction(view("u1", "b1", Action::View))),
+            routed(2, Work::Nothing),
+        ];
+        assert_eq!(
+            keys_of(&batch).into_iter().collect::<Vec<_>>(),
+            vec!["item.b1".to_string(), "user.u1".to_string()]
+        );
     }
 
     #[test]
     fn examples_and_outcomes_are_sorted_into_work() {
-        let ex = event(serde_json::json!({"specversion":"1.0","id":"x1","source":"t","type":"example",
-            "data":{"model":"m","features":[1.5, 2.0],"label":1}}));
+        let ex = event(
+            serde_json::json!({"specversion":"1.0","id":"x1","source":"t","type":"example",
+            "data":{"model":"m","features":[1.5, 2.0],"label":1}}),
+        );
         match work_for(&ex, at(0)) {
-            Work::Example(record) => assert_eq!((record.features, record.label, record.id), (vec![1.5, 2.0], 1.0, "ex-x1".to_string())),
+            Work::Example(record) => assert_eq!(
+                (record.features, record.label, record.id),
+                (vec![1.5, 2.0], 1.0, "ex-x1".to_string())
+            ),
             other => panic!("{other:?}"),
         }
-        let outcome = event(serde_json::json!({"specversion":"1.0","id":"o1","source":"t","type":"outcome",
-            "data":{"prediction_id":"p1","label":0}}));
+        let outcome = event(
+            serde_json::json!({"specversion":"1.0","id":"o1","source":"t","type":"outcome",
+            "data":{"prediction_id":"p1","label":0}}),
+        );
         assert_eq!(work_for(&outcome, at(0)), Work::Nothing);
     }
 }

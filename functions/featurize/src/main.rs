@@ -1,5 +1,8 @@
 //! featurize: turns events into entity state (FEATURES) and training examples (EXAMPLES).
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod handler;
 mod processor;
 
@@ -31,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
     let (durable, filter) = match args.partition {
-        Some(p) => (format!("featurize-{p}"), ctx.subjects.events_stored_partition(p)),
+        Some(p) => (
+            format!("featurize-{p}"),
+            ctx.subjects.events_stored_partition(p),
+        ),
         None => ("featurize".to_string(), ctx.subjects.events_stored_all()),
     };
     let featurizer = processor::Featurizer {
@@ -42,5 +48,12 @@ async fn main() -> anyhow::Result<()> {
         max_event_bytes: ctx.args.max_event_bytes,
     };
     let batch_size = ctx.args.batch_size;
-    ctx.consume(STREAM_EVENTS, &durable, vec![filter], batch_size, featurizer).await
+    ctx.consume(
+        STREAM_EVENTS,
+        &durable,
+        vec![filter],
+        batch_size,
+        featurizer,
+    )
+    .await
 }

@@ -60,7 +60,10 @@ impl Processor for Featurizer {
             .map(|d| match (d, &outcome) {
                 (Some(rejected), _) => rejected,
                 (None, Ok(())) => Disposition::Ack,
-                (None, Err(failure)) => Disposition::Retry(Failure::new(failure.operation.clone(), failure.source.to_string())),
+                (None, Err(failure)) => Disposition::Retry(Failure::new(
+                    failure.operation.clone(),
+                    failure.source.to_string(),
+                )),
             })
             .collect()
     }
@@ -74,7 +77,10 @@ impl Featurizer {
         Ok(Routed {
             work: handler::work_for(&event, at),
             event_id: event.id,
-            position: Position { partition, sequence: message.stream_sequence },
+            position: Position {
+                partition,
+                sequence: message.stream_sequence,
+            },
             at,
         })
     }
@@ -104,7 +110,9 @@ impl Featurizer {
     async fn publish_examples(&self, examples: &[ExampleRecord]) -> Result<(), Failure> {
         let mut acks = Vec::with_capacity(examples.len());
         for example in examples {
-            let publish = PublishMessage::build().payload(Bytes::from(example.to_json_bytes())).message_id(&example.id);
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(example.to_json_bytes()))
+                .message_id(&example.id);
             acks.push(
                 self.js
                     .send_publish(self.subjects.examples(&example.model), publish)
@@ -134,12 +142,21 @@ impl Featurizer {
                 None => ItemState::default(),
             })
         };
-        Ok(Read { state, revision: raw.revision })
+        Ok(Read {
+            state,
+            revision: raw.revision,
+        })
     }
 
     /// Writes `state` at `revision`; on a conflict re-reads and replays `mutations` on the fresher
     /// state (mutations already applied there are skipped by their positions).
-    async fn write(&self, key: &str, mut state: EntityState, mut revision: u64, mutations: &[Mutation]) -> Result<(), Failure> {
+    async fn write(
+        &self,
+        key: &str,
+        mut state: EntityState,
+        mut revision: u64,
+        mutations: &[Mutation],
+    ) -> Result<(), Failure> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let bytes = match &state {
                 EntityState::User(user) => serde_json::to_vec(user),
@@ -152,7 +169,9 @@ impl Featurizer {
                     let fresh = self.read(key).await?;
                     state = fresh.state;
                     revision = fresh.revision;
-                    let changed = mutations.iter().fold(false, |changed, m| state.apply(m) | changed);
+                    let changed = mutations
+                        .iter()
+                        .fold(false, |changed, m| state.apply(m) | changed);
                     if !changed {
                         return Ok(());
                     }
@@ -160,6 +179,9 @@ impl Featurizer {
                 Err(CasError::Failed(failure)) => return Err(failure),
             }
         }
-        Err(Failure::new(format!("update FEATURES {key}"), "too many concurrent writers"))
+        Err(Failure::new(
+            format!("update FEATURES {key}"),
+            "too many concurrent writers",
+        ))
     }
 }

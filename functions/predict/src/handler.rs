@@ -15,11 +15,17 @@ pub struct ServeError {
 
 impl ServeError {
     pub fn bad_request(message: impl Into<String>) -> ServeError {
-        ServeError { code: 400, message: message.into() }
+        ServeError {
+            code: 400,
+            message: message.into(),
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> ServeError {
-        ServeError { code: 503, message: message.into() }
+        ServeError {
+            code: 503,
+            message: message.into(),
+        }
     }
 }
 
@@ -27,16 +33,20 @@ impl ServeError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
     Features(Vec<f32>),
-    Pair { user: freshet::ids::EntityId, item: freshet::ids::EntityId },
+    Pair {
+        user: freshet::ids::EntityId,
+        item: freshet::ids::EntityId,
+    },
 }
 
 pub fn parse_single(payload: &[u8]) -> Result<PredictRequest, ServeError> {
-    serde_json::from_slice(payload).map_err(|e| ServeError::bad_request(format!("invalid request: {e}")))
+    serde_json::from_slice(payload)
+        .map_err(|e| ServeError::bad_request(format!("invalid request: {e}")))
 }
 
 pub fn parse_batch(payload: &[u8]) -> Result<BatchRequest, ServeError> {
-    let batch: BatchRequest =
-        serde_json::from_slice(payload).map_err(|e| ServeError::bad_request(format!("invalid batch request: {e}")))?;
+    let batch: BatchRequest = serde_json::from_slice(payload)
+        .map_err(|e| ServeError::bad_request(format!("invalid batch request: {e}")))?;
     if batch.instances.is_empty() || batch.instances.len() > MAX_BATCH_ROWS {
         return Err(ServeError::bad_request(format!(
             "a batch holds 1 to {MAX_BATCH_ROWS} instances, this one {}",
@@ -57,12 +67,18 @@ pub fn query_for(request: &PredictRequest, n_features: usize) -> Result<Query, S
                 )));
             }
             for (i, value) in values.iter().enumerate() {
-                check_number(&format!("features[{i}]"), *value).map_err(|r| ServeError::bad_request(r.to_string()))?;
+                check_number(&format!("features[{i}]"), *value)
+                    .map_err(|r| ServeError::bad_request(r.to_string()))?;
             }
             Ok(Query::Features(values.iter().map(|&v| v as f32).collect()))
         }
-        (None, Some(user), Some(item)) => Ok(Query::Pair { user: user.clone(), item: item.clone() }),
-        _ => Err(ServeError::bad_request("give either \"features\", or both \"user\" and \"item\"")),
+        (None, Some(user), Some(item)) => Ok(Query::Pair {
+            user: user.clone(),
+            item: item.clone(),
+        }),
+        _ => Err(ServeError::bad_request(
+            "give either \"features\", or both \"user\" and \"item\"",
+        )),
     }
 }
 
@@ -75,7 +91,9 @@ pub fn check_compatible(manifest: &Manifest, scorer_features: usize) -> Result<(
             manifest.schema.n_features()
         ));
     }
-    if manifest.schema.name == freshet::features::SCHEMA_NAME && manifest.schema != freshet::features::schema() {
+    if manifest.schema.name == freshet::features::SCHEMA_NAME
+        && manifest.schema != freshet::features::schema()
+    {
         return Err(format!(
             "feature schema {} v{} differs from the predictor's v{}",
             manifest.schema.name,
@@ -96,8 +114,14 @@ mod tests {
 
     #[test]
     fn accepts_a_vector_or_a_pair() {
-        assert_eq!(query_for(&request(r#"{"features":[1,2]}"#), 2), Ok(Query::Features(vec![1.0, 2.0])));
-        assert!(matches!(query_for(&request(r#"{"user":"u1","item":"b1"}"#), 7), Ok(Query::Pair { .. })));
+        assert_eq!(
+            query_for(&request(r#"{"features":[1,2]}"#), 2),
+            Ok(Query::Features(vec![1.0, 2.0]))
+        );
+        assert!(matches!(
+            query_for(&request(r#"{"user":"u1","item":"b1"}"#), 7),
+            Ok(Query::Pair { .. })
+        ));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! and score on it; a swap never waits for them and they never wait for a swap, so a request in
 //! flight finishes on the version it started with.
 
-use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use freshet::model::{Manifest, Scorer};
+use std::sync::Arc;
 
 /// A loaded, verified, warmed version.
 pub struct LiveModel {

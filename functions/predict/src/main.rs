@@ -1,5 +1,8 @@
 //! predict: a stateless predictor that hot-swaps to each new live version of its model.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod handler;
 mod live;
 mod service;

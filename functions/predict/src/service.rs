@@ -10,7 +10,10 @@ use bytes::Bytes;
 use chrono::Utc;
 use freshet::features::{ItemState, UserState, feature_vector, item_key, user_key};
 use freshet::ids::ModelName;
-use freshet::serving::{BatchResponse, PredictRequest, PredictResponse, Provenance, SERVICE_NAME, endpoint_batch, endpoint_single};
+use freshet::serving::{
+    BatchResponse, PredictRequest, PredictResponse, Provenance, SERVICE_NAME, endpoint_batch,
+    endpoint_single,
+};
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use futures::StreamExt;
@@ -31,26 +34,61 @@ pub struct Server {
 
 impl Server {
     fn serving(&self) -> Result<Arc<LiveModel>, ServeError> {
-        self.live
-            .current()
-            .ok_or_else(|| ServeError::unavailable(format!("model {} has no live version yet", self.model)))
+        self.live.current().ok_or_else(|| {
+            ServeError::unavailable(format!("model {} has no live version yet", self.model))
+        })
     }
 
     /// Builds request-time features from FEATURES with the same code featurize uses.
-    async fn pair_features(&self, user: &freshet::ids::EntityId, item: &freshet::ids::EntityId) -> Result<(Vec<f32>, Provenance), ServeError> {
+    async fn pair_features(
+        &self,
+        user: &freshet::ids::EntityId,
+        item: &freshet::ids::EntityId,
+    ) -> Result<(Vec<f32>, Provenance), ServeError> {
         let unavailable = |e: freshet::error::Failure| ServeError::unavailable(e.to_string());
         let (user_key, item_key) = (user_key(user), item_key(item));
-        let (user_raw, item_raw) =
-            tokio::try_join!(read(&self.features, &user_key), read(&self.features, &item_key)).map_err(unavailable)?;
-        let decode_user = |b: &Bytes| serde_json::from_slice::<UserState>(b).map_err(|e| ServeError::unavailable(format!("unreadable state of user {user}: {e}")));
-        let decode_item = |b: &Bytes| serde_json::from_slice::<ItemState>(b).map_err(|e| ServeError::unavailable(format!("unreadable state of item {item}: {e}")));
-        let user_state = user_raw.value.as_ref().map(decode_user).transpose()?.unwrap_or_default();
-        let item_state = item_raw.value.as_ref().map(decode_item).transpose()?.unwrap_or_default();
-        let provenance = Provenance { user_revision: user_raw.revision, item_revision: item_raw.revision };
-        Ok((feature_vector(&user_state, &item_state, Utc::now()), provenance))
+        let (user_raw, item_raw) = tokio::try_join!(
+            read(&self.features, &user_key),
+            read(&self.features, &item_key)
+        )
+        .map_err(unavailable)?;
+        let decode_user = |b: &Bytes| {
+            serde_json::from_slice::<UserState>(b).map_err(|e| {
+                ServeError::unavailable(format!("unreadable state of user {user}: {e}"))
+            })
+        };
+        let decode_item = |b: &Bytes| {
+            serde_json::from_slice::<ItemState>(b).map_err(|e| {
+                ServeError::unavailable(format!("unreadable state of item {item}: {e}"))
+            })
+        };
+        let user_state = user_raw
+            .value
+            .as_ref()
+            .map(decode_user)
+            .transpose()?
+            .unwrap_or_default();
+        let item_state = item_raw
+            .value
+            .as_ref()
+            .map(decode_item)
+            .transpose()?
+            .unwrap_or_default();
+        let provenance = Provenance {
+            user_revision: user_raw.revision,
+            item_revision: item_raw.revision,
+        };
+        Ok((
+            feature_vector(&user_state, &item_state, Utc::now()),
+            provenance,
+        ))
     }
 
-    async fn row_for(&self, request: &PredictRequest, live: &LiveModel) -> Result<(Vec<f32>, Option<Provenance>), ServeError> {
+    async fn row_for(
+        &self,
+        request: &PredictRequest,
+        live: &LiveModel,
+    ) -> Result<(Vec<f32>, Option<Provenance>), ServeError> {
         match handler::query_for(request, live.scorer.n_features())? {
             Query::Features(row) => Ok((row, None)),
             Query::Pair { user, item } => {
@@ -70,7 +108,10 @@ impl Server {
         let request = handler::parse_single(payload)?;
         let live = self.serving()?;
         let (row, provenance) = self.row_for(&request, &live).await?;
-        let score = live.scorer.score(&row).map_err(|e| ServeError::bad_request(e.to_string()))?;
+        let score = live
+            .scorer
+            .score(&row)
+            .map_err(|e| ServeError::bad_request(e.to_string()))?;
         let response = PredictResponse {
             model: self.model.to_string(),
             version: live.manifest.version,
@@ -89,8 +130,15 @@ impl Server {
         for request in &batch.instances {
             rows.push(self.row_for(request, &live).await?.0);
         }
-        let scores = live.scorer.score_batch(&rows).map_err(|e| ServeError::bad_request(e.to_string()))?;
-        Ok(BatchResponse { model: self.model.to_string(), version: live.manifest.version, scores })
+        let scores = live
+            .scorer
+            .score_batch(&rows)
+            .map_err(|e| ServeError::bad_request(e.to_string()))?;
+        Ok(BatchResponse {
+            model: self.model.to_string(),
+            version: live.manifest.version,
+            scores,
+        })
     }
 
     /// Publishes the prediction to PREDICTIONS without waiting for the stream's ack: the caller's
@@ -98,21 +146,39 @@ impl Server {
     async fn record(&self, response: &PredictResponse, row: &[f32]) {
         let body = json!({"prediction_id": response.prediction_id, "model": response.model, "version": response.version,
             "score": response.score, "features": row, "variant": "live", "at": Utc::now()});
-        if let Err(err) = self.js.publish(self.subjects.predictions(&self.model), Bytes::from(body.to_string())).await {
+        if let Err(err) = self
+            .js
+            .publish(
+                self.subjects.predictions(&self.model),
+                Bytes::from(body.to_string()),
+            )
+            .await
+        {
             tracing::debug!(error = %err, "cannot record a prediction");
         }
     }
 }
 
-fn reply<T: serde::Serialize>(result: Result<T, ServeError>) -> Result<Bytes, service::error::Error> {
+fn reply<T: serde::Serialize>(
+    result: Result<T, ServeError>,
+) -> Result<Bytes, service::error::Error> {
     match result {
-        Ok(value) => Ok(Bytes::from(serde_json::to_vec(&value).expect("responses are plain data and always serialise"))),
-        Err(err) => Err(service::error::Error { status: err.message, code: err.code }),
+        Ok(value) => Ok(Bytes::from(
+            serde_json::to_vec(&value).expect("responses are plain data and always serialise"),
+        )),
+        Err(err) => Err(service::error::Error {
+            status: err.message,
+            code: err.code,
+        }),
     }
 }
 
 /// Starts the NATS micro service and serves until shutdown.
-pub async fn serve(client: async_nats::Client, server: Server, mut shutdown: freshet::runtime::Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    client: async_nats::Client,
+    server: Server,
+    mut shutdown: freshet::runtime::Shutdown,
+) -> anyhow::Result<()> {
     let service = client
         .service_builder()
         .description(format!("freshet predictor for model {}", server.model))

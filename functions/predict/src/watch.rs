@@ -30,8 +30,16 @@ pub struct SwapMetrics {
 impl SwapMetrics {
     pub fn register(&self, metrics: &freshet::runtime::Metrics) {
         metrics.register("swaps", "Model versions swapped in", self.swaps.clone());
-        metrics.register("refused_versions", "Model versions refused (missing, corrupt, incompatible)", self.refused.clone());
-        metrics.register("live_version", "The model version serving now", self.live_version.clone());
+        metrics.register(
+            "refused_versions",
+            "Model versions refused (missing, corrupt, incompatible)",
+            self.refused.clone(),
+        );
+        metrics.register(
+            "live_version",
+            "The model version serving now",
+            self.live_version.clone(),
+        );
     }
 }
 
@@ -49,14 +57,24 @@ pub struct Watcher {
 impl Watcher {
     /// Loads, verifies and warms one version.
     async fn load(&self, pointer: &Pointer) -> Result<LiveModel, String> {
-        let (manifest, bytes) = self.artifacts.load(&self.model, pointer.version).await.map_err(|e| e.to_string())?;
+        let (manifest, bytes) = self
+            .artifacts
+            .load(&self.model, pointer.version)
+            .await
+            .map_err(|e| e.to_string())?;
         if manifest.sha256 != pointer.sha256 {
-            return Err(format!("pointer names sha256 {} but the manifest says {}", pointer.sha256, manifest.sha256));
+            return Err(format!(
+                "pointer names sha256 {} but the manifest says {}",
+                pointer.sha256, manifest.sha256
+            ));
         }
-        let scorer = Scorer::from_bytes(&bytes).map_err(|e| format!("undecodable model bytes: {e}"))?;
+        let scorer =
+            Scorer::from_bytes(&bytes).map_err(|e| format!("undecodable model bytes: {e}"))?;
         handler::check_compatible(&manifest, scorer.n_features())?;
         let probe = vec![0.0f32; scorer.n_features()];
-        scorer.score(&probe).map_err(|e| format!("test inference failed: {e}"))?;
+        scorer
+            .score(&probe)
+            .map_err(|e| format!("test inference failed: {e}"))?;
         Ok(LiveModel { manifest, scorer })
     }
 
@@ -65,7 +83,14 @@ impl Watcher {
         tracing::error!(model = %self.model, version = pointer.version, %reason, "refused a model version; the previous one keeps serving");
         let body = json!({"kind": "version_refused", "model": self.model, "version": pointer.version,
             "reason": reason, "serving": self.live.version()});
-        if let Err(err) = self.js.publish(self.subjects.control(&self.model, "refused"), Bytes::from(body.to_string())).await {
+        if let Err(err) = self
+            .js
+            .publish(
+                self.subjects.control(&self.model, "refused"),
+                Bytes::from(body.to_string()),
+            )
+            .await
+        {
             tracing::warn!(error = %err, "cannot announce the refusal on CONTROL");
         }
     }

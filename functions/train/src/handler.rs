@@ -7,13 +7,19 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::model::{BatchReport, FeatureSchema, Hyper, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex};
+use freshet::model::{
+    BatchReport, FeatureSchema, Hyper, Manifest, ModelKind, SequenceRange, TrainingMetrics,
+    sha256_hex,
+};
 
 /// What to do with one example of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Learn from it.
-    Learn { features: Vec<f32>, label: f32 },
+    Learn {
+        features: Vec<f32>,
+        label: f32,
+    },
     /// Its sequence is already inside the live version's learned history: acknowledge only.
     AlreadyLearned,
     /// It is already part of the pending (not yet published) update: hold it again.
@@ -24,18 +30,25 @@ pub enum Verdict {
 /// The schema a model takes, from the first example when the model has no version yet.
 pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     match &record.schema {
-        Some((name, version)) if name == freshet::features::SCHEMA_NAME && *version == freshet::features::SCHEMA_VERSION => {
+        Some((name, version))
+            if name == freshet::features::SCHEMA_NAME
+                && *version == freshet::features::SCHEMA_VERSION =>
+        {
             freshet::features::schema()
         }
         Some((name, version)) => FeatureSchema {
             name: name.clone(),
             version: *version,
-            features: (0..record.features.len()).map(|i| format!("f{i}")).collect(),
+            features: (0..record.features.len())
+                .map(|i| format!("f{i}"))
+                .collect(),
         },
         None => FeatureSchema {
             name: "raw".to_string(),
             version: 0,
-            features: (0..record.features.len()).map(|i| format!("f{i}")).collect(),
+            features: (0..record.features.len())
+                .map(|i| format!("f{i}"))
+                .collect(),
         },
     }
 }
@@ -62,7 +75,14 @@ pub fn classify(
         return Verdict::Reject(Rejection::new(
             RejectReason::SchemaMismatch,
             "features",
-            format!("has {} values; model {} takes {} ({} v{})", record.features.len(), record.model, schema.n_features(), schema.name, schema.version),
+            format!(
+                "has {} values; model {} takes {} ({} v{})",
+                record.features.len(),
+                record.model,
+                schema.n_features(),
+                schema.name,
+                schema.version
+            ),
         ));
     }
     if let Some((name, version)) = &record.schema
@@ -71,7 +91,10 @@ pub fn classify(
         return Verdict::Reject(Rejection::new(
             RejectReason::SchemaMismatch,
             "schema",
-            format!("is {name} v{version}; model {} takes {} v{}", record.model, schema.name, schema.version),
+            format!(
+                "is {name} v{version}; model {} takes {} v{}",
+                record.model, schema.name, schema.version
+            ),
         ));
     }
     Verdict::Learn {
@@ -98,9 +121,11 @@ impl MetricsWindow {
     }
 
     pub fn record(&mut self, report: &BatchReport) {
-        self.batches.push_back((report.examples, report.correct, report.log_loss_sum));
+        self.batches
+            .push_back((report.examples, report.correct, report.log_loss_sum));
         self.examples_total += report.examples as u64;
-        while self.batches.len() > 1 && self.window_examples() - self.batches[0].0 >= self.capacity {
+        while self.batches.len() > 1 && self.window_examples() - self.batches[0].0 >= self.capacity
+        {
             self.batches.pop_front();
         }
     }
@@ -174,11 +199,20 @@ mod tests {
     #[test]
     fn classifies_by_sequence_then_shape() {
         let schema = schema_for(&record(vec![0.0; 3]));
-        assert_eq!(classify(Ok(record(vec![1.0; 3])), 10, 10, None, &schema), Verdict::AlreadyLearned);
-        assert_eq!(classify(Ok(record(vec![1.0; 3])), 11, 10, Some(12), &schema), Verdict::AlreadyPending);
+        assert_eq!(
+            classify(Ok(record(vec![1.0; 3])), 10, 10, None, &schema),
+            Verdict::AlreadyLearned
+        );
+        assert_eq!(
+            classify(Ok(record(vec![1.0; 3])), 11, 10, Some(12), &schema),
+            Verdict::AlreadyPending
+        );
         assert_eq!(
             classify(Ok(record(vec![1.0; 3])), 13, 10, Some(12), &schema),
-            Verdict::Learn { features: vec![1.0; 3], label: 1.0 }
+            Verdict::Learn {
+                features: vec![1.0; 3],
+                label: 1.0
+            }
         );
         match classify(Ok(record(vec![1.0; 2])), 13, 10, None, &schema) {
             Verdict::Reject(r) => assert_eq!(r.reason, RejectReason::SchemaMismatch),
@@ -187,7 +221,10 @@ mod tests {
         let mut bookstore = record(vec![1.0; 3]);
         bookstore.schema = Some(("bookstore".into(), 1));
         match classify(Ok(bookstore), 13, 10, None, &schema) {
-            Verdict::Reject(r) => assert_eq!((r.reason, r.field.as_str()), (RejectReason::SchemaMismatch, "schema")),
+            Verdict::Reject(r) => assert_eq!(
+                (r.reason, r.field.as_str()),
+                (RejectReason::SchemaMismatch, "schema")
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -196,7 +233,13 @@ mod tests {
     fn the_window_keeps_recent_batches() {
         let mut window = MetricsWindow::new(100, 0);
         for correct in [0, 0, 50, 50] {
-            window.record(&BatchReport { examples: 50, correct, log_loss_sum: 10.0, step: 1, learning_rate: 0.1 });
+            window.record(&BatchReport {
+                examples: 50,
+                correct,
+                log_loss_sum: 10.0,
+                step: 1,
+                learning_rate: 0.1,
+            });
         }
         let m = window.snapshot();
         assert_eq!((m.examples_total, m.window_examples), (200, 100));
@@ -210,12 +253,48 @@ mod tests {
         let schema = schema_for(&record(vec![0.0; 2]));
         let metrics = MetricsWindow::new(10, 0).snapshot();
         let at = DateTime::from_timestamp(0, 0).unwrap();
-        let first = next_manifest(NextVersion { model: &model, parent: None, hyper: Hyper::default(), schema: schema.clone(), step: 3,
-            learned: SequenceRange { first: 1, last: 40 }, metrics, created_at: at }, b"abc");
-        assert_eq!((first.version, first.parent, first.high_water_mark), (1, None, 40));
+        let first = next_manifest(
+            NextVersion {
+                model: &model,
+                parent: None,
+                hyper: Hyper::default(),
+                schema: schema.clone(),
+                step: 3,
+                learned: SequenceRange { first: 1, last: 40 },
+                metrics,
+                created_at: at,
+            },
+            b"abc",
+        );
+        assert_eq!(
+            (first.version, first.parent, first.high_water_mark),
+            (1, None, 40)
+        );
         assert_eq!(first.sha256, sha256_hex(b"abc"));
-        let second = next_manifest(NextVersion { model: &model, parent: Some(&first), hyper: Hyper::default(), schema, step: 5,
-            learned: SequenceRange { first: 41, last: 90 }, metrics, created_at: at }, b"abcd");
-        assert_eq!((second.version, second.parent, second.high_water_mark, second.size_bytes), (2, Some(1), 90, 4));
+        let second = next_manifest(
+            NextVersion {
+                model: &model,
+                parent: Some(&first),
+                hyper: Hyper::default(),
+                schema,
+                step: 5,
+                learned: SequenceRange {
+                    first: 41,
+                    last: 90,
+                },
+                metrics,
+                created_at: at,
+            },
+            b"abcd",
+        );
+        assert_eq!(
+            (
+                second.version,
+                second.parent,
+                second.high_water_mark,
+                second.size_bytes
+            ),
+            (2, Some(1), 90, 4)
+        );
     }
 }

@@ -1,5 +1,8 @@
 //! train: mini-batch incremental learning of one model from EXAMPLES, publishing versions.
 
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod handler;
 mod trainer;
 
@@ -25,7 +28,11 @@ struct Args {
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
     /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
-    #[arg(long = "learning-rate", env = "FRESHET_LEARNING_RATE", default_value_t = 0.5)]
+    #[arg(
+        long = "learning-rate",
+        env = "FRESHET_LEARNING_RATE",
+        default_value_t = 0.5
+    )]
     learning_rate: f64,
     /// Learning-rate decay α
     #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = 0.01)]
@@ -34,13 +41,21 @@ struct Args {
     #[arg(long = "l2", env = "FRESHET_L2", default_value_t = 1e-4)]
     l2: f64,
     /// Publish a version after this many trained batches...
-    #[arg(long = "publish-every-batches", env = "FRESHET_PUBLISH_EVERY_BATCHES", default_value_t = 1)]
+    #[arg(
+        long = "publish-every-batches",
+        env = "FRESHET_PUBLISH_EVERY_BATCHES",
+        default_value_t = 1
+    )]
     publish_every_batches: usize,
     /// ...or this long after the first unpublished batch, whichever comes first
     #[arg(long = "publish-interval", env = "FRESHET_PUBLISH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     publish_interval: Duration,
     /// Examples in the prequential metrics window
-    #[arg(long = "metrics-window", env = "FRESHET_METRICS_WINDOW", default_value_t = 1000)]
+    #[arg(
+        long = "metrics-window",
+        env = "FRESHET_METRICS_WINDOW",
+        default_value_t = 1000
+    )]
     metrics_window: usize,
 }
 
@@ -50,14 +65,21 @@ async fn main() -> anyhow::Result<()> {
     let ctx = FunctionContext::start("train", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
-    let hyper = Hyper { learning_rate: args.learning_rate, decay: args.lr_decay, l2: args.l2 };
+    let hyper = Hyper {
+        learning_rate: args.learning_rate,
+        decay: args.lr_decay,
+        l2: args.l2,
+    };
     hyper.validate()?;
     let metrics = trainer::TrainMetrics::default();
     metrics.register(&ctx.metrics);
     let mut trainer = trainer::Trainer::new(
         args.model.clone(),
         hyper,
-        trainer::Cadence { every_batches: args.publish_every_batches.max(1), every: args.publish_interval },
+        trainer::Cadence {
+            every_batches: args.publish_every_batches.max(1),
+            every: args.publish_interval,
+        },
         args.metrics_window,
         ctx.js.clone(),
         ctx.subjects.clone(),
@@ -68,6 +90,16 @@ async fn main() -> anyhow::Result<()> {
     trainer.resume().await?;
     let durable = format!("train-{}", args.model);
     // Held messages wait for the version that learns them; at most this many batches of them.
-    let max_held = ctx.args.batch_size.saturating_mul(args.publish_every_batches.max(1));
-    ctx.consume(STREAM_EXAMPLES, &durable, vec![ctx.subjects.examples(&args.model)], max_held, trainer).await
+    let max_held = ctx
+        .args
+        .batch_size
+        .saturating_mul(args.publish_every_batches.max(1));
+    ctx.consume(
+        STREAM_EXAMPLES,
+        &durable,
+        vec![ctx.subjects.examples(&args.model)],
+        max_held,
+        trainer,
+    )
+    .await
 }

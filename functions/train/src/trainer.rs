@@ -61,11 +61,31 @@ pub struct TrainMetrics {
 
 impl TrainMetrics {
     pub fn register(&self, metrics: &freshet::runtime::Metrics) {
-        metrics.register("examples_trained", "Examples learned (prequentially scored first)", self.examples_trained.clone());
-        metrics.register("versions_published", "Model versions written and made live", self.versions_published.clone());
-        metrics.register("pointer_conflicts", "Live pointer compare-and-set conflicts (another trainer won)", self.pointer_conflicts.clone());
-        metrics.register("live_version", "The version this trainer last made live", self.live_version.clone());
-        metrics.register("prequential_accuracy", "Accuracy over the recent window, scored before learning", self.prequential_accuracy.clone());
+        metrics.register(
+            "examples_trained",
+            "Examples learned (prequentially scored first)",
+            self.examples_trained.clone(),
+        );
+        metrics.register(
+            "versions_published",
+            "Model versions written and made live",
+            self.versions_published.clone(),
+        );
+        metrics.register(
+            "pointer_conflicts",
+            "Live pointer compare-and-set conflicts (another trainer won)",
+            self.pointer_conflicts.clone(),
+        );
+        metrics.register(
+            "live_version",
+            "The version this trainer last made live",
+            self.live_version.clone(),
+        );
+        metrics.register(
+            "prequential_accuracy",
+            "Accuracy over the recent window, scored before learning",
+            self.prequential_accuracy.clone(),
+        );
     }
 }
 
@@ -96,7 +116,19 @@ impl Trainer {
         pointers: Pointers,
         metrics: TrainMetrics,
     ) -> Trainer {
-        Trainer { model, hyper, cadence, window_size, js, subjects, artifacts, pointers, metrics, lineage: None, pending: PendingUpdate::default() }
+        Trainer {
+            model,
+            hyper,
+            cadence,
+            window_size,
+            js,
+            subjects,
+            artifacts,
+            pointers,
+            metrics,
+            lineage: None,
+            pending: PendingUpdate::default(),
+        }
     }
 
     /// Loads the live version, if any, so training continues its lineage and schedule.
@@ -134,7 +166,13 @@ impl Trainer {
         if self.lineage.is_none() {
             let schema = handler::schema_for(first);
             let trainer = LogisticTrainer::new(schema.n_features(), self.hyper)?;
-            self.lineage = Some(Lineage { trainer, schema, live: None, pointer_revision: 0, window: MetricsWindow::new(self.window_size, 0) });
+            self.lineage = Some(Lineage {
+                trainer,
+                schema,
+                live: None,
+                pointer_revision: 0,
+                window: MetricsWindow::new(self.window_size, 0),
+            });
         }
         Ok(self.lineage.as_mut().expect("set just above when missing"))
     }
@@ -143,7 +181,10 @@ impl Trainer {
         let (Some(lineage), Some(range)) = (self.lineage.as_ref(), self.pending.range) else {
             return Ok(Commit::Durable);
         };
-        let bytes = lineage.trainer.to_bytes().map_err(|e| Failure::new("encode model", e))?;
+        let bytes = lineage
+            .trainer
+            .to_bytes()
+            .map_err(|e| Failure::new("encode model", e))?;
         let manifest = handler::next_manifest(
             NextVersion {
                 model: &self.model,
@@ -160,9 +201,23 @@ impl Trainer {
         self.artifacts
             .put_version(&manifest, &bytes)
             .await
-            .map_err(|e| Failure::new(format!("store version {} of {}", manifest.version, self.model), e))?;
-        let pointer = Pointer { version: manifest.version, sha256: manifest.sha256.clone(), updated_at: manifest.created_at, reason: "train".into() };
-        let revision = match self.pointers.set(&self.model, Slot::Live, &pointer, lineage.pointer_revision).await {
+            .map_err(|e| {
+                Failure::new(
+                    format!("store version {} of {}", manifest.version, self.model),
+                    e,
+                )
+            })?;
+        let pointer = Pointer {
+            version: manifest.version,
+            sha256: manifest.sha256.clone(),
+            updated_at: manifest.created_at,
+            reason: "train".into(),
+        };
+        let revision = match self
+            .pointers
+            .set(&self.model, Slot::Live, &pointer, lineage.pointer_revision)
+            .await
+        {
             Ok(revision) => revision,
             Err(CasError::Conflict { .. }) => {
                 // Another trainer moved the pointer: its history wins. Reload it and let the held
@@ -170,7 +225,10 @@ impl Trainer {
                 self.metrics.pointer_conflicts.inc();
                 tracing::warn!(model = %self.model, "live pointer moved by another writer; reloading and retrying the held examples");
                 self.pending = PendingUpdate::default();
-                self.lineage = self.load_live().await.map_err(|e| Failure::new("reload live version", e))?;
+                self.lineage = self
+                    .load_live()
+                    .await
+                    .map_err(|e| Failure::new("reload live version", e))?;
                 return Ok(Commit::Abandoned);
             }
             Err(CasError::Failed(failure)) => return Err(failure),
@@ -180,8 +238,13 @@ impl Trainer {
         self.announce(&manifest).await;
         self.metrics.versions_published.inc();
         self.metrics.live_version.set(manifest.version as i64);
-        self.metrics.prequential_accuracy.set(manifest.metrics.prequential_accuracy);
-        let lineage = self.lineage.as_mut().expect("checked at the top of publish");
+        self.metrics
+            .prequential_accuracy
+            .set(manifest.metrics.prequential_accuracy);
+        let lineage = self
+            .lineage
+            .as_mut()
+            .expect("checked at the top of publish");
         lineage.pointer_revision = revision;
         lineage.live = Some(manifest);
         self.pending = PendingUpdate::default();
@@ -196,7 +259,11 @@ impl Trainer {
             "metrics": manifest.metrics, "created_at": manifest.created_at,
         });
         let subject = self.subjects.control(&self.model, "version");
-        if let Err(err) = self.js.publish(subject, Bytes::from(body.to_string())).await {
+        if let Err(err) = self
+            .js
+            .publish(subject, Bytes::from(body.to_string()))
+            .await
+        {
             tracing::warn!(error = %err, "cannot announce the new version on CONTROL");
         }
     }
@@ -204,23 +271,43 @@ impl Trainer {
 
 impl Processor for Trainer {
     async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
-        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch.iter().map(|m| ExampleRecord::decode(&m.payload)).collect();
+        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
+            .iter()
+            .map(|m| ExampleRecord::decode(&m.payload))
+            .collect();
         let Some(first_valid) = decoded.iter().find_map(|d| d.as_ref().ok()).cloned() else {
-            return decoded.into_iter().map(|d| Disposition::Reject(d.err().unwrap_or_else(|| Rejection::new(RejectReason::InvalidData, "$", "undecodable")))).collect();
+            return decoded
+                .into_iter()
+                .map(|d| {
+                    Disposition::Reject(d.err().unwrap_or_else(|| {
+                        Rejection::new(RejectReason::InvalidData, "$", "undecodable")
+                    }))
+                })
+                .collect();
         };
         let pending_last = self.pending.range.map(|r| r.last);
         let lineage = match self.lineage_for(&first_valid) {
             Ok(lineage) => lineage,
             Err(err) => {
-                let rejection = Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
-                return batch.iter().map(|_| Disposition::Reject(rejection.clone())).collect();
+                let rejection =
+                    Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
+                return batch
+                    .iter()
+                    .map(|_| Disposition::Reject(rejection.clone()))
+                    .collect();
             }
         };
         let high_water_mark = lineage.live.as_ref().map_or(0, |m| m.high_water_mark);
         let mut dispositions = Vec::with_capacity(batch.len());
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
         for (message, record) in batch.iter().zip(decoded) {
-            match handler::classify(record, message.stream_sequence, high_water_mark, pending_last, &lineage.schema) {
+            match handler::classify(
+                record,
+                message.stream_sequence,
+                high_water_mark,
+                pending_last,
+                &lineage.schema,
+            ) {
                 Verdict::Learn { features, label } => {
                     learned_at.push(dispositions.len());
                     rows.push(features);
@@ -241,10 +328,21 @@ impl Processor for Trainer {
             Ok(report) => {
                 lineage.window.record(&report);
                 self.metrics.examples_trained.inc_by(report.examples as u64);
-                let first = learned_at.iter().map(|&i| batch[i].stream_sequence).min().unwrap_or(0);
-                let last = learned_at.iter().map(|&i| batch[i].stream_sequence).max().unwrap_or(0);
+                let first = learned_at
+                    .iter()
+                    .map(|&i| batch[i].stream_sequence)
+                    .min()
+                    .unwrap_or(0);
+                let last = learned_at
+                    .iter()
+                    .map(|&i| batch[i].stream_sequence)
+                    .max()
+                    .unwrap_or(0);
                 self.pending.range = Some(match self.pending.range {
-                    Some(r) => SequenceRange { first: r.first.min(first), last: r.last.max(last) },
+                    Some(r) => SequenceRange {
+                        first: r.first.min(first),
+                        last: r.last.max(last),
+                    },
                     None => SequenceRange { first, last },
                 });
                 self.pending.batches += 1;
@@ -255,7 +353,9 @@ impl Processor for Trainer {
                 // dead-letter subject for review instead of being retried forever.
                 tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
                 let reason = match err {
-                    ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => RejectReason::NonFinite,
+                    ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => {
+                        RejectReason::NonFinite
+                    }
                     _ => RejectReason::InvalidData,
                 };
                 let rejection = Rejection::new(reason, "batch", err.to_string());
@@ -273,7 +373,10 @@ impl Processor for Trainer {
         }
         let due = final_commit
             || self.pending.batches >= self.cadence.every_batches
-            || self.pending.since.is_some_and(|since| since.elapsed() >= self.cadence.every);
+            || self
+                .pending
+                .since
+                .is_some_and(|since| since.elapsed() >= self.cadence.every);
         if !due {
             return Ok(Commit::Pending);
         }

@@ -371,7 +371,9 @@ impl LogisticTrainer {
             scaler.update(rows);
         }
         let scaled = scale_rows(scaler.as_ref(), rows);
-        let logits = self.model.forward(input_tensor(&scaled, self.n_features, &self.device));
+        let logits = self
+            .model
+            .forward(input_tensor(&scaled, self.n_features, &self.device));
 
         // Train: mean binary cross-entropy on logits, in the numerically stable form that
         // burn's BinaryCrossEntropyLoss uses with `logits = true`: (1 - y)·z − log σ(z).
@@ -426,7 +428,12 @@ impl LogisticTrainer {
 
     /// Serialises the model and step counter as a self-describing artifact (see module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        encode_artifact(self.model.valid(), self.n_features, self.t, self.scaler.clone())
+        encode_artifact(
+            self.model.valid(),
+            self.n_features,
+            self.t,
+            self.scaler.clone(),
+        )
     }
 
     /// Restores a trainer from [`to_bytes`](Self::to_bytes) output, continuing the learning-rate
@@ -599,7 +606,9 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
         .ok_or_else(|| decode("shorter than its checksum".into()))?;
     let (bytes, digest) = bytes.split_at(body_len);
     if Sha256::digest(bytes).as_slice() != digest {
-        return Err(decode("artifact checksum does not match its contents".into()));
+        return Err(decode(
+            "artifact checksum does not match its contents".into(),
+        ));
     }
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
@@ -1005,7 +1014,12 @@ mod tests {
         )
         .unwrap();
         // Scaled, these rows are ±1; a step of 1e40 takes any weight past f32::MAX.
-        let huge = vec![vec![1e30f32, 1e30, -1e30], vec![-1e30, -1e30, 1e30], vec![1e30, 1e30, -1e30], vec![-1e30, -1e30, 1e30]];
+        let huge = vec![
+            vec![1e30f32, 1e30, -1e30],
+            vec![-1e30, -1e30, 1e30],
+            vec![1e30, 1e30, -1e30],
+            vec![-1e30, -1e30, 1e30],
+        ];
         let err = trainer
             .train_batch(&huge, &[1.0, 0.0, 1.0, 1.0])
             .unwrap_err();

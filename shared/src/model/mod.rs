@@ -12,10 +12,10 @@ pub mod manifest;
 pub mod scaler;
 
 pub use logistic::{ARTIFACT_FORMAT_VERSION, BatchReport, Hyper, LogisticTrainer, Scorer};
-pub use scaler::StandardScaler;
 pub use manifest::{
     FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
 };
+pub use scaler::StandardScaler;
 
 /// Everything that can go wrong while training, scoring, encoding or verifying a model.
 ///

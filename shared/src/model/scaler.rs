@@ -23,7 +23,11 @@ pub struct StandardScaler {
 
 impl StandardScaler {
     pub fn new(n_features: usize) -> StandardScaler {
-        StandardScaler { count: 0, mean: vec![0.0; n_features], m2: vec![0.0; n_features] }
+        StandardScaler {
+            count: 0,
+            mean: vec![0.0; n_features],
+            m2: vec![0.0; n_features],
+        }
     }
 
     pub fn n_features(&self) -> usize {
@@ -40,7 +44,12 @@ impl StandardScaler {
         for row in rows {
             self.count += 1;
             let n = self.count as f64;
-            for ((mean, m2), x) in self.mean.iter_mut().zip(self.m2.iter_mut()).zip(row.as_ref()) {
+            for ((mean, m2), x) in self
+                .mean
+                .iter_mut()
+                .zip(self.m2.iter_mut())
+                .zip(row.as_ref())
+            {
                 let x = f64::from(*x);
                 let delta = x - *mean;
                 *mean += delta / n;
@@ -54,7 +63,11 @@ impl StandardScaler {
         row.iter()
             .zip(self.mean.iter().zip(&self.m2))
             .map(|(x, (mean, m2))| {
-                let std = if self.count > 1 { (m2 / self.count as f64).sqrt().max(MIN_STD) } else { 1.0 };
+                let std = if self.count > 1 {
+                    (m2 / self.count as f64).sqrt().max(MIN_STD)
+                } else {
+                    1.0
+                };
                 ((f64::from(*x) - mean) / std) as f32
             })
             .collect()
@@ -68,8 +81,12 @@ impl StandardScaler {
                 self.mean.len()
             )));
         }
-        if self.mean.iter().chain(&self.m2).any(|v| !v.is_finite()) || self.m2.iter().any(|v| *v < 0.0) {
-            return Err(ModelError::Decode("scaler holds non-finite or negative statistics".into()));
+        if self.mean.iter().chain(&self.m2).any(|v| !v.is_finite())
+            || self.m2.iter().any(|v| *v < 0.0)
+        {
+            return Err(ModelError::Decode(
+                "scaler holds non-finite or negative statistics".into(),
+            ));
         }
         Ok(())
     }
@@ -82,13 +99,16 @@ mod tests {
 
     #[test]
     fn matches_the_batch_mean_and_population_deviation() {
-        let rows = vec![vec![1.0f32, 10.0], vec![3.0, 10.0], vec![5.0, 10.0]];
+        let rows = [vec![1.0f32, 10.0], vec![3.0, 10.0], vec![5.0, 10.0]];
         let mut scaler = StandardScaler::new(2);
         scaler.update(&rows[..1]);
         scaler.update(&rows[1..]);
         let std = (8.0f64 / 3.0).sqrt();
         let scaled = scaler.transform(&[5.0, 10.0]);
-        assert!((f64::from(scaled[0]) - 2.0 / std).abs() < 1e-6, "{scaled:?}");
+        assert!(
+            (f64::from(scaled[0]) - 2.0 / std).abs() < 1e-6,
+            "{scaled:?}"
+        );
         assert_eq!(scaled[1], 0.0, "a constant feature maps to zero");
         assert_eq!(scaler.count(), 3);
     }
@@ -106,7 +126,11 @@ mod tests {
         let scaler = StandardScaler::new(2);
         assert!(scaler.validate(2).is_ok());
         assert!(scaler.validate(3).is_err());
-        let broken = StandardScaler { count: 2, mean: vec![f64::NAN], m2: vec![0.0] };
+        let broken = StandardScaler {
+            count: 2,
+            mean: vec![f64::NAN],
+            m2: vec![0.0],
+        };
         assert!(broken.validate(1).is_err());
     }
 }

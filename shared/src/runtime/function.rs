@@ -65,9 +65,19 @@ impl FunctionContext {
     /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`.
     pub async fn serve_http(&self, routes: Router) -> anyhow::Result<SocketAddr> {
         let router = probe_routes(self.readiness.clone(), self.metrics.clone()).merge(routes);
-        let (addr, _task) = serve(&self.args.http_addr, self.args.http_port, router, self.shutdown.clone())
-            .await
-            .with_context(|| format!("binding HTTP on {}:{}", self.args.http_addr, self.args.http_port))?;
+        let (addr, _task) = serve(
+            &self.args.http_addr,
+            self.args.http_port,
+            router,
+            self.shutdown.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "binding HTTP on {}:{}",
+                self.args.http_addr, self.args.http_port
+            )
+        })?;
         Ok(addr)
     }
 
@@ -82,7 +92,11 @@ impl FunctionContext {
         max_held: usize,
         processor: P,
     ) -> anyhow::Result<()> {
-        let config = self.topology.consumer_config(durable, filter_subjects, max_held.max(self.args.batch_size));
+        let config = self.topology.consumer_config(
+            durable,
+            filter_subjects,
+            max_held.max(self.args.batch_size),
+        );
         let consumer = topology::ensure_consumer(&self.js, stream, config)
             .await
             .with_context(|| format!("setting up consumer {stream}/{durable}"))?;
@@ -90,7 +104,10 @@ impl FunctionContext {
             function: self.name.to_string(),
             batch_size: self.args.batch_size.max(1),
             batch_wait: self.args.batch_wait,
-            idle_tick: self.args.batch_wait.max(std::time::Duration::from_millis(50)),
+            idle_tick: self
+                .args
+                .batch_wait
+                .max(std::time::Duration::from_millis(50)),
             ack_wait: self.topology.consumers.ack_wait,
         };
         self.readiness.set(true, &self.metrics);

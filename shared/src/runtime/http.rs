@@ -56,7 +56,10 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
 
 async fn metrics_text(State(probes): State<Probes>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         probes.metrics.encode(),
     )
 }

@@ -46,15 +46,41 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             ready: Gauge::default(),
         };
-        registry.register("messages_in", "Messages received from JetStream", metrics.messages_in.clone());
-        registry.register("messages_acked", "Messages acknowledged after their effects were durable", metrics.messages_acked.clone());
-        registry.register("retries", "Messages negatively acknowledged for redelivery after a transient failure", metrics.retries.clone());
-        registry.register("dead_letter", "Messages refused and sent to the dead-letter subject, by reason", metrics.dead_letter.clone());
-        registry.register("batch_seconds", "Time to handle one batch, from receipt to acknowledgement", metrics.batch_seconds.clone());
-        registry.register("ready", "1 when the function is ready to serve", metrics.ready.clone());
+        registry.register(
+            "messages_in",
+            "Messages received from JetStream",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "messages_acked",
+            "Messages acknowledged after their effects were durable",
+            metrics.messages_acked.clone(),
+        );
+        registry.register(
+            "retries",
+            "Messages negatively acknowledged for redelivery after a transient failure",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "dead_letter",
+            "Messages refused and sent to the dead-letter subject, by reason",
+            metrics.dead_letter.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Time to handle one batch, from receipt to acknowledgement",
+            metrics.batch_seconds.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when the function is ready to serve",
+            metrics.ready.clone(),
+        );
         for reason in RejectReason::ALL {
             // Pre-register every reason so dashboards show zeros rather than gaps.
-            let _ = metrics.dead_letter.get_or_create(&ReasonLabel { reason: reason.as_str().to_string() });
+            let _ = metrics.dead_letter.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            });
         }
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
@@ -63,7 +89,12 @@ impl Metrics {
     }
 
     /// Registers a function's own metric beside the common ones.
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         self.registry
             .lock()
             .expect("the metrics registry lock is never held across a panic")
@@ -73,7 +104,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().expect("the metrics registry lock is never held across a panic");
+        let registry = self
+            .registry
+            .lock()
+            .expect("the metrics registry lock is never held across a panic");
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::warn!(error = %err, "cannot encode metrics");
         }
@@ -81,6 +115,10 @@ impl Metrics {
     }
 
     pub fn count_rejection(&self, reason: &str) {
-        self.dead_letter.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+        self.dead_letter
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 }

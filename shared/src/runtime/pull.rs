@@ -67,7 +67,10 @@ pub trait Processor: Send {
 
     /// Makes held effects durable when due (or at once when `final_commit`). An error is
     /// transient: the messages stay held and the commit is offered again.
-    fn commit(&mut self, final_commit: bool) -> impl Future<Output = Result<Commit, Failure>> + Send {
+    fn commit(
+        &mut self,
+        final_commit: bool,
+    ) -> impl Future<Output = Result<Commit, Failure>> + Send {
         let _ = final_commit;
         async { Ok(Commit::Pending) }
     }
@@ -159,7 +162,16 @@ pub async fn run<P: Processor>(
             if held.is_empty() {
                 held_since = Instant::now();
             }
-            handle_batch(&js, &subjects, &settings, &metrics, &mut processor, batch, &mut held).await;
+            handle_batch(
+                &js,
+                &subjects,
+                &settings,
+                &metrics,
+                &mut processor,
+                batch,
+                &mut held,
+            )
+            .await;
             commit_held(&mut processor, &mut held, &metrics, false).await;
             keep_alive(&held, &mut held_since, settings.ack_wait).await;
         }
@@ -183,8 +195,13 @@ async fn handle_batch<P: Processor>(
         .map(|m| {
             let (stream_sequence, delivered, published) = match m.info() {
                 Ok(info) => {
-                    let nanos = i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-                    (info.stream_sequence, info.delivered, DateTime::from_timestamp_nanos(nanos))
+                    let nanos =
+                        i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                    (
+                        info.stream_sequence,
+                        info.delivered,
+                        DateTime::from_timestamp_nanos(nanos),
+                    )
                 }
                 Err(_) => (0, 1, Utc::now()),
             };
@@ -200,8 +217,14 @@ async fn handle_batch<P: Processor>(
     let mut dispositions = processor.process(&incoming).await;
     if dispositions.len() != batch.len() {
         // A processor bug must not lose messages: retry whatever has no disposition.
-        tracing::error!(got = dispositions.len(), expected = batch.len(), "processor returned the wrong number of dispositions");
-        dispositions.resize_with(batch.len(), || Disposition::Retry(Failure::new("process", "no disposition returned")));
+        tracing::error!(
+            got = dispositions.len(),
+            expected = batch.len(),
+            "processor returned the wrong number of dispositions"
+        );
+        dispositions.resize_with(batch.len(), || {
+            Disposition::Retry(Failure::new("process", "no disposition returned"))
+        });
     }
     // Every retried message of a batch waits the same delay, so they come back in stream order.
     let retry_after = incoming
@@ -222,7 +245,16 @@ async fn handle_batch<P: Processor>(
                     stream_sequence: Some(input.stream_sequence),
                     dedup_id: input.stream_sequence.to_string(),
                 };
-                match dead_letter::publish(js, subjects, &settings.function, &rejection, &origin, input.payload.clone()).await {
+                match dead_letter::publish(
+                    js,
+                    subjects,
+                    &settings.function,
+                    &rejection,
+                    &origin,
+                    input.payload.clone(),
+                )
+                .await
+                {
                     Ok(()) => {
                         metrics.count_rejection(rejection.reason.as_str());
                         ack(&message, AckKind::Term, metrics).await;
@@ -239,7 +271,9 @@ async fn handle_batch<P: Processor>(
             }
         }
     }
-    metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
@@ -254,12 +288,20 @@ async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
 
 async fn nak(message: &jetstream::Message, delivered: i64, metrics: &Metrics) {
     metrics.retries.inc();
-    if let Err(err) = message.ack_with(AckKind::Nak(Some(retry_delay(delivered)))).await {
+    if let Err(err) = message
+        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+        .await
+    {
         tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
     }
 }
 
-async fn commit_held<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::Message>, metrics: &Metrics, final_commit: bool) {
+async fn commit_held<P: Processor>(
+    processor: &mut P,
+    held: &mut Vec<jetstream::Message>,
+    metrics: &Metrics,
+    final_commit: bool,
+) {
     if held.is_empty() && !final_commit {
         return;
     }
@@ -275,7 +317,9 @@ async fn commit_held<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
         }
-        Err(failure) => tracing::warn!(error = %failure, held = held.len(), "commit failed; holding and retrying"),
+        Err(failure) => {
+            tracing::warn!(error = %failure, held = held.len(), "commit failed; holding and retrying")
+        }
     }
 }
 
@@ -290,7 +334,11 @@ async fn keep_alive(held: &[jetstream::Message], held_since: &mut Instant, ack_w
     *held_since = Instant::now();
 }
 
-async fn finish<P: Processor>(processor: &mut P, held: &mut Vec<jetstream::Message>, metrics: &Metrics) {
+async fn finish<P: Processor>(
+    processor: &mut P,
+    held: &mut Vec<jetstream::Message>,
+    metrics: &Metrics,
+) {
     for attempt in 1..=5 {
         commit_held(processor, held, metrics, true).await;
         if held.is_empty() {

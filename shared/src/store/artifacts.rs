@@ -31,8 +31,14 @@ pub enum ArtifactError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("model {model} version {version} is not in the object store ({path})")]
-    Missing { model: String, version: u64, path: String },
-    #[error("model {model} version {version} already exists with other contents; versions are immutable")]
+    Missing {
+        model: String,
+        version: u64,
+        path: String,
+    },
+    #[error(
+        "model {model} version {version} already exists with other contents; versions are immutable"
+    )]
     VersionExists { model: String, version: u64 },
     #[error("manifest of model {model} version {version} is unreadable: {source}")]
     BadManifest {
@@ -71,7 +77,9 @@ pub struct ArtifactStore {
 
 impl std::fmt::Debug for ArtifactStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArtifactStore").field("url", &self.url).finish()
+        f.debug_struct("ArtifactStore")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -102,7 +110,8 @@ impl ArtifactStore {
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
             // MinIO and other local S3 servers speak plain HTTP; allow it when asked for by URL.
-            let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
+            let endpoint =
+                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
             if endpoint.is_ok_and(|e| e.starts_with("http://")) {
                 builder = builder.with_allow_http(true);
             }
@@ -135,17 +144,32 @@ impl ArtifactStore {
 
     /// Writes a new version: the model bytes, then the manifest. Writing the same version with the
     /// same bytes again (a retry after a crash) succeeds; different bytes are refused.
-    pub async fn put_version(&self, manifest: &Manifest, model_bytes: &[u8]) -> Result<(), ArtifactError> {
+    pub async fn put_version(
+        &self,
+        manifest: &Manifest,
+        model_bytes: &[u8],
+    ) -> Result<(), ArtifactError> {
         let dir = Self::version_dir(&manifest.model, manifest.version);
-        let manifest_json =
-            serde_json::to_vec_pretty(manifest).expect("a manifest is plain data and always serialises");
-        self.put_once(manifest, dir.clone().join("model.bin"), model_bytes).await?;
-        self.put_once(manifest, dir.join("manifest.json"), &manifest_json).await
+        let manifest_json = serde_json::to_vec_pretty(manifest)
+            .expect("a manifest is plain data and always serialises");
+        self.put_once(manifest, dir.clone().join("model.bin"), model_bytes)
+            .await?;
+        self.put_once(manifest, dir.join("manifest.json"), &manifest_json)
+            .await
     }
 
-    async fn put_once(&self, manifest: &Manifest, path: Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    async fn put_once(
+        &self,
+        manifest: &Manifest,
+        path: Path,
+        bytes: &[u8],
+    ) -> Result<(), ArtifactError> {
         let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
-        match self.store.put_opts(&path, payload, PutMode::Create.into()).await {
+        match self
+            .store
+            .put_opts(&path, payload, PutMode::Create.into())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let existing = self.get_bytes("read back", &path).await?;
@@ -166,17 +190,31 @@ impl ArtifactStore {
         }
     }
 
-    async fn get_bytes(&self, operation: &'static str, path: &Path) -> Result<Bytes, ArtifactError> {
+    async fn get_bytes(
+        &self,
+        operation: &'static str,
+        path: &Path,
+    ) -> Result<Bytes, ArtifactError> {
         let store_error = |source| ArtifactError::Store {
             operation,
             path: path.to_string(),
             source,
         };
-        self.store.get(path).await.map_err(store_error)?.bytes().await.map_err(store_error)
+        self.store
+            .get(path)
+            .await
+            .map_err(store_error)?
+            .bytes()
+            .await
+            .map_err(store_error)
     }
 
     /// Reads a version's manifest.
-    pub async fn manifest(&self, model: &ModelName, version: u64) -> Result<Manifest, ArtifactError> {
+    pub async fn manifest(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> Result<Manifest, ArtifactError> {
         let path = Self::version_dir(model.as_str(), version).join("manifest.json");
         let bytes = match self.get_bytes("get", &path).await {
             Err(ArtifactError::Store {
@@ -199,7 +237,11 @@ impl ArtifactStore {
     }
 
     /// Reads a version and verifies its bytes against the manifest's size and sha256.
-    pub async fn load(&self, model: &ModelName, version: u64) -> Result<(Manifest, Bytes), ArtifactError> {
+    pub async fn load(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> Result<(Manifest, Bytes), ArtifactError> {
         let manifest = self.manifest(model, version).await?;
         let path = Self::version_dir(model.as_str(), version).join("model.bin");
         let bytes = match self.get_bytes("get", &path).await {
@@ -215,27 +257,29 @@ impl ArtifactStore {
             }
             other => other?,
         };
-        manifest.verify(&bytes).map_err(|source| ArtifactError::Verification {
-            model: model.to_string(),
-            version,
-            source,
-        })?;
+        manifest
+            .verify(&bytes)
+            .map_err(|source| ArtifactError::Verification {
+                model: model.to_string(),
+                version,
+                source,
+            })?;
         Ok((manifest, bytes))
     }
 
     /// Every version of a model that has a manifest, oldest first.
     pub async fn versions(&self, model: &ModelName) -> Result<Vec<u64>, ArtifactError> {
         let prefix = Path::from(format!("models/{model}"));
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| ArtifactError::Store {
-                operation: "list",
-                path: prefix.to_string(),
-                source,
-            })?;
+        let objects: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| ArtifactError::Store {
+                    operation: "list",
+                    path: prefix.to_string(),
+                    source,
+                })?;
         let mut versions: Vec<u64> = objects
             .iter()
             .filter(|meta| meta.location.filename() == Some("manifest.json"))

@@ -33,7 +33,10 @@ pub async fn read(store: &kv::Store, key: &str) -> Result<Versioned<Bytes>, Fail
         .await
         .map_err(|e| Failure::new(format!("read KV key {key}"), e))?;
     Ok(match entry {
-        None => Versioned { value: None, revision: 0 },
+        None => Versioned {
+            value: None,
+            revision: 0,
+        },
         Some(entry) => Versioned {
             value: matches!(entry.operation, kv::Operation::Put).then_some(entry.value),
             revision: entry.revision,
@@ -42,13 +45,23 @@ pub async fn read(store: &kv::Store, key: &str) -> Result<Versioned<Bytes>, Fail
 }
 
 /// Writes `value` if the key is still at `expected` (0: never written). Returns the new revision.
-pub async fn compare_and_set(store: &kv::Store, key: &str, value: Bytes, expected: u64) -> Result<u64, CasError> {
+pub async fn compare_and_set(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    expected: u64,
+) -> Result<u64, CasError> {
     match store.update(key, value, expected).await {
         Ok(revision) => Ok(revision),
-        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(CasError::Conflict {
-            key: key.to_string(),
-            expected,
-        }),
-        Err(err) => Err(CasError::Failed(Failure::new(format!("write KV key {key}"), err))),
+        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(CasError::Conflict {
+                key: key.to_string(),
+                expected,
+            })
+        }
+        Err(err) => Err(CasError::Failed(Failure::new(
+            format!("write KV key {key}"),
+            err,
+        ))),
     }
 }

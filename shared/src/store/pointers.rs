@@ -83,12 +83,17 @@ impl Pointers {
         expected: u64,
     ) -> Result<u64, CasError> {
         let key = pointer_key(model, slot.as_str());
-        let bytes = serde_json::to_vec(pointer).expect("a pointer is plain data and always serialises");
+        let bytes =
+            serde_json::to_vec(pointer).expect("a pointer is plain data and always serialises");
         compare_and_set(&self.kv, &key, Bytes::from(bytes), expected).await
     }
 
     /// Past values of the pointer, oldest first (as many as the bucket keeps).
-    pub async fn history(&self, model: &ModelName, slot: Slot) -> Result<Vec<(u64, Pointer)>, Failure> {
+    pub async fn history(
+        &self,
+        model: &ModelName,
+        slot: Slot,
+    ) -> Result<Vec<(u64, Pointer)>, Failure> {
         let key = pointer_key(model, slot.as_str());
         let mut entries = match self.kv.history(&key).await {
             Ok(entries) => entries,
