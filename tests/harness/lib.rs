@@ -281,3 +281,58 @@ pub fn bookstore_events(items: usize, actions: usize, id_prefix: &str) -> Vec<se
     }
     events
 }
+
+/// moto, an S3-compatible server, on a free loopback port; stopped when dropped. It keeps
+/// objects in memory and accepts any credentials.
+pub struct S3Server {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> anyhow::Result<S3Server> {
+        let binary = std::env::current_dir()?
+            .ancestors()
+            .map(|dir| dir.join(".tools/venv/bin/moto_server"))
+            .find(|path| path.is_file())
+            .context("moto_server not found: run tools/install.sh (make tools)")?;
+        let port = stack::free_port()?;
+        let child = std::process::Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("moto_server did not listen on port {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// Creates a bucket (S3 CreateBucket is a PUT on the bucket's path).
+    pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let response = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("creating bucket {bucket}: HTTP {}", response.status());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

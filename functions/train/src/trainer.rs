@@ -15,7 +15,7 @@ use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelError, SequenceRange};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
-use freshet::store::{ArtifactStore, CasError, Pointer, Pointers, Slot};
+use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
 use freshet::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -185,7 +185,7 @@ impl Trainer {
             .trainer
             .to_bytes()
             .map_err(|e| Failure::new("encode model", e))?;
-        let manifest = handler::next_manifest(
+        let mut manifest = handler::next_manifest(
             NextVersion {
                 model: &self.model,
                 parent: lineage.live.as_ref(),
@@ -198,15 +198,7 @@ impl Trainer {
             },
             &bytes,
         );
-        self.artifacts
-            .put_version(&manifest, &bytes)
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    format!("store version {} of {}", manifest.version, self.model),
-                    e,
-                )
-            })?;
+        self.store_version(&mut manifest, &bytes).await?;
         let pointer = Pointer {
             version: manifest.version,
             sha256: manifest.sha256.clone(),
@@ -249,6 +241,37 @@ impl Trainer {
         lineage.live = Some(manifest);
         self.pending = PendingUpdate::default();
         Ok(Commit::Durable)
+    }
+
+    /// Writes the version's artifacts. A version number already taken by an orphan (written by
+    /// a trainer that died before moving the pointer, or by an earlier attempt of this one) is
+    /// skipped: the lineage is in the `parent` field, and orphans never go live.
+    async fn store_version(&self, manifest: &mut Manifest, bytes: &[u8]) -> Result<(), Failure> {
+        for _ in 0..8 {
+            match self.artifacts.put_version(manifest, bytes).await {
+                Ok(()) => return Ok(()),
+                Err(ArtifactError::VersionExists { .. }) => {
+                    let taken = self
+                        .artifacts
+                        .versions(&self.model)
+                        .await
+                        .map_err(|e| Failure::new("list versions", e))?;
+                    let next = taken.last().copied().unwrap_or(0).max(manifest.version) + 1;
+                    tracing::info!(model = %self.model, taken = manifest.version, next, "version number taken by an orphan; using the next one");
+                    manifest.version = next;
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        format!("store version {} of {}", manifest.version, self.model),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(Failure::new(
+            "store version",
+            "no free version number after 8 attempts",
+        ))
     }
 
     /// Tells CONTROL about the new version. Best effort: the pointer is the source of truth.

@@ -1,0 +1,76 @@
+//! Functions reconnect and resume after the nats-server restarts: events published before, during
+//! and after the restart are all featurized, each exactly once, and the probes say so.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use freshet::subjects::STREAM_EXAMPLES;
+use freshet_tests::{Stack, cloud_event, eventually};
+use serde_json::json;
+
+fn action(n: usize) -> serde_json::Value {
+    cloud_event(
+        &format!("r-{n}"),
+        "user_action",
+        json!({"user": format!("u{}", n % 7), "item": format!("b{}", n % 5), "action": "view"}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn featurize_resumes_after_a_server_restart() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let port = freshet_tests::stack::free_port()?;
+    let featurize = stack.spawn("featurize", &["--http-port", &port.to_string()])?;
+    for n in 0..500 {
+        stack.publish_event(&action(n)).await?;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the first events featurized",
+        || async { (stack.stream_len(STREAM_EXAMPLES).await.ok()? >= 500).then_some(()) },
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    assert_eq!(http.get(url("/healthz")).send().await?.status(), 200);
+    assert_eq!(http.get(url("/readyz")).send().await?.status(), 200);
+    let metrics = http.get(url("/metrics")).send().await?.text().await?;
+    assert!(
+        metrics.contains("freshet_messages_acked_total{function=\"featurize\"} 500"),
+        "{metrics}"
+    );
+
+    stack.nats.restart()?;
+    // The test's own client reconnects too; publish more once it has.
+    eventually(
+        Duration::from_secs(30),
+        "the test client to reconnect",
+        || async { stack.publish_event(&action(500)).await.ok() },
+    )
+    .await?;
+    for n in 501..1_000 {
+        stack.publish_event(&action(n)).await?;
+    }
+    let examples = eventually(
+        Duration::from_secs(60),
+        "every event featurized after the restart",
+        || async {
+            let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
+            (n >= 1_000).then_some(n)
+        },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nfeaturize log:\n{}",
+            stack.log_of("featurize", featurize)
+        )
+    })?;
+    assert_eq!(examples, 1_000, "one example per event, none twice");
+    assert!(
+        stack.process(featurize).try_status()?.is_none(),
+        "featurize kept running"
+    );
+    Ok(())
+}
