@@ -4,7 +4,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod http;
 mod live;
+mod readiness;
 mod service;
 mod watch;
 
@@ -24,6 +26,9 @@ struct Args {
     /// Model to serve
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
+    /// Oldest the live version may be (e.g. "10m"); older, /readyz fails. Unbounded if unset
+    #[arg(long = "max-model-age", env = "FRESHET_MAX_MODEL_AGE", value_parser = humantime::parse_duration)]
+    max_model_age: Option<std::time::Duration>,
 }
 
 #[tokio::main]
@@ -42,22 +47,7 @@ async fn main() -> anyhow::Result<()> {
         subjects: ctx.subjects.clone(),
         metrics: swap_metrics,
     };
-    let readiness = ctx.readiness.clone();
-    let metrics = ctx.metrics.clone();
     let watch_task = tokio::spawn(watcher.run(ctx.shutdown.clone()));
-    // Ready once a version serves: until then every request would fail.
-    let ready_live = live.clone();
-    let mut ready_shutdown = ctx.shutdown.clone();
-    tokio::spawn(async move {
-        while ready_live.version().is_none() {
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                _ = ready_shutdown.wait() => return,
-            }
-        }
-        readiness.set(true, &metrics);
-    });
-    ctx.serve_http(axum::Router::new()).await?;
     let server = service::Server {
         model: args.model,
         live,
@@ -65,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
     };
+    ctx.serve_http(http::routes(server.clone(), ctx.readiness.clone())).await?;
+    tokio::spawn(readiness::track(server.live.clone(), ctx.readiness.clone(), ctx.metrics.clone(), args.max_model_age, ctx.shutdown.clone()));
     service::serve(ctx.client.clone(), server, ctx.shutdown.clone()).await?;
     let _ = watch_task.await;
     tracing::info!("predictor stopped");

@@ -141,6 +141,29 @@ impl Server {
         })
     }
 
+    /// Scores raw feature rows (the HTTP inference path): validated like any request, answered
+    /// by one version.
+    pub fn score_rows(&self, rows: &[Vec<f64>]) -> Result<(Arc<LiveModel>, Vec<f32>), ServeError> {
+        if rows.is_empty() || rows.len() > freshet::serving::MAX_BATCH_ROWS {
+            return Err(ServeError::bad_request(format!(
+                "a batch holds 1 to {} rows, this one {}",
+                freshet::serving::MAX_BATCH_ROWS,
+                rows.len()
+            )));
+        }
+        let live = self.serving()?;
+        let mut scaled = Vec::with_capacity(rows.len());
+        for row in rows {
+            let request = PredictRequest { features: Some(row.clone()), ..Default::default() };
+            match handler::query_for(&request, live.scorer.n_features())? {
+                Query::Features(row) => scaled.push(row),
+                Query::Pair { .. } => unreachable!("a features-only request never asks for a pair"),
+            }
+        }
+        let scores = live.scorer.score_batch(&scaled).map_err(|e| ServeError::bad_request(e.to_string()))?;
+        Ok((live, scores))
+    }
+
     /// Publishes the prediction to PREDICTIONS without waiting for the stream's ack: the caller's
     /// latency must not include it, and a lost record only thins the outcome join.
     async fn record(&self, response: &PredictResponse, row: &[f32]) {

@@ -1,0 +1,53 @@
+//! Readiness of a predictor: a version serves, and it is no older than the freshness bound.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use freshet::runtime::{Metrics, Readiness, Shutdown};
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::live::Live;
+
+/// Whether a predictor whose live version was created `age` ago may call itself ready.
+pub fn is_ready(age: Option<Duration>, max_age: Option<Duration>) -> bool {
+    match (age, max_age) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(age), Some(max)) => age <= max,
+    }
+}
+
+/// Re-evaluates readiness and the model-age gauge twice a second until shutdown.
+pub async fn track(live: Live, readiness: Readiness, metrics: Metrics, max_age: Option<Duration>, mut shutdown: Shutdown) {
+    let age_gauge: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    metrics.register("model_age_seconds", "Age of the live version (since its creation by train)", age_gauge.clone());
+    loop {
+        let age = live.current().map(|m| (Utc::now() - m.manifest.created_at).to_std().unwrap_or(Duration::ZERO));
+        age_gauge.set(age.map_or(0.0, |a| a.as_secs_f64()));
+        let ready = is_ready(age, max_age);
+        if ready != readiness.is_ready() {
+            if !ready && age.is_some() {
+                tracing::warn!(age = ?age, max_age = ?max_age, "live version is older than the freshness bound; not ready");
+            }
+            readiness.set(ready, &metrics);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_a_fresh_enough_version() {
+        let minute = Duration::from_secs(60);
+        assert!(!is_ready(None, None));
+        assert!(is_ready(Some(minute * 600), None));
+        assert!(is_ready(Some(minute), Some(minute * 2)));
+        assert!(!is_ready(Some(minute * 3), Some(minute * 2)));
+    }
+}
