@@ -59,19 +59,7 @@ pub fn parse_batch(payload: &[u8]) -> Result<BatchRequest, ServeError> {
 /// Checks a request against the model's feature count and turns it into a query.
 pub fn query_for(request: &PredictRequest, n_features: usize) -> Result<Query, ServeError> {
     match (&request.features, &request.user, &request.item) {
-        (Some(values), None, None) => {
-            if values.len() != n_features {
-                return Err(ServeError::bad_request(format!(
-                    "features has {} values, the model takes {n_features}",
-                    values.len()
-                )));
-            }
-            for (i, value) in values.iter().enumerate() {
-                check_number(&format!("features[{i}]"), *value)
-                    .map_err(|r| ServeError::bad_request(r.to_string()))?;
-            }
-            Ok(Query::Features(values.iter().map(|&v| v as f32).collect()))
-        }
+        (Some(values), None, None) => Ok(Query::Features(feature_row(values, n_features)?)),
         (None, Some(user), Some(item)) => Ok(Query::Pair {
             user: user.clone(),
             item: item.clone(),
@@ -80,6 +68,20 @@ pub fn query_for(request: &PredictRequest, n_features: usize) -> Result<Query, S
             "give either \"features\", or both \"user\" and \"item\"",
         )),
     }
+}
+
+/// Checks a raw feature vector (count and range) and converts it for the model.
+pub fn feature_row(values: &[f64], n_features: usize) -> Result<Vec<f32>, ServeError> {
+    if values.len() != n_features {
+        return Err(ServeError::bad_request(format!(
+            "features has {} values, the model takes {n_features}",
+            values.len()
+        )));
+    }
+    for (i, value) in values.iter().enumerate() {
+        check_number(&format!("features[{i}]"), *value).map_err(|r| ServeError::bad_request(r.to_string()))?;
+    }
+    Ok(values.iter().map(|&v| v as f32).collect())
 }
 
 /// Whether a version may replace the one serving: its schema must be one this predictor can

@@ -152,15 +152,11 @@ impl Server {
             )));
         }
         let live = self.serving()?;
-        let mut scaled = Vec::with_capacity(rows.len());
-        for row in rows {
-            let request = PredictRequest { features: Some(row.clone()), ..Default::default() };
-            match handler::query_for(&request, live.scorer.n_features())? {
-                Query::Features(row) => scaled.push(row),
-                Query::Pair { .. } => unreachable!("a features-only request never asks for a pair"),
-            }
-        }
-        let scores = live.scorer.score_batch(&scaled).map_err(|e| ServeError::bad_request(e.to_string()))?;
+        let checked = rows
+            .iter()
+            .map(|row| handler::feature_row(row, live.scorer.n_features()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scores = live.scorer.score_batch(&checked).map_err(|e| ServeError::bad_request(e.to_string()))?;
         Ok((live, scores))
     }
 
