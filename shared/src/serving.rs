@@ -47,6 +47,13 @@ pub struct PredictResponse {
     pub prediction_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// Live, or candidate when an A/B split routed this request to it.
+    #[serde(default = "default_variant")]
+    pub variant: Variant,
+}
+
+fn default_variant() -> Variant {
+    Variant::Live
 }
 
 /// A batch of requests, answered in order by one version.
@@ -64,12 +71,85 @@ pub struct BatchResponse {
     pub scores: Vec<f32>,
 }
 
+/// Which model version answered: the live one, or the candidate under an A/B split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Live,
+    Candidate,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Live => "live",
+            Variant::Candidate => "candidate",
+        }
+    }
+}
+
+/// A request for the top-N items for a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    pub user: EntityId,
+    /// How many items to return (1 to [`MAX_RECOMMENDATIONS`]; 10 when absent).
+    #[serde(default)]
+    pub top: Option<usize>,
+}
+
+/// The most items one recommend request may ask for.
+pub const MAX_RECOMMENDATIONS: usize = 100;
+
+/// One recommended item, with the FEATURES revision of the item state it was scored on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub item: String,
+    pub score: f32,
+    pub item_revision: u64,
+}
+
+/// The top-N items for a user, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecommendResponse {
+    pub model: String,
+    pub version: u64,
+    pub user: String,
+    pub user_revision: u64,
+    pub items: Vec<Recommendation>,
+}
+
+/// What PREDICTIONS holds for each prediction (served or shadow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    pub prediction_id: String,
+    pub model: String,
+    pub version: u64,
+    pub variant: Variant,
+    /// True for the score returned to the caller, false for a shadow score.
+    pub served: bool,
+    pub score: f32,
+    pub features: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Endpoint subjects of a model's predictor.
 pub fn endpoint_single(
     subjects: &crate::subjects::Subjects,
     model: &crate::ids::ModelName,
 ) -> String {
     subjects.predict(model)
+}
+
+pub fn endpoint_recommend(
+    subjects: &crate::subjects::Subjects,
+    model: &crate::ids::ModelName,
+) -> String {
+    format!("{}.recommend", subjects.predict(model))
 }
 
 pub fn endpoint_batch(

@@ -93,6 +93,11 @@ impl Subjects {
         format!("{}.events.*.*.*", self.prefix)
     }
 
+    /// Stored events of one type, in every partition.
+    pub fn events_stored_type(&self, event_type: &str) -> String {
+        format!("{}.events.*.{event_type}.*", self.prefix)
+    }
+
     /// Stored events of one partition.
     pub fn events_stored_partition(&self, partition: u32) -> String {
         format!("{}.events.{partition}.*.*", self.prefix)
@@ -107,13 +112,15 @@ impl Subjects {
         format!("{}.examples.*", self.prefix)
     }
 
-    /// Predictions served by one model, with the version that served them.
-    pub fn predictions(&self, model: &ModelName) -> String {
-        format!("{}.predictions.{model}", self.prefix)
+    /// Where one prediction is recorded: `role` is `served` (the answer given) or `shadow` (the
+    /// other variant's score of the same request). One subject per prediction lets the outcome
+    /// join fetch it directly by subject.
+    pub fn prediction(&self, model: &ModelName, prediction_id: &str, role: &str) -> String {
+        format!("{}.predictions.{model}.{prediction_id}.{role}", self.prefix)
     }
 
     pub fn predictions_all(&self) -> String {
-        format!("{}.predictions.*", self.prefix)
+        format!("{}.predictions.>", self.prefix)
     }
 
     /// Control events (new versions, drift, refused loads) about one model.

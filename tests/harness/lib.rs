@@ -336,3 +336,102 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Writes model versions and moves pointers the way train does, so predictor tests control
+/// exactly which versions exist and when they go live.
+pub struct ModelWriter {
+    pub model: freshet::ids::ModelName,
+    pub artifacts: freshet::store::ArtifactStore,
+    pub pointers: freshet::store::Pointers,
+    trainer: freshet::model::LogisticTrainer,
+}
+
+impl ModelWriter {
+    pub async fn new(stack: &Stack, model: &str) -> anyhow::Result<ModelWriter> {
+        Ok(ModelWriter {
+            model: freshet::ids::ModelName::parse(model)?,
+            artifacts: freshet::store::ArtifactStore::from_url(&stack.artifacts_url())?,
+            pointers: freshet::store::Pointers::new(
+                stack
+                    .js
+                    .get_key_value(freshet::subjects::BUCKET_MODELS)
+                    .await?,
+            ),
+            trainer: freshet::model::LogisticTrainer::new(
+                freshet::features::FEATURE_NAMES.len(),
+                Default::default(),
+            )?,
+        })
+    }
+
+    /// Trains one more batch and stores the result as `version`; returns its manifest.
+    pub async fn write_version(
+        &mut self,
+        version: u64,
+    ) -> anyhow::Result<freshet::model::Manifest> {
+        let rows: Vec<Vec<f32>> = (0..16)
+            .map(|i| {
+                (0..7)
+                    .map(|j| ((i * 7 + j + version as usize) % 5) as f32)
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
+        self.trainer.train_batch(&rows, &labels)?;
+        let bytes = self.trainer.to_bytes()?;
+        let manifest = freshet::model::Manifest {
+            model: self.model.to_string(),
+            version,
+            parent: version.checked_sub(1).filter(|v| *v > 0),
+            kind: freshet::model::ModelKind::Logistic,
+            hyper: Default::default(),
+            schema: freshet::features::schema(),
+            sha256: freshet::model::sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+            created_at: chrono::Utc::now(),
+            step: self.trainer.step(),
+            learned: Some(freshet::model::SequenceRange {
+                first: version,
+                last: version,
+            }),
+            high_water_mark: version,
+            metrics: freshet::model::TrainingMetrics {
+                examples_total: 16 * version,
+                window_examples: 16,
+                prequential_accuracy: 0.5,
+                log_loss: 0.69,
+            },
+        };
+        self.artifacts.put_version(&manifest, &bytes).await?;
+        Ok(manifest)
+    }
+
+    /// Points `slot` at a version (by its manifest's version and checksum), by compare-and-set.
+    pub async fn point(
+        &self,
+        slot: freshet::store::Slot,
+        version: u64,
+        sha256: &str,
+    ) -> anyhow::Result<()> {
+        let current = self.pointers.get(&self.model, slot).await?;
+        let pointer = freshet::store::Pointer {
+            version,
+            sha256: sha256.to_string(),
+            updated_at: chrono::Utc::now(),
+            reason: "test".into(),
+        };
+        self.pointers
+            .set(&self.model, slot, &pointer, current.revision)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a pointer (a candidate withdrawn).
+    pub async fn withdraw(&self, slot: freshet::store::Slot) -> anyhow::Result<()> {
+        self.pointers
+            .bucket()
+            .delete(freshet::subjects::pointer_key(&self.model, slot.as_str()))
+            .await?;
+        Ok(())
+    }
+}

@@ -3,7 +3,9 @@
 
 use freshet::events::check_number;
 use freshet::model::Manifest;
-use freshet::serving::{BatchRequest, MAX_BATCH_ROWS, PredictRequest};
+use freshet::serving::{
+    BatchRequest, MAX_BATCH_ROWS, MAX_RECOMMENDATIONS, PredictRequest, Variant,
+};
 
 /// A request the predictor cannot answer, with the status code sent back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,9 +81,57 @@ pub fn feature_row(values: &[f64], n_features: usize) -> Result<Vec<f32>, ServeE
         )));
     }
     for (i, value) in values.iter().enumerate() {
-        check_number(&format!("features[{i}]"), *value).map_err(|r| ServeError::bad_request(r.to_string()))?;
+        check_number(&format!("features[{i}]"), *value)
+            .map_err(|r| ServeError::bad_request(r.to_string()))?;
     }
     Ok(values.iter().map(|&v| v as f32).collect())
+}
+
+/// FNV-1a, 64 bits: a hash that is the same on every machine and release, so an entity lands
+/// in the same A/B bucket on every replica and after every restart.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Which variant answers a request: the candidate for a `candidate_share` of entities (by a
+/// consistent hash of the entity id) when a candidate is loaded, the live version otherwise.
+/// Requests without an entity always get the live version.
+pub fn choose_variant(
+    entity: Option<&str>,
+    candidate_share: f64,
+    candidate_loaded: bool,
+) -> Variant {
+    match entity {
+        Some(entity) if candidate_loaded && candidate_share > 0.0 => {
+            let bucket = (stable_hash(entity) % 10_000) as f64 / 10_000.0;
+            if bucket < candidate_share {
+                Variant::Candidate
+            } else {
+                Variant::Live
+            }
+        }
+        _ => Variant::Live,
+    }
+}
+
+/// Checks a recommend request and returns the number of items wanted.
+pub fn recommend_size(top: Option<usize>) -> Result<usize, ServeError> {
+    match top.unwrap_or(10) {
+        n @ 1..=MAX_RECOMMENDATIONS => Ok(n),
+        n => Err(ServeError::bad_request(format!(
+            "top is {n}; ask for 1 to {MAX_RECOMMENDATIONS} items"
+        ))),
+    }
+}
+
+/// Indexes of the `n` highest scores, best first (ties keep catalogue order).
+pub fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(n);
+    order
 }
 
 /// Whether a version may replace the one serving: its schema must be one this predictor can
@@ -124,6 +174,56 @@ mod tests {
             query_for(&request(r#"{"user":"u1","item":"b1"}"#), 7),
             Ok(Query::Pair { .. })
         ));
+    }
+
+    #[test]
+    fn the_split_is_consistent_and_close_to_the_share() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            stable_hash("a"),
+            0xaf63_dc4c_8601_ec8c,
+            "the published FNV-1a test vector"
+        );
+        let users: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
+        let candidate = users
+            .iter()
+            .filter(|u| choose_variant(Some(u), 0.2, true) == Variant::Candidate)
+            .count();
+        assert!(
+            (1_800..2_200).contains(&candidate),
+            "{candidate} of 10000 with a 20% share"
+        );
+        for user in &users[..100] {
+            assert_eq!(
+                choose_variant(Some(user), 0.2, true),
+                choose_variant(Some(user), 0.2, true)
+            );
+        }
+        assert_eq!(
+            choose_variant(Some("u1"), 1.0, false),
+            Variant::Live,
+            "no candidate loaded"
+        );
+        assert_eq!(
+            choose_variant(None, 1.0, true),
+            Variant::Live,
+            "no entity to hash"
+        );
+        assert_eq!(choose_variant(Some("u1"), 0.0, true), Variant::Live);
+    }
+
+    #[test]
+    fn recommends_the_best_first() {
+        assert_eq!(top_n(&[0.1, 0.9, 0.5, 0.9], 3), vec![1, 3, 2]);
+        assert_eq!(top_n(&[0.1], 5), vec![0]);
+        assert_eq!(recommend_size(None), Ok(10));
+        assert_eq!(recommend_size(Some(0)).unwrap_err().code, 400);
+        assert_eq!(
+            recommend_size(Some(MAX_RECOMMENDATIONS + 1))
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub struct LiveModel {
     pub scorer: Scorer,
 }
 
-/// The slot predictors read from.
+/// One slot predictors read from: the live version, or the candidate.
 #[derive(Clone, Default)]
 pub struct Live {
     slot: Arc<ArcSwapOption<LiveModel>>,
@@ -31,5 +31,10 @@ impl Live {
     /// Makes `model` the serving version.
     pub fn swap(&self, model: LiveModel) {
         self.slot.store(Some(Arc::new(model)));
+    }
+
+    /// Empties the slot (a candidate withdrawn).
+    pub fn clear(&self) {
+        self.slot.store(None);
     }
 }

@@ -3,9 +3,11 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod catalog;
 mod handler;
 mod http;
 mod live;
+mod outcomes;
 mod readiness;
 mod service;
 mod watch;
@@ -14,7 +16,10 @@ use clap::Parser;
 use freshet::config::FunctionArgs;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
-use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS};
+use std::sync::Arc;
+
+use freshet::store::Slot;
+use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
@@ -26,39 +31,104 @@ struct Args {
     /// Model to serve
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
+    /// Share of entities (0 to 1) answered by the candidate version when one is loaded (A/B);
+    /// the other variant always scores in shadow
+    #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    candidate_share: f64,
     /// Oldest the live version may be (e.g. "10m"); older, /readyz fails. Unbounded if unset
     #[arg(long = "max-model-age", env = "FRESHET_MAX_MODEL_AGE", value_parser = humantime::parse_duration)]
     max_model_age: Option<std::time::Duration>,
 }
 
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share between 0 and 1")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let ctx = FunctionContext::start("predict", args.function).await?;
-    let live = live::Live::default();
+    let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
     let swap_metrics = watch::SwapMetrics::default();
     swap_metrics.register(&ctx.metrics);
-    let watcher = watch::Watcher {
-        model: args.model.clone(),
-        models: ctx.js.get_key_value(BUCKET_MODELS).await?,
-        artifacts: ctx.artifacts()?,
-        live: live.clone(),
-        js: ctx.js.clone(),
-        subjects: ctx.subjects.clone(),
-        metrics: swap_metrics,
-    };
-    let watch_task = tokio::spawn(watcher.run(ctx.shutdown.clone()));
+    let serve_metrics = service::ServeMetrics::default();
+    serve_metrics.register(&ctx.metrics);
+    let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
+    let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
     let server = service::Server {
-        model: args.model,
-        live,
-        features: ctx.js.get_key_value(BUCKET_FEATURES).await?,
+        model: args.model.clone(),
+        live: live::Live::default(),
+        candidate: live::Live::default(),
+        candidate_share: args.candidate_share,
+        catalog: catalog::Catalog::default(),
+        features: features.clone(),
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
+        metrics: serve_metrics,
     };
-    ctx.serve_http(http::routes(server.clone(), ctx.readiness.clone())).await?;
-    tokio::spawn(readiness::track(server.live.clone(), ctx.readiness.clone(), ctx.metrics.clone(), args.max_model_age, ctx.shutdown.clone()));
+    let mut tasks = Vec::new();
+    for (slot, target) in [
+        (Slot::Live, &server.live),
+        (Slot::Candidate, &server.candidate),
+    ] {
+        let watcher = watch::Watcher {
+            model: args.model.clone(),
+            slot,
+            models: models.clone(),
+            artifacts: ctx.artifacts()?,
+            live: target.clone(),
+            js: ctx.js.clone(),
+            subjects: ctx.subjects.clone(),
+            metrics: swap_metrics.clone(),
+        };
+        tasks.push(tokio::spawn(watcher.run(ctx.shutdown.clone())));
+    }
+    tasks.push(tokio::spawn(
+        server
+            .catalog
+            .clone()
+            .follow(features, ctx.shutdown.clone()),
+    ));
+    tasks.push(tokio::spawn(readiness::track(
+        server.live.clone(),
+        ctx.readiness.clone(),
+        ctx.metrics.clone(),
+        args.max_model_age,
+        ctx.shutdown.clone(),
+    )));
+    ctx.serve_http(http::routes(server.clone(), ctx.readiness.clone()))
+        .await?;
+
+    // The outcome join runs beside serving, on its own durable consumer of EVENTS.
+    let outcome_metrics = outcomes::OutcomeMetrics::default();
+    outcome_metrics.register(&ctx.metrics);
+    let joiner = outcomes::OutcomeJoiner {
+        model: args.model.clone(),
+        js: ctx.js.clone(),
+        predictions: ctx.js.get_stream(STREAM_PREDICTIONS).await?,
+        subjects: ctx.subjects.clone(),
+        max_event_bytes: ctx.args.max_event_bytes,
+        metrics: outcome_metrics,
+    };
+    let join_ctx = ctx.clone();
+    let durable = format!("outcomes-{}", args.model);
+    let filter = join_ctx.subjects.events_stored_type("outcome");
+    let batch_size = join_ctx.args.batch_size;
+    tasks.push(tokio::spawn(async move {
+        if let Err(err) = join_ctx
+            .consume_alongside(STREAM_EVENTS, &durable, vec![filter], batch_size, joiner)
+            .await
+        {
+            tracing::error!(error = %err, "the outcome join stopped");
+        }
+    }));
+
     service::serve(ctx.client.clone(), server, ctx.shutdown.clone()).await?;
-    let _ = watch_task.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     tracing::info!("predictor stopped");
     Ok(())
 }

@@ -18,11 +18,25 @@ pub fn is_ready(age: Option<Duration>, max_age: Option<Duration>) -> bool {
 }
 
 /// Re-evaluates readiness and the model-age gauge twice a second until shutdown.
-pub async fn track(live: Live, readiness: Readiness, metrics: Metrics, max_age: Option<Duration>, mut shutdown: Shutdown) {
+pub async fn track(
+    live: Live,
+    readiness: Readiness,
+    metrics: Metrics,
+    max_age: Option<Duration>,
+    mut shutdown: Shutdown,
+) {
     let age_gauge: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
-    metrics.register("model_age_seconds", "Age of the live version (since its creation by train)", age_gauge.clone());
+    metrics.register(
+        "model_age_seconds",
+        "Age of the live version (since its creation by train)",
+        age_gauge.clone(),
+    );
     loop {
-        let age = live.current().map(|m| (Utc::now() - m.manifest.created_at).to_std().unwrap_or(Duration::ZERO));
+        let age = live.current().map(|m| {
+            (Utc::now() - m.manifest.created_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
         age_gauge.set(age.map_or(0.0, |a| a.as_secs_f64()));
         let ready = is_ready(age, max_age);
         if ready != readiness.is_ready() {

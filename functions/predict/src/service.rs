@@ -1,6 +1,9 @@
 //! Serving over NATS: a NATS micro service (discoverable with `nats micro ls`, with ping, info and
-//! stats) whose endpoints score one request or a batch on the live version. Each prediction is
-//! also published to PREDICTIONS with its id and version, so outcomes can be joined to it later.
+//! stats) whose endpoints score one request, a batch, or recommend the top-N items for a user.
+//!
+//! When a candidate version is loaded, an A/B split can route a share of entities to it, and the
+//! variant that did not answer scores the same request off the response path (shadow). Both
+//! scores are recorded on PREDICTIONS under the prediction's id, where outcomes are joined to them.
 
 use std::sync::Arc;
 
@@ -9,27 +12,85 @@ use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use chrono::Utc;
 use freshet::features::{ItemState, UserState, feature_vector, item_key, user_key};
-use freshet::ids::ModelName;
+use freshet::ids::{EntityId, ModelName};
 use freshet::serving::{
-    BatchResponse, PredictRequest, PredictResponse, Provenance, SERVICE_NAME, endpoint_batch,
+    BatchResponse, PredictRequest, PredictResponse, PredictionRecord, Provenance, RecommendRequest,
+    RecommendResponse, Recommendation, SERVICE_NAME, Variant, endpoint_batch, endpoint_recommend,
     endpoint_single,
 };
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use futures::StreamExt;
-use serde_json::json;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
+use crate::catalog::Catalog;
 use crate::handler::{self, Query, ServeError};
 use crate::live::{Live, LiveModel};
+
+/// Label naming the variant that answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VariantLabel {
+    pub variant: String,
+}
+
+/// Serving metrics, per variant.
+#[derive(Clone, Default)]
+pub struct ServeMetrics {
+    pub predictions: Family<VariantLabel, Counter>,
+    pub shadow_scores: Counter,
+    pub refused_requests: Counter,
+}
+
+impl ServeMetrics {
+    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+        metrics.register(
+            "predictions",
+            "Predictions answered, by the variant that answered",
+            self.predictions.clone(),
+        );
+        metrics.register(
+            "shadow_scores",
+            "Requests also scored by the other variant, off the response path",
+            self.shadow_scores.clone(),
+        );
+        metrics.register(
+            "refused_requests",
+            "Requests answered with an error",
+            self.refused_requests.clone(),
+        );
+    }
+
+    fn count(&self, variant: Variant) {
+        self.predictions
+            .get_or_create(&VariantLabel {
+                variant: variant.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// The versions one request is answered and shadowed by.
+struct Assignment {
+    variant: Variant,
+    serving: Arc<LiveModel>,
+    shadow: Option<Arc<LiveModel>>,
+}
 
 /// What a request handler needs; cheap to clone into each request's task.
 #[derive(Clone)]
 pub struct Server {
     pub model: ModelName,
     pub live: Live,
+    pub candidate: Live,
+    /// Share of entities (0 to 1) the candidate answers for, when one is loaded.
+    pub candidate_share: f64,
+    pub catalog: Catalog,
     pub features: kv::Store,
     pub js: jetstream::Context,
     pub subjects: Subjects,
+    pub metrics: ServeMetrics,
 }
 
 impl Server {
@@ -39,65 +100,88 @@ impl Server {
         })
     }
 
+    /// Picks the answering variant for `entity` and the one that shadows it.
+    fn assign(&self, entity: Option<&str>) -> Result<Assignment, ServeError> {
+        let live = self.serving()?;
+        let candidate = self.candidate.current();
+        Ok(
+            match handler::choose_variant(entity, self.candidate_share, candidate.is_some()) {
+                Variant::Candidate => match candidate {
+                    Some(candidate) => Assignment {
+                        variant: Variant::Candidate,
+                        serving: candidate,
+                        shadow: Some(live),
+                    },
+                    None => Assignment {
+                        variant: Variant::Live,
+                        serving: live,
+                        shadow: None,
+                    },
+                },
+                Variant::Live => Assignment {
+                    variant: Variant::Live,
+                    serving: live,
+                    shadow: candidate,
+                },
+            },
+        )
+    }
+
+    async fn read_state<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &str,
+    ) -> Result<(T, u64), ServeError> {
+        let raw = read(&self.features, key)
+            .await
+            .map_err(|e| ServeError::unavailable(e.to_string()))?;
+        let state = match raw.value {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ServeError::unavailable(format!("unreadable FEATURES {key}: {e}")))?,
+            None => T::default(),
+        };
+        Ok((state, raw.revision))
+    }
+
     /// Builds request-time features from FEATURES with the same code featurize uses.
     async fn pair_features(
         &self,
-        user: &freshet::ids::EntityId,
-        item: &freshet::ids::EntityId,
+        user: &EntityId,
+        item: &EntityId,
     ) -> Result<(Vec<f32>, Provenance), ServeError> {
-        let unavailable = |e: freshet::error::Failure| ServeError::unavailable(e.to_string());
         let (user_key, item_key) = (user_key(user), item_key(item));
-        let (user_raw, item_raw) = tokio::try_join!(
-            read(&self.features, &user_key),
-            read(&self.features, &item_key)
-        )
-        .map_err(unavailable)?;
-        let decode_user = |b: &Bytes| {
-            serde_json::from_slice::<UserState>(b).map_err(|e| {
-                ServeError::unavailable(format!("unreadable state of user {user}: {e}"))
-            })
-        };
-        let decode_item = |b: &Bytes| {
-            serde_json::from_slice::<ItemState>(b).map_err(|e| {
-                ServeError::unavailable(format!("unreadable state of item {item}: {e}"))
-            })
-        };
-        let user_state = user_raw
-            .value
-            .as_ref()
-            .map(decode_user)
-            .transpose()?
-            .unwrap_or_default();
-        let item_state = item_raw
-            .value
-            .as_ref()
-            .map(decode_item)
-            .transpose()?
-            .unwrap_or_default();
-        let provenance = Provenance {
-            user_revision: user_raw.revision,
-            item_revision: item_raw.revision,
-        };
+        let ((user_state, user_revision), (item_state, item_revision)) = tokio::try_join!(
+            self.read_state::<UserState>(&user_key),
+            self.read_state::<ItemState>(&item_key)
+        )?;
         Ok((
             feature_vector(&user_state, &item_state, Utc::now()),
-            provenance,
+            Provenance {
+                user_revision,
+                item_revision,
+            },
         ))
+    }
+
+    fn require_bookstore_schema(&self, model: &LiveModel) -> Result<(), ServeError> {
+        if model.manifest.schema.name == freshet::features::SCHEMA_NAME {
+            Ok(())
+        } else {
+            Err(ServeError::bad_request(format!(
+                "model {} takes raw feature vectors ({} schema); send \"features\"",
+                self.model, model.manifest.schema.name
+            )))
+        }
     }
 
     async fn row_for(
         &self,
         request: &PredictRequest,
-        live: &LiveModel,
+        model: &LiveModel,
     ) -> Result<(Vec<f32>, Option<Provenance>), ServeError> {
-        match handler::query_for(request, live.scorer.n_features())? {
+        match handler::query_for(request, model.scorer.n_features())? {
             Query::Features(row) => Ok((row, None)),
             Query::Pair { user, item } => {
-                if live.manifest.schema.name != freshet::features::SCHEMA_NAME {
-                    return Err(ServeError::bad_request(format!(
-                        "model {} takes raw feature vectors ({} schema); send \"features\"",
-                        self.model, live.manifest.schema.name
-                    )));
-                }
+                self.require_bookstore_schema(model)?;
                 let (row, provenance) = self.pair_features(&user, &item).await?;
                 Ok((row, Some(provenance)))
             }
@@ -106,20 +190,40 @@ impl Server {
 
     pub async fn predict_one(&self, payload: &[u8]) -> Result<PredictResponse, ServeError> {
         let request = handler::parse_single(payload)?;
-        let live = self.serving()?;
-        let (row, provenance) = self.row_for(&request, &live).await?;
-        let score = live
+        let assignment = self.assign(request.user.as_ref().map(EntityId::as_str))?;
+        let model = &assignment.serving;
+        let (row, provenance) = self.row_for(&request, model).await?;
+        let score = model
             .scorer
             .score(&row)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
+        self.metrics.count(assignment.variant);
         let response = PredictResponse {
             model: self.model.to_string(),
-            version: live.manifest.version,
+            version: model.manifest.version,
             score,
             prediction_id: uuid::Uuid::new_v4().to_string(),
             provenance,
+            variant: assignment.variant,
         };
-        self.record(&response, &row).await;
+        let record = PredictionRecord {
+            prediction_id: response.prediction_id.clone(),
+            model: response.model.clone(),
+            version: response.version,
+            variant: assignment.variant,
+            served: true,
+            score,
+            features: row,
+            user: request.user.as_ref().map(ToString::to_string),
+            item: request.item.as_ref().map(ToString::to_string),
+            at: Utc::now(),
+        };
+        self.record(
+            record,
+            assignment
+                .shadow
+                .map(|shadow| (other(assignment.variant), shadow)),
+        );
         Ok(response)
     }
 
@@ -134,6 +238,7 @@ impl Server {
             .scorer
             .score_batch(&rows)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
+        self.metrics.count(Variant::Live);
         Ok(BatchResponse {
             model: self.model.to_string(),
             version: live.manifest.version,
@@ -141,8 +246,47 @@ impl Server {
         })
     }
 
+    /// The top-N items of the catalogue for a user, scored on request-time features.
+    pub async fn recommend(&self, payload: &[u8]) -> Result<RecommendResponse, ServeError> {
+        let request: RecommendRequest = serde_json::from_slice(payload)
+            .map_err(|e| ServeError::bad_request(format!("invalid recommend request: {e}")))?;
+        let top = handler::recommend_size(request.top)?;
+        let assignment = self.assign(Some(request.user.as_str()))?;
+        let model = &assignment.serving;
+        self.require_bookstore_schema(model)?;
+        let (user, user_revision) = self
+            .read_state::<UserState>(&user_key(&request.user))
+            .await?;
+        let items = self.catalog.snapshot();
+        let now = Utc::now();
+        let rows: Vec<Vec<f32>> = items
+            .iter()
+            .map(|item| feature_vector(&user, &item.state, now))
+            .collect();
+        let scores = model
+            .scorer
+            .score_batch(&rows)
+            .map_err(|e| ServeError::bad_request(e.to_string()))?;
+        self.metrics.count(assignment.variant);
+        let items = handler::top_n(&scores, top)
+            .into_iter()
+            .map(|i| Recommendation {
+                item: items[i].id.clone(),
+                score: scores[i],
+                item_revision: items[i].revision,
+            })
+            .collect();
+        Ok(RecommendResponse {
+            model: self.model.to_string(),
+            version: model.manifest.version,
+            user: request.user.to_string(),
+            user_revision,
+            items,
+        })
+    }
+
     /// Scores raw feature rows (the HTTP inference path): validated like any request, answered
-    /// by one version.
+    /// by the live version.
     pub fn score_rows(&self, rows: &[Vec<f64>]) -> Result<(Arc<LiveModel>, Vec<f32>), ServeError> {
         if rows.is_empty() || rows.len() > freshet::serving::MAX_BATCH_ROWS {
             return Err(ServeError::bad_request(format!(
@@ -156,39 +300,68 @@ impl Server {
             .iter()
             .map(|row| handler::feature_row(row, live.scorer.n_features()))
             .collect::<Result<Vec<_>, _>>()?;
-        let scores = live.scorer.score_batch(&checked).map_err(|e| ServeError::bad_request(e.to_string()))?;
+        let scores = live
+            .scorer
+            .score_batch(&checked)
+            .map_err(|e| ServeError::bad_request(e.to_string()))?;
         Ok((live, scores))
     }
 
-    /// Publishes the prediction to PREDICTIONS without waiting for the stream's ack: the caller's
-    /// latency must not include it, and a lost record only thins the outcome join.
-    async fn record(&self, response: &PredictResponse, row: &[f32]) {
-        let body = json!({"prediction_id": response.prediction_id, "model": response.model, "version": response.version,
-            "score": response.score, "features": row, "variant": "live", "at": Utc::now()});
-        if let Err(err) = self
-            .js
-            .publish(
-                self.subjects.predictions(&self.model),
-                Bytes::from(body.to_string()),
-            )
-            .await
-        {
-            tracing::debug!(error = %err, "cannot record a prediction");
-        }
+    /// Records the served prediction, and the shadow variant's score of the same row, on
+    /// PREDICTIONS. Off the response path: the caller's latency includes neither the shadow
+    /// scoring nor the stream's acks, and a lost record only thins the outcome join.
+    fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<LiveModel>)>) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            let shadow_record = shadow.and_then(|(variant, model)| {
+                let score = model.scorer.score(&served.features).ok()?;
+                server.metrics.shadow_scores.inc();
+                Some(PredictionRecord {
+                    version: model.manifest.version,
+                    variant,
+                    served: false,
+                    score,
+                    ..served.clone()
+                })
+            });
+            for record in std::iter::once(served).chain(shadow_record) {
+                let role = if record.served { "served" } else { "shadow" };
+                let subject =
+                    server
+                        .subjects
+                        .prediction(&server.model, &record.prediction_id, role);
+                let bytes = serde_json::to_vec(&record)
+                    .expect("a prediction record is plain data and always serialises");
+                if let Err(err) = server.js.publish(subject, Bytes::from(bytes)).await {
+                    tracing::debug!(error = %err, "cannot record a prediction");
+                }
+            }
+        });
+    }
+}
+
+fn other(variant: Variant) -> Variant {
+    match variant {
+        Variant::Live => Variant::Candidate,
+        Variant::Candidate => Variant::Live,
     }
 }
 
 fn reply<T: serde::Serialize>(
     result: Result<T, ServeError>,
+    metrics: &ServeMetrics,
 ) -> Result<Bytes, service::error::Error> {
     match result {
         Ok(value) => Ok(Bytes::from(
             serde_json::to_vec(&value).expect("responses are plain data and always serialise"),
         )),
-        Err(err) => Err(service::error::Error {
-            status: err.message,
-            code: err.code,
-        }),
+        Err(err) => {
+            metrics.refused_requests.inc();
+            Err(service::error::Error {
+                status: err.message,
+                code: err.code,
+            })
+        }
     }
 }
 
@@ -204,37 +377,49 @@ pub async fn serve(
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("starting the NATS service: {e}"))?;
-    let mut single = service
-        .endpoint_builder()
-        .name("predict")
-        .add(endpoint_single(&server.subjects, &server.model))
-        .await
-        .map_err(|e| anyhow::anyhow!("adding the predict endpoint: {e}"))?;
-    let mut batch = service
-        .endpoint_builder()
-        .name("predict-batch")
-        .add(endpoint_batch(&server.subjects, &server.model))
-        .await
-        .map_err(|e| anyhow::anyhow!("adding the batch endpoint: {e}"))?;
+    let endpoint = |name: &'static str, subject: String| {
+        let builder = service.endpoint_builder().name(name);
+        async move {
+            builder
+                .add(subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("adding the {name} endpoint: {e}"))
+        }
+    };
+    let mut single = endpoint("predict", endpoint_single(&server.subjects, &server.model)).await?;
+    let mut batch = endpoint(
+        "predict-batch",
+        endpoint_batch(&server.subjects, &server.model),
+    )
+    .await?;
+    let mut recommend = endpoint(
+        "recommend",
+        endpoint_recommend(&server.subjects, &server.model),
+    )
+    .await?;
     tracing::info!(subject = %endpoint_single(&server.subjects, &server.model), "serving predictions over NATS");
     loop {
+        // Each request runs in its own task: a slow FEATURES read never holds up the others.
         tokio::select! {
             Some(request) = single.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
                     let result = server.predict_one(&request.message.payload).await;
-                    if let Err(err) = request.respond(reply(result)).await {
-                        tracing::debug!(error = %err, "cannot send a reply");
-                    }
+                    let _ = request.respond(reply(result, &server.metrics)).await;
                 });
             }
             Some(request) = batch.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
                     let result = server.predict_batch(&request.message.payload).await;
-                    if let Err(err) = request.respond(reply(result)).await {
-                        tracing::debug!(error = %err, "cannot send a reply");
-                    }
+                    let _ = request.respond(reply(result, &server.metrics)).await;
+                });
+            }
+            Some(request) = recommend.next() => {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let result = server.recommend(&request.message.payload).await;
+                    let _ = request.respond(reply(result, &server.metrics)).await;
                 });
             }
             _ = shutdown.wait() => break,

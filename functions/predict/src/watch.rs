@@ -1,6 +1,6 @@
-//! Watches `<model>.live` in MODELS (current value first, then every change), loads each new
-//! version beside the serving one, verifies it (checksum, schema, a test inference) and only then
-//! swaps it in. A version that fails any check is refused: the previous one keeps serving, and the
+//! Watches a pointer of the model in MODELS (`<model>.live` or `<model>.candidate`; current value
+//! first, then every change), loads each new version beside the serving one, verifies it
+//! (checksum, schema, a test inference) and only then swaps it in. A version that fails any check is refused: the previous one keeps serving, and the
 //! refusal is logged, counted and announced on CONTROL.
 
 use std::time::Duration;
@@ -43,9 +43,10 @@ impl SwapMetrics {
     }
 }
 
-/// Everything the watcher needs.
+/// Everything the watcher of one pointer needs.
 pub struct Watcher {
     pub model: ModelName,
+    pub slot: Slot,
     pub models: kv::Store,
     pub artifacts: ArtifactStore,
     pub live: Live,
@@ -81,8 +82,8 @@ impl Watcher {
     async fn refuse(&self, pointer: &Pointer, reason: &str) {
         self.metrics.refused.inc();
         tracing::error!(model = %self.model, version = pointer.version, %reason, "refused a model version; the previous one keeps serving");
-        let body = json!({"kind": "version_refused", "model": self.model, "version": pointer.version,
-            "reason": reason, "serving": self.live.version()});
+        let body = json!({"kind": "version_refused", "model": self.model, "slot": self.slot.as_str(),
+            "version": pointer.version, "reason": reason, "serving": self.live.version()});
         if let Err(err) = self
             .js
             .publish(
@@ -97,7 +98,15 @@ impl Watcher {
 
     async fn apply(&self, entry: kv::Entry) {
         if entry.operation != kv::Operation::Put {
-            tracing::warn!(model = %self.model, "live pointer deleted; keeping the serving version");
+            match self.slot {
+                Slot::Live => {
+                    tracing::warn!(model = %self.model, "live pointer deleted; keeping the serving version")
+                }
+                Slot::Candidate => {
+                    tracing::info!(model = %self.model, "candidate withdrawn");
+                    self.live.clear();
+                }
+            }
             return;
         }
         let pointer: Pointer = match serde_json::from_slice(&entry.value) {
@@ -115,8 +124,10 @@ impl Watcher {
                 let previous = self.live.version();
                 self.live.swap(model);
                 self.metrics.swaps.inc();
-                self.metrics.live_version.set(pointer.version as i64);
-                tracing::info!(model = %self.model, version = pointer.version, ?previous, "swapped in a new version");
+                if self.slot == Slot::Live {
+                    self.metrics.live_version.set(pointer.version as i64);
+                }
+                tracing::info!(model = %self.model, slot = self.slot.as_str(), version = pointer.version, ?previous, "swapped in a new version");
             }
             Err(reason) => self.refuse(&pointer, &reason).await,
         }
@@ -124,14 +135,14 @@ impl Watcher {
 
     /// Runs until the process stops, re-establishing the watch if it breaks.
     pub async fn run(self, mut shutdown: freshet::runtime::Shutdown) {
-        let key = pointer_key(&self.model, Slot::Live.as_str());
+        let key = pointer_key(&self.model, self.slot.as_str());
         let mut attempt = 0i64;
         while !shutdown.is_triggered() {
             let mut watch = match self.models.watch_with_history(&key).await {
                 Ok(watch) => watch,
                 Err(err) => {
                     attempt += 1;
-                    tracing::warn!(error = %err, "cannot watch the live pointer; retrying");
+                    tracing::warn!(error = %err, slot = self.slot.as_str(), "cannot watch the pointer; retrying");
                     tokio::time::sleep(freshet::runtime::pull::retry_delay(attempt)).await;
                     continue;
                 }

@@ -81,7 +81,8 @@ impl FunctionContext {
         Ok(addr)
     }
 
-    /// Runs `processor` on the durable consumer `durable` of `stream` until shutdown.
+    /// Runs `processor` on the durable consumer `durable` of `stream` until shutdown, as the
+    /// function's main work: the function is ready while it runs.
     /// `max_held` is the most messages the processor keeps unacknowledged at once (the batch size
     /// for a processor that acknowledges every batch).
     pub async fn consume<P: Processor>(
@@ -92,17 +93,62 @@ impl FunctionContext {
         max_held: usize,
         processor: P,
     ) -> anyhow::Result<()> {
+        let consumer = self
+            .consumer(stream, durable, filter_subjects, max_held)
+            .await?;
+        self.readiness.set(true, &self.metrics);
+        self.run_loop(stream, durable, max_held, consumer, processor)
+            .await;
+        self.readiness.set(false, &self.metrics);
+        Ok(())
+    }
+
+    /// Like [`consume`](Self::consume), for a consumer that runs beside a function's main work
+    /// and has no say in its readiness (predict's outcome join).
+    pub async fn consume_alongside<P: Processor>(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        max_held: usize,
+        processor: P,
+    ) -> anyhow::Result<()> {
+        let consumer = self
+            .consumer(stream, durable, filter_subjects, max_held)
+            .await?;
+        self.run_loop(stream, durable, max_held, consumer, processor)
+            .await;
+        Ok(())
+    }
+
+    async fn consumer(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        max_held: usize,
+    ) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
         let config = self.topology.consumer_config(
             durable,
             filter_subjects,
             max_held.max(self.args.batch_size),
         );
-        let consumer = topology::ensure_consumer(&self.js, stream, config)
+        topology::ensure_consumer(&self.js, stream, config)
             .await
-            .with_context(|| format!("setting up consumer {stream}/{durable}"))?;
+            .with_context(|| format!("setting up consumer {stream}/{durable}"))
+    }
+
+    async fn run_loop<P: Processor>(
+        &self,
+        stream: &str,
+        durable: &str,
+        max_held: usize,
+        consumer: async_nats::jetstream::consumer::PullConsumer,
+        processor: P,
+    ) {
         let settings = LoopSettings {
             function: self.name.to_string(),
-            batch_size: self.args.batch_size.max(1),
+            batch_size: self.args.batch_size.clamp(1, max_held.max(1)),
             batch_wait: self.args.batch_wait,
             idle_tick: self
                 .args
@@ -110,7 +156,6 @@ impl FunctionContext {
                 .max(std::time::Duration::from_millis(50)),
             ack_wait: self.topology.consumers.ack_wait,
         };
-        self.readiness.set(true, &self.metrics);
         tracing::info!(stream, durable, "consuming");
         pull::run(
             self.js.clone(),
@@ -122,7 +167,5 @@ impl FunctionContext {
             self.shutdown.clone(),
         )
         .await;
-        self.readiness.set(false, &self.metrics);
-        Ok(())
     }
 }

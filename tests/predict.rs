@@ -1,0 +1,423 @@
+//! The predictor against a real nats-server: hot swaps under load with no failed request, refusal
+//! of damaged or missing versions, rollback, recommendations with provenance, and the candidate
+//! path (A/B split, shadow scores, outcome join).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use freshet::features::{ItemState, UserState, item_key, user_key};
+use freshet::serving::{PredictRequest, RecommendResponse, Variant};
+use freshet::store::Slot;
+use freshet::subjects::{BUCKET_FEATURES, STREAM_CONTROL, STREAM_PREDICTIONS};
+use freshet_tests::{ModelWriter, Stack, cloud_event, eventually};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+fn raw_request() -> PredictRequest {
+    PredictRequest {
+        features: Some(vec![0.5, 0.1, 0.5, 1.0, 0.1, 2.0, 0.3]),
+        ..Default::default()
+    }
+}
+
+async fn serving_version(stack: &Stack, version: u64) -> anyhow::Result<()> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("the predictor to serve v{version}"),
+        || async {
+            let reply = stack.predict("bookstore", &raw_request()).await.ok()?;
+            (reply.version == version).then_some(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_swaps_under_load_fail_no_request() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let first = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &first.sha256).await?;
+    stack.spawn("predict", &[])?;
+    serving_version(&stack, 1).await?;
+
+    // When each version went live, as seen by the writer.
+    let live_since: Arc<Mutex<Vec<(u64, Instant)>>> =
+        Arc::new(Mutex::new(vec![(1, Instant::now())]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let client = stack.client.clone();
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut failures = Vec::new();
+            let body = Bytes::from(serde_json::to_vec(&raw_request()).unwrap());
+            // Bounded: the loop ends when the swaps are done, or after 60 s at most.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = async_nats::Request::new()
+                    .payload(body.clone())
+                    .timeout(Some(Duration::from_secs(5)));
+                match client
+                    .send_request("freshet.predict.bookstore", request)
+                    .await
+                {
+                    Ok(reply)
+                        if reply
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-Service-Error"))
+                            .is_none() =>
+                    {
+                        let response: freshet::serving::PredictResponse =
+                            serde_json::from_slice(&reply.payload).unwrap();
+                        answers.push((sent, Instant::now(), response.version));
+                    }
+                    Ok(reply) => failures.push(format!("{:?}", reply.headers)),
+                    Err(err) => failures.push(err.to_string()),
+                }
+            }
+            (answers, failures)
+        }));
+    }
+    for version in 2..=101 {
+        let manifest = writer.write_version(version).await?;
+        writer.point(Slot::Live, version, &manifest.sha256).await?;
+        live_since.lock().unwrap().push((version, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    serving_version(&stack, 101).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let live_since = live_since.lock().unwrap().clone();
+    let live_at = |t: Instant| {
+        live_since
+            .iter()
+            .filter(|(_, since)| *since <= t)
+            .map(|(v, _)| *v)
+            .max()
+            .unwrap_or(1)
+    };
+    let mut answered = 0;
+    let mut versions_seen = std::collections::BTreeSet::new();
+    for task in load {
+        let (answers, failures) = task.await?;
+        assert!(
+            failures.is_empty(),
+            "{} failed requests: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+        for (sent, received, version) in answers {
+            // Served by a version that was live when the request went out, or that replaced it
+            // while the request was in flight; never by one older than the one just replaced.
+            assert!(
+                version <= live_at(received),
+                "v{version} answered before it went live"
+            );
+            assert!(
+                version + 1 >= live_at(sent),
+                "v{version} answered although v{} was live when the request was sent",
+                live_at(sent)
+            );
+            versions_seen.insert(version);
+            answered += 1;
+        }
+    }
+    assert!(
+        answered > 400,
+        "the load generator kept requests flowing ({answered} answers)"
+    );
+    assert!(
+        versions_seen.len() > 50,
+        "requests saw the swaps happen ({} versions)",
+        versions_seen.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_and_missing_versions_are_refused_and_rollback_works() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let v1 = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &v1.sha256).await?;
+    stack.spawn("predict", &[])?;
+    serving_version(&stack, 1).await?;
+
+    // v2 is stored, then damaged on disk: its bytes no longer match the manifest's checksum.
+    let v2 = writer.write_version(2).await?;
+    let path = Path::from("models/bookstore/2/model.bin");
+    let mut bytes = writer
+        .artifacts
+        .object_store()
+        .get(&path)
+        .await?
+        .bytes()
+        .await?
+        .to_vec();
+    bytes[30] ^= 0x5a;
+    std::fs::write(
+        stack
+            .dir
+            .path()
+            .join("artifacts/models/bookstore/2/model.bin"),
+        &bytes,
+    )?;
+    writer.point(Slot::Live, 2, &v2.sha256).await?;
+    // v3 was never written at all.
+    writer.point(Slot::Live, 3, "0000").await?;
+
+    let refusals = eventually(
+        Duration::from_secs(20),
+        "two refusals on CONTROL",
+        || async {
+            let events = stack.read_stream(STREAM_CONTROL, 100).await.ok()?;
+            let refused: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| e.json())
+                .filter(|j| j["kind"] == "version_refused")
+                .collect();
+            (refused.len() >= 2).then_some(refused)
+        },
+    )
+    .await?;
+    assert_eq!(refusals[0]["version"], 2);
+    assert!(
+        refusals[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("verification"),
+        "{}",
+        refusals[0]
+    );
+    assert_eq!(refusals[1]["version"], 3);
+    assert!(
+        refusals[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not in the object store"),
+        "{}",
+        refusals[1]
+    );
+    assert!(refusals.iter().all(|r| r["serving"] == 1));
+    assert_eq!(
+        stack.predict("bookstore", &raw_request()).await?.version,
+        1,
+        "v1 kept serving"
+    );
+
+    // A good version goes live, then a rollback moves the pointer back to v1.
+    let v4 = writer.write_version(4).await?;
+    writer.point(Slot::Live, 4, &v4.sha256).await?;
+    serving_version(&stack, 4).await?;
+    writer.point(Slot::Live, 1, &v1.sha256).await?;
+    serving_version(&stack, 1).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_answer_their_share_shadow_the_rest_and_outcomes_join() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let live = writer.write_version(1).await?;
+    let candidate = writer.write_version(2).await?;
+    writer.point(Slot::Live, 1, &live.sha256).await?;
+    writer.point(Slot::Candidate, 2, &candidate.sha256).await?;
+
+    // A small catalogue and one user in FEATURES, as featurize would have left them.
+    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
+    for (i, price) in [5.0, 20.0, 45.0, 12.0].iter().enumerate() {
+        let item = ItemState {
+            category: Some("poetry".into()),
+            price: Some(*price),
+            views: 10 * i as u64,
+            purchases: i as u64,
+            ..Default::default()
+        };
+        features
+            .put(
+                item_key(&format!("b{i}").parse()?),
+                serde_json::to_vec(&item)?.into(),
+            )
+            .await?;
+    }
+    let user = UserState {
+        views: 12,
+        purchases: 2,
+        ..Default::default()
+    };
+    let user_revision = features
+        .put(user_key(&"u7".parse()?), serde_json::to_vec(&user)?.into())
+        .await?;
+
+    stack.spawn("predict", &["--candidate-share", "0.5"])?;
+    serving_version(&stack, 1).await?;
+
+    // Recommendations: the top 3 of the 4 items, best first, with the revisions they were scored on.
+    let recommend = || async {
+        let body =
+            Bytes::from(serde_json::to_vec(&serde_json::json!({"user": "u7", "top": 3})).unwrap());
+        let reply = stack
+            .client
+            .request("freshet.predict.bookstore.recommend", body)
+            .await
+            .ok()?;
+        let response: RecommendResponse = serde_json::from_slice(&reply.payload).ok()?;
+        (response.items.len() == 3).then_some(response)
+    };
+    let recommended =
+        eventually(Duration::from_secs(20), "three recommendations", recommend).await?;
+    assert_eq!(recommended.user_revision, user_revision);
+    assert!(
+        recommended
+            .items
+            .windows(2)
+            .all(|w| w[0].score >= w[1].score),
+        "{recommended:?}"
+    );
+    assert!(recommended.items.iter().all(|r| r.item_revision > 0));
+    let too_many = stack
+        .client
+        .request(
+            "freshet.predict.bookstore.recommend",
+            Bytes::from_static(br#"{"user":"u7","top":1000}"#),
+        )
+        .await?;
+    assert!(
+        too_many
+            .headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str()
+            == "400"
+    );
+
+    // Half of the users (by a consistent hash) get the candidate, the same one every time.
+    eventually(Duration::from_secs(20), "the candidate to load", || async {
+        let request = PredictRequest {
+            user: Some("u1".parse().ok()?),
+            item: Some("b1".parse().ok()?),
+            ..Default::default()
+        };
+        let mut variants = std::collections::BTreeSet::new();
+        for u in 0..40 {
+            let request = PredictRequest {
+                user: Some(format!("u{u}").parse().ok()?),
+                ..request.clone()
+            };
+            variants.insert(format!(
+                "{:?}",
+                stack.predict("bookstore", &request).await.ok()?.variant
+            ));
+        }
+        (variants.len() == 2).then_some(())
+    })
+    .await?;
+    let mut answered = Vec::new();
+    for u in 0..40 {
+        let request = PredictRequest {
+            user: Some(format!("u{u}").parse()?),
+            item: Some("b1".parse()?),
+            ..Default::default()
+        };
+        let first = stack.predict("bookstore", &request).await?;
+        let again = stack.predict("bookstore", &request).await?;
+        assert_eq!(first.variant, again.variant, "u{u} stays in its variant");
+        assert_eq!(
+            first.version,
+            if first.variant == Variant::Candidate {
+                2
+            } else {
+                1
+            }
+        );
+        answered.push(first);
+    }
+    let candidates = answered
+        .iter()
+        .filter(|r| r.variant == Variant::Candidate)
+        .count();
+    assert!(
+        (8..=32).contains(&candidates),
+        "{candidates} of 40 users on the candidate with a 50% share"
+    );
+
+    // Every answer is on PREDICTIONS, with the other variant's shadow score beside it.
+    eventually(
+        Duration::from_secs(20),
+        "served and shadow records",
+        || async {
+            let records = stack.read_stream(STREAM_PREDICTIONS, 1000).await.ok()?;
+            let shadows = records
+                .iter()
+                .filter(|r| r.subject.ends_with(".shadow"))
+                .count();
+            (shadows >= answered.len()).then_some(())
+        },
+    )
+    .await?;
+
+    // Outcomes for the first ten predictions join to them, with both variants' verdicts.
+    for (i, response) in answered.iter().take(10).enumerate() {
+        let outcome = cloud_event(
+            &format!("o-{i}"),
+            "outcome",
+            serde_json::json!({"prediction_id": response.prediction_id, "label": 1}),
+        );
+        stack.publish_event(&outcome).await?;
+    }
+    let joined = eventually(
+        Duration::from_secs(30),
+        "ten joined outcomes on CONTROL",
+        || async {
+            let events = stack.read_stream(STREAM_CONTROL, 1000).await.ok()?;
+            let joined: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| e.json())
+                .filter(|j| j["kind"] == "outcome")
+                .collect();
+            (joined.len() >= 10).then_some(joined)
+        },
+    )
+    .await?;
+    assert_eq!(joined.len(), 10, "each outcome joined once");
+    for outcome in &joined {
+        let served = &outcome["served"];
+        let shadow = &outcome["shadow"];
+        assert!(
+            served["version"].is_u64() && shadow["version"].is_u64(),
+            "{outcome}"
+        );
+        assert_ne!(served["version"], shadow["version"], "{outcome}");
+        assert_eq!(served["correct"], served["score"].as_f64().unwrap() >= 0.5);
+    }
+
+    // Withdrawing the candidate sends everyone back to the live version.
+    writer.withdraw(Slot::Candidate).await?;
+    eventually(
+        Duration::from_secs(20),
+        "every user on the live version",
+        || async {
+            let mut all_live = true;
+            for u in 0..40 {
+                let request = PredictRequest {
+                    user: Some(format!("u{u}").parse().ok()?),
+                    item: Some("b1".parse().ok()?),
+                    ..Default::default()
+                };
+                all_live &=
+                    stack.predict("bookstore", &request).await.ok()?.variant == Variant::Live;
+            }
+            all_live.then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
