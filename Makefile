@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all tools build demo test unit integration fmt lint up down clean
+.PHONY: all tools build demo test unit integration bench fmt lint up down clean
 
 all: build
 
@@ -30,6 +30,11 @@ unit:
 ## integration: the tests/ suite only
 integration: tools build
 	$(CARGO) test -p freshet-tests
+
+## bench: release build, then the predictor benchmark beside its NATS echo floor (a few minutes)
+bench: tools
+	$(CARGO) build --release --workspace --bins
+	target/release/freshet-bench --json target/bench/predict.json
 
 fmt:
 	$(CARGO) fmt --all

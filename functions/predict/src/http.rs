@@ -1,13 +1,936 @@
-//! Serving over HTTP: the Open Inference Protocol (KServe v2) endpoints and CloudEvents by POST,
-//! on the same handlers as the NATS service.
+//! Serving over HTTP: the Open Inference Protocol (KServe v2, REST) endpoints and CloudEvents by
+//! POST on `/`, on the same [`Server`] as the NATS service. The protocol's JSON is turned into
+//! feature rows (and scores back into its JSON) by plain functions below; the axum handlers only
+//! route, call the server and map [`ServeError`]s to the protocol's `{"error": "..."}` bodies.
 
-use axum::Router;
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::Utc;
+use freshet::events::{CloudEvent, EventType, SPEC_VERSION};
+use freshet::ids::{EntityId, ModelName};
+use freshet::model::FeatureSchema;
 use freshet::runtime::Readiness;
+use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
+use crate::handler::ServeError;
 use crate::service::Server;
+
+/// The largest request body accepted; larger ones get 413 before they are buffered. A full batch
+/// of [`freshet::serving::MAX_BATCH_ROWS`] rows in JSON is far below it.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The platform this predictor reports in model metadata.
+pub const PLATFORM: &str = "freshet-burn";
+/// The input carrying ready feature rows.
+pub const INPUT_FEATURES: &str = "features";
+/// The freshet extension input carrying (user, item) pairs whose features the predictor builds.
+pub const INPUT_USER_ITEM: &str = "user_item";
+/// The one output: the probability of the positive class.
+pub const OUTPUT_SCORE: &str = "score";
+/// The CloudEvent type a predictor answers.
+pub const EVENT_PREDICT_REQUEST: &str = "predict_request";
+/// The CloudEvent type of its answer.
+pub const EVENT_PREDICTION: &str = "prediction";
+/// Content type of a structured-mode CloudEvent.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+
+#[derive(Clone)]
+struct Http {
+    server: Server,
+    readiness: Readiness,
+}
 
 /// The predictor's HTTP routes (merged with `/healthz`, `/readyz`, `/metrics`).
 pub fn routes(server: Server, readiness: Readiness) -> Router {
-    let _ = (server, readiness);
     Router::new()
+        .route("/", post(cloud_event))
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(health_live))
+        .route("/v2/health/ready", get(health_ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(version_infer),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Http { server, readiness })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open Inference Protocol: the JSON shapes and their conversions (no I/O).
+
+/// An inference request (`POST .../infer`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub inputs: Vec<InferInput>,
+    /// Accepted for compatibility; nothing in it changes how a request is scored.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// Requested outputs; there is only `score`, so it is accepted and ignored.
+    #[serde(default)]
+    pub outputs: Option<Value>,
+}
+
+/// One input tensor of a request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferInput {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    pub data: Value,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+/// What an inference request asks to score.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InferQuery {
+    /// Ready feature rows, checked by the server against the model.
+    Rows(Vec<Vec<f64>>),
+    /// (user, item) pairs whose features the predictor builds, as a batch request.
+    Pairs(BatchRequest),
+}
+
+/// An inference response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor of a response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub datatype: String,
+    pub data: Vec<f32>,
+}
+
+/// Parses an inference request body.
+pub fn parse_infer(body: &[u8]) -> Result<InferRequest, ServeError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServeError::bad_request(format!("invalid inference request: {e}")))
+}
+
+/// Turns the request's one input into what to score. Rows are not checked against the model
+/// here (the server does, on the version it scores with), only against the input's own shape.
+pub fn infer_query(request: &InferRequest) -> Result<InferQuery, ServeError> {
+    let input = match request.inputs.as_slice() {
+        [input] => input,
+        inputs => {
+            return Err(ServeError::bad_request(format!(
+                "give exactly one input (\"{INPUT_FEATURES}\" or \"{INPUT_USER_ITEM}\"), not {}",
+                inputs.len()
+            )));
+        }
+    };
+    let name = input.name.as_str();
+    let shape = matrix_shape(name, &input.shape)?;
+    let values = flatten(name, &input.data, &shape)?;
+    match (name, input.datatype.as_str()) {
+        (INPUT_FEATURES, "FP32" | "FP64") => {
+            let numbers = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_f64().ok_or_else(|| {
+                        ServeError::bad_request(format!("{name}.data[{i}] is {v}, not a number"))
+                    })
+                })
+                .collect::<Result<Vec<f64>, _>>()?;
+            Ok(InferQuery::Rows(
+                numbers
+                    .chunks(shape[1].max(1))
+                    .map(<[f64]>::to_vec)
+                    .collect(),
+            ))
+        }
+        (INPUT_USER_ITEM, "BYTES") => {
+            if shape[1] != 2 {
+                return Err(ServeError::bad_request(format!(
+                    "{name} has shape [rows, 2] (user, item), not [{}, {}]",
+                    shape[0], shape[1]
+                )));
+            }
+            let ids = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let text = v.as_str().ok_or_else(|| {
+                        ServeError::bad_request(format!("{name}.data[{i}] is {v}, not a string"))
+                    })?;
+                    EntityId::parse(text)
+                        .map_err(|e| ServeError::bad_request(format!("{name}.data[{i}] {e}")))
+                })
+                .collect::<Result<Vec<EntityId>, _>>()?;
+            let instances = ids
+                .chunks(2)
+                .map(|pair| PredictRequest {
+                    user: pair.first().cloned(),
+                    item: pair.get(1).cloned(),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(InferQuery::Pairs(BatchRequest { instances }))
+        }
+        (INPUT_FEATURES, other) | (INPUT_USER_ITEM, other) => {
+            let wanted = if name == INPUT_FEATURES {
+                "FP32 or FP64"
+            } else {
+                "BYTES"
+            };
+            Err(ServeError::bad_request(format!(
+                "input {name} has datatype {wanted}, not {other:?}"
+            )))
+        }
+        (other, _) => Err(ServeError::bad_request(format!(
+            "unknown input {other:?}: send \"{INPUT_FEATURES}\" (FP32 or FP64, shape [rows, \
+             n_features]) or \"{INPUT_USER_ITEM}\" (BYTES, shape [rows, 2])"
+        ))),
+    }
+}
+
+/// Checks an input's shape is a matrix `[rows, columns]` of non-negative sizes.
+fn matrix_shape(name: &str, shape: &[i64]) -> Result<[usize; 2], ServeError> {
+    let bad = || {
+        ServeError::bad_request(format!(
+            "{name} has shape {shape:?}; expected [rows, columns] of non-negative sizes"
+        ))
+    };
+    match shape {
+        [rows, columns] => Ok([
+            usize::try_from(*rows).map_err(|_| bad())?,
+            usize::try_from(*columns).map_err(|_| bad())?,
+        ]),
+        _ => Err(bad()),
+    }
+}
+
+/// The values of `data` in row-major order, checked against `shape`. `data` may be flat, or
+/// nested one array per dimension (e.g. an array of rows); anything in between is refused, so a
+/// ragged row cannot hide behind a matching total.
+fn flatten<'a>(name: &str, data: &'a Value, shape: &[usize]) -> Result<Vec<&'a Value>, ServeError> {
+    let mut out = Vec::new();
+    flatten_into(name, data, shape, &mut out)?;
+    Ok(out)
+}
+
+fn flatten_into<'a>(
+    path: &str,
+    data: &'a Value,
+    shape: &[usize],
+    out: &mut Vec<&'a Value>,
+) -> Result<(), ServeError> {
+    let Value::Array(items) = data else {
+        return Err(ServeError::bad_request(format!(
+            "{path}: expected an array of values, got {}",
+            kind(data)
+        )));
+    };
+    if !items.iter().any(Value::is_array) {
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(*d))
+            .ok_or_else(|| {
+                ServeError::bad_request(format!("{path}: shape {shape:?} is too large"))
+            })?;
+        if items.len() != expected {
+            return Err(ServeError::bad_request(format!(
+                "{path}: shape {shape:?} holds {expected} values, data has {}",
+                items.len()
+            )));
+        }
+        out.extend(items);
+        return Ok(());
+    }
+    let Some((&outer, inner)) = shape.split_first().filter(|(_, inner)| !inner.is_empty()) else {
+        return Err(ServeError::bad_request(format!(
+            "{path}: data is nested deeper than shape {shape:?}"
+        )));
+    };
+    if items.len() != outer {
+        return Err(ServeError::bad_request(format!(
+            "{path}: expected {outer} nested arrays, data has {}",
+            items.len()
+        )));
+    }
+    for (i, item) in items.iter().enumerate() {
+        flatten_into(&format!("{path}[{i}]"), item, inner, out)?;
+    }
+    Ok(())
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The response for `scores`, one per row, answered by `version`.
+pub fn infer_response(
+    model: &ModelName,
+    version: u64,
+    id: Option<String>,
+    scores: Vec<f32>,
+) -> InferResponse {
+    InferResponse {
+        model_name: model.to_string(),
+        model_version: version.to_string(),
+        id,
+        outputs: vec![OutputTensor {
+            name: OUTPUT_SCORE.to_string(),
+            shape: vec![scores.len(), 1],
+            datatype: "FP32".to_string(),
+            data: scores,
+        }],
+    }
+}
+
+/// Model metadata for the serving version.
+pub fn model_metadata_json(model: &ModelName, version: u64, schema: &FeatureSchema) -> Value {
+    json!({
+        "name": model.as_str(),
+        "versions": [version.to_string()],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]}],
+        "outputs": [{"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1, 1]}],
+        "parameters": {
+            "feature_names": schema.features,
+            "schema": schema.name,
+            "schema_version": schema.version,
+        },
+    })
+}
+
+/// Parses a version from a path segment.
+fn parse_version(text: &str) -> Result<u64, ServeError> {
+    text.parse().map_err(|_| {
+        ServeError::bad_request(format!(
+            "version {text:?} is not a number (versions are 1, 2, ...)"
+        ))
+    })
+}
+
+fn not_found(message: String) -> ServeError {
+    ServeError { code: 404, message }
+}
+
+fn internal(message: String) -> ServeError {
+    ServeError { code: 500, message }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CloudEvents (structured and binary mode) and their conversions (no I/O).
+
+/// What a CloudEvent POSTed to `/` carried, whichever the mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingEvent {
+    pub id: String,
+    pub event_type: String,
+    /// The event's data as JSON bytes.
+    pub data: Vec<u8>,
+}
+
+/// Reads a CloudEvent from an HTTP request: structured mode (the body is the envelope) when the
+/// content type says so, binary mode (attributes in `ce-` headers, the body is `data`) when
+/// `ce-specversion` is present.
+pub fn incoming_event(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, ServeError> {
+    let content_type = header_text(headers, header::CONTENT_TYPE.as_str())?;
+    let media_type = content_type.as_deref().map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if media_type.as_deref() == Some(CLOUDEVENTS_JSON) {
+        return structured_event(body);
+    }
+    if media_type.as_deref() == Some("application/cloudevents-batch+json") {
+        return Err(ServeError::bad_request(
+            "batched CloudEvents are not accepted; send one event per request",
+        ));
+    }
+    if headers.contains_key("ce-specversion") {
+        return binary_event(headers, media_type.as_deref(), body);
+    }
+    Err(ServeError::bad_request(format!(
+        "not a CloudEvent: send the envelope with Content-Type: {CLOUDEVENTS_JSON} (structured \
+         mode), or the data with ce-specversion, ce-id, ce-source and ce-type headers (binary mode)"
+    )))
+}
+
+fn structured_event(body: &[u8]) -> Result<IncomingEvent, ServeError> {
+    let envelope: CloudEvent = serde_json::from_slice(body)
+        .map_err(|e| ServeError::bad_request(format!("malformed CloudEvent: {e}")))?;
+    check_attributes(&envelope.specversion, &envelope.id, &envelope.source)?;
+    if let Some(content_type) = &envelope.datacontenttype {
+        check_json_content(content_type)?;
+    }
+    if envelope.data.is_null() {
+        return Err(ServeError::bad_request(
+            "the CloudEvent has no data (only JSON \"data\" is accepted, not \"data_base64\")",
+        ));
+    }
+    let data = serde_json::to_vec(&envelope.data)
+        .map_err(|e| internal(format!("re-encoding the event's data: {e}")))?;
+    Ok(IncomingEvent {
+        id: envelope.id,
+        event_type: envelope.event_type,
+        data,
+    })
+}
+
+fn binary_event(
+    headers: &HeaderMap,
+    media_type: Option<&str>,
+    body: &[u8],
+) -> Result<IncomingEvent, ServeError> {
+    let required = |name: &str| {
+        header_text(headers, name)?.ok_or_else(|| {
+            ServeError::bad_request(format!("binary-mode CloudEvent lacks the {name} header"))
+        })
+    };
+    let specversion = required("ce-specversion")?;
+    let id = required("ce-id")?;
+    let source = required("ce-source")?;
+    let event_type = required("ce-type")?;
+    check_attributes(&specversion, &id, &source)?;
+    if let Some(media_type) = media_type {
+        check_json_content(media_type)?;
+    }
+    Ok(IncomingEvent {
+        id,
+        event_type,
+        data: body.to_vec(),
+    })
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ServeError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ServeError::bad_request(format!("header {name} is not visible ASCII")))
+        })
+        .transpose()
+}
+
+fn check_attributes(specversion: &str, id: &str, source: &str) -> Result<(), ServeError> {
+    if specversion != SPEC_VERSION {
+        return Err(ServeError::bad_request(format!(
+            "CloudEvents specversion {:?} is not supported, expected \"{SPEC_VERSION}\"",
+            truncate(specversion)
+        )));
+    }
+    if id.trim().is_empty() || source.trim().is_empty() {
+        return Err(ServeError::bad_request(
+            "a CloudEvent needs a non-empty id and source",
+        ));
+    }
+    Ok(())
+}
+
+fn check_json_content(content_type: &str) -> Result<(), ServeError> {
+    if content_type.starts_with("application/json") || content_type.contains("+json") {
+        Ok(())
+    } else {
+        Err(ServeError::bad_request(format!(
+            "data of content type {:?} is not JSON; only JSON data is accepted",
+            truncate(content_type)
+        )))
+    }
+}
+
+/// Refuses event types other than `predict_request`, saying where they belong.
+pub fn check_event_type(event_type: &str) -> Result<(), ServeError> {
+    if event_type == EVENT_PREDICT_REQUEST {
+        return Ok(());
+    }
+    let message = match EventType::parse(event_type) {
+        Some(known) => format!(
+            "{} events are ingested by featurize (publish them to JetStream); a predictor \
+             answers only {EVENT_PREDICT_REQUEST} events",
+            known.as_str()
+        ),
+        None => format!(
+            "unknown event type {:?}; a predictor answers only {EVENT_PREDICT_REQUEST} events \
+             (data: a prediction request)",
+            truncate(event_type)
+        ),
+    };
+    Err(ServeError::bad_request(message))
+}
+
+/// The structured CloudEvent answering a prediction request.
+pub fn prediction_event(
+    model: &ModelName,
+    response: &PredictResponse,
+) -> Result<CloudEvent, ServeError> {
+    let data = serde_json::to_value(response)
+        .map_err(|e| internal(format!("encoding the prediction: {e}")))?;
+    Ok(CloudEvent {
+        specversion: SPEC_VERSION.to_string(),
+        id: response.prediction_id.clone(),
+        source: format!("freshet-predict/{model}"),
+        event_type: EVENT_PREDICTION.to_string(),
+        subject: None,
+        time: Some(Utc::now()),
+        datacontenttype: Some("application/json".to_string()),
+        data,
+        extensions: BTreeMap::new(),
+    })
+}
+
+/// Keeps hostile strings out of error messages at a readable length.
+fn truncate(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+
+/// The protocol's error form, `{"error": "..."}`, with the error's status.
+fn error_response(err: ServeError) -> Response {
+    let status = u16::try_from(err.code)
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({"error": err.message}))).into_response()
+}
+
+fn respond<T: IntoResponse>(result: Result<T, ServeError>) -> Response {
+    match result {
+        Ok(value) => value.into_response(),
+        Err(err) => error_response(err),
+    }
+}
+
+/// A body that could not be read (too large: 413), as a protocol error.
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServeError> {
+    body.map_err(|rejection| ServeError {
+        code: usize::from(rejection.status().as_u16()),
+        message: format!(
+            "cannot read the request body ({}); the limit is {MAX_BODY_BYTES} bytes",
+            rejection.body_text()
+        ),
+    })
+}
+
+impl Http {
+    /// Refuses names other than the served model's.
+    fn check_model(&self, name: &str) -> Result<(), ServeError> {
+        if name == self.server.model.as_str() {
+            Ok(())
+        } else {
+            Err(not_found(format!(
+                "unknown model {:?}; this predictor serves {}",
+                truncate(name),
+                self.server.model
+            )))
+        }
+    }
+
+    /// The serving version, which must be `wanted` when one is named.
+    fn serving(
+        &self,
+        wanted: Option<u64>,
+    ) -> Result<std::sync::Arc<crate::live::LiveModel>, ServeError> {
+        let live = self.server.live.current().ok_or_else(|| {
+            ServeError::unavailable(format!(
+                "model {} has no live version yet",
+                self.server.model
+            ))
+        })?;
+        check_version(&self.server.model, wanted, live.manifest.version)?;
+        Ok(live)
+    }
+}
+
+/// A request for a given version is answered only by that version.
+fn check_version(model: &ModelName, wanted: Option<u64>, serving: u64) -> Result<(), ServeError> {
+    match wanted {
+        Some(wanted) if wanted != serving => Err(not_found(format!(
+            "model {model} version {wanted} is not served here; the live version is {serving}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(
+        json!({"name": freshet::serving::SERVICE_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
+    )
+}
+
+async fn health_live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn health_ready(State(http): State<Http>) -> Response {
+    if http.readiness.is_ready() {
+        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
+    }
+}
+
+fn metadata(http: &Http, name: &str, version: Option<&str>) -> Result<Json<Value>, ServeError> {
+    http.check_model(name)?;
+    let wanted = version.map(parse_version).transpose()?;
+    let live = http.serving(wanted)?;
+    Ok(Json(model_metadata_json(
+        &http.server.model,
+        live.manifest.version,
+        &live.manifest.schema,
+    )))
+}
+
+async fn model_metadata(State(http): State<Http>, Path(name): Path<String>) -> Response {
+    respond(metadata(&http, &name, None))
+}
+
+async fn version_metadata(
+    State(http): State<Http>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    respond(metadata(&http, &name, Some(&version)))
+}
+
+fn readiness_of(http: &Http, name: &str, version: Option<&str>) -> Response {
+    let checked = http
+        .check_model(name)
+        .and_then(|()| version.map(parse_version).transpose());
+    let wanted = match checked {
+        Ok(wanted) => wanted,
+        Err(err) => return error_response(err),
+    };
+    match http.serving(wanted) {
+        Ok(live) => {
+            Json(json!({"name": name, "ready": true, "version": live.manifest.version.to_string()}))
+                .into_response()
+        }
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"name": name, "ready": false, "error": err.message})),
+        )
+            .into_response(),
+    }
+}
+
+async fn model_ready(State(http): State<Http>, Path(name): Path<String>) -> Response {
+    readiness_of(&http, &name, None)
+}
+
+async fn version_ready(
+    State(http): State<Http>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness_of(&http, &name, Some(&version))
+}
+
+async fn run_infer(
+    http: &Http,
+    name: &str,
+    version: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InferResponse>, ServeError> {
+    let body = body_of(body)?;
+    http.check_model(name)?;
+    let wanted = version.map(parse_version).transpose()?;
+    // Fail fast on a version that is not serving, before parsing or scoring anything.
+    http.serving(wanted)?;
+    let request = parse_infer(&body)?;
+    let (served, scores) = match infer_query(&request)? {
+        InferQuery::Rows(rows) => {
+            let (live, scores) = http.server.score_rows(&rows)?;
+            (live.manifest.version, scores)
+        }
+        InferQuery::Pairs(batch) => {
+            let payload = serde_json::to_vec(&batch)
+                .map_err(|e| internal(format!("encoding the batch request: {e}")))?;
+            let response = http.server.predict_batch(&payload).await?;
+            (response.version, response.scores)
+        }
+    };
+    // A swap may have landed between the check above and the scoring.
+    check_version(&http.server.model, wanted, served)?;
+    Ok(Json(infer_response(
+        &http.server.model,
+        served,
+        request.id,
+        scores,
+    )))
+}
+
+async fn infer(
+    State(http): State<Http>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(run_infer(&http, &name, None, body).await)
+}
+
+async fn version_infer(
+    State(http): State<Http>,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(run_infer(&http, &name, Some(&version), body).await)
+}
+
+async fn run_cloud_event(
+    http: &Http,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServeError> {
+    let body = body_of(body)?;
+    let event = incoming_event(headers, &body)?;
+    check_event_type(&event.event_type)?;
+    let prediction = http.server.predict_one(&event.data).await?;
+    let answer = prediction_event(&http.server.model, &prediction)?;
+    Ok(([(header::CONTENT_TYPE, CLOUDEVENTS_JSON)], Json(answer)).into_response())
+}
+
+async fn cloud_event(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(run_cloud_event(&http, &headers, body).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(body: Value) -> Result<InferQuery, ServeError> {
+        infer_query(&parse_infer(body.to_string().as_bytes())?)
+    }
+
+    fn features(shape: Value, data: Value) -> Value {
+        json!({"inputs": [{"name": "features", "shape": shape, "datatype": "FP32", "data": data}]})
+    }
+
+    #[test]
+    fn reads_flat_and_nested_rows_alike() {
+        let expected = InferQuery::Rows(vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]);
+        let flat = query(features(json!([2, 3]), json!([1, 2, 3, 4, 5, 6]))).unwrap();
+        let nested = query(features(json!([2, 3]), json!([[1, 2, 3], [4, 5, 6]]))).unwrap();
+        assert_eq!(flat, expected);
+        assert_eq!(nested, expected);
+        let fp64 = json!({"id": "r1", "inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64", "data": [0.5, -1e3]}],
+            "parameters": {"x": 1}, "outputs": [{"name": "score"}]});
+        assert_eq!(
+            query(fp64).unwrap(),
+            InferQuery::Rows(vec![vec![0.5, -1000.0]])
+        );
+    }
+
+    #[test]
+    fn reads_user_item_pairs_as_a_batch() {
+        let body = json!({"inputs": [{"name": "user_item", "shape": [2, 2], "datatype": "BYTES",
+            "data": ["u1", "b7", "u2", "b3"]}]});
+        let InferQuery::Pairs(batch) = query(body).unwrap() else {
+            panic!("pairs expected")
+        };
+        assert_eq!(batch.instances.len(), 2);
+        assert_eq!(batch.instances[1].user.as_ref().unwrap().as_str(), "u2");
+        assert_eq!(batch.instances[1].item.as_ref().unwrap().as_str(), "b3");
+    }
+
+    #[test]
+    fn refuses_what_does_not_match_its_shape_or_type() {
+        let cases = [
+            features(json!([2, 3]), json!([1, 2, 3, 4, 5])),
+            features(json!([2, 3]), json!([[1, 2, 3], [4, 5]])),
+            features(json!([2, 2]), json!([[1, 2, 3], [4]])),
+            features(json!([2, 3]), json!([[1, 2, 3], 4, 5, 6])),
+            features(json!([1, 2]), json!([[[1, 2]]])),
+            features(json!([6]), json!([1, 2, 3, 4, 5, 6])),
+            features(json!([-1, 2]), json!([1, 2])),
+            features(json!([1, 2]), json!([1, "2"])),
+            features(json!([1, 2]), json!({"a": 1})),
+            features(json!([4_611_686_018_427_387_904_i64, 4]), json!([1])),
+            json!({"inputs": [{"name": "features", "shape": [1, 1], "datatype": "INT8", "data": [1]}]}),
+            json!({"inputs": [{"name": "pixels", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}),
+            json!({"inputs": [{"name": "user_item", "shape": [1, 3], "datatype": "BYTES", "data": ["u", "b", "c"]}]}),
+            json!({"inputs": [{"name": "user_item", "shape": [1, 2], "datatype": "BYTES", "data": ["u.1", "b"]}]}),
+            json!({"inputs": [{"name": "user_item", "shape": [1, 2], "datatype": "BYTES", "data": ["u", 1]}]}),
+            json!({"inputs": []}),
+            json!({"input": []}),
+            json!({"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32"}]}),
+        ];
+        for body in cases {
+            let err = query(body.clone()).unwrap_err();
+            assert_eq!(err.code, 400, "{body}: {err}");
+            assert!(!err.message.is_empty());
+        }
+        assert_eq!(parse_infer(b"{not json").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn answers_in_the_protocol_shape() {
+        let model = ModelName::parse("bookstore").unwrap();
+        let response = infer_response(&model, 7, Some("r1".into()), vec![0.25, 0.75]);
+        assert_eq!(
+            serde_json::to_value(&response).unwrap(),
+            json!({"model_name": "bookstore", "model_version": "7", "id": "r1",
+                "outputs": [{"name": "score", "shape": [2, 1], "datatype": "FP32", "data": [0.25, 0.75]}]})
+        );
+        let anonymous = infer_response(&model, 7, None, vec![0.5]);
+        assert!(
+            serde_json::to_value(&anonymous)
+                .unwrap()
+                .get("id")
+                .is_none()
+        );
+        let meta = model_metadata_json(&model, 3, &freshet::features::schema());
+        assert_eq!(meta["versions"], json!(["3"]));
+        assert_eq!(meta["inputs"][0]["shape"], json!([-1, 7]));
+        assert_eq!(
+            meta["parameters"]["feature_names"],
+            json!(freshet::features::FEATURE_NAMES)
+        );
+    }
+
+    #[test]
+    fn checks_named_versions() {
+        let model = ModelName::parse("m").unwrap();
+        assert!(check_version(&model, None, 3).is_ok());
+        assert!(check_version(&model, Some(3), 3).is_ok());
+        assert_eq!(check_version(&model, Some(2), 3).unwrap_err().code, 404);
+        assert_eq!(parse_version("x").unwrap_err().code, 400);
+        assert_eq!(parse_version("-1").unwrap_err().code, 400);
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn reads_structured_and_binary_cloud_events() {
+        let envelope = json!({"specversion": "1.0", "id": "e1", "source": "s", "type": "predict_request",
+            "data": {"features": [1, 2]}});
+        let structured = incoming_event(
+            &headers(&[(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            )]),
+            envelope.to_string().as_bytes(),
+        )
+        .unwrap();
+        let binary = incoming_event(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-id", "e1"),
+                ("ce-source", "s"),
+                ("ce-type", "predict_request"),
+            ]),
+            br#"{"features":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!(structured, binary);
+        assert_eq!(structured.event_type, EVENT_PREDICT_REQUEST);
+    }
+
+    #[test]
+    fn refuses_malformed_cloud_events() {
+        let structured = [("content-type", CLOUDEVENTS_JSON)];
+        let cases: Vec<(HeaderMap, Vec<u8>)> = vec![
+            (headers(&structured), b"{not json".to_vec()),
+            (headers(&structured), br#"{"specversion":"1.0","source":"s","type":"predict_request","data":{}}"#.to_vec()),
+            (headers(&structured), br#"{"specversion":"0.3","id":"1","source":"s","type":"predict_request","data":{}}"#.to_vec()),
+            (headers(&structured), br#"{"specversion":"1.0","id":" ","source":"s","type":"predict_request","data":{}}"#.to_vec()),
+            (headers(&structured), br#"{"specversion":"1.0","id":"1","source":"s","type":"predict_request"}"#.to_vec()),
+            (headers(&structured), br#"{"specversion":"1.0","id":"1","source":"s","type":"predict_request","datacontenttype":"text/plain","data":"x"}"#.to_vec()),
+            (headers(&[("content-type", "application/json")]), br#"{"features":[1]}"#.to_vec()),
+            (headers(&[("content-type", "application/cloudevents-batch+json")]), b"[]".to_vec()),
+            (headers(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s")]), b"{}".to_vec()),
+            (headers(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "predict_request"), ("content-type", "text/csv")]), b"1,2".to_vec()),
+        ];
+        for (headers, body) in cases {
+            let err = incoming_event(&headers, &body).unwrap_err();
+            assert_eq!(err.code, 400, "{}: {err}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[test]
+    fn answers_only_prediction_requests() {
+        assert!(check_event_type("predict_request").is_ok());
+        let known = check_event_type("user_action").unwrap_err();
+        assert!(known.message.contains("featurize"), "{known}");
+        assert_eq!(check_event_type("click").unwrap_err().code, 400);
+        let model = ModelName::parse("bookstore").unwrap();
+        let response: PredictResponse = serde_json::from_value(
+            json!({"model": "bookstore", "version": 4, "score": 0.5, "prediction_id": "p-1"}),
+        )
+        .unwrap();
+        let event = prediction_event(&model, &response).unwrap();
+        assert_eq!(event.event_type, "prediction");
+        assert_eq!(event.id, "p-1");
+        assert_eq!(event.source, "freshet-predict/bookstore");
+        assert_eq!(event.data["version"], 4);
+    }
+
+    #[test]
+    fn maps_errors_to_statuses() {
+        assert_eq!(
+            error_response(ServeError::bad_request("x")).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            error_response(not_found("x".into())).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            error_response(ServeError {
+                code: 99_999,
+                message: "x".into()
+            })
+            .status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -1,0 +1,364 @@
+//! `freshet-bench`: the predictor benchmark, with its floor measured in the same run.
+//!
+//! It starts a nats-server and a predictor (the `predict` binary built beside this one, so build
+//! both in release), writes a model version, and measures, each over several runs (medians are
+//! reported, because shared machines are noisy):
+//! - the floor: a bare NATS echo responder, request/reply from this process;
+//! - the predictor over NATS: single requests, single requests while versions swap every 50 ms,
+//!   and batches of 64 rows;
+//! - the predictor over HTTP (Open Inference Protocol `infer`), single rows;
+//! - the predictor's resident memory after the load.
+//!
+//! Latency is measured with one request in flight at a time (p50/p99/p999); throughput with 32
+//! concurrent requesters for a fixed time. Everything runs on loopback and stops by itself.
+
+#![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use freshet::serving::PredictRequest;
+use freshet::store::Slot;
+use freshet_tests::{ModelWriter, Stack};
+use futures::StreamExt;
+use serde::Serialize;
+
+/// Benchmark the predictor against a bare NATS echo, in one run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Runs per scenario; medians over runs are reported
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Sequential requests per latency measurement
+    #[arg(long, default_value_t = 5_000)]
+    requests: usize,
+    /// Seconds per throughput measurement
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrent requesters for throughput
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Where to write the machine-readable results
+    #[arg(long, default_value = "target/bench/predict.json")]
+    json: std::path::PathBuf,
+}
+
+/// One scenario's medians.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    scenario: String,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    per_second: f64,
+    unit: &'static str,
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A request that can be sent many times: over NATS or over HTTP.
+#[derive(Clone)]
+enum Target {
+    Nats {
+        client: async_nats::Client,
+        subject: String,
+        body: Bytes,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        body: Bytes,
+    },
+}
+
+impl Target {
+    async fn send(&self) -> anyhow::Result<()> {
+        match self {
+            Target::Nats {
+                client,
+                subject,
+                body,
+            } => {
+                let reply = client.request(subject.clone(), body.clone()).await?;
+                if reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Service-Error"))
+                    .is_some()
+                {
+                    anyhow::bail!("service error: {:?}", reply.headers);
+                }
+            }
+            Target::Http { client, url, body } => {
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    anyhow::bail!("HTTP {}", response.status());
+                }
+                response.bytes().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Latency percentiles with one request in flight, then throughput with `concurrency`.
+async fn measure(
+    target: &Target,
+    args: &Args,
+    rows_per_request: usize,
+) -> anyhow::Result<(f64, f64, f64, f64, usize)> {
+    for _ in 0..200 {
+        target.send().await?;
+    }
+    let mut latencies = Vec::with_capacity(args.requests);
+    let mut errors = 0;
+    for _ in 0..args.requests {
+        let started = Instant::now();
+        match target.send().await {
+            Ok(()) => latencies.push(started.elapsed()),
+            Err(_) => errors += 1,
+        }
+    }
+    latencies.sort();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let target = target.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut failed) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                match target.send().await {
+                    Ok(()) => done += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (done, failed)
+        }));
+    }
+    let mut done = 0;
+    for worker in workers {
+        let (d, f) = worker.await?;
+        done += d;
+        errors += f;
+    }
+    let per_second = (done * rows_per_request) as f64 / args.seconds;
+    Ok((
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        per_second,
+        errors,
+    ))
+}
+
+async fn scenario(
+    name: &str,
+    unit: &'static str,
+    target: &Target,
+    args: &Args,
+    rows: usize,
+) -> anyhow::Result<Row> {
+    let (mut p50, mut p99, mut p999, mut rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let (a, b, c, d, errors) = measure(target, args, rows).await?;
+        eprintln!(
+            "  {name} run {}: p50 {a:.0} µs, p99 {b:.0} µs, p999 {c:.0} µs, {d:.0} {unit}, {errors} errors",
+            run + 1
+        );
+        anyhow::ensure!(errors == 0, "{name}: {errors} failed requests");
+        p50.push(a);
+        p99.push(b);
+        p999.push(c);
+        rate.push(d);
+    }
+    Ok(Row {
+        scenario: name.into(),
+        p50_us: median(p50),
+        p99_us: median(p99),
+        p999_us: median(p999),
+        per_second: median(rate),
+        unit,
+    })
+}
+
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let first = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &first.sha256).await?;
+    let http_port = freshet_tests::stack::free_port()?;
+    let predict = stack.spawn(
+        "predict",
+        &["--http-port", &http_port.to_string(), "--log", "warn"],
+    )?;
+    let request = PredictRequest {
+        features: Some(vec![0.5, 0.1, 0.5, 1.0, 0.1, 2.0, 0.3]),
+        ..Default::default()
+    };
+    let single = Bytes::from(serde_json::to_vec(&request)?);
+    freshet_tests::eventually(
+        Duration::from_secs(30),
+        "the predictor to serve",
+        || async { stack.predict("bookstore", &request).await.ok() },
+    )
+    .await?;
+
+    // The floor: a responder that echoes, doing nothing else.
+    let mut echo = stack.client.subscribe("bench.echo").await?;
+    let echo_client = stack.client.clone();
+    tokio::spawn(async move {
+        while let Some(message) = echo.next().await {
+            if let Some(reply) = message.reply {
+                let _ = echo_client.publish(reply, message.payload).await;
+            }
+        }
+    });
+
+    let nats = |subject: &str, body: &Bytes| Target::Nats {
+        client: stack.client.clone(),
+        subject: subject.into(),
+        body: body.clone(),
+    };
+    let mut rows = Vec::new();
+    eprintln!("measuring (medians of {} runs)", args.runs);
+    rows.push(
+        scenario(
+            "NATS echo (floor)",
+            "req/s",
+            &nats("bench.echo", &single),
+            &args,
+            1,
+        )
+        .await?,
+    );
+    rows.push(
+        scenario(
+            "predict single, NATS",
+            "req/s",
+            &nats("freshet.predict.bookstore", &single),
+            &args,
+            1,
+        )
+        .await?,
+    );
+
+    // The same while versions swap every 50 ms.
+    let swapping = Arc::new(AtomicBool::new(true));
+    let swapper = {
+        let swapping = swapping.clone();
+        tokio::spawn(async move {
+            let mut version = 1;
+            while swapping.load(Ordering::Relaxed) {
+                version += 1;
+                let manifest = writer.write_version(version).await.unwrap();
+                writer
+                    .point(Slot::Live, version, &manifest.sha256)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            version - 1
+        })
+    };
+    rows.push(
+        scenario(
+            "predict single, NATS, swapping every 50 ms",
+            "req/s",
+            &nats("freshet.predict.bookstore", &single),
+            &args,
+            1,
+        )
+        .await?,
+    );
+    swapping.store(false, Ordering::Relaxed);
+    let swaps = swapper.await?;
+    eprintln!("  {swaps} swaps during that scenario");
+
+    let batch = Bytes::from(serde_json::to_vec(
+        &serde_json::json!({"instances": vec![request.clone(); 64]}),
+    )?);
+    rows.push(
+        scenario(
+            "predict batch of 64, NATS",
+            "rows/s",
+            &nats("freshet.predict.bookstore.batch", &batch),
+            &args,
+            64,
+        )
+        .await?,
+    );
+
+    let infer = Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP32", "data": request.features}]
+    }))?);
+    let http = Target::Http {
+        client: reqwest::Client::new(),
+        url: format!("http://127.0.0.1:{http_port}/v2/models/bookstore/infer"),
+        body: infer,
+    };
+    match http.send().await {
+        Ok(()) => {
+            rows.push(scenario("predict single, HTTP (OIP infer)", "req/s", &http, &args, 1).await?)
+        }
+        Err(err) => eprintln!("  HTTP inference unavailable ({err}); skipped"),
+    }
+    let rss = stack.process(predict).pid().and_then(resident_kib);
+
+    let floor = rows[0].clone();
+    println!("| scenario | p50 µs | p99 µs | p999 µs | throughput | p99 / floor p99 |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for row in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} {} | {:.2} |",
+            row.scenario,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+            row.per_second,
+            row.unit,
+            row.p99_us / floor.p99_us
+        );
+    }
+    if let Some(kib) = rss {
+        println!(
+            "\npredictor resident memory after the load: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+    std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
+    std::fs::write(
+        &args.json,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "date": chrono::Utc::now(), "runs": args.runs, "requests": args.requests, "seconds": args.seconds,
+            "concurrency": args.concurrency, "rows": rows, "predict_rss_kib": rss, "swaps": swaps,
+        }))?,
+    )?;
+    Ok(())
+}
