@@ -421,3 +421,62 @@ async fn candidates_answer_their_share_shadow_the_rest_and_outcomes_join() -> an
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_live_version_fails_readiness_until_a_fresh_one_arrives() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let v1 = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &v1.sha256).await?;
+    let port = freshet_tests::stack::free_port()?;
+    stack.spawn(
+        "predict",
+        &["--max-model-age", "3s", "--http-port", &port.to_string()],
+    )?;
+    let http = reqwest::Client::new();
+    let readyz = || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "ready with a fresh version",
+        || async { (readyz().await? == 200).then_some(()) },
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(20),
+        "not ready once v1 is older than 3 s",
+        || async { (readyz().await? == 503).then_some(()) },
+    )
+    .await?;
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let age: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("freshet_model_age_seconds"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the model age gauge is exported");
+    assert!(age > 3.0, "{age}");
+    // It still answers: staleness is for the orchestrator to act on, not a reason to fail requests.
+    assert_eq!(stack.predict("bookstore", &raw_request()).await?.version, 1);
+    let v2 = writer.write_version(2).await?;
+    writer.point(Slot::Live, 2, &v2.sha256).await?;
+    eventually(
+        Duration::from_secs(20),
+        "ready again with a fresh version",
+        || async { (readyz().await? == 200).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
