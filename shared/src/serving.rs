@@ -158,3 +158,75 @@ pub fn endpoint_batch(
 ) -> String {
     format!("{}.batch", subjects.predict(model))
 }
+
+/// Why a call to a predictor did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("nobody serves {subject}: is a predictor for this model running?")]
+    NoResponders { subject: String },
+    #[error("no answer on {subject} within {timeout:?}")]
+    TimedOut {
+        subject: String,
+        timeout: std::time::Duration,
+    },
+    #[error("request on {subject} failed: {source}")]
+    Request {
+        subject: String,
+        source: async_nats::RequestError,
+    },
+    /// The predictor answered with a service error (`code` 400: the request, 503: no version).
+    #[error("the predictor refused the request ({code}): {message}")]
+    Refused { code: String, message: String },
+    #[error("the predictor's reply is not what was asked for: {source}: {reply}")]
+    Decode {
+        source: serde_json::Error,
+        reply: String,
+    },
+}
+
+/// Sends `request` as JSON to a predictor endpoint and decodes its reply: the one client of the
+/// prediction protocol, used by the CLI, the demo, the tests and the benchmark.
+pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    request: &Req,
+    timeout: std::time::Duration,
+) -> Result<Resp, CallError> {
+    use async_nats::RequestErrorKind;
+    let body =
+        serde_json::to_vec(request).expect("protocol requests are plain data and always serialise");
+    let message = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(timeout));
+    let reply = match client.send_request(subject.clone(), message).await {
+        Ok(reply) => reply,
+        Err(err) => {
+            return Err(match err.kind() {
+                RequestErrorKind::NoResponders => CallError::NoResponders { subject },
+                RequestErrorKind::TimedOut => CallError::TimedOut { subject, timeout },
+                _ => CallError::Request {
+                    subject,
+                    source: err,
+                },
+            });
+        }
+    };
+    if let Some(headers) = &reply.headers
+        && let Some(message) = headers.get(async_nats::service::NATS_SERVICE_ERROR)
+    {
+        let code = headers
+            .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+            .map_or("?", |c| c.as_str());
+        return Err(CallError::Refused {
+            code: code.to_string(),
+            message: message.to_string(),
+        });
+    }
+    serde_json::from_slice(&reply.payload).map_err(|source| CallError::Decode {
+        source,
+        reply: String::from_utf8_lossy(&reply.payload)
+            .chars()
+            .take(200)
+            .collect(),
+    })
+}

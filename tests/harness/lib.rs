@@ -214,23 +214,7 @@ impl Stack {
     ) -> anyhow::Result<PredictResponse> {
         let model = freshet::ids::ModelName::parse(model)?;
         let subject = freshet::serving::endpoint_single(&self.subjects, &model);
-        let reply = self
-            .client
-            .send_request(
-                subject,
-                async_nats::Request::new()
-                    .payload(Bytes::from(serde_json::to_vec(request)?))
-                    .timeout(Some(Duration::from_secs(5))),
-            )
-            .await?;
-        if let Some(error) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error"))
-        {
-            bail!("predictor error: {error}");
-        }
-        serde_json::from_slice(&reply.payload).context("decoding the predictor's reply")
+        Ok(freshet::serving::call(&self.client, subject, request, Duration::from_secs(5)).await?)
     }
 }
 

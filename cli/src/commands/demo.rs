@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clap::Args;
 use freshet::events::{Action, Event, EventData};
 use freshet::ids::{EntityId, ModelName};
-use freshet::serving::{BatchRequest, BatchResponse, PredictRequest, endpoint_batch};
+use freshet::serving::{BatchRequest, BatchResponse, PredictRequest, call, endpoint_batch};
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
@@ -483,23 +483,13 @@ impl Story {
                 })
                 .collect(),
         };
-        let reply = self
-            .client
-            .send_request(
-                endpoint_batch(&self.subjects, &self.model),
-                async_nats::Request::new()
-                    .payload(Bytes::from(serde_json::to_vec(&request)?))
-                    .timeout(Some(Duration::from_secs(5))),
-            )
-            .await?;
-        if let Some(error) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Service-Error"))
-        {
-            bail!("predictor: {error}");
-        }
-        let response: BatchResponse = serde_json::from_slice(&reply.payload)?;
+        let response: BatchResponse = call(
+            &self.client,
+            endpoint_batch(&self.subjects, &self.model),
+            &request,
+            Duration::from_secs(5),
+        )
+        .await?;
         Ok((
             rank_of(&self.catalogue, &response.scores, VIRAL_ITEM),
             response.version,

@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use async_nats::RequestErrorKind;
-use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
-use bytes::Bytes;
+use anyhow::Context;
 use clap::Args;
 use freshet::ids::{EntityId, ModelName};
-use freshet::serving::{PredictRequest, PredictResponse, endpoint_single};
+use freshet::serving::{PredictRequest, PredictResponse, call, endpoint_single};
 
 use super::{GlobalArgs, connect, emit, emit_json, key_values};
 
@@ -76,45 +73,9 @@ impl PredictArgs {
 pub async fn run(global: &GlobalArgs, args: &PredictArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let subject = endpoint_single(&nats.subjects, &args.model);
-    let body = serde_json::to_vec(&args.request()).context("encoding the request")?;
-    let request = async_nats::Request::new()
-        .payload(Bytes::from(body))
-        .timeout(Some(args.timeout));
-    let reply = match nats.client.send_request(subject.clone(), request).await {
-        Ok(reply) => reply,
-        Err(err) => match err.kind() {
-            RequestErrorKind::NoResponders => bail!(
-                "no predictor is serving {} (nobody listens on {subject})",
-                args.model
-            ),
-            RequestErrorKind::TimedOut => bail!(
-                "the predictor of {} did not answer within {}",
-                args.model,
-                humantime::format_duration(args.timeout)
-            ),
-            _ => return Err(err).with_context(|| format!("requesting a prediction on {subject}")),
-        },
-    };
-    if let Some(headers) = &reply.headers
-        && let Some(message) = headers.get(NATS_SERVICE_ERROR)
-    {
-        let code = headers
-            .get(NATS_SERVICE_ERROR_CODE)
-            .map_or("?", |c| c.as_str());
-        bail!(
-            "the predictor refused the request ({code}): {}",
-            message.as_str()
-        );
-    }
-    let response: PredictResponse = serde_json::from_slice(&reply.payload).with_context(|| {
-        format!(
-            "the predictor's reply is not a prediction: {}",
-            String::from_utf8_lossy(&reply.payload)
-                .chars()
-                .take(200)
-                .collect::<String>()
-        )
-    })?;
+    let response: PredictResponse = call(&nats.client, subject, &args.request(), args.timeout)
+        .await
+        .with_context(|| format!("asking model {} for a prediction", args.model))?;
     if global.json {
         return emit_json(&response);
     }
