@@ -12,19 +12,25 @@ use freshet::model::{
     sha256_hex,
 };
 
-/// What to do with one example of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// Learn from it.
-    Learn {
-        features: Vec<f32>,
-        label: f32,
-    },
-    /// Its sequence is already inside the live version's learned history: acknowledge only.
+/// Where an example's stream sequence stands against what the model already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// At or below the live version's high-water mark: already in a published version.
     AlreadyLearned,
-    /// It is already part of the pending (not yet published) update: hold it again.
+    /// Inside the pending (not yet published) update: already handled, hold it again.
     AlreadyPending,
-    Reject(Rejection),
+    /// Not handled yet.
+    New,
+}
+
+pub fn sequence_verdict(sequence: u64, high_water_mark: u64, pending_last: Option<u64>) -> Sequence {
+    if sequence <= high_water_mark {
+        Sequence::AlreadyLearned
+    } else if pending_last.is_some_and(|last| sequence <= last) {
+        Sequence::AlreadyPending
+    } else {
+        Sequence::New
+    }
 }
 
 /// The schema a model takes, from the first example when the model has no version yet.
@@ -53,26 +59,11 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     }
 }
 
-/// Decides what to do with the example at `sequence`.
-pub fn classify(
-    decoded: Result<ExampleRecord, Rejection>,
-    sequence: u64,
-    high_water_mark: u64,
-    pending_last: Option<u64>,
-    schema: &FeatureSchema,
-) -> Verdict {
-    if sequence <= high_water_mark {
-        return Verdict::AlreadyLearned;
-    }
-    if pending_last.is_some_and(|last| sequence <= last) {
-        return Verdict::AlreadyPending;
-    }
-    let record = match decoded {
-        Ok(record) => record,
-        Err(rejection) => return Verdict::Reject(rejection),
-    };
+/// Checks that an example fits the model; returns what to learn from it.
+pub fn check_record(decoded: Result<ExampleRecord, Rejection>, schema: &FeatureSchema) -> Result<(Vec<f32>, f32), Rejection> {
+    let record = decoded?;
     if record.features.len() != schema.n_features() {
-        return Verdict::Reject(Rejection::new(
+        return Err(Rejection::new(
             RejectReason::SchemaMismatch,
             "features",
             format!(
@@ -88,18 +79,33 @@ pub fn classify(
     if let Some((name, version)) = &record.schema
         && (name != &schema.name || *version != schema.version)
     {
-        return Verdict::Reject(Rejection::new(
+        return Err(Rejection::new(
             RejectReason::SchemaMismatch,
             "schema",
-            format!(
-                "is {name} v{version}; model {} takes {} v{}",
-                record.model, schema.name, schema.version
-            ),
+            format!("is {name} v{version}; model {} takes {} v{}", record.model, schema.name, schema.version),
         ));
     }
-    Verdict::Learn {
-        features: record.features,
-        label: record.label,
+    Ok((record.features, record.label))
+}
+
+/// The next step of the in-order check: `next_on_subject` is the first example of this model
+/// in the stream after the mark, `ack_floor` the consumer's acknowledgement floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contiguity {
+    /// Nothing of this model lies between the mark and the message: handle it.
+    InOrder,
+    /// An earlier example is acknowledged already (refused before the model existed, say):
+    /// move the mark past it and look again.
+    Skip(u64),
+    /// An earlier example is still to come (pending redelivery): wait for it.
+    Wait(u64),
+}
+
+pub fn contiguity(sequence: u64, next_on_subject: Option<u64>, ack_floor: u64) -> Contiguity {
+    match next_on_subject {
+        Some(next) if next < sequence && next <= ack_floor => Contiguity::Skip(next),
+        Some(next) if next < sequence => Contiguity::Wait(next),
+        _ => Contiguity::InOrder,
     }
 }
 
@@ -197,36 +203,31 @@ mod tests {
     }
 
     #[test]
-    fn classifies_by_sequence_then_shape() {
+    fn sequences_are_sorted_against_the_marks() {
+        assert_eq!(sequence_verdict(10, 10, None), Sequence::AlreadyLearned);
+        assert_eq!(sequence_verdict(11, 10, Some(12)), Sequence::AlreadyPending);
+        assert_eq!(sequence_verdict(13, 10, Some(12)), Sequence::New);
+        assert_eq!(sequence_verdict(1, 0, None), Sequence::New);
+    }
+
+    #[test]
+    fn records_must_fit_the_schema() {
         let schema = schema_for(&record(vec![0.0; 3]));
-        assert_eq!(
-            classify(Ok(record(vec![1.0; 3])), 10, 10, None, &schema),
-            Verdict::AlreadyLearned
-        );
-        assert_eq!(
-            classify(Ok(record(vec![1.0; 3])), 11, 10, Some(12), &schema),
-            Verdict::AlreadyPending
-        );
-        assert_eq!(
-            classify(Ok(record(vec![1.0; 3])), 13, 10, Some(12), &schema),
-            Verdict::Learn {
-                features: vec![1.0; 3],
-                label: 1.0
-            }
-        );
-        match classify(Ok(record(vec![1.0; 2])), 13, 10, None, &schema) {
-            Verdict::Reject(r) => assert_eq!(r.reason, RejectReason::SchemaMismatch),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(check_record(Ok(record(vec![1.0; 3])), &schema), Ok((vec![1.0; 3], 1.0)));
+        let err = check_record(Ok(record(vec![1.0; 2])), &schema).unwrap_err();
+        assert_eq!(err.reason, RejectReason::SchemaMismatch);
         let mut bookstore = record(vec![1.0; 3]);
         bookstore.schema = Some(("bookstore".into(), 1));
-        match classify(Ok(bookstore), 13, 10, None, &schema) {
-            Verdict::Reject(r) => assert_eq!(
-                (r.reason, r.field.as_str()),
-                (RejectReason::SchemaMismatch, "schema")
-            ),
-            other => panic!("{other:?}"),
-        }
+        let err = check_record(Ok(bookstore), &schema).unwrap_err();
+        assert_eq!((err.reason, err.field.as_str()), (RejectReason::SchemaMismatch, "schema"));
+    }
+
+    #[test]
+    fn gaps_are_waited_for_unless_already_acknowledged() {
+        assert_eq!(contiguity(7, Some(7), 0), Contiguity::InOrder);
+        assert_eq!(contiguity(7, None, 0), Contiguity::InOrder);
+        assert_eq!(contiguity(7, Some(5), 4), Contiguity::Wait(5), "5 is pending somewhere: wait");
+        assert_eq!(contiguity(7, Some(5), 6), Contiguity::Skip(5), "5 was acknowledged: not a gap");
     }
 
     #[test]

@@ -73,22 +73,18 @@ async fn main() -> anyhow::Result<()> {
     hyper.validate()?;
     let metrics = trainer::TrainMetrics::default();
     metrics.register(&ctx.metrics);
-    let mut trainer = trainer::Trainer::new(
-        args.model.clone(),
-        hyper,
-        trainer::Cadence {
-            every_batches: args.publish_every_batches.max(1),
-            every: args.publish_interval,
-        },
-        args.metrics_window,
-        ctx.js.clone(),
-        ctx.subjects.clone(),
-        ctx.artifacts()?,
-        pointers,
-        metrics,
-    );
-    trainer.resume().await?;
     let durable = format!("train-{}", args.model);
+    let io = trainer::Io {
+        js: ctx.js.clone(),
+        subjects: ctx.subjects.clone(),
+        artifacts: ctx.artifacts()?,
+        pointers,
+        examples: ctx.js.get_stream(STREAM_EXAMPLES).await?,
+        durable: durable.clone(),
+    };
+    let cadence = trainer::Cadence { every_batches: args.publish_every_batches.max(1), every: args.publish_interval };
+    let mut trainer = trainer::Trainer::new(args.model.clone(), hyper, cadence, args.metrics_window, io, metrics);
+    trainer.resume().await?;
     // Held messages wait for the version that learns them; at most this many batches of them.
     let max_held = ctx
         .args

@@ -43,6 +43,10 @@ pub enum Disposition {
     Hold,
     /// Refuse it for good: publish to dead-letter, then terminate.
     Reject(Rejection),
+    /// Refuse it, publish it to dead-letter now, but acknowledge it only with the held messages:
+    /// for a processor whose progress mark counts refused messages as handled, so the mark and
+    /// the acknowledgements become durable together.
+    RejectHeld(Rejection),
     /// Try again later: negatively acknowledge with a backoff.
     Retry(Failure),
 }
@@ -239,30 +243,17 @@ async fn handle_batch<P: Processor>(
             Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
             Disposition::Hold => held.push(message),
             Disposition::Reject(rejection) => {
-                tracing::info!(subject = %input.subject, seq = input.stream_sequence, reason = %rejection.reason, field = %rejection.field, detail = %rejection.detail, "refused input; sent to dead-letter");
-                let origin = Origin {
-                    subject: &input.subject,
-                    stream_sequence: Some(input.stream_sequence),
-                    dedup_id: input.stream_sequence.to_string(),
-                };
-                match dead_letter::publish(
-                    js,
-                    subjects,
-                    &settings.function,
-                    &rejection,
-                    &origin,
-                    input.payload.clone(),
-                )
-                .await
-                {
-                    Ok(()) => {
-                        metrics.count_rejection(rejection.reason.as_str());
-                        ack(&message, AckKind::Term, metrics).await;
-                    }
-                    Err(failure) => {
-                        tracing::warn!(error = %failure, "dead-letter publish failed; will redeliver");
-                        nak(&message, input.delivered, metrics).await;
-                    }
+                if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
+                    ack(&message, AckKind::Term, metrics).await;
+                } else {
+                    nak(&message, input.delivered, metrics).await;
+                }
+            }
+            Disposition::RejectHeld(rejection) => {
+                if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
+                    held.push(message);
+                } else {
+                    nak(&message, input.delivered, metrics).await;
                 }
             }
             Disposition::Retry(failure) => {
@@ -274,6 +265,34 @@ async fn handle_batch<P: Processor>(
     metrics
         .batch_seconds
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// Publishes a refused input to the dead-letter subject; false if that failed (then the message
+/// must be redelivered rather than lost).
+async fn dead_letter_input(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &LoopSettings,
+    metrics: &Metrics,
+    input: &Incoming,
+    rejection: &Rejection,
+) -> bool {
+    tracing::info!(subject = %input.subject, seq = input.stream_sequence, reason = %rejection.reason, field = %rejection.field, detail = %rejection.detail, "refused input; sent to dead-letter");
+    let origin = Origin {
+        subject: &input.subject,
+        stream_sequence: Some(input.stream_sequence),
+        dedup_id: input.stream_sequence.to_string(),
+    };
+    match dead_letter::publish(js, subjects, &settings.function, rejection, &origin, input.payload.clone()).await {
+        Ok(()) => {
+            metrics.count_rejection(rejection.reason.as_str());
+            true
+        }
+        Err(failure) => {
+            tracing::warn!(error = %failure, "dead-letter publish failed; will redeliver");
+            false
+        }
+    }
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {

@@ -1,0 +1,77 @@
+//! The trainer killed with SIGKILL at arbitrary moments of a replay, again and again: when it has
+//! caught up, the live version's lineage has learned every example exactly once (its sequence
+//! ranges tile the stream with no gap and no overlap, and its example count equals the stream's).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::subjects::BUCKET_MODELS;
+use freshet_tests::{Stack, eventually};
+
+const EXAMPLES: u64 = 4_000;
+const KILLS: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let model = ModelName::parse("kill")?;
+    for n in 0..EXAMPLES {
+        let x = (n % 17) as f32 / 17.0;
+        let record = ExampleRecord {
+            id: format!("ex-{n}"),
+            model: model.clone(),
+            schema: None,
+            features: vec![x, 1.0 - x, (n % 3) as f32],
+            label: if x > 0.5 { 1.0 } else { 0.0 },
+            source_event: n.to_string(),
+            event_time: None,
+        };
+        let message = PublishMessage::build().payload(Bytes::from(record.to_json_bytes())).message_id(&record.id);
+        stack.js.send_publish(stack.subjects.examples(&model), message).await?.await?;
+    }
+    let args = ["--model", "kill", "--batch-size", "64", "--publish-every-batches", "3", "--publish-interval", "100ms"];
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+
+    // Kill it at varied moments (a fixed pseudo-random sequence, so a failure can be replayed).
+    let mut trainer = stack.spawn("train", &args)?;
+    let mut delay = 137u64;
+    for _ in 0..KILLS {
+        delay = (delay * 7_919 + 311) % 700 + 150;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        stack.process(trainer).kill()?;
+        trainer = stack.spawn("train", &args)?;
+    }
+
+    let live = eventually(Duration::from_secs(120), "a live version that learned every example", || async {
+        let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
+        let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
+        (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nlast train log:\n{}", stack.log_of("train", trainer)))?;
+    // Walk the lineage back to the first version: the learned ranges tile 1..=EXAMPLES.
+    let mut ranges = Vec::new();
+    let mut manifest = live.clone();
+    loop {
+        ranges.push(manifest.learned.expect("every version learned something"));
+        match manifest.parent {
+            Some(parent) => manifest = artifacts.manifest(&model, parent).await?,
+            None => break,
+        }
+    }
+    ranges.reverse();
+    assert_eq!(live.metrics.examples_total, EXAMPLES, "every example trained on exactly once; lineage {ranges:?}");
+    assert_eq!(ranges.first().unwrap().first, 1);
+    assert_eq!(ranges.last().unwrap().last, EXAMPLES);
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[1].first, pair[0].last + 1, "no gap and no overlap between {:?} and {:?}", pair[0], pair[1]);
+    }
+    Ok(())
+}
