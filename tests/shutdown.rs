@@ -89,3 +89,61 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() -> anyhow::Result<()>
     assert_eq!(views as usize, ACTIONS);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_again_and_again_loses_nothing_and_counts_nothing_twice() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    for n in 0..ACTIONS {
+        let event = cloud_event(
+            &format!("k-{n}"),
+            "user_action",
+            json!({"user": format!("u{}", n % USERS), "item": "b1", "action": "view"}),
+        );
+        stack.publish_event(&event).await?;
+    }
+    let args = ["--batch-size", "32"];
+    let mut featurize = stack.spawn("featurize", &args)?;
+    let mut delay = 91u64;
+    for _ in 0..6 {
+        delay = (delay * 7_919 + 311) % 600 + 100;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        stack.process(featurize).kill()?;
+        featurize = stack.spawn("featurize", &args)?;
+    }
+    let done = eventually(
+        Duration::from_secs(120),
+        "every event featurized",
+        || async {
+            let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
+            (n as usize >= ACTIONS).then_some(())
+        },
+    )
+    .await;
+    if let Err(err) = done {
+        let n = stack.stream_len(STREAM_EXAMPLES).await?;
+        anyhow::bail!(
+            "{err}: {n} examples\nlast featurize log:\n{}",
+            stack.log_of("featurize", featurize)
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        stack.stream_len(STREAM_EXAMPLES).await? as usize,
+        ACTIONS,
+        "one example per event"
+    );
+    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
+    for u in 0..USERS {
+        let bytes = features
+            .get(user_key(&format!("u{u}").parse()?))
+            .await?
+            .expect("every user has state");
+        let state: UserState = serde_json::from_slice(&bytes)?;
+        assert_eq!(
+            state.views as usize,
+            ACTIONS / USERS,
+            "user u{u} counted each view exactly once"
+        );
+    }
+    Ok(())
+}

@@ -32,10 +32,25 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
             source_event: n.to_string(),
             event_time: None,
         };
-        let message = PublishMessage::build().payload(Bytes::from(record.to_json_bytes())).message_id(&record.id);
-        stack.js.send_publish(stack.subjects.examples(&model), message).await?.await?;
+        let message = PublishMessage::build()
+            .payload(Bytes::from(record.to_json_bytes()))
+            .message_id(&record.id);
+        stack
+            .js
+            .send_publish(stack.subjects.examples(&model), message)
+            .await?
+            .await?;
     }
-    let args = ["--model", "kill", "--batch-size", "64", "--publish-every-batches", "3", "--publish-interval", "100ms"];
+    let args = [
+        "--model",
+        "kill",
+        "--batch-size",
+        "64",
+        "--publish-every-batches",
+        "3",
+        "--publish-interval",
+        "100ms",
+    ];
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
 
@@ -49,11 +64,15 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
         trainer = stack.spawn("train", &args)?;
     }
 
-    let live = eventually(Duration::from_secs(120), "a live version that learned every example", || async {
-        let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
-        let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
-        (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
-    })
+    let live = eventually(
+        Duration::from_secs(120),
+        "a live version that learned every example",
+        || async {
+            let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
+            let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
+            (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nlast train log:\n{}", stack.log_of("train", trainer)))?;
     // Walk the lineage back to the first version: the learned ranges tile 1..=EXAMPLES.
@@ -67,11 +86,20 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
         }
     }
     ranges.reverse();
-    assert_eq!(live.metrics.examples_total, EXAMPLES, "every example trained on exactly once; lineage {ranges:?}");
+    assert_eq!(
+        live.metrics.examples_total, EXAMPLES,
+        "every example trained on exactly once; lineage {ranges:?}"
+    );
     assert_eq!(ranges.first().unwrap().first, 1);
     assert_eq!(ranges.last().unwrap().last, EXAMPLES);
     for pair in ranges.windows(2) {
-        assert_eq!(pair[1].first, pair[0].last + 1, "no gap and no overlap between {:?} and {:?}", pair[0], pair[1]);
+        assert_eq!(
+            pair[1].first,
+            pair[0].last + 1,
+            "no gap and no overlap between {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
     }
     Ok(())
 }

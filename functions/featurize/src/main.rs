@@ -10,6 +10,7 @@ use clap::Parser;
 use freshet::config::FunctionArgs;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
+use freshet::runtime::order::OrderGuard;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 
 /// Streaming features: consumes EVENTS, keeps user and item state in the FEATURES bucket, and
@@ -46,6 +47,12 @@ async fn main() -> anyhow::Result<()> {
         subjects: ctx.subjects.clone(),
         model: args.model,
         max_event_bytes: ctx.args.max_event_bytes,
+        order: OrderGuard::new(
+            ctx.js.get_stream(STREAM_EVENTS).await?,
+            filter.clone(),
+            durable.clone(),
+        ),
+        mark: None,
     };
     let batch_size = ctx.args.batch_size;
     ctx.consume(

@@ -16,6 +16,7 @@ use freshet::events;
 use freshet::examples::ExampleRecord;
 use freshet::features::{ItemState, UserState};
 use freshet::ids::ModelName;
+use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
@@ -33,6 +34,10 @@ pub struct Featurizer {
     /// The model the bookstore examples are for.
     pub model: ModelName,
     pub max_event_bytes: usize,
+    /// Keeps events in stream order across redeliveries (the entity marks rely on it).
+    pub order: OrderGuard,
+    /// The last event handled in order; starts at the consumer's acknowledgement floor.
+    pub mark: Option<u64>,
 }
 
 /// A FEATURES key as read: its state and the revision to write against.
@@ -43,30 +48,105 @@ struct Read {
 
 impl Processor for Featurizer {
     async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
-        let mut dispositions: Vec<Option<Disposition>> = Vec::with_capacity(batch.len());
+        let mut dispositions: Vec<Option<Disposition>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let mut mark = match self.mark {
+            Some(mark) => mark,
+            None => match self.order.ack_floor().await {
+                Ok(floor) => floor,
+                Err(failure) => return retry_all(batch.len(), &failure),
+            },
+        };
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].stream_sequence);
         let mut routed = Vec::with_capacity(batch.len());
-        for message in batch {
-            match self.route(message) {
-                Ok(r) => {
-                    routed.push(r);
-                    dispositions.push(None);
-                }
-                Err(rejection) => dispositions.push(Some(Disposition::Reject(rejection))),
-            }
-        }
-        let outcome = self.handle(&routed).await;
-        dispositions
-            .into_iter()
-            .map(|d| match (d, &outcome) {
-                (Some(rejected), _) => rejected,
-                (None, Ok(())) => Disposition::Ack,
-                (None, Err(failure)) => Disposition::Retry(Failure::new(
+        let mut routed_at = Vec::with_capacity(batch.len());
+        let mut waiting: Option<Failure> = None;
+        for i in order {
+            let sequence = batch[i].stream_sequence;
+            if let Some(failure) = &waiting {
+                dispositions[i] = Some(Disposition::Retry(Failure::new(
                     failure.operation.clone(),
                     failure.source.to_string(),
-                )),
+                )));
+                continue;
+            }
+            if sequence <= mark {
+                // Handled before (a redelivery of an acknowledged event): its effects are durable.
+                dispositions[i] = Some(Disposition::Ack);
+                continue;
+            }
+            match self.order.check(sequence, &mut mark).await {
+                Ok(None) => {}
+                Ok(Some(missing)) => {
+                    tracing::debug!(
+                        sequence,
+                        missing,
+                        "event arrived before an earlier one; waiting for it"
+                    );
+                    let failure = Failure::new("featurize", format!("waiting for event {missing}"));
+                    dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        "featurize",
+                        failure.source.to_string(),
+                    )));
+                    waiting = Some(failure);
+                    continue;
+                }
+                Err(failure) => {
+                    dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        failure.operation.clone(),
+                        failure.source.to_string(),
+                    )));
+                    waiting = Some(failure);
+                    continue;
+                }
+            }
+            mark = sequence;
+            match self.route(&batch[i]) {
+                Ok(r) => {
+                    routed.push(r);
+                    routed_at.push(i);
+                }
+                Err(rejection) => dispositions[i] = Some(Disposition::Reject(rejection)),
+            }
+        }
+        match self.handle(&routed).await {
+            Ok(()) => {
+                for i in routed_at {
+                    dispositions[i] = Some(Disposition::Ack);
+                }
+                // Only now is everything up to `mark` handled.
+                self.mark = Some(mark);
+            }
+            Err(failure) => {
+                for i in routed_at {
+                    dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        failure.operation.clone(),
+                        failure.source.to_string(),
+                    )));
+                }
+            }
+        }
+        dispositions
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    Disposition::Retry(Failure::new("featurize", "event left unhandled"))
+                })
             })
             .collect()
     }
+}
+
+fn retry_all(n: usize, failure: &Failure) -> Vec<Disposition> {
+    (0..n)
+        .map(|_| {
+            Disposition::Retry(Failure::new(
+                failure.operation.clone(),
+                failure.source.to_string(),
+            ))
+        })
+        .collect()
 }
 
 impl Featurizer {

@@ -23,7 +23,11 @@ pub enum Sequence {
     New,
 }
 
-pub fn sequence_verdict(sequence: u64, high_water_mark: u64, pending_last: Option<u64>) -> Sequence {
+pub fn sequence_verdict(
+    sequence: u64,
+    high_water_mark: u64,
+    pending_last: Option<u64>,
+) -> Sequence {
     if sequence <= high_water_mark {
         Sequence::AlreadyLearned
     } else if pending_last.is_some_and(|last| sequence <= last) {
@@ -60,7 +64,10 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
 }
 
 /// Checks that an example fits the model; returns what to learn from it.
-pub fn check_record(decoded: Result<ExampleRecord, Rejection>, schema: &FeatureSchema) -> Result<(Vec<f32>, f32), Rejection> {
+pub fn check_record(
+    decoded: Result<ExampleRecord, Rejection>,
+    schema: &FeatureSchema,
+) -> Result<(Vec<f32>, f32), Rejection> {
     let record = decoded?;
     if record.features.len() != schema.n_features() {
         return Err(Rejection::new(
@@ -82,31 +89,13 @@ pub fn check_record(decoded: Result<ExampleRecord, Rejection>, schema: &FeatureS
         return Err(Rejection::new(
             RejectReason::SchemaMismatch,
             "schema",
-            format!("is {name} v{version}; model {} takes {} v{}", record.model, schema.name, schema.version),
+            format!(
+                "is {name} v{version}; model {} takes {} v{}",
+                record.model, schema.name, schema.version
+            ),
         ));
     }
     Ok((record.features, record.label))
-}
-
-/// The next step of the in-order check: `next_on_subject` is the first example of this model
-/// in the stream after the mark, `ack_floor` the consumer's acknowledgement floor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Contiguity {
-    /// Nothing of this model lies between the mark and the message: handle it.
-    InOrder,
-    /// An earlier example is acknowledged already (refused before the model existed, say):
-    /// move the mark past it and look again.
-    Skip(u64),
-    /// An earlier example is still to come (pending redelivery): wait for it.
-    Wait(u64),
-}
-
-pub fn contiguity(sequence: u64, next_on_subject: Option<u64>, ack_floor: u64) -> Contiguity {
-    match next_on_subject {
-        Some(next) if next < sequence && next <= ack_floor => Contiguity::Skip(next),
-        Some(next) if next < sequence => Contiguity::Wait(next),
-        _ => Contiguity::InOrder,
-    }
 }
 
 /// Prequential results over the most recent examples (at least `capacity`, in whole batches).
@@ -213,21 +202,19 @@ mod tests {
     #[test]
     fn records_must_fit_the_schema() {
         let schema = schema_for(&record(vec![0.0; 3]));
-        assert_eq!(check_record(Ok(record(vec![1.0; 3])), &schema), Ok((vec![1.0; 3], 1.0)));
+        assert_eq!(
+            check_record(Ok(record(vec![1.0; 3])), &schema),
+            Ok((vec![1.0; 3], 1.0))
+        );
         let err = check_record(Ok(record(vec![1.0; 2])), &schema).unwrap_err();
         assert_eq!(err.reason, RejectReason::SchemaMismatch);
         let mut bookstore = record(vec![1.0; 3]);
         bookstore.schema = Some(("bookstore".into(), 1));
         let err = check_record(Ok(bookstore), &schema).unwrap_err();
-        assert_eq!((err.reason, err.field.as_str()), (RejectReason::SchemaMismatch, "schema"));
-    }
-
-    #[test]
-    fn gaps_are_waited_for_unless_already_acknowledged() {
-        assert_eq!(contiguity(7, Some(7), 0), Contiguity::InOrder);
-        assert_eq!(contiguity(7, None, 0), Contiguity::InOrder);
-        assert_eq!(contiguity(7, Some(5), 4), Contiguity::Wait(5), "5 is pending somewhere: wait");
-        assert_eq!(contiguity(7, Some(5), 6), Contiguity::Skip(5), "5 was acknowledged: not a gap");
+        assert_eq!(
+            (err.reason, err.field.as_str()),
+            (RejectReason::SchemaMismatch, "schema")
+        );
     }
 
     #[test]

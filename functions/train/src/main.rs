@@ -13,6 +13,7 @@ use freshet::config::FunctionArgs;
 use freshet::ids::ModelName;
 use freshet::model::Hyper;
 use freshet::runtime::FunctionContext;
+use freshet::runtime::order::OrderGuard;
 use freshet::store::Pointers;
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 
@@ -79,11 +80,24 @@ async fn main() -> anyhow::Result<()> {
         subjects: ctx.subjects.clone(),
         artifacts: ctx.artifacts()?,
         pointers,
-        examples: ctx.js.get_stream(STREAM_EXAMPLES).await?,
-        durable: durable.clone(),
+        order: OrderGuard::new(
+            ctx.js.get_stream(STREAM_EXAMPLES).await?,
+            ctx.subjects.examples(&args.model),
+            durable.clone(),
+        ),
     };
-    let cadence = trainer::Cadence { every_batches: args.publish_every_batches.max(1), every: args.publish_interval };
-    let mut trainer = trainer::Trainer::new(args.model.clone(), hyper, cadence, args.metrics_window, io, metrics);
+    let cadence = trainer::Cadence {
+        every_batches: args.publish_every_batches.max(1),
+        every: args.publish_interval,
+    };
+    let mut trainer = trainer::Trainer::new(
+        args.model.clone(),
+        hyper,
+        cadence,
+        args.metrics_window,
+        io,
+        metrics,
+    );
     trainer.resume().await?;
     // Held messages wait for the version that learns them; at most this many batches of them.
     let max_held = ctx

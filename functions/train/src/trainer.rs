@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use bytes::Bytes;
 use chrono::Utc;
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelError, SequenceRange};
+use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
 use freshet::subjects::Subjects;
@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
-use crate::handler::{self, Contiguity, MetricsWindow, NextVersion, Sequence};
+use crate::handler::{self, MetricsWindow, NextVersion, Sequence};
 
 /// When a new version is published.
 #[derive(Debug, Clone, Copy)]
@@ -96,10 +96,8 @@ pub struct Io {
     pub subjects: Subjects,
     pub artifacts: ArtifactStore,
     pub pointers: Pointers,
-    /// The EXAMPLES stream, for the in-order check.
-    pub examples: jetstream::stream::Stream,
-    /// The trainer's durable consumer name, for its acknowledgement floor.
-    pub durable: String,
+    /// The in-order check on the model's examples and the trainer's consumer.
+    pub order: OrderGuard,
 }
 
 pub struct Trainer {
@@ -112,14 +110,20 @@ pub struct Trainer {
     subjects: Subjects,
     artifacts: ArtifactStore,
     pointers: Pointers,
-    examples: jetstream::stream::Stream,
-    durable: String,
+    order: OrderGuard,
     lineage: Option<Lineage>,
     pending: PendingUpdate,
 }
 
 impl Trainer {
-    pub fn new(model: ModelName, hyper: Hyper, cadence: Cadence, window_size: usize, io: Io, metrics: TrainMetrics) -> Trainer {
+    pub fn new(
+        model: ModelName,
+        hyper: Hyper,
+        cadence: Cadence,
+        window_size: usize,
+        io: Io,
+        metrics: TrainMetrics,
+    ) -> Trainer {
         Trainer {
             model,
             hyper,
@@ -130,8 +134,7 @@ impl Trainer {
             subjects: io.subjects,
             artifacts: io.artifacts,
             pointers: io.pointers,
-            examples: io.examples,
-            durable: io.durable,
+            order: io.order,
             lineage: None,
             pending: PendingUpdate::default(),
         }
@@ -298,62 +301,33 @@ impl Trainer {
     }
 }
 
-impl Trainer {
-    /// The first example of this model stored after `after`, if any.
-    async fn next_on_subject(&self, after: u64) -> Result<Option<u64>, Failure> {
-        let subject = self.subjects.examples(&self.model);
-        match self.examples.direct_get_next_for_subject(subject, Some(after + 1)).await {
-            Ok(message) => Ok(Some(message.sequence)),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(err) => Err(Failure::new("look up the next example", err)),
-        }
-    }
-
-    async fn ack_floor(&self) -> Result<u64, Failure> {
-        let info = self
-            .examples
-            .consumer_info(&self.durable)
-            .await
-            .map_err(|e| Failure::new("read the consumer's acknowledgement floor", e))?;
-        Ok(info.ack_floor.stream_sequence)
-    }
-
-    /// Whether the example at `sequence` is the next one of this model after `mark`, moving
-    /// `mark` past examples that were acknowledged already. JetStream may redeliver out of order
-    /// (a dead replica's pull request can take a message that another replica's pull then passes
-    /// over); learning out of order would move the high-water mark past an example never learned.
-    async fn in_order(&self, sequence: u64, mark: &mut u64) -> Result<Option<u64>, Failure> {
-        for _ in 0..64 {
-            if sequence == *mark + 1 {
-                return Ok(None);
-            }
-            let next = self.next_on_subject(*mark).await?;
-            let floor = if next.is_some_and(|n| n < sequence) { self.ack_floor().await? } else { 0 };
-            match handler::contiguity(sequence, next, floor) {
-                Contiguity::InOrder => return Ok(None),
-                Contiguity::Skip(handled) => *mark = handled,
-                Contiguity::Wait(missing) => return Ok(Some(missing)),
-            }
-        }
-        Err(Failure::new("order check", "too many acknowledged examples to skip at once"))
-    }
-}
-
 impl Processor for Trainer {
     /// Handles the batch in stream order: examples already learned are acknowledged, new ones are
     /// learned (or refused) strictly in sequence, and an example whose predecessor has not been
     /// seen yet waits for it (it is redelivered after a short delay).
     async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
-        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch.iter().map(|m| ExampleRecord::decode(&m.payload)).collect();
-        let mut dispositions: Vec<Option<Disposition>> = std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
+            .iter()
+            .map(|m| ExampleRecord::decode(&m.payload))
+            .collect();
+        let mut dispositions: Vec<Option<Disposition>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
         if self.lineage.is_none()
             && let Some(first_valid) = decoded.iter().find_map(|d| d.as_ref().ok()).cloned()
             && let Err(err) = self.lineage_for(&first_valid)
         {
-            let rejection = Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
-            return batch.iter().map(|_| Disposition::Reject(rejection.clone())).collect();
+            let rejection =
+                Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
+            return batch
+                .iter()
+                .map(|_| Disposition::Reject(rejection.clone()))
+                .collect();
         }
-        let high_water_mark = self.lineage.as_ref().and_then(|l| l.live.as_ref()).map_or(0, |m| m.high_water_mark);
+        let high_water_mark = self
+            .lineage
+            .as_ref()
+            .and_then(|l| l.live.as_ref())
+            .map_or(0, |m| m.high_water_mark);
         let pending_last = self.pending.range.map(|r| r.last);
         let mut mark = high_water_mark.max(pending_last.unwrap_or(0));
         let mut order: Vec<usize> = (0..batch.len()).collect();
@@ -364,7 +338,10 @@ impl Processor for Trainer {
         for i in order {
             let sequence = batch[i].stream_sequence;
             if waiting {
-                dispositions[i] = Some(Disposition::Retry(Failure::new("train", "waiting for an earlier example")));
+                dispositions[i] = Some(Disposition::Retry(Failure::new(
+                    "train",
+                    "waiting for an earlier example",
+                )));
                 continue;
             }
             match handler::sequence_verdict(sequence, high_water_mark, pending_last) {
@@ -383,12 +360,15 @@ impl Processor for Trainer {
                 }
                 Sequence::New => {}
             }
-            match self.in_order(sequence, &mut mark).await {
+            match self.order.check(sequence, &mut mark).await {
                 Ok(None) => {}
                 Ok(Some(missing)) => {
                     tracing::debug!(model = %self.model, sequence, missing, "example arrived before an earlier one; waiting for it");
                     waiting = true;
-                    dispositions[i] = Some(Disposition::Retry(Failure::new("train", format!("waiting for example {missing}"))));
+                    dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        "train",
+                        format!("waiting for example {missing}"),
+                    )));
                     continue;
                 }
                 Err(failure) => {
@@ -399,12 +379,21 @@ impl Processor for Trainer {
             }
             mark = sequence;
             handled = Some(match handled {
-                Some(r) => SequenceRange { first: r.first.min(sequence), last: r.last.max(sequence) },
-                None => SequenceRange { first: sequence, last: sequence },
+                Some(r) => SequenceRange {
+                    first: r.first.min(sequence),
+                    last: r.last.max(sequence),
+                },
+                None => SequenceRange {
+                    first: sequence,
+                    last: sequence,
+                },
             });
             let Some(lineage) = self.lineage.as_ref() else {
                 // No example has fitted a model yet, so none can be learned: refuse, in order.
-                let rejection = decoded[i].clone().err().unwrap_or_else(|| Rejection::new(RejectReason::InvalidData, "$", "no model"));
+                let rejection = decoded[i]
+                    .clone()
+                    .err()
+                    .unwrap_or_else(|| Rejection::new(RejectReason::InvalidData, "$", "no model"));
                 dispositions[i] = Some(Disposition::RejectHeld(rejection));
                 continue;
             };
@@ -419,7 +408,10 @@ impl Processor for Trainer {
             }
         }
         if !rows.is_empty() {
-            let lineage = self.lineage.as_mut().expect("rows are only collected when a lineage exists");
+            let lineage = self
+                .lineage
+                .as_mut()
+                .expect("rows are only collected when a lineage exists");
             // burn is blocking CPU work: keep it off the async workers' hot path.
             match tokio::task::block_in_place(|| lineage.trainer.train_batch(&rows, &labels)) {
                 Ok(report) => {
@@ -432,7 +424,9 @@ impl Processor for Trainer {
                     // the dead-letter subject for review instead of being retried forever.
                     tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
                     let reason = match err {
-                        ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => RejectReason::NonFinite,
+                        ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => {
+                            RejectReason::NonFinite
+                        }
                         _ => RejectReason::InvalidData,
                     };
                     let rejection = Rejection::new(reason, "batch", err.to_string());
@@ -445,14 +439,21 @@ impl Processor for Trainer {
         if let Some(range) = handled {
             // Refused examples count as handled: the next version's mark covers them too.
             self.pending.range = Some(match self.pending.range {
-                Some(r) => SequenceRange { first: r.first.min(range.first), last: r.last.max(range.last) },
+                Some(r) => SequenceRange {
+                    first: r.first.min(range.first),
+                    last: r.last.max(range.last),
+                },
                 None => range,
             });
             self.pending.since.get_or_insert_with(Instant::now);
         }
         dispositions
             .into_iter()
-            .map(|d| d.unwrap_or_else(|| Disposition::Retry(Failure::new("train", "example left unhandled"))))
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    Disposition::Retry(Failure::new("train", "example left unhandled"))
+                })
+            })
             .collect()
     }
 

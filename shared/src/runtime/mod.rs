@@ -5,6 +5,7 @@ pub mod dead_letter;
 pub mod function;
 pub mod http;
 pub mod metrics;
+pub mod order;
 pub mod pull;
 pub mod shutdown;
 

@@ -283,7 +283,16 @@ async fn dead_letter_input(
         stream_sequence: Some(input.stream_sequence),
         dedup_id: input.stream_sequence.to_string(),
     };
-    match dead_letter::publish(js, subjects, &settings.function, rejection, &origin, input.payload.clone()).await {
+    match dead_letter::publish(
+        js,
+        subjects,
+        &settings.function,
+        rejection,
+        &origin,
+        input.payload.clone(),
+    )
+    .await
+    {
         Ok(()) => {
             metrics.count_rejection(rejection.reason.as_str());
             true

@@ -1,0 +1,133 @@
+//! Keeping a consumer's messages in stream order across redeliveries.
+//!
+//! JetStream delivers a durable consumer's messages in order, but a redelivery can come late: a
+//! dead replica's pull request may still take a message that a new replica's pull then passes
+//! over. A function whose exactly-once bookkeeping is a high-water mark (train's manifest, the
+//! per-partition marks of featurize's entity state) must then not handle the later messages
+//! first. [`OrderGuard::check`] tells whether a message is the next one on the consumer's filter
+//! after a mark, looking at the stream itself (a direct get of the next message on the filter)
+//! and stepping over messages the consumer has already acknowledged.
+
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+
+use crate::error::Failure;
+
+/// What the in-order check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contiguity {
+    /// Nothing on the filter lies between the mark and the message: handle it.
+    InOrder,
+    /// An earlier message is acknowledged already: move the mark past it and look again.
+    Skip(u64),
+    /// An earlier message is still to come (pending redelivery): wait for it.
+    Wait(u64),
+}
+
+/// The pure rule: `next_on_filter` is the first message on the filter after the mark,
+/// `ack_floor` the consumer's acknowledgement floor.
+pub fn contiguity(sequence: u64, next_on_filter: Option<u64>, ack_floor: u64) -> Contiguity {
+    match next_on_filter {
+        Some(next) if next < sequence && next <= ack_floor => Contiguity::Skip(next),
+        Some(next) if next < sequence => Contiguity::Wait(next),
+        _ => Contiguity::InOrder,
+    }
+}
+
+/// The stream, filter and consumer a function's order check looks at.
+#[derive(Clone)]
+pub struct OrderGuard {
+    stream: Stream,
+    filter: String,
+    durable: String,
+}
+
+impl OrderGuard {
+    pub fn new(
+        stream: Stream,
+        filter: impl Into<String>,
+        durable: impl Into<String>,
+    ) -> OrderGuard {
+        OrderGuard {
+            stream,
+            filter: filter.into(),
+            durable: durable.into(),
+        }
+    }
+
+    /// The consumer's acknowledgement floor: every message at or below it is handled.
+    pub async fn ack_floor(&self) -> Result<u64, Failure> {
+        let info = self
+            .stream
+            .consumer_info(&self.durable)
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    format!("read the acknowledgement floor of {}", self.durable),
+                    e,
+                )
+            })?;
+        Ok(info.ack_floor.stream_sequence)
+    }
+
+    async fn next_on_filter(&self, after: u64) -> Result<Option<u64>, Failure> {
+        match self
+            .stream
+            .direct_get_next_for_subject(self.filter.clone(), Some(after + 1))
+            .await
+        {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Failure::new(
+                format!("look up the next message on {}", self.filter),
+                err,
+            )),
+        }
+    }
+
+    /// Whether the message at `sequence` is the next one on the filter after `mark`, moving
+    /// `mark` past messages already acknowledged. `Ok(Some(missing))` names the earlier message
+    /// to wait for. Costs nothing when `sequence` directly follows `mark`.
+    pub async fn check(&self, sequence: u64, mark: &mut u64) -> Result<Option<u64>, Failure> {
+        for _ in 0..64 {
+            if sequence == *mark + 1 {
+                return Ok(None);
+            }
+            let next = self.next_on_filter(*mark).await?;
+            let floor = if next.is_some_and(|n| n < sequence) {
+                self.ack_floor().await?
+            } else {
+                0
+            };
+            match contiguity(sequence, next, floor) {
+                Contiguity::InOrder => return Ok(None),
+                Contiguity::Skip(handled) => *mark = handled,
+                Contiguity::Wait(missing) => return Ok(Some(missing)),
+            }
+        }
+        Err(Failure::new(
+            "order check",
+            "too many acknowledged messages to step over at once",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_waited_for_unless_already_acknowledged() {
+        assert_eq!(contiguity(7, Some(7), 0), Contiguity::InOrder);
+        assert_eq!(contiguity(7, None, 0), Contiguity::InOrder);
+        assert_eq!(
+            contiguity(7, Some(5), 4),
+            Contiguity::Wait(5),
+            "5 is pending somewhere: wait"
+        );
+        assert_eq!(
+            contiguity(7, Some(5), 6),
+            Contiguity::Skip(5),
+            "5 was acknowledged: not a gap"
+        );
+    }
+}
