@@ -241,8 +241,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    let client = stack.client.clone();
     let nats = |subject: &str, body: &Bytes| Target::Nats {
-        client: stack.client.clone(),
+        client: client.clone(),
         subject: subject.into(),
         body: body.clone(),
     };
@@ -269,22 +270,26 @@ async fn main() -> anyhow::Result<()> {
         .await?,
     );
 
-    // The same while versions swap every 50 ms.
+    // The same while versions swap every 50 ms. The versions are written beforehand, so the
+    // swapper only moves the pointer and this process spends nothing on training meanwhile.
+    let mut versions = Vec::new();
+    for version in 2..=120 {
+        versions.push((version, writer.write_version(version).await?.sha256));
+    }
     let swapping = Arc::new(AtomicBool::new(true));
     let swapper = {
         let swapping = swapping.clone();
         tokio::spawn(async move {
-            let mut version = 1;
-            while swapping.load(Ordering::Relaxed) {
-                version += 1;
-                let manifest = writer.write_version(version).await.unwrap();
-                writer
-                    .point(Slot::Live, version, &manifest.sha256)
-                    .await
-                    .unwrap();
+            let mut swaps = 0;
+            for (version, sha256) in versions.iter().cycle() {
+                if !swapping.load(Ordering::Relaxed) {
+                    break;
+                }
+                writer.point(Slot::Live, *version, sha256).await.unwrap();
+                swaps += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            version - 1
+            swaps
         })
     };
     rows.push(
@@ -300,6 +305,41 @@ async fn main() -> anyhow::Result<()> {
     swapping.store(false, Ordering::Relaxed);
     let swaps = swapper.await?;
     eprintln!("  {swaps} swaps during that scenario");
+
+    // The predictor's own cost, without recording each prediction on PREDICTIONS (a second
+    // predictor serving another model with --record-predictions false).
+    let mut plain_writer = ModelWriter::new(&stack, "plain").await?;
+    let plain = plain_writer.write_version(1).await?;
+    plain_writer.point(Slot::Live, 1, &plain.sha256).await?;
+    stack.spawn(
+        "predict",
+        &[
+            "--model",
+            "plain",
+            "--record-predictions",
+            "false",
+            "--http-port",
+            "0",
+            "--log",
+            "warn",
+        ],
+    )?;
+    freshet_tests::eventually(
+        Duration::from_secs(30),
+        "the second predictor to serve",
+        || async { stack.predict("plain", &request).await.ok() },
+    )
+    .await?;
+    rows.push(
+        scenario(
+            "predict single, NATS, not recording predictions",
+            "req/s",
+            &nats("freshet.predict.plain", &single),
+            &args,
+            1,
+        )
+        .await?,
+    );
 
     let batch = Bytes::from(serde_json::to_vec(
         &serde_json::json!({"instances": vec![request.clone(); 64]}),

@@ -35,6 +35,9 @@ struct Args {
     /// the other variant always scores in shadow
     #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
     candidate_share: f64,
+    /// Record every prediction on PREDICTIONS (needed for shadow comparison and the outcome join)
+    #[arg(long = "record-predictions", env = "FRESHET_RECORD_PREDICTIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    record_predictions: bool,
     /// Oldest the live version may be (e.g. "10m"); older, /readyz fails. Unbounded if unset
     #[arg(long = "max-model-age", env = "FRESHET_MAX_MODEL_AGE", value_parser = humantime::parse_duration)]
     max_model_age: Option<std::time::Duration>,
@@ -62,9 +65,10 @@ async fn main() -> anyhow::Result<()> {
         live: live::Live::default(),
         candidate: live::Live::default(),
         candidate_share: args.candidate_share,
+        record_predictions: args.record_predictions,
         catalog: catalog::Catalog::default(),
         features: features.clone(),
-        js: ctx.js.clone(),
+        client: ctx.client.clone(),
         subjects: ctx.subjects.clone(),
         metrics: serve_metrics,
     };

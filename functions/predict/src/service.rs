@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use chrono::Utc;
@@ -86,9 +86,11 @@ pub struct Server {
     pub candidate: Live,
     /// Share of entities (0 to 1) the candidate answers for, when one is loaded.
     pub candidate_share: f64,
+    /// Whether predictions are recorded on PREDICTIONS.
+    pub record_predictions: bool,
     pub catalog: Catalog,
     pub features: kv::Store,
-    pub js: jetstream::Context,
+    pub client: async_nats::Client,
     pub subjects: Subjects,
     pub metrics: ServeMetrics,
 }
@@ -311,6 +313,9 @@ impl Server {
     /// PREDICTIONS. Off the response path: the caller's latency includes neither the shadow
     /// scoring nor the stream's acks, and a lost record only thins the outcome join.
     fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<LiveModel>)>) {
+        if !self.record_predictions {
+            return;
+        }
         let server = self.clone();
         tokio::spawn(async move {
             let shadow_record = shadow.and_then(|(variant, model)| {
@@ -332,7 +337,9 @@ impl Server {
                         .prediction(&server.model, &record.prediction_id, role);
                 let bytes = serde_json::to_vec(&record)
                     .expect("a prediction record is plain data and always serialises");
-                if let Err(err) = server.js.publish(subject, Bytes::from(bytes)).await {
+                // A core publish: the PREDICTIONS stream stores it, but neither side spends a
+                // round trip on an acknowledgement nobody waits for.
+                if let Err(err) = server.client.publish(subject, Bytes::from(bytes)).await {
                     tracing::debug!(error = %err, "cannot record a prediction");
                 }
             }
