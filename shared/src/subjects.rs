@@ -5,7 +5,6 @@
 //! `<prefix>.events.<partition>.<type>.<entity>`, so one entity's events always share a partition
 //! and stay in order, while partitions can be consumed in parallel.
 
-use crate::events::EventType;
 use crate::ids::ModelName;
 
 /// Header carrying the dead-letter reason label.
@@ -173,11 +172,6 @@ impl Default for Subjects {
 /// KV key of a model pointer in MODELS: `<model>.live` or `<model>.candidate`.
 pub fn pointer_key(model: &ModelName, slot: &str) -> String {
     format!("{model}.{slot}")
-}
-
-/// The subject type token for an event type.
-pub fn event_type_token(event_type: EventType) -> &'static str {
-    event_type.as_str()
 }
 
 #[cfg(test)]
