@@ -35,6 +35,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
             window_examples: 10,
             prequential_accuracy: 0.5,
             log_loss: 0.69,
+            roc_auc: None,
         },
     }
 }

@@ -384,6 +384,7 @@ impl ModelWriter {
                 window_examples: 16,
                 prequential_accuracy: 0.5,
                 log_loss: 0.69,
+                roc_auc: None,
             },
         };
         self.artifacts.put_version(&manifest, &bytes).await?;

@@ -326,10 +326,15 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "-".into(),
     ]);
     table.row(vec![
-        "prequential accuracy / log loss (latest window)".into(),
+        "prequential accuracy / log loss / ROC AUC (latest window)".into(),
         format!(
-            "{:.3} / {:.3}",
-            latest.metrics.prequential_accuracy, latest.metrics.log_loss
+            "{:.3} / {:.3} / {}",
+            latest.metrics.prequential_accuracy,
+            latest.metrics.log_loss,
+            latest
+                .metrics
+                .roc_auc
+                .map_or("-".to_string(), |auc| format!("{auc:.3}"))
         ),
         "-".into(),
     ]);

@@ -347,6 +347,12 @@ pub fn render_detail(detail: &ModelDetail) -> String {
         ("window examples", m.metrics.window_examples.to_string()),
         ("accuracy", format!("{:.4}", m.metrics.prequential_accuracy)),
         ("log-loss", format!("{:.4}", m.metrics.log_loss)),
+        (
+            "ROC AUC",
+            m.metrics
+                .roc_auc
+                .map_or("-".to_string(), |auc| format!("{auc:.4}")),
+        ),
     ]);
     text.push_str("\nlive pointer history (oldest first)\n");
     if detail.live_history.is_empty() {

@@ -103,6 +103,8 @@ pub fn check_record(
 pub struct MetricsWindow {
     capacity: usize,
     batches: VecDeque<(usize, usize, f64)>,
+    /// The last `capacity` examples' prequential scores and labels, for the ROC AUC.
+    scored: VecDeque<(f32, bool)>,
     examples_total: u64,
 }
 
@@ -111,11 +113,18 @@ impl MetricsWindow {
         MetricsWindow {
             capacity: capacity.max(1),
             batches: VecDeque::new(),
+            scored: VecDeque::new(),
             examples_total,
         }
     }
 
-    pub fn record(&mut self, report: &BatchReport) {
+    pub fn record(&mut self, report: &BatchReport, labels: &[f32]) {
+        for (score, label) in report.scores.iter().zip(labels) {
+            self.scored.push_back((*score, *label >= 0.5));
+        }
+        while self.scored.len() > self.capacity {
+            self.scored.pop_front();
+        }
         self.batches
             .push_back((report.examples, report.correct, report.log_loss_sum));
         self.examples_total += report.examples as u64;
@@ -139,8 +148,35 @@ impl MetricsWindow {
             window_examples: examples as u64,
             prequential_accuracy: correct as f64 / denominator,
             log_loss: loss / denominator,
+            roc_auc: roc_auc(self.scored.iter().copied()),
         }
     }
+}
+
+/// The area under the ROC curve of scored examples: the probability that a random positive
+/// scores above a random negative (ties count half), by the rank-sum (Mann–Whitney) formula.
+/// `None` when only one class is present.
+pub fn roc_auc(scored: impl Iterator<Item = (f32, bool)>) -> Option<f64> {
+    let mut scored: Vec<(f32, bool)> = scored.collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = scored.iter().filter(|(_, label)| *label).count() as f64;
+    let negatives = scored.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < scored.len() {
+        // Tied scores share the mean of their ranks (1-based).
+        let mut j = i;
+        while j + 1 < scored.len() && scored[j + 1].0 == scored[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mean_rank * scored[i..=j].iter().filter(|(_, label)| *label).count() as f64;
+        i = j + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
 }
 
 /// Everything about the next version except its bytes.
@@ -221,18 +257,33 @@ mod tests {
     fn the_window_keeps_recent_batches() {
         let mut window = MetricsWindow::new(100, 0);
         for correct in [0, 0, 50, 50] {
-            window.record(&BatchReport {
+            let report = BatchReport {
                 examples: 50,
                 correct,
                 log_loss_sum: 10.0,
                 step: 1,
                 learning_rate: 0.1,
-            });
+                scores: vec![0.9; 50],
+            };
+            window.record(&report, &[1.0; 50]);
         }
         let m = window.snapshot();
         assert_eq!((m.examples_total, m.window_examples), (200, 100));
         assert!((m.prequential_accuracy - 1.0).abs() < 1e-12);
         assert!((m.log_loss - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn roc_auc_matches_hand_counts() {
+        let perfect = [(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
+        assert_eq!(roc_auc(perfect.into_iter()), Some(1.0));
+        let reversed = [(0.9, false), (0.8, false), (0.2, true), (0.1, true)];
+        assert_eq!(roc_auc(reversed.into_iter()), Some(0.0));
+        // Positives 0.6, 0.4; negatives 0.5, 0.4: pairs (0.6>0.5) 1, (0.6>0.4) 1, (0.4<0.5) 0,
+        // (0.4=0.4) 0.5, so 2.5 of 4.
+        let mixed = [(0.6, true), (0.4, true), (0.5, false), (0.4, false)];
+        assert_eq!(roc_auc(mixed.into_iter()), Some(2.5 / 4.0));
+        assert_eq!(roc_auc([(0.3, true)].into_iter()), None);
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Processor for Trainer {
             // burn is blocking CPU work: keep it off the async workers' hot path.
             match tokio::task::block_in_place(|| lineage.trainer.train_batch(&rows, &labels)) {
                 Ok(report) => {
-                    lineage.window.record(&report);
+                    lineage.window.record(&report, &labels);
                     self.metrics.examples_trained.inc_by(report.examples as u64);
                     self.pending.batches += 1;
                 }

@@ -175,7 +175,7 @@ impl Hyper {
 ///
 /// `correct` and `log_loss_sum` are prequential: computed with the model as it was *before*
 /// this batch's update. Sums (not means) so callers can aggregate over windows exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchReport {
     /// Rows in the batch.
     pub examples: usize,
@@ -187,6 +187,8 @@ pub struct BatchReport {
     pub step: u64,
     /// The learning rate this update used.
     pub learning_rate: f64,
+    /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
+    pub scores: Vec<f32>,
 }
 
 /// Header JSON of the artifact. Unknown fields are tolerated so a newer writer can add
@@ -412,6 +414,7 @@ impl LogisticTrainer {
             log_loss_sum,
             step: self.t,
             learning_rate,
+            scores: probs,
         })
     }
 
@@ -763,7 +766,7 @@ mod tests {
             assert_eq!(report.step, b + 1);
             assert!((report.learning_rate - 1.0 / (1.0 + 0.01 * b as f64)).abs() < 1e-15);
             assert!(report.log_loss_sum.is_finite());
-            first.get_or_insert(report);
+            first.get_or_insert(report.clone());
             if b >= 40 {
                 tail.0 += report.correct;
                 tail.1 += report.examples;

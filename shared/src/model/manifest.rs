@@ -60,6 +60,9 @@ pub struct TrainingMetrics {
     pub prequential_accuracy: f64,
     /// Mean prequential log-loss (nats per example) over the window.
     pub log_loss: f64,
+    /// Prequential ROC AUC over the window; absent while the window holds one class only.
+    #[serde(default)]
+    pub roc_auc: Option<f64>,
 }
 
 /// Everything recorded about one stored model version.
@@ -157,6 +160,7 @@ mod tests {
                 window_examples: 640,
                 prequential_accuracy: 0.93,
                 log_loss: 0.21,
+                roc_auc: None,
             },
         }
     }
