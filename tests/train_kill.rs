@@ -1,6 +1,7 @@
-//! The trainer killed with SIGKILL at arbitrary moments of a replay, again and again: when it has
-//! caught up, the live version's lineage has learned every example exactly once (its sequence
-//! ranges tile the stream with no gap and no overlap, and its example count equals the stream's).
+//! The trainer killed with SIGKILL at arbitrary moments of a replay, again and again, and two
+//! trainers started on one model: when training has caught up, the live version's lineage has
+//! learned every example exactly once (its sequence ranges tile the stream with no gap and no
+//! overlap, and its example count equals the stream's), along one linear history.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -99,6 +100,121 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
             "no gap and no overlap between {:?} and {:?}",
             pair[0],
             pair[1]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let model = ModelName::parse("pair")?;
+    for n in 0..EXAMPLES {
+        let x = (n % 13) as f32 / 13.0;
+        let record = ExampleRecord {
+            id: format!("ex-{n}"),
+            model: model.clone(),
+            schema: None,
+            features: vec![x, 1.0 - x],
+            label: if x > 0.5 { 1.0 } else { 0.0 },
+            source_event: n.to_string(),
+            event_time: None,
+        };
+        let message = PublishMessage::build()
+            .payload(Bytes::from(record.to_json_bytes()))
+            .message_id(&record.id);
+        stack
+            .js
+            .send_publish(stack.subjects.examples(&model), message)
+            .await?
+            .await?;
+    }
+    let args = [
+        "--model",
+        "pair",
+        "--batch-size",
+        "64",
+        "--publish-every-batches",
+        "2",
+        "--publish-interval",
+        "100ms",
+    ];
+    let first = stack.spawn("train", &args)?;
+    let second = stack.spawn("train", &args)?;
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let caught_up = || async {
+        let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
+        let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
+        (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "a live version that learned every example",
+        caught_up,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nfirst trainer:\n{}\nsecond trainer:\n{}",
+            stack.log_of("train", first),
+            stack.log_of("train", second)
+        )
+    })?;
+
+    // The holder is stopped: the standby takes over and trains what comes next.
+    let holder = if stack.log_of("train", first).contains("lease acquired") {
+        first
+    } else {
+        second
+    };
+    stack.process(holder).terminate(Duration::from_secs(20))?;
+    for n in EXAMPLES..EXAMPLES + 500 {
+        let record = ExampleRecord {
+            id: format!("ex-{n}"),
+            model: model.clone(),
+            schema: None,
+            features: vec![0.5, 0.5],
+            label: (n % 2) as f32,
+            source_event: n.to_string(),
+            event_time: None,
+        };
+        let message = PublishMessage::build()
+            .payload(Bytes::from(record.to_json_bytes()))
+            .message_id(&record.id);
+        stack
+            .js
+            .send_publish(stack.subjects.examples(&model), message)
+            .await?
+            .await?;
+    }
+    let live = eventually(
+        Duration::from_secs(60),
+        "the standby to train the rest",
+        || async {
+            let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
+            let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
+            (manifest.high_water_mark >= EXAMPLES + 500).then_some(manifest)
+        },
+    )
+    .await?;
+    assert_eq!(
+        live.metrics.examples_total,
+        EXAMPLES + 500,
+        "every example trained on exactly once"
+    );
+
+    // One linear history: each live version's parent was the live version before it.
+    let history = pointers.history(&model, Slot::Live).await?;
+    for pair in history.windows(2) {
+        let later = artifacts.manifest(&model, pair[1].1.version).await?;
+        assert_eq!(
+            later.parent,
+            Some(pair[0].1.version),
+            "v{} forked from v{}",
+            later.version,
+            pair[0].1.version
         );
     }
     Ok(())

@@ -14,8 +14,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use serde::Deserialize;
 
 use crate::subjects::{
-    BUCKET_FEATURES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS,
-    STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
+    BUCKET_FEATURES, BUCKET_LEASES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER,
+    STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
 };
 
 const BUILTIN: &str = include_str!("../../infra/topology.toml");
@@ -36,6 +36,9 @@ pub struct StreamLimits {
 #[serde(deny_unknown_fields)]
 pub struct BucketSettings {
     pub history: i64,
+    /// How long an entry lives without being written again (leases); forever when unset.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
 }
 
 /// Defaults for every durable consumer.
@@ -175,7 +178,7 @@ impl Topology {
                 return Err(TopologyError::Invalid(format!("stream {name} is missing")));
             }
         }
-        for name in [BUCKET_FEATURES, BUCKET_MODELS] {
+        for name in [BUCKET_FEATURES, BUCKET_MODELS, BUCKET_LEASES] {
             match self.buckets.get(name) {
                 None => return Err(TopologyError::Invalid(format!("bucket {name} is missing"))),
                 Some(b) if !(1..=64).contains(&b.history) => {
@@ -227,6 +230,7 @@ impl Topology {
             .map(|(name, settings)| kv::Config {
                 bucket: name.clone(),
                 history: settings.history,
+                max_age: settings.max_age.unwrap_or_default(),
                 num_replicas: self.replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
