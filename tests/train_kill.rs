@@ -11,6 +11,7 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
+use freshet::model::Manifest;
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_tests::{Stack, eventually};
@@ -18,18 +19,22 @@ use freshet_tests::{Stack, eventually};
 const EXAMPLES: u64 = 4_000;
 const KILLS: usize = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyhow::Result<()> {
-    let mut stack = Stack::start().await?;
-    let model = ModelName::parse("kill")?;
-    for n in 0..EXAMPLES {
-        let x = (n % 17) as f32 / 17.0;
+/// Publishes the examples `range` of `model` as featurize would (deduplicated by id), with
+/// features and label from `row`.
+async fn publish_examples(
+    stack: &Stack,
+    model: &ModelName,
+    range: std::ops::Range<u64>,
+    row: impl Fn(u64) -> (Vec<f32>, f32),
+) -> anyhow::Result<()> {
+    for n in range {
+        let (features, label) = row(n);
         let record = ExampleRecord {
             id: format!("ex-{n}"),
             model: model.clone(),
             schema: None,
-            features: vec![x, 1.0 - x, (n % 3) as f32],
-            label: if x > 0.5 { 1.0 } else { 0.0 },
+            features,
+            label,
             source_event: n.to_string(),
             event_time: None,
         };
@@ -38,10 +43,37 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
             .message_id(&record.id);
         stack
             .js
-            .send_publish(stack.subjects.examples(&model), message)
+            .send_publish(stack.subjects.examples(model), message)
             .await?
             .await?;
     }
+    Ok(())
+}
+
+/// The live version's manifest, once it has learned through `sequence`.
+async fn live_through(
+    pointers: &Pointers,
+    artifacts: &ArtifactStore,
+    model: &ModelName,
+    sequence: u64,
+) -> Option<Manifest> {
+    let pointer = pointers.get(model, Slot::Live).await.ok()?.value?;
+    let manifest = artifacts.manifest(model, pointer.version).await.ok()?;
+    (manifest.high_water_mark >= sequence).then_some(manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let model = ModelName::parse("kill")?;
+    publish_examples(&stack, &model, 0..EXAMPLES, |n| {
+        let x = (n % 17) as f32 / 17.0;
+        (
+            vec![x, 1.0 - x, (n % 3) as f32],
+            if x > 0.5 { 1.0 } else { 0.0 },
+        )
+    })
+    .await?;
     let args = [
         "--model",
         "kill",
@@ -68,11 +100,7 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
     let live = eventually(
         Duration::from_secs(120),
         "a live version that learned every example",
-        || async {
-            let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
-            let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
-            (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
-        },
+        || live_through(&pointers, &artifacts, &model, EXAMPLES),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nlast train log:\n{}", stack.log_of("train", trainer)))?;
@@ -110,26 +138,11 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
 -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let model = ModelName::parse("pair")?;
-    for n in 0..EXAMPLES {
+    publish_examples(&stack, &model, 0..EXAMPLES, |n| {
         let x = (n % 13) as f32 / 13.0;
-        let record = ExampleRecord {
-            id: format!("ex-{n}"),
-            model: model.clone(),
-            schema: None,
-            features: vec![x, 1.0 - x],
-            label: if x > 0.5 { 1.0 } else { 0.0 },
-            source_event: n.to_string(),
-            event_time: None,
-        };
-        let message = PublishMessage::build()
-            .payload(Bytes::from(record.to_json_bytes()))
-            .message_id(&record.id);
-        stack
-            .js
-            .send_publish(stack.subjects.examples(&model), message)
-            .await?
-            .await?;
-    }
+        (vec![x, 1.0 - x], if x > 0.5 { 1.0 } else { 0.0 })
+    })
+    .await?;
     let args = [
         "--model",
         "pair",
@@ -144,11 +157,7 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
     let second = stack.spawn("train", &args)?;
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
-    let caught_up = || async {
-        let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
-        let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
-        (manifest.high_water_mark >= EXAMPLES).then_some(manifest)
-    };
+    let caught_up = || live_through(&pointers, &artifacts, &model, EXAMPLES);
     eventually(
         Duration::from_secs(60),
         "a live version that learned every example",
@@ -170,33 +179,14 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
         second
     };
     stack.process(holder).terminate(Duration::from_secs(20))?;
-    for n in EXAMPLES..EXAMPLES + 500 {
-        let record = ExampleRecord {
-            id: format!("ex-{n}"),
-            model: model.clone(),
-            schema: None,
-            features: vec![0.5, 0.5],
-            label: (n % 2) as f32,
-            source_event: n.to_string(),
-            event_time: None,
-        };
-        let message = PublishMessage::build()
-            .payload(Bytes::from(record.to_json_bytes()))
-            .message_id(&record.id);
-        stack
-            .js
-            .send_publish(stack.subjects.examples(&model), message)
-            .await?
-            .await?;
-    }
+    publish_examples(&stack, &model, EXAMPLES..EXAMPLES + 500, |n| {
+        (vec![0.5, 0.5], (n % 2) as f32)
+    })
+    .await?;
     let live = eventually(
         Duration::from_secs(60),
         "the standby to train the rest",
-        || async {
-            let pointer = pointers.get(&model, Slot::Live).await.ok()?.value?;
-            let manifest = artifacts.manifest(&model, pointer.version).await.ok()?;
-            (manifest.high_water_mark >= EXAMPLES + 500).then_some(manifest)
-        },
+        || live_through(&pointers, &artifacts, &model, EXAMPLES + 500),
     )
     .await?;
     assert_eq!(

@@ -104,4 +104,10 @@ impl Failure {
             source: source.into(),
         }
     }
+
+    /// The same failure again, for each of several messages it holds back (the source is kept
+    /// as its message: errors are not cloneable).
+    pub fn duplicate(&self) -> Failure {
+        Failure::new(self.operation.clone(), self.source.to_string())
+    }
 }

@@ -65,10 +65,7 @@ impl Processor for Featurizer {
         for i in order {
             let sequence = batch[i].stream_sequence;
             if let Some(failure) = &waiting {
-                dispositions[i] = Some(Disposition::Retry(Failure::new(
-                    failure.operation.clone(),
-                    failure.source.to_string(),
-                )));
+                dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                 continue;
             }
             if sequence <= mark {
@@ -85,18 +82,12 @@ impl Processor for Featurizer {
                         "event arrived before an earlier one; waiting for it"
                     );
                     let failure = Failure::new("featurize", format!("waiting for event {missing}"));
-                    dispositions[i] = Some(Disposition::Retry(Failure::new(
-                        "featurize",
-                        failure.source.to_string(),
-                    )));
+                    dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                     waiting = Some(failure);
                     continue;
                 }
                 Err(failure) => {
-                    dispositions[i] = Some(Disposition::Retry(Failure::new(
-                        failure.operation.clone(),
-                        failure.source.to_string(),
-                    )));
+                    dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                     waiting = Some(failure);
                     continue;
                 }
@@ -120,10 +111,7 @@ impl Processor for Featurizer {
             }
             Err(failure) => {
                 for i in routed_at {
-                    dispositions[i] = Some(Disposition::Retry(Failure::new(
-                        failure.operation.clone(),
-                        failure.source.to_string(),
-                    )));
+                    dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                 }
             }
         }
@@ -140,12 +128,7 @@ impl Processor for Featurizer {
 
 fn retry_all(n: usize, failure: &Failure) -> Vec<Disposition> {
     (0..n)
-        .map(|_| {
-            Disposition::Retry(Failure::new(
-                failure.operation.clone(),
-                failure.source.to_string(),
-            ))
-        })
+        .map(|_| Disposition::Retry(failure.duplicate()))
         .collect()
 }
 

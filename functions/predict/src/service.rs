@@ -232,10 +232,13 @@ impl Server {
     pub async fn predict_batch(&self, payload: &[u8]) -> Result<BatchResponse, ServeError> {
         let batch = handler::parse_batch(payload)?;
         let live = self.serving()?;
-        let mut rows = Vec::with_capacity(batch.instances.len());
-        for request in &batch.instances {
-            rows.push(self.row_for(request, &live).await?.0);
-        }
+        // Request-time features of all instances are read from FEATURES concurrently.
+        let rows: Vec<Vec<f32>> =
+            futures::future::try_join_all(batch.instances.iter().map(|r| self.row_for(r, &live)))
+                .await?
+                .into_iter()
+                .map(|(row, _)| row)
+                .collect();
         let scores = live
             .scorer
             .score_batch(&rows)

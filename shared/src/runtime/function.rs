@@ -93,14 +93,8 @@ impl FunctionContext {
         max_held: usize,
         processor: P,
     ) -> anyhow::Result<()> {
-        let consumer = self
-            .consumer(stream, durable, filter_subjects, max_held)
-            .await?;
-        self.readiness.set(true, &self.metrics);
-        self.run_loop(stream, durable, max_held, consumer, processor)
-            .await;
-        self.readiness.set(false, &self.metrics);
-        Ok(())
+        self.consume_with(stream, durable, filter_subjects, max_held, processor, true)
+            .await
     }
 
     /// Like [`consume`](Self::consume), for a consumer that runs beside a function's main work
@@ -113,11 +107,30 @@ impl FunctionContext {
         max_held: usize,
         processor: P,
     ) -> anyhow::Result<()> {
+        self.consume_with(stream, durable, filter_subjects, max_held, processor, false)
+            .await
+    }
+
+    async fn consume_with<P: Processor>(
+        &self,
+        stream: &str,
+        durable: &str,
+        filter_subjects: Vec<String>,
+        max_held: usize,
+        processor: P,
+        sets_readiness: bool,
+    ) -> anyhow::Result<()> {
         let consumer = self
             .consumer(stream, durable, filter_subjects, max_held)
             .await?;
+        if sets_readiness {
+            self.readiness.set(true, &self.metrics);
+        }
         self.run_loop(stream, durable, max_held, consumer, processor)
             .await;
+        if sets_readiness {
+            self.readiness.set(false, &self.metrics);
+        }
         Ok(())
     }
 

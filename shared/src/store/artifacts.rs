@@ -209,26 +209,34 @@ impl ArtifactStore {
             .map_err(store_error)
     }
 
+    /// Reads one file of a version; a missing file means a missing version.
+    async fn version_file(
+        &self,
+        model: &ModelName,
+        version: u64,
+        file: &str,
+    ) -> Result<Bytes, ArtifactError> {
+        let path = Self::version_dir(model.as_str(), version).join(file);
+        match self.get_bytes("get", &path).await {
+            Err(ArtifactError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Err(ArtifactError::Missing {
+                model: model.to_string(),
+                version,
+                path: path.to_string(),
+            }),
+            other => other,
+        }
+    }
+
     /// Reads a version's manifest.
     pub async fn manifest(
         &self,
         model: &ModelName,
         version: u64,
     ) -> Result<Manifest, ArtifactError> {
-        let path = Self::version_dir(model.as_str(), version).join("manifest.json");
-        let bytes = match self.get_bytes("get", &path).await {
-            Err(ArtifactError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(ArtifactError::Missing {
-                    model: model.to_string(),
-                    version,
-                    path: path.to_string(),
-                });
-            }
-            other => other?,
-        };
+        let bytes = self.version_file(model, version, "manifest.json").await?;
         serde_json::from_slice(&bytes).map_err(|source| ArtifactError::BadManifest {
             model: model.to_string(),
             version,
@@ -243,20 +251,7 @@ impl ArtifactStore {
         version: u64,
     ) -> Result<(Manifest, Bytes), ArtifactError> {
         let manifest = self.manifest(model, version).await?;
-        let path = Self::version_dir(model.as_str(), version).join("model.bin");
-        let bytes = match self.get_bytes("get", &path).await {
-            Err(ArtifactError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(ArtifactError::Missing {
-                    model: model.to_string(),
-                    version,
-                    path: path.to_string(),
-                });
-            }
-            other => other?,
-        };
+        let bytes = self.version_file(model, version, "model.bin").await?;
         manifest
             .verify(&bytes)
             .map_err(|source| ArtifactError::Verification {
@@ -270,16 +265,12 @@ impl ArtifactStore {
     /// Every version of a model that has a manifest, oldest first.
     pub async fn versions(&self, model: &ModelName) -> Result<Vec<u64>, ArtifactError> {
         let prefix = Path::from(format!("models/{model}"));
-        let objects: Vec<_> =
-            self.store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| ArtifactError::Store {
-                    operation: "list",
-                    path: prefix.to_string(),
-                    source,
-                })?;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| list_error(&prefix, source))?;
         let mut versions: Vec<u64> = objects
             .iter()
             .filter(|meta| meta.location.filename() == Some("manifest.json"))
@@ -296,11 +287,7 @@ impl ArtifactStore {
             .store
             .list_with_delimiter(Some(&prefix))
             .await
-            .map_err(|source| ArtifactError::Store {
-                operation: "list",
-                path: prefix.to_string(),
-                source,
-            })?;
+            .map_err(|source| list_error(&prefix, source))?;
         let mut models: Vec<String> = listing
             .common_prefixes
             .iter()
@@ -313,5 +300,13 @@ impl ArtifactStore {
     /// Direct access for tools that must damage an artifact on purpose (tests of refusal).
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+}
+
+fn list_error(prefix: &Path, source: object_store::Error) -> ArtifactError {
+    ArtifactError::Store {
+        operation: "list",
+        path: prefix.to_string(),
+        source,
     }
 }
