@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use freshet::features::{ItemState, UserState, item_key, user_key};
-use freshet::serving::{PredictRequest, RecommendResponse, Variant};
+use freshet::serving::{PredictRequest, PredictionBatch, RecommendResponse, Variant};
 use freshet::store::Slot;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_CONTROL, STREAM_PREDICTIONS};
 use freshet_tests::{ModelWriter, Stack, cloud_event, eventually};
@@ -87,8 +87,10 @@ async fn a_hundred_swaps_under_load_fail_no_request() -> anyhow::Result<()> {
     }
     for version in 2..=101 {
         let manifest = writer.write_version(version).await?;
-        writer.point(Slot::Live, version, &manifest.sha256).await?;
+        // Noted before the pointer moves: the predictor may swap and answer before `point`
+        // returns, never before it is called.
         live_since.lock().unwrap().push((version, Instant::now()));
+        writer.point(Slot::Live, version, &manifest.sha256).await?;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     serving_version(&stack, 101).await?;
@@ -349,20 +351,35 @@ async fn candidates_answer_their_share_shadow_the_rest_and_outcomes_join() -> an
         "{candidates} of 40 users on the candidate with a 50% share"
     );
 
-    // Every answer is on PREDICTIONS, with the other variant's shadow score beside it.
-    eventually(
+    // Every answer is on PREDICTIONS under its id, with the other variant's shadow score beside
+    // it.
+    let recorded = eventually(
         Duration::from_secs(20),
-        "served and shadow records",
+        "every answer recorded with its shadow",
         || async {
-            let records = stack.read_stream(STREAM_PREDICTIONS, 1000).await.ok()?;
-            let shadows = records
+            let messages = stack.read_stream(STREAM_PREDICTIONS, 1000).await.ok()?;
+            let mut recorded = std::collections::BTreeMap::new();
+            for message in &messages {
+                let batch: PredictionBatch = serde_json::from_slice(&message.payload).ok()?;
+                for entry in batch.entries {
+                    recorded.insert(entry.served.prediction_id.clone(), entry);
+                }
+            }
+            answered
                 .iter()
-                .filter(|r| r.subject.ends_with(".shadow"))
-                .count();
-            (shadows >= answered.len()).then_some(())
+                .all(|r| recorded.contains_key(&r.prediction_id))
+                .then_some(recorded)
         },
     )
     .await?;
+    for response in &answered {
+        let entry = &recorded[&response.prediction_id];
+        assert_eq!(entry.served.version, response.version);
+        assert_eq!(entry.served.score, response.score);
+        let shadow = entry.shadow.as_ref().expect("a candidate was loaded");
+        assert_ne!(shadow.version, response.version, "the other variant shadows");
+        assert_ne!(shadow.variant, response.variant);
+    }
 
     // Outcomes for the first ten predictions join to them, with both variants' verdicts.
     for (i, response) in answered.iter().take(10).enumerate() {

@@ -119,7 +119,8 @@ pub struct RecommendResponse {
     pub items: Vec<Recommendation>,
 }
 
-/// What PREDICTIONS holds for each prediction (served or shadow).
+/// One scored request as PREDICTIONS holds it: the score given (served) or the other variant's
+/// score of the same row (shadow).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionRecord {
     pub prediction_id: String,
@@ -135,6 +136,59 @@ pub struct PredictionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
     pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A served prediction and, when a second variant was loaded, its shadow score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedPrediction {
+    pub served: PredictionRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<PredictionRecord>,
+}
+
+/// The predictions a predictor recorded over a few milliseconds, as one PREDICTIONS message.
+///
+/// Recording each prediction as its own stored message would cost the server a second stored
+/// message per request, doubling its work per prediction; a batch costs one per few hundred.
+/// Entry `i` is the prediction whose id is `PredictionId { batch, index: i }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionBatch {
+    pub model: String,
+    pub batch: String,
+    pub entries: Vec<RecordedPrediction>,
+}
+
+/// A prediction id says where its record is: `<batch>-<index>`, the batch message's id and the
+/// entry's position in it, so the outcome join fetches one message by subject and indexes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionId {
+    pub batch: String,
+    pub index: usize,
+}
+
+impl PredictionId {
+    /// Reads an id of the form `<batch>-<index>`; `None` for any other text (such an id was not
+    /// given by a freshet predictor, so nothing can be joined to it).
+    pub fn parse(id: &str) -> Option<PredictionId> {
+        let (batch, index) = id.rsplit_once('-')?;
+        let valid_batch = !batch.is_empty()
+            && batch
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_batch || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(PredictionId {
+            batch: batch.to_string(),
+            index: index.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for PredictionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.batch, self.index)
+    }
 }
 
 /// Endpoint subjects of a model's predictor.
@@ -229,4 +283,21 @@ pub async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
             .take(200)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prediction_id_round_trips_and_foreign_ids_are_refused() {
+        let id = PredictionId {
+            batch: "0b9c6f1e-2f4a-4b8e-9d31-5c2d7a1e8f00".into(),
+            index: 41,
+        };
+        assert_eq!(PredictionId::parse(&id.to_string()), Some(id));
+        for foreign in ["", "41", "-41", "batch-", "batch-4x", "a.b-1", "a>-1", "a b-2"] {
+            assert_eq!(PredictionId::parse(foreign), None, "{foreign:?}");
+        }
+    }
 }

@@ -112,11 +112,10 @@ impl Subjects {
         format!("{}.examples.*", self.prefix)
     }
 
-    /// Where one prediction is recorded: `role` is `served` (the answer given) or `shadow` (the
-    /// other variant's score of the same request). One subject per prediction lets the outcome
-    /// join fetch it directly by subject.
-    pub fn prediction(&self, model: &ModelName, prediction_id: &str, role: &str) -> String {
-        format!("{}.predictions.{model}.{prediction_id}.{role}", self.prefix)
+    /// Where one batch of recorded predictions is stored. One subject per batch lets the
+    /// outcome join fetch it directly by subject from a prediction's id.
+    pub fn prediction_batch(&self, model: &ModelName, batch: &str) -> String {
+        format!("{}.predictions.{model}.{batch}", self.prefix)
     }
 
     pub fn predictions_all(&self) -> String {

@@ -9,6 +9,7 @@ mod http;
 mod live;
 mod outcomes;
 mod readiness;
+mod recorder;
 mod service;
 mod watch;
 
@@ -58,6 +59,11 @@ async fn main() -> anyhow::Result<()> {
     swap_metrics.register(&ctx.metrics);
     let serve_metrics = service::ServeMetrics::default();
     serve_metrics.register(&ctx.metrics);
+    let recorder = args.record_predictions.then(|| {
+        let metrics = recorder::RecorderMetrics::default();
+        metrics.register(&ctx.metrics);
+        recorder::Recorder::new(metrics)
+    });
     let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
     let server = service::Server {
@@ -65,10 +71,9 @@ async fn main() -> anyhow::Result<()> {
         live: live::Live::default(),
         candidate: live::Live::default(),
         candidate_share: args.candidate_share,
-        record_predictions: args.record_predictions,
+        recorder: recorder.clone(),
         catalog: catalog::Catalog::default(),
         features: features.clone(),
-        client: ctx.client.clone(),
         subjects: ctx.subjects.clone(),
         metrics: serve_metrics,
     };
@@ -129,7 +134,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }));
 
-    service::serve(ctx.client.clone(), server, ctx.shutdown.clone()).await?;
+    // Recorded predictions are flushed until serving has stopped, so the last answers given are
+    // recorded too.
+    let (served_all, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(recorder) = recorder {
+        tasks.push(tokio::spawn(recorder.flush_until(
+            ctx.client.clone(),
+            ctx.subjects.clone(),
+            args.model.clone(),
+            async move {
+                let _ = serving_stopped.await;
+            },
+        )));
+    }
+    let served = service::serve(ctx.client.clone(), server, ctx.shutdown.clone()).await;
+    drop(served_all);
+    served?;
     for task in tasks {
         let _ = task.await;
     }

@@ -10,7 +10,7 @@ use freshet::error::Failure;
 use freshet::events::{self, EventData};
 use freshet::ids::ModelName;
 use freshet::runtime::{Disposition, Incoming, Processor};
-use freshet::serving::PredictionRecord;
+use freshet::serving::{PredictionBatch, PredictionId, RecordedPrediction};
 use freshet::subjects::Subjects;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -67,18 +67,22 @@ pub struct OutcomeJoiner {
 }
 
 impl OutcomeJoiner {
-    async fn record(
-        &self,
-        prediction_id: &str,
-        role: &str,
-    ) -> Result<Option<PredictionRecord>, Failure> {
-        let subject = self.subjects.prediction(&self.model, prediction_id, role);
+    /// The recorded prediction an id names, if its batch is on PREDICTIONS.
+    async fn recorded(&self, prediction_id: &str) -> Result<Option<RecordedPrediction>, Failure> {
+        let Some(id) = PredictionId::parse(prediction_id) else {
+            return Ok(None);
+        };
+        let subject = self.subjects.prediction_batch(&self.model, &id.batch);
         match self
             .predictions
             .get_last_raw_message_by_subject(&subject)
             .await
         {
-            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
+            Ok(message) => Ok(serde_json::from_slice::<PredictionBatch>(&message.payload)
+                .ok()
+                .and_then(|mut batch| {
+                    (id.index < batch.entries.len()).then(|| batch.entries.swap_remove(id.index))
+                })),
             Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(err) => Err(Failure::new(format!("read {subject}"), err)),
         }
@@ -94,11 +98,10 @@ impl OutcomeJoiner {
             return Ok(());
         };
         let id = outcome.prediction_id.as_str();
-        let Some(served) = self.record(id, "served").await? else {
+        let Some(RecordedPrediction { served, shadow }) = self.recorded(id).await? else {
             self.metrics.unmatched.inc();
             return Ok(());
         };
-        let shadow = self.record(id, "shadow").await?;
         let mut joined = json!({"kind": "outcome", "model": self.model, "prediction_id": id, "label": outcome.label});
         for record in std::iter::once(&served).chain(shadow.as_ref()) {
             let correct = is_correct(record.score, outcome.label);

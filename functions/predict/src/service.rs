@@ -28,6 +28,7 @@ use prometheus_client::metrics::family::Family;
 use crate::catalog::Catalog;
 use crate::handler::{self, Query, ServeError};
 use crate::live::{Live, LiveModel};
+use crate::recorder::Recorder;
 
 /// Label naming the variant that answered.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,7 +40,6 @@ pub struct VariantLabel {
 #[derive(Clone, Default)]
 pub struct ServeMetrics {
     pub predictions: Family<VariantLabel, Counter>,
-    pub shadow_scores: Counter,
     pub refused_requests: Counter,
 }
 
@@ -49,11 +49,6 @@ impl ServeMetrics {
             "predictions",
             "Predictions answered, by the variant that answered",
             self.predictions.clone(),
-        );
-        metrics.register(
-            "shadow_scores",
-            "Requests also scored by the other variant, off the response path",
-            self.shadow_scores.clone(),
         );
         metrics.register(
             "refused_requests",
@@ -86,11 +81,10 @@ pub struct Server {
     pub candidate: Live,
     /// Share of entities (0 to 1) the candidate answers for, when one is loaded.
     pub candidate_share: f64,
-    /// Whether predictions are recorded on PREDICTIONS.
-    pub record_predictions: bool,
+    /// Records predictions (and shadow scores) on PREDICTIONS; `None` when recording is off.
+    pub recorder: Option<Recorder>,
     pub catalog: Catalog,
     pub features: kv::Store,
-    pub client: async_nats::Client,
     pub subjects: Subjects,
     pub metrics: ServeMetrics,
 }
@@ -200,33 +194,32 @@ impl Server {
             .score(&row)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
         self.metrics.count(assignment.variant);
-        let response = PredictResponse {
+        let shadow = assignment
+            .shadow
+            .map(|shadow| (other(assignment.variant), shadow));
+        let prediction_id = self.record(
+            PredictionRecord {
+                prediction_id: String::new(),
+                model: self.model.to_string(),
+                version: model.manifest.version,
+                variant: assignment.variant,
+                served: true,
+                score,
+                features: row,
+                user: request.user.as_ref().map(ToString::to_string),
+                item: request.item.as_ref().map(ToString::to_string),
+                at: Utc::now(),
+            },
+            shadow,
+        );
+        Ok(PredictResponse {
             model: self.model.to_string(),
             version: model.manifest.version,
             score,
-            prediction_id: uuid::Uuid::new_v4().to_string(),
+            prediction_id,
             provenance,
             variant: assignment.variant,
-        };
-        let record = PredictionRecord {
-            prediction_id: response.prediction_id.clone(),
-            model: response.model.clone(),
-            version: response.version,
-            variant: assignment.variant,
-            served: true,
-            score,
-            features: row,
-            user: request.user.as_ref().map(ToString::to_string),
-            item: request.item.as_ref().map(ToString::to_string),
-            at: Utc::now(),
-        };
-        self.record(
-            record,
-            assignment
-                .shadow
-                .map(|shadow| (other(assignment.variant), shadow)),
-        );
-        Ok(response)
+        })
     }
 
     pub async fn predict_batch(&self, payload: &[u8]) -> Result<BatchResponse, ServeError> {
@@ -312,41 +305,13 @@ impl Server {
         Ok((live, scores))
     }
 
-    /// Records the served prediction, and the shadow variant's score of the same row, on
-    /// PREDICTIONS. Off the response path: the caller's latency includes neither the shadow
-    /// scoring nor the stream's acks, and a lost record only thins the outcome join.
-    fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<LiveModel>)>) {
-        if !self.record_predictions {
-            return;
+    /// Records the served prediction, to be shadowed by `shadow` off the response path, and
+    /// returns its id. Without a recorder the id is still unique, but nothing can join to it.
+    fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<LiveModel>)>) -> String {
+        match &self.recorder {
+            Some(recorder) => recorder.append(served, shadow),
+            None => uuid::Uuid::new_v4().to_string(),
         }
-        let server = self.clone();
-        tokio::spawn(async move {
-            let shadow_record = shadow.and_then(|(variant, model)| {
-                let score = model.scorer.score(&served.features).ok()?;
-                server.metrics.shadow_scores.inc();
-                Some(PredictionRecord {
-                    version: model.manifest.version,
-                    variant,
-                    served: false,
-                    score,
-                    ..served.clone()
-                })
-            });
-            for record in std::iter::once(served).chain(shadow_record) {
-                let role = if record.served { "served" } else { "shadow" };
-                let subject =
-                    server
-                        .subjects
-                        .prediction(&server.model, &record.prediction_id, role);
-                let bytes = serde_json::to_vec(&record)
-                    .expect("a prediction record is plain data and always serialises");
-                // A core publish: the PREDICTIONS stream stores it, but neither side spends a
-                // round trip on an acknowledgement nobody waits for.
-                if let Err(err) = server.client.publish(subject, Bytes::from(bytes)).await {
-                    tracing::debug!(error = %err, "cannot record a prediction");
-                }
-            }
-        });
     }
 }
 
