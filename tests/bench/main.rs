@@ -3,7 +3,9 @@
 //! It starts a nats-server and a predictor (the `predict` binary built beside this one, so build
 //! both in release), writes a model version, and measures, each over several runs (medians are
 //! reported, because shared machines are noisy):
-//! - the floor: a bare NATS echo responder, request/reply from this process;
+//! - the floor: a bare NATS echo responder in a process of its own (this binary, started with
+//!   `--echo-responder`), so the floor crosses the same process boundary a predictor does; the
+//!   same echo inside this process is reported beside it for reference;
 //! - the predictor over NATS: single requests, single requests while versions swap every 50 ms,
 //!   and batches of 64 rows;
 //! - the predictor over HTTP (Open Inference Protocol `infer`), single rows;
@@ -44,6 +46,30 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
+    /// Run only a bare echo responder on `bench.echo` at this NATS URL (the floor's process)
+    #[arg(long, hide = true)]
+    echo_responder: Option<String>,
+}
+
+/// Answers every request on `subject` with its own payload, doing nothing else.
+async fn echo(client: async_nats::Client, subject: &str) -> anyhow::Result<()> {
+    let mut requests = client.subscribe(subject.to_string()).await?;
+    while let Some(message) = requests.next().await {
+        if let Some(reply) = message.reply {
+            let _ = client.publish(reply, message.payload).await;
+        }
+    }
+    Ok(())
+}
+
+/// Kills the echo process when the benchmark ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One scenario's medians.
@@ -209,6 +235,9 @@ fn resident_kib(pid: u32) -> Option<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(url) = &args.echo_responder {
+        return echo(async_nats::connect(url).await?, "bench.echo").await;
+    }
     let mut stack = Stack::start().await?;
     let mut writer = ModelWriter::new(&stack, "bookstore").await?;
     let first = writer.write_version(1).await?;
@@ -230,16 +259,22 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    // The floor: a responder that echoes, doing nothing else.
-    let mut echo = stack.client.subscribe("bench.echo").await?;
-    let echo_client = stack.client.clone();
-    tokio::spawn(async move {
-        while let Some(message) = echo.next().await {
-            if let Some(reply) = message.reply {
-                let _ = echo_client.publish(reply, message.payload).await;
-            }
-        }
-    });
+    // The floor: a responder that echoes, doing nothing else, in a process of its own like the
+    // predictor; and the same responder inside this process, for reference.
+    let _echo_process = Child(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["--echo-responder", &stack.nats.url()])
+            .spawn()?,
+    );
+    tokio::spawn(echo(stack.client.clone(), "bench.echo.local"));
+    freshet_tests::eventually(Duration::from_secs(10), "the echo responder", || async {
+        stack
+            .client
+            .request("bench.echo", Bytes::from_static(b"ping"))
+            .await
+            .ok()
+    })
+    .await?;
 
     let client = stack.client.clone();
     let nats = |subject: &str, body: &Bytes| Target::Nats {
@@ -251,9 +286,19 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("measuring (medians of {} runs)", args.runs);
     rows.push(
         scenario(
-            "NATS echo (floor)",
+            "NATS echo, separate process (floor)",
             "req/s",
             &nats("bench.echo", &single),
+            &args,
+            1,
+        )
+        .await?,
+    );
+    rows.push(
+        scenario(
+            "NATS echo, inside the requesting process",
+            "req/s",
+            &nats("bench.echo.local", &single),
             &args,
             1,
         )
