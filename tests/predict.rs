@@ -377,7 +377,10 @@ async fn candidates_answer_their_share_shadow_the_rest_and_outcomes_join() -> an
         assert_eq!(entry.served.version, response.version);
         assert_eq!(entry.served.score, response.score);
         let shadow = entry.shadow.as_ref().expect("a candidate was loaded");
-        assert_ne!(shadow.version, response.version, "the other variant shadows");
+        assert_ne!(
+            shadow.version, response.version,
+            "the other variant shadows"
+        );
         assert_ne!(shadow.variant, response.variant);
     }
 

@@ -141,6 +141,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     let infer_url = format!("{base}/v2/models/bookstore/infer");
     let rows = [[0.5, 1.0, 0.0, 2.0, 0.1, 3.0, 0.2], [0.0; 7]];
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    let mut http_prediction_ids = Vec::new();
     for data in [json!(flat), json!(rows)] {
         let request = json!({"id": "req-1", "inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP32", "data": data}]});
         let (status, _, body) = parts(http.post(&infer_url).json(&request).send().await?).await;
@@ -159,7 +160,37 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
         let scores = output["data"].as_array().unwrap();
         assert_eq!(scores.len(), 2);
         scores.iter().for_each(assert_score);
+        let ids = body["parameters"]["prediction_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), 2, "one recorded prediction id per row: {body}");
+        http_prediction_ids.extend(ids.iter().map(|id| id.as_str().unwrap().to_string()));
     }
+
+    // An outcome for a prediction served over HTTP joins to it like one served over NATS.
+    let outcome = freshet_tests::cloud_event(
+        "o-http",
+        "outcome",
+        json!({"prediction_id": http_prediction_ids[0], "label": 1}),
+    );
+    stack.publish_event(&outcome).await?;
+    let joined = eventually(
+        Duration::from_secs(30),
+        "the HTTP outcome joined",
+        || async {
+            let events = stack
+                .read_stream(freshet::subjects::STREAM_CONTROL, 10_000)
+                .await
+                .ok()?;
+            events.iter().map(|e| e.json()).find(|j| {
+                j["kind"] == "outcome" && j["prediction_id"] == http_prediction_ids[0].as_str()
+            })
+        },
+    )
+    .await?;
+    assert_eq!(
+        joined["served"]["correct"],
+        joined["served"]["score"].as_f64().unwrap() >= 0.5,
+        "{joined}"
+    );
 
     // The freshet extension: (user, item) pairs, featurized from FEATURES at request time.
     let pairs = json!({"inputs": [{"name": "user_item", "shape": [2, 2], "datatype": "BYTES",

@@ -69,6 +69,10 @@ pub struct BatchResponse {
     pub model: String,
     pub version: u64,
     pub scores: Vec<f32>,
+    /// One id per score, to send back with an `outcome` event; empty when the predictor does
+    /// not record predictions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prediction_ids: Vec<String>,
 }
 
 /// Which model version answered: the live one, or the candidate under an A/B split.
@@ -296,7 +300,9 @@ mod tests {
             index: 41,
         };
         assert_eq!(PredictionId::parse(&id.to_string()), Some(id));
-        for foreign in ["", "41", "-41", "batch-", "batch-4x", "a.b-1", "a>-1", "a b-2"] {
+        for foreign in [
+            "", "41", "-41", "batch-", "batch-4x", "a.b-1", "a>-1", "a b-2",
+        ] {
             assert_eq!(PredictionId::parse(foreign), None, "{foreign:?}");
         }
     }

@@ -121,6 +121,9 @@ pub struct InferResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub outputs: Vec<OutputTensor>,
+    /// `prediction_ids`: one per row, to send back with an `outcome` event, when recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
 }
 
 /// One output tensor of a response.
@@ -303,8 +306,11 @@ pub fn infer_response(
     version: u64,
     id: Option<String>,
     scores: Vec<f32>,
+    prediction_ids: Vec<String>,
 ) -> InferResponse {
     InferResponse {
+        parameters: (!prediction_ids.is_empty())
+            .then(|| json!({ "prediction_ids": prediction_ids })),
         model_name: model.to_string(),
         model_version: version.to_string(),
         id,
@@ -677,16 +683,16 @@ async fn run_infer(
     // Fail fast on a version that is not serving, before parsing or scoring anything.
     http.serving(wanted)?;
     let request = parse_infer(&body)?;
-    let (served, scores) = match infer_query(&request)? {
+    let (served, scores, prediction_ids) = match infer_query(&request)? {
         InferQuery::Rows(rows) => {
-            let (live, scores) = http.server.score_rows(&rows)?;
-            (live.manifest.version, scores)
+            let scored = http.server.score_rows(&rows)?;
+            (scored.version, scored.scores, scored.prediction_ids)
         }
         InferQuery::Pairs(batch) => {
             let payload = serde_json::to_vec(&batch)
                 .map_err(|e| internal(format!("encoding the batch request: {e}")))?;
             let response = http.server.predict_batch(&payload).await?;
-            (response.version, response.scores)
+            (response.version, response.scores, response.prediction_ids)
         }
     };
     // A swap may have landed between the check above and the scoring.
@@ -696,6 +702,7 @@ async fn run_infer(
         served,
         request.id,
         scores,
+        prediction_ids,
     )))
 }
 
@@ -808,18 +815,19 @@ mod tests {
     #[test]
     fn answers_in_the_protocol_shape() {
         let model = ModelName::parse("bookstore").unwrap();
-        let response = infer_response(&model, 7, Some("r1".into()), vec![0.25, 0.75]);
+        let response = infer_response(&model, 7, Some("r1".into()), vec![0.25, 0.75], vec![]);
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"model_name": "bookstore", "model_version": "7", "id": "r1",
                 "outputs": [{"name": "score", "shape": [2, 1], "datatype": "FP32", "data": [0.25, 0.75]}]})
         );
-        let anonymous = infer_response(&model, 7, None, vec![0.5]);
-        assert!(
-            serde_json::to_value(&anonymous)
-                .unwrap()
-                .get("id")
-                .is_none()
+        let anonymous = infer_response(&model, 7, None, vec![0.5], vec!["b-0".into()]);
+        let anonymous = serde_json::to_value(&anonymous).unwrap();
+        assert!(anonymous.get("id").is_none());
+        assert_eq!(
+            anonymous["parameters"],
+            json!({"prediction_ids": ["b-0"]}),
+            "recorded rows carry their ids for the outcome join"
         );
         let meta = model_metadata_json(&model, 3, &freshet::features::schema());
         assert_eq!(meta["versions"], json!(["3"]));

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use freshet::ids::ModelName;
-use freshet::serving::{PredictionBatch, PredictionId, PredictionRecord, RecordedPrediction, Variant};
+use freshet::serving::{
+    PredictionBatch, PredictionId, PredictionRecord, RecordedPrediction, Variant,
+};
 use freshet::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
@@ -259,7 +261,10 @@ mod tests {
             assert_eq!(entry.served.score, i as f32);
             assert_eq!(entry.served.prediction_id, id.to_string());
         }
-        assert!(recorder.take().is_empty(), "taken batches are not taken twice");
+        assert!(
+            recorder.take().is_empty(),
+            "taken batches are not taken twice"
+        );
     }
 
     #[test]

@@ -73,6 +73,14 @@ struct Assignment {
     shadow: Option<Arc<LiveModel>>,
 }
 
+/// Raw feature rows scored by one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRows {
+    pub version: u64,
+    pub scores: Vec<f32>,
+    pub prediction_ids: Vec<String>,
+}
+
 /// What a request handler needs; cheap to clone into each request's task.
 #[derive(Clone)]
 pub struct Server {
@@ -237,10 +245,12 @@ impl Server {
             .score_batch(&rows)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
         self.metrics.count(Variant::Live);
+        let prediction_ids = self.record_rows(&live, rows, &scores, &batch.instances);
         Ok(BatchResponse {
             model: self.model.to_string(),
             version: live.manifest.version,
             scores,
+            prediction_ids,
         })
     }
 
@@ -284,8 +294,9 @@ impl Server {
     }
 
     /// Scores raw feature rows (the HTTP inference path): validated like any request, answered
-    /// by the live version.
-    pub fn score_rows(&self, rows: &[Vec<f64>]) -> Result<(Arc<LiveModel>, Vec<f32>), ServeError> {
+    /// by the live version. Returns the version, the scores and one prediction id per row (none
+    /// when recording is off).
+    pub fn score_rows(&self, rows: &[Vec<f64>]) -> Result<ScoredRows, ServeError> {
         if rows.is_empty() || rows.len() > freshet::serving::MAX_BATCH_ROWS {
             return Err(ServeError::bad_request(format!(
                 "a batch holds 1 to {} rows, this one {}",
@@ -302,12 +313,64 @@ impl Server {
             .scorer
             .score_batch(&checked)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
-        Ok((live, scores))
+        self.metrics.count(Variant::Live);
+        let prediction_ids = self.record_rows(&live, checked, &scores, &[]);
+        Ok(ScoredRows {
+            version: live.manifest.version,
+            scores,
+            prediction_ids,
+        })
+    }
+
+    /// Records rows the live version scored, each shadowed by the candidate when one is loaded;
+    /// `requests` (empty for raw rows) names the user and item of each row.
+    fn record_rows(
+        &self,
+        live: &LiveModel,
+        rows: Vec<Vec<f32>>,
+        scores: &[f32],
+        requests: &[PredictRequest],
+    ) -> Vec<String> {
+        if self.recorder.is_none() {
+            return Vec::new();
+        }
+        let shadow = self.candidate.current();
+        let at = Utc::now();
+        rows.into_iter()
+            .zip(scores)
+            .enumerate()
+            .map(|(i, (features, &score))| {
+                let request = requests.get(i);
+                self.record(
+                    PredictionRecord {
+                        prediction_id: String::new(),
+                        model: self.model.to_string(),
+                        version: live.manifest.version,
+                        variant: Variant::Live,
+                        served: true,
+                        score,
+                        features,
+                        user: request
+                            .and_then(|r| r.user.as_ref())
+                            .map(ToString::to_string),
+                        item: request
+                            .and_then(|r| r.item.as_ref())
+                            .map(ToString::to_string),
+                        at,
+                    },
+                    shadow.clone().map(|model| (Variant::Candidate, model)),
+                )
+            })
+            .collect()
     }
 
     /// Records the served prediction, to be shadowed by `shadow` off the response path, and
     /// returns its id. Without a recorder the id is still unique, but nothing can join to it.
-    fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<LiveModel>)>) -> String {
+    fn record(
+        &self,
+        served: PredictionRecord,
+        shadow: Option<(Variant, Arc<LiveModel>)>,
+    ) -> String {
         match &self.recorder {
             Some(recorder) => recorder.append(served, shadow),
             None => uuid::Uuid::new_v4().to_string(),
