@@ -112,6 +112,11 @@ impl Stack {
         std::fs::read_to_string(self.log_path(binary, index)).unwrap_or_default()
     }
 
+    /// How many functions this stack started; the newest is `started() - 1`.
+    pub fn started(&self) -> usize {
+        self.processes.len()
+    }
+
     pub fn process(&mut self, index: usize) -> &mut FunctionProcess {
         &mut self.processes[index]
     }

@@ -23,9 +23,11 @@ struct Args {
     /// Model the bookstore examples are published for
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
-    /// Consume only this partition (durable "featurize-<N>"); all partitions when unset
-    #[arg(long = "partition", env = "FRESHET_PARTITION")]
-    partition: Option<u32>,
+    /// Consume only these partitions (e.g. "0,1"; one durable "featurize-<N>" each); all
+    /// partitions through the durable "featurize" when unset. Each durable is worked by one
+    /// replica at a time (a lease in LEASES); a replica that cannot take it stands by
+    #[arg(long = "partition", env = "FRESHET_PARTITION", value_delimiter = ',')]
+    partition: Vec<u32>,
 }
 
 #[tokio::main]
@@ -34,33 +36,55 @@ async fn main() -> anyhow::Result<()> {
     let ctx = FunctionContext::start("featurize", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
-    let (durable, filter) = match args.partition {
-        Some(p) => (
-            format!("featurize-{p}"),
-            ctx.subjects.events_stored_partition(p),
-        ),
-        None => ("featurize".to_string(), ctx.subjects.events_stored_all()),
+    let partitions = ctx.topology.partitions;
+    if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {
+        anyhow::bail!(
+            "partition {p} does not exist: EVENTS has partitions 0 to {}",
+            partitions - 1
+        );
+    }
+    let consumers: Vec<(String, String)> = if args.partition.is_empty() {
+        vec![("featurize".to_string(), ctx.subjects.events_stored_all())]
+    } else {
+        args.partition
+            .iter()
+            .map(|&p| {
+                (
+                    format!("featurize-{p}"),
+                    ctx.subjects.events_stored_partition(p),
+                )
+            })
+            .collect()
     };
-    let featurizer = processor::Featurizer {
-        js: ctx.js.clone(),
-        features,
-        subjects: ctx.subjects.clone(),
-        model: args.model,
-        max_event_bytes: ctx.args.max_event_bytes,
-        order: OrderGuard::new(
-            ctx.js.get_stream(STREAM_EVENTS).await?,
-            filter.clone(),
-            durable.clone(),
-        ),
-        mark: None,
-    };
-    let batch_size = ctx.args.batch_size;
-    ctx.consume(
-        STREAM_EVENTS,
-        &durable,
-        vec![filter],
-        batch_size,
-        featurizer,
-    )
-    .await
+    let events = ctx.js.get_stream(STREAM_EVENTS).await?;
+    // The order guard keeps each durable's events in stream order, which needs one replica per
+    // durable at a time: replicas acknowledging one durable's messages concurrently would move
+    // its acknowledgement floor out of order.
+    let runs = consumers.into_iter().map(|(durable, filter)| {
+        let featurizer = processor::Featurizer {
+            js: ctx.js.clone(),
+            features: features.clone(),
+            subjects: ctx.subjects.clone(),
+            model: args.model.clone(),
+            max_event_bytes: ctx.args.max_event_bytes,
+            order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
+            mark: None,
+        };
+        let ctx = &ctx;
+        async move {
+            ctx.exclusively(&format!("featurize.{durable}"), async {
+                ctx.consume(
+                    STREAM_EVENTS,
+                    &durable,
+                    vec![filter],
+                    ctx.args.batch_size,
+                    featurizer,
+                )
+                .await
+            })
+            .await
+        }
+    });
+    futures::future::try_join_all(runs).await?;
+    Ok(())
 }

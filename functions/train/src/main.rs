@@ -15,8 +15,7 @@ use freshet::model::Hyper;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::store::Pointers;
-use freshet::store::lease::Lease;
-use freshet::subjects::{BUCKET_LEASES, BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 
 /// Trains one model from its examples: each batch is scored (prequential metrics), then learned
 /// with SGD; every few batches a new immutable version goes to the object store and the model's
@@ -100,69 +99,22 @@ async fn main() -> anyhow::Result<()> {
         metrics,
     );
     // One trainer per model: the others stand by until the lease is free.
-    let lease_ttl = ctx
-        .topology
-        .buckets
-        .get(BUCKET_LEASES)
-        .and_then(|b| b.max_age)
-        .unwrap_or(Duration::from_secs(10));
-    let holder = uuid::Uuid::new_v4().to_string();
-    let leases = ctx.js.get_key_value(BUCKET_LEASES).await?;
     let lease_key = format!("train.{}", args.model);
-    let Some(lease) = Lease::acquire(
-        leases,
-        &lease_key,
-        &holder,
-        Duration::from_millis(500),
-        ctx.shutdown.clone(),
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let keeper = tokio::spawn(keep_lease(lease, lease_ttl / 3, released));
-
-    trainer.resume().await?;
-    // Held messages wait for the version that learns them; at most this many batches of them.
-    let max_held = ctx
-        .args
-        .batch_size
-        .saturating_mul(args.publish_every_batches.max(1));
-    let consumed = ctx
-        .consume(
+    ctx.exclusively(&lease_key, async {
+        trainer.resume().await?;
+        // Held messages wait for the version that learns them; at most this many batches.
+        let max_held = ctx
+            .args
+            .batch_size
+            .saturating_mul(args.publish_every_batches.max(1));
+        ctx.consume(
             STREAM_EXAMPLES,
             &durable,
             vec![ctx.subjects.examples(&args.model)],
             max_held,
             trainer,
         )
-        .await;
-    let _ = release.send(());
-    let _ = keeper.await;
-    consumed
-}
-
-/// Renews the lease until told to release it. A lease that cannot be renewed was taken over (or
-/// aged out while this process stalled): the process exits at once, unacknowledged work and all,
-/// so that two trainers never train one model together; its messages go to the new holder.
-async fn keep_lease(
-    mut lease: Lease,
-    every: Duration,
-    mut released: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {
-                if let Err(err) = lease.renew().await {
-                    tracing::error!(error = %err, "lost the training lease; exiting so the new holder trains alone");
-                    std::process::exit(3);
-                }
-            }
-            _ = &mut released => {
-                lease.release().await;
-                return;
-            }
-        }
-    }
+        .await
+    })
+    .await
 }

@@ -13,6 +13,7 @@ use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::runtime::{Metrics, Readiness, Shutdown};
 use crate::store::ArtifactStore;
+use crate::store::lease::Lease;
 use crate::subjects::Subjects;
 use crate::topology::{self, Topology};
 
@@ -79,6 +80,66 @@ impl FunctionContext {
             )
         })?;
         Ok(addr)
+    }
+
+    /// Runs `work` while holding the lease `key` in the LEASES bucket, so that at most one replica
+    /// does it at a time; the others stand by until the lease is free (released, or aged out
+    /// after the bucket's `max_age` when its holder died). Returns `Ok(())` without running
+    /// `work` if shutdown comes while standing by.
+    ///
+    /// A lease that cannot be renewed was taken over (or aged out while this process stalled):
+    /// the process then exits at once with status 3, unacknowledged work and all, so two
+    /// replicas never do the work together; its messages are redelivered to the new holder.
+    pub async fn exclusively<F>(&self, key: &str, work: F) -> anyhow::Result<()>
+    where
+        F: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let ttl = self
+            .topology
+            .buckets
+            .get(crate::subjects::BUCKET_LEASES)
+            .and_then(|b| b.max_age)
+            .unwrap_or(std::time::Duration::from_secs(10));
+        // Unique per process start: the pid alone repeats across hosts and restarts.
+        let started = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let holder = format!("{}-{}-{started}", self.name, std::process::id());
+        let leases = self
+            .js
+            .get_key_value(crate::subjects::BUCKET_LEASES)
+            .await
+            .context("opening the LEASES bucket")?;
+        let Some(mut lease) = Lease::acquire(
+            leases,
+            key,
+            &holder,
+            std::time::Duration::from_millis(500),
+            self.shutdown.clone(),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        let (release, mut released) = tokio::sync::oneshot::channel::<()>();
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => {
+                        if let Err(err) = lease.renew().await {
+                            tracing::error!(error = %err, "lost the lease; exiting so the new holder works alone");
+                            std::process::exit(3);
+                        }
+                    }
+                    _ = &mut released => {
+                        lease.release().await;
+                        return;
+                    }
+                }
+            }
+        });
+        let outcome = work.await;
+        let _ = release.send(());
+        let _ = keeper.await;
+        outcome
     }
 
     /// Runs `processor` on the durable consumer `durable` of `stream` until shutdown, as the
