@@ -2,16 +2,22 @@
 //! (every time is passed in), so the same code runs in the handler and in table tests.
 //!
 //! [`ewma`] keeps an exponentially weighted mean and variance per feature and scales values by
-//! them online. Its state is serialised as JSON into the entity's KV entry, so it is small and
-//! validated when decoded.
+//! them online. [`window`] keeps event-time windows (tumbling or sliding) of count, sum and mean,
+//! with a watermark, an allowed lateness and a bounded number of stored windows. Both states are
+//! serialised as JSON into the entity's KV entry, so they are small and validated when decoded.
 //!
 //! Values are refused when they are NaN, infinite or beyond ±[`MAX_ABS_VALUE`], the same bound
 //! event decoding applies. That bound is also what keeps every sum, variance and standard score
 //! finite, however many values are folded in.
 
 pub mod ewma;
+pub mod window;
 
 pub use ewma::{DEFAULT_DECAY, Decay, Ewma, EwmaError, EwmaMoments, EwmaVector};
+pub use window::{
+    Accepted, AddError, EventTimeWindows, MAX_STORED_WINDOWS, QueryError, SpecError,
+    WindowAggregate, WindowConfig, WindowSpec,
+};
 
 pub use crate::events::MAX_ABS_VALUE;
 
