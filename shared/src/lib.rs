@@ -6,6 +6,7 @@
 //! - [`events`]: the CloudEvents contract and its validation; [`ids`]: checked identifiers.
 //! - [`examples`]: the training example featurize publishes and train consumes.
 //! - [`features`]: the bookstore features, computed by the same code at training and serving time.
+//! - [`aggregates`]: streaming per-entity aggregates: EWMA scaling and event-time windows.
 //! - [`model`]: the burn models, their artifacts and manifests.
 //! - [`store`]: model artifacts in object storage; pointers and entity state in JetStream KV.
 //! - [`subjects`]: every subject, stream, bucket and header name, from one prefix.
@@ -18,6 +19,7 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod aggregates;
 pub mod config;
 pub mod connect;
 pub mod error;
