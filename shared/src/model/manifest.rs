@@ -17,8 +17,13 @@ use super::logistic::Hyper;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
-    /// [`LogisticTrainer`](super::LogisticTrainer) / [`Scorer`](super::Scorer).
+    /// Logistic regression: [`LogisticTrainer`](super::LogisticTrainer) /
+    /// [`Scorer`](super::Scorer), or [`Trainer`](super::Trainer).
     Logistic,
+    /// A one-hidden-layer ReLU perceptron (`mlp.rs`).
+    Mlp,
+    /// A degree-2 factorization machine (`fm.rs`).
+    FactorizationMachine,
 }
 
 /// Names and order of the features a model expects; a model is only valid for the schema
