@@ -517,6 +517,32 @@ mod tests {
     }
 
     #[test]
+    fn learns_with_adam_too() {
+        let adam = Hyper {
+            learning_rate: 0.05,
+            optimizer: Optimizer::adam(),
+            ..hyper()
+        };
+        let mut trainer = LogisticTrainer::new(3, adam).unwrap();
+        let (mut correct, mut seen) = (0, 0);
+        for b in 0..50 {
+            let (rows, labels) = batch(b, 64);
+            let report = trainer.train_batch(&rows, &labels).unwrap();
+            if b >= 40 {
+                correct += report.correct;
+                seen += report.examples;
+            }
+        }
+        let accuracy = correct as f64 / seen as f64;
+        assert!(accuracy > 0.9, "prequential accuracy {accuracy}");
+        // Adam's state travels with the model.
+        let bytes = trainer.to_bytes().unwrap();
+        let restored = LogisticTrainer::from_bytes(&bytes, adam).unwrap();
+        assert_eq!(restored.to_bytes().unwrap(), bytes);
+        assert_eq!(restored.hyper().optimizer, Optimizer::adam());
+    }
+
+    #[test]
     fn training_is_deterministic() {
         let a = trained(10);
         let b = trained(10);

@@ -111,7 +111,7 @@ mod tests {
                 learning_rate: if optimizer == Optimizer::Sgd {
                     0.5
                 } else {
-                    0.02
+                    0.05
                 },
                 decay: 0.001,
                 l2: 1e-5,
