@@ -213,9 +213,9 @@ fn describe(arch: Arch) -> String {
     }
 }
 
-/// Inference-only model of any kind, scoring on host vectors (no burn, no tensors): one row
-/// costs well under a microsecond in release builds. Cheap to share (`Arc`) and safe to call
-/// from many threads at once.
+/// Inference-only model of any kind, scoring on host vectors (no burn, no tensors), because
+/// predictors call it once per request and tensor set-up would dominate a single row. Cheap to
+/// share (`Arc`) and safe to call from many threads at once.
 #[derive(Debug, Clone)]
 pub struct ModelScorer {
     model: HostModel,

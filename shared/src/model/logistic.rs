@@ -929,6 +929,12 @@ mod tests {
         let any = crate::model::ModelScorer::from_bytes(FORMAT2).unwrap();
         assert_eq!(any.kind(), ModelKind::Logistic);
         assert_eq!(any.score_batch(&probe).unwrap(), scores);
+        let config = crate::model::ModelConfig::default();
+        let any = crate::model::Trainer::from_bytes(FORMAT2, &config).unwrap();
+        assert_eq!(
+            (any.kind(), any.step(), any.n_features()),
+            (ModelKind::Logistic, 5, 3)
+        );
 
         let mut trainer = LogisticTrainer::from_bytes(FORMAT2, hyper()).unwrap();
         assert_eq!(trainer.weights(), weights.to_vec());

@@ -91,7 +91,7 @@ pub struct Manifest {
     pub size_bytes: u64,
     /// When this version was written.
     pub created_at: DateTime<Utc>,
-    /// SGD step counter `t` stored in the artifact.
+    /// Update counter `t` stored in the artifact (it drives the learning-rate schedule).
     pub step: u64,
     /// Stream sequences of the examples this version learned (beyond its parent); `None` if it
     /// learned nothing new (e.g. a re-publish).

@@ -383,8 +383,8 @@ impl Learner {
     }
 }
 
-/// Inference-only copy of a model: host vectors and no burn, so one row costs a few hundred
-/// nanoseconds and the value is trivially `Send + Sync`.
+/// Inference-only copy of a model: host vectors and no burn, so scoring one row is a few hundred
+/// multiply-adds with no tensor set-up, and the value is trivially `Send + Sync`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HostModel {
     pub(crate) arch: Arch,
