@@ -1,123 +1,50 @@
-//! Logistic regression in burn, trained online by mini-batch SGD, and its byte artifact.
+//! Logistic regression, trained online, and the hyperparameters every model kind shares.
 //!
-//! [`LogisticTrainer`] owns the autodiff model and the optimizer. Each call to
+//! [`LogisticTrainer`] learns one linear unit `σ(w·x + b)` a mini-batch at a time. Each call to
 //! [`LogisticTrainer::train_batch`] is *prequential* (test-then-train): the batch is first scored
 //! by the current model, which is the honest accuracy/log-loss of a model that has never seen
-//! those examples, and only then is one SGD step taken with learning rate `η0 / (1 + α·t)`.
-//! An update that makes any weight NaN/∞ is discarded, so a trainer only ever holds finite
-//! weights. [`Scorer`] is the inference-only copy (plain `Device::flex()`, no autodiff) that
-//! serving code shares between threads.
+//! those examples, and only then is one optimizer step taken with learning rate `η0 / (1 + α·t)`
+//! (SGD or Adam, see [`Hyper`]). An update that makes the loss or any weight NaN/∞ is discarded,
+//! so a trainer only ever holds finite weights. [`Scorer`] is the inference-only copy that
+//! serving code shares between threads. The training machinery itself is shared with the other
+//! kinds (`net.rs`); this file holds what is particular to the linear model, and the decoder for
+//! artifact format 2, which only logistic models were ever written in.
 //!
-//! The artifact written by [`LogisticTrainer::to_bytes`] is self-describing:
+//! L2 regularisation is the term `(λ/2)·‖w‖²` in the loss, on the weights only: the bias only
+//! shifts the decision threshold and should not be pulled towards p = 0.5.
+//!
+//! Format 2 (read, no longer written) is
 //!
 //! ```text
 //! b"FRESHETM" | u32 LE header length | header JSON | burnpack record | SHA-256 of all before
 //! ```
 //!
-//! The header carries the format version, model kind, feature count, SGD step, the input
-//! scaler's state and the length and SHA-256 of the record; the trailing digest covers header
-//! and record alike, so a truncated or corrupted artifact is rejected as [`ModelError::Decode`]
-//! before burn ever parses it.
-//!
-//! L2 regularisation is applied by hand, as the term `(λ/2)·‖w‖²` added to the loss, on the
-//! weights only (not the bias). Its gradient `λ·w` is exactly what burn's coupled
-//! `WeightDecayConfig` adds, but burn's decay would also shrink the bias, which only shifts the
-//! decision threshold and should not be pulled towards 0.5. The optimizer is plain SGD (no
-//! momentum), so its only state is the step counter `t`, which the artifact stores.
+//! with the weights in a burn module record keyed `linear.weight`, `linear.bias`, and the
+//! scaler's statistics as JSON in the header. Models are now written as format 3
+//! (`artifact.rs`), which also stores Adam's moments and keeps the scaler's `f64` statistics
+//! exact (`serde_json` does not round-trip every `f64` without its `float_roundtrip` feature).
 
 use burn::module::{Module, ParamId};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::store::ModuleRecord;
-use burn::tensor::activation::{log_sigmoid, sigmoid};
-use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::ModelError;
+use super::artifact;
 use super::manifest::{ModelKind, sha256_hex};
+use super::net::{Arch, HostModel, Learner, ParamSpec, Snapshot, read_f32, shape_error};
+use super::optim::{Optimizer, OptimizerState};
 use super::scaler::StandardScaler;
 
-/// Version of the artifact layout written by [`LogisticTrainer::to_bytes`]; bump it when the
-/// header or the module's field paths change, because burn keys record tensors by field path.
-pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
+pub use super::artifact::ARTIFACT_FORMAT_VERSION;
 
-/// Length of the trailing SHA-256 digest.
-const DIGEST_LEN: usize = 32;
-
-/// Leading bytes of every artifact, so a random blob is rejected before JSON parsing.
-const MAGIC: &[u8; 8] = b"FRESHETM";
-
-/// Upper bound on the JSON header; a real one is ~200 bytes, and a bound keeps a corrupted
-/// length field from being trusted.
-const MAX_HEADER_LEN: usize = 64 * 1024;
-
-/// Fixed burn parameter ids (see [`LogisticRegression::zeros`]).
+/// Fixed burn parameter ids of format-2 records (see [`LogisticRegression::zeros`]).
 const WEIGHT_PARAM_ID: u64 = 1;
 const BIAS_PARAM_ID: u64 = 2;
 
-/// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
-/// costs at most ~16 nats instead of infinity.
-const P_CLAMP: f64 = 1e-7;
-
-/// The burn module: one linear unit (`n_features → 1`, with bias) whose output is the logit.
-///
-/// Field names are part of the artifact format (records are keyed `linear.weight`,
-/// `linear.bias`): renaming them breaks old artifacts.
-#[derive(Module, Debug)]
-struct LogisticRegression {
-    linear: Linear,
-}
-
-impl LogisticRegression {
-    /// A model with all weights and the bias at exactly zero, so training is reproducible.
-    fn zeros(n_features: usize, device: &Device) -> Self {
-        let mut linear = LinearConfig::new(n_features, 1)
-            .with_bias(true)
-            .with_initializer(Initializer::Zeros)
-            .init(device);
-        // burn draws parameter ids at random and writes them into the record, which would make
-        // identical weights serialise to different bytes (and SHA-256s). Ids only need to be
-        // unique within one module, so fixed ones make artifacts a pure function of the weights.
-        linear.weight.id = ParamId::from(WEIGHT_PARAM_ID);
-        if let Some(bias) = linear.bias.as_mut() {
-            bias.id = ParamId::from(BIAS_PARAM_ID);
-        }
-        Self { linear }
-    }
-
-    /// Logits, shape `[n, 1]`, for inputs of shape `[n, n_features]`.
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.linear.forward(x)
-    }
-
-    /// Reads weights and bias back to the host.
-    fn read_params(&self) -> Result<(Vec<f32>, f32), ModelError> {
-        let weights = read_f32(self.linear.weight.val())?;
-        let bias = match &self.linear.bias {
-            Some(bias) => read_f32(bias.val())?,
-            None => return Err(ModelError::Backend("model has no bias parameter".into())),
-        };
-        match bias.as_slice() {
-            [b] => Ok((weights, *b)),
-            other => Err(ModelError::Backend(format!(
-                "bias has {} values, expected 1",
-                other.len()
-            ))),
-        }
-    }
-}
-
-/// Copies a tensor to the host as `f32`, casting if the backend stored another float type.
-fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelError> {
-    tensor
-        .try_into_data_as::<f32>()
-        .map_err(|e| ModelError::Backend(e.to_string()))?
-        .try_into_vec::<f32>()
-        .map_err(|e| ModelError::Backend(e.to_string()))
-}
-
-/// SGD hyperparameters. The learning rate at step `t` is `learning_rate / (1 + decay·t)`.
+/// Training hyperparameters, shared by every model kind. The learning rate at step `t` is
+/// `learning_rate / (1 + decay·t)`, whichever optimizer applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Hyper {
@@ -125,8 +52,11 @@ pub struct Hyper {
     pub learning_rate: f64,
     /// Learning-rate decay α (≥ 0); 0 keeps the rate constant. Default 0.01.
     pub decay: f64,
-    /// L2 penalty λ (≥ 0) on the weights, not the bias. Default 1e-4.
+    /// L2 penalty λ (≥ 0) on the weights, not the biases. Default 1e-4.
     pub l2: f64,
+    /// The update rule. Defaults to SGD, which is what manifests written before this field
+    /// existed were trained with.
+    pub optimizer: Optimizer,
 }
 
 impl Default for Hyper {
@@ -135,6 +65,7 @@ impl Default for Hyper {
             learning_rate: 0.1,
             decay: 0.01,
             l2: 1e-4,
+            optimizer: Optimizer::Sgd,
         }
     }
 }
@@ -147,7 +78,7 @@ impl Hyper {
     }
 
     /// Rejects values that would make training meaningless (non-finite, non-positive rate,
-    /// negative decay or penalty).
+    /// negative decay or penalty, Adam settings out of range).
     pub fn validate(&self) -> Result<(), ModelError> {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(ModelError::InvalidConfig {
@@ -167,11 +98,11 @@ impl Hyper {
                 value: self.l2,
             });
         }
-        Ok(())
+        self.optimizer.validate()
     }
 }
 
-/// What one [`LogisticTrainer::train_batch`] call measured and did.
+/// What one `train_batch` call measured and did.
 ///
 /// `correct` and `log_loss_sum` are prequential: computed with the model as it was *before*
 /// this batch's update. Sums (not means) so callers can aggregate over windows exactly.
@@ -191,8 +122,224 @@ pub struct BatchReport {
     pub scores: Vec<f32>,
 }
 
-/// Header JSON of the artifact. Unknown fields are tolerated so a newer writer can add
-/// informational fields without breaking older readers; `format` guards real layout changes.
+/// Parameter tensors: the weights `[n, 1]`, then the bias `[1, 1]`.
+pub(crate) fn specs(n_features: usize) -> Vec<ParamSpec> {
+    vec![
+        ParamSpec {
+            rows: n_features,
+            cols: 1,
+            decay: true,
+        },
+        ParamSpec {
+            rows: 1,
+            cols: 1,
+            decay: false,
+        },
+    ]
+}
+
+/// Logits `x·w + b`, shape `[m, 1]`, for inputs `[m, n]`.
+pub(crate) fn forward(params: &[Tensor<2>], x: Tensor<2>) -> Result<Tensor<2>, ModelError> {
+    let [w, b] = params else {
+        return Err(shape_error());
+    };
+    Ok(x.matmul(w.clone()).add(b.clone()))
+}
+
+/// The logit `w·x + b` of one scaled row.
+pub(crate) fn logit(params: &[Vec<f32>], x: &[f32]) -> Result<f32, ModelError> {
+    let [w, b] = params else {
+        return Err(shape_error());
+    };
+    let (Some(b), true) = (b.first(), w.len() == x.len()) else {
+        return Err(shape_error());
+    };
+    let dot: f32 = w.iter().zip(x).map(|(w, x)| w * x).sum();
+    Ok(dot + b)
+}
+
+/// Trains a logistic regression one mini-batch at a time (see the module docs).
+///
+/// The same model is available as [`ModelKind::Logistic`] through
+/// [`Trainer`](super::Trainer); this type keeps the linear model's own accessors
+/// ([`weights`](Self::weights), [`bias`](Self::bias)).
+#[derive(Debug)]
+pub struct LogisticTrainer {
+    learner: Learner,
+}
+
+impl LogisticTrainer {
+    /// A trainer for `n_features` inputs with all weights and the bias at zero and `t = 0`.
+    pub fn new(n_features: usize, hyper: Hyper) -> Result<Self, ModelError> {
+        Ok(Self {
+            learner: Learner::new(Arch::Logistic, n_features, hyper, 0)?,
+        })
+    }
+
+    /// Scores the batch with the current model, then takes one optimizer step on it.
+    ///
+    /// On any error the trainer is unchanged: input errors are detected before any work, and an
+    /// update that yields a non-finite loss or weights is discarded with
+    /// [`ModelError::NonFinite`].
+    pub fn train_batch(
+        &mut self,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+    ) -> Result<BatchReport, ModelError> {
+        self.learner.train_batch(rows, labels)
+    }
+
+    /// An inference copy of the current model, independent of further training.
+    pub fn scorer(&self) -> Scorer {
+        Scorer {
+            model: self.learner.host_model(),
+        }
+    }
+
+    /// Serialises the model, step counter, scaler and optimizer state as a self-describing
+    /// artifact (format [`ARTIFACT_FORMAT_VERSION`]).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        artifact::encode(self.learner.snapshot())
+    }
+
+    /// Restores a trainer from [`to_bytes`](Self::to_bytes) output or a format-2 artifact,
+    /// continuing the learning-rate schedule (and Adam's moments) from where it stopped.
+    /// `hyper` is supplied by the caller (it lives in the manifest), so a deployment may change
+    /// it between versions.
+    pub fn from_bytes(bytes: &[u8], hyper: Hyper) -> Result<Self, ModelError> {
+        let snapshot = logistic_only(artifact::decode(bytes)?)?;
+        Ok(Self {
+            learner: Learner::restore(snapshot, hyper)?,
+        })
+    }
+
+    /// Current weights, one per feature, in feature order.
+    pub fn weights(&self) -> Vec<f32> {
+        self.learner
+            .snapshot()
+            .params
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Current bias (intercept).
+    pub fn bias(&self) -> f32 {
+        self.learner
+            .snapshot()
+            .params
+            .get(1)
+            .and_then(|b| b.first())
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Updates taken so far (`t`).
+    pub fn step(&self) -> u64 {
+        self.learner.snapshot().step
+    }
+
+    /// Number of input features.
+    pub fn n_features(&self) -> usize {
+        self.learner.snapshot().n_features
+    }
+
+    /// The hyperparameters in use.
+    pub fn hyper(&self) -> Hyper {
+        self.learner.hyper()
+    }
+}
+
+/// Refuses artifacts of other kinds, which the logistic types cannot represent.
+fn logistic_only(snapshot: Snapshot) -> Result<Snapshot, ModelError> {
+    if snapshot.arch == Arch::Logistic {
+        Ok(snapshot)
+    } else {
+        Err(ModelError::Decode(format!(
+            "model kind {:?} is not logistic",
+            snapshot.arch.kind()
+        )))
+    }
+}
+
+/// Inference-only logistic regression on host vectors; cheap to share (`Arc`) and safe to call
+/// from many threads at once. [`ModelScorer`](super::ModelScorer) scores every kind.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    model: HostModel,
+}
+
+impl Scorer {
+    /// Loads a scorer from a logistic artifact ([`LogisticTrainer::to_bytes`], or format 2).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        let snapshot = logistic_only(artifact::decode(bytes)?)?;
+        Ok(Self {
+            model: HostModel::from_snapshot(snapshot),
+        })
+    }
+
+    /// Number of input features each row must have.
+    pub fn n_features(&self) -> usize {
+        self.model.n_features
+    }
+
+    /// The training step `t` of the model this scorer was made from.
+    pub fn step(&self) -> u64 {
+        self.model.step
+    }
+
+    /// Probability of class 1 for each row. An empty batch gives an empty result.
+    pub fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
+        self.model.score_batch(rows)
+    }
+
+    /// Probability of class 1 for one row.
+    pub fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
+        self.model.score(row)
+    }
+}
+
+/// The burn module format-2 records were written from: one linear unit (`n_features → 1`, with
+/// bias). Field names are the record keys (`linear.weight`, `linear.bias`).
+#[derive(Module, Debug)]
+struct LogisticRegression {
+    linear: Linear,
+}
+
+impl LogisticRegression {
+    /// A model with all weights and the bias at zero, to load a record into.
+    fn zeros(n_features: usize, device: &Device) -> Self {
+        let mut linear = LinearConfig::new(n_features, 1)
+            .with_bias(true)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        // Format 2 wrote these fixed ids (burn otherwise draws them at random, which made equal
+        // weights serialise to different bytes).
+        linear.weight.id = ParamId::from(WEIGHT_PARAM_ID);
+        if let Some(bias) = linear.bias.as_mut() {
+            bias.id = ParamId::from(BIAS_PARAM_ID);
+        }
+        Self { linear }
+    }
+
+    /// Reads weights and bias back to the host.
+    fn read_params(&self) -> Result<(Vec<f32>, f32), ModelError> {
+        let weights = read_f32(self.linear.weight.val())?;
+        let bias = match &self.linear.bias {
+            Some(bias) => read_f32(bias.val())?,
+            None => return Err(ModelError::Backend("model has no bias parameter".into())),
+        };
+        match bias.as_slice() {
+            [b] => Ok((weights, *b)),
+            other => Err(ModelError::Backend(format!(
+                "bias has {} values, expected 1",
+                other.len()
+            ))),
+        }
+    }
+}
+
+/// Header JSON of a format-2 artifact. Unknown fields are tolerated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ArtifactHeader {
     format: u32,
@@ -207,435 +354,12 @@ struct ArtifactHeader {
     scaler: Option<StandardScaler>,
 }
 
-/// Checks every row has `n_features` finite values.
-fn validate_rows<R: AsRef<[f32]>>(rows: &[R], n_features: usize) -> Result<(), ModelError> {
-    for (i, row) in rows.iter().enumerate() {
-        validate_row(row.as_ref(), i, n_features)?;
-    }
-    Ok(())
-}
-
-fn validate_row(row: &[f32], index: usize, n_features: usize) -> Result<(), ModelError> {
-    if row.len() != n_features {
-        return Err(ModelError::FeatureCount {
-            row: index,
-            expected: n_features,
-            got: row.len(),
-        });
-    }
-    if let Some((column, value)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(ModelError::NonFiniteFeature {
-            row: index,
-            column,
-            value: *value,
-        });
-    }
-    Ok(())
-}
-
-/// Row-major `[rows.len(), n_features]` input tensor; rows must already be validated.
-fn input_tensor<R: AsRef<[f32]>>(rows: &[R], n_features: usize, device: &Device) -> Tensor<2> {
-    let mut flat = Vec::with_capacity(rows.len() * n_features);
-    for row in rows {
-        flat.extend_from_slice(row.as_ref());
-    }
-    Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), n_features]), device)
-}
-
-/// Probabilities for validated rows, refusing NaN/∞ (possible when `w·x` overflows f32).
-fn probabilities(
-    model: &LogisticRegression,
-    x: Tensor<2>,
-    what: &str,
-) -> Result<Vec<f32>, ModelError> {
-    let probs = read_f32(sigmoid(model.forward(x)))?;
-    if probs.iter().any(|p| !p.is_finite()) {
-        return Err(ModelError::NonFinite { what: what.into() });
-    }
-    Ok(probs)
-}
-
-/// Trains a logistic regression one mini-batch at a time (see the module docs).
-pub struct LogisticTrainer {
-    /// The model on the autodiff device; always holds finite weights.
-    model: LogisticRegression,
-    optim: ModuleOptimizer,
-    device: Device,
-    /// Number of updates taken so far; drives the learning-rate schedule.
-    t: u64,
-    n_features: usize,
-    hyper: Hyper,
-    /// Host copy of the parameters, refreshed on every accepted update, so `weights()`/`bias()`
-    /// are infallible and the finiteness check after an update reads the device only once.
-    weights: Vec<f32>,
-    bias: f32,
-    /// Standardises inputs before the linear unit; learned alongside the weights.
-    scaler: Option<StandardScaler>,
-}
-
-impl std::fmt::Debug for LogisticTrainer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogisticTrainer")
-            .field("n_features", &self.n_features)
-            .field("step", &self.t)
-            .field("hyper", &self.hyper)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LogisticTrainer {
-    /// A trainer for `n_features` inputs with all weights and the bias at zero and `t = 0`.
-    pub fn new(n_features: usize, hyper: Hyper) -> Result<Self, ModelError> {
-        hyper.validate()?;
-        if n_features == 0 {
-            return Err(ModelError::InvalidConfig {
-                name: "n_features",
-                value: 0.0,
-            });
-        }
-        let device = Device::flex().autodiff();
-        let model = LogisticRegression::zeros(n_features, &device);
-        Ok(Self {
-            model,
-            optim: Self::optimizer(),
-            device,
-            t: 0,
-            n_features,
-            hyper,
-            weights: vec![0.0; n_features],
-            bias: 0.0,
-            scaler: Some(StandardScaler::new(n_features)),
-        })
-    }
-
-    /// Plain SGD: no momentum (so no optimizer state beyond `t`) and no burn weight decay
-    /// (L2 is in the loss, weights only).
-    fn optimizer() -> ModuleOptimizer {
-        SgdConfig::new().init()
-    }
-
-    /// Scores the batch with the current model, then takes one SGD step on it.
-    ///
-    /// On any error the trainer is unchanged: input errors are detected before any work, and an
-    /// update that yields non-finite weights is discarded with [`ModelError::NonFinite`].
-    pub fn train_batch(
-        &mut self,
-        rows: &[Vec<f32>],
-        labels: &[f32],
-    ) -> Result<BatchReport, ModelError> {
-        if rows.len() != labels.len() {
-            return Err(ModelError::LabelCount {
-                rows: rows.len(),
-                labels: labels.len(),
-            });
-        }
-        if rows.is_empty() {
-            return Err(ModelError::EmptyBatch);
-        }
-        validate_rows(rows, self.n_features)?;
-        if let Some((index, value)) = labels
-            .iter()
-            .enumerate()
-            .find(|(_, y)| **y != 0.0 && **y != 1.0)
-        {
-            return Err(ModelError::Label {
-                index,
-                value: *value,
-            });
-        }
-
-        let n = rows.len();
-        // Test with the scaler as it was, like a predictor serving this model would; then fold
-        // the batch into the scaler and learn on the rows as the updated scaler sees them.
-        let probs = {
-            let scaled = scale_rows(self.scaler.as_ref(), rows);
-            let x = input_tensor(&scaled, self.n_features, &self.device);
-            read_f32(sigmoid(self.model.forward(x)))?
-        };
-        if probs.iter().any(|p| !p.is_finite()) {
-            return Err(ModelError::NonFinite {
-                what: "prequential scores".into(),
-            });
-        }
-        let mut correct = 0usize;
-        let mut log_loss_sum = 0.0f64;
-        for (p, y) in probs.iter().zip(labels) {
-            let positive = *y == 1.0;
-            if (*p >= 0.5) == positive {
-                correct += 1;
-            }
-            let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
-            log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
-        }
-
-        let mut scaler = self.scaler.clone();
-        if let Some(scaler) = scaler.as_mut() {
-            scaler.update(rows);
-        }
-        let scaled = scale_rows(scaler.as_ref(), rows);
-        let logits = self
-            .model
-            .forward(input_tensor(&scaled, self.n_features, &self.device));
-
-        // Train: mean binary cross-entropy on logits, in the numerically stable form that
-        // burn's BinaryCrossEntropyLoss uses with `logits = true`: (1 - y)·z − log σ(z).
-        let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &self.device);
-        let mut loss = (y.neg() + 1.0)
-            .mul(logits.clone())
-            .sub(log_sigmoid(logits))
-            .mean();
-        if self.hyper.l2 > 0.0 {
-            let w = self.model.linear.weight.val();
-            loss = loss.add(w.square().sum().mul_scalar(0.5 * self.hyper.l2));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-
-        let learning_rate = self.hyper.learning_rate_at(self.t);
-        // Step copies, so a rejected update leaves model and optimizer exactly as they were.
-        // Cloning a module or optimizer shares tensor storage; it does not copy the weights.
-        let mut optim = self.optim.clone();
-        let candidate = optim.step(learning_rate, self.model.clone(), grads);
-        let (weights, bias) = candidate.read_params()?;
-        if !bias.is_finite() || weights.iter().any(|w| !w.is_finite()) {
-            return Err(ModelError::NonFinite {
-                what: "updated weights".into(),
-            });
-        }
-
-        self.model = candidate;
-        self.optim = optim;
-        self.weights = weights;
-        self.bias = bias;
-        self.scaler = scaler;
-        self.t = self.t.saturating_add(1);
-        Ok(BatchReport {
-            examples: n,
-            correct,
-            log_loss_sum,
-            step: self.t,
-            learning_rate,
-            scores: probs,
-        })
-    }
-
-    /// An inference copy of the current model (no autodiff), independent of further training.
-    pub fn scorer(&self) -> Scorer {
-        Scorer {
-            model: self.model.valid(),
-            device: Device::flex(),
-            n_features: self.n_features,
-            step: self.t,
-            scaler: self.scaler.clone(),
-        }
-    }
-
-    /// Serialises the model and step counter as a self-describing artifact (see module docs).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        encode_artifact(
-            self.model.valid(),
-            self.n_features,
-            self.t,
-            self.scaler.clone(),
-        )
-    }
-
-    /// Restores a trainer from [`to_bytes`](Self::to_bytes) output, continuing the learning-rate
-    /// schedule from the stored step. `hyper` is supplied by the caller (it lives in the
-    /// manifest), so a deployment may change it between versions.
-    pub fn from_bytes(bytes: &[u8], hyper: Hyper) -> Result<Self, ModelError> {
-        hyper.validate()?;
-        let device = Device::flex().autodiff();
-        let decoded = decode_artifact(bytes, &device)?;
-        Ok(Self {
-            model: decoded.model,
-            optim: Self::optimizer(),
-            device,
-            t: decoded.step,
-            n_features: decoded.n_features,
-            hyper,
-            weights: decoded.weights,
-            bias: decoded.bias,
-            scaler: decoded.scaler,
-        })
-    }
-
-    /// Current weights, one per feature, in feature order.
-    pub fn weights(&self) -> Vec<f32> {
-        self.weights.clone()
-    }
-
-    /// Current bias (intercept).
-    pub fn bias(&self) -> f32 {
-        self.bias
-    }
-
-    /// Updates taken so far (`t`).
-    pub fn step(&self) -> u64 {
-        self.t
-    }
-
-    /// Number of input features.
-    pub fn n_features(&self) -> usize {
-        self.n_features
-    }
-
-    /// The hyperparameters in use.
-    pub fn hyper(&self) -> Hyper {
-        self.hyper
-    }
-}
-
-/// Inference-only logistic regression on plain `Device::flex()`; cheap to share (`Arc`) and
-/// safe to call from many threads at once.
-#[derive(Debug, Clone)]
-pub struct Scorer {
-    model: LogisticRegression,
-    device: Device,
-    n_features: usize,
-    step: u64,
-    scaler: Option<StandardScaler>,
-}
-
-impl Scorer {
-    /// Loads a scorer from a trainer artifact ([`LogisticTrainer::to_bytes`]).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
-        let device = Device::flex();
-        let decoded = decode_artifact(bytes, &device)?;
-        Ok(Self {
-            model: decoded.model,
-            device,
-            n_features: decoded.n_features,
-            step: decoded.step,
-            scaler: decoded.scaler,
-        })
-    }
-
-    /// Number of input features each row must have.
-    pub fn n_features(&self) -> usize {
-        self.n_features
-    }
-
-    /// The training step `t` of the model this scorer was made from.
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
-    /// Probability of class 1 for each row. An empty batch gives an empty result.
-    pub fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        validate_rows(rows, self.n_features)?;
-        let scaled = scale_rows(self.scaler.as_ref(), rows);
-        let x = input_tensor(&scaled, self.n_features, &self.device);
-        probabilities(&self.model, x, "scores")
-    }
-
-    /// Probability of class 1 for one row.
-    pub fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
-        validate_row(row, 0, self.n_features)?;
-        let scaled = scale_rows(self.scaler.as_ref(), std::slice::from_ref(&row));
-        let x = input_tensor(&scaled, self.n_features, &self.device);
-        let probs = probabilities(&self.model, x, "score")?;
-        probs
-            .first()
-            .copied()
-            .ok_or_else(|| ModelError::Backend("empty output for one row".into()))
-    }
-}
-
-/// Validated rows as the scaler sees them (unchanged without a scaler).
-fn scale_rows<R: AsRef<[f32]>>(scaler: Option<&StandardScaler>, rows: &[R]) -> Vec<Vec<f32>> {
-    rows.iter()
-        .map(|row| match scaler {
-            Some(scaler) => scaler.transform(row.as_ref()),
-            None => row.as_ref().to_vec(),
-        })
-        .collect()
-}
-
-/// A decoded artifact: module on the requested device plus its host-side parameters.
-struct Decoded {
-    model: LogisticRegression,
-    n_features: usize,
-    step: u64,
-    weights: Vec<f32>,
-    bias: f32,
-    scaler: Option<StandardScaler>,
-}
-
-fn encode_artifact(
-    model: LogisticRegression,
-    n_features: usize,
-    step: u64,
-    scaler: Option<StandardScaler>,
-) -> Result<Vec<u8>, ModelError> {
-    let record = model
-        .into_record()
-        .into_bytes()
-        .map_err(|e| ModelError::Encode(e.to_string()))?;
-    let record: &[u8] = &record;
-    let header = ArtifactHeader {
-        format: ARTIFACT_FORMAT_VERSION,
-        kind: ModelKind::Logistic,
-        n_features: n_features as u64,
-        step,
-        record_len: record.len() as u64,
-        record_sha256: sha256_hex(record),
-        scaler,
-    };
-    let header = serde_json::to_vec(&header).map_err(|e| ModelError::Encode(e.to_string()))?;
-    let header_len = u32::try_from(header.len())
-        .ok()
-        .filter(|len| (*len as usize) <= MAX_HEADER_LEN)
-        .ok_or_else(|| ModelError::Encode(format!("header too large: {} bytes", header.len())))?;
-
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + record.len() + DIGEST_LEN);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&header_len.to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(record);
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    Ok(out)
-}
-
-fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError> {
+/// Decodes the header and burnpack record of a format-2 artifact whose framing and trailing
+/// checksum [`artifact::decode`] has already checked.
+pub(crate) fn decode_format2(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelError> {
     let decode = |msg: String| ModelError::Decode(msg);
-
-    let body_len = bytes
-        .len()
-        .checked_sub(DIGEST_LEN)
-        .ok_or_else(|| decode("shorter than its checksum".into()))?;
-    let (bytes, digest) = bytes.split_at(body_len);
-    if Sha256::digest(bytes).as_slice() != digest {
-        return Err(decode(
-            "artifact checksum does not match its contents".into(),
-        ));
-    }
-    let rest = bytes
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| decode("not a freshet model artifact (bad magic)".into()))?;
-    let (len_bytes, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| decode("truncated before header length".into()))?;
-    let header_len = u32::from_le_bytes(*len_bytes) as usize;
-    if header_len > MAX_HEADER_LEN || header_len > rest.len() {
-        return Err(decode(format!(
-            "header length {header_len} exceeds the {} bytes available",
-            rest.len()
-        )));
-    }
-    let (header, record) = rest.split_at(header_len);
     let header: ArtifactHeader =
         serde_json::from_slice(header).map_err(|e| decode(format!("header: {e}")))?;
-
-    if header.format != ARTIFACT_FORMAT_VERSION {
-        return Err(decode(format!(
-            "unsupported artifact format {} (this build reads {ARTIFACT_FORMAT_VERSION})",
-            header.format
-        )));
-    }
     if header.kind != ModelKind::Logistic {
         return Err(decode(format!(
             "model kind {:?} is not logistic",
@@ -677,7 +401,7 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
         // A record written as another float type is converted rather than trusted, so every
         // later read as f32 holds.
         .cast_to_module_dtype();
-    let model = LogisticRegression::zeros(n_features, device)
+    let model = LogisticRegression::zeros(n_features, &Device::flex())
         .try_load_record(record)
         .map_err(|e| decode(format!("record does not fit the model: {e}")))?;
     let (weights, bias) = model.read_params().map_err(|e| decode(e.to_string()))?;
@@ -690,13 +414,15 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
     if !bias.is_finite() || weights.iter().any(|w| !w.is_finite()) {
         return Err(decode("record holds non-finite weights".into()));
     }
-    Ok(Decoded {
-        model,
+    Ok(Snapshot {
+        arch: Arch::Logistic,
         n_features,
+        seed: 0,
         step: header.step,
-        weights,
-        bias,
         scaler: header.scaler,
+        params: vec![weights, vec![bias]],
+        // Format 2 was only ever written by plain SGD, whose sole state is the step counter.
+        optim: OptimizerState::Sgd,
     })
 }
 
@@ -704,7 +430,13 @@ fn decode_artifact(bytes: &[u8], device: &Device) -> Result<Decoded, ModelError>
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::model::artifact::{DIGEST_LEN, MAGIC};
+    use crate::model::net::P_CLAMP;
+    use sha2::{Digest, Sha256};
     use std::time::Instant;
+
+    /// A format-2 artifact written by the code that defined format 2: 3 features, 5 SGD steps.
+    const FORMAT2: &[u8] = include_bytes!("testdata/logistic_format2.bin");
 
     /// Deterministic pseudo-random features in [-1, 1) from a splitmix-style hash, so tests
     /// need no RNG crate and every run sees the same data.
@@ -741,6 +473,7 @@ mod tests {
             learning_rate: 1.0,
             decay: 0.01,
             l2: 1e-4,
+            ..Hyper::default()
         }
     }
 
@@ -781,6 +514,32 @@ mod tests {
         let w = trainer.weights();
         assert!(w[0] > 0.0 && w[1] > 0.0 && w[0] > w[1], "weights {w:?}");
         eprintln!("50 batches x 64 trained in {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn learns_with_adam_too() {
+        let adam = Hyper {
+            learning_rate: 0.05,
+            optimizer: Optimizer::adam(),
+            ..hyper()
+        };
+        let mut trainer = LogisticTrainer::new(3, adam).unwrap();
+        let (mut correct, mut seen) = (0, 0);
+        for b in 0..50 {
+            let (rows, labels) = batch(b, 64);
+            let report = trainer.train_batch(&rows, &labels).unwrap();
+            if b >= 40 {
+                correct += report.correct;
+                seen += report.examples;
+            }
+        }
+        let accuracy = correct as f64 / seen as f64;
+        assert!(accuracy > 0.9, "prequential accuracy {accuracy}");
+        // Adam's state travels with the model.
+        let bytes = trainer.to_bytes().unwrap();
+        let restored = LogisticTrainer::from_bytes(&bytes, adam).unwrap();
+        assert_eq!(restored.to_bytes().unwrap(), bytes);
+        assert_eq!(restored.hyper().optimizer, Optimizer::adam());
     }
 
     #[test]
@@ -980,6 +739,7 @@ mod tests {
                 learning_rate: 1e10,
                 decay: 0.0,
                 l2: 0.0,
+                ..Hyper::default()
             },
         )
         .unwrap();
@@ -1013,6 +773,7 @@ mod tests {
                 learning_rate: 1e40,
                 decay: 0.0,
                 l2: 1e-4,
+                ..Hyper::default()
             },
         )
         .unwrap();
@@ -1070,27 +831,39 @@ mod tests {
         }
     }
 
-    /// Corrupts the burnpack record itself and re-signs the header, so burn's own parser (not
-    /// our checksum) faces the damage: it must return errors, never panic.
+    /// Corrupts the burnpack record of a format-2 artifact and re-signs header and trailer, so
+    /// burn's own parser (not our checksums) faces the damage: it must return errors, never
+    /// panic.
     #[test]
-    fn corrupted_record_with_valid_header_never_panics() {
-        let bytes = trained(3).to_bytes().unwrap();
+    fn corrupted_format2_record_with_valid_checksums_never_panics() {
+        let bytes = FORMAT2;
         let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        let header: ArtifactHeader = serde_json::from_slice(&bytes[12..12 + header_len]).unwrap();
-        let record = bytes[12 + header_len..].to_vec();
+        let header = std::str::from_utf8(&bytes[12..12 + header_len]).unwrap();
+        let parsed: ArtifactHeader = serde_json::from_str(header).unwrap();
+        let record = bytes[12 + header_len..bytes.len() - DIGEST_LEN].to_vec();
+        // The header is patched as text: re-serialising it would change the scaler's floats,
+        // because serde_json's default parser does not round-trip every f64 (the reason format
+        // 3 stores them as bytes).
         let rebuild = |record: &[u8]| {
-            let h = ArtifactHeader {
-                record_len: record.len() as u64,
-                record_sha256: sha256_hex(record),
-                ..header.clone()
-            };
-            let h = serde_json::to_vec(&h).unwrap();
+            let h = header
+                .replace(
+                    &format!("\"record_len\":{}", parsed.record_len),
+                    &format!("\"record_len\":{}", record.len()),
+                )
+                .replace(&parsed.record_sha256, &sha256_hex(record));
             let mut out = MAGIC.to_vec();
             out.extend_from_slice(&(h.len() as u32).to_le_bytes());
-            out.extend_from_slice(&h);
+            out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(record);
+            let digest = Sha256::digest(&out);
+            out.extend_from_slice(&digest);
             out
         };
+        assert_eq!(
+            rebuild(&record),
+            bytes,
+            "the rebuild reproduces the fixture"
+        );
         let mut outcomes = (0usize, 0usize);
         for i in 0..record.len() {
             for mask in [0x01u8, 0x80, 0xFF] {
@@ -1136,5 +909,46 @@ mod tests {
             std::hint::black_box(scorer.score(std::hint::black_box(&row)).unwrap());
         }
         eprintln!("score(): {:?} per row (debug build)", start.elapsed() / n);
+    }
+
+    #[test]
+    fn format2_artifact_still_decodes_and_continues() {
+        // What the writing code reported for this fixture.
+        let weights = [1_064_030_252u32, 1_057_193_725, 3_212_357_797].map(f32::from_bits);
+        let bias = f32::from_bits(3_191_024_750);
+        let probe = [vec![0.5f32, -0.25, 1.0], vec![-1.0, 0.75, 0.0]];
+        let expected = [0.236_282_18f32, 0.268_54];
+
+        let scorer = Scorer::from_bytes(FORMAT2).unwrap();
+        assert_eq!((scorer.n_features(), scorer.step()), (3, 5));
+        let scores = scorer.score_batch(&probe).unwrap();
+        for (got, want) in scores.iter().zip(expected) {
+            // burn's forward pass then, the host's now: equal up to summation order.
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        let any = crate::model::ModelScorer::from_bytes(FORMAT2).unwrap();
+        assert_eq!(any.kind(), ModelKind::Logistic);
+        assert_eq!(any.score_batch(&probe).unwrap(), scores);
+        let config = crate::model::ModelConfig::default();
+        let any = crate::model::Trainer::from_bytes(FORMAT2, &config).unwrap();
+        assert_eq!(
+            (any.kind(), any.step(), any.n_features()),
+            (ModelKind::Logistic, 5, 3)
+        );
+
+        let mut trainer = LogisticTrainer::from_bytes(FORMAT2, hyper()).unwrap();
+        assert_eq!(trainer.weights(), weights.to_vec());
+        assert_eq!(trainer.bias().to_bits(), bias.to_bits());
+        let (rows, labels) = batch(0, 64);
+        assert_eq!(trainer.train_batch(&rows, &labels).unwrap().step, 6);
+
+        // Once trained further it is written in the current format, and reads back exactly.
+        let bytes = trainer.to_bytes().unwrap();
+        let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let header: serde_json::Value =
+            serde_json::from_slice(&bytes[12..12 + header_len]).unwrap();
+        assert_eq!(header["format"], ARTIFACT_FORMAT_VERSION);
+        let restored = LogisticTrainer::from_bytes(&bytes, hyper()).unwrap();
+        assert_eq!(restored.to_bytes().unwrap(), bytes);
     }
 }

@@ -17,8 +17,13 @@ use super::logistic::Hyper;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
-    /// [`LogisticTrainer`](super::LogisticTrainer) / [`Scorer`](super::Scorer).
+    /// Logistic regression: [`LogisticTrainer`](super::LogisticTrainer) /
+    /// [`Scorer`](super::Scorer), or [`Trainer`](super::Trainer).
     Logistic,
+    /// A one-hidden-layer ReLU perceptron (`mlp.rs`).
+    Mlp,
+    /// A degree-2 factorization machine (`fm.rs`).
+    FactorizationMachine,
 }
 
 /// Names and order of the features a model expects; a model is only valid for the schema
@@ -86,7 +91,7 @@ pub struct Manifest {
     pub size_bytes: u64,
     /// When this version was written.
     pub created_at: DateTime<Utc>,
-    /// SGD step counter `t` stored in the artifact.
+    /// Update counter `t` stored in the artifact (it drives the learning-rate schedule).
     pub step: u64,
     /// Stream sequences of the examples this version learned (beyond its parent); `None` if it
     /// learned nothing new (e.g. a re-publish).

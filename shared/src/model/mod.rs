@@ -1,20 +1,44 @@
 //! Models that freshet trains incrementally, and the records written beside them.
 //!
-//! [`logistic`] holds the one model kind there is today: logistic regression in burn, trained by
-//! mini-batch SGD with a decaying learning rate, scored prequentially (each batch is scored by
-//! the model *before* it learns from it), and serialised as a self-describing byte artifact.
-//! [`manifest`] describes one stored model version: what it is, which examples it learned, its
-//! checksum and its training metrics. Every fallible function here returns [`ModelError`]; none
-//! panics on bad input, because inputs arrive from a stream and artifacts from an object store.
+//! Three kinds of binary classifier, all trained online in burn, one mini-batch at a time, with
+//! SGD or Adam under a decaying learning rate, and all scored prequentially (each batch is
+//! scored by the model *before* it learns from it):
+//!
+//! - [`logistic`]: logistic regression, plus the hyperparameters ([`Hyper`]) and batch report
+//!   every kind shares;
+//! - [`mlp`]: a small multilayer perceptron, for interactions nobody listed;
+//! - [`fm`]: a factorization machine, the recommender's model of user × item interactions.
+//!
+//! [`any`] is the one API over them: a [`ModelConfig`] per model name, a [`Trainer`] and a
+//! [`ModelScorer`] that work for every kind. Underneath, `net.rs` holds the training step they
+//! share, [`optim`] the update rules and their state, [`scaler`] the input standardisation, and
+//! `artifact.rs` the self-describing byte format. [`manifest`] describes one stored model
+//! version: what it is, which examples it learned, its checksum and its training metrics.
+//! Every fallible function here returns [`ModelError`]; none panics on bad input, because
+//! inputs arrive from a stream and artifacts from an object store.
 
+pub mod any;
+mod artifact;
+pub mod fm;
+mod init;
 pub mod logistic;
 pub mod manifest;
+pub mod mlp;
+mod net;
+pub mod optim;
 pub mod scaler;
+#[cfg(test)]
+mod synthetic;
 
-pub use logistic::{ARTIFACT_FORMAT_VERSION, BatchReport, Hyper, LogisticTrainer, Scorer};
+pub use any::{MAX_FACTORS, MAX_HIDDEN, ModelConfig, ModelScorer, Trainer};
+pub use artifact::ARTIFACT_FORMAT_VERSION;
+pub use fm::DEFAULT_FACTORS;
+pub use logistic::{BatchReport, Hyper, LogisticTrainer, Scorer};
 pub use manifest::{
     FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
 };
+pub use mlp::DEFAULT_HIDDEN;
+pub use optim::Optimizer;
 pub use scaler::StandardScaler;
 
 /// Everything that can go wrong while training, scoring, encoding or verifying a model.

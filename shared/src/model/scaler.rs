@@ -22,6 +22,7 @@ pub struct StandardScaler {
 }
 
 impl StandardScaler {
+    /// A scaler that has seen nothing: it centres on 0 and does not rescale.
     pub fn new(n_features: usize) -> StandardScaler {
         StandardScaler {
             count: 0,
@@ -30,6 +31,7 @@ impl StandardScaler {
         }
     }
 
+    /// Width of the rows it scales.
     pub fn n_features(&self) -> usize {
         self.mean.len()
     }
@@ -71,6 +73,17 @@ impl StandardScaler {
                 ((f64::from(*x) - mean) / std) as f32
             })
             .collect()
+    }
+
+    /// The raw state, for the binary artifact: JSON would not round-trip every `f64` exactly,
+    /// and a restored trainer must scale exactly as the one that wrote it.
+    pub(crate) fn parts(&self) -> (u64, &[f64], &[f64]) {
+        (self.count, &self.mean, &self.m2)
+    }
+
+    /// Rebuilds a state from [`parts`](Self::parts); callers then [`validate`](Self::validate).
+    pub(crate) fn from_parts(count: u64, mean: Vec<f64>, m2: Vec<f64>) -> StandardScaler {
+        StandardScaler { count, mean, m2 }
     }
 
     /// Checks a decoded state is usable: the right width and finite statistics.

@@ -1,0 +1,526 @@
+//! The training and scoring core that every model kind shares.
+//!
+//! A model is an architecture ([`Arch`]) plus a list of `f32` parameter tensors held on the
+//! host. [`Learner::train_batch`] takes one prequential step: it validates the batch, scores it
+//! with the host forward pass (the very code a predictor runs, so the reported accuracy is what
+//! serving would have seen), folds the batch into a copy of the input scaler, builds burn leaf
+//! tensors from the parameters on the autodiff device, computes the mean binary cross-entropy on
+//! logits plus `(λ/2)·Σ‖W‖²` over weight tensors (never biases), lets burn differentiate it, and
+//! hands the gradients to the host optimizer ([`OptimizerState`]). The result is committed only
+//! if the loss, the gradients, every parameter and every optimizer moment are finite; otherwise
+//! the learner is left bit-identical and [`ModelError::NonFinite`] is returned.
+//!
+//! Parameters live on the host rather than in burn modules because everything around a step
+//! wants them there: scoring single rows without tensor overhead, checking finiteness, the
+//! optimizer update, and an artifact that stores them exactly. burn's part is the gradient.
+//! The per-kind mathematics (shapes, initialisation, forward passes) is in `logistic.rs`,
+//! `mlp.rs` and `fm.rs`; [`Arch`] dispatches to it.
+
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::logistic::{BatchReport, Hyper};
+use super::manifest::ModelKind;
+use super::optim::OptimizerState;
+use super::scaler::StandardScaler;
+use super::{ModelError, fm, logistic, mlp};
+
+/// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
+/// costs at most ~16 nats instead of infinity.
+pub(crate) const P_CLAMP: f64 = 1e-7;
+
+/// A model family with its dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arch {
+    /// One linear unit.
+    Logistic,
+    /// One ReLU hidden layer of `hidden` units.
+    Mlp { hidden: usize },
+    /// Degree-2 factorization machine with `factors` latent factors per feature.
+    Fm { factors: usize },
+}
+
+/// Shape of one parameter tensor, stored row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParamSpec {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Whether the L2 penalty applies: weights yes, biases no (a bias only shifts the decision
+    /// threshold and should not be pulled towards p = 0.5).
+    pub(crate) decay: bool,
+}
+
+impl ParamSpec {
+    /// Number of values.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.saturating_mul(self.cols)
+    }
+}
+
+impl Arch {
+    /// The kind an artifact records for this architecture.
+    pub(crate) fn kind(self) -> ModelKind {
+        match self {
+            Arch::Logistic => ModelKind::Logistic,
+            Arch::Mlp { .. } => ModelKind::Mlp,
+            Arch::Fm { .. } => ModelKind::FactorizationMachine,
+        }
+    }
+
+    /// Parameter tensors in storage order, or `None` when a dimension is zero or the total
+    /// size overflows (only possible for dimensions read from a damaged artifact).
+    pub(crate) fn specs(self, n_features: usize) -> Option<Vec<ParamSpec>> {
+        let specs = match self {
+            Arch::Logistic => logistic::specs(n_features),
+            Arch::Mlp { hidden } => mlp::specs(n_features, hidden),
+            Arch::Fm { factors } => fm::specs(n_features, factors),
+        };
+        let mut total = 0usize;
+        for spec in &specs {
+            if spec.rows == 0 || spec.cols == 0 {
+                return None;
+            }
+            total = total.checked_add(spec.rows.checked_mul(spec.cols)?)?;
+        }
+        // Every value must also be addressable as bytes (8 per value for Adam's moments).
+        total.checked_mul(16)?;
+        Some(specs)
+    }
+
+    /// Initial parameters: zeros for logistic regression, seeded draws for the others.
+    fn init(self, n_features: usize, seed: u64) -> Vec<Vec<f32>> {
+        match self {
+            Arch::Logistic => vec![vec![0.0; n_features], vec![0.0]],
+            Arch::Mlp { hidden } => mlp::init(n_features, hidden, seed),
+            Arch::Fm { factors } => fm::init(n_features, factors, seed),
+        }
+    }
+
+    /// Logits `[m, 1]` for inputs `[m, n_features]`, as a burn graph over `params`.
+    pub(crate) fn forward(
+        self,
+        params: &[Tensor<2>],
+        x: Tensor<2>,
+    ) -> Result<Tensor<2>, ModelError> {
+        match self {
+            Arch::Logistic => logistic::forward(params, x),
+            Arch::Mlp { .. } => mlp::forward(params, x),
+            Arch::Fm { .. } => fm::forward(params, x),
+        }
+    }
+
+    /// The logit of one scaled row, computed on the host in `f32` like the burn graph.
+    pub(crate) fn logit(self, params: &[Vec<f32>], x: &[f32]) -> Result<f32, ModelError> {
+        match self {
+            Arch::Logistic => logistic::logit(params, x),
+            Arch::Mlp { hidden } => mlp::logit(params, hidden, x),
+            Arch::Fm { factors } => fm::logit(params, factors, x),
+        }
+    }
+}
+
+/// The error for parameter lists that do not fit their architecture; unreachable through the
+/// public API (construction and decoding check shapes), but reported rather than panicking.
+pub(crate) fn shape_error() -> ModelError {
+    ModelError::Backend("parameters do not fit the model architecture".into())
+}
+
+/// Everything a model artifact holds: enough to score, and to continue training exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Snapshot {
+    pub(crate) arch: Arch,
+    pub(crate) n_features: usize,
+    /// Seed the parameters were initialised from (provenance only once trained).
+    pub(crate) seed: u64,
+    /// Updates taken so far (`t`); drives the learning-rate schedule.
+    pub(crate) step: u64,
+    /// Input standardisation; `None` only in logistic artifacts from before scaling existed.
+    pub(crate) scaler: Option<StandardScaler>,
+    /// Parameter tensors in [`Arch::specs`] order.
+    pub(crate) params: Vec<Vec<f32>>,
+    pub(crate) optim: OptimizerState,
+}
+
+/// Trains one model a mini-batch at a time (see the module docs).
+pub(crate) struct Learner {
+    state: Snapshot,
+    specs: Vec<ParamSpec>,
+    hyper: Hyper,
+    /// The autodiff device the gradient graphs are built on.
+    device: Device,
+}
+
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner")
+            .field("arch", &self.state.arch)
+            .field("n_features", &self.state.n_features)
+            .field("step", &self.state.step)
+            .field("hyper", &self.hyper)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Learner {
+    /// A fresh model for `n_features` inputs, initialised from `seed`, at `t = 0`.
+    pub(crate) fn new(
+        arch: Arch,
+        n_features: usize,
+        hyper: Hyper,
+        seed: u64,
+    ) -> Result<Learner, ModelError> {
+        hyper.validate()?;
+        if n_features == 0 {
+            return Err(ModelError::InvalidConfig {
+                name: "n_features",
+                value: 0.0,
+            });
+        }
+        let specs = arch.specs(n_features).ok_or(ModelError::InvalidConfig {
+            name: "n_features",
+            value: n_features as f64,
+        })?;
+        let sizes: Vec<usize> = specs.iter().map(ParamSpec::len).collect();
+        let state = Snapshot {
+            arch,
+            n_features,
+            seed,
+            step: 0,
+            scaler: Some(StandardScaler::new(n_features)),
+            params: arch.init(n_features, seed),
+            optim: OptimizerState::fresh(&hyper.optimizer, &sizes),
+        };
+        Ok(Learner {
+            state,
+            specs,
+            hyper,
+            device: Device::flex().autodiff(),
+        })
+    }
+
+    /// Continues training a decoded model with (possibly changed) hyperparameters; see
+    /// [`OptimizerState::continue_as`] for what happens when the optimizer changed.
+    pub(crate) fn restore(mut state: Snapshot, hyper: Hyper) -> Result<Learner, ModelError> {
+        hyper.validate()?;
+        let specs = state
+            .arch
+            .specs(state.n_features)
+            .filter(|specs| {
+                specs.len() == state.params.len()
+                    && specs
+                        .iter()
+                        .zip(&state.params)
+                        .all(|(s, p)| s.len() == p.len())
+            })
+            .ok_or_else(shape_error)?;
+        let sizes: Vec<usize> = specs.iter().map(ParamSpec::len).collect();
+        state.optim = state.optim.continue_as(&hyper.optimizer, &sizes);
+        Ok(Learner {
+            state,
+            specs,
+            hyper,
+            device: Device::flex().autodiff(),
+        })
+    }
+
+    /// The state an artifact stores.
+    pub(crate) fn snapshot(&self) -> &Snapshot {
+        &self.state
+    }
+
+    /// The hyperparameters in use.
+    pub(crate) fn hyper(&self) -> Hyper {
+        self.hyper
+    }
+
+    /// An independent inference copy of the current model.
+    pub(crate) fn host_model(&self) -> HostModel {
+        HostModel {
+            arch: self.state.arch,
+            n_features: self.state.n_features,
+            step: self.state.step,
+            scaler: self.state.scaler.clone(),
+            params: self.state.params.clone(),
+        }
+    }
+
+    /// Scores the batch with the current model, then takes one optimizer step on it.
+    ///
+    /// On any error the learner is unchanged: input errors are detected before any work, and
+    /// an update with any non-finite result is discarded with [`ModelError::NonFinite`].
+    pub(crate) fn train_batch(
+        &mut self,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+    ) -> Result<BatchReport, ModelError> {
+        validate_batch(rows, labels, self.state.n_features)?;
+        let n = rows.len();
+        let state = &self.state;
+
+        // Test with the scaler as it was, like a predictor serving this model would.
+        let probs = rows
+            .iter()
+            .map(|row| {
+                probability(
+                    state.arch,
+                    &state.params,
+                    state.scaler.as_ref(),
+                    row,
+                    "prequential scores",
+                )
+            })
+            .collect::<Result<Vec<f32>, ModelError>>()?;
+        let mut correct = 0usize;
+        let mut log_loss_sum = 0.0f64;
+        for (p, y) in probs.iter().zip(labels) {
+            let positive = *y == 1.0;
+            if (*p >= 0.5) == positive {
+                correct += 1;
+            }
+            let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
+            log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
+        }
+
+        // Then fold the batch into the scaler and learn on the rows as the updated scaler sees
+        // them; the new scaler is committed together with the parameters, or not at all.
+        let mut scaler = state.scaler.clone();
+        if let Some(scaler) = scaler.as_mut() {
+            scaler.update(rows);
+        }
+        let x = input_tensor(scaler.as_ref(), rows, state.n_features, &self.device);
+        let leaves = self
+            .specs
+            .iter()
+            .zip(&state.params)
+            .map(|(spec, values)| {
+                Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
+                    &self.device,
+                )
+                .require_grad()
+            })
+            .collect::<Vec<_>>();
+        let logits = state.arch.forward(&leaves, x)?;
+
+        // Mean binary cross-entropy on logits, in the numerically stable form that burn's
+        // BinaryCrossEntropyLoss uses with `logits = true`: (1 - y)·z − log σ(z).
+        let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &self.device);
+        let mut loss = (y.neg() + 1.0)
+            .mul(logits.clone())
+            .sub(log_sigmoid(logits))
+            .mean();
+        if self.hyper.l2 > 0.0 {
+            for (leaf, spec) in leaves.iter().zip(&self.specs) {
+                if spec.decay {
+                    loss = loss.add(leaf.clone().square().sum().mul_scalar(0.5 * self.hyper.l2));
+                }
+            }
+        }
+        let gradients = loss.backward();
+        if read_f32(loss)?.iter().any(|l| !l.is_finite()) {
+            return Err(ModelError::NonFinite {
+                what: "training loss".into(),
+            });
+        }
+        let mut grads = Vec::with_capacity(leaves.len());
+        for (leaf, spec) in leaves.iter().zip(&self.specs) {
+            let grad = leaf
+                .grad(&gradients)
+                .ok_or_else(|| ModelError::Backend("a parameter received no gradient".into()))?;
+            let grad = read_f32(grad)?;
+            if grad.len() != spec.len() {
+                return Err(shape_error());
+            }
+            if grad.iter().any(|g| !g.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    what: "gradients".into(),
+                });
+            }
+            grads.push(grad);
+        }
+
+        let learning_rate = self.hyper.learning_rate_at(state.step);
+        let (params, optim) =
+            state
+                .optim
+                .step(&self.hyper.optimizer, learning_rate, &state.params, &grads)?;
+
+        let state = &mut self.state;
+        state.params = params;
+        state.optim = optim;
+        state.scaler = scaler;
+        state.step = state.step.saturating_add(1);
+        Ok(BatchReport {
+            examples: n,
+            correct,
+            log_loss_sum,
+            step: state.step,
+            learning_rate,
+            scores: probs,
+        })
+    }
+
+    /// Probabilities from burn's forward pass (plain flex device, current scaler), to check the
+    /// host forward pass against.
+    #[cfg(test)]
+    pub(crate) fn burn_probabilities(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
+        let device = Device::flex();
+        let state = &self.state;
+        let leaves = self
+            .specs
+            .iter()
+            .zip(&state.params)
+            .map(|(spec, values)| {
+                Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
+                    &device,
+                )
+            })
+            .collect::<Vec<_>>();
+        let x = input_tensor(state.scaler.as_ref(), rows, state.n_features, &device);
+        let logits = state.arch.forward(&leaves, x)?;
+        read_f32(burn::tensor::activation::sigmoid(logits))
+    }
+}
+
+/// Inference-only copy of a model: host vectors and no burn, so scoring one row is a few hundred
+/// multiply-adds with no tensor set-up, and the value is trivially `Send + Sync`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HostModel {
+    pub(crate) arch: Arch,
+    pub(crate) n_features: usize,
+    pub(crate) step: u64,
+    scaler: Option<StandardScaler>,
+    params: Vec<Vec<f32>>,
+}
+
+impl HostModel {
+    /// The scoring part of a decoded artifact.
+    pub(crate) fn from_snapshot(snapshot: Snapshot) -> HostModel {
+        HostModel {
+            arch: snapshot.arch,
+            n_features: snapshot.n_features,
+            step: snapshot.step,
+            scaler: snapshot.scaler,
+            params: snapshot.params,
+        }
+    }
+
+    /// Probability of class 1 for one row.
+    pub(crate) fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
+        validate_row(row, 0, self.n_features)?;
+        probability(self.arch, &self.params, self.scaler.as_ref(), row, "score")
+    }
+
+    /// Probability of class 1 for each row; an empty batch gives an empty result.
+    pub(crate) fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
+        validate_rows(rows, self.n_features)?;
+        rows.iter()
+            .map(|row| probability(self.arch, &self.params, self.scaler.as_ref(), row, "scores"))
+            .collect()
+    }
+}
+
+/// σ(logit) of a validated, unscaled row. A logit that overflowed `f32` is refused rather than
+/// saturated to 0 or 1: it means the model cannot represent this input, not that it is sure.
+fn probability(
+    arch: Arch,
+    params: &[Vec<f32>],
+    scaler: Option<&StandardScaler>,
+    row: &[f32],
+    what: &str,
+) -> Result<f32, ModelError> {
+    let z = match scaler {
+        Some(scaler) => arch.logit(params, &scaler.transform(row))?,
+        None => arch.logit(params, row)?,
+    };
+    if !z.is_finite() {
+        return Err(ModelError::NonFinite { what: what.into() });
+    }
+    Ok(1.0 / (1.0 + (-z).exp()))
+}
+
+/// Checks the shape of a training batch and its labels, then every row.
+pub(crate) fn validate_batch(
+    rows: &[Vec<f32>],
+    labels: &[f32],
+    n_features: usize,
+) -> Result<(), ModelError> {
+    if rows.len() != labels.len() {
+        return Err(ModelError::LabelCount {
+            rows: rows.len(),
+            labels: labels.len(),
+        });
+    }
+    if rows.is_empty() {
+        return Err(ModelError::EmptyBatch);
+    }
+    validate_rows(rows, n_features)?;
+    if let Some((index, value)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, y)| **y != 0.0 && **y != 1.0)
+    {
+        return Err(ModelError::Label {
+            index,
+            value: *value,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every row has `n_features` finite values.
+pub(crate) fn validate_rows<R: AsRef<[f32]>>(
+    rows: &[R],
+    n_features: usize,
+) -> Result<(), ModelError> {
+    for (i, row) in rows.iter().enumerate() {
+        validate_row(row.as_ref(), i, n_features)?;
+    }
+    Ok(())
+}
+
+fn validate_row(row: &[f32], index: usize, n_features: usize) -> Result<(), ModelError> {
+    if row.len() != n_features {
+        return Err(ModelError::FeatureCount {
+            row: index,
+            expected: n_features,
+            got: row.len(),
+        });
+    }
+    if let Some((column, value)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(ModelError::NonFiniteFeature {
+            row: index,
+            column,
+            value: *value,
+        });
+    }
+    Ok(())
+}
+
+/// Row-major `[rows.len(), n_features]` input tensor of validated rows, scaled if there is a
+/// scaler.
+fn input_tensor(
+    scaler: Option<&StandardScaler>,
+    rows: &[Vec<f32>],
+    n_features: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let mut flat = Vec::with_capacity(rows.len() * n_features);
+    for row in rows {
+        match scaler {
+            Some(scaler) => flat.extend(scaler.transform(row)),
+            None => flat.extend_from_slice(row),
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), n_features]), device)
+}
+
+/// Copies a tensor to the host as `f32`, casting if the backend stored another float type.
+pub(crate) fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+    tensor
+        .try_into_data_as::<f32>()
+        .map_err(|e| ModelError::Backend(e.to_string()))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Backend(e.to_string()))
+}
