@@ -5,7 +5,9 @@
 //!
 //! | detector | watches | levels |
 //! | --- | --- | --- |
+//! | [`Adwin`] | the mean, over an adaptive window | drift |
 //! | [`PageHinkley`] | the mean, cumulative deviation (both directions) | drift |
+//! | [`Ddm`] | a binary error rate | warning, drift |
 //!
 //! Like River, a detector that signalled drift starts afresh on its next update, so each change is
 //! reported once. Every detector's state is plain data (`Serialize`, `Deserialize`, `PartialEq`):
@@ -14,8 +16,12 @@
 //! Inputs must be finite and within ±[`MAX_MAGNITUDE`]: anything else is refused with a
 //! [`DetectorError`] and leaves the detector untouched, so one bad value never poisons the state.
 
+mod adwin;
+mod ddm;
 mod page_hinkley;
 
+pub use adwin::{Adwin, AdwinConfig};
+pub use ddm::{Ddm, DdmConfig};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
 
 use serde::{Deserialize, Serialize};
