@@ -8,6 +8,7 @@
 //! | [`Adwin`] | the mean, over an adaptive window | drift |
 //! | [`PageHinkley`] | the mean, cumulative deviation (both directions) | drift |
 //! | [`Ddm`] | a binary error rate | warning, drift |
+//! | [`Kswin`] | the whole distribution (Kolmogorov-Smirnov) | drift |
 //!
 //! Like River, a detector that signalled drift starts afresh on its next update, so each change is
 //! reported once. Every detector's state is plain data (`Serialize`, `Deserialize`, `PartialEq`):
@@ -18,10 +19,12 @@
 
 mod adwin;
 mod ddm;
+mod kswin;
 mod page_hinkley;
 
 pub use adwin::{Adwin, AdwinConfig};
 pub use ddm::{Ddm, DdmConfig};
+pub use kswin::{Kswin, KswinConfig, ks_two_sample};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
 
 use serde::{Deserialize, Serialize};
