@@ -9,6 +9,7 @@
 //! | [`PageHinkley`] | the mean, cumulative deviation (both directions) | drift |
 //! | [`Ddm`] | a binary error rate | warning, drift |
 //! | [`Kswin`] | the whole distribution (Kolmogorov-Smirnov) | drift |
+//! | [`StreamingPsi`] | the binned distribution against a reference | warning, drift |
 //!
 //! Like River, a detector that signalled drift starts afresh on its next update, so each change is
 //! reported once. Every detector's state is plain data (`Serialize`, `Deserialize`, `PartialEq`):
@@ -21,11 +22,13 @@ mod adwin;
 mod ddm;
 mod kswin;
 mod page_hinkley;
+mod psi;
 
 pub use adwin::{Adwin, AdwinConfig};
 pub use ddm::{Ddm, DdmConfig};
 pub use kswin::{Kswin, KswinConfig, ks_two_sample};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
+pub use psi::{PsiBins, PsiConfig, StreamingPsi, StreamingPsiConfig, psi};
 
 use serde::{Deserialize, Serialize};
 
