@@ -11,6 +11,9 @@ Usage, from any directory (River pulls in numpy and scipy):
     python3 -m venv /tmp/river-venv && /tmp/river-venv/bin/pip install river
     /tmp/river-venv/bin/python functions/drift/reference/river_detections.py
 
+The committed JSON was written with River 0.26.1 (see its river_version); River 0.22.0, whose
+ADWIN is the Cython one, writes the same file apart from that field.
+
 Every value is rounded to 6 decimals before any detector sees it. A decimal with at most 16
 significant digits and a power-of-ten exponent below 22 reads back bit-exactly with one correctly
 rounded division, so the Rust side sees the very doubles River saw whatever JSON parser it uses.

@@ -1,7 +1,7 @@
 //! Drift detectors: each reads one stream of numbers, one value at a time, and says whether the
 //! stream has changed. They are pure state machines (no clock, no I/O), one per file, behind the
 //! common [`Detector`] trait, and follow River's `river.drift` definitions and defaults so that the
-//! same parameters on the same sequence signal at the same indexes.
+//! same parameters on the same sequence signal at the same indexes (`river_parity.rs` checks it).
 //!
 //! | detector | watches | levels |
 //! | --- | --- | --- |
@@ -23,6 +23,11 @@ mod ddm;
 mod kswin;
 mod page_hinkley;
 mod psi;
+
+#[cfg(test)]
+mod checkpoint_tests;
+#[cfg(test)]
+mod river_parity;
 
 pub use adwin::{Adwin, AdwinConfig};
 pub use ddm::{Ddm, DdmConfig};
