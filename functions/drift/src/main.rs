@@ -3,6 +3,10 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+// Only Page-Hinkley is wired into the consumer so far; the other detectors and their re-exports
+// are used by tests until the function can choose among them.
+#[allow(dead_code, unused_imports)]
+mod detectors;
 mod handler;
 
 use bytes::Bytes;
@@ -90,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         model: args.model.clone(),
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
-        detectors: handler::FeatureDetectors::new(config),
+        detectors: handler::FeatureDetectors::new(config)?,
     };
     let durable = format!("drift-{}", args.model);
     let batch_size = ctx.args.batch_size;
