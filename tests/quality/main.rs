@@ -9,6 +9,10 @@
 //! are timed (parsing and bookkeeping are not), which is the counterpart of timing River's
 //! `learn_one` alone, except that here the time also covers the scoring.
 //!
+//! The learning-rate flags default to [`Hyper::default`], what a deployment gets unless it says
+//! otherwise; `--scale-rate-by-batch` multiplies the rate by the batch size, so that one setting
+//! means the same per-row step at every batch size.
+//!
 //! Training is deterministic, so every run of a setting gets the same accuracy; runs are
 //! repeated only to take the median rate, because this machine is shared and noisy.
 
@@ -38,6 +42,10 @@ struct Args {
     /// L2 penalty λ on the weights
     #[arg(long, default_value_t = Hyper::default().l2)]
     l2: f64,
+    /// Multiply the learning rate by the batch size (the linear scaling rule): an update is the
+    /// mean gradient of its rows, so this moves the weights per row about as far as batch 1 does
+    #[arg(long)]
+    scale_rate_by_batch: bool,
     /// Runs per setting; the median rate is reported
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -154,22 +162,32 @@ struct Outcome {
     batch: usize,
     accuracy: f64,
     log_loss: f64,
+    /// The settings this outcome trained with (the rate already scaled, if asked).
+    hyper: Hyper,
     /// Median over runs of the time inside `train_batch`.
     train_seconds: f64,
     rows_per_second: f64,
 }
 
+/// Everything one invocation measured, as written by `--json`.
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The settings as given, before any scaling by batch size.
     hyper: Hyper,
+    scale_rate_by_batch: bool,
     runs: usize,
     build: &'static str,
     results: Vec<Outcome>,
 }
 
 fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::Result<Outcome> {
+    let scale = if args.scale_rate_by_batch {
+        batch as f64
+    } else {
+        1.0
+    };
     let hyper = Hyper {
-        learning_rate: args.learning_rate,
+        learning_rate: args.learning_rate * scale,
         decay: args.decay,
         l2: args.l2,
     };
@@ -200,6 +218,7 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         rows,
         features: stream.features.len(),
         batch,
+        hyper,
         accuracy: first.correct as f64 / rows as f64,
         log_loss: first.log_loss_sum / rows as f64,
         train_seconds: median,
@@ -224,18 +243,19 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut results = Vec::new();
-    println!("| stream | rows | batch | accuracy | log-loss | train rows/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| stream | rows | batch | η0 | accuracy | log-loss | train rows/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for path in &args.streams {
         let stream = read_stream(path)?;
         for &batch in &args.batches {
             let outcome = measure(path, &stream, batch, &args)
                 .with_context(|| format!("{} at batch {batch}", path.display()))?;
             println!(
-                "| {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.0} |",
                 outcome.stream,
                 outcome.rows,
                 outcome.batch,
+                outcome.hyper.learning_rate,
                 outcome.accuracy,
                 outcome.log_loss,
                 outcome.rows_per_second
@@ -251,6 +271,7 @@ fn main() -> anyhow::Result<()> {
                 decay: args.decay,
                 l2: args.l2,
             },
+            scale_rate_by_batch: args.scale_rate_by_batch,
             runs: args.runs,
             build,
             results,
