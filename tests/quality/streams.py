@@ -47,7 +47,8 @@ def sea_drift(rows: int, seed: int) -> Iterable:
 
 
 def hyperplane(rows: int, seed: int) -> Iterable:
-    """A rotating hyperplane in 10 dimensions, 2 of them drifting (River's documented mix)."""
+    """A hyperplane in 10 dimensions that keeps rotating (2 of them move by 0.001 per example,
+    reversing direction with probability 0.1), with 5 % label noise."""
     del rows  # drifts continuously, so it has no mid-stream position to place
     return synth.Hyperplane(
         seed=seed, n_features=10, n_drift_features=2, mag_change=0.001,
@@ -56,8 +57,9 @@ def hyperplane(rows: int, seed: int) -> Iterable:
 
 
 def agrawal_drift(rows: int, seed: int) -> Iterable:
-    """Agrawal's loan concept, function 1 (age and salary) then function 2 (age and
-    education level) mid-stream: the first switch of MOA's AGR drift benchmark."""
+    """Agrawal's loan concept, River's function 1 (salary bands by age group) then function 2
+    (education levels by age group) mid-stream, the first switch of MOA's AGR drift benchmark.
+    Neither concept is linearly separable, so a linear model stays near the majority class."""
     return synth.ConceptDriftStream(
         stream=synth.Agrawal(classification_function=1, seed=seed),
         drift_stream=synth.Agrawal(classification_function=2, seed=seed + 1),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The logistic model beside River on the same public streams, in one run: installs River, builds
 # freshet-quality (release), writes the stream files and scores River on them, trains freshet on
-# the same files, then prints the joined Markdown table (also target/quality/comparison.json).
+# the same files, then prints the joined Markdown table (also written to comparison.md and
+# comparison.json beside the stream files).
 #
 # freshet's compared setting is River's optimizer per row: η0 = 0.01 × batch size (the linear
 # scaling rule), no decay, no L2, one setting for every stream. It is also run with its built-in
@@ -28,4 +29,4 @@ streams=("$out"/sea_drift.csv "$out"/hyperplane.csv "$out"/agrawal_drift.csv "$o
   --learning-rate 0.01 --scale-rate-by-batch --decay 0 --l2 0 \
   --json "$out/freshet.json" "${streams[@]}" >&2
 "$bin" --runs 1 --batch 1 --batch 32 --json "$out/freshet-default.json" "${streams[@]}" >&2
-python3 tests/quality/table.py "$out"
+.tools/river-venv/bin/python tests/quality/table.py "$out" | tee "$out/comparison.md"
