@@ -1,0 +1,358 @@
+//! `freshet-quality`: freshet's logistic model, trained prequentially on public stream files.
+//!
+//! Each file is a CSV written by `tests/quality/streams.py` (a header of feature names, then one
+//! example per line with the label, 0 or 1, last). For every batch size asked for, a fresh
+//! [`LogisticTrainer`] walks the file in order, `batch` rows per [`LogisticTrainer::train_batch`]
+//! call; since each call scores its rows before learning from them, summing
+//! [`BatchReport::correct`] gives the prequential accuracy that River's
+//! `predict_one`-then-`learn_one` loop measures on the same rows. Only the `train_batch` calls
+//! are timed (parsing and bookkeeping are not), which is the counterpart of timing River's
+//! `learn_one` alone, except that here the time also covers the scoring.
+//!
+//! The learning-rate flags default to [`Hyper::default`], what a deployment gets unless it says
+//! otherwise; `--scale-rate-by-batch` multiplies the rate by the batch size, so that one setting
+//! means the same per-row step at every batch size.
+//!
+//! Training is deterministic, so every run of a setting gets the same accuracy; runs are
+//! repeated only to take the median rate, because this machine is shared and noisy.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use freshet::model::{BatchReport, Hyper, LogisticTrainer};
+use serde::Serialize;
+
+/// Train freshet's logistic model prequentially on stream files and report accuracy and rate.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Stream files, as written by tests/quality/streams.py
+    #[arg(required = true)]
+    streams: Vec<PathBuf>,
+    /// Rows per train_batch call; repeat the flag for several settings
+    #[arg(long = "batch", default_values_t = [1, 32])]
+    batches: Vec<usize>,
+    /// Initial learning rate η0 (the rate at update t is η0 / (1 + decay·t))
+    #[arg(long, default_value_t = Hyper::default().learning_rate)]
+    learning_rate: f64,
+    /// Learning-rate decay α per update (0 keeps the rate constant)
+    #[arg(long, default_value_t = Hyper::default().decay)]
+    decay: f64,
+    /// L2 penalty λ on the weights
+    #[arg(long, default_value_t = Hyper::default().l2)]
+    l2: f64,
+    /// Multiply the learning rate by the batch size (the linear scaling rule): an update is the
+    /// mean gradient of its rows, so this moves the weights per row about as far as batch 1 does
+    #[arg(long)]
+    scale_rate_by_batch: bool,
+    /// Timed runs per setting, after one untimed warm-up run; the median rate is reported
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where to write the machine-readable results
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One stream file in memory, in the shape `train_batch` takes.
+#[derive(Debug, Clone, PartialEq)]
+struct Stream {
+    features: Vec<String>,
+    rows: Vec<Vec<f32>>,
+    labels: Vec<f32>,
+}
+
+/// Parses a stream CSV. Every value must be a finite number and every label 0 or 1, so a bad
+/// file fails here with its line number rather than as a model error mid-run.
+fn parse_stream(text: &str) -> anyhow::Result<Stream> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        bail!("the file is empty");
+    };
+    let mut features: Vec<String> = header.split(',').map(|s| s.trim().to_owned()).collect();
+    if features.pop().as_deref() != Some("label") {
+        bail!("the last column of the header must be `label`");
+    }
+    ensure!(!features.is_empty(), "the header names no feature");
+
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    for (index, line) in lines {
+        let number = index + 1;
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        ensure!(
+            fields.len() == features.len() + 1,
+            "line {number} has {} fields, the header {}",
+            fields.len(),
+            features.len() + 1
+        );
+        let (label, values) = fields
+            .split_last()
+            .context("a line with fields has a last one")?;
+        let mut row = Vec::with_capacity(values.len());
+        for (value, name) in values.iter().zip(&features) {
+            let parsed: f32 = value
+                .parse()
+                .with_context(|| format!("line {number}, `{name}`: `{value}` is not a number"))?;
+            // f32 overflows to ∞ above ~3.4e38 as well, which the model would reject anyway.
+            ensure!(
+                parsed.is_finite(),
+                "line {number}, `{name}`: `{value}` is not finite"
+            );
+            row.push(parsed);
+        }
+        let label = match *label {
+            "0" => 0.0,
+            "1" => 1.0,
+            other => bail!("line {number}: label `{other}` is not 0 or 1"),
+        };
+        rows.push(row);
+        labels.push(label);
+    }
+    ensure!(!rows.is_empty(), "the file has a header but no rows");
+    Ok(Stream {
+        features,
+        rows,
+        labels,
+    })
+}
+
+fn read_stream(path: &Path) -> anyhow::Result<Stream> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_stream(&text).with_context(|| format!("{} is not a stream file", path.display()))
+}
+
+/// What one prequential pass measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pass {
+    correct: usize,
+    log_loss_sum: f64,
+    /// Time inside `train_batch` calls only.
+    train: Duration,
+}
+
+/// One prequential pass over the stream with a fresh model, `batch` rows per update.
+fn train_prequentially(stream: &Stream, batch: usize, hyper: Hyper) -> anyhow::Result<Pass> {
+    let mut trainer = LogisticTrainer::new(stream.features.len(), hyper)?;
+    let mut pass = Pass {
+        correct: 0,
+        log_loss_sum: 0.0,
+        train: Duration::ZERO,
+    };
+    for (rows, labels) in stream.rows.chunks(batch).zip(stream.labels.chunks(batch)) {
+        let start = Instant::now();
+        let report: BatchReport = trainer
+            .train_batch(rows, labels)
+            .with_context(|| format!("update {} failed", trainer.step() + 1))?;
+        pass.train += start.elapsed();
+        pass.correct += report.correct;
+        pass.log_loss_sum += report.log_loss_sum;
+    }
+    Ok(pass)
+}
+
+/// One stream at one batch size, as reported.
+#[derive(Debug, Clone, Serialize)]
+struct Outcome {
+    stream: String,
+    file: PathBuf,
+    rows: usize,
+    features: usize,
+    batch: usize,
+    accuracy: f64,
+    log_loss: f64,
+    /// The settings this outcome trained with (the rate already scaled, if asked).
+    hyper: Hyper,
+    /// Median over runs of the time inside `train_batch`.
+    train_seconds: f64,
+    rows_per_second: f64,
+}
+
+/// Everything one invocation measured, as written by `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// The settings as given, before any scaling by batch size.
+    hyper: Hyper,
+    scale_rate_by_batch: bool,
+    runs: usize,
+    build: &'static str,
+    results: Vec<Outcome>,
+}
+
+fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::Result<Outcome> {
+    let scale = if args.scale_rate_by_batch {
+        batch as f64
+    } else {
+        1.0
+    };
+    let hyper = Hyper {
+        learning_rate: args.learning_rate * scale,
+        decay: args.decay,
+        l2: args.l2,
+    };
+    // One untimed pass first: the first pass in a process also pays for the allocator's and
+    // the backend's start-up, which made whichever stream came first look up to 2x slower.
+    let warm_up = train_prequentially(stream, batch, hyper)?;
+    let mut passes = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        passes.push(train_prequentially(stream, batch, hyper)?);
+    }
+    let reference = &warm_up;
+    // Training is a pure function of rows and settings; a difference would make the accuracy
+    // column meaningless, so it is an error rather than a footnote.
+    ensure!(
+        passes
+            .iter()
+            .all(|p| p.correct == reference.correct && p.log_loss_sum == reference.log_loss_sum),
+        "runs of the same setting disagree on accuracy"
+    );
+    let mut times: Vec<Duration> = passes.iter().map(|p| p.train).collect();
+    times.sort();
+    let median = times[times.len() / 2].as_secs_f64();
+    let rows = stream.rows.len();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    Ok(Outcome {
+        stream: name,
+        file: path.to_path_buf(),
+        rows,
+        features: stream.features.len(),
+        batch,
+        hyper,
+        accuracy: reference.correct as f64 / rows as f64,
+        log_loss: reference.log_loss_sum / rows as f64,
+        train_seconds: median,
+        rows_per_second: rows as f64 / median,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.runs >= 1, "--runs must be at least 1");
+    ensure!(
+        args.batches.iter().all(|b| *b >= 1),
+        "--batch must be at least 1"
+    );
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    if build == "debug" {
+        eprintln!("warning: debug build; rates are ~10x below a release build");
+    }
+
+    let mut results = Vec::new();
+    println!("| stream | rows | batch | η0 | accuracy | log-loss | train rows/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for path in &args.streams {
+        let stream = read_stream(path)?;
+        for &batch in &args.batches {
+            let outcome = measure(path, &stream, batch, &args)
+                .with_context(|| format!("{} at batch {batch}", path.display()))?;
+            println!(
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+                outcome.stream,
+                outcome.rows,
+                outcome.batch,
+                outcome.hyper.learning_rate,
+                outcome.accuracy,
+                outcome.log_loss,
+                outcome.rows_per_second
+            );
+            results.push(outcome);
+        }
+    }
+
+    if let Some(json) = &args.json {
+        let report = Report {
+            hyper: Hyper {
+                learning_rate: args.learning_rate,
+                decay: args.decay,
+                l2: args.l2,
+            },
+            scale_rate_by_batch: args.scale_rate_by_batch,
+            runs: args.runs,
+            build,
+            results,
+        };
+        if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(json, text + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rows_and_labels_in_order() {
+        let stream = parse_stream("a,b,label\n1.5,-2,1\n0,3e2,0\n").unwrap();
+        assert_eq!(stream.features, ["a", "b"]);
+        assert_eq!(stream.rows, vec![vec![1.5, -2.0], vec![0.0, 300.0]]);
+        assert_eq!(stream.labels, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn rejects_non_finite_values_with_their_line_and_column() {
+        for bad in ["nan", "inf", "-inf", "1e39"] {
+            let err = parse_stream(&format!("a,b,label\n1,2,0\n3,{bad},1\n")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("line 3, `b`: `{bad}` is not finite"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_files() {
+        let cases = [
+            ("", "the file is empty"),
+            (
+                "a,b\n1,0\n",
+                "the last column of the header must be `label`",
+            ),
+            ("label\n1\n", "the header names no feature"),
+            ("a,label\n", "the file has a header but no rows"),
+            ("a,label\n1,2\n", "line 2: label `2` is not 0 or 1"),
+            ("a,label\n1,0,0\n", "line 2 has 3 fields, the header 2"),
+            ("a,label\nx,0\n", "line 2, `a`: `x` is not a number"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_stream(text).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn accuracy_is_prequential_and_batch_one_learns_a_separable_stream() {
+        // x > 0 ⇔ label 1; alternating signs so both classes arrive from the start.
+        let rows: Vec<Vec<f32>> = (0..400)
+            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 } * (1.0 + (i % 7) as f32)])
+            .collect();
+        let labels = rows.iter().map(|r| f32::from(r[0] > 0.0)).collect();
+        let stream = Stream {
+            features: vec!["x".into()],
+            rows,
+            labels,
+        };
+        let pass = train_prequentially(&stream, 1, Hyper::default()).unwrap();
+        // Only a handful of early rows can be wrong once the sign is learnt...
+        assert!(pass.correct >= 395, "{pass:?}");
+        // ...but some must be: the second row (class 0) is scored by a model that has only seen
+        // class 1, which a score taken after learning would hide.
+        assert!(pass.correct < 400, "{pass:?}");
+    }
+}
