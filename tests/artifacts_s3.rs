@@ -20,6 +20,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         parent: version.checked_sub(1).filter(|v| *v > 0),
         kind: ModelKind::Logistic,
         hyper: Hyper::default(),
+        config: None,
         schema: freshet::features::schema(),
         sha256: sha256_hex(bytes),
         size_bytes: bytes.len() as u64,

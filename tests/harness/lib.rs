@@ -374,6 +374,7 @@ impl ModelWriter {
             parent: version.checked_sub(1).filter(|v| *v > 0),
             kind: freshet::model::ModelKind::Logistic,
             hyper: Default::default(),
+            config: None,
             schema: freshet::features::schema(),
             sha256: freshet::model::sha256_hex(&bytes),
             size_bytes: bytes.len() as u64,

@@ -193,6 +193,7 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         learning_rate: args.learning_rate * scale,
         decay: args.decay,
         l2: args.l2,
+        ..Hyper::default()
     };
     // One untimed pass first: the first pass in a process also pays for the allocator's and
     // the backend's start-up, which made whichever stream came first look up to 2x slower.
@@ -276,6 +277,7 @@ fn main() -> anyhow::Result<()> {
                 learning_rate: args.learning_rate,
                 decay: args.decay,
                 l2: args.l2,
+                ..Hyper::default()
             },
             scale_rate_by_batch: args.scale_rate_by_batch,
             runs: args.runs,

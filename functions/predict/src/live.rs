@@ -3,13 +3,13 @@
 //! flight finishes on the version it started with.
 
 use arc_swap::ArcSwapOption;
-use freshet::model::{Manifest, Scorer};
+use freshet::model::{Manifest, ModelScorer};
 use std::sync::Arc;
 
 /// A loaded, verified, warmed version.
 pub struct LiveModel {
     pub manifest: Manifest,
-    pub scorer: Scorer,
+    pub scorer: ModelScorer,
 }
 
 /// One slot predictors read from: the live version, or the candidate.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use freshet::ids::ModelName;
-use freshet::model::Scorer;
+use freshet::model::ModelScorer;
 use freshet::store::{ArtifactStore, Pointer, Slot};
 use freshet::subjects::{Subjects, pointer_key};
 use futures::StreamExt;
@@ -70,7 +70,7 @@ impl Watcher {
             ));
         }
         let scorer =
-            Scorer::from_bytes(&bytes).map_err(|e| format!("undecodable model bytes: {e}"))?;
+            ModelScorer::from_bytes(&bytes).map_err(|e| format!("undecodable model bytes: {e}"))?;
         handler::check_compatible(&manifest, scorer.n_features())?;
         let probe = vec![0.0f32; scorer.n_features()];
         scorer

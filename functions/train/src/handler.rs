@@ -8,7 +8,7 @@ use freshet::error::{RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::{
-    BatchReport, FeatureSchema, Hyper, Manifest, ModelKind, SequenceRange, TrainingMetrics,
+    BatchReport, FeatureSchema, Manifest, ModelConfig, SequenceRange, TrainingMetrics,
     sha256_hex,
 };
 
@@ -183,7 +183,7 @@ pub fn roc_auc(scored: impl Iterator<Item = (f32, bool)>) -> Option<f64> {
 pub struct NextVersion<'a> {
     pub model: &'a ModelName,
     pub parent: Option<&'a Manifest>,
-    pub hyper: Hyper,
+    pub config: ModelConfig,
     pub schema: FeatureSchema,
     pub step: u64,
     pub learned: SequenceRange,
@@ -198,8 +198,9 @@ pub fn next_manifest(next: NextVersion<'_>, model_bytes: &[u8]) -> Manifest {
         model: next.model.to_string(),
         version: next.parent.map_or(1, |p| p.version + 1),
         parent: next.parent.map(|p| p.version),
-        kind: ModelKind::Logistic,
-        hyper: next.hyper,
+        kind: next.config.kind,
+        hyper: next.config.hyper,
+        config: Some(next.config),
         schema: next.schema,
         sha256: sha256_hex(model_bytes),
         size_bytes: model_bytes.len() as u64,
@@ -296,7 +297,7 @@ mod tests {
             NextVersion {
                 model: &model,
                 parent: None,
-                hyper: Hyper::default(),
+                config: ModelConfig::default(),
                 schema: schema.clone(),
                 step: 3,
                 learned: SequenceRange { first: 1, last: 40 },
@@ -314,7 +315,7 @@ mod tests {
             NextVersion {
                 model: &model,
                 parent: Some(&first),
-                hyper: Hyper::default(),
+                config: ModelConfig::default(),
                 schema,
                 step: 5,
                 learned: SequenceRange {

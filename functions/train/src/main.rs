@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use freshet::config::FunctionArgs;
 use freshet::ids::ModelName;
-use freshet::model::Hyper;
+use freshet::model::{Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::store::Pointers;
@@ -28,6 +28,22 @@ struct Args {
     /// Model to train (its examples are on <prefix>.examples.<model>)
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
+    /// Model family: logistic, mlp or factorization_machine (a lineage keeps the kind it began
+    /// with)
+    #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic", value_parser = parse_kind)]
+    kind: ModelKind,
+    /// Hidden ReLU units of an mlp
+    #[arg(long = "hidden", env = "FRESHET_HIDDEN", default_value_t = freshet::model::DEFAULT_HIDDEN)]
+    hidden: usize,
+    /// Latent factors per feature of a factorization_machine
+    #[arg(long = "factors", env = "FRESHET_FACTORS", default_value_t = freshet::model::DEFAULT_FACTORS)]
+    factors: usize,
+    /// Seed of the initial parameters (mlp, factorization_machine)
+    #[arg(long = "seed", env = "FRESHET_SEED", default_value_t = 0)]
+    seed: u64,
+    /// Optimizer: sgd, or adam (β1 0.9, β2 0.999, ε 1e-8; its moments are saved in the artifact)
+    #[arg(long = "optimizer", env = "FRESHET_OPTIMIZER", default_value = "sgd", value_parser = parse_optimizer)]
+    optimizer: Optimizer,
     /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
     #[arg(
         long = "learning-rate",
@@ -66,12 +82,19 @@ async fn main() -> anyhow::Result<()> {
     let ctx = FunctionContext::start("train", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
-    let hyper = Hyper {
-        learning_rate: args.learning_rate,
-        decay: args.lr_decay,
-        l2: args.l2,
+    let config = ModelConfig {
+        kind: args.kind,
+        hyper: Hyper {
+            learning_rate: args.learning_rate,
+            decay: args.lr_decay,
+            l2: args.l2,
+            optimizer: args.optimizer,
+        },
+        hidden: args.hidden,
+        factors: args.factors,
+        seed: args.seed,
     };
-    hyper.validate()?;
+    config.validate()?;
     let metrics = trainer::TrainMetrics::default();
     metrics.register(&ctx.metrics);
     let durable = format!("train-{}", args.model);
@@ -92,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut trainer = trainer::Trainer::new(
         args.model.clone(),
-        hyper,
+        config,
         cadence,
         args.metrics_window,
         io,
@@ -117,4 +140,17 @@ async fn main() -> anyhow::Result<()> {
         .await
     })
     .await
+}
+
+fn parse_kind(text: &str) -> Result<ModelKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?} is not a model kind: logistic, mlp or factorization_machine"))
+}
+
+fn parse_optimizer(text: &str) -> Result<Optimizer, String> {
+    match text {
+        "sgd" => Ok(Optimizer::Sgd),
+        "adam" => Ok(Optimizer::adam()),
+        other => Err(format!("{other:?} is not an optimizer: sgd or adam")),
+    }
 }

@@ -13,7 +13,9 @@ use chrono::Utc;
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelError, SequenceRange};
+use freshet::model::{
+    FeatureSchema, Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer,
+};
 use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
@@ -35,7 +37,7 @@ pub struct Cadence {
 
 /// The model as last published, plus what has been learned since.
 struct Lineage {
-    trainer: LogisticTrainer,
+    trainer: ModelTrainer,
     schema: FeatureSchema,
     live: Option<Manifest>,
     pointer_revision: u64,
@@ -102,7 +104,9 @@ pub struct Io {
 
 pub struct Trainer {
     pub model: ModelName,
-    pub hyper: Hyper,
+    /// The configured model; a lineage that already exists keeps the configuration its live
+    /// version was trained with.
+    pub config: ModelConfig,
     pub cadence: Cadence,
     pub window_size: usize,
     pub metrics: TrainMetrics,
@@ -118,7 +122,7 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(
         model: ModelName,
-        hyper: Hyper,
+        config: ModelConfig,
         cadence: Cadence,
         window_size: usize,
         io: Io,
@@ -126,7 +130,7 @@ impl Trainer {
     ) -> Trainer {
         Trainer {
             model,
-            hyper,
+            config,
             cadence,
             window_size,
             metrics,
@@ -160,7 +164,17 @@ impl Trainer {
             .load(&self.model, live.version)
             .await
             .with_context(|| format!("loading live version {} of {}", live.version, self.model))?;
-        let trainer = LogisticTrainer::from_bytes(&bytes, self.hyper)
+        // The lineage continues as it was trained: a changed configuration (another kind, say)
+        // applies to a new model name, not halfway through a lineage.
+        let config = manifest.config.unwrap_or(ModelConfig {
+            hyper: manifest.hyper,
+            ..ModelConfig::default()
+        });
+        if config != self.config {
+            tracing::warn!(model = %self.model, live = ?config, configured = ?self.config,
+                "the live version was trained with another configuration; continuing with its own");
+        }
+        let trainer = ModelTrainer::from_bytes(&bytes, &config)
             .with_context(|| format!("decoding live version {} of {}", live.version, self.model))?;
         Ok(Some(Lineage {
             trainer,
@@ -174,7 +188,7 @@ impl Trainer {
     fn lineage_for(&mut self, first: &ExampleRecord) -> Result<&mut Lineage, ModelError> {
         if self.lineage.is_none() {
             let schema = handler::schema_for(first);
-            let trainer = LogisticTrainer::new(schema.n_features(), self.hyper)?;
+            let trainer = ModelTrainer::new(&self.config, schema.n_features())?;
             self.lineage = Some(Lineage {
                 trainer,
                 schema,
@@ -198,7 +212,7 @@ impl Trainer {
             NextVersion {
                 model: &self.model,
                 parent: lineage.live.as_ref(),
-                hyper: lineage.trainer.hyper(),
+                config: *lineage.trainer.config(),
                 schema: lineage.schema.clone(),
                 step: lineage.trainer.step(),
                 learned: range,

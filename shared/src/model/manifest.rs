@@ -83,6 +83,10 @@ pub struct Manifest {
     pub kind: ModelKind,
     /// Hyperparameters used to train this version.
     pub hyper: Hyper,
+    /// The whole model configuration (kind, hyperparameters, width, factors, seed); absent in
+    /// manifests written before model kinds could be chosen (those are logistic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<super::ModelConfig>,
     /// Feature schema the model expects.
     pub schema: FeatureSchema,
     /// Lower-case hex SHA-256 of the artifact bytes.
@@ -144,6 +148,7 @@ mod tests {
             parent: Some(6),
             kind: ModelKind::Logistic,
             hyper: Hyper::default(),
+            config: None,
             schema: FeatureSchema {
                 name: "churn-features".into(),
                 version: 2,
