@@ -1,9 +1,9 @@
-//! `freshet-quality`: freshet's logistic model, trained prequentially on public stream files.
+//! `freshet-quality`: freshet's models, trained prequentially on public stream files.
 //!
 //! Each file is a CSV written by `tests/quality/streams.py` (a header of feature names, then one
 //! example per line with the label, 0 or 1, last). For every batch size asked for, a fresh
-//! [`LogisticTrainer`] walks the file in order, `batch` rows per [`LogisticTrainer::train_batch`]
-//! call; since each call scores its rows before learning from them, summing
+//! [`Trainer`] of the chosen kind (logistic regression unless `--kind` says otherwise) walks the
+//! file in order, `batch` rows per [`Trainer::train_batch`] call; since each call scores its rows before learning from them, summing
 //! [`BatchReport::correct`] gives the prequential accuracy that River's
 //! `predict_one`-then-`learn_one` loop measures on the same rows. Only the `train_batch` calls
 //! are timed (parsing and bookkeeping are not), which is the counterpart of timing River's
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use freshet::model::{BatchReport, Hyper, LogisticTrainer};
+use freshet::model::{BatchReport, Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
 use serde::Serialize;
 
 /// Train freshet's logistic model prequentially on stream files and report accuracy and rate.
@@ -42,6 +42,12 @@ struct Args {
     /// L2 penalty λ on the weights
     #[arg(long, default_value_t = Hyper::default().l2)]
     l2: f64,
+    /// Model kind: logistic, mlp or factorization_machine
+    #[arg(long, default_value = "logistic")]
+    kind: ModelKind,
+    /// Optimizer: sgd or adam
+    #[arg(long, default_value = "sgd")]
+    optimizer: Optimizer,
     /// Multiply the learning rate by the batch size (the linear scaling rule): an update is the
     /// mean gradient of its rows, so this moves the weights per row about as far as batch 1 does
     #[arg(long)]
@@ -136,8 +142,12 @@ struct Pass {
 }
 
 /// One prequential pass over the stream with a fresh model, `batch` rows per update.
-fn train_prequentially(stream: &Stream, batch: usize, hyper: Hyper) -> anyhow::Result<Pass> {
-    let mut trainer = LogisticTrainer::new(stream.features.len(), hyper)?;
+fn train_prequentially(
+    stream: &Stream,
+    batch: usize,
+    config: &ModelConfig,
+) -> anyhow::Result<Pass> {
+    let mut trainer = Trainer::new(config, stream.features.len())?;
     let mut pass = Pass {
         correct: 0,
         log_loss_sum: 0.0,
@@ -165,6 +175,8 @@ struct Outcome {
     batch: usize,
     accuracy: f64,
     log_loss: f64,
+    /// The model kind trained.
+    kind: ModelKind,
     /// The settings this outcome trained with (the rate already scaled, if asked).
     hyper: Hyper,
     /// Median over runs of the time inside `train_batch`.
@@ -193,14 +205,19 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         learning_rate: args.learning_rate * scale,
         decay: args.decay,
         l2: args.l2,
-        ..Hyper::default()
+        optimizer: args.optimizer,
+    };
+    let config = ModelConfig {
+        kind: args.kind,
+        hyper,
+        ..ModelConfig::default()
     };
     // One untimed pass first: the first pass in a process also pays for the allocator's and
     // the backend's start-up, which made whichever stream came first look up to 2x slower.
-    let warm_up = train_prequentially(stream, batch, hyper)?;
+    let warm_up = train_prequentially(stream, batch, &config)?;
     let mut passes = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
-        passes.push(train_prequentially(stream, batch, hyper)?);
+        passes.push(train_prequentially(stream, batch, &config)?);
     }
     let reference = &warm_up;
     // Training is a pure function of rows and settings; a difference would make the accuracy
@@ -225,6 +242,7 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         rows,
         features: stream.features.len(),
         batch,
+        kind: args.kind,
         hyper,
         accuracy: reference.correct as f64 / rows as f64,
         log_loss: reference.log_loss_sum / rows as f64,
@@ -277,7 +295,7 @@ fn main() -> anyhow::Result<()> {
                 learning_rate: args.learning_rate,
                 decay: args.decay,
                 l2: args.l2,
-                ..Hyper::default()
+                optimizer: args.optimizer,
             },
             scale_rate_by_batch: args.scale_rate_by_batch,
             runs: args.runs,
@@ -350,7 +368,7 @@ mod tests {
             rows,
             labels,
         };
-        let pass = train_prequentially(&stream, 1, Hyper::default()).unwrap();
+        let pass = train_prequentially(&stream, 1, &ModelConfig::default()).unwrap();
         // Only a handful of early rows can be wrong once the sign is learnt...
         assert!(pass.correct >= 395, "{pass:?}");
         // ...but some must be: the second row (class 0) is scored by a model that has only seen

@@ -56,6 +56,16 @@ def hyperplane(rows: int, seed: int) -> Iterable:
     )
 
 
+def hyperplane_20(rows: int, seed: int) -> Iterable:
+    """The same rotating hyperplane in 20 dimensions (5 of them drifting): the width the
+    training-rate figures of every model kind are quoted at."""
+    del rows
+    return synth.Hyperplane(
+        seed=seed, n_features=20, n_drift_features=5, mag_change=0.001,
+        noise_percentage=0.05, sigma=0.1,
+    )
+
+
 def agrawal_drift(rows: int, seed: int) -> Iterable:
     """Agrawal's loan concept, River's function 1 (salary bands by age group) then function 2
     (education levels by age group) mid-stream, the first switch of MOA's AGR drift benchmark.
@@ -79,6 +89,7 @@ def phishing(rows: int, seed: int) -> Iterable:
 STREAMS: dict[str, tuple[Callable[[int, int], Iterable], bool]] = {
     "sea_drift": (sea_drift, True),
     "hyperplane": (hyperplane, True),
+    "hyperplane_20": (hyperplane_20, True),
     "agrawal_drift": (agrawal_drift, True),
     "phishing": (phishing, False),
 }

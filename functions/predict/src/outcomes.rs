@@ -41,7 +41,7 @@ impl OutcomeMetrics {
         );
         metrics.register(
             "outcomes_correct",
-            "Joined outcomes the prediction got right (score ≥ 0.5 for label 1)",
+            "Joined outcomes the prediction got right (score > 0.5 for label 1)",
             self.correct.clone(),
         );
         metrics.register(
@@ -54,7 +54,7 @@ impl OutcomeMetrics {
 
 /// Whether a score called the label right.
 pub fn is_correct(score: f32, label: f64) -> bool {
-    (score >= 0.5) == (label >= 0.5)
+    freshet::model::predicts_positive(score) == (label >= 0.5)
 }
 
 pub struct OutcomeJoiner {
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn correctness_thresholds_at_one_half() {
-        assert!(is_correct(0.7, 1.0) && is_correct(0.2, 0.0) && is_correct(0.5, 1.0));
-        assert!(!is_correct(0.49, 1.0) && !is_correct(0.9, 0.0));
+        assert!(is_correct(0.7, 1.0) && is_correct(0.2, 0.0) && is_correct(0.5, 0.0));
+        assert!(!is_correct(0.5, 1.0) && !is_correct(0.49, 1.0) && !is_correct(0.9, 0.0));
     }
 }

@@ -8,8 +8,7 @@ use freshet::error::{RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::{
-    BatchReport, FeatureSchema, Manifest, ModelConfig, SequenceRange, TrainingMetrics,
-    sha256_hex,
+    BatchReport, FeatureSchema, Manifest, ModelConfig, SequenceRange, TrainingMetrics, sha256_hex,
 };
 
 /// Where an example's stream sequence stands against what the model already holds.

@@ -30,7 +30,7 @@ struct Args {
     model: ModelName,
     /// Model family: logistic, mlp or factorization_machine (a lineage keeps the kind it began
     /// with)
-    #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic", value_parser = parse_kind)]
+    #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic")]
     kind: ModelKind,
     /// Hidden ReLU units of an mlp
     #[arg(long = "hidden", env = "FRESHET_HIDDEN", default_value_t = freshet::model::DEFAULT_HIDDEN)]
@@ -42,7 +42,7 @@ struct Args {
     #[arg(long = "seed", env = "FRESHET_SEED", default_value_t = 0)]
     seed: u64,
     /// Optimizer: sgd, or adam (β1 0.9, β2 0.999, ε 1e-8; its moments are saved in the artifact)
-    #[arg(long = "optimizer", env = "FRESHET_OPTIMIZER", default_value = "sgd", value_parser = parse_optimizer)]
+    #[arg(long = "optimizer", env = "FRESHET_OPTIMIZER", default_value = "sgd")]
     optimizer: Optimizer,
     /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
     #[arg(
@@ -140,17 +140,4 @@ async fn main() -> anyhow::Result<()> {
         .await
     })
     .await
-}
-
-fn parse_kind(text: &str) -> Result<ModelKind, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("{text:?} is not a model kind: logistic, mlp or factorization_machine"))
-}
-
-fn parse_optimizer(text: &str) -> Result<Optimizer, String> {
-    match text {
-        "sgd" => Ok(Optimizer::Sgd),
-        "adam" => Ok(Optimizer::adam()),
-        other => Err(format!("{other:?} is not an optimizer: sgd or adam")),
-    }
 }

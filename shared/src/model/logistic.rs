@@ -110,7 +110,8 @@ impl Hyper {
 pub struct BatchReport {
     /// Rows in the batch.
     pub examples: usize,
-    /// Rows whose prediction (`p ≥ 0.5` ⇒ 1) matched the label.
+    /// Rows whose prediction (`p > 0.5` ⇒ 1, see [`predicts_positive`](super::predicts_positive))
+    /// matched the label.
     pub correct: usize,
     /// Sum over rows of `-ln p(label)`, with `p` clamped to `[1e-7, 1 - 1e-7]`.
     pub log_loss_sum: f64,
@@ -610,7 +611,7 @@ mod tests {
         let correct = scores
             .iter()
             .zip(&labels)
-            .filter(|(p, y)| (**p >= 0.5) == (**y == 1.0))
+            .filter(|(p, y)| crate::model::predicts_positive(**p) == (**y == 1.0))
             .count();
         let log_loss: f64 = scores
             .iter()

@@ -26,6 +26,17 @@ pub enum ModelKind {
     FactorizationMachine,
 }
 
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+
+    /// Reads a kind by its configuration name (`logistic`, `mlp`, `factorization_machine`).
+    fn from_str(text: &str) -> Result<ModelKind, String> {
+        serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+            format!("{text:?} is not a model kind: logistic, mlp or factorization_machine")
+        })
+    }
+}
+
 /// Names and order of the features a model expects; a model is only valid for the schema
 /// (name and version) it was trained on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

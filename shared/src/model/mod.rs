@@ -41,6 +41,13 @@ pub use mlp::DEFAULT_HIDDEN;
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;
 
+/// The class a probability predicts: 1 when `p > 0.5`, else 0. A score of exactly 0.5 (an
+/// untrained model, for one) carries no information; it is called 0, as River and scikit-learn
+/// do, so prequential accuracies compare row for row.
+pub fn predicts_positive(p: f32) -> bool {
+    p > 0.5
+}
+
 /// Everything that can go wrong while training, scoring, encoding or verifying a model.
 ///
 /// Input errors (`FeatureCount`, `NonFiniteFeature`, `Label`, `LabelCount`, `EmptyBatch`) mean

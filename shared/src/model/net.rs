@@ -274,7 +274,7 @@ impl Learner {
         let mut log_loss_sum = 0.0f64;
         for (p, y) in probs.iter().zip(labels) {
             let positive = *y == 1.0;
-            if (*p >= 0.5) == positive {
+            if super::predicts_positive(*p) == positive {
                 correct += 1;
             }
             let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
@@ -287,57 +287,12 @@ impl Learner {
         if let Some(scaler) = scaler.as_mut() {
             scaler.update(rows);
         }
-        let x = input_tensor(scaler.as_ref(), rows, state.n_features, &self.device);
-        let leaves = self
-            .specs
-            .iter()
-            .zip(&state.params)
-            .map(|(spec, values)| {
-                Tensor::<2>::from_data(
-                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
-                    &self.device,
-                )
-                .require_grad()
-            })
-            .collect::<Vec<_>>();
-        let logits = state.arch.forward(&leaves, x)?;
-
-        // Mean binary cross-entropy on logits, in the numerically stable form that burn's
-        // BinaryCrossEntropyLoss uses with `logits = true`: (1 - y)·z − log σ(z).
-        let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &self.device);
-        let mut loss = (y.neg() + 1.0)
-            .mul(logits.clone())
-            .sub(log_sigmoid(logits))
-            .mean();
-        if self.hyper.l2 > 0.0 {
-            for (leaf, spec) in leaves.iter().zip(&self.specs) {
-                if spec.decay {
-                    loss = loss.add(leaf.clone().square().sum().mul_scalar(0.5 * self.hyper.l2));
-                }
+        let grads = match state.arch {
+            Arch::Logistic => self.logistic_gradients(scaler.as_ref(), rows, labels)?,
+            Arch::Mlp { .. } | Arch::Fm { .. } => {
+                self.autodiff_gradients(scaler.as_ref(), rows, labels)?
             }
-        }
-        let gradients = loss.backward();
-        if read_f32(loss)?.iter().any(|l| !l.is_finite()) {
-            return Err(ModelError::NonFinite {
-                what: "training loss".into(),
-            });
-        }
-        let mut grads = Vec::with_capacity(leaves.len());
-        for (leaf, spec) in leaves.iter().zip(&self.specs) {
-            let grad = leaf
-                .grad(&gradients)
-                .ok_or_else(|| ModelError::Backend("a parameter received no gradient".into()))?;
-            let grad = read_f32(grad)?;
-            if grad.len() != spec.len() {
-                return Err(shape_error());
-            }
-            if grad.iter().any(|g| !g.is_finite()) {
-                return Err(ModelError::NonFinite {
-                    what: "gradients".into(),
-                });
-            }
-            grads.push(grad);
-        }
+        };
 
         let learning_rate = self.hyper.learning_rate_at(state.step);
         let (params, optim) =
@@ -358,6 +313,91 @@ impl Learner {
             learning_rate,
             scores: probs,
         })
+    }
+
+    /// Gradients of the mean cross-entropy plus the L2 penalty, by burn's autodiff over the
+    /// architecture's forward graph. Errors if the loss or any gradient is not finite.
+    fn autodiff_gradients(
+        &self,
+        scaler: Option<&StandardScaler>,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let state = &self.state;
+        let x = input_tensor(scaler, rows, state.n_features, &self.device);
+        let leaves = self
+            .specs
+            .iter()
+            .zip(&state.params)
+            .map(|(spec, values)| {
+                Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
+                    &self.device,
+                )
+                .require_grad()
+            })
+            .collect::<Vec<_>>();
+        let logits = state.arch.forward(&leaves, x)?;
+        let y = Tensor::<2>::from_data(
+            TensorData::new(labels.to_vec(), [rows.len(), 1]),
+            &self.device,
+        );
+        let mut loss = cross_entropy_on_logits(logits, y);
+        if self.hyper.l2 > 0.0 {
+            for (leaf, spec) in leaves.iter().zip(&self.specs) {
+                if spec.decay {
+                    loss = loss.add(leaf.clone().square().sum().mul_scalar(0.5 * self.hyper.l2));
+                }
+            }
+        }
+        let gradients = loss.backward();
+        check_loss(loss)?;
+        let mut grads = Vec::with_capacity(leaves.len());
+        for (leaf, spec) in leaves.iter().zip(&self.specs) {
+            let grad = leaf
+                .grad(&gradients)
+                .ok_or_else(|| ModelError::Backend("a parameter received no gradient".into()))?;
+            grads.push(finite_gradient(read_f32(grad)?, spec)?);
+        }
+        Ok(grads)
+    }
+
+    /// The same gradients for logistic regression in closed form, with burn tensors on the
+    /// plain (non-autodiff) flex device: for logits z = Xw + b and d = (σ(z) − y)/n, the
+    /// gradient is Xᵀd + λw for the weights and Σd for the bias. Recording a graph to
+    /// differentiate two parameters cost more than the arithmetic itself, and this is the model
+    /// whose training rate matters most.
+    fn logistic_gradients(
+        &self,
+        scaler: Option<&StandardScaler>,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let state = &self.state;
+        let (n, n_features) = (rows.len(), state.n_features);
+        let device = Device::flex();
+        let [w, b] = state.params.as_slice() else {
+            return Err(shape_error());
+        };
+        let x = input_tensor(scaler, rows, n_features, &device);
+        let w = Tensor::<2>::from_data(TensorData::new(w.clone(), [n_features, 1]), &device);
+        let b = Tensor::<2>::from_data(TensorData::new(b.clone(), [1, 1]), &device);
+        let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &device);
+        let z = x.clone().matmul(w.clone()).add(b);
+        let mut loss = cross_entropy_on_logits(z.clone(), y.clone());
+        let d = burn::tensor::activation::sigmoid(z)
+            .sub(y)
+            .div_scalar(n as f32);
+        let mut grad_w = x.transpose().matmul(d.clone());
+        if self.hyper.l2 > 0.0 {
+            loss = loss.add(w.clone().square().sum().mul_scalar(0.5 * self.hyper.l2));
+            grad_w = grad_w.add(w.mul_scalar(self.hyper.l2));
+        }
+        check_loss(loss)?;
+        Ok(vec![
+            finite_gradient(read_f32(grad_w)?, &self.specs[0])?,
+            finite_gradient(read_f32(d.sum())?, &self.specs[1])?,
+        ])
     }
 
     /// Probabilities from burn's forward pass (plain flex device, current scaler), to check the
@@ -498,6 +538,36 @@ fn validate_row(row: &[f32], index: usize, n_features: usize) -> Result<(), Mode
     Ok(())
 }
 
+/// Mean binary cross-entropy on logits, in the numerically stable form that burn's
+/// BinaryCrossEntropyLoss uses with `logits = true`: (1 − y)·z − log σ(z).
+fn cross_entropy_on_logits(logits: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+    (y.neg() + 1.0)
+        .mul(logits.clone())
+        .sub(log_sigmoid(logits))
+        .mean()
+}
+
+fn check_loss(loss: Tensor<1>) -> Result<(), ModelError> {
+    if read_f32(loss)?.iter().any(|l| !l.is_finite()) {
+        return Err(ModelError::NonFinite {
+            what: "training loss".into(),
+        });
+    }
+    Ok(())
+}
+
+fn finite_gradient(grad: Vec<f32>, spec: &ParamSpec) -> Result<Vec<f32>, ModelError> {
+    if grad.len() != spec.len() {
+        return Err(shape_error());
+    }
+    if grad.iter().any(|g| !g.is_finite()) {
+        return Err(ModelError::NonFinite {
+            what: "gradients".into(),
+        });
+    }
+    Ok(grad)
+}
+
 /// Row-major `[rows.len(), n_features]` input tensor of validated rows, scaled if there is a
 /// scaler.
 fn input_tensor(
@@ -523,4 +593,41 @@ pub(crate) fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Mo
         .map_err(|e| ModelError::Backend(e.to_string()))?
         .try_into_vec::<f32>()
         .map_err(|e| ModelError::Backend(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_form_logistic_gradients_equal_autodiff() {
+        let hyper = Hyper {
+            l2: 0.01,
+            ..Hyper::default()
+        };
+        let mut learner = Learner::new(Arch::Logistic, 5, hyper, 0).unwrap();
+        let rows: Vec<Vec<f32>> = (0..64)
+            .map(|i| {
+                (0..5)
+                    .map(|j| ((i * 7 + j * 3) % 11) as f32 - 5.0)
+                    .collect()
+            })
+            .collect();
+        let labels: Vec<f32> = rows.iter().map(|r| f32::from(r[0] + r[2] > 0.0)).collect();
+        // From non-zero weights, so the penalty and every feature's gradient take part.
+        for _ in 0..3 {
+            learner.train_batch(&rows, &labels).unwrap();
+        }
+        let scaler = learner.state.scaler.clone();
+        let exact = learner
+            .logistic_gradients(scaler.as_ref(), &rows, &labels)
+            .unwrap();
+        let traced = learner
+            .autodiff_gradients(scaler.as_ref(), &rows, &labels)
+            .unwrap();
+        assert_eq!(exact.len(), traced.len());
+        for (a, b) in exact.iter().flatten().zip(traced.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+        }
+    }
 }

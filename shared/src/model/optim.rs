@@ -48,6 +48,19 @@ fn default_epsilon() -> f64 {
     1e-8
 }
 
+impl std::str::FromStr for Optimizer {
+    type Err = String;
+
+    /// Reads `sgd`, or `adam` with its default moments' decays and epsilon.
+    fn from_str(text: &str) -> Result<Optimizer, String> {
+        match text {
+            "sgd" => Ok(Optimizer::Sgd),
+            "adam" => Ok(Optimizer::adam()),
+            other => Err(format!("{other:?} is not an optimizer: sgd or adam")),
+        }
+    }
+}
+
 impl Optimizer {
     /// Adam with the usual defaults (β1 0.9, β2 0.999, ε 1e-8).
     pub fn adam() -> Optimizer {
