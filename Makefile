@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all tools build demo test unit integration bench fmt lint up down clean
+.PHONY: all tools build demo test unit integration bench quality fmt lint up down clean
 
 all: build
 
@@ -30,6 +30,10 @@ unit:
 ## integration: the tests/ suite only
 integration: tools build
 	$(CARGO) test -p freshet-tests
+
+## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
+quality:
+	RUNS=3 bash tools/river/compare.sh
 
 ## bench: release build, then the predictor benchmark beside its NATS echo floor (a few minutes)
 bench: tools
