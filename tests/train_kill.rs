@@ -7,9 +7,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
-use bytes::Bytes;
-use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::Manifest;
 use freshet::store::{ArtifactStore, Pointers, Slot};
@@ -18,37 +15,6 @@ use freshet_tests::{Stack, eventually};
 
 const EXAMPLES: u64 = 4_000;
 const KILLS: usize = 6;
-
-/// Publishes the examples `range` of `model` as featurize would (deduplicated by id), with
-/// features and label from `row`.
-async fn publish_examples(
-    stack: &Stack,
-    model: &ModelName,
-    range: std::ops::Range<u64>,
-    row: impl Fn(u64) -> (Vec<f32>, f32),
-) -> anyhow::Result<()> {
-    for n in range {
-        let (features, label) = row(n);
-        let record = ExampleRecord {
-            id: format!("ex-{n}"),
-            model: model.clone(),
-            schema: None,
-            features,
-            label,
-            source_event: n.to_string(),
-            event_time: None,
-        };
-        let message = PublishMessage::build()
-            .payload(Bytes::from(record.to_json_bytes()))
-            .message_id(&record.id);
-        stack
-            .js
-            .send_publish(stack.subjects.examples(model), message)
-            .await?
-            .await?;
-    }
-    Ok(())
-}
 
 /// The live version's manifest, once it has learned through `sequence`.
 async fn live_through(
@@ -66,14 +32,15 @@ async fn live_through(
 async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let model = ModelName::parse("kill")?;
-    publish_examples(&stack, &model, 0..EXAMPLES, |n| {
-        let x = (n % 17) as f32 / 17.0;
-        (
-            vec![x, 1.0 - x, (n % 3) as f32],
-            if x > 0.5 { 1.0 } else { 0.0 },
-        )
-    })
-    .await?;
+    stack
+        .publish_examples(&model, 0..EXAMPLES, |n| {
+            let x = (n % 17) as f32 / 17.0;
+            (
+                vec![x, 1.0 - x, (n % 3) as f32],
+                if x > 0.5 { 1.0 } else { 0.0 },
+            )
+        })
+        .await?;
     let args = [
         "--model",
         "kill",
@@ -83,6 +50,9 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
         "3",
         "--publish-interval",
         "100ms",
+        // The audit below walks the lineage back to version 1: keep every version.
+        "--keep-versions",
+        "0",
     ];
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
@@ -138,11 +108,12 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
 -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let model = ModelName::parse("pair")?;
-    publish_examples(&stack, &model, 0..EXAMPLES, |n| {
-        let x = (n % 13) as f32 / 13.0;
-        (vec![x, 1.0 - x], if x > 0.5 { 1.0 } else { 0.0 })
-    })
-    .await?;
+    stack
+        .publish_examples(&model, 0..EXAMPLES, |n| {
+            let x = (n % 13) as f32 / 13.0;
+            (vec![x, 1.0 - x], if x > 0.5 { 1.0 } else { 0.0 })
+        })
+        .await?;
     let args = [
         "--model",
         "pair",
@@ -152,6 +123,9 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
         "2",
         "--publish-interval",
         "100ms",
+        // The audit below walks the lineage back to version 1: keep every version.
+        "--keep-versions",
+        "0",
     ];
     let first = stack.spawn("train", &args)?;
     let second = stack.spawn("train", &args)?;
@@ -179,10 +153,11 @@ async fn two_trainers_on_one_model_keep_one_history_and_learn_each_example_once(
         second
     };
     stack.process(holder).terminate(Duration::from_secs(20))?;
-    publish_examples(&stack, &model, EXAMPLES..EXAMPLES + 500, |n| {
-        (vec![0.5, 0.5], (n % 2) as f32)
-    })
-    .await?;
+    stack
+        .publish_examples(&model, EXAMPLES..EXAMPLES + 500, |n| {
+            (vec![0.5, 0.5], (n % 2) as f32)
+        })
+        .await?;
     let live = eventually(
         Duration::from_secs(60),
         "the standby to train the rest",

@@ -112,6 +112,36 @@ impl Stack {
         std::fs::read_to_string(self.log_path(binary, index)).unwrap_or_default()
     }
 
+    /// Publishes the examples `range` of `model` as featurize would (deduplicated by id), with
+    /// features and label from `row`.
+    pub async fn publish_examples(
+        &self,
+        model: &freshet::ids::ModelName,
+        range: std::ops::Range<u64>,
+        row: impl Fn(u64) -> (Vec<f32>, f32),
+    ) -> anyhow::Result<()> {
+        for n in range {
+            let (features, label) = row(n);
+            let record = freshet::examples::ExampleRecord {
+                id: format!("ex-{n}"),
+                model: model.clone(),
+                schema: None,
+                features,
+                label,
+                source_event: n.to_string(),
+                event_time: None,
+            };
+            let message = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(record.to_json_bytes()))
+                .message_id(&record.id);
+            self.js
+                .send_publish(self.subjects.examples(model), message)
+                .await?
+                .await?;
+        }
+        Ok(())
+    }
+
     /// How many functions this stack started; the newest is `started() - 1`.
     pub fn started(&self) -> usize {
         self.processes.len()

@@ -67,6 +67,14 @@ struct Args {
     /// ...or this long after the first unpublished batch, whichever comes first
     #[arg(long = "publish-interval", env = "FRESHET_PUBLISH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     publish_interval: Duration,
+    /// Versions kept in the object store besides every version a pointer (or its kept history)
+    /// names; older ones are deleted after each publish. 0 keeps every version
+    #[arg(
+        long = "keep-versions",
+        env = "FRESHET_KEEP_VERSIONS",
+        default_value_t = 100
+    )]
+    keep_versions: usize,
     /// Examples in the prequential metrics window
     #[arg(
         long = "metrics-window",
@@ -112,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let cadence = trainer::Cadence {
         every_batches: args.publish_every_batches.max(1),
         every: args.publish_interval,
+        keep_versions: args.keep_versions,
     };
     let mut trainer = trainer::Trainer::new(
         args.model.clone(),

@@ -33,6 +33,8 @@ pub struct Cadence {
     pub every_batches: usize,
     /// Or this long after the first unpublished batch, whichever comes first.
     pub every: Duration,
+    /// Versions kept in the object store besides those a pointer names (0 keeps all).
+    pub keep_versions: usize,
 }
 
 /// The model as last published, plus what has been learned since.
@@ -55,6 +57,7 @@ struct PendingUpdate {
 /// Metrics train exports beside the common ones.
 #[derive(Clone, Default)]
 pub struct TrainMetrics {
+    pub versions_deleted: Counter,
     pub examples_trained: Counter,
     pub versions_published: Counter,
     pub pointer_conflicts: Counter,
@@ -64,6 +67,11 @@ pub struct TrainMetrics {
 
 impl TrainMetrics {
     pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+        metrics.register(
+            "versions_deleted",
+            "Old versions removed from the object store by the retention policy",
+            self.versions_deleted.clone(),
+        );
         metrics.register(
             "examples_trained",
             "Examples learned (prequentially scored first)",
@@ -117,6 +125,8 @@ pub struct Trainer {
     order: OrderGuard,
     lineage: Option<Lineage>,
     pending: PendingUpdate,
+    /// Wakes the retention task (started with the first publish).
+    prune_requests: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Trainer {
@@ -141,6 +151,7 @@ impl Trainer {
             order: io.order,
             lineage: None,
             pending: PendingUpdate::default(),
+            prune_requests: None,
         }
     }
 
@@ -263,7 +274,45 @@ impl Trainer {
         lineage.pointer_revision = revision;
         lineage.live = Some(manifest);
         self.pending = PendingUpdate::default();
+        self.prune_in_background();
         Ok(Commit::Durable)
+    }
+
+    /// Asks for a retention pass off the training path. Requests made while a pass runs are
+    /// folded into one more pass after it, so the last publish is always followed by one; a
+    /// failed pass is only logged (nothing depends on deletion).
+    fn prune_in_background(&mut self) {
+        if self.cadence.keep_versions == 0 {
+            return;
+        }
+        let requests = self.prune_requests.get_or_insert_with(|| {
+            let requests = std::sync::Arc::new(tokio::sync::Notify::new());
+            let (model, artifacts, pointers) = (
+                self.model.clone(),
+                self.artifacts.clone(),
+                self.pointers.clone(),
+            );
+            let (keep, deleted) = (
+                self.cadence.keep_versions,
+                self.metrics.versions_deleted.clone(),
+            );
+            let wakeups = requests.clone();
+            tokio::spawn(async move {
+                loop {
+                    wakeups.notified().await;
+                    match prune(&model, &artifacts, &pointers, keep).await {
+                        Ok(n) => {
+                            deleted.inc_by(n);
+                        }
+                        Err(err) => {
+                            tracing::warn!(model = %model, error = %err, "retention pass failed");
+                        }
+                    }
+                }
+            });
+            requests
+        });
+        requests.notify_one();
     }
 
     /// Writes the version's artifacts. A version number already taken by an orphan (written by
@@ -313,6 +362,36 @@ impl Trainer {
             tracing::warn!(error = %err, "cannot announce the new version on CONTROL");
         }
     }
+}
+
+/// Deletes the versions the retention policy lets go and returns how many. A version a pointer
+/// names now or in its kept history stays, so rollback always finds its target.
+async fn prune(
+    model: &ModelName,
+    artifacts: &ArtifactStore,
+    pointers: &Pointers,
+    keep_newest: usize,
+) -> anyhow::Result<u64> {
+    let mut named = std::collections::BTreeSet::new();
+    for slot in [Slot::Live, Slot::Candidate] {
+        named.extend(
+            pointers
+                .history(model, slot)
+                .await?
+                .into_iter()
+                .map(|(_, p)| p.version),
+        );
+        named.extend(pointers.get(model, slot).await?.value.map(|p| p.version));
+    }
+    let stored = artifacts.versions(model).await?;
+    let doomed = handler::versions_to_delete(&stored, keep_newest, &named);
+    for &version in &doomed {
+        artifacts.delete_version(model, version).await?;
+    }
+    if !doomed.is_empty() {
+        tracing::info!(model = %model, deleted = doomed.len(), kept = stored.len() - doomed.len(), "old versions removed");
+    }
+    Ok(doomed.len() as u64)
 }
 
 impl Processor for Trainer {

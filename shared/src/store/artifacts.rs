@@ -262,6 +262,30 @@ impl ArtifactStore {
         Ok((manifest, bytes))
     }
 
+    /// Deletes a version: the manifest first, so that [`versions`](Self::versions) stops listing
+    /// it before its bytes go. Deleting a version already gone succeeds.
+    pub async fn delete_version(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> Result<(), ArtifactError> {
+        let dir = Self::version_dir(model.as_str(), version);
+        for file in ["manifest.json", "model.bin"] {
+            let path = dir.clone().join(file);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(ArtifactError::Store {
+                        operation: "delete",
+                        path: path.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every version of a model that has a manifest, oldest first.
     pub async fn versions(&self, model: &ModelName) -> Result<Vec<u64>, ArtifactError> {
         let prefix = Path::from(format!("models/{model}"));
