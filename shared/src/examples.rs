@@ -27,15 +27,44 @@ pub struct ExampleRecord {
     pub event_time: Option<DateTime<Utc>>,
 }
 
+/// [`ExampleRecord`] as read from the wire, before its features are checked and narrowed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WideExample {
+    id: String,
+    model: ModelName,
+    schema: Option<(String, u32)>,
+    features: Vec<f64>,
+    label: f32,
+    source_event: String,
+    event_time: Option<DateTime<Utc>>,
+}
+
 impl ExampleRecord {
     pub fn id_for(source_event: &str) -> String {
         format!("ex-{source_event}")
     }
 
     /// Decodes and checks an example so a model never sees a malformed or non-finite one.
+    ///
+    /// Features are read as `f64` and range-checked before they become `f32`, so a value too
+    /// large for `f32` (1e39) is refused as `out_of_range` rather than read as infinity.
     pub fn decode(bytes: &[u8]) -> Result<ExampleRecord, Rejection> {
-        let record: ExampleRecord = serde_json::from_slice(bytes)
+        let wide: WideExample = serde_json::from_slice(bytes)
             .map_err(|e| Rejection::new(RejectReason::InvalidData, "$", e.to_string()))?;
+        for (i, value) in wide.features.iter().enumerate() {
+            check_number(&format!("features[{i}]"), *value)?;
+        }
+        let record = ExampleRecord {
+            id: wide.id,
+            model: wide.model,
+            schema: wide.schema,
+            // In range (|x| ≤ 1e12) and finite, so the narrowing is finite too.
+            features: wide.features.iter().map(|&x| x as f32).collect(),
+            label: wide.label,
+            source_event: wide.source_event,
+            event_time: wide.event_time,
+        };
         if record.features.is_empty() || record.features.len() > MAX_FEATURES {
             return Err(Rejection::new(
                 RejectReason::InvalidData,
@@ -45,9 +74,6 @@ impl ExampleRecord {
                     record.features.len()
                 ),
             ));
-        }
-        for (i, value) in record.features.iter().enumerate() {
-            check_number(&format!("features[{i}]"), f64::from(*value))?;
         }
         if record.label != 0.0 && record.label != 1.0 {
             return Err(Rejection::new(
@@ -99,6 +125,12 @@ mod tests {
                 .unwrap_err()
                 .reason,
             RejectReason::OutOfRange
+        );
+        let beyond_f32 = br#"{"id":"ex-e1","model":"m","schema":null,"features":[1e39,0],"label":1,"source_event":"e1","event_time":null}"#;
+        let refused = ExampleRecord::decode(beyond_f32).unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.field.as_str()),
+            (RejectReason::OutOfRange, "features[0]")
         );
         let empty = ExampleRecord {
             features: vec![],

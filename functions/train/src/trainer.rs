@@ -58,6 +58,7 @@ struct PendingUpdate {
 #[derive(Clone, Default)]
 pub struct TrainMetrics {
     pub versions_deleted: Counter,
+    pub batches_refused: Counter,
     pub examples_trained: Counter,
     pub versions_published: Counter,
     pub pointer_conflicts: Counter,
@@ -67,6 +68,11 @@ pub struct TrainMetrics {
 
 impl TrainMetrics {
     pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+        metrics.register(
+            "batches_refused",
+            "Batches whose update was discarded (non-finite loss, gradient or weights)",
+            self.batches_refused.clone(),
+        );
         metrics.register(
             "versions_deleted",
             "Old versions removed from the object store by the retention policy",
@@ -346,6 +352,26 @@ impl Trainer {
         ))
     }
 
+    /// Tells CONTROL that a batch's update was discarded, naming its examples' sequences. The
+    /// message id makes a redelivered batch's report a duplicate, not a second report.
+    async fn report_refused_batch(&self, sequences: &[u64], error: &ModelError) {
+        let (first, last) = (
+            sequences.iter().min().copied().unwrap_or_default(),
+            sequences.iter().max().copied().unwrap_or_default(),
+        );
+        let body = json!({
+            "kind": "batch_refused", "model": self.model, "first": first, "last": last,
+            "examples": sequences.len(), "error": error.to_string(), "at": Utc::now(),
+        });
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(body.to_string()))
+            .message_id(format!("refused-{}-{first}-{last}", self.model));
+        let subject = self.subjects.control(&self.model, "refused_batch");
+        if let Err(err) = self.js.send_publish(subject, message).await {
+            tracing::warn!(error = %err, "cannot report the refused batch on CONTROL");
+        }
+    }
+
     /// Tells CONTROL about the new version. Best effort: the pointer is the source of truth.
     async fn announce(&self, manifest: &Manifest) {
         let body = json!({
@@ -516,6 +542,12 @@ impl Processor for Trainer {
                     // The update was discarded (the model is unchanged); the examples are kept on
                     // the dead-letter subject for review instead of being retried forever.
                     tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
+                    self.metrics.batches_refused.inc();
+                    let sequences: Vec<u64> = learned_at
+                        .iter()
+                        .map(|&i| batch[i].stream_sequence)
+                        .collect();
+                    self.report_refused_batch(&sequences, &err).await;
                     let reason = match err {
                         ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => {
                             RejectReason::NonFinite
