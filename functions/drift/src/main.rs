@@ -7,6 +7,9 @@
 // are used by tests until the function can choose among them.
 #[allow(dead_code, unused_imports)]
 mod detectors;
+// The bank is not wired into the consumer yet.
+#[allow(dead_code)]
+mod bank;
 mod handler;
 
 use bytes::Bytes;
