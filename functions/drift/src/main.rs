@@ -200,13 +200,13 @@ async fn main() -> anyhow::Result<()> {
         live,
         max_checkpoint_bytes: ctx.client.server_info().max_payload,
     };
-    let mut processor =
+    // The checkpoint is read with the first batch, under the lease: it is then the last
+    // holder's final write.
+    let processor =
         processor::DriftProcessor::new(args.model.clone(), args.reaction, bank, io, metrics);
     // One drift per model: two would fight over the checkpoint. The others stand by.
     let lease_key = format!("drift.{}", args.model);
     ctx.exclusively(&lease_key, async {
-        // Under the lease, so the checkpoint read is the last holder's final write.
-        processor.load().await?;
         // The first batch is scored by the version live now; the watch follows it from there.
         follower.load_current().await;
         tokio::spawn(follower.run(ctx.shutdown.clone()));

@@ -69,7 +69,8 @@ pub struct DriftProcessor {
     stored: Checkpoint,
     revision: u64,
     pending: Option<Pending>,
-    /// Reading the stored checkpoint after a conflict failed: read it before the next batch.
+    /// The stored checkpoint must be read before the next batch: at start (once the consumer
+    /// exists, for its acknowledgement floor) and after another writer won.
     stale: bool,
 }
 
@@ -96,9 +97,9 @@ impl DriftProcessor {
     }
 
     /// Reads the stored checkpoint, dropping anything folded since.
-    pub async fn load(&mut self) -> Result<(), Failure> {
+    async fn load(&mut self) -> Result<(), Failure> {
         let raw = read(&self.io.checkpoints, &self.key).await?;
-        let (checkpoint, restored) = self.bank.decode(raw.value.as_deref());
+        let (mut checkpoint, restored) = self.bank.decode(raw.value.as_deref());
         match &restored {
             Restored::Missing => {
                 tracing::info!(model = %self.model, "no drift checkpoint yet; starting afresh")
@@ -112,6 +113,13 @@ impl DriftProcessor {
             Restored::Unreadable { kept_mark, error } => {
                 tracing::error!(model = %self.model, ?kept_mark, %error, "unreadable drift checkpoint; starting the detectors afresh")
             }
+        }
+        // Examples acknowledged beyond the mark are handled although no checkpoint holds them
+        // (by a drift that kept its detectors in memory, or before the checkpoint was lost).
+        // Starting after them keeps the order guard from stepping over each one in turn.
+        let floor = self.io.order.ack_floor().await?;
+        if self.bank.pass(&mut checkpoint, floor) {
+            tracing::info!(model = %self.model, floor, "examples up to the consumer's acknowledgement floor were handled before this checkpoint; starting after them");
         }
         self.stored = checkpoint;
         self.revision = raw.revision;
@@ -408,11 +416,9 @@ impl Processor for DriftProcessor {
             Err(CasError::Conflict { .. }) => {
                 self.metrics.checkpoint_conflicts.inc();
                 tracing::warn!(model = %self.model, "drift checkpoint written by another writer; reading it and redelivering the batch");
+                // The winner's checkpoint is read before the redelivered batch is handled.
                 self.pending = None;
                 self.stale = true;
-                if let Err(failure) = self.load().await {
-                    tracing::warn!(model = %self.model, error = %failure, "cannot read the drift checkpoint yet; reading it before the next batch");
-                }
                 Ok(Commit::Abandoned)
             }
             Err(CasError::Failed(failure)) => Err(failure),
