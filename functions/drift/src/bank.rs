@@ -147,6 +147,8 @@ pub struct BankConfig {
     pub feature_detectors: Vec<DetectorKind>,
     /// Detectors run on the live model's prediction errors, in this order.
     pub error_detectors: Vec<DetectorKind>,
+    // Each detector's parameters, the same wherever it runs (Page-Hinkley and ADWIN may watch
+    // features and the error alike).
     pub psi: StreamingPsiConfig,
     pub page_hinkley: PageHinkleyConfig,
     pub adwin: AdwinConfig,
@@ -495,6 +497,7 @@ impl Bank {
         })
     }
 
+    /// The settings the bank runs with.
     pub fn config(&self) -> &BankConfig {
         &self.config
     }

@@ -31,6 +31,7 @@ pub enum Reaction {
 }
 
 impl Reaction {
+    /// The name used in flags and events.
     pub fn as_str(self) -> &'static str {
         match self {
             Reaction::Alert => "alert",

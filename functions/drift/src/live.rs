@@ -32,6 +32,7 @@ pub struct LiveModel {
 }
 
 impl LiveModel {
+    /// The version number, from its manifest.
     pub fn version(&self) -> u64 {
         self.manifest.version
     }

@@ -26,6 +26,7 @@ pub struct DetectionLabel {
 }
 
 impl DetectionLabel {
+    /// The label of a detection by `detector` on the error stream (`error`) or a feature.
     pub fn new(detector: DetectorKind, error: bool, level: Level) -> DetectionLabel {
         DetectionLabel {
             detector: detector.as_str().to_string(),
@@ -40,6 +41,7 @@ impl DetectionLabel {
     }
 }
 
+/// Counters and gauges of one drift function, cloned into the processor and the live follower.
 #[derive(Clone, Default)]
 pub struct DriftMetrics {
     pub observations: Family<StreamLabel, Counter>,

@@ -57,6 +57,8 @@ struct Pending {
     tally: Tally,
 }
 
+/// The consumer of one model's examples: the bank, the checkpoint it was read from, and what
+/// has been folded since.
 pub struct DriftProcessor {
     model: ModelName,
     /// The checkpoint's key in DRIFT: the model's name.
@@ -75,6 +77,7 @@ pub struct DriftProcessor {
 }
 
 impl DriftProcessor {
+    /// A processor that reads the stored checkpoint with its first batch.
     pub fn new(
         model: ModelName,
         reaction: Reaction,
