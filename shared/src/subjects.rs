@@ -29,6 +29,7 @@ pub const STREAM_DEAD_LETTER: &str = "DEAD_LETTER";
 pub const BUCKET_FEATURES: &str = "FEATURES";
 pub const BUCKET_MODELS: &str = "MODELS";
 pub const BUCKET_LEASES: &str = "LEASES";
+pub const BUCKET_DRIFT: &str = "DRIFT";
 
 /// The prefix every subject starts with by default.
 pub const DEFAULT_PREFIX: &str = "freshet";

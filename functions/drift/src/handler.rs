@@ -1,64 +1,184 @@
-//! drift's pure logic: a bank of two-sided Page-Hinkley detectors, one per feature of a model's
-//! examples, each fed that feature's values in order.
+//! drift's CONTROL events and the glue between an example and the bank, all pure: which examples
+//! the live model may score, what the bank reads of an example, and what a [`Finding`] becomes on
+//! `<prefix>.control.<model>.drift`, with the deterministic `Nats-Msg-Id` that lets JetStream drop
+//! the copy a redelivered batch would publish again.
 //!
-//! The detector itself, [`PageHinkley`](crate::detectors::PageHinkley) with River's defaults
-//! (min_instances 30, δ 0.005, λ 50, α 1 - 0.0001), lives in `detectors/page_hinkley.rs`.
+//! The event names the reaction configured for the model. drift only requests it: acting on it
+//! (raising the learning rate, training a candidate) belongs to train and the promotion gate.
 
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::model::FeatureSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::detectors::PageHinkleyConfig;
-use crate::detectors::{Detector, DetectorError, PageHinkley};
+use crate::bank::{DetectorKind, Finding, Observation, Scored, Target, Window};
+use crate::detectors::Level;
 
-/// A detected change.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Change {
-    /// The test statistic when it crossed the threshold.
-    pub statistic: f64,
-    /// Observations seen since the previous detection, including this one.
-    pub observations: u64,
-    pub upward: bool,
+/// What a detection asks the rest of the system to do about the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    /// Tell people; change nothing.
+    Alert,
+    /// Ask train to raise the learning rate, so the model catches up with the change faster.
+    RaiseLr,
+    /// Ask train to fit a candidate beside the live version, for the gate to judge.
+    TrainCandidate,
 }
 
-/// One detector per feature, each started from the same fresh detector.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FeatureDetectors {
-    fresh: PageHinkley,
-    detectors: Vec<PageHinkley>,
-}
-
-impl FeatureDetectors {
-    /// A bank whose detectors run with `config`, refused if a parameter is out of range.
-    pub fn new(config: PageHinkleyConfig) -> Result<FeatureDetectors, DetectorError> {
-        Ok(FeatureDetectors {
-            fresh: PageHinkley::new(config)?,
-            detectors: Vec::new(),
-        })
-    }
-
-    /// Feeds one example's features; returns (feature index, change) for each detection. A
-    /// non-finite feature value is skipped: that feature's detector ignores it.
-    pub fn update(&mut self, features: &[f32]) -> Vec<(usize, Change)> {
-        if self.detectors.len() < features.len() {
-            self.detectors.resize(features.len(), self.fresh.clone());
+impl Reaction {
+    /// The name used in flags and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reaction::Alert => "alert",
+            Reaction::RaiseLr => "raise_lr",
+            Reaction::TrainCandidate => "train_candidate",
         }
-        features
-            .iter()
-            .zip(self.detectors.iter_mut())
-            .enumerate()
-            .filter_map(|(i, (x, detector))| {
-                let detection = detector.update(f64::from(*x)).ok()?;
-                detection.is_drift().then(|| {
-                    (
-                        i,
-                        Change {
-                            statistic: detection.statistic,
-                            observations: detector.observations(),
-                            upward: detector.upward(),
-                        },
-                    )
-                })
-            })
-            .collect()
+    }
+}
+
+impl fmt::Display for Reaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a reaction name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reaction {0:?}: use alert, raise_lr or train_candidate")]
+pub struct UnknownReaction(String);
+
+impl FromStr for Reaction {
+    type Err = UnknownReaction;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "alert" => Ok(Reaction::Alert),
+            "raise_lr" => Ok(Reaction::RaiseLr),
+            "train_candidate" => Ok(Reaction::TrainCandidate),
+            other => Err(UnknownReaction(other.to_string())),
+        }
+    }
+}
+
+/// The body of a drift event on `<prefix>.control.<model>.drift`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftEvent {
+    /// Always `"drift"`.
+    pub kind: String,
+    pub model: ModelName,
+    pub detector: DetectorKind,
+    /// The feature's name, or `"error"` for the live model's prediction error.
+    pub target: String,
+    /// The feature's index in the example's vector; `None` for the error.
+    pub feature: Option<usize>,
+    pub level: Level,
+    /// The detector's statistic when it signalled.
+    pub statistic: f64,
+    /// The examples (stream sequences) the detector read since it last started afresh.
+    pub window: Window,
+    /// Stream sequence of the example that made the detector signal.
+    pub sequence: u64,
+    /// The live version when the example was read (whose errors an error detector watches).
+    pub live_version: Option<u64>,
+    /// The reaction configured for the model, requested here and carried out elsewhere.
+    pub reaction: Reaction,
+    /// The signalling example's event time, or when EXAMPLES stored it if it carries none.
+    pub event_time: DateTime<Utc>,
+}
+
+/// What every event of one batch shares.
+#[derive(Debug, Clone, Copy)]
+pub struct EventContext<'a> {
+    pub model: &'a ModelName,
+    pub reaction: Reaction,
+    pub live_version: Option<u64>,
+}
+
+/// The event for `finding`, whose example is `example` (stored at `published`), with the feature
+/// names of `live` when the example follows the live model's schema.
+pub fn event(
+    context: EventContext<'_>,
+    finding: &Finding,
+    example: &ExampleRecord,
+    published: DateTime<Utc>,
+    live: Option<&FeatureSchema>,
+) -> DriftEvent {
+    let (target, feature) = match finding.target {
+        Target::Feature(i) => (feature_name(i, example, live), Some(i)),
+        Target::Error => ("error".to_string(), None),
+    };
+    DriftEvent {
+        kind: "drift".to_string(),
+        model: context.model.clone(),
+        detector: finding.detector,
+        target,
+        feature,
+        level: finding.level,
+        statistic: finding.statistic,
+        window: finding.window,
+        sequence: finding.sequence,
+        live_version: context.live_version,
+        reaction: context.reaction,
+        event_time: example.event_time.unwrap_or(published),
+    }
+}
+
+/// `drift-<model>-<detector>-<target>-<sequence>`, the target being `f<index>` or `error`: the
+/// same finding always gets the same id, and no two findings share one (a detector signals at
+/// most once per example and target).
+pub fn message_id(model: &ModelName, finding: &Finding) -> String {
+    let target = match finding.target {
+        Target::Feature(i) => format!("f{i}"),
+        Target::Error => "error".to_string(),
+    };
+    format!(
+        "drift-{model}-{}-{target}-{}",
+        finding.detector, finding.sequence
+    )
+}
+
+/// The name of feature `index` of `example`: the live schema's when the example follows it, the
+/// bookstore schema's for bookstore examples, else `f<index>` as train names unnamed features.
+pub fn feature_name(index: usize, example: &ExampleRecord, live: Option<&FeatureSchema>) -> String {
+    let bookstore = freshet::features::schema();
+    let named = live
+        .filter(|schema| follows(example, schema))
+        .or(follows(example, &bookstore).then_some(&bookstore))
+        .and_then(|schema| schema.features.get(index));
+    match named {
+        Some(name) => name.clone(),
+        None => format!("f{index}"),
+    }
+}
+
+/// Whether `example` follows `schema`, as train checks it: the same width, and the same name and
+/// version when the example names a schema.
+pub fn follows(example: &ExampleRecord, schema: &FeatureSchema) -> bool {
+    example.features.len() == schema.n_features()
+        && example
+            .schema
+            .as_ref()
+            .is_none_or(|(name, version)| *name == schema.name && *version == schema.version)
+}
+
+/// What the bank reads of the example stored at `sequence`.
+pub fn observation(
+    sequence: u64,
+    example: &ExampleRecord,
+    scored: Option<Scored>,
+) -> Observation<'_> {
+    Observation {
+        sequence,
+        schema: example.schema.as_ref(),
+        features: &example.features,
+        label: example.label,
+        scored,
     }
 }
 
@@ -66,40 +186,122 @@ impl FeatureDetectors {
 mod tests {
     use super::*;
 
-    /// A deterministic noise source, so tests need no random-number crate.
-    fn noise(i: u64) -> f64 {
-        let x = (i
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407)
-            >> 33) as f64;
-        x / (1u64 << 31) as f64 - 0.5
+    fn model() -> ModelName {
+        ModelName::parse("bookstore").unwrap()
+    }
+
+    fn example(schema: Option<(&str, u32)>, width: usize) -> ExampleRecord {
+        ExampleRecord {
+            id: "ex-e1".into(),
+            model: model(),
+            schema: schema.map(|(n, v)| (n.to_string(), v)),
+            features: vec![0.5; width],
+            label: 1.0,
+            source_event: "e1".into(),
+            event_time: None,
+        }
+    }
+
+    fn finding(target: Target) -> Finding {
+        Finding {
+            sequence: 812,
+            detector: DetectorKind::Psi,
+            target,
+            level: Level::Drift,
+            statistic: 0.31,
+            window: Window {
+                first: 12,
+                last: 812,
+                count: 400,
+            },
+        }
     }
 
     #[test]
-    fn a_bank_reports_the_feature_that_moved() {
-        let mut bank = FeatureDetectors::new(PageHinkleyConfig::default()).unwrap();
-        let mut hits = Vec::new();
-        for i in 0..2_000u64 {
-            let moved = if i < 1_000 { 0.0 } else { 8.0 };
-            hits.extend(bank.update(&[noise(i) as f32, (moved + noise(i + 7)) as f32]));
-        }
-        assert!(
-            !hits.is_empty() && hits.iter().all(|(feature, _)| *feature == 1),
-            "{hits:?}"
+    fn an_event_carries_everything_a_reader_needs() {
+        let published = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let context = EventContext {
+            model: &model(),
+            reaction: Reaction::TrainCandidate,
+            live_version: Some(7),
+        };
+        let ex = example(Some(("bookstore", 2)), 7);
+        let event = event(context, &finding(Target::Feature(5)), &ex, published, None);
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "drift", "model": "bookstore", "detector": "psi",
+                "target": "item_log_price", "feature": 5, "level": "drift", "statistic": 0.31,
+                "window": {"first": 12, "last": 812, "count": 400}, "sequence": 812,
+                "live_version": 7, "reaction": "train_candidate",
+                "event_time": "2023-11-14T22:13:20Z",
+            })
         );
-        let (_, change) = hits[0];
-        assert!(change.upward && change.statistic > 50.0);
-        assert!(change.observations > 1_000 && change.observations < 1_030);
+        let back: DriftEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+
+        let timed = ExampleRecord {
+            event_time: Some(DateTime::from_timestamp(1_600_000_000, 0).unwrap()),
+            ..ex
+        };
+        let error = super::event(context, &finding(Target::Error), &timed, published, None);
+        assert_eq!((error.target.as_str(), error.feature), ("error", None));
+        assert_eq!(error.event_time, timed.event_time.unwrap());
     }
 
     #[test]
-    fn a_bank_skips_non_finite_features() {
-        let mut bank = FeatureDetectors::new(PageHinkleyConfig::default()).unwrap();
-        for i in 0..100u64 {
-            let hits = bank.update(&[f32::NAN, noise(i) as f32, f32::INFINITY]);
-            assert!(hits.is_empty());
+    fn message_ids_are_stable_and_distinct() {
+        let m = model();
+        assert_eq!(
+            message_id(&m, &finding(Target::Feature(3))),
+            "drift-bookstore-psi-f3-812"
+        );
+        assert_eq!(
+            message_id(&m, &finding(Target::Error)),
+            "drift-bookstore-psi-error-812"
+        );
+        let other = Finding {
+            detector: DetectorKind::PageHinkley,
+            ..finding(Target::Feature(3))
+        };
+        assert_eq!(
+            message_id(&m, &other),
+            "drift-bookstore-page_hinkley-f3-812"
+        );
+    }
+
+    #[test]
+    fn features_are_named_from_the_schema_they_follow() {
+        let live = FeatureSchema {
+            name: "custom".into(),
+            version: 3,
+            features: vec!["age".into(), "income".into()],
+        };
+        let custom = example(Some(("custom", 3)), 2);
+        assert_eq!(feature_name(1, &custom, Some(&live)), "income");
+        assert_eq!(feature_name(1, &custom, None), "f1");
+        let raw = example(None, 2);
+        assert_eq!(feature_name(0, &raw, Some(&live)), "age");
+        let older = example(Some(("custom", 2)), 2);
+        assert!(!follows(&older, &live));
+        assert_eq!(feature_name(0, &older, Some(&live)), "f0");
+        let wider = example(None, 3);
+        assert!(!follows(&wider, &live));
+        assert_eq!(feature_name(2, &wider, Some(&live)), "f2");
+        let bookstore = example(Some(("bookstore", 2)), 7);
+        assert_eq!(feature_name(0, &bookstore, Some(&live)), "user_log_views");
+    }
+
+    #[test]
+    fn reactions_parse_by_name() {
+        for reaction in [Reaction::Alert, Reaction::RaiseLr, Reaction::TrainCandidate] {
+            assert_eq!(reaction.as_str().parse::<Reaction>(), Ok(reaction));
+            assert_eq!(
+                serde_json::to_value(reaction).unwrap(),
+                serde_json::Value::from(reaction.as_str())
+            );
         }
-        assert_eq!(bank.detectors[0].observations(), 0);
-        assert_eq!(bank.detectors[1].observations(), 100);
+        assert!("retrain".parse::<Reaction>().is_err());
     }
 }

@@ -1,25 +1,36 @@
-//! drift: watches a model's examples for changes in each feature's distribution.
+//! drift: watches a model's examples for changes in each feature's distribution and in the live
+//! version's prediction error, and reports them on CONTROL.
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-// Only Page-Hinkley is wired into the consumer so far; the other detectors and their re-exports
-// are used by tests until the function can choose among them.
+mod bank;
+// The batch PSI functions and the KS test are used by the detectors' own tests only.
 #[allow(dead_code, unused_imports)]
 mod detectors;
 mod handler;
+mod live;
+mod metrics;
+mod processor;
 
-use bytes::Bytes;
 use clap::Parser;
 use freshet::config::FunctionArgs;
-use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::runtime::{Disposition, FunctionContext, Incoming, Processor};
-use freshet::subjects::{STREAM_EXAMPLES, Subjects};
-use serde_json::json;
+use freshet::runtime::FunctionContext;
+use freshet::runtime::order::OrderGuard;
+use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
 
-/// Runs a Page-Hinkley detector on every feature of a model's examples and publishes each
-/// detected change on <prefix>.control.<model>.drift.
+use crate::bank::{Bank, BankConfig, DetectorList};
+use crate::detectors::{
+    AdwinConfig, DdmConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
+};
+use crate::handler::Reaction;
+
+/// Watches one model's examples: each feature's distribution (PSI and Page-Hinkley by default)
+/// and the live version's prediction error on each labelled example (DDM and ADWIN by default).
+/// Every warning and drift is published on <prefix>.control.<model>.drift with the reaction
+/// configured for the model. Detector state is checkpointed in the DRIFT bucket (key <model>)
+/// before messages are acknowledged, so a restart neither loses nor double-counts an example.
 #[derive(Debug, Parser)]
 #[command(name = "drift", version)]
 struct Args {
@@ -28,82 +39,255 @@ struct Args {
     /// Model whose examples are watched
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
+    /// Detectors on every feature's distribution, comma-separated: psi, page_hinkley, adwin,
+    /// kswin; or none
+    #[arg(
+        long = "feature-detectors",
+        env = "FRESHET_FEATURE_DETECTORS",
+        default_value = "psi,page_hinkley"
+    )]
+    feature_detectors: DetectorList,
+    /// Detectors on the live version's prediction error, comma-separated: ddm and adwin read the
+    /// 0/1 error, page_hinkley the log loss; or none. They start afresh whenever the live version
+    /// changes
+    #[arg(
+        long = "error-detectors",
+        env = "FRESHET_ERROR_DETECTORS",
+        default_value = "ddm,adwin"
+    )]
+    error_detectors: DetectorList,
+    /// Reaction requested in every event for this model: alert, raise_lr or train_candidate
+    /// (carried out by train and the promotion gate, not by drift)
+    #[arg(long = "reaction", env = "FRESHET_REACTION", default_value = "alert")]
+    reaction: Reaction,
+    /// PSI: values making a feature's reference window (the first ones, and again after each
+    /// drift)
+    #[arg(
+        long = "psi-reference-size",
+        env = "FRESHET_PSI_REFERENCE_SIZE",
+        default_value_t = 1000
+    )]
+    psi_reference_size: usize,
+    /// PSI: values in the sliding recent window compared with the reference
+    #[arg(
+        long = "psi-recent-size",
+        env = "FRESHET_PSI_RECENT_SIZE",
+        default_value_t = 500
+    )]
+    psi_recent_size: usize,
+    /// PSI: quantile bins drawn from the reference
+    #[arg(long = "psi-bins", env = "FRESHET_PSI_BINS", default_value_t = 10)]
+    psi_bins: usize,
+    /// PSI from which a shift is a warning
+    #[arg(
+        long = "psi-warning",
+        env = "FRESHET_PSI_WARNING",
+        default_value_t = 0.1
+    )]
+    psi_warning: f64,
+    /// PSI from which a shift is a drift
+    #[arg(long = "psi-drift", env = "FRESHET_PSI_DRIFT", default_value_t = 0.25)]
+    psi_drift: f64,
     /// Page-Hinkley threshold λ: larger means fewer, surer detections
     #[arg(
         long = "ph-threshold",
         env = "FRESHET_PH_THRESHOLD",
         default_value_t = 50.0
     )]
-    threshold: f64,
+    ph_threshold: f64,
     /// Page-Hinkley tolerance δ
     #[arg(long = "ph-delta", env = "FRESHET_PH_DELTA", default_value_t = 0.005)]
-    delta: f64,
+    ph_delta: f64,
+    /// ADWIN confidence δ, in (0, 1): smaller means fewer, surer detections
+    #[arg(
+        long = "adwin-delta",
+        env = "FRESHET_ADWIN_DELTA",
+        default_value_t = 0.002
+    )]
+    adwin_delta: f64,
+    /// KSWIN significance α of the Kolmogorov-Smirnov test
+    #[arg(
+        long = "kswin-alpha",
+        env = "FRESHET_KSWIN_ALPHA",
+        default_value_t = 0.005
+    )]
+    kswin_alpha: f64,
+    /// KSWIN sliding window size (at least twice the 30 values each test compares)
+    #[arg(
+        long = "kswin-window",
+        env = "FRESHET_KSWIN_WINDOW",
+        default_value_t = 100
+    )]
+    kswin_window: usize,
+    /// DDM: deviations above the best error rate that mean a warning
+    #[arg(
+        long = "ddm-warning",
+        env = "FRESHET_DDM_WARNING",
+        default_value_t = 2.0
+    )]
+    ddm_warning: f64,
+    /// DDM: deviations above the best error rate that mean a drift
+    #[arg(long = "ddm-drift", env = "FRESHET_DDM_DRIFT", default_value_t = 3.0)]
+    ddm_drift: f64,
 }
 
-struct DriftWatcher {
-    model: ModelName,
-    js: async_nats::jetstream::Context,
-    subjects: Subjects,
-    detectors: handler::FeatureDetectors,
-}
-
-impl Processor for DriftWatcher {
-    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
-        let mut out = Vec::with_capacity(batch.len());
-        for message in batch {
-            let example = match ExampleRecord::decode(&message.payload) {
-                Ok(example) => example,
-                Err(rejection) => {
-                    out.push(Disposition::Reject(rejection));
-                    continue;
-                }
-            };
-            for (feature, change) in self.detectors.update(&example.features) {
-                tracing::info!(model = %self.model, feature, statistic = change.statistic, "feature drift detected");
-                let body = json!({"kind": "drift", "model": self.model, "detector": "page_hinkley", "feature": feature,
-                    "statistic": change.statistic, "window": change.observations, "upward": change.upward,
-                    "sequence": message.stream_sequence, "at": message.published});
-                if let Err(err) = self
-                    .js
-                    .publish(
-                        self.subjects.control(&self.model, "drift"),
-                        Bytes::from(body.to_string()),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %err, "cannot publish a drift event");
-                }
-            }
-            out.push(Disposition::Ack);
+impl Args {
+    fn bank_config(&self) -> BankConfig {
+        BankConfig {
+            feature_detectors: self.feature_detectors.0.clone(),
+            error_detectors: self.error_detectors.0.clone(),
+            psi: StreamingPsiConfig {
+                psi: PsiConfig {
+                    bins: self.psi_bins,
+                    moderate: self.psi_warning,
+                    significant: self.psi_drift,
+                    ..Default::default()
+                },
+                reference_size: self.psi_reference_size,
+                recent_size: self.psi_recent_size,
+            },
+            page_hinkley: PageHinkleyConfig {
+                threshold: self.ph_threshold,
+                delta: self.ph_delta,
+                ..Default::default()
+            },
+            adwin: AdwinConfig {
+                delta: self.adwin_delta,
+                ..Default::default()
+            },
+            kswin: KswinConfig {
+                alpha: self.kswin_alpha,
+                window_size: self.kswin_window,
+                ..Default::default()
+            },
+            ddm: DdmConfig {
+                warning_threshold: self.ddm_warning,
+                drift_threshold: self.ddm_drift,
+                ..Default::default()
+            },
         }
-        out
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Settings are checked before connecting, so a typo fails at once.
+    let bank = Bank::new(args.bank_config())?;
     let ctx = FunctionContext::start("drift", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
-    let config = handler::PageHinkleyConfig {
-        threshold: args.threshold,
-        delta: args.delta,
-        ..Default::default()
-    };
-    let watcher = DriftWatcher {
+    let metrics = metrics::DriftMetrics::default();
+    metrics.register(&ctx.metrics, bank.config());
+
+    let live = live::Live::default();
+    let follower = live::Follower {
         model: args.model.clone(),
-        js: ctx.js.clone(),
-        subjects: ctx.subjects.clone(),
-        detectors: handler::FeatureDetectors::new(config)?,
+        models: ctx.js.get_key_value(BUCKET_MODELS).await?,
+        artifacts: ctx.artifacts()?,
+        live: live.clone(),
+        metrics: metrics.clone(),
     };
     let durable = format!("drift-{}", args.model);
-    let batch_size = ctx.args.batch_size;
-    ctx.consume(
-        STREAM_EXAMPLES,
-        &durable,
-        vec![ctx.subjects.examples(&args.model)],
-        batch_size,
-        watcher,
-    )
+    let io = processor::Io {
+        js: ctx.js.clone(),
+        subjects: ctx.subjects.clone(),
+        checkpoints: ctx.js.get_key_value(BUCKET_DRIFT).await?,
+        order: OrderGuard::new(
+            ctx.js.get_stream(STREAM_EXAMPLES).await?,
+            ctx.subjects.examples(&args.model),
+            durable.clone(),
+        ),
+        live,
+        max_checkpoint_bytes: ctx.client.server_info().max_payload,
+    };
+    // The checkpoint is read with the first batch, under the lease: it is then the last
+    // holder's final write.
+    let processor =
+        processor::DriftProcessor::new(args.model.clone(), args.reaction, bank, io, metrics);
+    // One drift per model: two would fight over the checkpoint. The others stand by.
+    let lease_key = format!("drift.{}", args.model);
+    ctx.exclusively(&lease_key, async {
+        // The first batch is scored by the version live now; the watch follows it from there.
+        follower.load_current().await;
+        tokio::spawn(follower.run(ctx.shutdown.clone()));
+        ctx.consume(
+            STREAM_EXAMPLES,
+            &durable,
+            vec![ctx.subjects.examples(&args.model)],
+            ctx.args.batch_size,
+            processor,
+        )
+        .await
+    })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::bank::DetectorKind;
+
+    #[test]
+    fn the_defaults_are_the_banks_defaults() {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["drift"]).unwrap();
+        assert_eq!(args.bank_config(), BankConfig::default());
+        assert_eq!(args.reaction, Reaction::Alert);
+        assert!(Bank::new(args.bank_config()).is_ok());
+    }
+
+    #[test]
+    fn detectors_and_reaction_are_chosen_by_flag() {
+        let args = Args::try_parse_from([
+            "drift",
+            "--feature-detectors",
+            "kswin,adwin",
+            "--error-detectors",
+            "none",
+            "--reaction",
+            "train_candidate",
+            "--psi-drift",
+            "0.3",
+        ])
+        .unwrap();
+        let config = args.bank_config();
+        assert_eq!(
+            config.feature_detectors,
+            vec![DetectorKind::Kswin, DetectorKind::Adwin]
+        );
+        assert!(config.error_detectors.is_empty());
+        assert_eq!(config.psi.psi.significant, 0.3);
+        assert_eq!(args.reaction, Reaction::TrainCandidate);
+        assert!(Bank::new(config).is_ok());
+        assert!(Args::try_parse_from(["drift", "--reaction", "retrain"]).is_err());
+        assert!(Args::try_parse_from(["drift", "--error-detectors", "psi,ks"]).is_err());
+        let misplaced = Args::try_parse_from(["drift", "--feature-detectors", "ddm"]).unwrap();
+        assert!(Bank::new(misplaced.bank_config()).is_err());
+    }
+
+    #[test]
+    fn help_names_every_environment_variable() {
+        let help = Args::command().render_long_help().to_string();
+        for var in [
+            "FRESHET_FEATURE_DETECTORS",
+            "FRESHET_ERROR_DETECTORS",
+            "FRESHET_REACTION",
+            "FRESHET_PSI_REFERENCE_SIZE",
+            "FRESHET_PSI_RECENT_SIZE",
+            "FRESHET_PSI_BINS",
+            "FRESHET_PSI_WARNING",
+            "FRESHET_PSI_DRIFT",
+            "FRESHET_PH_THRESHOLD",
+            "FRESHET_PH_DELTA",
+            "FRESHET_ADWIN_DELTA",
+            "FRESHET_KSWIN_ALPHA",
+            "FRESHET_KSWIN_WINDOW",
+            "FRESHET_DDM_WARNING",
+            "FRESHET_DDM_DRIFT",
+        ] {
+            assert!(help.contains(var), "{var}");
+        }
+    }
 }

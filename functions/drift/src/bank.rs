@@ -1,0 +1,1087 @@
+//! drift's pure logic: the bank of detectors watching one model, and its checkpoint.
+//!
+//! For each example, in stream order, the bank feeds every feature's value to that feature's
+//! distribution detectors (PSI and Page-Hinkley by default) and, when the live model scored the
+//! example, its prediction error to the error detectors (DDM and ADWIN read the 0/1 error,
+//! Page-Hinkley reads the log loss). Everything the bank knows is a [`Checkpoint`]: plain data
+//! that the function keeps as JSON in the DRIFT bucket. It records the stream sequence of the
+//! last example folded in, and folding an example at or below that mark does nothing, so a
+//! redelivered batch is neither observed nor reported twice, and a checkpoint read back continues
+//! exactly as the run that wrote it would have.
+//!
+//! Error detectors watch one live version at a time: an example scored by another version starts
+//! them afresh, because a new model has its own error level and comparing it with the old one's
+//! would report the swap itself as drift. Likewise feature detectors start afresh when the
+//! examples' schema (name, version or width) changes.
+//!
+//! No clock and no I/O: the adapter (`processor.rs`) scores the examples, publishes the findings
+//! and writes the checkpoint.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detectors::{
+    Adwin, AdwinConfig, Ddm, DdmConfig, Detection, Detector, DetectorError, Kswin, KswinConfig,
+    Level, PageHinkley, PageHinkleyConfig, StreamingPsi, StreamingPsiConfig,
+};
+
+/// The checkpoint layout this build writes and reads; any other is read for its mark only.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// Probabilities are kept this far from 0 and 1 for the log loss, so a confident miss costs a
+/// large but finite loss (about 16 nats).
+const LOG_LOSS_EPSILON: f64 = 1e-7;
+
+/// A detector the bank can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Streaming population stability index, reference against recent values (features).
+    Psi,
+    /// Two-sided Page-Hinkley on the mean (features; the log loss for errors).
+    PageHinkley,
+    /// ADWIN on the mean (features; the 0/1 error for errors).
+    Adwin,
+    /// KSWIN, a Kolmogorov-Smirnov test on a sliding window (features).
+    Kswin,
+    /// DDM on the 0/1 error (errors only).
+    Ddm,
+}
+
+impl DetectorKind {
+    /// The name used in flags, events, message ids and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::Psi => "psi",
+            DetectorKind::PageHinkley => "page_hinkley",
+            DetectorKind::Adwin => "adwin",
+            DetectorKind::Kswin => "kswin",
+            DetectorKind::Ddm => "ddm",
+        }
+    }
+
+    /// Whether it can watch a feature's distribution (DDM reads only 0/1 errors).
+    fn reads_features(self) -> bool {
+        self != DetectorKind::Ddm
+    }
+
+    /// Whether it can watch the error stream (PSI and KSWIN compare distributions, which a 0/1
+    /// stream barely has).
+    fn reads_errors(self) -> bool {
+        matches!(
+            self,
+            DetectorKind::Ddm | DetectorKind::Adwin | DetectorKind::PageHinkley
+        )
+    }
+}
+
+impl fmt::Display for DetectorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DetectorKind {
+    type Err = BankError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "psi" => Ok(DetectorKind::Psi),
+            "page_hinkley" => Ok(DetectorKind::PageHinkley),
+            "adwin" => Ok(DetectorKind::Adwin),
+            "kswin" => Ok(DetectorKind::Kswin),
+            "ddm" => Ok(DetectorKind::Ddm),
+            other => Err(BankError::UnknownDetector(other.to_string())),
+        }
+    }
+}
+
+/// A list of detectors as a flag gives it: comma-separated names, or `none`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorList(pub Vec<DetectorKind>);
+
+impl FromStr for DetectorList {
+    type Err = BankError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.is_empty() || text == "none" {
+            return Ok(DetectorList(Vec::new()));
+        }
+        text.split(',')
+            .map(DetectorKind::from_str)
+            .collect::<Result<_, _>>()
+            .map(DetectorList)
+    }
+}
+
+/// Why a bank could not be set up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BankError {
+    #[error("unknown detector {0:?}: use psi, page_hinkley, adwin, kswin or ddm")]
+    UnknownDetector(String),
+    #[error("{detector} cannot watch {stream}; {hint}")]
+    Misplaced {
+        detector: DetectorKind,
+        stream: &'static str,
+        hint: &'static str,
+    },
+    #[error("{detector} is listed twice for {stream}")]
+    Repeated {
+        detector: DetectorKind,
+        stream: &'static str,
+    },
+    #[error("no detector is selected: name at least one feature or error detector")]
+    Empty,
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+}
+
+/// Which detectors watch what, and their parameters. Part of the checkpoint: a checkpoint
+/// written under other settings is read for its mark only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BankConfig {
+    /// Detectors run on every feature, in this order.
+    pub feature_detectors: Vec<DetectorKind>,
+    /// Detectors run on the live model's prediction errors, in this order.
+    pub error_detectors: Vec<DetectorKind>,
+    // Each detector's parameters, the same wherever it runs (Page-Hinkley and ADWIN may watch
+    // features and the error alike).
+    pub psi: StreamingPsiConfig,
+    pub page_hinkley: PageHinkleyConfig,
+    pub adwin: AdwinConfig,
+    pub kswin: KswinConfig,
+    pub ddm: DdmConfig,
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        BankConfig {
+            feature_detectors: vec![DetectorKind::Psi, DetectorKind::PageHinkley],
+            error_detectors: vec![DetectorKind::Ddm, DetectorKind::Adwin],
+            psi: StreamingPsiConfig::default(),
+            page_hinkley: PageHinkleyConfig::default(),
+            adwin: AdwinConfig::default(),
+            kswin: KswinConfig::default(),
+            ddm: DdmConfig::default(),
+        }
+    }
+}
+
+impl BankConfig {
+    /// A fresh detector of `kind` with these parameters, refused if they are out of range.
+    fn detector(&self, kind: DetectorKind) -> Result<AnyDetector, DetectorError> {
+        Ok(match kind {
+            DetectorKind::Psi => AnyDetector::Psi(StreamingPsi::new(self.psi)?),
+            DetectorKind::PageHinkley => {
+                AnyDetector::PageHinkley(PageHinkley::new(self.page_hinkley)?)
+            }
+            DetectorKind::Adwin => AnyDetector::Adwin(Adwin::new(self.adwin)?),
+            DetectorKind::Kswin => AnyDetector::Kswin(Kswin::new(self.kswin)?),
+            DetectorKind::Ddm => AnyDetector::Ddm(Ddm::new(self.ddm)?),
+        })
+    }
+
+    /// Fresh tracked detectors for one stream, checked for place and repetition.
+    fn fresh_slots(
+        &self,
+        kinds: &[DetectorKind],
+        stream: &'static str,
+        fits: fn(DetectorKind) -> bool,
+        hint: &'static str,
+    ) -> Result<Vec<Tracked>, BankError> {
+        let mut slots: Vec<Tracked> = Vec::with_capacity(kinds.len());
+        for (i, &kind) in kinds.iter().enumerate() {
+            if !fits(kind) {
+                return Err(BankError::Misplaced {
+                    detector: kind,
+                    stream,
+                    hint,
+                });
+            }
+            if kinds[..i].contains(&kind) {
+                return Err(BankError::Repeated {
+                    detector: kind,
+                    stream,
+                });
+            }
+            slots.push(Tracked::new(self.detector(kind)?));
+        }
+        Ok(slots)
+    }
+}
+
+/// One detector of any kind, as the checkpoint stores it: `{"kind": "psi", "state": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "state", rename_all = "snake_case")]
+enum AnyDetector {
+    Psi(StreamingPsi),
+    PageHinkley(PageHinkley),
+    Adwin(Adwin),
+    Kswin(Kswin),
+    Ddm(Ddm),
+}
+
+impl AnyDetector {
+    fn kind(&self) -> DetectorKind {
+        match self {
+            AnyDetector::Psi(_) => DetectorKind::Psi,
+            AnyDetector::PageHinkley(_) => DetectorKind::PageHinkley,
+            AnyDetector::Adwin(_) => DetectorKind::Adwin,
+            AnyDetector::Kswin(_) => DetectorKind::Kswin,
+            AnyDetector::Ddm(_) => DetectorKind::Ddm,
+        }
+    }
+
+    fn update(&mut self, x: f64) -> Result<Detection, DetectorError> {
+        match self {
+            AnyDetector::Psi(d) => d.update(x),
+            AnyDetector::PageHinkley(d) => d.update(x),
+            AnyDetector::Adwin(d) => d.update(x),
+            AnyDetector::Kswin(d) => d.update(x),
+            AnyDetector::Ddm(d) => d.update(x),
+        }
+    }
+}
+
+/// The examples one detector has read since it last started afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Stream sequence of the first example read.
+    pub first: u64,
+    /// Stream sequence of the last example read (the one that signalled, in a finding).
+    pub last: u64,
+    /// Values read.
+    pub count: u64,
+}
+
+/// A detector with the window it has read and what it has already reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Tracked {
+    detector: AnyDetector,
+    /// `None` until the first value since the last fresh start.
+    window: Option<Window>,
+    /// The detector signalled a drift: like the detector itself, the window starts afresh with
+    /// the next value.
+    restart: bool,
+    /// A warning was reported and the level has not left the warning zone since; a warning is
+    /// reported once on entering the zone, not on every value inside it.
+    warned: bool,
+}
+
+/// What a tracked detector reports after one value.
+struct Signal {
+    level: Level,
+    statistic: f64,
+    window: Window,
+}
+
+impl Tracked {
+    fn new(detector: AnyDetector) -> Tracked {
+        Tracked {
+            detector,
+            window: None,
+            restart: false,
+            warned: false,
+        }
+    }
+
+    /// Feeds the value of the example at `sequence`; a refused value changes nothing.
+    fn observe(&mut self, sequence: u64, x: f64) -> Option<Signal> {
+        let detection = self.detector.update(x).ok()?;
+        if std::mem::take(&mut self.restart) {
+            self.window = None;
+        }
+        let window = match &mut self.window {
+            Some(window) => {
+                window.last = sequence;
+                window.count += 1;
+                *window
+            }
+            None => *self.window.insert(Window {
+                first: sequence,
+                last: sequence,
+                count: 1,
+            }),
+        };
+        let report = match detection.level {
+            Level::Stable => {
+                self.warned = false;
+                false
+            }
+            Level::Warning => !std::mem::replace(&mut self.warned, true),
+            Level::Drift => {
+                self.restart = true;
+                self.warned = false;
+                true
+            }
+        };
+        report.then_some(Signal {
+            level: detection.level,
+            statistic: detection.statistic,
+            window,
+        })
+    }
+}
+
+/// The feature detectors: `slots[i][j]` watches feature `i` with the `j`-th feature detector.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FeatureState {
+    /// Schema (name, version) of the examples watched; `None` for examples without one.
+    schema: Option<(String, u32)>,
+    /// Features per example under that schema.
+    width: usize,
+    slots: Vec<Vec<Tracked>>,
+}
+
+/// The error detectors, in the configured order, and the live version whose errors they read.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ErrorState {
+    /// `None` until an example scored by a live version arrives.
+    version: Option<u64>,
+    slots: Vec<Tracked>,
+}
+
+/// Everything the bank knows about one model, as it is stored under `<model>` in DRIFT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// [`CHECKPOINT_FORMAT`] when written.
+    pub format: u32,
+    /// Stream sequence of the last example folded in (0: none). Examples at or below it are done.
+    pub last_sequence: u64,
+    /// Examples folded in since the checkpoint began (refused examples pass without counting).
+    pub examples: u64,
+    /// The settings the detectors run with.
+    pub config: BankConfig,
+    features: FeatureState,
+    error: ErrorState,
+}
+
+impl Checkpoint {
+    /// The live version the error detectors are reading, if any.
+    pub fn error_version(&self) -> Option<u64> {
+        self.error.version
+    }
+
+    /// Whether every stored detector has the kind its place in the configuration says; a
+    /// checkpoint that fails this was not written by a bank with its own configuration.
+    fn well_formed(&self) -> bool {
+        let kinds_match = |slots: &[Tracked], kinds: &[DetectorKind]| {
+            slots.len() == kinds.len()
+                && slots
+                    .iter()
+                    .zip(kinds)
+                    .all(|(slot, kind)| slot.detector.kind() == *kind)
+        };
+        self.format == CHECKPOINT_FORMAT
+            && self.features.slots.len() == self.features.width
+            && self
+                .features
+                .slots
+                .iter()
+                .all(|slots| kinds_match(slots, &self.config.feature_detectors))
+            && (self.error.slots.is_empty() && self.error.version.is_none()
+                || kinds_match(&self.error.slots, &self.config.error_detectors))
+    }
+}
+
+/// The live model's verdict on one example.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The live version that scored it.
+    pub version: u64,
+    /// Its probability of class 1.
+    pub probability: f64,
+}
+
+/// One example as the bank reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// Its stream sequence in EXAMPLES.
+    pub sequence: u64,
+    /// Its feature schema (name, version), if it names one.
+    pub schema: Option<&'a (String, u32)>,
+    pub features: &'a [f32],
+    /// 0 or 1.
+    pub label: f32,
+    /// The live model's score, when a live version could score it.
+    pub scored: Option<Scored>,
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The distribution of the feature at this index.
+    Feature(usize),
+    /// The live model's prediction error.
+    Error,
+}
+
+/// A warning or drift one detector reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finding {
+    /// The example that made the detector signal.
+    pub sequence: u64,
+    pub detector: DetectorKind,
+    pub target: Target,
+    /// Warning or drift (never stable).
+    pub level: Level,
+    /// The detector's statistic at that example (see each detector's documentation).
+    pub statistic: f64,
+    /// The examples the detector read since it last started afresh, this one included.
+    pub window: Window,
+}
+
+/// What folding one example did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Folded {
+    /// False when the example was at or below the mark, and nothing happened.
+    pub new: bool,
+    /// Whether its prediction error reached the error detectors.
+    pub error_observed: bool,
+    /// The error detectors started afresh for a new live version (the version they left).
+    pub error_reset: Option<Option<u64>>,
+    pub findings: Vec<Finding>,
+}
+
+/// How a stored checkpoint was taken up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restored {
+    /// Nothing was stored: a fresh start from sequence 0.
+    Missing,
+    /// As written: detectors continue where they stopped.
+    AsWritten,
+    /// Written under other settings (or in another shape): its mark is kept, its detectors
+    /// start afresh.
+    Reconfigured,
+    /// Unreadable: its mark is kept when even that can be read, else the bank starts from 0.
+    Unreadable {
+        kept_mark: Option<u64>,
+        error: String,
+    },
+}
+
+/// The detectors' settings and a fresh copy of each, from which checkpoints start and grow.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    config: BankConfig,
+    fresh_features: Vec<Tracked>,
+    fresh_errors: Vec<Tracked>,
+}
+
+impl Bank {
+    /// A bank with `config`, refused if a detector is misplaced, repeated or misconfigured, or
+    /// if none is selected.
+    pub fn new(config: BankConfig) -> Result<Bank, BankError> {
+        if config.feature_detectors.is_empty() && config.error_detectors.is_empty() {
+            return Err(BankError::Empty);
+        }
+        let fresh_features = config.fresh_slots(
+            &config.feature_detectors,
+            "features",
+            DetectorKind::reads_features,
+            "ddm reads 0/1 errors; use it in the error detectors",
+        )?;
+        let fresh_errors = config.fresh_slots(
+            &config.error_detectors,
+            "the error stream",
+            DetectorKind::reads_errors,
+            "use ddm, adwin or page_hinkley there",
+        )?;
+        Ok(Bank {
+            config,
+            fresh_features,
+            fresh_errors,
+        })
+    }
+
+    /// The settings the bank runs with.
+    pub fn config(&self) -> &BankConfig {
+        &self.config
+    }
+
+    /// A checkpoint that has folded nothing.
+    pub fn fresh(&self) -> Checkpoint {
+        self.fresh_from(0, 0)
+    }
+
+    fn fresh_from(&self, last_sequence: u64, examples: u64) -> Checkpoint {
+        Checkpoint {
+            format: CHECKPOINT_FORMAT,
+            last_sequence,
+            examples,
+            config: self.config.clone(),
+            features: FeatureState::default(),
+            error: ErrorState::default(),
+        }
+    }
+
+    /// Takes up a stored checkpoint: as written if it runs this bank's settings, otherwise its
+    /// mark with fresh detectors (so changed settings never mix with old state, and nothing
+    /// already folded is read again).
+    pub fn restore(&self, checkpoint: Checkpoint) -> (Checkpoint, Restored) {
+        if checkpoint.config == self.config && checkpoint.well_formed() {
+            (checkpoint, Restored::AsWritten)
+        } else {
+            let fresh = self.fresh_from(checkpoint.last_sequence, checkpoint.examples);
+            (fresh, Restored::Reconfigured)
+        }
+    }
+
+    /// Reads a stored checkpoint's bytes (`None`: nothing stored). Never fails: what cannot be
+    /// read starts afresh, keeping the mark if at least that is legible, so a damaged
+    /// checkpoint costs detector state but never re-reports old examples it can still name.
+    pub fn decode(&self, bytes: Option<&[u8]>) -> (Checkpoint, Restored) {
+        let Some(bytes) = bytes else {
+            return (self.fresh(), Restored::Missing);
+        };
+        match serde_json::from_slice::<Checkpoint>(bytes) {
+            Ok(checkpoint) if checkpoint.format == CHECKPOINT_FORMAT => self.restore(checkpoint),
+            other => {
+                #[derive(Deserialize)]
+                struct Mark {
+                    last_sequence: u64,
+                }
+                let error = match other {
+                    Ok(checkpoint) => format!("checkpoint format {}", checkpoint.format),
+                    Err(err) => err.to_string(),
+                };
+                let kept_mark = serde_json::from_slice::<Mark>(bytes)
+                    .ok()
+                    .map(|m| m.last_sequence);
+                let checkpoint = self.fresh_from(kept_mark.unwrap_or(0), 0);
+                (checkpoint, Restored::Unreadable { kept_mark, error })
+            }
+        }
+    }
+
+    /// Records that the example at `sequence` was handled without being observed (it was
+    /// refused), so the mark covers it. False if it was already at or below the mark.
+    pub fn pass(&self, checkpoint: &mut Checkpoint, sequence: u64) -> bool {
+        if sequence <= checkpoint.last_sequence {
+            return false;
+        }
+        checkpoint.last_sequence = sequence;
+        true
+    }
+
+    /// Folds one example into `checkpoint`. Examples must come in stream order; one at or
+    /// below the mark is skipped, with no effect and no finding.
+    pub fn fold(&self, checkpoint: &mut Checkpoint, example: &Observation<'_>) -> Folded {
+        if !self.pass(checkpoint, example.sequence) {
+            return Folded::default();
+        }
+        checkpoint.examples += 1;
+        let mut folded = Folded {
+            new: true,
+            ..Folded::default()
+        };
+        self.fold_features(checkpoint, example, &mut folded.findings);
+        if let Some(scored) = example.scored {
+            self.fold_error(checkpoint, example, scored, &mut folded);
+        }
+        folded
+    }
+
+    fn fold_features(
+        &self,
+        checkpoint: &mut Checkpoint,
+        example: &Observation<'_>,
+        findings: &mut Vec<Finding>,
+    ) {
+        if self.fresh_features.is_empty() {
+            return;
+        }
+        let state = &mut checkpoint.features;
+        if state.schema.as_ref() != example.schema || state.width != example.features.len() {
+            // Another schema: its features mean other things, so their history does not apply.
+            *state = FeatureState {
+                schema: example.schema.cloned(),
+                width: example.features.len(),
+                slots: vec![self.fresh_features.clone(); example.features.len()],
+            };
+        }
+        for (i, (value, slots)) in example.features.iter().zip(&mut state.slots).enumerate() {
+            let x = f64::from(*value);
+            // Decoding refuses non-finite features already; a detector would refuse one too,
+            // but the window must not count it either.
+            if !x.is_finite() {
+                continue;
+            }
+            for slot in slots {
+                if let Some(signal) = slot.observe(example.sequence, x) {
+                    findings.push(finding(
+                        example.sequence,
+                        slot.detector.kind(),
+                        Target::Feature(i),
+                        signal,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn fold_error(
+        &self,
+        checkpoint: &mut Checkpoint,
+        example: &Observation<'_>,
+        scored: Scored,
+        folded: &mut Folded,
+    ) {
+        let p = scored.probability;
+        let label_ok = example.label == 0.0 || example.label == 1.0;
+        if self.fresh_errors.is_empty() || !(p.is_finite() && (0.0..=1.0).contains(&p)) || !label_ok
+        {
+            return;
+        }
+        let state = &mut checkpoint.error;
+        if state.version != Some(scored.version) {
+            folded.error_reset = Some(state.version);
+            *state = ErrorState {
+                version: Some(scored.version),
+                slots: self.fresh_errors.clone(),
+            };
+        }
+        let positive = example.label == 1.0;
+        let wrong = (p >= 0.5) != positive;
+        let loss = log_loss(p, positive);
+        folded.error_observed = true;
+        for slot in &mut state.slots {
+            let kind = slot.detector.kind();
+            let x = match kind {
+                DetectorKind::PageHinkley => loss,
+                _ if wrong => 1.0,
+                _ => 0.0,
+            };
+            if let Some(signal) = slot.observe(example.sequence, x) {
+                folded
+                    .findings
+                    .push(finding(example.sequence, kind, Target::Error, signal));
+            }
+        }
+    }
+}
+
+fn finding(sequence: u64, detector: DetectorKind, target: Target, signal: Signal) -> Finding {
+    Finding {
+        sequence,
+        detector,
+        target,
+        level: signal.level,
+        statistic: signal.statistic,
+        window: signal.window,
+    }
+}
+
+/// The log loss of predicting `p` for class 1 when the truth is `positive`, in nats.
+fn log_loss(p: f64, positive: bool) -> f64 {
+    let p = p.clamp(LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON);
+    if positive { -p.ln() } else { -(1.0 - p).ln() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic noise source in [-0.5, 0.5), so tests need no random-number crate.
+    fn noise(i: u64) -> f64 {
+        let x = (i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            >> 33) as f64;
+        x / (1u64 << 31) as f64 - 0.5
+    }
+
+    /// An example as the adapter would hand it over, owning its data.
+    #[derive(Debug, Clone)]
+    struct Example {
+        sequence: u64,
+        schema: Option<(String, u32)>,
+        features: Vec<f32>,
+        label: f32,
+        scored: Option<Scored>,
+    }
+
+    impl Example {
+        fn observation(&self) -> Observation<'_> {
+            Observation {
+                sequence: self.sequence,
+                schema: self.schema.as_ref(),
+                features: &self.features,
+                label: self.label,
+                scored: self.scored,
+            }
+        }
+    }
+
+    /// A stream of three features (sequences 1, 3, 5, ...: other models' examples sit between)
+    /// where feature 1 moves up by `shift` from example `at`, and the live version `version`
+    /// misses one example in ten before `at` and one in two after it when `error_rises`.
+    fn stream(n: u64, at: u64, shift: f64, error_rises: bool, version: u64) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let moved = if i >= at { shift } else { 0.0 };
+                let miss = if error_rises && i >= at {
+                    i % 2 == 0
+                } else {
+                    i % 10 == 0
+                };
+                Example {
+                    sequence: 2 * i + 1,
+                    schema: Some(("bookstore".to_string(), 2)),
+                    features: vec![
+                        noise(3 * i) as f32,
+                        (moved + noise(3 * i + 1)) as f32,
+                        (10.0 + noise(3 * i + 2)) as f32,
+                    ],
+                    label: 1.0,
+                    scored: Some(Scored {
+                        version,
+                        probability: if miss { 0.2 } else { 0.8 },
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn fold_all(bank: &Bank, checkpoint: &mut Checkpoint, examples: &[Example]) -> Vec<Finding> {
+        examples
+            .iter()
+            .flat_map(|e| bank.fold(checkpoint, &e.observation()).findings)
+            .collect()
+    }
+
+    fn config(features: &[DetectorKind], errors: &[DetectorKind]) -> BankConfig {
+        BankConfig {
+            feature_detectors: features.to_vec(),
+            error_detectors: errors.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn psi_finds_the_shifted_feature_and_only_it() {
+        let bank = Bank::new(BankConfig::default()).unwrap();
+        let mut checkpoint = bank.fresh();
+        let findings = fold_all(&bank, &mut checkpoint, &stream(4_000, 2_000, 1.0, false, 1));
+        let psi: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.detector == DetectorKind::Psi)
+            .collect();
+        assert!(!psi.is_empty());
+        assert!(
+            psi.iter().all(|f| f.target == Target::Feature(1)),
+            "{psi:?}"
+        );
+        let drift = psi.iter().find(|f| f.level == Level::Drift).unwrap();
+        // The shift starts at sequence 4001; the recent window (500) notices it well within.
+        assert!(
+            (4_001..4_001 + 2 * 500).contains(&drift.sequence),
+            "{drift:?}"
+        );
+        assert_eq!(drift.window.first, 1);
+        assert_eq!(drift.window.last, drift.sequence);
+        // Odd sequences only: the count is half of the last one, rounded up.
+        assert_eq!(drift.window.count, drift.sequence.div_ceil(2));
+        // Nothing else drifts: the other features are stationary and the error rate is steady.
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.target == Target::Feature(1) || f.level == Level::Warning),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn ddm_finds_a_rising_error_rate() {
+        let bank = Bank::new(config(&[], &[DetectorKind::Ddm, DetectorKind::Adwin])).unwrap();
+        let mut checkpoint = bank.fresh();
+        let findings = fold_all(&bank, &mut checkpoint, &stream(3_000, 1_500, 0.0, true, 4));
+        assert!(
+            findings
+                .iter()
+                .all(|f| f.target == Target::Error && f.sequence > 2 * 1_500),
+            "nothing before the rise: {findings:?}"
+        );
+        let ddm = findings
+            .iter()
+            .find(|f| f.detector == DetectorKind::Ddm && f.level == Level::Drift)
+            .unwrap();
+        assert!(ddm.sequence < 2 * 1_700, "{ddm:?}");
+        assert_eq!(ddm.window.first, 1);
+        assert!(ddm.statistic > 0.1);
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.detector == DetectorKind::Adwin && f.level == Level::Drift)
+        );
+        assert_eq!(checkpoint.error_version(), Some(4));
+    }
+
+    #[test]
+    fn a_redelivered_batch_changes_nothing_and_reports_nothing() {
+        let bank = Bank::new(BankConfig::default()).unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples = stream(4_000, 2_000, 1.0, true, 1);
+        let findings = fold_all(&bank, &mut checkpoint, &examples);
+        assert!(!findings.is_empty());
+        let after = checkpoint.clone();
+        // The whole stream again, then its last batch again: nothing moves, nothing is found.
+        for batch in [&examples[..], &examples[3_744..]] {
+            for example in batch {
+                let folded = bank.fold(&mut checkpoint, &example.observation());
+                assert_eq!(folded, Folded::default());
+            }
+            assert_eq!(checkpoint, after);
+        }
+        assert!(!bank.pass(&mut checkpoint, examples[10].sequence));
+        assert_eq!(checkpoint, after);
+    }
+
+    #[test]
+    fn a_checkpoint_read_back_mid_stream_continues_like_an_unbroken_run() {
+        let bank = Bank::new(config(
+            &[
+                DetectorKind::Psi,
+                DetectorKind::PageHinkley,
+                DetectorKind::Adwin,
+                DetectorKind::Kswin,
+            ],
+            &[
+                DetectorKind::Ddm,
+                DetectorKind::Adwin,
+                DetectorKind::PageHinkley,
+            ],
+        ))
+        .unwrap();
+        // A feature shift and an error rise, then a new live version with a higher error level.
+        let mut examples = stream(4_000, 2_000, 1.0, true, 1);
+        for example in stream(1_000, 0, 1.0, true, 2) {
+            examples.push(Example {
+                sequence: example.sequence + 8_000,
+                ..example
+            });
+        }
+        let mut straight = bank.fresh();
+        let expected = fold_all(&bank, &mut straight, &examples);
+        assert!(expected.iter().any(|f| f.target == Target::Error));
+        assert!(expected.iter().any(|f| f.target == Target::Feature(1)));
+
+        // Cut into batches of 256, each checkpoint written to JSON and read back.
+        let mut resumed = bank.fresh();
+        let mut got = Vec::new();
+        for batch in examples.chunks(256) {
+            got.extend(fold_all(&bank, &mut resumed, batch));
+            let json = serde_json::to_vec(&resumed).unwrap();
+            let (restored, how) = bank.decode(Some(&json));
+            assert_eq!(how, Restored::AsWritten);
+            assert_eq!(restored, resumed);
+            resumed = restored;
+        }
+        assert_eq!(got, expected);
+        assert_eq!(resumed, straight);
+        assert_eq!(resumed.error_version(), Some(2));
+    }
+
+    #[test]
+    fn non_finite_values_never_reach_a_detector() {
+        let bank = Bank::new(config(
+            &[DetectorKind::PageHinkley],
+            &[DetectorKind::Ddm, DetectorKind::PageHinkley],
+        ))
+        .unwrap();
+        let mut checkpoint = bank.fresh();
+        let good = &stream(50, 0, 0.0, false, 1)[..];
+        fold_all(&bank, &mut checkpoint, good);
+        let windows = |c: &Checkpoint| {
+            let features: Vec<Option<Window>> =
+                c.features.slots.iter().map(|s| s[0].window).collect();
+            let errors: Vec<Option<Window>> = c.error.slots.iter().map(|s| s.window).collect();
+            (features, errors)
+        };
+        let before = windows(&checkpoint);
+        assert_eq!(before.0[0].unwrap().count, 50);
+        for (k, probability) in [f64::NAN, f64::INFINITY, -0.1, 1.5].into_iter().enumerate() {
+            let bad = Example {
+                sequence: 1_000 + k as u64,
+                schema: good[0].schema.clone(),
+                features: vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+                label: 1.0,
+                scored: Some(Scored {
+                    version: 1,
+                    probability,
+                }),
+            };
+            let folded = bank.fold(&mut checkpoint, &bad.observation());
+            assert!(folded.new && !folded.error_observed && folded.findings.is_empty());
+            assert_eq!(windows(&checkpoint), before);
+        }
+        // The mark still moved: the examples were handled, just not observed.
+        assert_eq!(checkpoint.last_sequence, 1_003);
+    }
+
+    #[test]
+    fn a_new_live_version_starts_the_error_detectors_afresh() {
+        let bank = Bank::new(config(&[], &[DetectorKind::Ddm])).unwrap();
+        let mut checkpoint = bank.fresh();
+        let first = stream(100, 0, 0.0, false, 3);
+        fold_all(&bank, &mut checkpoint, &first);
+        assert_eq!(checkpoint.error.slots[0].window.unwrap().count, 100);
+        let next = Example {
+            sequence: 1_000,
+            scored: Some(Scored {
+                version: 4,
+                probability: 0.9,
+            }),
+            ..first[0].clone()
+        };
+        let folded = bank.fold(&mut checkpoint, &next.observation());
+        assert_eq!(folded.error_reset, Some(Some(3)));
+        assert_eq!(
+            checkpoint.error.slots[0].window,
+            Some(Window {
+                first: 1_000,
+                last: 1_000,
+                count: 1
+            })
+        );
+        assert_eq!(checkpoint.error_version(), Some(4));
+        // An unscored example leaves the error detectors alone.
+        let unscored = Example {
+            sequence: 1_001,
+            scored: None,
+            ..next
+        };
+        let folded = bank.fold(&mut checkpoint, &unscored.observation());
+        assert!(folded.new && !folded.error_observed && folded.error_reset.is_none());
+    }
+
+    #[test]
+    fn a_new_schema_starts_the_feature_detectors_afresh() {
+        let bank = Bank::new(config(&[DetectorKind::PageHinkley], &[])).unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples = stream(10, 0, 0.0, false, 1);
+        fold_all(&bank, &mut checkpoint, &examples);
+        assert_eq!(checkpoint.features.slots[2][0].window.unwrap().count, 10);
+        let wider = Example {
+            sequence: 100,
+            features: vec![1.0; 4],
+            ..examples[0].clone()
+        };
+        bank.fold(&mut checkpoint, &wider.observation());
+        assert_eq!(checkpoint.features.width, 4);
+        assert_eq!(checkpoint.features.slots[2][0].window.unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_warning_is_reported_once_on_entering_the_zone() {
+        let mut raw = Ddm::default();
+        let mut tracked = Tracked::new(AnyDetector::Ddm(Ddm::default()));
+        let (mut raw_warnings, mut reported) = (0, Vec::new());
+        let outcomes = (0..1_000)
+            .map(|i| i % 10 == 0)
+            .chain(std::iter::repeat(true));
+        for (sequence, error) in (1..).zip(outcomes).take(1_200) {
+            let x = if error { 1.0 } else { 0.0 };
+            let level = raw.update(x).unwrap().level;
+            raw_warnings += usize::from(level == Level::Warning);
+            if let Some(signal) = tracked.observe(sequence, x) {
+                reported.push(signal.level);
+            }
+            if level == Level::Drift {
+                break;
+            }
+        }
+        assert!(raw_warnings > 1, "the zone lasts several values");
+        assert_eq!(reported, vec![Level::Warning, Level::Drift]);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        use DetectorKind::*;
+        assert_eq!(
+            "psi, adwin".parse::<DetectorList>().unwrap(),
+            DetectorList(vec![Psi, Adwin])
+        );
+        assert_eq!(
+            "none".parse::<DetectorList>().unwrap(),
+            DetectorList(vec![])
+        );
+        assert!("psi,ks".parse::<DetectorList>().is_err());
+        assert!(matches!(
+            Bank::new(config(&[Ddm], &[])),
+            Err(BankError::Misplaced { detector: Ddm, .. })
+        ));
+        assert!(matches!(
+            Bank::new(config(&[], &[Psi])),
+            Err(BankError::Misplaced { detector: Psi, .. })
+        ));
+        assert!(matches!(
+            Bank::new(config(&[Psi, Psi], &[])),
+            Err(BankError::Repeated { .. })
+        ));
+        assert_eq!(Bank::new(config(&[], &[])).unwrap_err(), BankError::Empty);
+        let mut bad = config(&[Psi], &[]);
+        bad.psi.recent_size = 0;
+        assert!(matches!(Bank::new(bad), Err(BankError::Detector(_))));
+    }
+
+    #[test]
+    fn a_stored_checkpoint_is_taken_up_as_far_as_it_can_be() {
+        let bank = Bank::new(BankConfig::default()).unwrap();
+        assert_eq!(bank.decode(None), (bank.fresh(), Restored::Missing));
+        let mut checkpoint = bank.fresh();
+        fold_all(&bank, &mut checkpoint, &stream(20, 0, 0.0, false, 1));
+        assert_eq!(checkpoint.last_sequence, 39);
+
+        // Other settings: the mark stays, the detectors start afresh.
+        let other = Bank::new(config(&[DetectorKind::Adwin], &[DetectorKind::Ddm])).unwrap();
+        let (taken, how) = other.decode(Some(&serde_json::to_vec(&checkpoint).unwrap()));
+        assert_eq!(how, Restored::Reconfigured);
+        assert_eq!(taken.last_sequence, 39);
+        assert_eq!(taken.examples, 20);
+        assert_eq!(taken.config, *other.config());
+        assert!(taken.features.slots.is_empty() && taken.error.version.is_none());
+
+        // Damaged, but the mark is legible; then not even that.
+        let (taken, how) = bank.decode(Some(br#"{"last_sequence": 77, "features": 1}"#));
+        assert!(matches!(
+            how,
+            Restored::Unreadable {
+                kept_mark: Some(77),
+                ..
+            }
+        ));
+        assert_eq!(taken.last_sequence, 77);
+        let (taken, how) = bank.decode(Some(b"\xff"));
+        assert!(matches!(
+            how,
+            Restored::Unreadable {
+                kept_mark: None,
+                ..
+            }
+        ));
+        assert_eq!(taken, bank.fresh());
+
+        // A later format is read for its mark only.
+        let mut json = serde_json::to_value(&checkpoint).unwrap();
+        json["format"] = 2.into();
+        let (taken, how) = bank.decode(Some(&serde_json::to_vec(&json).unwrap()));
+        assert!(matches!(
+            how,
+            Restored::Unreadable {
+                kept_mark: Some(39),
+                ..
+            }
+        ));
+        assert_eq!(taken.last_sequence, 39);
+
+        // A detector of the wrong kind in a slot is not taken as written.
+        let mut json = serde_json::to_value(&checkpoint).unwrap();
+        json["features"]["slots"][0][0] = json["features"]["slots"][0][1].clone();
+        let (_, how) = bank.decode(Some(&serde_json::to_vec(&json).unwrap()));
+        assert_eq!(how, Restored::Reconfigured);
+    }
+}

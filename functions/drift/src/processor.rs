@@ -1,0 +1,439 @@
+//! drift's runtime adapter, one batch at a time: score the new examples with the live version,
+//! fold them in stream order into a copy of the checkpoint, publish what the detectors found
+//! (acks awaited), and hold the messages; the loop then offers a commit, which writes the
+//! checkpoint to DRIFT `<model>` by compare-and-set, and only then are the messages acknowledged.
+//!
+//! That order is what makes a restart cost nothing. An example at or below the stored mark is
+//! acknowledged without being observed again. A crash before the write loses only the unwritten
+//! copy: the examples come back and are folded again into the stored checkpoint, finding the same
+//! things, and their events carry the same `Nats-Msg-Id`, so JetStream drops the copies (within
+//! the CONTROL stream's duplicate window). A write that loses to another writer throws the copy
+//! away, reads the winner's checkpoint and hands the batch back for redelivery.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv, message::PublishMessage};
+use bytes::Bytes;
+use freshet::error::{Failure, Rejection};
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::runtime::order::OrderGuard;
+use freshet::runtime::{Commit, Disposition, Incoming, Processor};
+use freshet::store::kv::{CasError, compare_and_set, read};
+use freshet::subjects::Subjects;
+use futures::future::try_join_all;
+
+use crate::bank::{Bank, Checkpoint, DetectorKind, Finding, Restored, Scored, Target};
+use crate::detectors::Level;
+use crate::handler::{self, EventContext, Reaction};
+use crate::live::{Live, LiveModel};
+use crate::metrics::{DetectionLabel, DriftMetrics, StreamLabel};
+
+/// Where drift reads and writes.
+pub struct Io {
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    /// The DRIFT bucket.
+    pub checkpoints: kv::Store,
+    /// The in-order check on the model's examples and drift's consumer.
+    pub order: OrderGuard,
+    pub live: Live,
+    /// The largest message the server takes (a checkpoint is one KV value).
+    pub max_checkpoint_bytes: usize,
+}
+
+/// What a checkpoint not yet written holds beyond the stored one, for the metrics.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    features: u64,
+    errors: u64,
+    resets: u64,
+    detections: Vec<(DetectorKind, bool, Level)>,
+}
+
+/// Folded but not yet written: the state of the messages held.
+struct Pending {
+    checkpoint: Checkpoint,
+    tally: Tally,
+}
+
+/// The consumer of one model's examples: the bank, the checkpoint it was read from, and what
+/// has been folded since.
+pub struct DriftProcessor {
+    model: ModelName,
+    /// The checkpoint's key in DRIFT: the model's name.
+    key: String,
+    reaction: Reaction,
+    bank: Bank,
+    io: Io,
+    metrics: DriftMetrics,
+    /// The checkpoint as stored, and the revision the next write must expect.
+    stored: Checkpoint,
+    revision: u64,
+    pending: Option<Pending>,
+    /// The stored checkpoint must be read before the next batch: at start (once the consumer
+    /// exists, for its acknowledgement floor) and after another writer won.
+    stale: bool,
+}
+
+impl DriftProcessor {
+    /// A processor that reads the stored checkpoint with its first batch.
+    pub fn new(
+        model: ModelName,
+        reaction: Reaction,
+        bank: Bank,
+        io: Io,
+        metrics: DriftMetrics,
+    ) -> DriftProcessor {
+        DriftProcessor {
+            key: model.to_string(),
+            model,
+            reaction,
+            stored: bank.fresh(),
+            bank,
+            io,
+            metrics,
+            revision: 0,
+            pending: None,
+            stale: true,
+        }
+    }
+
+    /// Reads the stored checkpoint, dropping anything folded since.
+    async fn load(&mut self) -> Result<(), Failure> {
+        let raw = read(&self.io.checkpoints, &self.key).await?;
+        let (mut checkpoint, restored) = self.bank.decode(raw.value.as_deref());
+        match &restored {
+            Restored::Missing => {
+                tracing::info!(model = %self.model, "no drift checkpoint yet; starting afresh")
+            }
+            Restored::AsWritten => {
+                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, live_version = ?checkpoint.error_version(), "resuming from the drift checkpoint")
+            }
+            Restored::Reconfigured => {
+                tracing::warn!(model = %self.model, last_sequence = checkpoint.last_sequence, "the drift checkpoint was written under other settings; keeping its mark, starting the detectors afresh")
+            }
+            Restored::Unreadable { kept_mark, error } => {
+                tracing::error!(model = %self.model, ?kept_mark, %error, "unreadable drift checkpoint; starting the detectors afresh")
+            }
+        }
+        // Examples acknowledged beyond the mark are handled although no checkpoint holds them
+        // (by a drift that kept its detectors in memory, or before the checkpoint was lost).
+        // Starting after them keeps the order guard from stepping over each one in turn.
+        let floor = self.io.order.ack_floor().await?;
+        if self.bank.pass(&mut checkpoint, floor) {
+            tracing::info!(model = %self.model, floor, "examples up to the consumer's acknowledgement floor were handled before this checkpoint; starting after them");
+        }
+        self.stored = checkpoint;
+        self.revision = raw.revision;
+        self.pending = None;
+        self.stale = false;
+        Ok(())
+    }
+
+    /// The live version's probability for each new example that follows its schema and that
+    /// it has not learned yet. An example at or below the version's high-water mark is in its
+    /// training data (drift lagging behind train, after a restart say): its error would be
+    /// in-sample and flatter the model, so it is not scored; its features are still watched.
+    fn score(
+        &self,
+        live: Option<&LiveModel>,
+        batch: &[Incoming],
+        decoded: &[Result<ExampleRecord, Rejection>],
+        mark: u64,
+    ) -> Vec<Option<Scored>> {
+        let mut scores = vec![None; batch.len()];
+        let Some(live) = live else {
+            return scores;
+        };
+        let scorable: Vec<usize> = (0..batch.len())
+            .filter(|&i| {
+                let sequence = batch[i].stream_sequence;
+                sequence > mark
+                    && sequence > live.manifest.high_water_mark
+                    && decoded[i].as_ref().is_ok_and(|example| {
+                        handler::follows(example, &live.manifest.schema)
+                            && example.features.len() == live.scorer.n_features()
+                    })
+            })
+            .collect();
+        if scorable.is_empty() {
+            return scores;
+        }
+        let rows: Vec<Vec<f32>> = scorable
+            .iter()
+            .filter_map(|&i| decoded[i].as_ref().ok().map(|e| e.features.clone()))
+            .collect();
+        // burn is blocking CPU work: keep it off the async workers' hot path.
+        match tokio::task::block_in_place(|| live.scorer.score_batch(&rows)) {
+            Ok(probabilities) => {
+                for (&i, p) in scorable.iter().zip(probabilities) {
+                    scores[i] = Some(Scored {
+                        version: live.version(),
+                        probability: f64::from(p),
+                    });
+                }
+            }
+            Err(err) => {
+                tracing::warn!(model = %self.model, error = %err, "cannot score the batch; its errors are not watched")
+            }
+        }
+        scores
+    }
+
+    /// Publishes one event per finding and waits for JetStream to store them all.
+    async fn publish(
+        &self,
+        findings: &[(usize, Finding)],
+        batch: &[Incoming],
+        decoded: &[Result<ExampleRecord, Rejection>],
+        live: Option<&LiveModel>,
+    ) -> Result<(), Failure> {
+        let context = EventContext {
+            model: &self.model,
+            reaction: self.reaction,
+            live_version: live.map(LiveModel::version),
+        };
+        let subject = self.io.subjects.control(&self.model, "drift");
+        let mut acks = Vec::with_capacity(findings.len());
+        for (i, finding) in findings {
+            let Ok(example) = &decoded[*i] else {
+                continue;
+            };
+            let event = handler::event(
+                context,
+                finding,
+                example,
+                batch[*i].published,
+                live.map(|l| &l.manifest.schema),
+            );
+            match finding.level {
+                Level::Drift => {
+                    tracing::warn!(model = %self.model, detector = %finding.detector, target = %event.target, statistic = finding.statistic,
+                        sequence = finding.sequence, window = finding.window.count, reaction = %self.reaction, "drift detected")
+                }
+                _ => {
+                    tracing::info!(model = %self.model, detector = %finding.detector, target = %event.target, statistic = finding.statistic,
+                        sequence = finding.sequence, "drift warning")
+                }
+            }
+            let body =
+                serde_json::to_vec(&event).map_err(|e| Failure::new("encode a drift event", e))?;
+            let message = PublishMessage::build()
+                .payload(Bytes::from(body))
+                .message_id(handler::message_id(&self.model, finding));
+            acks.push(
+                self.io
+                    .js
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(|e| Failure::new("publish a drift event", e))?,
+            );
+        }
+        try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+            .await
+            .map_err(|e| Failure::new("publish a drift event", e))?;
+        Ok(())
+    }
+
+    fn count(&self, tally: &Tally) {
+        let observed = |stream: &str, n: u64| {
+            self.metrics
+                .observations
+                .get_or_create(&StreamLabel {
+                    stream: stream.to_string(),
+                })
+                .inc_by(n);
+        };
+        observed("features", tally.features);
+        observed("error", tally.errors);
+        self.metrics.error_resets.inc_by(tally.resets);
+        for (detector, error, level) in &tally.detections {
+            self.metrics
+                .detections
+                .get_or_create(&DetectionLabel::new(*detector, *error, *level))
+                .inc();
+        }
+    }
+}
+
+impl Processor for DriftProcessor {
+    /// Handles the batch in stream order: examples under the stored mark are acknowledged, new
+    /// ones are folded (or refused) strictly in sequence and held until the checkpoint holding
+    /// them is written, and an example whose predecessor has not been seen yet waits for it.
+    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+        if self.stale
+            && let Err(failure) = self.load().await
+        {
+            return batch
+                .iter()
+                .map(|_| Disposition::Retry(failure.duplicate()))
+                .collect();
+        }
+        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
+            .iter()
+            .map(|m| ExampleRecord::decode(&m.payload))
+            .collect();
+        let (mut working, mut tally) = match &self.pending {
+            Some(pending) => (pending.checkpoint.clone(), pending.tally.clone()),
+            None => (self.stored.clone(), Tally::default()),
+        };
+        // One snapshot of the live version for the whole batch: every example is scored first,
+        // by the version the events will name.
+        let live: Option<Arc<LiveModel>> = self.io.live.current();
+        let scores = self.score(live.as_deref(), batch, &decoded, working.last_sequence);
+
+        let stored_mark = self.stored.last_sequence;
+        let mut mark = working.last_sequence;
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].stream_sequence);
+        let mut dispositions: Vec<Option<Disposition>> =
+            std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let mut new = Vec::new();
+        let mut findings: Vec<(usize, Finding)> = Vec::new();
+        let mut waiting = false;
+        for i in order {
+            let sequence = batch[i].stream_sequence;
+            if waiting {
+                dispositions[i] = Some(Disposition::Retry(Failure::new(
+                    "drift",
+                    "waiting for an earlier example",
+                )));
+                continue;
+            }
+            if sequence <= stored_mark {
+                dispositions[i] = Some(Disposition::Ack);
+                continue;
+            }
+            if sequence <= mark {
+                // Folded into the checkpoint not yet written (or a second copy in this batch):
+                // acknowledged with it.
+                dispositions[i] = Some(Disposition::Hold);
+                continue;
+            }
+            match self.io.order.check(sequence, &mut mark).await {
+                Ok(None) => {}
+                Ok(Some(missing)) => {
+                    tracing::debug!(model = %self.model, sequence, missing, "example arrived before an earlier one; waiting for it");
+                    waiting = true;
+                    dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        "drift",
+                        format!("waiting for example {missing}"),
+                    )));
+                    continue;
+                }
+                Err(failure) => {
+                    waiting = true;
+                    dispositions[i] = Some(Disposition::Retry(failure));
+                    continue;
+                }
+            }
+            mark = sequence;
+            new.push(i);
+            match &decoded[i] {
+                Err(rejection) => {
+                    // Refused examples count as handled: the mark covers them too.
+                    self.bank.pass(&mut working, sequence);
+                    dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
+                }
+                Ok(example) => {
+                    let folded = self.bank.fold(
+                        &mut working,
+                        &handler::observation(sequence, example, scores[i]),
+                    );
+                    tally.features += u64::from(folded.new);
+                    tally.errors += u64::from(folded.error_observed);
+                    if let Some(Some(left)) = folded.error_reset {
+                        tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "a new live version scores the examples; error detectors start afresh");
+                        tally.resets += 1;
+                    }
+                    for finding in folded.findings {
+                        tally.detections.push((
+                            finding.detector,
+                            finding.target == Target::Error,
+                            finding.level,
+                        ));
+                        findings.push((i, finding));
+                    }
+                    dispositions[i] = Some(Disposition::Hold);
+                }
+            }
+        }
+        if !findings.is_empty()
+            && let Err(failure) = self
+                .publish(&findings, batch, &decoded, live.as_deref())
+                .await
+        {
+            // Nothing of this batch is kept: it is folded again, and published again under the
+            // same ids, when it comes back.
+            for &i in &new {
+                dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
+            }
+            return finish(dispositions);
+        }
+        if !new.is_empty() {
+            self.pending = Some(Pending {
+                checkpoint: working,
+                tally,
+            });
+        }
+        finish(dispositions)
+    }
+
+    /// Writes the checkpoint holding every held message, by compare-and-set on the revision read.
+    async fn commit(&mut self, _final_commit: bool) -> Result<Commit, Failure> {
+        let Some(pending) = &self.pending else {
+            return Ok(Commit::Durable);
+        };
+        let bytes = serde_json::to_vec(&pending.checkpoint)
+            .map_err(|e| Failure::new("encode the drift checkpoint", e))?;
+        if bytes.len() > self.io.max_checkpoint_bytes {
+            tracing::error!(model = %self.model, bytes = bytes.len(), max = self.io.max_checkpoint_bytes,
+                "the drift checkpoint is too large for one message; lower --psi-reference-size or watch fewer features");
+            return Err(Failure::new(
+                "write the drift checkpoint",
+                format!(
+                    "{} bytes exceed the server's max payload of {}",
+                    bytes.len(),
+                    self.io.max_checkpoint_bytes
+                ),
+            ));
+        }
+        match compare_and_set(
+            &self.io.checkpoints,
+            &self.key,
+            Bytes::from(bytes),
+            self.revision,
+        )
+        .await
+        {
+            Ok(revision) => {
+                self.metrics.checkpoint_writes.inc();
+                if let Some(pending) = self.pending.take() {
+                    self.count(&pending.tally);
+                    self.stored = pending.checkpoint;
+                }
+                self.revision = revision;
+                Ok(Commit::Durable)
+            }
+            Err(CasError::Conflict { .. }) => {
+                self.metrics.checkpoint_conflicts.inc();
+                tracing::warn!(model = %self.model, "drift checkpoint written by another writer; reading it and redelivering the batch");
+                // The winner's checkpoint is read before the redelivered batch is handled.
+                self.pending = None;
+                self.stale = true;
+                Ok(Commit::Abandoned)
+            }
+            Err(CasError::Failed(failure)) => Err(failure),
+        }
+    }
+}
+
+fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
+    dispositions
+        .into_iter()
+        .map(|d| {
+            d.unwrap_or_else(|| Disposition::Retry(Failure::new("drift", "example left unhandled")))
+        })
+        .collect()
+}
