@@ -14,8 +14,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use serde::Deserialize;
 
 use crate::subjects::{
-    BUCKET_FEATURES, BUCKET_LEASES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER,
-    STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
+    BUCKET_DRIFT, BUCKET_FEATURES, BUCKET_LEASES, BUCKET_MODELS, STREAM_CONTROL,
+    STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
 };
 
 const BUILTIN: &str = include_str!("../../infra/topology.toml");
@@ -178,7 +178,7 @@ impl Topology {
                 return Err(TopologyError::Invalid(format!("stream {name} is missing")));
             }
         }
-        for name in [BUCKET_FEATURES, BUCKET_MODELS, BUCKET_LEASES] {
+        for name in [BUCKET_FEATURES, BUCKET_MODELS, BUCKET_LEASES, BUCKET_DRIFT] {
             match self.buckets.get(name) {
                 None => return Err(TopologyError::Invalid(format!("bucket {name} is missing"))),
                 Some(b) if !(1..=64).contains(&b.history) => {
