@@ -134,6 +134,9 @@ pub struct PredictionRecord {
     /// True for the score returned to the caller, false for a shadow score.
     pub served: bool,
     pub score: f32,
+    /// The row scored. Kept in memory for the shadow score; not recorded on PREDICTIONS, where
+    /// the outcome join and the gate need only scores (and the row would double a record's size).
+    #[serde(default, skip_serializing)]
     pub features: Vec<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,

@@ -30,7 +30,7 @@ use crate::live::LiveModel;
 /// server's default 1 MiB message limit).
 pub const MAX_BATCH: usize = 256;
 /// Longest a prediction waits before its batch is published.
-pub const MAX_WAIT: Duration = Duration::from_millis(5);
+pub const MAX_WAIT: Duration = Duration::from_millis(20);
 /// Closed batches waiting for the flusher; beyond this the oldest is dropped (and counted).
 const MAX_CLOSED: usize = 64;
 
