@@ -28,13 +28,15 @@ streams=("$out"/sea_drift.csv "$out"/hyperplane.csv "$out"/hyperplane_20.csv "$o
 "$bin" --runs "$runs" --batch 1 --batch 32 --batch 256 \
   --learning-rate 0.01 --scale-rate-by-batch --decay 0 --l2 0 \
   --json "$out/freshet.json" "${streams[@]}" >&2
-"$bin" --runs 1 --batch 1 --batch 32 --json "$out/freshet-default.json" "${streams[@]}" >&2
+"$bin" --runs 1 --batch 1 --batch 32 --json "$out/freshet-default.json" "${streams[@]}" >&2 >&2
 .tools/river-venv/bin/python tests/quality/table.py "$out" | tee "$out/comparison.md"
 # Training rate of every model kind at batch 256 on the 20-feature stream (same run, same file).
 {
   echo
   echo "Training rate per model kind, batch 256, hyperplane_20 (20 features), median of $runs runs:"
   echo
+  echo "| kind | rows | batch | η0 | accuracy | log-loss | train rows/s |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
   for kind in logistic mlp factorization_machine; do
     "$bin" --runs "$runs" --batch 256 --kind "$kind" --learning-rate 0.01 --scale-rate-by-batch \
       --decay 0 --l2 0 --json "$out/kind-$kind.json" "$out/hyperplane_20.csv" | tail -n 1 \

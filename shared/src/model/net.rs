@@ -258,18 +258,13 @@ impl Learner {
         let state = &self.state;
 
         // Test with the scaler as it was, like a predictor serving this model would.
-        let probs = rows
-            .iter()
-            .map(|row| {
-                probability(
-                    state.arch,
-                    &state.params,
-                    state.scaler.as_ref(),
-                    row,
-                    "prequential scores",
-                )
-            })
-            .collect::<Result<Vec<f32>, ModelError>>()?;
+        let probs = probabilities(
+            state.arch,
+            &state.params,
+            state.scaler.as_ref(),
+            rows,
+            "prequential scores",
+        )?;
         let mut correct = 0usize;
         let mut log_loss_sum = 0.0f64;
         for (p, y) in probs.iter().zip(labels) {
@@ -455,9 +450,13 @@ impl HostModel {
     /// Probability of class 1 for each row; an empty batch gives an empty result.
     pub(crate) fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         validate_rows(rows, self.n_features)?;
-        rows.iter()
-            .map(|row| probability(self.arch, &self.params, self.scaler.as_ref(), row, "scores"))
-            .collect()
+        probabilities(
+            self.arch,
+            &self.params,
+            self.scaler.as_ref(),
+            rows,
+            "scores",
+        )
     }
 }
 
@@ -470,14 +469,35 @@ fn probability(
     row: &[f32],
     what: &str,
 ) -> Result<f32, ModelError> {
-    let z = match scaler {
-        Some(scaler) => arch.logit(params, &scaler.transform(row))?,
-        None => arch.logit(params, row)?,
-    };
-    if !z.is_finite() {
-        return Err(ModelError::NonFinite { what: what.into() });
-    }
-    Ok(1.0 / (1.0 + (-z).exp()))
+    Ok(probabilities(arch, params, scaler, std::slice::from_ref(&row), what)?[0])
+}
+
+/// [`probability`] of each row, scaling with one set of deviations and one buffer for all.
+fn probabilities<R: AsRef<[f32]>>(
+    arch: Arch,
+    params: &[Vec<f32>],
+    scaler: Option<&StandardScaler>,
+    rows: &[R],
+    what: &str,
+) -> Result<Vec<f32>, ModelError> {
+    let deviations = scaler.map(StandardScaler::deviations);
+    let mut scaled = Vec::new();
+    rows.iter()
+        .map(|row| {
+            let z = match (scaler, &deviations) {
+                (Some(scaler), Some(deviations)) => {
+                    scaled.clear();
+                    scaler.transform_into(deviations, row.as_ref(), &mut scaled);
+                    arch.logit(params, &scaled)?
+                }
+                _ => arch.logit(params, row.as_ref())?,
+            };
+            if !z.is_finite() {
+                return Err(ModelError::NonFinite { what: what.into() });
+            }
+            Ok(1.0 / (1.0 + (-z).exp()))
+        })
+        .collect()
 }
 
 /// Checks the shape of a training batch and its labels, then every row.
@@ -577,10 +597,11 @@ fn input_tensor(
     device: &Device,
 ) -> Tensor<2> {
     let mut flat = Vec::with_capacity(rows.len() * n_features);
+    let deviations = scaler.map(StandardScaler::deviations);
     for row in rows {
-        match scaler {
-            Some(scaler) => flat.extend(scaler.transform(row)),
-            None => flat.extend_from_slice(row),
+        match (scaler, &deviations) {
+            (Some(scaler), Some(deviations)) => scaler.transform_into(deviations, row, &mut flat),
+            _ => flat.extend_from_slice(row),
         }
     }
     Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), n_features]), device)

@@ -62,17 +62,35 @@ impl StandardScaler {
 
     /// The scaled copy of a validated row. Until two examples are seen, rows are only centred.
     pub fn transform(&self, row: &[f32]) -> Vec<f32> {
-        row.iter()
-            .zip(self.mean.iter().zip(&self.m2))
-            .map(|(x, (mean, m2))| {
-                let std = if self.count > 1 {
+        let mut out = Vec::with_capacity(row.len());
+        self.transform_into(&self.deviations(), row, &mut out);
+        out
+    }
+
+    /// The per-feature standard deviations [`transform`](Self::transform) divides by. Computed
+    /// once per batch by callers that scale many rows: a square root per value would otherwise
+    /// cost more than the model's own arithmetic.
+    pub(crate) fn deviations(&self) -> Vec<f64> {
+        self.m2
+            .iter()
+            .map(|m2| {
+                if self.count > 1 {
                     (m2 / self.count as f64).sqrt().max(MIN_STD)
                 } else {
                     1.0
-                };
-                ((f64::from(*x) - mean) / std) as f32
+                }
             })
             .collect()
+    }
+
+    /// Appends the scaled `row` to `out`, given [`deviations`](Self::deviations) of this
+    /// scaler; the same values as `transform`, bit for bit.
+    pub(crate) fn transform_into(&self, deviations: &[f64], row: &[f32], out: &mut Vec<f32>) {
+        out.extend(
+            row.iter()
+                .zip(self.mean.iter().zip(deviations))
+                .map(|(x, (mean, std))| ((f64::from(*x) - mean) / std) as f32),
+        );
     }
 
     /// The raw state, for the binary artifact: JSON would not round-trip every `f64` exactly,
