@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+mod train;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 /// Benchmark the predictor against a bare NATS echo, in one run.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 struct Args {
     /// Runs per scenario; medians over runs are reported
     #[arg(long, default_value_t = 3)]
@@ -46,6 +48,15 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
+    /// Which suites to run: predict, train (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "predict,train")]
+    suite: Vec<String>,
+    /// Examples per training run (published as fast as JetStream takes them)
+    #[arg(long, default_value_t = 100_000)]
+    train_examples: u64,
+    /// Offered load for the fixed-rate freshness measurement, examples/s
+    #[arg(long, default_value_t = 5_000.0)]
+    offered_rate: f64,
     /// Run only a bare echo responder on `bench.echo` at this NATS URL (the floor's process)
     #[arg(long, hide = true)]
     echo_responder: Option<String>,
@@ -239,7 +250,74 @@ async fn main() -> anyhow::Result<()> {
         return echo(async_nats::connect(url).await?, "bench.echo").await;
     }
     let mut stack = Stack::start().await?;
-    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let mut report = serde_json::json!({
+        "date": chrono::Utc::now(), "runs": args.runs, "machine": machine(),
+    });
+    if args.suite.iter().any(|s| s == "predict") {
+        report["predict"] = predict_suite(&mut stack, &args).await?;
+    }
+    if args.suite.iter().any(|s| s == "train") {
+        report["train"] = train_suite(&mut stack, &args).await?;
+    }
+    std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
+    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)?;
+    Ok(())
+}
+
+/// A line naming the machine the figures came from.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// Training: examples/s through train against the raw consume-and-ack floor, and freshness.
+async fn train_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_json::Value> {
+    eprintln!(
+        "training: {} examples per run, {} runs",
+        args.train_examples, args.runs
+    );
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let figures = train::run(stack, run, args.train_examples, args.offered_rate).await?;
+        eprintln!("  run {}: {figures:?}", run + 1);
+        runs.push(figures);
+    }
+    let med = |f: fn(&train::TrainRun) -> f64| median(runs.iter().map(f).collect());
+    let (floor, through) = (med(|r| r.floor_per_second), med(|r| r.train_per_second));
+    println!("\n| training on JetStream (20 features, batch 256) | median |");
+    println!("| --- | ---: |");
+    println!("| raw pull + ack floor | {floor:.0} examples/s |");
+    println!(
+        "| train, end to end (learned by a live version) | {through:.0} examples/s ({:.2}× the floor) |",
+        through / floor
+    );
+    println!(
+        "| freshness at full speed, p50 / p99 | {:.0} / {:.0} ms |",
+        med(|r| r.freshness_p50_ms),
+        med(|r| r.freshness_p99_ms)
+    );
+    println!(
+        "| freshness at {:.0} examples/s offered, p50 / p99 | {:.0} / {:.0} ms |",
+        args.offered_rate,
+        med(|r| r.offered_freshness_p50_ms),
+        med(|r| r.offered_freshness_p99_ms)
+    );
+    Ok(serde_json::json!({ "examples": args.train_examples, "runs": runs }))
+}
+
+/// The predictor against its echo floor.
+async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_json::Value> {
+    let args = args.clone();
+    let mut writer = ModelWriter::new(stack, "bookstore").await?;
     let first = writer.write_version(1).await?;
     writer.point(Slot::Live, 1, &first.sha256).await?;
     let http_port = freshet_tests::stack::free_port()?;
@@ -437,13 +515,8 @@ async fn main() -> anyhow::Result<()> {
             kib as f64 / 1024.0
         );
     }
-    std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
-    std::fs::write(
-        &args.json,
-        serde_json::to_vec_pretty(&serde_json::json!({
-            "date": chrono::Utc::now(), "runs": args.runs, "requests": args.requests, "seconds": args.seconds,
-            "concurrency": args.concurrency, "rows": rows, "predict_rss_kib": rss, "swaps": swaps,
-        }))?,
-    )?;
-    Ok(())
+    Ok(serde_json::json!({
+        "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
+        "rows": rows, "predict_rss_kib": rss, "swaps": swaps,
+    }))
 }
