@@ -6,15 +6,19 @@
 mod handler;
 mod processor;
 
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, parse_duration};
+use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 
-/// Streaming features: consumes EVENTS, keeps user and item state in the FEATURES bucket, and
-/// publishes a labelled example per user action to EXAMPLES.
+/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
+/// bucket, and publishes a labelled example per user action to EXAMPLES.
 #[derive(Debug, Parser)]
 #[command(name = "featurize", version)]
 struct Args {
@@ -28,11 +32,33 @@ struct Args {
     /// replica at a time (a lease in LEASES); a replica that cannot take it stands by
     #[arg(long = "partition", env = "FRESHET_PARTITION", value_delimiter = ',')]
     partition: Vec<u32>,
+    /// How far an item's event-time watermark trails the latest event time seen for it: events
+    /// out of order by less are on time
+    #[arg(long = "out-of-orderness", env = "FRESHET_OUT_OF_ORDERNESS", default_value = "5s", value_parser = parse_duration)]
+    out_of_orderness: Duration,
+    /// How long past the watermark an item's one-minute popularity window still takes events. An
+    /// action too late for every window it falls in changes nothing and is dead-lettered as
+    /// "late". Applies to items first acted on after a change (an item keeps its settings)
+    #[arg(long = "allowed-lateness", env = "FRESHET_ALLOWED_LATENESS", default_value = "1m", value_parser = parse_duration)]
+    allowed_lateness: Duration,
+}
+
+impl Args {
+    /// The settings featurize plans with, checked.
+    fn settings(&self) -> anyhow::Result<handler::Settings> {
+        let popularity = popularity_spec(self.out_of_orderness, self.allowed_lateness)
+            .context("--out-of-orderness and --allowed-lateness")?;
+        Ok(handler::Settings {
+            model: self.model.clone(),
+            popularity,
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let settings = args.settings()?;
     let ctx = FunctionContext::start("featurize", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
@@ -65,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             js: ctx.js.clone(),
             features: features.clone(),
             subjects: ctx.subjects.clone(),
-            model: args.model.clone(),
+            settings: settings.clone(),
             max_event_bytes: ctx.args.max_event_bytes,
             order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
             mark: None,
@@ -87,4 +113,43 @@ async fn main() -> anyhow::Result<()> {
     });
     futures::future::try_join_all(runs).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(flags: &[&str]) -> anyhow::Result<handler::Settings> {
+        let argv = std::iter::once("featurize").chain(flags.iter().copied());
+        Args::try_parse_from(argv)?.settings()
+    }
+
+    #[test]
+    fn window_flags_have_defaults_and_are_checked() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(
+            defaults.popularity.out_of_orderness(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            defaults.popularity.allowed_lateness(),
+            Duration::from_secs(60)
+        );
+
+        let set = settings(&["--out-of-orderness", "250ms", "--allowed-lateness", "5m"]).unwrap();
+        assert_eq!(
+            set.popularity.out_of_orderness(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(set.popularity.allowed_lateness(), Duration::from_secs(300));
+
+        for bad in [
+            &["--allowed-lateness", "soon"][..],
+            // An item would keep more windows than a state may hold.
+            &["--allowed-lateness", "2days"],
+            &["--out-of-orderness", "1us"],
+        ] {
+            assert!(settings(bad).is_err(), "{bad:?}");
+        }
+    }
 }
