@@ -44,10 +44,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregates::{
-    Accepted, AddError, EventTimeWindows, SpecError, WindowConfig, WindowSpec,
+    Accepted, AddError, Decay, EventTimeWindows, EwmaError, EwmaVector, SpecError, WindowConfig,
+    WindowSpec,
 };
 use crate::events::Action;
-use crate::ids::EntityId;
+use crate::ids::{EntityId, ModelName};
 use crate::model::FeatureSchema;
 
 /// The name of the bookstore feature schema, written into every manifest.
@@ -142,6 +143,12 @@ pub fn category_key(category: &str) -> String {
         }
     }
     key
+}
+
+/// FEATURES key of the feature scaling of `model` learned from the examples of one partition
+/// (see [`ScalingState`]).
+pub fn scaling_key(model: &ModelName, partition: u32) -> String {
+    format!("scaling.{model}.{partition}")
 }
 
 /// Highest stream sequence applied, per partition: the exactly-once bookkeeping of one entity.
@@ -309,6 +316,74 @@ fn earliest(known: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
     known.map_or(at, |known| known.min(at))
 }
 
+/// The EWMA mean and variance of each feature over the examples featurize published for one
+/// model from one partition: an online standard scaler that follows drifting features (see
+/// [`crate::aggregates::ewma`]), kept in FEATURES under [`scaling_key`].
+///
+/// One state per partition, because each partition's examples are folded in stream order by
+/// the one replica that owns the partition: the state is written by one writer, never contended,
+/// and its `applied` marks make every example count once across redeliveries. A reader wanting
+/// one scale per model combines the partitions with [`ScalingState::combine`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingState {
+    pub ewma: EwmaVector,
+    pub applied: Applied,
+}
+
+impl Default for ScalingState {
+    fn default() -> ScalingState {
+        ScalingState {
+            ewma: fresh_ewma(),
+            applied: Applied::default(),
+        }
+    }
+}
+
+fn fresh_ewma() -> EwmaVector {
+    EwmaVector::new(Decay::default(), FEATURE_NAMES)
+        .expect("FEATURE_NAMES are distinct (checked by a unit test)")
+}
+
+impl ScalingState {
+    /// Folds in one example's features. A state kept for another feature list (an earlier
+    /// schema) starts afresh: its moments describe features that no longer exist.
+    pub fn observe(&mut self, features: &[f32]) -> Result<(), EwmaError> {
+        if !self.ewma.names().eq(FEATURE_NAMES) {
+            self.ewma = fresh_ewma();
+        }
+        let values: Vec<f64> = features.iter().map(|&x| f64::from(x)).collect();
+        self.ewma.update(&values)
+    }
+
+    /// The (mean, standard deviation) of each feature over every partition's state, weighing
+    /// the partitions that have seen an example equally (the mixture of their moments); `None`
+    /// for a feature no partition has seen.
+    pub fn combine<'a>(
+        parts: impl IntoIterator<Item = &'a ScalingState>,
+    ) -> Vec<Option<(f64, f64)>> {
+        let parts: Vec<&ScalingState> = parts.into_iter().collect();
+        FEATURE_NAMES
+            .iter()
+            .map(|name| {
+                let seen: Vec<(f64, f64)> = parts
+                    .iter()
+                    .filter_map(|part| {
+                        let moments = part.ewma.get(name)?;
+                        Some((moments.mean()?, moments.variance()?))
+                    })
+                    .collect();
+                if seen.is_empty() {
+                    return None;
+                }
+                let n = seen.len() as f64;
+                let mean = seen.iter().map(|(m, _)| m).sum::<f64>() / n;
+                let second = seen.iter().map(|(m, v)| v + m * m).sum::<f64>() / n;
+                Some((mean, (second - mean * mean).max(0.0).sqrt()))
+            })
+            .collect()
+    }
+}
+
 /// The purchase rate assumed with no evidence at all: about what a bookshop sees. A category
 /// starts there, and a new item starts at its category's rate.
 pub const PRIOR_PURCHASE_RATE: f64 = 0.1;
@@ -455,6 +530,7 @@ mod tests {
         let distinct: std::collections::BTreeSet<_> = FEATURE_NAMES.iter().collect();
         assert_eq!(distinct.len(), FEATURE_NAMES.len());
         assert_eq!(schema().version, 3);
+        assert_eq!(ScalingState::default().ewma.len(), FEATURE_NAMES.len());
     }
 
     #[test]
@@ -488,6 +564,8 @@ mod tests {
                 "{key}"
             );
         }
+        let model = ModelName::parse("bookstore").unwrap();
+        assert_eq!(scaling_key(&model, 2), "scaling.bookstore.2");
     }
 
     #[test]
@@ -771,5 +849,28 @@ mod tests {
         item.apply_action(Action::View, at(0), &spec()).unwrap();
         let json = serde_json::to_vec(&item).unwrap();
         assert_eq!(serde_json::from_slice::<ItemState>(&json).unwrap(), item);
+    }
+
+    #[test]
+    fn scaling_follows_the_examples_and_combines_partitions() {
+        let mut a = ScalingState::default();
+        let mut b = ScalingState::default();
+        let row = |x: f32| vec![x; FEATURE_NAMES.len()];
+        a.observe(&row(1.0)).unwrap();
+        b.observe(&row(3.0)).unwrap();
+        assert!(a.observe(&[1.0]).is_err(), "one value per feature");
+        let combined = ScalingState::combine([&a, &b]);
+        assert_eq!(combined.len(), FEATURE_NAMES.len());
+        let (mean, std) = combined[0].unwrap();
+        assert!((mean - 2.0).abs() < 1e-12 && (std - 1.0).abs() < 1e-12);
+        assert_eq!(ScalingState::combine([&ScalingState::default()])[0], None);
+        // A state of an older feature list starts afresh.
+        let mut old = ScalingState {
+            ewma: EwmaVector::new(Decay::default(), ["a", "b"]).unwrap(),
+            applied: Applied::default(),
+        };
+        old.observe(&row(2.0)).unwrap();
+        assert_eq!(old.ewma.len(), FEATURE_NAMES.len());
+        assert_eq!(old.ewma.get(FEATURE_NAMES[0]).unwrap().count(), 1);
     }
 }

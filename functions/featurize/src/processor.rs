@@ -1,13 +1,15 @@
 //! featurize's runtime adapter, one batch at a time: read every FEATURES key the batch touches
-//! (concurrently: users and items first, then the categories of the items read), plan the batch in memory, publish its examples (acks awaited together), then
+//! (concurrently: users, items and the partitions' scaling states first, then the categories of
+//! the items read), plan the batch in memory, publish its examples (acks awaited together), then
 //! write each changed key back by compare-and-set.
 //!
 //! That order is what makes the effect exactly-once. Examples go out first with an id derived from
 //! their event, so a republished one is dropped by JetStream; each entity's state then records the
-//! positions it applied, so a redelivered event finds its mark and changes nothing twice. Users
-//! are written before items and categories, so a user's state is the record of which of its
-//! actions were decided (see `handler::write_phase`). A write that loses to another replica
-//! re-reads the key and replays the batch's mutations for it.
+//! positions it applied, so a redelivered event finds its mark and changes nothing twice. Keys are
+//! written in phases (see `handler::write_phase`): scaling states, then users, then items and
+//! categories, because a user's state is the record of which of its actions were decided and
+//! which examples went out. A write that loses to another replica re-reads the key and replays
+//! the batch's mutations for it.
 //! Events the plan refuses (too late for their item's windows) are dead-lettered with the rest of
 //! the batch acknowledged.
 
@@ -162,8 +164,12 @@ impl Featurizer {
         }
         let mut states = BTreeMap::new();
         let mut revisions = BTreeMap::new();
-        self.read_all(handler::keys_of(batch), &mut states, &mut revisions)
-            .await?;
+        self.read_all(
+            handler::keys_of(&self.settings.model, batch),
+            &mut states,
+            &mut revisions,
+        )
+        .await?;
         // An action's category is known only from its item's state.
         let categories = handler::category_keys_of(batch, &states);
         self.read_all(categories, &mut states, &mut revisions)
