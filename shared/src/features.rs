@@ -79,6 +79,8 @@ const MAX_CATEGORIES_PER_USER: usize = 64;
 /// A user remembers at most this many of their actions refused as late (see
 /// [`UserState::refused`]).
 pub const MAX_REFUSED_REMEMBERED: usize = 16;
+/// A user keeps at most this many views waiting for their label (see [`PendingView`]).
+pub const MAX_PENDING_VIEWS: usize = 32;
 
 /// The length of one popularity window.
 pub const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
@@ -167,6 +169,20 @@ impl Applied {
     }
 }
 
+/// A view (or add-to-cart) waiting for its label: a purchase of the item within the label
+/// horizon makes it a positive example, the horizon passing without one a negative. It keeps the
+/// features as they were when the user looked, which is what the example must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingView {
+    pub item: EntityId,
+    /// Event time of the view.
+    pub at: DateTime<Utc>,
+    /// CloudEvent id of the view: the example's id derives from it, whatever labels it.
+    pub event: String,
+    /// The feature vector at the time of the view, in [`FEATURE_NAMES`] order.
+    pub features: Vec<f32>,
+}
+
 /// What featurize knows about a user.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
@@ -176,6 +192,9 @@ pub struct UserState {
     pub category_views: BTreeMap<String, u64>,
     /// The latest event time of the user's actions: the user's event-time progress.
     pub last_event_at: Option<DateTime<Utc>>,
+    /// Views waiting for their label, oldest first; at most [`MAX_PENDING_VIEWS`].
+    #[serde(default)]
+    pub pending: Vec<PendingView>,
     /// (partition, sequence) of the user's latest actions refused as late, oldest first, at most
     /// [`MAX_REFUSED_REMEMBERED`]. The applied marks are high-water marks: once a later action
     /// passed it, a refused action looks applied, and this is what tells a replay to refuse it
@@ -839,7 +858,7 @@ mod tests {
             r#"{"views":3,"carts":0,"purchases":1,"category_views":{},"last_event_at":null,"applied":{}}"#,
         )
         .unwrap();
-        assert_eq!(user.views, 3);
+        assert_eq!((user.views, user.pending.len()), (3, 0));
         let item: ItemState = serde_json::from_str(
             r#"{"category":"x","price":2.0,"views":1,"carts":0,"purchases":0,"first_seen":null,"applied":{"0":4}}"#,
         )

@@ -10,8 +10,10 @@ use freshet::error::{RejectReason, Rejection};
 use freshet::events::{Action, Event, EventData, ExampleData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
 use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
-use freshet::ids::ModelName;
+use freshet::ids::{EntityId, ModelName};
 use freshet::subjects::Subjects;
+
+use crate::labels::{self, ActionEvent, LabelSettings, Labelled};
 
 /// Where a stored event sits: its partition and stream sequence, the exactly-once coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,16 +96,7 @@ pub struct Settings {
     /// The popularity windows of an item that has none yet (an item keeps the settings it was
     /// built with).
     pub popularity: WindowSpec,
-}
-
-/// One labelled example an action decided: the event it stands for, its features and label.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Labelled {
-    pub source_event: String,
-    pub features: Vec<f32>,
-    pub label: f32,
-    /// Event time of the source event.
-    pub at: DateTime<Utc>,
+    pub labels: LabelSettings,
 }
 
 /// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
@@ -111,9 +104,10 @@ pub struct Labelled {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// A user acted on an item of `category`; `features` is the pair's vector before the action,
-    /// which its example carries.
+    /// which the user's pending views and examples carry.
     UserAction {
         action: Action,
+        item: EntityId,
         category: Option<String>,
         at: DateTime<Utc>,
         event_id: String,
@@ -229,7 +223,8 @@ impl EntityState {
     }
 
     /// Applies a mutation unless its position was already applied. Returns `None` if nothing
-    /// changed, else the examples a user action labelled (none for other mutations).
+    /// changed, else the examples a user action labelled (none for other mutations). Replaying a
+    /// user action on the same state labels the same examples.
     pub fn apply(&mut self, mutation: &Mutation, settings: &Settings) -> Option<Vec<Labelled>> {
         let position = mutation.position();
         if self
@@ -243,6 +238,7 @@ impl EntityState {
                 EntityState::User(user),
                 Mutation::UserAction {
                     action,
+                    item,
                     category,
                     at,
                     event_id,
@@ -250,18 +246,19 @@ impl EntityState {
                     ..
                 },
             ) => {
-                user.apply(*action, category.as_deref(), *at);
-                // The model learns to predict the action from what was known when it happened.
-                vec![Labelled {
-                    source_event: event_id.clone(),
-                    features: features.clone(),
-                    label: if *action == Action::Purchase {
-                        1.0
-                    } else {
-                        0.0
+                let labelled = labels::label(
+                    user,
+                    ActionEvent {
+                        action: *action,
+                        item,
+                        at: *at,
+                        event_id,
+                        features,
                     },
-                    at: *at,
-                }]
+                    &settings.labels,
+                );
+                user.apply(*action, category.as_deref(), *at);
+                labelled
             }
             (EntityState::Item(item), Mutation::ItemAction { action, at, .. }) => {
                 // An action judged on time when planned that another partition's events made
@@ -415,12 +412,12 @@ fn state_of(states: &BTreeMap<String, EntityState>, key: &str) -> Option<EntityS
 /// [`RejectReason::Late`] and has no effect: no count, no window, no label, no example; only its
 /// user's state records the refusal. Each action is judged once: one its user's state already
 /// holds was decided by an earlier attempt (a redelivery after a partial write), and is refused
-/// again if it was refused, else its mutations are replayed where missing, with no example (the
-/// user's state says it went out). Only an action no state holds (see [`write_phase`]) is judged,
-/// and an item's watermark never moves back, so a refused action stays refused. The one case that
-/// can differ: an action accepted by an attempt that failed before its user was written, whose
-/// item another partition moved past it in between, is refused on the replay, and its example,
-/// published by the first attempt, stays published.
+/// again if it was refused, else its mutations are replayed where missing, with no examples (the
+/// user's state says they went out). Only an action its user lacks (see [`write_phase`]) is
+/// judged, and an item's watermark never moves back, so a refused action stays refused. The one
+/// case that can differ: an action accepted by an attempt that failed before its user was
+/// written, whose item another partition moved past it in between, is refused on the replay, and
+/// the examples the first attempt published stay published.
 pub fn plan_batch(
     settings: &Settings,
     batch: &[Routed],
@@ -496,6 +493,7 @@ fn plan_action(
     let features = features::feature_vector(&user, &item, &category, routed.at);
     let user_mutation = Mutation::UserAction {
         action: action.action,
+        item: action.item.clone(),
         category: item.category.clone(),
         at: routed.at,
         event_id: routed.event_id.clone(),
@@ -567,21 +565,27 @@ fn record(
 mod tests {
     use std::time::Duration;
 
+    use chrono::TimeDelta;
     use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
     use freshet::features::{FEATURE_NAMES, popularity_spec};
 
     use super::*;
-    use freshet::ids::EntityId;
+    use crate::labels::NegativeRate;
 
     /// A time `s` seconds after a whole minute.
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_699_999_980 + s, 0).unwrap()
     }
 
-    fn settings() -> Settings {
+    fn settings(horizon_s: i64) -> Settings {
         Settings {
             model: ModelName::parse("bookstore").unwrap(),
             popularity: popularity_spec(Duration::from_secs(5), Duration::from_secs(60)).unwrap(),
+            labels: LabelSettings {
+                horizon: TimeDelta::seconds(horizon_s),
+                out_of_orderness: TimeDelta::seconds(5),
+                negative_rate: NegativeRate::ALL,
+            },
         }
     }
 
@@ -684,8 +688,8 @@ mod tests {
     }
 
     #[test]
-    fn an_example_per_action_once_and_in_order() {
-        let settings = settings();
+    fn a_zero_horizon_gives_an_example_per_action_once_and_in_order() {
+        let settings = settings(0);
         let batch = vec![
             routed(1, new_item("b1", "poetry")),
             routed(2, user_action("u1", "b1", Action::View)),
@@ -736,8 +740,40 @@ mod tests {
     }
 
     #[test]
+    fn a_view_waits_for_its_label_and_a_purchase_makes_it_positive() {
+        let settings = settings(600);
+        let mut states = BTreeMap::new();
+        let first = vec![
+            routed(1, new_item("b1", "poetry")),
+            routed_at(2, 10, user_action("u1", "b1", Action::View)),
+            routed_at(3, 20, user_action("u1", "b2", Action::View)),
+        ];
+        let plan = plan_batch(&settings, &first, &mut states);
+        assert!(plan.examples.is_empty(), "views wait");
+        assert!(!plan.mutations.contains_key("scaling.bookstore.1"));
+        let view_features = user(&states, "user.u1").pending[0].features.clone();
+        let second = vec![
+            routed_at(4, 300, user_action("u1", "b1", Action::Purchase)),
+            // The user's next event after b2's horizon labels it 0.
+            routed_at(5, 630, user_action("u1", "b3", Action::View)),
+        ];
+        let plan = plan_batch(&settings, &second, &mut states);
+        assert_eq!(ids_and_labels(&plan), [("ex-e2", 1.0), ("ex-e3", 0.0)]);
+        assert_eq!(plan.examples[0].features, view_features, "as at the view");
+        assert_eq!(plan.examples[0].event_time, Some(at(10)));
+        assert_eq!(plan.examples[0].source_event, "e2");
+        assert_eq!(plan.mutations["scaling.bookstore.1"].len(), 2);
+        let pending: Vec<String> = user(&states, "user.u1")
+            .pending
+            .iter()
+            .map(|v| v.event.clone())
+            .collect();
+        assert_eq!(pending, ["e5"]);
+    }
+
+    #[test]
     fn a_late_action_is_refused_entirely_and_the_batch_goes_on() {
-        let settings = settings();
+        let settings = settings(0);
         let batch = vec![
             routed_at(1, 600, user_action("u1", "b1", Action::View)),
             // Its minute [420, 480) was final at 540 s; the watermark is 595 s.
@@ -784,7 +820,7 @@ mod tests {
 
     #[test]
     fn an_action_its_user_holds_is_never_judged_late_again() {
-        let settings = settings();
+        let settings = settings(0);
         let view = routed_at(1, 10, user_action("u1", "b1", Action::View));
         let mut states = BTreeMap::new();
         plan_batch(&settings, std::slice::from_ref(&view), &mut states);
@@ -806,7 +842,7 @@ mod tests {
 
     #[test]
     fn a_replay_after_any_partial_write_ends_where_a_clean_run_does() {
-        let settings = settings();
+        let settings = settings(600);
         let batch = vec![
             routed(1, new_item("b1", "poetry")),
             routed_at(2, 10, user_action("u1", "b1", Action::View)),
@@ -821,13 +857,7 @@ mod tests {
         let clean_plan = plan_batch(&settings, &batch, &mut clean);
         assert_eq!(
             ids_and_labels(&clean_plan),
-            [
-                ("ex-e2", 0.0),
-                ("ex-e3", 1.0),
-                ("ex-e4", 0.0),
-                ("ex-e5", 0.0),
-                ("ex-e7", 0.0)
-            ]
+            [("ex-e2", 1.0), ("ex-e4", 0.0)]
         );
         assert_eq!(clean_plan.rejected.len(), 1);
         let keys: Vec<String> = clean_plan.mutations.keys().cloned().collect();
@@ -857,9 +887,9 @@ mod tests {
                 .map(|(_, key)| (key.clone(), clean[key].clone()))
                 .collect();
             let replay = plan_batch(&settings, &batch, &mut stored);
-            // Every count, window and mark as in the clean run. Feature values are left out:
-            // those of a replayed action come from item and category states that may already
-            // hold later events, as between any two interleavings of partitions.
+            // Every count, window, mark and pending view as in the clean run. Feature values
+            // are left out: those of a replayed action come from item and category states that
+            // may already hold later events, as between any two interleavings of partitions.
             assert_eq!(fingerprint(&stored), fingerprint(&clean), "mask {mask:b}");
             assert_eq!(refusals(&replay), refusals(&clean_plan), "mask {mask:b}");
             if written(mask, "user.u1") {
@@ -874,11 +904,17 @@ mod tests {
         assert_eq!(stored, clean);
     }
 
-    /// The states with feature values blanked out (scaling states keep their counts and marks).
+    /// The states with feature values blanked out (pending views keep their item, time and id;
+    /// scaling states their counts and marks).
     fn fingerprint(states: &BTreeMap<String, EntityState>) -> BTreeMap<String, EntityState> {
         let mut states = states.clone();
         for state in states.values_mut() {
             match state {
+                EntityState::User(user) => {
+                    for view in &mut user.pending {
+                        view.features.clear();
+                    }
+                }
                 EntityState::Scaling(scaling) => {
                     let counts: Vec<f32> = FEATURE_NAMES
                         .iter()
@@ -891,7 +927,7 @@ mod tests {
                     blank.observe(&counts).unwrap();
                     *scaling = blank;
                 }
-                EntityState::User(_) | EntityState::Item(_) | EntityState::Category(_) => {}
+                EntityState::Item(_) | EntityState::Category(_) => {}
             }
         }
         states
@@ -899,7 +935,7 @@ mod tests {
 
     #[test]
     fn mutations_replay_on_a_fresher_state() {
-        let settings = settings();
+        let settings = settings(0);
         let mutation = Mutation::ItemAction {
             action: Action::Purchase,
             at: at(0),
@@ -958,7 +994,7 @@ mod tests {
         // Planning touches no key beyond those.
         let mut read: BTreeSet<String> = keys_of(&model, &batch);
         read.extend(category_keys_of(&batch, &states));
-        let plan = plan_batch(&settings(), &batch, &mut states);
+        let plan = plan_batch(&settings(0), &batch, &mut states);
         assert!(plan.mutations.keys().all(|k| read.contains(k)), "{plan:?}");
         assert_eq!(plan.mutations["category.Science_20Fiction"].len(), 1);
     }
