@@ -1,5 +1,6 @@
 //! (c) Invalid events land on the dead-letter subject with a reason, while valid ones keep
-//! flowing through featurize.
+//! flowing through featurize. An action too late for its item's event-time windows is refused
+//! the same way, as "late".
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -15,7 +16,16 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_events_are_dead_lettered_with_a_reason() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let featurize = stack.spawn("featurize", &[])?;
+    // Every view labelled at once, so each valid event becomes one example.
+    let featurize = stack.spawn("featurize", &["--label-horizon", "0s"])?;
+    // An hour before the valid views of b1 (all at 12:00): once one of them is in, the window of
+    // 11:00 was final long ago. Listed last, so valid views of b1 precede it.
+    let mut late = cloud_event(
+        "late-1",
+        "user_action",
+        json!({"user": "u1", "item": "b1", "action": "view"}),
+    );
+    late["time"] = json!("2026-11-26T11:00:00Z");
 
     let bad: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
         ("user_action", "u1", b"{\"specversion\":\"1.0\",".to_vec(), "malformed_json", "$"),
@@ -27,6 +37,7 @@ async fn invalid_events_are_dead_lettered_with_a_reason() -> anyhow::Result<()> 
         ("example", "m", serde_json::to_vec(&cloud_event("bad-5", "example", json!({"model": "m", "features": [1.0, "2"], "label": 1})))?, "invalid_data", "data.features[1]"),
         ("click", "u1", serde_json::to_vec(&cloud_event("bad-6", "click", json!({})))?, "unknown_type", "type"),
         ("user_action", "u9", serde_json::to_vec(&cloud_event("bad-7", "user_action", json!({"user": "u1", "item": "b1", "action": "view"})))?, "invalid_envelope", "subject"),
+        ("user_action", "u1", serde_json::to_vec(&late)?, "late", "time"),
     ];
     let mut valid_actions = 0;
     for (i, (event_type, entity, payload, _, _)) in bad.iter().enumerate() {

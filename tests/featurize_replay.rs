@@ -4,11 +4,15 @@
 //! and (d) by a replica and a standby that takes over when the first is killed, must leave
 //! byte-identical FEATURES entries and the same EXAMPLES.
 //!
-//! "The same EXAMPLES" is exact for everything an example's own partition decides: its id, its
-//! label and the user's features. An item is touched by users of every partition, so the item
-//! columns of an example depend on how the partitions interleaved in that run (as they would
-//! between any two runs of a partitioned stream processor); for them the test checks each value
-//! lies between the item's state when the run began and its final state.
+//! featurize runs with `--label-horizon 0s`, so every action is one example. "The same EXAMPLES"
+//! is exact for everything an example's own partition decides: its id, its label and the user's
+//! features, and the item's price, age and idle time (every test event has the same time). An item
+//! and its category are touched by users of every partition, so the other item columns of an
+//! example depend on how the partitions interleaved in that run (as they would between any two
+//! runs of a partitioned stream processor); for them the test checks each value lies between the
+//! state when the run began and the final state. For the same reason the scaling states
+//! (`scaling.<model>.<partition>`, EWMAs of those vectors) are compared by what they counted, not
+//! by their moments.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -16,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use freshet::examples::ExampleRecord;
-use freshet::features::{FEATURE_NAMES, ItemState};
+use freshet::features::{CategoryState, FEATURE_NAMES, ItemState, ScalingState, category_key};
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EXAMPLES};
 use freshet_tests::{Stack, bookstore_events, eventually};
 use futures::TryStreamExt;
@@ -24,7 +28,12 @@ use futures::TryStreamExt;
 const ITEMS: usize = 12;
 const ACTIONS: usize = 900;
 /// Columns of the feature vector that come from the user's state alone.
-const USER_COLUMNS: usize = 3;
+const USER_COLUMNS: usize = 6;
+/// Item columns every run agrees on: price, age and idle time, from the catalogue and the one
+/// event time of the test.
+const ITEM_FIXED_COLUMNS: [usize; 3] = [8, 9, 10];
+/// featurize labels every action at once.
+const AT_ONCE: [&str; 2] = ["--label-horizon", "0s"];
 
 /// A run's result: every FEATURES entry, and every example by id.
 struct Outcome {
@@ -112,7 +121,19 @@ fn assert_same(clean: &Outcome, other: &Outcome, what: &str) {
         "{what}: the same FEATURES keys"
     );
     for (key, state) in &clean.features {
-        assert_eq!(state, &other.features[key], "{what}: FEATURES {key}");
+        if key.starts_with("scaling.") {
+            assert_eq!(
+                scaling_counts(state),
+                scaling_counts(&other.features[key]),
+                "{what}: examples counted in FEATURES {key}"
+            );
+            assert_eq!(
+                state["applied"], other.features[key]["applied"],
+                "{what}: FEATURES {key}"
+            );
+        } else {
+            assert_eq!(state, &other.features[key], "{what}: FEATURES {key}");
+        }
     }
     for (id, expected) in &clean.examples {
         let got = &other.examples[id];
@@ -122,32 +143,64 @@ fn assert_same(clean: &Outcome, other: &Outcome, what: &str) {
             expected.features[..USER_COLUMNS],
             "{what}: user features of {id}"
         );
-        // Price and age come from the item's new_item event, featurized before any action.
-        assert_eq!(
-            got.features[5..],
-            expected.features[5..],
-            "{what}: item price and age of {id}"
-        );
-        // The item's counts when this action was featurized lie between none and the final
-        // ones, whatever the interleaving; the purchase rate is (purchases + 0.4) / (views + 4)
-        // (a prior of 0.1 weighted as four views).
+        // Price and age come from the item's new_item event, featurized before any action, and
+        // its idle time from the one event time of the test.
+        for column in ITEM_FIXED_COLUMNS {
+            assert_eq!(
+                got.features[column], expected.features[column],
+                "{what}: {id} {}",
+                FEATURE_NAMES[column]
+            );
+        }
+        // The item's and category's counts when this action was featurized lie between none and
+        // the final ones, whatever the interleaving. A purchase rate is (purchases + 4·prior) /
+        // (views + 4): the category's with prior 0.1, the item's with the category's rate as its
+        // prior. Every action of the test falls in one popularity window.
         let end: ItemState =
             serde_json::from_value(clean.features[&format!("item.{}", id_item(id))].clone())
                 .unwrap();
+        let category_name = end.category.as_deref().expect("the catalogue came first");
+        let category: CategoryState =
+            serde_json::from_value(clean.features[&category_key(category_name)].clone()).unwrap();
         let (views, purchases) = (end.views as f32, end.purchases as f32);
+        let actions = (end.views + end.carts + end.purchases) as f32;
+        let (category_views, category_purchases) = (
+            category.views.max(category.purchases) as f32,
+            category.purchases as f32,
+        );
+        let prior_low = 0.4 / (category_views + 4.0);
+        let prior_high = (category_purchases + 0.4) / 4.0;
         let bounds = [
-            (3, 0.0, (1.0 + views).ln()),
-            (4, 0.4 / (views + 4.0), (purchases + 0.4) / 4.0),
+            (6, 0.0, (1.0 + views).ln()),
+            (
+                7,
+                4.0 * prior_low / (views.max(purchases) + 4.0),
+                (purchases + 4.0 * prior_high) / 4.0,
+            ),
+            (11, 0.0, (1.0 + actions).ln()),
+            (12, 0.0, (1.0 + purchases).ln()),
+            (13, 0.0, (1.0 + actions).ln()),
+            (14, 0.0, (1.0 + purchases).ln()),
+            (15, prior_low, prior_high),
         ];
         for (column, low, high) in bounds {
             let value = got.features[column];
             assert!(
-                (low - 1e-6..=high + 1e-6).contains(&value),
+                (low - 1e-5..=high + 1e-5).contains(&value),
                 "{what}: {id} {} = {value}, outside [{low}, {high}]",
                 FEATURE_NAMES[column]
             );
         }
     }
+}
+
+/// How many examples a scaling state folded in, per feature.
+fn scaling_counts(state: &serde_json::Value) -> Vec<u64> {
+    let state: ScalingState = serde_json::from_value(state.clone()).unwrap();
+    FEATURE_NAMES
+        .iter()
+        .map(|name| state.ewma.get(name).map_or(0, |m| m.count()))
+        .collect()
 }
 
 /// The item an action example is about, from the generator's rule (`r-act-<n>` → item index).
@@ -159,12 +212,12 @@ fn id_item(example_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_replicas_give_the_state_of_a_clean_run() -> anyhow::Result<()> {
     let clean = replay("the clean run", async |stack| {
-        stack.spawn("featurize", &["--batch-size", "32"])?;
+        stack.spawn("featurize", &["--batch-size", "32", AT_ONCE[0], AT_ONCE[1]])?;
         publish(stack).await
     })
     .await?;
     let killed = replay("the run killed six times", async |stack| {
-        let args = ["--batch-size", "16"];
+        let args = ["--batch-size", "16", AT_ONCE[0], AT_ONCE[1]];
         let mut featurize = stack.spawn("featurize", &args)?;
         publish(stack).await?;
         let mut delay = 57u64;
@@ -180,8 +233,18 @@ async fn kills_and_replicas_give_the_state_of_a_clean_run() -> anyhow::Result<()
     assert_same(&clean, &killed, "killed");
     // Two replicas scale across partitions: each works its own durables.
     let replicas = replay("two replicas", async |stack| {
-        stack.spawn("featurize", &["--batch-size", "16", "--partition", "0,1"])?;
-        stack.spawn("featurize", &["--batch-size", "16", "--partition", "2,3"])?;
+        let args = |partitions: &'static str| {
+            [
+                "--batch-size",
+                "16",
+                "--partition",
+                partitions,
+                AT_ONCE[0],
+                AT_ONCE[1],
+            ]
+        };
+        stack.spawn("featurize", &args("0,1"))?;
+        stack.spawn("featurize", &args("2,3"))?;
         publish(stack).await
     })
     .await?;
@@ -189,8 +252,9 @@ async fn kills_and_replicas_give_the_state_of_a_clean_run() -> anyhow::Result<()
     // Two replicas of one durable: one works, the other stands by and takes over when the first
     // is killed.
     let standby = replay("a standby taking over", async |stack| {
-        let first = stack.spawn("featurize", &["--batch-size", "16"])?;
-        stack.spawn("featurize", &["--batch-size", "16"])?;
+        let args = ["--batch-size", "16", AT_ONCE[0], AT_ONCE[1]];
+        let first = stack.spawn("featurize", &args)?;
+        stack.spawn("featurize", &args)?;
         publish(stack).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         stack.process(first).kill()?;

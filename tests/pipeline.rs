@@ -13,7 +13,8 @@ use freshet_tests::{Stack, bookstore_events, eventually};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    stack.spawn("featurize", &[])?;
+    // Every action labelled at once: each becomes one example, in order.
+    stack.spawn("featurize", &["--label-horizon", "0s"])?;
     let train = stack.spawn(
         "train",
         &[
@@ -83,7 +84,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
         .predict(
             "bookstore",
             &PredictRequest {
-                features: Some(vec![0.5; 7]),
+                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
                 ..Default::default()
             },
         )

@@ -11,6 +11,9 @@ use freshet_tests::{Stack, bookstore_events, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// Features per row: the bookstore schema's.
+const N: usize = FEATURE_NAMES.len();
+
 /// A response's status and JSON body (`Null` when the body is not JSON).
 async fn parts(response: reqwest::Response) -> (StatusCode, Option<String>, Value) {
     let status = response.status();
@@ -45,7 +48,8 @@ fn assert_error(got: &(StatusCode, Option<String>, Value), status: StatusCode, w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    stack.spawn("featurize", &[])?;
+    // Every action labelled at once: train sees both labels from the first events.
+    stack.spawn("featurize", &["--label-horizon", "0s"])?;
     stack.spawn(
         "train",
         &[
@@ -109,7 +113,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
         .await?;
     assert!(metrics.contains("freshet_swaps_total"), "{metrics}");
 
-    // Model metadata: the live version and the schema's 7 features.
+    // Model metadata: the live version and the schema's features.
     let (status, _, metadata) = parts(
         http.get(format!("{base}/v2/models/bookstore"))
             .send()
@@ -122,7 +126,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     let version: u64 = metadata["versions"][0].as_str().unwrap().parse()?;
     assert!(version >= 1);
     assert_eq!(metadata["inputs"][0]["name"], "features");
-    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 7]));
+    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, N]));
     assert_eq!(metadata["outputs"][0]["name"], "score");
     assert_eq!(
         metadata["parameters"]["feature_names"],
@@ -139,11 +143,16 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     // Inference, with rows flat or nested, answered by the live version (at least the one the
     // metadata named: train keeps publishing while the test runs).
     let infer_url = format!("{base}/v2/models/bookstore/infer");
-    let rows = [[0.5, 1.0, 0.0, 2.0, 0.1, 3.0, 0.2], [0.0; 7]];
+    let rows = [
+        [
+            0.5, 1.0, 0.0, 0.2, 0.7, 2.0, 0.1, 0.3, 3.0, 0.2, 1.5, 0.4, 0.0, 1.1, 0.7, 0.1,
+        ],
+        [0.0; N],
+    ];
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
     let mut http_prediction_ids = Vec::new();
     for data in [json!(flat), json!(rows)] {
-        let request = json!({"id": "req-1", "inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP32", "data": data}]});
+        let request = json!({"id": "req-1", "inputs": [{"name": "features", "shape": [2, N], "datatype": "FP32", "data": data}]});
         let (status, _, body) = parts(http.post(&infer_url).json(&request).send().await?).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["model_name"], "bookstore");
@@ -207,7 +216,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     // A named version infers only when it is the live one.
     let (status, _, body) = parts(
         http.post(format!("{base}/v2/models/bookstore/versions/999999/infer"))
-            .json(&json!({"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP32", "data": vec![0.0; 7]}]}))
+            .json(&json!({"inputs": [{"name": "features", "shape": [1, N], "datatype": "FP32", "data": vec![0.0; N]}]}))
             .send()
             .await?,
     )
@@ -220,25 +229,25 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
 
     // Bad input: a clear 400 (or 404 for an unknown model) with an error message.
     let one_row = |data: Value, shape: Value| json!({"inputs": [{"name": "features", "shape": shape, "datatype": "FP32", "data": data}]});
-    let mut out_of_range = vec![0.0; 7];
+    let mut out_of_range = vec![0.0; N];
     out_of_range[3] = 1e300;
     let bad: Vec<(&str, String, String, StatusCode)> = vec![
         (
-            "six features",
+            "one feature too few",
             infer_url.clone(),
-            one_row(json!(vec![0.0; 6]), json!([1, 6])).to_string(),
+            one_row(json!(vec![0.0; N - 1]), json!([1, N - 1])).to_string(),
             StatusCode::BAD_REQUEST,
         ),
         (
             "shape and data disagree",
             infer_url.clone(),
-            one_row(json!(vec![0.0; 7]), json!([2, 7])).to_string(),
+            one_row(json!(vec![0.0; N]), json!([2, N])).to_string(),
             StatusCode::BAD_REQUEST,
         ),
         (
             "a value out of range",
             infer_url.clone(),
-            one_row(json!(out_of_range), json!([1, 7])).to_string(),
+            one_row(json!(out_of_range), json!([1, N])).to_string(),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -250,7 +259,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
         (
             "an unknown model",
             format!("{base}/v2/models/nope/infer"),
-            one_row(json!(vec![0.0; 7]), json!([1, 7])).to_string(),
+            one_row(json!(vec![0.0; N]), json!([1, N])).to_string(),
             StatusCode::NOT_FOUND,
         ),
     ];
@@ -308,7 +317,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
             .header("ce-id", "ce-2")
             .header("ce-source", "tests")
             .header("ce-type", "predict_request")
-            .body(json!({"features": vec![0.5; 7]}).to_string())
+            .body(json!({"features": vec![0.5; N]}).to_string())
             .send()
             .await?,
     )

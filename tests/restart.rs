@@ -21,7 +21,11 @@ fn action(n: usize) -> serde_json::Value {
 async fn featurize_resumes_after_a_server_restart() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let port = freshet_tests::stack::free_port()?;
-    let featurize = stack.spawn("featurize", &["--http-port", &port.to_string()])?;
+    // Every view labelled at once, so each event becomes one example.
+    let featurize = stack.spawn(
+        "featurize",
+        &["--http-port", &port.to_string(), "--label-horizon", "0s"],
+    )?;
     for n in 0..500 {
         stack.publish_event(&action(n)).await?;
     }

@@ -12,6 +12,8 @@ use serde_json::json;
 
 const USERS: usize = 10;
 const ACTIONS: usize = 3_000;
+/// featurize's flags: every view labelled at once, so each event becomes one example.
+const ARGS: [&str; 4] = ["--batch-size", "32", "--label-horizon", "0s"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_exits_zero_and_loses_nothing() -> anyhow::Result<()> {
@@ -24,7 +26,7 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() -> anyhow::Result<()>
         );
         stack.publish_event(&event).await?;
     }
-    let first = stack.spawn("featurize", &["--batch-size", "32"])?;
+    let first = stack.spawn("featurize", &ARGS)?;
     // Stop it once it is visibly mid-stream.
     eventually(
         Duration::from_secs(60),
@@ -47,7 +49,7 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing() -> anyhow::Result<()>
         "the stop came mid-stream ({at_stop} of {ACTIONS} done)"
     );
 
-    let second = stack.spawn("featurize", &["--batch-size", "32"])?;
+    let second = stack.spawn("featurize", &ARGS)?;
     assert_every_event_featurized_once(&stack, second).await
 }
 
@@ -104,14 +106,13 @@ async fn sigkill_again_and_again_loses_nothing_and_counts_nothing_twice() -> any
         );
         stack.publish_event(&event).await?;
     }
-    let args = ["--batch-size", "32"];
-    let mut featurize = stack.spawn("featurize", &args)?;
+    let mut featurize = stack.spawn("featurize", &ARGS)?;
     let mut delay = 91u64;
     for _ in 0..6 {
         delay = (delay * 7_919 + 311) % 600 + 100;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         stack.process(featurize).kill()?;
-        featurize = stack.spawn("featurize", &args)?;
+        featurize = stack.spawn("featurize", &ARGS)?;
     }
     assert_every_event_featurized_once(&stack, featurize).await
 }

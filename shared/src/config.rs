@@ -12,6 +12,10 @@ use clap::Args;
 use crate::subjects::{DEFAULT_PREFIX, Subjects};
 use crate::topology::{Topology, TopologyError};
 
+/// Parses a human-readable duration ("5s", "1m", "250ms", "1h 30m"): the `value_parser` of every
+/// duration flag, so all of them read alike.
+pub use humantime::parse_duration;
+
 /// How to reach NATS and prove who we are.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
@@ -138,7 +142,7 @@ pub struct FunctionArgs {
     #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
     /// Longest wait for a batch to fill before handling what has arrived
-    #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_wait: Duration,
     /// Largest event accepted, in bytes; larger ones are dead-lettered as oversized
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]

@@ -27,11 +27,14 @@ pub enum RejectReason {
     OutOfRange,
     /// An example whose shape does not fit the model it names.
     SchemaMismatch,
+    /// An event whose event time lies before every window it belongs to could still accept it:
+    /// behind the watermark by more than the allowed lateness.
+    Late,
 }
 
 impl RejectReason {
     /// Every reason, for metrics pre-registration and status tables.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::MalformedJson,
         RejectReason::Oversized,
         RejectReason::InvalidEnvelope,
@@ -40,6 +43,7 @@ impl RejectReason {
         RejectReason::NonFinite,
         RejectReason::OutOfRange,
         RejectReason::SchemaMismatch,
+        RejectReason::Late,
     ];
 
     /// The stable label of this reason.
@@ -53,6 +57,7 @@ impl RejectReason {
             RejectReason::NonFinite => "non_finite",
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::SchemaMismatch => "schema_mismatch",
+            RejectReason::Late => "late",
         }
     }
 }

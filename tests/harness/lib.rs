@@ -390,7 +390,7 @@ impl ModelWriter {
     ) -> anyhow::Result<freshet::model::Manifest> {
         let rows: Vec<Vec<f32>> = (0..16)
             .map(|i| {
-                (0..7)
+                (0..freshet::features::FEATURE_NAMES.len())
                     .map(|j| ((i * 7 + j + version as usize) % 5) as f32)
                     .collect()
             })

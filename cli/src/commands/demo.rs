@@ -102,7 +102,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     ];
     let mut functions = Vec::new();
     for (binary, extra) in [
-        ("featurize", vec![]),
+        // Every action labelled at once, so the k-th action is the k-th example (see below).
+        (
+            "featurize",
+            vec!["--label-horizon".to_string(), "0s".to_string()],
+        ),
         (
             "train",
             vec![

@@ -2,13 +2,18 @@
 //! entity state read from FEATURES. No NATS, no clock: time comes in as an argument, so every
 //! rule here is tested with plain values.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
+use freshet::aggregates::WindowSpec;
 use freshet::error::{RejectReason, Rejection};
 use freshet::events::{Action, Event, EventData, ExampleData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
-use freshet::features::{self, ItemState, UserState};
-use freshet::ids::ModelName;
+use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
+use freshet::ids::{EntityId, ModelName};
 use freshet::subjects::Subjects;
+
+use crate::labels::{self, ActionEvent, LabelSettings, Labelled};
 
 /// Where a stored event sits: its partition and stream sequence, the exactly-once coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,31 +53,6 @@ pub fn event_time(event: &Event, stored_at: DateTime<Utc>) -> DateTime<Utc> {
     event.time.unwrap_or(stored_at)
 }
 
-/// The training example a user action yields, from the state *before* the action: the model
-/// learns to predict the action from what was known when it happened.
-pub fn example_for_action(
-    model: &ModelName,
-    event_id: &str,
-    action: &UserAction,
-    user: &UserState,
-    item: &ItemState,
-    at: DateTime<Utc>,
-) -> ExampleRecord {
-    ExampleRecord {
-        id: ExampleRecord::id_for(event_id),
-        model: model.clone(),
-        schema: Some((features::SCHEMA_NAME.to_string(), features::SCHEMA_VERSION)),
-        features: features::feature_vector(user, item, at),
-        label: if action.action == Action::Purchase {
-            1.0
-        } else {
-            0.0
-        },
-        source_event: event_id.to_string(),
-        event_time: Some(at),
-    }
-}
-
 /// The example an `example` event carries, as train expects it.
 pub fn example_passthrough(event_id: &str, data: &ExampleData, at: DateTime<Utc>) -> ExampleRecord {
     ExampleRecord {
@@ -107,15 +87,31 @@ pub fn work_for(event: &Event, at: DateTime<Utc>) -> Work {
     }
 }
 
+/// How featurize turns actions into state and examples: the settings every plan and every
+/// replayed mutation use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The model the bookstore examples are for.
+    pub model: ModelName,
+    /// The popularity windows of an item that has none yet (an item keeps the settings it was
+    /// built with).
+    pub popularity: WindowSpec,
+    pub labels: LabelSettings,
+}
+
 /// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
 /// state if a compare-and-set loses to another writer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// A user acted on an item of `category`.
+    /// A user acted on an item of `category`; `features` is the pair's vector before the action,
+    /// which the user's pending views and examples carry.
     UserAction {
         action: Action,
+        item: EntityId,
         category: Option<String>,
         at: DateTime<Utc>,
+        event_id: String,
+        features: Vec<f32>,
         position: Position,
     },
     /// An item was acted on.
@@ -131,6 +127,28 @@ pub enum Mutation {
         at: DateTime<Utc>,
         position: Position,
     },
+    /// An item of the category was acted on.
+    CategoryAction { action: Action, position: Position },
+    /// The user's action at `position` was refused as late.
+    UserRefused { position: Position },
+    /// The event at `position` published examples with these features.
+    Scale {
+        examples: Vec<Vec<f32>>,
+        position: Position,
+    },
+}
+
+impl Mutation {
+    fn position(&self) -> Position {
+        match self {
+            Mutation::UserAction { position, .. }
+            | Mutation::ItemAction { position, .. }
+            | Mutation::NewItem { position, .. }
+            | Mutation::CategoryAction { position, .. }
+            | Mutation::UserRefused { position }
+            | Mutation::Scale { position, .. } => *position,
+        }
+    }
 }
 
 /// The state of one FEATURES key.
@@ -138,42 +156,115 @@ pub enum Mutation {
 pub enum EntityState {
     User(UserState),
     Item(ItemState),
+    Category(CategoryState),
+    Scaling(ScalingState),
 }
 
 impl EntityState {
-    /// Applies a mutation unless its position was already applied. Returns whether it changed.
-    pub fn apply(&mut self, mutation: &Mutation) -> bool {
-        match (self, mutation) {
+    /// The empty state of `key`, by its prefix; `None` for a key featurize does not keep.
+    pub fn empty(key: &str) -> Option<EntityState> {
+        let (prefix, _) = key.split_once('.')?;
+        Some(match prefix {
+            "user" => EntityState::User(UserState::default()),
+            "item" => EntityState::Item(ItemState::default()),
+            "category" => EntityState::Category(CategoryState::default()),
+            "scaling" => EntityState::Scaling(ScalingState::default()),
+            _ => return None,
+        })
+    }
+
+    /// Decodes the stored state of `key`.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<EntityState, StateError> {
+        let error = |source| StateError::Decode {
+            key: key.to_string(),
+            source,
+        };
+        match EntityState::empty(key) {
+            Some(EntityState::User(_)) => serde_json::from_slice(bytes).map(EntityState::User),
+            Some(EntityState::Item(_)) => serde_json::from_slice(bytes).map(EntityState::Item),
+            Some(EntityState::Category(_)) => {
+                serde_json::from_slice(bytes).map(EntityState::Category)
+            }
+            Some(EntityState::Scaling(_)) => {
+                serde_json::from_slice(bytes).map(EntityState::Scaling)
+            }
+            None => return Err(StateError::UnknownKey(key.to_string())),
+        }
+        .map_err(error)
+    }
+
+    /// The JSON stored for this state.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            EntityState::User(user) => serde_json::to_vec(user),
+            EntityState::Item(item) => serde_json::to_vec(item),
+            EntityState::Category(category) => serde_json::to_vec(category),
+            EntityState::Scaling(scaling) => serde_json::to_vec(scaling),
+        }
+        .expect("entity state is plain data with finite numbers and always serialises")
+    }
+
+    fn applied(&self) -> &Applied {
+        match self {
+            EntityState::User(user) => &user.applied,
+            EntityState::Item(item) => &item.applied,
+            EntityState::Category(category) => &category.applied,
+            EntityState::Scaling(scaling) => &scaling.applied,
+        }
+    }
+
+    fn applied_mut(&mut self) -> &mut Applied {
+        match self {
+            EntityState::User(user) => &mut user.applied,
+            EntityState::Item(item) => &mut item.applied,
+            EntityState::Category(category) => &mut category.applied,
+            EntityState::Scaling(scaling) => &mut scaling.applied,
+        }
+    }
+
+    /// Applies a mutation unless its position was already applied. Returns `None` if nothing
+    /// changed, else the examples a user action labelled (none for other mutations). Replaying a
+    /// user action on the same state labels the same examples.
+    pub fn apply(&mut self, mutation: &Mutation, settings: &Settings) -> Option<Vec<Labelled>> {
+        let position = mutation.position();
+        if self
+            .applied()
+            .contains(position.partition, position.sequence)
+        {
+            return None;
+        }
+        let labelled = match (&mut *self, mutation) {
             (
                 EntityState::User(user),
                 Mutation::UserAction {
                     action,
+                    item,
                     category,
                     at,
-                    position,
+                    event_id,
+                    features,
+                    ..
                 },
             ) => {
-                if user.applied.contains(position.partition, position.sequence) {
-                    return false;
-                }
+                let labelled = labels::label(
+                    user,
+                    ActionEvent {
+                        action: *action,
+                        item,
+                        at: *at,
+                        event_id,
+                        features,
+                    },
+                    &settings.labels,
+                );
                 user.apply(*action, category.as_deref(), *at);
-                user.applied.record(position.partition, position.sequence);
-                true
+                labelled
             }
-            (
-                EntityState::Item(item),
-                Mutation::ItemAction {
-                    action,
-                    at,
-                    position,
-                },
-            ) => {
-                if item.applied.contains(position.partition, position.sequence) {
-                    return false;
-                }
-                item.apply_action(*action, *at);
-                item.applied.record(position.partition, position.sequence);
-                true
+            (EntityState::Item(item), Mutation::ItemAction { action, at, .. }) => {
+                // An action judged on time when planned that another partition's events made
+                // late since: counted, left out of the final windows (see ItemState).
+                let _ = item.apply_action(*action, *at, &settings.popularity);
+                Vec::new()
             }
             (
                 EntityState::Item(item),
@@ -181,20 +272,48 @@ impl EntityState {
                     category,
                     price,
                     at,
-                    position,
+                    ..
                 },
             ) => {
-                if item.applied.contains(position.partition, position.sequence) {
-                    return false;
-                }
                 item.apply_new_item(category, *price, *at);
-                item.applied.record(position.partition, position.sequence);
-                true
+                Vec::new()
             }
-            // Keys are derived from the event, so a user key never meets an item mutation.
-            _ => false,
-        }
+            (EntityState::Category(category), Mutation::CategoryAction { action, .. }) => {
+                category.apply(*action);
+                Vec::new()
+            }
+            (EntityState::User(user), Mutation::UserRefused { position }) => {
+                // `refuse` marks the position itself.
+                user.refuse(position.partition, position.sequence);
+                return Some(Vec::new());
+            }
+            (EntityState::Scaling(scaling), Mutation::Scale { examples, .. }) => {
+                for features in examples {
+                    // feature_vector's values are finite and far inside the aggregates' bound,
+                    // so no update is refused.
+                    let _ = scaling.observe(features);
+                }
+                Vec::new()
+            }
+            // Keys are derived from the event, so a key never meets another kind's mutation.
+            _ => return None,
+        };
+        self.applied_mut()
+            .record(position.partition, position.sequence);
+        Some(labelled)
     }
+}
+
+/// Why a stored state could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("FEATURES {key}: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("FEATURES {0} is not a key featurize keeps")]
+    UnknownKey(String),
 }
 
 /// One routed event of a batch, ready to plan.
@@ -206,21 +325,46 @@ pub struct Routed {
     pub work: Work,
 }
 
-/// What a batch does: the examples to publish, and per FEATURES key, the mutations to write.
+/// What a batch does: the examples to publish, per FEATURES key the mutations to write, and the
+/// events refused (by their index in the batch).
 #[derive(Debug, Default, PartialEq)]
 pub struct BatchPlan {
     pub examples: Vec<ExampleRecord>,
-    pub mutations: std::collections::BTreeMap<String, Vec<Mutation>>,
+    pub mutations: BTreeMap<String, Vec<Mutation>>,
+    pub rejected: Vec<(usize, Rejection)>,
 }
 
-/// The FEATURES keys a batch reads.
-pub fn keys_of(batch: &[Routed]) -> std::collections::BTreeSet<String> {
-    let mut keys = std::collections::BTreeSet::new();
+/// The order of a batch's writes, lowest first; the keys of one phase are written concurrently.
+///
+/// A user's state is the record of which of the user's actions were decided, applied or refused
+/// as late, and of which examples went out: once it holds an action, a redelivery publishes the
+/// action's examples no more. So the scaling states, which fold those examples in, are written
+/// before it (as the examples are published before any state), and the items and categories the
+/// actions touch after it: a key of a later phase never holds an action its user has not
+/// recorded. An action its user lacks has then left no trace in any state but a scaling one (which
+/// skips it by its mark), and a replay may judge it afresh; an action its user holds is replayed
+/// on the other keys as it was decided.
+pub fn write_phase(key: &str) -> u8 {
+    if key.starts_with("scaling.") {
+        0
+    } else if key.starts_with("user.") {
+        1
+    } else {
+        2
+    }
+}
+
+/// The FEATURES keys a batch reads before planning: its users and items, and the scaling state
+/// of each partition it has user actions from. The categories are known only once the items
+/// are read: see [`category_keys_of`].
+pub fn keys_of(model: &ModelName, batch: &[Routed]) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
     for routed in batch {
         match &routed.work {
             Work::UserAction(action) => {
                 keys.insert(features::user_key(&action.user));
                 keys.insert(features::item_key(&action.item));
+                keys.insert(features::scaling_key(model, routed.position.partition));
             }
             Work::NewItem(item) => {
                 keys.insert(features::item_key(&item.item));
@@ -231,80 +375,71 @@ pub fn keys_of(batch: &[Routed]) -> std::collections::BTreeSet<String> {
     keys
 }
 
-/// Plans a batch in stream order against `states` (the states read, updated in place). An event
-/// whose user state already holds its position was fully handled before a redelivery: it yields
-/// no example, and its mutations change nothing.
-pub fn plan_batch(
-    model: &ModelName,
+/// The category keys a batch's plan touches, given the item states read: the category of each
+/// item acted on, and each category a `new_item` of the batch gives (it may be the item's
+/// category by the time a later action of the batch is planned).
+pub fn category_keys_of(
     batch: &[Routed],
-    states: &mut std::collections::BTreeMap<String, EntityState>,
-) -> BatchPlan {
-    let mut plan = BatchPlan::default();
+    states: &BTreeMap<String, EntityState>,
+) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
     for routed in batch {
         match &routed.work {
             Work::UserAction(action) => {
-                let user_key = features::user_key(&action.user);
-                let item_key = features::item_key(&action.item);
-                let user = match states.get(&user_key) {
-                    Some(EntityState::User(user)) => user.clone(),
-                    _ => UserState::default(),
-                };
-                let item = match states.get(&item_key) {
-                    Some(EntityState::Item(item)) => item.clone(),
-                    _ => ItemState::default(),
-                };
-                if !user
-                    .applied
-                    .contains(routed.position.partition, routed.position.sequence)
+                if let Some(EntityState::Item(item)) = states.get(&features::item_key(&action.item))
+                    && let Some(category) = &item.category
                 {
-                    plan.examples.push(example_for_action(
-                        model,
-                        &routed.event_id,
-                        action,
-                        &user,
-                        &item,
-                        routed.at,
-                    ));
+                    keys.insert(features::category_key(category));
                 }
-                let user_mutation = Mutation::UserAction {
-                    action: action.action,
-                    category: item.category.clone(),
-                    at: routed.at,
-                    position: routed.position,
-                };
-                let item_mutation = Mutation::ItemAction {
-                    action: action.action,
-                    at: routed.at,
-                    position: routed.position,
-                };
-                record(
-                    states,
-                    &mut plan,
-                    user_key,
-                    EntityState::User(user),
-                    user_mutation,
-                );
-                record(
-                    states,
-                    &mut plan,
-                    item_key,
-                    EntityState::Item(item),
-                    item_mutation,
-                );
+            }
+            Work::NewItem(item) => {
+                keys.insert(features::category_key(&item.category));
+            }
+            Work::Example(_) | Work::Nothing => {}
+        }
+    }
+    keys
+}
+
+/// The state of `key` as planned so far, or the empty one.
+fn state_of(states: &BTreeMap<String, EntityState>, key: &str) -> Option<EntityState> {
+    states.get(key).cloned().or_else(|| EntityState::empty(key))
+}
+
+/// Plans a batch in stream order against `states` (the states read, updated in place).
+///
+/// A user action too late for every popularity window of its item is refused as
+/// [`RejectReason::Late`] and has no effect: no count, no window, no label, no example; only its
+/// user's state records the refusal. Each action is judged once: one its user's state already
+/// holds was decided by an earlier attempt (a redelivery after a partial write), and is refused
+/// again if it was refused, else its mutations are replayed where missing, with no examples (the
+/// user's state says they went out). Only an action its user lacks (see [`write_phase`]) is
+/// judged, and an item's watermark never moves back, so a refused action stays refused. The one
+/// case that can differ: an action accepted by an attempt that failed before its user was
+/// written, whose item another partition moved past it in between, is refused on the replay, and
+/// the examples the first attempt published stay published.
+pub fn plan_batch(
+    settings: &Settings,
+    batch: &[Routed],
+    states: &mut BTreeMap<String, EntityState>,
+) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    for (index, routed) in batch.iter().enumerate() {
+        match &routed.work {
+            Work::UserAction(action) => {
+                if let Err(rejection) = plan_action(settings, routed, action, states, &mut plan) {
+                    plan.rejected.push((index, rejection));
+                }
             }
             Work::NewItem(new_item) => {
                 let key = features::item_key(&new_item.item);
-                let item = match states.get(&key) {
-                    Some(EntityState::Item(item)) => item.clone(),
-                    _ => ItemState::default(),
-                };
                 let mutation = Mutation::NewItem {
                     category: new_item.category.clone(),
                     price: new_item.price,
                     at: routed.at,
                     position: routed.position,
                 };
-                record(states, &mut plan, key, EntityState::Item(item), mutation);
+                record(states, &mut plan, &key, mutation, settings);
             }
             Work::Example(record) => plan.examples.push(record.clone()),
             Work::Nothing => {}
@@ -313,42 +448,218 @@ pub fn plan_batch(
     plan
 }
 
-fn record(
-    states: &mut std::collections::BTreeMap<String, EntityState>,
+fn plan_action(
+    settings: &Settings,
+    routed: &Routed,
+    action: &UserAction,
+    states: &mut BTreeMap<String, EntityState>,
     plan: &mut BatchPlan,
-    key: String,
-    mut state: EntityState,
+) -> Result<(), Rejection> {
+    let position = routed.position;
+    let user_key = features::user_key(&action.user);
+    let item_key = features::item_key(&action.item);
+    let user = match states.get(&user_key) {
+        Some(EntityState::User(user)) => user.clone(),
+        _ => UserState::default(),
+    };
+    let item = match states.get(&item_key) {
+        Some(EntityState::Item(item)) => item.clone(),
+        _ => ItemState::default(),
+    };
+    let category_key = item.category.as_deref().map(features::category_key);
+    let category = match category_key
+        .as_deref()
+        .and_then(|key| state_of(states, key))
+    {
+        Some(EntityState::Category(category)) => category,
+        _ => CategoryState::default(),
+    };
+    if user.has_refused(position.partition, position.sequence) {
+        return Err(Rejection::new(
+            RejectReason::Late,
+            "time",
+            format!(
+                "event at {} was refused as late for its item's windows when first handled",
+                routed.at
+            ),
+        ));
+    }
+    let decided = user.applied.contains(position.partition, position.sequence);
+    if !decided && let Err(late) = item.check_late(routed.at, &settings.popularity) {
+        let refused = Mutation::UserRefused { position };
+        record(states, plan, &user_key, refused, settings);
+        return Err(Rejection::new(RejectReason::Late, "time", late.to_string()));
+    }
+    let features = features::feature_vector(&user, &item, &category, routed.at);
+    let user_mutation = Mutation::UserAction {
+        action: action.action,
+        item: action.item.clone(),
+        category: item.category.clone(),
+        at: routed.at,
+        event_id: routed.event_id.clone(),
+        features,
+        position,
+    };
+    let labelled = record(states, plan, &user_key, user_mutation, settings).unwrap_or_default();
+    let item_mutation = Mutation::ItemAction {
+        action: action.action,
+        at: routed.at,
+        position,
+    };
+    record(states, plan, &item_key, item_mutation, settings);
+    if let Some(key) = &category_key {
+        let mutation = Mutation::CategoryAction {
+            action: action.action,
+            position,
+        };
+        record(states, plan, key, mutation, settings);
+    }
+    if !labelled.is_empty() {
+        let scaling_key = features::scaling_key(&settings.model, position.partition);
+        let mutation = Mutation::Scale {
+            examples: labelled.iter().map(|l| l.features.clone()).collect(),
+            position,
+        };
+        record(states, plan, &scaling_key, mutation, settings);
+        plan.examples
+            .extend(labelled.into_iter().map(|l| example_of(&settings.model, l)));
+    }
+    Ok(())
+}
+
+/// The example record of a labelled example of the bookstore schema.
+fn example_of(model: &ModelName, labelled: Labelled) -> ExampleRecord {
+    ExampleRecord {
+        id: ExampleRecord::id_for(&labelled.source_event),
+        model: model.clone(),
+        schema: Some((features::SCHEMA_NAME.to_string(), features::SCHEMA_VERSION)),
+        features: labelled.features,
+        label: labelled.label,
+        source_event: labelled.source_event,
+        event_time: Some(labelled.at),
+    }
+}
+
+/// Applies `mutation` to the planned state of `key` and, if it changed anything, records it for
+/// writing; returns what [`EntityState::apply`] returned.
+fn record(
+    states: &mut BTreeMap<String, EntityState>,
+    plan: &mut BatchPlan,
+    key: &str,
     mutation: Mutation,
-) {
-    if state.apply(&mutation) {
+    settings: &Settings,
+) -> Option<Vec<Labelled>> {
+    let mut state = state_of(states, key)?;
+    let applied = state.apply(&mutation, settings);
+    if applied.is_some() {
         plan.mutations
-            .entry(key.clone())
+            .entry(key.to_string())
             .or_default()
             .push(mutation);
     }
-    states.insert(key, state);
+    states.insert(key.to_string(), state);
+    applied
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
-    use freshet::ids::EntityId;
+    use std::time::Duration;
 
+    use chrono::TimeDelta;
+    use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
+    use freshet::features::{FEATURE_NAMES, popularity_spec};
+
+    use super::*;
+    use crate::labels::NegativeRate;
+
+    /// A time `s` seconds after a whole minute.
     fn at(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+        DateTime::from_timestamp(1_699_999_980 + s, 0).unwrap()
     }
 
-    fn view(user: &str, item: &str, action: Action) -> UserAction {
-        UserAction {
+    fn settings(horizon_s: i64) -> Settings {
+        Settings {
+            model: ModelName::parse("bookstore").unwrap(),
+            popularity: popularity_spec(Duration::from_secs(5), Duration::from_secs(60)).unwrap(),
+            labels: LabelSettings {
+                horizon: TimeDelta::seconds(horizon_s),
+                out_of_orderness: TimeDelta::seconds(5),
+                negative_rate: NegativeRate::ALL,
+            },
+        }
+    }
+
+    fn user_action(user: &str, item: &str, action: Action) -> Work {
+        Work::UserAction(UserAction {
             user: EntityId::parse(user).unwrap(),
             item: EntityId::parse(item).unwrap(),
             action,
-        }
+        })
+    }
+
+    fn new_item(item: &str, category: &str) -> Work {
+        Work::NewItem(NewItem {
+            item: EntityId::parse(item).unwrap(),
+            category: category.into(),
+            price: 9.5,
+        })
     }
 
     fn event(json: serde_json::Value) -> Event {
         decode(&serde_json::to_vec(&json).unwrap(), DEFAULT_MAX_EVENT_BYTES).unwrap()
+    }
+
+    /// Event `e<seq>` of partition 1 at `t` seconds.
+    fn routed_at(seq: u64, t: i64, work: Work) -> Routed {
+        Routed {
+            event_id: format!("e{seq}"),
+            position: Position {
+                partition: 1,
+                sequence: seq,
+            },
+            at: at(t),
+            work,
+        }
+    }
+
+    fn routed(seq: u64, work: Work) -> Routed {
+        routed_at(seq, seq as i64, work)
+    }
+
+    fn user(states: &BTreeMap<String, EntityState>, key: &str) -> UserState {
+        match &states[key] {
+            EntityState::User(user) => user.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn item(states: &BTreeMap<String, EntityState>, key: &str) -> ItemState {
+        match &states[key] {
+            EntityState::Item(item) => item.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn category(states: &BTreeMap<String, EntityState>, key: &str) -> CategoryState {
+        match &states[key] {
+            EntityState::Category(category) => category.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ids_and_labels(plan: &BatchPlan) -> Vec<(&str, f32)> {
+        plan.examples
+            .iter()
+            .map(|e| (e.id.as_str(), e.label))
+            .collect()
+    }
+
+    /// The refused events, by index, with reason and field (the detail names the watermark).
+    fn refusals(plan: &BatchPlan) -> Vec<(usize, RejectReason, &str)> {
+        plan.rejected
+            .iter()
+            .map(|(i, r)| (*i, r.reason, r.field.as_str()))
+            .collect()
     }
 
     #[test]
@@ -376,56 +687,52 @@ mod tests {
         }
     }
 
-    fn routed(seq: u64, work: Work) -> Routed {
-        Routed {
-            event_id: format!("e{seq}"),
-            position: Position {
-                partition: 1,
-                sequence: seq,
-            },
-            at: at(seq as i64),
-            work,
-        }
-    }
-
     #[test]
-    fn a_batch_applies_each_position_once_and_in_order() {
-        let model = ModelName::parse("bookstore").unwrap();
-        let new_item = NewItem {
-            item: EntityId::parse("b1").unwrap(),
-            category: "poetry".into(),
-            price: 9.5,
-        };
+    fn a_zero_horizon_gives_an_example_per_action_once_and_in_order() {
+        let settings = settings(0);
         let batch = vec![
-            routed(1, Work::NewItem(new_item)),
-            routed(2, Work::UserAction(view("u1", "b1", Action::View))),
-            routed(3, Work::UserAction(view("u1", "b1", Action::Purchase))),
+            routed(1, new_item("b1", "poetry")),
+            routed(2, user_action("u1", "b1", Action::View)),
+            routed(3, user_action("u1", "b1", Action::AddToCart)),
+            routed(4, user_action("u1", "b1", Action::Purchase)),
         ];
-        let mut states = Default::default();
-        let plan = plan_batch(&model, &batch, &mut states);
-        assert_eq!(plan.examples.len(), 2);
-        assert_eq!((plan.examples[0].label, plan.examples[1].label), (0.0, 1.0));
-        // The purchase's example saw the view before it: the state moves through the batch.
-        let viewed = UserState {
-            views: 1,
-            ..Default::default()
-        };
+        let mut states = BTreeMap::new();
+        let plan = plan_batch(&settings, &batch, &mut states);
         assert_eq!(
-            plan.examples[1].features[0],
-            features::feature_vector(&viewed, &ItemState::default(), at(3))[0]
+            ids_and_labels(&plan),
+            [("ex-e2", 0.0), ("ex-e3", 0.0), ("ex-e4", 1.0)]
         );
-        assert_eq!(plan.mutations["user.u1"].len(), 2);
-        assert_eq!(plan.mutations["item.b1"].len(), 3);
-        match &states["user.u1"] {
-            EntityState::User(user) => assert_eq!(
-                (user.views, user.purchases, user.category_views["poetry"]),
-                (1, 1, 1)
-            ),
+        assert!(plan.rejected.is_empty());
+        let example = &plan.examples[2];
+        assert_eq!(example.features.len(), FEATURE_NAMES.len());
+        assert_eq!(example.schema, Some(("bookstore".to_string(), 3)));
+        assert_eq!(example.event_time, Some(at(4)));
+        // The purchase's example saw the view and the cart before it: the state moves through
+        // the batch.
+        let (views, carts) = (example.features[0], example.features[1]);
+        assert_eq!((views, carts), (2f32.ln(), 2f32.ln()));
+        assert_eq!(plan.mutations["user.u1"].len(), 3);
+        assert_eq!(plan.mutations["item.b1"].len(), 4);
+        assert_eq!(plan.mutations["category.poetry"].len(), 3);
+        assert_eq!(plan.mutations["scaling.bookstore.1"].len(), 3);
+        let u = user(&states, "user.u1");
+        assert_eq!(
+            (u.views, u.carts, u.purchases, u.category_views["poetry"]),
+            (1, 1, 1, 1)
+        );
+        let c = category(&states, "category.poetry");
+        assert_eq!((c.views, c.carts, c.purchases), (1, 1, 1));
+        let windows = item(&states, "item.b1").popularity.unwrap();
+        assert_eq!(windows.recent(at(4), 1).unwrap().count, 3);
+        match &states["scaling.bookstore.1"] {
+            EntityState::Scaling(s) => {
+                assert_eq!(s.ewma.get(FEATURE_NAMES[0]).unwrap().count(), 3)
+            }
             other => panic!("{other:?}"),
         }
 
         // Redelivered after the states were written: no example, no mutation.
-        let again = plan_batch(&model, &batch, &mut states);
+        let again = plan_batch(&settings, &batch, &mut states);
         assert!(
             again.examples.is_empty() && again.mutations.is_empty(),
             "{again:?}"
@@ -433,7 +740,202 @@ mod tests {
     }
 
     #[test]
+    fn a_view_waits_for_its_label_and_a_purchase_makes_it_positive() {
+        let settings = settings(600);
+        let mut states = BTreeMap::new();
+        let first = vec![
+            routed(1, new_item("b1", "poetry")),
+            routed_at(2, 10, user_action("u1", "b1", Action::View)),
+            routed_at(3, 20, user_action("u1", "b2", Action::View)),
+        ];
+        let plan = plan_batch(&settings, &first, &mut states);
+        assert!(plan.examples.is_empty(), "views wait");
+        assert!(!plan.mutations.contains_key("scaling.bookstore.1"));
+        let view_features = user(&states, "user.u1").pending[0].features.clone();
+        let second = vec![
+            routed_at(4, 300, user_action("u1", "b1", Action::Purchase)),
+            // The user's next event after b2's horizon labels it 0.
+            routed_at(5, 630, user_action("u1", "b3", Action::View)),
+        ];
+        let plan = plan_batch(&settings, &second, &mut states);
+        assert_eq!(ids_and_labels(&plan), [("ex-e2", 1.0), ("ex-e3", 0.0)]);
+        assert_eq!(plan.examples[0].features, view_features, "as at the view");
+        assert_eq!(plan.examples[0].event_time, Some(at(10)));
+        assert_eq!(plan.examples[0].source_event, "e2");
+        assert_eq!(plan.mutations["scaling.bookstore.1"].len(), 2);
+        let pending: Vec<String> = user(&states, "user.u1")
+            .pending
+            .iter()
+            .map(|v| v.event.clone())
+            .collect();
+        assert_eq!(pending, ["e5"]);
+    }
+
+    #[test]
+    fn a_late_action_is_refused_entirely_and_the_batch_goes_on() {
+        let settings = settings(0);
+        let batch = vec![
+            routed_at(1, 600, user_action("u1", "b1", Action::View)),
+            // Its minute [420, 480) was final at 540 s; the watermark is 595 s.
+            routed_at(2, 470, user_action("u2", "b1", Action::Purchase)),
+            // Within the lateness: the window [480, 540) is final only at 600 s.
+            routed_at(3, 530, user_action("u2", "b1", Action::View)),
+        ];
+        let mut states = BTreeMap::new();
+        let plan = plan_batch(&settings, &batch, &mut states);
+        assert_eq!(plan.rejected.len(), 1);
+        let (index, rejection) = &plan.rejected[0];
+        assert_eq!(
+            (*index, rejection.reason, rejection.field.as_str()),
+            (1, RejectReason::Late, "time")
+        );
+        assert_eq!(RejectReason::Late.as_str(), "late");
+        assert_eq!(ids_and_labels(&plan), [("ex-e1", 0.0), ("ex-e3", 0.0)]);
+        let u2 = user(&states, "user.u2");
+        assert_eq!((u2.views, u2.purchases), (1, 0), "no trace of the purchase");
+        assert_eq!(u2.last_event_at, Some(at(530)));
+        let b1 = item(&states, "item.b1");
+        assert_eq!((b1.views, b1.purchases), (2, 0));
+        assert_eq!(
+            b1.popularity.unwrap().late_count(),
+            0,
+            "judged, never applied"
+        );
+        // The refusal is the one trace, on the user, so that a replay refuses it again.
+        let at_2: Vec<&Mutation> = plan
+            .mutations
+            .values()
+            .flatten()
+            .filter(|m| m.position().sequence == 2)
+            .collect();
+        assert!(
+            matches!(at_2[..], [Mutation::UserRefused { .. }]),
+            "{at_2:?}"
+        );
+        assert_eq!(u2.refused, [(1, 2)]);
+        let again = plan_batch(&settings, &batch, &mut states);
+        assert_eq!(refusals(&again), refusals(&plan), "refused again");
+        assert!(again.examples.is_empty() && again.mutations.is_empty());
+    }
+
+    #[test]
+    fn an_action_its_user_holds_is_never_judged_late_again() {
+        let settings = settings(0);
+        let view = routed_at(1, 10, user_action("u1", "b1", Action::View));
+        let mut states = BTreeMap::new();
+        plan_batch(&settings, std::slice::from_ref(&view), &mut states);
+        // The user was written, the item was not; meanwhile another partition moved the item's
+        // watermark far past the view.
+        let mut b1 = ItemState::default();
+        b1.apply_action(Action::View, at(4000), &settings.popularity)
+            .unwrap();
+        states.insert("item.b1".into(), EntityState::Item(b1));
+        let plan = plan_batch(&settings, &[view], &mut states);
+        assert!(plan.rejected.is_empty());
+        assert!(plan.examples.is_empty(), "its example went out before");
+        assert_eq!(plan.mutations.keys().collect::<Vec<_>>(), ["item.b1"]);
+        // Counted; its final window is left as it was.
+        let b1 = item(&states, "item.b1");
+        assert_eq!(b1.views, 2);
+        assert_eq!(b1.popularity.unwrap().late_count(), 1);
+    }
+
+    #[test]
+    fn a_replay_after_any_partial_write_ends_where_a_clean_run_does() {
+        let settings = settings(600);
+        let batch = vec![
+            routed(1, new_item("b1", "poetry")),
+            routed_at(2, 10, user_action("u1", "b1", Action::View)),
+            routed_at(3, 20, user_action("u1", "b1", Action::Purchase)),
+            routed_at(4, 30, user_action("u1", "b2", Action::View)),
+            routed_at(5, 900, user_action("u1", "b1", Action::View)),
+            // Late for b1 (its window [60, 120) was final at 180 s), then an action past it.
+            routed_at(6, 100, user_action("u1", "b1", Action::Purchase)),
+            routed_at(7, 910, user_action("u1", "b2", Action::View)),
+        ];
+        let mut clean = BTreeMap::new();
+        let clean_plan = plan_batch(&settings, &batch, &mut clean);
+        assert_eq!(
+            ids_and_labels(&clean_plan),
+            [("ex-e2", 1.0), ("ex-e4", 0.0)]
+        );
+        assert_eq!(clean_plan.rejected.len(), 1);
+        let keys: Vec<String> = clean_plan.mutations.keys().cloned().collect();
+        let written = |mask: u32, key: &str| {
+            keys.iter()
+                .position(|k| k == key)
+                .is_some_and(|i| mask & (1 << i) != 0)
+        };
+        // Every subset of the keys written before a crash that the write phases allow.
+        for mask in 0..(1u32 << keys.len()) {
+            let phase_started = |phase: u8| {
+                keys.iter()
+                    .any(|key| write_phase(key) == phase && written(mask, key))
+            };
+            let phase_done = |phase: u8| {
+                keys.iter()
+                    .filter(|key| write_phase(key) == phase)
+                    .all(|key| written(mask, key))
+            };
+            if (phase_started(1) && !phase_done(0)) || (phase_started(2) && !phase_done(1)) {
+                continue;
+            }
+            let mut stored: BTreeMap<String, EntityState> = keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, key)| (key.clone(), clean[key].clone()))
+                .collect();
+            let replay = plan_batch(&settings, &batch, &mut stored);
+            // Every count, window, mark and pending view as in the clean run. Feature values
+            // are left out: those of a replayed action come from item and category states that
+            // may already hold later events, as between any two interleavings of partitions.
+            assert_eq!(fingerprint(&stored), fingerprint(&clean), "mask {mask:b}");
+            assert_eq!(refusals(&replay), refusals(&clean_plan), "mask {mask:b}");
+            if written(mask, "user.u1") {
+                assert!(replay.examples.is_empty());
+            } else {
+                assert_eq!(ids_and_labels(&replay), ids_and_labels(&clean_plan));
+            }
+        }
+        // With nothing written, the replay is the clean run, feature values included.
+        let mut stored = BTreeMap::new();
+        assert_eq!(plan_batch(&settings, &batch, &mut stored), clean_plan);
+        assert_eq!(stored, clean);
+    }
+
+    /// The states with feature values blanked out (pending views keep their item, time and id;
+    /// scaling states their counts and marks).
+    fn fingerprint(states: &BTreeMap<String, EntityState>) -> BTreeMap<String, EntityState> {
+        let mut states = states.clone();
+        for state in states.values_mut() {
+            match state {
+                EntityState::User(user) => {
+                    for view in &mut user.pending {
+                        view.features.clear();
+                    }
+                }
+                EntityState::Scaling(scaling) => {
+                    let counts: Vec<f32> = FEATURE_NAMES
+                        .iter()
+                        .map(|name| scaling.ewma.get(name).map_or(0, |m| m.count()) as f32)
+                        .collect();
+                    let mut blank = ScalingState {
+                        applied: scaling.applied.clone(),
+                        ..ScalingState::default()
+                    };
+                    blank.observe(&counts).unwrap();
+                    *scaling = blank;
+                }
+                EntityState::Item(_) | EntityState::Category(_) => {}
+            }
+        }
+        states
+    }
+
+    #[test]
     fn mutations_replay_on_a_fresher_state() {
+        let settings = settings(0);
         let mutation = Mutation::ItemAction {
             action: Action::Purchase,
             at: at(0),
@@ -446,29 +948,72 @@ mod tests {
             views: 5,
             ..Default::default()
         });
-        assert!(fresher.apply(&mutation));
-        assert!(!fresher.apply(&mutation), "a position applies once");
+        assert!(fresher.apply(&mutation, &settings).is_some());
+        assert!(
+            fresher.apply(&mutation, &settings).is_none(),
+            "a position applies once"
+        );
         match fresher {
             EntityState::Item(item) => assert_eq!((item.views, item.purchases), (5, 1)),
             other => panic!("{other:?}"),
         }
         let mut user = EntityState::User(UserState::default());
         assert!(
-            !user.apply(&mutation),
+            user.apply(&mutation, &settings).is_none(),
             "a user key never takes an item mutation"
         );
     }
 
     #[test]
-    fn keys_cover_users_and_items() {
+    fn keys_cover_users_items_scaling_and_the_categories_of_items_read() {
+        let model = ModelName::parse("bookstore").unwrap();
         let batch = vec![
-            routed(1, Work::UserAction(view("u1", "b1", Action::View))),
-            routed(2, Work::Nothing),
+            routed(1, user_action("u1", "b1", Action::View)),
+            routed(2, new_item("b2", "Science Fiction")),
+            routed(3, user_action("u1", "b2", Action::View)),
+            routed(4, Work::Nothing),
         ];
         assert_eq!(
-            keys_of(&batch).into_iter().collect::<Vec<_>>(),
-            vec!["item.b1".to_string(), "user.u1".to_string()]
+            keys_of(&model, &batch).into_iter().collect::<Vec<_>>(),
+            ["item.b1", "item.b2", "scaling.bookstore.1", "user.u1"]
         );
+        let mut states = BTreeMap::new();
+        states.insert(
+            "item.b1".to_string(),
+            EntityState::Item(ItemState {
+                category: Some("poetry".into()),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(
+            category_keys_of(&batch, &states)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["category.Science_20Fiction", "category.poetry"]
+        );
+        // Planning touches no key beyond those.
+        let mut read: BTreeSet<String> = keys_of(&model, &batch);
+        read.extend(category_keys_of(&batch, &states));
+        let plan = plan_batch(&settings(0), &batch, &mut states);
+        assert!(plan.mutations.keys().all(|k| read.contains(k)), "{plan:?}");
+        assert_eq!(plan.mutations["category.Science_20Fiction"].len(), 1);
+    }
+
+    #[test]
+    fn states_round_trip_by_key() {
+        for key in ["user.u1", "item.b1", "category.x", "scaling.bookstore.0"] {
+            let state = EntityState::empty(key).unwrap();
+            assert_eq!(EntityState::decode(key, &state.encode()).unwrap(), state);
+        }
+        assert!(EntityState::empty("other.x").is_none());
+        assert!(matches!(
+            EntityState::decode("other.x", b"{}"),
+            Err(StateError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            EntityState::decode("user.u1", b"[1]"),
+            Err(StateError::Decode { .. })
+        ));
     }
 
     #[test]

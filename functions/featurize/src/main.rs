@@ -4,17 +4,24 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod labels;
 mod processor;
 
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::TimeDelta;
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, parse_duration};
+use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 
-/// Streaming features: consumes EVENTS, keeps user and item state in the FEATURES bucket, and
-/// publishes a labelled example per user action to EXAMPLES.
+/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
+/// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
+/// view labels it 1, the horizon passing without one labels it 0.
 #[derive(Debug, Parser)]
 #[command(name = "featurize", version)]
 struct Args {
@@ -28,11 +35,54 @@ struct Args {
     /// replica at a time (a lease in LEASES); a replica that cannot take it stands by
     #[arg(long = "partition", env = "FRESHET_PARTITION", value_delimiter = ',')]
     partition: Vec<u32>,
+    /// How far an item's event-time watermark trails the latest event time seen for it (and a
+    /// user's, for label horizons): events out of order by less are on time
+    #[arg(long = "out-of-orderness", env = "FRESHET_OUT_OF_ORDERNESS", default_value = "5s", value_parser = parse_duration)]
+    out_of_orderness: Duration,
+    /// How long past the watermark an item's one-minute popularity window still takes events. An
+    /// action too late for every window it falls in changes nothing and is dead-lettered as
+    /// "late". Applies to items first acted on after a change (an item keeps its settings)
+    #[arg(long = "allowed-lateness", env = "FRESHET_ALLOWED_LATENESS", default_value = "1m", value_parser = parse_duration)]
+    allowed_lateness: Duration,
+    /// How long after a view or add-to-cart a purchase of the item labels it 1; once the
+    /// user's event time passes it, their next event labels it 0. "0s" labels every action at
+    /// once (1 for a purchase, 0 otherwise)
+    #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = parse_duration)]
+    label_horizon: Duration,
+    /// Share of negative examples published (0 to 1), chosen by a hash of the view's event id so
+    /// a redelivered event decides alike
+    #[arg(
+        long = "negative-rate",
+        env = "FRESHET_NEGATIVE_RATE",
+        default_value_t = labels::NegativeRate::ALL
+    )]
+    negative_rate: labels::NegativeRate,
+}
+
+impl Args {
+    /// The settings featurize plans with, checked.
+    fn settings(&self) -> anyhow::Result<handler::Settings> {
+        let popularity = popularity_spec(self.out_of_orderness, self.allowed_lateness)
+            .context("--out-of-orderness and --allowed-lateness")?;
+        let delta = |flag: &str, d: Duration| {
+            TimeDelta::from_std(d).with_context(|| format!("{flag} is too long"))
+        };
+        Ok(handler::Settings {
+            model: self.model.clone(),
+            popularity,
+            labels: labels::LabelSettings {
+                horizon: delta("--label-horizon", self.label_horizon)?,
+                out_of_orderness: delta("--out-of-orderness", self.out_of_orderness)?,
+                negative_rate: self.negative_rate,
+            },
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let settings = args.settings()?;
     let ctx = FunctionContext::start("featurize", args.function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
@@ -65,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
             js: ctx.js.clone(),
             features: features.clone(),
             subjects: ctx.subjects.clone(),
-            model: args.model.clone(),
+            settings: settings.clone(),
             max_event_bytes: ctx.args.max_event_bytes,
             order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
             mark: None,
@@ -87,4 +137,62 @@ async fn main() -> anyhow::Result<()> {
     });
     futures::future::try_join_all(runs).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(flags: &[&str]) -> anyhow::Result<handler::Settings> {
+        let argv = std::iter::once("featurize").chain(flags.iter().copied());
+        Args::try_parse_from(argv)?.settings()
+    }
+
+    #[test]
+    fn window_and_label_flags_have_defaults_and_are_checked() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(
+            defaults.popularity.out_of_orderness(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            defaults.popularity.allowed_lateness(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(defaults.labels.horizon, TimeDelta::minutes(30));
+        assert_eq!(defaults.labels.out_of_orderness, TimeDelta::seconds(5));
+        assert_eq!(defaults.labels.negative_rate, labels::NegativeRate::ALL);
+
+        let set = settings(&[
+            "--out-of-orderness",
+            "250ms",
+            "--allowed-lateness",
+            "5m",
+            "--label-horizon",
+            "0s",
+            "--negative-rate",
+            "0.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            set.popularity.out_of_orderness(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(set.popularity.allowed_lateness(), Duration::from_secs(300));
+        assert_eq!(set.labels.horizon, TimeDelta::zero());
+        assert_eq!(
+            set.labels.negative_rate,
+            labels::NegativeRate::new(0.2).unwrap()
+        );
+
+        for bad in [
+            &["--negative-rate", "1.5"][..],
+            &["--allowed-lateness", "soon"],
+            // An item would keep more windows than a state may hold.
+            &["--allowed-lateness", "2days"],
+            &["--out-of-orderness", "1us"],
+        ] {
+            assert!(settings(bad).is_err(), "{bad:?}");
+        }
+    }
 }

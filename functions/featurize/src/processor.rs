@@ -1,28 +1,32 @@
 //! featurize's runtime adapter, one batch at a time: read every FEATURES key the batch touches
-//! (concurrently), plan the batch in memory, publish its examples (acks awaited together), then
+//! (concurrently: users, items and the partitions' scaling states first, then the categories of
+//! the items read), plan the batch in memory, publish its examples (acks awaited together), then
 //! write each changed key back by compare-and-set.
 //!
 //! That order is what makes the effect exactly-once. Examples go out first with an id derived from
 //! their event, so a republished one is dropped by JetStream; each entity's state then records the
-//! positions it applied, so a redelivered event finds its mark and changes nothing twice. A write
-//! that loses to another replica re-reads the key and replays the batch's mutations for it.
+//! positions it applied, so a redelivered event finds its mark and changes nothing twice. Keys are
+//! written in phases (see `handler::write_phase`): scaling states, then users, then items and
+//! categories, because a user's state is the record of which of its actions were decided and
+//! which examples went out. A write that loses to another replica re-reads the key and replays
+//! the batch's mutations for it.
+//! Events the plan refuses (too late for their item's windows) are dead-lettered with the rest of
+//! the batch acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
-use freshet::error::Failure;
+use freshet::error::{Failure, Rejection};
 use freshet::events;
 use freshet::examples::ExampleRecord;
-use freshet::features::{ItemState, UserState};
-use freshet::ids::ModelName;
 use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
-use crate::handler::{self, EntityState, Mutation, Position, Routed};
+use crate::handler::{self, EntityState, Mutation, Position, Routed, Settings};
 
 /// How often one state write is retried when another replica wrote the same key in between.
 const MAX_CAS_ATTEMPTS: usize = 32;
@@ -31,8 +35,8 @@ pub struct Featurizer {
     pub js: jetstream::Context,
     pub features: kv::Store,
     pub subjects: Subjects,
-    /// The model the bookstore examples are for.
-    pub model: ModelName,
+    /// The model, windows and labelling the plans follow.
+    pub settings: Settings,
     pub max_event_bytes: usize,
     /// Keeps events in stream order across redeliveries (the entity marks rely on it).
     pub order: OrderGuard,
@@ -102,9 +106,14 @@ impl Processor for Featurizer {
             }
         }
         match self.handle(&routed).await {
-            Ok(()) => {
-                for i in routed_at {
+            Ok(rejected) => {
+                for &i in &routed_at {
                     dispositions[i] = Some(Disposition::Ack);
+                }
+                for (index, rejection) in rejected {
+                    if let Some(&i) = routed_at.get(index) {
+                        dispositions[i] = Some(Disposition::Reject(rejection));
+                    }
                 }
                 // Only now is everything up to `mark` handled.
                 self.mark = Some(mark);
@@ -148,25 +157,80 @@ impl Featurizer {
         })
     }
 
-    async fn handle(&self, batch: &[Routed]) -> Result<(), Failure> {
+    /// Plans and applies a batch; returns the events refused, by their index in `batch`.
+    async fn handle(&self, batch: &[Routed]) -> Result<Vec<(usize, Rejection)>, Failure> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let keys: Vec<String> = handler::keys_of(batch).into_iter().collect();
-        let reads = try_join_all(keys.iter().map(|key| self.read(key))).await?;
-        let mut revisions = BTreeMap::new();
         let mut states = BTreeMap::new();
+        let mut revisions = BTreeMap::new();
+        self.read_all(
+            handler::keys_of(&self.settings.model, batch),
+            &mut states,
+            &mut revisions,
+        )
+        .await?;
+        // An action's category is known only from its item's state.
+        let categories = handler::category_keys_of(batch, &states);
+        self.read_all(categories, &mut states, &mut revisions)
+            .await?;
+        let plan = handler::plan_batch(&self.settings, batch, &mut states);
+        self.publish_examples(&plan.examples).await?;
+        // Phase by phase: see `handler::write_phase`.
+        let phases: BTreeSet<u8> = plan
+            .mutations
+            .keys()
+            .map(|k| handler::write_phase(k))
+            .collect();
+        for phase in phases {
+            try_join_all(
+                plan.mutations
+                    .iter()
+                    .filter(|(key, _)| handler::write_phase(key) == phase)
+                    .map(|(key, mutations)| {
+                        let read = states.remove(key).zip(revisions.get(key).copied());
+                        async move {
+                            match read {
+                                Some((state, revision)) => {
+                                    self.write(key, state, revision, mutations).await
+                                }
+                                // The key sets above are what planning touches; a unit test
+                                // holds them to it.
+                                None => Err(Failure::new(
+                                    format!("update FEATURES {key}"),
+                                    "the plan changed a key that was not read",
+                                )),
+                            }
+                        }
+                    }),
+            )
+            .await?;
+        }
+        if !plan.rejected.is_empty() {
+            tracing::debug!(
+                refused = plan.rejected.len(),
+                "events refused as late for their item's windows"
+            );
+        }
+        Ok(plan.rejected)
+    }
+
+    /// Reads `keys` concurrently into `states` and `revisions`.
+    async fn read_all(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+        states: &mut BTreeMap<String, EntityState>,
+        revisions: &mut BTreeMap<String, u64>,
+    ) -> Result<(), Failure> {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|key| !states.contains_key(key))
+            .collect();
+        let reads = try_join_all(keys.iter().map(|key| self.read(key))).await?;
         for (key, read) in keys.into_iter().zip(reads) {
             revisions.insert(key.clone(), read.revision);
             states.insert(key, read.state);
         }
-        let plan = handler::plan_batch(&self.model, batch, &mut states);
-        self.publish_examples(&plan.examples).await?;
-        try_join_all(plan.mutations.iter().map(|(key, mutations)| {
-            let state = states.remove(key).expect("every planned key was read");
-            self.write(key, state, revisions[key], mutations)
-        }))
-        .await?;
         Ok(())
     }
 
@@ -193,18 +257,12 @@ impl Featurizer {
         let raw = read(&self.features, key).await?;
         // State this version cannot read is a bug or a schema change, not bad input: fail loudly
         // and retry rather than silently starting the entity from scratch.
-        let decode_error = |e| Failure::new(format!("decode FEATURES {key}"), e);
-        let state = if key.starts_with("user.") {
-            EntityState::User(match raw.value {
-                Some(bytes) => serde_json::from_slice::<UserState>(&bytes).map_err(decode_error)?,
-                None => UserState::default(),
-            })
-        } else {
-            EntityState::Item(match raw.value {
-                Some(bytes) => serde_json::from_slice::<ItemState>(&bytes).map_err(decode_error)?,
-                None => ItemState::default(),
-            })
-        };
+        let state = match raw.value {
+            Some(bytes) => EntityState::decode(key, &bytes),
+            None => EntityState::empty(key)
+                .ok_or_else(|| handler::StateError::UnknownKey(key.to_string())),
+        }
+        .map_err(|e| Failure::new(format!("decode FEATURES {key}"), e))?;
         Ok(Read {
             state,
             revision: raw.revision,
@@ -221,20 +279,16 @@ impl Featurizer {
         mutations: &[Mutation],
     ) -> Result<(), Failure> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let bytes = match &state {
-                EntityState::User(user) => serde_json::to_vec(user),
-                EntityState::Item(item) => serde_json::to_vec(item),
-            }
-            .expect("entity state is plain data and always serialises");
-            match compare_and_set(&self.features, key, Bytes::from(bytes), revision).await {
+            let bytes = Bytes::from(state.encode());
+            match compare_and_set(&self.features, key, bytes, revision).await {
                 Ok(_) => return Ok(()),
                 Err(CasError::Conflict { .. }) => {
                     let fresh = self.read(key).await?;
                     state = fresh.state;
                     revision = fresh.revision;
-                    let changed = mutations
-                        .iter()
-                        .fold(false, |changed, m| state.apply(m) | changed);
+                    let changed = mutations.iter().fold(false, |changed, m| {
+                        state.apply(m, &self.settings).is_some() | changed
+                    });
                     if !changed {
                         return Ok(());
                     }

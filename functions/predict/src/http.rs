@@ -831,7 +831,10 @@ mod tests {
         );
         let meta = model_metadata_json(&model, 3, &freshet::features::schema());
         assert_eq!(meta["versions"], json!(["3"]));
-        assert_eq!(meta["inputs"][0]["shape"], json!([-1, 7]));
+        assert_eq!(
+            meta["inputs"][0]["shape"],
+            json!([-1, freshet::features::FEATURE_NAMES.len()])
+        );
         assert_eq!(
             meta["parameters"]["feature_names"],
             json!(freshet::features::FEATURE_NAMES)

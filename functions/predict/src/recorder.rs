@@ -129,10 +129,10 @@ impl Recorder {
         if open.entries.len() >= MAX_BATCH {
             let full = batches.open.take().expect("the open batch was just filled");
             batches.closed.push_back(full);
-            if batches.closed.len() > MAX_CLOSED {
-                if let Some(lost) = batches.closed.pop_front() {
-                    self.metrics.dropped.inc_by(lost.entries.len() as u64);
-                }
+            if batches.closed.len() > MAX_CLOSED
+                && let Some(lost) = batches.closed.pop_front()
+            {
+                self.metrics.dropped.inc_by(lost.entries.len() as u64);
             }
             drop(batches);
             self.wake.notify_one();

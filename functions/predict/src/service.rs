@@ -146,7 +146,9 @@ impl Server {
         Ok((state, raw.revision))
     }
 
-    /// Builds request-time features from FEATURES with the same code featurize uses.
+    /// Builds request-time features from FEATURES with the same code featurize uses. The user and
+    /// item are read from the bucket; the item's category (an aggregate of all its items, which
+    /// moves slowly) comes from the catalogue's watched copy, saving a third, sequential read.
     async fn pair_features(
         &self,
         user: &EntityId,
@@ -157,8 +159,9 @@ impl Server {
             self.read_state::<UserState>(&user_key),
             self.read_state::<ItemState>(&item_key)
         )?;
+        let category = self.catalog.categories().of(&item_state);
         Ok((
-            feature_vector(&user_state, &item_state, Utc::now()),
+            feature_vector(&user_state, &item_state, &category, Utc::now()),
             Provenance {
                 user_revision,
                 item_revision,
@@ -266,10 +269,11 @@ impl Server {
             .read_state::<UserState>(&user_key(&request.user))
             .await?;
         let items = self.catalog.snapshot();
+        let categories = self.catalog.categories();
         let now = Utc::now();
         let rows: Vec<Vec<f32>> = items
             .iter()
-            .map(|item| feature_vector(&user, &item.state, now))
+            .map(|item| feature_vector(&user, &item.state, &categories.of(&item.state), now))
             .collect();
         let scores = model
             .scorer
