@@ -16,12 +16,17 @@ use freshet_tests::{ModelWriter, Stack, eventually};
 const BEFORE: u64 = 600;
 const AFTER: u64 = 600;
 
-/// A bookstore-shaped row whose feature 5 (the item's log price) moves up by 3 after the shift.
+/// The feature that shifts.
+const SHIFTED: usize = 5;
+
+/// A bookstore-shaped row whose feature `SHIFTED` moves up by 3 after the shift.
 fn row(n: u64) -> (Vec<f32>, f32) {
     let wobble = ((n * 7_919) % 100) as f32 / 100.0;
-    let mut features = vec![wobble, 0.1, 0.5, 1.0 + wobble, 0.1, 2.0 + wobble, 0.3];
+    let mut features: Vec<f32> = (0..FEATURE_NAMES.len())
+        .map(|i| i as f32 * 0.1 + wobble)
+        .collect();
     if n >= BEFORE {
-        features[5] += 3.0;
+        features[SHIFTED] += 3.0;
     }
     (features, f32::from(wobble > 0.5))
 }
@@ -85,7 +90,7 @@ async fn a_shift_is_reported_once_across_a_kill_and_nothing_is_counted_twice() -
         .collect();
     assert!(!psi.is_empty(), "the shift is detected: {events:?}");
     for event in &psi {
-        assert_eq!(event["target"], FEATURE_NAMES[5], "{event}");
+        assert_eq!(event["target"], FEATURE_NAMES[SHIFTED], "{event}");
         assert!(
             event["sequence"].as_u64().unwrap() > BEFORE,
             "not before the shift: {event}"

@@ -18,7 +18,11 @@ use object_store::path::Path;
 
 fn raw_request() -> PredictRequest {
     PredictRequest {
-        features: Some(vec![0.5, 0.1, 0.5, 1.0, 0.1, 2.0, 0.3]),
+        features: Some(
+            (0..freshet::features::FEATURE_NAMES.len())
+                .map(|i| 0.1 * i as f64)
+                .collect(),
+        ),
         ..Default::default()
     }
 }

@@ -19,7 +19,7 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
     let subjects = Subjects::default();
 
     let first = topology::provision(&js, &topology, &subjects).await?;
-    assert_eq!(first.len(), 8, "five streams and three buckets: {first:?}");
+    assert_eq!(first.len(), 9, "five streams and four buckets: {first:?}");
     assert!(
         first
             .iter()

@@ -326,7 +326,11 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         &["--http-port", &http_port.to_string(), "--log", "warn"],
     )?;
     let request = PredictRequest {
-        features: Some(vec![0.5, 0.1, 0.5, 1.0, 0.1, 2.0, 0.3]),
+        features: Some(
+            (0..freshet::features::FEATURE_NAMES.len())
+                .map(|i| 0.1 * i as f64)
+                .collect(),
+        ),
         ..Default::default()
     };
     let single = Bytes::from(serde_json::to_vec(&request)?);
@@ -479,7 +483,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     );
 
     let infer = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP32", "data": request.features}]
+        "inputs": [{"name": "features", "shape": [1, freshet::features::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
     }))?);
     let http = Target::Http {
         client: reqwest::Client::new(),

@@ -225,14 +225,17 @@ mod tests {
             reaction: Reaction::TrainCandidate,
             live_version: Some(7),
         };
-        let ex = example(Some(("bookstore", 2)), 7);
+        let ex = example(
+            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
+            freshet::features::FEATURE_NAMES.len(),
+        );
         let event = event(context, &finding(Target::Feature(5)), &ex, published, None);
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
                 "kind": "drift", "model": "bookstore", "detector": "psi",
-                "target": "item_log_price", "feature": 5, "level": "drift", "statistic": 0.31,
+                "target": freshet::features::FEATURE_NAMES[5], "feature": 5, "level": "drift", "statistic": 0.31,
                 "window": {"first": 12, "last": 812, "count": 400}, "sequence": 812,
                 "live_version": 7, "reaction": "train_candidate",
                 "event_time": "2023-11-14T22:13:20Z",
@@ -289,8 +292,14 @@ mod tests {
         let wider = example(None, 3);
         assert!(!follows(&wider, &live));
         assert_eq!(feature_name(2, &wider, Some(&live)), "f2");
-        let bookstore = example(Some(("bookstore", 2)), 7);
-        assert_eq!(feature_name(0, &bookstore, Some(&live)), "user_log_views");
+        let bookstore = example(
+            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
+            freshet::features::FEATURE_NAMES.len(),
+        );
+        assert_eq!(
+            feature_name(0, &bookstore, Some(&live)),
+            freshet::features::FEATURE_NAMES[0]
+        );
     }
 
     #[test]
