@@ -407,8 +407,15 @@ async fn publish_at_rate(
         for event in chunk {
             let subject =
                 subjects.event(event.data.event_type().as_str(), event.data.partition_key());
+            // Stamped as sent, like a live shop's events: the predictor reads request-time
+            // features (recent popularity windows, idle times) on the wall clock, so event time
+            // must run on it too.
+            let stamped = Event {
+                time: Some(chrono::Utc::now()),
+                ..event.clone()
+            };
             let message = PublishMessage::build()
-                .payload(Bytes::from(event.to_json_bytes()))
+                .payload(Bytes::from(stamped.to_json_bytes()))
                 .message_id(&event.id);
             acks.push(js.send_publish(subject, message).await?);
         }
