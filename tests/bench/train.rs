@@ -119,37 +119,79 @@ async fn floor(stack: &Stack, count: u64) -> anyhow::Result<f64> {
     Ok(count as f64 / (done - started).as_secs_f64())
 }
 
-/// Watches the live pointer of `model` and, for every example in `sent`, the first instant a
-/// live version had learned it; stops once the last one is covered or after `timeout`.
-async fn learned_at(
-    pointers: &Pointers,
-    artifacts: &ArtifactStore,
-    model: &ModelName,
-    sent: &BTreeMap<u64, Instant>,
+/// Follows the live pointer of `model` from before a measurement starts: records when each
+/// high-water mark went live, until one reaches the target sent on `target` (or `timeout`).
+fn follow_live(
+    pointers: Pointers,
+    artifacts: ArtifactStore,
+    model: ModelName,
+    mut target: tokio::sync::watch::Receiver<u64>,
     timeout: Duration,
-) -> anyhow::Result<Vec<Duration>> {
-    let last = *sent.keys().next_back().expect("something was published");
-    let mut watch = pointers.bucket().watch(format!("{model}.live")).await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut covered = 0u64;
-    let mut delays = Vec::with_capacity(sent.len());
-    while covered < last {
-        let entry = tokio::time::timeout_at(deadline, watch.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("train did not learn every example in {timeout:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("the pointer watch ended"))??;
-        let now = Instant::now();
-        let Ok(pointer) = serde_json::from_slice::<freshet::store::Pointer>(&entry.value) else {
-            continue;
-        };
-        let manifest = artifacts.manifest(model, pointer.version).await?;
-        for (_, at) in sent.range(covered + 1..=manifest.high_water_mark) {
-            delays.push(now - *at);
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<(Instant, u64)>>> {
+    tokio::spawn(async move {
+        let mut watch = pointers.bucket().watch(format!("{model}.live")).await?;
+        let _ = ready.send(());
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut live = Vec::new();
+        loop {
+            let covered = live.last().map_or(0, |(_, hwm)| *hwm);
+            if covered >= *target.borrow() {
+                return Ok(live);
+            }
+            let entry = tokio::select! {
+                entry = tokio::time::timeout_at(deadline, watch.next()) => entry
+                    .map_err(|_| anyhow::anyhow!("train did not learn every example in {timeout:?}"))?
+                    .ok_or_else(|| anyhow::anyhow!("the pointer watch ended"))??,
+                _ = target.changed() => continue,
+            };
+            let now = Instant::now();
+            let Ok(pointer) = serde_json::from_slice::<freshet::store::Pointer>(&entry.value)
+            else {
+                continue;
+            };
+            let manifest = artifacts.manifest(&model, pointer.version).await?;
+            live.push((now, manifest.high_water_mark));
         }
-        covered = covered.max(manifest.high_water_mark);
+    })
+}
+
+/// Publishes `range` (at `rate` if given) while following the live pointer; returns, sorted,
+/// each example's delay from its publication to the first live version that learned it, and
+/// the time from the first publish until the last example was learned.
+async fn publish_and_follow(
+    stack: &Stack,
+    model: &ModelName,
+    range: std::ops::Range<u64>,
+    rate: Option<f64>,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let (set_target, target) = tokio::sync::watch::channel(u64::MAX);
+    let (ready, watching) = tokio::sync::oneshot::channel();
+    let follower = follow_live(pointers, artifacts, model.clone(), target, timeout, ready);
+    // The clock starts once the watch is in place, so no pointer move goes unseen.
+    let _ = watching.await;
+    let started = Instant::now();
+    let subject = stack.subjects.examples(model);
+    let sent = publish(&stack.js, &subject, model, range, rate).await?;
+    let last = *sent.keys().next_back().expect("something was published");
+    let _ = set_target.send(last);
+    let live = follower.await??;
+    let mut delays = Vec::with_capacity(sent.len());
+    for (sequence, at) in &sent {
+        let (learned, _) = live
+            .iter()
+            .find(|(_, hwm)| hwm >= sequence)
+            .expect("the follower stops only once the last example is learned");
+        delays.push(learned.saturating_duration_since(*at));
     }
     delays.sort();
-    Ok(delays)
+    let (done, _) = live
+        .last()
+        .expect("at least one version covered the examples");
+    Ok((delays, *done - started))
 }
 
 fn millis(sorted: &[Duration], q: f64) -> f64 {
@@ -173,7 +215,6 @@ pub async fn run(
         .await?;
 
     let model = ModelName::parse(&format!("trainbench{run}"))?;
-    let subject = stack.subjects.examples(&model);
     stack.spawn(
         "train",
         &[
@@ -191,46 +232,24 @@ pub async fn run(
             "warn",
         ],
     )?;
-    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
-    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
     // A first version, so the trainer is up and past its start-up before the clock starts.
-    let warm = publish(&stack.js, &subject, &model, 0..256, None).await?;
-    learned_at(
-        &pointers,
-        &artifacts,
+    publish_and_follow(stack, &model, 0..256, None, Duration::from_secs(60)).await?;
+    let (delays, took) = publish_and_follow(
+        stack,
         &model,
-        &warm,
-        Duration::from_secs(60),
-    )
-    .await?;
-
-    let started = Instant::now();
-    let sent = publish(&stack.js, &subject, &model, 256..256 + count, None).await?;
-    let delays = learned_at(
-        &pointers,
-        &artifacts,
-        &model,
-        &sent,
+        256..256 + count,
+        None,
         Duration::from_secs(300),
     )
     .await?;
-    let train_per_second = count as f64 / started.elapsed().as_secs_f64();
-
+    let train_per_second = count as f64 / took.as_secs_f64();
     let offered_count = (offered * 3.0) as u64;
     let start = 256 + count;
-    let sent = publish(
-        &stack.js,
-        &subject,
+    let (offered_delays, _) = publish_and_follow(
+        stack,
         &model,
         start..start + offered_count,
         Some(offered),
-    )
-    .await?;
-    let offered_delays = learned_at(
-        &pointers,
-        &artifacts,
-        &model,
-        &sent,
         Duration::from_secs(120),
     )
     .await?;
