@@ -441,14 +441,19 @@ pub async fn serve(
     .await?;
     tracing::info!(subject = %endpoint_single(&server.subjects, &server.model), "serving predictions over NATS");
     loop {
-        // Each request runs in its own task: a slow FEATURES read never holds up the others.
+        // A request that waits on I/O (a FEATURES read) continues in a task of its own, so it
+        // never holds up the others; one that does not (a feature vector) is answered here at
+        // once, without the hand-over to another worker thread that would cost it latency.
         tokio::select! {
             Some(request) = single.next() => {
                 let server = server.clone();
-                tokio::spawn(async move {
+                let mut answer = Box::pin(async move {
                     let result = server.predict_one(&request.message.payload).await;
                     let _ = request.respond(reply(result, &server.metrics)).await;
                 });
+                if futures::FutureExt::now_or_never(&mut answer).is_none() {
+                    tokio::spawn(answer);
+                }
             }
             Some(request) = batch.next() => {
                 let server = server.clone();
