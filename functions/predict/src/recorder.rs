@@ -183,18 +183,28 @@ impl Recorder {
         batch: OpenBatch,
     ) {
         let count = batch.entries.len() as u64;
-        let message = PredictionBatch {
-            model: model.to_string(),
-            batch: batch.id,
-            entries: batch
-                .entries
-                .into_iter()
-                .map(|pending| self.with_shadow(pending))
-                .collect(),
+        let subject = subjects.prediction_batch(model, &batch.id);
+        let (model, recorder) = (model.to_string(), self.clone());
+        // Shadow scoring and encoding run on a blocking-pool thread: the OS time-slices it with
+        // the serving loop instead of it holding an async worker for the whole batch.
+        let encoded = tokio::task::spawn_blocking(move || {
+            let message = PredictionBatch {
+                model,
+                batch: batch.id,
+                entries: batch
+                    .entries
+                    .into_iter()
+                    .map(|pending| recorder.with_shadow(pending))
+                    .collect(),
+            };
+            serde_json::to_vec(&message)
+                .expect("a prediction batch is plain data and always serialises")
+        })
+        .await;
+        let Ok(bytes) = encoded else {
+            self.metrics.dropped.inc_by(count);
+            return;
         };
-        let subject = subjects.prediction_batch(model, &message.batch);
-        let bytes = serde_json::to_vec(&message)
-            .expect("a prediction batch is plain data and always serialises");
         // A core publish: the PREDICTIONS stream stores it; nobody waits for an acknowledgement.
         match client.publish(subject, Bytes::from(bytes)).await {
             Ok(()) => {
