@@ -35,10 +35,10 @@ integration: tools build
 quality:
 	RUNS=3 bash tools/river/compare.sh
 
-## bench: release build, then the predictor benchmark beside its NATS echo floor (a few minutes)
+## bench: release build, then the predictor and training suites beside their floors (about 5 minutes)
 bench: tools
 	$(CARGO) build --release --workspace --bins
-	target/release/freshet-bench --json target/bench/predict.json
+	target/release/freshet-bench --json target/bench/bench.json
 
 fmt:
 	$(CARGO) fmt --all
