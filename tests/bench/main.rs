@@ -435,7 +435,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
 
     // The predictor's own cost, without recording each prediction on PREDICTIONS (a second
     // predictor serving another model with --record-predictions false).
-    let mut plain_writer = ModelWriter::new(&stack, "plain").await?;
+    let mut plain_writer = ModelWriter::new(stack, "plain").await?;
     let plain = plain_writer.write_version(1).await?;
     plain_writer.point(Slot::Live, 1, &plain.sha256).await?;
     stack.spawn(

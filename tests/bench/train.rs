@@ -214,7 +214,7 @@ pub async fn run(
         .delete_consumer_from_stream("bench-floor", STREAM_EXAMPLES)
         .await?;
 
-    let model = ModelName::parse(&format!("trainbench{run}"))?;
+    let model = ModelName::parse(format!("trainbench{run}"))?;
     stack.spawn(
         "train",
         &[

@@ -1,0 +1,51 @@
+//! The benchmark suite, run once at a tiny size so it cannot rot: every scenario of both suites
+//! completes without a failed request and writes its report. Figures from a debug build at this
+//! size mean nothing and are not looked at.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+#[test]
+fn the_benchmark_suite_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("bench.json");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_freshet-bench"))
+        .args([
+            "--runs",
+            "1",
+            "--requests",
+            "50",
+            "--seconds",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--train-examples",
+            "600",
+            "--offered-rate",
+            "300",
+            "--json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "freshet-bench exited with {}:\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rows = report["predict"]["rows"].as_array().unwrap();
+    assert!(
+        rows.len() >= 6,
+        "every predictor scenario reported: {rows:?}"
+    );
+    let run = &report["train"]["runs"][0];
+    for key in [
+        "floor_per_second",
+        "train_per_second",
+        "offered_freshness_p99_ms",
+    ] {
+        assert!(run[key].as_f64().unwrap() > 0.0, "{key} in {run}");
+    }
+}
