@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use freshet::examples::ExampleRecord;
 use freshet::features::{CategoryState, FEATURE_NAMES, ItemState, ScalingState, category_key};
-use freshet::subjects::{BUCKET_FEATURES, STREAM_EXAMPLES};
+use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS, STREAM_EXAMPLES};
 use freshet_tests::{Stack, bookstore_events, eventually};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 const ITEMS: usize = 12;
 const ACTIONS: usize = 900;
@@ -82,6 +82,31 @@ async fn outcome(stack: &Stack, what: &str) -> anyhow::Result<Outcome> {
             tail(stack.log_of("featurize", stack.started() - 1))
         );
     }
+    // Examples go out before the states are written: done means every featurize consumer has
+    // acknowledged every event (a takeover may still be finishing the last batch's writes).
+    eventually(
+        Duration::from_secs(120),
+        "every event acknowledged",
+        || async {
+            let mut events = stack.js.get_stream(STREAM_EVENTS).await.ok()?;
+            let last = events.info().await.ok()?.state.last_sequence;
+            let mut names = events.consumer_names();
+            let mut all_done = true;
+            while let Some(name) = names.next().await {
+                let name = name.ok()?;
+                if name.starts_with("featurize") {
+                    let info = events.consumer_info(&name).await.ok()?;
+                    all_done &= info.num_ack_pending == 0
+                        && info.num_pending == 0
+                        && info.ack_floor.stream_sequence
+                            >= last.min(info.delivered.stream_sequence);
+                }
+            }
+            all_done.then_some(())
+        },
+    )
+    .await?;
+    // Time for a redelivered duplicate to show up, if there were one.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let stored = stack.read_stream(STREAM_EXAMPLES, ACTIONS * 2).await?;
     assert_eq!(stored.len(), ACTIONS, "{what}: one example per action");

@@ -123,7 +123,7 @@ impl Stack {
         for n in range {
             let (features, label) = row(n);
             let record = freshet::examples::ExampleRecord {
-                id: format!("ex-{n}"),
+                id: format!("ex-{model}-{n}"),
                 model: model.clone(),
                 schema: None,
                 features,
