@@ -35,7 +35,7 @@ integration: tools build
 quality:
 	RUNS=3 bash tools/river/compare.sh
 
-## bench: release build, then the predictor and training suites beside their floors (about 5 minutes)
+## bench: release build, then the predictor, training and featurize suites beside their floors (about 6 minutes)
 bench: tools
 	$(CARGO) build --release --workspace --bins
 	target/release/freshet-bench --json target/bench/bench.json

@@ -22,6 +22,8 @@ fn the_benchmark_suite_runs_end_to_end() {
             "600",
             "--offered-rate",
             "300",
+            "--featurize-actions",
+            "300",
             "--json",
         ])
         .arg(&report)
@@ -39,6 +41,11 @@ fn the_benchmark_suite_runs_end_to_end() {
     assert!(
         rows.len() >= 6,
         "every predictor scenario reported: {rows:?}"
+    );
+    let featurize = &report["featurize"]["runs"][0];
+    assert!(
+        featurize["two_replicas_per_second"].as_f64().unwrap() > 0.0,
+        "{featurize}"
     );
     let run = &report["train"]["runs"][0];
     for key in [

@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+mod featurize;
 mod train;
 
 use std::sync::Arc;
@@ -48,12 +49,15 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
-    /// Which suites to run: predict, train (comma-separated)
-    #[arg(long, value_delimiter = ',', default_value = "predict,train")]
+    /// Which suites to run: predict, train, featurize (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "predict,train,featurize")]
     suite: Vec<String>,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
     train_examples: u64,
+    /// User actions per featurize run (after a 200-book catalogue)
+    #[arg(long, default_value_t = 30_000)]
+    featurize_actions: usize,
     /// Offered load for the fixed-rate freshness measurement, examples/s
     #[arg(long, default_value_t = 5_000.0)]
     offered_rate: f64,
@@ -259,6 +263,9 @@ async fn main() -> anyhow::Result<()> {
     if args.suite.iter().any(|s| s == "train") {
         report["train"] = train_suite(&mut stack, &args).await?;
     }
+    if args.suite.iter().any(|s| s == "featurize") {
+        report["featurize"] = featurize_suite(&args).await?;
+    }
     std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
     std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)?;
     Ok(())
@@ -277,6 +284,38 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
+}
+
+/// featurize: events/s with one and two replicas against the pull+republish+ack floor.
+async fn featurize_suite(args: &Args) -> anyhow::Result<serde_json::Value> {
+    eprintln!(
+        "featurize: {} actions per run, {} runs",
+        args.featurize_actions, args.runs
+    );
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let figures = featurize::run(args.featurize_actions).await?;
+        eprintln!("  run {}: {figures:?}", run + 1);
+        runs.push(figures);
+    }
+    let med = |f: fn(&featurize::FeaturizeRun) -> f64| median(runs.iter().map(f).collect());
+    let floor = med(|r| r.floor_per_second);
+    println!("\n| featurize (bookstore events) | median |");
+    println!("| --- | ---: |");
+    println!("| raw pull + republish + ack floor | {floor:.0} events/s |");
+    for (name, value) in [
+        ("featurize, 1 replica", med(|r| r.one_replica_per_second)),
+        (
+            "featurize, 2 replicas (partitions split)",
+            med(|r| r.two_replicas_per_second),
+        ),
+    ] {
+        println!(
+            "| {name} | {value:.0} events/s ({:.2}× the floor) |",
+            value / floor
+        );
+    }
+    Ok(serde_json::json!({ "actions": args.featurize_actions, "runs": runs }))
 }
 
 /// Training: examples/s through train against the raw consume-and-ack floor, and freshness.

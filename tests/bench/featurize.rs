@@ -1,0 +1,167 @@
+//! The featurize benchmark: events/s through featurize with one replica (all partitions) and
+//! with two (partitions split), beside the raw floor measured in the same run: a bare consumer
+//! of the same stream that pulls each event, republishes it to EXAMPLES (acknowledged) and
+//! acknowledges it, the I/O skeleton of featurize without its state.
+//!
+//! Each scenario runs on a fresh server. The catalogue is featurized first; then the actions are
+//! published pipelined and the clock runs from the first publish until every action has its
+//! example (featurize runs with `--label-horizon 0s`: one example per action, at once).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer;
+use bytes::Bytes;
+use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_tests::{Stack, bookstore_events};
+use futures::StreamExt;
+use serde::Serialize;
+
+const ITEMS: usize = 200;
+/// Unacknowledged publishes in flight at once.
+const PUBLISH_WINDOW: usize = 512;
+
+/// One run's figures, events/s.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeaturizeRun {
+    pub floor_per_second: f64,
+    pub one_replica_per_second: f64,
+    pub two_replicas_per_second: f64,
+}
+
+/// Publishes `events` pipelined; returns when every publish is acknowledged.
+async fn publish(stack: &Stack, events: &[serde_json::Value]) -> anyhow::Result<()> {
+    let mut pending = std::collections::VecDeque::new();
+    for event in events {
+        let subject = stack.subjects.event(
+            event["type"].as_str().unwrap_or_default(),
+            event["data"]["user"]
+                .as_str()
+                .or_else(|| event["data"]["item"].as_str())
+                .unwrap_or_default(),
+        );
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(serde_json::to_vec(event)?))
+            .message_id(event["id"].as_str().unwrap_or_default());
+        pending.push_back(stack.js.send_publish(subject, message).await?);
+        if pending.len() >= PUBLISH_WINDOW {
+            pending.pop_front().expect("the window is full").await?;
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Waits until EXAMPLES holds `count` messages.
+async fn examples_reach(stack: &Stack, count: u64) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stack.stream_len(STREAM_EXAMPLES).await? < count {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "EXAMPLES stopped at fewer than {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Instant::now())
+}
+
+/// Featurize with `replicas` (each `args`), the catalogue first, then `actions` timed.
+async fn featurize(replicas: &[&[&str]], actions: usize) -> anyhow::Result<f64> {
+    let mut stack = Stack::start().await?;
+    for args in replicas {
+        let mut all = vec!["--label-horizon", "0s", "--log", "warn"];
+        all.extend_from_slice(args);
+        stack.spawn("featurize", &all)?;
+    }
+    let events = bookstore_events(ITEMS, actions, "b");
+    let (catalogue, actions_only) = events.split_at(ITEMS);
+    publish(&stack, catalogue).await?;
+    // The catalogue makes no examples; give featurize a moment to take it in.
+    let features = stack
+        .js
+        .get_key_value(freshet::subjects::BUCKET_FEATURES)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while features
+        .get(freshet::features::item_key(
+            &format!("b{}", ITEMS - 1).parse()?,
+        ))
+        .await?
+        .is_none()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the catalogue was not featurized"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    publish(&stack, actions_only).await?;
+    let done = examples_reach(&stack, actions as u64).await?;
+    Ok(actions as f64 / (done - started).as_secs_f64())
+}
+
+/// The floor: pull, republish to EXAMPLES (acknowledged), acknowledge, for each event.
+async fn floor(actions: usize) -> anyhow::Result<f64> {
+    let stack = Stack::start().await?;
+    let events = bookstore_events(ITEMS, actions, "f");
+    let consumer = stack
+        .js
+        .get_stream(STREAM_EVENTS)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bench-republish".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let target = stack.subjects.examples(&"floor".parse()?);
+    let js = stack.js.clone();
+    let total = events.len();
+    let relay = tokio::spawn(async move {
+        let mut relayed = 0;
+        while relayed < total {
+            // A batch at a time, like featurize: republish it all, then acknowledge it all.
+            let mut batch = consumer
+                .batch()
+                .max_messages(256)
+                .expires(Duration::from_millis(100))
+                .messages()
+                .await?;
+            let mut held = Vec::new();
+            let mut acks = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+                acks.push(js.publish(target.clone(), message.payload.clone()).await?);
+                held.push(message);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            for message in &held {
+                message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            relayed += held.len();
+        }
+        anyhow::Ok(())
+    });
+    let started = Instant::now();
+    publish(&stack, &events).await?;
+    relay.await??;
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One run of the three scenarios.
+pub async fn run(actions: usize) -> anyhow::Result<FeaturizeRun> {
+    Ok(FeaturizeRun {
+        floor_per_second: floor(actions).await?,
+        one_replica_per_second: featurize(&[&[]], actions).await?,
+        two_replicas_per_second: featurize(
+            &[&["--partition", "0,1"], &["--partition", "2,3"]],
+            actions,
+        )
+        .await?,
+    })
+}
