@@ -15,7 +15,7 @@ use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelScorer};
 use freshet::runtime::Shutdown;
 use freshet::runtime::pull::retry_delay;
-use freshet::store::{ArtifactStore, Pointer, Slot};
+use freshet::store::{ArtifactStore, Pointer, Slot, VersionRefusal};
 use freshet::subjects::pointer_key;
 use futures::StreamExt;
 
@@ -59,13 +59,6 @@ impl Live {
     }
 }
 
-/// Why a version was not loaded.
-struct Refusal {
-    /// The object store could not be reached: the same load may work later.
-    transient: bool,
-    reason: String,
-}
-
 /// Follows one model's live pointer into a [`Live`].
 pub struct Follower {
     pub model: ModelName,
@@ -91,34 +84,8 @@ impl Follower {
         }
     }
 
-    async fn load(&self, pointer: &Pointer) -> Result<LiveModel, Refusal> {
-        let verdict = |reason: String| Refusal {
-            transient: false,
-            reason,
-        };
-        let (manifest, bytes) = self
-            .artifacts
-            .load(&self.model, pointer.version)
-            .await
-            .map_err(|e| Refusal {
-                transient: e.is_transient(),
-                reason: e.to_string(),
-            })?;
-        if !manifest.sha256.eq_ignore_ascii_case(&pointer.sha256) {
-            return Err(verdict(format!(
-                "pointer names sha256 {} but the manifest says {}",
-                pointer.sha256, manifest.sha256
-            )));
-        }
-        let scorer = ModelScorer::from_bytes(&bytes)
-            .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
-        if scorer.n_features() != manifest.schema.n_features() {
-            return Err(verdict(format!(
-                "manifest lists {} features but the model takes {}",
-                manifest.schema.n_features(),
-                scorer.n_features()
-            )));
-        }
+    async fn load(&self, pointer: &Pointer) -> Result<LiveModel, VersionRefusal> {
+        let (manifest, scorer) = self.artifacts.load_pointed(&self.model, pointer).await?;
         Ok(LiveModel { manifest, scorer })
     }
 

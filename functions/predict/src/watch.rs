@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use freshet::ids::ModelName;
-use freshet::model::ModelScorer;
 use freshet::store::{ArtifactStore, Pointer, Slot};
 use freshet::subjects::{Subjects, pointer_key};
 use futures::StreamExt;
@@ -58,19 +57,11 @@ pub struct Watcher {
 impl Watcher {
     /// Loads, verifies and warms one version.
     async fn load(&self, pointer: &Pointer) -> Result<LiveModel, String> {
-        let (manifest, bytes) = self
+        let (manifest, scorer) = self
             .artifacts
-            .load(&self.model, pointer.version)
+            .load_pointed(&self.model, pointer)
             .await
-            .map_err(|e| e.to_string())?;
-        if manifest.sha256 != pointer.sha256 {
-            return Err(format!(
-                "pointer names sha256 {} but the manifest says {}",
-                pointer.sha256, manifest.sha256
-            ));
-        }
-        let scorer =
-            ModelScorer::from_bytes(&bytes).map_err(|e| format!("undecodable model bytes: {e}"))?;
+            .map_err(|refusal| refusal.reason)?;
         handler::check_compatible(&manifest, scorer.n_features())?;
         let probe = vec![0.0f32; scorer.n_features()];
         scorer

@@ -18,9 +18,18 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use crate::ids::ModelName;
-use crate::model::{Manifest, ModelError};
+use crate::model::{Manifest, ModelError, ModelScorer};
+use crate::store::Pointer;
 
 /// Why an artifact could not be stored or fetched.
+/// Why the version a pointer names cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRefusal {
+    /// The object store could not be reached: the same load may work later.
+    pub transient: bool,
+    pub reason: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("object store URL {url:?} is not supported: {reason}")]
@@ -284,6 +293,44 @@ impl ArtifactStore {
             }
         }
         Ok(())
+    }
+
+    /// Loads the version `pointer` names, ready to score: the bytes verified against the
+    /// manifest, the manifest against the pointer's sha256, the model decoded, and its width
+    /// checked against the manifest's schema. What follows a pointer (predict, drift) calls this
+    /// and adds its own checks.
+    pub async fn load_pointed(
+        &self,
+        model: &ModelName,
+        pointer: &Pointer,
+    ) -> Result<(Manifest, ModelScorer), VersionRefusal> {
+        let verdict = |reason: String| VersionRefusal {
+            transient: false,
+            reason,
+        };
+        let (manifest, bytes) =
+            self.load(model, pointer.version)
+                .await
+                .map_err(|e| VersionRefusal {
+                    transient: e.is_transient(),
+                    reason: e.to_string(),
+                })?;
+        if !manifest.sha256.eq_ignore_ascii_case(&pointer.sha256) {
+            return Err(verdict(format!(
+                "pointer names sha256 {} but the manifest says {}",
+                pointer.sha256, manifest.sha256
+            )));
+        }
+        let scorer = ModelScorer::from_bytes(&bytes)
+            .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
+        if scorer.n_features() != manifest.schema.n_features() {
+            return Err(verdict(format!(
+                "manifest lists {} features but the model takes {}",
+                manifest.schema.n_features(),
+                scorer.n_features()
+            )));
+        }
+        Ok((manifest, scorer))
     }
 
     /// Every version of a model that has a manifest, oldest first.

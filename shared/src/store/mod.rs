@@ -6,6 +6,6 @@ pub mod kv;
 pub mod lease;
 pub mod pointers;
 
-pub use artifacts::{ArtifactError, ArtifactStore};
+pub use artifacts::{ArtifactError, ArtifactStore, VersionRefusal};
 pub use kv::{CasError, Versioned};
 pub use pointers::{Pointer, Pointers, Slot};
