@@ -311,22 +311,10 @@ impl Processor for DriftProcessor {
                 dispositions[i] = Some(Disposition::Hold);
                 continue;
             }
-            match self.io.order.check(sequence, &mut mark).await {
-                Ok(None) => {}
-                Ok(Some(missing)) => {
-                    tracing::debug!(model = %self.model, sequence, missing, "example arrived before an earlier one; waiting for it");
-                    waiting = true;
-                    dispositions[i] = Some(Disposition::Retry(Failure::new(
-                        "drift",
-                        format!("waiting for example {missing}"),
-                    )));
-                    continue;
-                }
-                Err(failure) => {
-                    waiting = true;
-                    dispositions[i] = Some(Disposition::Retry(failure));
-                    continue;
-                }
+            if let Err(failure) = self.io.order.admit(sequence, &mut mark, "drift").await {
+                waiting = true;
+                dispositions[i] = Some(Disposition::Retry(failure));
+                continue;
             }
             mark = sequence;
             new.push(i);

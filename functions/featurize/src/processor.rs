@@ -77,24 +77,10 @@ impl Processor for Featurizer {
                 dispositions[i] = Some(Disposition::Ack);
                 continue;
             }
-            match self.order.check(sequence, &mut mark).await {
-                Ok(None) => {}
-                Ok(Some(missing)) => {
-                    tracing::debug!(
-                        sequence,
-                        missing,
-                        "event arrived before an earlier one; waiting for it"
-                    );
-                    let failure = Failure::new("featurize", format!("waiting for event {missing}"));
-                    dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
-                    waiting = Some(failure);
-                    continue;
-                }
-                Err(failure) => {
-                    dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
-                    waiting = Some(failure);
-                    continue;
-                }
+            if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
+                dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
+                waiting = Some(failure);
+                continue;
             }
             mark = sequence;
             match self.route(&batch[i]) {

@@ -479,22 +479,10 @@ impl Processor for Trainer {
                 }
                 Sequence::New => {}
             }
-            match self.order.check(sequence, &mut mark).await {
-                Ok(None) => {}
-                Ok(Some(missing)) => {
-                    tracing::debug!(model = %self.model, sequence, missing, "example arrived before an earlier one; waiting for it");
-                    waiting = true;
-                    dispositions[i] = Some(Disposition::Retry(Failure::new(
-                        "train",
-                        format!("waiting for example {missing}"),
-                    )));
-                    continue;
-                }
-                Err(failure) => {
-                    waiting = true;
-                    dispositions[i] = Some(Disposition::Retry(failure));
-                    continue;
-                }
+            if let Err(failure) = self.order.admit(sequence, &mut mark, "train").await {
+                waiting = true;
+                dispositions[i] = Some(Disposition::Retry(failure));
+                continue;
             }
             mark = sequence;
             handled = Some(match handled {

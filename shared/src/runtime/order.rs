@@ -84,6 +84,26 @@ impl OrderGuard {
         }
     }
 
+    /// [`check`](Self::check) as a consumer loop wants it: `Err` with the failure to retry the
+    /// message by when it must come back later (an earlier message is still to come, or the
+    /// check itself failed); `who` names the function in that failure.
+    pub async fn admit(&self, sequence: u64, mark: &mut u64, who: &str) -> Result<(), Failure> {
+        match self.check(sequence, mark).await? {
+            None => Ok(()),
+            Some(missing) => {
+                tracing::debug!(
+                    sequence,
+                    missing,
+                    "message arrived before an earlier one; waiting for it"
+                );
+                Err(Failure::new(
+                    who.to_string(),
+                    format!("waiting for message {missing}"),
+                ))
+            }
+        }
+    }
+
     /// Whether the message at `sequence` is the next one on the filter after `mark`, moving
     /// `mark` past messages already acknowledged. `Ok(Some(missing))` names the earlier message
     /// to wait for. Costs nothing when `sequence` directly follows `mark`.
