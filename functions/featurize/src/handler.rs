@@ -402,10 +402,6 @@ pub fn category_keys_of(
 }
 
 /// The state of `key` as planned so far, or the empty one.
-fn state_of(states: &BTreeMap<String, EntityState>, key: &str) -> Option<EntityState> {
-    states.get(key).cloned().or_else(|| EntityState::empty(key))
-}
-
 /// Plans a batch in stream order against `states` (the states read, updated in place).
 ///
 /// A user action too late for every popularity window of its item is refused as
@@ -458,21 +454,24 @@ fn plan_action(
     let position = routed.position;
     let user_key = features::user_key(&action.user);
     let item_key = features::item_key(&action.item);
+    // Read in place: the states are borrowed until the mutations below are recorded.
+    let (empty_user, empty_item, empty_category) = (
+        UserState::default(),
+        ItemState::default(),
+        CategoryState::default(),
+    );
     let user = match states.get(&user_key) {
-        Some(EntityState::User(user)) => user.clone(),
-        _ => UserState::default(),
+        Some(EntityState::User(user)) => user,
+        _ => &empty_user,
     };
     let item = match states.get(&item_key) {
-        Some(EntityState::Item(item)) => item.clone(),
-        _ => ItemState::default(),
+        Some(EntityState::Item(item)) => item,
+        _ => &empty_item,
     };
     let category_key = item.category.as_deref().map(features::category_key);
-    let category = match category_key
-        .as_deref()
-        .and_then(|key| state_of(states, key))
-    {
+    let category = match category_key.as_deref().and_then(|key| states.get(key)) {
         Some(EntityState::Category(category)) => category,
-        _ => CategoryState::default(),
+        _ => &empty_category,
     };
     if user.has_refused(position.partition, position.sequence) {
         return Err(Rejection::new(
@@ -486,11 +485,12 @@ fn plan_action(
     }
     let decided = user.applied.contains(position.partition, position.sequence);
     if !decided && let Err(late) = item.check_late(routed.at, &settings.popularity) {
+        let late = late.to_string();
         let refused = Mutation::UserRefused { position };
         record(states, plan, &user_key, refused, settings);
-        return Err(Rejection::new(RejectReason::Late, "time", late.to_string()));
+        return Err(Rejection::new(RejectReason::Late, "time", late));
     }
-    let features = features::feature_vector(&user, &item, &category, routed.at);
+    let features = features::feature_vector(user, item, category, routed.at);
     let user_mutation = Mutation::UserAction {
         action: action.action,
         item: action.item.clone(),
@@ -549,15 +549,16 @@ fn record(
     mutation: Mutation,
     settings: &Settings,
 ) -> Option<Vec<Labelled>> {
-    let mut state = state_of(states, key)?;
-    let applied = state.apply(&mutation, settings);
+    if !states.contains_key(key) {
+        states.insert(key.to_string(), EntityState::empty(key)?);
+    }
+    let applied = states.get_mut(key)?.apply(&mutation, settings);
     if applied.is_some() {
         plan.mutations
             .entry(key.to_string())
             .or_default()
             .push(mutation);
     }
-    states.insert(key.to_string(), state);
     applied
 }
 

@@ -570,15 +570,38 @@ impl EventTimeWindows {
                 history: self.spec.history,
             });
         }
+        // Summed in milliseconds and built once: this runs for every feature vector.
         let end = self.end_of_slide(now);
-        let mut total = self.aggregate(end.saturating_sub(self.spec.size_ms))?;
-        for k in 2..=i64::from(n) {
-            let window = self.aggregate(end.saturating_sub(k.saturating_mul(self.spec.size_ms)))?;
-            total.start = window.start;
-            total.count = total.count.saturating_add(window.count);
-            total.sum += window.sum;
+        let horizon = self.horizon_ms();
+        let (mut start, mut count, mut sum) = (end, 0u64, 0.0);
+        for k in 1..=i64::from(n) {
+            let window_start = end.saturating_sub(k.saturating_mul(self.spec.size_ms));
+            if let Some(horizon) = horizon
+                && window_start < horizon
+            {
+                return Err(QueryError::Evicted {
+                    start: time(window_start),
+                    oldest_kept: time(horizon),
+                });
+            }
+            let (window_count, window_sum) = self.count_and_sum(window_start);
+            start = window_start;
+            count = count.saturating_add(window_count);
+            sum += window_sum;
         }
-        Ok(total)
+        let newest = end.saturating_sub(self.spec.size_ms);
+        Ok(WindowAggregate {
+            start: time(start),
+            ..self.summarise(newest, self.end_of(newest), count, sum)
+        })
+    }
+
+    /// The count and sum of the window starting at `start_ms` (zero if it holds nothing).
+    fn count_and_sum(&self, start_ms: i64) -> (u64, f64) {
+        match self.windows.binary_search_by_key(&start_ms, |w| w.start_ms) {
+            Ok(i) => self.windows.get(i).map_or((0, 0.0), |w| (w.count, w.sum)),
+            Err(_) => (0, 0.0),
+        }
     }
 
     fn watermark_ms(&self) -> Option<i64> {
@@ -630,10 +653,7 @@ impl EventTimeWindows {
                 oldest_kept: time(horizon),
             });
         }
-        let (count, sum) = match self.windows.binary_search_by_key(&start_ms, |w| w.start_ms) {
-            Ok(i) => self.windows.get(i).map_or((0, 0.0), |w| (w.count, w.sum)),
-            Err(_) => (0, 0.0),
-        };
+        let (count, sum) = self.count_and_sum(start_ms);
         Ok(self.summarise(start_ms, self.end_of(start_ms), count, sum))
     }
 
