@@ -138,9 +138,11 @@ pub struct FunctionArgs {
         default_value = "0.0.0.0"
     )]
     pub http_addr: String,
-    /// Most messages fetched and handled as one batch
-    #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE", default_value_t = 256)]
-    pub batch_size: usize,
+    /// Most messages fetched and handled as one batch [default: 256; featurize: 1024, where a
+    /// batch writes each entity it touches once, so a larger one folds more of a popular
+    /// entity's events into one write]
+    #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill before handling what has arrived
     #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_wait: Duration,
@@ -161,4 +163,14 @@ pub struct FunctionArgs {
         default_value = "json"
     )]
     pub log_format: String,
+}
+
+impl FunctionArgs {
+    /// The batch size of a function that sets no default of its own.
+    pub const DEFAULT_BATCH_SIZE: usize = 256;
+
+    /// The batch size: as set, else [`FunctionArgs::DEFAULT_BATCH_SIZE`].
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(Self::DEFAULT_BATCH_SIZE)
+    }
 }

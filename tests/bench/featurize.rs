@@ -19,6 +19,8 @@ use serde::Serialize;
 const ITEMS: usize = 200;
 /// Unacknowledged publishes in flight at once.
 const PUBLISH_WINDOW: usize = 512;
+/// The floor's batch: featurize's default batch size, so both pull alike.
+const FLOOR_BATCH: usize = 1024;
 
 /// One run's figures, events/s.
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +115,7 @@ async fn floor(actions: usize) -> anyhow::Result<f64> {
         .create_consumer(consumer::pull::Config {
             durable_name: Some("bench-republish".into()),
             ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 10_000,
+            max_ack_pending: 10_000.max(FLOOR_BATCH as i64),
             ..Default::default()
         })
         .await?;
@@ -126,7 +128,7 @@ async fn floor(actions: usize) -> anyhow::Result<f64> {
             // A batch at a time, like featurize: republish it all, then acknowledge it all.
             let mut batch = consumer
                 .batch()
-                .max_messages(256)
+                .max_messages(FLOOR_BATCH)
                 .expires(Duration::from_millis(100))
                 .messages()
                 .await?;

@@ -3,6 +3,7 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod cache;
 mod handler;
 mod labels;
 mod processor;
@@ -22,6 +23,10 @@ use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 /// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
 /// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
 /// view labels it 1, the horizon passing without one labels it 0.
+/// featurize's batch: each entity a batch touches is read (unless cached) and written once, so
+/// a larger batch folds more of a popular entity's events into one write.
+const DEFAULT_BATCH_SIZE: usize = 1024;
+
 #[derive(Debug, Parser)]
 #[command(name = "featurize", version)]
 struct Args {
@@ -57,6 +62,15 @@ struct Args {
         default_value_t = labels::NegativeRate::ALL
     )]
     negative_rate: labels::NegativeRate,
+    /// FEATURES entries each consumer keeps in memory after writing them, up to about twice
+    /// this many: the ones only it writes (its users and scaling state; every entry when it has
+    /// all partitions), which it then need not read back before the next batch
+    #[arg(
+        long = "cached-states",
+        env = "FRESHET_CACHED_STATES",
+        default_value_t = 10_000
+    )]
+    cached_states: usize,
 }
 
 impl Args {
@@ -79,11 +93,18 @@ impl Args {
     }
 }
 
+/// mimalloc: the functions allocate and free many small buffers per message, which it serves
+/// faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = args.settings()?;
-    let ctx = FunctionContext::start("featurize", args.function).await?;
+    let mut function = args.function;
+    function.batch_size.get_or_insert(DEFAULT_BATCH_SIZE);
+    let ctx = FunctionContext::start("featurize", function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
@@ -93,8 +114,13 @@ async fn main() -> anyhow::Result<()> {
             partitions - 1
         );
     }
-    let consumers: Vec<(String, String)> = if args.partition.is_empty() {
-        vec![("featurize".to_string(), ctx.subjects.events_stored_all())]
+    // (durable, filter, whether it has every partition)
+    let consumers: Vec<(String, String, bool)> = if args.partition.is_empty() {
+        vec![(
+            "featurize".to_string(),
+            ctx.subjects.events_stored_all(),
+            true,
+        )]
     } else {
         args.partition
             .iter()
@@ -102,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 (
                     format!("featurize-{p}"),
                     ctx.subjects.events_stored_partition(p),
+                    false,
                 )
             })
             .collect()
@@ -110,31 +137,34 @@ async fn main() -> anyhow::Result<()> {
     // The order guard keeps each durable's events in stream order, which needs one replica per
     // durable at a time: replicas acknowledging one durable's messages concurrently would move
     // its acknowledgement floor out of order.
-    let runs = consumers.into_iter().map(|(durable, filter)| {
-        let featurizer = processor::Featurizer {
-            js: ctx.js.clone(),
-            features: features.clone(),
-            subjects: ctx.subjects.clone(),
-            settings: settings.clone(),
-            max_event_bytes: ctx.args.max_event_bytes,
-            order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
-            mark: None,
-        };
-        let ctx = &ctx;
-        async move {
-            ctx.exclusively(&format!("featurize.{durable}"), async {
-                ctx.consume(
-                    STREAM_EVENTS,
-                    &durable,
-                    vec![filter],
-                    ctx.args.batch_size,
-                    featurizer,
-                )
+    let runs = consumers
+        .into_iter()
+        .map(|(durable, filter, all_partitions)| {
+            let featurizer = processor::Featurizer {
+                js: ctx.js.clone(),
+                features: features.clone(),
+                subjects: ctx.subjects.clone(),
+                settings: settings.clone(),
+                max_event_bytes: ctx.args.max_event_bytes,
+                order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
+                mark: None,
+                cache: cache::StateCache::new(args.cached_states, all_partitions),
+            };
+            let ctx = &ctx;
+            async move {
+                ctx.exclusively(&format!("featurize.{durable}"), async {
+                    ctx.consume(
+                        STREAM_EVENTS,
+                        &durable,
+                        vec![filter],
+                        ctx.args.batch_size(),
+                        featurizer,
+                    )
+                    .await
+                })
                 .await
-            })
-            .await
-        }
-    });
+            }
+        });
     futures::future::try_join_all(runs).await?;
     Ok(())
 }

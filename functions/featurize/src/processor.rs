@@ -1,6 +1,7 @@
 //! featurize's runtime adapter, one batch at a time: read every FEATURES key the batch touches
 //! (concurrently: users, items and the partitions' scaling states first, then the categories of
-//! the items read), plan the batch in memory, publish its examples (acks awaited together), then
+//! the items read; keys only this consumer writes come from its cache when it has them), plan
+//! the batch in memory, publish its examples (acks awaited together), then
 //! write each changed key back by compare-and-set.
 //!
 //! That order is what makes the effect exactly-once. Examples go out first with an id derived from
@@ -26,6 +27,7 @@ use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
+use crate::cache::StateCache;
 use crate::handler::{self, EntityState, Mutation, Position, Routed, Settings};
 
 /// How often one state write is retried when another replica wrote the same key in between.
@@ -42,6 +44,8 @@ pub struct Featurizer {
     pub order: OrderGuard,
     /// The last event handled in order; starts at the consumer's acknowledgement floor.
     pub mark: Option<u64>,
+    /// The states this consumer wrote last, which it need not read back.
+    pub cache: StateCache,
 }
 
 /// A FEATURES key as read: its state and the revision to write against.
@@ -144,20 +148,18 @@ impl Featurizer {
     }
 
     /// Plans and applies a batch; returns the events refused, by their index in `batch`.
-    async fn handle(&self, batch: &[Routed]) -> Result<Vec<(usize, Rejection)>, Failure> {
+    async fn handle(&mut self, batch: &[Routed]) -> Result<Vec<(usize, Rejection)>, Failure> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let mut states = BTreeMap::new();
         let mut revisions = BTreeMap::new();
-        self.read_all(
-            handler::keys_of(&self.settings.model, batch),
-            &mut states,
-            &mut revisions,
-        )
-        .await?;
+        let keys = handler::keys_of(&self.settings.model, batch);
+        self.take_cached(&keys, &mut states, &mut revisions);
+        self.read_all(keys, &mut states, &mut revisions).await?;
         // An action's category is known only from its item's state.
         let categories = handler::category_keys_of(batch, &states);
+        self.take_cached(&categories, &mut states, &mut revisions);
         self.read_all(categories, &mut states, &mut revisions)
             .await?;
         let plan = handler::plan_batch(&self.settings, batch, &mut states);
@@ -169,7 +171,8 @@ impl Featurizer {
             .map(|k| handler::write_phase(k))
             .collect();
         for phase in phases {
-            try_join_all(
+            let this = &*self;
+            let written = try_join_all(
                 plan.mutations
                     .iter()
                     .filter(|(key, _)| handler::write_phase(key) == phase)
@@ -177,9 +180,10 @@ impl Featurizer {
                         let read = states.remove(key).zip(revisions.get(key).copied());
                         async move {
                             match read {
-                                Some((state, revision)) => {
-                                    self.write(key, state, revision, mutations).await
-                                }
+                                Some((state, revision)) => this
+                                    .write(key, state, revision, mutations)
+                                    .await
+                                    .map(|(state, revision)| (key, state, revision)),
                                 // The key sets above are what planning touches; a unit test
                                 // holds them to it.
                                 None => Err(Failure::new(
@@ -191,6 +195,15 @@ impl Featurizer {
                     }),
             )
             .await?;
+            for (key, state, revision) in written {
+                self.cache.put(key.clone(), state, revision);
+            }
+        }
+        // What was read and not changed is as current as it was.
+        for (key, state) in states {
+            if let Some(&revision) = revisions.get(&key) {
+                self.cache.put(key, state, revision);
+            }
         }
         if !plan.rejected.is_empty() {
             tracing::debug!(
@@ -201,7 +214,22 @@ impl Featurizer {
         Ok(plan.rejected)
     }
 
-    /// Reads `keys` concurrently into `states` and `revisions`.
+    /// Moves the cached entries of `keys` into `states` and `revisions`.
+    fn take_cached(
+        &mut self,
+        keys: &BTreeSet<String>,
+        states: &mut BTreeMap<String, EntityState>,
+        revisions: &mut BTreeMap<String, u64>,
+    ) {
+        for key in keys {
+            if let Some((state, revision)) = self.cache.take(key) {
+                states.insert(key.clone(), state);
+                revisions.insert(key.clone(), revision);
+            }
+        }
+    }
+
+    /// Reads the `keys` not in `states` yet, concurrently, into `states` and `revisions`.
     async fn read_all(
         &self,
         keys: impl IntoIterator<Item = String>,
@@ -256,18 +284,19 @@ impl Featurizer {
     }
 
     /// Writes `state` at `revision`; on a conflict re-reads and replays `mutations` on the fresher
-    /// state (mutations already applied there are skipped by their positions).
+    /// state (mutations already applied there are skipped by their positions). Returns the state
+    /// stored and its revision.
     async fn write(
         &self,
         key: &str,
         mut state: EntityState,
         mut revision: u64,
         mutations: &[Mutation],
-    ) -> Result<(), Failure> {
+    ) -> Result<(EntityState, u64), Failure> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let bytes = Bytes::from(state.encode());
             match compare_and_set(&self.features, key, bytes, revision).await {
-                Ok(_) => return Ok(()),
+                Ok(written) => return Ok((state, written)),
                 Err(CasError::Conflict { .. }) => {
                     let fresh = self.read(key).await?;
                     state = fresh.state;
@@ -276,7 +305,7 @@ impl Featurizer {
                         state.apply(m, &self.settings).is_some() | changed
                     });
                     if !changed {
-                        return Ok(());
+                        return Ok((state, revision));
                     }
                 }
                 Err(CasError::Failed(failure)) => return Err(failure),

@@ -205,7 +205,7 @@ impl FunctionContext {
         let config = self.topology.consumer_config(
             durable,
             filter_subjects,
-            max_held.max(self.args.batch_size),
+            max_held.max(self.args.batch_size()),
         );
         topology::ensure_consumer(&self.js, stream, config)
             .await
@@ -222,7 +222,7 @@ impl FunctionContext {
     ) {
         let settings = LoopSettings {
             function: self.name.to_string(),
-            batch_size: self.args.batch_size.clamp(1, max_held.max(1)),
+            batch_size: self.args.batch_size().clamp(1, max_held.max(1)),
             batch_wait: self.args.batch_wait,
             idle_tick: self
                 .args
