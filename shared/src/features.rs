@@ -352,23 +352,26 @@ pub struct ScalingState {
 impl Default for ScalingState {
     fn default() -> ScalingState {
         ScalingState {
-            ewma: fresh_ewma(),
+            ewma: fresh_ewma(Decay::default()),
             applied: Applied::default(),
         }
     }
 }
 
-fn fresh_ewma() -> EwmaVector {
-    EwmaVector::new(Decay::default(), FEATURE_NAMES)
+fn fresh_ewma(decay: Decay) -> EwmaVector {
+    EwmaVector::new(decay, FEATURE_NAMES)
         .expect("FEATURE_NAMES are distinct (checked by a unit test)")
 }
 
 impl ScalingState {
-    /// Folds in one example's features. A state kept for another feature list (an earlier
-    /// schema) starts afresh: its moments describe features that no longer exist.
-    pub fn observe(&mut self, features: &[f32]) -> Result<(), EwmaError> {
+    /// Folds in one example's features with the decay β = `decay`. A state kept for another
+    /// feature list (an earlier schema) starts afresh: its moments describe features that no
+    /// longer exist. A state kept with another β keeps its moments and weighs on with `decay`.
+    pub fn observe(&mut self, features: &[f32], decay: Decay) -> Result<(), EwmaError> {
         if !self.ewma.names().eq(FEATURE_NAMES) {
-            self.ewma = fresh_ewma();
+            self.ewma = fresh_ewma(decay);
+        } else if self.ewma.decay() != decay {
+            self.ewma.set_decay(decay);
         }
         let values: Vec<f64> = features.iter().map(|&x| f64::from(x)).collect();
         self.ewma.update(&values)
@@ -875,9 +878,10 @@ mod tests {
         let mut a = ScalingState::default();
         let mut b = ScalingState::default();
         let row = |x: f32| vec![x; FEATURE_NAMES.len()];
-        a.observe(&row(1.0)).unwrap();
-        b.observe(&row(3.0)).unwrap();
-        assert!(a.observe(&[1.0]).is_err(), "one value per feature");
+        let beta = Decay::default();
+        a.observe(&row(1.0), beta).unwrap();
+        b.observe(&row(3.0), beta).unwrap();
+        assert!(a.observe(&[1.0], beta).is_err(), "one value per feature");
         let combined = ScalingState::combine([&a, &b]);
         assert_eq!(combined.len(), FEATURE_NAMES.len());
         let (mean, std) = combined[0].unwrap();
@@ -888,8 +892,27 @@ mod tests {
             ewma: EwmaVector::new(Decay::default(), ["a", "b"]).unwrap(),
             applied: Applied::default(),
         };
-        old.observe(&row(2.0)).unwrap();
+        old.observe(&row(2.0), beta).unwrap();
         assert_eq!(old.ewma.len(), FEATURE_NAMES.len());
         assert_eq!(old.ewma.get(FEATURE_NAMES[0]).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn scaling_weighs_by_the_configured_decay() {
+        let mean_after = |beta: f64| {
+            let beta = Decay::new(beta).unwrap();
+            let mut state = ScalingState::default();
+            state
+                .observe(&vec![1.0; FEATURE_NAMES.len()], beta)
+                .unwrap();
+            state
+                .observe(&vec![3.0; FEATURE_NAMES.len()], beta)
+                .unwrap();
+            assert_eq!(state.ewma.decay(), beta);
+            state.ewma.get(FEATURE_NAMES[0]).unwrap().mean().unwrap()
+        };
+        // μ = β·μ + (1 − β)·x after a first value of 1.
+        assert!((mean_after(0.5) - 2.0).abs() < 1e-12);
+        assert!((mean_after(0.95) - 1.1).abs() < 1e-12);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use freshet::aggregates::WindowSpec;
+use freshet::aggregates::ewma::Decay;
 use freshet::error::{RejectReason, Rejection};
 use freshet::events::{Action, Event, EventData, ExampleData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
@@ -97,6 +98,9 @@ pub struct Settings {
     /// built with).
     pub popularity: WindowSpec,
     pub labels: LabelSettings,
+    /// β of the EWMA mean and variance kept per feature for scaling (see
+    /// [`freshet::features::ScalingState`]).
+    pub scaling_decay: Decay,
 }
 
 /// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
@@ -291,7 +295,7 @@ impl EntityState {
                 for features in examples {
                     // feature_vector's values are finite and far inside the aggregates' bound,
                     // so no update is refused.
-                    let _ = scaling.observe(features);
+                    let _ = scaling.observe(features, settings.scaling_decay);
                 }
                 Vec::new()
             }
@@ -587,6 +591,7 @@ mod tests {
                 out_of_orderness: TimeDelta::seconds(5),
                 negative_rate: NegativeRate::ALL,
             },
+            scaling_decay: Decay::default(),
         }
     }
 
@@ -925,7 +930,7 @@ mod tests {
                         applied: scaling.applied.clone(),
                         ..ScalingState::default()
                     };
-                    blank.observe(&counts).unwrap();
+                    blank.observe(&counts, Decay::default()).unwrap();
                     *scaling = blank;
                 }
                 EntityState::Item(_) | EntityState::Category(_) => {}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
+use freshet::aggregates::ewma::Decay;
 use freshet::config::{FunctionArgs, parse_duration};
 use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
@@ -62,6 +63,15 @@ struct Args {
         default_value_t = labels::NegativeRate::ALL
     )]
     negative_rate: labels::NegativeRate,
+    /// β of the exponentially weighted mean and variance featurize keeps of each feature for
+    /// online standard scaling: μ ← β·μ + (1 − β)·x. Nearer 1 remembers longer; strictly
+    /// between 0 and 1
+    #[arg(
+        long = "ewma-decay",
+        env = "FRESHET_EWMA_DECAY",
+        default_value = "0.95"
+    )]
+    ewma_decay: Decay,
     /// FEATURES entries each consumer keeps in memory after writing them, up to about twice
     /// this many: the ones only it writes (its users and scaling state; every entry when it has
     /// all partitions), which it then need not read back before the next batch
@@ -89,6 +99,7 @@ impl Args {
                 out_of_orderness: delta("--out-of-orderness", self.out_of_orderness)?,
                 negative_rate: self.negative_rate,
             },
+            scaling_decay: self.ewma_decay,
         })
     }
 }
@@ -192,6 +203,7 @@ mod tests {
         assert_eq!(defaults.labels.horizon, TimeDelta::minutes(30));
         assert_eq!(defaults.labels.out_of_orderness, TimeDelta::seconds(5));
         assert_eq!(defaults.labels.negative_rate, labels::NegativeRate::ALL);
+        assert_eq!(defaults.scaling_decay.get(), 0.95);
 
         let set = settings(&[
             "--out-of-orderness",
@@ -202,6 +214,8 @@ mod tests {
             "0s",
             "--negative-rate",
             "0.2",
+            "--ewma-decay",
+            "0.8",
         ])
         .unwrap();
         assert_eq!(
@@ -214,9 +228,12 @@ mod tests {
             set.labels.negative_rate,
             labels::NegativeRate::new(0.2).unwrap()
         );
+        assert_eq!(set.scaling_decay.get(), 0.8);
 
         for bad in [
             &["--negative-rate", "1.5"][..],
+            &["--ewma-decay", "1"],
+            &["--ewma-decay", "warm"],
             &["--allowed-lateness", "soon"],
             // An item would keep more windows than a state may hold.
             &["--allowed-lateness", "2days"],

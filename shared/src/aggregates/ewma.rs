@@ -70,6 +70,18 @@ impl Default for Decay {
     }
 }
 
+impl std::str::FromStr for Decay {
+    type Err = EwmaError;
+
+    fn from_str(text: &str) -> Result<Decay, EwmaError> {
+        let beta = text
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| EwmaError::InvalidDecay { beta: f64::NAN })?;
+        Decay::new(beta)
+    }
+}
+
 impl TryFrom<f64> for Decay {
     type Error = EwmaError;
 
@@ -214,6 +226,11 @@ impl EwmaVector {
 
     pub fn decay(&self) -> Decay {
         self.decay
+    }
+
+    /// Weighs later observations by `decay`; the moments so far are kept.
+    pub fn set_decay(&mut self, decay: Decay) {
+        self.decay = decay;
     }
 
     /// The feature names, in order.
