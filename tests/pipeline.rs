@@ -1,5 +1,7 @@
 //! (a) Events published to JetStream become a new model version, whose pointer the predictor
-//! picks up and serves with the version in every reply; later events make later versions.
+//! picks up and serves with the version in every reply; later events make later versions. The
+//! trainer scales inputs with the exponentially weighted scaler (`--scaler-decay`), and the
+//! predictor scores exactly as the stored artifact does.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -22,6 +24,8 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
             "4",
             "--publish-interval",
             "200ms",
+            "--scaler-decay",
+            "0.999",
         ],
     )?;
     let predict = stack.spawn("predict", &[])?;
@@ -90,6 +94,23 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(raw.version, first_live.version);
+
+    // The version records its exponentially weighted scaler, in the format that says so, and
+    // the predictor's score is the artifact's own.
+    let decay = first_live.config.and_then(|c| c.scaler_decay);
+    assert_eq!(decay.map(|d| d.get()), Some(0.999));
+    let (_, bytes) = artifacts.load(&model, first_live.version).await?;
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[12..12 + header_len])?;
+    assert_eq!(
+        (header["format"].as_u64(), header["scaler_decay"].as_f64()),
+        (Some(4), Some(0.999))
+    );
+    let scorer = freshet::model::ModelScorer::from_bytes(&bytes)?;
+    assert_eq!(
+        scorer.score(&[0.5; freshet::features::FEATURE_NAMES.len()])?,
+        raw.score
+    );
 
     // New events: a later version, which the predictor swaps to.
     for event in &bookstore_events(20, 200, "second")[20..] {

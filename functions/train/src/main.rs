@@ -9,6 +9,7 @@ mod trainer;
 use std::time::Duration;
 
 use clap::Parser;
+use freshet::aggregates::ewma::Decay;
 use freshet::config::FunctionArgs;
 use freshet::ids::ModelName;
 use freshet::model::{Hyper, ModelConfig, ModelKind, Optimizer};
@@ -75,6 +76,12 @@ struct Args {
         default_value_t = 100
     )]
     keep_versions: usize,
+    /// β of an exponentially weighted input scaler: each feature is standardised by the same
+    /// EWMA mean and variance featurize keeps of it (its --ewma-decay), which follow features
+    /// whose scale drifts; nearer 1 remembers longer (0.999 ≈ the last thousand examples).
+    /// Unset, the scaler is Welford's over every example. A lineage keeps the scaler it began with
+    #[arg(long = "scaler-decay", env = "FRESHET_SCALER_DECAY")]
+    scaler_decay: Option<Decay>,
     /// Examples in the prequential metrics window
     #[arg(
         long = "metrics-window",
@@ -106,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         hidden: args.hidden,
         factors: args.factors,
         seed: args.seed,
+        scaler_decay: args.scaler_decay,
     };
     config.validate()?;
     let metrics = trainer::TrainMetrics::default();

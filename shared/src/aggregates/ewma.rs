@@ -151,15 +151,23 @@ impl EwmaMoments {
                 var: 0.0,
             });
         }
-        let beta = decay.get();
-        let mean = beta * self.mean + (1.0 - beta) * x;
-        let var = beta * self.var + (1.0 - beta) * (x - mean) * (x - mean);
+        let (mean, var) = ewma_step(decay, self.mean, self.var, x);
         Ok(EwmaMoments {
             count: self.count.saturating_add(1),
             mean,
             var,
         })
     }
+}
+
+/// One EWMA step from (μ, σ²) after a first value: μ ← β·μ + (1 − β)·x, then
+/// σ² ← β·σ² + (1 − β)·(x − μ)² with the new μ. The one place the formula is written: the
+/// features' scaling state and the models' exponentially weighted scaler both step with it.
+pub fn ewma_step(decay: Decay, mean: f64, var: f64, x: f64) -> (f64, f64) {
+    let beta = decay.get();
+    let mean = beta * mean + (1.0 - beta) * x;
+    let var = beta * var + (1.0 - beta) * (x - mean) * (x - mean);
+    (mean, var)
 }
 
 /// The EWMA mean and variance of one value, with its decay.

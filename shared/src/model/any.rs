@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::aggregates::ewma::Decay;
+
 use super::fm::DEFAULT_FACTORS;
 use super::logistic::{BatchReport, Hyper};
 use super::manifest::ModelKind;
@@ -50,6 +52,11 @@ pub struct ModelConfig {
     /// Seed of the initial parameters of `mlp` and `factorization_machine` (logistic
     /// regression starts at zero). Default 0.
     pub seed: u64,
+    /// β of an exponentially weighted input scaler (the same EWMA as featurize's scaling
+    /// state), which follows features whose scale drifts; unset, the scaler is Welford's over
+    /// every example. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaler_decay: Option<Decay>,
 }
 
 impl Default for ModelConfig {
@@ -60,6 +67,7 @@ impl Default for ModelConfig {
             hidden: DEFAULT_HIDDEN,
             factors: DEFAULT_FACTORS,
             seed: 0,
+            scaler_decay: None,
         }
     }
 }
@@ -122,7 +130,13 @@ impl Trainer {
         config.validate()?;
         Ok(Trainer {
             config: *config,
-            learner: Learner::new(config.arch(), n_features, config.hyper, config.seed)?,
+            learner: Learner::new(
+                config.arch(),
+                n_features,
+                config.hyper,
+                config.seed,
+                config.scaler_decay,
+            )?,
         })
     }
 
@@ -289,6 +303,7 @@ mod tests {
             hidden: 8,
             factors: 4,
             seed: 3,
+            scaler_decay: None,
         }
     }
 

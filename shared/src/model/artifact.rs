@@ -17,6 +17,10 @@
 //!   round-trip exactly (a restored trainer continues bit for bit), no third-party parser ever
 //!   sees untrusted bytes, and the expected record length follows from the header alone, so the
 //!   decoder allocates nothing the input does not already hold.
+//! - **4**: format 3 with `scaler_decay` in the header: the scaler is exponentially weighted,
+//!   and its second statistics are variances, not M2 sums. Written only for such a scaler, so
+//!   a reader that knows format 3 alone refuses it instead of scaling with the wrong formula,
+//!   and keeps reading every other artifact.
 //! - **2** (logistic only, read but no longer written): see `logistic.rs`.
 //!
 //! The header repeats `record_len` and `record_sha256` under the names format 2 used, so a
@@ -32,10 +36,14 @@ use super::manifest::{ModelKind, sha256_hex};
 use super::net::{Arch, ParamSpec, Snapshot};
 use super::optim::OptimizerState;
 use super::scaler::StandardScaler;
+use crate::aggregates::ewma::Decay;
 
 /// Version of the artifact layout this build writes. Bump it when the header or the record
 /// layout changes, and keep a decoder for every version that was ever written.
 pub const ARTIFACT_FORMAT_VERSION: u32 = 3;
+
+/// Format 3 with an exponentially weighted scaler (`scaler_decay` in the header).
+pub const FORMAT_DECAYED_SCALER: u32 = 4;
 
 /// The first format, logistic regression with a burnpack record; still read.
 const FORMAT_LOGISTIC_BURNPACK: u32 = 2;
@@ -68,6 +76,9 @@ struct Header {
     /// Examples the scaler has seen; `None` if the model has no scaler (a logistic model from
     /// before scaling existed), and then the record holds no scaler statistics.
     scaler_count: Option<u64>,
+    /// β of an exponentially weighted scaler (format 4 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scaler_decay: Option<Decay>,
     optimizer: SavedOptimizer,
     record_len: u64,
     record_sha256: String,
@@ -153,8 +164,13 @@ pub(crate) fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, ModelError> {
         Arch::Mlp { hidden } => (Some(hidden as u64), None),
         Arch::Fm { factors } => (None, Some(factors as u64)),
     };
+    let scaler_decay = snapshot.scaler.as_ref().and_then(StandardScaler::decay);
     let header = Header {
-        format: ARTIFACT_FORMAT_VERSION,
+        format: if scaler_decay.is_some() {
+            FORMAT_DECAYED_SCALER
+        } else {
+            ARTIFACT_FORMAT_VERSION
+        },
         kind: snapshot.arch.kind(),
         n_features: snapshot.n_features as u64,
         hidden,
@@ -162,6 +178,7 @@ pub(crate) fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, ModelError> {
         seed: snapshot.seed,
         step: snapshot.step,
         scaler_count,
+        scaler_decay,
         optimizer,
         record_len: record.len() as u64,
         record_sha256: sha256_hex(&record),
@@ -181,19 +198,34 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, ModelError> {
     let format: Format =
         serde_json::from_slice(header).map_err(|e| ModelError::Decode(format!("header: {e}")))?;
     match format.format {
-        ARTIFACT_FORMAT_VERSION => decode_format3(header, record),
+        ARTIFACT_FORMAT_VERSION | FORMAT_DECAYED_SCALER => decode_format3(header, record),
         FORMAT_LOGISTIC_BURNPACK => decode_format2(header, record),
         other => Err(ModelError::Decode(format!(
             "unsupported artifact format {other} (this build reads \
-             {FORMAT_LOGISTIC_BURNPACK} and {ARTIFACT_FORMAT_VERSION})"
+             {FORMAT_LOGISTIC_BURNPACK}, {ARTIFACT_FORMAT_VERSION} and {FORMAT_DECAYED_SCALER})"
         ))),
     }
 }
 
+/// Formats 3 and 4: one layout; 4 says the scaler is exponentially weighted.
 fn decode_format3(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelError> {
     let decode = |msg: String| ModelError::Decode(msg);
     let header: Header =
         serde_json::from_slice(header).map_err(|e| decode(format!("header: {e}")))?;
+    let decayed = header.format == FORMAT_DECAYED_SCALER;
+    if decayed != header.scaler_decay.is_some() || (decayed && header.scaler_count.is_none()) {
+        return Err(decode(format!(
+            "format {} with scaler_decay {:?} and a scaler {}: only format \
+             {FORMAT_DECAYED_SCALER} has an exponentially weighted scaler, and it has a scaler",
+            header.format,
+            header.scaler_decay.map(Decay::get),
+            if header.scaler_count.is_some() {
+                "present"
+            } else {
+                "absent"
+            },
+        )));
+    }
     let dimension = |value: Option<u64>, name: &str| {
         value
             .and_then(|v| usize::try_from(v).ok())
@@ -254,7 +286,7 @@ fn decode_format3(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelError> 
         Some(count) => {
             let mean = reader.f64s(n_features)?;
             let m2 = reader.f64s(n_features)?;
-            let scaler = StandardScaler::from_parts(count, mean, m2);
+            let scaler = StandardScaler::from_parts(count, mean, m2, header.scaler_decay);
             scaler.validate(n_features)?;
             Some(scaler)
         }
@@ -350,20 +382,23 @@ mod tests {
             ModelKind::FactorizationMachine,
         ] {
             for optimizer in [Optimizer::Sgd, Optimizer::adam()] {
-                let config = ModelConfig {
-                    kind,
-                    hyper: Hyper {
-                        optimizer,
-                        ..Hyper::default()
-                    },
-                    hidden: 3,
-                    factors: 2,
-                    seed: 1,
-                };
-                let mut trainer = Trainer::new(&config, 2).unwrap();
-                let (rows, labels) = linear_batch(0, 8, 2);
-                trainer.train_batch(&rows, &labels).unwrap();
-                out.push((config, trainer.to_bytes().unwrap()));
+                for scaler_decay in [None, Some(Decay::new(0.9).unwrap())] {
+                    let config = ModelConfig {
+                        kind,
+                        hyper: Hyper {
+                            optimizer,
+                            ..Hyper::default()
+                        },
+                        hidden: 3,
+                        factors: 2,
+                        seed: 1,
+                        scaler_decay,
+                    };
+                    let mut trainer = Trainer::new(&config, 2).unwrap();
+                    let (rows, labels) = linear_batch(0, 8, 2);
+                    trainer.train_batch(&rows, &labels).unwrap();
+                    out.push((config, trainer.to_bytes().unwrap()));
+                }
             }
         }
         out
@@ -520,9 +555,28 @@ mod tests {
                     },
                 ),
                 (
-                    "format 4",
+                    "format 5",
                     Header {
-                        format: 4,
+                        format: 5,
+                        ..header.clone()
+                    },
+                ),
+                // The format and the scaler's decay must agree: a decayed scaler read as
+                // Welford's (or the reverse) would scale with the wrong formula.
+                (
+                    "format and scaler decay disagree",
+                    Header {
+                        format: if header.scaler_decay.is_some() { 3 } else { 4 },
+                        ..header.clone()
+                    },
+                ),
+                (
+                    "scaler decay flipped",
+                    Header {
+                        scaler_decay: match header.scaler_decay {
+                            Some(_) => None,
+                            None => Some(Decay::new(0.5).unwrap()),
+                        },
                         ..header.clone()
                     },
                 ),
@@ -548,7 +602,9 @@ mod tests {
             };
             assert_eq!(again, bytes);
             let (header, _) = parts(&bytes);
-            assert_eq!((header.format, header.kind), (3, config.kind));
+            let format = if config.scaler_decay.is_some() { 4 } else { 3 };
+            assert_eq!((header.format, header.kind), (format, config.kind));
+            assert_eq!(header.scaler_decay, config.scaler_decay);
             assert_eq!(header.step, 1);
             assert_eq!(header.scaler_count, Some(8));
             let text = String::from_utf8(unframe(&bytes).unwrap().0.to_vec()).unwrap();

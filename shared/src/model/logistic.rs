@@ -173,7 +173,7 @@ impl LogisticTrainer {
     /// A trainer for `n_features` inputs with all weights and the bias at zero and `t = 0`.
     pub fn new(n_features: usize, hyper: Hyper) -> Result<Self, ModelError> {
         Ok(Self {
-            learner: Learner::new(Arch::Logistic, n_features, hyper, 0)?,
+            learner: Learner::new(Arch::Logistic, n_features, hyper, 0, None)?,
         })
     }
 

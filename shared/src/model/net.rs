@@ -24,6 +24,7 @@ use super::manifest::ModelKind;
 use super::optim::OptimizerState;
 use super::scaler::StandardScaler;
 use super::{ModelError, fm, logistic, mlp};
+use crate::aggregates::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
 /// costs at most ~16 nats instead of infinity.
@@ -168,6 +169,7 @@ impl Learner {
         n_features: usize,
         hyper: Hyper,
         seed: u64,
+        scaler_decay: Option<Decay>,
     ) -> Result<Learner, ModelError> {
         hyper.validate()?;
         if n_features == 0 {
@@ -186,7 +188,7 @@ impl Learner {
             n_features,
             seed,
             step: 0,
-            scaler: Some(StandardScaler::new(n_features)),
+            scaler: Some(StandardScaler::with_decay(n_features, scaler_decay)),
             params: arch.init(n_features, seed),
             optim: OptimizerState::fresh(&hyper.optimizer, &sizes),
         };
@@ -626,7 +628,7 @@ mod tests {
             l2: 0.01,
             ..Hyper::default()
         };
-        let mut learner = Learner::new(Arch::Logistic, 5, hyper, 0).unwrap();
+        let mut learner = Learner::new(Arch::Logistic, 5, hyper, 0, None).unwrap();
         let rows: Vec<Vec<f32>> = (0..64)
             .map(|i| {
                 (0..5)

@@ -1,5 +1,7 @@
 //! Online standard scaling: each feature is centred on its running mean and divided by its
-//! running standard deviation (Welford's algorithm, over every example seen).
+//! running standard deviation: Welford's algorithm over every example seen, or, with a decay β,
+//! the exponentially weighted mean and variance featurize keeps of each feature
+//! ([`crate::aggregates::ewma`], the same step), which follow features whose scale drifts.
 //!
 //! Raw features live on very different scales (a log view count reaches 10, a rate stays below
 //! 1); SGD on them is ill-conditioned and learns the small ones barely at all. The scaler's state
@@ -8,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
+use crate::aggregates::ewma::{Decay, ewma_step};
 
 /// Standard deviations below this are treated as this, so a constant feature maps to 0, not ∞.
 const MIN_STD: f64 = 1e-6;
@@ -17,18 +20,33 @@ const MIN_STD: f64 = 1e-6;
 pub struct StandardScaler {
     count: u64,
     mean: Vec<f64>,
-    /// Sum of squared deviations from the mean (Welford's M2).
+    /// Sum of squared deviations from the mean (Welford's M2); with a decay, the exponentially
+    /// weighted variance itself.
     m2: Vec<f64>,
+    /// β of the exponentially weighted statistics; `None` for Welford's, over every example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decay: Option<Decay>,
 }
 
 impl StandardScaler {
     /// A scaler that has seen nothing: it centres on 0 and does not rescale.
     pub fn new(n_features: usize) -> StandardScaler {
+        StandardScaler::with_decay(n_features, None)
+    }
+
+    /// A scaler that has seen nothing, exponentially weighted by `decay` if given.
+    pub fn with_decay(n_features: usize, decay: Option<Decay>) -> StandardScaler {
         StandardScaler {
             count: 0,
             mean: vec![0.0; n_features],
             m2: vec![0.0; n_features],
+            decay,
         }
+    }
+
+    /// β of an exponentially weighted scaler; `None` for Welford's.
+    pub fn decay(&self) -> Option<Decay> {
+        self.decay
     }
 
     /// Width of the rows it scales.
@@ -43,6 +61,25 @@ impl StandardScaler {
 
     /// Folds validated rows into the running statistics.
     pub fn update<R: AsRef<[f32]>>(&mut self, rows: &[R]) {
+        if let Some(decay) = self.decay {
+            for row in rows {
+                self.count += 1;
+                for ((mean, var), x) in self
+                    .mean
+                    .iter_mut()
+                    .zip(self.m2.iter_mut())
+                    .zip(row.as_ref())
+                {
+                    let x = f64::from(*x);
+                    (*mean, *var) = if self.count == 1 {
+                        (x, 0.0)
+                    } else {
+                        ewma_step(decay, *mean, *var, x)
+                    };
+                }
+            }
+            return;
+        }
         for row in rows {
             self.count += 1;
             let n = self.count as f64;
@@ -74,10 +111,12 @@ impl StandardScaler {
         self.m2
             .iter()
             .map(|m2| {
-                if self.count > 1 {
-                    (m2 / self.count as f64).sqrt().max(MIN_STD)
-                } else {
+                if self.count <= 1 {
                     1.0
+                } else if self.decay.is_some() {
+                    m2.sqrt().max(MIN_STD)
+                } else {
+                    (m2 / self.count as f64).sqrt().max(MIN_STD)
                 }
             })
             .collect()
@@ -99,9 +138,20 @@ impl StandardScaler {
         (self.count, &self.mean, &self.m2)
     }
 
-    /// Rebuilds a state from [`parts`](Self::parts); callers then [`validate`](Self::validate).
-    pub(crate) fn from_parts(count: u64, mean: Vec<f64>, m2: Vec<f64>) -> StandardScaler {
-        StandardScaler { count, mean, m2 }
+    /// Rebuilds a state from [`parts`](Self::parts) and [`decay`](Self::decay); callers then
+    /// [`validate`](Self::validate).
+    pub(crate) fn from_parts(
+        count: u64,
+        mean: Vec<f64>,
+        m2: Vec<f64>,
+        decay: Option<Decay>,
+    ) -> StandardScaler {
+        StandardScaler {
+            count,
+            mean,
+            m2,
+            decay,
+        }
     }
 
     /// Checks a decoded state is usable: the right width and finite statistics.
@@ -153,6 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn a_decayed_scaler_follows_the_features_ewma() {
+        let beta = Decay::new(0.5).unwrap();
+        let mut scaler = StandardScaler::with_decay(1, Some(beta));
+        let mut ewma = crate::aggregates::ewma::Ewma::new(beta);
+        for x in [3.0f32, 5.0, 4.0, 10.0, 11.0, 12.0] {
+            scaler.update(&[[x]]);
+            ewma.update(f64::from(x)).unwrap();
+        }
+        // The same statistics as featurize's scaling state, bit for bit.
+        let moments = ewma.moments();
+        assert_eq!(scaler.parts().1[0], moments.mean().unwrap());
+        assert_eq!(scaler.parts().2[0], moments.variance().unwrap());
+        let std = moments.variance().unwrap().sqrt();
+        let expected = ((12.0 - moments.mean().unwrap()) / std) as f32;
+        assert_eq!(scaler.transform(&[12.0]), vec![expected]);
+        // It forgets: after a shift, the mean is nearer the new level than Welford's.
+        let mut welford = StandardScaler::new(1);
+        for x in [3.0f32, 5.0, 4.0, 10.0, 11.0, 12.0] {
+            welford.update(&[[x]]);
+        }
+        assert!(scaler.parts().1[0] > welford.parts().1[0]);
+    }
+
+    #[test]
     fn refuses_a_state_that_does_not_fit() {
         let scaler = StandardScaler::new(2);
         assert!(scaler.validate(2).is_ok());
@@ -161,6 +235,7 @@ mod tests {
             count: 2,
             mean: vec![f64::NAN],
             m2: vec![0.0],
+            decay: None,
         };
         assert!(broken.validate(1).is_err());
     }
