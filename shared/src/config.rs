@@ -143,9 +143,10 @@ pub struct FunctionArgs {
     /// entity's events into one write]
     #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE")]
     pub batch_size: Option<usize>,
-    /// Longest wait for a batch to fill before handling what has arrived
-    #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
-    pub batch_wait: Duration,
+    /// Longest wait for a batch to fill before handling what has arrived [default: 200ms;
+    /// featurize: 0s, a batch of whatever has arrived, which grows by itself under a backlog]
+    #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", value_parser = parse_duration)]
+    pub batch_wait: Option<Duration>,
     /// Largest event accepted, in bytes; larger ones are dead-lettered as oversized
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = crate::events::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
@@ -169,8 +170,16 @@ impl FunctionArgs {
     /// The batch size of a function that sets no default of its own.
     pub const DEFAULT_BATCH_SIZE: usize = 256;
 
+    /// The batch wait of a function that sets no default of its own.
+    pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(200);
+
     /// The batch size: as set, else [`FunctionArgs::DEFAULT_BATCH_SIZE`].
     pub fn batch_size(&self) -> usize {
         self.batch_size.unwrap_or(Self::DEFAULT_BATCH_SIZE)
+    }
+
+    /// The batch wait: as set, else [`FunctionArgs::DEFAULT_BATCH_WAIT`].
+    pub fn batch_wait(&self) -> Duration {
+        self.batch_wait.unwrap_or(Self::DEFAULT_BATCH_WAIT)
     }
 }

@@ -25,7 +25,9 @@ use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 /// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
 /// view labels it 1, the horizon passing without one labels it 0.
 /// featurize's batch: each entity a batch touches is read (unless cached) and written once, so
-/// a larger batch folds more of a popular entity's events into one write.
+/// a larger batch folds more of a popular entity's events into one write. featurize does not
+/// wait for a batch to fill (its default batch wait is zero): it takes what has arrived, which is
+/// one event at a trickle and up to this many under a backlog, so batching costs no latency.
 const DEFAULT_BATCH_SIZE: usize = 1024;
 
 #[derive(Debug, Parser)]
@@ -115,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = args.settings()?;
     let mut function = args.function;
     function.batch_size.get_or_insert(DEFAULT_BATCH_SIZE);
+    function.batch_wait.get_or_insert(Duration::ZERO);
     let ctx = FunctionContext::start("featurize", function).await?;
     ctx.serve_http(axum::Router::new()).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;

@@ -223,10 +223,10 @@ impl FunctionContext {
         let settings = LoopSettings {
             function: self.name.to_string(),
             batch_size: self.args.batch_size().clamp(1, max_held.max(1)),
-            batch_wait: self.args.batch_wait,
+            batch_wait: self.args.batch_wait(),
             idle_tick: self
                 .args
-                .batch_wait
+                .batch_wait()
                 .max(std::time::Duration::from_millis(50)),
             ack_wait: self.topology.consumers.ack_wait,
         };
