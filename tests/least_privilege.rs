@@ -3,6 +3,12 @@
 //! cannot move a model pointer, predict cannot write EXAMPLES, a producer can publish events and
 //! not write features (each refused write fails for the caller and changes nothing); a wrong
 //! password is refused. The server's errors are shown when an assertion fails.
+//!
+//! And the pipeline runs under those users: featurize, train, drift and predict, each connected
+//! as its own user with `--provision verify` (no right to create streams), turn a producer's
+//! events into a live version that a client's request is served by, and none of them is refused
+//! anything; on a server nobody provisioned, a function in verify mode exits with an error that
+//! says what to run.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -12,9 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use freshet::serving::PredictRequest;
+use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, Subjects};
 use freshet::topology::{self, Topology};
-use freshet_cli::stack::{find_nats_server, free_port};
+use freshet_cli::stack::{FunctionProcess, find_nats_server, free_port};
+use freshet_tests::{bookstore_events, eventually};
 
 const USERS: [&str; 7] = [
     "featurize",
@@ -178,6 +187,154 @@ async fn each_function_is_denied_outside_its_subjects() -> anyhow::Result<()> {
         admin_features.get("user.u1").await?.as_deref(),
         Some(&b"{}"[..]),
         "featurize's own write stands, the producer's never landed"
+    );
+    Ok(())
+}
+
+/// Starts `function` connected as its own user, verifying the topology rather than creating it.
+fn spawn_as(
+    server: &SecuredServer,
+    function: &str,
+    args: &[&str],
+    dir: &Path,
+) -> anyhow::Result<FunctionProcess> {
+    let envs: Vec<(String, String)> = [
+        ("FRESHET_NATS_URL", server.url.clone()),
+        ("FRESHET_NATS_USER", function.to_string()),
+        ("FRESHET_NATS_PASSWORD", password(function)),
+        ("FRESHET_PROVISION", "verify".into()),
+        (
+            "FRESHET_OBJECT_STORE",
+            format!("file://{}", dir.join("artifacts").display()),
+        ),
+        ("FRESHET_HTTP_PORT", "0".into()),
+        ("FRESHET_HTTP_ADDR", "127.0.0.1".into()),
+        ("FRESHET_LOG_FORMAT", "text".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    FunctionProcess::spawn(function, &args, &envs, &dir.join(format!("{function}.log")))
+}
+
+fn log(dir: &Path, function: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{function}.log"))).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_with_each_function_as_its_own_user() -> anyhow::Result<()> {
+    let server = start_server()?;
+    let dir = tempfile::tempdir()?;
+    let subjects = Subjects::default();
+
+    // Nobody provisioned yet: a function that may only verify says what to do, and exits.
+    let mut early = spawn_as(&server, "featurize", &[], dir.path())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = early.try_status()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "featurize did not give up:\n{}",
+            log(dir.path(), "featurize")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let early_log = log(dir.path(), "featurize");
+    assert!(
+        early_log.contains("does not exist") && early_log.contains("freshet provision"),
+        "{early_log}"
+    );
+
+    let (admin, _) = connect(&server, "admin").await?;
+    let admin_js = jetstream::new(admin);
+    topology::provision(&admin_js, &Topology::builtin(), &subjects).await?;
+    let _featurize = spawn_as(&server, "featurize", &["--label-horizon", "0s"], dir.path())?;
+    let _train = spawn_as(
+        &server,
+        "train",
+        &[
+            "--publish-every-batches",
+            "1",
+            "--publish-interval",
+            "200ms",
+        ],
+        dir.path(),
+    )?;
+    let _drift = spawn_as(&server, "drift", &[], dir.path())?;
+    let _predict = spawn_as(&server, "predict", &[], dir.path())?;
+
+    // The producer publishes the events; nothing else touches the pipeline.
+    let (producer, _) = connect(&server, "producer").await?;
+    let producer_js = jetstream::new(producer);
+    for event in bookstore_events(20, 200, "lp") {
+        let subject = subjects.event(
+            event["type"].as_str().unwrap(),
+            event["data"]["user"]
+                .as_str()
+                .or_else(|| event["data"]["item"].as_str())
+                .unwrap(),
+        );
+        producer_js
+            .publish(subject, serde_json::to_vec(&event)?.into())
+            .await?
+            .await?;
+    }
+
+    let model = freshet::ids::ModelName::parse("bookstore")?;
+    let pointers = Pointers::new(admin_js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&format!(
+        "file://{}",
+        dir.path().join("artifacts").display()
+    ))?;
+    let logs = || {
+        ["featurize", "train", "drift", "predict"]
+            .map(|f| format!("--- {f}\n{}", log(dir.path(), f)))
+            .join("\n")
+    };
+    let live = eventually(
+        Duration::from_secs(90),
+        "a live version that learned every example",
+        || async {
+            let live = pointers.get(&model, Slot::Live).await.ok()?.value?;
+            let manifest = artifacts.manifest(&model, live.version).await.ok()?;
+            (manifest.high_water_mark == 200).then_some(manifest)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+
+    // A client (its own user, allowed only to ask) is served by that version.
+    let (client, _) = connect(&server, "client").await?;
+    let request = PredictRequest {
+        user: Some("u1".parse()?),
+        item: Some("b2".parse()?),
+        ..Default::default()
+    };
+    let endpoint = freshet::serving::endpoint_single(&subjects, &model);
+    let reply = eventually(
+        Duration::from_secs(30),
+        "a reply from the live version",
+        || async {
+            let reply: freshet::serving::PredictResponse =
+                freshet::serving::call(&client, endpoint.clone(), &request, Duration::from_secs(2))
+                    .await
+                    .ok()?;
+            (reply.version >= live.version).then_some(reply)
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    assert!(reply.score > 0.0 && reply.score < 1.0);
+
+    // No function was refused anything on the way.
+    let all = logs();
+    assert!(
+        !all.contains("refused an operation") && !all.contains("Permissions Violation"),
+        "{all}"
     );
     Ok(())
 }

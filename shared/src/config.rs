@@ -143,6 +143,15 @@ pub struct FunctionArgs {
     /// entity's events into one write]
     #[arg(long = "batch-size", env = "FRESHET_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// At start-up, "create" the streams and buckets that are missing, or only "verify" they
+    /// exist as configured (for a user without the rights to create them: run
+    /// `freshet provision` as an operator first)
+    #[arg(
+        long = "provision",
+        env = "FRESHET_PROVISION",
+        default_value = "create"
+    )]
+    pub provision: crate::topology::ProvisionMode,
     /// Longest wait for a batch to fill before handling what has arrived [default: 200ms;
     /// featurize: 0s, a batch of whatever has arrived, which grows by itself under a backlog]
     #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", value_parser = parse_duration)]

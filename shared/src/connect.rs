@@ -28,11 +28,22 @@ pub enum ConnectError {
     },
 }
 
+/// Chooses the process's TLS crypto provider (ring), once; later calls do nothing.
+///
+/// The NATS client brings rustls with ring and the S3 client brings it with aws-lc-rs; with
+/// two providers compiled in, rustls cannot pick one by itself and panics at the first TLS
+/// connection. [`connect`] calls this; a program making TLS connections of its own calls it first.
+pub fn choose_tls_provider() {
+    // An error means a provider is already installed, which is all this wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Connects to NATS. `name` shows in the server's connection list (`nats server report connections`).
 ///
 /// The client reconnects forever after a connection is lost, with a capped backoff, so a
 /// function rides out a server restart; at start-up it also waits for a server that is not up yet.
 pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, ConnectError> {
+    choose_tls_provider();
     let servers = args
         .urls
         .iter()
@@ -56,6 +67,11 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => {
                     tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                // A permissions violation arrives here and nowhere else: the request that caused
+                // it only times out. It names the subject this user may not use.
+                async_nats::Event::ServerError(error) => {
+                    tracing::error!(%error, "the NATS server refused an operation")
                 }
                 other => tracing::debug!(event = %other, "NATS connection event"),
             }

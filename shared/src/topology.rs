@@ -84,6 +84,11 @@ pub enum TopologyError {
         name: String,
         differences: Differences,
     },
+    #[error(
+        "{kind} {name} does not exist, and this process only verifies the topology \
+         (--provision verify): run `freshet provision` as an operator first"
+    )]
+    Missing { kind: &'static str, name: String },
     #[error("JetStream request for {what} failed: {source}")]
     JetStream {
         what: String,
@@ -274,13 +279,47 @@ pub async fn provision(
     topology: &Topology,
     subjects: &Subjects,
 ) -> Result<Vec<(String, Provisioned)>, TopologyError> {
+    provision_as(js, topology, subjects, ProvisionMode::Create).await
+}
+
+/// Whether a process creates what is missing from the topology or only checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProvisionMode {
+    /// Create missing streams and buckets (needs the rights to create them).
+    #[default]
+    Create,
+    /// Check that every stream and bucket exists with the wanted settings, and fail with a
+    /// clear error if one is missing: for functions running with least privilege, whose users
+    /// may read stream settings but not create streams.
+    Verify,
+}
+
+impl std::str::FromStr for ProvisionMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ProvisionMode, String> {
+        match text {
+            "create" => Ok(ProvisionMode::Create),
+            "verify" => Ok(ProvisionMode::Verify),
+            other => Err(format!("{other:?} is not create or verify")),
+        }
+    }
+}
+
+/// [`provision`], or only its checks with [`ProvisionMode::Verify`].
+pub async fn provision_as(
+    js: &jetstream::Context,
+    topology: &Topology,
+    subjects: &Subjects,
+    mode: ProvisionMode,
+) -> Result<Vec<(String, Provisioned)>, TopologyError> {
     let mut report = Vec::new();
     for wanted in topology.stream_configs(subjects) {
-        let outcome = ensure_stream(js, &wanted).await?;
+        let outcome = ensure_stream(js, &wanted, mode).await?;
         report.push((format!("stream {}", wanted.name), outcome));
     }
     for wanted in topology.bucket_configs() {
-        let outcome = ensure_bucket(js, &wanted).await?;
+        let outcome = ensure_bucket(js, &wanted, mode).await?;
         report.push((format!("bucket {}", wanted.bucket), outcome));
     }
     Ok(report)
@@ -312,8 +351,15 @@ async fn existing_stream(
 async fn ensure_stream(
     js: &jetstream::Context,
     wanted: &stream::Config,
+    mode: ProvisionMode,
 ) -> Result<Provisioned, TopologyError> {
     let Some(info) = existing_stream(js, &wanted.name).await? else {
+        if mode == ProvisionMode::Verify {
+            return Err(TopologyError::Missing {
+                kind: "stream",
+                name: wanted.name.clone(),
+            });
+        }
         js.create_stream(wanted.clone())
             .await
             .map_err(|e| js_error(format!("create stream {}", wanted.name), e))?;
@@ -350,9 +396,16 @@ async fn ensure_stream(
 async fn ensure_bucket(
     js: &jetstream::Context,
     wanted: &kv::Config,
+    mode: ProvisionMode,
 ) -> Result<Provisioned, TopologyError> {
     let stream_name = format!("KV_{}", wanted.bucket);
     let Some(info) = existing_stream(js, &stream_name).await? else {
+        if mode == ProvisionMode::Verify {
+            return Err(TopologyError::Missing {
+                kind: "bucket",
+                name: wanted.bucket.clone(),
+            });
+        }
         js.create_key_value(wanted.clone())
             .await
             .map_err(|e| js_error(format!("create bucket {}", wanted.bucket), e))?;

@@ -39,7 +39,7 @@ impl FunctionContext {
         let topology = args.common.topology()?;
         let client = connect(&args.common.nats, name).await?;
         let js = jetstream::new(client.clone());
-        let report = topology::provision(&js, &topology, &subjects)
+        let report = topology::provision_as(&js, &topology, &subjects, args.provision)
             .await
             .context("provisioning the JetStream topology")?;
         for (what, outcome) in report {
