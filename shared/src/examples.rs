@@ -45,6 +45,24 @@ impl ExampleRecord {
         format!("ex-{source_event}")
     }
 
+    /// The record of an `example` event, whose features were computed by the producer: the
+    /// same whether featurize takes it from EVENTS or a function takes it by push.
+    pub fn from_event(
+        event_id: &str,
+        data: &crate::events::ExampleData,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> ExampleRecord {
+        ExampleRecord {
+            id: ExampleRecord::id_for(event_id),
+            model: data.model.clone(),
+            schema: None,
+            features: data.features.iter().map(|&x| x as f32).collect(),
+            label: data.label as f32,
+            source_event: event_id.to_string(),
+            event_time: Some(at),
+        }
+    }
+
     /// Decodes and checks an example so a model never sees a malformed or non-finite one.
     ///
     /// Features are read as `f64` and range-checked before they become `f32`, so a value too

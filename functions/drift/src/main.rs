@@ -180,7 +180,9 @@ async fn main() -> anyhow::Result<()> {
     // Settings are checked before connecting, so a typo fails at once.
     let bank = Bank::new(args.bank_config())?;
     let ctx = FunctionContext::start("drift", args.function).await?;
-    ctx.serve_http(axum::Router::new()).await?;
+    // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
+    ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
+        .await?;
     let metrics = metrics::DriftMetrics::default();
     metrics.register(&ctx.metrics, bank.config());
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use freshet::aggregates::WindowSpec;
 use freshet::aggregates::ewma::Decay;
 use freshet::error::{RejectReason, Rejection};
-use freshet::events::{Action, Event, EventData, ExampleData, NewItem, UserAction};
+use freshet::events::{Action, Event, EventData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
 use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
 use freshet::ids::{EntityId, ModelName};
@@ -54,19 +54,6 @@ pub fn event_time(event: &Event, stored_at: DateTime<Utc>) -> DateTime<Utc> {
     event.time.unwrap_or(stored_at)
 }
 
-/// The example an `example` event carries, as train expects it.
-pub fn example_passthrough(event_id: &str, data: &ExampleData, at: DateTime<Utc>) -> ExampleRecord {
-    ExampleRecord {
-        id: ExampleRecord::id_for(event_id),
-        model: data.model.clone(),
-        schema: None,
-        features: data.features.iter().map(|&x| x as f32).collect(),
-        label: data.label as f32,
-        source_event: event_id.to_string(),
-        event_time: Some(at),
-    }
-}
-
 /// What an event asks of featurize, before any state is read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
@@ -83,7 +70,7 @@ pub fn work_for(event: &Event, at: DateTime<Utc>) -> Work {
     match &event.data {
         EventData::UserAction(action) => Work::UserAction(action.clone()),
         EventData::NewItem(item) => Work::NewItem(item.clone()),
-        EventData::Example(data) => Work::Example(example_passthrough(&event.id, data, at)),
+        EventData::Example(data) => Work::Example(ExampleRecord::from_event(&event.id, data, at)),
         EventData::Outcome(_) => Work::Nothing,
     }
 }

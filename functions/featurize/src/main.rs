@@ -119,7 +119,9 @@ async fn main() -> anyhow::Result<()> {
     function.batch_size.get_or_insert(DEFAULT_BATCH_SIZE);
     function.batch_wait.get_or_insert(Duration::ZERO);
     let ctx = FunctionContext::start("featurize", function).await?;
-    ctx.serve_http(axum::Router::new()).await?;
+    // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
+    ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
+        .await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
     if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {

@@ -100,7 +100,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ctx = FunctionContext::start("train", args.function).await?;
-    ctx.serve_http(axum::Router::new()).await?;
+    // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
+    ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
+        .await?;
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let config = ModelConfig {
         kind: args.kind,

@@ -82,6 +82,18 @@ impl FunctionContext {
         Ok(addr)
     }
 
+    /// The `/events` route: CloudEvents pushed over HTTP (Knative Eventing) enter `input`, the
+    /// stream this function consumes (see [`crate::runtime::ingress`]).
+    pub fn ingress(&self, input: crate::runtime::ingress::Input) -> Router {
+        crate::runtime::ingress::routes(crate::runtime::ingress::Ingress {
+            js: self.js.clone(),
+            subjects: self.subjects.clone(),
+            function: self.name,
+            input,
+            max_event_bytes: self.args.max_event_bytes,
+        })
+    }
+
     /// Runs `work` while holding the lease `key` in the LEASES bucket, so that at most one replica
     /// does it at a time; the others stand by until the lease is free (released, or aged out
     /// after the bucket's `max_age` when its holder died). Returns `Ok(())` without running

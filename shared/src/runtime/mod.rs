@@ -4,6 +4,7 @@
 pub mod dead_letter;
 pub mod function;
 pub mod http;
+pub mod ingress;
 pub mod metrics;
 pub mod order;
 pub mod pull;
