@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all tools build demo test unit integration bench quality fmt lint up down clean
+.PHONY: all tools build demo test unit integration cluster bench quality fmt lint up down clean
 
 all: build
 
@@ -30,6 +30,11 @@ unit:
 ## integration: the tests/ suite only
 integration: tools build
 	$(CARGO) test -p freshet-tests
+
+## cluster: the pipeline on a 3-node JetStream cluster with a node killed mid-replay (not yet
+## in `make test`: it stalls in about one run in three; see tests/cluster.rs)
+cluster: tools build
+	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
 
 ## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
 quality:

@@ -13,6 +13,7 @@ use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::runtime::{Metrics, Readiness, Shutdown};
 use crate::store::ArtifactStore;
+use crate::store::kv::CasError;
 use crate::store::lease::Lease;
 use crate::subjects::Subjects;
 use crate::topology::{self, Topology};
@@ -99,8 +100,9 @@ impl FunctionContext {
     /// after the bucket's `max_age` when its holder died). Returns `Ok(())` without running
     /// `work` if shutdown comes while standing by.
     ///
-    /// A lease that cannot be renewed was taken over (or aged out while this process stalled):
-    /// the process then exits at once with status 3, unacknowledged work and all, so two
+    /// A renewal that fails for want of a server is retried while the lease cannot have aged out.
+    /// A lease taken over (or one that may have aged out while this process stalled or could not
+    /// reach a server) ends the process at once with status 3, unacknowledged work and all, so two
     /// replicas never do the work together; its messages are redelivered to the new holder.
     pub async fn exclusively<F>(&self, key: &str, work: F) -> anyhow::Result<()>
     where
@@ -133,12 +135,28 @@ impl FunctionContext {
         };
         let (release, mut released) = tokio::sync::oneshot::channel::<()>();
         let keeper = tokio::spawn(async move {
+            // A renewal that fails for want of a server (one failing over) is retried, as long
+            // as the lease cannot have aged out since the last renewal that went through; a
+            // lease taken over, or one that may have aged out, ends the process.
+            let mut renewed_at = tokio::time::Instant::now();
+            let mut retrying = false;
             loop {
+                let wait = if retrying { ttl / 20 } else { ttl / 3 };
                 tokio::select! {
-                    _ = tokio::time::sleep(ttl / 3) => {
-                        if let Err(err) = lease.renew().await {
-                            tracing::error!(error = %err, "lost the lease; exiting so the new holder works alone");
-                            std::process::exit(3);
+                    _ = tokio::time::sleep(wait) => {
+                        match lease.renew().await {
+                            Ok(()) => {
+                                renewed_at = tokio::time::Instant::now();
+                                retrying = false;
+                            }
+                            Err(CasError::Failed(err)) if renewed_at.elapsed() < ttl * 2 / 3 => {
+                                tracing::warn!(error = %err, "cannot renew the lease yet; retrying");
+                                retrying = true;
+                            }
+                            Err(err) => {
+                                tracing::error!(error = %err, "lost the lease; exiting so the new holder works alone");
+                                std::process::exit(3);
+                            }
                         }
                     }
                     _ = &mut released => {

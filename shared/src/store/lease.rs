@@ -61,14 +61,33 @@ impl Lease {
 
     /// Renews the lease; an error means it was lost (taken over, or it aged out).
     pub async fn renew(&mut self) -> Result<(), CasError> {
-        self.revision = compare_and_set(
+        let renewed = compare_and_set(
             &self.store,
             &self.key,
             Bytes::from(self.holder.clone()),
             self.revision,
         )
-        .await?;
-        Ok(())
+        .await;
+        match renewed {
+            Ok(revision) => {
+                self.revision = revision;
+                Ok(())
+            }
+            // A renewal whose reply was lost (a server failing over) went through all the same:
+            // the entry still names this holder, at a later revision. Anyone else's name there
+            // means the lease was taken over.
+            Err(conflict @ CasError::Conflict { .. }) => {
+                match crate::store::kv::read(&self.store, &self.key).await {
+                    Ok(entry) if entry.value.as_deref() == Some(self.holder.as_bytes()) => {
+                        self.revision = entry.revision;
+                        Ok(())
+                    }
+                    Ok(_) => Err(conflict),
+                    Err(failure) => Err(CasError::Failed(failure)),
+                }
+            }
+            Err(failure) => Err(failure),
+        }
     }
 
     /// Gives the lease up, so a standby takes over without waiting for it to age out.
