@@ -31,10 +31,10 @@ unit:
 integration: tools build
 	$(CARGO) test -p freshet-tests
 
-## cluster: the pipeline on a 3-node JetStream cluster with a node killed mid-replay (not yet
-## in `make test`: it stalls in about one run in three; see tests/cluster.rs)
+## cluster: the pipeline on a 3-node JetStream cluster with a node killed mid-replay, alone
+## (it is part of `make test` too)
 cluster: tools build
-	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
+	$(CARGO) test -p freshet-tests --test cluster -- --nocapture
 
 ## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
 quality:

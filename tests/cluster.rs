@@ -93,10 +93,6 @@ fn cluster(dir: &Path) -> anyhow::Result<(Vec<Node>, String)> {
     Ok((nodes, routes))
 }
 
-// Not yet in `make test`: about one run in three stalls after the node comes back (featurize
-// waits for a message that is not redelivered), which is still being investigated. Run it with
-// `make cluster` (cargo test -p freshet-tests --test cluster -- --ignored).
-#[ignore = "stalls in about one run in three after a node failover; see the comment above"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -149,7 +145,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
             &dir.path().join(format!("{function}.log")),
         )
     };
-    let _featurize = spawn("featurize", &["--label-horizon", "0s"])?;
+    let mut featurize_process = spawn("featurize", &["--label-horizon", "0s"])?;
     let _train = spawn(
         "train",
         &[
@@ -276,8 +272,29 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
             (manifest.high_water_mark >= ACTIONS).then_some(manifest)
         },
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
+    .await;
+    let live = match live {
+        Ok(live) => live,
+        Err(e) => {
+            let info = js
+                .get_stream("EVENTS")
+                .await?
+                .consumer_info("featurize")
+                .await;
+            let examples_info = js
+                .get_stream(STREAM_EXAMPLES)
+                .await?
+                .info()
+                .await
+                .map(|i| i.state.messages);
+            // What a stall looks like, for whoever investigates it.
+            eprintln!(
+                "featurize exit status: {:?}\nits consumer: {info:#?}\nEXAMPLES holds {examples_info:?}",
+                featurize_process.try_status()
+            );
+            anyhow::bail!("{e}\n{}", logs());
+        }
+    };
     let examples = eventually(Duration::from_secs(30), "EXAMPLES' length", || async {
         Some(
             js.get_stream(STREAM_EXAMPLES)

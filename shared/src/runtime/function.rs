@@ -149,7 +149,9 @@ impl FunctionContext {
                                 renewed_at = tokio::time::Instant::now();
                                 retrying = false;
                             }
-                            Err(CasError::Failed(err)) if renewed_at.elapsed() < ttl * 2 / 3 => {
+                            // The entry ages out a full time to live after the last renewal; a
+                            // tenth of it is left for the clocks and the round trip.
+                            Err(CasError::Failed(err)) if renewed_at.elapsed() < ttl * 9 / 10 => {
                                 tracing::warn!(error = %err, "cannot renew the lease yet; retrying");
                                 retrying = true;
                             }
