@@ -1,5 +1,6 @@
-//! `freshet models list|show`: what models exist, which version each serves, and what a version
-//! is (its manifest) and how its live pointer moved.
+//! `freshet models list|show|rollback|promote`: what models exist, which version each serves,
+//! what a version is (its manifest) and how its live pointer moved; and moving that pointer by
+//! hand, by compare-and-set, to a version that is verified first.
 //!
 //! A model is known if it has a pointer in the MODELS bucket or a version in the artifact store;
 //! either alone is worth showing (pointers without artifacts are broken, artifacts without
@@ -30,6 +31,44 @@ pub enum ModelsCommand {
     List,
     /// Show the manifest of a model's live version (or --version) and the live pointer's history
     Show(ShowArgs),
+    /// Move the live pointer back to an earlier version (the one before the current, or --to);
+    /// predictors swap to it. Stop train first, or it moves the pointer on at its next version
+    Rollback(RollbackArgs),
+    /// Make the candidate version live (and remove the candidate pointer)
+    Promote(PromoteArgs),
+}
+
+/// Arguments of `freshet models rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// Model name
+    pub model: ModelName,
+    /// Version to go back to; the live pointer's previous version if unset
+    #[arg(long = "to")]
+    pub to: Option<u64>,
+    /// Why, recorded in the pointer and its history
+    #[arg(long = "reason", default_value = "rollback by an operator")]
+    pub reason: String,
+}
+
+/// Arguments of `freshet models promote`.
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// Model name
+    pub model: ModelName,
+    /// Why, recorded in the pointer and its history
+    #[arg(long = "reason", default_value = "promoted by an operator")]
+    pub reason: String,
+}
+
+/// What a pointer move did, for people and for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointerMove {
+    pub model: String,
+    pub from_version: Option<u64>,
+    pub to_version: u64,
+    pub reason: String,
+    pub revision: u64,
 }
 
 /// Arguments of `freshet models show`.
@@ -116,7 +155,144 @@ pub async fn run(global: &GlobalArgs, command: &ModelsCommand) -> anyhow::Result
     match command {
         ModelsCommand::List => list(global).await,
         ModelsCommand::Show(args) => show(global, args).await,
+        ModelsCommand::Rollback(args) => rollback(global, args).await,
+        ModelsCommand::Promote(args) => promote(global, args).await,
     }
+}
+
+/// The version a rollback goes to: `to`, or the latest earlier value of the pointer naming
+/// another version than the current one.
+pub fn rollback_target(current: u64, history: &[(u64, Pointer)], to: Option<u64>) -> Option<u64> {
+    match to {
+        Some(version) => Some(version),
+        None => history
+            .iter()
+            .rev()
+            .map(|(_, pointer)| pointer.version)
+            .find(|&version| version != current),
+    }
+}
+
+async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
+    let nats = connect(global).await?;
+    let pointers = open_pointers(&nats.js).await?;
+    let live = pointers.get(&args.model, Slot::Live).await?;
+    let Some(current) = live.value else {
+        return Err(NotFound(format!("{} has no live version to roll back", args.model)).into());
+    };
+    let history = pointers.history(&args.model, Slot::Live).await?;
+    let target = rollback_target(current.version, &history, args.to).ok_or_else(|| {
+        NotFound(format!(
+            "{} has no earlier live version in its pointer history; name one with --to",
+            args.model
+        ))
+    })?;
+    let moved = move_pointer(
+        global,
+        &pointers,
+        &args.model,
+        target,
+        Some(current.version),
+        live.revision,
+        &args.reason,
+    )
+    .await?;
+    report_move(global, &moved)
+}
+
+async fn promote(global: &GlobalArgs, args: &PromoteArgs) -> anyhow::Result<()> {
+    let nats = connect(global).await?;
+    let pointers = open_pointers(&nats.js).await?;
+    let candidate = pointers.get(&args.model, Slot::Candidate).await?;
+    let Some(candidate_pointer) = candidate.value else {
+        return Err(NotFound(format!("{} has no candidate to promote", args.model)).into());
+    };
+    let live = pointers.get(&args.model, Slot::Live).await?;
+    let moved = move_pointer(
+        global,
+        &pointers,
+        &args.model,
+        candidate_pointer.version,
+        live.value.map(|p| p.version),
+        live.revision,
+        &args.reason,
+    )
+    .await?;
+    // The candidate is live now; a predictor shadowing it would only compare it with itself.
+    if let Err(err) = pointers
+        .bucket()
+        .delete_expect_revision(
+            &freshet::subjects::pointer_key(&args.model, Slot::Candidate.as_str()),
+            Some(candidate.revision),
+        )
+        .await
+    {
+        eprintln!("warning: the candidate pointer was not removed: {err}");
+    }
+    report_move(global, &moved)
+}
+
+/// Verifies `version` (its artifact loads and matches its manifest's checksum), then moves the
+/// live pointer to it if nobody moved it since `expected`.
+async fn move_pointer(
+    global: &GlobalArgs,
+    pointers: &Pointers,
+    model: &ModelName,
+    version: u64,
+    from_version: Option<u64>,
+    expected: u64,
+    reason: &str,
+) -> anyhow::Result<PointerMove> {
+    let artifacts = open_artifacts(global)?;
+    let manifest = artifacts
+        .manifest(model, version)
+        .await
+        .map_err(|err| NotFound(format!("version {version} of {model}: {err}")))?;
+    let pointer = Pointer {
+        version,
+        sha256: manifest.sha256.clone(),
+        updated_at: Utc::now(),
+        reason: reason.to_string(),
+    };
+    artifacts
+        .load_pointed(model, &pointer)
+        .await
+        .map_err(|refusal| {
+            anyhow::anyhow!(
+                "version {version} of {model} is refused: {}",
+                refusal.reason
+            )
+        })?;
+    let revision = pointers
+        .set(model, Slot::Live, &pointer, expected)
+        .await
+        .with_context(|| {
+            format!("moving {model}'s live pointer (if it moved meanwhile, run the command again)")
+        })?;
+    Ok(PointerMove {
+        model: model.to_string(),
+        from_version,
+        to_version: version,
+        reason: reason.to_string(),
+        revision,
+    })
+}
+
+fn report_move(global: &GlobalArgs, moved: &PointerMove) -> anyhow::Result<()> {
+    if global.json {
+        return emit_json(moved);
+    }
+    println!(
+        "{} live: version {} -> {} ({}), pointer revision {}",
+        moved.model,
+        moved
+            .from_version
+            .map_or_else(|| "none".to_string(), |v| v.to_string()),
+        moved.to_version,
+        moved.reason,
+        moved.revision
+    );
+    Ok(())
 }
 
 async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
@@ -379,6 +555,28 @@ pub fn render_detail(detail: &ModelDetail) -> String {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    fn pointer(version: u64) -> Pointer {
+        Pointer {
+            version,
+            sha256: String::new(),
+            updated_at: Utc::now(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_latest_other_version_unless_told() {
+        let history = vec![
+            (1, pointer(1)),
+            (2, pointer(2)),
+            (3, pointer(3)),
+            (4, pointer(3)),
+        ];
+        assert_eq!(rollback_target(3, &history, None), Some(2));
+        assert_eq!(rollback_target(3, &history, Some(1)), Some(1));
+        assert_eq!(rollback_target(1, &[(1, pointer(1))], None), None);
+    }
 
     #[test]
     fn pointer_keys_name_a_model_and_a_slot() {
