@@ -18,8 +18,10 @@ use freshet::serving::PredictRequest;
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
-use freshet_cli::stack::{FunctionProcess, find_nats_server, free_port};
-use freshet_tests::{bookstore_events, eventually};
+use freshet_cli::stack::{find_nats_server, free_port};
+use freshet_tests::{
+    assert_lineage_tiles, bookstore_events, event_message, eventually, spawn_function,
+};
 
 const NODES: usize = 3;
 const ITEMS: usize = 20;
@@ -126,24 +128,12 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
 
     let artifacts_url = format!("file://{}", dir.path().join("artifacts").display());
     let spawn = |function: &str, args: &[&str]| {
-        let envs: Vec<(String, String)> = [
+        let envs = [
             ("FRESHET_NATS_URL", urls.clone()),
             ("FRESHET_TOPOLOGY", topology_path.display().to_string()),
             ("FRESHET_OBJECT_STORE", artifacts_url.clone()),
-            ("FRESHET_HTTP_PORT", "0".into()),
-            ("FRESHET_HTTP_ADDR", "127.0.0.1".into()),
-            ("FRESHET_LOG_FORMAT", "text".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        FunctionProcess::spawn(
-            function,
-            &args,
-            &envs,
-            &dir.path().join(format!("{function}.log")),
-        )
+        ];
+        spawn_function(function, args, &envs, dir.path())
     };
     let mut featurize_process = spawn("featurize", &["--label-horizon", "0s"])?;
     let _train = spawn(
@@ -224,21 +214,11 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
             nodes[1].start(&routes)?;
             node_changes.push(Instant::now());
         }
-        let subject = subjects.event(
-            event["type"].as_str().unwrap(),
-            event["data"]["user"]
-                .as_str()
-                .or_else(|| event["data"]["item"].as_str())
-                .unwrap(),
-        );
-        let payload = serde_json::to_vec(event)?;
         let id = event["id"].as_str().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let message = jetstream::message::PublishMessage::build()
-                .payload(payload.clone().into())
-                .message_id(id);
-            let stored = match js.send_publish(subject.clone(), message).await {
+            let (subject, message) = event_message(&subjects, event)?;
+            let stored = match js.send_publish(subject, message).await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
@@ -316,23 +296,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
         live.metrics.examples_total, ACTIONS,
         "every example trained on exactly once"
     );
-    let mut ranges = Vec::new();
-    let mut manifest = live.clone();
-    loop {
-        ranges.push(manifest.learned.expect("every version learned something"));
-        match manifest.parent {
-            Some(parent) => manifest = artifacts.manifest(&model, parent).await?,
-            None => break,
-        }
-    }
-    ranges.reverse();
-    assert_eq!(
-        (ranges.first().unwrap().first, ranges.last().unwrap().last),
-        (1, ACTIONS)
-    );
-    for pair in ranges.windows(2) {
-        assert_eq!(pair[1].first, pair[0].last + 1, "{ranges:?}");
-    }
+    assert_lineage_tiles(&artifacts, &model, &live, ACTIONS).await?;
 
     // The predictor kept answering: a request failed only in the seconds after the node died
     // or came back (clients on it reconnect elsewhere, leaders are re-elected), and it answers

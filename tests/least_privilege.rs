@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +21,10 @@ use freshet::serving::PredictRequest;
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, Subjects};
 use freshet::topology::{self, Topology};
-use freshet_cli::stack::{FunctionProcess, find_nats_server, free_port};
-use freshet_tests::{bookstore_events, eventually};
+use freshet_cli::stack::FunctionProcess;
+use freshet_tests::{
+    ConfiguredServer, bookstore_events, event_message, eventually, function_log, spawn_function,
+};
 
 const USERS: [&str; 7] = [
     "featurize",
@@ -35,18 +36,11 @@ const USERS: [&str; 7] = [
     "admin",
 ];
 
-/// nats-server with the infra users, on a loopback port; killed (by its pid) when dropped.
+/// nats-server with the infra users, on a loopback port.
 struct SecuredServer {
-    child: Child,
+    _server: ConfiguredServer,
     url: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for SecuredServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn password(user: &str) -> String {
@@ -59,42 +53,31 @@ fn start_server() -> anyhow::Result<SecuredServer> {
     for file in ["users.conf", "permissions.conf"] {
         std::fs::copy(infra.join(file), dir.path().join(file))?;
     }
-    let port = free_port()?;
-    let config = dir.path().join("server.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ninclude ./users.conf\n",
-            dir.path().join("js").display()
-        ),
+    let store = dir.path().join("js");
+    let passwords: Vec<(String, String)> = USERS
+        .iter()
+        .map(|user| {
+            (
+                format!("FRESHET_{}_PASSWORD", user.to_uppercase()),
+                password(user),
+            )
+        })
+        .collect();
+    let server = ConfiguredServer::start(
+        dir.path(),
+        |port| {
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ninclude ./users.conf\n",
+                store.display()
+            )
+        },
+        &passwords,
     )?;
-    let mut command = Command::new(find_nats_server()?);
-    command
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for user in USERS {
-        command.env(
-            format!("FRESHET_{}_PASSWORD", user.to_uppercase()),
-            password(user),
-        );
-    }
-    let child = command.spawn()?;
-    let server = SecuredServer {
-        child,
-        url: format!("nats://127.0.0.1:{port}"),
+    Ok(SecuredServer {
+        url: format!("nats://127.0.0.1:{}", server.port),
+        _server: server,
         _dir: dir,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "nats-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+    })
 }
 
 /// A connection as `user`, and the server errors it has been sent (for failure messages).
@@ -198,7 +181,7 @@ fn spawn_as(
     args: &[&str],
     dir: &Path,
 ) -> anyhow::Result<FunctionProcess> {
-    let envs: Vec<(String, String)> = [
+    let envs = [
         ("FRESHET_NATS_URL", server.url.clone()),
         ("FRESHET_NATS_USER", function.to_string()),
         ("FRESHET_NATS_PASSWORD", password(function)),
@@ -207,19 +190,12 @@ fn spawn_as(
             "FRESHET_OBJECT_STORE",
             format!("file://{}", dir.join("artifacts").display()),
         ),
-        ("FRESHET_HTTP_PORT", "0".into()),
-        ("FRESHET_HTTP_ADDR", "127.0.0.1".into()),
-        ("FRESHET_LOG_FORMAT", "text".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    FunctionProcess::spawn(function, &args, &envs, &dir.join(format!("{function}.log")))
+    ];
+    spawn_function(function, args, &envs, dir)
 }
 
 fn log(dir: &Path, function: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{function}.log"))).unwrap_or_default()
+    function_log(dir, function)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,17 +247,8 @@ async fn the_pipeline_runs_with_each_function_as_its_own_user() -> anyhow::Resul
     let (producer, _) = connect(&server, "producer").await?;
     let producer_js = jetstream::new(producer);
     for event in bookstore_events(20, 200, "lp") {
-        let subject = subjects.event(
-            event["type"].as_str().unwrap(),
-            event["data"]["user"]
-                .as_str()
-                .or_else(|| event["data"]["item"].as_str())
-                .unwrap(),
-        );
-        producer_js
-            .publish(subject, serde_json::to_vec(&event)?.into())
-            .await?
-            .await?;
+        let (subject, message) = event_message(&subjects, &event)?;
+        producer_js.send_publish(subject, message).await?.await?;
     }
 
     let model = freshet::ids::ModelName::parse("bookstore")?;

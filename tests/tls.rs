@@ -6,13 +6,11 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use freshet::features::{UserState, user_key};
 use freshet::subjects::{BUCKET_FEATURES, Subjects};
-use freshet_cli::stack::{FunctionProcess, find_nats_server, free_port};
-use freshet_tests::{cloud_event, eventually};
+use freshet_tests::{ConfiguredServer, cloud_event, eventually, spawn_function};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 
 /// A CA, and certificates it signed.
@@ -55,49 +53,28 @@ impl Authority {
     }
 }
 
-/// nats-server requiring TLS and a client certificate; killed (by its pid) when dropped.
-struct TlsServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<TlsServer> {
-    let port = free_port()?;
-    let config = dir.join("server.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
-             tls {{ cert_file: {:?}\n key_file: {:?}\n ca_file: {:?}\n verify: true\n timeout: 2 }}\n",
-            dir.join("js").display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string(),
-            ca.display().to_string(),
-        ),
-    )?;
-    let child = Command::new(find_nats_server()?)
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = TlsServer { child, port };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "nats-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+/// nats-server requiring TLS and a client certificate, on a loopback port.
+fn start_server(
+    dir: &Path,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<ConfiguredServer> {
+    let store = dir.join("js");
+    ConfiguredServer::start(
+        dir,
+        |port| {
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n\
+                 tls {{ cert_file: {:?}\n key_file: {:?}\n ca_file: {:?}\n verify: true\n timeout: 2 }}\n",
+                store.display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+                ca.display().to_string(),
+            )
+        },
+        &[],
+    )
 }
 
 async fn connect(
@@ -140,7 +117,7 @@ async fn functions_connect_with_client_certificates_and_others_are_refused() -> 
     );
 
     // featurize, given the CA and its certificate, provisions and works.
-    let envs: Vec<(String, String)> = [
+    let envs = [
         (
             "FRESHET_NATS_URL",
             format!("tls://127.0.0.1:{}", server.port),
@@ -148,15 +125,9 @@ async fn functions_connect_with_client_certificates_and_others_are_refused() -> 
         ("FRESHET_NATS_TLS_CA", ca.display().to_string()),
         ("FRESHET_NATS_TLS_CERT", client_cert.display().to_string()),
         ("FRESHET_NATS_TLS_KEY", client_key.display().to_string()),
-        ("FRESHET_HTTP_PORT", "0".into()),
-        ("FRESHET_HTTP_ADDR", "127.0.0.1".into()),
-        ("FRESHET_LOG_FORMAT", "text".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ];
+    let _featurize = spawn_function("featurize", &[], &envs, dir.path())?;
     let log = dir.path().join("featurize.log");
-    let _featurize = FunctionProcess::spawn("featurize", &[], &envs, &log)?;
 
     let client = connect(server.port, &ca, Some((&client_cert, &client_key))).await?;
     let js = async_nats::jetstream::new(client);

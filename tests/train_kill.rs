@@ -11,7 +11,7 @@ use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelScorer};
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
-use freshet_tests::{Stack, eventually};
+use freshet_tests::{Stack, assert_lineage_tiles, eventually};
 
 const EXAMPLES: u64 = 4_000;
 const KILLS: usize = 6;
@@ -67,31 +67,7 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nlast train log:\n{}", stack.log_of("train", trainer)))?;
     // Walk the lineage back to the first version: the learned ranges tile 1..=EXAMPLES.
-    let mut ranges = Vec::new();
-    let mut manifest = live.clone();
-    loop {
-        ranges.push(manifest.learned.expect("every version learned something"));
-        match manifest.parent {
-            Some(parent) => manifest = artifacts.manifest(&model, parent).await?,
-            None => break,
-        }
-    }
-    ranges.reverse();
-    assert_eq!(
-        live.metrics.examples_total, EXAMPLES,
-        "every example trained on exactly once; lineage {ranges:?}"
-    );
-    assert_eq!(ranges.first().unwrap().first, 1);
-    assert_eq!(ranges.last().unwrap().last, EXAMPLES);
-    for pair in ranges.windows(2) {
-        assert_eq!(
-            pair[1].first,
-            pair[0].last + 1,
-            "no gap and no overlap between {:?} and {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_lineage_tiles(&artifacts, &model, &live, EXAMPLES).await?;
 
     // The same examples learned by a trainer nobody kills. Both learn every example once, in
     // stream order, but a restart can move the batch boundaries (messages redelivered after the

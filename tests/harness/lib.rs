@@ -156,16 +156,7 @@ impl Stack {
         &self,
         event: &serde_json::Value,
     ) -> anyhow::Result<jetstream::publish::PublishAck> {
-        let bytes = serde_json::to_vec(event)?;
-        let decoded = freshet::events::decode(&bytes, usize::MAX)
-            .map_err(|r| anyhow::anyhow!("test event is invalid: {r}"))?;
-        let subject = self.subjects.event(
-            decoded.data.event_type().as_str(),
-            decoded.data.partition_key(),
-        );
-        let message = PublishMessage::build()
-            .payload(Bytes::from(bytes))
-            .message_id(&decoded.id);
+        let (subject, message) = event_message(&self.subjects, event)?;
         Ok(self.js.send_publish(subject, message).await?.await?)
     }
 
@@ -455,4 +446,136 @@ impl ModelWriter {
             .await?;
         Ok(())
     }
+}
+
+/// The subject a structured CloudEvent belongs on, and the message to publish there (its id as
+/// `Nats-Msg-Id`, so a retried publish is stored once).
+pub fn event_message(
+    subjects: &Subjects,
+    event: &serde_json::Value,
+) -> anyhow::Result<(String, PublishMessage)> {
+    let bytes = serde_json::to_vec(event)?;
+    let decoded = freshet::events::decode(&bytes, usize::MAX)
+        .map_err(|r| anyhow::anyhow!("test event is invalid: {r}"))?;
+    let subject = subjects.event(
+        decoded.data.event_type().as_str(),
+        decoded.data.partition_key(),
+    );
+    let message = PublishMessage::build()
+        .payload(Bytes::from(bytes))
+        .message_id(&decoded.id);
+    Ok((subject, message))
+}
+
+/// A nats-server started from a configuration the test writes (users, TLS, ...), on a free
+/// loopback port; killed, by its pid, when dropped.
+pub struct ConfiguredServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ConfiguredServer {
+    /// Writes `config(port)` to `dir/server.conf` and starts nats-server with it and `envs` in
+    /// its environment; returns once the port takes connections.
+    pub fn start(
+        dir: &std::path::Path,
+        config: impl FnOnce(u16) -> String,
+        envs: &[(String, String)],
+    ) -> anyhow::Result<ConfiguredServer> {
+        let port = stack::free_port()?;
+        let path = dir.join("server.conf");
+        std::fs::write(&path, config(port))?;
+        let child = std::process::Command::new(stack::find_nats_server()?)
+            .arg("-c")
+            .arg(&path)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let server = ConfiguredServer { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start with {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for ConfiguredServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the function binary `function` with `args`, the settings `envs`, HTTP on a free
+/// loopback port and text logs; its log goes to `dir/<function>.log` (see [`function_log`]).
+pub fn spawn_function(
+    function: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+    dir: &std::path::Path,
+) -> anyhow::Result<FunctionProcess> {
+    let defaults = [
+        ("FRESHET_HTTP_PORT", "0".to_string()),
+        ("FRESHET_HTTP_ADDR", "127.0.0.1".to_string()),
+        ("FRESHET_LOG_FORMAT", "text".to_string()),
+    ];
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .cloned()
+        .chain(defaults)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    FunctionProcess::spawn(function, &args, &envs, &dir.join(format!("{function}.log")))
+}
+
+/// The log a function started by [`spawn_function`] in `dir` wrote so far.
+pub fn function_log(dir: &std::path::Path, function: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{function}.log"))).unwrap_or_default()
+}
+
+/// Checks that the lineage ending at `live` learned every example of 1..=`total` exactly once:
+/// its versions' learned ranges tile that span with no gap and no overlap, and the live
+/// version counts `total` examples.
+pub async fn assert_lineage_tiles(
+    artifacts: &freshet::store::ArtifactStore,
+    model: &freshet::ids::ModelName,
+    live: &freshet::model::Manifest,
+    total: u64,
+) -> anyhow::Result<()> {
+    let mut ranges = Vec::new();
+    let mut manifest = live.clone();
+    loop {
+        ranges.push(manifest.learned.context("a version that learned nothing")?);
+        match manifest.parent {
+            Some(parent) => manifest = artifacts.manifest(model, parent).await?,
+            None => break,
+        }
+    }
+    ranges.reverse();
+    anyhow::ensure!(
+        live.metrics.examples_total == total,
+        "the live version counts {} examples, not {total}; lineage {ranges:?}",
+        live.metrics.examples_total
+    );
+    anyhow::ensure!(
+        ranges.first().map(|r| r.first) == Some(1) && ranges.last().map(|r| r.last) == Some(total),
+        "the lineage does not span 1..={total}: {ranges:?}"
+    );
+    for pair in ranges.windows(2) {
+        anyhow::ensure!(
+            pair[1].first == pair[0].last + 1,
+            "a gap or an overlap between {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    Ok(())
 }
