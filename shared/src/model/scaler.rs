@@ -61,25 +61,6 @@ impl StandardScaler {
 
     /// Folds validated rows into the running statistics.
     pub fn update<R: AsRef<[f32]>>(&mut self, rows: &[R]) {
-        if let Some(decay) = self.decay {
-            for row in rows {
-                self.count += 1;
-                for ((mean, var), x) in self
-                    .mean
-                    .iter_mut()
-                    .zip(self.m2.iter_mut())
-                    .zip(row.as_ref())
-                {
-                    let x = f64::from(*x);
-                    (*mean, *var) = if self.count == 1 {
-                        (x, 0.0)
-                    } else {
-                        ewma_step(decay, *mean, *var, x)
-                    };
-                }
-            }
-            return;
-        }
         for row in rows {
             self.count += 1;
             let n = self.count as f64;
@@ -90,9 +71,16 @@ impl StandardScaler {
                 .zip(row.as_ref())
             {
                 let x = f64::from(*x);
-                let delta = x - *mean;
-                *mean += delta / n;
-                *m2 += delta * (x - *mean);
+                match self.decay {
+                    // The first value is the mean; the variance (in `m2`) starts at 0.
+                    Some(_) if n == 1.0 => (*mean, *m2) = (x, 0.0),
+                    Some(decay) => (*mean, *m2) = ewma_step(decay, *mean, *m2, x),
+                    None => {
+                        let delta = x - *mean;
+                        *mean += delta / n;
+                        *m2 += delta * (x - *mean);
+                    }
+                }
             }
         }
     }
