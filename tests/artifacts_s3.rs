@@ -31,6 +31,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
             last: 10 * version,
         }),
         high_water_mark: 10 * version,
+        lineage: None,
         metrics: TrainingMetrics {
             examples_total: 10 * version,
             window_examples: 10,

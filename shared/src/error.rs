@@ -30,11 +30,14 @@ pub enum RejectReason {
     /// An event whose event time lies before every window it belongs to could still accept it:
     /// behind the watermark by more than the allowed lateness.
     Late,
+    /// Held out of training while a burst of invalid or out-of-range values lasts, or itself far
+    /// outside the range the model has seen; kept here for review and replay.
+    Quarantined,
 }
 
 impl RejectReason {
     /// Every reason, for metrics pre-registration and status tables.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::MalformedJson,
         RejectReason::Oversized,
         RejectReason::InvalidEnvelope,
@@ -44,6 +47,7 @@ impl RejectReason {
         RejectReason::OutOfRange,
         RejectReason::SchemaMismatch,
         RejectReason::Late,
+        RejectReason::Quarantined,
     ];
 
     /// The stable label of this reason.
@@ -58,6 +62,7 @@ impl RejectReason {
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::SchemaMismatch => "schema_mismatch",
             RejectReason::Late => "late",
+            RejectReason::Quarantined => "quarantined",
         }
     }
 }

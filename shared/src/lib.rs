@@ -22,6 +22,7 @@
 pub mod aggregates;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod examples;

@@ -406,6 +406,7 @@ impl ModelWriter {
                 last: version,
             }),
             high_water_mark: version,
+            lineage: None,
             metrics: freshet::model::TrainingMetrics {
                 examples_total: 16 * version,
                 window_examples: 16,

@@ -390,7 +390,10 @@ impl Checkpoint {
 /// The live model's verdict on one example.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
-    /// The live version that scored it.
+    /// The chain of live versions that scored it, named by its first version
+    /// ([`Manifest::lineage_root`](freshet::model::Manifest::lineage_root)): the error
+    /// detectors follow one chain across train's steps and start afresh when live moves to
+    /// another (a promotion, a rollback).
     pub version: u64,
     /// Its probability of class 1.
     pub probability: f64,

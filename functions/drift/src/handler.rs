@@ -6,10 +6,8 @@
 //! The event names the reaction configured for the model. drift only requests it: acting on it
 //! (raising the learning rate, training a candidate) belongs to train and the promotion gate.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
+use freshet::control::Reaction;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::FeatureSchema;
@@ -17,53 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::bank::{DetectorKind, Finding, Observation, Scored, Target, Window};
 use crate::detectors::Level;
-
-/// What a detection asks the rest of the system to do about the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reaction {
-    /// Tell people; change nothing.
-    Alert,
-    /// Ask train to raise the learning rate, so the model catches up with the change faster.
-    RaiseLr,
-    /// Ask train to fit a candidate beside the live version, for the gate to judge.
-    TrainCandidate,
-}
-
-impl Reaction {
-    /// The name used in flags and events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reaction::Alert => "alert",
-            Reaction::RaiseLr => "raise_lr",
-            Reaction::TrainCandidate => "train_candidate",
-        }
-    }
-}
-
-impl fmt::Display for Reaction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a reaction name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown reaction {0:?}: use alert, raise_lr or train_candidate")]
-pub struct UnknownReaction(String);
-
-impl FromStr for Reaction {
-    type Err = UnknownReaction;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim() {
-            "alert" => Ok(Reaction::Alert),
-            "raise_lr" => Ok(Reaction::RaiseLr),
-            "train_candidate" => Ok(Reaction::TrainCandidate),
-            other => Err(UnknownReaction(other.to_string())),
-        }
-    }
-}
 
 /// The body of a drift event on `<prefix>.control.<model>.drift`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

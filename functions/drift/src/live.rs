@@ -1,6 +1,7 @@
-//! The live version drift scores examples with, to watch its prediction error.
+//! The versions drift scores examples with: the live one, to watch its prediction error, and for
+//! the promotion gate the candidate and the version live replaced.
 //!
-//! A [`Follower`] follows `<model>.live` in MODELS (its current value first, then every change),
+//! A [`Follower`] follows `<model>.live` (or `<model>.candidate`) in MODELS (its current value first, then every change),
 //! loads each new version from the object store, verifies it (the bytes against the manifest's
 //! size and sha256, the manifest's sha256 against the pointer's, the model's width against the
 //! manifest's schema) and swaps it in. A version that fails is refused, logged and counted, and
@@ -54,17 +55,37 @@ impl Live {
         self.slot.load().as_ref().map(|m| m.version())
     }
 
-    fn swap(&self, model: LiveModel) {
-        self.slot.store(Some(Arc::new(model)));
+    fn swap(&self, model: Arc<LiveModel>) {
+        self.slot.store(Some(model));
+    }
+
+    /// Empties the slot (a candidate withdrawn, a fallback no longer needed).
+    pub fn clear(&self) {
+        self.slot.store(None);
     }
 }
 
-/// Follows one model's live pointer into a [`Live`].
+/// Whether moving live from `previous` to `next` (for `reason`) jumps to a version that does not
+/// continue it: a promotion, rather than a later step of train's chain or a rollback (a move
+/// whose reason says so). Manifests written before chains were recorded continue their parent.
+pub fn jumps(previous: &Manifest, next: &Manifest, reason: &str) -> bool {
+    let legacy_step = next.lineage.is_none()
+        && previous.lineage.is_none()
+        && next.parent == Some(previous.version);
+    next.lineage_root() != previous.lineage_root() && !legacy_step && !reason.contains("rollback")
+}
+
+/// Follows one of a model's pointers into a [`Live`].
 pub struct Follower {
     pub model: ModelName,
+    /// The pointer followed.
+    pub slot: Slot,
     pub models: kv::Store,
     pub artifacts: ArtifactStore,
     pub live: Live,
+    /// For the live pointer: where the version replaced by a jump is kept for the gate, and
+    /// emptied when live goes back to an older version.
+    pub fallback: Option<Live>,
     pub metrics: DriftMetrics,
 }
 
@@ -72,14 +93,14 @@ impl Follower {
     /// Loads the version the pointer names now, so the first batch is scored by it. Without a
     /// pointer (no model trained yet), or if the read fails, the watch catches up later.
     pub async fn load_current(&self) {
-        let key = pointer_key(&self.model, Slot::Live.as_str());
+        let key = pointer_key(&self.model, self.slot.as_str());
         match self.models.entry(&key).await {
             Ok(Some(entry)) => self.apply(entry).await,
             Ok(None) => {
-                tracing::info!(model = %self.model, "no live version yet; errors are watched once there is one")
+                tracing::info!(model = %self.model, slot = self.slot.as_str(), "no version in this slot yet")
             }
             Err(err) => {
-                tracing::warn!(model = %self.model, error = %err, "cannot read the live pointer; the watch will catch up")
+                tracing::warn!(model = %self.model, slot = self.slot.as_str(), error = %err, "cannot read the pointer; the watch will catch up")
             }
         }
     }
@@ -91,7 +112,12 @@ impl Follower {
 
     async fn apply(&self, entry: kv::Entry) {
         if entry.operation != kv::Operation::Put {
-            tracing::warn!(model = %self.model, "live pointer deleted; keeping the version loaded");
+            if self.slot == Slot::Candidate {
+                tracing::info!(model = %self.model, "candidate withdrawn");
+                self.live.clear();
+            } else {
+                tracing::warn!(model = %self.model, "live pointer deleted; keeping the version loaded");
+            }
             return;
         }
         let pointer: Pointer = match serde_json::from_slice(&entry.value) {
@@ -107,10 +133,22 @@ impl Follower {
         for attempt in 1..=LOAD_ATTEMPTS {
             match self.load(&pointer).await {
                 Ok(model) => {
-                    let previous = self.live.version();
+                    let model = Arc::new(model);
+                    let previous = self.live.current();
+                    if let (Some(fallback), Some(previous)) = (&self.fallback, &previous) {
+                        if jumps(&previous.manifest, &model.manifest, &pointer.reason) {
+                            tracing::info!(model = %self.model, from = previous.version(), to = model.version(), "live jumped to a version that does not continue the previous one; the gate compares them");
+                            fallback.swap(previous.clone());
+                        } else if pointer.reason.contains("rollback") {
+                            fallback.clear();
+                        }
+                    }
                     self.live.swap(model);
-                    self.metrics.live_version.set(pointer.version as i64);
-                    tracing::info!(model = %self.model, version = pointer.version, ?previous, "following a new live version; its errors are watched afresh");
+                    if self.slot == Slot::Live {
+                        self.metrics.live_version.set(pointer.version as i64);
+                    }
+                    tracing::info!(model = %self.model, slot = self.slot.as_str(), version = pointer.version,
+                        previous = ?previous.map(|p| p.version()), "following a new version");
                     return;
                 }
                 Err(refusal) if refusal.transient && attempt < LOAD_ATTEMPTS => {
@@ -129,7 +167,7 @@ impl Follower {
 
     /// Runs until shutdown, re-establishing the watch if it breaks.
     pub async fn run(self, mut shutdown: Shutdown) {
-        let key = pointer_key(&self.model, Slot::Live.as_str());
+        let key = pointer_key(&self.model, self.slot.as_str());
         let mut attempt = 0i64;
         while !shutdown.is_triggered() {
             let mut watch = match self.models.watch_with_history(&key).await {
@@ -157,5 +195,68 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(version: u64, parent: Option<u64>, lineage: Option<u64>) -> Manifest {
+        let bytes = [0u8; 4];
+        Manifest {
+            model: "m".into(),
+            version,
+            parent,
+            kind: freshet::model::ModelKind::Logistic,
+            hyper: Default::default(),
+            config: None,
+            schema: freshet::features::schema(),
+            sha256: freshet::model::sha256_hex(&bytes),
+            size_bytes: 4,
+            created_at: chrono::Utc::now(),
+            step: 1,
+            learned: None,
+            high_water_mark: 0,
+            metrics: freshet::model::TrainingMetrics {
+                examples_total: 0,
+                window_examples: 0,
+                prequential_accuracy: 0.5,
+                log_loss: 0.69,
+                roc_auc: None,
+            },
+            lineage,
+        }
+    }
+
+    #[test]
+    fn a_jump_leaves_the_chain_forward() {
+        let live = manifest(10, Some(9), Some(1));
+        // train's next step, even past versions the candidate took.
+        assert!(!jumps(&live, &manifest(13, Some(10), Some(1)), "train"));
+        // A candidate's version (its own chain, whatever its number), or one made by hand.
+        assert!(jumps(
+            &live,
+            &manifest(8, Some(7), Some(6)),
+            "gate: promote"
+        ));
+        assert!(jumps(&live, &manifest(20, None, None), "deployed by hand"));
+        // Back to the version a jump replaced: a rollback, not a jump.
+        assert!(!jumps(
+            &live,
+            &manifest(5, Some(4), Some(2)),
+            "gate: rollback (...)"
+        ));
+        // Manifests without chains continue their parent.
+        assert!(!jumps(
+            &manifest(3, Some(2), None),
+            &manifest(4, Some(3), None),
+            "train"
+        ));
+        assert!(jumps(
+            &manifest(3, Some(2), None),
+            &manifest(9, Some(7), None),
+            "promote"
+        ));
     }
 }

@@ -8,23 +8,27 @@ mod bank;
 // The batch PSI functions and the KS test are used by the detectors' own tests only.
 #[allow(dead_code, unused_imports)]
 mod detectors;
+mod gate;
 mod handler;
 mod live;
 mod metrics;
 mod processor;
+mod promotion;
 
 use clap::Parser;
 use freshet::config::FunctionArgs;
+use freshet::control::Reaction;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
+use freshet::store::{Pointers, Slot};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
 
 use crate::bank::{Bank, BankConfig, DetectorList};
 use crate::detectors::{
     AdwinConfig, DdmConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
 };
-use crate::handler::Reaction;
+use crate::gate::GateConfig;
 
 /// Watches one model's examples: each feature's distribution (PSI and Page-Hinkley by default)
 /// and the live version's prediction error on each labelled example (DDM and ADWIN by default).
@@ -129,9 +133,88 @@ struct Args {
     /// DDM: deviations above the best error rate that mean a drift
     #[arg(long = "ddm-drift", env = "FRESHET_DDM_DRIFT", default_value_t = 3.0)]
     ddm_drift: f64,
+    /// Turn the promotion gate off: no pointer is ever moved by drift
+    #[arg(long = "no-gate", env = "FRESHET_NO_GATE")]
+    no_gate: bool,
+    /// Gate: labelled examples neither version learned that a decision needs
+    #[arg(
+        long = "gate-min-examples",
+        env = "FRESHET_GATE_MIN_EXAMPLES",
+        default_value_t = 500
+    )]
+    gate_min_examples: usize,
+    /// Gate: accuracy by which a candidate must beat live to be promoted
+    #[arg(
+        long = "gate-margin",
+        env = "FRESHET_GATE_MARGIN",
+        default_value_t = 0.02
+    )]
+    gate_margin: f64,
+    /// Gate: examples after which a candidate that has not won is withdrawn
+    #[arg(
+        long = "gate-max-candidate-examples",
+        env = "FRESHET_GATE_MAX_CANDIDATE_EXAMPLES",
+        default_value_t = 20_000
+    )]
+    gate_max_candidate_examples: usize,
+    /// Gate, forgetting guard: older examples held back to score a candidate on
+    #[arg(
+        long = "gate-held-back",
+        env = "FRESHET_GATE_HELD_BACK",
+        default_value_t = 500
+    )]
+    gate_held_back: usize,
+    /// Gate, forgetting guard: how many examples before the recent window the sample reaches
+    #[arg(
+        long = "gate-horizon",
+        env = "FRESHET_GATE_HORIZON",
+        default_value_t = 5_000
+    )]
+    gate_horizon: usize,
+    /// Gate, forgetting guard: accuracy a candidate may lose against live on older examples
+    #[arg(
+        long = "gate-forgetting-tolerance",
+        env = "FRESHET_GATE_FORGETTING_TOLERANCE",
+        default_value_t = 0.02
+    )]
+    gate_forgetting_tolerance: f64,
+    /// Gate: accuracy by which the version live replaced must beat live for a rollback
+    #[arg(
+        long = "gate-rollback-threshold",
+        env = "FRESHET_GATE_ROLLBACK_THRESHOLD",
+        default_value_t = 0.05
+    )]
+    gate_rollback_threshold: f64,
 }
 
 impl Args {
+    fn gate_config(&self) -> anyhow::Result<GateConfig> {
+        let config = GateConfig {
+            min_examples: self.gate_min_examples,
+            margin: self.gate_margin,
+            max_candidate_examples: self.gate_max_candidate_examples,
+            held_back: self.gate_held_back,
+            horizon: self.gate_horizon,
+            forgetting_tolerance: self.gate_forgetting_tolerance,
+            rollback_threshold: self.gate_rollback_threshold,
+        };
+        anyhow::ensure!(
+            config.min_examples > 0 && config.held_back > 0 && config.horizon > 0,
+            "gate: --gate-min-examples, --gate-held-back and --gate-horizon must be positive"
+        );
+        anyhow::ensure!(
+            [
+                config.margin,
+                config.forgetting_tolerance,
+                config.rollback_threshold
+            ]
+            .iter()
+            .all(|x| (0.0..1.0).contains(x)),
+            "gate: the margin, tolerance and threshold are accuracies between 0 and 1"
+        );
+        Ok(config)
+    }
+
     fn bank_config(&self) -> BankConfig {
         BankConfig {
             feature_detectors: self.feature_detectors.0.clone(),
@@ -179,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Settings are checked before connecting, so a typo fails at once.
     let bank = Bank::new(args.bank_config())?;
+    let gate_config = args.gate_config()?;
     let ctx = FunctionContext::start("drift", args.function).await?;
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
@@ -186,14 +270,47 @@ async fn main() -> anyhow::Result<()> {
     let metrics = metrics::DriftMetrics::default();
     metrics.register(&ctx.metrics, bank.config());
 
-    let live = live::Live::default();
+    let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
+    let (live, candidate, fallback) = (
+        live::Live::default(),
+        live::Live::default(),
+        live::Live::default(),
+    );
     let follower = live::Follower {
         model: args.model.clone(),
-        models: ctx.js.get_key_value(BUCKET_MODELS).await?,
+        slot: Slot::Live,
+        models: models.clone(),
         artifacts: ctx.artifacts()?,
         live: live.clone(),
+        fallback: Some(fallback.clone()),
         metrics: metrics.clone(),
     };
+    let candidate_follower = live::Follower {
+        model: args.model.clone(),
+        slot: Slot::Candidate,
+        models: models.clone(),
+        artifacts: ctx.artifacts()?,
+        live: candidate.clone(),
+        fallback: None,
+        metrics: metrics.clone(),
+    };
+    let promotion = (!args.no_gate).then(|| {
+        let gate_metrics = promotion::GateMetrics::default();
+        gate_metrics.register(&ctx.metrics);
+        promotion::Promotion {
+            model: args.model.clone(),
+            gate: gate::Gate::new(gate_config),
+            versions: promotion::Versions {
+                live: live.clone(),
+                candidate,
+                fallback,
+            },
+            pointers: Pointers::new(models),
+            js: ctx.js.clone(),
+            subjects: ctx.subjects.clone(),
+            metrics: gate_metrics,
+        }
+    });
     let durable = format!("drift-{}", args.model);
     let io = processor::Io {
         js: ctx.js.clone(),
@@ -209,14 +326,24 @@ async fn main() -> anyhow::Result<()> {
     };
     // The checkpoint is read with the first batch, under the lease: it is then the last
     // holder's final write.
-    let processor =
-        processor::DriftProcessor::new(args.model.clone(), args.reaction, bank, io, metrics);
+    let processor = processor::DriftProcessor::new(
+        args.model.clone(),
+        args.reaction,
+        bank,
+        io,
+        metrics,
+        promotion,
+    );
     // One drift per model: two would fight over the checkpoint. The others stand by.
     let lease_key = format!("drift.{}", args.model);
     ctx.exclusively(&lease_key, async {
         // The first batch is scored by the version live now; the watch follows it from there.
         follower.load_current().await;
         tokio::spawn(follower.run(ctx.shutdown.clone()));
+        if !args.no_gate {
+            candidate_follower.load_current().await;
+            tokio::spawn(candidate_follower.run(ctx.shutdown.clone()));
+        }
         ctx.consume(
             STREAM_EXAMPLES,
             &durable,

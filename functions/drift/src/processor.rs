@@ -25,9 +25,11 @@ use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Finding, Restored, Scored, Target};
 use crate::detectors::Level;
-use crate::handler::{self, EventContext, Reaction};
+use crate::handler::{self, EventContext};
 use crate::live::{Live, LiveModel};
 use crate::metrics::{DetectionLabel, DriftMetrics, StreamLabel};
+use crate::promotion::Promotion;
+use freshet::control::Reaction;
 
 /// Where drift reads and writes.
 pub struct Io {
@@ -74,6 +76,8 @@ pub struct DriftProcessor {
     /// The stored checkpoint must be read before the next batch: at start (once the consumer
     /// exists, for its acknowledgement floor) and after another writer won.
     stale: bool,
+    /// The promotion gate, unless turned off.
+    promotion: Option<Promotion>,
 }
 
 impl DriftProcessor {
@@ -84,6 +88,7 @@ impl DriftProcessor {
         bank: Bank,
         io: Io,
         metrics: DriftMetrics,
+        promotion: Option<Promotion>,
     ) -> DriftProcessor {
         DriftProcessor {
             key: model.to_string(),
@@ -96,6 +101,7 @@ impl DriftProcessor {
             revision: 0,
             pending: None,
             stale: true,
+            promotion,
         }
     }
 
@@ -108,7 +114,7 @@ impl DriftProcessor {
                 tracing::info!(model = %self.model, "no drift checkpoint yet; starting afresh")
             }
             Restored::AsWritten => {
-                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, live_version = ?checkpoint.error_version(), "resuming from the drift checkpoint")
+                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, error_chain = ?checkpoint.error_version(), "resuming from the drift checkpoint")
             }
             Restored::Reconfigured => {
                 tracing::warn!(model = %self.model, last_sequence = checkpoint.last_sequence, "the drift checkpoint was written under other settings; keeping its mark, starting the detectors afresh")
@@ -169,7 +175,7 @@ impl DriftProcessor {
             Ok(probabilities) => {
                 for (&i, p) in scorable.iter().zip(probabilities) {
                     scores[i] = Some(Scored {
-                        version: live.version(),
+                        version: live.manifest.lineage_root(),
                         probability: f64::from(p),
                     });
                 }
@@ -332,7 +338,7 @@ impl Processor for DriftProcessor {
                     tally.features += u64::from(folded.new);
                     tally.errors += u64::from(folded.error_observed);
                     if let Some(Some(left)) = folded.error_reset {
-                        tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "a new live version scores the examples; error detectors start afresh");
+                        tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
                         tally.resets += 1;
                     }
                     for finding in folded.findings {
@@ -358,6 +364,20 @@ impl Processor for DriftProcessor {
                 dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
             }
             return finish(dispositions);
+        }
+        if let Some(promotion) = self.promotion.as_mut() {
+            // `new` is in stream order. The gate's trials live in memory: a redelivered batch is
+            // judged again, which only repeats evidence the window already weighs.
+            let labelled: Vec<(u64, &ExampleRecord)> = new
+                .iter()
+                .filter_map(|&i| {
+                    decoded[i]
+                        .as_ref()
+                        .ok()
+                        .map(|e| (batch[i].stream_sequence, e))
+                })
+                .collect();
+            promotion.judge(&labelled).await;
         }
         if !new.is_empty() {
             self.pending = Some(Pending {

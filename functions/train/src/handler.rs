@@ -188,6 +188,9 @@ pub struct NextVersion<'a> {
     pub learned: SequenceRange,
     pub metrics: TrainingMetrics,
     pub created_at: DateTime<Utc>,
+    /// Whether this version starts a chain of its own (a candidate's first version) rather than
+    /// continuing its parent's.
+    pub new_chain: bool,
 }
 
 /// The manifest of the version that follows `parent` and holds `model_bytes`.
@@ -208,6 +211,10 @@ pub fn next_manifest(next: NextVersion<'_>, model_bytes: &[u8]) -> Manifest {
         learned: Some(next.learned),
         high_water_mark: parent_hwm.max(next.learned.last),
         metrics: next.metrics,
+        lineage: next
+            .parent
+            .filter(|_| !next.new_chain)
+            .map(Manifest::lineage_root),
     }
 }
 
@@ -341,6 +348,7 @@ mod tests {
                 learned: SequenceRange { first: 1, last: 40 },
                 metrics,
                 created_at: at,
+                new_chain: false,
             },
             b"abc",
         );
@@ -362,6 +370,7 @@ mod tests {
                 },
                 metrics,
                 created_at: at,
+                new_chain: false,
             },
             b"abcd",
         );
@@ -374,5 +383,30 @@ mod tests {
             ),
             (2, Some(1), 90, 4)
         );
+        // Both belong to the chain the first began; a candidate's first version starts its own,
+        // which its next versions continue.
+        assert_eq!((first.lineage_root(), second.lineage_root()), (1, 1));
+        let fork = |parent: &Manifest, new_chain: bool| {
+            next_manifest(
+                NextVersion {
+                    model: &model,
+                    parent: Some(parent),
+                    config: ModelConfig::default(),
+                    schema: schema_for(&record(vec![0.0; 2])),
+                    step: 1,
+                    learned: SequenceRange {
+                        first: 91,
+                        last: 95,
+                    },
+                    metrics,
+                    created_at: at,
+                    new_chain,
+                },
+                b"abcde",
+            )
+        };
+        let candidate = fork(&second, true);
+        assert_eq!((candidate.lineage, candidate.lineage_root()), (None, 3));
+        assert_eq!(fork(&candidate, false).lineage, Some(3));
     }
 }

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod quality;
 mod trainer;
 
 use std::time::Duration;
@@ -11,12 +12,16 @@ use std::time::Duration;
 use clap::Parser;
 use freshet::aggregates::ewma::Decay;
 use freshet::config::FunctionArgs;
+use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
 use freshet::model::{Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::store::Pointers;
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+use futures::StreamExt;
+
+use crate::quality::{Quality, QualityConfig};
 
 /// Trains one model from its examples: each batch is scored (prequential metrics), then learned
 /// with SGD; every few batches a new immutable version goes to the object store and the model's
@@ -89,12 +94,73 @@ struct Args {
         default_value_t = 1000
     )]
     metrics_window: usize,
+    /// Data quality: examples in the window over which the share of invalid or out-of-range
+    /// examples is measured
+    #[arg(
+        long = "quarantine-window",
+        env = "FRESHET_QUARANTINE_WINDOW",
+        default_value_t = 200
+    )]
+    quarantine_window: usize,
+    /// Data quality: the share of the window at which training pauses (quarantine); 1 never
+    /// pauses
+    #[arg(
+        long = "quarantine-enter",
+        env = "FRESHET_QUARANTINE_ENTER",
+        default_value_t = 0.2
+    )]
+    quarantine_enter: f64,
+    /// Data quality: the share at or below which training resumes
+    #[arg(
+        long = "quarantine-exit",
+        env = "FRESHET_QUARANTINE_EXIT",
+        default_value_t = 0.05
+    )]
+    quarantine_exit: f64,
+    /// Data quality: a value is out of range when it lies more than this many spans of the
+    /// learned range beyond it (such an example is never learned)
+    #[arg(
+        long = "quarantine-span-factor",
+        env = "FRESHET_QUARANTINE_SPAN_FACTOR",
+        default_value_t = 4.0
+    )]
+    quarantine_span_factor: f32,
 }
 
 /// mimalloc: the functions allocate and free many small buffers per message, which it serves
 /// faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Forwards the reactions drift requests for `model` (raise the learning rate, train a
+/// candidate) to the trainer, which applies them before its next batch. A reaction requested
+/// while no trainer runs is not replayed: drift detects the change again if it persists.
+async fn listen_for_reactions(
+    ctx: &FunctionContext,
+    model: &ModelName,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<(Reaction, u64)>> {
+    let mut notices = ctx
+        .client
+        .subscribe(ctx.subjects.control(model, KIND_DRIFT))
+        .await?;
+    let (requests, reactions) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = notices.next().await {
+            match serde_json::from_slice::<DriftNotice>(&message.payload) {
+                Ok(notice) => {
+                    if let Some(reaction) = notice.requested() {
+                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, "drift asks for a reaction");
+                        if requests.send((reaction, notice.sequence)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "unreadable drift event; ignored"),
+            }
+        }
+    });
+    Ok(reactions)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -137,6 +203,21 @@ async fn main() -> anyhow::Result<()> {
         every: args.publish_interval,
         keep_versions: args.keep_versions,
     };
+    anyhow::ensure!(
+        args.quarantine_window > 0
+            && (0.0..=1.0).contains(&args.quarantine_exit)
+            && args.quarantine_exit < args.quarantine_enter
+            && args.quarantine_enter <= 1.0
+            && args.quarantine_span_factor > 0.0,
+        "quarantine settings: the window must be positive and 0 <= exit < enter <= 1, span factor > 0"
+    );
+    let quality = Quality::new(QualityConfig {
+        window: args.quarantine_window,
+        enter: args.quarantine_enter,
+        exit: args.quarantine_exit,
+        span_factor: args.quarantine_span_factor,
+        ..QualityConfig::default()
+    });
     let mut trainer = trainer::Trainer::new(
         args.model.clone(),
         config,
@@ -144,7 +225,9 @@ async fn main() -> anyhow::Result<()> {
         args.metrics_window,
         io,
         metrics,
+        quality,
     );
+    trainer.listen(listen_for_reactions(&ctx, &args.model).await?);
     // One trainer per model: the others stand by until the lease is free.
     let lease_key = format!("train.{}", args.model);
     ctx.exclusively(&lease_key, async {

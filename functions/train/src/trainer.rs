@@ -10,6 +10,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::Utc;
+use freshet::control::{KIND_QUARANTINE, Reaction};
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
 use crate::handler::{self, MetricsWindow, NextVersion, Sequence};
+use crate::quality::{Quality, Transition, Verdict};
 
 /// When a new version is published.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +46,34 @@ struct Lineage {
     live: Option<Manifest>,
     pointer_revision: u64,
     window: MetricsWindow,
+    /// A copy trained beside it since a drift, published to `<model>.candidate` for the gate.
+    candidate: Option<Candidate>,
 }
+
+/// A candidate: forked from the live model when a drift asked for one, with its learning-rate
+/// schedule restarted, and trained on every example since. It is published with each live
+/// version and holds the same examples, so when the gate promotes it, training continues from
+/// it without losing or repeating one.
+struct Candidate {
+    trainer: ModelTrainer,
+    /// Its last version (at first, the live version it was forked from).
+    published: Option<Manifest>,
+    /// The candidate pointer's revision the next write must expect.
+    pointer_revision: u64,
+    /// Examples learned since its last version.
+    pending: Option<SequenceRange>,
+    window: MetricsWindow,
+    /// Not published yet: its first version starts a chain of its own.
+    forked: bool,
+    /// The last example live had handled when the candidate was forked.
+    since: u64,
+}
+
+/// A new drift replaces a candidate by a fresh fork of live when the candidate does no better
+/// than live (prequentially) after this many examples: it was forked for another change (or a
+/// false alarm), or cannot learn this one. Detections closer together are one change reported
+/// by several detectors.
+const REFORK_AFTER: u64 = 200;
 
 /// Examples learned in memory but not yet in a published version.
 #[derive(Default)]
@@ -64,6 +93,11 @@ pub struct TrainMetrics {
     pub pointer_conflicts: Counter,
     pub live_version: Gauge,
     pub prequential_accuracy: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub candidate_version: Gauge,
+    pub candidates_started: Counter,
+    pub learning_rate_restarts: Counter,
+    pub examples_quarantined: Counter,
+    pub quarantined: Gauge,
 }
 
 impl TrainMetrics {
@@ -97,6 +131,31 @@ impl TrainMetrics {
             "live_version",
             "The version this trainer last made live",
             self.live_version.clone(),
+        );
+        metrics.register(
+            "candidate_version",
+            "The candidate version this trainer last published (0: none)",
+            self.candidate_version.clone(),
+        );
+        metrics.register(
+            "candidates_started",
+            "Candidates forked from the live model because a drift asked for one",
+            self.candidates_started.clone(),
+        );
+        metrics.register(
+            "learning_rate_restarts",
+            "Learning-rate schedules restarted because a drift asked for it",
+            self.learning_rate_restarts.clone(),
+        );
+        metrics.register(
+            "examples_quarantined",
+            "Examples held out of training (out of range, or during a burst of bad values)",
+            self.examples_quarantined.clone(),
+        );
+        metrics.register(
+            "quarantined",
+            "1 while training is paused by a burst of invalid or out-of-range values",
+            self.quarantined.clone(),
         );
         metrics.register(
             "prequential_accuracy",
@@ -133,6 +192,12 @@ pub struct Trainer {
     pending: PendingUpdate,
     /// Wakes the retention task (started with the first publish).
     prune_requests: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Reactions drift asked for, applied before the next batch.
+    reactions: Option<tokio::sync::mpsc::UnboundedReceiver<(Reaction, u64)>>,
+    quality: Quality,
+    /// The highest version number this trainer wrote: live and candidate versions share the
+    /// numbering, so each takes the next number instead of colliding with the other's.
+    last_version: u64,
 }
 
 impl Trainer {
@@ -143,6 +208,7 @@ impl Trainer {
         window_size: usize,
         io: Io,
         metrics: TrainMetrics,
+        quality: Quality,
     ) -> Trainer {
         Trainer {
             model,
@@ -158,12 +224,223 @@ impl Trainer {
             lineage: None,
             pending: PendingUpdate::default(),
             prune_requests: None,
+            reactions: None,
+            quality,
+            last_version: 0,
+        }
+    }
+
+    /// Where the reactions drift requests arrive.
+    pub fn listen(&mut self, reactions: tokio::sync::mpsc::UnboundedReceiver<(Reaction, u64)>) {
+        self.reactions = Some(reactions);
+    }
+
+    /// Applies the reactions that arrived since the last batch.
+    async fn react(&mut self) {
+        let mut requested = Vec::new();
+        if let Some(reactions) = self.reactions.as_mut() {
+            while let Ok(reaction) = reactions.try_recv() {
+                requested.push(reaction);
+            }
+        }
+        for (reaction, sequence) in requested {
+            let Some(lineage) = self.lineage.as_mut() else {
+                tracing::info!(model = %self.model, %reaction, "no model yet; nothing to react with");
+                continue;
+            };
+            match reaction {
+                Reaction::Alert => {}
+                Reaction::RaiseLr => match lineage.trainer.restarted() {
+                    Ok(restarted) => {
+                        lineage.trainer = restarted;
+                        self.metrics.learning_rate_restarts.inc();
+                        tracing::info!(model = %self.model, "drift: learning-rate schedule restarted at its initial rate");
+                    }
+                    Err(err) => {
+                        tracing::warn!(model = %self.model, error = %err, "cannot restart the learning rate")
+                    }
+                },
+                Reaction::TrainCandidate
+                    if lineage.candidate.as_ref().is_some_and(|c| {
+                        sequence <= c.since + REFORK_AFTER
+                            || c.window.snapshot().prequential_accuracy
+                                > lineage.window.snapshot().prequential_accuracy
+                    }) =>
+                {
+                    tracing::info!(model = %self.model, sequence, "drift: a candidate is already in training");
+                }
+                Reaction::TrainCandidate => {
+                    let revision = match self.pointers.get(&self.model, Slot::Candidate).await {
+                        Ok(pointer) => pointer.revision,
+                        Err(failure) => {
+                            tracing::warn!(model = %self.model, error = %failure, "cannot read the candidate pointer; no candidate this time");
+                            continue;
+                        }
+                    };
+                    match lineage.trainer.restarted() {
+                        Ok(trainer) => {
+                            lineage.candidate = Some(Candidate {
+                                trainer,
+                                published: lineage.live.clone(),
+                                pointer_revision: revision,
+                                pending: self.pending.range,
+                                forked: true,
+                                since: lineage
+                                    .live
+                                    .as_ref()
+                                    .map_or(0, |m| m.high_water_mark)
+                                    .max(self.pending.range.map_or(0, |r| r.last)),
+                                // The candidate's history is live's up to the fork.
+                                window: MetricsWindow::new(
+                                    self.window_size,
+                                    lineage.window.snapshot().examples_total,
+                                ),
+                            });
+                            self.metrics.candidates_started.inc();
+                            tracing::info!(model = %self.model, from = ?lineage.live.as_ref().map(|m| m.version),
+                                "drift: training a candidate beside the live model");
+                        }
+                        Err(err) => {
+                            tracing::warn!(model = %self.model, error = %err, "cannot fork a candidate")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resumes the candidate the pointer names if it holds exactly the live version's examples
+    /// (both were published together); a candidate left behind by a crash between the two writes
+    /// is not continued, and the gate withdraws it in time.
+    async fn resume_candidate(&mut self) -> anyhow::Result<()> {
+        let Some(lineage) = self.lineage.as_mut() else {
+            return Ok(());
+        };
+        let Some(live) = lineage.live.as_ref() else {
+            return Ok(());
+        };
+        let pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
+        let Some(candidate) = pointer.value else {
+            return Ok(());
+        };
+        let (manifest, bytes) = self.artifacts.load(&self.model, candidate.version).await?;
+        if manifest.high_water_mark != live.high_water_mark {
+            tracing::warn!(model = %self.model, candidate = manifest.version, "the candidate does not hold the live version's examples; not continuing it");
+            return Ok(());
+        }
+        let trainer = ModelTrainer::from_bytes(&bytes, lineage.trainer.config())?;
+        tracing::info!(model = %self.model, version = manifest.version, "resuming the candidate");
+        lineage.candidate = Some(Candidate {
+            trainer,
+            window: MetricsWindow::new(self.window_size, manifest.metrics.examples_total),
+            published: Some(manifest),
+            pointer_revision: pointer.revision,
+            pending: None,
+            forked: false,
+            since: live.high_water_mark,
+        });
+        Ok(())
+    }
+
+    /// Writes the candidate's new version and moves `<model>.candidate` to it. Best effort: the
+    /// live version is committed already; a candidate that cannot be written is dropped.
+    async fn publish_candidate(&mut self) {
+        let Some(lineage) = self.lineage.as_mut() else {
+            return;
+        };
+        let Some(candidate) = lineage.candidate.as_mut() else {
+            return;
+        };
+        let Some(range) = candidate.pending else {
+            return;
+        };
+        let bytes = match candidate.trainer.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(model = %self.model, error = %err, "cannot encode the candidate; dropping it");
+                lineage.candidate = None;
+                return;
+            }
+        };
+        let mut manifest = handler::next_manifest(
+            NextVersion {
+                model: &self.model,
+                parent: candidate.published.as_ref(),
+                config: *candidate.trainer.config(),
+                schema: lineage.schema.clone(),
+                step: candidate.trainer.step(),
+                learned: range,
+                metrics: candidate.window.snapshot(),
+                created_at: Utc::now(),
+                new_chain: candidate.forked,
+            },
+            &bytes,
+        );
+        let expected = candidate.pointer_revision;
+        manifest.version = manifest.version.max(self.last_version + 1);
+        if let Err(failure) =
+            store_version(&self.artifacts, &self.model, &mut manifest, &bytes).await
+        {
+            tracing::warn!(model = %self.model, error = %failure, "cannot store the candidate; it is published with the next version");
+            return;
+        }
+        self.last_version = manifest.version;
+        let pointer = Pointer {
+            version: manifest.version,
+            sha256: manifest.sha256.clone(),
+            updated_at: manifest.created_at,
+            reason: "train: candidate after a drift".into(),
+        };
+        let lineage = self.lineage.as_mut().expect("checked above");
+        match self
+            .pointers
+            .set(&self.model, Slot::Candidate, &pointer, expected)
+            .await
+        {
+            Ok(revision) => {
+                let candidate = lineage.candidate.as_mut().expect("checked above");
+                tracing::info!(model = %self.model, version = manifest.version, high_water_mark = manifest.high_water_mark,
+                    accuracy = manifest.metrics.prequential_accuracy, "published a candidate version");
+                self.metrics.candidate_version.set(manifest.version as i64);
+                candidate.pointer_revision = revision;
+                candidate.published = Some(manifest);
+                candidate.pending = None;
+                candidate.forked = false;
+            }
+            Err(CasError::Conflict { .. }) => {
+                tracing::info!(model = %self.model, "the candidate pointer moved (withdrawn or promoted); dropping the candidate");
+                lineage.candidate = None;
+                self.metrics.candidate_version.set(0);
+            }
+            Err(CasError::Failed(failure)) => {
+                tracing::warn!(model = %self.model, error = %failure, "cannot move the candidate pointer; it is retried with the next version");
+            }
+        }
+    }
+
+    /// Tells CONTROL that the quarantine started or ended.
+    async fn announce_quarantine(&self, transition: Transition, sequence: u64) {
+        let body = json!({
+            "kind": KIND_QUARANTINE, "model": self.model, "state": transition.as_str(),
+            "sequence": sequence, "flagged_share": self.quality.flagged_share(), "at": Utc::now(),
+        });
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(body.to_string()))
+            .message_id(format!(
+                "quarantine-{}-{}-{sequence}",
+                self.model,
+                transition.as_str()
+            ));
+        let subject = self.subjects.control(&self.model, KIND_QUARANTINE);
+        if let Err(err) = self.js.send_publish(subject, message).await {
+            tracing::warn!(error = %err, "cannot report the quarantine on CONTROL");
         }
     }
 
     /// Loads the live version, if any, so training continues its lineage and schedule.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         self.lineage = self.load_live().await?;
+        self.resume_candidate().await?;
         if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
             tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version");
             self.metrics.live_version.set(live.version as i64);
@@ -199,6 +476,7 @@ impl Trainer {
             window: MetricsWindow::new(self.window_size, manifest.metrics.examples_total),
             pointer_revision: pointer.revision,
             live: Some(manifest),
+            candidate: None,
         }))
     }
 
@@ -212,6 +490,7 @@ impl Trainer {
                 live: None,
                 pointer_revision: 0,
                 window: MetricsWindow::new(self.window_size, 0),
+                candidate: None,
             });
         }
         Ok(self.lineage.as_mut().expect("set just above when missing"))
@@ -235,10 +514,13 @@ impl Trainer {
                 learned: range,
                 metrics: lineage.window.snapshot(),
                 created_at: Utc::now(),
+                new_chain: false,
             },
             &bytes,
         );
-        self.store_version(&mut manifest, &bytes).await?;
+        manifest.version = manifest.version.max(self.last_version + 1);
+        store_version(&self.artifacts, &self.model, &mut manifest, &bytes).await?;
+        self.last_version = manifest.version;
         let pointer = Pointer {
             version: manifest.version,
             sha256: manifest.sha256.clone(),
@@ -280,6 +562,7 @@ impl Trainer {
         lineage.pointer_revision = revision;
         lineage.live = Some(manifest);
         self.pending = PendingUpdate::default();
+        self.publish_candidate().await;
         self.prune_in_background();
         Ok(Commit::Durable)
     }
@@ -324,34 +607,6 @@ impl Trainer {
     /// Writes the version's artifacts. A version number already taken by an orphan (written by
     /// a trainer that died before moving the pointer, or by an earlier attempt of this one) is
     /// skipped: the lineage is in the `parent` field, and orphans never go live.
-    async fn store_version(&self, manifest: &mut Manifest, bytes: &[u8]) -> Result<(), Failure> {
-        for _ in 0..8 {
-            match self.artifacts.put_version(manifest, bytes).await {
-                Ok(()) => return Ok(()),
-                Err(ArtifactError::VersionExists { .. }) => {
-                    let taken = self
-                        .artifacts
-                        .versions(&self.model)
-                        .await
-                        .map_err(|e| Failure::new("list versions", e))?;
-                    let next = taken.last().copied().unwrap_or(0).max(manifest.version) + 1;
-                    tracing::info!(model = %self.model, taken = manifest.version, next, "version number taken by an orphan; using the next one");
-                    manifest.version = next;
-                }
-                Err(e) => {
-                    return Err(Failure::new(
-                        format!("store version {} of {}", manifest.version, self.model),
-                        e,
-                    ));
-                }
-            }
-        }
-        Err(Failure::new(
-            "store version",
-            "no free version number after 8 attempts",
-        ))
-    }
-
     /// Tells CONTROL that a batch's update was discarded, naming its examples' sequences. The
     /// message id makes a redelivered batch's report a duplicate, not a second report.
     async fn report_refused_batch(&self, sequences: &[u64], error: &ModelError) {
@@ -390,6 +645,40 @@ impl Trainer {
     }
 }
 
+/// Writes a new version, taking the next free number if another writer (an orphan of a crash,
+/// or the candidate) holds this one.
+async fn store_version(
+    artifacts: &ArtifactStore,
+    model: &ModelName,
+    manifest: &mut Manifest,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    for _ in 0..8 {
+        match artifacts.put_version(manifest, bytes).await {
+            Ok(()) => return Ok(()),
+            Err(ArtifactError::VersionExists { .. }) => {
+                let taken = artifacts
+                    .versions(model)
+                    .await
+                    .map_err(|e| Failure::new("list versions", e))?;
+                let next = taken.last().copied().unwrap_or(0).max(manifest.version) + 1;
+                tracing::info!(model = %model, taken = manifest.version, next, "version number taken (an orphan, or the candidate); using the next one");
+                manifest.version = next;
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    format!("store version {} of {}", manifest.version, model),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Failure::new(
+        "store version",
+        "no free version number after 8 attempts",
+    ))
+}
+
 /// Deletes the versions the retention policy lets go and returns how many. A version a pointer
 /// names now or in its kept history stays, so rollback always finds its target.
 async fn prune(
@@ -425,6 +714,7 @@ impl Processor for Trainer {
     /// learned (or refused) strictly in sequence, and an example whose predecessor has not been
     /// seen yet waits for it (it is redelivered after a short delay).
     async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+        self.react().await;
         let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
             .iter()
             .map(|m| ExampleRecord::decode(&m.payload))
@@ -454,6 +744,7 @@ impl Processor for Trainer {
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
         let mut handled: Option<SequenceRange> = None;
         let mut waiting = false;
+        let mut transitions = Vec::new();
         for i in order {
             let sequence = batch[i].stream_sequence;
             if waiting {
@@ -506,12 +797,30 @@ impl Processor for Trainer {
             };
             match handler::check_record(decoded[i].clone(), &lineage.schema) {
                 Ok((features, label)) => {
-                    learned_at.push(i);
-                    rows.push(features);
-                    labels.push(label);
-                    dispositions[i] = Some(Disposition::Hold);
+                    let (verdict, transition) = self.quality.assess(Some(&features));
+                    transitions.extend(transition.map(|t| (t, sequence)));
+                    match verdict {
+                        Verdict::Learn => {
+                            learned_at.push(i);
+                            rows.push(features);
+                            labels.push(label);
+                            dispositions[i] = Some(Disposition::Hold);
+                        }
+                        Verdict::HoldOut(why) => {
+                            self.metrics.examples_quarantined.inc();
+                            dispositions[i] = Some(Disposition::RejectHeld(Rejection::new(
+                                RejectReason::Quarantined,
+                                "features",
+                                why,
+                            )));
+                        }
+                    }
                 }
-                Err(rejection) => dispositions[i] = Some(Disposition::RejectHeld(rejection)),
+                Err(rejection) => {
+                    let (_, transition) = self.quality.assess(None);
+                    transitions.extend(transition.map(|t| (t, sequence)));
+                    dispositions[i] = Some(Disposition::RejectHeld(rejection));
+                }
             }
         }
         if !rows.is_empty() {
@@ -525,6 +834,17 @@ impl Processor for Trainer {
                     lineage.window.record(&report, &labels);
                     self.metrics.examples_trained.inc_by(report.examples as u64);
                     self.pending.batches += 1;
+                    if let Some(candidate) = lineage.candidate.as_mut() {
+                        match tokio::task::block_in_place(|| {
+                            candidate.trainer.train_batch(&rows, &labels)
+                        }) {
+                            Ok(report) => candidate.window.record(&report, &labels),
+                            Err(err) => {
+                                tracing::warn!(model = %self.model, error = %err, "the candidate refused a batch the live model took; dropping the candidate");
+                                lineage.candidate = None;
+                            }
+                        }
+                    }
                 }
                 Err(err) => {
                     // The update was discarded (the model is unchanged); the examples are kept on
@@ -549,7 +869,23 @@ impl Processor for Trainer {
                 }
             }
         }
+        for (transition, sequence) in transitions {
+            tracing::warn!(model = %self.model, state = transition.as_str(), sequence, share = self.quality.flagged_share(), "data-quality quarantine");
+            self.metrics
+                .quarantined
+                .set(i64::from(transition == Transition::Started));
+            self.announce_quarantine(transition, sequence).await;
+        }
         if let Some(range) = handled {
+            if let Some(candidate) = self.lineage.as_mut().and_then(|l| l.candidate.as_mut()) {
+                candidate.pending = Some(match candidate.pending {
+                    Some(r) => SequenceRange {
+                        first: r.first.min(range.first),
+                        last: r.last.max(range.last),
+                    },
+                    None => range,
+                });
+            }
             // Refused examples count as handled: the next version's mark covers them too.
             self.pending.range = Some(match self.pending.range {
                 Some(r) => SequenceRange {

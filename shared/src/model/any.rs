@@ -163,6 +163,18 @@ impl Trainer {
         })
     }
 
+    /// A copy of this model whose learning-rate schedule starts again at η0 (step 0), keeping its
+    /// weights, scaler and optimizer moments: what a drift reaction trains, so the copy catches up
+    /// with a changed concept at the full rate instead of the decayed one.
+    pub fn restarted(&self) -> Result<Trainer, ModelError> {
+        let mut snapshot = self.learner.snapshot().clone();
+        snapshot.step = 0;
+        Ok(Trainer {
+            config: self.config,
+            learner: Learner::restore(snapshot, self.config.hyper)?,
+        })
+    }
+
     /// Scores the batch with the current model, then takes one optimizer step on it.
     ///
     /// Input errors (row width, non-finite features, labels other than 0 and 1, an empty or

@@ -116,6 +116,12 @@ pub struct Manifest {
     pub high_water_mark: u64,
     /// Prequential metrics when the version was written.
     pub metrics: TrainingMetrics,
+    /// The first version of the unbroken chain of training steps this version belongs to; absent
+    /// when this version starts one (a new model, a candidate's first version, or a manifest
+    /// written before chains were recorded). Drift keeps watching one chain's errors across its
+    /// steps, and a move of the live pointer to another chain is a jump the gate judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<u64>,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -124,6 +130,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Manifest {
+    /// The first version of this version's chain of training steps.
+    pub fn lineage_root(&self) -> u64 {
+        self.lineage.unwrap_or(self.version)
+    }
+
     /// Checks `bytes` have the recorded size and SHA-256.
     ///
     /// Size is checked first (cheap, and a clearer message for truncation); the hash comparison
@@ -176,6 +187,7 @@ mod tests {
                 last: 2000,
             }),
             high_water_mark: 2000,
+            lineage: None,
             metrics: TrainingMetrics {
                 examples_total: 7680,
                 window_examples: 640,

@@ -120,7 +120,10 @@ impl OrderGuard {
             };
             match contiguity(sequence, next, floor) {
                 Contiguity::InOrder => return Ok(None),
-                Contiguity::Skip(handled) => *mark = handled,
+                // Every message on the filter at or below the floor is acknowledged: step over
+                // them all at once (after a rollback that is every example since the version
+                // rolled back to).
+                Contiguity::Skip(handled) => *mark = handled.max(floor.min(sequence - 1)),
                 Contiguity::Wait(missing) => return Ok(Some(missing)),
             }
         }

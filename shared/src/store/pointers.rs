@@ -88,6 +88,21 @@ impl Pointers {
         compare_and_set(&self.kv, &key, Bytes::from(bytes), expected).await
     }
 
+    /// Removes the pointer (a candidate withdrawn or promoted) if nobody moved it since
+    /// `expected`; the removal is kept in the bucket's history.
+    pub async fn withdraw(
+        &self,
+        model: &ModelName,
+        slot: Slot,
+        expected: u64,
+    ) -> Result<(), Failure> {
+        let key = pointer_key(model, slot.as_str());
+        self.kv
+            .delete_expect_revision(&key, Some(expected))
+            .await
+            .map_err(|e| Failure::new(format!("withdraw {key}"), e))
+    }
+
     /// Past values of the pointer, oldest first (as many as the bucket keeps).
     pub async fn history(
         &self,
