@@ -40,7 +40,7 @@ cluster: tools build
 quality:
 	RUNS=3 bash tools/river/compare.sh
 
-## bench: release build, then the predictor, training and featurize suites beside their floors (about 6 minutes)
+## bench: release build, then the predictor, training and featurize suites beside their floors, and drift's detectors beside River's (about 12 minutes; installs River into .tools/river-venv)
 bench: tools
 	$(CARGO) build --release --workspace --bins
 	target/release/freshet-bench --json target/bench/bench.json

@@ -1,4 +1,4 @@
-//! The benchmark suite, run once at a tiny size so it cannot rot: every scenario of both suites
+//! The benchmark suite, run once at a tiny size so it cannot rot: every scenario of every suite
 //! completes without a failed request and writes its report. Figures from a debug build at this
 //! size mean nothing and are not looked at.
 
@@ -24,6 +24,10 @@ fn the_benchmark_suite_runs_end_to_end() {
             "300",
             "--featurize-actions",
             "300",
+            "--detector-seeds",
+            "1",
+            // River (numpy, scipy) is installed by `make bench`, not by the tests.
+            "--detectors-without-river",
             "--json",
         ])
         .arg(&report)
@@ -46,6 +50,12 @@ fn the_benchmark_suite_runs_end_to_end() {
     assert!(
         featurize["two_replicas_per_second"].as_f64().unwrap() > 0.0,
         "{featurize}"
+    );
+    let detectors = report["detectors"]["rows"].as_array().unwrap();
+    assert_eq!(
+        detectors.len(),
+        16,
+        "every detector on every family: {detectors:?}"
     );
     let run = &report["train"]["runs"][0];
     for key in [

@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+mod detectors;
 mod featurize;
 mod train;
 
@@ -49,9 +50,19 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
-    /// Which suites to run: predict, train, featurize (comma-separated)
-    #[arg(long, value_delimiter = ',', default_value = "predict,train,featurize")]
+    /// Which suites to run: predict, train, featurize, detectors (comma-separated)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "predict,train,featurize,detectors"
+    )]
     suite: Vec<String>,
+    /// Streams per family in the detectors suite (each 10,000 observations)
+    #[arg(long, default_value_t = 20)]
+    detector_seeds: u64,
+    /// Run the detectors suite without River (no reference column; nothing to install)
+    #[arg(long)]
+    detectors_without_river: bool,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
     train_examples: u64,
@@ -265,6 +276,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite.iter().any(|s| s == "featurize") {
         report["featurize"] = featurize_suite(&args).await?;
+    }
+    if args.suite.iter().any(|s| s == "detectors") {
+        let dir = args.json.parent().unwrap_or(std::path::Path::new("."));
+        report["detectors"] =
+            detectors::run(args.detector_seeds, dir, !args.detectors_without_river)?;
     }
     std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
     std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)?;

@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detectors::{
+use freshet_drift::detectors::{
     Adwin, AdwinConfig, Ddm, DdmConfig, Detection, Detector, DetectorError, Kswin, KswinConfig,
     Level, PageHinkley, PageHinkleyConfig, StreamingPsi, StreamingPsiConfig,
 };

@@ -14,7 +14,7 @@ use freshet::model::FeatureSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{DetectorKind, Finding, Observation, Scored, Target, Window};
-use crate::detectors::Level;
+use freshet_drift::detectors::Level;
 
 /// The body of a drift event on `<prefix>.control.<model>.drift`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

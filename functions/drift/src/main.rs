@@ -5,9 +5,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod bank;
-// The batch PSI functions and the KS test are used by the detectors' own tests only.
-#[allow(dead_code, unused_imports)]
-mod detectors;
 mod gate;
 mod handler;
 mod live;
@@ -25,10 +22,10 @@ use freshet::store::{Pointers, Slot};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
 
 use crate::bank::{Bank, BankConfig, DetectorList};
-use crate::detectors::{
+use crate::gate::GateConfig;
+use freshet_drift::detectors::{
     AdwinConfig, DdmConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
 };
-use crate::gate::GateConfig;
 
 /// Watches one model's examples: each feature's distribution (PSI and Page-Hinkley by default)
 /// and the live version's prediction error on each labelled example (DDM and ADWIN by default).

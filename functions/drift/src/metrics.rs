@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::bank::{BankConfig, DetectorKind};
-use crate::detectors::Level;
+use freshet_drift::detectors::Level;
 
 /// What an observation fed: `features` (one per example) or `error` (one per scored example).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

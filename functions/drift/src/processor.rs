@@ -24,12 +24,12 @@ use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Finding, Restored, Scored, Target};
-use crate::detectors::Level;
 use crate::handler::{self, EventContext};
 use crate::live::{Live, LiveModel};
 use crate::metrics::{DetectionLabel, DriftMetrics, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::Reaction;
+use freshet_drift::detectors::Level;
 
 /// Where drift reads and writes.
 pub struct Io {

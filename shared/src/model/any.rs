@@ -324,6 +324,39 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_copy_keeps_the_model_and_learns_at_the_initial_rate() {
+        for kind in KINDS {
+            let mut trainer = Trainer::new(&config(kind, Optimizer::Sgd), 4).unwrap();
+            for b in 0..20 {
+                let (rows, labels) = linear_batch(b, 16, 4);
+                trainer.train_batch(&rows, &labels).unwrap();
+            }
+            let mut restarted = trainer.restarted().unwrap();
+            assert_eq!((trainer.step(), restarted.step()), (20, 0), "{kind:?}");
+            let (rows, labels) = linear_batch(99, 16, 4);
+            assert_eq!(
+                bits(&trainer.scorer().score_batch(&rows).unwrap()),
+                bits(&restarted.scorer().score_batch(&rows).unwrap()),
+                "{kind:?}: the same model"
+            );
+            // The next step moves the restarted copy further: η0 against η0 / (1 + 20α).
+            let before = trainer.scorer().score_batch(&rows).unwrap();
+            let mut continued =
+                Trainer::from_bytes(&trainer.to_bytes().unwrap(), trainer.config()).unwrap();
+            continued.train_batch(&rows, &labels).unwrap();
+            restarted.train_batch(&rows, &labels).unwrap();
+            let moved = |after: Vec<f32>| -> f32 {
+                after.iter().zip(&before).map(|(a, b)| (a - b).abs()).sum()
+            };
+            assert!(
+                moved(restarted.scorer().score_batch(&rows).unwrap())
+                    > moved(continued.scorer().score_batch(&rows).unwrap()),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
     fn config_names_defaults_and_validation() {
         let config: ModelConfig = toml::from_str(
             "kind = \"factorization_machine\"\nseed = 7\n\
