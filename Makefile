@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all tools build demo test unit integration cluster bench quality fmt lint up down clean
+.PHONY: chaos all tools build demo test unit integration cluster bench quality fmt lint up down clean
 
 all: build
 
@@ -35,6 +35,11 @@ integration: tools build
 ## `make test` while a rare stall is investigated; see tests/cluster.rs)
 cluster: tools build
 	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
+
+## chaos: the chaos suite at full size, 1,000,000 actions on release builds (make test runs it at 3,000)
+chaos: tools
+	$(CARGO) build --release --workspace --bins
+	FRESHET_CHAOS_ACTIONS=1000000 $(CARGO) test --release -p freshet-tests --test chaos -- --nocapture
 
 ## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
 quality:

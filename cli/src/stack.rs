@@ -162,6 +162,21 @@ impl NatsServer {
         Ok(())
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, as a network
+    /// pause looks to its clients. [`resume`](Self::resume) undoes it.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGCONT);
+        }
+    }
+
     /// Stops and starts the server on the same port and store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;

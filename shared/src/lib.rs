@@ -34,3 +34,6 @@ pub mod serving;
 pub mod store;
 pub mod subjects;
 pub mod topology;
+
+#[cfg(test)]
+mod properties;

@@ -276,20 +276,26 @@ pub fn bookstore_events(items: usize, actions: usize, id_prefix: &str) -> Vec<se
         events.push(cloud_event(&format!("{id_prefix}-item-{i}"), "new_item",
             serde_json::json!({"item": format!("b{i}"), "category": format!("c{}", i % 3), "price": 5.0 + (i * 7 % 50) as f64})));
     }
-    for n in 0..actions {
-        let item = (n * 7 + n / 3) % items;
-        let cheap = (5 + item * 7 % 50) < 25;
-        let action = if cheap && n % 3 == 0 {
-            "purchase"
-        } else if n % 5 == 0 {
-            "add_to_cart"
-        } else {
-            "view"
-        };
-        events.push(cloud_event(&format!("{id_prefix}-act-{n}"), "user_action",
-            serde_json::json!({"user": format!("u{}", n % 17), "item": format!("b{item}"), "action": action})));
-    }
+    events.extend((0..actions).map(|n| bookstore_action(n, items, id_prefix)));
     events
+}
+
+/// User action `n` of [`bookstore_events`], on its own (for replays too long to hold in memory).
+pub fn bookstore_action(n: usize, items: usize, id_prefix: &str) -> serde_json::Value {
+    let item = (n * 7 + n / 3) % items;
+    let cheap = (5 + item * 7 % 50) < 25;
+    let action = if cheap && n.is_multiple_of(3) {
+        "purchase"
+    } else if n.is_multiple_of(5) {
+        "add_to_cart"
+    } else {
+        "view"
+    };
+    cloud_event(
+        &format!("{id_prefix}-act-{n}"),
+        "user_action",
+        serde_json::json!({"user": format!("u{}", n % 17), "item": format!("b{item}"), "action": action}),
+    )
 }
 
 /// moto, an S3-compatible server, on a free loopback port; stopped when dropped. It keeps

@@ -1,0 +1,535 @@
+//! Chaos: a long replay of bookstore events, a tenth of them malformed or hostile, through
+//! featurize and train while processes are killed, the server is restarted and paused; then an
+//! audit that nothing was lost, nothing was learned twice and every bad event was kept with its
+//! reason.
+//!
+//! Size and seed come from the environment: `FRESHET_CHAOS_ACTIONS` (default 3,000, the size
+//! `make test` runs; `make chaos` runs 1,000,000) and `FRESHET_CHAOS_SEED` (default 7). Faults are
+//! scheduled by position in the replay, from the seed:
+//! - SIGKILL of featurize or train (one per 150 actions, at least 6 and at most 40), each
+//!   restarted after 50–500 ms; every fifth one is a SIGTERM of train instead (a graceful stop in
+//!   the middle of a batch);
+//! - nats-server restarted at 25 %, 50 % and 75 % of the replay;
+//! - nats-server paused (SIGSTOP) for 1.5 s at 60 %, then resumed (SIGCONT), a network pause as
+//!   the clients see it.
+//!
+//! The audit fails on any discrepancy and prints a table: every valid action is one example
+//! (none lost, none twice); the versions' learned ranges tile the examples stream exactly;
+//! every example train did not learn is on the dead-letter subject as quarantined; every bad event
+//! is on the dead-letter subject with a reason; repeated event ids added nothing; the live model's
+//! weights are finite.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use freshet::examples::ExampleRecord;
+use freshet::ids::ModelName;
+use freshet::model::ModelScorer;
+use freshet::store::{ArtifactStore, Pointers};
+use freshet::subjects::{
+    BUCKET_FEATURES, BUCKET_MODELS, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
+};
+use freshet_tests::{
+    Stack, bookstore_action, bookstore_events, event_message, eventually, live_through,
+};
+use futures::TryStreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const ITEMS: usize = 40;
+const PREFIX: &str = "chaos";
+
+/// Calls `visit` with the reason header and payload of every message of `stream`, reading it in
+/// batches with an ephemeral consumer (the streams of a full run do not fit in memory).
+async fn for_each_message(
+    stack: &Stack,
+    stream: &str,
+    mut visit: impl FnMut(Option<&str>, &[u8]),
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let consumer = stack
+        .js
+        .get_stream(stream)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    loop {
+        let mut batch = consumer.fetch().max_messages(1_000).messages().await?;
+        let mut any = false;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| anyhow::anyhow!(e))?;
+            let reason = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_REASON))
+                .map(|v| v.as_str());
+            visit(reason, &message.payload);
+            any = true;
+        }
+        if !any {
+            return Ok(());
+        }
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The kinds of bad input, one per bad event in turn.
+const BAD_KINDS: [&str; 10] = [
+    "truncated_json",
+    "wrong_types",
+    "huge_string",
+    "huge_array",
+    "deep_nesting",
+    "non_finite_and_huge_numbers",
+    "unknown_type",
+    "missing_id",
+    "invalid_utf8",
+    "repeated_id",
+];
+
+/// Bad event `n` of kind `kind`: its bytes carry the marker `bad-<n>` so the audit can find it
+/// on the dead-letter subject. `None` for a repeated id, which is a valid event sent again.
+fn bad_event(n: usize, kind: &str) -> Option<(String, Vec<u8>)> {
+    let id = format!("bad-{n}");
+    let envelope = |ty: &str, data: serde_json::Value| {
+        serde_json::json!({"specversion": "1.0", "id": id, "source": "chaos", "type": ty,
+            "time": "2026-11-26T12:00:00Z", "data": data})
+        .to_string()
+        .into_bytes()
+    };
+    let bytes = match kind {
+        "truncated_json" => {
+            format!(r#"{{"specversion":"1.0","id":"{id}","type":"user_action","data":{{"user":"#)
+                .into_bytes()
+        }
+        "wrong_types" => envelope(
+            "user_action",
+            serde_json::json!({"user": 42, "item": [1, 2], "action": true}),
+        ),
+        "huge_string" => envelope(
+            "user_action",
+            serde_json::json!({"user": "x".repeat(70_000), "item": "b1", "action": "view"}),
+        ),
+        "huge_array" => envelope(
+            "new_item",
+            serde_json::json!({"item": "b1", "category": (0..5_000).collect::<Vec<u32>>(), "price": 3.0}),
+        ),
+        "deep_nesting" => {
+            let mut nested = String::from("1");
+            for _ in 0..2_000 {
+                nested = format!(r#"{{"a":{nested}}}"#);
+            }
+            format!(r#"{{"specversion":"1.0","id":"{id}","type":"user_action","data":{nested}}}"#)
+                .into_bytes()
+        }
+        "non_finite_and_huge_numbers" => match n % 3 {
+            0 => envelope(
+                "new_item",
+                serde_json::json!({"item": id, "category": "c1", "price": 1e308}),
+            ),
+            1 => format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"chaos","type":"new_item","data":{{"item":"b1","category":"c1","price":NaN}}}}"#
+            )
+            .into_bytes(),
+            _ => format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"chaos","type":"new_item","data":{{"item":"b1","category":"c1","price":1e999}}}}"#
+            )
+            .into_bytes(),
+        },
+        "unknown_type" => envelope("refund", serde_json::json!({"user": "u1", "amount": 3})),
+        "missing_id" => serde_json::json!({"specversion": "1.0", "source": "chaos", "type": "user_action",
+            "data": {"user": id, "item": "b1", "action": "view"}})
+        .to_string()
+        .into_bytes(),
+        "invalid_utf8" => {
+            let mut bytes = format!(r#"{{"id":"{id}","user":""#).into_bytes();
+            bytes.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28, b'"', b'}']);
+            bytes
+        }
+        _ => return None,
+    };
+    Some((kind.to_string(), bytes))
+}
+
+/// What happened during the replay.
+#[derive(Debug, Default)]
+struct Faults {
+    kills: usize,
+    terminations: usize,
+    server_restarts: usize,
+    server_pauses: usize,
+    publish_retries: usize,
+}
+
+/// The running function processes, by name, and their restarts.
+struct Functions {
+    featurize: usize,
+    train: usize,
+}
+
+const FEATURIZE_ARGS: [&str; 2] = ["--label-horizon", "0s"];
+const TRAIN_ARGS: [&str; 4] = ["--keep-versions", "0", "--publish-interval", "300ms"];
+
+/// A fault the schedule injects.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL (every fifth time SIGTERM of train) of a function, restarted after a pause.
+    Kill,
+    RestartServer,
+    PauseServer,
+}
+
+/// Publishes, retrying while the server is away; a retried valid event keeps its id, so it is
+/// stored once.
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    message: PublishMessage,
+    retries: &AtomicUsize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            js.send_publish(subject.clone(), message.clone())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(_) if Instant::now() < deadline => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => anyhow::bail!("publishing for a minute: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyhow::Result<()> {
+    let actions = env_or("FRESHET_CHAOS_ACTIONS", 3_000) as usize;
+    let seed = env_or("FRESHET_CHAOS_SEED", 7);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stack = Stack::start().await?;
+    let model = ModelName::parse("bookstore")?;
+    let mut functions = Functions {
+        featurize: stack.spawn("featurize", &FEATURIZE_ARGS)?,
+        train: stack.spawn("train", &TRAIN_ARGS)?,
+    };
+    let mut faults = Faults::default();
+
+    // The catalogue first, so every action finds its book.
+    let no_retries = AtomicUsize::new(0);
+    for item in bookstore_events(ITEMS, 0, PREFIX) {
+        let (subject, message) = event_message(&stack.subjects, &item)?;
+        publish(&stack.js, subject, message, &no_retries).await?;
+    }
+    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the catalogue featurized",
+        || async {
+            let keys: Vec<String> = features.keys().await.ok()?.try_collect().await.ok()?;
+            (keys.iter().filter(|k| k.starts_with("item.")).count() == ITEMS).then_some(())
+        },
+    )
+    .await?;
+
+    // The schedule of faults, by action index.
+    let kills = (actions / 150).clamp(6, 40);
+    let mut kill_at: BTreeSet<usize> = BTreeSet::new();
+    while kill_at.len() < kills {
+        kill_at.insert(rng.random_range(actions / 20..actions));
+    }
+    let restart_at: BTreeSet<usize> = [actions / 4, actions / 2, 3 * actions / 4].into();
+    let pause_at = 3 * actions / 5;
+
+    // The replay, generated as it is published (a million events do not fit in memory as
+    // JSON values): each valid action, and after every ninth a bad event, a tenth of the stream.
+    // Bad event k is of kind BAD_KINDS[k % 10]; the repeated-id kind sends an earlier valid
+    // action again. A task of its own publishes, so faults land while events flow and the
+    // publisher has to ride them out.
+    let bad_total = (0..actions).filter(|n| n % 9 == 8).count();
+    let bad_kind = |k: usize| BAD_KINDS[k % BAD_KINDS.len()];
+    let repeated = (0..bad_total)
+        .filter(|&k| bad_kind(k) == "repeated_id")
+        .count();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let (js, subjects) = (stack.js.clone(), stack.subjects.clone());
+        let (progress, retries) = (progress.clone(), retries.clone());
+        async move {
+            for n in 0..actions {
+                let (subject, message) =
+                    event_message(&subjects, &bookstore_action(n, ITEMS, PREFIX))?;
+                publish(&js, subject, message, &retries).await?;
+                if n % 9 == 8 {
+                    let k = n / 9;
+                    let (subject, message) = match bad_event(k, bad_kind(k)) {
+                        Some((_, bytes)) => (
+                            subjects.event("user_action", "chaos"),
+                            PublishMessage::build().payload(Bytes::from(bytes)),
+                        ),
+                        None => event_message(
+                            &subjects,
+                            &bookstore_action(k * 7_919 % (n + 1), ITEMS, PREFIX),
+                        )?,
+                    };
+                    publish(&js, subject, message, &retries).await?;
+                }
+                progress.store(n + 1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }
+    });
+
+    // The faults, in order of the position at which each is due.
+    let mut schedule: Vec<(usize, Fault)> = kill_at.iter().map(|&n| (n, Fault::Kill)).collect();
+    schedule.extend(restart_at.iter().map(|&n| (n, Fault::RestartServer)));
+    schedule.push((pause_at, Fault::PauseServer));
+    schedule.sort_by_key(|(n, _)| *n);
+    let started = Instant::now();
+    for (at, fault) in schedule {
+        while progress.load(Ordering::Relaxed) < at && !publisher.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match fault {
+            Fault::Kill => {
+                let terminate = (faults.kills + faults.terminations) % 5 == 4;
+                let victim = if terminate || rng.random_bool(0.5) {
+                    "train"
+                } else {
+                    "featurize"
+                };
+                let index = if victim == "train" {
+                    functions.train
+                } else {
+                    functions.featurize
+                };
+                if terminate {
+                    stack.process(index).terminate(Duration::from_secs(10))?;
+                    faults.terminations += 1;
+                } else {
+                    stack.process(index).kill()?;
+                    faults.kills += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+                let args: &[&str] = if victim == "train" {
+                    &TRAIN_ARGS
+                } else {
+                    &FEATURIZE_ARGS
+                };
+                let fresh = stack.spawn(victim, args)?;
+                if victim == "train" {
+                    functions.train = fresh;
+                } else {
+                    functions.featurize = fresh;
+                }
+            }
+            Fault::RestartServer => {
+                tokio::task::block_in_place(|| stack.nats.restart())?;
+                faults.server_restarts += 1;
+            }
+            Fault::PauseServer => {
+                stack.nats.pause();
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                stack.nats.resume();
+                faults.server_pauses += 1;
+            }
+        }
+    }
+    publisher.await??;
+    faults.publish_retries = retries.load(Ordering::Relaxed);
+    let replay = started.elapsed();
+
+    // Every valid action becomes one example, and train learns up to the last.
+    let logs = |stack: &Stack, functions: &Functions| {
+        let tail = |log: String| log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+        format!(
+            "featurize log (newest first):\n{}\ntrain log (newest first):\n{}",
+            tail(stack.log_of("featurize", functions.featurize)),
+            tail(stack.log_of("train", functions.train))
+        )
+    };
+    eventually(
+        Duration::from_secs(300),
+        "one example per action",
+        || async {
+            (stack.stream_len(STREAM_EXAMPLES).await.ok()? as usize >= actions).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &functions)))?;
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let last = stack
+        .js
+        .get_stream(STREAM_EXAMPLES)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let live = eventually(Duration::from_secs(300), "every example learned", || {
+        live_through(&pointers, &artifacts, &model, last)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &functions)))?;
+    // Time for a late duplicate to show, if there were one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Examples: exactly one per valid action (counted by the action's number).
+    let mut examples_per_action = vec![0u32; actions];
+    let (mut examples, mut unexpected) = (0usize, 0usize);
+    for_each_message(&stack, STREAM_EXAMPLES, |_, payload| {
+        examples += 1;
+        let action = ExampleRecord::decode(payload)
+            .ok()
+            .and_then(|e| {
+                e.source_event
+                    .strip_prefix(&format!("{PREFIX}-act-"))?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .filter(|&n| n < actions);
+        match action {
+            Some(n) => examples_per_action[n] += 1,
+            None => unexpected += 1,
+        }
+    })
+    .await?;
+    let duplicates = examples_per_action.iter().filter(|&&c| c > 1).count();
+    let lost = examples_per_action.iter().filter(|&&c| c == 0).count();
+
+    // Dead letters: each bad event found by its marker, with a reason; train's quarantine.
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kept = vec![false; bad_total];
+    let mut quarantined = 0u64;
+    for_each_message(&stack, STREAM_DEAD_LETTER, |reason, payload| {
+        let reason = reason.unwrap_or("(none)").to_string();
+        if reason == "quarantined" {
+            quarantined += 1;
+        } else if let Some(at) = payload.windows(4).position(|w| w == b"bad-") {
+            let digits: String = payload[at + 4..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|&b| char::from(b))
+                .collect();
+            if let Some(flag) = digits.parse::<usize>().ok().and_then(|k| kept.get_mut(k)) {
+                *flag = true;
+            }
+        }
+        *by_reason.entry(reason).or_default() += 1;
+    })
+    .await?;
+    let bad_lost: Vec<(usize, &str)> = (0..bad_total)
+        .filter(|&k| bad_kind(k) != "repeated_id" && !kept[k])
+        .map(|k| (k, bad_kind(k)))
+        .collect();
+
+    // The lineage: learned ranges tile 1..=last; learned + quarantined = every example.
+    let mut ranges = Vec::new();
+    let mut manifest = live.clone();
+    loop {
+        if let Some(range) = manifest.learned {
+            ranges.push(range);
+        }
+        match manifest.parent {
+            Some(parent) => manifest = artifacts.manifest(&model, parent).await?,
+            None => break,
+        }
+    }
+    ranges.reverse();
+    let gaps_or_overlaps = ranges
+        .windows(2)
+        .filter(|pair| pair[1].first != pair[0].last + 1)
+        .count();
+    let (_, bytes) = artifacts.load(&model, live.version).await?;
+    let scorer = ModelScorer::from_bytes(&bytes)?;
+    let probes = [
+        vec![0.0f32; scorer.n_features()],
+        vec![1.0f32; scorer.n_features()],
+    ];
+    let finite = probes
+        .iter()
+        .all(|row| scorer.score(row).is_ok_and(f32::is_finite));
+
+    println!(
+        "\nchaos audit (seed {seed}, replay {:.1} s)",
+        replay.as_secs_f64()
+    );
+    println!("| faults | count |\n| --- | ---: |");
+    println!("| SIGKILL of featurize or train | {} |", faults.kills);
+    println!("| SIGTERM of train | {} |", faults.terminations);
+    println!("| nats-server restarts | {} |", faults.server_restarts);
+    println!(
+        "| nats-server pauses (SIGSTOP 1.5 s) | {} |",
+        faults.server_pauses
+    );
+    println!("| publishes retried | {} |", faults.publish_retries);
+    println!("\n| events and examples | count |\n| --- | ---: |");
+    println!("| valid actions published | {actions} |");
+    println!("| bad events published | {} |", bad_total - repeated);
+    println!("| valid events sent again (repeated id) | {repeated} |");
+    println!("| examples | {examples} |");
+    println!(
+        "| examples learned by the live lineage | {} |",
+        live.metrics.examples_total
+    );
+    println!("| examples quarantined | {quarantined} |");
+    println!("| examples twice (duplicates) | {duplicates} |");
+    println!("| actions without an example (lost) | {lost} |");
+    println!(
+        "| bad events not on the dead-letter subject | {} |",
+        bad_lost.len()
+    );
+    println!("| learned ranges with a gap or overlap | {gaps_or_overlaps} |");
+    println!("| live weights finite | {finite} |");
+    println!("\n| dead letters by reason | count |\n| --- | ---: |");
+    for (reason, count) in &by_reason {
+        println!("| {reason} | {count} |");
+    }
+
+    assert_eq!(duplicates, 0, "an action became two examples");
+    assert_eq!(lost, 0, "an action became no example");
+    assert_eq!(unexpected, 0, "an example from nowhere");
+    assert_eq!(examples, actions);
+    assert!(
+        bad_lost.is_empty(),
+        "bad events not dead-lettered: {bad_lost:?}"
+    );
+    assert!(
+        !by_reason.contains_key("(none)"),
+        "a dead letter without a reason"
+    );
+    assert_eq!(gaps_or_overlaps, 0, "learned ranges: {ranges:?}");
+    assert_eq!(ranges.first().map(|r| r.first), Some(1), "{ranges:?}");
+    assert_eq!(ranges.last().map(|r| r.last), Some(last), "{ranges:?}");
+    assert_eq!(
+        live.metrics.examples_total + quarantined,
+        last,
+        "every example learned once or quarantined"
+    );
+    assert!(finite, "the live model's scores are finite");
+    assert!(faults.kills + faults.terminations >= 6 && faults.server_restarts == 3);
+    Ok(())
+}
