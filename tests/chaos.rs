@@ -32,13 +32,10 @@ use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::ModelScorer;
 use freshet::store::{ArtifactStore, Pointers};
-use freshet::subjects::{
-    BUCKET_FEATURES, BUCKET_MODELS, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
-};
+use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES};
 use freshet_tests::{
     Stack, bookstore_action, bookstore_events, event_message, eventually, live_through,
 };
-use futures::TryStreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -242,16 +239,7 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         let (subject, message) = event_message(&stack.subjects, &item)?;
         publish(&stack.js, subject, message, &no_retries).await?;
     }
-    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
-    eventually(
-        Duration::from_secs(60),
-        "the catalogue featurized",
-        || async {
-            let keys: Vec<String> = features.keys().await.ok()?.try_collect().await.ok()?;
-            (keys.iter().filter(|k| k.starts_with("item.")).count() == ITEMS).then_some(())
-        },
-    )
-    .await?;
+    stack.await_items(ITEMS).await?;
 
     // The schedule of faults, by action index.
     let kills = (actions / 150).clamp(6, 40);

@@ -49,16 +49,7 @@ async fn publish(stack: &Stack) -> anyhow::Result<()> {
     for event in items {
         stack.publish_event(event).await?;
     }
-    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
-    eventually(
-        Duration::from_secs(60),
-        "the catalogue featurized",
-        || async {
-            let keys: Vec<String> = features.keys().await.ok()?.try_collect().await.ok()?;
-            (keys.iter().filter(|k| k.starts_with("item.")).count() == ITEMS).then_some(())
-        },
-    )
-    .await?;
+    stack.await_items(ITEMS).await?;
     for event in actions {
         stack.publish_event(event).await?;
     }

@@ -220,6 +220,25 @@ impl Stack {
         Ok(out)
     }
 
+    /// Waits until featurize holds the state of `items` items (a catalogue published first, so
+    /// every later action finds its item's category).
+    pub async fn await_items(&self, items: usize) -> anyhow::Result<()> {
+        use futures::TryStreamExt;
+        let features = self
+            .js
+            .get_key_value(freshet::subjects::BUCKET_FEATURES)
+            .await?;
+        eventually(
+            Duration::from_secs(60),
+            "the catalogue featurized",
+            || async {
+                let keys: Vec<String> = features.keys().await.ok()?.try_collect().await.ok()?;
+                (keys.iter().filter(|k| k.starts_with("item.")).count() == items).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Messages in a stream right now.
     pub async fn stream_len(&self, stream: &str) -> anyhow::Result<u64> {
         Ok(self

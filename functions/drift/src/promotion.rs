@@ -98,6 +98,16 @@ fn verdicts(model: Option<&LiveModel>, rows: &[(u64, &ExampleRecord)]) -> Vec<Ve
         .collect()
 }
 
+/// A pointer naming `model`'s version, moved for `reason`.
+fn pointer_to(model: &LiveModel, reason: String) -> Pointer {
+    Pointer {
+        version: model.version(),
+        sha256: model.manifest.sha256.clone(),
+        updated_at: Utc::now(),
+        reason,
+    }
+}
+
 /// Accuracy of `live` and `challenger` on the same rows.
 fn compare(live: &LiveModel, challenger: &LiveModel, rows: &[&(Vec<f32>, f32)]) -> Comparison {
     let accuracy = |model: &LiveModel| {
@@ -216,11 +226,9 @@ impl Promotion {
                 {
                     return Ok(false);
                 }
-                let pointer = Pointer {
-                    version: candidate.version(),
-                    sha256: candidate.manifest.sha256.clone(),
-                    updated_at: Utc::now(),
-                    reason: format!(
+                let pointer = pointer_to(
+                    candidate,
+                    format!(
                         "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
                         recent.challenger_accuracy,
                         recent.live_accuracy,
@@ -228,15 +236,9 @@ impl Promotion {
                         held_back.challenger_accuracy,
                         held_back.live_accuracy
                     ),
-                };
-                match self
-                    .pointers
-                    .set(&self.model, Slot::Live, &pointer, live_pointer.revision)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(CasError::Conflict { .. }) => return Ok(false),
-                    Err(CasError::Failed(failure)) => return Err(failure),
+                );
+                if !self.move_live(&pointer, live_pointer.revision).await? {
+                    return Ok(false);
                 }
                 if let Err(failure) = self
                     .pointers
@@ -289,23 +291,15 @@ impl Promotion {
                 if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version()) {
                     return Ok(false);
                 }
-                let pointer = Pointer {
-                    version: fallback.version(),
-                    sha256: fallback.manifest.sha256.clone(),
-                    updated_at: Utc::now(),
-                    reason: format!(
+                let pointer = pointer_to(
+                    fallback,
+                    format!(
                         "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
                         recent.challenger_accuracy, recent.live_accuracy, recent.examples
                     ),
-                };
-                match self
-                    .pointers
-                    .set(&self.model, Slot::Live, &pointer, live_pointer.revision)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(CasError::Conflict { .. }) => return Ok(false),
-                    Err(CasError::Failed(failure)) => return Err(failure),
+                );
+                if !self.move_live(&pointer, live_pointer.revision).await? {
+                    return Ok(false);
                 }
                 self.gate.end_rollback_trial();
                 self.versions.fallback.clear();
@@ -323,6 +317,20 @@ impl Promotion {
                     .await?;
                 Ok(false)
             }
+        }
+    }
+
+    /// Moves `<model>.live` to `pointer` if it is still at `revision`; `Ok(false)` when another
+    /// writer moved it first (the decision then waits for the next example).
+    async fn move_live(&self, pointer: &Pointer, revision: u64) -> Result<bool, Failure> {
+        match self
+            .pointers
+            .set(&self.model, Slot::Live, pointer, revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(CasError::Conflict { .. }) => Ok(false),
+            Err(CasError::Failed(failure)) => Err(failure),
         }
     }
 
