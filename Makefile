@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: chaos all tools build demo test unit integration cluster bench quality fmt lint up down clean
+.PHONY: chaos soak all tools build demo test unit integration cluster bench quality fmt lint up down clean
 
 all: build
 
@@ -40,6 +40,11 @@ cluster: tools build
 chaos: tools
 	$(CARGO) build --release --workspace --bins
 	FRESHET_CHAOS_ACTIONS=1000000 $(CARGO) test --release -p freshet-tests --test chaos -- --nocapture
+
+## soak: the predictor under steady load through 10,000 version swaps (release build; about 4 minutes)
+soak: tools
+	$(CARGO) build --release --workspace --bins
+	target/release/freshet-bench --suite soak --json target/bench/soak.json
 
 ## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
 quality:

@@ -28,6 +28,12 @@ fn the_benchmark_suite_runs_end_to_end() {
             "1",
             // River (numpy, scipy) is installed by `make bench`, not by the tests.
             "--detectors-without-river",
+            "--soak-swaps",
+            "30",
+            "--soak-interval",
+            "10ms",
+            "--suite",
+            "predict,train,featurize,detectors,soak",
             "--json",
         ])
         .arg(&report)
@@ -56,6 +62,12 @@ fn the_benchmark_suite_runs_end_to_end() {
         detectors.len(),
         16,
         "every detector on every family: {detectors:?}"
+    );
+    let windows = report["soak"]["windows"].as_array().unwrap();
+    assert!(
+        windows.len() >= 10 && report["soak"]["errors"] == 0,
+        "{}",
+        report["soak"]
     );
     let run = &report["train"]["runs"][0];
     for key in [

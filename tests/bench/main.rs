@@ -18,6 +18,7 @@
 
 mod detectors;
 mod featurize;
+mod soak;
 mod train;
 
 use std::sync::Arc;
@@ -50,7 +51,8 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
-    /// Which suites to run: predict, train, featurize, detectors (comma-separated)
+    /// Which suites to run: predict, train, featurize, detectors, and soak (not run unless
+    /// named; about 4 minutes) (comma-separated)
     #[arg(
         long,
         value_delimiter = ',',
@@ -63,6 +65,12 @@ struct Args {
     /// Run the detectors suite without River (no reference column; nothing to install)
     #[arg(long)]
     detectors_without_river: bool,
+    /// Soak: pointer moves while the predictor serves
+    #[arg(long, default_value_t = 10_000)]
+    soak_swaps: usize,
+    /// Soak: time between pointer moves
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    soak_interval: Duration,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
     train_examples: u64,
@@ -281,6 +289,9 @@ async fn main() -> anyhow::Result<()> {
         let dir = args.json.parent().unwrap_or(std::path::Path::new("."));
         report["detectors"] =
             detectors::run(args.detector_seeds, dir, !args.detectors_without_river)?;
+    }
+    if args.suite.iter().any(|s| s == "soak") {
+        report["soak"] = soak::run(&mut stack, args.soak_swaps, args.soak_interval).await?;
     }
     std::fs::create_dir_all(args.json.parent().unwrap_or(std::path::Path::new(".")))?;
     std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)?;
