@@ -57,7 +57,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Sends a signal to a process this stack started (and only to such a process: `child` is ours).
 #[allow(unsafe_code)]
-fn signal(child: &Child, signal: libc::c_int) {
+pub fn signal(child: &Child, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };

@@ -51,6 +51,8 @@ pub struct Stack {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     processes: Vec<FunctionProcess>,
+    /// Another object store than the default folder: its URL and client environment.
+    object_store: Option<(String, Vec<(String, String)>)>,
 }
 
 impl Stack {
@@ -71,11 +73,21 @@ impl Stack {
             js,
             subjects,
             processes: Vec::new(),
+            object_store: None,
         })
     }
 
     pub fn artifacts_url(&self) -> String {
-        format!("file://{}", self.dir.path().join("artifacts").display())
+        match &self.object_store {
+            Some((url, _)) => url.clone(),
+            None => format!("file://{}", self.dir.path().join("artifacts").display()),
+        }
+    }
+
+    /// Points the functions started from now on (and [`artifacts_url`](Self::artifacts_url)) at
+    /// another object store, with the environment its client needs (S3 endpoint, keys).
+    pub fn use_object_store(&mut self, url: &str, env: Vec<(String, String)>) {
+        self.object_store = Some((url.to_string(), env));
     }
 
     /// The environment every function gets: this stack's server, store and topology.
@@ -92,6 +104,9 @@ impl Stack {
             ("FRESHET_LOG_FORMAT".into(), "text".into()),
             ("FRESHET_BATCH_WAIT".into(), "20ms".into()),
         ]
+        .into_iter()
+        .chain(self.object_store.iter().flat_map(|(_, env)| env.clone()))
+        .collect()
     }
 
     /// Starts a function binary; returns its index for [`Stack::process`].
@@ -350,6 +365,29 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(server)
+    }
+
+    /// Freezes the server (SIGSTOP): connections open, nothing answered, as an unreachable
+    /// store looks to a client. [`resume`](Self::resume) undoes it.
+    pub fn pause(&self) {
+        stack::signal(&self.child, libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        stack::signal(&self.child, libc::SIGCONT);
+    }
+
+    /// The environment an S3 client needs to reach this server.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     /// Creates a bucket (S3 CreateBucket is a PUT on the bucket's path).
