@@ -13,6 +13,9 @@
 //! - nats-server paused (SIGSTOP) for 1.5 s at 60 %, then resumed (SIGCONT), a network pause as
 //!   the clients see it.
 //!
+//! A predictor serves throughout and is asked every 20 ms; it may fail only while the server is
+//! away (and for 10 s after, while clients reconnect).
+//!
 //! The audit fails on any discrepancy and prints a table: every valid action is one example
 //! (none lost, none twice); the versions' learned ranges tile the examples stream exactly;
 //! every example train did not learn is on the dead-letter subject as quarantined; every bad event
@@ -23,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
@@ -183,6 +186,47 @@ struct Functions {
 const FEATURIZE_ARGS: [&str; 2] = ["--label-horizon", "0s"];
 const TRAIN_ARGS: [&str; 4] = ["--keep-versions", "0", "--publish-interval", "300ms"];
 
+/// How long after the server is back a client may still fail while it reconnects.
+const RECONNECT: Duration = Duration::from_secs(10);
+
+/// Asks the predictor for one prediction every 20 ms until `stop`, once it first answers;
+/// returns when each request was sent and whether it succeeded.
+async fn request_predictions(
+    client: async_nats::Client,
+    subjects: freshet::subjects::Subjects,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<(Instant, bool)>> {
+    let model = ModelName::parse("bookstore")?;
+    let subject = freshet::serving::endpoint_single(&subjects, &model);
+    let request = freshet::serving::PredictRequest {
+        features: Some(vec![0.1; freshet::features::FEATURE_NAMES.len()]),
+        ..Default::default()
+    };
+    let ask = || {
+        freshet::serving::call::<_, freshet::serving::PredictResponse>(
+            &client,
+            subject.clone(),
+            &request,
+            Duration::from_secs(2),
+        )
+    };
+    let ready = Instant::now() + Duration::from_secs(120);
+    while ask().await.is_err() {
+        anyhow::ensure!(Instant::now() < ready, "the predictor never answered");
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut outcomes = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let at = Instant::now();
+        outcomes.push((at, ask().await.is_ok()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(outcomes)
+}
+
 /// A fault the schedule injects.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -231,6 +275,9 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         featurize: stack.spawn("featurize", &FEATURIZE_ARGS)?,
         train: stack.spawn("train", &TRAIN_ARGS)?,
     };
+    // A predictor serves throughout; it is never killed, so its only excuse for a failed request
+    // is a server that was down or paused.
+    stack.spawn("predict", &["--record-predictions", "false"])?;
     let mut faults = Faults::default();
 
     // The catalogue first, so every action finds its book.
@@ -262,6 +309,13 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         .count();
     let progress = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
+    let stop_requests = Arc::new(AtomicBool::new(false));
+    let requester = tokio::spawn(request_predictions(
+        stack.client.clone(),
+        stack.subjects.clone(),
+        stop_requests.clone(),
+    ));
+    let mut server_away: Vec<(Instant, Instant)> = Vec::new();
     let publisher = tokio::spawn({
         let (js, subjects) = (stack.js.clone(), stack.subjects.clone());
         let (progress, retries) = (progress.clone(), retries.clone());
@@ -334,19 +388,38 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
                 }
             }
             Fault::RestartServer => {
+                let from = Instant::now();
                 tokio::task::block_in_place(|| stack.nats.restart())?;
+                server_away.push((from, Instant::now()));
                 faults.server_restarts += 1;
             }
             Fault::PauseServer => {
+                let from = Instant::now();
                 stack.nats.pause();
                 tokio::time::sleep(Duration::from_millis(1_500)).await;
                 stack.nats.resume();
+                server_away.push((from, Instant::now()));
                 faults.server_pauses += 1;
             }
         }
     }
     publisher.await??;
     faults.publish_retries = retries.load(Ordering::Relaxed);
+    stop_requests.store(true, Ordering::Relaxed);
+    let predictions = requester.await??;
+    // A request fails excusably from the moment the server went away until clients have had
+    // time to reconnect after it came back.
+    let excused = |at: Instant| {
+        server_away
+            .iter()
+            .any(|&(from, to)| at + Duration::from_millis(100) >= from && at <= to + RECONNECT)
+    };
+    let failed: Vec<Instant> = predictions
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(at, _)| *at)
+        .collect();
+    let failed_unexcused = failed.iter().filter(|&&at| !excused(at)).count();
     let replay = started.elapsed();
 
     // Every valid action becomes one example, and train learns up to the last.
@@ -492,6 +565,12 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     );
     println!("| learned ranges with a gap or overlap | {gaps_or_overlaps} |");
     println!("| live weights finite | {finite} |");
+    println!("| predictions requested | {} |", predictions.len());
+    println!(
+        "| predictions failed while the server was away | {} |",
+        failed.len() - failed_unexcused
+    );
+    println!("| predictions failed otherwise | {failed_unexcused} |");
     println!("\n| dead letters by reason | count |\n| --- | ---: |");
     for (reason, count) in &by_reason {
         println!("| {reason} | {count} |");
@@ -518,6 +597,11 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         "every example learned once or quarantined"
     );
     assert!(finite, "the live model's scores are finite");
+    assert_eq!(failed_unexcused, 0, "predictions failed with the server up");
+    assert!(
+        predictions.len() > 100,
+        "the predictor was asked throughout"
+    );
     assert!(faults.kills + faults.terminations >= 6 && faults.server_restarts == 3);
     Ok(())
 }
