@@ -455,6 +455,18 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &functions)))?;
+    // featurize reaches the bad events after the last valid one: wait until the dead-letter
+    // subject holds at least as many messages as bad events were sent.
+    eventually(
+        Duration::from_secs(300),
+        "every bad event handled",
+        || async {
+            (stack.stream_len(STREAM_DEAD_LETTER).await.ok()? as usize >= bad_total - repeated)
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &functions)))?;
     // Time for a late duplicate to show, if there were one.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
