@@ -21,8 +21,6 @@ mod featurize;
 mod soak;
 mod train;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,6 +81,13 @@ struct Args {
     /// Run only a bare echo responder on `bench.echo` at this NATS URL (the floor's process)
     #[arg(long, hide = true)]
     echo_responder: Option<String>,
+    /// Run only a swapper at this NATS URL: move bookstore's live pointer through versions
+    /// 2..=120 of the store at --swap-store every 50 ms, until killed (a process of its own, as
+    /// a trainer is, so its work does not land in the requester's latency)
+    #[arg(long, hide = true)]
+    swapper: Option<String>,
+    #[arg(long, hide = true)]
+    swap_store: Option<String>,
 }
 
 /// Answers every request on `subject` with its own payload, doing nothing else.
@@ -260,6 +265,33 @@ async fn scenario(
     })
 }
 
+/// The swapper process: moves bookstore's live pointer through versions 2..=120 every 50 ms.
+async fn swap_forever(url: &str, store: &str) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let pointers =
+        freshet::store::Pointers::new(js.get_key_value(freshet::subjects::BUCKET_MODELS).await?);
+    let artifacts = freshet::store::ArtifactStore::from_url(store)?;
+    let model = freshet::ids::ModelName::parse("bookstore")?;
+    let mut versions = Vec::new();
+    for version in 2..=120 {
+        versions.push((version, artifacts.manifest(&model, version).await?.sha256));
+    }
+    for (version, sha256) in versions.iter().cycle() {
+        let current = pointers.get(&model, Slot::Live).await?;
+        let pointer = freshet::store::Pointer {
+            version: *version,
+            sha256: sha256.clone(),
+            updated_at: chrono::Utc::now(),
+            reason: "bench swap".into(),
+        };
+        pointers
+            .set(&model, Slot::Live, &pointer, current.revision)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 fn resident_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -271,6 +303,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(url) = &args.echo_responder {
         return echo(async_nats::connect(url).await?, "bench.echo").await;
+    }
+    if let (Some(url), Some(store)) = (&args.swapper, &args.swap_store) {
+        return swap_forever(url, store).await;
     }
     let mut stack = Stack::start().await?;
     let mut report = serde_json::json!({
@@ -463,28 +498,26 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         .await?,
     );
 
-    // The same while versions swap every 50 ms. The versions are written beforehand, so the
-    // swapper only moves the pointer and this process spends nothing on training meanwhile.
-    let mut versions = Vec::new();
+    // The same while versions swap every 50 ms. The versions are written beforehand, and a
+    // process of its own moves the pointer (as a trainer would), so neither training nor the
+    // pointer writes run in this process while it measures.
     for version in 2..=120 {
-        versions.push((version, writer.write_version(version).await?.sha256));
+        writer.write_version(version).await?;
     }
-    let swapping = Arc::new(AtomicBool::new(true));
-    let swapper = {
-        let swapping = swapping.clone();
-        tokio::spawn(async move {
-            let mut swaps = 0;
-            for (version, sha256) in versions.iter().cycle() {
-                if !swapping.load(Ordering::Relaxed) {
-                    break;
-                }
-                writer.point(Slot::Live, *version, sha256).await.unwrap();
-                swaps += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            swaps
-        })
+    let models = stack
+        .js
+        .get_key_value(freshet::subjects::BUCKET_MODELS)
+        .await?;
+    let pointer_writes = |models: async_nats::jetstream::kv::Store| async move {
+        anyhow::Ok(models.status().await?.info.state.last_sequence)
     };
+    let writes_before = pointer_writes(models.clone()).await?;
+    let swapper = Child(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["--swapper", &stack.nats.url(), "--swap-store"])
+            .arg(stack.artifacts_url())
+            .spawn()?,
+    );
     rows.push(
         scenario(
             "predict single, NATS, swapping every 50 ms",
@@ -495,8 +528,8 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         )
         .await?,
     );
-    swapping.store(false, Ordering::Relaxed);
-    let swaps = swapper.await?;
+    drop(swapper);
+    let swaps = pointer_writes(models).await? - writes_before;
     eprintln!("  {swaps} swaps during that scenario");
 
     // The predictor's own cost, without recording each prediction on PREDICTIONS (a second
