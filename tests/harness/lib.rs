@@ -58,7 +58,13 @@ pub struct Stack {
 impl Stack {
     /// Starts nats-server and provisions the test topology.
     pub async fn start() -> anyhow::Result<Stack> {
-        let dir = tempfile::tempdir()?;
+                let mut dir = tempfile::tempdir()?;
+        // FRESHET_KEEP_TEST_DIRS=1 keeps every stack's folder (logs, JetStream store) for a
+        // post-mortem; its path is printed.
+        if std::env::var_os("FRESHET_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("stack folder kept: {}", dir.path().display());
+        }
         std::fs::write(dir.path().join("topology.toml"), test_topology())?;
         let nats = NatsServer::start(&dir.path().join("jetstream"))?;
         let client = async_nats::connect(nats.url()).await?;

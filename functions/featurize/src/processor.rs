@@ -76,9 +76,14 @@ impl Processor for Featurizer {
                 dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                 continue;
             }
-            if sequence <= mark {
-                // Handled before (a redelivery of an acknowledged event): its effects are durable.
-                dispositions[i] = Some(Disposition::Ack);
+                        if sequence <= mark {
+                // Handled before (a redelivery): its effects are durable, unless it was refused
+                // and its dead letter could not be stored; refusing it again stores that (the
+                // dead letter's id makes a second copy a duplicate).
+                dispositions[i] = Some(match self.route(&batch[i]) {
+                    Err(rejection) => Disposition::Reject(rejection),
+                    Ok(_) => Disposition::Ack,
+                });
                 continue;
             }
             if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {

@@ -267,9 +267,35 @@ async fn handle_batch<P: Processor>(
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// Publishes a refused input to the dead-letter subject; false if that failed (then the message
-/// must be redelivered rather than lost).
+/// Attempts at dead-lettering one input before it is handed back for redelivery. The processors
+/// count a refused input as handled in order the moment they refuse it, so a redelivered copy
+/// may be acknowledged as already handled: the dead letter must be stored now, while the server
+/// is briefly away too (a restart, a pause), not left to a redelivery.
+const DEAD_LETTER_ATTEMPTS: i64 = 10;
+
+/// Publishes a refused input to the dead-letter subject, retrying with backoff; false if every
+/// attempt failed (then the message is redelivered rather than lost).
 async fn dead_letter_input(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &LoopSettings,
+    metrics: &Metrics,
+    input: &Incoming,
+    rejection: &Rejection,
+) -> bool {
+    for attempt in 1..=DEAD_LETTER_ATTEMPTS {
+        if dead_letter_once(js, subjects, settings, metrics, input, rejection).await {
+            return true;
+        }
+        if attempt < DEAD_LETTER_ATTEMPTS {
+            tokio::time::sleep(retry_delay(attempt)).await;
+        }
+    }
+    false
+}
+
+/// One attempt of [`dead_letter_input`].
+async fn dead_letter_once(
     js: &jetstream::Context,
     subjects: &Subjects,
     settings: &LoopSettings,
@@ -297,8 +323,8 @@ async fn dead_letter_input(
             metrics.count_rejection(rejection.reason.as_str());
             true
         }
-        Err(failure) => {
-            tracing::warn!(error = %failure, "dead-letter publish failed; will redeliver");
+                Err(failure) => {
+            tracing::warn!(error = %failure, "dead-letter publish failed; trying again");
             false
         }
     }
