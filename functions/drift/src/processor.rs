@@ -300,8 +300,8 @@ impl Processor for DriftProcessor {
         let mut waiting = false;
         for i in order {
             let sequence = batch[i].stream_sequence;
-            if waiting {
-                dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        if waiting {
+                dispositions[i] = Some(Disposition::Defer(Failure::new(
                     "drift",
                     "waiting for an earlier example",
                 )));
@@ -318,8 +318,8 @@ impl Processor for DriftProcessor {
                 continue;
             }
             if let Err(failure) = self.io.order.admit(sequence, &mut mark, "drift").await {
-                waiting = true;
-                dispositions[i] = Some(Disposition::Retry(failure));
+                                waiting = true;
+                dispositions[i] = Some(Disposition::Defer(failure));
                 continue;
             }
             mark = sequence;

@@ -72,8 +72,8 @@ impl Processor for Featurizer {
         let mut waiting: Option<Failure> = None;
         for i in order {
             let sequence = batch[i].stream_sequence;
-            if let Some(failure) = &waiting {
-                dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
+                        if let Some(failure) = &waiting {
+                dispositions[i] = Some(Disposition::Defer(failure.duplicate()));
                 continue;
             }
                         if sequence <= mark {
@@ -86,8 +86,8 @@ impl Processor for Featurizer {
                 });
                 continue;
             }
-            if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
-                dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
+                        if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
+                dispositions[i] = Some(Disposition::Defer(failure.duplicate()));
                 waiting = Some(failure);
                 continue;
             }

@@ -747,8 +747,8 @@ impl Processor for Trainer {
         let mut transitions = Vec::new();
         for i in order {
             let sequence = batch[i].stream_sequence;
-            if waiting {
-                dispositions[i] = Some(Disposition::Retry(Failure::new(
+                        if waiting {
+                dispositions[i] = Some(Disposition::Defer(Failure::new(
                     "train",
                     "waiting for an earlier example",
                 )));
@@ -771,8 +771,8 @@ impl Processor for Trainer {
                 Sequence::New => {}
             }
             if let Err(failure) = self.order.admit(sequence, &mut mark, "train").await {
-                waiting = true;
-                dispositions[i] = Some(Disposition::Retry(failure));
+                                waiting = true;
+                dispositions[i] = Some(Disposition::Defer(failure));
                 continue;
             }
             mark = sequence;

@@ -47,9 +47,17 @@ pub enum Disposition {
     /// for a processor whose progress mark counts refused messages as handled, so the mark and
     /// the acknowledgements become durable together.
     RejectHeld(Rejection),
-    /// Try again later: negatively acknowledge with a backoff.
+        /// Try again later: negatively acknowledge with a backoff.
     Retry(Failure),
+    /// Not yet: an earlier message must be handled first (the order guard). Negatively
+    /// acknowledged with a short fixed delay, not a growing backoff: the earlier message is
+    /// expected soon, and a message that waited many times must not then sit out a long delay
+    /// while the ones after it wait for it in turn.
+    Defer(Failure),
 }
+
+/// How long a deferred message stays away.
+pub const DEFER_DELAY: Duration = Duration::from_millis(200);
 
 /// What a commit achieved for the messages held so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,21 +252,25 @@ async fn handle_batch<P: Processor>(
             Disposition::Hold => held.push(message),
             Disposition::Reject(rejection) => {
                 if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
-                    ack(&message, AckKind::Term, metrics).await;
-                } else {
-                    nak(&message, input.delivered, metrics).await;
+                    ack(&message, AckKind::Ack, metrics).await;
+                                } else {
+                    nak(&message, retry_delay(input.delivered), metrics).await;
                 }
             }
             Disposition::RejectHeld(rejection) => {
                 if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
                     held.push(message);
                 } else {
-                    nak(&message, input.delivered, metrics).await;
+                    nak(&message, retry_delay(input.delivered), metrics).await;
                 }
             }
-            Disposition::Retry(failure) => {
+                        Disposition::Retry(failure) => {
                 tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
-                nak(&message, retry_after, metrics).await;
+                nak(&message, retry_delay(retry_after), metrics).await;
+            }
+            Disposition::Defer(failure) => {
+                tracing::debug!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, reason = %failure, "deferred");
+                nak(&message, DEFER_DELAY, metrics).await;
             }
         }
     }
@@ -340,11 +352,9 @@ async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
     }
 }
 
-async fn nak(message: &jetstream::Message, delivered: i64, metrics: &Metrics) {
+async fn nak(message: &jetstream::Message, delay: Duration, metrics: &Metrics) {
     metrics.retries.inc();
-    if let Err(err) = message
-        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
-        .await
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await
     {
         tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
     }
