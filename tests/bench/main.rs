@@ -504,14 +504,19 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     for version in 2..=120 {
         writer.write_version(version).await?;
     }
-    let models = stack
-        .js
-        .get_key_value(freshet::subjects::BUCKET_MODELS)
-        .await?;
-    let pointer_writes = |models: async_nats::jetstream::kv::Store| async move {
-        anyhow::Ok(models.status().await?.info.state.last_sequence)
+    // Pointer writes, read from the bucket's stream (a KV handle's status is cached).
+    let js = stack.js.clone();
+    let pointer_writes = || async {
+        anyhow::Ok(
+            js.get_stream("KV_MODELS")
+                .await?
+                .info()
+                .await?
+                .state
+                .last_sequence,
+        )
     };
-    let writes_before = pointer_writes(models.clone()).await?;
+    let writes_before = pointer_writes().await?;
     let swapper = Child(
         std::process::Command::new(std::env::current_exe()?)
             .args(["--swapper", &stack.nats.url(), "--swap-store"])
@@ -529,7 +534,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         .await?,
     );
     drop(swapper);
-    let swaps = pointer_writes(models).await? - writes_before;
+    let swaps = pointer_writes().await? - writes_before;
     eprintln!("  {swaps} swaps during that scenario");
 
     // The predictor's own cost, without recording each prediction on PREDICTIONS (a second

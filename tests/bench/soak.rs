@@ -102,7 +102,10 @@ pub async fn run(
             Err(_) => errors += 1,
         }
         let finished = done.load(Ordering::Relaxed);
-        if swapped.load(Ordering::Relaxed) >= window_end || finished {
+        // A window closes at its swap count; requests after the last swap only close a window
+        // if the run ended short of ten.
+        let boundary = swapped.load(Ordering::Relaxed) >= window_end;
+        if boundary || (finished && windows.len() < 10 && !latencies.is_empty()) {
             latencies.sort();
             let window = Window {
                 swaps: swapped.load(Ordering::Relaxed),

@@ -58,7 +58,7 @@ pub struct Stack {
 impl Stack {
     /// Starts nats-server and provisions the test topology.
     pub async fn start() -> anyhow::Result<Stack> {
-                let mut dir = tempfile::tempdir()?;
+        let mut dir = tempfile::tempdir()?;
         // FRESHET_KEEP_TEST_DIRS=1 keeps every stack's folder (logs, JetStream store) for a
         // post-mortem; its path is printed.
         if std::env::var_os("FRESHET_KEEP_TEST_DIRS").is_some() {

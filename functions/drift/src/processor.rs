@@ -300,7 +300,7 @@ impl Processor for DriftProcessor {
         let mut waiting = false;
         for i in order {
             let sequence = batch[i].stream_sequence;
-                        if waiting {
+            if waiting {
                 dispositions[i] = Some(Disposition::Defer(Failure::new(
                     "drift",
                     "waiting for an earlier example",
@@ -318,7 +318,7 @@ impl Processor for DriftProcessor {
                 continue;
             }
             if let Err(failure) = self.io.order.admit(sequence, &mut mark, "drift").await {
-                                waiting = true;
+                waiting = true;
                 dispositions[i] = Some(Disposition::Defer(failure));
                 continue;
             }

@@ -72,11 +72,11 @@ impl Processor for Featurizer {
         let mut waiting: Option<Failure> = None;
         for i in order {
             let sequence = batch[i].stream_sequence;
-                        if let Some(failure) = &waiting {
+            if let Some(failure) = &waiting {
                 dispositions[i] = Some(Disposition::Defer(failure.duplicate()));
                 continue;
             }
-                        if sequence <= mark {
+            if sequence <= mark {
                 // Handled before (a redelivery): its effects are durable, unless it was refused
                 // and its dead letter could not be stored; refusing it again stores that (the
                 // dead letter's id makes a second copy a duplicate).
@@ -86,7 +86,7 @@ impl Processor for Featurizer {
                 });
                 continue;
             }
-                        if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
+            if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
                 dispositions[i] = Some(Disposition::Defer(failure.duplicate()));
                 waiting = Some(failure);
                 continue;

@@ -747,7 +747,7 @@ impl Processor for Trainer {
         let mut transitions = Vec::new();
         for i in order {
             let sequence = batch[i].stream_sequence;
-                        if waiting {
+            if waiting {
                 dispositions[i] = Some(Disposition::Defer(Failure::new(
                     "train",
                     "waiting for an earlier example",
@@ -771,7 +771,7 @@ impl Processor for Trainer {
                 Sequence::New => {}
             }
             if let Err(failure) = self.order.admit(sequence, &mut mark, "train").await {
-                                waiting = true;
+                waiting = true;
                 dispositions[i] = Some(Disposition::Defer(failure));
                 continue;
             }

@@ -47,7 +47,7 @@ pub enum Disposition {
     /// for a processor whose progress mark counts refused messages as handled, so the mark and
     /// the acknowledgements become durable together.
     RejectHeld(Rejection),
-        /// Try again later: negatively acknowledge with a backoff.
+    /// Try again later: negatively acknowledge with a backoff.
     Retry(Failure),
     /// Not yet: an earlier message must be handled first (the order guard). Negatively
     /// acknowledged with a short fixed delay, not a growing backoff: the earlier message is
@@ -253,7 +253,7 @@ async fn handle_batch<P: Processor>(
             Disposition::Reject(rejection) => {
                 if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
                     ack(&message, AckKind::Ack, metrics).await;
-                                } else {
+                } else {
                     nak(&message, retry_delay(input.delivered), metrics).await;
                 }
             }
@@ -264,7 +264,7 @@ async fn handle_batch<P: Processor>(
                     nak(&message, retry_delay(input.delivered), metrics).await;
                 }
             }
-                        Disposition::Retry(failure) => {
+            Disposition::Retry(failure) => {
                 tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
                 nak(&message, retry_delay(retry_after), metrics).await;
             }
@@ -335,7 +335,7 @@ async fn dead_letter_once(
             metrics.count_rejection(rejection.reason.as_str());
             true
         }
-                Err(failure) => {
+        Err(failure) => {
             tracing::warn!(error = %failure, "dead-letter publish failed; trying again");
             false
         }
@@ -354,8 +354,7 @@ async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
 
 async fn nak(message: &jetstream::Message, delay: Duration, metrics: &Metrics) {
     metrics.retries.inc();
-    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await
-    {
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
         tracing::warn!(error = %err, "nak failed; the message will be redelivered after ack_wait");
     }
 }
