@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
-    self, GlobalArgs, demo, generate, models, predict, provision, publish, status,
+    self, GlobalArgs, demo, generate, models, predict, provision, publish, status, tail,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -38,6 +38,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Show streams, consumer lag, live models and dead letters
     Status,
+    /// Print the newest messages of a stream (dead letters, CONTROL, ...), and with --follow
+    /// every new one
+    Tail(tail::TailArgs),
     /// Write a deterministic synthetic bookstore event stream to stdout as JSON Lines
     Generate(generate::GenerateArgs),
     /// Run the bookstore story end to end on a private local stack, then stop it
@@ -61,6 +64,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Models(command) => models::run(global, command).await,
         Command::Predict(args) => predict::run(global, args).await,
         Command::Status => status::run(global).await,
+        Command::Tail(args) => tail::run(global, args).await,
         Command::Generate(args) => generate::run(args),
         Command::Demo(args) => demo::run(args).await,
     }

@@ -9,6 +9,7 @@ pub mod predict;
 pub mod provision;
 pub mod publish;
 pub mod status;
+pub mod tail;
 
 use std::fmt;
 use std::io::Write;
