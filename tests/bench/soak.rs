@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use freshet::serving::PredictRequest;
 use freshet::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use serde::Serialize;
 
-use crate::{Target, percentile, resident_kib};
+use crate::{Target, bookstore_row, percentile, resident_kib};
 
 /// One window of the soak.
 #[derive(Debug, Clone, Serialize)]
@@ -51,14 +50,7 @@ pub async fn run(
         ],
     )?;
     let pid = stack.process(predict).pid().unwrap_or(0);
-    let request = PredictRequest {
-        features: Some(
-            (0..freshet::features::FEATURE_NAMES.len())
-                .map(|i| 0.1 * i as f64)
-                .collect(),
-        ),
-        ..Default::default()
-    };
+    let request = bookstore_row();
     freshet_tests::eventually(
         Duration::from_secs(30),
         "the predictor to serve",

@@ -247,8 +247,7 @@ impl Promotion {
                 {
                     tracing::warn!(model = %self.model, error = %failure, "promoted, but the candidate pointer could not be removed");
                 }
-                self.gate.end_candidate_trial();
-                self.versions.candidate.clear();
+                self.close_candidate_trial();
                 self.record(
                     GateAction::Promote,
                     live,
@@ -270,8 +269,7 @@ impl Promotion {
                         .withdraw(&self.model, Slot::Candidate, pointer.revision)
                         .await?;
                 }
-                self.gate.end_candidate_trial();
-                self.versions.candidate.clear();
+                self.close_candidate_trial();
                 self.record(
                     GateAction::Withdraw,
                     live,
@@ -301,8 +299,7 @@ impl Promotion {
                 if !self.move_live(&pointer, live_pointer.revision).await? {
                     return Ok(false);
                 }
-                self.gate.end_rollback_trial();
-                self.versions.fallback.clear();
+                self.close_rollback_trial();
                 self.record(GateAction::Rollback, live, fallback, recent, None, sequence)
                     .await?;
                 Ok(true)
@@ -311,13 +308,24 @@ impl Promotion {
                 let Some(fallback) = fallback else {
                     return Ok(false);
                 };
-                self.gate.end_rollback_trial();
-                self.versions.fallback.clear();
+                self.close_rollback_trial();
                 self.record(GateAction::Confirm, live, fallback, recent, None, sequence)
                     .await?;
                 Ok(false)
             }
         }
+    }
+
+    /// Ends the candidate trial and forgets the candidate (promoted or withdrawn).
+    fn close_candidate_trial(&mut self) {
+        self.gate.end_candidate_trial();
+        self.versions.candidate.clear();
+    }
+
+    /// Ends the rollback trial and forgets the fallback (rolled back to, or the jump confirmed).
+    fn close_rollback_trial(&mut self) {
+        self.gate.end_rollback_trial();
+        self.versions.fallback.clear();
     }
 
     /// Moves `<model>.live` to `pointer` if it is still at `revision`; `Ok(false)` when another
