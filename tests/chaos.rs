@@ -198,10 +198,7 @@ async fn request_predictions(
 ) -> anyhow::Result<Vec<(Instant, bool)>> {
     let model = ModelName::parse("bookstore")?;
     let subject = freshet::serving::endpoint_single(&subjects, &model);
-    let request = freshet::serving::PredictRequest {
-        features: Some(vec![0.1; freshet::features::FEATURE_NAMES.len()]),
-        ..Default::default()
-    };
+    let request = freshet_tests::bookstore_row_request();
     let ask = || {
         freshet::serving::call::<_, freshet::serving::PredictResponse>(
             &client,

@@ -12,27 +12,19 @@ use freshet::features::{ItemState, UserState, item_key, user_key};
 use freshet::serving::{PredictRequest, PredictionBatch, RecommendResponse, Variant};
 use freshet::store::Slot;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_CONTROL, STREAM_PREDICTIONS};
-use freshet_tests::{ModelWriter, Stack, cloud_event, eventually};
+use freshet_tests::{ModelWriter, Stack, bookstore_row_request, cloud_event, eventually};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-
-fn raw_request() -> PredictRequest {
-    PredictRequest {
-        features: Some(
-            (0..freshet::features::FEATURE_NAMES.len())
-                .map(|i| 0.1 * i as f64)
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
 
 async fn serving_version(stack: &Stack, version: u64) -> anyhow::Result<()> {
     eventually(
         Duration::from_secs(20),
         &format!("the predictor to serve v{version}"),
         || async {
-            let reply = stack.predict("bookstore", &raw_request()).await.ok()?;
+            let reply = stack
+                .predict("bookstore", &bookstore_row_request())
+                .await
+                .ok()?;
             (reply.version == version).then_some(())
         },
     )
@@ -59,7 +51,7 @@ async fn a_hundred_swaps_under_load_fail_no_request() -> anyhow::Result<()> {
         load.push(tokio::spawn(async move {
             let mut answers = Vec::new();
             let mut failures = Vec::new();
-            let body = Bytes::from(serde_json::to_vec(&raw_request()).unwrap());
+            let body = Bytes::from(serde_json::to_vec(&bookstore_row_request()).unwrap());
             // Bounded: the loop ends when the swaps are done, or after 60 s at most.
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
@@ -213,7 +205,10 @@ async fn damaged_and_missing_versions_are_refused_and_rollback_works() -> anyhow
     );
     assert!(refusals.iter().all(|r| r["serving"] == 1));
     assert_eq!(
-        stack.predict("bookstore", &raw_request()).await?.version,
+        stack
+            .predict("bookstore", &bookstore_row_request())
+            .await?
+            .version,
         1,
         "v1 kept serving"
     );
@@ -493,7 +488,13 @@ async fn a_stale_live_version_fails_readiness_until_a_fresh_one_arrives() -> any
         .expect("the model age gauge is exported");
     assert!(age > 3.0, "{age}");
     // It still answers: staleness is for the orchestrator to act on, not a reason to fail requests.
-    assert_eq!(stack.predict("bookstore", &raw_request()).await?.version, 1);
+    assert_eq!(
+        stack
+            .predict("bookstore", &bookstore_row_request())
+            .await?
+            .version,
+        1
+    );
     let v2 = writer.write_version(2).await?;
     writer.point(Slot::Live, 2, &v2.sha256).await?;
     eventually(

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use freshet::serving::PredictRequest;
 use freshet::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use futures::StreamExt;
@@ -292,18 +291,6 @@ async fn swap_forever(url: &str, store: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The request every predictor scenario sends: one bookstore-width feature row.
-fn bookstore_row() -> PredictRequest {
-    PredictRequest {
-        features: Some(
-            (0..freshet::features::FEATURE_NAMES.len())
-                .map(|i| 0.1 * i as f64)
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
 fn resident_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -438,7 +425,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         "predict",
         &["--http-port", &http_port.to_string(), "--log", "warn"],
     )?;
-    let request = bookstore_row();
+    let request = freshet_tests::bookstore_row_request();
     let single = Bytes::from(serde_json::to_vec(&request)?);
     freshet_tests::eventually(
         Duration::from_secs(30),

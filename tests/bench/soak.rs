@@ -14,7 +14,7 @@ use freshet::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use serde::Serialize;
 
-use crate::{Target, bookstore_row, percentile, resident_kib};
+use crate::{Target, percentile, resident_kib};
 
 /// One window of the soak.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +50,7 @@ pub async fn run(
         ],
     )?;
     let pid = stack.process(predict).pid().unwrap_or(0);
-    let request = bookstore_row();
+    let request = freshet_tests::bookstore_row_request();
     freshet_tests::eventually(
         Duration::from_secs(30),
         "the predictor to serve",

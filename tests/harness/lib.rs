@@ -284,6 +284,18 @@ impl Stack {
     }
 }
 
+/// A prediction request with a ready bookstore-width feature row (0.0, 0.1, 0.2, ...).
+pub fn bookstore_row_request() -> freshet::serving::PredictRequest {
+    freshet::serving::PredictRequest {
+        features: Some(
+            (0..freshet::features::FEATURE_NAMES.len())
+                .map(|i| 0.1 * i as f64)
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

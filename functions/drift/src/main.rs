@@ -298,7 +298,6 @@ async fn main() -> anyhow::Result<()> {
             model: args.model.clone(),
             gate: gate::Gate::new(gate_config),
             versions: promotion::Versions {
-                live: live.clone(),
                 candidate,
                 fallback,
             },

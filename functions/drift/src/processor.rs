@@ -368,16 +368,17 @@ impl Processor for DriftProcessor {
         if let Some(promotion) = self.promotion.as_mut() {
             // `new` is in stream order. The gate's trials live in memory: a redelivered batch is
             // judged again, which only repeats evidence the window already weighs.
-            let labelled: Vec<(u64, &ExampleRecord)> = new
+            // The live version's scores are the ones computed above for the error detectors.
+            let labelled: Vec<(u64, &ExampleRecord, Option<Scored>)> = new
                 .iter()
                 .filter_map(|&i| {
                     decoded[i]
                         .as_ref()
                         .ok()
-                        .map(|e| (batch[i].stream_sequence, e))
+                        .map(|e| (batch[i].stream_sequence, e, scores[i]))
                 })
                 .collect();
-            promotion.judge(&labelled).await;
+            promotion.judge(live.as_ref(), &labelled).await;
         }
         if !new.is_empty() {
             self.pending = Some(Pending {

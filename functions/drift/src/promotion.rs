@@ -25,6 +25,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::bank::Scored;
 use crate::gate::{Gate, Judged, Proposal, Verdict};
 use crate::live::{Live, LiveModel};
 
@@ -50,9 +51,8 @@ impl GateMetrics {
     }
 }
 
-/// The versions the gate compares, as the followers keep them.
+/// The versions the gate compares with live (the batch brings live itself), as the followers keep them.
 pub struct Versions {
-    pub live: Live,
     pub candidate: Live,
     pub fallback: Live,
 }
@@ -68,15 +68,18 @@ pub struct Promotion {
 }
 
 /// Each row's verdict under `model`: right or wrong where it had not learned the example.
-fn verdicts(model: Option<&LiveModel>, rows: &[(u64, &ExampleRecord)]) -> Vec<Verdict> {
+fn verdicts(
+    model: Option<&LiveModel>,
+    rows: &[(u64, &ExampleRecord, Option<Scored>)],
+) -> Vec<Verdict> {
     let Some(model) = model else {
         return vec![Verdict::Absent; rows.len()];
     };
     let width = model.scorer.n_features();
     let scorable: Vec<Vec<f32>> = rows
         .iter()
-        .filter(|(_, e)| e.features.len() == width)
-        .map(|(_, e)| e.features.clone())
+        .filter(|(_, e, _)| e.features.len() == width)
+        .map(|(_, e, _)| e.features.clone())
         .collect();
     // burn is blocking CPU work: keep it off the async workers' hot path.
     let Ok(scores) = tokio::task::block_in_place(|| model.scorer.score_batch(&scorable)) else {
@@ -84,7 +87,7 @@ fn verdicts(model: Option<&LiveModel>, rows: &[(u64, &ExampleRecord)]) -> Vec<Ve
     };
     let mut scores = scores.into_iter();
     rows.iter()
-        .map(|(sequence, example)| {
+        .map(|(sequence, example, _)| {
             if example.features.len() != width {
                 return Verdict::Learned;
             }
@@ -131,20 +134,29 @@ fn compare(live: &LiveModel, challenger: &LiveModel, rows: &[&(Vec<f32>, f32)]) 
 impl Promotion {
     /// Judges the batch's labelled examples (stream order) and acts on the first decision that
     /// moves a pointer; the rest of the batch is judged with the next one's versions.
-    pub async fn judge(&mut self, rows: &[(u64, &ExampleRecord)]) {
-        if rows.is_empty() {
-            return;
-        }
-        let live = self.versions.live.current();
-        let candidate = self.versions.candidate.current();
-        let fallback = self.versions.fallback.current();
-        let Some(live) = live else {
+    pub async fn judge(
+        &mut self,
+        live: Option<&Arc<LiveModel>>,
+        rows: &[(u64, &ExampleRecord, Option<Scored>)],
+    ) {
+        let Some(live) = live.filter(|_| !rows.is_empty()) else {
             return;
         };
-        let live_verdicts = verdicts(Some(&live), rows);
+        let candidate = self.versions.candidate.current();
+        let fallback = self.versions.fallback.current();
+        // Live was scored by the caller only where it had not learned the example.
+        let live_verdicts: Vec<Verdict> = rows
+            .iter()
+            .map(|(_, example, scored)| match scored {
+                Some(scored) => Verdict::Scored(
+                    predicts_positive(scored.probability as f32) == (example.label >= 0.5),
+                ),
+                None => Verdict::Learned,
+            })
+            .collect();
         let candidate_verdicts = verdicts(candidate.as_deref(), rows);
         let fallback_verdicts = verdicts(fallback.as_deref(), rows);
-        for (i, (_, example)) in rows.iter().enumerate() {
+        for (i, (_, example, _)) in rows.iter().enumerate() {
             let proposals = self.gate.observe(Judged {
                 live_chain: live.manifest.lineage_root(),
                 row: &example.features,
@@ -166,7 +178,7 @@ impl Promotion {
                 match self
                     .carry_out(
                         proposal,
-                        &live,
+                        live,
                         candidate.as_ref(),
                         fallback.as_ref(),
                         sequence,

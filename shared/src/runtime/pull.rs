@@ -295,51 +295,36 @@ async fn dead_letter_input(
     input: &Incoming,
     rejection: &Rejection,
 ) -> bool {
-    for attempt in 1..=DEAD_LETTER_ATTEMPTS {
-        if dead_letter_once(js, subjects, settings, metrics, input, rejection).await {
-            return true;
-        }
-        if attempt < DEAD_LETTER_ATTEMPTS {
-            tokio::time::sleep(retry_delay(attempt)).await;
-        }
-    }
-    false
-}
-
-/// One attempt of [`dead_letter_input`].
-async fn dead_letter_once(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    settings: &LoopSettings,
-    metrics: &Metrics,
-    input: &Incoming,
-    rejection: &Rejection,
-) -> bool {
     tracing::info!(subject = %input.subject, seq = input.stream_sequence, reason = %rejection.reason, field = %rejection.field, detail = %rejection.detail, "refused input; sent to dead-letter");
     let origin = Origin {
         subject: &input.subject,
         stream_sequence: Some(input.stream_sequence),
         dedup_id: input.stream_sequence.to_string(),
     };
-    match dead_letter::publish(
-        js,
-        subjects,
-        &settings.function,
-        rejection,
-        &origin,
-        input.payload.clone(),
-    )
-    .await
-    {
-        Ok(()) => {
-            metrics.count_rejection(rejection.reason.as_str());
-            true
-        }
-        Err(failure) => {
-            tracing::warn!(error = %failure, "dead-letter publish failed; trying again");
-            false
+    for attempt in 1..=DEAD_LETTER_ATTEMPTS {
+        let published = dead_letter::publish(
+            js,
+            subjects,
+            &settings.function,
+            rejection,
+            &origin,
+            input.payload.clone(),
+        )
+        .await;
+        match published {
+            Ok(()) => {
+                metrics.count_rejection(rejection.reason.as_str());
+                return true;
+            }
+            Err(failure) => {
+                tracing::warn!(error = %failure, attempt, "dead-letter publish failed");
+                if attempt < DEAD_LETTER_ATTEMPTS {
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                }
+            }
         }
     }
+    false
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
