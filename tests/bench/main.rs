@@ -18,6 +18,7 @@
 
 mod detectors;
 mod featurize;
+mod pipeline;
 mod soak;
 mod train;
 
@@ -48,14 +49,35 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
-    /// Which suites to run: predict, train, featurize, detectors, and soak (not run unless
-    /// named; about 4 minutes) (comma-separated)
+    /// Which suites to run: pipeline, predict, train, featurize, detectors, and soak (not run
+    /// unless named; about 4 minutes) (comma-separated)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "predict,train,featurize,detectors"
+        default_value = "pipeline,predict,train,featurize,detectors"
     )]
     suite: Vec<String>,
+    /// Pipeline: actions published at full speed through featurize → train
+    #[arg(long, default_value_t = 50_000)]
+    pipeline_actions: usize,
+    /// Pipeline: the fixed offered load for freshness, events/s
+    #[arg(long, default_value_t = 10_000.0)]
+    pipeline_rate: f64,
+    /// Pipeline: the low offered load at which freshet and the peer are compared, events/s
+    #[arg(long, default_value_t = 1_000.0)]
+    pipeline_low_rate: f64,
+    /// Pipeline: seconds of each offered load
+    #[arg(long, default_value_t = 5.0)]
+    pipeline_seconds: f64,
+    /// Pipeline: skip the scale curve (2 and 4 featurize replicas, train batches of 64 and 1024)
+    #[arg(long)]
+    pipeline_without_scale: bool,
+    /// Pipeline: skip the Python peer (nothing to install)
+    #[arg(long)]
+    pipeline_without_peer: bool,
+    /// Pipeline: actions the Python peer learns at full speed
+    #[arg(long, default_value_t = 20_000)]
+    peer_actions: usize,
     /// Streams per family in the detectors suite (each 10,000 observations)
     #[arg(long, default_value_t = 20)]
     detector_seeds: u64,
@@ -310,6 +332,19 @@ async fn main() -> anyhow::Result<()> {
     let mut report = serde_json::json!({
         "date": chrono::Utc::now(), "runs": args.runs, "machine": machine(),
     });
+    if args.suite.iter().any(|s| s == "pipeline") {
+        eprintln!("pipeline: {} runs", args.runs);
+        report["pipeline"] = pipeline::suite(&pipeline::Plan {
+            runs: args.runs,
+            actions: args.pipeline_actions,
+            rate: args.pipeline_rate,
+            low_rate: args.pipeline_low_rate,
+            seconds: args.pipeline_seconds,
+            scale: !args.pipeline_without_scale,
+            peer_actions: (!args.pipeline_without_peer).then_some(args.peer_actions),
+        })
+        .await?;
+    }
     if args.suite.iter().any(|s| s == "predict") {
         report["predict"] = predict_suite(&mut stack, &args).await?;
     }
@@ -593,6 +628,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         Err(err) => eprintln!("  HTTP inference unavailable ({err}); skipped"),
     }
     let rss = stack.process(predict).pid().and_then(resident_kib);
+    let sizes = model_sizes(stack, &args, &client, &single, &batch).await?;
 
     let floor = rows[0].clone();
     println!("| scenario | p50 µs | p99 µs | p999 µs | throughput | p99 / floor p99 |");
@@ -617,6 +653,114 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     }
     Ok(serde_json::json!({
         "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
-        "rows": rows, "predict_rss_kib": rss, "swaps": swaps,
+        "rows": rows, "predict_rss_kib": rss, "swaps": swaps, "model_sizes": sizes,
     }))
+}
+
+/// The scale curve of model size: a predictor per model (not recording predictions, so the
+/// model's own cost shows) serving a logistic regression and mlps of growing width, single rows
+/// and batches of 64.
+async fn model_sizes(
+    stack: &mut Stack,
+    args: &Args,
+    client: &async_nats::Client,
+    single: &Bytes,
+    batch: &Bytes,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use freshet::model::{ModelConfig, ModelKind};
+    let sizes = [
+        ("logistic", ModelConfig::default()),
+        (
+            "mlp64",
+            ModelConfig {
+                kind: ModelKind::Mlp,
+                hidden: 64,
+                ..Default::default()
+            },
+        ),
+        (
+            "mlp1024",
+            ModelConfig {
+                kind: ModelKind::Mlp,
+                hidden: 1024,
+                ..Default::default()
+            },
+        ),
+        (
+            "mlp4096",
+            ModelConfig {
+                kind: ModelKind::Mlp,
+                hidden: freshet::model::MAX_HIDDEN,
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (name, config) in sizes {
+        let mut writer = ModelWriter::with_config(stack, name, config).await?;
+        let manifest = writer.write_version(1).await?;
+        writer.point(Slot::Live, 1, &manifest.sha256).await?;
+        stack.spawn(
+            "predict",
+            &[
+                "--model",
+                name,
+                "--record-predictions",
+                "false",
+                "--http-port",
+                "0",
+                "--log",
+                "warn",
+            ],
+        )?;
+        let model = freshet::ids::ModelName::parse(name)?;
+        let request = freshet_tests::bookstore_row_request();
+        freshet_tests::eventually(Duration::from_secs(30), "the sized predictor", || async {
+            stack.predict(model.as_str(), &request).await.ok()
+        })
+        .await?;
+        let target = |subject: String, body: &Bytes| Target::Nats {
+            client: client.clone(),
+            subject,
+            body: body.clone(),
+        };
+        let endpoint = freshet::serving::endpoint_single(&stack.subjects, &model);
+        let one = scenario(name, "req/s", &target(endpoint.clone(), single), args, 1).await?;
+        let batch_endpoint = freshet::serving::endpoint_batch(&stack.subjects, &model);
+        let many = scenario(name, "rows/s", &target(batch_endpoint, batch), args, 64).await?;
+        measured.push(serde_json::json!({
+            "model": name, "parameters": parameters(&config), "artifact_bytes": manifest.size_bytes,
+            "single": one, "batch_of_64": many,
+        }));
+    }
+    println!(
+        "\n| model (16 features) | parameters | artifact | single p50 / p99 µs | single req/s | batch of 64 p50 / p99 µs | rows/s |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in &measured {
+        let f = |path: &str, key: &str| row[path][key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {:.1} KiB | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {:.0} |",
+            row["model"].as_str().unwrap_or_default(),
+            row["parameters"],
+            row["artifact_bytes"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+            f("single", "p50_us"),
+            f("single", "p99_us"),
+            f("single", "per_second"),
+            f("batch_of_64", "p50_us"),
+            f("batch_of_64", "p99_us"),
+            f("batch_of_64", "per_second"),
+        );
+    }
+    Ok(measured)
+}
+
+/// Trainable parameters of a model of `config` over the bookstore's features.
+fn parameters(config: &freshet::model::ModelConfig) -> usize {
+    let n = freshet::features::FEATURE_NAMES.len();
+    match config.kind {
+        freshet::model::ModelKind::Mlp => n * config.hidden + 2 * config.hidden + 1,
+        freshet::model::ModelKind::FactorizationMachine => n * (config.factors + 1) + 1,
+        freshet::model::ModelKind::Logistic => n + 1,
+    }
 }

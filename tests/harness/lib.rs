@@ -434,11 +434,21 @@ pub struct ModelWriter {
     pub model: freshet::ids::ModelName,
     pub artifacts: freshet::store::ArtifactStore,
     pub pointers: freshet::store::Pointers,
-    trainer: freshet::model::LogisticTrainer,
+    trainer: freshet::model::Trainer,
 }
 
 impl ModelWriter {
+    /// Writes logistic-regression versions.
     pub async fn new(stack: &Stack, model: &str) -> anyhow::Result<ModelWriter> {
+        ModelWriter::with_config(stack, model, freshet::model::ModelConfig::default()).await
+    }
+
+    /// Writes versions of the model `config` describes (an mlp of some width, say).
+    pub async fn with_config(
+        stack: &Stack,
+        model: &str,
+        config: freshet::model::ModelConfig,
+    ) -> anyhow::Result<ModelWriter> {
         Ok(ModelWriter {
             model: freshet::ids::ModelName::parse(model)?,
             artifacts: freshet::store::ArtifactStore::from_url(&stack.artifacts_url())?,
@@ -448,10 +458,7 @@ impl ModelWriter {
                     .get_key_value(freshet::subjects::BUCKET_MODELS)
                     .await?,
             ),
-            trainer: freshet::model::LogisticTrainer::new(
-                freshet::features::FEATURE_NAMES.len(),
-                Default::default(),
-            )?,
+            trainer: freshet::model::Trainer::new(&config, freshet::features::FEATURE_NAMES.len())?,
         })
     }
 
@@ -474,9 +481,9 @@ impl ModelWriter {
             model: self.model.to_string(),
             version,
             parent: version.checked_sub(1).filter(|v| *v > 0),
-            kind: freshet::model::ModelKind::Logistic,
-            hyper: Default::default(),
-            config: None,
+            kind: self.trainer.kind(),
+            hyper: self.trainer.hyper(),
+            config: Some(*self.trainer.config()),
             schema: freshet::features::schema(),
             sha256: freshet::model::sha256_hex(&bytes),
             size_bytes: bytes.len() as u64,

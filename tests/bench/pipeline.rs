@@ -1,0 +1,968 @@
+//! The pipeline benchmark: events through featurize → train with a predictor live, beside the
+//! JetStream floors and the Python peer measured in the same run.
+//!
+//! - **Throughput**: bookstore actions published pipelined as fast as JetStream acknowledges
+//!   them; the clock runs from the first publish until the predictor answers with a version that
+//!   learned the last of them.
+//! - **Freshness**: the time from publishing an event to the first predictor reply served by a
+//!   version that learned from it. A prober asks the predictor about every millisecond and keeps
+//!   each reply's version; each version's manifest says up to which EXAMPLES sequence it learned,
+//!   and each event's example (found by its `source_event`) has its sequence. So an event's
+//!   freshness is the first reply whose version's high-water mark covers its example, minus the
+//!   instant the event was published. Measured at full speed (mostly queueing), at fixed offered
+//!   loads and near the most the pipeline sustains.
+//! - **Floors**: publish with async acknowledgements, and two hops (EVENTS → republish to
+//!   EXAMPLES → a consumer acknowledging), the I/O skeleton of featurize → train.
+//! - **Peer**: `tools/peer/` (nats-py, River `learn_one` per event, a pickle every 1,000 events
+//!   announced on a KV key, a Python predictor watching it), on the same events, probed the same
+//!   way (its replies carry the last stream sequence their model learned).
+//!
+//! Every scenario runs on a fresh nats-server, so no stream's history slows the next.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use freshet::store::ArtifactStore;
+use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_tests::{Stack, bookstore_action, bookstore_events, event_message};
+use futures::StreamExt;
+use serde::Serialize;
+
+/// Books in the catalogue published before the timed actions.
+const ITEMS: usize = 200;
+/// Unacknowledged publishes in flight at once.
+const PUBLISH_WINDOW: usize = 512;
+/// Actions published (and learned) before the clock starts, so every process is past start-up.
+const WARM_UP: usize = 1_000;
+/// featurize's wait for a batch to fill.
+const FEATURIZE_BATCH_WAIT: &str = "20ms";
+/// Pause between two probes of a predictor.
+const PROBE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How freshet runs in one scenario.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Setup {
+    /// featurize processes, the partitions split evenly between them (1, 2 or 4).
+    pub replicas: usize,
+    /// train's batch size.
+    pub batch: usize,
+}
+
+impl Setup {
+    pub const DEFAULT: Setup = Setup {
+        replicas: 1,
+        batch: 256,
+    };
+}
+
+/// One measured stretch: how many events, at what rate, and their freshness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stretch {
+    /// Offered events/s, or `None` for as fast as JetStream takes them.
+    pub offered_per_second: Option<f64>,
+    pub events: usize,
+    /// Events/s from the first publish until a reply came from a version that learned them all.
+    pub events_per_second: f64,
+    pub freshness_p50_ms: f64,
+    pub freshness_p99_ms: f64,
+    pub freshness_max_ms: f64,
+    /// Distinct versions the prober was served while this stretch was measured.
+    pub versions_served: usize,
+    /// CPU time each process spent per event over the stretch, µs (a measure that the other
+    /// loads of a shared machine do not move, unlike rates).
+    pub cpu_us_per_event: BTreeMap<String, f64>,
+}
+
+/// The processes of a scenario, by role, for CPU accounting.
+#[derive(Debug, Clone, Default)]
+struct Processes(Vec<(String, u32)>);
+
+impl Processes {
+    /// CPU seconds (user + system) so far, summed by role; this benchmark's own process (the
+    /// publisher and the prober) is "bench".
+    fn cpu_seconds(&self) -> BTreeMap<String, f64> {
+        let mut seconds = BTreeMap::new();
+        let own = std::process::id();
+        for (role, pid) in self
+            .0
+            .iter()
+            .map(|(r, p)| (r.as_str(), *p))
+            .chain([("bench", own)])
+        {
+            *seconds.entry(role.to_string()).or_insert(0.0) += cpu_seconds(pid).unwrap_or(0.0);
+        }
+        seconds
+    }
+}
+
+/// CPU seconds a process has used, from /proc/<pid>/stat (utime and stime, in clock ticks).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space whatever the kernel's HZ.
+    Some(ticks / 100.0)
+}
+
+/// CPU µs per event by role between two readings.
+fn cpu_per_event(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    events: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(role, end)| {
+            let start = before.get(role).copied().unwrap_or(0.0);
+            (role.clone(), (end - start) * 1e6 / events.max(1) as f64)
+        })
+        .collect()
+}
+
+/// When each event was published and its sequence in the stream that the measured model's
+/// progress is counted in (EXAMPLES for freshet, EVENTS for the peer).
+struct Sent {
+    id: String,
+    at: Instant,
+    events_sequence: u64,
+}
+
+/// A predictor's answer: when it arrived and up to which sequence its model had learned.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    at: Instant,
+    covered: u64,
+}
+
+/// Publishes `events` pipelined (at most `rate` per second if given), recording when each was
+/// sent and its EVENTS sequence.
+async fn publish(
+    stack: &Stack,
+    events: &[serde_json::Value],
+    rate: Option<f64>,
+) -> anyhow::Result<Vec<Sent>> {
+    let started = Instant::now();
+    let mut sent = Vec::with_capacity(events.len());
+    let mut pending = VecDeque::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into())
+                .await;
+        }
+        let (subject, message) = event_message(&stack.subjects, event)?;
+        let at = Instant::now();
+        let ack = stack.js.send_publish(subject, message).await?;
+        pending.push_back((
+            event["id"].as_str().unwrap_or_default().to_string(),
+            at,
+            ack,
+        ));
+        if pending.len() >= PUBLISH_WINDOW {
+            let (id, at, ack) = pending.pop_front().expect("the window is full");
+            sent.push(Sent {
+                id,
+                at,
+                events_sequence: ack.await?.sequence,
+            });
+        }
+    }
+    for (id, at, ack) in pending {
+        sent.push(Sent {
+            id,
+            at,
+            events_sequence: ack.await?.sequence,
+        });
+    }
+    Ok(sent)
+}
+
+/// Asks a predictor every [`PROBE_INTERVAL`] until `stop`, keeping what each reply covered.
+fn probe<F, Fut>(
+    ask: F,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Probe>>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<u64>> + Send,
+{
+    tokio::spawn(async move {
+        let mut probes = Vec::new();
+        while !*stop.borrow() {
+            if let Some(covered) = ask().await {
+                probes.push(Probe {
+                    at: Instant::now(),
+                    covered,
+                });
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        probes
+    })
+}
+
+/// Each event's freshness, sorted: the first probe covering its sequence minus its publication.
+/// `sequence_of` gives the sequence the probes' coverage is counted in.
+fn freshness(sent: &[Sent], probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64) -> Vec<Duration> {
+    // The most any reply so far had covered: a rollback (a lower reply) never un-learns an event.
+    let mut most = Vec::with_capacity(probes.len());
+    let mut high = 0;
+    for probe in probes {
+        high = high.max(probe.covered);
+        most.push(high);
+    }
+    let mut delays: Vec<Duration> = sent
+        .iter()
+        .filter_map(|event| {
+            let sequence = sequence_of(event);
+            let first = most.partition_point(|covered| *covered < sequence);
+            probes
+                .get(first)
+                .map(|probe| probe.at.saturating_duration_since(event.at))
+        })
+        .collect();
+    delays.sort();
+    delays
+}
+
+fn millis(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
+}
+
+/// Waits until the newest probe covers `sequence`.
+async fn covered(
+    probes: &tokio::sync::watch::Receiver<u64>,
+    sequence: u64,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut probes = probes.clone();
+    loop {
+        if *probes.borrow_and_update() >= sequence {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: not learned in {timeout:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), probes.changed()).await;
+    }
+}
+
+fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64) -> Stretch {
+    let Measured {
+        offered,
+        sent,
+        done,
+        cpu,
+    } = measured;
+    let (offered, done) = (*offered, *done);
+    let delays = freshness(sent, probes, sequence_of);
+    let first = sent.first().map_or(done, |s| s.at);
+    let window = probes.iter().filter(|p| p.at >= first);
+    let mut served: Vec<u64> = window.map(|p| p.covered).collect();
+    served.dedup();
+    Stretch {
+        offered_per_second: offered,
+        events: sent.len(),
+        events_per_second: sent.len() as f64 / (done - first).as_secs_f64(),
+        freshness_p50_ms: millis(&delays, 0.5),
+        freshness_p99_ms: millis(&delays, 0.99),
+        freshness_max_ms: delays.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        versions_served: served.len(),
+        cpu_us_per_event: cpu.clone(),
+    }
+}
+
+/// One stretch as it was run, before the probes are matched to it.
+struct Measured {
+    offered: Option<f64>,
+    sent: Vec<Sent>,
+    done: Instant,
+    cpu: BTreeMap<String, f64>,
+}
+
+/// A predictor under measurement: a prober asking it, and the coverage of its newest reply.
+struct Prober {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Probe>>,
+    newest: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Prober {
+    /// Starts probing with `ask`, which returns what the reply's model had learned up to.
+    fn start<F, Fut>(ask: F) -> Prober
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<u64>> + Send,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (report, newest) = tokio::sync::watch::channel(0);
+        let ask = std::sync::Arc::new(ask);
+        let task = probe(
+            move || {
+                let ask = ask.clone();
+                let report = report.clone();
+                async move {
+                    let covered = ask().await?;
+                    report.send_modify(|c| *c = (*c).max(covered));
+                    Some(covered)
+                }
+            },
+            stopped,
+        );
+        Prober { stop, task, newest }
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<Probe>> {
+        let _ = self.stop.send(true);
+        Ok(self.task.await?)
+    }
+}
+
+/// freshet's prober: asks the bookstore predictor and looks up each version's high-water mark.
+fn freshet_prober(stack: &Stack) -> anyhow::Result<Prober> {
+    let client = stack.client.clone();
+    let subject = freshet::serving::endpoint_single(&stack.subjects, &"bookstore".parse()?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let model: freshet::ids::ModelName = "bookstore".parse()?;
+    let request = freshet_tests::bookstore_row_request();
+    let marks = std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::<u64, u64>::new()));
+    Ok(Prober::start(move || {
+        let (client, subject, artifacts, model, request, marks) = (
+            client.clone(),
+            subject.clone(),
+            artifacts.clone(),
+            model.clone(),
+            request.clone(),
+            marks.clone(),
+        );
+        async move {
+            let reply: freshet::serving::PredictResponse =
+                freshet::serving::call(&client, subject, &request, Duration::from_secs(5))
+                    .await
+                    .ok()?;
+            let mut marks = marks.lock().await;
+            if let Some(mark) = marks.get(&reply.version) {
+                return Some(*mark);
+            }
+            let mark = artifacts
+                .manifest(&model, reply.version)
+                .await
+                .ok()?
+                .high_water_mark;
+            marks.insert(reply.version, mark);
+            Some(mark)
+        }
+    }))
+}
+
+/// The EXAMPLES sequence of each source event's example.
+async fn example_sequences(stack: &Stack, count: usize) -> anyhow::Result<HashMap<String, u64>> {
+    let stored = stack.read_stream(STREAM_EXAMPLES, count).await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|message| {
+            let record = message.json();
+            Some((
+                record["source_event"].as_str()?.to_string(),
+                message.sequence,
+            ))
+        })
+        .collect())
+}
+
+/// A fresh server with featurize, train and predict running as `setup` says, the catalogue and
+/// [`WARM_UP`] actions learned and served, and a prober asking the predictor.
+async fn freshet_stack(setup: Setup) -> anyhow::Result<(Stack, Prober, Processes)> {
+    let mut stack = Stack::start().await?;
+    let mut roles = Vec::new();
+    let partitions: &[&str] = match setup.replicas {
+        1 => &["0,1,2,3"],
+        2 => &["0,1", "2,3"],
+        4 => &["0", "1", "2", "3"],
+        n => anyhow::bail!("{n} featurize replicas: 1, 2 or 4 split the 4 partitions evenly"),
+    };
+    for partition in partitions {
+        roles.push("featurize");
+        stack.spawn(
+            "featurize",
+            &[
+                "--label-horizon",
+                "0s",
+                "--batch-wait",
+                FEATURIZE_BATCH_WAIT,
+                "--partition",
+                partition,
+                "--log",
+                "warn",
+            ],
+        )?;
+    }
+    let batch = setup.batch.to_string();
+    roles.push("train");
+    stack.spawn(
+        "train",
+        &[
+            "--batch-size",
+            &batch,
+            "--batch-wait",
+            "10ms",
+            "--publish-every-batches",
+            "4",
+            "--publish-interval",
+            "20ms",
+            "--keep-versions",
+            "50",
+            "--log",
+            "warn",
+        ],
+    )?;
+    roles.push("predict");
+    stack.spawn("predict", &["--log", "warn"])?;
+    let mut processes = vec![("nats-server".to_string(), stack.nats.pid().unwrap_or(0))];
+    for (index, role) in roles.into_iter().enumerate() {
+        processes.push((role.to_string(), stack.process(index).pid().unwrap_or(0)));
+    }
+    let events = bookstore_events(ITEMS, WARM_UP, "warm");
+    let (catalogue, actions) = events.split_at(ITEMS);
+    publish(&stack, catalogue, None).await?;
+    stack.await_items(ITEMS).await?;
+    publish(&stack, actions, None).await?;
+    let prober = freshet_prober(&stack)?;
+    covered(
+        &prober.newest,
+        WARM_UP as u64,
+        Duration::from_secs(120),
+        "the warm-up actions",
+    )
+    .await?;
+    Ok((stack, prober, Processes(processes)))
+}
+
+/// Publishes `actions` (numbered from `first`) at `rate` through a running freshet and measures
+/// the stretch.
+async fn freshet_stretch(
+    stack: &Stack,
+    (prober, processes): (&Prober, &Processes),
+    first: usize,
+    actions: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Measured> {
+    let events: Vec<_> = (first..first + actions)
+        .map(|n| bookstore_action(n, ITEMS, "bench"))
+        .collect();
+    let cpu = processes.cpu_seconds();
+    let sent = publish(stack, &events, rate).await?;
+    let examples_before = (WARM_UP + first) as u64;
+    let total = examples_before + actions as u64;
+    // Every action's example is in EXAMPLES in order of its arrival; the last sequence is reached
+    // once all are, and a reply covering it covers them all.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stack.stream_len(STREAM_EXAMPLES).await? < total {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "featurize stopped short of {total} examples"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last = stack
+        .js
+        .get_stream(STREAM_EXAMPLES)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let done = covered(
+        &prober.newest,
+        last,
+        Duration::from_secs(600),
+        "the actions",
+    )
+    .await?;
+    Ok(Measured {
+        offered: rate,
+        cpu: cpu_per_event(&cpu, &processes.cpu_seconds(), actions),
+        sent,
+        done,
+    })
+}
+
+/// An offered load: a fixed rate, or a share of the rate this run measured at full speed.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    PerSecond(f64),
+    ShareOfFullSpeed(f64),
+}
+
+/// freshet at full speed with `actions`, then at each offered load for `seconds`, on one fresh
+/// stack.
+pub async fn freshet(
+    setup: Setup,
+    actions: usize,
+    loads: &[Load],
+    seconds: f64,
+) -> anyhow::Result<Vec<Stretch>> {
+    let (stack, prober, processes) = freshet_stack(setup).await?;
+    let running = (&prober, &processes);
+    let full = freshet_stretch(&stack, running, 0, actions, None).await?;
+    let full_speed = actions as f64 / (full.done - full.sent[0].at).as_secs_f64();
+    let mut measured = vec![full];
+    let mut first = actions;
+    for load in loads {
+        let rate = match *load {
+            Load::PerSecond(rate) => rate,
+            Load::ShareOfFullSpeed(share) => (full_speed * share).round(),
+        };
+        let count = ((rate * seconds) as usize).max(1);
+        measured.push(freshet_stretch(&stack, running, first, count, Some(rate)).await?);
+        first += count;
+    }
+    let probes = prober.finish().await?;
+    let sequences = example_sequences(&stack, WARM_UP + first).await?;
+    let missing = measured
+        .iter()
+        .flat_map(|m| &m.sent)
+        .filter(|s| !sequences.contains_key(&s.id))
+        .count();
+    anyhow::ensure!(missing == 0, "{missing} published actions have no example");
+    let sequence_of = |sent: &Sent| sequences[&sent.id];
+    Ok(measured
+        .iter()
+        .map(|m| stretch(m, &probes, sequence_of))
+        .collect())
+}
+
+/// The floors, each on a fresh server: publishing with async acknowledgements, and two hops.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floors {
+    pub publish_per_second: f64,
+    pub two_hops_per_second: f64,
+}
+
+pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
+    let events = bookstore_events(ITEMS, actions, "floor");
+    let stack = Stack::start().await?;
+    let started = Instant::now();
+    publish(&stack, &events, None).await?;
+    let publish_per_second = events.len() as f64 / started.elapsed().as_secs_f64();
+    drop(stack);
+
+    let stack = Stack::start().await?;
+    let target = stack.subjects.examples(&"floor".parse()?);
+    let first_hop = relay(
+        &stack.js,
+        STREAM_EVENTS,
+        None,
+        Some(target.clone()),
+        events.len(),
+    )
+    .await?;
+    let second_hop = relay(&stack.js, STREAM_EXAMPLES, Some(target), None, events.len()).await?;
+    let started = Instant::now();
+    publish(&stack, &events, None).await?;
+    first_hop.await??;
+    second_hop.await??;
+    Ok(Floors {
+        publish_per_second,
+        two_hops_per_second: events.len() as f64 / started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A bare hop: pulls `count` messages of `stream` in batches of 1024 (like featurize), publishes
+/// each to `to` if given (all acknowledged), then acknowledges the batch.
+async fn relay(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: Option<String>,
+    to: Option<String>,
+    count: usize,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let consumer = js
+        .get_stream(stream)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(format!("floor-{}", stream.to_lowercase())),
+            filter_subject: filter.unwrap_or_default(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let js = js.clone();
+    Ok(tokio::spawn(async move {
+        let mut relayed = 0;
+        while relayed < count {
+            let mut batch = consumer
+                .batch()
+                .max_messages(1024)
+                .expires(Duration::from_millis(100))
+                .messages()
+                .await?;
+            let (mut held, mut acks) = (Vec::new(), Vec::new());
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(to) = &to {
+                    acks.push(js.publish(to.clone(), message.payload.clone()).await?);
+                }
+                held.push(message);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            for message in &held {
+                message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            relayed += held.len();
+        }
+        anyhow::Ok(())
+    }))
+}
+
+/// The Python peer's two processes; killed, by pid, when dropped.
+struct Peer(Vec<std::process::Child>);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            // SIGTERM first, so the trainer prints its rate; then make sure.
+            freshet_tests::stack::signal(child, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The repository's root (the benchmark may be started from anywhere).
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// The Python with River and nats-py, installed by `tools/river/install.sh`.
+pub fn peer_python() -> anyhow::Result<PathBuf> {
+    let root = repository();
+    let python = root.join(".tools/river-venv/bin/python");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("tools/river/install.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "tools/river/install.sh failed");
+    Ok(python)
+}
+
+/// The peer on a fresh server: warm-up learned and served, then each stretch (full speed with
+/// `actions`, then each offered rate) measured like freshet's.
+pub async fn peer(
+    python: &Path,
+    actions: usize,
+    rates: &[f64],
+    seconds: f64,
+) -> anyhow::Result<Vec<Stretch>> {
+    let stack = Stack::start().await?;
+    let root = repository();
+    let store = stack.dir.path().join("peer");
+    let log = |name: &str| std::fs::File::create(stack.dir.path().join(format!("{name}.log")));
+    let trainer = std::process::Command::new(python)
+        .arg(root.join("tools/peer/trainer.py"))
+        .args(["--nats-url", &stack.nats.url(), "--store"])
+        .arg(&store)
+        .args(["--stream", STREAM_EVENTS])
+        .stderr(log("peer-trainer")?)
+        .spawn()?;
+    let mut processes = Peer(vec![trainer]);
+    processes.0.push(
+        std::process::Command::new(python)
+            .arg(root.join("tools/peer/predictor.py"))
+            .args(["--nats-url", &stack.nats.url()])
+            .stderr(log("peer-predictor")?)
+            .spawn()?,
+    );
+    let accounts = Processes(vec![
+        ("nats-server".into(), stack.nats.pid().unwrap_or(0)),
+        ("peer trainer".into(), processes.0[0].id()),
+        ("peer predictor".into(), processes.0[1].id()),
+    ]);
+    let client = stack.client.clone();
+    let prober = Prober::start(move || {
+        let client = client.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.request("peer.predict", Bytes::from_static(b"{\"x\": {}}")),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let reply: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+            reply["last_sequence"].as_u64()
+        }
+    });
+    let events = bookstore_events(ITEMS, WARM_UP, "warm");
+    let warm = publish(&stack, &events, None).await?;
+    let last = warm.last().map_or(0, |s| s.events_sequence);
+    covered(
+        &prober.newest,
+        last,
+        Duration::from_secs(120),
+        "the peer's warm-up",
+    )
+    .await
+    .map_err(|e| {
+        let trainer = std::fs::read_to_string(stack.dir.path().join("peer-trainer.log"));
+        anyhow::anyhow!("{e}; trainer log:\n{}", trainer.unwrap_or_default())
+    })?;
+    let mut measured = Vec::new();
+    let mut first = 0;
+    let mut plan = vec![(None, actions)];
+    plan.extend(
+        rates
+            .iter()
+            .map(|rate| (Some(*rate), (rate * seconds) as usize)),
+    );
+    for (rate, count) in plan {
+        // The peer announces every 1,000 learned actions: whole thousands are measured.
+        let count = count.div_ceil(1_000) * 1_000;
+        let events: Vec<_> = (first..first + count)
+            .map(|n| bookstore_action(n, ITEMS, "bench"))
+            .collect();
+        let cpu = accounts.cpu_seconds();
+        let sent = publish(&stack, &events, rate).await?;
+        let last = sent.last().map_or(0, |s| s.events_sequence);
+        let done = covered(&prober.newest, last, Duration::from_secs(900), "the peer").await?;
+        measured.push(Measured {
+            offered: rate,
+            cpu: cpu_per_event(&cpu, &accounts.cpu_seconds(), count),
+            sent,
+            done,
+        });
+        first += count;
+    }
+    let probes = prober.finish().await?;
+    drop(processes);
+    Ok(measured
+        .iter()
+        .map(|m| stretch(m, &probes, |s| s.events_sequence))
+        .collect())
+}
+
+/// What the suite measures, from the command line.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub runs: usize,
+    pub actions: usize,
+    pub rate: f64,
+    pub low_rate: f64,
+    pub seconds: f64,
+    pub scale: bool,
+    pub peer_actions: Option<usize>,
+}
+
+/// The scale curve's setups besides [`Setup::DEFAULT`].
+const SCALE: [Setup; 4] = [
+    Setup {
+        replicas: 2,
+        batch: 256,
+    },
+    Setup {
+        replicas: 4,
+        batch: 256,
+    },
+    Setup {
+        replicas: 1,
+        batch: 64,
+    },
+    Setup {
+        replicas: 1,
+        batch: 1024,
+    },
+];
+
+/// One run of everything: floors, freshet's default setup at every load, the scale curve at
+/// full speed and the fixed load, and the peer.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    floors: Floors,
+    freshet: Vec<Stretch>,
+    scale: Vec<(Setup, Vec<Stretch>)>,
+    peer: Option<Vec<Stretch>>,
+}
+
+/// The median over runs of one figure.
+fn med(runs: &[Run], figure: impl Fn(&Run) -> f64) -> f64 {
+    crate::median(runs.iter().map(figure).collect())
+}
+
+/// Runs the suite `plan.runs` times, prints the medians as Markdown tables, returns every run.
+pub async fn suite(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let python = match plan.peer_actions {
+        Some(_) => Some(peer_python()?),
+        None => None,
+    };
+    let loads = [
+        Load::PerSecond(plan.rate),
+        Load::PerSecond(plan.low_rate),
+        Load::ShareOfFullSpeed(0.9),
+    ];
+    let mut runs = Vec::new();
+    for run in 0..plan.runs {
+        let floors = floors(plan.actions).await?;
+        eprintln!("  run {}: floors {floors:?}", run + 1);
+        let freshet = freshet(Setup::DEFAULT, plan.actions, &loads, plan.seconds).await?;
+        eprintln!("  run {}: freshet {freshet:?}", run + 1);
+        let mut scale = Vec::new();
+        if plan.scale {
+            for setup in SCALE {
+                let stretches = self::freshet(
+                    setup,
+                    plan.actions,
+                    &[Load::PerSecond(plan.rate)],
+                    plan.seconds,
+                )
+                .await?;
+                eprintln!("  run {}: {setup:?} {stretches:?}", run + 1);
+                scale.push((setup, stretches));
+            }
+        }
+        let peer = match (&python, plan.peer_actions) {
+            (Some(python), Some(actions)) => {
+                let peer = peer(python, actions, &[plan.low_rate], plan.seconds).await?;
+                eprintln!("  run {}: peer {peer:?}", run + 1);
+                Some(peer)
+            }
+            _ => None,
+        };
+        runs.push(Run {
+            floors,
+            freshet,
+            scale,
+            peer,
+        });
+    }
+    print(plan, &runs);
+    Ok(serde_json::json!({
+        "actions": plan.actions, "rate": plan.rate, "low_rate": plan.low_rate,
+        "seconds": plan.seconds, "runs": runs,
+    }))
+}
+
+fn print(plan: &Plan, runs: &[Run]) {
+    let two_hops = med(runs, |r| r.floors.two_hops_per_second);
+    println!("\n| JetStream floors (bookstore events) | median |");
+    println!("| --- | ---: |");
+    println!(
+        "| publish, async acknowledgements (window {PUBLISH_WINDOW}) | {:.0} events/s |",
+        med(runs, |r| r.floors.publish_per_second)
+    );
+    println!("| two hops: pull → republish to EXAMPLES → pull + ack | {two_hops:.0} events/s |");
+
+    let row = |name: &str, stretch: &dyn Fn(&Run) -> &Stretch| {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            med(runs, |r| stretch(r).events_per_second),
+            med(runs, |r| stretch(r).freshness_p50_ms),
+            med(runs, |r| stretch(r).freshness_p99_ms),
+            med(runs, |r| stretch(r).freshness_max_ms),
+        );
+    };
+    println!(
+        "\n| events → featurize → train → predictor reply | events/s | freshness p50 ms | p99 ms | max ms |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    row("freshet, full speed", &|r| &r.freshet[0]);
+    row(&format!("freshet, {:.0}/s offered", plan.rate), &|r| {
+        &r.freshet[1]
+    });
+    row(&format!("freshet, {:.0}/s offered", plan.low_rate), &|r| {
+        &r.freshet[2]
+    });
+    let near_max = med(runs, |r| {
+        r.freshet[3].offered_per_second.unwrap_or(f64::NAN)
+    });
+    row(
+        &format!("freshet, 0.9× its full speed offered ({near_max:.0}/s)"),
+        &|r| &r.freshet[3],
+    );
+    let full = med(runs, |r| r.freshet[0].events_per_second);
+    let has_peer = runs.iter().all(|r| r.peer.is_some());
+    let peer = |r: &Run, i: usize| -> Stretch {
+        r.peer
+            .as_ref()
+            .map_or_else(|| r.freshet[0].clone(), |p| p[i].clone())
+    };
+    if has_peer {
+        let peer_full: Vec<Stretch> = runs.iter().map(|r| peer(r, 0)).collect();
+        let peer_low: Vec<Stretch> = runs.iter().map(|r| peer(r, 1)).collect();
+        for (name, stretches) in [
+            (
+                "Python peer (nats-py, River learn_one, pickles), full speed".to_string(),
+                &peer_full,
+            ),
+            (
+                format!("Python peer, {:.0}/s offered", plan.low_rate),
+                &peer_low,
+            ),
+        ] {
+            let m = |f: fn(&Stretch) -> f64| crate::median(stretches.iter().map(f).collect());
+            println!(
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                m(|s| s.events_per_second),
+                m(|s| s.freshness_p50_ms),
+                m(|s| s.freshness_p99_ms),
+                m(|s| s.freshness_max_ms),
+            );
+        }
+    }
+    println!(
+        "\n- freshet at full speed / two-hop floor: {:.2}×",
+        full / two_hops
+    );
+    if has_peer {
+        println!(
+            "- freshet at full speed / the peer at full speed: {:.2}×",
+            full / med(runs, |r| peer(r, 0).events_per_second)
+        );
+        println!(
+            "- at {:.0}/s, the peer's freshness p99 / freshet's: {:.1}×",
+            plan.low_rate,
+            med(runs, |r| peer(r, 1).freshness_p99_ms)
+                / med(runs, |r| r.freshet[2].freshness_p99_ms)
+        );
+    }
+    if runs.iter().all(|r| r.scale.len() == SCALE.len()) {
+        println!(
+            "\n| scale: featurize replicas, train batch | full speed events/s | ratio to 1 replica, batch 256 | freshness at {:.0}/s, p50 / p99 ms |",
+            plan.rate
+        );
+        println!("| --- | ---: | ---: | ---: |");
+        let line = |setup: Setup, stretch: &dyn Fn(&Run) -> &[Stretch]| {
+            let rate = med(runs, |r| stretch(r)[0].events_per_second);
+            println!(
+                "| {} replica(s), batch {} | {rate:.0} | {:.2}× | {:.0} / {:.0} |",
+                setup.replicas,
+                setup.batch,
+                rate / full,
+                med(runs, |r| stretch(r)[1].freshness_p50_ms),
+                med(runs, |r| stretch(r)[1].freshness_p99_ms),
+            );
+        };
+        line(Setup::DEFAULT, &|r| &r.freshet);
+        for (i, setup) in SCALE.into_iter().enumerate() {
+            line(setup, &|r| &r.scale[i].1);
+        }
+    }
+}
