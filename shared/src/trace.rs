@@ -286,21 +286,16 @@ impl TraceContext {
         TraceContext::handling(parent, state)
     }
 
+    /// The context an HTTP request's headers carry (see [`received`](Self::received)). Two
+    /// `traceparent` headers make it invalid; several `tracestate` headers are one list.
+    pub fn received_http(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+        let (parent, state) = http_values(headers)?;
+        TraceContext::received(Some(parent), state.as_deref())
+    }
+
     /// The context of the span handling an HTTP request (see [`handling`](Self::handling)).
     pub fn handling_http(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
-        let mut parents = headers.get_all(TRACEPARENT).iter();
-        let first = parents.next()?;
-        if parents.next().is_some() {
-            return Some(TraceContext::root());
-        }
-        let parent = first.to_str().unwrap_or("");
-        // Several `tracestate` headers are one list (RFC 9110 field lines).
-        let states: Vec<&str> = headers
-            .get_all(TRACESTATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let state = (!states.is_empty()).then(|| states.join(","));
+        let (parent, state) = http_values(headers)?;
         TraceContext::handling(Some(parent), state.as_deref())
     }
 
@@ -347,6 +342,24 @@ fn nats_values(headers: &async_nats::HeaderMap) -> Option<(Option<&str>, Option<
         }
     }
     parent.map(|parent| (Some(parent), state))
+}
+
+/// The `traceparent` and `tracestate` values of HTTP headers; `None` when there is no
+/// `traceparent`. Two `traceparent` headers (or one that is not text) give an invalid one.
+fn http_values(headers: &axum::http::HeaderMap) -> Option<(&str, Option<String>)> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let first = parents.next()?;
+    let parent = match parents.next() {
+        Some(_) => "",
+        None => first.to_str().unwrap_or(""),
+    };
+    // Several `tracestate` field lines are one list (RFC 9110).
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some((parent, (!states.is_empty()).then(|| states.join(","))))
 }
 
 /// A `tracestate` worth passing on: not empty, not too long, and safe in a header line.
@@ -546,6 +559,8 @@ mod tests {
         headers.append(TRACESTATE, HeaderValue::from_static("b=2"));
         let handled = TraceContext::handling_http(&headers).unwrap();
         assert_eq!(handled.state.as_deref(), Some("a=1,b=2"));
+        let received = TraceContext::received_http(&headers).unwrap();
+        assert_eq!(received.parent.to_string(), VALID);
         let mut response = HeaderMap::new();
         handled.insert_http(&mut response);
         let sent = response[TRACEPARENT].to_str().unwrap();
