@@ -307,6 +307,19 @@ impl TraceContext {
         }
     }
 
+    /// Adds `traceparent` (and `tracestate`, when there is one) to a JetStream message being
+    /// built.
+    pub fn stamp(
+        &self,
+        message: async_nats::jetstream::message::PublishMessage,
+    ) -> async_nats::jetstream::message::PublishMessage {
+        let message = message.header(TRACEPARENT, self.parent.to_string().as_str());
+        match &self.state {
+            Some(state) => message.header(TRACESTATE, &**state),
+            None => message,
+        }
+    }
+
     /// NATS headers holding only this context.
     pub fn nats_headers(&self) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();

@@ -25,7 +25,7 @@ use crate::events::{self, Event, EventData};
 use crate::examples::ExampleRecord;
 use crate::runtime::dead_letter::{self, Origin};
 use crate::subjects::Subjects;
-use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext};
+use crate::trace::TraceContext;
 
 /// Content type of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
@@ -96,10 +96,7 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
         .payload(payload)
         .message_id(&id);
     if let Some(trace) = &trace {
-        message = message.header(TRACEPARENT, trace.parent.to_string().as_str());
-        if let Some(state) = &trace.state {
-            message = message.header(TRACESTATE, &**state);
-        }
+        message = trace.stamp(message);
     }
     let stored = match ingress.js.send_publish(subject, message).await {
         Ok(ack) => ack.await,
