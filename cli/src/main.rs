@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
-    self, GlobalArgs, demo, generate, models, predict, provision, publish, status, tail,
+    self, GlobalArgs, demo, generate, models, predict, provision, publish, replay, status, tail,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -31,6 +31,8 @@ enum Command {
     Provision,
     /// Publish CloudEvents read as JSON Lines from a file or stdin
     Publish(publish::PublishArgs),
+    /// Replay CloudEvents from a JSON Lines file (or stdin) at a target rate, with progress
+    Replay(replay::ReplayArgs),
     /// List models, or show one model's manifest and pointer history
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -61,6 +63,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Provision => provision::run(global).await,
         Command::Publish(args) => publish::run(global, args).await,
+        Command::Replay(args) => replay::run(global, args).await,
         Command::Models(command) => models::run(global, command).await,
         Command::Predict(args) => predict::run(global, args).await,
         Command::Status => status::run(global).await,

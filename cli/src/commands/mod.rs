@@ -8,6 +8,7 @@ pub mod models;
 pub mod predict;
 pub mod provision;
 pub mod publish;
+pub mod replay;
 pub mod status;
 pub mod tail;
 
