@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
     self, GlobalArgs, demo, generate, models, predict, provision, publish, replay, status, tail,
+    view,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -43,6 +44,8 @@ enum Command {
     /// Print the newest messages of a stream (dead letters, CONTROL, ...), and with --follow
     /// every new one
     Tail(tail::TailArgs),
+    /// Serve a live web page of event rate, freshness, versions, accuracy and drift
+    View(view::ViewArgs),
     /// Write a deterministic synthetic bookstore event stream to stdout as JSON Lines
     Generate(generate::GenerateArgs),
     /// Run the bookstore story end to end on a private local stack, then stop it
@@ -68,6 +71,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(global, args).await,
         Command::Status => status::run(global).await,
         Command::Tail(args) => tail::run(global, args).await,
+        Command::View(args) => view::run(global, args).await,
         Command::Generate(args) => generate::run(args),
         Command::Demo(args) => demo::run(args).await,
     }

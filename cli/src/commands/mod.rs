@@ -11,6 +11,7 @@ pub mod publish;
 pub mod replay;
 pub mod status;
 pub mod tail;
+pub mod view;
 
 use std::fmt;
 use std::io::Write;
