@@ -3,13 +3,17 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: chaos soak all tools build demo test unit integration cluster bench quality fmt lint up down clean
+.PHONY: chaos soak all tools browser build demo test unit integration cluster bench quality fmt lint up down clean
 
 all: build
 
 ## tools: install nats-server (and moto, an S3 server) into .tools/ if missing
 tools:
 	@bash tools/install.sh
+
+## browser: Debian's chromium for the live view's browser test (tests/live_view.rs; needs root to install)
+browser:
+	@bash tools/install-browser.sh
 
 ## build: build every binary (debug; tests and the demo use these)
 build:
@@ -20,7 +24,7 @@ demo: tools build
 	$(BIN)/freshet demo
 
 ## test: every test, unit and integration, against real nats-servers the tests start
-test: tools build
+test: tools browser build
 	$(CARGO) test --workspace --no-fail-fast
 
 ## unit: tests that need no server
@@ -28,7 +32,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 ## integration: the tests/ suite only
-integration: tools build
+integration: tools browser build
 	$(CARGO) test -p freshet-tests
 
 ## cluster: the pipeline on a 3-node JetStream cluster with a node killed mid-replay (not in

@@ -12,8 +12,9 @@
 # Exits 0 once stored, 1 if the server refused it or did not answer in time.
 #
 # Environment: NATS_HOST (127.0.0.1), NATS_PORT (4222), FRESHET_SUBJECT_PREFIX (freshet),
-# EVENT_ID (a fresh id), EVENT_SOURCE (examples/produce.sh). No authentication or TLS: for a
-# secured server use the Python producer or the nats CLI.
+# EVENT_ID (a fresh id), EVENT_SOURCE (examples/produce.sh), TRACEPARENT (a W3C traceparent sent
+# as a header, continued by freshet). No authentication or TLS: for a secured server use the
+# Python producer or the nats CLI.
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -28,7 +29,8 @@ now=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
 
 payload=$(printf '{"specversion":"1.0","id":"%s","source":"%s","type":"%s","time":"%s","datacontenttype":"application/json","data":%s}' \
   "$id" "$source" "$type" "$now" "$data")
-headers=$(printf 'NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n' "$id")
+trace_header=${TRACEPARENT:+traceparent: $TRACEPARENT$'\r\n'}
+headers=$(printf 'NATS/1.0\r\nNats-Msg-Id: %s\r\n%s\r\n' "$id" "$trace_header")
 subject="$prefix.events.$type.$entity"
 inbox="_INBOX.produce_sh.$$"
 # Lengths in bytes, whatever the locale.

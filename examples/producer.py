@@ -14,6 +14,9 @@ after a timeout) is stored once.
 
     python3 examples/producer.py --server nats://127.0.0.1:4222 < events.jsonl
 
+With --trace, each event starts a W3C trace: a `traceparent` header that freshet continues
+through its example, model versions and logs.
+
 Needs nats-py (`pip install nats-py`). Exits 0 when every event was stored, 1 otherwise.
 """
 
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import secrets
 import sys
 import uuid
 
@@ -61,6 +65,7 @@ async def main():
     parser.add_argument("--server", default="nats://127.0.0.1:4222")
     parser.add_argument("--prefix", default="freshet")
     parser.add_argument("--source", default="examples/producer.py")
+    parser.add_argument("--trace", action="store_true", help="start a W3C trace per event")
     args = parser.parse_args()
 
     nc = await nats.connect(args.server, connect_timeout=5, max_reconnect_attempts=3)
@@ -72,11 +77,14 @@ async def main():
         try:
             given = json.loads(line)
             event = envelope(given["type"], given["data"], args.source)
+            headers = {"Nats-Msg-Id": event["id"]}
+            if args.trace:
+                headers["traceparent"] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
             ack = await js.publish(
                 subject_of(args.prefix, event),
                 json.dumps(event).encode(),
                 timeout=5,
-                headers={"Nats-Msg-Id": event["id"]},
+                headers=headers,
             )
             stored += 1
             print(f"line {number}: stored as {ack.stream} #{ack.seq}", file=sys.stderr)

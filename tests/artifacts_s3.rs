@@ -32,6 +32,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         }),
         high_water_mark: 10 * version,
         lineage: None,
+        traces: Vec::new(),
         metrics: TrainingMetrics {
             examples_total: 10 * version,
             window_examples: 10,

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
-    self, GlobalArgs, demo, generate, models, predict, provision, publish, status, tail,
+    self, GlobalArgs, demo, generate, models, predict, provision, publish, replay, status, tail,
+    view,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -31,6 +32,8 @@ enum Command {
     Provision,
     /// Publish CloudEvents read as JSON Lines from a file or stdin
     Publish(publish::PublishArgs),
+    /// Replay CloudEvents from a JSON Lines file (or stdin) at a target rate, with progress
+    Replay(replay::ReplayArgs),
     /// List models, or show one model's manifest and pointer history
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -41,6 +44,8 @@ enum Command {
     /// Print the newest messages of a stream (dead letters, CONTROL, ...), and with --follow
     /// every new one
     Tail(tail::TailArgs),
+    /// Serve a live web page of event rate, freshness, versions, accuracy and drift
+    View(view::ViewArgs),
     /// Write a deterministic synthetic bookstore event stream to stdout as JSON Lines
     Generate(generate::GenerateArgs),
     /// Run the bookstore story end to end on a private local stack, then stop it
@@ -61,10 +66,12 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Provision => provision::run(global).await,
         Command::Publish(args) => publish::run(global, args).await,
+        Command::Replay(args) => replay::run(global, args).await,
         Command::Models(command) => models::run(global, command).await,
         Command::Predict(args) => predict::run(global, args).await,
         Command::Status => status::run(global).await,
         Command::Tail(args) => tail::run(global, args).await,
+        Command::View(args) => view::run(global, args).await,
         Command::Generate(args) => generate::run(args),
         Command::Demo(args) => demo::run(args).await,
     }

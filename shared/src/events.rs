@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RejectReason, Rejection};
 use crate::ids::{EntityId, ModelName};
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// The only CloudEvents version spoken.
 pub const SPEC_VERSION: &str = "1.0";
@@ -197,6 +198,34 @@ impl Event {
 
 /// Decodes and validates one structured-mode CloudEvent.
 pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
+    decode_envelope(bytes, max_bytes).map(|(event, _)| event)
+}
+
+/// Decodes and validates one structured-mode CloudEvent, and reads the trace context its
+/// envelope carries in the CloudEvents distributed-tracing extension (`traceparent` and
+/// `tracestate` attributes): `None` without a `traceparent` attribute, a fresh trace for an
+/// invalid one (see [`TraceContext::received`]). The event is never refused for its trace.
+pub fn decode_traced(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<(Event, Option<TraceContext>), Rejection> {
+    let (event, mut extensions) = decode_envelope(bytes, max_bytes)?;
+    let trace = extensions.remove(TRACEPARENT).map(|parent| {
+        let state = extensions.remove(TRACESTATE);
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_string);
+        TraceContext::received(
+            Some(text(&parent).as_deref().unwrap_or("")),
+            state.as_ref().and_then(text).as_deref(),
+        )
+    });
+    Ok((event, trace.flatten()))
+}
+
+/// Decodes and validates an envelope; returns the event and the envelope's extension attributes.
+fn decode_envelope(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<(Event, BTreeMap<String, serde_json::Value>), Rejection> {
     if bytes.len() > max_bytes {
         return Err(Rejection::new(
             RejectReason::Oversized,
@@ -223,12 +252,13 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Event, Rejection> {
         )
     })?;
     let data = decode_data(event_type, envelope.data)?;
-    Ok(Event {
+    let event = Event {
         id: envelope.id,
         source: envelope.source,
         time: envelope.time,
         data,
-    })
+    };
+    Ok((event, envelope.extensions))
 }
 
 fn check_envelope(envelope: &CloudEvent) -> Result<(), Rejection> {
@@ -452,6 +482,38 @@ mod tests {
         .unwrap();
         let ce: CloudEvent = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(ce.extensions["traceparent"], "00-abc-def-01");
+    }
+
+    #[test]
+    fn reads_the_trace_an_envelope_carries() {
+        let traced = |extensions: serde_json::Value| {
+            let mut event = json!({
+                "specversion": "1.0", "id": "e1", "source": "s", "type": "outcome",
+                "data": {"prediction_id": "p", "label": 1},
+            });
+            event
+                .as_object_mut()
+                .unwrap()
+                .extend(extensions.as_object().unwrap().clone());
+            decode_traced(
+                &serde_json::to_vec(&event).unwrap(),
+                DEFAULT_MAX_EVENT_BYTES,
+            )
+            .unwrap()
+        };
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (event, trace) = traced(json!({"traceparent": parent, "tracestate": "a=1"}));
+        assert_eq!(event.id, "e1");
+        let trace = trace.unwrap();
+        assert_eq!(trace.parent.to_string(), parent);
+        assert_eq!(trace.state.as_deref(), Some("a=1"));
+        assert_eq!(traced(json!({})).1, None);
+        // An invalid trace starts a fresh one; the event is not refused for it.
+        for invalid in [json!("00-zz"), json!(7), json!(null)] {
+            let (event, trace) = traced(json!({ "traceparent": invalid }));
+            assert_eq!(event.id, "e1");
+            assert_ne!(trace.unwrap().parent.to_string(), parent);
+        }
     }
 
     #[test]

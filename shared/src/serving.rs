@@ -143,6 +143,9 @@ pub struct PredictionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
     pub at: chrono::DateTime<chrono::Utc>,
+    /// The W3C trace the request came in (its `traceparent`), when it carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<crate::trace::TraceId>,
 }
 
 /// A served prediction and, when a second variant was loaded, its shadow score.

@@ -22,6 +22,9 @@ pub const TRACESTATE: &str = "tracestate";
 /// The longest `tracestate` passed on; a longer one is dropped (the W3C limit is 32 members,
 /// and propagators are asked to pass at least 512 characters).
 pub const MAX_TRACESTATE_LEN: usize = 512;
+/// The header names as NATS header names made once (naming a header by `&str` copies the name).
+const TRACEPARENT_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TRACESTATE);
 /// The flags of a trace freshet starts itself: not sampled, since nothing records its spans.
 const ROOT_FLAGS: u8 = 0;
 /// Length of a version-00 `traceparent`: `vv-<32 hex>-<16 hex>-ff`.
@@ -65,11 +68,20 @@ fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn write_hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for byte in bytes {
-        write!(f, "{byte:02x}")?;
+/// Writes `bytes` as lower-case hex into `out` (twice their length). Formatting ids is on the
+/// path of every traced message, so it is done by table, not by the formatting machinery.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
-    Ok(())
+}
+
+fn write_hex<const N: usize>(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut out = [0u8; N];
+    hex_into(bytes, &mut out);
+    f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
 }
 
 impl TraceId {
@@ -100,7 +112,7 @@ impl SpanId {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(&self.0, f)
+        write_hex::<32>(&self.0, f)
     }
 }
 
@@ -112,7 +124,7 @@ impl fmt::Debug for TraceId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(&self.0, f)
+        write_hex::<16>(&self.0, f)
     }
 }
 
@@ -204,11 +216,11 @@ impl TraceParent {
 /// of a sender).
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        )
+        let mut out = *b"00-................................-................-..";
+        hex_into(&self.trace_id.0, &mut out[3..35]);
+        hex_into(&self.parent_id.0, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -286,29 +298,37 @@ impl TraceContext {
         TraceContext::handling(parent, state)
     }
 
+    /// The context an HTTP request's headers carry (see [`received`](Self::received)). Two
+    /// `traceparent` headers make it invalid; several `tracestate` headers are one list.
+    pub fn received_http(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+        let (parent, state) = http_values(headers)?;
+        TraceContext::received(Some(parent), state.as_deref())
+    }
+
     /// The context of the span handling an HTTP request (see [`handling`](Self::handling)).
     pub fn handling_http(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
-        let mut parents = headers.get_all(TRACEPARENT).iter();
-        let first = parents.next()?;
-        if parents.next().is_some() {
-            return Some(TraceContext::root());
-        }
-        let parent = first.to_str().unwrap_or("");
-        // Several `tracestate` headers are one list (RFC 9110 field lines).
-        let states: Vec<&str> = headers
-            .get_all(TRACESTATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let state = (!states.is_empty()).then(|| states.join(","));
+        let (parent, state) = http_values(headers)?;
         TraceContext::handling(Some(parent), state.as_deref())
     }
 
     /// Adds `traceparent` (and `tracestate`, when there is one) to NATS headers.
     pub fn insert_nats(&self, headers: &mut async_nats::HeaderMap) {
-        headers.insert(TRACEPARENT, self.parent.to_string().as_str());
+        headers.insert(TRACEPARENT_NAME, self.parent.to_string());
         if let Some(state) = &self.state {
-            headers.insert(TRACESTATE, &**state);
+            headers.insert(TRACESTATE_NAME, String::from(&**state));
+        }
+    }
+
+    /// Adds `traceparent` (and `tracestate`, when there is one) to a JetStream message being
+    /// built.
+    pub fn stamp(
+        &self,
+        message: async_nats::jetstream::message::PublishMessage,
+    ) -> async_nats::jetstream::message::PublishMessage {
+        let message = message.header(TRACEPARENT_NAME, self.parent.to_string());
+        match &self.state {
+            Some(state) => message.header(TRACESTATE_NAME, String::from(&**state)),
+            None => message,
         }
     }
 
@@ -347,6 +367,24 @@ fn nats_values(headers: &async_nats::HeaderMap) -> Option<(Option<&str>, Option<
         }
     }
     parent.map(|parent| (Some(parent), state))
+}
+
+/// The `traceparent` and `tracestate` values of HTTP headers; `None` when there is no
+/// `traceparent`. Two `traceparent` headers (or one that is not text) give an invalid one.
+fn http_values(headers: &axum::http::HeaderMap) -> Option<(&str, Option<String>)> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let first = parents.next()?;
+    let parent = match parents.next() {
+        Some(_) => "",
+        None => first.to_str().unwrap_or(""),
+    };
+    // Several `tracestate` field lines are one list (RFC 9110).
+    let states: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some((parent, (!states.is_empty()).then(|| states.join(","))))
 }
 
 /// A `tracestate` worth passing on: not empty, not too long, and safe in a header line.
@@ -546,6 +584,8 @@ mod tests {
         headers.append(TRACESTATE, HeaderValue::from_static("b=2"));
         let handled = TraceContext::handling_http(&headers).unwrap();
         assert_eq!(handled.state.as_deref(), Some("a=1,b=2"));
+        let received = TraceContext::received_http(&headers).unwrap();
+        assert_eq!(received.parent.to_string(), VALID);
         let mut response = HeaderMap::new();
         handled.insert_http(&mut response);
         let sent = response[TRACEPARENT].to_str().unwrap();

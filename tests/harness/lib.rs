@@ -495,6 +495,7 @@ impl ModelWriter {
             }),
             high_water_mark: version,
             lineage: None,
+            traces: Vec::new(),
             metrics: freshet::model::TrainingMetrics {
                 examples_total: 16 * version,
                 window_examples: 16,

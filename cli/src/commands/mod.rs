@@ -8,8 +8,10 @@ pub mod models;
 pub mod predict;
 pub mod provision;
 pub mod publish;
+pub mod replay;
 pub mod status;
 pub mod tail;
+pub mod view;
 
 use std::fmt;
 use std::io::Write;

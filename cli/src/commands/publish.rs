@@ -5,19 +5,27 @@
 //! stderr and skipped, unless `--raw` pushes everything through (to exercise the dead-letter
 //! path). Up to [`MAX_IN_FLIGHT`] publish acks are outstanding at once: waiting for each ack
 //! before the next send would cap throughput at one round trip per event.
+//!
+//! The pieces `freshet replay` shares are public here: [`open_input`] and [`LineReader`] (the
+//! input, line by line), [`prepare`] (subject, id, validation) and [`Publisher`] (the bounded
+//! window of publish acks, pacing, and the counts).
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use clap::Args;
 use freshet::events::{self, DEFAULT_MAX_EVENT_BYTES};
 use freshet::ids::EntityId;
 use freshet::subjects::Subjects;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use serde::Serialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -138,79 +146,50 @@ pub struct Summary {
     pub events_per_second: f64,
 }
 
+impl Summary {
+    /// Events JetStream acknowledged, stored or recognised as duplicates.
+    pub fn acknowledged(&self) -> u64 {
+        self.published + self.duplicates
+    }
+
+    /// Records how long the run took, and the acknowledged events per second that makes.
+    pub fn finish(&mut self, elapsed: Duration) {
+        self.elapsed_seconds = elapsed.as_secs_f64();
+        self.events_per_second = if self.elapsed_seconds > 0.0 {
+            self.acknowledged() as f64 / self.elapsed_seconds
+        } else {
+            0.0
+        };
+    }
+}
+
 /// Runs `freshet publish`.
 pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> {
-    let mut input: Box<dyn AsyncBufRead + Unpin + Send> = match &args.file {
-        Some(path) if path.as_os_str() != "-" => Box::new(BufReader::new(
-            tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("opening {}", path.display()))?,
-        )),
-        _ => Box::new(BufReader::new(tokio::io::stdin())),
-    };
+    let mut lines = LineReader::new(open_input(args.file.as_deref()).await?);
     let nats = connect(global).await?;
     let started = Instant::now();
-    let mut summary = Summary::default();
-    let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
-    let mut sent: u64 = 0;
-    let mut line_number: u64 = 0;
-    let mut buffer = Vec::new();
-    loop {
-        buffer.clear();
-        let read = input
-            .read_until(b'\n', &mut buffer)
-            .await
-            .context("reading events")?;
-        if read == 0 {
-            break;
-        }
-        line_number += 1;
-        let line = trim_line_end(&buffer);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    let mut publisher = Publisher::new(nats.js.clone(), MAX_IN_FLIGHT);
+    while let Some((line_number, line)) = lines.next_line().await? {
         let outgoing = match prepare(line, args.raw, args.max_event_bytes, &nats.subjects) {
             Ok(outgoing) => outgoing,
             Err(problem) => {
-                summary.invalid += 1;
+                publisher.refuse();
                 eprintln!("line {line_number}: {problem}");
                 continue;
             }
         };
         if let Some(rate) = args.rate {
-            // Pacing against the start time, not the previous send, keeps the average rate exact.
-            tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / rate)).await;
+            publisher
+                .settle_until(started + pace_offset(publisher.sent(), rate))
+                .await?;
         }
-        if in_flight.len() >= MAX_IN_FLIGHT
-            && let Some((number, ack)) = in_flight.pop_front()
-        {
-            settle(number, ack, &mut summary).await?;
+        if let Err(problem) = publisher.send(line_number, outgoing).await? {
+            eprintln!("line {line_number}: {problem}");
         }
-        let mut message = PublishMessage::build().payload(outgoing.payload);
-        if let Some(id) = &outgoing.message_id {
-            message = message.message_id(id);
-        }
-        match nats.js.send_publish(outgoing.subject, message).await {
-            Ok(ack) => in_flight.push_back((line_number, ack)),
-            Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                summary.invalid += 1;
-                eprintln!("line {line_number}: larger than the server's max_payload: {err}");
-                continue;
-            }
-            Err(err) => return Err(err).with_context(|| format!("publishing line {line_number}")),
-        }
-        sent += 1;
     }
-    while let Some((number, ack)) = in_flight.pop_front() {
-        settle(number, ack, &mut summary).await?;
-    }
-    summary.elapsed_seconds = started.elapsed().as_secs_f64();
-    let acked = (summary.published + summary.duplicates) as f64;
-    summary.events_per_second = if summary.elapsed_seconds > 0.0 {
-        acked / summary.elapsed_seconds
-    } else {
-        0.0
-    };
+    publisher.settle_all().await?;
+    let mut summary = publisher.summary().clone();
+    summary.finish(started.elapsed());
     if global.json {
         return emit_json(&summary);
     }
@@ -223,25 +202,197 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
     ]))
 }
 
-/// Waits for one publish ack and counts it.
-async fn settle(
+/// When the event numbered `sent` (from 0) is due, counted from the start of a run paced at
+/// `rate` events per second. Every deadline is measured from the start, never from the previous
+/// send, so time lost to one slow send is made up by the next ones and the average rate does
+/// not drift.
+pub fn pace_offset(sent: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(sent as f64 / rate)
+}
+
+/// Opens the JSON Lines input: the file, or stdin when there is none or it is "-".
+pub async fn open_input(
+    file: Option<&Path>,
+) -> anyhow::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
+    Ok(match file {
+        Some(path) if path.as_os_str() != "-" => Box::new(BufReader::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        _ => Box::new(BufReader::new(tokio::io::stdin())),
+    })
+}
+
+/// Reads the input a line at a time, numbering lines from 1 as an editor does, without their
+/// terminators, and skipping blank ones.
+pub struct LineReader {
+    input: Box<dyn AsyncBufRead + Unpin + Send>,
+    buffer: Vec<u8>,
     line_number: u64,
-    ack: PublishAckFuture,
-    summary: &mut Summary,
-) -> anyhow::Result<()> {
-    match ack.await {
-        Ok(ack) if ack.duplicate => summary.duplicates += 1,
-        Ok(_) => summary.published += 1,
-        Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
-            bail!(
-                "line {line_number}: no stream stores event subjects; run `freshet provision` first"
-            )
-        }
-        Err(err) => {
-            return Err(err).with_context(|| format!("waiting for the ack of line {line_number}"));
+}
+
+impl LineReader {
+    pub fn new(input: Box<dyn AsyncBufRead + Unpin + Send>) -> LineReader {
+        LineReader {
+            input,
+            buffer: Vec::new(),
+            line_number: 0,
         }
     }
-    Ok(())
+
+    /// The next non-blank line and its number; `None` at the end of the input.
+    pub async fn next_line(&mut self) -> anyhow::Result<Option<(u64, &[u8])>> {
+        loop {
+            self.buffer.clear();
+            let read = self
+                .input
+                .read_until(b'\n', &mut self.buffer)
+                .await
+                .context("reading events")?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.line_number += 1;
+            if !trim_line_end(&self.buffer)
+                .iter()
+                .all(u8::is_ascii_whitespace)
+            {
+                return Ok(Some((self.line_number, trim_line_end(&self.buffer))));
+            }
+        }
+    }
+}
+
+/// A publish ack being awaited, with the line it belongs to.
+type PendingAck = BoxFuture<'static, (u64, Result<PublishAck, PublishError>)>;
+
+/// Publishes prepared lines with a bounded window of acks in flight, counting what JetStream
+/// stored, what it recognised as a duplicate, and what was refused.
+///
+/// Acks are settled in send order. A send waits for the oldest ack only when the window is
+/// full; [`settle_until`](Self::settle_until) settles acks while a paced run waits for its next
+/// deadline, so the counts stay current and a failure (no stream) surfaces at once.
+pub struct Publisher {
+    js: jetstream::Context,
+    window: usize,
+    in_flight: FuturesOrdered<PendingAck>,
+    sent: u64,
+    summary: Summary,
+}
+
+impl Publisher {
+    /// A publisher keeping at most `window` (at least 1) acks in flight.
+    pub fn new(js: jetstream::Context, window: usize) -> Publisher {
+        Publisher {
+            js,
+            window: window.max(1),
+            in_flight: FuturesOrdered::new(),
+            sent: 0,
+            summary: Summary::default(),
+        }
+    }
+
+    /// Events sent so far (acknowledged or not).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Sent events whose ack has not been settled yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The counts so far; the timing fields are left for the caller's [`Summary::finish`].
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Counts a line that was refused before sending.
+    pub fn refuse(&mut self) {
+        self.summary.invalid += 1;
+    }
+
+    /// Sends one line, first waiting for the oldest ack if the window is full. A line the client
+    /// refuses to send (larger than the server's max_payload) is counted as invalid and its
+    /// problem returned as `Ok(Err(..))`; the run goes on.
+    pub async fn send(
+        &mut self,
+        line_number: u64,
+        outgoing: Outgoing,
+    ) -> anyhow::Result<Result<(), String>> {
+        while self.in_flight.len() >= self.window {
+            self.settle_next().await?;
+        }
+        let mut message = PublishMessage::build().payload(outgoing.payload);
+        if let Some(id) = &outgoing.message_id {
+            message = message.message_id(id);
+        }
+        match self.js.send_publish(outgoing.subject, message).await {
+            Ok(ack) => {
+                self.in_flight
+                    .push_back(Box::pin(async move { (line_number, ack.await) }));
+                self.sent += 1;
+                Ok(Ok(()))
+            }
+            Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                self.refuse();
+                Ok(Err(format!("larger than the server's max_payload: {err}")))
+            }
+            Err(err) => Err(err).with_context(|| format!("publishing line {line_number}")),
+        }
+    }
+
+    /// Settles acks as they arrive until `deadline`, then returns.
+    pub async fn settle_until(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            if self.in_flight.is_empty() {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(()),
+                Some((line_number, ack)) = self.in_flight.next() => self.count(line_number, ack)?,
+            }
+        }
+    }
+
+    /// Waits for every ack still in flight.
+    pub async fn settle_all(&mut self) -> anyhow::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.settle_next().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_next(&mut self) -> anyhow::Result<()> {
+        if let Some((line_number, ack)) = self.in_flight.next().await {
+            self.count(line_number, ack)?;
+        }
+        Ok(())
+    }
+
+    /// Counts one ack; no stream for the subject, or an ack that never came, ends the run.
+    fn count(
+        &mut self,
+        line_number: u64,
+        ack: Result<PublishAck, PublishError>,
+    ) -> anyhow::Result<()> {
+        match ack {
+            Ok(ack) if ack.duplicate => self.summary.duplicates += 1,
+            Ok(_) => self.summary.published += 1,
+            Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
+                bail!(
+                    "line {line_number}: no stream stores event subjects; run `freshet provision` first"
+                )
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("waiting for the ack of line {line_number}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The line without its terminator ("\n" or "\r\n").
@@ -348,6 +499,49 @@ mod tests {
         assert_eq!(trim_line_end(b"abc\r\n"), b"abc");
         assert_eq!(trim_line_end(b"abc\n"), b"abc");
         assert_eq!(trim_line_end(b"abc"), b"abc");
+    }
+
+    #[test]
+    fn paced_deadlines_count_from_the_start() {
+        assert_eq!(pace_offset(0, 200.0), Duration::ZERO);
+        assert_eq!(pace_offset(100, 200.0), Duration::from_millis(500));
+        // A fractional rate keeps exact deadlines too: the 3rd event at 0.4/s is due at 7.5 s.
+        assert_eq!(pace_offset(3, 0.4), Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn summaries_rate_what_was_acknowledged() {
+        let mut summary = Summary {
+            published: 30,
+            duplicates: 10,
+            invalid: 5,
+            ..Default::default()
+        };
+        summary.finish(Duration::from_secs(2));
+        assert_eq!(
+            (summary.elapsed_seconds, summary.events_per_second),
+            (2.0, 20.0)
+        );
+        summary.finish(Duration::ZERO);
+        assert_eq!(summary.events_per_second, 0.0);
+    }
+
+    #[tokio::test]
+    async fn line_readers_number_every_line_and_skip_blank_ones() {
+        let input: &[u8] = b"a\r\n\n  \nb\nc";
+        let mut lines = LineReader::new(Box::new(input));
+        let mut seen = Vec::new();
+        while let Some((number, line)) = lines.next_line().await.unwrap() {
+            seen.push((number, String::from_utf8(line.to_vec()).unwrap()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, "a".to_string()),
+                (4, "b".to_string()),
+                (5, "c".to_string())
+            ]
+        );
     }
 
     #[test]

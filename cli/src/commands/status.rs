@@ -187,7 +187,7 @@ async fn consumer_statuses(
 }
 
 /// Counts dead-lettered messages per subject with the stream's subject state (no message is read).
-async fn count_dead_letters(
+pub(crate) async fn count_dead_letters(
     stream: &jetstream::stream::Stream,
     filter: &str,
 ) -> anyhow::Result<BTreeMap<String, u64>> {

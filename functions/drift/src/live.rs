@@ -226,6 +226,7 @@ mod tests {
                 roc_auc: None,
             },
             lineage,
+            traces: Vec::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use freshet::examples::ExampleRecord;
 use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
 use freshet::ids::{EntityId, ModelName};
 use freshet::subjects::Subjects;
+use freshet::trace::TraceContext;
 
 use crate::labels::{self, ActionEvent, LabelSettings, Labelled};
 
@@ -314,6 +315,9 @@ pub struct Routed {
     pub position: Position,
     pub at: DateTime<Utc>,
     pub work: Work,
+    /// The trace featurize handles the event in, when it carried one; the examples its handling
+    /// publishes are sent on in it.
+    pub trace: Option<TraceContext>,
 }
 
 /// What a batch does: the examples to publish, per FEATURES key the mutations to write, and the
@@ -321,6 +325,10 @@ pub struct Routed {
 #[derive(Debug, Default, PartialEq)]
 pub struct BatchPlan {
     pub examples: Vec<ExampleRecord>,
+    /// For each example, the index in the batch of the event whose handling published it. A
+    /// view's example is published when its label is decided: by the purchase that made it
+    /// positive, or the later event that found its horizon passed.
+    pub origins: Vec<usize>,
     pub mutations: BTreeMap<String, Vec<Mutation>>,
     pub rejected: Vec<(usize, Rejection)>,
 }
@@ -431,6 +439,7 @@ pub fn plan_batch(
             Work::Example(record) => plan.examples.push(record.clone()),
             Work::Nothing => {}
         }
+        plan.origins.resize(plan.examples.len(), index);
     }
     plan
 }
@@ -612,6 +621,7 @@ mod tests {
             },
             at: at(t),
             work,
+            trace: None,
         }
     }
 
@@ -752,6 +762,8 @@ mod tests {
         ];
         let plan = plan_batch(&settings, &second, &mut states);
         assert_eq!(ids_and_labels(&plan), [("ex-e2", 1.0), ("ex-e3", 0.0)]);
+        // Published by the purchase and by the view after the horizon: they carry those traces.
+        assert_eq!(plan.origins, [0, 1]);
         assert_eq!(plan.examples[0].features, view_features, "as at the view");
         assert_eq!(plan.examples[0].event_time, Some(at(10)));
         assert_eq!(plan.examples[0].source_event, "e2");

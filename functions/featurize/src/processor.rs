@@ -20,15 +20,15 @@ use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::events;
-use freshet::examples::ExampleRecord;
 use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
+use freshet::trace::TraceContext;
 use futures::future::try_join_all;
 
 use crate::cache::StateCache;
-use crate::handler::{self, EntityState, Mutation, Position, Routed, Settings};
+use crate::handler::{self, BatchPlan, EntityState, Mutation, Position, Routed, Settings};
 
 /// How often one state write is retried when another replica wrote the same key in between.
 const MAX_CAS_ATTEMPTS: usize = 32;
@@ -138,9 +138,15 @@ fn retry_all(n: usize, failure: &Failure) -> Vec<Disposition> {
 
 impl Featurizer {
     fn route(&self, message: &Incoming) -> Result<Routed, freshet::error::Rejection> {
-        let event = events::decode(&message.payload, self.max_event_bytes)?;
+        let (event, envelope_trace) =
+            events::decode_traced(&message.payload, self.max_event_bytes)?;
         let partition = handler::route(&self.subjects, &message.subject, &event)?;
         let at = handler::event_time(&event, message.published);
+        // The message's `traceparent` header, else the envelope's tracing extension.
+        let trace = match &message.trace {
+            Some(trace) => Some(trace.clone()),
+            None => envelope_trace.as_ref().map(TraceContext::child),
+        };
         Ok(Routed {
             work: handler::work_for(&event, at),
             event_id: event.id,
@@ -149,6 +155,7 @@ impl Featurizer {
                 sequence: message.stream_sequence,
             },
             at,
+            trace,
         })
     }
 
@@ -168,7 +175,7 @@ impl Featurizer {
         self.read_all(categories, &mut states, &mut revisions)
             .await?;
         let plan = handler::plan_batch(&self.settings, batch, &mut states);
-        self.publish_examples(&plan.examples).await?;
+        self.publish_examples(&plan, batch).await?;
         // Phase by phase: see `handler::write_phase`.
         let phases: BTreeSet<u8> = plan
             .mutations
@@ -253,12 +260,18 @@ impl Featurizer {
         Ok(())
     }
 
-    async fn publish_examples(&self, examples: &[ExampleRecord]) -> Result<(), Failure> {
-        let mut acks = Vec::with_capacity(examples.len());
-        for example in examples {
-            let publish = PublishMessage::build()
+    /// Publishes the plan's examples, each in the trace of the event that caused it (when that
+    /// event carried one), and waits for JetStream to store them all.
+    async fn publish_examples(&self, plan: &BatchPlan, batch: &[Routed]) -> Result<(), Failure> {
+        let mut acks = Vec::with_capacity(plan.examples.len());
+        for (i, example) in plan.examples.iter().enumerate() {
+            let mut publish = PublishMessage::build()
                 .payload(Bytes::from(example.to_json_bytes()))
                 .message_id(&example.id);
+            let origin = plan.origins.get(i).and_then(|&origin| batch.get(origin));
+            if let Some(trace) = origin.and_then(|routed| routed.trace.as_ref()) {
+                publish = trace.stamp(publish);
+            }
             acks.push(
                 self.js
                     .send_publish(self.subjects.examples(&example.model), publish)

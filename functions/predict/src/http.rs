@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +20,7 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::model::FeatureSchema;
 use freshet::runtime::Readiness;
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
+use freshet::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -676,6 +679,7 @@ async fn run_infer(
     name: &str,
     version: Option<&str>,
     body: Result<Bytes, BytesRejection>,
+    trace: Option<&TraceContext>,
 ) -> Result<Json<InferResponse>, ServeError> {
     let body = body_of(body)?;
     http.check_model(name)?;
@@ -685,13 +689,13 @@ async fn run_infer(
     let request = parse_infer(&body)?;
     let (served, scores, prediction_ids) = match infer_query(&request)? {
         InferQuery::Rows(rows) => {
-            let scored = http.server.score_rows(&rows)?;
+            let scored = http.server.score_rows(&rows, trace)?;
             (scored.version, scored.scores, scored.prediction_ids)
         }
         InferQuery::Pairs(batch) => {
             let payload = serde_json::to_vec(&batch)
                 .map_err(|e| internal(format!("encoding the batch request: {e}")))?;
-            let response = http.server.predict_batch(&payload).await?;
+            let response = http.server.predict_batch(&payload, trace).await?;
             (response.version, response.scores, response.prediction_ids)
         }
     };
@@ -709,28 +713,33 @@ async fn run_infer(
 async fn infer(
     State(http): State<Http>,
     Path(name): Path<String>,
+    Traced(trace): Traced,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(run_infer(&http, &name, None, body).await)
+    let response = respond(run_infer(&http, &name, None, body, trace.as_ref()).await);
+    with_trace(response, trace.as_ref())
 }
 
 async fn version_infer(
     State(http): State<Http>,
     Path((name, version)): Path<(String, String)>,
+    Traced(trace): Traced,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(run_infer(&http, &name, Some(&version), body).await)
+    let response = respond(run_infer(&http, &name, Some(&version), body, trace.as_ref()).await);
+    with_trace(response, trace.as_ref())
 }
 
 async fn run_cloud_event(
     http: &Http,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    trace: Option<&TraceContext>,
 ) -> Result<Response, ServeError> {
     let body = body_of(body)?;
     let event = incoming_event(headers, &body)?;
     check_event_type(&event.event_type)?;
-    let prediction = http.server.predict_one(&event.data).await?;
+    let prediction = http.server.predict_one(&event.data, trace).await?;
     let answer = prediction_event(&http.server.model, &prediction)?;
     Ok(([(header::CONTENT_TYPE, CLOUDEVENTS_JSON)], Json(answer)).into_response())
 }
@@ -740,7 +749,30 @@ async fn cloud_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(run_cloud_event(&http, &headers, body).await)
+    let trace = TraceContext::handling_http(&headers);
+    let response = respond(run_cloud_event(&http, &headers, body, trace.as_ref()).await);
+    with_trace(response, trace.as_ref())
+}
+
+/// The trace an HTTP request is handled in: a child of its `traceparent` header (a fresh trace
+/// if that is invalid), or `None`. Read in place, without copying the request's headers.
+struct Traced(Option<TraceContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Traced {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Traced, Self::Rejection> {
+        Ok(Traced(TraceContext::handling_http(&parts.headers)))
+    }
+}
+
+/// Adds the trace a request was handled in to its response (`traceparent`, `tracestate`), so
+/// the caller can join its trace with the prediction recorded under the same trace id.
+fn with_trace(mut response: Response, trace: Option<&TraceContext>) -> Response {
+    if let Some(trace) = trace {
+        trace.insert_http(response.headers_mut());
+    }
+    response
 }
 
 #[cfg(test)]

@@ -252,6 +252,7 @@ mod tests {
             user: None,
             item: None,
             at: chrono::Utc::now(),
+            trace_id: None,
         }
     }
 

@@ -20,6 +20,7 @@ use freshet::serving::{
 };
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
+use freshet::trace::TraceContext;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -195,7 +196,12 @@ impl Server {
         }
     }
 
-    pub async fn predict_one(&self, payload: &[u8]) -> Result<PredictResponse, ServeError> {
+    /// Answers one request; `trace` is the trace it came in, recorded with the prediction.
+    pub async fn predict_one(
+        &self,
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<PredictResponse, ServeError> {
         let request = handler::parse_single(payload)?;
         let assignment = self.assign(request.user.as_ref().map(EntityId::as_str))?;
         let model = &assignment.serving;
@@ -220,6 +226,7 @@ impl Server {
                 user: request.user.as_ref().map(ToString::to_string),
                 item: request.item.as_ref().map(ToString::to_string),
                 at: Utc::now(),
+                trace_id: trace.map(TraceContext::trace_id),
             },
             shadow,
         );
@@ -233,7 +240,11 @@ impl Server {
         })
     }
 
-    pub async fn predict_batch(&self, payload: &[u8]) -> Result<BatchResponse, ServeError> {
+    pub async fn predict_batch(
+        &self,
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<BatchResponse, ServeError> {
         let batch = handler::parse_batch(payload)?;
         let live = self.serving()?;
         // Request-time features of all instances are read from FEATURES concurrently.
@@ -248,7 +259,7 @@ impl Server {
             .score_batch(&rows)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
         self.metrics.count(Variant::Live);
-        let prediction_ids = self.record_rows(&live, rows, &scores, &batch.instances);
+        let prediction_ids = self.record_rows(&live, rows, &scores, &batch.instances, trace);
         Ok(BatchResponse {
             model: self.model.to_string(),
             version: live.manifest.version,
@@ -300,7 +311,11 @@ impl Server {
     /// Scores raw feature rows (the HTTP inference path): validated like any request, answered
     /// by the live version. Returns the version, the scores and one prediction id per row (none
     /// when recording is off).
-    pub fn score_rows(&self, rows: &[Vec<f64>]) -> Result<ScoredRows, ServeError> {
+    pub fn score_rows(
+        &self,
+        rows: &[Vec<f64>],
+        trace: Option<&TraceContext>,
+    ) -> Result<ScoredRows, ServeError> {
         if rows.is_empty() || rows.len() > freshet::serving::MAX_BATCH_ROWS {
             return Err(ServeError::bad_request(format!(
                 "a batch holds 1 to {} rows, this one {}",
@@ -318,7 +333,7 @@ impl Server {
             .score_batch(&checked)
             .map_err(|e| ServeError::bad_request(e.to_string()))?;
         self.metrics.count(Variant::Live);
-        let prediction_ids = self.record_rows(&live, checked, &scores, &[]);
+        let prediction_ids = self.record_rows(&live, checked, &scores, &[], trace);
         Ok(ScoredRows {
             version: live.manifest.version,
             scores,
@@ -327,13 +342,15 @@ impl Server {
     }
 
     /// Records rows the live version scored, each shadowed by the candidate when one is loaded;
-    /// `requests` (empty for raw rows) names the user and item of each row.
+    /// `requests` (empty for raw rows) names the user and item of each row, `trace` the trace
+    /// the request came in.
     fn record_rows(
         &self,
         live: &LiveModel,
         rows: Vec<Vec<f32>>,
         scores: &[f32],
         requests: &[PredictRequest],
+        trace: Option<&TraceContext>,
     ) -> Vec<String> {
         if self.recorder.is_none() {
             return Vec::new();
@@ -361,6 +378,7 @@ impl Server {
                             .and_then(|r| r.item.as_ref())
                             .map(ToString::to_string),
                         at,
+                        trace_id: trace.map(TraceContext::trace_id),
                     },
                     shadow.clone().map(|model| (Variant::Candidate, model)),
                 )
@@ -387,6 +405,26 @@ fn other(variant: Variant) -> Variant {
         Variant::Live => Variant::Candidate,
         Variant::Candidate => Variant::Live,
     }
+}
+
+/// Sends a reply, with the trace the request was handled in (a child of its `traceparent`) when
+/// it carried one; an untraced request's reply has no headers added.
+async fn respond(
+    request: &service::Request,
+    reply: Result<Bytes, service::error::Error>,
+    trace: Option<&TraceContext>,
+) {
+    let headers = trace.map_or_else(async_nats::HeaderMap::new, TraceContext::nats_headers);
+    let _ = request.respond_with_headers(reply, headers).await;
+}
+
+/// The trace a request is handled in: a child of its `traceparent`, if it has one.
+fn trace_of(request: &service::Request) -> Option<TraceContext> {
+    request
+        .message
+        .headers
+        .as_ref()
+        .and_then(TraceContext::handling_nats)
 }
 
 fn reply<T: serde::Serialize>(
@@ -448,8 +486,9 @@ pub async fn serve(
             Some(request) = single.next() => {
                 let server = server.clone();
                 let mut answer = Box::pin(async move {
-                    let result = server.predict_one(&request.message.payload).await;
-                    let _ = request.respond(reply(result, &server.metrics)).await;
+                    let trace = trace_of(&request);
+                    let result = server.predict_one(&request.message.payload, trace.as_ref()).await;
+                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
                 });
                 if futures::FutureExt::now_or_never(&mut answer).is_none() {
                     tokio::spawn(answer);
@@ -458,15 +497,17 @@ pub async fn serve(
             Some(request) = batch.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let result = server.predict_batch(&request.message.payload).await;
-                    let _ = request.respond(reply(result, &server.metrics)).await;
+                    let trace = trace_of(&request);
+                    let result = server.predict_batch(&request.message.payload, trace.as_ref()).await;
+                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
                 });
             }
             Some(request) = recommend.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
+                    let trace = trace_of(&request);
                     let result = server.recommend(&request.message.payload).await;
-                    let _ = request.respond(reply(result, &server.metrics)).await;
+                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
                 });
             }
             _ = shutdown.wait() => break,

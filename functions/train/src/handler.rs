@@ -191,6 +191,9 @@ pub struct NextVersion<'a> {
     /// Whether this version starts a chain of its own (a candidate's first version) rather than
     /// continuing its parent's.
     pub new_chain: bool,
+    /// Trace ids of the traced examples it learned (a bounded sample, see
+    /// [`freshet::trace::TraceSample`]).
+    pub traces: Vec<String>,
 }
 
 /// The manifest of the version that follows `parent` and holds `model_bytes`.
@@ -215,6 +218,7 @@ pub fn next_manifest(next: NextVersion<'_>, model_bytes: &[u8]) -> Manifest {
             .parent
             .filter(|_| !next.new_chain)
             .map(Manifest::lineage_root),
+        traces: next.traces,
     }
 }
 
@@ -349,6 +353,7 @@ mod tests {
                 metrics,
                 created_at: at,
                 new_chain: false,
+                traces: Vec::new(),
             },
             b"abc",
         );
@@ -371,6 +376,7 @@ mod tests {
                 metrics,
                 created_at: at,
                 new_chain: false,
+                traces: Vec::new(),
             },
             b"abcd",
         );
@@ -401,12 +407,15 @@ mod tests {
                     metrics,
                     created_at: at,
                     new_chain,
+                    traces: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],
                 },
                 b"abcde",
             )
         };
         let candidate = fork(&second, true);
         assert_eq!((candidate.lineage, candidate.lineage_root()), (None, 3));
+        assert_eq!(candidate.traces, ["4bf92f3577b34da6a3ce929d0e0e4736"]);
+        assert!(second.traces.is_empty());
         assert_eq!(fork(&candidate, false).lineage, Some(3));
     }
 }

@@ -21,6 +21,7 @@ use freshet::runtime::order::OrderGuard;
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
 use freshet::subjects::Subjects;
+use freshet::trace::TraceSample;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
@@ -67,6 +68,8 @@ struct Candidate {
     forked: bool,
     /// The last example live had handled when the candidate was forked.
     since: u64,
+    /// Traces of the examples learned since its last version.
+    traces: TraceSample,
 }
 
 /// A new drift replaces a candidate by a fresh fork of live when the candidate does no better
@@ -81,6 +84,8 @@ struct PendingUpdate {
     batches: usize,
     range: Option<SequenceRange>,
     since: Option<Instant>,
+    /// Traces of the examples learned, for the next version's manifest.
+    traces: TraceSample,
 }
 
 /// Metrics train exports beside the common ones.
@@ -284,6 +289,7 @@ impl Trainer {
                                 published: lineage.live.clone(),
                                 pointer_revision: revision,
                                 pending: self.pending.range,
+                                traces: self.pending.traces.clone(),
                                 forked: true,
                                 since: lineage
                                     .live
@@ -338,6 +344,7 @@ impl Trainer {
             pending: None,
             forked: false,
             since: live.high_water_mark,
+            traces: TraceSample::default(),
         });
         Ok(())
     }
@@ -373,6 +380,7 @@ impl Trainer {
                 metrics: candidate.window.snapshot(),
                 created_at: Utc::now(),
                 new_chain: candidate.forked,
+                traces: candidate.traces.to_strings(),
             },
             &bytes,
         );
@@ -405,6 +413,7 @@ impl Trainer {
                 candidate.pointer_revision = revision;
                 candidate.published = Some(manifest);
                 candidate.pending = None;
+                candidate.traces = TraceSample::default();
                 candidate.forked = false;
             }
             Err(CasError::Conflict { .. }) => {
@@ -515,6 +524,7 @@ impl Trainer {
                 metrics: lineage.window.snapshot(),
                 created_at: Utc::now(),
                 new_chain: false,
+                traces: self.pending.traces.to_strings(),
             },
             &bytes,
         );
@@ -548,7 +558,8 @@ impl Trainer {
             Err(CasError::Failed(failure)) => return Err(failure),
         };
         tracing::info!(model = %self.model, version = manifest.version, first = range.first, last = range.last,
-            accuracy = manifest.metrics.prequential_accuracy, "published a new live version");
+            accuracy = manifest.metrics.prequential_accuracy, traces = %manifest.traces.join(","),
+            "published a new live version");
         self.announce(&manifest).await;
         self.metrics.versions_published.inc();
         self.metrics.live_version.set(manifest.version as i64);
@@ -834,11 +845,20 @@ impl Processor for Trainer {
                     lineage.window.record(&report, &labels);
                     self.metrics.examples_trained.inc_by(report.examples as u64);
                     self.pending.batches += 1;
+                    let traces = learned_at.iter().filter_map(|&i| batch[i].trace.as_ref());
+                    for trace in traces.clone() {
+                        self.pending.traces.add(trace.trace_id());
+                    }
                     if let Some(candidate) = lineage.candidate.as_mut() {
                         match tokio::task::block_in_place(|| {
                             candidate.trainer.train_batch(&rows, &labels)
                         }) {
-                            Ok(report) => candidate.window.record(&report, &labels),
+                            Ok(report) => {
+                                candidate.window.record(&report, &labels);
+                                for trace in traces {
+                                    candidate.traces.add(trace.trace_id());
+                                }
+                            }
                             Err(err) => {
                                 tracing::warn!(model = %self.model, error = %err, "the candidate refused a batch the live model took; dropping the candidate");
                                 lineage.candidate = None;

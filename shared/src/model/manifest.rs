@@ -122,6 +122,13 @@ pub struct Manifest {
     /// steps, and a move of the live pointer to another chain is a jump the gate judges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<u64>,
+    /// The W3C trace ids of the traced examples this version learned (beyond its parent), as 32
+    /// hex digits: at most the first and the last 16 distinct ones of its learned range, so a
+    /// version can be followed back to the producers' traces. Empty, and left out, when none was
+    /// traced (and in manifests written before traces were recorded). Kept as plain strings: a
+    /// manifest stays readable whatever another writer put here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<String>,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -188,6 +195,7 @@ mod tests {
             }),
             high_water_mark: 2000,
             lineage: None,
+            traces: Vec::new(),
             metrics: TrainingMetrics {
                 examples_total: 7680,
                 window_examples: 640,
@@ -213,6 +221,29 @@ mod tests {
         };
         let json = serde_json::to_string(&none).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), none);
+    }
+
+    #[test]
+    fn traces_are_optional_and_left_out_when_empty() {
+        let m = manifest(b"model bytes");
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("traces"), "{json}");
+        let traced = Manifest {
+            traces: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],
+            ..m.clone()
+        };
+        let json = serde_json::to_string(&traced).unwrap();
+        assert!(
+            json.contains(r#""traces":["4bf92f3577b34da6a3ce929d0e0e4736"]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), traced);
+        // A manifest written before traces were recorded still reads, and verifies its bytes.
+        let mut old: serde_json::Value = serde_json::to_value(&m).unwrap();
+        old.as_object_mut().unwrap().remove("traces");
+        let old: Manifest = serde_json::from_value(old).unwrap();
+        assert!(old.traces.is_empty());
+        old.verify(b"model bytes").unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::subjects::{
     HEADER_DETAIL, HEADER_FIELD, HEADER_FUNCTION, HEADER_REASON, HEADER_SOURCE_SEQUENCE,
     HEADER_SOURCE_SUBJECT, Subjects,
 };
+use crate::trace::TraceContext;
 
 /// Where a refused message came from.
 #[derive(Debug, Clone)]
@@ -19,6 +20,9 @@ pub struct Origin<'a> {
     pub stream_sequence: Option<u64>,
     /// A stable id of the input, for de-duplicating repeated refusals of one redelivered message.
     pub dedup_id: String,
+    /// The trace of the function's handling of the input, when it carried one: the dead letter
+    /// is sent on in it (`traceparent`, `tracestate`).
+    pub trace: Option<&'a TraceContext>,
 }
 
 /// Header values cannot hold line breaks, and a hostile event must not grow them without bound.
@@ -46,6 +50,9 @@ pub async fn publish(
     headers.insert(HEADER_SOURCE_SUBJECT, header_safe(origin.subject).as_str());
     if let Some(seq) = origin.stream_sequence {
         headers.insert(HEADER_SOURCE_SEQUENCE, seq.to_string().as_str());
+    }
+    if let Some(trace) = origin.trace {
+        trace.insert_nats(&mut headers);
     }
     let subject = subjects.dead_letter(function, rejection.reason.as_str());
     let publish = PublishMessage::build()

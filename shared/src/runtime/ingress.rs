@@ -25,6 +25,7 @@ use crate::events::{self, Event, EventData};
 use crate::examples::ExampleRecord;
 use crate::runtime::dead_letter::{self, Origin};
 use crate::subjects::Subjects;
+use crate::trace::TraceContext;
 
 /// Content type of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
@@ -59,6 +60,9 @@ pub fn routes(ingress: Ingress) -> Router {
 }
 
 async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes) -> Response {
+    // The request's trace travels with the stored event (`traceparent` on the message), to be
+    // continued by the function that handles it, as if the producer had published it.
+    let trace = TraceContext::received_http(&headers);
     let decoded =
         envelope_from_http(&headers, &body, ingress.max_event_bytes).and_then(|envelope| {
             Ok((
@@ -82,12 +86,18 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
     });
     let (event, envelope) = match checked {
         Ok(checked) => checked,
-        Err(rejection) => return refuse(&ingress, &headers, body, rejection).await,
+        Err(rejection) => {
+            let handling = trace.as_ref().map(TraceContext::child);
+            return refuse(&ingress, &headers, body, rejection, handling.as_ref()).await;
+        }
     };
     let (subject, id, payload) = destination(&ingress, &event, envelope);
-    let message = async_nats::jetstream::message::PublishMessage::build()
+    let mut message = async_nats::jetstream::message::PublishMessage::build()
         .payload(payload)
         .message_id(&id);
+    if let Some(trace) = &trace {
+        message = trace.stamp(message);
+    }
     let stored = match ingress.js.send_publish(subject, message).await {
         Ok(ack) => ack.await,
         Err(error) => return unavailable(&error.to_string()),
@@ -130,6 +140,7 @@ async fn refuse(
     headers: &HeaderMap,
     body: Bytes,
     rejection: Rejection,
+    trace: Option<&TraceContext>,
 ) -> Response {
     let id = headers
         .get("ce-id")
@@ -143,6 +154,7 @@ async fn refuse(
         subject: "http:/events",
         stream_sequence: None,
         dedup_id: format!("http-{id}"),
+        trace,
     };
     let published = dead_letter::publish(
         &ingress.js,

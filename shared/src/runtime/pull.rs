@@ -13,12 +13,14 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::error::{Failure, Rejection};
 use crate::runtime::dead_letter::{self, Origin};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::shutdown::Shutdown;
 use crate::subjects::Subjects;
+use crate::trace::TraceContext;
 
 /// One received message, as a processor sees it: no NATS handles, just data.
 #[derive(Debug, Clone)]
@@ -32,6 +34,10 @@ pub struct Incoming {
     /// When JetStream stored the message: the same on every redelivery, so a handler that uses it
     /// as "now" stays deterministic.
     pub published: DateTime<Utc>,
+    /// The trace context of this function's handling of the message, when the message carried a
+    /// `traceparent` header: a child of it (a fresh trace if it was invalid). What the message
+    /// causes is sent on with it. `None`, at no cost, for an untraced message.
+    pub trace: Option<TraceContext>,
 }
 
 /// What to do with one message after the processor has seen it.
@@ -223,6 +229,7 @@ async fn handle_batch<P: Processor>(
                 stream_sequence,
                 delivered,
                 published,
+                trace: m.headers.as_ref().and_then(TraceContext::handling_nats),
             }
         })
         .collect();
@@ -247,36 +254,54 @@ async fn handle_batch<P: Processor>(
         .max()
         .unwrap_or(1);
     for ((message, input), disposition) in batch.into_iter().zip(&incoming).zip(dispositions) {
-        match disposition {
-            Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
-            Disposition::Hold => held.push(message),
-            Disposition::Reject(rejection) => {
-                if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
-                    ack(&message, AckKind::Ack, metrics).await;
-                } else {
-                    nak(&message, retry_delay(input.delivered), metrics).await;
+        let span = log_span(&disposition, input.trace.as_ref());
+        let settle = async {
+            match disposition {
+                Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
+                Disposition::Hold => held.push(message),
+                Disposition::Reject(rejection) => {
+                    if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
+                        ack(&message, AckKind::Ack, metrics).await;
+                    } else {
+                        nak(&message, retry_delay(input.delivered), metrics).await;
+                    }
+                }
+                Disposition::RejectHeld(rejection) => {
+                    if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
+                        held.push(message);
+                    } else {
+                        nak(&message, retry_delay(input.delivered), metrics).await;
+                    }
+                }
+                Disposition::Retry(failure) => {
+                    tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
+                    nak(&message, retry_delay(retry_after), metrics).await;
+                }
+                Disposition::Defer(failure) => {
+                    tracing::debug!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, reason = %failure, "deferred");
+                    nak(&message, DEFER_DELAY, metrics).await;
                 }
             }
-            Disposition::RejectHeld(rejection) => {
-                if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
-                    held.push(message);
-                } else {
-                    nak(&message, retry_delay(input.delivered), metrics).await;
-                }
-            }
-            Disposition::Retry(failure) => {
-                tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
-                nak(&message, retry_delay(retry_after), metrics).await;
-            }
-            Disposition::Defer(failure) => {
-                tracing::debug!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, reason = %failure, "deferred");
-                nak(&message, DEFER_DELAY, metrics).await;
-            }
-        }
+        };
+        settle.instrument(span).await;
     }
     metrics
         .batch_seconds
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// The span a message's disposition is carried out in: for a traced message that is logged
+/// about (refused, retried, deferred), one naming its trace and span, so its log lines can be
+/// joined with the producer's trace; otherwise none, which costs nothing.
+fn log_span(disposition: &Disposition, trace: Option<&TraceContext>) -> tracing::Span {
+    match (disposition, trace) {
+        (Disposition::Ack | Disposition::Hold, _) | (_, None) => tracing::Span::none(),
+        (_, Some(trace)) => tracing::info_span!(
+            "message",
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id()
+        ),
+    }
 }
 
 /// Attempts at dead-lettering one input before it is handed back for redelivery. The processors
@@ -300,6 +325,7 @@ async fn dead_letter_input(
         subject: &input.subject,
         stream_sequence: Some(input.stream_sequence),
         dedup_id: input.stream_sequence.to_string(),
+        trace: input.trace.as_ref(),
     };
     for attempt in 1..=DEAD_LETTER_ATTEMPTS {
         let published = dead_letter::publish(
