@@ -32,8 +32,20 @@ fn the_benchmark_suite_runs_end_to_end() {
             "30",
             "--soak-interval",
             "10ms",
+            "--pipeline-actions",
+            "300",
+            "--pipeline-rate",
+            "300",
+            "--pipeline-low-rate",
+            "200",
+            "--pipeline-seconds",
+            "1",
+            // The Python peer runs too (tools/river/install.sh installs River and nats-py), so
+            // its programs cannot rot either.
+            "--peer-actions",
+            "1000",
             "--suite",
-            "predict,train,featurize,detectors,soak",
+            "pipeline,predict,train,featurize,detectors,soak",
             "--json",
         ])
         .arg(&report)
@@ -69,6 +81,40 @@ fn the_benchmark_suite_runs_end_to_end() {
         "{}",
         report["soak"]
     );
+    let pipeline = &report["pipeline"]["runs"][0];
+    assert!(
+        pipeline["floors"]["two_hops_per_second"].as_f64().unwrap() > 0.0,
+        "{pipeline}"
+    );
+    let stretches = |path: &serde_json::Value| path.as_array().unwrap().clone();
+    let freshet = stretches(&pipeline["freshet"]);
+    assert_eq!(
+        freshet.len(),
+        4,
+        "full speed and three offered loads: {freshet:?}"
+    );
+    let peer = stretches(&pipeline["peer"]);
+    assert_eq!(
+        peer.len(),
+        2,
+        "the peer at full speed and at the low load: {peer:?}"
+    );
+    for stretch in freshet.iter().chain(&peer) {
+        // Every event was learned and served: its freshness was measured.
+        assert!(
+            stretch["events_per_second"].as_f64().unwrap() > 0.0
+                && stretch["freshness_p99_ms"].as_f64().unwrap() > 0.0,
+            "{stretch}"
+        );
+    }
+    assert_eq!(
+        pipeline["scale"].as_array().unwrap().len(),
+        4,
+        "every setup of the scale curve: {}",
+        pipeline["scale"]
+    );
+    let sizes = report["predict"]["model_sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 4, "every model size: {sizes:?}");
     let run = &report["train"]["runs"][0];
     for key in [
         "floor_per_second",

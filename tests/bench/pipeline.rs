@@ -37,8 +37,7 @@ const ITEMS: usize = 200;
 const PUBLISH_WINDOW: usize = 512;
 /// Actions published (and learned) before the clock starts, so every process is past start-up.
 const WARM_UP: usize = 1_000;
-/// featurize's wait for a batch to fill.
-const FEATURIZE_BATCH_WAIT: &str = "20ms";
+
 /// Pause between two probes of a predictor.
 const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -397,8 +396,6 @@ async fn freshet_stack(setup: Setup) -> anyhow::Result<(Stack, Prober, Processes
             &[
                 "--label-horizon",
                 "0s",
-                "--batch-wait",
-                FEATURIZE_BATCH_WAIT,
                 "--partition",
                 partition,
                 "--log",
@@ -546,6 +543,8 @@ pub async fn freshet(
 pub struct Floors {
     pub publish_per_second: f64,
     pub two_hops_per_second: f64,
+    /// CPU per event of the two hops: the server, and this process (publisher and both hops).
+    pub two_hops_cpu_us_per_event: BTreeMap<String, f64>,
 }
 
 pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
@@ -567,6 +566,8 @@ pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
     )
     .await?;
     let second_hop = relay(&stack.js, STREAM_EXAMPLES, Some(target), None, events.len()).await?;
+    let processes = Processes(vec![("nats-server".into(), stack.nats.pid().unwrap_or(0))]);
+    let cpu = processes.cpu_seconds();
     let started = Instant::now();
     publish(&stack, &events, None).await?;
     first_hop.await??;
@@ -574,6 +575,7 @@ pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
     Ok(Floors {
         publish_per_second,
         two_hops_per_second: events.len() as f64 / started.elapsed().as_secs_f64(),
+        two_hops_cpu_us_per_event: cpu_per_event(&cpu, &processes.cpu_seconds(), events.len()),
     })
 }
 
@@ -898,50 +900,93 @@ fn print(plan: &Plan, runs: &[Run]) {
         &|r| &r.freshet[3],
     );
     let full = med(runs, |r| r.freshet[0].events_per_second);
-    let has_peer = runs.iter().all(|r| r.peer.is_some());
-    let peer = |r: &Run, i: usize| -> Stretch {
-        r.peer
-            .as_ref()
-            .map_or_else(|| r.freshet[0].clone(), |p| p[i].clone())
-    };
-    if has_peer {
-        let peer_full: Vec<Stretch> = runs.iter().map(|r| peer(r, 0)).collect();
-        let peer_low: Vec<Stretch> = runs.iter().map(|r| peer(r, 1)).collect();
-        for (name, stretches) in [
-            (
-                "Python peer (nats-py, River learn_one, pickles), full speed".to_string(),
-                &peer_full,
-            ),
-            (
-                format!("Python peer, {:.0}/s offered", plan.low_rate),
-                &peer_low,
-            ),
-        ] {
-            let m = |f: fn(&Stretch) -> f64| crate::median(stretches.iter().map(f).collect());
+    let peers: Option<Vec<&Vec<Stretch>>> = runs.iter().map(|r| r.peer.as_ref()).collect();
+    if let Some(peers) = &peers {
+        let m = |i: usize, f: fn(&Stretch) -> f64| {
+            crate::median(peers.iter().map(|p| f(&p[i])).collect())
+        };
+        for (i, name) in [
+            "Python peer (nats-py, River learn_one, pickles), full speed".to_string(),
+            format!("Python peer, {:.0}/s offered", plan.low_rate),
+        ]
+        .iter()
+        .enumerate()
+        {
             println!(
                 "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                m(|s| s.events_per_second),
-                m(|s| s.freshness_p50_ms),
-                m(|s| s.freshness_p99_ms),
-                m(|s| s.freshness_max_ms),
+                m(i, |s| s.events_per_second),
+                m(i, |s| s.freshness_p50_ms),
+                m(i, |s| s.freshness_p99_ms),
+                m(i, |s| s.freshness_max_ms),
             );
         }
-    }
-    println!(
-        "\n- freshet at full speed / two-hop floor: {:.2}×",
-        full / two_hops
-    );
-    if has_peer {
         println!(
-            "- freshet at full speed / the peer at full speed: {:.2}×",
-            full / med(runs, |r| peer(r, 0).events_per_second)
+            "\n- freshet at full speed / the peer at full speed: {:.2}×",
+            full / m(0, |s| s.events_per_second)
         );
         println!(
             "- at {:.0}/s, the peer's freshness p99 / freshet's: {:.1}×",
             plan.low_rate,
-            med(runs, |r| peer(r, 1).freshness_p99_ms)
-                / med(runs, |r| r.freshet[2].freshness_p99_ms)
+            m(1, |s| s.freshness_p99_ms) / med(runs, |r| r.freshet[2].freshness_p99_ms)
         );
+    }
+    println!(
+        "- freshet at full speed / two-hop floor: {:.2}×",
+        full / two_hops
+    );
+
+    // CPU per event by process: what the two cores were spent on, unmoved by other load.
+    let mut cpu_rows: Vec<(String, Vec<&BTreeMap<String, f64>>)> = vec![
+        (
+            "two-hop floor".into(),
+            runs.iter()
+                .map(|r| &r.floors.two_hops_cpu_us_per_event)
+                .collect(),
+        ),
+        (
+            "freshet, full speed".into(),
+            runs.iter()
+                .map(|r| &r.freshet[0].cpu_us_per_event)
+                .collect(),
+        ),
+        (
+            format!("freshet, {:.0}/s offered", plan.low_rate),
+            runs.iter()
+                .map(|r| &r.freshet[2].cpu_us_per_event)
+                .collect(),
+        ),
+    ];
+    if let Some(peers) = &peers {
+        cpu_rows.push((
+            "Python peer, full speed".into(),
+            peers.iter().map(|p| &p[0].cpu_us_per_event).collect(),
+        ));
+    }
+    let roles: std::collections::BTreeSet<&String> = cpu_rows
+        .iter()
+        .flat_map(|(_, maps)| maps.iter().flat_map(|m| m.keys()))
+        .collect();
+    println!(
+        "\n| CPU µs per event | {} | total |",
+        roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("| --- |{} ---: |", " ---: |".repeat(roles.len()));
+    for (name, maps) in &cpu_rows {
+        let of = |role: &String| -> Option<f64> {
+            maps.iter()
+                .all(|m| m.contains_key(role))
+                .then(|| crate::median(maps.iter().map(|m| m[role]).collect()))
+        };
+        let cells: Vec<String> = roles
+            .iter()
+            .map(|role| of(role).map_or("–".into(), |v| format!("{v:.0}")))
+            .collect();
+        let total = crate::median(maps.iter().map(|m| m.values().sum()).collect());
+        println!("| {name} | {} | {total:.0} |", cells.join(" | "));
     }
     if runs.iter().all(|r| r.scale.len() == SCALE.len()) {
         println!(

@@ -108,6 +108,9 @@ impl Args {
 
 /// mimalloc: the functions allocate and free many small buffers per message, which it serves
 /// faster than the system allocator.
+/// featurize's batch wait unless set.
+const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(20);
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -117,7 +120,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = args.settings()?;
     let mut function = args.function;
     function.batch_size.get_or_insert(DEFAULT_BATCH_SIZE);
-    function.batch_wait.get_or_insert(Duration::ZERO);
+    // A short wait lets a batch gather events, so a popular entity's events share one state
+    // write (measured: with no wait, the pipeline benchmark's server spent about twice the CPU
+    // per event and featurize → train ran at half the rate on two cores).
+    function.batch_wait.get_or_insert(DEFAULT_BATCH_WAIT);
     let ctx = FunctionContext::start("featurize", function).await?;
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
