@@ -54,7 +54,7 @@ soak: tools
 quality:
 	RUNS=3 bash tools/river/compare.sh
 
-## bench: release build, then the predictor, training and featurize suites beside their floors, and drift's detectors beside River's (about 12 minutes; installs River into .tools/river-venv)
+## bench: release build, then every suite beside its floor, measured in one run: the pipeline (featurize → train → predictor reply, freshness, scale curve) beside the JetStream floors and the Python peer, the predictor (and by model size), training, featurize, and drift's detectors beside River's (about 30 minutes; installs River and nats-py into .tools/river-venv)
 bench: tools
 	$(CARGO) build --release --workspace --bins
 	target/release/freshet-bench --json target/bench/bench.json

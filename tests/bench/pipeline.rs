@@ -73,6 +73,43 @@ pub struct Stretch {
     /// CPU time each process spent per event over the stretch, µs (a measure that the other
     /// loads of a shared machine do not move, unlike rates).
     pub cpu_us_per_event: BTreeMap<String, f64>,
+    /// Messages each stream stored per event over the stretch (KV buckets are streams too):
+    /// the server's work beside the events and examples themselves.
+    pub stored_per_event: BTreeMap<String, f64>,
+}
+
+/// Each stream's last sequence: how many messages it has stored so far.
+async fn stored(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut names = js.stream_names();
+    let mut stored = BTreeMap::new();
+    while let Some(name) = names.next().await {
+        let name = name?;
+        let last = js
+            .get_stream(&name)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence;
+        stored.insert(name, last);
+    }
+    Ok(stored)
+}
+
+/// Messages stored per event by each stream between two readings.
+fn stored_per_event(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    events: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, end)| {
+            let start = before.get(name).copied().unwrap_or(0);
+            (name.clone(), (end - start) as f64 / events.max(1) as f64)
+        })
+        .filter(|(_, per_event)| *per_event > 0.0)
+        .collect()
 }
 
 /// The processes of a scenario, by role, for CPU accounting.
@@ -261,6 +298,7 @@ fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) ->
         sent,
         done,
         cpu,
+        stored,
     } = measured;
     let (offered, done) = (*offered, *done);
     let delays = freshness(sent, probes, sequence_of);
@@ -277,6 +315,7 @@ fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) ->
         freshness_max_ms: delays.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
         versions_served: served.len(),
         cpu_us_per_event: cpu.clone(),
+        stored_per_event: stored.clone(),
     }
 }
 
@@ -286,6 +325,7 @@ struct Measured {
     sent: Vec<Sent>,
     done: Instant,
     cpu: BTreeMap<String, f64>,
+    stored: BTreeMap<String, f64>,
 }
 
 /// A predictor under measurement: a prober asking it, and the coverage of its newest reply.
@@ -457,6 +497,7 @@ async fn freshet_stretch(
         .map(|n| bookstore_action(n, ITEMS, "bench"))
         .collect();
     let cpu = processes.cpu_seconds();
+    let streams = stored(&stack.js).await?;
     let sent = publish(stack, &events, rate).await?;
     let examples_before = (WARM_UP + first) as u64;
     let total = examples_before + actions as u64;
@@ -488,6 +529,7 @@ async fn freshet_stretch(
     Ok(Measured {
         offered: rate,
         cpu: cpu_per_event(&cpu, &processes.cpu_seconds(), actions),
+        stored: stored_per_event(&streams, &stored(&stack.js).await?, actions),
         sent,
         done,
     })
@@ -743,12 +785,14 @@ pub async fn peer(
             .map(|n| bookstore_action(n, ITEMS, "bench"))
             .collect();
         let cpu = accounts.cpu_seconds();
+        let streams = stored(&stack.js).await?;
         let sent = publish(&stack, &events, rate).await?;
         let last = sent.last().map_or(0, |s| s.events_sequence);
         let done = covered(&prober.newest, last, Duration::from_secs(900), "the peer").await?;
         measured.push(Measured {
             offered: rate,
             cpu: cpu_per_event(&cpu, &accounts.cpu_seconds(), count),
+            stored: stored_per_event(&streams, &stored(&stack.js).await?, count),
             sent,
             done,
         });
@@ -962,32 +1006,28 @@ fn print(plan: &Plan, runs: &[Run]) {
             peers.iter().map(|p| &p[0].cpu_us_per_event).collect(),
         ));
     }
-    let roles: std::collections::BTreeSet<&String> = cpu_rows
-        .iter()
-        .flat_map(|(_, maps)| maps.iter().flat_map(|m| m.keys()))
-        .collect();
-    println!(
-        "\n| CPU µs per event | {} | total |",
-        roles
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("| --- |{} ---: |", " ---: |".repeat(roles.len()));
-    for (name, maps) in &cpu_rows {
-        let of = |role: &String| -> Option<f64> {
-            maps.iter()
-                .all(|m| m.contains_key(role))
-                .then(|| crate::median(maps.iter().map(|m| m[role]).collect()))
-        };
-        let cells: Vec<String> = roles
-            .iter()
-            .map(|role| of(role).map_or("–".into(), |v| format!("{v:.0}")))
-            .collect();
-        let total = crate::median(maps.iter().map(|m| m.values().sum()).collect());
-        println!("| {name} | {} | {total:.0} |", cells.join(" | "));
+    per_event_table("CPU µs per event", &cpu_rows, 0);
+    let mut stored_rows: Vec<(String, Vec<&BTreeMap<String, f64>>)> = vec![
+        (
+            "freshet, full speed".into(),
+            runs.iter()
+                .map(|r| &r.freshet[0].stored_per_event)
+                .collect(),
+        ),
+        (
+            format!("freshet, {:.0}/s offered", plan.low_rate),
+            runs.iter()
+                .map(|r| &r.freshet[2].stored_per_event)
+                .collect(),
+        ),
+    ];
+    if let Some(peers) = &peers {
+        stored_rows.push((
+            "Python peer, full speed".into(),
+            peers.iter().map(|p| &p[0].stored_per_event).collect(),
+        ));
     }
+    per_event_table("messages stored per event", &stored_rows, 2);
     if runs.iter().all(|r| r.scale.len() == SCALE.len()) {
         println!(
             "\n| scale: featurize replicas, train batch | full speed events/s | ratio to 1 replica, batch 256 | freshness at {:.0}/s, p50 / p99 ms |",
@@ -1009,5 +1049,37 @@ fn print(plan: &Plan, runs: &[Run]) {
         for (i, setup) in SCALE.into_iter().enumerate() {
             line(setup, &|r| &r.scale[i].1);
         }
+    }
+}
+
+/// A Markdown table of per-event figures by key (process or stream), each cell the median over
+/// runs; a key some run lacks shows "–".
+fn per_event_table(title: &str, rows: &[(String, Vec<&BTreeMap<String, f64>>)], decimals: usize) {
+    let keys: std::collections::BTreeSet<&String> = rows
+        .iter()
+        .flat_map(|(_, maps)| maps.iter().flat_map(|m| m.keys()))
+        .collect();
+    println!(
+        "\n| {title} | {} | total |",
+        keys.iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("| --- |{} ---: |", " ---: |".repeat(keys.len()));
+    for (name, maps) in rows {
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|key| {
+                if maps.iter().all(|m| m.contains_key(*key)) {
+                    let value = crate::median(maps.iter().map(|m| m[*key]).collect());
+                    format!("{value:.decimals$}")
+                } else {
+                    "–".into()
+                }
+            })
+            .collect();
+        let total = crate::median(maps.iter().map(|m| m.values().sum()).collect());
+        println!("| {name} | {} | {total:.decimals$} |", cells.join(" | "));
     }
 }

@@ -578,9 +578,10 @@ impl Trainer {
         Ok(Commit::Durable)
     }
 
-    /// Asks for a retention pass off the training path. Requests made while a pass runs are
-    /// folded into one more pass after it, so the last publish is always followed by one; a
-    /// failed pass is only logged (nothing depends on deletion).
+    /// Asks for a retention pass off the training path. Requests made while a pass runs, or
+    /// within [`RETENTION_PASS_INTERVAL`] after it, are folded into one more pass, so the last
+    /// publish is always followed by one; a failed pass is only logged (nothing depends on
+    /// deletion).
     fn prune_in_background(&mut self) {
         if self.cadence.keep_versions == 0 {
             return;
@@ -608,6 +609,7 @@ impl Trainer {
                             tracing::warn!(model = %model, error = %err, "retention pass failed");
                         }
                     }
+                    tokio::time::sleep(RETENTION_PASS_INTERVAL).await;
                 }
             });
             requests
@@ -689,6 +691,13 @@ async fn store_version(
         "no free version number after 8 attempts",
     ))
 }
+
+/// The least time between two retention passes. Each pass reads the pointers' histories, and
+/// each reading is a consumer the server creates and keeps until it idles out: one pass per
+/// publish, at dozens of versions a second, left hundreds of them on MODELS and cost the server
+/// more CPU per event than the events themselves (the pipeline benchmark). Deleting a few
+/// seconds late costs nothing.
+const RETENTION_PASS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Deletes the versions the retention policy lets go and returns how many. A version a pointer
 /// names now or in its kept history stays, so rollback always finds its target.
