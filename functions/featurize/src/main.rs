@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 max_event_bytes: ctx.args.max_event_bytes,
                 order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
                 mark: None,
+                mark_delivery: None,
                 cache: cache::StateCache::new(args.cached_states, all_partitions),
             };
             let ctx = &ctx;

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::events;
-use freshet::runtime::order::OrderGuard;
+use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
@@ -44,6 +44,10 @@ pub struct Featurizer {
     pub order: OrderGuard,
     /// The last event handled in order; starts at the consumer's acknowledgement floor.
     pub mark: Option<u64>,
+    /// The consumer sequence of the event at the mark, if it was a first delivery: the next
+    /// first delivery after it needs no look at the stream to be known in order (most events,
+    /// since a durable's events are spread over the stream between other partitions').
+    pub mark_delivery: Option<u64>,
     /// The states this consumer wrote last, which it need not read back.
     pub cache: StateCache,
 }
@@ -65,6 +69,7 @@ impl Processor for Featurizer {
                 Err(failure) => return retry_all(batch.len(), &failure),
             },
         };
+        let mut mark_delivery = self.mark_delivery.filter(|_| self.mark.is_some());
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].stream_sequence);
         let mut routed = Vec::with_capacity(batch.len());
@@ -86,12 +91,16 @@ impl Processor for Featurizer {
                 });
                 continue;
             }
-            if let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await {
+            let (delivery, delivered) = (batch[i].consumer_sequence, batch[i].delivered);
+            if !follows_directly(mark_delivery, delivery, delivered)
+                && let Err(failure) = self.order.admit(sequence, &mut mark, "featurize").await
+            {
                 dispositions[i] = Some(Disposition::Defer(failure.duplicate()));
                 waiting = Some(failure);
                 continue;
             }
             mark = sequence;
+            mark_delivery = chain_link(delivery, delivered);
             match self.route(&batch[i]) {
                 Ok(r) => {
                     routed.push(r);
@@ -112,6 +121,7 @@ impl Processor for Featurizer {
                 }
                 // Only now is everything up to `mark` handled.
                 self.mark = Some(mark);
+                self.mark_delivery = mark_delivery;
             }
             Err(failure) => {
                 for i in routed_at {

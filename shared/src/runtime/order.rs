@@ -33,6 +33,30 @@ pub fn contiguity(sequence: u64, next_on_filter: Option<u64>, ack_floor: u64) ->
     }
 }
 
+/// Whether a message certainly comes straight after the one at a processor's mark on the
+/// consumer's filter, without asking the stream: both were first deliveries and the consumer
+/// delivered nothing in between. A consumer delivers each message the first time in stream
+/// order, so every message on the filter before this one was delivered before it; had one lain
+/// between the mark and this one, its delivery would sit between theirs. Any redelivery, or a
+/// delivery to another replica, breaks the chain of consumer sequences, and the full check runs.
+///
+/// `previous` is the consumer sequence of the message at the mark when that was a first
+/// delivery (`None` otherwise, or when the mark came from elsewhere).
+pub fn follows_directly(
+    previous: Option<u64>,
+    consumer_sequence: Option<u64>,
+    delivered: i64,
+) -> bool {
+    delivered == 1
+        && matches!((previous, consumer_sequence), (Some(p), Some(c)) if p.checked_add(1) == Some(c))
+}
+
+/// What a processor keeps of the message at its mark for [`follows_directly`]: its consumer
+/// sequence, if it was a first delivery.
+pub fn chain_link(consumer_sequence: Option<u64>, delivered: i64) -> Option<u64> {
+    consumer_sequence.filter(|_| delivered == 1)
+}
+
 /// The stream, filter and consumer a function's order check looks at.
 #[derive(Clone)]
 pub struct OrderGuard {
@@ -137,6 +161,24 @@ impl OrderGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unbroken_chain_of_first_deliveries_skips_the_stream_lookup() {
+        // The next delivery after a first-delivered mark, itself a first delivery.
+        assert!(follows_directly(Some(7), Some(8), 1));
+        // A redelivery: something else may lie between.
+        assert!(!follows_directly(Some(7), Some(8), 2));
+        // A delivery in between went elsewhere (another replica, or a redelivery).
+        assert!(!follows_directly(Some(7), Some(9), 1));
+        // The mark came from the acknowledgement floor, or from a redelivered message.
+        assert!(!follows_directly(None, Some(8), 1));
+        // Unreadable metadata.
+        assert!(!follows_directly(Some(7), None, 1));
+        assert!(!follows_directly(Some(u64::MAX), Some(0), 1));
+        assert_eq!(chain_link(Some(8), 1), Some(8));
+        assert_eq!(chain_link(Some(8), 3), None);
+        assert_eq!(chain_link(None, 1), None);
+    }
 
     #[test]
     fn gaps_are_waited_for_unless_already_acknowledged() {

@@ -31,6 +31,9 @@ pub struct Incoming {
     pub stream_sequence: u64,
     /// How many times this message has been delivered (1 the first time).
     pub delivered: i64,
+    /// The consumer's delivery sequence: one more for every delivery, redeliveries included
+    /// (`None` if the message's metadata could not be read).
+    pub consumer_sequence: Option<u64>,
     /// When JetStream stored the message: the same on every redelivery, so a handler that uses it
     /// as "now" stays deterministic.
     pub published: DateTime<Utc>,
@@ -211,23 +214,25 @@ async fn handle_batch<P: Processor>(
     let incoming: Vec<Incoming> = batch
         .iter()
         .map(|m| {
-            let (stream_sequence, delivered, published) = match m.info() {
+            let (stream_sequence, delivered, consumer_sequence, published) = match m.info() {
                 Ok(info) => {
                     let nanos =
                         i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
                     (
                         info.stream_sequence,
                         info.delivered,
+                        Some(info.consumer_sequence),
                         DateTime::from_timestamp_nanos(nanos),
                     )
                 }
-                Err(_) => (0, 1, Utc::now()),
+                Err(_) => (0, 1, None, Utc::now()),
             };
             Incoming {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
                 stream_sequence,
                 delivered,
+                consumer_sequence,
                 published,
                 trace: m.headers.as_ref().and_then(TraceContext::handling_nats),
             }
