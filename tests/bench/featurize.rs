@@ -9,18 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer;
 use bytes::Bytes;
 use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
 use freshet_tests::{Stack, bookstore_events};
-use futures::StreamExt;
 use serde::Serialize;
 
 const ITEMS: usize = 200;
 /// Unacknowledged publishes in flight at once.
 const PUBLISH_WINDOW: usize = 512;
-/// The floor's batch: featurize's default batch size, so both pull alike.
-const FLOOR_BATCH: usize = 1024;
 
 /// One run's figures, events/s.
 #[derive(Debug, Clone, Serialize)]
@@ -104,55 +100,18 @@ async fn featurize(replicas: &[&[&str]], actions: usize) -> anyhow::Result<f64> 
     Ok(actions as f64 / (done - started).as_secs_f64())
 }
 
-/// The floor: pull, republish to EXAMPLES (acknowledged), acknowledge, for each event.
+/// The floor: pull, republish to EXAMPLES (acknowledged), acknowledge, for each event, a batch
+/// of 1,024 at a time like featurize.
 async fn floor(actions: usize) -> anyhow::Result<f64> {
     let stack = Stack::start().await?;
     let events = bookstore_events(ITEMS, actions, "f");
-    let consumer = stack
-        .js
-        .get_stream(STREAM_EVENTS)
-        .await?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("bench-republish".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 10_000.max(FLOOR_BATCH as i64),
-            ..Default::default()
-        })
-        .await?;
     let target = stack.subjects.examples(&"floor".parse()?);
-    let js = stack.js.clone();
-    let total = events.len();
-    let relay = tokio::spawn(async move {
-        let mut relayed = 0;
-        while relayed < total {
-            // A batch at a time, like featurize: republish it all, then acknowledge it all.
-            let mut batch = consumer
-                .batch()
-                .max_messages(FLOOR_BATCH)
-                .expires(Duration::from_millis(100))
-                .messages()
-                .await?;
-            let mut held = Vec::new();
-            let mut acks = Vec::new();
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-                acks.push(js.publish(target.clone(), message.payload.clone()).await?);
-                held.push(message);
-            }
-            for ack in acks {
-                ack.await?;
-            }
-            for message in &held {
-                message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            relayed += held.len();
-        }
-        anyhow::Ok(())
-    });
+    let relay =
+        crate::pipeline::relay(&stack.js, STREAM_EVENTS, None, Some(target), events.len()).await?;
     let started = Instant::now();
     publish(&stack, &events).await?;
     relay.await??;
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// One run of the three scenarios.

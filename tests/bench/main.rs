@@ -1,8 +1,13 @@
-//! `freshet-bench`: the predictor benchmark, with its floor measured in the same run.
+//! `freshet-bench`: every benchmark suite, each with its floor measured in the same run (`make
+//! bench`). Medians over several runs are reported, because shared machines are noisy.
 //!
-//! It starts a nats-server and a predictor (the `predict` binary built beside this one, so build
-//! both in release), writes a model version, and measures, each over several runs (medians are
-//! reported, because shared machines are noisy):
+//! - `pipeline` ([`pipeline`]): events through featurize → train to a predictor's reply, beside
+//!   the JetStream floors and the Python peer;
+//! - `predict` (this file): the predictor against a bare echo, and by model size;
+//! - `train`, `featurize`, `detectors`, `soak`: in their modules.
+//!
+//! The functions are the binaries built beside this one, so build all in release. The predictor
+//! suite starts a nats-server and a predictor, writes a model version, and measures:
 //! - the floor: a bare NATS echo responder in a process of its own (this binary, started with
 //!   `--echo-responder`), so the floor crosses the same process boundary a predictor does; the
 //!   same echo inside this process is reported beside it for reference;
@@ -566,22 +571,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
 
     // The predictor's own cost, without recording each prediction on PREDICTIONS (a second
     // predictor serving another model with --record-predictions false).
-    let mut plain_writer = ModelWriter::new(stack, "plain").await?;
-    let plain = plain_writer.write_version(1).await?;
-    plain_writer.point(Slot::Live, 1, &plain.sha256).await?;
-    stack.spawn(
-        "predict",
-        &[
-            "--model",
-            "plain",
-            "--record-predictions",
-            "false",
-            "--http-port",
-            "0",
-            "--log",
-            "warn",
-        ],
-    )?;
+    serve_unrecorded(stack, "plain", Default::default()).await?;
     freshet_tests::eventually(
         Duration::from_secs(30),
         "the second predictor to serve",
@@ -697,22 +687,7 @@ async fn model_sizes(
     ];
     let mut measured = Vec::new();
     for (name, config) in sizes {
-        let mut writer = ModelWriter::with_config(stack, name, config).await?;
-        let manifest = writer.write_version(1).await?;
-        writer.point(Slot::Live, 1, &manifest.sha256).await?;
-        stack.spawn(
-            "predict",
-            &[
-                "--model",
-                name,
-                "--record-predictions",
-                "false",
-                "--http-port",
-                "0",
-                "--log",
-                "warn",
-            ],
-        )?;
+        let manifest = serve_unrecorded(stack, name, config).await?;
         let model = freshet::ids::ModelName::parse(name)?;
         let request = freshet_tests::bookstore_row_request();
         freshet_tests::eventually(Duration::from_secs(30), "the sized predictor", || async {
@@ -753,6 +728,32 @@ async fn model_sizes(
         );
     }
     Ok(measured)
+}
+
+/// Writes version 1 of a model of `config` named `name`, makes it live, and starts a predictor
+/// for it that does not record predictions; returns the version's manifest.
+async fn serve_unrecorded(
+    stack: &mut Stack,
+    name: &str,
+    config: freshet::model::ModelConfig,
+) -> anyhow::Result<freshet::model::Manifest> {
+    let mut writer = ModelWriter::with_config(stack, name, config).await?;
+    let manifest = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &manifest.sha256).await?;
+    stack.spawn(
+        "predict",
+        &[
+            "--model",
+            name,
+            "--record-predictions",
+            "false",
+            "--http-port",
+            "0",
+            "--log",
+            "warn",
+        ],
+    )?;
+    Ok(manifest)
 }
 
 /// Trainable parameters of a model of `config` over the bookstore's features.

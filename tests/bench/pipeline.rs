@@ -621,9 +621,10 @@ pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
     })
 }
 
-/// A bare hop: pulls `count` messages of `stream` in batches of 1024 (like featurize), publishes
-/// each to `to` if given (all acknowledged), then acknowledges the batch.
-async fn relay(
+/// A bare hop: pulls `count` messages of `stream` in batches of 1024 (featurize's default batch
+/// size, so both pull alike), publishes each to `to` if given (all acknowledged), then
+/// acknowledges the batch.
+pub async fn relay(
     js: &jetstream::Context,
     stream: &str,
     filter: Option<String>,
