@@ -283,6 +283,16 @@ async fn candidates_answer_their_share_shadow_the_rest_and_outcomes_join() -> an
         "{recommended:?}"
     );
     assert!(recommended.items.iter().all(|r| r.item_revision > 0));
+    // The operator's command asks the same endpoint: the same items in the same order.
+    let cli = std::process::Command::new(freshet_tests::stack::bin_dir()?.join("freshet"))
+        .args(["recommend", "bookstore", "u7", "--top", "3", "--json"])
+        .envs(stack.env())
+        .output()?;
+    assert!(cli.status.success(), "{cli:?}");
+    let from_cli: RecommendResponse = serde_json::from_slice(&cli.stdout)?;
+    let items = |r: &RecommendResponse| r.items.iter().map(|i| i.item.clone()).collect::<Vec<_>>();
+    assert_eq!(items(&from_cli), items(&recommended));
+    assert_eq!(from_cli.user_revision, user_revision);
     let too_many = stack
         .client
         .request(

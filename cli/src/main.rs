@@ -39,6 +39,8 @@ enum Command {
     Models(models::ModelsCommand),
     /// Ask a model's predictors for a score
     Predict(predict::PredictArgs),
+    /// Ask a model's predictors for a user's top items
+    Recommend(predict::RecommendArgs),
     /// Show streams, consumer lag, live models and dead letters
     Status,
     /// Print the newest messages of a stream (dead letters, CONTROL, ...), and with --follow
@@ -69,6 +71,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(global, args).await,
         Command::Models(command) => models::run(global, command).await,
         Command::Predict(args) => predict::run(global, args).await,
+        Command::Recommend(args) => predict::recommend(global, args).await,
         Command::Status => status::run(global).await,
         Command::Tail(args) => tail::run(global, args).await,
         Command::View(args) => view::run(global, args).await,
