@@ -439,14 +439,7 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &functions)))?;
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
-    let last = stack
-        .js
-        .get_stream(STREAM_EXAMPLES)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
+    let last = stack.last_sequence(STREAM_EXAMPLES).await?;
     let live = eventually(Duration::from_secs(300), "every example learned", || {
         live_through(&pointers, &artifacts, &model, last)
     })

@@ -52,7 +52,7 @@ async fn publish(stack: &Stack, events: &[serde_json::Value]) -> anyhow::Result<
 }
 
 /// Waits until EXAMPLES holds `count` messages.
-async fn examples_reach(stack: &Stack, count: u64) -> anyhow::Result<Instant> {
+pub async fn examples_reach(stack: &Stack, count: u64) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while stack.stream_len(STREAM_EXAMPLES).await? < count {
         anyhow::ensure!(

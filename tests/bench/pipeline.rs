@@ -80,18 +80,12 @@ pub struct Stretch {
 
 /// Each stream's last sequence: how many messages it has stored so far.
 async fn stored(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut names = js.stream_names();
+    // One listing carries every stream's state: no request per stream.
+    let mut streams = js.streams();
     let mut stored = BTreeMap::new();
-    while let Some(name) = names.next().await {
-        let name = name?;
-        let last = js
-            .get_stream(&name)
-            .await?
-            .info()
-            .await?
-            .state
-            .last_sequence;
-        stored.insert(name, last);
+    while let Some(info) = streams.next().await {
+        let info = info?;
+        stored.insert(info.config.name, info.state.last_sequence);
     }
     Ok(stored)
 }
@@ -216,30 +210,6 @@ async fn publish(
     Ok(sent)
 }
 
-/// Asks a predictor every [`PROBE_INTERVAL`] until `stop`, keeping what each reply covered.
-fn probe<F, Fut>(
-    ask: F,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<Probe>>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Option<u64>> + Send,
-{
-    tokio::spawn(async move {
-        let mut probes = Vec::new();
-        while !*stop.borrow() {
-            if let Some(covered) = ask().await {
-                probes.push(Probe {
-                    at: Instant::now(),
-                    covered,
-                });
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
-        probes
-    })
-}
-
 /// Each event's freshness, sorted: the first probe covering its sequence minus its publication.
 /// `sequence_of` gives the sequence the probes' coverage is counted in.
 fn freshness(sent: &[Sent], probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64) -> Vec<Duration> {
@@ -339,24 +309,26 @@ impl Prober {
     /// Starts probing with `ask`, which returns what the reply's model had learned up to.
     fn start<F, Fut>(ask: F) -> Prober
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Option<u64>> + Send,
     {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (report, newest) = tokio::sync::watch::channel(0);
-        let ask = std::sync::Arc::new(ask);
-        let task = probe(
-            move || {
-                let ask = ask.clone();
-                let report = report.clone();
-                async move {
-                    let covered = ask().await?;
+        // Asks every PROBE_INTERVAL until stopped, keeping what each reply covered.
+        let task = tokio::spawn(async move {
+            let mut probes = Vec::new();
+            while !*stopped.borrow() {
+                if let Some(covered) = ask().await {
                     report.send_modify(|c| *c = (*c).max(covered));
-                    Some(covered)
+                    probes.push(Probe {
+                        at: Instant::now(),
+                        covered,
+                    });
                 }
-            },
-            stopped,
-        );
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+            probes
+        });
         Prober { stop, task, newest }
     }
 
@@ -503,22 +475,8 @@ async fn freshet_stretch(
     let total = examples_before + actions as u64;
     // Every action's example is in EXAMPLES in order of its arrival; the last sequence is reached
     // once all are, and a reply covering it covers them all.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while stack.stream_len(STREAM_EXAMPLES).await? < total {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "featurize stopped short of {total} examples"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let last = stack
-        .js
-        .get_stream(STREAM_EXAMPLES)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
+    crate::featurize::examples_reach(stack, total).await?;
+    let last = stack.last_sequence(STREAM_EXAMPLES).await?;
     let done = covered(
         &prober.newest,
         last,

@@ -272,6 +272,19 @@ impl Stack {
             .messages)
     }
 
+    /// The sequence of the newest message a stream has stored (it keeps counting after old
+    /// messages age out, unlike [`stream_len`](Self::stream_len)).
+    pub async fn last_sequence(&self, stream: &str) -> anyhow::Result<u64> {
+        Ok(self
+            .js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence)
+    }
+
     /// Asks the predictor; errors carry the service error header text.
     pub async fn predict(
         &self,
