@@ -1,11 +1,11 @@
 //! W3C trace context (`traceparent`, `tracestate`) carried in NATS and HTTP headers, so one trace
 //! id follows an event from its producer through featurize, train and predict.
 //!
-//! freshet records no spans of its own (there is no tracer here); it keeps the trace going: each
-//! function that handles a traced message acts as one span, a child of the message's
+//! Each function that handles a traced message acts as one span, a child of the message's
 //! `traceparent` (same trace id, a new random span id, the same flags), and sends that child on
 //! whatever the message caused: examples, dead letters, replies. Its logs name the trace id, so
-//! they can be joined with the producer's traces.
+//! they can be joined with the producer's traces. When an OpenTelemetry collector is configured,
+//! [`crate::telemetry`] exports those spans, with exactly these ids, for sampled traces.
 //!
 //! A message without `traceparent` costs nothing here (no allocation, no random draw). A message
 //! with an invalid one is never refused for it: the function starts a fresh trace instead, as the
@@ -25,7 +25,8 @@ pub const MAX_TRACESTATE_LEN: usize = 512;
 /// The header names as NATS header names made once (naming a header by `&str` copies the name).
 const TRACEPARENT_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TRACEPARENT);
 const TRACESTATE_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TRACESTATE);
-/// The flags of a trace freshet starts itself: not sampled, since nothing records its spans.
+/// The flags of a trace freshet starts itself: not sampled. Whether a trace is recorded is its
+/// producer's decision; a trace begun for a broken `traceparent` had no producer to make it.
 const ROOT_FLAGS: u8 = 0;
 /// Length of a version-00 `traceparent`: `vv-<32 hex>-<16 hex>-ff`.
 const TRACEPARENT_LEN: usize = 55;
@@ -149,6 +150,12 @@ impl<'de> Deserialize<'de> for TraceId {
     }
 }
 
+impl Serialize for SpanId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A `traceparent` value: which trace, which span sent it, and the trace flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -230,6 +237,9 @@ pub struct TraceContext {
     pub parent: TraceParent,
     /// Vendor state, passed on unchanged; `None` when absent, empty or unusable in a header.
     pub state: Option<Box<str>>,
+    /// The span this context's span is a child of (the sender's, for a context handling a
+    /// message); `None` for a context as received, whose parent is not known, and for a root.
+    pub parent_span: Option<SpanId>,
 }
 
 impl TraceContext {
@@ -238,6 +248,7 @@ impl TraceContext {
         TraceContext {
             parent: TraceParent::root(),
             state: None,
+            parent_span: None,
         }
     }
 
@@ -250,6 +261,7 @@ impl TraceContext {
             Some(parent) => TraceContext {
                 parent,
                 state: tracestate.and_then(usable_state),
+                parent_span: None,
             },
             None => TraceContext::root(),
         })
@@ -264,6 +276,7 @@ impl TraceContext {
             Some(parent) => TraceContext {
                 parent: parent.child(),
                 state: tracestate.and_then(usable_state),
+                parent_span: Some(parent.parent_id),
             },
             None => TraceContext::root(),
         })
@@ -274,6 +287,7 @@ impl TraceContext {
         TraceContext {
             parent: self.parent.child(),
             state: self.state.clone(),
+            parent_span: Some(self.span_id()),
         }
     }
 
@@ -281,8 +295,20 @@ impl TraceContext {
         self.parent.trace_id
     }
 
+    /// The span this context is: the `parent-id` it sends on.
     pub fn span_id(&self) -> SpanId {
         self.parent.parent_id
+    }
+
+    /// The span this context's span is a child of, when known (see
+    /// [`parent_span`](Self::parent_span)).
+    pub fn parent_span_id(&self) -> Option<SpanId> {
+        self.parent_span
+    }
+
+    /// Whether the trace's producer asked for it to be recorded (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.parent.sampled()
     }
 
     /// The context a NATS message's headers carry (see [`received`](Self::received)). Header
@@ -514,10 +540,12 @@ mod tests {
         let context = TraceContext {
             parent,
             state: Some("congo=t61rcWkgMzE".into()),
+            parent_span: None,
         };
         let grandchild = context.child();
         assert_eq!(grandchild.trace_id(), context.trace_id());
         assert_eq!(grandchild.state, context.state);
+        assert_eq!(grandchild.parent_span_id(), Some(context.span_id()));
     }
 
     #[test]
@@ -534,9 +562,16 @@ mod tests {
         let handled = TraceContext::handling(Some(VALID), Some(" congo=t61rcWkgMzE ")).unwrap();
         assert_eq!(handled.trace_id().to_string(), &VALID[3..35]);
         assert_ne!(handled.span_id().to_string(), &VALID[36..52]);
+        assert_eq!(
+            handled.parent_span_id().map(|id| id.to_string()).as_deref(),
+            Some(&VALID[36..52]),
+            "the span handling a message is a child of the sender's"
+        );
+        assert!(handled.sampled());
         assert_eq!(handled.state.as_deref(), Some("congo=t61rcWkgMzE"));
         let received = TraceContext::received(Some(VALID), None).unwrap();
         assert_eq!(received.parent.to_string(), VALID);
+        assert_eq!(received.parent_span_id(), None);
         for invalid in [
             "",
             "nonsense",
@@ -545,6 +580,11 @@ mod tests {
             let fresh = TraceContext::handling(Some(invalid), Some("a=b")).unwrap();
             assert_ne!(fresh.trace_id().to_string(), &VALID[3..35]);
             assert_eq!(fresh.state, None, "the state belonged to the invalid trace");
+            assert_eq!(fresh.parent_span_id(), None, "a fresh trace has no parent");
+            assert!(
+                !fresh.sampled(),
+                "nobody asked for a fresh trace to be recorded"
+            );
         }
         // A state that could not travel in a header is dropped, the trace kept.
         let long = "k=".to_string() + &"v".repeat(MAX_TRACESTATE_LEN);
@@ -565,7 +605,11 @@ mod tests {
         assert_eq!(handled.trace_id().to_string(), &VALID[3..35]);
         let sent = handled.nats_headers();
         let again = TraceContext::received_nats(&sent).unwrap();
-        assert_eq!(again, handled);
+        // What travels is the span and its state; its parent stays with the sender.
+        assert_eq!(
+            (&again.parent, &again.state),
+            (&handled.parent, &handled.state)
+        );
         // Two values are not one trace.
         let mut doubled = async_nats::HeaderMap::new();
         doubled.append(TRACEPARENT, VALID);
@@ -600,6 +644,11 @@ mod tests {
         assert_eq!(json, format!("\"{}\"", &VALID[3..35]));
         assert_eq!(serde_json::from_str::<TraceId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<TraceId>("\"00000000000000000000000000000000\"").is_err());
+        let span = TraceParent::parse(VALID).unwrap().parent_id;
+        assert_eq!(
+            serde_json::to_string(&span).unwrap(),
+            format!("\"{}\"", &VALID[36..52])
+        );
     }
 
     #[test]
