@@ -17,7 +17,7 @@ use freshet::ids::ModelName;
 use freshet::model::{
     FeatureSchema, Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer,
 };
-use freshet::runtime::order::OrderGuard;
+use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
 use freshet::subjects::Subjects;
@@ -193,6 +193,11 @@ pub struct Trainer {
     artifacts: ArtifactStore,
     pointers: Pointers,
     order: OrderGuard,
+    /// The stream sequence of the last example handled in order, and its consumer sequence if it
+    /// was a first delivery: the next first delivery after it is known to be in order without
+    /// asking the stream ([`follows_directly`]). EXAMPLES interleaves every model's examples, so
+    /// without this each example of one model would cost a lookup on the stream.
+    chain: Option<(u64, u64)>,
     lineage: Option<Lineage>,
     pending: PendingUpdate,
     /// Wakes the retention task (started with the first publish).
@@ -226,6 +231,7 @@ impl Trainer {
             artifacts: io.artifacts,
             pointers: io.pointers,
             order: io.order,
+            chain: None,
             lineage: None,
             pending: PendingUpdate::default(),
             prune_requests: None,
@@ -759,6 +765,9 @@ impl Processor for Trainer {
             .map_or(0, |m| m.high_water_mark);
         let pending_last = self.pending.range.map(|r| r.last);
         let mut mark = high_water_mark.max(pending_last.unwrap_or(0));
+        // The chain holds only while the mark is where it was left: a rollback, a discarded
+        // update or a new lineage moves the mark, and the stream is asked again.
+        let mut link = self.chain.filter(|&(at, _)| at == mark).map(|(_, c)| c);
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].stream_sequence);
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
@@ -790,12 +799,16 @@ impl Processor for Trainer {
                 }
                 Sequence::New => {}
             }
-            if let Err(failure) = self.order.admit(sequence, &mut mark, "train").await {
+            let (delivery, delivered) = (batch[i].consumer_sequence, batch[i].delivered);
+            if !follows_directly(link, delivery, delivered)
+                && let Err(failure) = self.order.admit(sequence, &mut mark, "train").await
+            {
                 waiting = true;
                 dispositions[i] = Some(Disposition::Defer(failure));
                 continue;
             }
             mark = sequence;
+            link = chain_link(delivery, delivered);
             handled = Some(match handled {
                 Some(r) => SequenceRange {
                     first: r.first.min(sequence),
@@ -924,6 +937,7 @@ impl Processor for Trainer {
                 None => range,
             });
             self.pending.since.get_or_insert_with(Instant::now);
+            self.chain = link.map(|delivery| (mark, delivery));
         }
         dispositions
             .into_iter()
