@@ -17,7 +17,8 @@
 //! - the predictor's resident memory after the load.
 //!
 //! Latency is measured with one request in flight at a time (p50/p99/p999); throughput with 32
-//! concurrent requesters for a fixed time. Everything runs on loopback and stops by itself.
+//! concurrent requesters for a fixed time. The echo floor, the predictor, and the predictor while
+//! swapping are measured in rounds, one of each back to back, and compared within each round. Everything runs on loopback and stops by itself.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
@@ -211,12 +212,22 @@ impl Target {
     }
 }
 
+/// One run of one scenario.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    per_second: f64,
+    errors: usize,
+}
+
 /// Latency percentiles with one request in flight, then throughput with `concurrency`.
 async fn measure(
     target: &Target,
     args: &Args,
     rows_per_request: usize,
-) -> anyhow::Result<(f64, f64, f64, f64, usize)> {
+) -> anyhow::Result<Measured> {
     for _ in 0..200 {
         target.send().await?;
     }
@@ -251,14 +262,13 @@ async fn measure(
         done += d;
         errors += f;
     }
-    let per_second = (done * rows_per_request) as f64 / args.seconds;
-    Ok((
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 0.999),
-        per_second,
+    Ok(Measured {
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        per_second: (done * rows_per_request) as f64 / args.seconds,
         errors,
-    ))
+    })
 }
 
 async fn scenario(
@@ -268,27 +278,60 @@ async fn scenario(
     args: &Args,
     rows: usize,
 ) -> anyhow::Result<Row> {
-    let (mut p50, mut p99, mut p999, mut rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for run in 0..args.runs {
-        let (a, b, c, d, errors) = measure(target, args, rows).await?;
-        eprintln!(
-            "  {name} run {}: p50 {a:.0} µs, p99 {b:.0} µs, p999 {c:.0} µs, {d:.0} {unit}, {errors} errors",
-            run + 1
-        );
-        anyhow::ensure!(errors == 0, "{name}: {errors} failed requests");
-        p50.push(a);
-        p99.push(b);
-        p999.push(c);
-        rate.push(d);
+    let mut samples = Samples::new(name, unit);
+    for _ in 0..args.runs {
+        samples.record(measure(target, args, rows).await?)?;
     }
-    Ok(Row {
-        scenario: name.into(),
-        p50_us: median(p50),
-        p99_us: median(p99),
-        p999_us: median(p999),
-        per_second: median(rate),
-        unit,
-    })
+    Ok(samples.row())
+}
+
+/// One scenario's figures, run by run, until they are summarised as a [`Row`] of medians.
+struct Samples {
+    name: String,
+    unit: &'static str,
+    runs: Vec<Measured>,
+}
+
+impl Samples {
+    fn new(name: &str, unit: &'static str) -> Samples {
+        Samples {
+            name: name.into(),
+            unit,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Keeps one run's figures; a run with a failed request fails the benchmark.
+    fn record(&mut self, run: Measured) -> anyhow::Result<Measured> {
+        let Measured {
+            p50_us,
+            p99_us,
+            p999_us,
+            per_second,
+            errors,
+        } = run;
+        eprintln!(
+            "  {} run {}: p50 {p50_us:.0} µs, p99 {p99_us:.0} µs, p999 {p999_us:.0} µs, {per_second:.0} {}, {errors} errors",
+            self.name,
+            self.runs.len() + 1,
+            self.unit
+        );
+        anyhow::ensure!(errors == 0, "{}: {errors} failed requests", self.name);
+        self.runs.push(run);
+        Ok(run)
+    }
+
+    fn row(&self) -> Row {
+        let med = |f: fn(&Measured) -> f64| median(self.runs.iter().map(f).collect());
+        Row {
+            scenario: self.name.clone(),
+            p50_us: med(|m| m.p50_us),
+            p99_us: med(|m| m.p99_us),
+            p999_us: med(|m| m.p999_us),
+            per_second: med(|m| m.per_second),
+            unit: self.unit,
+        }
+    }
 }
 
 /// The swapper process: moves bookstore's live pointer through versions 2..=120 every 50 ms.
@@ -497,42 +540,10 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         subject: subject.into(),
         body: body.clone(),
     };
-    let mut rows = Vec::new();
     eprintln!("measuring (medians of {} runs)", args.runs);
-    rows.push(
-        scenario(
-            "NATS echo, separate process (floor)",
-            "req/s",
-            &nats("bench.echo", &single),
-            &args,
-            1,
-        )
-        .await?,
-    );
-    rows.push(
-        scenario(
-            "NATS echo, inside the requesting process",
-            "req/s",
-            &nats("bench.echo.local", &single),
-            &args,
-            1,
-        )
-        .await?,
-    );
-    rows.push(
-        scenario(
-            "predict single, NATS",
-            "req/s",
-            &nats("freshet.predict.bookstore", &single),
-            &args,
-            1,
-        )
-        .await?,
-    );
-
-    // The same while versions swap every 50 ms. The versions are written beforehand, and a
-    // process of its own moves the pointer (as a trainer would), so neither training nor the
-    // pointer writes run in this process while it measures.
+    // The versions the swapper moves through are written beforehand, and a process of its own
+    // moves the pointer (as a trainer would), so neither training nor the pointer writes run in
+    // this process while it measures.
     for version in 2..=120 {
         writer.write_version(version).await?;
     }
@@ -548,26 +559,54 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
                 .last_sequence,
         )
     };
-    let writes_before = pointer_writes().await?;
-    let swapper = Child(
-        std::process::Command::new(std::env::current_exe()?)
-            .args(["--swapper", &stack.nats.url(), "--swap-store"])
-            .arg(stack.artifacts_url())
-            .spawn()?,
-    );
+    // The floor, the predictor, and the predictor while versions swap every 50 ms are measured
+    // back to back in each round, and their ratios taken within the round: a slow spell of a
+    // shared machine then weighs on both sides of a ratio instead of on one scenario only.
+    let mut echo_floor = Samples::new("NATS echo, separate process (floor)", "req/s");
+    let mut serving = Samples::new("predict single, NATS", "req/s");
+    let mut swapping = Samples::new("predict single, NATS, swapping every 50 ms", "req/s");
+    let (mut to_echo, mut to_steady, mut swaps) = (Vec::new(), Vec::new(), 0);
+    let predict_single = nats("freshet.predict.bookstore", &single);
+    for _ in 0..args.runs {
+        let floor = echo_floor.record(measure(&nats("bench.echo", &single), &args, 1).await?)?;
+        let steady = serving.record(measure(&predict_single, &args, 1).await?)?;
+        let writes_before = pointer_writes().await?;
+        let swapper = Child(
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["--swapper", &stack.nats.url(), "--swap-store"])
+                .arg(stack.artifacts_url())
+                .spawn()?,
+        );
+        freshet_tests::eventually(Duration::from_secs(30), "the swapper to start", || async {
+            (pointer_writes().await.ok()? > writes_before).then_some(())
+        })
+        .await?;
+        let swapped = swapping.record(measure(&predict_single, &args, 1).await?)?;
+        drop(swapper);
+        swaps += pointer_writes().await? - writes_before;
+        to_echo.push(steady.p99_us / floor.p99_us);
+        to_steady.push(swapped.p99_us / steady.p99_us);
+    }
+    eprintln!("  {swaps} swaps while swapping");
+    let paired = serde_json::json!({
+        "predict_p99_over_echo_p99": to_echo.clone(),
+        "swapping_p99_over_steady_p99": to_steady.clone(),
+        "median_predict_over_echo": median(to_echo),
+        "median_swapping_over_steady": median(to_steady),
+    });
+    let mut rows = vec![echo_floor.row()];
     rows.push(
         scenario(
-            "predict single, NATS, swapping every 50 ms",
+            "NATS echo, inside the requesting process",
             "req/s",
-            &nats("freshet.predict.bookstore", &single),
+            &nats("bench.echo.local", &single),
             &args,
             1,
         )
         .await?,
     );
-    drop(swapper);
-    let swaps = pointer_writes().await? - writes_before;
-    eprintln!("  {swaps} swaps during that scenario");
+    rows.push(serving.row());
+    rows.push(swapping.row());
 
     // The predictor's own cost, without recording each prediction on PREDICTIONS (a second
     // predictor serving another model with --record-predictions false).
@@ -635,6 +674,12 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
             row.p99_us / floor.p99_us
         );
     }
+    println!(
+        "\npaired by round (median of the rounds' ratios): predictor p99 / echo p99 {:.2}×; \
+         p99 while swapping / p99 not swapping {:.2}× ({swaps} swaps)",
+        paired["median_predict_over_echo"].as_f64().unwrap_or(f64::NAN),
+        paired["median_swapping_over_steady"].as_f64().unwrap_or(f64::NAN),
+    );
     if let Some(kib) = rss {
         println!(
             "\npredictor resident memory after the load: {:.1} MiB",
@@ -643,7 +688,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     }
     Ok(serde_json::json!({
         "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
-        "rows": rows, "predict_rss_kib": rss, "swaps": swaps, "model_sizes": sizes,
+        "rows": rows, "paired": paired, "predict_rss_kib": rss, "swaps": swaps, "model_sizes": sizes,
     }))
 }
 
