@@ -15,7 +15,8 @@
 //! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
 //! - [`serving`]: the prediction request/reply protocol.
 //! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
-//! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers.
+//! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers;
+//!   [`telemetry`]: the spans it names, exported to an OpenTelemetry collector when configured.
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -34,6 +35,7 @@ pub mod runtime;
 pub mod serving;
 pub mod store;
 pub mod subjects;
+pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
