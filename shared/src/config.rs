@@ -175,6 +175,8 @@ pub struct FunctionArgs {
         default_value = "json"
     )]
     pub log_format: String,
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
 }
 
 impl FunctionArgs {

@@ -332,24 +332,27 @@ async fn main() -> anyhow::Result<()> {
     );
     // One drift per model: two would fight over the checkpoint. The others stand by.
     let lease_key = format!("drift.{}", args.model);
-    ctx.exclusively(&lease_key, async {
-        // The first batch is scored by the version live now; the watch follows it from there.
-        follower.load_current().await;
-        tokio::spawn(follower.run(ctx.shutdown.clone()));
-        if !args.no_gate {
-            candidate_follower.load_current().await;
-            tokio::spawn(candidate_follower.run(ctx.shutdown.clone()));
-        }
-        ctx.consume(
-            STREAM_EXAMPLES,
-            &durable,
-            vec![ctx.subjects.examples(&args.model)],
-            ctx.args.batch_size(),
-            processor,
-        )
-        .await
-    })
-    .await
+    let outcome = ctx
+        .exclusively(&lease_key, async {
+            // The first batch is scored by the version live now; the watch follows it from there.
+            follower.load_current().await;
+            tokio::spawn(follower.run(ctx.shutdown.clone()));
+            if !args.no_gate {
+                candidate_follower.load_current().await;
+                tokio::spawn(candidate_follower.run(ctx.shutdown.clone()));
+            }
+            ctx.consume(
+                STREAM_EXAMPLES,
+                &durable,
+                vec![ctx.subjects.examples(&args.model)],
+                ctx.args.batch_size(),
+                processor,
+            )
+            .await
+        })
+        .await;
+    ctx.flush_spans().await;
+    outcome
 }
 
 #[cfg(test)]

@@ -188,8 +188,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
             }
         });
-    futures::future::try_join_all(runs).await?;
-    Ok(())
+    let outcome = futures::future::try_join_all(runs).await;
+    ctx.flush_spans().await;
+    outcome.map(|_| ())
 }
 
 #[cfg(test)]

@@ -230,21 +230,24 @@ async fn main() -> anyhow::Result<()> {
     trainer.listen(listen_for_reactions(&ctx, &args.model).await?);
     // One trainer per model: the others stand by until the lease is free.
     let lease_key = format!("train.{}", args.model);
-    ctx.exclusively(&lease_key, async {
-        trainer.resume().await?;
-        // Held messages wait for the version that learns them; at most this many batches.
-        let max_held = ctx
-            .args
-            .batch_size()
-            .saturating_mul(args.publish_every_batches.max(1));
-        ctx.consume(
-            STREAM_EXAMPLES,
-            &durable,
-            vec![ctx.subjects.examples(&args.model)],
-            max_held,
-            trainer,
-        )
-        .await
-    })
-    .await
+    let outcome = ctx
+        .exclusively(&lease_key, async {
+            trainer.resume().await?;
+            // Held messages wait for the version that learns them; at most this many batches.
+            let max_held = ctx
+                .args
+                .batch_size()
+                .saturating_mul(args.publish_every_batches.max(1));
+            ctx.consume(
+                STREAM_EXAMPLES,
+                &durable,
+                vec![ctx.subjects.examples(&args.model)],
+                max_held,
+                trainer,
+            )
+            .await
+        })
+        .await;
+    ctx.flush_spans().await;
+    outcome
 }

@@ -16,7 +16,11 @@ use crate::store::ArtifactStore;
 use crate::store::kv::CasError;
 use crate::store::lease::Lease;
 use crate::subjects::Subjects;
+use crate::telemetry::Spans;
 use crate::topology::{self, Topology};
+
+/// Longest a function waits at shutdown for its last spans to be exported.
+const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Everything a running function needs, built once at start-up.
 pub struct FunctionContext {
@@ -29,15 +33,22 @@ pub struct FunctionContext {
     pub metrics: Metrics,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
+    /// Where the spans of sampled traces go (nowhere unless an OTLP endpoint is set).
+    pub spans: Spans,
 }
 
 impl FunctionContext {
-    /// Starts logging, connects to NATS and provisions the topology (idempotently).
+    /// Starts logging and span export (when configured), connects to NATS and provisions the
+    /// topology (idempotently).
     pub async fn start(name: &'static str, args: FunctionArgs) -> anyhow::Result<FunctionContext> {
         crate::runtime::init_tracing(&args.log, &args.log_format);
         let shutdown = Shutdown::on_signals();
         let subjects = args.common.subjects()?;
         let topology = args.common.topology()?;
+        let metrics = Metrics::new(name);
+        // Checked before connecting, so a wrong endpoint fails at once.
+        let spans =
+            Spans::start(&args.otlp, name, &metrics).context("configuring span export (OTEL_*)")?;
         let client = connect(&args.common.nats, name).await?;
         let js = jetstream::new(client.clone());
         let report = topology::provision_as(&js, &topology, &subjects, args.provision)
@@ -53,10 +64,16 @@ impl FunctionContext {
             js,
             subjects,
             topology,
-            metrics: Metrics::new(name),
+            metrics,
             readiness: Readiness::default(),
             shutdown,
+            spans,
         })
+    }
+
+    /// Exports the spans still queued, waiting at most 2 s: the last thing a function does.
+    pub async fn flush_spans(&self) {
+        self.spans.flush(SPAN_FLUSH_TIMEOUT).await;
     }
 
     /// Opens the configured artifact store.
@@ -92,6 +109,7 @@ impl FunctionContext {
             function: self.name,
             input,
             max_event_bytes: self.args.max_event_bytes,
+            spans: self.spans.clone(),
         })
     }
 
@@ -261,6 +279,7 @@ impl FunctionContext {
                 .batch_wait()
                 .max(std::time::Duration::from_millis(50)),
             ack_wait: self.topology.consumers.ack_wait,
+            spans: self.spans.clone(),
         };
         tracing::info!(stream, durable, "consuming");
         pull::run(

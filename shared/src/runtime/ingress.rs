@@ -10,6 +10,10 @@
 //! the exactly-once marks a stream position gives, which an event handled straight from the
 //! request could not have. A server that cannot store it is answered 503, which a Trigger
 //! retries. Nothing is acknowledged to the sender before it is durable.
+//!
+//! An accepted event keeps the request's `traceparent`: the function that handles it from the
+//! stream is the next span. A refused one is handled here, in a child span of the request's
+//! (the one its dead letter carries), exported as `POST /events` when its trace is sampled.
 
 use axum::Router;
 use axum::extract::State;
@@ -25,6 +29,7 @@ use crate::events::{self, Event, EventData};
 use crate::examples::ExampleRecord;
 use crate::runtime::dead_letter::{self, Origin};
 use crate::subjects::Subjects;
+use crate::telemetry::{SpanKind, Spans};
 use crate::trace::TraceContext;
 
 /// Content type of a structured-mode CloudEvent.
@@ -50,6 +55,8 @@ pub struct Ingress {
     pub function: &'static str,
     pub input: Input,
     pub max_event_bytes: usize,
+    /// Where the span of a refusal goes.
+    pub spans: Spans,
 }
 
 /// The `/events` route.
@@ -63,6 +70,7 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
     // The request's trace travels with the stored event (`traceparent` on the message), to be
     // continued by the function that handles it, as if the producer had published it.
     let trace = TraceContext::received_http(&headers);
+    let arrived = ingress.spans.is_on().then(std::time::SystemTime::now);
     let decoded =
         envelope_from_http(&headers, &body, ingress.max_event_bytes).and_then(|envelope| {
             Ok((
@@ -88,7 +96,28 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
         Ok(checked) => checked,
         Err(rejection) => {
             let handling = trace.as_ref().map(TraceContext::child);
-            return refuse(&ingress, &headers, body, rejection, handling.as_ref()).await;
+            let mut span = arrived.and_then(|arrived| {
+                ingress.spans.start_span_at(
+                    handling.as_ref(),
+                    "POST /events",
+                    SpanKind::Server,
+                    arrived,
+                )
+            });
+            if let Some(span) = &mut span {
+                span.set("http.request.method", "POST");
+                span.set("http.route", "/events");
+                span.fail(rejection.to_string());
+            }
+            let response = refuse(&ingress, &headers, body, rejection, handling.as_ref()).await;
+            if let Some(span) = &mut span {
+                span.set(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+            }
+            ingress.spans.end(span);
+            return response;
         }
     };
     let (subject, id, payload) = destination(&ingress, &event, envelope);

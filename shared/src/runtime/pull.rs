@@ -7,7 +7,7 @@
 //! processor commit what it holds, acknowledges, and returns; the process then exits 0.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use crate::runtime::dead_letter::{self, Origin};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::shutdown::Shutdown;
 use crate::subjects::Subjects;
+use crate::telemetry::{Span, SpanKind, Spans};
 use crate::trace::TraceContext;
 
 /// One received message, as a processor sees it: no NATS handles, just data.
@@ -109,6 +110,16 @@ pub struct LoopSettings {
     pub idle_tick: Duration,
     /// Redelivery happens after this; held messages are kept alive well within it.
     pub ack_wait: Duration,
+    /// Where the span of each message of a sampled trace goes (`<function> process`, from the
+    /// batch's arrival until its disposition was carried out: for a held message, until it is
+    /// acknowledged).
+    pub spans: Spans,
+}
+
+/// A message whose acknowledgement waits for the processor's commit, with its span.
+struct Held {
+    message: jetstream::Message,
+    span: Option<Box<Span>>,
 }
 
 /// Delay before redelivering a message that failed `delivered` times: 100 ms doubling to 30 s.
@@ -128,7 +139,7 @@ pub async fn run<P: Processor>(
     mut processor: P,
     mut shutdown: Shutdown,
 ) {
-    let mut held: Vec<jetstream::Message> = Vec::new();
+    let mut held: Vec<Held> = Vec::new();
     let mut held_since = Instant::now();
     let mut reconnect_attempt: i64 = 0;
     'outer: while !shutdown.is_triggered() {
@@ -154,7 +165,7 @@ pub async fn run<P: Processor>(
             let first = tokio::select! {
                 next = messages.next() => next,
                 _ = tokio::time::sleep(settings.idle_tick) => {
-                    commit_held(&mut processor, &mut held, &metrics, false).await;
+                    commit_held(&mut processor, &mut held, &metrics, &settings.spans, false).await;
                     keep_alive(&held, &mut held_since, settings.ack_wait).await;
                     continue;
                 }
@@ -193,11 +204,11 @@ pub async fn run<P: Processor>(
                 &mut held,
             )
             .await;
-            commit_held(&mut processor, &mut held, &metrics, false).await;
+            commit_held(&mut processor, &mut held, &metrics, &settings.spans, false).await;
             keep_alive(&held, &mut held_since, settings.ack_wait).await;
         }
     }
-    finish(&mut processor, &mut held, &metrics).await;
+    finish(&mut processor, &mut held, &metrics, &settings.spans).await;
 }
 
 async fn handle_batch<P: Processor>(
@@ -207,9 +218,14 @@ async fn handle_batch<P: Processor>(
     metrics: &Metrics,
     processor: &mut P,
     batch: Vec<jetstream::Message>,
-    held: &mut Vec<jetstream::Message>,
+    held: &mut Vec<Held>,
 ) {
     let started = Instant::now();
+    // With span export on, the batch's arrival and the spans' name; nothing at all otherwise.
+    let exported = settings
+        .spans
+        .is_on()
+        .then(|| (SystemTime::now(), format!("{} process", settings.function)));
     metrics.messages_in.inc_by(batch.len() as u64);
     let incoming: Vec<Incoming> = batch
         .iter()
@@ -259,40 +275,98 @@ async fn handle_batch<P: Processor>(
         .max()
         .unwrap_or(1);
     for ((message, input), disposition) in batch.into_iter().zip(&incoming).zip(dispositions) {
-        let span = log_span(&disposition, input.trace.as_ref());
+        let mut span = exported.as_ref().and_then(|(arrived, name)| {
+            settings
+                .spans
+                .start_span_at(input.trace.as_ref(), name, SpanKind::Consumer, *arrived)
+        });
+        if let Some(span) = &mut span {
+            describe(span, input, &disposition);
+        }
+        let log = log_span(&disposition, input.trace.as_ref());
+        // Carries the disposition out; gives back the message if it is now held.
         let settle = async {
             match disposition {
-                Disposition::Ack => ack(&message, AckKind::Ack, metrics).await,
-                Disposition::Hold => held.push(message),
+                Disposition::Ack => {
+                    ack(&message, AckKind::Ack, metrics).await;
+                    None
+                }
+                Disposition::Hold => Some(message),
                 Disposition::Reject(rejection) => {
                     if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
                         ack(&message, AckKind::Ack, metrics).await;
                     } else {
                         nak(&message, retry_delay(input.delivered), metrics).await;
                     }
+                    None
                 }
                 Disposition::RejectHeld(rejection) => {
                     if dead_letter_input(js, subjects, settings, metrics, input, &rejection).await {
-                        held.push(message);
+                        Some(message)
                     } else {
                         nak(&message, retry_delay(input.delivered), metrics).await;
+                        None
                     }
                 }
                 Disposition::Retry(failure) => {
                     tracing::warn!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, error = %failure, "transient failure; will redeliver");
                     nak(&message, retry_delay(retry_after), metrics).await;
+                    None
                 }
                 Disposition::Defer(failure) => {
                     tracing::debug!(subject = %input.subject, seq = input.stream_sequence, delivered = input.delivered, reason = %failure, "deferred");
                     nak(&message, DEFER_DELAY, metrics).await;
+                    None
                 }
             }
         };
-        settle.instrument(span).await;
+        match settle.instrument(log).await {
+            Some(message) => held.push(Held {
+                message,
+                span: span.map(Box::new),
+            }),
+            None => settings.spans.end(span),
+        }
     }
     metrics
         .batch_seconds
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// The attributes of a message's span (OpenTelemetry's messaging conventions, and freshet's
+/// position and disposition); refused and retried messages are errors, with why.
+fn describe(span: &mut Span, input: &Incoming, disposition: &Disposition) {
+    span.set("messaging.system", "nats");
+    span.set("messaging.destination.name", input.subject.as_str());
+    span.set("messaging.operation", "process");
+    span.set("freshet.stream_sequence", input.stream_sequence);
+    span.set("freshet.delivered", input.delivered);
+    let name = match disposition {
+        Disposition::Ack => "ack",
+        Disposition::Hold => "hold",
+        Disposition::Reject(rejection) | Disposition::RejectHeld(rejection) => {
+            span.fail(rejection.to_string());
+            "reject"
+        }
+        Disposition::Retry(failure) => {
+            span.fail(failure.to_string());
+            "retry"
+        }
+        Disposition::Defer(_) => "defer",
+    };
+    span.set("freshet.disposition", name);
+}
+
+/// Ends the span of a held message now settled; `failure` says why it was handed back instead
+/// of acknowledged.
+fn end_held(spans: &Spans, span: Option<Box<Span>>, failure: Option<&str>) {
+    spans.end(span.map(|span| {
+        let mut span = *span;
+        if let Some(failure) = failure {
+            span.fail(failure);
+        }
+        span
+    }));
 }
 
 /// The span a message's disposition is carried out in: for a traced message that is logged
@@ -377,8 +451,9 @@ async fn nak(message: &jetstream::Message, delay: Duration, metrics: &Metrics) {
 
 async fn commit_held<P: Processor>(
     processor: &mut P,
-    held: &mut Vec<jetstream::Message>,
+    held: &mut Vec<Held>,
     metrics: &Metrics,
+    spans: &Spans,
     final_commit: bool,
 ) {
     if held.is_empty() && !final_commit {
@@ -386,14 +461,16 @@ async fn commit_held<P: Processor>(
     }
     match processor.commit(final_commit).await {
         Ok(Commit::Durable) => {
-            for message in held.drain(..) {
+            for Held { message, span } in held.drain(..) {
                 ack(&message, AckKind::Ack, metrics).await;
+                end_held(spans, span, None);
             }
         }
         Ok(Commit::Pending) => {}
         Ok(Commit::Abandoned) => {
-            for message in held.drain(..) {
+            for Held { message, span } in held.drain(..) {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
+                end_held(spans, span, Some("its effects were abandoned; redelivered"));
             }
         }
         Err(failure) => {
@@ -403,11 +480,11 @@ async fn commit_held<P: Processor>(
 }
 
 /// Held messages must not reach ack_wait, or JetStream redelivers them while they are pending.
-async fn keep_alive(held: &[jetstream::Message], held_since: &mut Instant, ack_wait: Duration) {
+async fn keep_alive(held: &[Held], held_since: &mut Instant, ack_wait: Duration) {
     if held.is_empty() || held_since.elapsed() < ack_wait / 3 {
         return;
     }
-    for message in held {
+    for Held { message, .. } in held {
         let _ = message.ack_with(AckKind::Progress).await;
     }
     *held_since = Instant::now();
@@ -415,19 +492,21 @@ async fn keep_alive(held: &[jetstream::Message], held_since: &mut Instant, ack_w
 
 async fn finish<P: Processor>(
     processor: &mut P,
-    held: &mut Vec<jetstream::Message>,
+    held: &mut Vec<Held>,
     metrics: &Metrics,
+    spans: &Spans,
 ) {
     for attempt in 1..=5 {
-        commit_held(processor, held, metrics, true).await;
+        commit_held(processor, held, metrics, spans, true).await;
         if held.is_empty() {
             break;
         }
         tokio::time::sleep(retry_delay(attempt)).await;
     }
-    for message in held.drain(..) {
+    for Held { message, span } in held.drain(..) {
         // Not durable: hand it back for another replica to process now rather than after ack_wait.
         let _ = message.ack_with(AckKind::Nak(None)).await;
+        end_held(spans, span, Some("not durable at shutdown; redelivered"));
     }
     tracing::info!("consumer loop stopped");
 }
