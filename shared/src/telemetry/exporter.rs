@@ -310,24 +310,30 @@ mod tests {
         (url, received)
     }
 
-    fn spans_to(url: &str, metrics: &crate::runtime::Metrics) -> Spans {
+    /// Exports one span of a sampled trace to a collector answering `answers`, flushing;
+    /// what the collector received and the function's metrics.
+    async fn export_one(
+        answers: Vec<StatusCode>,
+    ) -> (Vec<(HeaderMap, serde_json::Value)>, crate::runtime::Metrics) {
+        let (url, received) = collector(answers).await;
+        let metrics = crate::runtime::Metrics::new("test");
         let args = OtlpArgs {
-            endpoint: Some(url.to_string()),
+            endpoint: Some(url),
             headers: Some("authorization=Bearer%20t0ken".to_string()),
             schedule_delay_ms: 60_000,
             max_export_batch_size: 512,
             max_queue_size: 64,
             ..OtlpArgs::default()
         };
-        Spans::start(&args, "test", metrics).unwrap()
-    }
-
-    fn send_one(spans: &Spans) {
+        let spans = Spans::start(&args, "test", &metrics).unwrap();
         let trace = TraceContext::handling(
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             None,
         );
         spans.end(spans.start_span(trace.as_ref(), "test process", SpanKind::Consumer));
+        spans.flush(Duration::from_secs(5)).await;
+        let received = received.lock().unwrap().clone();
+        (received, metrics)
     }
 
     fn counted(metrics: &crate::runtime::Metrics, line: &str) -> bool {
@@ -336,12 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_posts_json_with_the_headers_and_retries_once_when_asked() {
-        let (url, received) = collector(vec![StatusCode::SERVICE_UNAVAILABLE]).await;
-        let metrics = crate::runtime::Metrics::new("test");
-        let spans = spans_to(&url, &metrics);
-        send_one(&spans);
-        spans.flush(Duration::from_secs(5)).await;
-        let received = received.lock().unwrap();
+        let (received, metrics) = export_one(vec![StatusCode::SERVICE_UNAVAILABLE]).await;
         assert_eq!(received.len(), 2, "one 503, one retry");
         let (headers, body) = &received[1];
         assert_eq!(headers["content-type"], "application/json");
@@ -367,12 +368,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_export_is_dropped_and_counted_without_a_retry() {
-        let (url, received) = collector(vec![StatusCode::BAD_REQUEST]).await;
-        let metrics = crate::runtime::Metrics::new("test");
-        let spans = spans_to(&url, &metrics);
-        send_one(&spans);
-        spans.flush(Duration::from_secs(5)).await;
-        assert_eq!(received.lock().unwrap().len(), 1);
+        let (received, metrics) = export_one(vec![StatusCode::BAD_REQUEST]).await;
+        assert_eq!(received.len(), 1);
         assert!(counted(
             &metrics,
             "freshet_spans_dropped_total{function=\"test\",reason=\"export_failed\"} 1"

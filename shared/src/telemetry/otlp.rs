@@ -97,6 +97,17 @@ struct StatusJson<'a> {
     message: &'a str,
 }
 
+/// Attributes as `KeyValue`s.
+fn key_values<K: AsRef<str>>(attributes: &[(K, Value)]) -> Vec<KeyValue<'_>> {
+    attributes
+        .iter()
+        .map(|(key, value)| KeyValue {
+            key: key.as_ref(),
+            value: any_value(value),
+        })
+        .collect()
+}
+
 fn any_value(value: &Value) -> AnyValue<'_> {
     match value {
         Value::String(text) => AnyValue::String(text),
@@ -133,14 +144,7 @@ fn span_json(span: &Span) -> SpanJson<'_> {
         kind: span.kind as u8,
         start_time_unix_nano: unix_nanos(span.start),
         end_time_unix_nano: unix_nanos(span.end),
-        attributes: span
-            .attributes
-            .iter()
-            .map(|(key, value)| KeyValue {
-                key,
-                value: any_value(value),
-            })
-            .collect(),
+        attributes: key_values(&span.attributes),
         status,
     }
 }
@@ -150,14 +154,7 @@ pub fn encode(resource: &Resource, spans: &[Span]) -> Vec<u8> {
     let request = ExportTraceServiceRequest {
         resource_spans: [ResourceSpans {
             resource: ResourceJson {
-                attributes: resource
-                    .attributes
-                    .iter()
-                    .map(|(key, value)| KeyValue {
-                        key,
-                        value: any_value(value),
-                    })
-                    .collect(),
+                attributes: key_values(&resource.attributes),
             },
             scope_spans: [ScopeSpans {
                 scope: Scope {
