@@ -20,12 +20,14 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::model::FeatureSchema;
 use freshet::runtime::Readiness;
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
+use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::handler::ServeError;
 use crate::service::Server;
+use crate::spans::answered;
 
 /// The largest request body accepted; larger ones get 413 before they are buffered. A full batch
 /// of [`freshet::serving::MAX_BATCH_ROWS`] rows in JSON is far below it.
@@ -716,8 +718,9 @@ async fn infer(
     Traced(trace): Traced,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = respond(run_infer(&http, &name, None, body, trace.as_ref()).await);
-    with_trace(response, trace.as_ref())
+    let span = http.start_span(trace.as_ref(), "predict infer", "/v2/models/{name}/infer");
+    let result = run_infer(&http, &name, None, body, trace.as_ref()).await;
+    http.answer(span, trace.as_ref(), result.map(served_infer))
 }
 
 async fn version_infer(
@@ -726,22 +729,34 @@ async fn version_infer(
     Traced(trace): Traced,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = respond(run_infer(&http, &name, Some(&version), body, trace.as_ref()).await);
-    with_trace(response, trace.as_ref())
+    let route = "/v2/models/{name}/versions/{version}/infer";
+    let span = http.start_span(trace.as_ref(), "predict infer", route);
+    let result = run_infer(&http, &name, Some(&version), body, trace.as_ref()).await;
+    http.answer(span, trace.as_ref(), result.map(served_infer))
 }
 
+/// An inference response with the version that gave it.
+fn served_infer(response: Json<InferResponse>) -> (u64, Response) {
+    let version = response.model_version.parse().unwrap_or_default();
+    (version, response.into_response())
+}
+
+/// Answers a CloudEvent; the version that answered, and the answer.
 async fn run_cloud_event(
     http: &Http,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     trace: Option<&TraceContext>,
-) -> Result<Response, ServeError> {
+) -> Result<(u64, Response), ServeError> {
     let body = body_of(body)?;
     let event = incoming_event(headers, &body)?;
     check_event_type(&event.event_type)?;
     let prediction = http.server.predict_one(&event.data, trace).await?;
     let answer = prediction_event(&http.server.model, &prediction)?;
-    Ok(([(header::CONTENT_TYPE, CLOUDEVENTS_JSON)], Json(answer)).into_response())
+    Ok((
+        prediction.version,
+        ([(header::CONTENT_TYPE, CLOUDEVENTS_JSON)], Json(answer)).into_response(),
+    ))
 }
 
 async fn cloud_event(
@@ -750,8 +765,45 @@ async fn cloud_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let trace = TraceContext::handling_http(&headers);
-    let response = respond(run_cloud_event(&http, &headers, body, trace.as_ref()).await);
-    with_trace(response, trace.as_ref())
+    let span = http.start_span(trace.as_ref(), "predict cloudevent", "/");
+    let result = run_cloud_event(&http, &headers, body, trace.as_ref()).await;
+    http.answer(span, trace.as_ref(), result)
+}
+
+impl Http {
+    /// The span `name` of a request to `route` handled in `trace`, when it is exported.
+    fn start_span(&self, trace: Option<&TraceContext>, name: &str, route: &str) -> Option<Span> {
+        let mut span = self.server.spans.start_span(trace, name, SpanKind::Server);
+        if let Some(span) = &mut span {
+            span.set("http.request.method", "POST");
+            span.set("http.route", route);
+        }
+        span
+    }
+
+    /// The response to a request answered with `result` (the version that answered and its
+    /// answer), in the request's trace; ends its span.
+    fn answer(
+        &self,
+        mut span: Option<Span>,
+        trace: Option<&TraceContext>,
+        result: Result<(u64, Response), ServeError>,
+    ) -> Response {
+        answered(
+            &mut span,
+            &self.server.model,
+            result.as_ref().map(|(version, _)| *version),
+        );
+        let response = with_trace(respond(result.map(|(_, response)| response)), trace);
+        if let Some(span) = &mut span {
+            span.set(
+                "http.response.status_code",
+                i64::from(response.status().as_u16()),
+            );
+        }
+        self.server.spans.end(span);
+        response
+    }
 }
 
 /// The trace an HTTP request is handled in: a child of its `traceparent` header (a fresh trace

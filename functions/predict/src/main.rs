@@ -11,6 +11,7 @@ mod outcomes;
 mod readiness;
 mod recorder;
 mod service;
+mod spans;
 mod watch;
 
 use clap::Parser;
@@ -81,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         features: features.clone(),
         subjects: ctx.subjects.clone(),
         metrics: serve_metrics,
+        spans: ctx.spans.clone(),
     };
     let mut tasks = Vec::new();
     for (slot, target) in [
@@ -154,10 +156,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let served = service::serve(ctx.client.clone(), server, ctx.shutdown.clone()).await;
     drop(served_all);
-    served?;
-    for task in tasks {
-        let _ = task.await;
+    if served.is_ok() {
+        for task in tasks {
+            let _ = task.await;
+        }
     }
+    ctx.flush_spans().await;
+    served?;
     tracing::info!("predictor stopped");
     Ok(())
 }

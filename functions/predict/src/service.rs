@@ -20,6 +20,7 @@ use freshet::serving::{
 };
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
+use freshet::telemetry::{Span, SpanKind, Spans};
 use freshet::trace::TraceContext;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,6 +31,7 @@ use crate::catalog::Catalog;
 use crate::handler::{self, Query, ServeError};
 use crate::live::{Live, LiveModel};
 use crate::recorder::Recorder;
+use crate::spans::{Answered, answered};
 
 /// Label naming the variant that answered.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,6 +98,8 @@ pub struct Server {
     pub features: kv::Store,
     pub subjects: Subjects,
     pub metrics: ServeMetrics,
+    /// Where the span of each request of a sampled trace goes.
+    pub spans: Spans,
 }
 
 impl Server {
@@ -407,24 +411,59 @@ fn other(variant: Variant) -> Variant {
     }
 }
 
-/// Sends a reply, with the trace the request was handled in (a child of its `traceparent`) when
-/// it carried one; an untraced request's reply has no headers added.
-async fn respond(
-    request: &service::Request,
-    reply: Result<Bytes, service::error::Error>,
-    trace: Option<&TraceContext>,
-) {
-    let headers = trace.map_or_else(async_nats::HeaderMap::new, TraceContext::nats_headers);
-    let _ = request.respond_with_headers(reply, headers).await;
+/// One request being answered: the trace it is handled in (a child of its `traceparent`, if it
+/// has one) and that trace's span, when it is exported.
+struct Answering {
+    trace: Option<TraceContext>,
+    span: Option<Span>,
 }
 
-/// The trace a request is handled in: a child of its `traceparent`, if it has one.
-fn trace_of(request: &service::Request) -> Option<TraceContext> {
-    request
-        .message
-        .headers
-        .as_ref()
-        .and_then(TraceContext::handling_nats)
+impl Answering {
+    /// Starts answering `request` at `endpoint` (the span's name).
+    fn begin(server: &Server, request: &service::Request, endpoint: &str) -> Answering {
+        let trace = request
+            .message
+            .headers
+            .as_ref()
+            .and_then(TraceContext::handling_nats);
+        let mut span = server
+            .spans
+            .start_span(trace.as_ref(), endpoint, SpanKind::Server);
+        if let Some(span) = &mut span {
+            span.set("messaging.system", "nats");
+            span.set(
+                "messaging.destination.name",
+                request.message.subject.as_str(),
+            );
+        }
+        Answering { trace, span }
+    }
+
+    fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    /// Replies with `result`, in the request's trace (an untraced request's reply has no
+    /// headers added), and ends the span.
+    async fn reply<T: serde::Serialize + Answered>(
+        mut self,
+        server: &Server,
+        request: &service::Request,
+        result: Result<T, ServeError>,
+    ) {
+        answered(
+            &mut self.span,
+            &server.model,
+            result.as_ref().map(Answered::version),
+        );
+        let headers = self
+            .trace
+            .as_ref()
+            .map_or_else(async_nats::HeaderMap::new, TraceContext::nats_headers);
+        let reply = reply(result, &server.metrics);
+        let _ = request.respond_with_headers(reply, headers).await;
+        server.spans.end(self.span);
+    }
 }
 
 fn reply<T: serde::Serialize>(
@@ -486,9 +525,9 @@ pub async fn serve(
             Some(request) = single.next() => {
                 let server = server.clone();
                 let mut answer = Box::pin(async move {
-                    let trace = trace_of(&request);
-                    let result = server.predict_one(&request.message.payload, trace.as_ref()).await;
-                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
+                    let answering = Answering::begin(&server, &request, "predict single");
+                    let result = server.predict_one(&request.message.payload, answering.trace()).await;
+                    answering.reply(&server, &request, result).await;
                 });
                 if futures::FutureExt::now_or_never(&mut answer).is_none() {
                     tokio::spawn(answer);
@@ -497,17 +536,17 @@ pub async fn serve(
             Some(request) = batch.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let trace = trace_of(&request);
-                    let result = server.predict_batch(&request.message.payload, trace.as_ref()).await;
-                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
+                    let answering = Answering::begin(&server, &request, "predict batch");
+                    let result = server.predict_batch(&request.message.payload, answering.trace()).await;
+                    answering.reply(&server, &request, result).await;
                 });
             }
             Some(request) = recommend.next() => {
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let trace = trace_of(&request);
+                    let answering = Answering::begin(&server, &request, "predict recommend");
                     let result = server.recommend(&request.message.payload).await;
-                    respond(&request, reply(result, &server.metrics), trace.as_ref()).await;
+                    answering.reply(&server, &request, result).await;
                 });
             }
             _ = shutdown.wait() => break,
