@@ -16,7 +16,8 @@ use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_DEAD_LETTER, STREAM_EXAMPLES, STREAM_PREDICTIONS};
 use freshet::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 use freshet_tests::{
-    ModelWriter, Stack, bookstore_row_request, cloud_event, event_message, eventually,
+    ModelWriter, Stack, bookstore_row_infer, bookstore_row_request, cloud_event, eventually, infer,
+    view_action,
 };
 use serde_json::json;
 
@@ -29,28 +30,6 @@ const ENVELOPE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 /// A trace carried by a refused event.
 const REFUSED: &str = "00-11111111111111111111111111111111-2222222222222222-01";
 const REFUSED_TRACE: &str = "11111111111111111111111111111111";
-
-/// Publishes `event` to its subject with extra headers.
-async fn publish(
-    stack: &Stack,
-    event: &serde_json::Value,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let (subject, message) = event_message(&stack.subjects, event)?;
-    let message = headers.iter().fold(message, |message, (name, value)| {
-        message.header(*name, *value)
-    });
-    stack.js.send_publish(subject, message).await?.await?;
-    Ok(())
-}
-
-fn action(id: &str, user: &str, item: &str) -> serde_json::Value {
-    cloud_event(
-        id,
-        "user_action",
-        json!({"user": user, "item": item, "action": "view"}),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_goes_from_the_producer_through_featurize_into_a_model_version()
@@ -79,22 +58,24 @@ async fn a_trace_goes_from_the_producer_through_featurize_into_a_model_version()
             ))
             .await?;
     }
-    publish(
-        &stack,
-        &action("traced", "u1", "b0"),
-        &[(TRACEPARENT, PRODUCER), (TRACESTATE, "congo=t61rcWkgMzE")],
-    )
-    .await?;
-    publish(
-        &stack,
-        &action("invalid", "u2", "b1"),
-        &[(TRACEPARENT, "00-not-a-trace-01")],
-    )
-    .await?;
-    publish(&stack, &action("untraced", "u3", "b2"), &[]).await?;
-    let mut enveloped = action("enveloped", "u4", "b0");
+    stack
+        .publish_event_with(
+            &view_action("traced", "u1", "b0"),
+            &[(TRACEPARENT, PRODUCER), (TRACESTATE, "congo=t61rcWkgMzE")],
+        )
+        .await?;
+    stack
+        .publish_event_with(
+            &view_action("invalid", "u2", "b1"),
+            &[(TRACEPARENT, "00-not-a-trace-01")],
+        )
+        .await?;
+    stack
+        .publish_event_with(&view_action("untraced", "u3", "b2"), &[])
+        .await?;
+    let mut enveloped = view_action("enveloped", "u4", "b0");
     enveloped["traceparent"] = json!(ENVELOPE);
-    publish(&stack, &enveloped, &[]).await?;
+    stack.publish_event_with(&enveloped, &[]).await?;
     // Refused (no item): dead-lettered in its trace.
     let refused = cloud_event(
         "refused",
@@ -213,29 +194,14 @@ async fn a_traced_prediction_is_answered_and_recorded_in_its_trace() -> anyhow::
     writer.point(Slot::Live, 1, &first.sha256).await?;
     let port = freshet_tests::stack::free_port()?;
     stack.spawn("predict", &["--http-port", &port.to_string()])?;
-    eventually(
-        Duration::from_secs(20),
-        "the predictor to serve",
-        || async {
-            stack
-                .predict("bookstore", &bookstore_row_request())
-                .await
-                .ok()
-        },
-    )
-    .await?;
+    stack
+        .await_serving("bookstore", Duration::from_secs(20))
+        .await?;
 
     // Over NATS: the reply carries a child of the request's trace, and its state.
-    let model = ModelName::parse("bookstore")?;
-    let subject = freshet::serving::endpoint_single(&stack.subjects, &model);
-    let body = bytes::Bytes::from(serde_json::to_vec(&bookstore_row_request())?);
-    let ask = |headers: async_nats::HeaderMap| {
-        let request = async_nats::Request::new()
-            .payload(body.clone())
-            .headers(headers)
-            .timeout(Some(Duration::from_secs(5)));
-        stack.client.send_request(subject.clone(), request)
-    };
+    let request = bookstore_row_request();
+    let (stack, request) = (&stack, &request);
+    let ask = move |headers| stack.predict_with_headers("bookstore", request, headers);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(TRACEPARENT, PRODUCER);
     headers.insert(TRACESTATE, "congo=t61rcWkgMzE");
@@ -284,32 +250,17 @@ async fn a_traced_prediction_is_answered_and_recorded_in_its_trace() -> anyhow::
 
     // Over HTTP (Open Inference Protocol): the `traceparent` request header gets a child of it
     // in the response; a request without one gets none.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let row: Vec<f64> = bookstore_row_request().features.unwrap();
-    let infer = json!({"inputs": [{"name": "features", "shape": [1, row.len()], "datatype": "FP64", "data": row}]});
-    let url = format!("http://127.0.0.1:{port}/v2/models/bookstore/infer");
-    let response = http
-        .post(&url)
-        .header(TRACEPARENT, PRODUCER)
-        .json(&infer)
-        .send()
-        .await?;
+    let row = bookstore_row_infer();
+    let response = infer(port, "bookstore", &row, Some(PRODUCER)).await?;
     assert!(response.status().is_success(), "{}", response.status());
     let answered = TraceParent::parse(response.headers()[TRACEPARENT].to_str().unwrap()).unwrap();
     assert_eq!(answered.trace_id, producer.trace_id);
     assert_ne!(answered.parent_id, producer.parent_id);
-    let untraced = http.post(&url).json(&infer).send().await?;
+    let untraced = infer(port, "bookstore", &row, None).await?;
     assert!(untraced.status().is_success());
     assert!(!untraced.headers().contains_key(TRACEPARENT));
     // An error answer is in the trace too.
-    let refused = http
-        .post(&url)
-        .header(TRACEPARENT, PRODUCER)
-        .json(&json!({"inputs": []}))
-        .send()
-        .await?;
+    let refused = infer(port, "bookstore", &json!({"inputs": []}), Some(PRODUCER)).await?;
     assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
     assert!(refused.headers()[TRACEPARENT].to_str().unwrap()[3..35] == *PRODUCER_TRACE);
     Ok(())

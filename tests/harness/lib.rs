@@ -53,6 +53,8 @@ pub struct Stack {
     processes: Vec<FunctionProcess>,
     /// Another object store than the default folder: its URL and client environment.
     object_store: Option<(String, Vec<(String, String)>)>,
+    /// More environment for the functions started from now on (see [`Stack::set_env`]).
+    extra_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -80,6 +82,7 @@ impl Stack {
             subjects,
             processes: Vec::new(),
             object_store: None,
+            extra_env: Vec::new(),
         })
     }
 
@@ -96,7 +99,14 @@ impl Stack {
         self.object_store = Some((url.to_string(), env));
     }
 
-    /// The environment every function gets: this stack's server, store and topology.
+    /// Sets `name` to `value` in the environment of the functions started from now on.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.retain(|(n, _)| n != name);
+        self.extra_env.push((name.to_string(), value.to_string()));
+    }
+
+    /// The environment every function gets: this stack's server, store and topology, and what
+    /// [`Stack::set_env`] added.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("FRESHET_NATS_URL".into(), self.nats.url()),
@@ -112,6 +122,7 @@ impl Stack {
         ]
         .into_iter()
         .chain(self.object_store.iter().flat_map(|(_, env)| env.clone()))
+        .chain(self.extra_env.iter().cloned())
         .collect()
     }
 
@@ -179,6 +190,21 @@ impl Stack {
     ) -> anyhow::Result<jetstream::publish::PublishAck> {
         let (subject, message) = event_message(&self.subjects, event)?;
         Ok(self.js.send_publish(subject, message).await?.await?)
+    }
+
+    /// Publishes a structured CloudEvent like [`Stack::publish_event`], with extra headers (a
+    /// `traceparent`, say).
+    pub async fn publish_event_with(
+        &self,
+        event: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let (subject, message) = event_message(&self.subjects, event)?;
+        let message = headers.iter().fold(message, |message, (name, value)| {
+            message.header(*name, *value)
+        });
+        self.js.send_publish(subject, message).await?.await?;
+        Ok(())
     }
 
     /// Publishes raw bytes to an event subject, valid or not.
@@ -285,6 +311,33 @@ impl Stack {
             .last_sequence)
     }
 
+    /// Waits (up to `timeout`) until the predictor of `model` answers [`bookstore_row_request`].
+    pub async fn await_serving(&self, model: &str, timeout: Duration) -> anyhow::Result<()> {
+        eventually(
+            timeout,
+            &format!("the predictor of {model} to serve"),
+            || async { self.predict(model, &bookstore_row_request()).await.ok() },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Asks the predictor for `model` with `headers` (a `traceparent`, say); the raw reply.
+    pub async fn predict_with_headers(
+        &self,
+        model: &str,
+        request: &PredictRequest,
+        headers: async_nats::HeaderMap,
+    ) -> anyhow::Result<async_nats::Message> {
+        let model = freshet::ids::ModelName::parse(model)?;
+        let subject = freshet::serving::endpoint_single(&self.subjects, &model);
+        let request = async_nats::Request::new()
+            .payload(serde_json::to_vec(request)?.into())
+            .headers(headers)
+            .timeout(Some(Duration::from_secs(5)));
+        Ok(self.client.send_request(subject, request).await?)
+    }
+
     /// Asks the predictor; errors carry the service error header text.
     pub async fn predict(
         &self,
@@ -307,6 +360,41 @@ pub fn bookstore_row_request() -> freshet::serving::PredictRequest {
         ),
         ..Default::default()
     }
+}
+
+/// The Open Inference Protocol body of [`bookstore_row_request`]'s row.
+pub fn bookstore_row_infer() -> serde_json::Value {
+    let row = bookstore_row_request().features.unwrap_or_default();
+    serde_json::json!({"inputs": [{"name": "features", "shape": [1, row.len()], "datatype": "FP64", "data": row}]})
+}
+
+/// POSTs `body` to the Open Inference Protocol endpoint of `model`'s predictor serving HTTP on
+/// loopback `port`, with a `traceparent` header if one is given.
+pub async fn infer(
+    port: u16,
+    model: &str,
+    body: &serde_json::Value,
+    traceparent: Option<&str>,
+) -> anyhow::Result<reqwest::Response> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut request = http
+        .post(format!("http://127.0.0.1:{port}/v2/models/{model}/infer"))
+        .json(body);
+    if let Some(traceparent) = traceparent {
+        request = request.header(freshet::trace::TRACEPARENT, traceparent);
+    }
+    Ok(request.send().await?)
+}
+
+/// A `user_action` CloudEvent: `user` views `item`.
+pub fn view_action(id: &str, user: &str, item: &str) -> serde_json::Value {
+    cloud_event(
+        id,
+        "user_action",
+        serde_json::json!({"user": user, "item": item, "action": "view"}),
+    )
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
