@@ -308,21 +308,46 @@ impl ArtifactStore {
             transient: false,
             reason,
         };
-        let (manifest, bytes) =
-            self.load(model, pointer.version)
-                .await
-                .map_err(|e| VersionRefusal {
-                    transient: e.is_transient(),
-                    reason: e.to_string(),
-                })?;
+        let transient = |e: ArtifactError| VersionRefusal {
+            transient: e.is_transient(),
+            reason: e.to_string(),
+        };
+        let manifest = self
+            .manifest(model, pointer.version)
+            .await
+            .map_err(transient)?;
+        let bytes = self
+            .version_file(model, pointer.version, "model.bin")
+            .await
+            .map_err(transient)?;
         if !manifest.sha256.eq_ignore_ascii_case(&pointer.sha256) {
             return Err(verdict(format!(
                 "pointer names sha256 {} but the manifest says {}",
                 pointer.sha256, manifest.sha256
             )));
         }
-        let scorer = ModelScorer::from_bytes(&bytes)
-            .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
+        // Hashing and decoding are CPU work proportional to the model: off the async workers, so
+        // a predictor swapping in a large version does not stall the requests it is serving.
+        let (model, version) = (model.to_string(), pointer.version);
+        let decoded = tokio::task::spawn_blocking(move || {
+            manifest
+                .verify(&bytes)
+                .map_err(|source| ArtifactError::Verification {
+                    model,
+                    version,
+                    source,
+                })
+                .map_err(|e| verdict(e.to_string()))?;
+            let scorer = ModelScorer::from_bytes(&bytes)
+                .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
+            Ok((manifest, scorer))
+        })
+        .await
+        .map_err(|e| VersionRefusal {
+            transient: true,
+            reason: format!("loading was interrupted: {e}"),
+        })?;
+        let (manifest, scorer) = decoded?;
         if scorer.n_features() != manifest.schema.n_features() {
             return Err(verdict(format!(
                 "manifest lists {} features but the model takes {}",
