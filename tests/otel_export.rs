@@ -27,6 +27,9 @@ const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
 /// A producer's span whose trace is not sampled (flags 00).
 const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
 const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+/// A producer's span carried only in the event's envelope (the CloudEvents tracing extension).
+const ENVELOPED: &str = "00-77777777777777777777777777777777-8888888888888888-01";
+const ENVELOPED_TRACE: &str = "77777777777777777777777777777777";
 /// A prediction request's span, sampled, over NATS and over HTTP.
 const REQUEST: &str = "00-11111111111111111111111111111111-2222222222222222-01";
 const REQUEST_TRACE: &str = "11111111111111111111111111111111";
@@ -185,6 +188,9 @@ async fn a_sampled_trace_is_exported_from_producer_to_prediction() -> anyhow::Re
             .publish_event_with(&event, &[(TRACEPARENT, traceparent)])
             .await?;
     }
+    let mut enveloped = view_action("enveloped", "u3", "b1");
+    enveloped[TRACEPARENT] = json!(ENVELOPED);
+    stack.publish_event(&enveloped).await?;
 
     // featurize's span: a child of the producer's, and the parent its example names.
     let featurized = span_from("freshet-featurize", PRODUCER_TRACE).await?;
@@ -204,9 +210,9 @@ async fn a_sampled_trace_is_exported_from_producer_to_prediction() -> anyhow::Re
             .attribute("messaging.destination.name")
             .is_some_and(|s| s.as_str().unwrap_or_default().contains("user_action"))
     );
-    let examples = eventually(Duration::from_secs(30), "two examples", || async {
+    let examples = eventually(Duration::from_secs(30), "three examples", || async {
         let examples = stack.read_stream(STREAM_EXAMPLES, 10).await.ok()?;
-        (examples.len() == 2).then_some(examples)
+        (examples.len() == 3).then_some(examples)
     })
     .await?;
     let example = examples
@@ -215,6 +221,17 @@ async fn a_sampled_trace_is_exported_from_producer_to_prediction() -> anyhow::Re
         .unwrap();
     let sent = TraceParent::parse(example.header(TRACEPARENT).unwrap()).unwrap();
     assert_eq!(featurized.id("spanId"), sent.parent_id.to_string());
+
+    // An event traced by its envelope only is featurize's span too, a child of the envelope's.
+    let from_envelope = span_from("freshet-featurize", ENVELOPED_TRACE).await?;
+    assert_eq!(from_envelope.span["name"], "featurize process");
+    assert_eq!(from_envelope.id("parentSpanId"), &ENVELOPED[36..52]);
+    let example = examples
+        .iter()
+        .find(|m| m.json()["source_event"] == "enveloped")
+        .unwrap();
+    let sent = TraceParent::parse(example.header(TRACEPARENT).unwrap()).unwrap();
+    assert_eq!(from_envelope.id("spanId"), sent.parent_id.to_string());
 
     // train's span: a child of featurize's, ended once the version holding it is live.
     let trained = span_from("freshet-train", PRODUCER_TRACE).await?;

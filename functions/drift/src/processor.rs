@@ -267,7 +267,7 @@ impl Processor for DriftProcessor {
     /// Handles the batch in stream order: examples under the stored mark are acknowledged, new
     /// ones are folded (or refused) strictly in sequence and held until the checkpoint holding
     /// them is written, and an example whose predecessor has not been seen yet waits for it.
-    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+    async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         if self.stale
             && let Err(failure) = self.load().await
         {

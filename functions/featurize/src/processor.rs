@@ -59,7 +59,7 @@ struct Read {
 }
 
 impl Processor for Featurizer {
-    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+    async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         let mut dispositions: Vec<Option<Disposition>> =
             std::iter::repeat_with(|| None).take(batch.len()).collect();
         let mut mark = match self.mark {
@@ -101,7 +101,16 @@ impl Processor for Featurizer {
             }
             mark = sequence;
             mark_delivery = chain_link(delivery, delivered);
-            match self.route(&batch[i]) {
+            let route = self.route(&batch[i]);
+            if let Ok(Routed {
+                trace: Some(trace), ..
+            }) = &route
+                && batch[i].trace.is_none()
+            {
+                // Traced by its envelope only: the loop's span and logs name that trace too.
+                batch[i].trace = Some(trace.clone());
+            }
+            match route {
                 Ok(r) => {
                     routed.push(r);
                     routed_at.push(i);

@@ -130,7 +130,7 @@ impl OutcomeJoiner {
 }
 
 impl Processor for OutcomeJoiner {
-    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+    async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         let mut out = Vec::with_capacity(batch.len());
         for message in batch {
             out.push(match self.join(message).await {

@@ -739,7 +739,7 @@ impl Processor for Trainer {
     /// Handles the batch in stream order: examples already learned are acknowledged, new ones are
     /// learned (or refused) strictly in sequence, and an example whose predecessor has not been
     /// seen yet waits for it (it is redelivered after a short delay).
-    async fn process(&mut self, batch: &[Incoming]) -> Vec<Disposition> {
+    async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         self.react().await;
         let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
             .iter()

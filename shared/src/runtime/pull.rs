@@ -85,7 +85,11 @@ pub enum Commit {
 pub trait Processor: Send {
     /// Handles a batch; returns one disposition per message, in order. After a `Retry`, a
     /// processor should return `Retry` for the rest of the batch too, so per-entity order holds.
-    fn process(&mut self, batch: &[Incoming]) -> impl Future<Output = Vec<Disposition>> + Send;
+    ///
+    /// A processor that finds a message's trace context in its payload (an envelope's tracing
+    /// extension) where no header carried one sets the message's `trace` to the context it
+    /// handles it in, so the loop's span and log lines for the message name it too.
+    fn process(&mut self, batch: &mut [Incoming]) -> impl Future<Output = Vec<Disposition>> + Send;
 
     /// Makes held effects durable when due (or at once when `final_commit`). An error is
     /// transient: the messages stay held and the commit is offered again.
@@ -227,7 +231,7 @@ async fn handle_batch<P: Processor>(
         .is_on()
         .then(|| (SystemTime::now(), format!("{} process", settings.function)));
     metrics.messages_in.inc_by(batch.len() as u64);
-    let incoming: Vec<Incoming> = batch
+    let mut incoming: Vec<Incoming> = batch
         .iter()
         .map(|m| {
             let (stream_sequence, delivered, consumer_sequence, published) = match m.info() {
@@ -254,7 +258,7 @@ async fn handle_batch<P: Processor>(
             }
         })
         .collect();
-    let mut dispositions = processor.process(&incoming).await;
+    let mut dispositions = processor.process(&mut incoming).await;
     if dispositions.len() != batch.len() {
         // A processor bug must not lose messages: retry whatever has no disposition.
         tracing::error!(
