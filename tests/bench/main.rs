@@ -677,8 +677,12 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     println!(
         "\npaired by round (median of the rounds' ratios): predictor p99 / echo p99 {:.2}×; \
          p99 while swapping / p99 not swapping {:.2}× ({swaps} swaps)",
-        paired["median_predict_over_echo"].as_f64().unwrap_or(f64::NAN),
-        paired["median_swapping_over_steady"].as_f64().unwrap_or(f64::NAN),
+        paired["median_predict_over_echo"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        paired["median_swapping_over_steady"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     );
     if let Some(kib) = rss {
         println!(

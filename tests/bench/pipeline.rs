@@ -412,7 +412,14 @@ async fn freshet_stack(setup: Setup) -> anyhow::Result<(Stack, Prober, Processes
     };
     for partition in partitions {
         roles.push("featurize");
-        let mut args = vec!["--label-horizon", "0s", "--batch-wait", BATCH_WAIT, "--log", "warn"];
+        let mut args = vec![
+            "--label-horizon",
+            "0s",
+            "--batch-wait",
+            BATCH_WAIT,
+            "--log",
+            "warn",
+        ];
         if let Some(partition) = partition {
             args.extend(["--partition", partition]);
         }
