@@ -1,8 +1,8 @@
 //! `freshet view` against a running pipeline (featurize, train, drift, predict), opened in
 //! headless Chromium: every chart renders with data from what the system recorded (stream rates,
-//! freshness per live version, the live pointer's moves with a rollback marked, prequential
-//! accuracy from the manifests and live accuracy from joined outcomes), the dead letters are
-//! counted in the header, and no error banner shows.
+//! freshness per live version, the live pointer's moves with a rollback and a promotion marked,
+//! prequential accuracy from the manifests and live accuracy from joined outcomes), the dead
+//! letters are counted in the header, and no error banner shows.
 //!
 //! Needs Debian's chromium (`make browser`, or tools/install-browser.sh).
 
@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use freshet::ids::ModelName;
 use freshet::serving::PredictRequest;
+use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
+use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
 use freshet_tests::{Stack, bookstore_events, cloud_event, eventually};
 use serde_json::Value;
@@ -238,6 +241,46 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         },
     )
     .await?;
+    // Then promotes a candidate by hand (an earlier version made candidate): marked too.
+    let model = ModelName::parse("bookstore")?;
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let live = pointers.get(&model, Slot::Live).await?.value.unwrap();
+    let earlier = artifacts
+        .versions(&model)
+        .await?
+        .into_iter()
+        .filter(|&v| v < live.version)
+        .next_back()
+        .unwrap();
+    let candidate = pointers.get(&model, Slot::Candidate).await?;
+    let pointer = Pointer {
+        version: earlier,
+        sha256: artifacts.manifest(&model, earlier).await?.sha256,
+        updated_at: chrono::Utc::now(),
+        reason: "made candidate by hand".into(),
+    };
+    pointers
+        .set(&model, Slot::Candidate, &pointer, candidate.revision)
+        .await?;
+    let promote = Command::new(bin_dir()?.join("freshet"))
+        .args(["models", "promote", "bookstore"])
+        .envs(stack.env())
+        .output()?;
+    assert!(promote.status.success(), "{promote:?}");
+    eventually(
+        Duration::from_secs(20),
+        "the promotion in the view",
+        || async {
+            let state = api_state(&url).await?;
+            state["models"][0]["moves"]
+                .as_array()?
+                .iter()
+                .any(|m| m["kind"] == "promotion")
+                .then_some(())
+        },
+    )
+    .await?;
     eventually(
         Duration::from_secs(20),
         "two dead letters in the view",
@@ -273,6 +316,7 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
     );
     let versions = chart(&dom, "versions");
     assert!(versions.contains("data-marker=\"rollback\""), "{versions}");
+    assert!(versions.contains("data-marker=\"promotion\""), "{versions}");
     assert!(
         versions.contains("data-marker=\"train\"") || versions.contains("data-marker=\"first\""),
         "{versions}"
