@@ -250,8 +250,7 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         .versions(&model)
         .await?
         .into_iter()
-        .filter(|&v| v < live.version)
-        .next_back()
+        .rfind(|&v| v < live.version)
         .unwrap();
     let candidate = pointers.get(&model, Slot::Candidate).await?;
     let pointer = Pointer {
