@@ -92,6 +92,10 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
+/// Artifacts larger than this are verified and decoded on the blocking pool (see
+/// [`ArtifactStore::load_pointed`]).
+const OFFLOAD_DECODE_BYTES: usize = 64 * 1024;
+
 impl ArtifactStore {
     /// Opens the store a URL names. `file://` paths may be relative to the working directory and
     /// are created if missing; `s3://` takes endpoint, region and keys from the AWS_* variables.
@@ -326,10 +330,9 @@ impl ArtifactStore {
                 pointer.sha256, manifest.sha256
             )));
         }
-        // Hashing and decoding are CPU work proportional to the model: off the async workers, so
-        // a predictor swapping in a large version does not stall the requests it is serving.
+        let size = bytes.len();
         let (model, version) = (model.to_string(), pointer.version);
-        let decoded = tokio::task::spawn_blocking(move || {
+        let decode = move || {
             manifest
                 .verify(&bytes)
                 .map_err(|source| ArtifactError::Verification {
@@ -341,13 +344,21 @@ impl ArtifactStore {
             let scorer = ModelScorer::from_bytes(&bytes)
                 .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
             Ok((manifest, scorer))
-        })
-        .await
-        .map_err(|e| VersionRefusal {
-            transient: true,
-            reason: format!("loading was interrupted: {e}"),
-        })?;
-        let (manifest, scorer) = decoded?;
+        };
+        // Hashing and decoding take time proportional to the model. A large one goes to the
+        // blocking pool, so a predictor swapping it in does not stall the requests its async
+        // workers serve; a small one (microseconds) is not worth a thread of its own, whose
+        // allocator cache would stay resident.
+        let (manifest, scorer) = if size > OFFLOAD_DECODE_BYTES {
+            tokio::task::spawn_blocking(decode)
+                .await
+                .map_err(|e| VersionRefusal {
+                    transient: true,
+                    reason: format!("loading was interrupted: {e}"),
+                })??
+        } else {
+            decode()?
+        };
         if scorer.n_features() != manifest.schema.n_features() {
             return Err(verdict(format!(
                 "manifest lists {} features but the model takes {}",
