@@ -60,6 +60,33 @@ fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
     Ok((started, url))
 }
 
+/// Runs `freshet ARGS` against the stack, as an operator would; it must succeed.
+fn operator(stack: &Stack, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(bin_dir()?.join("freshet"))
+        .args(args)
+        .envs(stack.env())
+        .output()?;
+    anyhow::ensure!(output.status.success(), "freshet {args:?}: {output:?}");
+    Ok(())
+}
+
+/// Waits until the view lists a move of the live pointer of `kind` ("rollback", "promotion").
+async fn await_move(url: &str, kind: &str) -> anyhow::Result<()> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("the {kind} in the view"),
+        || async {
+            let state = api_state(url).await?;
+            state["models"][0]["moves"]
+                .as_array()?
+                .iter()
+                .any(|m| m["kind"] == kind)
+                .then_some(())
+        },
+    )
+    .await
+}
+
 async fn api_state(url: &str) -> Option<Value> {
     reqwest::get(format!("{url}api/state"))
         .await
@@ -223,24 +250,8 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
     })?;
 
     // An operator rolls back: the view marks it.
-    let rollback = Command::new(bin_dir()?.join("freshet"))
-        .args(["models", "rollback", "bookstore"])
-        .envs(stack.env())
-        .output()?;
-    assert!(rollback.status.success(), "{rollback:?}");
-    eventually(
-        Duration::from_secs(20),
-        "the rollback in the view",
-        || async {
-            let state = api_state(&url).await?;
-            state["models"][0]["moves"]
-                .as_array()?
-                .iter()
-                .any(|m| m["kind"] == "rollback")
-                .then_some(())
-        },
-    )
-    .await?;
+    operator(&stack, &["models", "rollback", "bookstore"])?;
+    await_move(&url, "rollback").await?;
     // Then promotes a candidate by hand (an earlier version made candidate): marked too.
     let model = ModelName::parse("bookstore")?;
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
@@ -262,24 +273,8 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
     pointers
         .set(&model, Slot::Candidate, &pointer, candidate.revision)
         .await?;
-    let promote = Command::new(bin_dir()?.join("freshet"))
-        .args(["models", "promote", "bookstore"])
-        .envs(stack.env())
-        .output()?;
-    assert!(promote.status.success(), "{promote:?}");
-    eventually(
-        Duration::from_secs(20),
-        "the promotion in the view",
-        || async {
-            let state = api_state(&url).await?;
-            state["models"][0]["moves"]
-                .as_array()?
-                .iter()
-                .any(|m| m["kind"] == "promotion")
-                .then_some(())
-        },
-    )
-    .await?;
+    operator(&stack, &["models", "promote", "bookstore"])?;
+    await_move(&url, "promotion").await?;
     eventually(
         Duration::from_secs(20),
         "two dead letters in the view",
