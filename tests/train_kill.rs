@@ -11,7 +11,9 @@ use freshet::ids::ModelName;
 use freshet::model::ModelScorer;
 use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
-use freshet_tests::{Stack, assert_lineage_tiles, eventually, live_through};
+use freshet_tests::{
+    Stack, assert_lineage_learned, assert_lineage_tiles, eventually, live_through,
+};
 
 const EXAMPLES: u64 = 4_000;
 const KILLS: usize = 6;
@@ -102,6 +104,73 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
         widest <= 0.1,
         "scores differ by {widest} from the uninterrupted run"
     );
+    Ok(())
+}
+
+/// Two models whose examples interleave on EXAMPLES in blocks, so one model's next example is
+/// rarely the next stream sequence: train admits one that directly follows the last in its
+/// consumer's delivery order without asking the stream, and asks after a redelivery. With one
+/// trainer killed again and again, both lineages still learn each of their examples once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_models_learn_each_example_once_through_kills() -> anyhow::Result<()> {
+    const BLOCKS: u64 = 16;
+    const BLOCK: u64 = 100;
+    let mut stack = Stack::start().await?;
+    let (left, right) = (ModelName::parse("left")?, ModelName::parse("right")?);
+    let (mut left_sequences, mut right_sequences) = (Vec::new(), Vec::new());
+    for block in 0..BLOCKS {
+        let examples = block * BLOCK..(block + 1) * BLOCK;
+        stack.publish_examples(&left, examples.clone(), row).await?;
+        let after_left = stack
+            .last_sequence(freshet::subjects::STREAM_EXAMPLES)
+            .await?;
+        left_sequences.extend(after_left - BLOCK + 1..=after_left);
+        stack.publish_examples(&right, examples, row).await?;
+        let after_right = stack
+            .last_sequence(freshet::subjects::STREAM_EXAMPLES)
+            .await?;
+        right_sequences.extend(after_right - BLOCK + 1..=after_right);
+    }
+    let args = |model: &'static str| {
+        [
+            "--model",
+            model,
+            "--batch-size",
+            "64",
+            "--publish-every-batches",
+            "3",
+            "--publish-interval",
+            "100ms",
+            "--keep-versions",
+            "0",
+        ]
+    };
+    let right_trainer = stack.spawn("train", &args("right"))?;
+    let mut left_trainer = stack.spawn("train", &args("left"))?;
+    let mut delay = 211u64;
+    for _ in 0..4 {
+        delay = (delay * 7_919 + 311) % 600 + 150;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        stack.process(left_trainer).kill()?;
+        left_trainer = stack.spawn("train", &args("left"))?;
+    }
+
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    for (model, sequences, trainer) in [
+        (&left, &left_sequences, left_trainer),
+        (&right, &right_sequences, right_trainer),
+    ] {
+        let last = *sequences.last().unwrap();
+        let live = eventually(
+            Duration::from_secs(120),
+            &format!("a live {model} version that learned every example"),
+            || live_through(&pointers, &artifacts, model, last),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\ntrain log:\n{}", stack.log_of("train", trainer)))?;
+        assert_lineage_learned(&artifacts, model, &live, sequences).await?;
+    }
     Ok(())
 }
 

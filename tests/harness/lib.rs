@@ -757,6 +757,20 @@ pub async fn assert_lineage_tiles(
     live: &freshet::model::Manifest,
     total: u64,
 ) -> anyhow::Result<()> {
+    let sequences: Vec<u64> = (1..=total).collect();
+    assert_lineage_learned(artifacts, model, live, &sequences).await
+}
+
+/// Checks that the lineage ending at `live` learned exactly once each of the model's examples,
+/// whose EXAMPLES sequences are `sequences` (ascending; other models' examples lie between
+/// them): its versions' learned ranges follow one another along `sequences` with no gap and no
+/// overlap, from the first to the last, and the live version counts them all.
+pub async fn assert_lineage_learned(
+    artifacts: &freshet::store::ArtifactStore,
+    model: &freshet::ids::ModelName,
+    live: &freshet::model::Manifest,
+    sequences: &[u64],
+) -> anyhow::Result<()> {
     let mut ranges = Vec::new();
     let mut manifest = live.clone();
     loop {
@@ -767,18 +781,27 @@ pub async fn assert_lineage_tiles(
         }
     }
     ranges.reverse();
+    let total = sequences.len() as u64;
     anyhow::ensure!(
         live.metrics.examples_total == total,
         "the live version counts {} examples, not {total}; lineage {ranges:?}",
         live.metrics.examples_total
     );
     anyhow::ensure!(
-        ranges.first().map(|r| r.first) == Some(1) && ranges.last().map(|r| r.last) == Some(total),
-        "the lineage does not span 1..={total}: {ranges:?}"
+        ranges.first().map(|r| r.first) == sequences.first().copied()
+            && ranges.last().map(|r| r.last) == sequences.last().copied(),
+        "the lineage does not span {:?}..={:?}: {ranges:?}",
+        sequences.first(),
+        sequences.last()
     );
+    let position = |sequence: u64| sequences.binary_search(&sequence).ok();
     for pair in ranges.windows(2) {
+        let follows = match (position(pair[0].last), position(pair[1].first)) {
+            (Some(last), Some(first)) => first == last + 1,
+            _ => false,
+        };
         anyhow::ensure!(
-            pair[1].first == pair[0].last + 1,
+            follows,
             "a gap or an overlap between {:?} and {:?}",
             pair[0],
             pair[1]
