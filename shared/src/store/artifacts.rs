@@ -92,6 +92,22 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
+/// Checks a version's bytes against its manifest's size and sha256.
+fn verify(
+    model: &str,
+    version: u64,
+    manifest: &Manifest,
+    bytes: &[u8],
+) -> Result<(), ArtifactError> {
+    manifest
+        .verify(bytes)
+        .map_err(|source| ArtifactError::Verification {
+            model: model.to_string(),
+            version,
+            source,
+        })
+}
+
 /// Artifacts larger than this are verified and decoded on the blocking pool (see
 /// [`ArtifactStore::load_pointed`]).
 const OFFLOAD_DECODE_BYTES: usize = 64 * 1024;
@@ -263,15 +279,19 @@ impl ArtifactStore {
         model: &ModelName,
         version: u64,
     ) -> Result<(Manifest, Bytes), ArtifactError> {
+        let (manifest, bytes) = self.read_unverified(model, version).await?;
+        verify(model.as_str(), version, &manifest, &bytes)?;
+        Ok((manifest, bytes))
+    }
+
+    /// A version's manifest and bytes, not yet checked against each other.
+    async fn read_unverified(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> Result<(Manifest, Bytes), ArtifactError> {
         let manifest = self.manifest(model, version).await?;
         let bytes = self.version_file(model, version, "model.bin").await?;
-        manifest
-            .verify(&bytes)
-            .map_err(|source| ArtifactError::Verification {
-                model: model.to_string(),
-                version,
-                source,
-            })?;
         Ok((manifest, bytes))
     }
 
@@ -316,12 +336,8 @@ impl ArtifactStore {
             transient: e.is_transient(),
             reason: e.to_string(),
         };
-        let manifest = self
-            .manifest(model, pointer.version)
-            .await
-            .map_err(transient)?;
-        let bytes = self
-            .version_file(model, pointer.version, "model.bin")
+        let (manifest, bytes) = self
+            .read_unverified(model, pointer.version)
             .await
             .map_err(transient)?;
         if !manifest.sha256.eq_ignore_ascii_case(&pointer.sha256) {
@@ -333,14 +349,7 @@ impl ArtifactStore {
         let size = bytes.len();
         let (model, version) = (model.to_string(), pointer.version);
         let decode = move || {
-            manifest
-                .verify(&bytes)
-                .map_err(|source| ArtifactError::Verification {
-                    model,
-                    version,
-                    source,
-                })
-                .map_err(|e| verdict(e.to_string()))?;
+            verify(&model, version, &manifest, &bytes).map_err(|e| verdict(e.to_string()))?;
             let scorer = ModelScorer::from_bytes(&bytes)
                 .map_err(|e| verdict(format!("undecodable model bytes: {e}")))?;
             Ok((manifest, scorer))
