@@ -23,31 +23,12 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
     let mut stack = Stack::start().await?;
     let model = ModelName::parse("kill")?;
     stack.publish_examples(&model, 0..EXAMPLES, row).await?;
-    let args = [
-        "--model",
-        "kill",
-        "--batch-size",
-        "64",
-        "--publish-every-batches",
-        "3",
-        "--publish-interval",
-        "100ms",
-        // The audit below walks the lineage back to version 1: keep every version.
-        "--keep-versions",
-        "0",
-    ];
+    let args = trainer_args("kill");
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
 
-    // Kill it at varied moments (a fixed pseudo-random sequence, so a failure can be replayed).
-    let mut trainer = stack.spawn("train", &args)?;
-    let mut delay = 137u64;
-    for _ in 0..KILLS {
-        delay = (delay * 7_919 + 311) % 700 + 150;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        stack.process(trainer).kill()?;
-        trainer = stack.spawn("train", &args)?;
-    }
+    let first = stack.spawn("train", &args)?;
+    let trainer = kill_repeatedly(&mut stack, first, &args, KILLS, 137).await?;
 
     let live = eventually(
         Duration::from_secs(120),
@@ -131,29 +112,9 @@ async fn interleaved_models_learn_each_example_once_through_kills() -> anyhow::R
             .await?;
         right_sequences.extend(after_right - BLOCK + 1..=after_right);
     }
-    let args = |model: &'static str| {
-        [
-            "--model",
-            model,
-            "--batch-size",
-            "64",
-            "--publish-every-batches",
-            "3",
-            "--publish-interval",
-            "100ms",
-            "--keep-versions",
-            "0",
-        ]
-    };
-    let right_trainer = stack.spawn("train", &args("right"))?;
-    let mut left_trainer = stack.spawn("train", &args("left"))?;
-    let mut delay = 211u64;
-    for _ in 0..4 {
-        delay = (delay * 7_919 + 311) % 600 + 150;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        stack.process(left_trainer).kill()?;
-        left_trainer = stack.spawn("train", &args("left"))?;
-    }
+    let right_trainer = stack.spawn("train", &trainer_args("right"))?;
+    let first = stack.spawn("train", &trainer_args("left"))?;
+    let left_trainer = kill_repeatedly(&mut stack, first, &trainer_args("left"), 4, 211).await?;
 
     let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
@@ -172,6 +133,43 @@ async fn interleaved_models_learn_each_example_once_through_kills() -> anyhow::R
         assert_lineage_learned(&artifacts, model, &live, sequences).await?;
     }
     Ok(())
+}
+
+/// train's settings in the killing tests: small batches, frequent versions, and every version
+/// kept, since the audits walk each lineage back to version 1.
+fn trainer_args(model: &str) -> [&str; 10] {
+    [
+        "--model",
+        model,
+        "--batch-size",
+        "64",
+        "--publish-every-batches",
+        "3",
+        "--publish-interval",
+        "100ms",
+        "--keep-versions",
+        "0",
+    ]
+}
+
+/// Kills the trainer process `trainer` `kills` times at varied moments (a fixed pseudo-random
+/// sequence from `seed`, so a failure can be replayed), each time starting another with `args`;
+/// returns the last one started.
+async fn kill_repeatedly(
+    stack: &mut Stack,
+    mut trainer: usize,
+    args: &[&str],
+    kills: usize,
+    seed: u64,
+) -> anyhow::Result<usize> {
+    let mut delay = seed;
+    for _ in 0..kills {
+        delay = (delay * 7_919 + 311) % 700 + 150;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        stack.process(trainer).kill()?;
+        trainer = stack.spawn("train", args)?;
+    }
+    Ok(trainer)
 }
 
 /// Example `n`: two features from a cycle of 17 values and a third from a cycle of 3.
