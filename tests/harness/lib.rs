@@ -288,27 +288,17 @@ impl Stack {
 
     /// Messages in a stream right now.
     pub async fn stream_len(&self, stream: &str) -> anyhow::Result<u64> {
-        Ok(self
-            .js
-            .get_stream(stream)
-            .await?
-            .info()
-            .await?
-            .state
-            .messages)
+        Ok(self.stream_state(stream).await?.messages)
     }
 
     /// The sequence of the newest message a stream has stored (it keeps counting after old
     /// messages age out, unlike [`stream_len`](Self::stream_len)).
     pub async fn last_sequence(&self, stream: &str) -> anyhow::Result<u64> {
-        Ok(self
-            .js
-            .get_stream(stream)
-            .await?
-            .info()
-            .await?
-            .state
-            .last_sequence)
+        Ok(self.stream_state(stream).await?.last_sequence)
+    }
+
+    async fn stream_state(&self, stream: &str) -> anyhow::Result<jetstream::stream::State> {
+        Ok(self.js.get_stream(stream).await?.get_info().await?.state)
     }
 
     /// Waits (up to `timeout`) until the predictor of `model` answers [`bookstore_row_request`].
