@@ -948,54 +948,39 @@ fn print(plan: &Plan, runs: &[Run]) {
         full / two_hops
     );
 
-    // CPU per event by process: what the two cores were spent on, unmoved by other load.
-    let mut cpu_rows: Vec<(String, Vec<&BTreeMap<String, f64>>)> = vec![
+    // Per-event measures of freshet at full speed and at the low rate, and of the peer: CPU by
+    // process (what the two cores were spent on, unmoved by other load) and messages stored.
+    let per_event_rows = |of: fn(&Stretch) -> &BTreeMap<String, f64>| {
+        let mut rows: Vec<(String, Vec<&BTreeMap<String, f64>>)> = vec![
+            (
+                "freshet, full speed".into(),
+                runs.iter().map(|r| of(&r.freshet[0])).collect(),
+            ),
+            (
+                format!("freshet, {:.0}/s offered", plan.low_rate),
+                runs.iter().map(|r| of(&r.freshet[2])).collect(),
+            ),
+        ];
+        if let Some(peers) = &peers {
+            rows.push((
+                "Python peer, full speed".into(),
+                peers.iter().map(|p| of(&p[0])).collect(),
+            ));
+        }
+        rows
+    };
+    let mut cpu_rows = per_event_rows(|s| &s.cpu_us_per_event);
+    cpu_rows.insert(
+        0,
         (
             "two-hop floor".into(),
             runs.iter()
                 .map(|r| &r.floors.two_hops_cpu_us_per_event)
                 .collect(),
         ),
-        (
-            "freshet, full speed".into(),
-            runs.iter()
-                .map(|r| &r.freshet[0].cpu_us_per_event)
-                .collect(),
-        ),
-        (
-            format!("freshet, {:.0}/s offered", plan.low_rate),
-            runs.iter()
-                .map(|r| &r.freshet[2].cpu_us_per_event)
-                .collect(),
-        ),
-    ];
-    if let Some(peers) = &peers {
-        cpu_rows.push((
-            "Python peer, full speed".into(),
-            peers.iter().map(|p| &p[0].cpu_us_per_event).collect(),
-        ));
-    }
+    );
     per_event_table("CPU µs per event", &cpu_rows, 0);
-    let mut stored_rows: Vec<(String, Vec<&BTreeMap<String, f64>>)> = vec![
-        (
-            "freshet, full speed".into(),
-            runs.iter()
-                .map(|r| &r.freshet[0].stored_per_event)
-                .collect(),
-        ),
-        (
-            format!("freshet, {:.0}/s offered", plan.low_rate),
-            runs.iter()
-                .map(|r| &r.freshet[2].stored_per_event)
-                .collect(),
-        ),
-    ];
-    if let Some(peers) = &peers {
-        stored_rows.push((
-            "Python peer, full speed".into(),
-            peers.iter().map(|p| &p[0].stored_per_event).collect(),
-        ));
-    }
+    let stored_rows = per_event_rows(|s| &s.stored_per_event);
     per_event_table("messages stored per event", &stored_rows, 2);
     if runs.iter().all(|r| r.scale.len() == SCALE.len()) {
         println!(
