@@ -107,6 +107,23 @@ fn the_benchmark_suite_runs_end_to_end() {
             "{stretch}"
         );
     }
+    for stretch in &freshet {
+        // freshet's freshness splits into stages, each a part of some event's freshness (the
+        // wall clock and the monotonic one may differ by a little).
+        let most = stretch["freshness_max_ms"].as_f64().unwrap() + 5.0;
+        for stage in ["featurize", "train", "serve"] {
+            let stage = &stretch["stages"][stage];
+            let (p50, p99) = (
+                stage["p50_ms"].as_f64().unwrap(),
+                stage["p99_ms"].as_f64().unwrap(),
+            );
+            assert!(0.0 <= p50 && p50 <= p99 && p99 <= most, "{stretch}");
+        }
+    }
+    assert!(
+        peer.iter().all(|stretch| stretch["stages"].is_null()),
+        "the peer's pickles do not say when they were written: {peer:?}"
+    );
     assert_eq!(
         pipeline["scale"].as_array().unwrap().len(),
         4,

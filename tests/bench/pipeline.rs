@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
@@ -75,6 +75,8 @@ pub struct Stretch {
     pub freshness_p50_ms: f64,
     pub freshness_p99_ms: f64,
     pub freshness_max_ms: f64,
+    /// Where freshet's freshness went, stage by stage (the peer has no stages to tell apart).
+    pub stages: Option<Stages>,
     /// Distinct versions the prober was served while this stretch was measured.
     pub versions_served: usize,
     /// CPU time each process spent per event over the stretch, µs (a measure that the other
@@ -83,6 +85,39 @@ pub struct Stretch {
     /// Messages each stream stored per event over the stretch (KV buckets are streams too):
     /// the server's work beside the events and examples themselves.
     pub stored_per_event: BTreeMap<String, f64>,
+}
+
+/// The median and 99th percentile of one stage's share of freshness.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StageLatency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl StageLatency {
+    fn of(mut delays: Vec<Duration>) -> StageLatency {
+        delays.sort();
+        StageLatency {
+            p50_ms: millis(&delays, 0.5),
+            p99_ms: millis(&delays, 0.99),
+        }
+    }
+}
+
+/// An event's freshness split at the instants the pipeline left a trace of, read from the
+/// machine's one wall clock (the server stamps stored messages, train its manifests):
+/// - **featurize**: published → its example stored in EXAMPLES;
+/// - **train**: example stored → the version that first answered for it written (the batch
+///   gathering, training, and train's publish interval);
+/// - **serve**: that version written → its first reply (pointer compare-and-set, the
+///   predictor's watch, verified load and swap, and at most one probe interval).
+///
+/// The three add up to the event's freshness; their percentiles, each taken alone, do not.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stages {
+    pub featurize: StageLatency,
+    pub train: StageLatency,
+    pub serve: StageLatency,
 }
 
 /// Each stream's last sequence: how many messages it has stored so far.
@@ -165,15 +200,23 @@ fn cpu_per_event(
 struct Sent {
     id: String,
     at: Instant,
+    /// `at` on the wall clock, which the server's and train's timestamps are read on.
+    wall: SystemTime,
     events_sequence: u64,
 }
 
-/// A predictor's answer: when it arrived and up to which sequence its model had learned.
+/// A predictor's answer: when it arrived, up to which sequence its model had learned, and when
+/// that version was written (freshet's manifests say; the peer's pickles do not).
 #[derive(Debug, Clone, Copy)]
 struct Probe {
     at: Instant,
+    wall: SystemTime,
     covered: u64,
+    written: Option<SystemTime>,
 }
+
+/// What a probe's reply said: the sequence its model covers, and when that version was written.
+type Answer = (u64, Option<SystemTime>);
 
 /// Publishes `events` pipelined (at most `rate` per second if given), recording when each was
 /// sent and its EVENTS sequence.
@@ -191,35 +234,41 @@ async fn publish(
                 .await;
         }
         let (subject, message) = event_message(&stack.subjects, event)?;
-        let at = Instant::now();
+        let (at, wall) = (Instant::now(), SystemTime::now());
         let ack = stack.js.send_publish(subject, message).await?;
         pending.push_back((
             event["id"].as_str().unwrap_or_default().to_string(),
-            at,
+            (at, wall),
             ack,
         ));
         if pending.len() >= PUBLISH_WINDOW {
-            let (id, at, ack) = pending.pop_front().expect("the window is full");
+            let (id, (at, wall), ack) = pending.pop_front().expect("the window is full");
             sent.push(Sent {
                 id,
                 at,
+                wall,
                 events_sequence: ack.await?.sequence,
             });
         }
     }
-    for (id, at, ack) in pending {
+    for (id, (at, wall), ack) in pending {
         sent.push(Sent {
             id,
             at,
+            wall,
             events_sequence: ack.await?.sequence,
         });
     }
     Ok(sent)
 }
 
-/// Each event's freshness, sorted: the first probe covering its sequence minus its publication.
-/// `sequence_of` gives the sequence the probes' coverage is counted in.
-fn freshness(sent: &[Sent], probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64) -> Vec<Duration> {
+/// Each event beside the first probe whose reply covered it (events no reply covered are left
+/// out). `sequence_of` gives the sequence the probes' coverage is counted in.
+fn first_replies<'a>(
+    sent: &'a [Sent],
+    probes: &'a [Probe],
+    sequence_of: impl Fn(&Sent) -> u64,
+) -> Vec<(&'a Sent, &'a Probe)> {
     // The most any reply so far had covered: a rollback (a lower reply) never un-learns an event.
     let mut most = Vec::with_capacity(probes.len());
     let mut high = 0;
@@ -227,18 +276,45 @@ fn freshness(sent: &[Sent], probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64
         high = high.max(probe.covered);
         most.push(high);
     }
-    let mut delays: Vec<Duration> = sent
-        .iter()
+    sent.iter()
         .filter_map(|event| {
             let sequence = sequence_of(event);
             let first = most.partition_point(|covered| *covered < sequence);
-            probes
-                .get(first)
-                .map(|probe| probe.at.saturating_duration_since(event.at))
+            probes.get(first).map(|probe| (event, probe))
         })
+        .collect()
+}
+
+/// Each event's freshness, sorted: its first covering reply minus its publication.
+fn freshness(replies: &[(&Sent, &Probe)]) -> Vec<Duration> {
+    let mut delays: Vec<Duration> = replies
+        .iter()
+        .map(|(event, probe)| probe.at.saturating_duration_since(event.at))
         .collect();
     delays.sort();
     delays
+}
+
+/// The time from `from` to `to` on the wall clock; zero if a clock step put them in reverse.
+fn between(from: SystemTime, to: SystemTime) -> Duration {
+    to.duration_since(from).unwrap_or_default()
+}
+
+/// Freshness split into stages, from each example's storing instant (by event id) and the
+/// writing instant of each first reply's version; `None` if the replies do not say when.
+fn stages(replies: &[(&Sent, &Probe)], examples: &HashMap<String, Example>) -> Option<Stages> {
+    let mut split = (Vec::new(), Vec::new(), Vec::new());
+    for (event, probe) in replies {
+        let (example, written) = (examples.get(&event.id)?, probe.written?);
+        split.0.push(between(event.wall, example.stored));
+        split.1.push(between(example.stored, written));
+        split.2.push(between(written, probe.wall));
+    }
+    Some(Stages {
+        featurize: StageLatency::of(split.0),
+        train: StageLatency::of(split.1),
+        serve: StageLatency::of(split.2),
+    })
 }
 
 fn millis(sorted: &[Duration], q: f64) -> f64 {
@@ -269,7 +345,13 @@ async fn covered(
     }
 }
 
-fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) -> u64) -> Stretch {
+/// One stretch's figures; `examples`, when given, splits its freshness into stages.
+fn stretch(
+    measured: &Measured,
+    probes: &[Probe],
+    sequence_of: impl Fn(&Sent) -> u64,
+    examples: Option<&HashMap<String, Example>>,
+) -> Stretch {
     let Measured {
         offered,
         sent,
@@ -278,7 +360,8 @@ fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) ->
         stored,
     } = measured;
     let (offered, done) = (*offered, *done);
-    let delays = freshness(sent, probes, sequence_of);
+    let replies = first_replies(sent, probes, sequence_of);
+    let delays = freshness(&replies);
     let first = sent.first().map_or(done, |s| s.at);
     let window = probes.iter().filter(|p| p.at >= first);
     let mut served: Vec<u64> = window.map(|p| p.covered).collect();
@@ -290,6 +373,7 @@ fn stretch(measured: &Measured, probes: &[Probe], sequence_of: impl Fn(&Sent) ->
         freshness_p50_ms: millis(&delays, 0.5),
         freshness_p99_ms: millis(&delays, 0.99),
         freshness_max_ms: delays.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        stages: examples.and_then(|examples| stages(&replies, examples)),
         versions_served: served.len(),
         cpu_us_per_event: cpu.clone(),
         stored_per_event: stored.clone(),
@@ -313,11 +397,12 @@ struct Prober {
 }
 
 impl Prober {
-    /// Starts probing with `ask`, which returns what the reply's model had learned up to.
+    /// Starts probing with `ask`, which returns what the reply's model had learned up to and
+    /// when it was written.
     fn start<F, Fut>(ask: F) -> Prober
     where
         F: Fn() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Option<u64>> + Send,
+        Fut: std::future::Future<Output = Option<Answer>> + Send,
     {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (report, newest) = tokio::sync::watch::channel(0);
@@ -325,11 +410,13 @@ impl Prober {
         let task = tokio::spawn(async move {
             let mut probes = Vec::new();
             while !*stopped.borrow() {
-                if let Some(covered) = ask().await {
+                if let Some((covered, written)) = ask().await {
                     report.send_modify(|c| *c = (*c).max(covered));
                     probes.push(Probe {
                         at: Instant::now(),
+                        wall: SystemTime::now(),
                         covered,
+                        written,
                     });
                 }
                 tokio::time::sleep(PROBE_INTERVAL).await;
@@ -345,14 +432,15 @@ impl Prober {
     }
 }
 
-/// freshet's prober: asks the bookstore predictor and looks up each version's high-water mark.
+/// freshet's prober: asks the bookstore predictor and looks up each version's high-water mark
+/// and writing instant in its manifest.
 fn freshet_prober(stack: &Stack) -> anyhow::Result<Prober> {
     let client = stack.client.clone();
     let subject = freshet::serving::endpoint_single(&stack.subjects, &"bookstore".parse()?);
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
     let model: freshet::ids::ModelName = "bookstore".parse()?;
     let request = freshet_tests::bookstore_row_request();
-    let marks = std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::<u64, u64>::new()));
+    let marks = std::sync::Arc::new(tokio::sync::Mutex::new(HashMap::<u64, Answer>::new()));
     Ok(Prober::start(move || {
         let (client, subject, artifacts, model, request, marks) = (
             client.clone(),
@@ -368,22 +456,29 @@ fn freshet_prober(stack: &Stack) -> anyhow::Result<Prober> {
                     .await
                     .ok()?;
             let mut marks = marks.lock().await;
-            if let Some(mark) = marks.get(&reply.version) {
-                return Some(*mark);
+            if let Some(answer) = marks.get(&reply.version) {
+                return Some(*answer);
             }
-            let mark = artifacts
-                .manifest(&model, reply.version)
-                .await
-                .ok()?
-                .high_water_mark;
-            marks.insert(reply.version, mark);
-            Some(mark)
+            let manifest = artifacts.manifest(&model, reply.version).await.ok()?;
+            let answer = (
+                manifest.high_water_mark,
+                Some(SystemTime::from(manifest.created_at)),
+            );
+            marks.insert(reply.version, answer);
+            Some(answer)
         }
     }))
 }
 
-/// The EXAMPLES sequence of each source event's example.
-async fn example_sequences(stack: &Stack, count: usize) -> anyhow::Result<HashMap<String, u64>> {
+/// A source event's example in EXAMPLES.
+struct Example {
+    sequence: u64,
+    /// When the server stored it.
+    stored: SystemTime,
+}
+
+/// Each source event's example, by the event's id.
+async fn examples(stack: &Stack, count: usize) -> anyhow::Result<HashMap<String, Example>> {
     let stored = stack.read_stream(STREAM_EXAMPLES, count).await?;
     Ok(stored
         .into_iter()
@@ -391,7 +486,10 @@ async fn example_sequences(stack: &Stack, count: usize) -> anyhow::Result<HashMa
             let record = message.json();
             Some((
                 record["source_event"].as_str()?.to_string(),
-                message.sequence,
+                Example {
+                    sequence: message.sequence,
+                    stored: message.stored,
+                },
             ))
         })
         .collect())
@@ -534,17 +632,17 @@ pub async fn freshet(
         first += count;
     }
     let probes = prober.finish().await?;
-    let sequences = example_sequences(&stack, WARM_UP + first).await?;
+    let examples = examples(&stack, WARM_UP + first).await?;
     let missing = measured
         .iter()
         .flat_map(|m| &m.sent)
-        .filter(|s| !sequences.contains_key(&s.id))
+        .filter(|s| !examples.contains_key(&s.id))
         .count();
     anyhow::ensure!(missing == 0, "{missing} published actions have no example");
-    let sequence_of = |sent: &Sent| sequences[&sent.id];
+    let sequence_of = |sent: &Sent| examples[&sent.id].sequence;
     Ok(measured
         .iter()
-        .map(|m| stretch(m, &probes, sequence_of))
+        .map(|m| stretch(m, &probes, sequence_of, Some(&examples)))
         .collect())
 }
 
@@ -722,7 +820,9 @@ pub async fn peer(
             .ok()?
             .ok()?;
             let reply: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
-            reply["last_sequence"].as_u64()
+            reply["last_sequence"]
+                .as_u64()
+                .map(|covered| (covered, None))
         }
     });
     let events = bookstore_events(ITEMS, WARM_UP, "warm");
@@ -771,7 +871,7 @@ pub async fn peer(
     drop(processes);
     Ok(measured
         .iter()
-        .map(|m| stretch(m, &probes, |s| s.events_sequence))
+        .map(|m| stretch(m, &probes, |s| s.events_sequence, None))
         .collect())
 }
 
@@ -912,6 +1012,7 @@ fn print(plan: &Plan, runs: &[Run]) {
         &format!("freshet, 0.9× its full speed offered ({near_max:.0}/s)"),
         &|r| &r.freshet[3],
     );
+    print_stages(plan, runs, near_max);
     let full = med(runs, |r| r.freshet[0].events_per_second);
     let peers: Option<Vec<&Vec<Stretch>>> = runs.iter().map(|r| r.peer.as_ref()).collect();
     if let Some(peers) = &peers {
@@ -1003,6 +1104,36 @@ fn print(plan: &Plan, runs: &[Run]) {
         for (i, setup) in SCALE.into_iter().enumerate() {
             line(setup, &|r| &r.scale[i].1);
         }
+    }
+}
+
+/// Where freshet's freshness went at each load, stage by stage (medians over runs).
+fn print_stages(plan: &Plan, runs: &[Run], near_max: f64) {
+    println!(
+        "\n| freshet's freshness by stage, p50 / p99 ms | featurize (published → example stored) | train (→ version written) | serve (→ first reply) |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    let names = [
+        "full speed".to_string(),
+        format!("{:.0}/s offered", plan.rate),
+        format!("{:.0}/s offered", plan.low_rate),
+        format!("{near_max:.0}/s offered"),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let stage = |of: fn(&Stages) -> StageLatency| {
+            let p = |q: fn(StageLatency) -> f64| {
+                med(runs, |r| {
+                    r.freshet[i].stages.map_or(f64::NAN, |s| q(of(&s)))
+                })
+            };
+            format!("{:.0} / {:.0}", p(|l| l.p50_ms), p(|l| l.p99_ms))
+        };
+        println!(
+            "| {name} | {} | {} | {} |",
+            stage(|s| s.featurize),
+            stage(|s| s.train),
+            stage(|s| s.serve)
+        );
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Stored {
     pub headers: Vec<(String, String)>,
     pub payload: Bytes,
     pub sequence: u64,
+    /// When the server stored it.
+    pub stored: std::time::SystemTime,
 }
 
 impl Stored {
@@ -240,7 +242,8 @@ impl Stack {
             let before = out.len();
             while let Some(message) = batch.next().await {
                 let message = message.map_err(|e| anyhow::anyhow!(e))?;
-                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
+                let (sequence, stored) = (info.stream_sequence, info.published.into());
                 let headers = message
                     .headers
                     .iter()
@@ -258,6 +261,7 @@ impl Stack {
                     headers,
                     payload: message.payload.clone(),
                     sequence,
+                    stored,
                 });
             }
             if out.len() == before {
