@@ -145,8 +145,12 @@ async fn main() -> anyhow::Result<()> {
     // recorded too.
     let (served_all, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(recorder) = recorder {
+        // A connection of its own: a batch of records (tens of KB) never queues on the socket,
+        // or in the server's read of it, ahead of a reply.
+        let recording =
+            freshet::connect::connect(&ctx.args.common.nats, "predict-recorder").await?;
         tasks.push(tokio::spawn(recorder.flush_until(
-            ctx.client.clone(),
+            recording,
             ctx.subjects.clone(),
             args.model.clone(),
             async move {
