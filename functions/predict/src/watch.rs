@@ -63,10 +63,6 @@ impl Watcher {
             .await
             .map_err(|refusal| refusal.reason)?;
         handler::check_compatible(&manifest, scorer.n_features())?;
-        let probe = vec![0.0f32; scorer.n_features()];
-        scorer
-            .score(&probe)
-            .map_err(|e| format!("test inference failed: {e}"))?;
         Ok(LiveModel { manifest, scorer })
     }
 
