@@ -319,9 +319,7 @@ fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventDa
                     ),
                 ));
             }
-            for (i, value) in example.features.iter().enumerate() {
-                check_number(&format!("data.features[{i}]"), *value)?;
-            }
+            check_numbers("data.features", &example.features)?;
             check_label("data.label", example.label)?;
             EventData::Example(example)
         }
@@ -370,6 +368,19 @@ fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{name} contains control characters"));
     }
     Ok(())
+}
+
+/// Checks every value of a vector as [`check_number`] does; a refusal names the element
+/// (`field[i]`). The element's name is only formatted for a refusal: this runs on every
+/// example train reads and every row predict scores.
+pub fn check_numbers(field: &str, values: &[f64]) -> Result<(), Rejection> {
+    match values
+        .iter()
+        .position(|&value| check_number(field, value).is_err())
+    {
+        Some(i) => check_number(&format!("{field}[{i}]"), values[i]),
+        None => Ok(()),
+    }
 }
 
 /// Checks that a number is one a model may see.
@@ -574,6 +585,21 @@ mod tests {
         assert_eq!(
             check_number("x", f64::NEG_INFINITY).unwrap_err().reason,
             RejectReason::NonFinite
+        );
+    }
+
+    #[test]
+    fn a_refused_vector_names_its_first_bad_element() {
+        assert!(check_numbers("features", &[0.0, -1.5, 1e12]).is_ok());
+        let refused = check_numbers("features", &[0.0, 1e13, f64::NAN]).unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.field.as_str()),
+            (RejectReason::OutOfRange, "features[1]")
+        );
+        let refused = check_numbers("data.features", &[1.0, f64::INFINITY]).unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.field.as_str()),
+            (RejectReason::NonFinite, "data.features[1]")
         );
     }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RejectReason, Rejection};
-use crate::events::{MAX_FEATURES, check_number};
+use crate::events::{MAX_FEATURES, check_numbers};
 use crate::ids::ModelName;
 
 /// One labelled feature vector for one model.
@@ -70,9 +70,7 @@ impl ExampleRecord {
     pub fn decode(bytes: &[u8]) -> Result<ExampleRecord, Rejection> {
         let wide: WideExample = serde_json::from_slice(bytes)
             .map_err(|e| Rejection::new(RejectReason::InvalidData, "$", e.to_string()))?;
-        for (i, value) in wide.features.iter().enumerate() {
-            check_number(&format!("features[{i}]"), *value)?;
-        }
+        check_numbers("features", &wide.features)?;
         let record = ExampleRecord {
             id: wide.id,
             model: wide.model,

@@ -1,7 +1,7 @@
 //! predict's pure logic: request validation and the compatibility check a new version must pass
 //! before it may serve. No I/O.
 
-use freshet::events::check_number;
+use freshet::events::check_numbers;
 use freshet::model::Manifest;
 use freshet::serving::{
     BatchRequest, MAX_BATCH_ROWS, MAX_RECOMMENDATIONS, PredictRequest, Variant,
@@ -80,10 +80,7 @@ pub fn feature_row(values: &[f64], n_features: usize) -> Result<Vec<f32>, ServeE
             values.len()
         )));
     }
-    for (i, value) in values.iter().enumerate() {
-        check_number(&format!("features[{i}]"), *value)
-            .map_err(|r| ServeError::bad_request(r.to_string()))?;
-    }
+    check_numbers("features", values).map_err(|r| ServeError::bad_request(r.to_string()))?;
     Ok(values.iter().map(|&v| v as f32).collect())
 }
 
