@@ -4,6 +4,7 @@
 //! route, call the server and map [`ServeError`]s to the protocol's `{"error": "..."}` bodies.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
@@ -47,9 +48,11 @@ pub const EVENT_PREDICTION: &str = "prediction";
 /// Content type of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
+/// Shared by every request (a clone per request is a reference count: `Server` holds stream
+/// handles whose clones would copy their whole configuration).
 #[derive(Clone)]
 struct Http {
-    server: Server,
+    server: Arc<Server>,
     readiness: Readiness,
 }
 
@@ -76,7 +79,10 @@ pub fn routes(server: Server, readiness: Readiness) -> Router {
             post(version_infer),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Http { server, readiness })
+        .with_state(Http {
+            server: Arc::new(server),
+            readiness,
+        })
 }
 
 // ---------------------------------------------------------------------------------------------

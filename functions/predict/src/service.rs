@@ -517,6 +517,9 @@ pub async fn serve(
     )
     .await?;
     tracing::info!(subject = %endpoint_single(&server.subjects, &server.model), "serving predictions over NATS");
+    // Each request's task holds a reference: `Server` holds stream handles whose clones would
+    // copy their whole configuration, once per request.
+    let server = Arc::new(server);
     loop {
         // A request that waits on I/O (a FEATURES read) continues in a task of its own, so it
         // never holds up the others; one that does not (a feature vector) is answered here at
