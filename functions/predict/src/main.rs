@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
         let recording =
             freshet::connect::connect(&ctx.args.common.nats, "predict-recorder").await?;
         tasks.push(tokio::spawn(recorder.flush_until(
-            recording,
+            async_nats::jetstream::new(recording),
             ctx.subjects.clone(),
             args.model.clone(),
             async move {
