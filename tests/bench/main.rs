@@ -222,25 +222,56 @@ struct Measured {
     errors: usize,
 }
 
+/// Latencies of `requests` requests to each target, one request in flight, sorted, and the
+/// failed requests. The targets take turns request by request (who goes first rotates), so
+/// each one's figures come from the same moments of a shared machine.
+async fn latencies(
+    targets: &[&Target],
+    requests: usize,
+) -> anyhow::Result<Vec<(Vec<Duration>, usize)>> {
+    for target in targets {
+        for _ in 0..200 {
+            target.send().await?;
+        }
+    }
+    let mut measured = vec![(Vec::with_capacity(requests), 0); targets.len()];
+    for i in 0..requests {
+        for turn in 0..targets.len() {
+            let k = (i + turn) % targets.len();
+            let started = Instant::now();
+            match targets[k].send().await {
+                Ok(()) => measured[k].0.push(started.elapsed()),
+                Err(_) => measured[k].1 += 1,
+            }
+        }
+    }
+    for (latencies, _) in &mut measured {
+        latencies.sort();
+    }
+    Ok(measured)
+}
+
 /// Latency percentiles with one request in flight, then throughput with `concurrency`.
 async fn measure(
     target: &Target,
     args: &Args,
     rows_per_request: usize,
 ) -> anyhow::Result<Measured> {
-    for _ in 0..200 {
-        target.send().await?;
-    }
-    let mut latencies = Vec::with_capacity(args.requests);
-    let mut errors = 0;
-    for _ in 0..args.requests {
-        let started = Instant::now();
-        match target.send().await {
-            Ok(()) => latencies.push(started.elapsed()),
-            Err(_) => errors += 1,
-        }
-    }
-    latencies.sort();
+    let (latencies, errors) = latencies(&[target], args.requests)
+        .await?
+        .pop()
+        .expect("one target measured");
+    throughput(target, args, rows_per_request, (latencies, errors)).await
+}
+
+/// Throughput with `concurrency` requesters, completing the figures of `latencies` (sorted)
+/// and their failed requests.
+async fn throughput(
+    target: &Target,
+    args: &Args,
+    rows_per_request: usize,
+    (latencies, mut errors): (Vec<Duration>, usize),
+) -> anyhow::Result<Measured> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -559,17 +590,32 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
                 .last_sequence,
         )
     };
-    // The floor, the predictor, and the predictor while versions swap every 50 ms are measured
-    // back to back in each round, and their ratios taken within the round: a slow spell of a
-    // shared machine then weighs on both sides of a ratio instead of on one scenario only.
+    // Paired measurement. In each round the predictor's latencies are measured with the echo
+    // floor's, the two taking turns request by request: a slow spell of a shared machine then
+    // weighs on both sides of the ratio. That is done without swaps, then while versions swap
+    // every 50 ms; the swapping predictor's ratio to its echo over the steady one's ratio to
+    // its echo is what swaps cost, with the machine's state in between divided out.
     let mut echo_floor = Samples::new("NATS echo, separate process (floor)", "req/s");
     let mut serving = Samples::new("predict single, NATS", "req/s");
     let mut swapping = Samples::new("predict single, NATS, swapping every 50 ms", "req/s");
     let (mut to_echo, mut to_steady, mut swaps) = (Vec::new(), Vec::new(), 0);
     let predict_single = nats("freshet.predict.bookstore", &single);
+    let echo_single = nats("bench.echo", &single);
+    let paired = |args: Args| {
+        let (predict, echo) = (predict_single.clone(), echo_single.clone());
+        async move {
+            let mut measured = latencies(&[&echo, &predict], args.requests).await?;
+            let predicted = measured.pop().expect("two targets measured");
+            let echoed = measured.pop().expect("two targets measured");
+            anyhow::Ok((
+                throughput(&echo, &args, 1, echoed).await?,
+                throughput(&predict, &args, 1, predicted).await?,
+            ))
+        }
+    };
     for _ in 0..args.runs {
-        let floor = echo_floor.record(measure(&nats("bench.echo", &single), &args, 1).await?)?;
-        let steady = serving.record(measure(&predict_single, &args, 1).await?)?;
+        let (floor, steady) = paired(args.clone()).await?;
+        let (floor, steady) = (echo_floor.record(floor)?, serving.record(steady)?);
         let writes_before = pointer_writes().await?;
         let swapper = Child(
             std::process::Command::new(std::env::current_exe()?)
@@ -581,11 +627,13 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
             (pointer_writes().await.ok()? > writes_before).then_some(())
         })
         .await?;
-        let swapped = swapping.record(measure(&predict_single, &args, 1).await?)?;
+        let (swapping_floor, swapped) = paired(args.clone()).await?;
+        let swapped = swapping.record(swapped)?;
         drop(swapper);
         swaps += pointer_writes().await? - writes_before;
-        to_echo.push(steady.p99_us / floor.p99_us);
-        to_steady.push(swapped.p99_us / steady.p99_us);
+        let steady_over_echo = steady.p99_us / floor.p99_us;
+        to_echo.push(steady_over_echo);
+        to_steady.push(swapped.p99_us / swapping_floor.p99_us / steady_over_echo);
     }
     eprintln!("  {swaps} swaps while swapping");
     let paired = serde_json::json!({
@@ -675,7 +723,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
         );
     }
     println!(
-        "\npaired by round (median of the rounds' ratios): predictor p99 / echo p99 {:.2}×; \
+        "\npaired, requests taking turns with the echo's (median of the rounds' ratios): predictor p99 / echo p99 {:.2}×; \
          p99 while swapping / p99 not swapping {:.2}× ({swaps} swaps)",
         paired["median_predict_over_echo"]
             .as_f64()
