@@ -17,8 +17,9 @@
 //! - the predictor's resident memory after the load.
 //!
 //! Latency is measured with one request in flight at a time (p50/p99/p999); throughput with 32
-//! concurrent requesters for a fixed time. The echo floor, the predictor, and the predictor while
-//! swapping are measured in rounds, one of each back to back, and compared within each round. Everything runs on loopback and stops by itself.
+//! concurrent requesters for a fixed time. In each round the predictor's requests take turns
+//! with the echo floor's, request by request, first without swaps and then while swapping, and
+//! the ratios are taken within the round. Everything runs on loopback and stops by itself.
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
@@ -37,7 +38,8 @@ use freshet_tests::{ModelWriter, Stack};
 use futures::StreamExt;
 use serde::Serialize;
 
-/// Benchmark the predictor against a bare NATS echo, in one run.
+/// freshet's benchmark suites, each beside its floor (and the pipeline beside a Python peer)
+/// measured in the same run.
 #[derive(Debug, Clone, Parser)]
 struct Args {
     /// Runs per scenario; medians over runs are reported
