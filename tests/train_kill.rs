@@ -47,19 +47,7 @@ async fn a_trainer_killed_repeatedly_learns_every_example_exactly_once() -> anyh
     // input, is about three times the largest difference seen across runs (0.027); what rules
     // out a lost or repeated example is the exact tiling above, this only that the killed
     // lineage converged to the same model.
-    let clean_trainer = stack.spawn(
-        "train",
-        &[
-            "--model",
-            "clean",
-            "--batch-size",
-            "64",
-            "--publish-every-batches",
-            "3",
-            "--publish-interval",
-            "100ms",
-        ],
-    )?;
+    let clean_trainer = stack.spawn("train", &trainer_args("clean"))?;
     let clean_model = ModelName::parse("clean")?;
     stack
         .publish_examples(&clean_model, 0..EXAMPLES, row)
