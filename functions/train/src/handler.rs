@@ -36,6 +36,18 @@ pub fn sequence_verdict(
     }
 }
 
+/// How long ago the wait for the next version started, given how long ago its oldest example was
+/// stored and the last version was published. From the oldest example, so the publish interval
+/// bounds how long an example waits to be served, not how long after its batch was trained; but
+/// not before the last version, so a backlog of examples stored long ago gets a version per
+/// interval rather than one per batch.
+pub fn pending_age(
+    oldest_example: std::time::Duration,
+    since_last_version: Option<std::time::Duration>,
+) -> std::time::Duration {
+    since_last_version.map_or(oldest_example, |last| last.min(oldest_example))
+}
+
 /// The schema a model takes, from the first example when the model has no version yet.
 pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     match &record.schema {
@@ -247,6 +259,18 @@ pub fn versions_to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_for_a_version_starts_at_its_oldest_example_but_not_before_the_last_version() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        // Examples stored 7 ms ago, the last version 1 s ago: the wait started 7 ms ago.
+        assert_eq!(pending_age(ms(7), Some(ms(1_000))), ms(7));
+        // No version yet: from the oldest example.
+        assert_eq!(pending_age(ms(7), None), ms(7));
+        // A backlog stored an hour ago, the last version 3 ms ago: from the last version.
+        assert_eq!(pending_age(ms(3_600_000), Some(ms(3))), ms(3));
+    }
 
     #[test]
     fn retention_keeps_the_newest_and_every_named_version() {

@@ -70,7 +70,8 @@ struct Args {
         default_value_t = 1
     )]
     publish_every_batches: usize,
-    /// ...or this long after the first unpublished batch, whichever comes first
+    /// ...or this long after the oldest unpublished example was stored (or after the last
+    /// version, if later), whichever comes first
     #[arg(long = "publish-interval", env = "FRESHET_PUBLISH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     publish_interval: Duration,
     /// Versions kept in the object store besides every version a pointer (or its kept history)

@@ -34,7 +34,8 @@ use crate::quality::{Quality, Transition, Verdict};
 pub struct Cadence {
     /// After this many trained batches.
     pub every_batches: usize,
-    /// Or this long after the first unpublished batch, whichever comes first.
+    /// Or this long after the oldest unpublished example was stored (or after the last version, if
+    /// that was later), whichever comes first.
     pub every: Duration,
     /// Versions kept in the object store besides those a pointer names (0 keeps all).
     pub keep_versions: usize,
@@ -83,6 +84,8 @@ const REFORK_AFTER: u64 = 200;
 struct PendingUpdate {
     batches: usize,
     range: Option<SequenceRange>,
+    /// When the wait for the version holding these examples started (see
+    /// [`handler::pending_age`]).
     since: Option<Instant>,
     /// Traces of the examples learned, for the next version's manifest.
     traces: TraceSample,
@@ -208,6 +211,8 @@ pub struct Trainer {
     /// The highest version number this trainer wrote: live and candidate versions share the
     /// numbering, so each takes the next number instead of colliding with the other's.
     last_version: u64,
+    /// When this trainer last published a live version.
+    last_published: Option<Instant>,
 }
 
 impl Trainer {
@@ -238,6 +243,7 @@ impl Trainer {
             reactions: None,
             quality,
             last_version: 0,
+            last_published: None,
         }
     }
 
@@ -579,6 +585,7 @@ impl Trainer {
         lineage.pointer_revision = revision;
         lineage.live = Some(manifest);
         self.pending = PendingUpdate::default();
+        self.last_published = Some(Instant::now());
         self.publish_candidate().await;
         self.prune_in_background();
         Ok(Commit::Durable)
@@ -772,6 +779,8 @@ impl Processor for Trainer {
         order.sort_by_key(|&i| batch[i].stream_sequence);
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
         let mut handled: Option<SequenceRange> = None;
+        // When JetStream stored the oldest example handled: the next version is due `every` after.
+        let mut oldest_stored = None;
         let mut waiting = false;
         let mut transitions = Vec::new();
         for i in order {
@@ -809,6 +818,10 @@ impl Processor for Trainer {
             }
             mark = sequence;
             link = chain_link(delivery, delivered);
+            let stored = batch[i].published;
+            oldest_stored = Some(
+                oldest_stored.map_or(stored, |oldest: chrono::DateTime<Utc>| oldest.min(stored)),
+            );
             handled = Some(match handled {
                 Some(r) => SequenceRange {
                     first: r.first.min(sequence),
@@ -936,7 +949,15 @@ impl Processor for Trainer {
                 },
                 None => range,
             });
-            self.pending.since.get_or_insert_with(Instant::now);
+            if self.pending.since.is_none() {
+                let oldest = oldest_stored.map_or(Duration::ZERO, |stored| {
+                    (Utc::now() - stored).to_std().unwrap_or_default()
+                });
+                let since_last = self.last_published.map(|at| at.elapsed());
+                let age = handler::pending_age(oldest, since_last);
+                self.pending.since =
+                    Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
+            }
             self.chain = link.map(|delivery| (mark, delivery));
         }
         dispositions
@@ -963,5 +984,12 @@ impl Processor for Trainer {
             return Ok(Commit::Pending);
         }
         self.publish().await
+    }
+
+    fn commit_due(&self) -> Option<Instant> {
+        self.pending
+            .range
+            .and(self.pending.since)
+            .map(|since| since + self.cadence.every)
     }
 }

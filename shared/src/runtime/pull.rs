@@ -100,6 +100,12 @@ pub trait Processor: Send {
         let _ = final_commit;
         async { Ok(Commit::Pending) }
     }
+
+    /// When a commit of what it holds falls due by time alone, if it will: the loop offers a
+    /// commit then even if no message arrives, instead of at its next idle tick.
+    fn commit_due(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Settings of the loop.
@@ -168,7 +174,7 @@ pub async fn run<P: Processor>(
             // Wait for the first message of a batch, offering the processor a commit when idle.
             let first = tokio::select! {
                 next = messages.next() => next,
-                _ = tokio::time::sleep(settings.idle_tick) => {
+                _ = tokio::time::sleep_until(idle_wake(&processor, &held, settings.idle_tick)) => {
                     commit_held(&mut processor, &mut held, &metrics, &settings.spans, false).await;
                     keep_alive(&held, &mut held_since, settings.ack_wait).await;
                     continue;
@@ -184,7 +190,8 @@ pub async fn run<P: Processor>(
                 }
                 None => continue 'outer,
             };
-            let deadline = tokio::time::Instant::now() + settings.batch_wait;
+            let deadline = tokio::time::Instant::now()
+                + gather_wait(&batch[0], settings.batch_wait, SystemTime::now());
             while batch.len() < settings.batch_size {
                 match tokio::time::timeout_at(deadline, messages.next()).await {
                     Ok(Some(Ok(message))) => batch.push(message),
@@ -213,6 +220,40 @@ pub async fn run<P: Processor>(
         }
     }
     finish(&mut processor, &mut held, &metrics, &settings.spans).await;
+}
+
+/// When the loop, waiting for a batch, offers the processor a commit: after the idle tick, or
+/// sooner when a commit of held messages falls due. A due time already past means the commit
+/// after the last batch did not go through; the idle tick paces its retries.
+fn idle_wake<P: Processor>(
+    processor: &P,
+    held: &[Held],
+    idle_tick: Duration,
+) -> tokio::time::Instant {
+    let now = Instant::now();
+    let due = processor
+        .commit_due()
+        .filter(|due| !held.is_empty() && *due > now)
+        .map_or(idle_tick, |due| (due - now).min(idle_tick));
+    tokio::time::Instant::now() + due
+}
+
+/// How much longer a batch gathers after its first message: `batch_wait` from when JetStream
+/// stored that message, as a producer's linger counts from its first record. A message that queued
+/// while the previous batch was processed has waited already; waiting again would add latency and
+/// gather nothing the busy consumer had not. Never more than `batch_wait`, whatever the server's
+/// clock says.
+fn gather_wait(first: &jetstream::Message, batch_wait: Duration, now: SystemTime) -> Duration {
+    match first.info() {
+        Ok(info) => remaining_wait(batch_wait, SystemTime::from(info.published), now),
+        Err(_) => batch_wait,
+    }
+}
+
+/// `batch_wait` less the time since `stored`; all of it if `stored` is not in the past.
+fn remaining_wait(batch_wait: Duration, stored: SystemTime, now: SystemTime) -> Duration {
+    let waited = now.duration_since(stored).unwrap_or_default();
+    batch_wait.saturating_sub(waited)
 }
 
 async fn handle_batch<P: Processor>(
@@ -525,5 +566,22 @@ mod tests {
         assert_eq!(retry_delay(2), Duration::from_millis(200));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
         assert_eq!(retry_delay(1_000), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_batch_gathers_for_the_wait_since_its_first_message_was_stored() {
+        let wait = Duration::from_millis(20);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        // Just stored: the whole wait.
+        assert_eq!(remaining_wait(wait, now, now), wait);
+        // Stored 15 ms ago: 5 ms left.
+        let stored = now - Duration::from_millis(15);
+        assert_eq!(remaining_wait(wait, stored, now), Duration::from_millis(5));
+        // Queued longer than the wait (behind a batch being processed): no more waiting.
+        let stored = now - Duration::from_millis(50);
+        assert_eq!(remaining_wait(wait, stored, now), Duration::ZERO);
+        // A server clock ahead of ours never makes a batch wait longer than the wait.
+        let stored = now + Duration::from_secs(3);
+        assert_eq!(remaining_wait(wait, stored, now), wait);
     }
 }
