@@ -38,8 +38,9 @@ const PUBLISH_WINDOW: usize = 512;
 /// Actions published (and learned) before the clock starts, so every process is past start-up.
 const WARM_UP: usize = 1_000;
 
-/// How long featurize and train each let a batch gather, and how soon after its first unpublished
-/// batch train publishes a version: together at most about 20 ms of an event's freshness. Tuned
+/// How long featurize and train each let a batch gather (from its first message's storage), and
+/// how soon after its oldest unpublished example was stored train publishes a version: together at
+/// most about 15 ms of an event's freshness. Tuned
 /// for freshness: featurize's own default wait (20 ms) lets more of an entity's events share one
 /// state write, for less CPU per event and about 30 ms more freshness.
 const BATCH_WAIT: &str = "5ms";
@@ -363,7 +364,8 @@ fn stretch(
     let replies = first_replies(sent, probes, sequence_of);
     let delays = freshness(&replies);
     let first = sent.first().map_or(done, |s| s.at);
-    let window = probes.iter().filter(|p| p.at >= first);
+    // This stretch's probes only: the later stretches on the same stack have their own.
+    let window = probes.iter().filter(|p| p.at >= first && p.at <= done);
     let mut served: Vec<u64> = window.map(|p| p.covered).collect();
     served.dedup();
     Stretch {
