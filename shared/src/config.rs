@@ -152,8 +152,7 @@ pub struct FunctionArgs {
         default_value = "create"
     )]
     pub provision: crate::topology::ProvisionMode,
-    /// Longest wait for a batch to fill before handling what has arrived, counted from when its
-    /// first message was stored (a message that queued behind a busy batch waits no more) [default: 200ms;
+    /// Longest wait for a batch to fill before handling what has arrived [default: 200ms;
     /// featurize: 20ms, because a batch writes each entity it touches once: a wait that lets a
     /// batch gather folds a popular entity's events into one state write, where batches taken
     /// as they arrive stay small and multiply the writes]

@@ -38,9 +38,9 @@ const PUBLISH_WINDOW: usize = 512;
 /// Actions published (and learned) before the clock starts, so every process is past start-up.
 const WARM_UP: usize = 1_000;
 
-/// How long featurize and train each let a batch gather (from its first message's storage), and
-/// how soon after its oldest unpublished example was stored train publishes a version: together at
-/// most about 15 ms of an event's freshness. Tuned for freshness: featurize's own default wait
+/// How long featurize and train each let a batch gather, and how soon after its oldest unpublished
+/// example was stored train publishes a version: together at most about 20 ms of an event's
+/// freshness. Tuned for freshness: featurize's own default wait
 /// (20 ms) lets more of an entity's events share one state write, for less CPU per event and
 /// longer freshness.
 const BATCH_WAIT: &str = "5ms";
@@ -702,7 +702,8 @@ pub async fn floors(actions: usize) -> anyhow::Result<Floors> {
 
 /// The time since the first of `sent` was published.
 fn since_first(sent: &[Sent]) -> Duration {
-    sent.first().map_or(Duration::ZERO, |first| first.at.elapsed())
+    sent.first()
+        .map_or(Duration::ZERO, |first| first.at.elapsed())
 }
 
 /// A bare hop: pulls `count` messages of `stream` in batches of 1024 (featurize's default batch

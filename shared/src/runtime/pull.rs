@@ -114,7 +114,7 @@ pub struct LoopSettings {
     /// The function's name, for dead-letter subjects and logs.
     pub function: String,
     pub batch_size: usize,
-    /// How long a batch may fill, counted from when its first message was stored.
+    /// How long to wait for a batch to fill once its first message arrived.
     pub batch_wait: Duration,
     /// How often to offer the processor a commit while no message arrives.
     pub idle_tick: Duration,
@@ -190,8 +190,7 @@ pub async fn run<P: Processor>(
                 }
                 None => continue 'outer,
             };
-            let deadline = tokio::time::Instant::now()
-                + gather_wait(&batch[0], settings.batch_wait, SystemTime::now());
+            let deadline = tokio::time::Instant::now() + settings.batch_wait;
             while batch.len() < settings.batch_size {
                 match tokio::time::timeout_at(deadline, messages.next()).await {
                     Ok(Some(Ok(message))) => batch.push(message),
@@ -222,38 +221,23 @@ pub async fn run<P: Processor>(
     finish(&mut processor, &mut held, &metrics, &settings.spans).await;
 }
 
-/// When the loop, waiting for a batch, offers the processor a commit: after the idle tick, or
-/// sooner when a commit of held messages falls due. A due time already past means the commit
-/// after the last batch did not go through; the idle tick paces its retries.
+/// When the loop, waiting for a batch, offers the processor a commit next.
 fn idle_wake<P: Processor>(
     processor: &P,
     held: &[Held],
     idle_tick: Duration,
 ) -> tokio::time::Instant {
     let now = Instant::now();
-    let due = processor
-        .commit_due()
-        .filter(|due| !held.is_empty() && *due > now)
-        .map_or(idle_tick, |due| (due - now).min(idle_tick));
-    tokio::time::Instant::now() + due
+    let due = processor.commit_due().filter(|_| !held.is_empty());
+    tokio::time::Instant::from_std(now + idle_wait(due, idle_tick, now))
 }
 
-/// How much longer a batch gathers after its first message: `batch_wait` from when JetStream
-/// stored that message, as a producer's linger counts from its first record. A message that queued
-/// while the previous batch was processed has waited already; waiting again would add latency and
-/// gather nothing the busy consumer had not. Never more than `batch_wait`, whatever the server's
-/// clock says.
-fn gather_wait(first: &jetstream::Message, batch_wait: Duration, now: SystemTime) -> Duration {
-    match first.info() {
-        Ok(info) => remaining_wait(batch_wait, SystemTime::from(info.published), now),
-        Err(_) => batch_wait,
-    }
-}
-
-/// `batch_wait` less the time since `stored`; all of it if `stored` is not in the past.
-fn remaining_wait(batch_wait: Duration, stored: SystemTime, now: SystemTime) -> Duration {
-    let waited = now.duration_since(stored).unwrap_or_default();
-    batch_wait.saturating_sub(waited)
+/// How long the loop waits idle before offering a commit: the idle tick, or less when a commit
+/// falls due sooner. A due time already past means the commit after the last batch did not go
+/// through; the idle tick paces its retries.
+fn idle_wait(due: Option<Instant>, idle_tick: Duration, now: Instant) -> Duration {
+    due.filter(|due| *due > now)
+        .map_or(idle_tick, |due| (due - now).min(idle_tick))
 }
 
 async fn handle_batch<P: Processor>(
@@ -569,19 +553,19 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_gathers_for_the_wait_since_its_first_message_was_stored() {
-        let wait = Duration::from_millis(20);
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        // Just stored: the whole wait.
-        assert_eq!(remaining_wait(wait, now, now), wait);
-        // Stored 15 ms ago: 5 ms left.
-        let stored = now - Duration::from_millis(15);
-        assert_eq!(remaining_wait(wait, stored, now), Duration::from_millis(5));
-        // Queued longer than the wait (behind a batch being processed): no more waiting.
-        let stored = now - Duration::from_millis(50);
-        assert_eq!(remaining_wait(wait, stored, now), Duration::ZERO);
-        // A server clock ahead of ours never makes a batch wait longer than the wait.
-        let stored = now + Duration::from_secs(3);
-        assert_eq!(remaining_wait(wait, stored, now), wait);
+    fn an_idle_loop_offers_a_commit_when_it_falls_due() {
+        let tick = Duration::from_millis(50);
+        let now = Instant::now();
+        // Nothing due: the idle tick.
+        assert_eq!(idle_wait(None, tick, now), tick);
+        // Due in 7 ms: then, not at the tick.
+        let due = now + Duration::from_millis(7);
+        assert_eq!(idle_wait(Some(due), tick, now), Duration::from_millis(7));
+        // Due after the tick: the tick comes first.
+        let due = now + Duration::from_secs(1);
+        assert_eq!(idle_wait(Some(due), tick, now), tick);
+        // Due already (a commit that did not go through): retried at the tick, not in a spin.
+        let due = now.checked_sub(Duration::from_millis(3)).unwrap_or(now);
+        assert_eq!(idle_wait(Some(due), tick, now), tick);
     }
 }
