@@ -40,9 +40,8 @@ const WARM_UP: usize = 1_000;
 
 /// How long featurize and train each let a batch gather, and how soon after its oldest unpublished
 /// example was stored train publishes a version: together at most about 20 ms of an event's
-/// freshness. Tuned for freshness: featurize's own default wait
-/// (20 ms) lets more of an entity's events share one state write, for less CPU per event and
-/// longer freshness.
+/// freshness. Tuned for freshness: featurize's own default wait (20 ms) lets more of an entity's
+/// events share one state write, for less CPU per event and longer freshness.
 const BATCH_WAIT: &str = "5ms";
 const PUBLISH_INTERVAL: &str = "10ms";
 

@@ -48,8 +48,6 @@ pub const EVENT_PREDICTION: &str = "prediction";
 /// Content type of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
-/// Shared by every request (a clone per request is a reference count: `Server` holds stream
-/// handles whose clones would copy their whole configuration).
 #[derive(Clone)]
 struct Http {
     server: Arc<Server>,
@@ -57,7 +55,7 @@ struct Http {
 }
 
 /// The predictor's HTTP routes (merged with `/healthz`, `/readyz`, `/metrics`).
-pub fn routes(server: Server, readiness: Readiness) -> Router {
+pub fn routes(server: Arc<Server>, readiness: Readiness) -> Router {
     Router::new()
         .route("/", post(cloud_event))
         .route("/v2", get(server_metadata))
@@ -79,10 +77,7 @@ pub fn routes(server: Server, readiness: Readiness) -> Router {
             post(version_infer),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Http {
-            server: Arc::new(server),
-            readiness,
-        })
+        .with_state(Http { server, readiness })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
-    let server = service::Server {
+    let server = std::sync::Arc::new(service::Server {
         model: args.model.clone(),
         live: live::Live::default(),
         candidate: live::Live::default(),
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         subjects: ctx.subjects.clone(),
         metrics: serve_metrics,
         spans: ctx.spans.clone(),
-    };
+    });
     let mut tasks = Vec::new();
     for (slot, target) in [
         (Slot::Live, &server.live),

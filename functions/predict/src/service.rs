@@ -84,8 +84,8 @@ pub struct ScoredRows {
     pub prediction_ids: Vec<String>,
 }
 
-/// What a request handler needs; cheap to clone into each request's task.
-#[derive(Clone)]
+/// What a request handler needs. Shared behind an `Arc` by the NATS and HTTP handlers: its
+/// stream handles' clones would copy their whole configuration, once per request.
 pub struct Server {
     pub model: ModelName,
     pub live: Live,
@@ -487,7 +487,7 @@ fn reply<T: serde::Serialize>(
 /// Starts the NATS micro service and serves until shutdown.
 pub async fn serve(
     client: async_nats::Client,
-    server: Server,
+    server: Arc<Server>,
     mut shutdown: freshet::runtime::Shutdown,
 ) -> anyhow::Result<()> {
     let service = client
@@ -517,9 +517,6 @@ pub async fn serve(
     )
     .await?;
     tracing::info!(subject = %endpoint_single(&server.subjects, &server.model), "serving predictions over NATS");
-    // Each request's task holds a reference: `Server` holds stream handles whose clones would
-    // copy their whole configuration, once per request.
-    let server = Arc::new(server);
     loop {
         // A request that waits on I/O (a FEATURES read) continues in a task of its own, so it
         // never holds up the others; one that does not (a feature vector) is answered here at

@@ -779,7 +779,8 @@ impl Processor for Trainer {
         order.sort_by_key(|&i| batch[i].stream_sequence);
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
         let mut handled: Option<SequenceRange> = None;
-        // When JetStream stored the oldest example handled: the next version is due `every` after.
+        // When JetStream stored the first example handled (handled in stream order, so the
+        // oldest): the next version is due `every` after.
         let mut oldest_stored = None;
         let mut waiting = false;
         let mut transitions = Vec::new();
@@ -818,10 +819,7 @@ impl Processor for Trainer {
             }
             mark = sequence;
             link = chain_link(delivery, delivered);
-            let stored = batch[i].published;
-            oldest_stored = Some(
-                oldest_stored.map_or(stored, |oldest: chrono::DateTime<Utc>| oldest.min(stored)),
-            );
+            oldest_stored.get_or_insert(batch[i].published);
             handled = Some(match handled {
                 Some(r) => SequenceRange {
                     first: r.first.min(sequence),
