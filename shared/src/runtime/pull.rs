@@ -190,8 +190,9 @@ pub async fn run<P: Processor>(
                 }
                 None => continue 'outer,
             };
-            let deadline = tokio::time::Instant::now() + settings.batch_wait;
+            let gather = Gather::after(&batch[0], settings.batch_size, settings.batch_wait);
             while batch.len() < settings.batch_size {
+                let deadline = tokio::time::Instant::from_std(gather.deadline(batch.len()));
                 match tokio::time::timeout_at(deadline, messages.next()).await {
                     Ok(Some(Ok(message))) => batch.push(message),
                     Ok(Some(Err(err))) => {
@@ -219,6 +220,70 @@ pub async fn run<P: Processor>(
         }
     }
     finish(&mut processor, &mut held, &metrics, &settings.spans).await;
+}
+
+/// How long a batch gathers after its first message arrived. A producer's linger: the wait
+/// counts from when JetStream stored that message, so a message that queued while the previous
+/// batch was handled does not wait again, which would lengthen every cycle of a busy consumer and
+/// add to its queue. But the batch always takes the messages the stream already held when its
+/// first was delivered (up to the batch size), waiting for them as long as `batch_wait` from
+/// now: a consumer that is behind still handles full batches, not whatever had reached its
+/// buffer. A batch's size is a training step's size, so a backlog must not shrink it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gather {
+    /// The batch closes at this size or at `backlog_deadline`, whichever comes first ...
+    backlog: usize,
+    backlog_deadline: Instant,
+    /// ... and beyond it, at `linger_deadline` (never later than `backlog_deadline`).
+    linger_deadline: Instant,
+}
+
+impl Gather {
+    fn after(first: &jetstream::Message, batch_size: usize, batch_wait: Duration) -> Self {
+        let (stored, pending) = match first.info() {
+            Ok(info) => (Some(SystemTime::from(info.published)), info.pending),
+            Err(_) => (None, 0),
+        };
+        Self::plan(
+            stored,
+            pending,
+            batch_size,
+            batch_wait,
+            SystemTime::now(),
+            Instant::now(),
+        )
+    }
+
+    /// `stored`: when the first message was stored (`None` if unknown: the whole wait);
+    /// `pending`: how many more the stream held for this consumer when it was delivered.
+    fn plan(
+        stored: Option<SystemTime>,
+        pending: u64,
+        batch_size: usize,
+        batch_wait: Duration,
+        wall_now: SystemTime,
+        now: Instant,
+    ) -> Self {
+        // A server clock ahead of ours counts as just stored: never more than `batch_wait`.
+        let waited = stored.map_or(Duration::ZERO, |stored| {
+            wall_now.duration_since(stored).unwrap_or_default()
+        });
+        let pending = usize::try_from(pending).unwrap_or(usize::MAX);
+        Self {
+            backlog: pending.saturating_add(1).min(batch_size),
+            backlog_deadline: now + batch_wait,
+            linger_deadline: now + batch_wait.saturating_sub(waited),
+        }
+    }
+
+    /// When a batch that holds `gathered` messages stops waiting for more.
+    fn deadline(&self, gathered: usize) -> Instant {
+        if gathered < self.backlog {
+            self.backlog_deadline
+        } else {
+            self.linger_deadline
+        }
+    }
 }
 
 /// When the loop, waiting for a batch, offers the processor a commit next.
@@ -567,5 +632,34 @@ mod tests {
         // Due already (a commit that did not go through): retried at the tick, not in a spin.
         let due = now.checked_sub(Duration::from_millis(3)).unwrap_or(now);
         assert_eq!(idle_wait(Some(due), tick, now), tick);
+    }
+
+    #[test]
+    fn a_batch_lingers_from_its_first_storage_but_takes_the_backlog_whole() {
+        let wait = Duration::from_millis(20);
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // Just stored, nothing behind it: the whole wait, whatever the batch holds.
+        let gather = Gather::plan(Some(wall), 0, 256, wait, wall, now);
+        assert_eq!(gather.deadline(1), now + wait);
+        assert_eq!(gather.deadline(200), now + wait);
+        // Stored 15 ms ago while the last batch was handled: 5 ms left.
+        let gather = Gather::plan(Some(wall - ms(15)), 0, 256, wait, wall, now);
+        assert_eq!(gather.deadline(1), now + ms(5));
+        // Queued longer than the wait: nothing more to wait for once the backlog is in ...
+        let gather = Gather::plan(Some(wall - ms(50)), 9, 256, wait, wall, now);
+        assert_eq!(gather.deadline(10), now);
+        // ... but the 9 stored behind it are waited for, up to the whole wait.
+        assert_eq!(gather.deadline(1), now + wait);
+        assert_eq!(gather.deadline(9), now + wait);
+        // A backlog larger than the batch: the batch fills.
+        let gather = Gather::plan(Some(wall - ms(50)), 10_000, 256, wait, wall, now);
+        assert_eq!(gather.deadline(255), now + wait);
+        // A server clock ahead of ours, or no metadata: never longer than the wait.
+        let gather = Gather::plan(Some(wall + Duration::from_secs(3)), 0, 256, wait, wall, now);
+        assert_eq!(gather.deadline(1), now + wait);
+        let gather = Gather::plan(None, 0, 256, wait, wall, now);
+        assert_eq!(gather.deadline(1), now + wait);
     }
 }
