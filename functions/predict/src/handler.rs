@@ -2,7 +2,7 @@
 //! before it may serve. No I/O.
 
 use freshet::events::check_numbers;
-use freshet::model::Manifest;
+use freshet::model::FeatureSchema;
 use freshet::serving::{
     BatchRequest, MAX_BATCH_ROWS, MAX_RECOMMENDATIONS, PredictRequest, Variant,
 };
@@ -132,21 +132,14 @@ pub fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
 }
 
 /// Whether a version may replace the one serving: its schema must be one this predictor can
-/// build features for (the bookstore schema it was compiled with), or a raw vector schema.
-pub fn check_compatible(manifest: &Manifest, scorer_features: usize) -> Result<(), String> {
-    if manifest.schema.n_features() != scorer_features {
-        return Err(format!(
-            "manifest lists {} features but the model takes {scorer_features}",
-            manifest.schema.n_features()
-        ));
-    }
-    if manifest.schema.name == freshet::features::SCHEMA_NAME
-        && manifest.schema != freshet::features::schema()
-    {
+/// build features for (the bookstore schema it was compiled with), or a raw vector schema. That
+/// the model takes as many features as its schema lists, loading the artifact has checked.
+pub fn check_compatible(schema: &FeatureSchema) -> Result<(), String> {
+    if schema.name == freshet::features::SCHEMA_NAME && *schema != freshet::features::schema() {
         return Err(format!(
             "feature schema {} v{} differs from the predictor's v{}",
-            manifest.schema.name,
-            manifest.schema.version,
+            schema.name,
+            schema.version,
             freshet::features::SCHEMA_VERSION
         ));
     }
@@ -156,6 +149,32 @@ pub fn check_compatible(manifest: &Manifest, scorer_features: usize) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_is_compatible_with_the_bookstore_schema_or_a_raw_vector_schema() {
+        let bookstore = freshet::features::schema();
+        assert_eq!(check_compatible(&bookstore), Ok(()));
+        let older = FeatureSchema {
+            version: bookstore.version - 1,
+            ..bookstore.clone()
+        };
+        let refusal = check_compatible(&older).unwrap_err();
+        assert!(
+            refusal.contains("differs from the predictor's"),
+            "{refusal}"
+        );
+        let reordered = FeatureSchema {
+            features: bookstore.features.iter().rev().cloned().collect(),
+            ..bookstore
+        };
+        assert!(check_compatible(&reordered).is_err());
+        let raw = FeatureSchema {
+            name: "raw".to_string(),
+            version: 0,
+            features: vec!["f0".to_string(), "f1".to_string(), "f2".to_string()],
+        };
+        assert_eq!(check_compatible(&raw), Ok(()));
+    }
 
     fn request(json: &str) -> PredictRequest {
         parse_single(json.as_bytes()).unwrap()

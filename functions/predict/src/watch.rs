@@ -62,7 +62,7 @@ impl Watcher {
             .load_pointed(&self.model, pointer)
             .await
             .map_err(|refusal| refusal.reason)?;
-        handler::check_compatible(&manifest, scorer.n_features())?;
+        handler::check_compatible(&manifest.schema)?;
         Ok(LiveModel { manifest, scorer })
     }
 
