@@ -984,6 +984,13 @@ impl Processor for Trainer {
         self.publish().await
     }
 
+    /// A batch is one optimizer step, and the learning rate decays per step: batches closed early
+    /// because the loop was busy would take more, smaller steps, and learn less from the same
+    /// examples (a drifted model's candidate could then not catch up with the new concept).
+    fn lingers(&self) -> bool {
+        false
+    }
+
     fn commit_due(&self) -> Option<Instant> {
         self.pending
             .range

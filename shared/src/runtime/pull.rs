@@ -106,6 +106,14 @@ pub trait Processor: Send {
     fn commit_due(&self) -> Option<Instant> {
         None
     }
+
+    /// Whether a batch's wait may count from when its first message was stored (see [`Gather`]).
+    /// A processor whose batch is a unit of work only says yes. One whose batch size shapes what
+    /// it computes says no: a training step's size must not follow how busy the loop was, so its
+    /// batches wait the whole wait from when the loop took their first message.
+    fn lingers(&self) -> bool {
+        true
+    }
 }
 
 /// Settings of the loop.
@@ -190,7 +198,12 @@ pub async fn run<P: Processor>(
                 }
                 None => continue 'outer,
             };
-            let gather = Gather::after(&batch[0], settings.batch_size, settings.batch_wait);
+            let gather = Gather::after(
+                &batch[0],
+                processor.lingers(),
+                settings.batch_size,
+                settings.batch_wait,
+            );
             while batch.len() < settings.batch_size {
                 let deadline = tokio::time::Instant::from_std(gather.deadline(batch.len()));
                 match tokio::time::timeout_at(deadline, messages.next()).await {
@@ -228,7 +241,7 @@ pub async fn run<P: Processor>(
 /// add to its queue. But the batch always takes the messages the stream already held when its
 /// first was delivered (up to the batch size), waiting for them as long as `batch_wait` from
 /// now: a consumer that is behind still handles full batches, not whatever had reached its
-/// buffer. A batch's size is a training step's size, so a backlog must not shrink it.
+/// buffer. A processor that does not linger ([`Processor::lingers`]) waits the whole wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Gather {
     /// The batch closes at this size or at `backlog_deadline`, whichever comes first ...
@@ -239,9 +252,17 @@ struct Gather {
 }
 
 impl Gather {
-    fn after(first: &jetstream::Message, batch_size: usize, batch_wait: Duration) -> Self {
+    fn after(
+        first: &jetstream::Message,
+        lingers: bool,
+        batch_size: usize,
+        batch_wait: Duration,
+    ) -> Self {
         let (stored, pending) = match first.info() {
-            Ok(info) => (Some(SystemTime::from(info.published)), info.pending),
+            Ok(info) => (
+                lingers.then(|| SystemTime::from(info.published)),
+                info.pending,
+            ),
             Err(_) => (None, 0),
         };
         Self::plan(
@@ -254,7 +275,8 @@ impl Gather {
         )
     }
 
-    /// `stored`: when the first message was stored (`None` if unknown: the whole wait);
+    /// `stored`: when the first message was stored (`None` if unknown or not to linger: the
+    /// whole wait);
     /// `pending`: how many more the stream held for this consumer when it was delivered.
     fn plan(
         stored: Option<SystemTime>,
@@ -656,7 +678,8 @@ mod tests {
         // A backlog larger than the batch: the batch fills.
         let gather = Gather::plan(Some(wall - ms(50)), 10_000, 256, wait, wall, now);
         assert_eq!(gather.deadline(255), now + wait);
-        // A server clock ahead of ours, or no metadata: never longer than the wait.
+        // A server clock ahead of ours: never longer than the wait. No metadata, or a processor
+        // that does not linger: the whole wait.
         let gather = Gather::plan(Some(wall + Duration::from_secs(3)), 0, 256, wait, wall, now);
         assert_eq!(gather.deadline(1), now + wait);
         let gather = Gather::plan(None, 0, 256, wait, wall, now);
