@@ -153,8 +153,9 @@ pub struct FunctionArgs {
     )]
     pub provision: crate::topology::ProvisionMode,
     /// Longest wait for a batch to fill before handling what has arrived, counted from when its
-    /// first message was stored; messages the stream already held then are always waited for,
-    /// up to the batch size [default: 200ms;
+    /// first message was stored (train: from when it took that message, since its batch is an
+    /// optimizer step); messages the stream already held then are always waited for, up to the
+    /// batch size [default: 200ms;
     /// featurize: 20ms, because a batch writes each entity it touches once: a wait that lets a
     /// batch gather folds a popular entity's events into one state write, where batches taken
     /// as they arrive stay small and multiply the writes]
