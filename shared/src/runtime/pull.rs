@@ -122,7 +122,8 @@ pub struct LoopSettings {
     /// The function's name, for dead-letter subjects and logs.
     pub function: String,
     pub batch_size: usize,
-    /// How long to wait for a batch to fill once its first message arrived.
+    /// How long a batch may fill: counted from when its first message was stored, or for a
+    /// processor that does not linger from when the loop took it (see [`Gather`]).
     pub batch_wait: Duration,
     /// How often to offer the processor a commit while no message arrives.
     pub idle_tick: Duration,
