@@ -107,7 +107,7 @@ pub trait Processor: Send {
         None
     }
 
-    /// Whether a batch's wait may count from when its first message was stored (see [`Gather`]).
+    /// Whether a batch's wait may count from when its first message was stored (see `Gather`).
     /// A processor whose batch is a unit of work only says yes. One whose batch size shapes what
     /// it computes says no: a training step's size must not follow how busy the loop was, so its
     /// batches wait the whole wait from when the loop took their first message.
@@ -123,7 +123,7 @@ pub struct LoopSettings {
     pub function: String,
     pub batch_size: usize,
     /// How long a batch may fill: counted from when its first message was stored, or for a
-    /// processor that does not linger from when the loop took it (see [`Gather`]).
+    /// processor that does not linger from when the loop took it (see `Gather`).
     pub batch_wait: Duration,
     /// How often to offer the processor a commit while no message arrives.
     pub idle_tick: Duration,
