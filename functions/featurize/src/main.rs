@@ -106,15 +106,15 @@ impl Args {
     }
 }
 
-/// mimalloc: the functions allocate and free many small buffers per message, which it serves
-/// faster than the system allocator.
 /// featurize's batch wait unless set.
 const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(20);
 
+/// mimalloc: the functions allocate and free many small buffers per message, which it serves
+/// faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = args.settings()?;
