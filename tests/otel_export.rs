@@ -201,9 +201,10 @@ async fn a_sampled_trace_is_exported_from_producer_to_prediction() -> anyhow::Re
         featurized.attribute("messaging.system"),
         Some(json!("nats"))
     );
+    // Held until the states it changed are written; the span ends when it is acknowledged.
     assert_eq!(
         featurized.attribute("freshet.disposition"),
-        Some(json!("ack"))
+        Some(json!("hold"))
     );
     assert!(
         featurized

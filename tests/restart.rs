@@ -39,10 +39,28 @@ async fn featurize_resumes_after_a_server_restart() -> anyhow::Result<()> {
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     assert_eq!(http.get(url("/healthz")).send().await?.status(), 200);
     assert_eq!(http.get(url("/readyz")).send().await?.status(), 200);
-    let metrics = http.get(url("/metrics")).send().await?.text().await?;
+    // Acknowledged once the states they changed are written, shortly after their examples.
+    let acked = "freshet_messages_acked_total{function=\"featurize\"} 500";
+    let metrics = eventually(
+        Duration::from_secs(10),
+        "every event acknowledged",
+        || async {
+            let metrics = http
+                .get(url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics.contains(acked).then_some(metrics)
+        },
+    )
+    .await;
     assert!(
-        metrics.contains("freshet_messages_acked_total{function=\"featurize\"} 500"),
-        "{metrics}"
+        metrics.is_ok(),
+        "{}",
+        http.get(url("/metrics")).send().await?.text().await?
     );
 
     stack.nats.restart()?;

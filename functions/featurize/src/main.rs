@@ -24,10 +24,9 @@ use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 /// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
 /// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
 /// view labels it 1, the horizon passing without one labels it 0.
-/// featurize's batch: each entity a batch touches is read (unless cached) and written once, so
-/// a larger batch folds more of a popular entity's events into one write. featurize does not
-/// wait for a batch to fill (its default batch wait is zero): it takes what has arrived, which is
-/// one event at a trickle and up to this many under a backlog, so batching costs no latency.
+/// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
+/// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch
+/// wait from its first event's storage and takes a backlog whole, up to this many.
 const DEFAULT_BATCH_SIZE: usize = 1024;
 
 #[derive(Debug, Parser)]
@@ -83,6 +82,20 @@ struct Args {
         default_value_t = 10_000
     )]
     cached_states: usize,
+    /// Write the FEATURES entries changed by the events held since the last write once this many
+    /// are held (each entry once, for all its events), and acknowledge the events then...
+    #[arg(
+        long = "write-states-every-events",
+        env = "FRESHET_WRITE_STATES_EVERY_EVENTS",
+        default_value_t = 4096
+    )]
+    write_states_every_events: usize,
+    /// ...or this long after the first of them was handled, whichever comes first. Examples go
+    /// out with their batch regardless; this delays only the entries (which predictors read for
+    /// their catalogue) and the acknowledgements. A consumer of some partitions writes after
+    /// every batch, as other replicas write its items and categories too
+    #[arg(long = "write-states-interval", env = "FRESHET_WRITE_STATES_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    write_states_interval: Duration,
 }
 
 impl Args {
@@ -162,6 +175,16 @@ async fn main() -> anyhow::Result<()> {
     let runs = consumers
         .into_iter()
         .map(|(durable, filter, all_partitions)| {
+            let state_writes = if all_partitions {
+                processor::StateWrites {
+                    every_events: args.write_states_every_events.max(1),
+                    interval: args.write_states_interval,
+                }
+            } else {
+                processor::StateWrites::EVERY_BATCH
+            };
+            // The most events held: one short of a write, and then a whole batch.
+            let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());
             let featurizer = processor::Featurizer {
                 js: ctx.js.clone(),
                 features: features.clone(),
@@ -172,18 +195,14 @@ async fn main() -> anyhow::Result<()> {
                 mark: None,
                 mark_delivery: None,
                 cache: cache::StateCache::new(args.cached_states, all_partitions),
+                state_writes,
+                unwritten: processor::Unwritten::default(),
             };
             let ctx = &ctx;
             async move {
                 ctx.exclusively(&format!("featurize.{durable}"), async {
-                    ctx.consume(
-                        STREAM_EVENTS,
-                        &durable,
-                        vec![filter],
-                        ctx.args.batch_size(),
-                        featurizer,
-                    )
-                    .await
+                    ctx.consume(STREAM_EVENTS, &durable, vec![filter], max_held, featurizer)
+                        .await
                 })
                 .await
             }

@@ -1,31 +1,35 @@
 //! featurize's runtime adapter, one batch at a time: read every FEATURES key the batch touches
 //! (concurrently: users, items and the partitions' scaling states first, then the categories of
-//! the items read; keys only this consumer writes come from its cache when it has them), plan
-//! the batch in memory, publish its examples (acks awaited together), then
-//! write each changed key back by compare-and-set.
+//! the items read; keys changed since the last state write and keys only this consumer writes
+//! come from memory when it has them), plan the batch in memory, and publish its examples (acks
+//! awaited together). The batch's events are then held: the changed keys are written back by
+//! compare-and-set when a state write falls due ([`StateWrites`]), each key once for every batch
+//! since the last, and only then are the events acknowledged.
 //!
 //! That order is what makes the effect exactly-once. Examples go out first with an id derived from
 //! their event, so a republished one is dropped by JetStream; each entity's state then records the
-//! positions it applied, so a redelivered event finds its mark and changes nothing twice. Keys are
-//! written in phases (see `handler::write_phase`): scaling states, then users, then items and
-//! categories, because a user's state is the record of which of its actions were decided and
-//! which examples went out. A write that loses to another replica re-reads the key and replays
-//! the batch's mutations for it.
-//! Events the plan refuses (too late for their item's windows) are dead-lettered with the rest of
-//! the batch acknowledged.
+//! positions it applied, so a redelivered event finds its mark and changes nothing twice. A crash
+//! before a state write loses only the held events' acknowledgements: they are redelivered and
+//! replayed on the states last written, as one batch, to the same examples. Keys are written in
+//! phases (see `handler::write_phase`): scaling states, then users, then items and categories,
+//! because a user's state is the record of which of its actions were decided and which examples
+//! went out. A write that loses to another replica re-reads the key and replays the mutations
+//! for it. Events the plan refuses (too late for their item's windows) are dead-lettered and
+//! acknowledged with the events held.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::events;
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
-use freshet::runtime::{Disposition, Incoming, Processor};
+use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceContext;
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 
 use crate::cache::StateCache;
 use crate::handler::{self, BatchPlan, EntityState, Mutation, Position, Routed, Settings};
@@ -50,6 +54,50 @@ pub struct Featurizer {
     pub mark_delivery: Option<u64>,
     /// The states this consumer wrote last, which it need not read back.
     pub cache: StateCache,
+    /// When the states the held events changed are written.
+    pub state_writes: StateWrites,
+    /// The states changed since they were last written, and how.
+    pub unwritten: Unwritten,
+}
+
+/// How often featurize writes the states its events changed. Every write of a key folds all of
+/// its events since the last write into one compare-and-set, so fewer writes cost the server
+/// less per event; the events wait unacknowledged meanwhile, which costs no freshness (their
+/// examples are published with their batch).
+#[derive(Debug, Clone, Copy)]
+pub struct StateWrites {
+    /// Once this many events are held ...
+    pub every_events: usize,
+    /// ... or this long after the first of them was handled, whichever comes first.
+    pub interval: Duration,
+}
+
+impl StateWrites {
+    /// Every batch writes its own states: for a consumer of some partitions only, whose items
+    /// and categories other replicas write too, so what it plans with stays as fresh as a read.
+    pub const EVERY_BATCH: StateWrites = StateWrites {
+        every_events: 1,
+        interval: Duration::ZERO,
+    };
+
+    /// Whether the states `held` events changed, the first handled at `since`, are due to be
+    /// written at `now`.
+    fn due(&self, held: usize, since: Option<Instant>, now: Instant) -> bool {
+        held >= self.every_events.max(1)
+            || since.is_some_and(|since| now.duration_since(since) >= self.interval)
+    }
+}
+
+/// FEATURES keys changed by held events and not written yet.
+#[derive(Default)]
+pub struct Unwritten {
+    /// Per key: its state as the held events left it, the revision last written or read (to
+    /// compare-and-set against), and the mutations since, to replay on a fresher state should
+    /// another writer have written the key in between.
+    keys: BTreeMap<String, (EntityState, u64, Vec<Mutation>)>,
+    /// Events held since the last write, and when the first of them was handled.
+    held: usize,
+    since: Option<Instant>,
 }
 
 /// A FEATURES key as read: its state and the revision to write against.
@@ -82,12 +130,13 @@ impl Processor for Featurizer {
                 continue;
             }
             if sequence <= mark {
-                // Handled before (a redelivery): its effects are durable, unless it was refused
-                // and its dead letter could not be stored; refusing it again stores that (the
-                // dead letter's id makes a second copy a duplicate).
+                // Handled before (a redelivery): its effects are durable once the states are
+                // written, unless it was refused and its dead letter could not be stored;
+                // refusing it again stores that (the dead letter's id makes a second copy a
+                // duplicate).
                 dispositions[i] = Some(match self.route(&batch[i]) {
-                    Err(rejection) => Disposition::Reject(rejection),
-                    Ok(_) => Disposition::Ack,
+                    Err(rejection) => Disposition::RejectHeld(rejection),
+                    Ok(_) => Disposition::Hold,
                 });
                 continue;
             }
@@ -115,17 +164,17 @@ impl Processor for Featurizer {
                     routed.push(r);
                     routed_at.push(i);
                 }
-                Err(rejection) => dispositions[i] = Some(Disposition::Reject(rejection)),
+                Err(rejection) => dispositions[i] = Some(Disposition::RejectHeld(rejection)),
             }
         }
         match self.handle(&routed).await {
             Ok(rejected) => {
                 for &i in &routed_at {
-                    dispositions[i] = Some(Disposition::Ack);
+                    dispositions[i] = Some(Disposition::Hold);
                 }
                 for (index, rejection) in rejected {
                     if let Some(&i) = routed_at.get(index) {
-                        dispositions[i] = Some(Disposition::Reject(rejection));
+                        dispositions[i] = Some(Disposition::RejectHeld(rejection));
                     }
                 }
                 // Only now is everything up to `mark` handled.
@@ -138,6 +187,14 @@ impl Processor for Featurizer {
                 }
             }
         }
+        let held = dispositions
+            .iter()
+            .filter(|d| matches!(d, Some(Disposition::Hold | Disposition::RejectHeld(_))))
+            .count();
+        if held > 0 {
+            self.unwritten.held += held;
+            self.unwritten.since.get_or_insert_with(Instant::now);
+        }
         dispositions
             .into_iter()
             .map(|d| {
@@ -146,6 +203,28 @@ impl Processor for Featurizer {
                 })
             })
             .collect()
+    }
+
+    async fn commit(&mut self, final_commit: bool) -> Result<Commit, Failure> {
+        if self.unwritten.keys.is_empty() {
+            self.unwritten.held = 0;
+            self.unwritten.since = None;
+            return Ok(Commit::Durable);
+        }
+        let due = self
+            .state_writes
+            .due(self.unwritten.held, self.unwritten.since, Instant::now());
+        if !(final_commit || due) {
+            return Ok(Commit::Pending);
+        }
+        self.write_unwritten().await?;
+        Ok(Commit::Durable)
+    }
+
+    fn commit_due(&self) -> Option<Instant> {
+        self.unwritten
+            .since
+            .map(|since| since + self.state_writes.interval)
     }
 }
 
@@ -178,7 +257,9 @@ impl Featurizer {
         })
     }
 
-    /// Plans and applies a batch; returns the events refused, by their index in `batch`.
+    /// Plans a batch and publishes its examples; returns the events refused, by their index in
+    /// `batch`. The states it changed join the unwritten ones; a batch that fails leaves those as
+    /// they were.
     async fn handle(&mut self, batch: &[Routed]) -> Result<Vec<(usize, Rejection)>, Failure> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -186,54 +267,45 @@ impl Featurizer {
         let mut states = BTreeMap::new();
         let mut revisions = BTreeMap::new();
         let keys = handler::keys_of(&self.settings.model, batch);
-        self.take_cached(&keys, &mut states, &mut revisions);
+        self.take_known(&keys, &mut states, &mut revisions);
         self.read_all(keys, &mut states, &mut revisions).await?;
         // An action's category is known only from its item's state.
         let categories = handler::category_keys_of(batch, &states);
-        self.take_cached(&categories, &mut states, &mut revisions);
+        self.take_known(&categories, &mut states, &mut revisions);
         self.read_all(categories, &mut states, &mut revisions)
             .await?;
-        let plan = handler::plan_batch(&self.settings, batch, &mut states);
-        self.publish_examples(&plan, batch).await?;
-        // Phase by phase: see `handler::write_phase`.
-        let phases: BTreeSet<u8> = plan
+        let mut plan = handler::plan_batch(&self.settings, batch, &mut states);
+        // The key sets above are what planning touches; a unit test holds them to it.
+        if let Some(key) = plan
             .mutations
             .keys()
-            .map(|k| handler::write_phase(k))
-            .collect();
-        for phase in phases {
-            let this = &*self;
-            let written = try_join_all(
-                plan.mutations
-                    .iter()
-                    .filter(|(key, _)| handler::write_phase(key) == phase)
-                    .map(|(key, mutations)| {
-                        let read = states.remove(key).zip(revisions.get(key).copied());
-                        async move {
-                            match read {
-                                Some((state, revision)) => this
-                                    .write(key, state, revision, mutations)
-                                    .await
-                                    .map(|(state, revision)| (key, state, revision)),
-                                // The key sets above are what planning touches; a unit test
-                                // holds them to it.
-                                None => Err(Failure::new(
-                                    format!("update FEATURES {key}"),
-                                    "the plan changed a key that was not read",
-                                )),
-                            }
-                        }
-                    }),
-            )
-            .await?;
-            for (key, state, revision) in written {
-                self.cache.put(key.clone(), state, revision);
-            }
+            .find(|key| !revisions.contains_key(*key))
+        {
+            return Err(Failure::new(
+                format!("update FEATURES {key}"),
+                "the plan changed a key that was not read",
+            ));
         }
-        // What was read and not changed is as current as it was.
+        self.publish_examples(&plan, batch).await?;
         for (key, state) in states {
-            if let Some(&revision) = revisions.get(&key) {
-                self.cache.put(key, state, revision);
+            let Some(&revision) = revisions.get(&key) else {
+                continue;
+            };
+            let mutations = plan.mutations.remove(&key).unwrap_or_default();
+            match self.unwritten.keys.get_mut(&key) {
+                Some(unwritten) => {
+                    unwritten.0 = state;
+                    unwritten.2.extend(mutations);
+                }
+                None if mutations.is_empty() => {
+                    // What was read and not changed is as current as it was.
+                    self.cache.put(key, state, revision);
+                }
+                None => {
+                    self.unwritten
+                        .keys
+                        .insert(key, (state, revision, mutations));
+                }
             }
         }
         if !plan.rejected.is_empty() {
@@ -245,15 +317,64 @@ impl Featurizer {
         Ok(plan.rejected)
     }
 
-    /// Moves the cached entries of `keys` into `states` and `revisions`.
-    fn take_cached(
+    /// Writes every unwritten key, phase by phase (see `handler::write_phase`): a key of a later
+    /// phase is not written before every key of the earlier ones is. A key written stays written
+    /// if another fails; it moves to the cache.
+    async fn write_unwritten(&mut self) -> Result<(), Failure> {
+        let phases: BTreeSet<u8> = self
+            .unwritten
+            .keys
+            .keys()
+            .map(|key| handler::write_phase(key))
+            .collect();
+        for phase in phases {
+            let keys: Vec<String> = self
+                .unwritten
+                .keys
+                .keys()
+                .filter(|key| handler::write_phase(key) == phase)
+                .cloned()
+                .collect();
+            let this = &*self;
+            let written = join_all(keys.iter().map(|key| {
+                let (state, revision, mutations) = &this.unwritten.keys[key];
+                this.write(key, state.clone(), *revision, mutations)
+            }))
+            .await;
+            let mut failure = None;
+            for (key, outcome) in keys.into_iter().zip(written) {
+                match outcome {
+                    Ok((state, revision)) => {
+                        self.unwritten.keys.remove(&key);
+                        self.cache.put(key, state, revision);
+                    }
+                    Err(failed) => failure = Some(failed),
+                }
+            }
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+        }
+        self.unwritten.held = 0;
+        self.unwritten.since = None;
+        Ok(())
+    }
+
+    /// Puts the known states of `keys` into `states` and `revisions`: an unwritten one as the
+    /// held events left it (a copy: the batch may fail), else a cached one (taken out of the
+    /// cache until the batch puts it back).
+    fn take_known(
         &mut self,
         keys: &BTreeSet<String>,
         states: &mut BTreeMap<String, EntityState>,
         revisions: &mut BTreeMap<String, u64>,
     ) {
         for key in keys {
-            if let Some((state, revision)) = self.cache.take(key) {
+            let known = match self.unwritten.keys.get(key) {
+                Some((state, revision, _)) => Some((state.clone(), *revision)),
+                None => self.cache.take(key),
+            };
+            if let Some((state, revision)) = known {
                 states.insert(key.clone(), state);
                 revisions.insert(key.clone(), revision);
             }
@@ -352,5 +473,35 @@ impl Featurizer {
             format!("update FEATURES {key}"),
             "too many concurrent writers",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_written_once_so_many_events_are_held_or_so_long_whichever_comes_first() {
+        let writes = StateWrites {
+            every_events: 4096,
+            interval: Duration::from_millis(100),
+        };
+        let first = Instant::now();
+        let at = |ms| first + Duration::from_millis(ms);
+        // Nothing held since the last write: nothing due.
+        assert!(!writes.due(0, None, at(500)));
+        // Fewer events within the interval wait; as many are due at once.
+        assert!(!writes.due(4095, Some(first), at(99)));
+        assert!(writes.due(4096, Some(first), at(1)));
+        // One event is due once the interval has passed since it was handled.
+        assert!(writes.due(1, Some(first), at(100)));
+        // A consumer of some partitions writes after every batch.
+        assert!(StateWrites::EVERY_BATCH.due(1, Some(first), first));
+        // A count of zero does not make events wait for the interval.
+        let zero = StateWrites {
+            every_events: 0,
+            interval: Duration::from_secs(3600),
+        };
+        assert!(zero.due(1, Some(first), first));
     }
 }
