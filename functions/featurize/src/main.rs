@@ -92,8 +92,8 @@ struct Args {
     write_states_every_events: usize,
     /// ...or this long after the first of them was handled, whichever comes first. Examples go
     /// out with their batch regardless; this delays only the entries (which predictors read for
-    /// their catalogue) and the acknowledgements. A consumer of some partitions writes after
-    /// every batch, as other replicas write its items and categories too
+    /// their catalogue, and replicas of other partitions for shared items and categories) and the
+    /// acknowledgements
     #[arg(long = "write-states-interval", env = "FRESHET_WRITE_STATES_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     write_states_interval: Duration,
 }
@@ -175,13 +175,9 @@ async fn main() -> anyhow::Result<()> {
     let runs = consumers
         .into_iter()
         .map(|(durable, filter, all_partitions)| {
-            let state_writes = if all_partitions {
-                processor::StateWrites {
-                    every_events: args.write_states_every_events.max(1),
-                    interval: args.write_states_interval,
-                }
-            } else {
-                processor::StateWrites::EVERY_BATCH
+            let state_writes = processor::StateWrites {
+                every_events: args.write_states_every_events.max(1),
+                interval: args.write_states_interval,
             };
             // The most events held: one short of a write, and then a whole batch.
             let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());

@@ -73,13 +73,6 @@ pub struct StateWrites {
 }
 
 impl StateWrites {
-    /// Every batch writes its own states: for a consumer of some partitions only, whose items
-    /// and categories other replicas write too, so what it plans with stays as fresh as a read.
-    pub const EVERY_BATCH: StateWrites = StateWrites {
-        every_events: 1,
-        interval: Duration::ZERO,
-    };
-
     /// Whether the states `held` events changed, the first handled at `since`, are due to be
     /// written at `now`.
     fn due(&self, held: usize, since: Option<Instant>, now: Instant) -> bool {
@@ -495,8 +488,6 @@ mod tests {
         assert!(writes.due(4096, Some(first), at(1)));
         // One event is due once the interval has passed since it was handled.
         assert!(writes.due(1, Some(first), at(100)));
-        // A consumer of some partitions writes after every batch.
-        assert!(StateWrites::EVERY_BATCH.due(1, Some(first), first));
         // A count of zero does not make events wait for the interval.
         let zero = StateWrites {
             every_events: 0,
