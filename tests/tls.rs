@@ -154,7 +154,13 @@ async fn functions_connect_with_client_certificates_and_others_are_refused() -> 
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))?;
-    let features = js.get_key_value(BUCKET_FEATURES).await?;
+    // Provisioning creates the streams, then the buckets: EVENTS may come first.
+    let features = eventually(
+        Duration::from_secs(30),
+        "featurize to provision FEATURES",
+        || async { js.get_key_value(BUCKET_FEATURES).await.ok() },
+    )
+    .await?;
     let user: UserState = eventually(Duration::from_secs(30), "the view in FEATURES", || async {
         let bytes = features.get(user_key(&"u1".parse().ok()?)).await.ok()??;
         serde_json::from_slice(&bytes).ok()
