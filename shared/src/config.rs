@@ -156,9 +156,8 @@ pub struct FunctionArgs {
     /// first message was stored (train: from when it took that message, since its batch is an
     /// optimizer step); messages the stream already held then are always waited for, up to the
     /// batch size [default: 200ms;
-    /// featurize: 20ms, because a batch writes each entity it touches once: a wait that lets a
-    /// batch gather folds a popular entity's events into one state write, where batches taken
-    /// as they arrive stay small and multiply the writes]
+    /// featurize: 20ms, which bounds how long an event waits for its example; its state writes
+    /// fold many batches together whatever the wait (--write-states-interval)]
     #[arg(long = "batch-wait", env = "FRESHET_BATCH_WAIT", value_parser = parse_duration)]
     pub batch_wait: Option<Duration>,
     /// Largest event accepted, in bytes; larger ones are dead-lettered as oversized

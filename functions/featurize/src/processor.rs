@@ -199,18 +199,18 @@ impl Processor for Featurizer {
     }
 
     async fn commit(&mut self, final_commit: bool) -> Result<Commit, Failure> {
-        if self.unwritten.keys.is_empty() {
-            self.unwritten.held = 0;
-            self.unwritten.since = None;
-            return Ok(Commit::Durable);
+        if !self.unwritten.keys.is_empty() {
+            let due =
+                self.state_writes
+                    .due(self.unwritten.held, self.unwritten.since, Instant::now());
+            if !(final_commit || due) {
+                return Ok(Commit::Pending);
+            }
+            self.write_unwritten().await?;
         }
-        let due = self
-            .state_writes
-            .due(self.unwritten.held, self.unwritten.since, Instant::now());
-        if !(final_commit || due) {
-            return Ok(Commit::Pending);
-        }
-        self.write_unwritten().await?;
+        // Nothing is unwritten: every held event is durable.
+        self.unwritten.held = 0;
+        self.unwritten.since = None;
         Ok(Commit::Durable)
     }
 
@@ -348,8 +348,6 @@ impl Featurizer {
                 return Err(failure);
             }
         }
-        self.unwritten.held = 0;
-        self.unwritten.since = None;
         Ok(())
     }
 
