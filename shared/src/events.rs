@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RejectReason, Rejection};
 use crate::ids::{EntityId, ModelName};
-use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext};
+use crate::trace::TraceContext;
 
 /// The only CloudEvents version spoken.
 pub const SPEC_VERSION: &str = "1.0";
@@ -209,23 +209,56 @@ pub fn decode_traced(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<(Event, Option<TraceContext>), Rejection> {
-    let (event, mut extensions) = decode_envelope(bytes, max_bytes)?;
-    let trace = extensions.remove(TRACEPARENT).map(|parent| {
-        let state = extensions.remove(TRACESTATE);
+    let (event, trace) = decode_envelope(bytes, max_bytes)?;
+    let trace = trace.parent.map(|parent| {
         let text = |value: &serde_json::Value| value.as_str().map(str::to_string);
         TraceContext::received(
             Some(text(&parent).as_deref().unwrap_or("")),
-            state.as_ref().and_then(text).as_deref(),
+            trace.state.as_ref().and_then(text).as_deref(),
         )
     });
     Ok((event, trace.flatten()))
 }
 
-/// Decodes and validates an envelope; returns the event and the envelope's extension attributes.
-fn decode_envelope(
-    bytes: &[u8],
-    max_bytes: usize,
-) -> Result<(Event, BTreeMap<String, serde_json::Value>), Rejection> {
+/// What decoding reads of an envelope: the attributes an [`Event`] keeps, and the trace
+/// extension. Other extension attributes are skipped unread, so decoding is one pass from bytes
+/// to fields, with no intermediate JSON tree of the whole envelope. (No `#[serde(flatten)]`
+/// here: it would buffer the whole envelope again.)
+#[derive(Deserialize)]
+struct Envelope {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+    /// Any JSON value is kept, `null` included, because an invalid `traceparent` starts a fresh
+    /// trace rather than none.
+    #[serde(default, deserialize_with = "present")]
+    traceparent: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    tracestate: Option<serde_json::Value>,
+}
+
+/// The trace extension as sent.
+struct TraceAttributes {
+    parent: Option<serde_json::Value>,
+    state: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
+/// Decodes and validates an envelope; returns the event and the envelope's trace attributes.
+fn decode_envelope(bytes: &[u8], max_bytes: usize) -> Result<(Event, TraceAttributes), Rejection> {
     if bytes.len() > max_bytes {
         return Err(Rejection::new(
             RejectReason::Oversized,
@@ -233,13 +266,7 @@ fn decode_envelope(
             format!("event is {} bytes, the limit is {max_bytes}", bytes.len()),
         ));
     }
-    let raw: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Rejection::new(RejectReason::MalformedJson, "$", e.to_string()))?;
-    if !raw.is_object() {
-        return Err(invalid_envelope("$", "a CloudEvent must be a JSON object"));
-    }
-    let envelope: CloudEvent = from_value_with_path(raw, "")
-        .map_err(|(field, detail)| invalid_envelope(&field, &detail))?;
+    let envelope = read_envelope(bytes)?;
     check_envelope(&envelope)?;
     let event_type = EventType::parse(&envelope.event_type).ok_or_else(|| {
         Rejection::new(
@@ -258,10 +285,42 @@ fn decode_envelope(
         time: envelope.time,
         data,
     };
-    Ok((event, envelope.extensions))
+    let trace = TraceAttributes {
+        parent: envelope.traceparent,
+        state: envelope.tracestate,
+    };
+    Ok((event, trace))
 }
 
-fn check_envelope(envelope: &CloudEvent) -> Result<(), Rejection> {
+/// Parses the envelope straight from its bytes. Malformed JSON is told apart from well-formed
+/// JSON of the wrong shape, which names the offending attribute.
+fn read_envelope(bytes: &[u8]) -> Result<Envelope, Rejection> {
+    let malformed =
+        |e: serde_json::Error| Rejection::new(RejectReason::MalformedJson, "$", e.to_string());
+    let is_object = bytes
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|&byte| byte == b'{');
+    if !is_object {
+        // A struct would also accept a JSON array, field by position: refuse it first, and
+        // still call broken input malformed rather than the wrong shape.
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(malformed)?;
+        return Err(invalid_envelope("$", "a CloudEvent must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let envelope = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        if err.inner().is_data() {
+            let (field, detail) = path_and_detail(err, "");
+            invalid_envelope(&field, &detail)
+        } else {
+            malformed(err.into_inner())
+        }
+    })?;
+    deserializer.end().map_err(malformed)?;
+    Ok(envelope)
+}
+
+fn check_envelope(envelope: &Envelope) -> Result<(), Rejection> {
     if envelope.specversion != SPEC_VERSION {
         return Err(invalid_envelope(
             "specversion",
@@ -341,16 +400,22 @@ fn from_value_with_path<T: DeserializeOwned>(
     value: serde_json::Value,
     root: &str,
 ) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        let field = match (root.is_empty(), path.as_str()) {
-            (true, ".") => "$".to_string(),
-            (true, p) => p.to_string(),
-            (false, ".") => root.to_string(),
-            (false, p) => format!("{root}.{p}"),
-        };
-        (field, err.into_inner().to_string())
-    })
+    serde_path_to_error::deserialize(value).map_err(|err| path_and_detail(err, root))
+}
+
+/// The offending field's path under `root` (`$` for the root itself), and what is wrong with it.
+fn path_and_detail<E: std::fmt::Display>(
+    err: serde_path_to_error::Error<E>,
+    root: &str,
+) -> (String, String) {
+    let path = err.path().to_string();
+    let field = match (root.is_empty(), path.as_str()) {
+        (true, ".") => "$".to_string(),
+        (true, p) => p.to_string(),
+        (false, ".") => root.to_string(),
+        (false, p) => format!("{root}.{p}"),
+    };
+    (field, err.into_inner().to_string())
 }
 
 fn check_text(name: &str, value: &str, max: usize) -> Result<(), String> {
@@ -496,6 +561,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_past_attributes_it_does_not_use() {
+        let bytes = serde_json::to_vec(&json!({
+            "subject": "orders", "comexampleext": {"nested": [1, {"deep": null}]},
+            "specversion": "1.0", "id": "e1", "source": "s", "type": "outcome",
+            "data": {"prediction_id": "p", "label": 1}, "partitionkey": 7,
+        }))
+        .unwrap();
+        let (event, trace) = decode_traced(&bytes, DEFAULT_MAX_EVENT_BYTES).unwrap();
+        assert_eq!((event.id.as_str(), trace), ("e1", None));
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b" {}");
+        assert_eq!(rejection(&trailing).reason, RejectReason::MalformedJson);
+    }
+
+    #[test]
     fn reads_the_trace_an_envelope_carries() {
         let traced = |extensions: serde_json::Value| {
             let mut event = json!({
@@ -615,5 +695,26 @@ mod tests {
             rejection(deep.as_bytes()).reason,
             RejectReason::MalformedJson
         );
+        // Within the size limit, nesting cannot exhaust the stack anywhere in an envelope: what
+        // decoding reads (data, the trace) is refused past serde_json's depth limit, and an
+        // attribute it does not use is skipped by a loop, without recursion.
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        let outcome = r#"{"prediction_id":"p","label":1}"#;
+        let envelope_with = |data: &str, attribute: &str, value: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"1","source":"s","type":"outcome","data":{data},"{attribute}":{value}}}"#
+            )
+        };
+        for refused in [
+            envelope_with(&deep, "comexampleext", "1"),
+            envelope_with(outcome, "traceparent", &deep),
+        ] {
+            assert_eq!(
+                rejection(refused.as_bytes()).reason,
+                RejectReason::MalformedJson
+            );
+        }
+        let skipped = envelope_with(outcome, "comexampleext", &deep);
+        assert!(decode(skipped.as_bytes(), DEFAULT_MAX_EVENT_BYTES).is_ok());
     }
 }
