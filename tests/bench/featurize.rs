@@ -6,10 +6,16 @@
 //! Each scenario runs on a fresh server. The catalogue is featurized first; then the actions are
 //! published pipelined and the clock runs from the first publish until every action has its
 //! example (featurize runs with `--label-horizon 0s`: one example per action, at once).
+//!
+//! Decoding is also timed alone, on one core with no server: [`freshet::events::decode_traced`]
+//! (the envelope and data typed and checked, as featurize reads each event) beside a parse of the
+//! same bytes into a JSON tree, which checks nothing.
 
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use freshet::events::DEFAULT_MAX_EVENT_BYTES;
 use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
 use freshet_tests::{Stack, bookstore_events};
 use serde::Serialize;
@@ -18,12 +24,44 @@ const ITEMS: usize = 200;
 /// Unacknowledged publishes in flight at once.
 const PUBLISH_WINDOW: usize = 512;
 
-/// One run's figures, events/s.
+/// One run's figures: events/s, and decoding's µs per event.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeaturizeRun {
     pub floor_per_second: f64,
     pub one_replica_per_second: f64,
     pub two_replicas_per_second: f64,
+    pub decode_us_per_event: f64,
+    pub json_parse_us_per_event: f64,
+}
+
+/// Passes over the events for each decoding figure; the median pass counts.
+const DECODE_PASSES: usize = 5;
+
+/// µs per event to decode the run's events, and to parse them into a JSON tree. The passes take
+/// turns, so both meet the same moments of a shared machine.
+fn decoding(actions: usize) -> anyhow::Result<(f64, f64)> {
+    let encoded = bookstore_events(ITEMS, actions, "d")
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let per_event = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / encoded.len() as f64;
+    let (mut decode, mut parse) = (Vec::new(), Vec::new());
+    for _ in 0..DECODE_PASSES {
+        let started = Instant::now();
+        for bytes in &encoded {
+            let decoded = freshet::events::decode_traced(black_box(bytes), DEFAULT_MAX_EVENT_BYTES);
+            anyhow::ensure!(black_box(decoded).is_ok(), "a bookstore event was refused");
+        }
+        decode.push(per_event(started));
+        let started = Instant::now();
+        for bytes in &encoded {
+            black_box(serde_json::from_slice::<serde_json::Value>(black_box(
+                bytes,
+            ))?);
+        }
+        parse.push(per_event(started));
+    }
+    Ok((crate::median(decode), crate::median(parse)))
 }
 
 /// Publishes `events` pipelined; returns when every publish is acknowledged.
@@ -114,9 +152,12 @@ async fn floor(actions: usize) -> anyhow::Result<f64> {
     Ok(events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One run of the three scenarios.
+/// One run of the three scenarios, and of decoding.
 pub async fn run(actions: usize) -> anyhow::Result<FeaturizeRun> {
+    let (decode_us_per_event, json_parse_us_per_event) = decoding(actions)?;
     Ok(FeaturizeRun {
+        decode_us_per_event,
+        json_parse_us_per_event,
         floor_per_second: floor(actions).await?,
         one_replica_per_second: featurize(&[&[]], actions).await?,
         two_replicas_per_second: featurize(

@@ -492,6 +492,14 @@ async fn featurize_suite(args: &Args) -> anyhow::Result<serde_json::Value> {
             value / floor
         );
     }
+    let (decode, parse) = (
+        med(|r| r.decode_us_per_event),
+        med(|r| r.json_parse_us_per_event),
+    );
+    println!(
+        "| decoding an event alone (typed and checked) | {decode:.2} µs ({:.2}× a parse into a JSON tree, {parse:.2} µs) |",
+        decode / parse
+    );
     Ok(serde_json::json!({ "actions": args.featurize_actions, "runs": runs }))
 }
 
