@@ -168,6 +168,12 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect()
     };
+    let state_writes = processor::StateWrites {
+        every_events: args.write_states_every_events.max(1),
+        interval: args.write_states_interval,
+    };
+    // The most events held: one short of a write, and then a whole batch.
+    let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());
     let events = ctx.js.get_stream(STREAM_EVENTS).await?;
     // The order guard keeps each durable's events in stream order, which needs one replica per
     // durable at a time: replicas acknowledging one durable's messages concurrently would move
@@ -175,12 +181,6 @@ async fn main() -> anyhow::Result<()> {
     let runs = consumers
         .into_iter()
         .map(|(durable, filter, all_partitions)| {
-            let state_writes = processor::StateWrites {
-                every_events: args.write_states_every_events.max(1),
-                interval: args.write_states_interval,
-            };
-            // The most events held: one short of a write, and then a whole batch.
-            let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());
             let featurizer = processor::Featurizer {
                 js: ctx.js.clone(),
                 features: features.clone(),

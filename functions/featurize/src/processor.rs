@@ -84,13 +84,21 @@ impl StateWrites {
 /// FEATURES keys changed by held events and not written yet.
 #[derive(Default)]
 pub struct Unwritten {
-    /// Per key: its state as the held events left it, the revision last written or read (to
-    /// compare-and-set against), and the mutations since, to replay on a fresher state should
-    /// another writer have written the key in between.
-    keys: BTreeMap<String, (EntityState, u64, Vec<Mutation>)>,
+    keys: BTreeMap<String, UnwrittenKey>,
     /// Events held since the last write, and when the first of them was handled.
     held: usize,
     since: Option<Instant>,
+}
+
+/// One FEATURES key changed by held events.
+struct UnwrittenKey {
+    /// The state as the held events left it.
+    state: EntityState,
+    /// The revision last written or read, to compare-and-set against.
+    revision: u64,
+    /// The mutations since, to replay on a fresher state should another writer have written the
+    /// key in between.
+    mutations: Vec<Mutation>,
 }
 
 /// A FEATURES key as read: its state and the revision to write against.
@@ -287,17 +295,20 @@ impl Featurizer {
             let mutations = plan.mutations.remove(&key).unwrap_or_default();
             match self.unwritten.keys.get_mut(&key) {
                 Some(unwritten) => {
-                    unwritten.0 = state;
-                    unwritten.2.extend(mutations);
+                    unwritten.state = state;
+                    unwritten.mutations.extend(mutations);
                 }
                 None if mutations.is_empty() => {
                     // What was read and not changed is as current as it was.
                     self.cache.put(key, state, revision);
                 }
                 None => {
-                    self.unwritten
-                        .keys
-                        .insert(key, (state, revision, mutations));
+                    let unwritten = UnwrittenKey {
+                        state,
+                        revision,
+                        mutations,
+                    };
+                    self.unwritten.keys.insert(key, unwritten);
                 }
             }
         }
@@ -330,8 +341,13 @@ impl Featurizer {
                 .collect();
             let this = &*self;
             let written = join_all(keys.iter().map(|key| {
-                let (state, revision, mutations) = &this.unwritten.keys[key];
-                this.write(key, state.clone(), *revision, mutations)
+                let unwritten = &this.unwritten.keys[key];
+                this.write(
+                    key,
+                    unwritten.state.clone(),
+                    unwritten.revision,
+                    &unwritten.mutations,
+                )
             }))
             .await;
             let mut failure = None;
@@ -362,7 +378,7 @@ impl Featurizer {
     ) {
         for key in keys {
             let known = match self.unwritten.keys.get(key) {
-                Some((state, revision, _)) => Some((state.clone(), *revision)),
+                Some(unwritten) => Some((unwritten.state.clone(), unwritten.revision)),
                 None => self.cache.take(key),
             };
             if let Some((state, revision)) = known {
