@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::aggregates::ewma::Decay;
 
 use super::fm::DEFAULT_FACTORS;
-use super::logistic::{BatchReport, Hyper};
+use super::hyper::Hyper;
+use super::logistic::BatchReport;
 use super::manifest::ModelKind;
 use super::mlp::DEFAULT_HIDDEN;
 use super::net::{Arch, HostModel, Learner};

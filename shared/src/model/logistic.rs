@@ -1,4 +1,4 @@
-//! Logistic regression, trained online, and the hyperparameters every model kind shares.
+//! Logistic regression, trained online.
 //!
 //! [`LogisticTrainer`] learns one linear unit `σ(w·x + b)` a mini-batch at a time. Each call to
 //! [`LogisticTrainer::train_batch`] is *prequential* (test-then-train): the batch is first scored
@@ -34,7 +34,8 @@ use super::ModelError;
 use super::artifact;
 use super::manifest::{ModelKind, sha256_hex};
 use super::net::{Arch, HostModel, Learner, ParamSpec, Snapshot, read_f32, shape_error};
-use super::optim::{Optimizer, OptimizerState};
+use super::hyper::Hyper;
+use super::optim::OptimizerState;
 use super::scaler::StandardScaler;
 
 pub use super::artifact::ARTIFACT_FORMAT_VERSION;
@@ -42,65 +43,6 @@ pub use super::artifact::ARTIFACT_FORMAT_VERSION;
 /// Fixed burn parameter ids of format-2 records (see [`LogisticRegression::zeros`]).
 const WEIGHT_PARAM_ID: u64 = 1;
 const BIAS_PARAM_ID: u64 = 2;
-
-/// Training hyperparameters, shared by every model kind. The learning rate at step `t` is
-/// `learning_rate / (1 + decay·t)`, whichever optimizer applies it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Hyper {
-    /// Initial learning rate η0 (> 0). Default 0.1.
-    pub learning_rate: f64,
-    /// Learning-rate decay α (≥ 0); 0 keeps the rate constant. Default 0.01.
-    pub decay: f64,
-    /// L2 penalty λ (≥ 0) on the weights, not the biases. Default 1e-4.
-    pub l2: f64,
-    /// The update rule. Defaults to SGD, which is what manifests written before this field
-    /// existed were trained with.
-    pub optimizer: Optimizer,
-}
-
-impl Default for Hyper {
-    fn default() -> Self {
-        Self {
-            learning_rate: 0.1,
-            decay: 0.01,
-            l2: 1e-4,
-            optimizer: Optimizer::Sgd,
-        }
-    }
-}
-
-impl Hyper {
-    /// The learning rate used for the update taken at step `t` (before `t` is incremented).
-    pub fn learning_rate_at(&self, t: u64) -> f64 {
-        // u64 → f64 rounds above 2^53, which only shifts an already vanishing rate.
-        self.learning_rate / (1.0 + self.decay * t as f64)
-    }
-
-    /// Rejects values that would make training meaningless (non-finite, non-positive rate,
-    /// negative decay or penalty, Adam settings out of range).
-    pub fn validate(&self) -> Result<(), ModelError> {
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(ModelError::InvalidConfig {
-                name: "learning_rate",
-                value: self.learning_rate,
-            });
-        }
-        if !(self.decay.is_finite() && self.decay >= 0.0) {
-            return Err(ModelError::InvalidConfig {
-                name: "decay",
-                value: self.decay,
-            });
-        }
-        if !(self.l2.is_finite() && self.l2 >= 0.0) {
-            return Err(ModelError::InvalidConfig {
-                name: "l2",
-                value: self.l2,
-            });
-        }
-        self.optimizer.validate()
-    }
-}
 
 /// What one `train_batch` call measured and did.
 ///
@@ -431,6 +373,7 @@ pub(crate) fn decode_format2(header: &[u8], record: &[u8]) -> Result<Snapshot, M
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::model::Optimizer;
     use crate::model::artifact::{DIGEST_LEN, MAGIC};
     use crate::model::net::P_CLAMP;
     use sha2::{Digest, Sha256};

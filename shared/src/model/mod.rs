@@ -4,12 +4,12 @@
 //! SGD or Adam under a decaying learning rate, and all scored prequentially (each batch is
 //! scored by the model *before* it learns from it):
 //!
-//! - [`logistic`]: logistic regression, plus the hyperparameters ([`Hyper`]) and batch report
-//!   every kind shares;
+//! - [`logistic`]: logistic regression, plus the batch report every kind shares;
 //! - [`mlp`]: a small multilayer perceptron, for interactions nobody listed;
 //! - [`fm`]: a factorization machine, the recommender's model of user × item interactions.
 //!
-//! [`any`] is the one API over them: a [`ModelConfig`] per model name, a [`Trainer`] and a
+//! [`hyper`] holds the hyperparameters ([`Hyper`]) every kind trains with, and the learning-rate
+//! schedule. [`any`] is the one API over them: a [`ModelConfig`] per model name, a [`Trainer`] and a
 //! [`ModelScorer`] that work for every kind. Underneath, `net.rs` holds the training step they
 //! share, [`optim`] the update rules and their state, [`scaler`] the input standardisation, and
 //! `artifact.rs` the self-describing byte format. [`manifest`] describes one stored model
@@ -20,6 +20,7 @@
 pub mod any;
 mod artifact;
 pub mod fm;
+pub mod hyper;
 mod init;
 pub mod logistic;
 pub mod manifest;
@@ -33,7 +34,8 @@ mod synthetic;
 pub use any::{MAX_FACTORS, MAX_HIDDEN, ModelConfig, ModelScorer, Trainer};
 pub use artifact::ARTIFACT_FORMAT_VERSION;
 pub use fm::DEFAULT_FACTORS;
-pub use logistic::{BatchReport, Hyper, LogisticTrainer, Scorer};
+pub use hyper::Hyper;
+pub use logistic::{BatchReport, LogisticTrainer, Scorer};
 pub use manifest::{
     FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
 };

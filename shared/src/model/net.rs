@@ -19,7 +19,8 @@
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::logistic::{BatchReport, Hyper};
+use super::hyper::Hyper;
+use super::logistic::BatchReport;
 use super::manifest::ModelKind;
 use super::optim::OptimizerState;
 use super::scaler::StandardScaler;

@@ -1,7 +1,8 @@
 //! The update rules a model can train with, and the state they carry between batches.
 //!
-//! Both rules take the step `p ← p − η_t·d` with the decaying rate `η_t = η0 / (1 + α·t)` from
-//! [`Hyper`](super::Hyper); they differ in the direction `d`: the gradient itself (SGD), or
+//! Both rules take the step `p ← p − η_t·d` with the decaying rate `η_t = η0 / (1 + α·t)`, which
+//! [`Hyper::learning_rate_at`](super::Hyper::learning_rate_at) in `hyper.rs` computes (change the
+//! schedule there); they differ in the direction `d`: the gradient itself (SGD), or
 //! Adam's bias-corrected ratio of running gradient moments (Kingma & Ba, 2015). The update is
 //! computed here, on host vectors, rather than by burn's optimizers, for two reasons: the state
 //! is then plain numbers that the artifact stores bit for bit (so a trainer restored from bytes
