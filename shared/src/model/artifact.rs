@@ -33,8 +33,9 @@ use sha2::{Digest, Sha256};
 use super::ModelError;
 use super::logistic::decode_format2;
 use super::manifest::{ModelKind, sha256_hex};
-use super::net::{Arch, ParamSpec, Snapshot};
+use super::net::{Arch, Snapshot};
 use super::optim::OptimizerState;
+use super::params::ParamSpec;
 use super::scaler::StandardScaler;
 use crate::aggregates::ewma::Decay;
 

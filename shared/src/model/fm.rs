@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 
 use super::ModelError;
 use super::init::SeededRng;
-use super::net::{ParamSpec, shape_error};
+use super::params::{ParamSpec, shape_error};
 
 /// Latent factors per feature when the configuration does not say.
 pub const DEFAULT_FACTORS: usize = 8;

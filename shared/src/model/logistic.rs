@@ -32,10 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::artifact;
-use super::manifest::{ModelKind, sha256_hex};
-use super::net::{Arch, HostModel, Learner, ParamSpec, Snapshot, read_f32, shape_error};
 use super::hyper::Hyper;
+use super::manifest::{ModelKind, sha256_hex};
+use super::net::{Arch, HostModel, Learner, Snapshot};
 use super::optim::OptimizerState;
+use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
 
 pub use super::artifact::ARTIFACT_FORMAT_VERSION;

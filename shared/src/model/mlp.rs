@@ -15,7 +15,7 @@ use burn::tensor::activation::relu;
 
 use super::ModelError;
 use super::init::SeededRng;
-use super::net::{ParamSpec, shape_error};
+use super::params::{ParamSpec, shape_error};
 
 /// Hidden units when the configuration does not say.
 pub const DEFAULT_HIDDEN: usize = 16;

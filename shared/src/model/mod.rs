@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod mlp;
 mod net;
 pub mod optim;
+mod params;
 pub mod scaler;
 #[cfg(test)]
 mod synthetic;

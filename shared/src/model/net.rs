@@ -23,6 +23,7 @@ use super::hyper::Hyper;
 use super::logistic::BatchReport;
 use super::manifest::ModelKind;
 use super::optim::OptimizerState;
+use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
 use super::{ModelError, fm, logistic, mlp};
 use crate::aggregates::ewma::Decay;
@@ -40,23 +41,6 @@ pub(crate) enum Arch {
     Mlp { hidden: usize },
     /// Degree-2 factorization machine with `factors` latent factors per feature.
     Fm { factors: usize },
-}
-
-/// Shape of one parameter tensor, stored row-major.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ParamSpec {
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
-    /// Whether the L2 penalty applies: weights yes, biases no (a bias only shifts the decision
-    /// threshold and should not be pulled towards p = 0.5).
-    pub(crate) decay: bool,
-}
-
-impl ParamSpec {
-    /// Number of values.
-    pub(crate) fn len(&self) -> usize {
-        self.rows.saturating_mul(self.cols)
-    }
 }
 
 impl Arch {
@@ -119,12 +103,6 @@ impl Arch {
             Arch::Fm { factors } => fm::logit(params, factors, x),
         }
     }
-}
-
-/// The error for parameter lists that do not fit their architecture; unreachable through the
-/// public API (construction and decoding check shapes), but reported rather than panicking.
-pub(crate) fn shape_error() -> ModelError {
-    ModelError::Backend("parameters do not fit the model architecture".into())
 }
 
 /// Everything a model artifact holds: enough to score, and to continue training exactly.
@@ -608,15 +586,6 @@ fn input_tensor(
         }
     }
     Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), n_features]), device)
-}
-
-/// Copies a tensor to the host as `f32`, casting if the backend stored another float type.
-pub(crate) fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelError> {
-    tensor
-        .try_into_data_as::<f32>()
-        .map_err(|e| ModelError::Backend(e.to_string()))?
-        .try_into_vec::<f32>()
-        .map_err(|e| ModelError::Backend(e.to_string()))
 }
 
 #[cfg(test)]
