@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregates::ewma::Decay;
 
+use super::artifact;
+use super::error::ModelError;
 use super::fm::DEFAULT_FACTORS;
 use super::hyper::Hyper;
-use super::logistic::BatchReport;
+use super::learner::{Arch, BatchReport, HostModel, Learner};
 use super::manifest::ModelKind;
 use super::mlp::DEFAULT_HIDDEN;
-use super::net::{Arch, HostModel, Learner};
-use super::{ModelError, artifact};
 
 /// Largest accepted MLP width; a bound so a typo cannot allocate gigabytes per row.
 pub const MAX_HIDDEN: usize = 4096;

@@ -30,10 +30,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ModelError;
+use super::error::ModelError;
+use super::learner::{Arch, Snapshot};
 use super::logistic::decode_format2;
 use super::manifest::{ModelKind, sha256_hex};
-use super::net::{Arch, Snapshot};
 use super::optim::OptimizerState;
 use super::params::ParamSpec;
 use super::scaler::StandardScaler;

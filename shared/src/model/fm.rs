@@ -10,12 +10,12 @@
 //! Parameters, in storage order: `w0 [1, 1]`, `w [n, 1]`, `V [n, k]`; the L2 penalty applies to
 //! `w` and `V`. `w0` and `w` start at zero; `V` starts seeded and small-normal (σ = 0.1), since
 //! at `V = 0` every pairwise gradient is zero and the factors would never move. Training and
-//! artifacts are shared with the other kinds (`net.rs`, `artifact.rs`); this file holds the
+//! artifacts are shared with the other kinds (`learner.rs`, `artifact.rs`); this file holds the
 //! shapes and the two forward passes, burn's for gradients and the host's for scoring.
 
 use burn::tensor::Tensor;
 
-use super::ModelError;
+use super::error::ModelError;
 use super::init::SeededRng;
 use super::params::{ParamSpec, shape_error};
 

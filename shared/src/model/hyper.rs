@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::error::ModelError;
 use super::optim::Optimizer;
 
 /// Training hyperparameters, shared by every model kind. The learning rate at step `t` is

@@ -7,8 +7,8 @@
 //! (SGD or Adam, see [`Hyper`]). An update that makes the loss or any weight NaN/∞ is discarded,
 //! so a trainer only ever holds finite weights. [`Scorer`] is the inference-only copy that
 //! serving code shares between threads. The training machinery itself is shared with the other
-//! kinds (`net.rs`); this file holds what is particular to the linear model, and the decoder for
-//! artifact format 2, which only logistic models were ever written in.
+//! kinds (`learner.rs`); this file holds what is particular to the linear model, and the decoder
+//! for artifact format 2, which only logistic models were ever written in.
 //!
 //! L2 regularisation is the term `(λ/2)·‖w‖²` in the loss, on the weights only: the bias only
 //! shifts the decision threshold and should not be pulled towards p = 0.5.
@@ -30,11 +30,11 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
 use super::artifact;
+use super::error::ModelError;
 use super::hyper::Hyper;
+use super::learner::{Arch, BatchReport, HostModel, Learner, Snapshot};
 use super::manifest::{ModelKind, sha256_hex};
-use super::net::{Arch, HostModel, Learner, Snapshot};
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
@@ -44,27 +44,6 @@ pub use super::artifact::ARTIFACT_FORMAT_VERSION;
 /// Fixed burn parameter ids of format-2 records (see [`LogisticRegression::zeros`]).
 const WEIGHT_PARAM_ID: u64 = 1;
 const BIAS_PARAM_ID: u64 = 2;
-
-/// What one `train_batch` call measured and did.
-///
-/// `correct` and `log_loss_sum` are prequential: computed with the model as it was *before*
-/// this batch's update. Sums (not means) so callers can aggregate over windows exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchReport {
-    /// Rows in the batch.
-    pub examples: usize,
-    /// Rows whose prediction (`p > 0.5` ⇒ 1, see [`predicts_positive`](super::predicts_positive))
-    /// matched the label.
-    pub correct: usize,
-    /// Sum over rows of `-ln p(label)`, with `p` clamped to `[1e-7, 1 - 1e-7]`.
-    pub log_loss_sum: f64,
-    /// The step counter `t` after this update.
-    pub step: u64,
-    /// The learning rate this update used.
-    pub learning_rate: f64,
-    /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
-    pub scores: Vec<f32>,
-}
 
 /// Parameter tensors: the weights `[n, 1]`, then the bias `[1, 1]`.
 pub(crate) fn specs(n_features: usize) -> Vec<ParamSpec> {
@@ -376,7 +355,7 @@ mod tests {
     use super::*;
     use crate::model::Optimizer;
     use crate::model::artifact::{DIGEST_LEN, MAGIC};
-    use crate::model::net::P_CLAMP;
+    use crate::model::learner::P_CLAMP;
     use sha2::{Digest, Sha256};
     use std::time::Instant;
 

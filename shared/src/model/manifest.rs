@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ModelError;
+use super::error::ModelError;
 use super::hyper::Hyper;
 
 /// Which model family an artifact holds; selects the decoder.

@@ -6,14 +6,14 @@
 //! to `W1` and `W2`. Weights start seeded and uniform: He's range `±√(6/n)` for the ReLU layer
 //! (it keeps the activations' variance stable through a ReLU), Glorot's `±√(6/(h+1))` for the
 //! output; biases start at zero. Two trainers built from the same configuration are therefore
-//! identical. Training and artifacts are shared with the other kinds (`net.rs`, `artifact.rs`);
+//! identical. Training and artifacts are shared with the other kinds (`learner.rs`, `artifact.rs`);
 //! this file holds the shapes and the two forward passes, burn's for gradients and the host's
 //! for scoring.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use super::ModelError;
+use super::error::ModelError;
 use super::init::SeededRng;
 use super::params::{ParamSpec, shape_error};
 

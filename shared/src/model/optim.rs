@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// Which update rule training uses. Written in configuration as `{ type = "sgd" }` or
 /// `{ type = "adam", beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8 }` (omitted Adam fields take

@@ -5,7 +5,7 @@
 
 use burn::tensor::Tensor;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// Shape of one parameter tensor, stored row-major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::error::ModelError;
 use crate::aggregates::ewma::{Decay, ewma_step};
 
 /// Standard deviations below this are treated as this, so a constant feature maps to 0, not ∞.

@@ -18,19 +18,48 @@
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
+use super::error::ModelError;
 use super::hyper::Hyper;
-use super::logistic::BatchReport;
 use super::manifest::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
-use super::{ModelError, fm, logistic, mlp};
+use super::{fm, logistic, mlp};
 use crate::aggregates::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
 /// costs at most ~16 nats instead of infinity.
 pub(crate) const P_CLAMP: f64 = 1e-7;
+
+/// The class a probability predicts: 1 when `p > 0.5`, else 0. A score of exactly 0.5 (an
+/// untrained model, for one) carries no information; it is called 0, as River and scikit-learn
+/// do, so prequential accuracies compare row for row.
+pub fn predicts_positive(p: f32) -> bool {
+    p > 0.5
+}
+
+/// What one `train_batch` call measured and did.
+///
+/// `correct` and `log_loss_sum` are prequential: computed with the model as it was *before*
+/// this batch's update. Sums (not means) so callers can aggregate over windows exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Rows in the batch.
+    pub examples: usize,
+    /// Rows whose prediction (`p > 0.5` ⇒ 1, see [`predicts_positive`])
+    /// matched the label.
+    pub correct: usize,
+    /// Sum over rows of `-ln p(label)`, with `p` clamped to `[1e-7, 1 - 1e-7]`.
+    pub log_loss_sum: f64,
+    /// The step counter `t` after this update.
+    pub step: u64,
+    /// The learning rate this update used.
+    pub learning_rate: f64,
+    /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
+    pub scores: Vec<f32>,
+}
 
 /// A model family with its dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +279,7 @@ impl Learner {
         let mut log_loss_sum = 0.0f64;
         for (p, y) in probs.iter().zip(labels) {
             let positive = *y == 1.0;
-            if super::predicts_positive(*p) == positive {
+            if predicts_positive(*p) == positive {
                 correct += 1;
             }
             let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
