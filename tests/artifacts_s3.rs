@@ -6,7 +6,7 @@
 use chrono::Utc;
 use freshet::ids::ModelName;
 use freshet::model::{
-    Hyper, LogisticTrainer, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
+    Hyper, Manifest, ModelConfig, ModelKind, SequenceRange, Trainer, TrainingMetrics, sha256_hex,
 };
 use freshet::store::{ArtifactError, ArtifactStore};
 use freshet_tests::S3Server;
@@ -60,7 +60,7 @@ async fn versions_round_trip_through_s3_and_damage_is_refused() -> anyhow::Resul
     let store = ArtifactStore::from_url("s3://models/freshet/prod")?;
     let model = ModelName::parse("bookstore")?;
 
-    let bytes = LogisticTrainer::new(7, Hyper::default())?.to_bytes()?;
+    let bytes = Trainer::new(&ModelConfig::default(), 7)?.to_bytes()?;
     let manifests: Vec<Manifest> = (1..=3).map(|version| manifest(version, &bytes)).collect();
     for manifest in &manifests {
         store.put_version(manifest, &bytes).await?;
@@ -68,7 +68,7 @@ async fn versions_round_trip_through_s3_and_damage_is_refused() -> anyhow::Resul
     // Writing the same version again with the same contents is a harmless retry...
     store.put_version(&manifests[1], &bytes).await?;
     // ...with other bytes it is refused: versions are immutable.
-    let other = LogisticTrainer::new(3, Hyper::default())?.to_bytes()?;
+    let other = Trainer::new(&ModelConfig::default(), 3)?.to_bytes()?;
     let err = store
         .put_version(&manifest(2, &other), &other)
         .await

@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 use freshet::ids::ModelName;
-use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelKind, SequenceRange};
+use freshet::model::{FeatureSchema, Manifest, ModelKind, ModelScorer, SequenceRange};
 use freshet::store::{ArtifactError, ArtifactStore, Pointer, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
 use futures::TryStreamExt;
@@ -617,10 +617,15 @@ pub fn read_weights(manifest: &Manifest, bytes: &[u8]) -> Result<Weights, String
             kind_name(manifest.kind)
         ));
     }
-    // The hyperparameters only matter for further training; any valid ones decode the weights.
-    let model = LogisticTrainer::from_bytes(bytes, Hyper::default())
+    let model = ModelScorer::from_bytes(bytes)
         .map_err(|err| format!("the artifact does not decode: {err}"))?;
-    let values = model.weights();
+    let Some((values, bias)) = model.linear_weights() else {
+        return Err(format!(
+            "the artifact holds a {} model, not the logistic regression its manifest names",
+            kind_name(model.kind())
+        ));
+    };
+    let values = values.to_vec();
     let features = if manifest.schema.features.len() == values.len() {
         manifest.schema.features.clone()
     } else {
@@ -629,7 +634,7 @@ pub fn read_weights(manifest: &Manifest, bytes: &[u8]) -> Result<Weights, String
     Ok(Weights {
         features,
         values,
-        bias: model.bias(),
+        bias,
     })
 }
 
@@ -1278,6 +1283,7 @@ async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use freshet::model::{Hyper, ModelConfig, Trainer};
 
     fn pointer(version: u64) -> Pointer {
         Pointer {
@@ -1534,14 +1540,16 @@ mod tests {
 
     #[test]
     fn weights_decode_from_a_logistic_artifact_by_feature_name() {
-        let mut trainer = LogisticTrainer::new(3, Hyper::default()).unwrap();
+        let mut trainer = Trainer::new(&ModelConfig::default(), 3).unwrap();
         let rows = vec![vec![1.0, 0.0, 2.0], vec![0.0, 1.0, -1.0]];
         trainer.train_batch(&rows, &[1.0, 0.0]).unwrap();
         let bytes = trainer.to_bytes().unwrap();
         let weights = read_weights(&manifest(1, None), &bytes).unwrap();
         assert_eq!(weights.features, ["a", "b", "c"]);
-        assert_eq!(weights.values, trainer.weights());
-        assert_eq!(weights.bias, trainer.bias());
+        let scorer = trainer.scorer();
+        let (values, bias) = scorer.linear_weights().unwrap();
+        assert_eq!(weights.values, values);
+        assert_eq!(weights.bias, bias);
         assert!(weights.values.iter().any(|w| *w != 0.0));
         assert!(read_weights(&manifest(1, None), b"not a model").is_err());
     }

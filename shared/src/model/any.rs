@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregates::ewma::Decay;
 
-use super::artifact;
 use super::error::ModelError;
 use super::fm::DEFAULT_FACTORS;
 use super::hyper::Hyper;
 use super::learner::{Arch, BatchReport, HostModel, Learner};
 use super::manifest::ModelKind;
 use super::mlp::DEFAULT_HIDDEN;
+use super::{artifact, logistic};
 
 /// Largest accepted MLP width; a bound so a typo cannot allocate gigabytes per row.
 pub const MAX_HIDDEN: usize = 4096;
@@ -279,6 +279,16 @@ impl ModelScorer {
     /// The model family.
     pub fn kind(&self) -> ModelKind {
         self.model.arch.kind()
+    }
+
+    /// A logistic regression's weights, one per feature in feature order, and its bias; they act
+    /// on inputs standardised by the model's own scaler. `None` for the other kinds, which have
+    /// no single weight per feature.
+    pub fn linear_weights(&self) -> Option<(&[f32], f32)> {
+        match self.model.arch {
+            Arch::Logistic => logistic::weights_and_bias(self.model.params()),
+            Arch::Mlp { .. } | Arch::Fm { .. } => None,
+        }
     }
 }
 
@@ -546,6 +556,12 @@ mod tests {
                 Err(ModelError::Label { index: 0, .. })
             ));
             assert_eq!(
+                trainer
+                    .train_batch(std::slice::from_ref(&good), &[1.0, 0.0])
+                    .unwrap_err(),
+                ModelError::LabelCount { rows: 1, labels: 2 }
+            );
+            assert_eq!(
                 trainer.train_batch(&[], &[]).unwrap_err(),
                 ModelError::EmptyBatch
             );
@@ -570,6 +586,20 @@ mod tests {
             Trainer::new(&ModelConfig::default(), 0),
             Err(ModelError::InvalidConfig {
                 name: "n_features",
+                ..
+            })
+        ));
+        let nan_rate = ModelConfig {
+            hyper: Hyper {
+                learning_rate: f64::NAN,
+                ..Hyper::default()
+            },
+            ..ModelConfig::default()
+        };
+        assert!(matches!(
+            Trainer::new(&nan_rate, 3),
+            Err(ModelError::InvalidConfig {
+                name: "learning_rate",
                 ..
             })
         ));
@@ -674,6 +704,27 @@ mod tests {
         let mut back = Trainer::from_bytes(&switched.to_bytes().unwrap(), &mlp).unwrap();
         assert_eq!(back.train_batch(&rows, &labels).unwrap().step, 3);
         assert!(back.to_bytes().unwrap().len() < switched.to_bytes().unwrap().len());
+    }
+
+    #[test]
+    fn only_a_logistic_regression_has_a_weight_per_feature() {
+        for kind in KINDS {
+            let mut trainer = Trainer::new(&config(kind, Optimizer::Sgd), 3).unwrap();
+            let (rows, labels) = linear_batch(0, 16, 3);
+            trainer.train_batch(&rows, &labels).unwrap();
+            let scorer = trainer.scorer();
+            match (kind, scorer.linear_weights()) {
+                (ModelKind::Logistic, Some((w, b))) => {
+                    assert_eq!(w.len(), 3);
+                    assert!(w.iter().chain([&b]).any(|v| *v != 0.0), "trained");
+                    // They travel with the artifact.
+                    let restored = ModelScorer::from_bytes(&trainer.to_bytes().unwrap()).unwrap();
+                    assert_eq!(restored.linear_weights(), Some((w, b)));
+                }
+                (ModelKind::Logistic, None) => panic!("a logistic model has weights"),
+                (_, weights) => assert_eq!(weights, None, "{kind:?}"),
+            }
+        }
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Arch {
     /// Initial parameters: zeros for logistic regression, seeded draws for the others.
     fn init(self, n_features: usize, seed: u64) -> Vec<Vec<f32>> {
         match self {
-            Arch::Logistic => vec![vec![0.0; n_features], vec![0.0]],
+            Arch::Logistic => logistic::init(n_features),
             Arch::Mlp { hidden } => mlp::init(n_features, hidden, seed),
             Arch::Fm { factors } => fm::init(n_features, factors, seed),
         }
@@ -451,6 +451,11 @@ impl HostModel {
         }
     }
 
+    /// The parameter tensors, in the architecture's storage order.
+    pub(crate) fn params(&self) -> &[Vec<f32>] {
+        &self.params
+    }
+
     /// Probability of class 1 for one row.
     pub(crate) fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
         validate_row(row, 0, self.n_features)?;
@@ -620,6 +625,62 @@ fn input_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::synthetic::linear_batch;
+
+    /// The report's counts are the scores' own: correct by [`predicts_positive`], log-loss by
+    /// the clamped cross-entropy, from the scores a scorer made just before the update.
+    #[test]
+    fn the_report_measures_the_scores_before_the_update() {
+        let hyper = Hyper {
+            learning_rate: 1.0,
+            ..Hyper::default()
+        };
+        for arch in [
+            Arch::Logistic,
+            Arch::Mlp { hidden: 4 },
+            Arch::Fm { factors: 2 },
+        ] {
+            let mut learner = Learner::new(arch, 3, hyper, 1, None).unwrap();
+            for b in 0..15 {
+                let (rows, labels) = linear_batch(b, 64, 3);
+                learner.train_batch(&rows, &labels).unwrap();
+            }
+            let scorer = learner.host_model();
+            let (rows, labels) = linear_batch(15, 64, 3);
+            let scores = scorer.score_batch(&rows).unwrap();
+            let report = learner.train_batch(&rows, &labels).unwrap();
+
+            let correct = scores
+                .iter()
+                .zip(&labels)
+                .filter(|(p, y)| predicts_positive(**p) == (**y == 1.0))
+                .count();
+            let log_loss: f64 = scores
+                .iter()
+                .zip(&labels)
+                .map(|(p, y)| {
+                    let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
+                    if *y == 1.0 { -p.ln() } else { -(1.0 - p).ln() }
+                })
+                .sum();
+            assert_eq!(report.correct, correct, "{arch:?}");
+            assert_eq!(
+                report.log_loss_sum.to_bits(),
+                log_loss.to_bits(),
+                "{arch:?}"
+            );
+            assert_eq!(report.scores, scores, "{arch:?}");
+
+            // The scorer is a snapshot: training afterwards does not change it.
+            assert_eq!(scorer.score_batch(&rows).unwrap(), scores);
+            for (row, p) in rows.iter().zip(&scores) {
+                // Equal to the bit today; the tolerance only allows a backend that sums a
+                // [1, n] product in another order than an [n, d] one.
+                let single = scorer.score(row).unwrap();
+                assert!((single - p).abs() <= 1e-6, "{arch:?}: {single} vs {p}");
+            }
+        }
+    }
 
     #[test]
     fn closed_form_logistic_gradients_equal_autodiff() {

@@ -17,8 +17,7 @@ use super::hyper::Hyper;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
-    /// Logistic regression: [`LogisticTrainer`](super::LogisticTrainer) /
-    /// [`Scorer`](super::Scorer), or [`Trainer`](super::Trainer).
+    /// Logistic regression (`logistic.rs`).
     Logistic,
     /// A one-hidden-layer ReLU perceptron (`mlp.rs`).
     Mlp,

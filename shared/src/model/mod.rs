@@ -40,7 +40,6 @@ pub use error::ModelError;
 pub use fm::DEFAULT_FACTORS;
 pub use hyper::Hyper;
 pub use learner::{BatchReport, predicts_positive};
-pub use logistic::{LogisticTrainer, Scorer};
 pub use manifest::{
     FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
 };
