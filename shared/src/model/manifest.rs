@@ -6,12 +6,11 @@
 //! when written (prequential metrics), and how to check the bytes are intact (size and SHA-256,
 //! see [`Manifest::verify`]). Readers should verify before loading.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
+use super::artifact::sha256_hex;
 use super::error::ModelError;
 use super::hyper::Hyper;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 /// Which model family an artifact holds; selects the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,11 +129,6 @@ pub struct Manifest {
     pub traces: Vec<String>,
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 impl Manifest {
     /// The first version of this version's chain of training steps.
     pub fn lineage_root(&self) -> u64 {
@@ -243,14 +237,6 @@ mod tests {
         let old: Manifest = serde_json::from_value(old).unwrap();
         assert!(old.traces.is_empty());
         old.verify(b"model bytes").unwrap();
-    }
-
-    #[test]
-    fn sha256_known_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 
     #[test]

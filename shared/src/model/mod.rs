@@ -35,14 +35,12 @@ pub mod scaler;
 mod synthetic;
 
 pub use any::{MAX_FACTORS, MAX_HIDDEN, ModelConfig, ModelScorer, Trainer};
-pub use artifact::ARTIFACT_FORMAT_VERSION;
+pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
 pub use error::ModelError;
 pub use fm::DEFAULT_FACTORS;
 pub use hyper::Hyper;
 pub use learner::{BatchReport, predicts_positive};
-pub use manifest::{
-    FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics, sha256_hex,
-};
+pub use manifest::{FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics};
 pub use mlp::DEFAULT_HIDDEN;
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;

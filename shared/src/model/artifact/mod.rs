@@ -6,7 +6,7 @@
 //!
 //! The magic rejects random blobs before any parsing, and the trailing digest covers header and
 //! record alike, so a truncated or corrupted artifact is rejected as [`ModelError::Decode`]
-//! before a single field is trusted. The header's `format` selects the layout:
+//! before a single field is trusted (`frame.rs`). The header's `format` selects the layout:
 //!
 //! - **3** (written for every kind): the header names the kind, the dimensions (`n_features`,
 //!   and `hidden` or `factors`), the initialisation seed, the step `t`, the scaler's example
@@ -21,23 +21,27 @@
 //!   and its second statistics are variances, not M2 sums. Written only for such a scaler, so
 //!   a reader that knows format 3 alone refuses it instead of scaling with the wrong formula,
 //!   and keeps reading every other artifact.
-//! - **2** (logistic only, read but no longer written): see `logistic.rs`.
+//! - **2** (logistic only, read but no longer written): see `format2.rs`.
 //!
 //! The header repeats `record_len` and `record_sha256` under the names format 2 used, so a
 //! reader built before format 3 fails with "unsupported artifact format 3" rather than a
 //! puzzling parse error.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::error::ModelError;
 use super::learner::{Arch, Snapshot};
-use super::logistic::decode_format2;
-use super::manifest::{ModelKind, sha256_hex};
+use super::manifest::ModelKind;
 use super::optim::OptimizerState;
 use super::params::ParamSpec;
 use super::scaler::StandardScaler;
 use crate::aggregates::ewma::Decay;
+use frame::{frame, unframe};
+
+mod format2;
+mod frame;
+
+pub use frame::sha256_hex;
 
 /// Version of the artifact layout this build writes. Bump it when the header or the record
 /// layout changes, and keep a decoder for every version that was ever written.
@@ -48,16 +52,6 @@ pub const FORMAT_DECAYED_SCALER: u32 = 4;
 
 /// The first format, logistic regression with a burnpack record; still read.
 const FORMAT_LOGISTIC_BURNPACK: u32 = 2;
-
-/// Length of the trailing SHA-256 digest.
-pub(crate) const DIGEST_LEN: usize = 32;
-
-/// Leading bytes of every artifact, so a random blob is rejected before JSON parsing.
-pub(crate) const MAGIC: &[u8; 8] = b"FRESHETM";
-
-/// Upper bound on the JSON header; a real one is ~300 bytes, and a bound keeps a corrupted
-/// length field from being trusted.
-const MAX_HEADER_LEN: usize = 64 * 1024;
 
 /// Header JSON of format 3. Unknown fields are tolerated so a newer writer can add
 /// informational fields without breaking older readers; `format` guards real layout changes.
@@ -93,49 +87,6 @@ enum SavedOptimizer {
     Sgd,
     /// Adam's moments, after `steps` Adam updates.
     Adam { steps: u64 },
-}
-
-/// Frames a header and record: magic, header length, header, record, digest.
-fn frame(header: &[u8], record: &[u8]) -> Result<Vec<u8>, ModelError> {
-    let header_len = u32::try_from(header.len())
-        .ok()
-        .filter(|len| (*len as usize) <= MAX_HEADER_LEN)
-        .ok_or_else(|| ModelError::Encode(format!("header too large: {} bytes", header.len())))?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + record.len() + DIGEST_LEN);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&header_len.to_le_bytes());
-    out.extend_from_slice(header);
-    out.extend_from_slice(record);
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    Ok(out)
-}
-
-/// Checks the digest, magic and header length; returns the header and record bytes.
-fn unframe(bytes: &[u8]) -> Result<(&[u8], &[u8]), ModelError> {
-    let decode = |msg: &str| ModelError::Decode(msg.into());
-    let body_len = bytes
-        .len()
-        .checked_sub(DIGEST_LEN)
-        .ok_or_else(|| decode("shorter than its checksum"))?;
-    let (body, digest) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != digest {
-        return Err(decode("artifact checksum does not match its contents"));
-    }
-    let rest = body
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| decode("not a freshet model artifact (bad magic)"))?;
-    let (len_bytes, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| decode("truncated before header length"))?;
-    let header_len = u32::from_le_bytes(*len_bytes) as usize;
-    if header_len > MAX_HEADER_LEN || header_len > rest.len() {
-        return Err(ModelError::Decode(format!(
-            "header length {header_len} exceeds the {} bytes available",
-            rest.len()
-        )));
-    }
-    Ok(rest.split_at(header_len))
 }
 
 /// Serialises a model in the current format.
@@ -200,7 +151,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, ModelError> {
         serde_json::from_slice(header).map_err(|e| ModelError::Decode(format!("header: {e}")))?;
     match format.format {
         ARTIFACT_FORMAT_VERSION | FORMAT_DECAYED_SCALER => decode_format3(header, record),
-        FORMAT_LOGISTIC_BURNPACK => decode_format2(header, record),
+        FORMAT_LOGISTIC_BURNPACK => format2::decode(header, record),
         other => Err(ModelError::Decode(format!(
             "unsupported artifact format {other} (this build reads \
              {FORMAT_LOGISTIC_BURNPACK}, {ARTIFACT_FORMAT_VERSION} and {FORMAT_DECAYED_SCALER})"
