@@ -9,17 +9,17 @@
 //! - [`fm`]: a factorization machine, the recommender's model of user × item interactions.
 //!
 //! [`hyper`] holds the hyperparameters ([`Hyper`]) every kind trains with, and the
-//! learning-rate schedule. [`any`] is the one API over the kinds: a [`ModelConfig`] per model
-//! name, a [`Trainer`] and a [`ModelScorer`] that work for every kind. Underneath, `learner.rs`
-//! holds the training step they share and the [`BatchReport`] it measures, [`optim`] the update
-//! rules and their state, [`scaler`] the input standardisation, and `artifact.rs` the
-//! self-describing byte format. [`manifest`] describes one stored model version: what it is,
-//! which examples it learned, its checksum and its training metrics.
+//! learning-rate schedule. One API serves every kind: a [`ModelConfig`] per model name (in
+//! `config.rs`), a [`Trainer`] (`trainer.rs`) and a [`ModelScorer`] (`scorer.rs`). Underneath,
+//! `learner.rs` holds the training step they share and the [`BatchReport`] it measures,
+//! [`optim`] the update rules and their state, [`scaler`] the input standardisation, and
+//! `artifact/` the self-describing byte format. [`manifest`] describes one stored model version:
+//! what it is, which examples it learned, its checksum and its training metrics.
 //! Every fallible function here returns [`ModelError`]; none panics on bad input, because
 //! inputs arrive from a stream and artifacts from an object store.
 
-pub mod any;
 mod artifact;
+mod config;
 mod error;
 pub mod fm;
 pub mod hyper;
@@ -31,11 +31,13 @@ pub mod mlp;
 pub mod optim;
 mod params;
 pub mod scaler;
+mod scorer;
 #[cfg(test)]
 mod synthetic;
+mod trainer;
 
-pub use any::{MAX_FACTORS, MAX_HIDDEN, ModelConfig, ModelScorer, Trainer};
 pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
+pub use config::{MAX_FACTORS, MAX_HIDDEN, ModelConfig};
 pub use error::ModelError;
 pub use fm::DEFAULT_FACTORS;
 pub use hyper::Hyper;
@@ -44,3 +46,5 @@ pub use manifest::{FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMe
 pub use mlp::DEFAULT_HIDDEN;
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;
+pub use scorer::ModelScorer;
+pub use trainer::Trainer;

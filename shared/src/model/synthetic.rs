@@ -1,6 +1,6 @@
 //! Deterministic synthetic data for the model tests: no RNG crate, the same data every run.
 
-use super::Trainer;
+use super::trainer::Trainer;
 
 /// Pseudo-random feature `j` of example `i`, uniform in [-1, 1), from a SplitMix-style hash.
 pub(crate) fn feature(i: u64, j: u64) -> f32 {

@@ -1,5 +1,5 @@
-//! One API over every model kind: [`ModelConfig`] says which model to train and how,
-//! [`Trainer`] trains it, [`ModelScorer`] serves it.
+//! [`Trainer`], the one training API over every model kind: a [`ModelConfig`] says which model
+//! to train and how, a `Trainer` trains it, and a [`ModelScorer`] serves it.
 //!
 //! The functions that train and predict do not need to know which kind a model name uses: the
 //! configuration picks it, the artifact records it, and [`ModelScorer::from_bytes`] reads it
@@ -8,110 +8,13 @@
 //! prequentially before the update, a non-finite update is discarded, and an artifact restores a
 //! trainer that continues exactly where the original stopped (Adam's moments included).
 
-use serde::{Deserialize, Serialize};
-
-use crate::aggregates::ewma::Decay;
-
+use super::artifact;
+use super::config::ModelConfig;
 use super::error::ModelError;
-use super::fm::DEFAULT_FACTORS;
 use super::hyper::Hyper;
-use super::learner::{Arch, BatchReport, HostModel, Learner};
+use super::learner::{Arch, BatchReport, Learner};
 use super::manifest::ModelKind;
-use super::mlp::DEFAULT_HIDDEN;
-use super::{artifact, logistic};
-
-/// Largest accepted MLP width; a bound so a typo cannot allocate gigabytes per row.
-pub const MAX_HIDDEN: usize = 4096;
-
-/// Largest accepted number of factorization-machine factors, for the same reason.
-pub const MAX_FACTORS: usize = 1024;
-
-/// Everything that defines a model besides its data: what a deployment writes per model name,
-/// e.g. in TOML:
-///
-/// ```toml
-/// kind = "factorization_machine"
-/// factors = 8
-/// seed = 7
-/// hyper = { learning_rate = 0.02, optimizer = { type = "adam" } }
-/// ```
-///
-/// Omitted fields take their defaults; unknown fields are rejected, so a misspelt setting is an
-/// error rather than silently ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The model family. Default `logistic`.
-    pub kind: ModelKind,
-    /// Learning rate, its decay, L2 penalty and optimizer.
-    pub hyper: Hyper,
-    /// Hidden ReLU units of an `mlp` (1 to [`MAX_HIDDEN`]). Default 16; other kinds ignore it.
-    pub hidden: usize,
-    /// Latent factors per feature of a `factorization_machine` (1 to [`MAX_FACTORS`]).
-    /// Default 8; other kinds ignore it.
-    pub factors: usize,
-    /// Seed of the initial parameters of `mlp` and `factorization_machine` (logistic
-    /// regression starts at zero). Default 0.
-    pub seed: u64,
-    /// β of an exponentially weighted input scaler (the same EWMA as featurize's scaling
-    /// state), which follows features whose scale drifts; unset, the scaler is Welford's over
-    /// every example. Default unset.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scaler_decay: Option<Decay>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            kind: ModelKind::Logistic,
-            hyper: Hyper::default(),
-            hidden: DEFAULT_HIDDEN,
-            factors: DEFAULT_FACTORS,
-            seed: 0,
-            scaler_decay: None,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// Rejects invalid hyperparameters, and a width or factor count out of range for the kind
-    /// that uses it.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        self.hyper.validate()?;
-        match self.kind {
-            ModelKind::Logistic => {}
-            ModelKind::Mlp => {
-                if !(1..=MAX_HIDDEN).contains(&self.hidden) {
-                    return Err(ModelError::InvalidConfig {
-                        name: "hidden",
-                        value: self.hidden as f64,
-                    });
-                }
-            }
-            ModelKind::FactorizationMachine => {
-                if !(1..=MAX_FACTORS).contains(&self.factors) {
-                    return Err(ModelError::InvalidConfig {
-                        name: "factors",
-                        value: self.factors as f64,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn arch(&self) -> Arch {
-        match self.kind {
-            ModelKind::Logistic => Arch::Logistic,
-            ModelKind::Mlp => Arch::Mlp {
-                hidden: self.hidden,
-            },
-            ModelKind::FactorizationMachine => Arch::Fm {
-                factors: self.factors,
-            },
-        }
-    }
-}
+use super::scorer::ModelScorer;
 
 /// Trains a model of any kind one mini-batch at a time.
 ///
@@ -199,9 +102,7 @@ impl Trainer {
 
     /// An inference copy of the current model, independent of further training.
     pub fn scorer(&self) -> ModelScorer {
-        ModelScorer {
-            model: self.learner.host_model(),
-        }
+        ModelScorer::new(self.learner.host_model())
     }
 
     /// Updates taken so far (`t`).
@@ -240,64 +141,12 @@ fn describe(arch: Arch) -> String {
     }
 }
 
-/// Inference-only model of any kind, scoring on host vectors (no burn, no tensors), because
-/// predictors call it once per request and tensor set-up would dominate a single row. Cheap to
-/// share (`Arc`) and safe to call from many threads at once.
-#[derive(Debug, Clone)]
-pub struct ModelScorer {
-    model: HostModel,
-}
-
-impl ModelScorer {
-    /// Loads a scorer from any model artifact; the kind is read from its header.
-    pub fn from_bytes(bytes: &[u8]) -> Result<ModelScorer, ModelError> {
-        Ok(ModelScorer {
-            model: HostModel::from_snapshot(artifact::decode(bytes)?),
-        })
-    }
-
-    /// Probability of class 1 for one row.
-    pub fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
-        self.model.score(row)
-    }
-
-    /// Probability of class 1 for each row. An empty batch gives an empty result.
-    pub fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
-        self.model.score_batch(rows)
-    }
-
-    /// Number of input features each row must have.
-    pub fn n_features(&self) -> usize {
-        self.model.n_features
-    }
-
-    /// The training step `t` of the model this scorer was made from.
-    pub fn step(&self) -> u64 {
-        self.model.step
-    }
-
-    /// The model family.
-    pub fn kind(&self) -> ModelKind {
-        self.model.arch.kind()
-    }
-
-    /// A logistic regression's weights, one per feature in feature order, and its bias; they act
-    /// on inputs standardised by the model's own scaler. `None` for the other kinds, which have
-    /// no single weight per feature.
-    pub fn linear_weights(&self) -> Option<(&[f32], f32)> {
-        match self.model.arch {
-            Arch::Logistic => logistic::weights_and_bias(self.model.params()),
-            Arch::Mlp { .. } | Arch::Fm { .. } => None,
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::Optimizer;
     use crate::model::synthetic::{linear_batch, xor_batch};
+    use crate::model::{DEFAULT_FACTORS, DEFAULT_HIDDEN, MAX_FACTORS, Optimizer};
     use std::time::Instant;
 
     const KINDS: [ModelKind; 3] = [
