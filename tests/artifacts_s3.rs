@@ -5,9 +5,7 @@
 
 use chrono::Utc;
 use freshet::ids::ModelName;
-use freshet::model::{
-    Hyper, Manifest, ModelConfig, ModelKind, SequenceRange, Trainer, TrainingMetrics, sha256_hex,
-};
+use freshet::model::{Manifest, ModelConfig, SequenceRange, Trainer, TrainingMetrics, sha256_hex};
 use freshet::store::{ArtifactError, ArtifactStore};
 use freshet_tests::S3Server;
 use object_store::ObjectStoreExt;
@@ -18,9 +16,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         model: "bookstore".into(),
         version,
         parent: version.checked_sub(1).filter(|v| *v > 0),
-        kind: ModelKind::Logistic,
-        hyper: Hyper::default(),
-        config: None,
+        config: ModelConfig::default(),
         schema: freshet::features::schema(),
         sha256: sha256_hex(bytes),
         size_bytes: bytes.len() as u64,

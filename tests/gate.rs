@@ -266,13 +266,13 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     let bad = Manifest {
         version,
         parent: None,
-        config: Some(ModelConfig {
+        config: ModelConfig {
             hyper: freshet::model::Hyper {
                 learning_rate: 0.01,
                 ..config.hyper
             },
             ..config
-        }),
+        },
         sha256: freshet::model::sha256_hex(&bytes),
         size_bytes: bytes.len() as u64,
         step: inverted.step(),

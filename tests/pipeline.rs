@@ -97,7 +97,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
 
     // The version records its exponentially weighted scaler, in the format that says so, and
     // the predictor's score is the artifact's own.
-    let decay = first_live.config.and_then(|c| c.scaler_decay);
+    let decay = first_live.config.scaler_decay;
     assert_eq!(decay.map(|d| d.get()), Some(0.999));
     let (_, bytes) = artifacts.load(&model, first_live.version).await?;
     let header_len = u32::from_le_bytes(bytes[8..12].try_into()?) as usize;

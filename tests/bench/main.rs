@@ -770,24 +770,23 @@ async fn model_sizes(
         (
             "mlp64",
             ModelConfig {
-                kind: ModelKind::Mlp,
-                hidden: 64,
+                kind: ModelKind::Mlp { hidden: 64 },
                 ..Default::default()
             },
         ),
         (
             "mlp1024",
             ModelConfig {
-                kind: ModelKind::Mlp,
-                hidden: 1024,
+                kind: ModelKind::Mlp { hidden: 1024 },
                 ..Default::default()
             },
         ),
         (
             "mlp4096",
             ModelConfig {
-                kind: ModelKind::Mlp,
-                hidden: freshet::model::MAX_HIDDEN,
+                kind: ModelKind::Mlp {
+                    hidden: freshet::model::MAX_HIDDEN,
+                },
                 ..Default::default()
             },
         ),
@@ -865,10 +864,8 @@ async fn serve_unrecorded(
 
 /// Trainable parameters of a model of `config` over the bookstore's features.
 fn parameters(config: &freshet::model::ModelConfig) -> usize {
-    let n = freshet::features::FEATURE_NAMES.len();
-    match config.kind {
-        freshet::model::ModelKind::Mlp => n * config.hidden + 2 * config.hidden + 1,
-        freshet::model::ModelKind::FactorizationMachine => n * (config.factors + 1) + 1,
-        freshet::model::ModelKind::Logistic => n + 1,
-    }
+    config
+        .kind
+        .parameter_count(freshet::features::FEATURE_NAMES.len())
+        .unwrap_or_default()
 }

@@ -175,8 +175,8 @@ struct Outcome {
     batch: usize,
     accuracy: f64,
     log_loss: f64,
-    /// The model kind trained.
-    kind: ModelKind,
+    /// The name of the model kind trained.
+    kind: &'static str,
     /// The settings this outcome trained with (the rate already scaled, if asked).
     hyper: Hyper,
     /// Median over runs of the time inside `train_batch`.
@@ -242,7 +242,7 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         rows,
         features: stream.features.len(),
         batch,
-        kind: args.kind,
+        kind: args.kind.name(),
         hyper,
         accuracy: reference.correct as f64 / rows as f64,
         log_loss: reference.log_loss_sum / rows as f64,

@@ -491,12 +491,12 @@ pub fn render_detail(detail: &ModelDetail) -> String {
             "parent",
             m.parent.map_or("-".to_string(), |p| p.to_string()),
         ),
-        ("kind", kind_name(m.kind)),
+        ("kind", m.config.kind.name().to_string()),
         (
             "hyper-parameters",
             format!(
                 "learning_rate={} decay={} l2={}",
-                m.hyper.learning_rate, m.hyper.decay, m.hyper.l2
+                m.config.hyper.learning_rate, m.config.hyper.decay, m.config.hyper.l2
             ),
         ),
         (
@@ -611,10 +611,10 @@ pub struct VersionData {
 /// manifest's schema (its weights act on standardised inputs). Other kinds have no weight per
 /// feature to compare, which is said rather than guessed at.
 pub fn read_weights(manifest: &Manifest, bytes: &[u8]) -> Result<Weights, String> {
-    if manifest.kind != ModelKind::Logistic {
+    if manifest.config.kind != ModelKind::Logistic {
         return Err(format!(
             "{} models have no single weight per feature to compare",
-            kind_name(manifest.kind)
+            manifest.config.kind.name()
         ));
     }
     let model = ModelScorer::from_bytes(bytes)
@@ -622,7 +622,7 @@ pub fn read_weights(manifest: &Manifest, bytes: &[u8]) -> Result<Weights, String
     let Some((values, bias)) = model.linear_weights() else {
         return Err(format!(
             "the artifact holds a {} model, not the logistic regression its manifest names",
-            kind_name(model.kind())
+            model.kind().name()
         ));
     };
     let values = values.to_vec();
@@ -824,17 +824,10 @@ pub fn diff_versions(
     }
 }
 
-/// What defines a version besides its data, as JSON: the whole configuration when the manifest
-/// records it, else the kind and hyperparameters every manifest has.
+/// What defines a version besides its data, as JSON: its whole configuration (for a manifest
+/// written before configurations, the logistic default with its hyperparameters).
 fn settings_of(manifest: &Manifest) -> serde_json::Value {
-    match &manifest.config {
-        Some(config) => serde_json::to_value(config),
-        None => serde_json::to_value(serde_json::json!({
-            "kind": manifest.kind,
-            "hyper": manifest.hyper,
-        })),
-    }
-    .unwrap_or_default()
+    serde_json::to_value(manifest.config).unwrap_or_default()
 }
 
 /// Every leaf of a JSON value by dotted path.
@@ -952,14 +945,6 @@ fn diff_weights(a: &Weights, b: &Weights, top: usize) -> WeightsDiff {
     }
 }
 
-/// A model kind by its configuration name (`logistic`, `mlp`, `factorization_machine`).
-fn kind_name(kind: ModelKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// A signed difference of whole numbers, "+3", "-2", "0".
 fn signed(change: i64) -> String {
     if change > 0 {
@@ -1041,8 +1026,8 @@ pub fn render_diff(diff: &VersionDiff) -> String {
         ],
         [
             "kind".into(),
-            kind_name(a.kind),
-            kind_name(b.kind),
+            a.config.kind.name().to_string(),
+            b.config.kind.name().to_string(),
             String::new(),
         ],
         [
@@ -1215,7 +1200,7 @@ async fn read_version(
     version: u64,
 ) -> anyhow::Result<VersionData> {
     let manifest = read_manifest(artifacts, model, version).await?;
-    let weights = if manifest.kind == ModelKind::Logistic {
+    let weights = if manifest.config.kind == ModelKind::Logistic {
         match artifacts.load(model, version).await {
             Ok((manifest, bytes)) => read_weights(&manifest, &bytes),
             Err(err) => Err(err.to_string()),
@@ -1474,7 +1459,7 @@ mod tests {
     fn settings_and_schema_changes_are_listed_by_name() {
         let a = manifest(1, None);
         let mut b = manifest(2, Some(1));
-        b.hyper.learning_rate = 0.5;
+        b.config.hyper.learning_rate = 0.5;
         b.schema.features = vec!["c".into(), "a".into(), "d".into()];
         let diff = diff_versions(
             &data(a, weights(&[1.0, 1.0, 1.0], 0.0)),
@@ -1516,7 +1501,7 @@ mod tests {
     #[test]
     fn missing_weights_are_explained_not_invented() {
         let mut mlp = manifest(2, Some(1));
-        mlp.kind = ModelKind::Mlp;
+        mlp.config.kind = ModelKind::Mlp { hidden: 16 };
         let why = read_weights(&mlp, &[]).unwrap_err();
         assert!(why.contains("mlp"), "{why}");
         let diff = diff_versions(

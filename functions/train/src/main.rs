@@ -14,7 +14,7 @@ use freshet::aggregates::ewma::Decay;
 use freshet::config::FunctionArgs;
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
-use freshet::model::{Hyper, ModelConfig, ModelKind, Optimizer};
+use freshet::model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::store::Pointers;
@@ -172,15 +172,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let config = ModelConfig {
-        kind: args.kind,
+        // The kind's dimensions come from their own flags; one it does not have is ignored.
+        kind: args.kind.with_dimensions(Dimensions {
+            hidden: Some(args.hidden),
+            factors: Some(args.factors),
+        }),
         hyper: Hyper {
             learning_rate: args.learning_rate,
             decay: args.lr_decay,
             l2: args.l2,
             optimizer: args.optimizer,
         },
-        hidden: args.hidden,
-        factors: args.factors,
         seed: args.seed,
         scaler_decay: args.scaler_decay,
     };

@@ -481,10 +481,7 @@ impl Trainer {
             .with_context(|| format!("loading live version {} of {}", live.version, self.model))?;
         // The lineage continues as it was trained: a changed configuration (another kind, say)
         // applies to a new model name, not halfway through a lineage.
-        let config = manifest.config.unwrap_or(ModelConfig {
-            hyper: manifest.hyper,
-            ..ModelConfig::default()
-        });
+        let config = manifest.config;
         if config != self.config {
             tracing::warn!(model = %self.model, live = ?config, configured = ?self.config,
                 "the live version was trained with another configuration; continuing with its own");

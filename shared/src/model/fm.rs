@@ -22,6 +22,9 @@ use super::params::{ParamSpec, shape_error};
 /// Latent factors per feature when the configuration does not say.
 pub const DEFAULT_FACTORS: usize = 8;
 
+/// Largest accepted number of factors, a bound so a typo cannot allocate gigabytes per row.
+pub const MAX_FACTORS: usize = 1024;
+
 /// Standard deviation of the initial factors: small enough that the pairwise term starts near
 /// zero, large enough that its gradients do not.
 const FACTOR_INIT_STD: f64 = 0.1;
@@ -104,6 +107,10 @@ mod tests {
     use crate::model::synthetic::{feature, linear_batch, prequential_accuracy, xor_batch};
     use crate::model::{Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
 
+    const FM: ModelKind = ModelKind::FactorizationMachine {
+        factors: DEFAULT_FACTORS,
+    };
+
     fn config(kind: ModelKind, optimizer: Optimizer) -> ModelConfig {
         ModelConfig {
             kind,
@@ -117,7 +124,6 @@ mod tests {
                 l2: 1e-5,
                 optimizer,
             },
-            factors: DEFAULT_FACTORS,
             seed: 5,
             ..ModelConfig::default()
         }
@@ -154,8 +160,7 @@ mod tests {
     #[test]
     fn learns_a_separable_task() {
         for optimizer in [Optimizer::Sgd, Optimizer::adam()] {
-            let mut trainer =
-                Trainer::new(&config(ModelKind::FactorizationMachine, optimizer), 4).unwrap();
+            let mut trainer = Trainer::new(&config(FM, optimizer), 4).unwrap();
             let accuracy = prequential_accuracy(&mut trainer, 60, 10, |b| linear_batch(b, 64, 4));
             eprintln!("fm {optimizer:?}: separable accuracy {accuracy}");
             assert!(accuracy > 0.9, "{optimizer:?}: accuracy {accuracy}");
@@ -171,8 +176,7 @@ mod tests {
         eprintln!("logistic: xor accuracy {linear}");
         assert!(linear <= 0.6, "logistic accuracy {linear}");
         for optimizer in [Optimizer::Sgd, Optimizer::adam()] {
-            let mut fm =
-                Trainer::new(&config(ModelKind::FactorizationMachine, optimizer), 4).unwrap();
+            let mut fm = Trainer::new(&config(FM, optimizer), 4).unwrap();
             let accuracy = prequential_accuracy(&mut fm, 150, 20, |b| xor_batch(b, 64, 4));
             eprintln!("fm {optimizer:?}: xor accuracy {accuracy}");
             assert!(accuracy >= 0.85, "{optimizer:?}: accuracy {accuracy}");

@@ -1,6 +1,6 @@
 //! The training and scoring core that every model kind shares.
 //!
-//! A model is an architecture ([`Arch`]) plus a list of `f32` parameter tensors held on the
+//! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors held on the
 //! host. [`Learner::train_batch`] takes one prequential step: it validates the batch, scores it
 //! with the host forward pass (the very code a predictor runs, so the reported accuracy is what
 //! serving would have seen), folds the batch into a copy of the input scaler, builds burn leaf
@@ -14,7 +14,7 @@
 //! wants them there: scoring single rows without tensor overhead, checking finiteness, the
 //! optimizer update, and an artifact that stores them exactly. burn's part is the gradient.
 //! The per-kind mathematics (shapes, initialisation, forward passes) is in `logistic.rs`,
-//! `mlp.rs` and `fm.rs`; [`Arch`] dispatches to it.
+//! `mlp.rs` and `fm.rs`; [`ModelKind`] dispatches to it.
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -22,11 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
 use super::hyper::Hyper;
-use super::manifest::ModelKind;
+use super::kind::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
-use super::{fm, logistic, mlp};
 use crate::aggregates::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
@@ -61,83 +60,10 @@ pub struct BatchReport {
     pub scores: Vec<f32>,
 }
 
-/// A model family with its dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Arch {
-    /// One linear unit.
-    Logistic,
-    /// One ReLU hidden layer of `hidden` units.
-    Mlp { hidden: usize },
-    /// Degree-2 factorization machine with `factors` latent factors per feature.
-    Fm { factors: usize },
-}
-
-impl Arch {
-    /// The kind an artifact records for this architecture.
-    pub(crate) fn kind(self) -> ModelKind {
-        match self {
-            Arch::Logistic => ModelKind::Logistic,
-            Arch::Mlp { .. } => ModelKind::Mlp,
-            Arch::Fm { .. } => ModelKind::FactorizationMachine,
-        }
-    }
-
-    /// Parameter tensors in storage order, or `None` when a dimension is zero or the total
-    /// size overflows (only possible for dimensions read from a damaged artifact).
-    pub(crate) fn specs(self, n_features: usize) -> Option<Vec<ParamSpec>> {
-        let specs = match self {
-            Arch::Logistic => logistic::specs(n_features),
-            Arch::Mlp { hidden } => mlp::specs(n_features, hidden),
-            Arch::Fm { factors } => fm::specs(n_features, factors),
-        };
-        let mut total = 0usize;
-        for spec in &specs {
-            if spec.rows == 0 || spec.cols == 0 {
-                return None;
-            }
-            total = total.checked_add(spec.rows.checked_mul(spec.cols)?)?;
-        }
-        // Every value must also be addressable as bytes (8 per value for Adam's moments).
-        total.checked_mul(16)?;
-        Some(specs)
-    }
-
-    /// Initial parameters: zeros for logistic regression, seeded draws for the others.
-    fn init(self, n_features: usize, seed: u64) -> Vec<Vec<f32>> {
-        match self {
-            Arch::Logistic => logistic::init(n_features),
-            Arch::Mlp { hidden } => mlp::init(n_features, hidden, seed),
-            Arch::Fm { factors } => fm::init(n_features, factors, seed),
-        }
-    }
-
-    /// Logits `[m, 1]` for inputs `[m, n_features]`, as a burn graph over `params`.
-    pub(crate) fn forward(
-        self,
-        params: &[Tensor<2>],
-        x: Tensor<2>,
-    ) -> Result<Tensor<2>, ModelError> {
-        match self {
-            Arch::Logistic => logistic::forward(params, x),
-            Arch::Mlp { .. } => mlp::forward(params, x),
-            Arch::Fm { .. } => fm::forward(params, x),
-        }
-    }
-
-    /// The logit of one scaled row, computed on the host in `f32` like the burn graph.
-    pub(crate) fn logit(self, params: &[Vec<f32>], x: &[f32]) -> Result<f32, ModelError> {
-        match self {
-            Arch::Logistic => logistic::logit(params, x),
-            Arch::Mlp { hidden } => mlp::logit(params, hidden, x),
-            Arch::Fm { factors } => fm::logit(params, factors, x),
-        }
-    }
-}
-
 /// Everything a model artifact holds: enough to score, and to continue training exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Snapshot {
-    pub(crate) arch: Arch,
+    pub(crate) kind: ModelKind,
     pub(crate) n_features: usize,
     /// Seed the parameters were initialised from (provenance only once trained).
     pub(crate) seed: u64,
@@ -145,7 +71,7 @@ pub(crate) struct Snapshot {
     pub(crate) step: u64,
     /// Input standardisation; `None` only in logistic artifacts from before scaling existed.
     pub(crate) scaler: Option<StandardScaler>,
-    /// Parameter tensors in [`Arch::specs`] order.
+    /// Parameter tensors in [`ModelKind::specs`] order.
     pub(crate) params: Vec<Vec<f32>>,
     pub(crate) optim: OptimizerState,
 }
@@ -162,7 +88,7 @@ pub(crate) struct Learner {
 impl std::fmt::Debug for Learner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Learner")
-            .field("arch", &self.state.arch)
+            .field("kind", &self.state.kind)
             .field("n_features", &self.state.n_features)
             .field("step", &self.state.step)
             .field("hyper", &self.hyper)
@@ -173,7 +99,7 @@ impl std::fmt::Debug for Learner {
 impl Learner {
     /// A fresh model for `n_features` inputs, initialised from `seed`, at `t = 0`.
     pub(crate) fn new(
-        arch: Arch,
+        kind: ModelKind,
         n_features: usize,
         hyper: Hyper,
         seed: u64,
@@ -186,18 +112,18 @@ impl Learner {
                 value: 0.0,
             });
         }
-        let specs = arch.specs(n_features).ok_or(ModelError::InvalidConfig {
+        let specs = kind.specs(n_features).ok_or(ModelError::InvalidConfig {
             name: "n_features",
             value: n_features as f64,
         })?;
         let sizes: Vec<usize> = specs.iter().map(ParamSpec::len).collect();
         let state = Snapshot {
-            arch,
+            kind,
             n_features,
             seed,
             step: 0,
             scaler: Some(StandardScaler::with_decay(n_features, scaler_decay)),
-            params: arch.init(n_features, seed),
+            params: kind.init(n_features, seed),
             optim: OptimizerState::fresh(&hyper.optimizer, &sizes),
         };
         Ok(Learner {
@@ -213,7 +139,7 @@ impl Learner {
     pub(crate) fn restore(mut state: Snapshot, hyper: Hyper) -> Result<Learner, ModelError> {
         hyper.validate()?;
         let specs = state
-            .arch
+            .kind
             .specs(state.n_features)
             .filter(|specs| {
                 specs.len() == state.params.len()
@@ -246,7 +172,7 @@ impl Learner {
     /// An independent inference copy of the current model.
     pub(crate) fn host_model(&self) -> HostModel {
         HostModel {
-            arch: self.state.arch,
+            kind: self.state.kind,
             n_features: self.state.n_features,
             step: self.state.step,
             scaler: self.state.scaler.clone(),
@@ -269,7 +195,7 @@ impl Learner {
 
         // Test with the scaler as it was, like a predictor serving this model would.
         let probs = probabilities(
-            state.arch,
+            state.kind,
             &state.params,
             state.scaler.as_ref(),
             rows,
@@ -292,9 +218,9 @@ impl Learner {
         if let Some(scaler) = scaler.as_mut() {
             scaler.update(rows);
         }
-        let grads = match state.arch {
-            Arch::Logistic => self.logistic_gradients(scaler.as_ref(), rows, labels)?,
-            Arch::Mlp { .. } | Arch::Fm { .. } => {
+        let grads = match state.kind {
+            ModelKind::Logistic => self.logistic_gradients(scaler.as_ref(), rows, labels)?,
+            ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => {
                 self.autodiff_gradients(scaler.as_ref(), rows, labels)?
             }
         };
@@ -321,7 +247,7 @@ impl Learner {
     }
 
     /// Gradients of the mean cross-entropy plus the L2 penalty, by burn's autodiff over the
-    /// architecture's forward graph. Errors if the loss or any gradient is not finite.
+    /// kind's forward graph. Errors if the loss or any gradient is not finite.
     fn autodiff_gradients(
         &self,
         scaler: Option<&StandardScaler>,
@@ -342,7 +268,7 @@ impl Learner {
                 .require_grad()
             })
             .collect::<Vec<_>>();
-        let logits = state.arch.forward(&leaves, x)?;
+        let logits = state.kind.forward(&leaves, x)?;
         let y = Tensor::<2>::from_data(
             TensorData::new(labels.to_vec(), [rows.len(), 1]),
             &self.device,
@@ -423,7 +349,7 @@ impl Learner {
             })
             .collect::<Vec<_>>();
         let x = input_tensor(state.scaler.as_ref(), rows, state.n_features, &device);
-        let logits = state.arch.forward(&leaves, x)?;
+        let logits = state.kind.forward(&leaves, x)?;
         read_f32(burn::tensor::activation::sigmoid(logits))
     }
 }
@@ -432,7 +358,7 @@ impl Learner {
 /// multiply-adds with no tensor set-up, and the value is trivially `Send + Sync`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HostModel {
-    pub(crate) arch: Arch,
+    pub(crate) kind: ModelKind,
     pub(crate) n_features: usize,
     pub(crate) step: u64,
     scaler: Option<StandardScaler>,
@@ -443,7 +369,7 @@ impl HostModel {
     /// The scoring part of a decoded artifact.
     pub(crate) fn from_snapshot(snapshot: Snapshot) -> HostModel {
         HostModel {
-            arch: snapshot.arch,
+            kind: snapshot.kind,
             n_features: snapshot.n_features,
             step: snapshot.step,
             scaler: snapshot.scaler,
@@ -451,7 +377,7 @@ impl HostModel {
         }
     }
 
-    /// The parameter tensors, in the architecture's storage order.
+    /// The parameter tensors, in the kind's storage order.
     pub(crate) fn params(&self) -> &[Vec<f32>] {
         &self.params
     }
@@ -459,14 +385,14 @@ impl HostModel {
     /// Probability of class 1 for one row.
     pub(crate) fn score(&self, row: &[f32]) -> Result<f32, ModelError> {
         validate_row(row, 0, self.n_features)?;
-        probability(self.arch, &self.params, self.scaler.as_ref(), row, "score")
+        probability(self.kind, &self.params, self.scaler.as_ref(), row, "score")
     }
 
     /// Probability of class 1 for each row; an empty batch gives an empty result.
     pub(crate) fn score_batch(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         validate_rows(rows, self.n_features)?;
         probabilities(
-            self.arch,
+            self.kind,
             &self.params,
             self.scaler.as_ref(),
             rows,
@@ -478,18 +404,18 @@ impl HostModel {
 /// σ(logit) of a validated, unscaled row. A logit that overflowed `f32` is refused rather than
 /// saturated to 0 or 1: it means the model cannot represent this input, not that it is sure.
 fn probability(
-    arch: Arch,
+    kind: ModelKind,
     params: &[Vec<f32>],
     scaler: Option<&StandardScaler>,
     row: &[f32],
     what: &str,
 ) -> Result<f32, ModelError> {
-    Ok(probabilities(arch, params, scaler, std::slice::from_ref(&row), what)?[0])
+    Ok(probabilities(kind, params, scaler, std::slice::from_ref(&row), what)?[0])
 }
 
 /// [`probability`] of each row, scaling with one set of deviations and one buffer for all.
 fn probabilities<R: AsRef<[f32]>>(
-    arch: Arch,
+    kind: ModelKind,
     params: &[Vec<f32>],
     scaler: Option<&StandardScaler>,
     rows: &[R],
@@ -503,9 +429,9 @@ fn probabilities<R: AsRef<[f32]>>(
                 (Some(scaler), Some(deviations)) => {
                     scaled.clear();
                     scaler.transform_into(deviations, row.as_ref(), &mut scaled);
-                    arch.logit(params, &scaled)?
+                    kind.logit(params, &scaled)?
                 }
-                _ => arch.logit(params, row.as_ref())?,
+                _ => kind.logit(params, row.as_ref())?,
             };
             if !z.is_finite() {
                 return Err(ModelError::NonFinite { what: what.into() });
@@ -635,12 +561,12 @@ mod tests {
             learning_rate: 1.0,
             ..Hyper::default()
         };
-        for arch in [
-            Arch::Logistic,
-            Arch::Mlp { hidden: 4 },
-            Arch::Fm { factors: 2 },
+        for kind in [
+            ModelKind::Logistic,
+            ModelKind::Mlp { hidden: 4 },
+            ModelKind::FactorizationMachine { factors: 2 },
         ] {
-            let mut learner = Learner::new(arch, 3, hyper, 1, None).unwrap();
+            let mut learner = Learner::new(kind, 3, hyper, 1, None).unwrap();
             for b in 0..15 {
                 let (rows, labels) = linear_batch(b, 64, 3);
                 learner.train_batch(&rows, &labels).unwrap();
@@ -663,13 +589,13 @@ mod tests {
                     if *y == 1.0 { -p.ln() } else { -(1.0 - p).ln() }
                 })
                 .sum();
-            assert_eq!(report.correct, correct, "{arch:?}");
+            assert_eq!(report.correct, correct, "{kind:?}");
             assert_eq!(
                 report.log_loss_sum.to_bits(),
                 log_loss.to_bits(),
-                "{arch:?}"
+                "{kind:?}"
             );
-            assert_eq!(report.scores, scores, "{arch:?}");
+            assert_eq!(report.scores, scores, "{kind:?}");
 
             // The scorer is a snapshot: training afterwards does not change it.
             assert_eq!(scorer.score_batch(&rows).unwrap(), scores);
@@ -677,7 +603,7 @@ mod tests {
                 // Equal to the bit today; the tolerance only allows a backend that sums a
                 // [1, n] product in another order than an [n, d] one.
                 let single = scorer.score(row).unwrap();
-                assert!((single - p).abs() <= 1e-6, "{arch:?}: {single} vs {p}");
+                assert!((single - p).abs() <= 1e-6, "{kind:?}: {single} vs {p}");
             }
         }
     }
@@ -688,7 +614,7 @@ mod tests {
             l2: 0.01,
             ..Hyper::default()
         };
-        let mut learner = Learner::new(Arch::Logistic, 5, hyper, 0, None).unwrap();
+        let mut learner = Learner::new(ModelKind::Logistic, 5, hyper, 0, None).unwrap();
         let rows: Vec<Vec<f32>> = (0..64)
             .map(|i| {
                 (0..5)

@@ -6,34 +6,12 @@
 //! when written (prequential metrics), and how to check the bytes are intact (size and SHA-256,
 //! see [`Manifest::verify`]). Readers should verify before loading.
 
-use super::artifact::sha256_hex;
-use super::error::ModelError;
-use super::hyper::Hyper;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Which model family an artifact holds; selects the decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Logistic regression (`logistic.rs`).
-    Logistic,
-    /// A one-hidden-layer ReLU perceptron (`mlp.rs`).
-    Mlp,
-    /// A degree-2 factorization machine (`fm.rs`).
-    FactorizationMachine,
-}
-
-impl std::str::FromStr for ModelKind {
-    type Err = String;
-
-    /// Reads a kind by its configuration name (`logistic`, `mlp`, `factorization_machine`).
-    fn from_str(text: &str) -> Result<ModelKind, String> {
-        serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
-            format!("{text:?} is not a model kind: logistic, mlp or factorization_machine")
-        })
-    }
-}
+use super::artifact::sha256_hex;
+use super::config::ModelConfig;
+use super::error::ModelError;
 
 /// Names and order of the features a model expects; a model is only valid for the schema
 /// (name and version) it was trained on.
@@ -88,14 +66,12 @@ pub struct Manifest {
     pub version: u64,
     /// The version this one continued training from, if any.
     pub parent: Option<u64>,
-    /// Model family of the artifact.
-    pub kind: ModelKind,
-    /// Hyperparameters used to train this version.
-    pub hyper: Hyper,
-    /// The whole model configuration (kind, hyperparameters, width, factors, seed); absent in
-    /// manifests written before model kinds could be chosen (those are logistic).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<super::ModelConfig>,
+    /// The configuration this version was trained with: its kind and dimensions,
+    /// hyperparameters, seed and scaler. Written as `kind` and `hyper` (which every manifest
+    /// has) beside `config` (absent in manifests written before kinds could be chosen, which
+    /// are logistic regressions).
+    #[serde(flatten, with = "recorded_config")]
+    pub config: ModelConfig,
     /// Feature schema the model expects.
     pub schema: FeatureSchema,
     /// Lower-case hex SHA-256 of the artifact bytes.
@@ -158,19 +134,77 @@ impl Manifest {
     }
 }
 
+/// How a manifest records its [`ModelConfig`]: the kind's name and the hyperparameters as the
+/// top-level `kind` and `hyper` that every manifest has had (and readers built before
+/// configurations require), and the whole configuration as `config`.
+mod recorded_config {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::model::config::ModelConfig;
+    use crate::model::hyper::Hyper;
+    use crate::model::kind::ModelKind;
+
+    #[derive(Serialize)]
+    struct Written<'a> {
+        kind: &'static str,
+        hyper: &'a Hyper,
+        config: &'a ModelConfig,
+    }
+
+    #[derive(Deserialize)]
+    struct Read {
+        kind: String,
+        hyper: Hyper,
+        #[serde(default)]
+        config: Option<ModelConfig>,
+    }
+
+    pub fn serialize<S: Serializer>(config: &ModelConfig, out: S) -> Result<S::Ok, S::Error> {
+        Written {
+            kind: config.kind.name(),
+            hyper: &config.hyper,
+            config,
+        }
+        .serialize(out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<ModelConfig, D::Error> {
+        let Read {
+            kind,
+            hyper,
+            config,
+        } = Read::deserialize(input)?;
+        match config {
+            Some(config) if config.kind.name() == kind => Ok(config),
+            Some(config) => Err(D::Error::custom(format!(
+                "the manifest names the kind {kind:?}, its configuration {:?}",
+                config.kind.name()
+            ))),
+            // Written before kinds could be chosen: a logistic regression, default otherwise.
+            None if kind == ModelKind::Logistic.name() => Ok(ModelConfig {
+                hyper,
+                ..ModelConfig::default()
+            }),
+            None => Err(D::Error::custom(format!(
+                "a {kind} manifest without its configuration"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::model::{Hyper, ModelKind};
 
     fn manifest(bytes: &[u8]) -> Manifest {
         Manifest {
             model: "churn".into(),
             version: 7,
             parent: Some(6),
-            kind: ModelKind::Logistic,
-            hyper: Hyper::default(),
-            config: None,
+            config: ModelConfig::default(),
             schema: FeatureSchema {
                 name: "churn-features".into(),
                 version: 2,
@@ -214,6 +248,77 @@ mod tests {
         };
         let json = serde_json::to_string(&none).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), none);
+    }
+
+    /// Manifests as this code wrote them before the kind and its dimensions were one value: one
+    /// from before configurations (logistic, `kind` and `hyper` only), and one whose
+    /// configuration carries every dimension whatever its kind.
+    #[test]
+    fn manifests_written_before_still_read() {
+        let old = |config: &str| {
+            format!(
+                r#"{{"model":"churn","version":7,"parent":6,"kind":"{kind}",
+                "hyper":{{"learning_rate":0.5,"decay":0.01,"l2":0.0001,"optimizer":{{"type":"sgd"}}}},
+                {config}
+                "schema":{{"name":"churn-features","version":2,"features":["a","b","c"]}},
+                "sha256":"{sha}","size_bytes":11,"created_at":"2025-01-02T03:04:05.123Z",
+                "step":120,"learned":{{"first":1001,"last":2000}},"high_water_mark":2000,
+                "metrics":{{"examples_total":7680,"window_examples":640,
+                "prequential_accuracy":0.93,"log_loss":0.21,"roc_auc":null}}}}"#,
+                kind = if config.is_empty() { "logistic" } else { "mlp" },
+                sha = sha256_hex(b"model bytes"),
+            )
+        };
+        let hyper = Hyper {
+            learning_rate: 0.5,
+            ..Hyper::default()
+        };
+
+        let before_kinds: Manifest = serde_json::from_str(&old("")).unwrap();
+        assert_eq!(
+            before_kinds.config,
+            ModelConfig {
+                hyper,
+                ..ModelConfig::default()
+            }
+        );
+        assert_eq!(
+            before_kinds,
+            Manifest {
+                config: before_kinds.config,
+                ..manifest(b"model bytes")
+            }
+        );
+
+        let mlp: Manifest = serde_json::from_str(&old(
+            r#""config":{"kind":"mlp","hyper":{"learning_rate":0.5,"decay":0.01,"l2":0.0001,
+            "optimizer":{"type":"sgd"}},"hidden":32,"factors":8,"seed":4},"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            mlp.config,
+            ModelConfig {
+                kind: ModelKind::Mlp { hidden: 32 },
+                hyper,
+                seed: 4,
+                scaler_decay: None,
+            }
+        );
+        // Written again, `kind` and `hyper` stay where older readers look for them.
+        let json = serde_json::to_value(&mlp).unwrap();
+        assert_eq!(json["kind"], "mlp");
+        assert_eq!(json["hyper"]["learning_rate"], 0.5);
+        assert_eq!(json["config"]["hidden"], 32);
+        assert_eq!(serde_json::from_value::<Manifest>(json).unwrap(), mlp);
+
+        // A kind that disagrees with its configuration, or a kind other than logistic with no
+        // configuration, was never written: it is refused rather than guessed at.
+        let mut disagreeing = serde_json::to_value(&mlp).unwrap();
+        disagreeing["kind"] = "logistic".into();
+        assert!(serde_json::from_value::<Manifest>(disagreeing).is_err());
+        let mut bare = serde_json::to_value(&mlp).unwrap();
+        bare.as_object_mut().unwrap().remove("config");
+        assert!(serde_json::from_value::<Manifest>(bare).is_err());
     }
 
     #[test]

@@ -20,6 +20,9 @@ use super::params::{ParamSpec, shape_error};
 /// Hidden units when the configuration does not say.
 pub const DEFAULT_HIDDEN: usize = 16;
 
+/// Largest accepted width; a bound so a typo cannot allocate gigabytes per row.
+pub const MAX_HIDDEN: usize = 4096;
+
 /// Parameter tensors in storage order.
 pub(crate) fn specs(n_features: usize, hidden: usize) -> Vec<ParamSpec> {
     let weight = |rows, cols| ParamSpec {
@@ -106,7 +109,9 @@ mod tests {
 
     fn config(optimizer: Optimizer) -> ModelConfig {
         ModelConfig {
-            kind: ModelKind::Mlp,
+            kind: ModelKind::Mlp {
+                hidden: DEFAULT_HIDDEN,
+            },
             hyper: Hyper {
                 learning_rate: if optimizer == Optimizer::Sgd {
                     0.5
@@ -117,7 +122,6 @@ mod tests {
                 l2: 1e-5,
                 optimizer,
             },
-            hidden: DEFAULT_HIDDEN,
             seed: 11,
             ..ModelConfig::default()
         }

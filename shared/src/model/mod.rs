@@ -2,21 +2,30 @@
 //!
 //! Three kinds of binary classifier, all trained online in burn, one mini-batch at a time, with
 //! SGD or Adam under a decaying learning rate, and all scored prequentially (each batch is
-//! scored by the model *before* it learns from it):
+//! scored by the model *before* it learns from it): logistic regression, a small multilayer
+//! perceptron (for interactions nobody listed), and a factorization machine (the recommender's
+//! model of user × item interactions). One API serves every kind: a [`ModelConfig`] per model
+//! name, a [`Trainer`] and a [`ModelScorer`]; a [`Manifest`] describes one stored version. Every
+//! fallible function here returns [`ModelError`]; none panics on bad input, because inputs
+//! arrive from a stream and artifacts from an object store.
 //!
-//! - [`logistic`]: logistic regression;
-//! - [`mlp`]: a small multilayer perceptron, for interactions nobody listed;
-//! - [`fm`]: a factorization machine, the recommender's model of user × item interactions.
+//! The files, each using only those above it (no file imports one below it):
 //!
-//! [`hyper`] holds the hyperparameters ([`Hyper`]) every kind trains with, and the
-//! learning-rate schedule. One API serves every kind: a [`ModelConfig`] per model name (in
-//! `config.rs`), a [`Trainer`] (`trainer.rs`) and a [`ModelScorer`] (`scorer.rs`). Underneath,
-//! `learner.rs` holds the training step they share and the [`BatchReport`] it measures,
-//! [`optim`] the update rules and their state, [`scaler`] the input standardisation, and
-//! `artifact/` the self-describing byte format. [`manifest`] describes one stored model version:
-//! what it is, which examples it learned, its checksum and its training metrics.
-//! Every fallible function here returns [`ModelError`]; none panics on bad input, because
-//! inputs arrive from a stream and artifacts from an object store.
+//! - `error.rs` ([`ModelError`]), `init.rs` (seeded initial values), `params.rs` (the shape of
+//!   a parameter tensor, shared by every kind);
+//! - [`optim`]: the update rules and their state; [`scaler`]: the input standardisation;
+//!   [`hyper`]: the hyperparameters ([`Hyper`]) and the learning-rate schedule;
+//! - [`logistic`], [`mlp`], [`fm`]: each kind's mathematics (shapes, initial parameters, the
+//!   burn and host forward passes);
+//! - `kind.rs`: [`ModelKind`], the kind with its dimensions, which dispatches to those files:
+//!   the one place that lists every kind;
+//! - `learner.rs`: the training step every kind shares, the host scoring, and the
+//!   [`BatchReport`] a step measures;
+//! - `artifact/`: the self-describing byte format (`frame.rs` the envelope and checksum,
+//!   `mod.rs` the current formats, `format2.rs` the first one, still read);
+//! - `config.rs` ([`ModelConfig`]), `scorer.rs` ([`ModelScorer`]), `trainer.rs` ([`Trainer`]);
+//! - [`manifest`]: what is recorded beside each stored version: its configuration, the examples
+//!   it learned, its checksum and its training metrics.
 
 mod artifact;
 mod config;
@@ -24,6 +33,7 @@ mod error;
 pub mod fm;
 pub mod hyper;
 mod init;
+mod kind;
 mod learner;
 pub mod logistic;
 pub mod manifest;
@@ -37,13 +47,14 @@ mod synthetic;
 mod trainer;
 
 pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
-pub use config::{MAX_FACTORS, MAX_HIDDEN, ModelConfig};
+pub use config::ModelConfig;
 pub use error::ModelError;
-pub use fm::DEFAULT_FACTORS;
+pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
 pub use hyper::Hyper;
+pub use kind::{Dimensions, ModelKind};
 pub use learner::{BatchReport, predicts_positive};
-pub use manifest::{FeatureSchema, Manifest, ModelKind, SequenceRange, TrainingMetrics};
-pub use mlp::DEFAULT_HIDDEN;
+pub use manifest::{FeatureSchema, Manifest, SequenceRange, TrainingMetrics};
+pub use mlp::{DEFAULT_HIDDEN, MAX_HIDDEN};
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;
 pub use scorer::ModelScorer;

@@ -2,9 +2,8 @@
 
 use super::artifact;
 use super::error::ModelError;
-use super::learner::{Arch, HostModel};
-use super::logistic;
-use super::manifest::ModelKind;
+use super::kind::ModelKind;
+use super::learner::HostModel;
 
 /// Inference-only model of any kind, scoring on host vectors (no burn, no tensors), because
 /// predictors call it once per request and tensor set-up would dominate a single row. Cheap to
@@ -49,16 +48,13 @@ impl ModelScorer {
 
     /// The model family.
     pub fn kind(&self) -> ModelKind {
-        self.model.arch.kind()
+        self.model.kind
     }
 
     /// A logistic regression's weights, one per feature in feature order, and its bias; they act
     /// on inputs standardised by the model's own scaler. `None` for the other kinds, which have
     /// no single weight per feature.
     pub fn linear_weights(&self) -> Option<(&[f32], f32)> {
-        match self.model.arch {
-            Arch::Logistic => logistic::weights_and_bias(self.model.params()),
-            Arch::Mlp { .. } | Arch::Fm { .. } => None,
-        }
+        self.model.kind.linear_weights(self.model.params())
     }
 }

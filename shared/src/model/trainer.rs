@@ -12,8 +12,8 @@ use super::artifact;
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::hyper::Hyper;
-use super::learner::{Arch, BatchReport, Learner};
-use super::manifest::ModelKind;
+use super::kind::ModelKind;
+use super::learner::{BatchReport, Learner};
 use super::scorer::ModelScorer;
 
 /// Trains a model of any kind one mini-batch at a time.
@@ -35,7 +35,7 @@ impl Trainer {
         Ok(Trainer {
             config: *config,
             learner: Learner::new(
-                config.arch(),
+                config.kind,
                 n_features,
                 config.hyper,
                 config.seed,
@@ -54,11 +54,11 @@ impl Trainer {
     pub fn from_bytes(bytes: &[u8], config: &ModelConfig) -> Result<Trainer, ModelError> {
         config.validate()?;
         let snapshot = artifact::decode(bytes)?;
-        if snapshot.arch != config.arch() {
+        if snapshot.kind != config.kind {
             return Err(ModelError::Decode(format!(
                 "the artifact holds {}, the configuration asks for {}",
-                describe(snapshot.arch),
-                describe(config.arch())
+                snapshot.kind.describe(),
+                config.kind.describe()
             )));
         }
         Ok(Trainer {
@@ -132,27 +132,18 @@ impl Trainer {
     }
 }
 
-/// An architecture in words, for error messages.
-fn describe(arch: Arch) -> String {
-    match arch {
-        Arch::Logistic => "a logistic regression".into(),
-        Arch::Mlp { hidden } => format!("an mlp with {hidden} hidden units"),
-        Arch::Fm { factors } => format!("a factorization machine with {factors} factors"),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::model::synthetic::{linear_batch, xor_batch};
-    use crate::model::{DEFAULT_FACTORS, DEFAULT_HIDDEN, MAX_FACTORS, Optimizer};
+    use crate::model::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Dimensions, MAX_FACTORS, Optimizer};
     use std::time::Instant;
 
     const KINDS: [ModelKind; 3] = [
         ModelKind::Logistic,
-        ModelKind::Mlp,
-        ModelKind::FactorizationMachine,
+        ModelKind::Mlp { hidden: 8 },
+        ModelKind::FactorizationMachine { factors: 4 },
     ];
 
     fn optimizers() -> [Optimizer; 2] {
@@ -172,8 +163,6 @@ mod tests {
                 l2: 1e-4,
                 optimizer,
             },
-            hidden: 8,
-            factors: 4,
             seed: 3,
             scaler_decay: None,
         }
@@ -217,43 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn config_names_defaults_and_validation() {
-        let config: ModelConfig = toml::from_str(
-            "kind = \"factorization_machine\"\nseed = 7\n\
-             hyper = { learning_rate = 0.02, optimizer = { type = \"adam\" } }",
-        )
-        .unwrap();
-        assert_eq!(config.kind, ModelKind::FactorizationMachine);
-        assert_eq!((config.factors, config.hidden, config.seed), (8, 16, 7));
-        assert_eq!(config.hyper.optimizer, Optimizer::adam());
-        assert_eq!(config.hyper.decay, Hyper::default().decay);
-        let config: ModelConfig = serde_json::from_str(r#"{"kind":"mlp"}"#).unwrap();
-        assert_eq!(config.kind, ModelKind::Mlp);
-        assert_eq!(
-            serde_json::from_str::<ModelConfig>("{}").unwrap(),
-            ModelConfig::default()
-        );
-        assert!(serde_json::from_str::<ModelConfig>(r#"{"hiden":4}"#).is_err());
-        assert!(serde_json::from_str::<ModelConfig>(r#"{"kind":"tree"}"#).is_err());
-
-        // Manifests written before the optimizer existed still decode, as SGD.
-        let hyper: Hyper =
-            serde_json::from_str(r#"{"learning_rate":0.5,"decay":0.0,"l2":0.0}"#).unwrap();
-        assert_eq!(hyper.optimizer, Optimizer::Sgd);
-
+    fn an_invalid_configuration_trains_nothing() {
         for (config, name) in [
             (
                 ModelConfig {
-                    kind: ModelKind::Mlp,
-                    hidden: 0,
+                    kind: ModelKind::Mlp { hidden: 0 },
                     ..ModelConfig::default()
                 },
                 "hidden",
             ),
             (
                 ModelConfig {
-                    kind: ModelKind::FactorizationMachine,
-                    factors: MAX_FACTORS + 1,
+                    kind: ModelKind::FactorizationMachine {
+                        factors: MAX_FACTORS + 1,
+                    },
                     ..ModelConfig::default()
                 },
                 "factors",
@@ -278,12 +244,6 @@ mod tests {
                 "{config:?}"
             );
         }
-        // A width the kind does not use is not checked.
-        let logistic = ModelConfig {
-            hidden: 0,
-            ..ModelConfig::default()
-        };
-        assert!(Trainer::new(&logistic, 3).is_ok());
     }
 
     #[test]
@@ -519,15 +479,18 @@ mod tests {
 
     #[test]
     fn restore_checks_the_shape_and_adapts_the_optimizer() {
-        let mlp = config(ModelKind::Mlp, Optimizer::Sgd);
+        let mlp = config(ModelKind::Mlp { hidden: 8 }, Optimizer::Sgd);
         let mut trainer = Trainer::new(&mlp, 4).unwrap();
         let (rows, labels) = linear_batch(0, 16, 4);
         trainer.train_batch(&rows, &labels).unwrap();
         let bytes = trainer.to_bytes().unwrap();
 
-        let wider = ModelConfig { hidden: 9, ..mlp };
+        let wider = ModelConfig {
+            kind: ModelKind::Mlp { hidden: 9 },
+            ..mlp
+        };
         let fm = ModelConfig {
-            kind: ModelKind::FactorizationMachine,
+            kind: ModelKind::FactorizationMachine { factors: 4 },
             ..mlp
         };
         for other in [wider, fm] {
@@ -594,11 +557,11 @@ mod tests {
         let batches: Vec<_> = (0..8).map(|b| linear_batch(b, 256, 20)).collect();
         for kind in KINDS {
             for optimizer in optimizers() {
-                let config = ModelConfig {
-                    hidden: DEFAULT_HIDDEN,
-                    factors: DEFAULT_FACTORS,
-                    ..config(kind, optimizer)
+                let defaults = Dimensions {
+                    hidden: Some(DEFAULT_HIDDEN),
+                    factors: Some(DEFAULT_FACTORS),
                 };
+                let config = config(kind.with_dimensions(defaults), optimizer);
                 let mut trainer = Trainer::new(&config, 20).unwrap();
                 for (rows, labels) in &batches[..2] {
                     trainer.train_batch(rows, labels).unwrap();

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::sha256_hex;
 use crate::model::error::ModelError;
-use crate::model::learner::{Arch, Snapshot};
-use crate::model::manifest::ModelKind;
+use crate::model::kind::ModelKind;
+use crate::model::learner::Snapshot;
 use crate::model::optim::OptimizerState;
 use crate::model::params::read_f32;
 use crate::model::scaler::StandardScaler;
@@ -70,7 +70,7 @@ impl LogisticRegression {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ArtifactHeader {
     format: u32,
-    kind: ModelKind,
+    kind: String,
     n_features: u64,
     step: u64,
     record_len: u64,
@@ -87,7 +87,7 @@ pub(super) fn decode(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelErro
     let decode = |msg: String| ModelError::Decode(msg);
     let header: ArtifactHeader =
         serde_json::from_slice(header).map_err(|e| decode(format!("header: {e}")))?;
-    if header.kind != ModelKind::Logistic {
+    if header.kind != ModelKind::Logistic.name() {
         return Err(decode(format!(
             "model kind {:?} is not logistic",
             header.kind
@@ -142,7 +142,7 @@ pub(super) fn decode(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelErro
         return Err(decode("record holds non-finite weights".into()));
     }
     Ok(Snapshot {
-        arch: Arch::Logistic,
+        kind: ModelKind::Logistic,
         n_features,
         seed: 0,
         step: header.step,

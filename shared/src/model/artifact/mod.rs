@@ -30,8 +30,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
-use super::learner::{Arch, Snapshot};
-use super::manifest::ModelKind;
+use super::kind::{Dimensions, ModelKind};
+use super::learner::Snapshot;
 use super::optim::OptimizerState;
 use super::params::ParamSpec;
 use super::scaler::StandardScaler;
@@ -58,7 +58,8 @@ const FORMAT_LOGISTIC_BURNPACK: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Header {
     format: u32,
-    kind: ModelKind,
+    /// The kind's name.
+    kind: String,
     n_features: u64,
     /// Hidden units; MLP only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,11 +112,7 @@ pub(crate) fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, ModelError> {
             SavedOptimizer::Adam { steps: *steps }
         }
     };
-    let (hidden, factors) = match snapshot.arch {
-        Arch::Logistic => (None, None),
-        Arch::Mlp { hidden } => (Some(hidden as u64), None),
-        Arch::Fm { factors } => (None, Some(factors as u64)),
-    };
+    let Dimensions { hidden, factors } = snapshot.kind.dimensions();
     let scaler_decay = snapshot.scaler.as_ref().and_then(StandardScaler::decay);
     let header = Header {
         format: if scaler_decay.is_some() {
@@ -123,10 +120,10 @@ pub(crate) fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, ModelError> {
         } else {
             ARTIFACT_FORMAT_VERSION
         },
-        kind: snapshot.arch.kind(),
+        kind: snapshot.kind.name().to_string(),
         n_features: snapshot.n_features as u64,
-        hidden,
-        factors,
+        hidden: hidden.map(|h| h as u64),
+        factors: factors.map(|f| f as u64),
         seed: snapshot.seed,
         step: snapshot.step,
         scaler_count,
@@ -178,29 +175,24 @@ fn decode_format3(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelError> 
             },
         )));
     }
-    let dimension = |value: Option<u64>, name: &str| {
+    let n_features = usize::try_from(header.n_features)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| decode("n_features is zero or too large".into()))?;
+    let dimension = |value: Option<u64>| {
         value
-            .and_then(|v| usize::try_from(v).ok())
-            .filter(|v| *v > 0)
-            .ok_or_else(|| decode(format!("{name} is missing or zero")))
+            .map(usize::try_from)
+            .transpose()
+            .map_err(|_| decode("a dimension is too large".into()))
     };
-    let n_features = dimension(Some(header.n_features), "n_features")?;
-    // A dimension the kind does not have means the header was not written by this encoder.
-    let arch = match (header.kind, header.hidden, header.factors) {
-        (ModelKind::Logistic, None, None) => Arch::Logistic,
-        (ModelKind::Mlp, hidden, None) => Arch::Mlp {
-            hidden: dimension(hidden, "hidden")?,
-        },
-        (ModelKind::FactorizationMachine, None, factors) => Arch::Fm {
-            factors: dimension(factors, "factors")?,
-        },
-        (kind, _, _) => {
-            return Err(decode(format!(
-                "header gives dimensions a {kind:?} model does not have"
-            )));
-        }
+    let dimensions = Dimensions {
+        hidden: dimension(header.hidden)?,
+        factors: dimension(header.factors)?,
     };
-    let specs = arch
+    // Exactly the kind's own dimensions, or the header was not written by this encoder.
+    let kind =
+        ModelKind::exactly(&header.kind, dimensions).map_err(|e| decode(format!("header: {e}")))?;
+    let specs = kind
         .specs(n_features)
         .ok_or_else(|| decode("dimensions overflow".into()))?;
     // `specs` checked that 16 bytes per parameter value fit in usize.
@@ -272,7 +264,7 @@ fn decode_format3(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelError> 
         }
     };
     Ok(Snapshot {
-        arch,
+        kind,
         n_features,
         seed: header.seed,
         step: header.step,
@@ -330,8 +322,8 @@ mod tests {
         let mut out = Vec::new();
         for kind in [
             ModelKind::Logistic,
-            ModelKind::Mlp,
-            ModelKind::FactorizationMachine,
+            ModelKind::Mlp { hidden: 3 },
+            ModelKind::FactorizationMachine { factors: 2 },
         ] {
             for optimizer in [Optimizer::Sgd, Optimizer::adam()] {
                 for scaler_decay in [None, Some(Decay::new(0.9).unwrap())] {
@@ -341,8 +333,6 @@ mod tests {
                             optimizer,
                             ..Hyper::default()
                         },
-                        hidden: 3,
-                        factors: 2,
                         seed: 1,
                         scaler_decay,
                     };
@@ -481,9 +471,9 @@ mod tests {
                 (
                     "other kind",
                     Header {
-                        kind: match header.kind {
-                            ModelKind::Logistic => ModelKind::Mlp,
-                            _ => ModelKind::Logistic,
+                        kind: match header.kind.as_str() {
+                            "logistic" => "mlp".into(),
+                            _ => "logistic".into(),
                         },
                         hidden: Some(3),
                         ..header.clone()
@@ -555,13 +545,16 @@ mod tests {
             assert_eq!(again, bytes);
             let (header, _) = parts(&bytes);
             let format = if config.scaler_decay.is_some() { 4 } else { 3 };
-            assert_eq!((header.format, header.kind), (format, config.kind));
+            assert_eq!(
+                (header.format, header.kind.as_str()),
+                (format, config.kind.name())
+            );
             assert_eq!(header.scaler_decay, config.scaler_decay);
             assert_eq!(header.step, 1);
             assert_eq!(header.scaler_count, Some(8));
             let text = String::from_utf8(unframe(&bytes).unwrap().0.to_vec()).unwrap();
-            let name = serde_json::to_string(&config.kind).unwrap();
-            assert!(text.contains(&format!("\"kind\":{name}")), "{text}");
+            let name = config.kind.name();
+            assert!(text.contains(&format!("\"kind\":\"{name}\"")), "{text}");
         }
     }
 }
