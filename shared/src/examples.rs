@@ -1,6 +1,7 @@
 //! The training example: what featurize publishes on `<prefix>.examples.<model>` and train learns
 //! from. Its id, derived from the source event's id, is the `Nats-Msg-Id`, so a featurize replica
-//! that republishes after a crash is de-duplicated by JetStream.
+//! that republishes after a crash is de-duplicated by JetStream. Its feature vector follows a
+//! [`FeatureSchema`], which a model's manifest records too.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,6 +9,25 @@ use serde::{Deserialize, Serialize};
 use crate::error::{RejectReason, Rejection};
 use crate::events::{MAX_FEATURES, check_numbers};
 use crate::ids::ModelName;
+
+/// Names and order of the features a model expects; a model is only valid for the schema
+/// (name and version) it was trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSchema {
+    /// Schema name, e.g. the featurize function that produces the vectors.
+    pub name: String,
+    /// Schema version; bumped whenever features are added, removed or reordered.
+    pub version: u32,
+    /// Feature names in vector order.
+    pub features: Vec<String>,
+}
+
+impl FeatureSchema {
+    /// Number of features, i.e. the length every input row must have.
+    pub fn n_features(&self) -> usize {
+        self.features.len()
+    }
+}
 
 /// One labelled feature vector for one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

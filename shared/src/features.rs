@@ -48,8 +48,8 @@ use crate::aggregates::{
     WindowSpec,
 };
 use crate::events::Action;
+use crate::examples::FeatureSchema;
 use crate::ids::{EntityId, ModelName};
-use crate::model::FeatureSchema;
 
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";

@@ -8,9 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use freshet::control::Reaction;
-use freshet::examples::ExampleRecord;
+use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::FeatureSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{DetectorKind, Finding, Observation, Scored, Target, Window};

@@ -2,7 +2,7 @@
 //! before it may serve. No I/O.
 
 use freshet::events::check_numbers;
-use freshet::model::FeatureSchema;
+use freshet::examples::FeatureSchema;
 use freshet::serving::{
     BatchRequest, MAX_BATCH_ROWS, MAX_RECOMMENDATIONS, PredictRequest, Variant,
 };

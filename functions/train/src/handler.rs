@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
-use freshet::examples::ExampleRecord;
+use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
 use freshet::model::{
-    BatchReport, FeatureSchema, Manifest, ModelConfig, SequenceRange, TrainingMetrics, sha256_hex,
+    BatchReport, Manifest, ModelConfig, SequenceRange, TrainingMetrics, sha256_hex,
 };
 
 /// Where an example's stream sequence stands against what the model already holds.

@@ -12,11 +12,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use freshet::control::{KIND_QUARANTINE, Reaction};
 use freshet::error::{Failure, RejectReason, Rejection};
-use freshet::examples::ExampleRecord;
+use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{
-    FeatureSchema, Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer,
-};
+use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};

@@ -12,25 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::artifact::sha256_hex;
 use super::config::ModelConfig;
 use super::error::ModelError;
-
-/// Names and order of the features a model expects; a model is only valid for the schema
-/// (name and version) it was trained on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureSchema {
-    /// Schema name, e.g. the featurize function that produces the vectors.
-    pub name: String,
-    /// Schema version; bumped whenever features are added, removed or reordered.
-    pub version: u32,
-    /// Feature names in vector order.
-    pub features: Vec<String>,
-}
-
-impl FeatureSchema {
-    /// Number of features, i.e. the length every input row must have.
-    pub fn n_features(&self) -> usize {
-        self.features.len()
-    }
-}
+use crate::examples::FeatureSchema;
 
 /// An inclusive range of stream sequence numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,8 @@ mod scorer;
 mod synthetic;
 mod trainer;
 
+/// The type of [`Manifest::schema`], defined with the examples that follow it.
+pub use crate::examples::FeatureSchema;
 pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
 pub use config::ModelConfig;
 pub use error::ModelError;
@@ -53,7 +55,7 @@ pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
 pub use hyper::Hyper;
 pub use kind::{Dimensions, ModelKind};
 pub use learner::{BatchReport, predicts_positive};
-pub use manifest::{FeatureSchema, Manifest, SequenceRange, TrainingMetrics};
+pub use manifest::{Manifest, SequenceRange, TrainingMetrics};
 pub use mlp::{DEFAULT_HIDDEN, MAX_HIDDEN};
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;
