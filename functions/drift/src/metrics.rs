@@ -56,7 +56,7 @@ pub struct DriftMetrics {
 impl DriftMetrics {
     /// Registers every metric, with a zero for each configured detector and level so dashboards
     /// show zeros rather than gaps.
-    pub fn register(&self, metrics: &freshet::runtime::Metrics, config: &BankConfig) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics, config: &BankConfig) {
         metrics.register(
             "observations",
             "Examples folded into the detectors, by stream (features, error)",

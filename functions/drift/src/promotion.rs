@@ -42,7 +42,7 @@ pub struct GateMetrics {
 }
 
 impl GateMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "gate_decisions",
             "Promotion gate decisions (promote, hold_for_forgetting, withdraw, rollback, confirm)",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use freshet::features::{CategoryState, ItemState, category_key};
-use freshet::runtime::Shutdown;
+use freshet::shutdown::Shutdown;
 use futures::StreamExt;
 
 /// One item as last seen, with its FEATURES revision (the provenance of a recommendation).

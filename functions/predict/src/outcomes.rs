@@ -33,7 +33,7 @@ pub struct OutcomeMetrics {
 }
 
 impl OutcomeMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "outcomes",
             "Outcomes joined to the prediction they label, by version and variant",

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use freshet::runtime::{Metrics, Readiness, Shutdown};
+use freshet::metrics::Metrics;
+use freshet::runtime::Readiness;
+use freshet::shutdown::Shutdown;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::live::Live;

@@ -83,7 +83,7 @@ pub struct RecorderMetrics {
 }
 
 impl RecorderMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "predictions_recorded",
             "Predictions published to PREDICTIONS (in batches)",

@@ -47,7 +47,7 @@ pub struct ServeMetrics {
 }
 
 impl ServeMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "predictions",
             "Predictions answered, by the variant that answered",
@@ -488,7 +488,7 @@ fn reply<T: serde::Serialize>(
 pub async fn serve(
     client: async_nats::Client,
     server: Arc<Server>,
-    mut shutdown: freshet::runtime::Shutdown,
+    mut shutdown: freshet::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
     let service = client
         .service_builder()

@@ -27,7 +27,7 @@ pub struct SwapMetrics {
 }
 
 impl SwapMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register("swaps", "Model versions swapped in", self.swaps.clone());
         metrics.register(
             "refused_versions",
@@ -121,7 +121,7 @@ impl Watcher {
     }
 
     /// Runs until the process stops, re-establishing the watch if it breaks.
-    pub async fn run(self, mut shutdown: freshet::runtime::Shutdown) {
+    pub async fn run(self, mut shutdown: freshet::shutdown::Shutdown) {
         let key = pointer_key(&self.model, self.slot.as_str());
         let mut attempt = 0i64;
         while !shutdown.is_triggered() {

@@ -107,7 +107,7 @@ pub struct TrainMetrics {
 }
 
 impl TrainMetrics {
-    pub fn register(&self, metrics: &freshet::runtime::Metrics) {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "batches_refused",
             "Batches whose update was discarded (non-finite loss, gradient or weights)",

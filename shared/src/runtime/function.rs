@@ -9,9 +9,11 @@ use axum::Router;
 
 use crate::config::FunctionArgs;
 use crate::connect::connect;
+use crate::metrics::Metrics;
+use crate::runtime::Readiness;
 use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
-use crate::runtime::{Metrics, Readiness, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::store::ArtifactStore;
 use crate::store::kv::CasError;
 use crate::store::lease::Lease;

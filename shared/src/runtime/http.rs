@@ -11,8 +11,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::runtime::metrics::Metrics;
-use crate::runtime::shutdown::Shutdown;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Whether the function is ready; flipped by the function, read by `/readyz` and the `ready` gauge.
 #[derive(Clone, Default)]

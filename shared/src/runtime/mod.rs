@@ -1,20 +1,18 @@
 //! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
-//! metrics, dead-lettering, graceful shutdown and logging.
+//! the `/metrics` endpoint, dead-lettering and logging. The metrics registry and the shutdown
+//! signal they use are leaf modules of their own ([`crate::metrics`], [`crate::shutdown`]), so
+//! the store and telemetry layers below can use them too.
 
 pub mod dead_letter;
 pub mod function;
 pub mod http;
 pub mod ingress;
-pub mod metrics;
 pub mod order;
 pub mod pull;
-pub mod shutdown;
 
 pub use function::FunctionContext;
 pub use http::Readiness;
-pub use metrics::Metrics;
 pub use pull::{Commit, Disposition, Incoming, LoopSettings, Processor};
-pub use shutdown::Shutdown;
 
 /// Starts logging to stderr: JSON lines (`format = "json"`) or human text, filtered by `filter`
 /// in tracing's EnvFilter syntax.

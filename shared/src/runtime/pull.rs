@@ -16,9 +16,9 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::error::{Failure, Rejection};
+use crate::metrics::Metrics;
 use crate::runtime::dead_letter::{self, Origin};
-use crate::runtime::metrics::Metrics;
-use crate::runtime::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::subjects::Subjects;
 use crate::telemetry::{Span, SpanKind, Spans};
 use crate::trace::TraceContext;

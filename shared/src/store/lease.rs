@@ -11,7 +11,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 
 use crate::error::Failure;
-use crate::runtime::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::store::kv::{CasError, compare_and_set};
 
 /// A held lease.

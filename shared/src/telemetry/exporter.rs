@@ -18,7 +18,7 @@ use super::Command;
 use super::config::ExportConfig;
 use super::otlp::{self, Resource};
 use super::span::{Span, Value};
-use crate::runtime::metrics::ReasonLabel;
+use crate::metrics::ReasonLabel;
 
 /// Longest one export request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ pub struct ExportMetrics {
 }
 
 impl ExportMetrics {
-    pub fn register(&self, metrics: &crate::runtime::Metrics) {
+    pub fn register(&self, metrics: &crate::metrics::Metrics) {
         metrics.register(
             "spans_exported",
             "Spans the OpenTelemetry collector accepted",
@@ -314,9 +314,9 @@ mod tests {
     /// what the collector received and the function's metrics.
     async fn export_one(
         answers: Vec<StatusCode>,
-    ) -> (Vec<(HeaderMap, serde_json::Value)>, crate::runtime::Metrics) {
+    ) -> (Vec<(HeaderMap, serde_json::Value)>, crate::metrics::Metrics) {
         let (url, received) = collector(answers).await;
-        let metrics = crate::runtime::Metrics::new("test");
+        let metrics = crate::metrics::Metrics::new("test");
         let args = OtlpArgs {
             endpoint: Some(url),
             headers: Some("authorization=Bearer%20t0ken".to_string()),
@@ -336,7 +336,7 @@ mod tests {
         (received, metrics)
     }
 
-    fn counted(metrics: &crate::runtime::Metrics, line: &str) -> bool {
+    fn counted(metrics: &crate::metrics::Metrics, line: &str) -> bool {
         metrics.encode().lines().any(|l| l == line)
     }
 

@@ -70,7 +70,7 @@ impl Spans {
     pub fn start(
         args: &OtlpArgs,
         function: &str,
-        metrics: &crate::runtime::Metrics,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Spans, ConfigError> {
         let Some(config) = args.resolve(function)? else {
             return Ok(Spans::off());
