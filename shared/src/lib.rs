@@ -1,22 +1,40 @@
 //! freshet: keeps machine-learning models fresh in real time on NATS JetStream.
 //!
 //! This crate is the library every function (featurize, train, drift, predict) and the `freshet`
-//! CLI share. A map of it:
+//! CLI share. Its modules form layers: each uses only its own layer and those below it, never one
+//! above (a test in `layers.rs` checks it), so each layer can become a crate of its own by moving
+//! files.
 //!
-//! - [`events`]: the CloudEvents contract and its validation; [`ids`]: checked identifiers.
-//! - [`examples`]: the training example featurize publishes and train consumes.
-//! - [`features`]: the bookstore features, computed by the same code at training and serving time.
-//! - [`aggregates`]: streaming per-entity aggregates: EWMA scaling and event-time windows.
-//! - [`model`]: the burn models, their artifacts and manifests.
-//! - [`store`]: model artifacts in object storage; pointers and entity state in JetStream KV.
-//! - [`subjects`]: every subject, stream, bucket and header name, from one prefix.
-//! - [`topology`]: the streams, buckets and consumers, provisioned idempotently.
-//! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
-//! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
-//! - [`serving`]: the prediction request/reply protocol.
-//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
-//! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers;
-//!   [`telemetry`]: the spans it names, exported to an OpenTelemetry collector when configured.
+//! 1. **Contract**: what travels between the functions and what every layer may use.
+//!    - [`ids`]: checked identifiers; [`error`]: rejections (bad input, dead-lettered) versus
+//!      failures (transient, retried); [`trace`]: W3C trace context (`traceparent`) carried in
+//!      NATS and HTTP headers.
+//!    - [`events`]: the CloudEvents contract and its validation; [`examples`]: the training
+//!      example featurize publishes and train consumes, and the feature schema it follows;
+//!      [`control`]: the CONTROL messages; [`serving`]: the prediction request/reply protocol.
+//!    - [`subjects`]: every subject, stream, bucket and header name, from one prefix;
+//!      [`topology`]: the streams, buckets and consumers, provisioned idempotently.
+//!    - [`metrics`]: the Prometheus registry every function exports; [`shutdown`]: graceful
+//!      shutdown as an injected value.
+//! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity aggregates, EWMA
+//!    scaling and event-time windows; [`features`]: the bookstore features, computed by the same
+//!    code at training and serving time.
+//! 3. **Models**: [`model`]: the burn models, their artifacts and manifests.
+//! 4. **Store**: [`store`]: model artifacts in object storage; pointers, leases and entity
+//!    state in JetStream KV.
+//! 5. **Telemetry**: [`telemetry`]: the spans [`trace`] names, exported to an OpenTelemetry
+//!    collector when configured.
+//! 6. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
+//!    connection; [`runtime`]: the JetStream consumer loop, push ingress, HTTP probes,
+//!    dead-lettering, logging, and the [`FunctionContext`](runtime::FunctionContext) that wires
+//!    them for a function.
+//!
+//! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
+//! `store::artifacts`, 5 and 6), a model crate (3 and `store::artifacts`, with burn and
+//! object_store) and a bookstore crate (2). Two edges cross that split today:
+//! `runtime::FunctionContext::artifacts` builds a `store::ArtifactStore` (a runtime-to-model
+//! edge), and `model`'s input scaler uses `aggregates::ewma` (a model-to-domain edge, so the EWMA
+//! belongs with the contract).
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -41,5 +59,7 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
+#[cfg(test)]
+mod layers;
 #[cfg(test)]
 mod properties;
