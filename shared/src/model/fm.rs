@@ -104,29 +104,17 @@ pub(crate) fn logit(params: &[Vec<f32>], factors: usize, x: &[f32]) -> Result<f3
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::{feature, linear_batch, prequential_accuracy, xor_batch};
-    use crate::model::{Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
+    use crate::model::synthetic::{
+        feature, learning_config, linear_batch, prequential_accuracy, xor_batch,
+    };
+    use crate::model::{ModelConfig, ModelKind, Optimizer, Trainer};
 
     const FM: ModelKind = ModelKind::FactorizationMachine {
         factors: DEFAULT_FACTORS,
     };
 
     fn config(kind: ModelKind, optimizer: Optimizer) -> ModelConfig {
-        ModelConfig {
-            kind,
-            hyper: Hyper {
-                learning_rate: if optimizer == Optimizer::Sgd {
-                    0.5
-                } else {
-                    0.05
-                },
-                decay: 0.001,
-                l2: 1e-5,
-                optimizer,
-            },
-            seed: 5,
-            ..ModelConfig::default()
-        }
+        learning_config(kind, optimizer, 5)
     }
 
     #[test]

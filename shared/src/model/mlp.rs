@@ -104,27 +104,14 @@ pub(crate) fn logit(params: &[Vec<f32>], hidden: usize, x: &[f32]) -> Result<f32
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::{linear_batch, prequential_accuracy, xor_batch};
-    use crate::model::{Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
+    use crate::model::synthetic::{learning_config, linear_batch, prequential_accuracy, xor_batch};
+    use crate::model::{ModelConfig, ModelKind, Optimizer, Trainer};
 
     fn config(optimizer: Optimizer) -> ModelConfig {
-        ModelConfig {
-            kind: ModelKind::Mlp {
-                hidden: DEFAULT_HIDDEN,
-            },
-            hyper: Hyper {
-                learning_rate: if optimizer == Optimizer::Sgd {
-                    0.5
-                } else {
-                    0.05
-                },
-                decay: 0.001,
-                l2: 1e-5,
-                optimizer,
-            },
-            seed: 11,
-            ..ModelConfig::default()
-        }
+        let mlp = ModelKind::Mlp {
+            hidden: DEFAULT_HIDDEN,
+        };
+        learning_config(mlp, optimizer, 11)
     }
 
     #[test]

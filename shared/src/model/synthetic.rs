@@ -1,6 +1,31 @@
 //! Deterministic synthetic data for the model tests: no RNG crate, the same data every run.
 
+use super::config::ModelConfig;
+use super::hyper::Hyper;
+use super::kind::ModelKind;
+use super::optim::Optimizer;
 use super::trainer::Trainer;
+
+/// What the per-kind learning tests train `kind` with: a rate at which each optimizer learns
+/// the tasks below within their batch budgets, a slow decay and a light penalty.
+pub(crate) fn learning_config(kind: ModelKind, optimizer: Optimizer, seed: u64) -> ModelConfig {
+    let learning_rate = if optimizer == Optimizer::Sgd {
+        0.5
+    } else {
+        0.05
+    };
+    ModelConfig {
+        kind,
+        hyper: Hyper {
+            learning_rate,
+            decay: 0.001,
+            l2: 1e-5,
+            optimizer,
+        },
+        seed,
+        scaler_decay: None,
+    }
+}
 
 /// Pseudo-random feature `j` of example `i`, uniform in [-1, 1), from a SplitMix-style hash.
 pub(crate) fn feature(i: u64, j: u64) -> f32 {
