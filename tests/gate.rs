@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelConfig, ModelScorer, Trainer, predicts_positive};
-use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
+use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER};
 use freshet_tests::{Stack, assert_lineage_tiles, eventually, live_through};
 
@@ -283,14 +283,15 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     artifacts.put_version(&bad, &bytes).await?;
     assert!(accuracy(&artifacts, &model, &bad, false).await < 0.2);
     let current = pointers.get(&model, Slot::Live).await?;
-    let pointer = Pointer {
-        version,
-        sha256: bad.sha256.clone(),
-        updated_at: chrono::Utc::now(),
-        reason: "deployed by hand".into(),
-    };
     pointers
-        .set(&model, Slot::Live, &pointer, current.revision)
+        .move_to(
+            &model,
+            Slot::Live,
+            &Verified::held(&bad),
+            Cause::Operator,
+            "deployed by hand",
+            current.revision,
+        )
         .await?;
     let replaced = current.value.unwrap().version;
 
@@ -317,7 +318,7 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     assert!(
         history
             .iter()
-            .any(|(_, p)| p.reason.starts_with("gate: rollback") && p.version == replaced),
+            .any(|(_, p)| p.cause == Cause::Rollback && p.version == replaced),
         "{history:?}"
     );
     // Training continues from the restored version, which answers well again.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use freshet::ids::ModelName;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
+use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
 use freshet_tests::{Stack, bookstore_events, cloud_event, eventually};
@@ -264,14 +264,15 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         .rfind(|&v| v < live.version)
         .unwrap();
     let candidate = pointers.get(&model, Slot::Candidate).await?;
-    let pointer = Pointer {
-        version: earlier,
-        sha256: artifacts.manifest(&model, earlier).await?.sha256,
-        updated_at: chrono::Utc::now(),
-        reason: "made candidate by hand".into(),
-    };
     pointers
-        .set(&model, Slot::Candidate, &pointer, candidate.revision)
+        .move_to(
+            &model,
+            Slot::Candidate,
+            &Verified::check(&artifacts, &model, earlier).await?,
+            Cause::Operator,
+            "made candidate by hand",
+            candidate.revision,
+        )
         .await?;
     operator(&stack, &["models", "promote", "bookstore"])?;
     await_move(&url, "promotion").await?;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use bytes::Bytes;
 use freshet::serving::{PredictRequest, PredictResponse};
+use freshet::store::PointerStore;
 use freshet::subjects::Subjects;
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{FunctionProcess, NatsServer};
@@ -529,6 +530,8 @@ pub struct ModelWriter {
     pub model: freshet::ids::ModelName,
     pub artifacts: freshet::store::ArtifactStore,
     pub pointers: freshet::store::Pointers,
+    /// The MODELS bucket itself, written as a writer that verifies nothing would.
+    models: async_nats::jetstream::kv::Store,
     trainer: freshet::model::Trainer,
 }
 
@@ -544,15 +547,15 @@ impl ModelWriter {
         model: &str,
         config: freshet::model::ModelConfig,
     ) -> anyhow::Result<ModelWriter> {
+        let models = stack
+            .js
+            .get_key_value(freshet::subjects::BUCKET_MODELS)
+            .await?;
         Ok(ModelWriter {
             model: freshet::ids::ModelName::parse(model)?,
             artifacts: freshet::store::ArtifactStore::from_url(&stack.artifacts_url())?,
-            pointers: freshet::store::Pointers::new(
-                stack
-                    .js
-                    .get_key_value(freshet::subjects::BUCKET_MODELS)
-                    .await?,
-            ),
+            pointers: freshet::store::Pointers::new(models.clone()),
+            models,
             trainer: freshet::model::Trainer::new(&config, freshet::features::FEATURE_NAMES.len())?,
         })
     }
@@ -603,7 +606,9 @@ impl ModelWriter {
         Ok(manifest)
     }
 
-    /// Points `slot` at a version (by its manifest's version and checksum), by compare-and-set.
+    /// Points `slot` at a version (by its manifest's version and checksum), by compare-and-set,
+    /// as a writer that verifies nothing would: a test may point at a damaged or missing version
+    /// on purpose, to see predictors refuse it.
     pub async fn point(
         &self,
         slot: freshet::store::Slot,
@@ -615,20 +620,22 @@ impl ModelWriter {
             version,
             sha256: sha256.to_string(),
             updated_at: chrono::Utc::now(),
+            cause: freshet::store::Cause::Operator,
             reason: "test".into(),
         };
-        self.pointers
-            .set(&self.model, slot, &pointer, current.revision)
+        self.models
+            .update(
+                slot.key(&self.model),
+                Bytes::from(serde_json::to_vec(&pointer)?),
+                current.revision,
+            )
             .await?;
         Ok(())
     }
 
     /// Removes a pointer (a candidate withdrawn).
     pub async fn withdraw(&self, slot: freshet::store::Slot) -> anyhow::Result<()> {
-        self.pointers
-            .bucket()
-            .delete(freshet::subjects::pointer_key(&self.model, slot.as_str()))
-            .await?;
+        self.models.delete(slot.key(&self.model)).await?;
         Ok(())
     }
 }

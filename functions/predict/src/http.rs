@@ -21,6 +21,7 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::model::FeatureSchema;
 use freshet::runtime::Readiness;
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
+use freshet::store::follow::Loaded;
 use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
 use serde::{Deserialize, Serialize};
@@ -576,10 +577,7 @@ impl Http {
     }
 
     /// The serving version, which must be `wanted` when one is named.
-    fn serving(
-        &self,
-        wanted: Option<u64>,
-    ) -> Result<std::sync::Arc<crate::live::LiveModel>, ServeError> {
+    fn serving(&self, wanted: Option<u64>) -> Result<Arc<Loaded>, ServeError> {
         let live = self.server.live.current().ok_or_else(|| {
             ServeError::unavailable(format!(
                 "model {} has no live version yet",

@@ -65,3 +65,24 @@ pub async fn compare_and_set(
         ))),
     }
 }
+
+/// Deletes the key (a tombstone, kept in its history) if it is still at `expected`.
+pub async fn compare_and_delete(
+    store: &kv::Store,
+    key: &str,
+    expected: u64,
+) -> Result<(), CasError> {
+    match store.delete_expect_revision(key, Some(expected)).await {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(CasError::Conflict {
+                key: key.to_string(),
+                expected,
+            })
+        }
+        Err(err) => Err(CasError::Failed(Failure::new(
+            format!("delete KV key {key}"),
+            err,
+        ))),
+    }
+}
