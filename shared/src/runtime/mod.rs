@@ -1,6 +1,8 @@
 //! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
-//! metrics, dead-lettering, graceful shutdown and logging.
+//! metrics, the CloudEvents HTTP binding and push ingress, dead-lettering, graceful shutdown and
+//! logging.
 
+pub mod cloudevents;
 pub mod dead_letter;
 pub mod function;
 pub mod http;
