@@ -810,3 +810,57 @@ pub async fn assert_lineage_learned(
     }
     Ok(())
 }
+
+/// A process a test started, killed (by its own handle) when dropped.
+pub struct Started(pub std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `freshet view --port 0 --window 10m` against the stack (its log in `view.log` of the
+/// stack's folder); returns it and the URL it printed.
+pub fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
+        .args(["view", "--port", "0", "--window", "10m"])
+        .envs(stack.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stack.dir.path().join("view.log"))?)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("the view's standard output is piped")?;
+    let started = Started(child);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(Ok(line)) = BufReader::new(stdout).lines().next() {
+            let _ = sender.send(line);
+        }
+    });
+    let line = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow::anyhow!("freshet view printed no URL within 30 s"))?;
+    let url = line
+        .strip_prefix("live view on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line: {line}"))?
+        .to_string();
+    Ok((started, url))
+}
+
+/// What the view at `url` serves on `GET /api/state`; `None` until it answers.
+pub async fn view_state(url: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("{url}api/state"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}

@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use freshet::ids::ModelName;
 use freshet::model::{FeatureSchema, Hyper, LogisticTrainer, Manifest, ModelKind, SequenceRange};
 use freshet::store::{
-    ArtifactError, ArtifactStore, Cause, Pointer, PointerStore, Pointers, Slot, Verified,
+    ArtifactError, ArtifactStore, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
 };
 use freshet::subjects::BUCKET_MODELS;
 use serde::Serialize;
@@ -177,7 +177,7 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
     let live = pointers.get(&args.model, Slot::Live).await?;
-    let Some(current) = live.value else {
+    let Some(current) = live.value.as_ref() else {
         return Err(NotFound(format!("{} has no live version to roll back", args.model)).into());
     };
     let history = pointers.history(&args.model, Slot::Live).await?;
@@ -187,30 +187,16 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
             args.model
         ))
     })?;
-    let artifacts = open_artifacts(global)?;
-    let verified = verify(&artifacts, &args.model, target).await?;
-    let revision = pointers
-        .move_to(
-            &args.model,
-            Slot::Live,
-            &verified,
-            Cause::Rollback,
-            &args.reason,
-            live.revision,
-        )
-        .await
-        .with_context(|| moving(&args.model))?;
-    report_move(
+    move_live(
         global,
-        &PointerMove {
-            model: args.model.to_string(),
-            from_version: Some(current.version),
-            to_version: target,
-            cause: Cause::Rollback,
-            reason: args.reason.clone(),
-            revision,
-        },
+        &pointers,
+        &args.model,
+        target,
+        live,
+        Cause::Rollback,
+        &args.reason,
     )
+    .await
 }
 
 async fn promote(global: &GlobalArgs, args: &PromoteArgs) -> anyhow::Result<()> {
@@ -255,27 +241,43 @@ async fn set(global: &GlobalArgs, args: &SetArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
     let live = pointers.get(&args.model, Slot::Live).await?;
+    move_live(
+        global,
+        &pointers,
+        &args.model,
+        args.version,
+        live,
+        Cause::Operator,
+        &args.reason,
+    )
+    .await
+}
+
+/// Verifies `version`, moves the live pointer to it for `cause` if it is still where `live` was
+/// read, and reports the move.
+async fn move_live(
+    global: &GlobalArgs,
+    pointers: &Pointers,
+    model: &ModelName,
+    version: u64,
+    live: Versioned<Pointer>,
+    cause: Cause,
+    reason: &str,
+) -> anyhow::Result<()> {
     let artifacts = open_artifacts(global)?;
-    let verified = verify(&artifacts, &args.model, args.version).await?;
+    let verified = verify(&artifacts, model, version).await?;
     let revision = pointers
-        .move_to(
-            &args.model,
-            Slot::Live,
-            &verified,
-            Cause::Operator,
-            &args.reason,
-            live.revision,
-        )
+        .move_to(model, Slot::Live, &verified, cause, reason, live.revision)
         .await
-        .with_context(|| moving(&args.model))?;
+        .with_context(|| moving(model))?;
     report_move(
         global,
         &PointerMove {
-            model: args.model.to_string(),
+            model: model.to_string(),
             from_version: live.value.map(|p| p.version),
-            to_version: args.version,
-            cause: Cause::Operator,
-            reason: args.reason.clone(),
+            to_version: version,
+            cause,
+            reason: reason.to_string(),
             revision,
         },
     )
