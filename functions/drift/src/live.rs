@@ -152,7 +152,7 @@ mod tests {
                 previous: Some(previous),
                 next,
                 cause,
-                fallback: None,
+                stand_in: None,
             })
         };
         let (good, next_step, by_hand) = (

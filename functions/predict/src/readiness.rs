@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use freshet::runtime::{Metrics, Readiness, Shutdown};
-use freshet::store::follow::{Fallback, VersionCell};
+use freshet::store::follow::{StandIn, VersionCell};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Whether a predictor whose live version was created `age` ago may call itself ready.
@@ -19,10 +19,10 @@ pub fn is_ready(age: Option<Duration>, max_age: Option<Duration>) -> bool {
 }
 
 /// What `/readyz` adds while a fallback serves.
-pub fn fallback_note(fallback: &Fallback) -> String {
+pub fn fallback_note(stand_in: &StandIn) -> String {
     format!(
         "serving fallback version {}: live names version {}, which was refused ({})",
-        fallback.serving, fallback.refused, fallback.reason
+        stand_in.serving, stand_in.refused, stand_in.reason
     )
 }
 
@@ -47,7 +47,7 @@ pub async fn track(
                 .unwrap_or(Duration::ZERO)
         });
         age_gauge.set(age.map_or(0.0, |a| a.as_secs_f64()));
-        readiness.set_note(live.fallback().as_deref().map(fallback_note));
+        readiness.set_note(live.stand_in().as_deref().map(fallback_note));
         let ready = is_ready(age, max_age);
         if ready != readiness.is_ready() {
             if !ready && age.is_some() {
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn the_note_names_the_version_serving_and_the_one_refused() {
-        let note = fallback_note(&Fallback {
+        let note = fallback_note(&StandIn {
             serving: 1,
             refused: 3,
             reason: "sha256 mismatch".into(),

@@ -73,7 +73,7 @@ impl Hooks for SwapHooks {
             self.metrics.live_version.set(swap.next.version() as i64);
             self.metrics
                 .serving_fallback
-                .set(i64::from(swap.fallback.is_some()));
+                .set(i64::from(swap.stand_in.is_some()));
         }
     }
 

@@ -17,7 +17,7 @@
 //!   backoff ([`Backoff`]) until it loads, is refused, or the pointer moves on;
 //! - when the live pointer names a refused version and **nothing is loaded yet** (a predictor
 //!   started while live names a damaged artifact), it serves the newest version of the pointer's
-//!   history that loads instead, and says so ([`VersionCell::fallback`]) until the pointer names a
+//!   history that loads instead, and says so ([`VersionCell::stand_in`]) until the pointer names a
 //!   version that loads;
 //! - a removed candidate pointer empties the cell; a removed live pointer keeps the version
 //!   loaded (a model is never left without one by accident);
@@ -57,7 +57,7 @@ impl Loaded {
 
 /// Why a cell serves a version its pointer does not name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fallback {
+pub struct StandIn {
     /// The version served instead: the newest of the pointer's history that loads.
     pub serving: u64,
     /// The version the pointer names, which was refused.
@@ -70,7 +70,7 @@ pub struct Fallback {
 #[derive(Clone, Default)]
 pub struct VersionCell {
     loaded: Arc<ArcSwapOption<Loaded>>,
-    fallback: Arc<ArcSwapOption<Fallback>>,
+    stand_in: Arc<ArcSwapOption<StandIn>>,
 }
 
 impl VersionCell {
@@ -86,8 +86,8 @@ impl VersionCell {
     }
 
     /// Set while the version loaded stands in for one its pointer names but that was refused.
-    pub fn fallback(&self) -> Option<Arc<Fallback>> {
-        self.fallback.load_full()
+    pub fn stand_in(&self) -> Option<Arc<StandIn>> {
+        self.stand_in.load_full()
     }
 
     /// Makes `loaded` the version of the cell.
@@ -95,14 +95,14 @@ impl VersionCell {
         self.loaded.store(Some(loaded));
     }
 
-    /// Empties the cell (a candidate withdrawn, a fallback no longer needed).
+    /// Empties the cell (a candidate withdrawn, the gate's fallback no longer needed).
     pub fn clear(&self) {
         self.loaded.store(None);
-        self.fallback.store(None);
+        self.stand_in.store(None);
     }
 
-    fn set_fallback(&self, fallback: Option<Fallback>) {
-        self.fallback.store(fallback.map(Arc::new));
+    fn set_stand_in(&self, stand_in: Option<StandIn>) {
+        self.stand_in.store(stand_in.map(Arc::new));
     }
 }
 
@@ -115,7 +115,7 @@ pub struct Swap<'a> {
     /// The cause of the pointer move that led to the swap.
     pub cause: Cause,
     /// Set when `next` stands in for the version the pointer names.
-    pub fallback: Option<&'a Fallback>,
+    pub stand_in: Option<&'a StandIn>,
 }
 
 /// A version refused; the cell keeps what it had.
@@ -314,7 +314,7 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
         if let Some(current) = self.cell.current()
             && current.version() == pointer.version
         {
-            if self.cell.fallback().is_some() {
+            if self.cell.stand_in().is_some() {
                 // The pointer came back to the version standing in: it is the pointed one now.
                 self.swap(current, pointer.cause, None);
             }
@@ -362,9 +362,9 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
         if self.slot != Slot::Live {
             return;
         }
-        match self.cell.fallback() {
+        match self.cell.stand_in() {
             // Still standing in: the note names the newest refusal.
-            Some(standing) => self.cell.set_fallback(Some(Fallback {
+            Some(standing) => self.cell.set_stand_in(Some(StandIn {
                 serving: standing.serving,
                 refused: pointer.version,
                 reason: reason.to_string(),
@@ -393,12 +393,12 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
                 Ok(loaded) => {
                     tracing::warn!(model = %self.model, serving = earlier.version, refused = refused.version,
                         "serving the newest earlier version that loads until the live pointer names one that does");
-                    let fallback = Fallback {
+                    let stand_in = StandIn {
                         serving: earlier.version,
                         refused: refused.version,
                         reason: reason.to_string(),
                     };
-                    self.swap(Arc::new(loaded), refused.cause, Some(fallback));
+                    self.swap(Arc::new(loaded), refused.cause, Some(stand_in));
                     return;
                 }
                 Err(refusal) => {
@@ -409,23 +409,23 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
         tracing::error!(model = %self.model, refused = refused.version, "no version of the pointer's history loads; nothing serves until the pointer moves");
     }
 
-    fn swap(&self, next: Arc<Loaded>, cause: Cause, fallback: Option<Fallback>) {
+    fn swap(&self, next: Arc<Loaded>, cause: Cause, stand_in: Option<StandIn>) {
         let previous = self.cell.current();
         self.hooks.swapping(&Swap {
             slot: self.slot,
             previous: previous.as_ref(),
             next: &next,
             cause,
-            fallback: fallback.as_ref(),
+            stand_in: stand_in.as_ref(),
         });
         tracing::info!(model = %self.model, slot = self.slot.as_str(), version = next.version(), %cause,
-            previous = ?previous.as_ref().map(|p| p.version()), fallback = fallback.is_some(), "swapped in a version");
-        if fallback.is_some() {
-            self.cell.set_fallback(fallback);
+            previous = ?previous.as_ref().map(|p| p.version()), stand_in = stand_in.is_some(), "swapped in a version");
+        if stand_in.is_some() {
+            self.cell.set_stand_in(stand_in);
             self.cell.store(next);
         } else {
             self.cell.store(next);
-            self.cell.set_fallback(None);
+            self.cell.set_stand_in(None);
         }
     }
 }
@@ -512,7 +512,7 @@ mod tests {
                 swap.previous.map(|p| p.version()),
                 swap.next.version(),
                 swap.cause,
-                swap.fallback.is_some(),
+                swap.stand_in.is_some(),
             ));
         }
 
@@ -683,7 +683,7 @@ mod tests {
                 (Some(1), 2, Cause::Rollback, false)
             ]
         );
-        assert!(cell.fallback().is_none(), "something was loaded already");
+        assert!(cell.stand_in().is_none(), "something was loaded already");
         // A removed live pointer keeps the version; a broken value too.
         follower
             .apply(PointerChange::Removed { revision: 99 })
@@ -770,12 +770,12 @@ mod tests {
         let cell = follower.cell();
         follower.load_current().await;
         assert_eq!(cell.version(), Some(1));
-        let fallback = cell.fallback().expect("it says it stands in");
-        assert_eq!((fallback.serving, fallback.refused), (1, 3));
+        let stand_in = cell.stand_in().expect("it says it stands in");
+        assert_eq!((stand_in.serving, stand_in.refused), (1, 3));
         assert!(
-            fallback.reason.contains("verification"),
+            stand_in.reason.contains("verification"),
             "{}",
-            fallback.reason
+            stand_in.reason
         );
         assert_eq!(bench.swaps(), [(None, 1, Cause::Operator, true)]);
         assert_eq!(bench.refused(), [(3, None)]);
@@ -786,7 +786,7 @@ mod tests {
         follower.apply(bench.point(Slot::Live, &v4)).await;
         assert_eq!(cell.version(), Some(1));
         assert_eq!(
-            cell.fallback().map(|f| (f.serving, f.refused)),
+            cell.stand_in().map(|f| (f.serving, f.refused)),
             Some((1, 4))
         );
 
@@ -794,7 +794,7 @@ mod tests {
         let v5 = bench.version(5, Cause::Train).await;
         follower.apply(bench.point(Slot::Live, &v5)).await;
         assert_eq!(cell.version(), Some(5));
-        assert!(cell.fallback().is_none());
+        assert!(cell.stand_in().is_none());
         assert_eq!(
             bench.swaps().last(),
             Some(&(Some(1), 5, Cause::Train, false))
@@ -812,14 +812,14 @@ mod tests {
         let mut follower = bench.follower(Slot::Live);
         let cell = follower.cell();
         follower.load_current().await;
-        assert!(cell.fallback().is_some());
+        assert!(cell.stand_in().is_some());
         let back = Pointer {
             cause: Cause::Rollback,
             ..v1
         };
         follower.apply(bench.point(Slot::Live, &back)).await;
         assert_eq!(cell.version(), Some(1));
-        assert!(cell.fallback().is_none());
+        assert!(cell.stand_in().is_none());
         assert_eq!(
             bench.swaps().last(),
             Some(&(Some(1), 1, Cause::Rollback, false))
@@ -835,7 +835,7 @@ mod tests {
         let mut follower = bench.follower(Slot::Live);
         let cell = follower.cell();
         follower.load_current().await;
-        assert!(cell.current().is_none() && cell.fallback().is_none());
+        assert!(cell.current().is_none() && cell.stand_in().is_none());
         assert_eq!(bench.refused(), [(1, None)]);
     }
 

@@ -10,7 +10,7 @@ pub mod memory;
 pub mod pointers;
 
 pub use artifacts::{ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
-pub use follow::{Backoff, Fallback, Follower, Hooks, Loaded, VersionCell};
+pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 pub use kv::{CasError, Versioned};
 pub use memory::MemoryPointers;
 pub use pointers::{
