@@ -8,13 +8,15 @@
 //! - [`features`]: the bookstore features, computed by the same code at training and serving time.
 //! - [`aggregates`]: streaming per-entity aggregates: EWMA scaling and event-time windows.
 //! - [`model`]: the burn models, their artifacts and manifests.
-//! - [`store`]: model artifacts in object storage; pointers and entity state in JetStream KV.
+//! - [`store`]: model artifacts in object storage; pointers (with the cause of each move) and
+//!   entity state in JetStream KV; the follower that keeps a pointer's version loaded.
 //! - [`subjects`]: every subject, stream, bucket and header name, from one prefix.
 //! - [`topology`]: the streams, buckets and consumers, provisioned idempotently.
 //! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
 //! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
 //! - [`serving`]: the prediction request/reply protocol.
-//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
+//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, the CloudEvents HTTP
+//!   binding, shutdown, logging.
 //! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers;
 //!   [`telemetry`]: the spans it names, exported to an OpenTelemetry collector when configured.
 
