@@ -4,6 +4,9 @@
 //!   the gate promotes it once it beats live on examples neither learned (and on held-back older
 //!   ones), and live accuracy recovers, while the lineage still learns each example exactly once;
 //! - a bad version made live by hand is rolled back to the version it replaced;
+//! - an operator's rollback is a rollback whatever its reason says: the gate drops the version it
+//!   kept as the fallback, so it never proposes to undo the operator's move, and the live view
+//!   marks a rollback;
 //! - a burst of corrupted feature values pauses training (quarantine): no corrupted example is
 //!   learned, every one is kept on the dead-letter subject, and training resumes after the burst.
 
@@ -13,9 +16,13 @@ use std::time::Duration;
 
 use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelConfig, ModelScorer, Trainer, predicts_positive};
-use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
-use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER};
-use freshet_tests::{Stack, assert_lineage_tiles, eventually, live_through};
+use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
+use freshet::subjects::{
+    BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
+};
+use freshet_tests::{
+    Stack, assert_lineage_tiles, eventually, live_through, start_view, view_state,
+};
 
 const WIDTH: usize = 4;
 
@@ -235,6 +242,71 @@ async fn a_concept_change_is_detected_and_a_promoted_candidate_recovers_accuracy
     Ok(())
 }
 
+/// Stores a model fitted to the opposite labels as a new version, like `good` in all else, and
+/// makes it live by hand; returns its manifest.
+async fn deploy_inverted(
+    artifacts: &ArtifactStore,
+    pointers: &Pointers,
+    model: &ModelName,
+    good: &Manifest,
+) -> anyhow::Result<Manifest> {
+    let config = ModelConfig::default();
+    let mut inverted = Trainer::new(&config, WIDTH)?;
+    for b in 0..40u64 {
+        let (rows, labels): (Vec<Vec<f32>>, Vec<f32>) =
+            (b * 50..(b + 1) * 50).map(|n| example(n, true)).unzip();
+        inverted.train_batch(&rows, &labels)?;
+    }
+    let bytes = inverted.to_bytes()?;
+    let version = artifacts.versions(model).await?.last().copied().unwrap() + 10;
+    let bad = Manifest {
+        version,
+        parent: None,
+        config: ModelConfig {
+            hyper: freshet::model::Hyper {
+                learning_rate: 0.01,
+                ..config.hyper
+            },
+            ..config
+        },
+        sha256: freshet::model::sha256_hex(&bytes),
+        size_bytes: bytes.len() as u64,
+        step: inverted.step(),
+        created_at: chrono::Utc::now(),
+        lineage: None,
+        ..good.clone()
+    };
+    artifacts.put_version(&bad, &bytes).await?;
+    let current = pointers.get(model, Slot::Live).await?;
+    pointers
+        .move_to(
+            model,
+            Slot::Live,
+            &Verified::held(&bad),
+            Cause::Operator,
+            "deployed by hand",
+            current.revision,
+        )
+        .await?;
+    Ok(bad)
+}
+
+/// The version drift's live follower holds, from its `freshet_live_version` gauge.
+async fn drift_live_version(port: u16) -> Option<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("freshet_live_version{"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
@@ -254,44 +326,9 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     .await?;
 
     // A model fitted to the opposite labels, deployed by hand as a new version.
-    let config = ModelConfig::default();
-    let mut inverted = Trainer::new(&config, WIDTH)?;
-    for b in 0..40u64 {
-        let (rows, labels): (Vec<Vec<f32>>, Vec<f32>) =
-            (b * 50..(b + 1) * 50).map(|n| example(n, true)).unzip();
-        inverted.train_batch(&rows, &labels)?;
-    }
-    let bytes = inverted.to_bytes()?;
-    let version = artifacts.versions(&model).await?.last().copied().unwrap() + 10;
-    let bad = Manifest {
-        version,
-        parent: None,
-        config: ModelConfig {
-            hyper: freshet::model::Hyper {
-                learning_rate: 0.01,
-                ..config.hyper
-            },
-            ..config
-        },
-        sha256: freshet::model::sha256_hex(&bytes),
-        size_bytes: bytes.len() as u64,
-        step: inverted.step(),
-        created_at: chrono::Utc::now(),
-        lineage: None,
-        ..good.clone()
-    };
-    artifacts.put_version(&bad, &bytes).await?;
-    assert!(accuracy(&artifacts, &model, &bad, false).await < 0.2);
     let current = pointers.get(&model, Slot::Live).await?;
-    let pointer = Pointer {
-        version,
-        sha256: bad.sha256.clone(),
-        updated_at: chrono::Utc::now(),
-        reason: "deployed by hand".into(),
-    };
-    pointers
-        .set(&model, Slot::Live, &pointer, current.revision)
-        .await?;
+    let bad = deploy_inverted(&artifacts, &pointers, &model, &good).await?;
+    assert!(accuracy(&artifacts, &model, &bad, false).await < 0.2);
     let replaced = current.value.unwrap().version;
 
     let mut published = GOOD;
@@ -317,7 +354,7 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     assert!(
         history
             .iter()
-            .any(|(_, p)| p.reason.starts_with("gate: rollback") && p.version == replaced),
+            .any(|(_, p)| p.cause == Cause::Rollback && p.version == replaced),
         "{history:?}"
     );
     // Training continues from the restored version, which answers well again.
@@ -328,6 +365,113 @@ async fn a_bad_version_made_live_by_hand_is_rolled_back() -> anyhow::Result<()> 
     })
     .await?;
     assert!(accuracy(&artifacts, &model, &live, false).await > 0.9);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rollback_is_a_rollback_whatever_its_reason_says() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let model = ModelName::parse("gated")?;
+    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
+    let train = stack.spawn("train", &TRAIN_ARGS)?;
+    // Drift only alerts: no candidate. Its live version is read from its metrics.
+    let drift_port = freshet_tests::stack::free_port()?.to_string();
+    let mut args = DRIFT_ARGS.to_vec();
+    args[5] = "alert";
+    args.extend(["--http-port", &drift_port]);
+    let drift = stack.spawn("drift", &args)?;
+    let drift_port: u16 = drift_port.parse()?;
+    let logs = |stack: &Stack| {
+        format!(
+            "train log:\n{}\ndrift log:\n{}",
+            stack.log_of("train", train),
+            stack.log_of("drift", drift)
+        )
+    };
+    let drift_follows = |version: u64, what: &'static str| {
+        eventually(Duration::from_secs(20), what, move || async move {
+            (drift_live_version(drift_port).await? == version).then_some(())
+        })
+    };
+    const GOOD: u64 = 2_000;
+    stream(&stack, &model, 0..GOOD, |_| false).await;
+    let good = eventually(Duration::from_secs(60), "concept A learned", || {
+        live_through(&pointers, &artifacts, &model, GOOD)
+    })
+    .await?;
+    drift_follows(good.version, "drift following the good version")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack)))?;
+    // Live jumps to a bad version by hand: drift keeps the good one as the gate's fallback.
+    let bad = deploy_inverted(&artifacts, &pointers, &model, &good).await?;
+    drift_follows(bad.version, "drift following the bad version")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack)))?;
+
+    // The operator rolls back, in words that do not say "rollback".
+    let output = std::process::Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
+        .args(["models", "rollback", "gated", "--to"])
+        .arg(good.version.to_string())
+        .args(["--reason", "bad batch"])
+        .envs(stack.env())
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "freshet models rollback: {output:?}"
+    );
+    drift_follows(good.version, "drift following the restored version")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack)))?;
+
+    // The live view calls the move a rollback.
+    let (_view, url) = start_view(&stack)?;
+    let view_kind = eventually(
+        Duration::from_secs(20),
+        "the operator's move in the view",
+        || async {
+            let state = view_state(&url).await?;
+            state["models"][0]["moves"]
+                .as_array()?
+                .iter()
+                .find(|m| {
+                    m["from"].as_u64() == Some(bad.version)
+                        && m["version"].as_u64() == Some(good.version)
+                })
+                .map(|m| m["kind"].clone())
+        },
+    )
+    .await?;
+
+    // Enough examples for the gate to judge any trial several times over, all read by drift.
+    stream(&stack, &model, GOOD..GOOD + 1_500, |_| false).await;
+    let last = stack.last_sequence(STREAM_EXAMPLES).await?;
+    let examples = stack.js.get_stream(STREAM_EXAMPLES).await?;
+    eventually(
+        Duration::from_secs(60),
+        "drift reading every example",
+        || async {
+            let info = examples.consumer_info("drift-gated").await.ok()?;
+            (info.ack_floor.stream_sequence >= last).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack)))?;
+    // The bad version is no fallback: the gate never judges it against the restored one (and so
+    // can never propose to undo the operator's rollback).
+    let judged_bad: Vec<serde_json::Value> = stack
+        .read_stream(STREAM_CONTROL, 100_000)
+        .await?
+        .iter()
+        .map(|m| m.json())
+        .filter(|j| j["kind"] == "gate" && j["challenger_version"].as_u64() == Some(bad.version))
+        .collect();
+    assert!(
+        view_kind == "rollback" && judged_bad.is_empty(),
+        "the view calls the move {view_kind}, and the gate judged the rolled-back version as a \
+         fallback: {judged_bad:?}\n{}",
+        logs(&stack)
+    );
     Ok(())
 }
 

@@ -8,57 +8,22 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::BufReader;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use freshet::ids::ModelName;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
+use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
-use freshet_tests::{Stack, bookstore_events, cloud_event, eventually};
+use freshet_tests::{
+    Stack, Started, bookstore_events, cloud_event, eventually, start_view, view_state,
+};
 use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A process this test started, killed (by its own handle) when dropped.
-struct Started(Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `freshet view --port 0` against the stack; returns it and the URL it printed.
-fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
-    let mut child = Command::new(bin_dir()?.join("freshet"))
-        .args(["view", "--port", "0", "--window", "10m"])
-        .envs(stack.env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(stack.dir.path().join("view.log"))?)
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let started = Started(child);
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        if let Some(Ok(line)) = BufReader::new(stdout).lines().next() {
-            let _ = sender.send(line);
-        }
-    });
-    let line = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| anyhow::anyhow!("freshet view printed no URL within 30 s"))?;
-    let url = line
-        .strip_prefix("live view on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line: {line}"))?
-        .to_string();
-    Ok((started, url))
-}
 
 /// Runs `freshet ARGS` against the stack, as an operator would; it must succeed.
 fn operator(stack: &Stack, args: &[&str]) -> anyhow::Result<()> {
@@ -76,7 +41,7 @@ async fn await_move(url: &str, kind: &str) -> anyhow::Result<()> {
         Duration::from_secs(20),
         &format!("the {kind} in the view"),
         || async {
-            let state = api_state(url).await?;
+            let state = view_state(url).await?;
             state["models"][0]["moves"]
                 .as_array()?
                 .iter()
@@ -85,15 +50,6 @@ async fn await_move(url: &str, kind: &str) -> anyhow::Result<()> {
         },
     )
     .await
-}
-
-async fn api_state(url: &str) -> Option<Value> {
-    reqwest::get(format!("{url}api/state"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
 }
 
 /// Points of `series` of the model's view in the state.
@@ -231,7 +187,7 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         Duration::from_secs(60),
         "versions, freshness and live accuracy in the view",
         || async {
-            let state = api_state(&url).await?;
+            let state = view_state(&url).await?;
             (count(&state, "moves") >= 3
                 && count(&state, "prequential") >= 2
                 && count(&state, "freshness") >= 2
@@ -264,14 +220,15 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         .rfind(|&v| v < live.version)
         .unwrap();
     let candidate = pointers.get(&model, Slot::Candidate).await?;
-    let pointer = Pointer {
-        version: earlier,
-        sha256: artifacts.manifest(&model, earlier).await?.sha256,
-        updated_at: chrono::Utc::now(),
-        reason: "made candidate by hand".into(),
-    };
     pointers
-        .set(&model, Slot::Candidate, &pointer, candidate.revision)
+        .move_to(
+            &model,
+            Slot::Candidate,
+            &Verified::check(&artifacts, &model, earlier).await?,
+            Cause::Operator,
+            "made candidate by hand",
+            candidate.revision,
+        )
         .await?;
     operator(&stack, &["models", "promote", "bookstore"])?;
     await_move(&url, "promotion").await?;
@@ -279,7 +236,7 @@ async fn the_live_view_charts_a_running_pipeline_in_a_browser() -> anyhow::Resul
         Duration::from_secs(20),
         "two dead letters in the view",
         || async {
-            let state = api_state(&url).await?;
+            let state = view_state(&url).await?;
             (state["streams"]["DEAD_LETTER"] == 2).then_some(())
         },
     )

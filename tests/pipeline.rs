@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use freshet_tests::{Stack, bookstore_events, eventually};
 

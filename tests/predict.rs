@@ -515,3 +515,80 @@ async fn a_stale_live_version_fails_readiness_until_a_fresh_one_arrives() -> any
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predictor_started_on_a_corrupt_live_version_serves_the_newest_good_one()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let mut writer = ModelWriter::new(&stack, "bookstore").await?;
+    let v1 = writer.write_version(1).await?;
+    writer.point(Slot::Live, 1, &v1.sha256).await?;
+    let v2 = writer.write_version(2).await?;
+    writer.point(Slot::Live, 2, &v2.sha256).await?;
+    let v3 = writer.write_version(3).await?;
+    writer.point(Slot::Live, 3, &v3.sha256).await?;
+    // v3 is damaged on disk before any predictor starts, and v2 is gone: the newest version of
+    // the pointer's history that verifies is v1.
+    let damaged = stack
+        .dir
+        .path()
+        .join("artifacts/models/bookstore/3/model.bin");
+    let mut bytes = std::fs::read(&damaged)?;
+    bytes[30] ^= 0x5a;
+    std::fs::write(&damaged, &bytes)?;
+    writer.artifacts.delete_version(&writer.model, 2).await?;
+
+    let port = freshet_tests::stack::free_port()?;
+    stack.spawn("predict", &["--http-port", &port.to_string()])?;
+    let http = reqwest::Client::new();
+    let probe = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .ok()?;
+            Some((response.status().as_u16(), response.text().await.ok()?))
+        }
+    };
+    let gauge = |metrics: &str, name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("freshet_{name}{{")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+
+    serving_version(&stack, 1).await?;
+    // Readiness is re-evaluated twice a second.
+    let readyz = eventually(
+        Duration::from_secs(5),
+        "/readyz naming the fallback",
+        || async {
+            let (status, text) = probe("/readyz").await?;
+            (status == 200 && text.contains("fallback")).then_some(text)
+        },
+    )
+    .await?;
+    assert!(
+        readyz.contains("version 1") && readyz.contains("version 3"),
+        "{readyz}"
+    );
+    let (_, metrics) = probe("/metrics").await.unwrap();
+    assert_eq!(gauge(&metrics, "serving_fallback"), Some(1.0), "{metrics}");
+    assert_eq!(gauge(&metrics, "live_version"), Some(1.0), "{metrics}");
+
+    // Live is repaired: the predictor moves on to it, and no longer says it falls back.
+    let v4 = writer.write_version(4).await?;
+    writer.point(Slot::Live, 4, &v4.sha256).await?;
+    serving_version(&stack, 4).await?;
+    eventually(Duration::from_secs(5), "/readyz without a note", || async {
+        let (status, text) = probe("/readyz").await?;
+        (status == 200 && text == "ready\n").then_some(())
+    })
+    .await?;
+    let (_, metrics) = probe("/metrics").await.unwrap();
+    assert_eq!(gauge(&metrics, "serving_fallback"), Some(0.0), "{metrics}");
+    assert_eq!(gauge(&metrics, "live_version"), Some(4.0), "{metrics}");
+    Ok(())
+}

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use freshet::features::{FEATURE_NAMES, ItemState, UserState, item_key, user_key};
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{
     BUCKET_FEATURES, BUCKET_MODELS, HEADER_FUNCTION, HEADER_REASON, STREAM_DEAD_LETTER,
     STREAM_EVENTS,

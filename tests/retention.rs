@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Pointer, Pointers, Slot};
+use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_tests::{Stack, eventually};
 
@@ -78,16 +78,17 @@ async fn old_versions_go_and_every_named_one_stays() -> anyhow::Result<()> {
         artifacts.load(&model, version).await?;
     }
     let oldest = *named.first().unwrap();
-    let (manifest, _) = artifacts.load(&model, oldest).await?;
     let current = pointers.get(&model, Slot::Live).await?;
-    let rollback = Pointer {
-        version: oldest,
-        sha256: manifest.sha256,
-        updated_at: chrono::Utc::now(),
-        reason: "rollback in a test".into(),
-    };
+    let verified = Verified::check(&artifacts, &model, oldest).await?;
     pointers
-        .set(&model, Slot::Live, &rollback, current.revision)
+        .move_to(
+            &model,
+            Slot::Live,
+            &verified,
+            Cause::Rollback,
+            "rollback in a test",
+            current.revision,
+        )
         .await?;
     assert_eq!(
         pointers

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
-use freshet::store::{Pointers, Slot};
+use freshet::store::{Cause, PointerStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
 use freshet_tests::{Stack, eventually};
@@ -77,8 +77,8 @@ async fn rollback_moves_the_live_pointer_and_the_predictor_follows() -> anyhow::
     );
     let live = pointers.get(&model, Slot::Live).await?.value.unwrap();
     assert_eq!(
-        (live.version, live.reason.as_str()),
-        (1, "rollback by an operator")
+        (live.version, live.cause, live.reason.as_str()),
+        (1, Cause::Rollback, "rollback by an operator")
     );
     let request = PredictRequest {
         features: Some(vec![0.5; n]),

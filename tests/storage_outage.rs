@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use freshet_tests::{S3Server, Stack, assert_lineage_tiles, eventually, live_through};
 

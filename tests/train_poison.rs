@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use freshet::ids::ModelName;
 use freshet::model::ModelScorer;
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER};
 use freshet_tests::{Stack, eventually};
 

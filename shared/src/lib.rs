@@ -20,14 +20,15 @@
 //!    scaling and event-time windows; [`features`]: the bookstore features, computed by the same
 //!    code at training and serving time.
 //! 3. **Models**: [`model`]: the burn models, their artifacts and manifests.
-//! 4. **Store**: [`store`]: model artifacts in object storage; pointers, leases and entity
-//!    state in JetStream KV.
+//! 4. **Store**: [`store`]: model artifacts in object storage; pointers (with the cause of each
+//!    move), leases and entity state in JetStream KV; the follower that keeps a pointer's
+//!    version loaded.
 //! 5. **Telemetry**: [`telemetry`]: the spans [`trace`] names, exported to an OpenTelemetry
 //!    collector when configured.
 //! 6. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
-//!    connection; [`runtime`]: the JetStream consumer loop, push ingress, HTTP probes,
-//!    dead-lettering, logging, and the [`FunctionContext`](runtime::FunctionContext) that wires
-//!    them for a function.
+//!    connection; [`runtime`]: the JetStream consumer loop, the CloudEvents HTTP binding and push
+//!    ingress, HTTP probes, dead-lettering, logging, and the
+//!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
 //!
 //! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
 //! `store::artifacts`, 5 and 6), a model crate (3 and `store::artifacts`, with burn and

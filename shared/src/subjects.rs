@@ -170,11 +170,6 @@ impl Default for Subjects {
     }
 }
 
-/// KV key of a model pointer in MODELS: `<model>.live` or `<model>.candidate`.
-pub fn pointer_key(model: &ModelName, slot: &str) -> String {
-    format!("{model}.{slot}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use freshet::store::Slot;
+use freshet::store::{Cause, PointerStore, Slot, Verified};
 use freshet_tests::{ModelWriter, Stack};
 use futures::StreamExt;
 use serde::Serialize;
@@ -374,20 +374,22 @@ async fn swap_forever(url: &str, store: &str) -> anyhow::Result<()> {
         freshet::store::Pointers::new(js.get_key_value(freshet::subjects::BUCKET_MODELS).await?);
     let artifacts = freshet::store::ArtifactStore::from_url(store)?;
     let model = freshet::ids::ModelName::parse("bookstore")?;
+    // Written by the bench itself: verified once here, not at every swap.
     let mut versions = Vec::new();
     for version in 2..=120 {
-        versions.push((version, artifacts.manifest(&model, version).await?.sha256));
+        versions.push(Verified::check(&artifacts, &model, version).await?);
     }
-    for (version, sha256) in versions.iter().cycle() {
+    for version in versions.iter().cycle() {
         let current = pointers.get(&model, Slot::Live).await?;
-        let pointer = freshet::store::Pointer {
-            version: *version,
-            sha256: sha256.clone(),
-            updated_at: chrono::Utc::now(),
-            reason: "bench swap".into(),
-        };
         pointers
-            .set(&model, Slot::Live, &pointer, current.revision)
+            .move_to(
+                &model,
+                Slot::Live,
+                version,
+                Cause::Operator,
+                "bench swap",
+                current.revision,
+            )
             .await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

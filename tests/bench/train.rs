@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Pointers};
+use freshet::store::{ArtifactStore, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use freshet_tests::Stack;
 use futures::StreamExt;
@@ -122,7 +122,7 @@ async fn floor(stack: &Stack, count: u64) -> anyhow::Result<f64> {
 /// Follows the live pointer of `model` from before a measurement starts: records when each
 /// high-water mark went live, until one reaches the target sent on `target` (or `timeout`).
 fn follow_live(
-    pointers: Pointers,
+    models: async_nats::jetstream::kv::Store,
     artifacts: ArtifactStore,
     model: ModelName,
     mut target: tokio::sync::watch::Receiver<u64>,
@@ -130,7 +130,8 @@ fn follow_live(
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<anyhow::Result<Vec<(Instant, u64)>>> {
     tokio::spawn(async move {
-        let mut watch = pointers.bucket().watch(format!("{model}.live")).await?;
+        // Changes only (not the value live before the measurement).
+        let mut watch = models.watch(Slot::Live.key(&model)).await?;
         let _ = ready.send(());
         let deadline = tokio::time::Instant::now() + timeout;
         let mut live = Vec::new();
@@ -166,11 +167,11 @@ async fn publish_and_follow(
     rate: Option<f64>,
     timeout: Duration,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
-    let pointers = Pointers::new(stack.js.get_key_value(BUCKET_MODELS).await?);
+    let models = stack.js.get_key_value(BUCKET_MODELS).await?;
     let artifacts = ArtifactStore::from_url(&stack.artifacts_url())?;
     let (set_target, target) = tokio::sync::watch::channel(u64::MAX);
     let (ready, watching) = tokio::sync::oneshot::channel();
-    let follower = follow_live(pointers, artifacts, model.clone(), target, timeout, ready);
+    let follower = follow_live(models, artifacts, model.clone(), target, timeout, ready);
     // The clock starts once the watch is in place, so no pointer move goes unseen.
     let _ = watching.await;
     let started = Instant::now();

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use bytes::Bytes;
 use freshet::serving::{PredictRequest, PredictResponse};
+use freshet::store::PointerStore;
 use freshet::subjects::Subjects;
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{FunctionProcess, NatsServer};
@@ -529,6 +530,8 @@ pub struct ModelWriter {
     pub model: freshet::ids::ModelName,
     pub artifacts: freshet::store::ArtifactStore,
     pub pointers: freshet::store::Pointers,
+    /// The MODELS bucket itself, written as a writer that verifies nothing would.
+    models: async_nats::jetstream::kv::Store,
     trainer: freshet::model::Trainer,
 }
 
@@ -544,15 +547,15 @@ impl ModelWriter {
         model: &str,
         config: freshet::model::ModelConfig,
     ) -> anyhow::Result<ModelWriter> {
+        let models = stack
+            .js
+            .get_key_value(freshet::subjects::BUCKET_MODELS)
+            .await?;
         Ok(ModelWriter {
             model: freshet::ids::ModelName::parse(model)?,
             artifacts: freshet::store::ArtifactStore::from_url(&stack.artifacts_url())?,
-            pointers: freshet::store::Pointers::new(
-                stack
-                    .js
-                    .get_key_value(freshet::subjects::BUCKET_MODELS)
-                    .await?,
-            ),
+            pointers: freshet::store::Pointers::new(models.clone()),
+            models,
             trainer: freshet::model::Trainer::new(&config, freshet::features::FEATURE_NAMES.len())?,
         })
     }
@@ -601,7 +604,9 @@ impl ModelWriter {
         Ok(manifest)
     }
 
-    /// Points `slot` at a version (by its manifest's version and checksum), by compare-and-set.
+    /// Points `slot` at a version (by its manifest's version and checksum), by compare-and-set,
+    /// as a writer that verifies nothing would: a test may point at a damaged or missing version
+    /// on purpose, to see predictors refuse it.
     pub async fn point(
         &self,
         slot: freshet::store::Slot,
@@ -613,20 +618,22 @@ impl ModelWriter {
             version,
             sha256: sha256.to_string(),
             updated_at: chrono::Utc::now(),
+            cause: freshet::store::Cause::Operator,
             reason: "test".into(),
         };
-        self.pointers
-            .set(&self.model, slot, &pointer, current.revision)
+        self.models
+            .update(
+                slot.key(&self.model),
+                Bytes::from(serde_json::to_vec(&pointer)?),
+                current.revision,
+            )
             .await?;
         Ok(())
     }
 
     /// Removes a pointer (a candidate withdrawn).
     pub async fn withdraw(&self, slot: freshet::store::Slot) -> anyhow::Result<()> {
-        self.pointers
-            .bucket()
-            .delete(freshet::subjects::pointer_key(&self.model, slot.as_str()))
-            .await?;
+        self.models.delete(slot.key(&self.model)).await?;
         Ok(())
     }
 }
@@ -800,4 +807,58 @@ pub async fn assert_lineage_learned(
         );
     }
     Ok(())
+}
+
+/// A process a test started, killed (by its own handle) when dropped.
+pub struct Started(pub std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `freshet view --port 0 --window 10m` against the stack (its log in `view.log` of the
+/// stack's folder); returns it and the URL it printed.
+pub fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
+        .args(["view", "--port", "0", "--window", "10m"])
+        .envs(stack.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stack.dir.path().join("view.log"))?)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("the view's standard output is piped")?;
+    let started = Started(child);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(Ok(line)) = BufReader::new(stdout).lines().next() {
+            let _ = sender.send(line);
+        }
+    });
+    let line = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow::anyhow!("freshet view printed no URL within 30 s"))?;
+    let url = line
+        .strip_prefix("live view on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line: {line}"))?
+        .to_string();
+    Ok((started, url))
+}
+
+/// What the view at `url` serves on `GET /api/state`; `None` until it answers.
+pub async fn view_state(url: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("{url}api/state"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }

@@ -20,7 +20,7 @@ use clap::Args;
 use freshet::events::{Action, Event, EventData};
 use freshet::ids::{EntityId, ModelName};
 use freshet::serving::{BatchRequest, BatchResponse, PredictRequest, call, endpoint_batch};
-use freshet::store::{ArtifactStore, Pointers, Slot};
+use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
 

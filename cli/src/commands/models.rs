@@ -1,7 +1,7 @@
-//! `freshet models list|show|rollback|promote|diff`: what models exist, which version each
+//! `freshet models list|show|rollback|promote|set|diff`: what models exist, which version each
 //! serves, what a version is (its manifest), how its live pointer moved and what changed between
 //! two versions; and moving that pointer by hand, by compare-and-set, to a version that is
-//! verified first.
+//! verified first, recording the move's cause (rollback, promotion, operator).
 //!
 //! A model is known if it has a pointer in the MODELS bucket or a version in the artifact store;
 //! either alone is worth showing (pointers without artifacts are broken, artifacts without
@@ -16,9 +16,10 @@ use clap::{Args, Subcommand};
 use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelKind, ModelScorer, SequenceRange};
-use freshet::store::{ArtifactError, ArtifactStore, Pointer, Pointers, Slot};
+use freshet::store::{
+    ArtifactError, ArtifactStore, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
+};
 use freshet::subjects::BUCKET_MODELS;
-use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::{
@@ -38,6 +39,9 @@ pub enum ModelsCommand {
     Rollback(RollbackArgs),
     /// Make the candidate version live (and remove the candidate pointer)
     Promote(PromoteArgs),
+    /// Make a version live by hand when it is neither a rollback nor a promotion (a version
+    /// trained elsewhere, say). Stop train first, or it moves the pointer on at its next version
+    Set(SetArgs),
     /// Compare two versions (numbers, "live" or "candidate"): lineage, examples learned,
     /// metrics, settings, schema, checksum, and how far the weights moved
     Diff(DiffArgs),
@@ -66,12 +70,25 @@ pub struct PromoteArgs {
     pub reason: String,
 }
 
+/// Arguments of `freshet models set`.
+#[derive(Debug, Clone, Args)]
+pub struct SetArgs {
+    /// Model name
+    pub model: ModelName,
+    /// Version to make live
+    pub version: u64,
+    /// Why, recorded in the pointer and its history
+    #[arg(long = "reason", default_value = "set by an operator")]
+    pub reason: String,
+}
+
 /// What a pointer move did, for people and for `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PointerMove {
     pub model: String,
     pub from_version: Option<u64>,
     pub to_version: u64,
+    pub cause: Cause,
     pub reason: String,
     pub revision: u64,
 }
@@ -101,39 +118,16 @@ pub async fn open_pointers(js: &jetstream::Context) -> anyhow::Result<Pointers> 
     Ok(Pointers::new(bucket))
 }
 
-/// Splits a MODELS key (`<model>.live`, `<model>.candidate`) into its model and slot.
-pub fn parse_pointer_key(key: &str) -> Option<(ModelName, Slot)> {
-    let (model, slot) = key.rsplit_once('.')?;
-    let slot = match slot {
-        "live" => Slot::Live,
-        "candidate" => Slot::Candidate,
-        _ => return None,
-    };
-    Some((ModelName::parse(model).ok()?, slot))
-}
-
 /// Every model with a pointer in MODELS, with both its pointers.
 pub async fn read_all_pointers(
     pointers: &Pointers,
 ) -> anyhow::Result<BTreeMap<ModelName, ModelPointers>> {
-    let keys: Vec<String> = pointers
-        .bucket()
-        .keys()
-        .await
-        .context("listing the keys of MODELS")?
-        .try_collect()
-        .await
-        .context("listing the keys of MODELS")?;
     let mut models: BTreeMap<ModelName, ModelPointers> = BTreeMap::new();
-    for key in keys {
-        let Some((model, slot)) = parse_pointer_key(&key) else {
-            tracing::debug!(key, "skipping a MODELS key that is not a model pointer");
-            continue;
-        };
+    for (model, slot) in pointers.keys().await? {
         let pointer = pointers
             .get(&model, slot)
             .await
-            .with_context(|| format!("reading pointer {key}"))?
+            .with_context(|| format!("reading pointer {}", slot.key(&model)))?
             .value;
         let entry = models.entry(model).or_default();
         match slot {
@@ -162,6 +156,7 @@ pub async fn run(global: &GlobalArgs, command: &ModelsCommand) -> anyhow::Result
         ModelsCommand::Show(args) => show(global, args).await,
         ModelsCommand::Rollback(args) => rollback(global, args).await,
         ModelsCommand::Promote(args) => promote(global, args).await,
+        ModelsCommand::Set(args) => set(global, args).await,
         ModelsCommand::Diff(args) => diff(global, args).await,
     }
 }
@@ -183,7 +178,7 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
     let live = pointers.get(&args.model, Slot::Live).await?;
-    let Some(current) = live.value else {
+    let Some(current) = live.value.as_ref() else {
         return Err(NotFound(format!("{} has no live version to roll back", args.model)).into());
     };
     let history = pointers.history(&args.model, Slot::Live).await?;
@@ -193,17 +188,16 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
             args.model
         ))
     })?;
-    let moved = move_pointer(
+    move_live(
         global,
         &pointers,
         &args.model,
         target,
-        Some(current.version),
-        live.revision,
+        live,
+        Cause::Rollback,
         &args.reason,
     )
-    .await?;
-    report_move(global, &moved)
+    .await
 }
 
 async fn promote(global: &GlobalArgs, args: &PromoteArgs) -> anyhow::Result<()> {
@@ -214,74 +208,106 @@ async fn promote(global: &GlobalArgs, args: &PromoteArgs) -> anyhow::Result<()> 
         return Err(NotFound(format!("{} has no candidate to promote", args.model)).into());
     };
     let live = pointers.get(&args.model, Slot::Live).await?;
-    let moved = move_pointer(
+    let artifacts = open_artifacts(global)?;
+    let verified = verify(&artifacts, &args.model, candidate_pointer.version).await?;
+    // The candidate pointer is removed too: a predictor shadowing live with it would only compare
+    // it with itself.
+    let promoted = pointers
+        .promote(
+            &args.model,
+            &verified,
+            &args.reason,
+            live.revision,
+            candidate.revision,
+        )
+        .await
+        .with_context(|| moving(&args.model))?;
+    if let Some(err) = promoted.candidate_left {
+        eprintln!("warning: the candidate pointer was not removed: {err}");
+    }
+    report_move(
+        global,
+        &PointerMove {
+            model: args.model.to_string(),
+            from_version: live.value.map(|p| p.version),
+            to_version: candidate_pointer.version,
+            cause: Cause::Promotion,
+            reason: args.reason.clone(),
+            revision: promoted.live_revision,
+        },
+    )
+}
+
+async fn set(global: &GlobalArgs, args: &SetArgs) -> anyhow::Result<()> {
+    let nats = connect(global).await?;
+    let pointers = open_pointers(&nats.js).await?;
+    let live = pointers.get(&args.model, Slot::Live).await?;
+    move_live(
         global,
         &pointers,
         &args.model,
-        candidate_pointer.version,
-        live.value.map(|p| p.version),
-        live.revision,
+        args.version,
+        live,
+        Cause::Operator,
         &args.reason,
     )
-    .await?;
-    // The candidate is live now; a predictor shadowing it would only compare it with itself.
-    if let Err(err) = pointers
-        .bucket()
-        .delete_expect_revision(
-            &freshet::subjects::pointer_key(&args.model, Slot::Candidate.as_str()),
-            Some(candidate.revision),
-        )
-        .await
-    {
-        eprintln!("warning: the candidate pointer was not removed: {err}");
-    }
-    report_move(global, &moved)
+    .await
 }
 
-/// Verifies `version` (its artifact loads and matches its manifest's checksum), then moves the
-/// live pointer to it if nobody moved it since `expected`.
-async fn move_pointer(
+/// Verifies `version`, moves the live pointer to it for `cause` if it is still where `live` was
+/// read, and reports the move.
+async fn move_live(
     global: &GlobalArgs,
     pointers: &Pointers,
     model: &ModelName,
     version: u64,
-    from_version: Option<u64>,
-    expected: u64,
+    live: Versioned<Pointer>,
+    cause: Cause,
     reason: &str,
-) -> anyhow::Result<PointerMove> {
+) -> anyhow::Result<()> {
     let artifacts = open_artifacts(global)?;
-    let manifest = artifacts
+    let verified = verify(&artifacts, model, version).await?;
+    let revision = pointers
+        .move_to(model, Slot::Live, &verified, cause, reason, live.revision)
+        .await
+        .with_context(|| moving(model))?;
+    report_move(
+        global,
+        &PointerMove {
+            model: model.to_string(),
+            from_version: live.value.map(|p| p.version),
+            to_version: version,
+            cause,
+            reason: reason.to_string(),
+            revision,
+        },
+    )
+}
+
+/// Checks that `version` exists (not found otherwise), and that it loads and verifies as a
+/// predictor will load it, before any pointer names it.
+async fn verify(
+    artifacts: &ArtifactStore,
+    model: &ModelName,
+    version: u64,
+) -> anyhow::Result<Verified> {
+    artifacts
         .manifest(model, version)
         .await
         .map_err(|err| NotFound(format!("version {version} of {model}: {err}")))?;
-    let pointer = Pointer {
-        version,
-        sha256: manifest.sha256.clone(),
-        updated_at: Utc::now(),
-        reason: reason.to_string(),
-    };
-    artifacts
-        .load_pointed(model, &pointer)
+    Verified::check(artifacts, model, version)
         .await
         .map_err(|refusal| {
             anyhow::anyhow!(
                 "version {version} of {model} is refused: {}",
                 refusal.reason
             )
-        })?;
-    let revision = pointers
-        .set(model, Slot::Live, &pointer, expected)
-        .await
-        .with_context(|| {
-            format!("moving {model}'s live pointer (if it moved meanwhile, run the command again)")
-        })?;
-    Ok(PointerMove {
-        model: model.to_string(),
-        from_version,
-        to_version: version,
-        reason: reason.to_string(),
-        revision,
-    })
+        })
+}
+
+/// The context of a move that failed.
+fn moving(model: &ModelName) -> String {
+    format!("moving {model}'s live pointer (if it moved meanwhile, run the command again)")
 }
 
 fn report_move(global: &GlobalArgs, moved: &PointerMove) -> anyhow::Result<()> {
@@ -289,12 +315,13 @@ fn report_move(global: &GlobalArgs, moved: &PointerMove) -> anyhow::Result<()> {
         return emit_json(moved);
     }
     println!(
-        "{} live: version {} -> {} ({}), pointer revision {}",
+        "{} live: version {} -> {} ({}: {}), pointer revision {}",
         moved.model,
         moved
             .from_version
             .map_or_else(|| "none".to_string(), |v| v.to_string()),
         moved.to_version,
+        moved.cause,
         moved.reason,
         moved.revision
     );
@@ -475,9 +502,10 @@ pub fn render_detail(detail: &ModelDetail) -> String {
     let pointer = |p: &Option<Pointer>| {
         p.as_ref().map_or("-".to_string(), |p| {
             format!(
-                "v{} ({} ago, {})",
+                "v{} ({} ago, {}: {})",
                 p.version,
                 format_age(p.updated_at, now),
+                p.cause,
                 p.reason
             )
         })
@@ -535,14 +563,22 @@ pub fn render_detail(detail: &ModelDetail) -> String {
         text.push_str("(none)\n");
         return text;
     }
-    let mut table =
-        Table::new(&["REVISION", "VERSION", "UPDATED AT", "REASON", "SHA256"]).align_right(&[0, 1]);
+    let mut table = Table::new(&[
+        "REVISION",
+        "VERSION",
+        "UPDATED AT",
+        "CAUSE",
+        "REASON",
+        "SHA256",
+    ])
+    .align_right(&[0, 1]);
     for entry in &detail.live_history {
         let p = &entry.pointer;
         table.row(vec![
             entry.revision.to_string(),
             p.version.to_string(),
             p.updated_at.to_rfc3339(),
+            p.cause.to_string(),
             p.reason.clone(),
             p.sha256.chars().take(12).collect(),
         ]);
@@ -1276,6 +1312,7 @@ mod tests {
             version,
             sha256: String::new(),
             updated_at: Utc::now(),
+            cause: Cause::Train,
             reason: String::new(),
         }
     }
@@ -1291,19 +1328,6 @@ mod tests {
         assert_eq!(rollback_target(3, &history, None), Some(2));
         assert_eq!(rollback_target(3, &history, Some(1)), Some(1));
         assert_eq!(rollback_target(1, &[(1, pointer(1))], None), None);
-    }
-
-    #[test]
-    fn pointer_keys_name_a_model_and_a_slot() {
-        let (model, slot) = parse_pointer_key("bookstore.live").unwrap();
-        assert_eq!((model.as_str(), slot), ("bookstore", Slot::Live));
-        assert_eq!(
-            parse_pointer_key("churn-2.candidate").unwrap().1,
-            Slot::Candidate
-        );
-        assert!(parse_pointer_key("bookstore.other").is_none());
-        assert!(parse_pointer_key("bookstore").is_none());
-        assert!(parse_pointer_key("Bad.live").is_none());
     }
 
     /// A manifest built from JSON, so optional fields added later take their defaults.

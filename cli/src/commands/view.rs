@@ -43,9 +43,8 @@ use serde::Serialize;
 
 use self::series::{
     ControlRecord, DriftMark, GateMark, LIVE_ACCURACY_WINDOW, MAX_POINTS, Millis, Move, MoveKind,
-    OutcomeRecord, Point, PointerWrite, QuarantineMark, SlotName, VersionInfo, VersionPoint,
+    OutcomeRecord, Point, PointerWrite, QuarantineMark, VersionInfo, VersionPoint,
 };
-use super::models::parse_pointer_key;
 use super::status::count_dead_letters;
 use super::{GlobalArgs, connect, emit, is_stream_not_found, open_artifacts};
 
@@ -116,7 +115,7 @@ impl ModelRecords {
     }
 
     /// The current value of a slot and since when.
-    fn current(&self, slot: SlotName) -> Option<(Millis, Option<u64>, String)> {
+    fn current(&self, slot: Slot) -> Option<(Millis, Option<u64>, String)> {
         self.writes
             .values()
             .rev()
@@ -128,7 +127,7 @@ impl ModelRecords {
     /// in force when the window starts) and the versions the kept writes name.
     fn prune(&mut self, from: Millis) {
         let mut keep_before: BTreeSet<u64> = BTreeSet::new();
-        for slot in [SlotName::Live, SlotName::Candidate] {
+        for slot in [Slot::Live, Slot::Candidate] {
             if let Some(w) = self
                 .writes
                 .values()
@@ -467,7 +466,7 @@ async fn sample_examples(context: &View, t: Millis) -> anyhow::Result<()> {
                     .rev()
                     .take(MAX_LOOKUPS)
                     .collect();
-                let live_mark = match records.current(SlotName::Live) {
+                let live_mark = match records.current(Slot::Live) {
                     Some((_, Some(version), _)) => {
                         records.versions.get(&version).map(|i| i.high_water_mark)
                     }
@@ -557,30 +556,28 @@ async fn follow_pointers_once(context: &View, next_revision: &mut u64) -> anyhow
     while let Some(entry) = watch.next().await {
         let entry = entry.context("watching MODELS")?;
         *next_revision = entry.revision + 1;
-        let Some((model, slot)) = parse_pointer_key(&entry.key) else {
+        let Some((model, slot)) = Slot::parse_key(&entry.key) else {
             continue;
         };
         if !context.wanted(model.as_str()) {
             continue;
         }
-        let (version, reason) = match entry.operation {
+        let (version, cause, reason) = match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<Pointer>(&entry.value) {
-                Ok(pointer) => (Some(pointer.version), pointer.reason),
+                Ok(pointer) => (Some(pointer.version), Some(pointer.cause), pointer.reason),
                 Err(err) => {
                     tracing::debug!(key = entry.key, %err, "skipping an unreadable pointer");
                     continue;
                 }
             },
-            kv::Operation::Delete | kv::Operation::Purge => (None, "removed".to_string()),
+            kv::Operation::Delete | kv::Operation::Purge => (None, None, "removed".to_string()),
         };
         let write = PointerWrite {
             revision: entry.revision,
             t: millis_from_nanos(entry.created.unix_timestamp_nanos()),
-            slot: match slot {
-                Slot::Live => SlotName::Live,
-                Slot::Candidate => SlotName::Candidate,
-            },
+            slot,
             version,
+            cause,
             reason,
         };
         context
@@ -781,7 +778,7 @@ fn model_view(
     log: &mut Vec<LogLine>,
 ) -> ModelView {
     let writes = records.writes();
-    let slot_now = |slot: SlotName| match records.current(slot) {
+    let slot_now = |slot: Slot| match records.current(slot) {
         Some((since, Some(version), reason)) => Some(SlotNow {
             version,
             since,
@@ -793,13 +790,13 @@ fn model_view(
     let moves: Vec<Move> = all_moves.iter().filter(|m| m.t >= from).cloned().collect();
     let live_members: BTreeSet<u64> = writes
         .iter()
-        .filter(|w| w.slot == SlotName::Live)
+        .filter(|w| w.slot == Slot::Live)
         .filter_map(|w| w.version)
         .chain(records.announced.iter().copied())
         .collect();
     let candidate_members: BTreeSet<u64> = writes
         .iter()
-        .filter(|w| w.slot == SlotName::Candidate)
+        .filter(|w| w.slot == Slot::Candidate)
         .filter_map(|w| w.version)
         .filter(|v| !live_members.contains(v))
         .collect();
@@ -857,10 +854,10 @@ fn model_view(
     let drift: Vec<DriftMark> = records.drift.iter().cloned().collect();
     ModelView {
         name: name.to_string(),
-        live: slot_now(SlotName::Live),
-        candidate: slot_now(SlotName::Candidate),
-        live_steps: series::steps(&writes, SlotName::Live, from, now),
-        candidate_steps: series::steps(&writes, SlotName::Candidate, from, now),
+        live: slot_now(Slot::Live),
+        candidate: slot_now(Slot::Candidate),
+        live_steps: series::steps(&writes, Slot::Live, from, now),
+        candidate_steps: series::steps(&writes, Slot::Candidate, from, now),
         freshness: series::freshness(&all_moves, &records.versions, &example_times, from),
         moves,
         prequential: series::thin(
@@ -905,6 +902,8 @@ fn kind_name(kind: MoveKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use freshet::store::Cause;
+
     use super::*;
 
     #[test]
@@ -940,19 +939,20 @@ mod tests {
             ..Default::default()
         };
         let records = collected.model("bookstore");
-        for (revision, t, version, reason) in [
-            (1, 1_000, 1, "train"),
-            (2, 2_000, 2, "train"),
-            (3, 3_000, 1, "rollback by an operator"),
+        for (revision, t, version, cause) in [
+            (1, 1_000, 1, Cause::Train),
+            (2, 2_000, 2, Cause::Train),
+            (3, 3_000, 1, Cause::Rollback),
         ] {
             records.writes.insert(
                 revision,
                 PointerWrite {
                     revision,
                     t,
-                    slot: SlotName::Live,
+                    slot: Slot::Live,
                     version: Some(version),
-                    reason: reason.into(),
+                    cause: Some(cause),
+                    reason: "bad batch".into(),
                 },
             );
         }
@@ -1010,8 +1010,9 @@ mod tests {
                 PointerWrite {
                     revision,
                     t,
-                    slot: SlotName::Live,
+                    slot: Slot::Live,
                     version: Some(version),
+                    cause: Some(Cause::Train),
                     reason: "train".into(),
                 },
             );

@@ -1,205 +1,66 @@
-//! The versions drift scores examples with: the live one, to watch its prediction error, and for
-//! the promotion gate the candidate and the version live replaced.
+//! What drift adds to following the live and candidate versions
+//! ([`freshet::store::follow`]): the rule that keeps, for the promotion gate, the version a jump
+//! replaced, and the counting of refusals.
 //!
-//! A [`Follower`] follows `<model>.live` (or `<model>.candidate`) in MODELS (its current value first, then every change),
-//! loads each new version from the object store, verifies it (the bytes against the manifest's
-//! size and sha256, the manifest's sha256 against the pointer's, the model's width against the
-//! manifest's schema) and swaps it in. A version that fails is refused, logged and counted, and
-//! the previous one stays: predict refuses the same version and keeps serving the previous one,
-//! so the error drift measures remains that of the model answering requests.
+//! Both pointers are followed by the shared [`Follower`](freshet::store::Follower): it loads and
+//! verifies each new version (the bytes against the manifest's size and sha256, the manifest's
+//! sha256 against the pointer's, the model's width against the manifest's schema) and swaps it
+//! in; a version that fails is refused and the previous one stays, as predict does, so the error
+//! drift measures remains that of the model answering requests.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
-use async_nats::jetstream::kv;
-use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelScorer};
-use freshet::runtime::pull::retry_delay;
-use freshet::shutdown::Shutdown;
-use freshet::store::{ArtifactStore, Pointer, Slot, VersionRefusal};
-use freshet::subjects::pointer_key;
-use futures::StreamExt;
+use freshet::model::Manifest;
+use freshet::store::follow::{Hooks, Refusal, Swap, VersionCell};
+use freshet::store::{Cause, Slot};
 
 use crate::metrics::DriftMetrics;
 
-/// Attempts at loading a version while the object store is unreachable, before giving up on it
-/// until the pointer moves again.
-const LOAD_ATTEMPTS: i64 = 5;
-
-/// A loaded, verified version.
-pub struct LiveModel {
-    pub manifest: Manifest,
-    pub scorer: ModelScorer,
-}
-
-impl LiveModel {
-    /// The version number, from its manifest.
-    pub fn version(&self) -> u64 {
-        self.manifest.version
-    }
-}
-
-/// The live version, swapped atomically: a batch takes a snapshot and scores on it throughout.
-#[derive(Clone, Default)]
-pub struct Live {
-    slot: Arc<ArcSwapOption<LiveModel>>,
-}
-
-impl Live {
-    /// The live version, if one is loaded; hold it for the duration of one batch.
-    pub fn current(&self) -> Option<Arc<LiveModel>> {
-        self.slot.load_full()
-    }
-
-    fn version(&self) -> Option<u64> {
-        self.slot.load().as_ref().map(|m| m.version())
-    }
-
-    fn swap(&self, model: Arc<LiveModel>) {
-        self.slot.store(Some(model));
-    }
-
-    /// Empties the slot (a candidate withdrawn, a fallback no longer needed).
-    pub fn clear(&self) {
-        self.slot.store(None);
-    }
-}
-
-/// Whether moving live from `previous` to `next` (for `reason`) jumps to a version that does not
-/// continue it: a promotion, rather than a later step of train's chain or a rollback (a move
-/// whose reason says so). Manifests written before chains were recorded continue their parent.
-pub fn jumps(previous: &Manifest, next: &Manifest, reason: &str) -> bool {
+/// Whether moving live from `previous` to `next` (a move of `cause`) jumps to a version that does
+/// not continue it: a promotion, rather than a later step of train's chain or a rollback.
+/// Manifests written before chains were recorded continue their parent.
+pub fn jumps(previous: &Manifest, next: &Manifest, cause: Cause) -> bool {
     let legacy_step = next.lineage.is_none()
         && previous.lineage.is_none()
         && next.parent == Some(previous.version);
-    next.lineage_root() != previous.lineage_root() && !legacy_step && !reason.contains("rollback")
+    next.lineage_root() != previous.lineage_root() && !legacy_step && cause != Cause::Rollback
 }
 
-/// Follows one of a model's pointers into a [`Live`].
-pub struct Follower {
-    pub model: ModelName,
-    /// The pointer followed.
-    pub slot: Slot,
-    pub models: kv::Store,
-    pub artifacts: ArtifactStore,
-    pub live: Live,
-    /// For the live pointer: where the version replaced by a jump is kept for the gate, and
-    /// emptied when live goes back to an older version.
-    pub fallback: Option<Live>,
+/// drift's hooks on a follower: for the live pointer, the gate's fallback rule; for both, the
+/// live version gauge and the refusal count.
+pub struct DriftHooks {
+    /// For the live pointer: where the version replaced by a jump is kept for the gate, emptied
+    /// when live goes back to an older version.
+    pub fallback: Option<VersionCell>,
     pub metrics: DriftMetrics,
 }
 
-impl Follower {
-    /// Loads the version the pointer names now, so the first batch is scored by it. Without a
-    /// pointer (no model trained yet), or if the read fails, the watch catches up later.
-    pub async fn load_current(&self) {
-        let key = pointer_key(&self.model, self.slot.as_str());
-        match self.models.entry(&key).await {
-            Ok(Some(entry)) => self.apply(entry).await,
-            Ok(None) => {
-                tracing::info!(model = %self.model, slot = self.slot.as_str(), "no version in this slot yet")
+impl Hooks for DriftHooks {
+    fn swapping(&self, swap: &Swap<'_>) {
+        if let (Some(fallback), Some(previous)) = (&self.fallback, swap.previous) {
+            if jumps(&previous.manifest, &swap.next.manifest, swap.cause) {
+                tracing::info!(
+                    from = previous.version(),
+                    to = swap.next.version(),
+                    "live jumped to a version that does not continue the previous one; the gate compares them"
+                );
+                fallback.store(previous.clone());
+            } else if swap.cause == Cause::Rollback {
+                fallback.clear();
             }
-            Err(err) => {
-                tracing::warn!(model = %self.model, slot = self.slot.as_str(), error = %err, "cannot read the pointer; the watch will catch up")
-            }
+        }
+        if swap.slot == Slot::Live {
+            self.metrics.live_version.set(swap.next.version() as i64);
         }
     }
 
-    async fn load(&self, pointer: &Pointer) -> Result<LiveModel, VersionRefusal> {
-        let (manifest, scorer) = self.artifacts.load_pointed(&self.model, pointer).await?;
-        Ok(LiveModel { manifest, scorer })
-    }
-
-    async fn apply(&self, entry: kv::Entry) {
-        if entry.operation != kv::Operation::Put {
-            if self.slot == Slot::Candidate {
-                tracing::info!(model = %self.model, "candidate withdrawn");
-                self.live.clear();
-            } else {
-                tracing::warn!(model = %self.model, "live pointer deleted; keeping the version loaded");
-            }
-            return;
-        }
-        let pointer: Pointer = match serde_json::from_slice(&entry.value) {
-            Ok(pointer) => pointer,
-            Err(err) => {
-                tracing::error!(model = %self.model, error = %err, "unreadable live pointer; keeping the version loaded");
-                return;
-            }
-        };
-        if self.live.version() == Some(pointer.version) {
-            return;
-        }
-        for attempt in 1..=LOAD_ATTEMPTS {
-            match self.load(&pointer).await {
-                Ok(model) => {
-                    let model = Arc::new(model);
-                    let previous = self.live.current();
-                    if let (Some(fallback), Some(previous)) = (&self.fallback, &previous) {
-                        if jumps(&previous.manifest, &model.manifest, &pointer.reason) {
-                            tracing::info!(model = %self.model, from = previous.version(), to = model.version(), "live jumped to a version that does not continue the previous one; the gate compares them");
-                            fallback.swap(previous.clone());
-                        } else if pointer.reason.contains("rollback") {
-                            fallback.clear();
-                        }
-                    }
-                    self.live.swap(model);
-                    if self.slot == Slot::Live {
-                        self.metrics.live_version.set(pointer.version as i64);
-                    }
-                    tracing::info!(model = %self.model, slot = self.slot.as_str(), version = pointer.version,
-                        previous = ?previous.map(|p| p.version()), "following a new version");
-                    return;
-                }
-                Err(refusal) if refusal.transient && attempt < LOAD_ATTEMPTS => {
-                    tracing::warn!(model = %self.model, version = pointer.version, reason = %refusal.reason, "cannot load the live version yet; retrying");
-                    tokio::time::sleep(retry_delay(attempt)).await;
-                }
-                Err(refusal) => {
-                    self.metrics.refused_versions.inc();
-                    tracing::error!(model = %self.model, version = pointer.version, reason = %refusal.reason, previous = ?self.live.version(),
-                        "refused a live version; errors stay those of the version loaded");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Runs until shutdown, re-establishing the watch if it breaks.
-    pub async fn run(self, mut shutdown: Shutdown) {
-        let key = pointer_key(&self.model, self.slot.as_str());
-        let mut attempt = 0i64;
-        while !shutdown.is_triggered() {
-            let mut watch = match self.models.watch_with_history(&key).await {
-                Ok(watch) => watch,
-                Err(err) => {
-                    attempt += 1;
-                    tracing::warn!(error = %err, "cannot watch the live pointer; retrying");
-                    tokio::time::sleep(retry_delay(attempt)).await;
-                    continue;
-                }
-            };
-            attempt = 0;
-            loop {
-                tokio::select! {
-                    next = watch.next() => match next {
-                        Some(Ok(entry)) => self.apply(entry).await,
-                        Some(Err(err)) => {
-                            tracing::warn!(error = %err, "live pointer watch error; watching again");
-                            tokio::time::sleep(retry_delay(1)).await;
-                            break;
-                        }
-                        None => break,
-                    },
-                    _ = shutdown.wait() => return,
-                }
-            }
-        }
+    fn refused(&self, _refusal: &Refusal<'_>) {
+        self.metrics.refused_versions.inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use freshet::store::follow::Loaded;
+
     use super::*;
 
     fn manifest(version: u64, parent: Option<u64>, lineage: Option<u64>) -> Manifest {
@@ -232,30 +93,81 @@ mod tests {
     fn a_jump_leaves_the_chain_forward() {
         let live = manifest(10, Some(9), Some(1));
         // train's next step, even past versions the candidate took.
-        assert!(!jumps(&live, &manifest(13, Some(10), Some(1)), "train"));
+        assert!(!jumps(
+            &live,
+            &manifest(13, Some(10), Some(1)),
+            Cause::Train
+        ));
         // A candidate's version (its own chain, whatever its number), or one made by hand.
         assert!(jumps(
             &live,
             &manifest(8, Some(7), Some(6)),
-            "gate: promote"
+            Cause::Promotion
         ));
-        assert!(jumps(&live, &manifest(20, None, None), "deployed by hand"));
+        assert!(jumps(&live, &manifest(20, None, None), Cause::Operator));
         // Back to the version a jump replaced: a rollback, not a jump.
         assert!(!jumps(
             &live,
             &manifest(5, Some(4), Some(2)),
-            "gate: rollback (...)"
+            Cause::Rollback
         ));
         // Manifests without chains continue their parent.
         assert!(!jumps(
             &manifest(3, Some(2), None),
             &manifest(4, Some(3), None),
-            "train"
+            Cause::Train
         ));
         assert!(jumps(
             &manifest(3, Some(2), None),
             &manifest(9, Some(7), None),
-            "promote"
+            Cause::Promotion
         ));
+    }
+
+    /// A loaded version with `manifest(version, parent, lineage)`.
+    fn loaded(version: u64, parent: Option<u64>, lineage: Option<u64>) -> std::sync::Arc<Loaded> {
+        let config = freshet::model::ModelConfig::default();
+        let bytes = freshet::model::Trainer::new(&config, 3)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        std::sync::Arc::new(Loaded {
+            manifest: manifest(version, parent, lineage),
+            scorer: freshet::model::ModelScorer::from_bytes(&bytes).unwrap(),
+        })
+    }
+
+    #[test]
+    fn the_gate_keeps_what_a_jump_replaced_until_a_rollback_whatever_its_reason() {
+        let fallback = VersionCell::default();
+        let hooks = DriftHooks {
+            fallback: Some(fallback.clone()),
+            metrics: DriftMetrics::default(),
+        };
+        let swap = |previous: &std::sync::Arc<Loaded>, next: &std::sync::Arc<Loaded>, cause| {
+            hooks.swapping(&Swap {
+                slot: Slot::Live,
+                previous: Some(previous),
+                next,
+                cause,
+                stand_in: None,
+            })
+        };
+        let (good, next_step, by_hand) = (
+            loaded(10, Some(9), Some(1)),
+            loaded(11, Some(10), Some(1)),
+            loaded(20, None, None),
+        );
+        swap(&good, &by_hand, Cause::Operator);
+        assert_eq!(fallback.version(), Some(10));
+        // An operator's rollback (say its reason is "bad batch"): the fallback goes.
+        swap(&by_hand, &good, Cause::Rollback);
+        assert!(fallback.current().is_none());
+        swap(&good, &by_hand, Cause::Promotion);
+        // train's next step on the new chain keeps the trial going.
+        swap(&by_hand, &loaded(21, Some(20), Some(20)), Cause::Train);
+        assert_eq!(fallback.version(), Some(10));
+        swap(&good, &next_step, Cause::Train);
+        assert_eq!(hooks.metrics.live_version.get(), 11);
     }
 }

@@ -18,7 +18,7 @@ use freshet::control::Reaction;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::{Pointers, Slot};
+use freshet::store::{Follower, Pointers, Slot, VersionCell};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
 
 use crate::bank::{Bank, BankConfig, DetectorList};
@@ -267,30 +267,23 @@ async fn main() -> anyhow::Result<()> {
     let metrics = metrics::DriftMetrics::default();
     metrics.register(&ctx.metrics, bank.config());
 
-    let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
-    let (live, candidate, fallback) = (
-        live::Live::default(),
-        live::Live::default(),
-        live::Live::default(),
-    );
-    let follower = live::Follower {
-        model: args.model.clone(),
-        slot: Slot::Live,
-        models: models.clone(),
-        artifacts: ctx.artifacts()?,
-        live: live.clone(),
-        fallback: Some(fallback.clone()),
-        metrics: metrics.clone(),
+    let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
+    let fallback = VersionCell::default();
+    let follower = |slot: Slot, fallback: Option<VersionCell>| -> anyhow::Result<_> {
+        Ok(Follower::new(
+            args.model.clone(),
+            slot,
+            pointers.clone(),
+            ctx.artifacts()?,
+            live::DriftHooks {
+                fallback,
+                metrics: metrics.clone(),
+            },
+        ))
     };
-    let candidate_follower = live::Follower {
-        model: args.model.clone(),
-        slot: Slot::Candidate,
-        models: models.clone(),
-        artifacts: ctx.artifacts()?,
-        live: candidate.clone(),
-        fallback: None,
-        metrics: metrics.clone(),
-    };
+    let mut live_follower = follower(Slot::Live, Some(fallback.clone()))?;
+    let mut candidate_follower = follower(Slot::Candidate, None)?;
+    let (live, candidate) = (live_follower.cell(), candidate_follower.cell());
     let promotion = (!args.no_gate).then(|| {
         let gate_metrics = promotion::GateMetrics::default();
         gate_metrics.register(&ctx.metrics);
@@ -301,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
                 candidate,
                 fallback,
             },
-            pointers: Pointers::new(models),
+            pointers: pointers.clone(),
             js: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
@@ -335,11 +328,13 @@ async fn main() -> anyhow::Result<()> {
     let outcome = ctx
         .exclusively(&lease_key, async {
             // The first batch is scored by the version live now; the watch follows it from there.
-            follower.load_current().await;
-            tokio::spawn(follower.run(ctx.shutdown.clone()));
+            let stopped =
+                |mut shutdown: freshet::shutdown::Shutdown| async move { shutdown.wait().await };
+            live_follower.load_current().await;
+            tokio::spawn(live_follower.run(stopped(ctx.shutdown.clone())));
             if !args.no_gate {
                 candidate_follower.load_current().await;
-                tokio::spawn(candidate_follower.run(ctx.shutdown.clone()));
+                tokio::spawn(candidate_follower.run(stopped(ctx.shutdown.clone())));
             }
             ctx.consume(
                 STREAM_EXAMPLES,

@@ -25,10 +25,10 @@ use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Finding, Restored, Scored, Target};
 use crate::handler::{self, EventContext};
-use crate::live::{Live, LiveModel};
 use crate::metrics::{DetectionLabel, DriftMetrics, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::Reaction;
+use freshet::store::follow::{Loaded, VersionCell};
 use freshet_drift::detectors::Level;
 
 /// Where drift reads and writes.
@@ -39,7 +39,7 @@ pub struct Io {
     pub checkpoints: kv::Store,
     /// The in-order check on the model's examples and drift's consumer.
     pub order: OrderGuard,
-    pub live: Live,
+    pub live: VersionCell,
     /// The largest message the server takes (a checkpoint is one KV value).
     pub max_checkpoint_bytes: usize,
 }
@@ -143,7 +143,7 @@ impl DriftProcessor {
     /// in-sample and flatter the model, so it is not scored; its features are still watched.
     fn score(
         &self,
-        live: Option<&LiveModel>,
+        live: Option<&Loaded>,
         batch: &[Incoming],
         decoded: &[Result<ExampleRecord, Rejection>],
         mark: u64,
@@ -193,12 +193,12 @@ impl DriftProcessor {
         findings: &[(usize, Finding)],
         batch: &[Incoming],
         decoded: &[Result<ExampleRecord, Rejection>],
-        live: Option<&LiveModel>,
+        live: Option<&Loaded>,
     ) -> Result<(), Failure> {
         let context = EventContext {
             model: &self.model,
             reaction: self.reaction,
-            live_version: live.map(LiveModel::version),
+            live_version: live.map(Loaded::version),
         };
         let subject = self.io.subjects.control(&self.model, "drift");
         let mut acks = Vec::with_capacity(findings.len());
@@ -286,7 +286,7 @@ impl Processor for DriftProcessor {
         };
         // One snapshot of the live version for the whole batch: every example is scored first,
         // by the version the events will name.
-        let live: Option<Arc<LiveModel>> = self.io.live.current();
+        let live: Option<Arc<Loaded>> = self.io.live.current();
         let scores = self.score(live.as_deref(), batch, &decoded, working.last_sequence);
 
         let stored_mark = self.stored.last_sequence;

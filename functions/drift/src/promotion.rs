@@ -1,8 +1,9 @@
 //! The promotion gate's adapter: scores each labelled example with the live version, the
 //! candidate and the version live replaced, feeds the [`Gate`], and carries out what it
 //! proposes by compare-and-set on the pointers in MODELS. Every decision is published on
-//! `<prefix>.control.<model>.gate` with its evidence, and the pointer's reason says why it moved,
-//! so the pointer's history is the audit trail.
+//! `<prefix>.control.<model>.gate` with its evidence, and the pointer's cause (promotion,
+//! rollback) and reason (the accuracies) say why it moved, so the pointer's history is the audit
+//! trail.
 //!
 //! A pointer is only moved if it still names the versions that were judged; otherwise the
 //! decision waits for the next example. A candidate is promoted only when it holds exactly the
@@ -19,7 +20,8 @@ use freshet::error::Failure;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::model::predicts_positive;
-use freshet::store::{CasError, Pointer, Pointers, Slot};
+use freshet::store::follow::{Loaded, VersionCell};
+use freshet::store::{CasError, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::Subjects;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,7 +29,6 @@ use prometheus_client::metrics::family::Family;
 
 use crate::bank::Scored;
 use crate::gate::{Gate, Judged, Proposal, Verdict};
-use crate::live::{Live, LiveModel};
 
 /// Labels of the decision counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,8 +54,8 @@ impl GateMetrics {
 
 /// The versions the gate compares with live (the batch brings live itself), as the followers keep them.
 pub struct Versions {
-    pub candidate: Live,
-    pub fallback: Live,
+    pub candidate: VersionCell,
+    pub fallback: VersionCell,
 }
 
 pub struct Promotion {
@@ -69,7 +70,7 @@ pub struct Promotion {
 
 /// Each row's verdict under `model`: right or wrong where it had not learned the example.
 fn verdicts(
-    model: Option<&LiveModel>,
+    model: Option<&Loaded>,
     rows: &[(u64, &ExampleRecord, Option<Scored>)],
 ) -> Vec<Verdict> {
     let Some(model) = model else {
@@ -101,19 +102,9 @@ fn verdicts(
         .collect()
 }
 
-/// A pointer naming `model`'s version, moved for `reason`.
-fn pointer_to(model: &LiveModel, reason: String) -> Pointer {
-    Pointer {
-        version: model.version(),
-        sha256: model.manifest.sha256.clone(),
-        updated_at: Utc::now(),
-        reason,
-    }
-}
-
 /// Accuracy of `live` and `challenger` on the same rows.
-fn compare(live: &LiveModel, challenger: &LiveModel, rows: &[&(Vec<f32>, f32)]) -> Comparison {
-    let accuracy = |model: &LiveModel| {
+fn compare(live: &Loaded, challenger: &Loaded, rows: &[&(Vec<f32>, f32)]) -> Comparison {
+    let accuracy = |model: &Loaded| {
         let features: Vec<Vec<f32>> = rows.iter().map(|(f, _)| f.clone()).collect();
         let scores =
             tokio::task::block_in_place(|| model.scorer.score_batch(&features)).unwrap_or_default();
@@ -136,7 +127,7 @@ impl Promotion {
     /// moves a pointer; the rest of the batch is judged with the next one's versions.
     pub async fn judge(
         &mut self,
-        live: Option<&Arc<LiveModel>>,
+        live: Option<&Arc<Loaded>>,
         rows: &[(u64, &ExampleRecord, Option<Scored>)],
     ) {
         let Some(live) = live.filter(|_| !rows.is_empty()) else {
@@ -201,9 +192,9 @@ impl Promotion {
     async fn carry_out(
         &mut self,
         proposal: Proposal,
-        live: &Arc<LiveModel>,
-        candidate: Option<&Arc<LiveModel>>,
-        fallback: Option<&Arc<LiveModel>>,
+        live: &Arc<Loaded>,
+        candidate: Option<&Arc<Loaded>>,
+        fallback: Option<&Arc<Loaded>>,
         sequence: u64,
     ) -> Result<bool, Failure> {
         match proposal {
@@ -238,26 +229,33 @@ impl Promotion {
                 {
                     return Ok(false);
                 }
-                let pointer = pointer_to(
-                    candidate,
-                    format!(
-                        "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
-                        recent.challenger_accuracy,
-                        recent.live_accuracy,
-                        recent.examples,
-                        held_back.challenger_accuracy,
-                        held_back.live_accuracy
-                    ),
+                let reason = format!(
+                    "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
+                    recent.challenger_accuracy,
+                    recent.live_accuracy,
+                    recent.examples,
+                    held_back.challenger_accuracy,
+                    held_back.live_accuracy
                 );
-                if !self.move_live(&pointer, live_pointer.revision).await? {
-                    return Ok(false);
-                }
-                if let Err(failure) = self
+                // The candidate was loaded and verified to be judged.
+                let promoted = self
                     .pointers
-                    .withdraw(&self.model, Slot::Candidate, candidate_pointer.revision)
-                    .await
-                {
-                    tracing::warn!(model = %self.model, error = %failure, "promoted, but the candidate pointer could not be removed");
+                    .promote(
+                        &self.model,
+                        &Verified::held(&candidate.manifest),
+                        &reason,
+                        live_pointer.revision,
+                        candidate_pointer.revision,
+                    )
+                    .await;
+                match promoted {
+                    Ok(promoted) => {
+                        if let Some(error) = promoted.candidate_left {
+                            tracing::warn!(model = %self.model, %error, "promoted, but the candidate pointer could not be removed");
+                        }
+                    }
+                    Err(CasError::Conflict { .. }) => return Ok(false),
+                    Err(CasError::Failed(failure)) => return Err(failure),
                 }
                 self.close_candidate_trial();
                 self.record(
@@ -277,9 +275,15 @@ impl Promotion {
                 };
                 let pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
                 if pointer.value.is_some() {
-                    self.pointers
+                    match self
+                        .pointers
                         .withdraw(&self.model, Slot::Candidate, pointer.revision)
-                        .await?;
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(CasError::Conflict { .. }) => return Ok(false),
+                        Err(CasError::Failed(failure)) => return Err(failure),
+                    }
                 }
                 self.close_candidate_trial();
                 self.record(
@@ -301,15 +305,26 @@ impl Promotion {
                 if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version()) {
                     return Ok(false);
                 }
-                let pointer = pointer_to(
-                    fallback,
-                    format!(
-                        "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
-                        recent.challenger_accuracy, recent.live_accuracy, recent.examples
-                    ),
+                let reason = format!(
+                    "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
+                    recent.challenger_accuracy, recent.live_accuracy, recent.examples
                 );
-                if !self.move_live(&pointer, live_pointer.revision).await? {
-                    return Ok(false);
+                // The fallback was loaded and verified to be judged.
+                let moved = self
+                    .pointers
+                    .move_to(
+                        &self.model,
+                        Slot::Live,
+                        &Verified::held(&fallback.manifest),
+                        Cause::Rollback,
+                        &reason,
+                        live_pointer.revision,
+                    )
+                    .await;
+                match moved {
+                    Ok(_) => {}
+                    Err(CasError::Conflict { .. }) => return Ok(false),
+                    Err(CasError::Failed(failure)) => return Err(failure),
                 }
                 self.close_rollback_trial();
                 self.record(GateAction::Rollback, live, fallback, recent, None, sequence)
@@ -340,26 +355,12 @@ impl Promotion {
         self.versions.fallback.clear();
     }
 
-    /// Moves `<model>.live` to `pointer` if it is still at `revision`; `Ok(false)` when another
-    /// writer moved it first (the decision then waits for the next example).
-    async fn move_live(&self, pointer: &Pointer, revision: u64) -> Result<bool, Failure> {
-        match self
-            .pointers
-            .set(&self.model, Slot::Live, pointer, revision)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(CasError::Conflict { .. }) => Ok(false),
-            Err(CasError::Failed(failure)) => Err(failure),
-        }
-    }
-
     /// Publishes the decision on CONTROL and waits for JetStream to store it.
     async fn record(
         &self,
         action: GateAction,
-        live: &LiveModel,
-        challenger: &LiveModel,
+        live: &Loaded,
+        challenger: &Loaded,
         recent: Comparison,
         held_back: Option<Comparison>,
         sequence: u64,

@@ -17,10 +17,12 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::Utc;
 use freshet::events::{CloudEvent, EventType, SPEC_VERSION};
+use freshet::examples::FeatureSchema;
 use freshet::ids::{EntityId, ModelName};
-use freshet::model::FeatureSchema;
 use freshet::runtime::Readiness;
+use freshet::runtime::cloudevents::{self, CLOUDEVENTS_JSON};
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
+use freshet::store::follow::Loaded;
 use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
 use serde::{Deserialize, Serialize};
@@ -45,8 +47,6 @@ pub const OUTPUT_SCORE: &str = "score";
 pub const EVENT_PREDICT_REQUEST: &str = "predict_request";
 /// The CloudEvent type of its answer.
 pub const EVENT_PREDICTION: &str = "prediction";
-/// Content type of a structured-mode CloudEvent.
-pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 #[derive(Clone)]
 struct Http {
@@ -363,7 +363,8 @@ fn internal(message: String) -> ServeError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CloudEvents (structured and binary mode) and their conversions (no I/O).
+// CloudEvents: the envelope's checks and the answer (no I/O); both modes are read by the shared
+// HTTP binding, freshet::runtime::cloudevents.
 
 /// What a CloudEvent POSTed to `/` carried, whichever the mode.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,41 +375,21 @@ pub struct IncomingEvent {
     pub data: Vec<u8>,
 }
 
-/// Reads a CloudEvent from an HTTP request: structured mode (the body is the envelope) when the
-/// content type says so, binary mode (attributes in `ce-` headers, the body is `data`) when
-/// `ce-specversion` is present.
+/// Reads the CloudEvent an HTTP request carries (structured or binary mode, by the shared
+/// binding) and checks its envelope: specversion 1.0, an id and a source, JSON data.
 pub fn incoming_event(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, ServeError> {
-    let content_type = header_text(headers, header::CONTENT_TYPE.as_str())?;
-    let media_type = content_type.as_deref().map(|c| {
-        c.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-    });
-    if media_type.as_deref() == Some(CLOUDEVENTS_JSON) {
-        return structured_event(body);
-    }
-    if media_type.as_deref() == Some("application/cloudevents-batch+json") {
-        return Err(ServeError::bad_request(
-            "batched CloudEvents are not accepted; send one event per request",
-        ));
-    }
-    if headers.contains_key("ce-specversion") {
-        return binary_event(headers, media_type.as_deref(), body);
-    }
-    Err(ServeError::bad_request(format!(
-        "not a CloudEvent: send the envelope with Content-Type: {CLOUDEVENTS_JSON} (structured \
-         mode), or the data with ce-specversion, ce-id, ce-source and ce-type headers (binary mode)"
-    )))
-}
-
-fn structured_event(body: &[u8]) -> Result<IncomingEvent, ServeError> {
-    let envelope: CloudEvent = serde_json::from_slice(body)
+    let envelope = cloudevents::envelope_from_http(headers, body, MAX_BODY_BYTES)
+        .map_err(|rejection| ServeError::bad_request(rejection.detail))?;
+    let envelope: CloudEvent = serde_json::from_slice(&envelope)
         .map_err(|e| ServeError::bad_request(format!("malformed CloudEvent: {e}")))?;
     check_attributes(&envelope.specversion, &envelope.id, &envelope.source)?;
-    if let Some(content_type) = &envelope.datacontenttype {
-        check_json_content(content_type)?;
+    if let Some(content_type) = &envelope.datacontenttype
+        && !cloudevents::is_json(content_type)
+    {
+        return Err(ServeError::bad_request(format!(
+            "data of content type {:?} is not JSON; only JSON data is accepted",
+            truncate(content_type)
+        )));
     }
     if envelope.data.is_null() {
         return Err(ServeError::bad_request(
@@ -424,42 +405,6 @@ fn structured_event(body: &[u8]) -> Result<IncomingEvent, ServeError> {
     })
 }
 
-fn binary_event(
-    headers: &HeaderMap,
-    media_type: Option<&str>,
-    body: &[u8],
-) -> Result<IncomingEvent, ServeError> {
-    let required = |name: &str| {
-        header_text(headers, name)?.ok_or_else(|| {
-            ServeError::bad_request(format!("binary-mode CloudEvent lacks the {name} header"))
-        })
-    };
-    let specversion = required("ce-specversion")?;
-    let id = required("ce-id")?;
-    let source = required("ce-source")?;
-    let event_type = required("ce-type")?;
-    check_attributes(&specversion, &id, &source)?;
-    if let Some(media_type) = media_type {
-        check_json_content(media_type)?;
-    }
-    Ok(IncomingEvent {
-        id,
-        event_type,
-        data: body.to_vec(),
-    })
-}
-
-fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ServeError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| ServeError::bad_request(format!("header {name} is not visible ASCII")))
-        })
-        .transpose()
-}
-
 fn check_attributes(specversion: &str, id: &str, source: &str) -> Result<(), ServeError> {
     if specversion != SPEC_VERSION {
         return Err(ServeError::bad_request(format!(
@@ -473,17 +418,6 @@ fn check_attributes(specversion: &str, id: &str, source: &str) -> Result<(), Ser
         ));
     }
     Ok(())
-}
-
-fn check_json_content(content_type: &str) -> Result<(), ServeError> {
-    if content_type.starts_with("application/json") || content_type.contains("+json") {
-        Ok(())
-    } else {
-        Err(ServeError::bad_request(format!(
-            "data of content type {:?} is not JSON; only JSON data is accepted",
-            truncate(content_type)
-        )))
-    }
 }
 
 /// Refuses event types other than `predict_request`, saying where they belong.
@@ -576,10 +510,7 @@ impl Http {
     }
 
     /// The serving version, which must be `wanted` when one is named.
-    fn serving(
-        &self,
-        wanted: Option<u64>,
-    ) -> Result<std::sync::Arc<crate::live::LiveModel>, ServeError> {
+    fn serving(&self, wanted: Option<u64>) -> Result<Arc<Loaded>, ServeError> {
         let live = self.server.live.current().ok_or_else(|| {
             ServeError::unavailable(format!(
                 "model {} has no live version yet",

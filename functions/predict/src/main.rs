@@ -6,13 +6,12 @@
 mod catalog;
 mod handler;
 mod http;
-mod live;
 mod outcomes;
 mod readiness;
 mod recorder;
 mod service;
 mod spans;
-mod watch;
+mod swaps;
 
 use clap::Parser;
 use freshet::config::FunctionArgs;
@@ -20,7 +19,7 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
-use freshet::store::Slot;
+use freshet::store::{Follower, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
@@ -61,7 +60,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
-    let swap_metrics = watch::SwapMetrics::default();
+    let swap_metrics = swaps::SwapMetrics::default();
     swap_metrics.register(&ctx.metrics);
     let serve_metrics = service::ServeMetrics::default();
     serve_metrics.register(&ctx.metrics);
@@ -70,12 +69,27 @@ async fn main() -> anyhow::Result<()> {
         metrics.register(&ctx.metrics);
         recorder::Recorder::new(metrics)
     });
-    let models = ctx.js.get_key_value(BUCKET_MODELS).await?;
+    let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
+    let announcements = swaps::Announcements::start(ctx.js.clone(), &ctx.subjects, &args.model);
+    let follower = |slot: Slot| -> anyhow::Result<_> {
+        Ok(Follower::new(
+            args.model.clone(),
+            slot,
+            pointers.clone(),
+            ctx.artifacts()?,
+            swaps::SwapHooks {
+                model: args.model.clone(),
+                metrics: swap_metrics.clone(),
+                announcements: announcements.clone(),
+            },
+        ))
+    };
+    let (live, candidate) = (follower(Slot::Live)?, follower(Slot::Candidate)?);
     let server = std::sync::Arc::new(service::Server {
         model: args.model.clone(),
-        live: live::Live::default(),
-        candidate: live::Live::default(),
+        live: live.cell(),
+        candidate: candidate.cell(),
         candidate_share: args.candidate_share,
         recorder: recorder.clone(),
         catalog: catalog::Catalog::default(),
@@ -84,23 +98,11 @@ async fn main() -> anyhow::Result<()> {
         metrics: serve_metrics,
         spans: ctx.spans.clone(),
     });
-    let mut tasks = Vec::new();
-    for (slot, target) in [
-        (Slot::Live, &server.live),
-        (Slot::Candidate, &server.candidate),
-    ] {
-        let watcher = watch::Watcher {
-            model: args.model.clone(),
-            slot,
-            models: models.clone(),
-            artifacts: ctx.artifacts()?,
-            live: target.clone(),
-            js: ctx.js.clone(),
-            subjects: ctx.subjects.clone(),
-            metrics: swap_metrics.clone(),
-        };
-        tasks.push(tokio::spawn(watcher.run(ctx.shutdown.clone())));
-    }
+    let stopped = |mut shutdown: freshet::shutdown::Shutdown| async move { shutdown.wait().await };
+    let mut tasks = vec![
+        tokio::spawn(live.run(stopped(ctx.shutdown.clone()))),
+        tokio::spawn(candidate.run(stopped(ctx.shutdown.clone()))),
+    ];
     tasks.push(tokio::spawn(
         server
             .catalog

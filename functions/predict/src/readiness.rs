@@ -1,4 +1,6 @@
-//! Readiness of a predictor: a version serves, and it is no older than the freshness bound.
+//! Readiness of a predictor: a version serves, and it is no older than the freshness bound. A
+//! predictor serving a fallback (live names a version that was refused, and an earlier one stands
+//! in) is ready, and `/readyz` says which version serves and why.
 
 use std::time::Duration;
 
@@ -6,9 +8,8 @@ use chrono::Utc;
 use freshet::metrics::Metrics;
 use freshet::runtime::Readiness;
 use freshet::shutdown::Shutdown;
+use freshet::store::follow::{StandIn, VersionCell};
 use prometheus_client::metrics::gauge::Gauge;
-
-use crate::live::Live;
 
 /// Whether a predictor whose live version was created `age` ago may call itself ready.
 pub fn is_ready(age: Option<Duration>, max_age: Option<Duration>) -> bool {
@@ -19,9 +20,17 @@ pub fn is_ready(age: Option<Duration>, max_age: Option<Duration>) -> bool {
     }
 }
 
-/// Re-evaluates readiness and the model-age gauge twice a second until shutdown.
+/// What `/readyz` adds while a fallback serves.
+pub fn fallback_note(stand_in: &StandIn) -> String {
+    format!(
+        "serving fallback version {}: live names version {}, which was refused ({})",
+        stand_in.serving, stand_in.refused, stand_in.reason
+    )
+}
+
+/// Re-evaluates readiness, its note and the model-age gauge twice a second until shutdown.
 pub async fn track(
-    live: Live,
+    live: VersionCell,
     readiness: Readiness,
     metrics: Metrics,
     max_age: Option<Duration>,
@@ -40,6 +49,7 @@ pub async fn track(
                 .unwrap_or(Duration::ZERO)
         });
         age_gauge.set(age.map_or(0.0, |a| a.as_secs_f64()));
+        readiness.set_note(live.stand_in().as_deref().map(fallback_note));
         let ready = is_ready(age, max_age);
         if ready != readiness.is_ready() {
             if !ready && age.is_some() {
@@ -65,5 +75,18 @@ mod tests {
         assert!(is_ready(Some(minute * 600), None));
         assert!(is_ready(Some(minute), Some(minute * 2)));
         assert!(!is_ready(Some(minute * 3), Some(minute * 2)));
+    }
+
+    #[test]
+    fn the_note_names_the_version_serving_and_the_one_refused() {
+        let note = fallback_note(&StandIn {
+            serving: 1,
+            refused: 3,
+            reason: "sha256 mismatch".into(),
+        });
+        assert_eq!(
+            note,
+            "serving fallback version 1: live names version 3, which was refused (sha256 mismatch)"
+        );
     }
 }

@@ -21,11 +21,10 @@ use freshet::ids::ModelName;
 use freshet::serving::{
     PredictionBatch, PredictionId, PredictionRecord, RecordedPrediction, Variant,
 };
+use freshet::store::follow::Loaded;
 use freshet::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
-
-use crate::live::LiveModel;
 
 /// Most predictions in one batch message (about 300 bytes each: a batch stays well under the
 /// server's default 1 MiB message limit).
@@ -51,7 +50,7 @@ type Publishing = (u64, jetstream::context::PublishAckFuture);
 /// A served prediction waiting in a batch, with the version that should shadow it.
 struct Pending {
     served: PredictionRecord,
-    shadow: Option<(Variant, Arc<LiveModel>)>,
+    shadow: Option<(Variant, Arc<Loaded>)>,
 }
 
 struct OpenBatch {
@@ -129,7 +128,7 @@ impl Recorder {
     pub fn append(
         &self,
         mut served: PredictionRecord,
-        shadow: Option<(Variant, Arc<LiveModel>)>,
+        shadow: Option<(Variant, Arc<Loaded>)>,
     ) -> String {
         let mut batches = self.lock();
         let open = batches.open.get_or_insert_with(OpenBatch::new);

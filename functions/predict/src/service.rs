@@ -18,6 +18,7 @@ use freshet::serving::{
     RecommendResponse, Recommendation, SERVICE_NAME, Variant, endpoint_batch, endpoint_recommend,
     endpoint_single,
 };
+use freshet::store::follow::{Loaded, VersionCell};
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use freshet::telemetry::{Span, SpanKind, Spans};
@@ -29,7 +30,6 @@ use prometheus_client::metrics::family::Family;
 
 use crate::catalog::Catalog;
 use crate::handler::{self, Query, ServeError};
-use crate::live::{Live, LiveModel};
 use crate::recorder::Recorder;
 use crate::spans::{Answered, answered};
 
@@ -72,8 +72,8 @@ impl ServeMetrics {
 /// The versions one request is answered and shadowed by.
 struct Assignment {
     variant: Variant,
-    serving: Arc<LiveModel>,
-    shadow: Option<Arc<LiveModel>>,
+    serving: Arc<Loaded>,
+    shadow: Option<Arc<Loaded>>,
 }
 
 /// Raw feature rows scored by one version.
@@ -88,8 +88,8 @@ pub struct ScoredRows {
 /// stream handles' clones would copy their whole configuration, once per request.
 pub struct Server {
     pub model: ModelName,
-    pub live: Live,
-    pub candidate: Live,
+    pub live: VersionCell,
+    pub candidate: VersionCell,
     /// Share of entities (0 to 1) the candidate answers for, when one is loaded.
     pub candidate_share: f64,
     /// Records predictions (and shadow scores) on PREDICTIONS; `None` when recording is off.
@@ -103,7 +103,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn serving(&self) -> Result<Arc<LiveModel>, ServeError> {
+    fn serving(&self) -> Result<Arc<Loaded>, ServeError> {
         self.live.current().ok_or_else(|| {
             ServeError::unavailable(format!("model {} has no live version yet", self.model))
         })
@@ -174,7 +174,7 @@ impl Server {
         ))
     }
 
-    fn require_bookstore_schema(&self, model: &LiveModel) -> Result<(), ServeError> {
+    fn require_bookstore_schema(&self, model: &Loaded) -> Result<(), ServeError> {
         if model.manifest.schema.name == freshet::features::SCHEMA_NAME {
             Ok(())
         } else {
@@ -188,7 +188,7 @@ impl Server {
     async fn row_for(
         &self,
         request: &PredictRequest,
-        model: &LiveModel,
+        model: &Loaded,
     ) -> Result<(Vec<f32>, Option<Provenance>), ServeError> {
         match handler::query_for(request, model.scorer.n_features())? {
             Query::Features(row) => Ok((row, None)),
@@ -350,7 +350,7 @@ impl Server {
     /// the request came in.
     fn record_rows(
         &self,
-        live: &LiveModel,
+        live: &Loaded,
         rows: Vec<Vec<f32>>,
         scores: &[f32],
         requests: &[PredictRequest],
@@ -392,11 +392,7 @@ impl Server {
 
     /// Records the served prediction, to be shadowed by `shadow` off the response path, and
     /// returns its id. Without a recorder the id is still unique, but nothing can join to it.
-    fn record(
-        &self,
-        served: PredictionRecord,
-        shadow: Option<(Variant, Arc<LiveModel>)>,
-    ) -> String {
+    fn record(&self, served: PredictionRecord, shadow: Option<(Variant, Arc<Loaded>)>) -> String {
         match &self.recorder {
             Some(recorder) => recorder.append(served, shadow),
             None => uuid::Uuid::new_v4().to_string(),

@@ -17,7 +17,9 @@ use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
-use freshet::store::{ArtifactError, ArtifactStore, CasError, Pointer, Pointers, Slot};
+use freshet::store::{
+    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
 use prometheus_client::metrics::counter::Counter;
@@ -403,16 +405,18 @@ impl Trainer {
             return;
         }
         self.last_version = manifest.version;
-        let pointer = Pointer {
-            version: manifest.version,
-            sha256: manifest.sha256.clone(),
-            updated_at: manifest.created_at,
-            reason: "train: candidate after a drift".into(),
-        };
         let lineage = self.lineage.as_mut().expect("checked above");
+        // This trainer wrote and hashed the bytes it points at.
         match self
             .pointers
-            .set(&self.model, Slot::Candidate, &pointer, expected)
+            .move_to(
+                &self.model,
+                Slot::Candidate,
+                &Verified::held(&manifest),
+                Cause::Candidate,
+                "train: candidate after a drift",
+                expected,
+            )
             .await
         {
             Ok(revision) => {
@@ -538,15 +542,17 @@ impl Trainer {
         manifest.version = manifest.version.max(self.last_version + 1);
         store_version(&self.artifacts, &self.model, &mut manifest, &bytes).await?;
         self.last_version = manifest.version;
-        let pointer = Pointer {
-            version: manifest.version,
-            sha256: manifest.sha256.clone(),
-            updated_at: manifest.created_at,
-            reason: "train".into(),
-        };
+        // This trainer wrote and hashed the bytes it points at.
         let revision = match self
             .pointers
-            .set(&self.model, Slot::Live, &pointer, lineage.pointer_revision)
+            .move_to(
+                &self.model,
+                Slot::Live,
+                &Verified::held(&manifest),
+                Cause::Train,
+                "train",
+                lineage.pointer_revision,
+            )
             .await
         {
             Ok(revision) => revision,
@@ -716,7 +722,7 @@ async fn prune(
     keep_newest: usize,
 ) -> anyhow::Result<u64> {
     let mut named = std::collections::BTreeSet::new();
-    for slot in [Slot::Live, Slot::Candidate] {
+    for slot in Slot::ALL {
         named.extend(
             pointers
                 .history(model, slot)

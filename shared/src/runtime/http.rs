@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,9 +16,11 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// Whether the function is ready; flipped by the function, read by `/readyz` and the `ready` gauge.
+/// A note says more when there is more to say (a predictor serving a fallback version).
 #[derive(Clone, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    note: Arc<ArcSwapOption<String>>,
 }
 
 impl Readiness {
@@ -28,6 +31,15 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Adds `note` to what `/readyz` answers (`None` removes it).
+    pub fn set_note(&self, note: Option<String>) {
+        self.note.store(note.map(Arc::new));
+    }
+
+    pub fn note(&self) -> Option<Arc<String>> {
+        self.note.load_full()
     }
 }
 
@@ -47,10 +59,14 @@ pub fn probe_routes(readiness: Readiness, metrics: Metrics) -> Router {
 }
 
 async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
-    if probes.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+    let (status, state) = if probes.readiness.is_ready() {
+        (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    match probes.readiness.note() {
+        Some(note) => (status, format!("{state}: {note}\n")),
+        None => (status, format!("{state}\n")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Push delivery, for Knative Eventing: a CloudEvent POSTed to a function's `/events` (structured
-//! or binary mode) enters the same stream its JetStream messages come from, so the function's
-//! one handler processes it under the same rules.
+//! or binary mode, read by the one HTTP binding in [`cloudevents`](crate::runtime::cloudevents))
+//! enters the same stream its JetStream messages come from, so the function's one handler
+//! processes it under the same rules.
 //!
 //! The event is checked with the decoder every message goes through ([`events::decode`]); a
 //! refused one is dead-lettered with its reason (and answered 400, which a Trigger does not
@@ -17,7 +18,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -27,13 +28,11 @@ use serde_json::json;
 use crate::error::{RejectReason, Rejection};
 use crate::events::{self, Event, EventData};
 use crate::examples::ExampleRecord;
+use crate::runtime::cloudevents::envelope_from_http;
 use crate::runtime::dead_letter::{self, Origin};
 use crate::subjects::Subjects;
 use crate::telemetry::{SpanKind, Spans};
 use crate::trace::TraceContext;
-
-/// Content type of a structured-mode CloudEvent.
-pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
 /// Which stream a function reads, and so where a pushed event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,159 +213,4 @@ fn unavailable(detail: &str) -> Response {
         axum::Json(json!({"error": format!("the event was not stored; retry: {detail}")})),
     )
         .into_response()
-}
-
-/// The CloudEvent an HTTP request carries, as the JSON envelope a producer would publish:
-/// structured mode (`Content-Type: application/cloudevents+json`, the body is the envelope) as
-/// it is; binary mode (attributes in `ce-` headers, the body is `data`) assembled from them.
-pub fn envelope_from_http(
-    headers: &HeaderMap,
-    body: &[u8],
-    max_bytes: usize,
-) -> Result<Vec<u8>, Rejection> {
-    if body.len() > max_bytes {
-        return Err(Rejection::new(
-            RejectReason::Oversized,
-            "$",
-            format!("event is {} bytes, the limit is {max_bytes}", body.len()),
-        ));
-    }
-    let text = |name: &str| -> Result<Option<String>, Rejection> {
-        headers
-            .get(name)
-            .map(|v| {
-                v.to_str().map(str::to_string).map_err(|_| {
-                    Rejection::new(
-                        RejectReason::InvalidEnvelope,
-                        name,
-                        "header is not visible ASCII",
-                    )
-                })
-            })
-            .transpose()
-    };
-    let content_type = text(header::CONTENT_TYPE.as_str())?;
-    let media_type = content_type
-        .as_deref()
-        .and_then(|c| c.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase());
-    if media_type.as_deref() == Some(CLOUDEVENTS_JSON) {
-        return Ok(body.to_vec());
-    }
-    let Some(specversion) = text("ce-specversion")? else {
-        return Err(Rejection::new(
-            RejectReason::InvalidEnvelope,
-            "$",
-            format!(
-                "not a CloudEvent: send the envelope with Content-Type: {CLOUDEVENTS_JSON} \
-                 (structured mode), or the data with ce-specversion, ce-id, ce-source and \
-                 ce-type headers (binary mode)"
-            ),
-        ));
-    };
-    let data: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Rejection::new(RejectReason::MalformedJson, "data", e.to_string()))?;
-    let mut envelope = serde_json::Map::new();
-    envelope.insert("specversion".into(), specversion.into());
-    for (attribute, name) in [
-        ("id", "ce-id"),
-        ("source", "ce-source"),
-        ("type", "ce-type"),
-        ("time", "ce-time"),
-        ("subject", "ce-subject"),
-    ] {
-        if let Some(value) = text(name)? {
-            envelope.insert(attribute.into(), value.into());
-        }
-    }
-    if let Some(content_type) = content_type {
-        envelope.insert("datacontenttype".into(), content_type.into());
-    }
-    envelope.insert("data".into(), data);
-    serde_json::to_vec(&envelope)
-        .map_err(|e| Rejection::new(RejectReason::InvalidEnvelope, "$", e.to_string()))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
-
-    const DATA: &str = r#"{"user":"u1","item":"b1","action":"view"}"#;
-
-    #[test]
-    fn both_modes_give_the_envelope_the_decoder_accepts() {
-        let structured = format!(
-            r#"{{"specversion":"1.0","id":"e1","source":"s","type":"user_action","data":{DATA}}}"#
-        );
-        let from_structured = envelope_from_http(
-            &headers(&[(
-                "content-type",
-                "application/cloudevents+json; charset=utf-8",
-            )]),
-            structured.as_bytes(),
-            1 << 16,
-        )
-        .unwrap();
-        let from_binary = envelope_from_http(
-            &headers(&[
-                ("content-type", "application/json"),
-                ("ce-specversion", "1.0"),
-                ("ce-id", "e1"),
-                ("ce-source", "s"),
-                ("ce-type", "user_action"),
-                ("ce-time", "2026-11-27T12:00:00Z"),
-            ]),
-            DATA.as_bytes(),
-            1 << 16,
-        )
-        .unwrap();
-        let a = events::decode(&from_structured, 1 << 16).unwrap();
-        let b = events::decode(&from_binary, 1 << 16).unwrap();
-        assert_eq!((a.id.as_str(), &a.data), (b.id.as_str(), &b.data));
-        assert_eq!(b.time.unwrap().to_rfc3339(), "2026-11-27T12:00:00+00:00");
-    }
-
-    #[test]
-    fn what_is_not_a_cloud_event_is_refused_with_its_reason() {
-        let plain = envelope_from_http(&headers(&[]), DATA.as_bytes(), 1 << 16).unwrap_err();
-        assert_eq!(plain.reason, RejectReason::InvalidEnvelope);
-        let broken = envelope_from_http(
-            &headers(&[("ce-specversion", "1.0"), ("ce-id", "e1")]),
-            b"{not json",
-            1 << 16,
-        )
-        .unwrap_err();
-        assert_eq!(
-            (broken.reason, broken.field.as_str()),
-            (RejectReason::MalformedJson, "data")
-        );
-        let big = envelope_from_http(&headers(&[]), &[b' '; 100], 10).unwrap_err();
-        assert_eq!(big.reason, RejectReason::Oversized);
-        // Binary mode without a type: assembled, then refused by the decoder like any event.
-        let untyped = envelope_from_http(
-            &headers(&[
-                ("ce-specversion", "1.0"),
-                ("ce-id", "e1"),
-                ("ce-source", "s"),
-            ]),
-            DATA.as_bytes(),
-            1 << 16,
-        )
-        .unwrap();
-        assert_eq!(
-            events::decode(&untyped, 1 << 16).unwrap_err().reason,
-            RejectReason::InvalidEnvelope
-        );
-    }
 }

@@ -1,8 +1,10 @@
 //! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
-//! the `/metrics` endpoint, dead-lettering and logging. The metrics registry and the shutdown
-//! signal they use are leaf modules of their own ([`crate::metrics`], [`crate::shutdown`]), so
-//! the store and telemetry layers below can use them too.
+//! the `/metrics` endpoint, the CloudEvents HTTP binding and push ingress, dead-lettering and
+//! logging. The metrics registry and the shutdown signal they use are leaf modules of their own
+//! ([`crate::metrics`], [`crate::shutdown`]), so the store and telemetry layers below use them
+//! too.
 
+pub mod cloudevents;
 pub mod dead_letter;
 pub mod function;
 pub mod http;

@@ -5,6 +5,7 @@
 //! so a version without a manifest is an interrupted write, never a published version. Reads
 //! verify the bytes against the manifest's sha256 before anyone can load them.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,15 +22,16 @@ use crate::ids::ModelName;
 use crate::model::{Manifest, ModelError, ModelScorer};
 use crate::store::Pointer;
 
-/// Why an artifact could not be stored or fetched.
 /// Why the version a pointer names cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
 pub struct VersionRefusal {
     /// The object store could not be reached: the same load may work later.
     pub transient: bool,
     pub reason: String,
 }
 
+/// Why an artifact could not be stored or fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("object store URL {url:?} is not supported: {reason}")]
@@ -74,6 +76,42 @@ impl ArtifactError {
     /// to a verdict about the artifact itself.
     pub fn is_transient(&self) -> bool {
         matches!(self, ArtifactError::Store { source, .. } if !matches!(source, object_store::Error::NotFound { .. }))
+    }
+}
+
+/// What a follower of a pointer and a writer verifying a version read from the artifact store:
+/// [`ArtifactStore`] (a `memory://` one in unit tests), or a wrapper of it that injects faults.
+pub trait ArtifactReader: Send + Sync {
+    /// Reads a version's manifest.
+    fn manifest(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> impl Future<Output = Result<Manifest, ArtifactError>> + Send;
+
+    /// Loads the version `pointer` names, ready to score (see [`ArtifactStore::load_pointed`]).
+    fn load_pointed(
+        &self,
+        model: &ModelName,
+        pointer: &Pointer,
+    ) -> impl Future<Output = Result<(Manifest, ModelScorer), VersionRefusal>> + Send;
+}
+
+impl ArtifactReader for ArtifactStore {
+    fn manifest(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> impl Future<Output = Result<Manifest, ArtifactError>> + Send {
+        ArtifactStore::manifest(self, model, version)
+    }
+
+    fn load_pointed(
+        &self,
+        model: &ModelName,
+        pointer: &Pointer,
+    ) -> impl Future<Output = Result<(Manifest, ModelScorer), VersionRefusal>> + Send {
+        ArtifactStore::load_pointed(self, model, pointer)
     }
 }
 

@@ -51,17 +51,32 @@ pub async fn compare_and_set(
     value: Bytes,
     expected: u64,
 ) -> Result<u64, CasError> {
-    match store.update(key, value, expected).await {
-        Ok(revision) => Ok(revision),
-        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-            Err(CasError::Conflict {
-                key: key.to_string(),
-                expected,
-            })
+    store
+        .update(key, value, expected)
+        .await
+        .map_err(|err| cas_error("write", key, expected, err))
+}
+
+/// Deletes the key (a tombstone, kept in its history) if it is still at `expected`.
+pub async fn compare_and_delete(
+    store: &kv::Store,
+    key: &str,
+    expected: u64,
+) -> Result<(), CasError> {
+    store
+        .delete_expect_revision(key, Some(expected))
+        .await
+        .map_err(|err| cas_error("delete", key, expected, err))
+}
+
+/// A conflict when the key moved past `expected`, a failure otherwise.
+fn cas_error(operation: &str, key: &str, expected: u64, err: kv::UpdateError) -> CasError {
+    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        CasError::Conflict {
+            key: key.to_string(),
+            expected,
         }
-        Err(err) => Err(CasError::Failed(Failure::new(
-            format!("write KV key {key}"),
-            err,
-        ))),
+    } else {
+        CasError::Failed(Failure::new(format!("{operation} KV key {key}"), err))
     }
 }

@@ -1,11 +1,18 @@
 //! Where state lives: model artifacts in object storage, model pointers and entity features in
-//! JetStream KV, both written by compare-and-set; and leases, for work one replica does at a time.
+//! JetStream KV, both written by compare-and-set; the follower that keeps a pointer's version
+//! loaded; and leases, for work one replica does at a time.
 
 pub mod artifacts;
+pub mod follow;
 pub mod kv;
 pub mod lease;
+pub mod memory;
 pub mod pointers;
 
-pub use artifacts::{ArtifactError, ArtifactStore, VersionRefusal};
+pub use artifacts::{ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
+pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 pub use kv::{CasError, Versioned};
-pub use pointers::{Pointer, Pointers, Slot};
+pub use memory::MemoryPointers;
+pub use pointers::{
+    Cause, Pointer, PointerChange, PointerChanges, PointerStore, Pointers, Promoted, Slot, Verified,
+};

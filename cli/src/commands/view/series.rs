@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use freshet::store::{Cause, Slot};
 use serde::Serialize;
 
 /// Milliseconds since the Unix epoch.
@@ -55,14 +56,6 @@ pub fn thin<T: Copy>(points: &[T], max: usize) -> Vec<T> {
         .collect()
 }
 
-/// Which pointer of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlotName {
-    Live,
-    Candidate,
-}
-
 /// One write of a pointer key in MODELS, as the bucket's history keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointerWrite {
@@ -70,10 +63,12 @@ pub struct PointerWrite {
     pub revision: u64,
     /// When the server stored the write (predictors could see it from then on).
     pub t: Millis,
-    pub slot: SlotName,
+    pub slot: Slot,
     /// The version named; `None` for a delete (a candidate withdrawn or promoted).
     pub version: Option<u64>,
-    /// Why the pointer moved, as the writer recorded it.
+    /// What the move was; `None` for a delete.
+    pub cause: Option<Cause>,
+    /// Why the pointer moved, in the writer's words.
     pub reason: String,
 }
 
@@ -93,20 +88,15 @@ pub enum MoveKind {
     Manual,
 }
 
-/// Classifies a live pointer move by the reason its writer recorded ("train", "gate: promote
-/// (...)", "gate: rollback (...)", "rollback by an operator", "promoted by an operator").
-pub fn classify(reason: &str, previous: Option<u64>) -> MoveKind {
-    let reason = reason.to_ascii_lowercase();
-    if reason.contains("rollback") || reason.contains("roll back") {
-        MoveKind::Rollback
-    } else if reason.contains("promot") {
-        MoveKind::Promotion
-    } else if previous.is_none() {
-        MoveKind::First
-    } else if reason.starts_with("train") {
-        MoveKind::Train
-    } else {
-        MoveKind::Manual
+/// Classifies a move of the live pointer by its recorded cause; the first version live is
+/// `First` unless it came by a promotion or a rollback.
+pub fn classify(cause: Cause, previous: Option<u64>) -> MoveKind {
+    match cause {
+        Cause::Rollback => MoveKind::Rollback,
+        Cause::Promotion => MoveKind::Promotion,
+        _ if previous.is_none() => MoveKind::First,
+        Cause::Train => MoveKind::Train,
+        Cause::Candidate | Cause::Operator => MoveKind::Manual,
     }
 }
 
@@ -125,8 +115,8 @@ pub struct Move {
 pub fn live_moves(writes: &[PointerWrite]) -> Vec<Move> {
     let mut moves = Vec::new();
     let mut current: Option<u64> = None;
-    for write in writes.iter().filter(|w| w.slot == SlotName::Live) {
-        let Some(version) = write.version else {
+    for write in writes.iter().filter(|w| w.slot == Slot::Live) {
+        let (Some(version), Some(cause)) = (write.version, write.cause) else {
             current = None;
             continue;
         };
@@ -137,7 +127,7 @@ pub fn live_moves(writes: &[PointerWrite]) -> Vec<Move> {
             t: write.t,
             version,
             from: current,
-            kind: classify(&write.reason, current),
+            kind: classify(cause, current),
             reason: write.reason.clone(),
         });
         current = Some(version);
@@ -150,7 +140,7 @@ pub fn live_moves(writes: &[PointerWrite]) -> Vec<Move> {
 /// so the line reaches the chart's right edge.
 pub fn steps(
     writes: &[PointerWrite],
-    slot: SlotName,
+    slot: Slot,
     from: Millis,
     now: Millis,
 ) -> Vec<(Millis, Option<u64>)> {
@@ -488,16 +478,17 @@ mod tests {
     fn write(
         revision: u64,
         t: Millis,
-        slot: SlotName,
+        slot: Slot,
         version: Option<u64>,
-        reason: &str,
+        cause: Cause,
     ) -> PointerWrite {
         PointerWrite {
             revision,
             t,
             slot,
             version,
-            reason: reason.to_string(),
+            cause: version.map(|_| cause),
+            reason: format!("{cause} in other words"),
         }
     }
 
@@ -528,43 +519,25 @@ mod tests {
     }
 
     #[test]
-    fn moves_are_classified_by_their_recorded_reason() {
-        assert_eq!(classify("train", None), MoveKind::First);
-        assert_eq!(classify("train", Some(1)), MoveKind::Train);
-        assert_eq!(
-            classify("gate: promote (accuracy 0.9 vs 0.7 ...)", Some(3)),
-            MoveKind::Promotion
-        );
-        assert_eq!(
-            classify("promoted by an operator", Some(3)),
-            MoveKind::Promotion
-        );
-        assert_eq!(
-            classify("gate: rollback (accuracy ...)", Some(3)),
-            MoveKind::Rollback
-        );
-        assert_eq!(
-            classify("rollback by an operator", Some(3)),
-            MoveKind::Rollback
-        );
-        assert_eq!(classify("deployed by hand", Some(3)), MoveKind::Manual);
+    fn moves_are_classified_by_their_recorded_cause() {
+        assert_eq!(classify(Cause::Train, None), MoveKind::First);
+        assert_eq!(classify(Cause::Operator, None), MoveKind::First);
+        assert_eq!(classify(Cause::Train, Some(1)), MoveKind::Train);
+        assert_eq!(classify(Cause::Promotion, Some(3)), MoveKind::Promotion);
+        assert_eq!(classify(Cause::Promotion, None), MoveKind::Promotion);
+        assert_eq!(classify(Cause::Rollback, Some(3)), MoveKind::Rollback);
+        assert_eq!(classify(Cause::Operator, Some(3)), MoveKind::Manual);
     }
 
     #[test]
     fn live_moves_skip_candidate_writes_and_rewrites() {
         let writes = [
-            write(1, 100, SlotName::Live, Some(1), "train"),
-            write(
-                2,
-                200,
-                SlotName::Candidate,
-                Some(7),
-                "train: candidate after a drift",
-            ),
-            write(3, 300, SlotName::Live, Some(2), "train"),
-            write(4, 350, SlotName::Live, Some(2), "train"),
-            write(5, 400, SlotName::Live, Some(7), "gate: promote (...)"),
-            write(6, 500, SlotName::Live, Some(2), "gate: rollback (...)"),
+            write(1, 100, Slot::Live, Some(1), Cause::Train),
+            write(2, 200, Slot::Candidate, Some(7), Cause::Candidate),
+            write(3, 300, Slot::Live, Some(2), Cause::Train),
+            write(4, 350, Slot::Live, Some(2), Cause::Train),
+            write(5, 400, Slot::Live, Some(7), Cause::Promotion),
+            write(6, 500, Slot::Live, Some(2), Cause::Rollback),
         ];
         let moves = live_moves(&writes);
         let kinds: Vec<(u64, Option<u64>, MoveKind)> =
@@ -583,26 +556,26 @@ mod tests {
     #[test]
     fn steps_start_with_the_value_in_force_and_reach_now() {
         let writes = [
-            write(1, 100, SlotName::Live, Some(1), "train"),
-            write(2, 200, SlotName::Live, Some(2), "train"),
-            write(3, 300, SlotName::Candidate, Some(9), "c"),
-            write(4, 400, SlotName::Live, Some(3), "train"),
-            write(5, 500, SlotName::Candidate, None, ""),
+            write(1, 100, Slot::Live, Some(1), Cause::Train),
+            write(2, 200, Slot::Live, Some(2), Cause::Train),
+            write(3, 300, Slot::Candidate, Some(9), Cause::Candidate),
+            write(4, 400, Slot::Live, Some(3), Cause::Train),
+            write(5, 500, Slot::Candidate, None, Cause::Candidate),
         ];
         assert_eq!(
-            steps(&writes, SlotName::Live, 250, 1000),
+            steps(&writes, Slot::Live, 250, 1000),
             vec![(250, Some(2)), (400, Some(3)), (1000, Some(3))]
         );
         assert_eq!(
-            steps(&writes, SlotName::Candidate, 0, 1000),
+            steps(&writes, Slot::Candidate, 0, 1000),
             vec![(300, Some(9)), (500, None), (1000, None)]
         );
         // Nothing moved inside the window: one flat step.
         assert_eq!(
-            steps(&writes, SlotName::Live, 800, 1000),
+            steps(&writes, Slot::Live, 800, 1000),
             vec![(800, Some(3)), (1000, Some(3))]
         );
-        assert!(steps(&[], SlotName::Live, 0, 1000).is_empty());
+        assert!(steps(&[], Slot::Live, 0, 1000).is_empty());
     }
 
     fn info(version: u64, created_at: Millis, mark: u64, accuracy: f64) -> VersionInfo {
@@ -624,10 +597,10 @@ mod tests {
             .collect();
         let example_times: BTreeMap<u64, Millis> = [(10, 700), (20, 1500)].into_iter().collect();
         let moves = live_moves(&[
-            write(1, 1000, SlotName::Live, Some(1), "train"),
-            write(2, 2000, SlotName::Live, Some(2), "train"),
-            write(3, 9000, SlotName::Live, Some(1), "rollback by an operator"),
-            write(4, 9500, SlotName::Live, Some(5), "deployed by hand"),
+            write(1, 1000, Slot::Live, Some(1), Cause::Train),
+            write(2, 2000, Slot::Live, Some(2), Cause::Train),
+            write(3, 9000, Slot::Live, Some(1), Cause::Rollback),
+            write(4, 9500, Slot::Live, Some(5), Cause::Operator),
         ]);
         assert_eq!(
             freshness(&moves, &versions, &example_times, 0),
