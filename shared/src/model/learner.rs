@@ -246,6 +246,20 @@ impl Learner {
         })
     }
 
+    /// The parameters as burn tensors of their shapes, on `device`.
+    fn param_tensors(&self, device: &Device) -> Vec<Tensor<2>> {
+        self.specs
+            .iter()
+            .zip(&self.state.params)
+            .map(|(spec, values)| {
+                Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
+                    device,
+                )
+            })
+            .collect()
+    }
+
     /// Gradients of the mean cross-entropy plus the L2 penalty, by burn's autodiff over the
     /// kind's forward graph. Errors if the loss or any gradient is not finite.
     fn autodiff_gradients(
@@ -257,16 +271,9 @@ impl Learner {
         let state = &self.state;
         let x = input_tensor(scaler, rows, state.n_features, &self.device);
         let leaves = self
-            .specs
-            .iter()
-            .zip(&state.params)
-            .map(|(spec, values)| {
-                Tensor::<2>::from_data(
-                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
-                    &self.device,
-                )
-                .require_grad()
-            })
+            .param_tensors(&self.device)
+            .into_iter()
+            .map(Tensor::require_grad)
             .collect::<Vec<_>>();
         let logits = state.kind.forward(&leaves, x)?;
         let y = Tensor::<2>::from_data(
@@ -337,17 +344,7 @@ impl Learner {
     pub(crate) fn burn_probabilities(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         let device = Device::flex();
         let state = &self.state;
-        let leaves = self
-            .specs
-            .iter()
-            .zip(&state.params)
-            .map(|(spec, values)| {
-                Tensor::<2>::from_data(
-                    TensorData::new(values.clone(), [spec.rows, spec.cols]),
-                    &device,
-                )
-            })
-            .collect::<Vec<_>>();
+        let leaves = self.param_tensors(&device);
         let x = input_tensor(state.scaler.as_ref(), rows, state.n_features, &device);
         let logits = state.kind.forward(&leaves, x)?;
         read_f32(burn::tensor::activation::sigmoid(logits))
