@@ -31,11 +31,11 @@
 //!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
 //!
 //! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
-//! `store::artifacts`, 5 and 6), a model crate (3 and `store::artifacts`, with burn and
-//! object_store) and a bookstore crate (2). Two edges cross that split today:
-//! `runtime::FunctionContext::artifacts` builds a `store::ArtifactStore` (a runtime-to-model
-//! edge), and `model`'s input scaler uses `aggregates::ewma` (a model-to-domain edge, so the EWMA
-//! belongs with the contract).
+//! `store::artifacts` and `store::follow`, 5 and 6), a model crate (3 with those two, which load
+//! and score models: burn and object_store) and a bookstore crate (2). Two edges cross that split
+//! today: `runtime::FunctionContext::artifacts` builds a `store::ArtifactStore` (a
+//! runtime-to-model edge), and `model`'s input scaler uses `aggregates::ewma` (a model-to-domain
+//! edge, so the EWMA belongs with the contract).
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
