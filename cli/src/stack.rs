@@ -179,7 +179,14 @@ impl NatsServer {
 
     /// Stops and starts the server on the same port and store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_after(Duration::ZERO)
+    }
+
+    /// Stops the server, leaves it down for `down` (long enough, say, for clients' requests to
+    /// time out), and starts it again on the same port and store.
+    pub fn restart_after(&mut self, down: Duration) -> anyhow::Result<()> {
         self.stop()?;
+        std::thread::sleep(down);
         self.launch()
     }
 }

@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
         .await?;
-    let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
+    let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
     if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {
         anyhow::bail!(
@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // The most events held: one short of a write, and then a whole batch.
     let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());
-    let events = ctx.js.get_stream(STREAM_EVENTS).await?;
+    let events = ctx.stream(STREAM_EVENTS).await?;
     // The order guard keeps each durable's events in stream order, which needs one replica per
     // durable at a time: replicas acknowledging one durable's messages concurrently would move
     // its acknowledgement floor out of order.

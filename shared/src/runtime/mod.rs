@@ -8,6 +8,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod order;
 pub mod pull;
+pub mod retry;
 pub mod shutdown;
 
 pub use function::FunctionContext;
