@@ -1,6 +1,6 @@
 //! (c) Invalid events land on the dead-letter subject with a reason, while valid ones keep
 //! flowing through featurize. An action too late for its item's event-time windows is refused
-//! the same way, as "late".
+//! the same way, as "late". Every header of a dead letter is ASCII, which nats-py reads.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use freshet::subjects::{
-    HEADER_FIELD, HEADER_REASON, HEADER_SOURCE_SEQUENCE, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
+    HEADER_DETAIL, HEADER_FIELD, HEADER_REASON, HEADER_SOURCE_SEQUENCE, STREAM_DEAD_LETTER,
+    STREAM_EXAMPLES,
 };
-use freshet_tests::{Stack, cloud_event, eventually};
+use freshet_tests::{Stack, cloud_event, eventually, headers_seen_by_nats_py};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +100,26 @@ async fn invalid_events_are_dead_lettered_with_a_reason() -> anyhow::Result<()> 
             format!("freshet.dead_letter.featurize.{reason}")
         );
     }
+    // Every header value is ASCII, so every client reads them: nats-py 2.11 drops all the
+    // headers of a message if one holds anything else (the out_of_range detail has a "±").
+    for letter in &letters {
+        for (name, value) in &letter.headers {
+            assert!(
+                value.bytes().all(|b| (b' '..=b'~').contains(&b)),
+                "{name}: {value:?}"
+            );
+        }
+    }
+    let seen = headers_seen_by_nats_py(&stack.nats.url(), STREAM_DEAD_LETTER, letters.len())?;
+    let reasons: Vec<Option<&str>> = seen.iter().map(|h| h[HEADER_REASON].as_str()).collect();
+    let expected: Vec<Option<&str>> = letters.iter().map(|l| l.header(HEADER_REASON)).collect();
+    assert_eq!(reasons, expected, "nats-py reads every reason");
+    let out_of_range = seen
+        .iter()
+        .find(|h| h[HEADER_REASON] == "out_of_range")
+        .and_then(|h| h[HEADER_DETAIL].as_str());
+    assert_eq!(out_of_range, Some("1e300 is beyond \\u{b1}1e12"));
+
     let examples = eventually(
         Duration::from_secs(30),
         "an example per valid event",

@@ -27,7 +27,7 @@ use freshet::events;
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
-use freshet::subjects::Subjects;
+use freshet::subjects::{Subjects, header_value};
 use freshet::trace::TraceContext;
 use futures::future::{join_all, try_join_all};
 
@@ -414,7 +414,7 @@ impl Featurizer {
         for (i, example) in plan.examples.iter().enumerate() {
             let mut publish = PublishMessage::build()
                 .payload(Bytes::from(example.to_json_bytes()))
-                .message_id(&example.id);
+                .message_id(header_value(&example.id));
             let origin = plan.origins.get(i).and_then(|&origin| batch.get(origin));
             if let Some(trace) = origin.and_then(|routed| routed.trace.as_ref()) {
                 publish = trace.stamp(publish);
