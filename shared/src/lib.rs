@@ -3,7 +3,8 @@
 //! This crate is the library every function (featurize, train, drift, predict) and the `freshet`
 //! CLI share. A map of it:
 //!
-//! - [`events`]: the CloudEvents contract and its validation; [`ids`]: checked identifiers.
+//! - [`events`]: the CloudEvents contract and its validation; [`event_time`]: its `time`, strict
+//!   RFC 3339; [`ids`]: checked identifiers.
 //! - [`examples`]: the training example featurize publishes and train consumes.
 //! - [`features`]: the bookstore features, computed by the same code at training and serving time.
 //! - [`aggregates`]: streaming per-entity aggregates: EWMA scaling and event-time windows.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod error;
+pub mod event_time;
 pub mod events;
 pub mod examples;
 pub mod features;

@@ -240,7 +240,7 @@ impl Featurizer {
         let (event, envelope_trace) =
             events::decode_traced(&message.payload, self.max_event_bytes)?;
         let partition = handler::route(&self.subjects, &message.subject, &event)?;
-        let at = handler::event_time(&event, message.published);
+        let at = handler::event_time(&event, message.published, self.settings.max_future_skew)?;
         // The message's `traceparent` header, else the envelope's tracing extension.
         let trace = match &message.trace {
             Some(trace) => Some(trace.clone()),
@@ -254,6 +254,7 @@ impl Featurizer {
                 sequence: message.stream_sequence,
             },
             at,
+            received: message.published,
             trace,
         })
     }
