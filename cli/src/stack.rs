@@ -189,6 +189,17 @@ impl NatsServer {
         std::thread::sleep(down);
         self.launch()
     }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients, whatever they had in flight is
+    /// lost), leaves it down for `down`, and starts it again on the same port and store.
+    pub fn kill_and_restart_after(&mut self, down: Duration) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        std::thread::sleep(down);
+        self.launch()
+    }
 }
 
 impl Drop for NatsServer {
