@@ -187,6 +187,14 @@ impl NatsServer {
     pub fn restart_after(&mut self, down: Duration) -> anyhow::Result<()> {
         self.stop()?;
         std::thread::sleep(down);
+        self.start_again()
+    }
+
+    /// Starts a stopped server again on the same port and store; returns once it listens.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("nats-server on port {} is already running", self.port);
+        }
         self.launch()
     }
 
@@ -198,7 +206,7 @@ impl NatsServer {
             child.wait()?;
         }
         std::thread::sleep(down);
-        self.launch()
+        self.start_again()
     }
 }
 
