@@ -67,7 +67,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## up / down: a local stack in the background (nats-server on 4222, file:// artifacts in .freshet/)
+## up / down: a local stack in the background (nats-server on 4222, file:// artifacts in .freshet/; a function that exits is started again)
 up: tools build
 	@bash tools/stack.sh up
 

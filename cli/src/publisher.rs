@@ -46,10 +46,6 @@ use tokio::time::Instant;
 
 /// The most publish acks awaited at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
-/// How long an event may go unacknowledged, resent all the while, before a run gives up: half
-/// the EVENTS stream's default duplicate window (10 minutes), within which a resend is stored
-/// once.
-pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(5 * 60);
 
 /// One line ready to publish.
 #[derive(Debug, Clone, PartialEq)]
