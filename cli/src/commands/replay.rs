@@ -488,5 +488,10 @@ mod tests {
             "replayed: 95 published, 5 duplicates, 1 rejected lines in 0.50s (200.0 events/s, target 200)"
         );
         assert!(!ReplaySummary::new(&counts, None).line().contains("target"));
+        counts.resent = 12;
+        assert_eq!(
+            ReplaySummary::new(&counts, None).line(),
+            "replayed: 95 published, 5 duplicates, 1 rejected lines, 12 sends repeated in 0.50s (200.0 events/s)"
+        );
     }
 }

@@ -89,31 +89,43 @@ impl FunctionContext {
     /// Opens the KV bucket `bucket`, waiting out a server that is unreachable or restarting
     /// (until shutdown); a bucket that does not exist is an error at once.
     pub async fn key_value(&self, bucket: &str) -> anyhow::Result<jetstream::kv::Store> {
-        let opened = retry::until_done(
-            &format!("opening bucket {bucket}"),
-            self.shutdown.clone(),
-            Backoff::default(),
-            bucket_verdict,
-            || self.js.get_key_value(bucket),
-        )
+        self.until_done(&format!("opening bucket {bucket}"), bucket_verdict, || {
+            self.js.get_key_value(bucket)
+        })
         .await
-        .with_context(|| format!("opening bucket {bucket}"))?;
-        opened.with_context(|| format!("shutdown requested while opening bucket {bucket}"))
     }
 
     /// Looks up the stream `name`, waiting out a server that is unreachable or restarting (until
     /// shutdown); a stream that does not exist is an error at once.
     pub async fn stream(&self, name: &str) -> anyhow::Result<jetstream::stream::Stream> {
-        let found = retry::until_done(
-            &format!("looking up stream {name}"),
+        self.until_done(&format!("looking up stream {name}"), stream_verdict, || {
+            self.js.get_stream(name)
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, retrying what `classify` calls transient until
+    /// shutdown (see [`retry::until_done`]); `what` names it in logs and errors.
+    async fn until_done<T, E, Fut>(
+        &self,
+        what: &str,
+        classify: impl Fn(&E) -> Verdict,
+        attempt: impl FnMut() -> Fut,
+    ) -> anyhow::Result<T>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        retry::until_done(
+            what,
             self.shutdown.clone(),
             Backoff::default(),
-            stream_verdict,
-            || self.js.get_stream(name),
+            classify,
+            attempt,
         )
         .await
-        .with_context(|| format!("looking up stream {name}"))?;
-        found.with_context(|| format!("shutdown requested while looking up stream {name}"))
+        .with_context(|| what.to_string())?
+        .with_context(|| format!("shutdown requested while {what}"))
     }
 
     /// Opens the configured artifact store.
@@ -293,17 +305,12 @@ impl FunctionContext {
             filter_subjects,
             max_held.max(self.args.batch_size()),
         );
-        let what = format!("setting up consumer {stream}/{durable}");
-        let consumer = retry::until_done(
-            &what,
-            self.shutdown.clone(),
-            Backoff::default(),
+        self.until_done(
+            &format!("setting up consumer {stream}/{durable}"),
             topology_verdict,
             || topology::ensure_consumer(&self.js, stream, config.clone()),
         )
         .await
-        .with_context(|| what.clone())?;
-        consumer.with_context(|| format!("shutdown requested while {what}"))
     }
 
     async fn run_loop<P: Processor>(
