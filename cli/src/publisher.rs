@@ -39,7 +39,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self};
 use bytes::Bytes;
-use freshet::runtime::retry::{Backoff, Verdict};
+use freshet::retry::{Backoff, Verdict};
 use freshet::subjects::header_value;
 use serde::Serialize;
 use tokio::time::Instant;

@@ -15,7 +15,8 @@
 //! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
 //! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
 //! - [`serving`]: the prediction request/reply protocol.
-//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging.
+//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, shutdown, logging;
+//!   [`retry`]: riding out a server restart (capped backoff with jitter).
 //! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers;
 //!   [`telemetry`]: the spans it names, exported to an OpenTelemetry collector when configured.
 
@@ -33,6 +34,7 @@ pub mod examples;
 pub mod features;
 pub mod ids;
 pub mod model;
+pub mod retry;
 pub mod runtime;
 pub mod serving;
 pub mod store;

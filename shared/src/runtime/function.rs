@@ -9,9 +9,9 @@ use axum::Router;
 
 use crate::config::FunctionArgs;
 use crate::connect::connect;
+use crate::retry::{self, Backoff, Verdict};
 use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
-use crate::runtime::retry::{self, Backoff, Verdict};
 use crate::runtime::{Metrics, Readiness, Shutdown};
 use crate::store::ArtifactStore;
 use crate::store::kv::CasError;

@@ -8,7 +8,6 @@ pub mod ingress;
 pub mod metrics;
 pub mod order;
 pub mod pull;
-pub mod retry;
 pub mod shutdown;
 
 pub use function::FunctionContext;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 
+use crate::retry::Backoff;
 use crate::runtime::Shutdown;
-use crate::runtime::retry::Backoff;
 use crate::store::kv::{CasError, compare_and_set};
 
 /// Why a lease cannot be taken, ever: a configuration error. Everything else is retried.
