@@ -40,7 +40,7 @@ integration: tools browser build
 cluster: tools build
 	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
 
-## chaos: the chaos suite at full size, 1,000,000 actions on release builds (make test runs it at 3,000)
+## chaos: the chaos suite at full size, 1,000,000 actions on release builds, and a replay of 200,000 through server restarts and a lease takeover (make test runs both at 3,000)
 chaos: tools
 	$(CARGO) build --release --workspace --bins
 	FRESHET_CHAOS_ACTIONS=1000000 $(CARGO) test --release -p freshet-tests --test chaos -- --nocapture
@@ -67,7 +67,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## up / down: a local stack in the background (nats-server on 4222, file:// artifacts in .freshet/)
+## up / down: a local stack in the background (nats-server on 4222, file:// artifacts in .freshet/; a function that exits is started again)
 up: tools build
 	@bash tools/stack.sh up
 

@@ -21,6 +21,18 @@
 //! every example train did not learn is on the dead-letter subject as quarantined; every bad event
 //! is on the dead-letter subject with a reason; repeated event ids added nothing; the live model's
 //! weights are finite.
+//!
+//! A second scenario replays a generated bookstore file with `freshet replay` into featurize at
+//! its defaults (the 30-minute label horizon, where an event stored late is refused as `late`),
+//! with a featurize standing by for the lease, one event dated 2099 in the file, and the server
+//! killed at a quarter of the replay (SIGKILL, 2 s down) and stopped at half of it for 16 s (long
+//! enough for every request the standby makes to time out, and for the holder's lease to age out).
+//! A featurize that exits is started again, as Kubernetes would; the one holding the lease is
+//! killed at three quarters. Its audit: the replay finished; every line is stored once, in file
+//! order; featurize applied every valid action exactly once (users' and items' counts), refused
+//! only the 2099 event (as `future`) and nothing as `late`; no featurize exited but on purpose
+//! (status 3, a lease lost while the server was away). Its size is `FRESHET_CHAOS_ACTIONS`, at
+//! most 200,000.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -605,5 +617,304 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         "the predictor was asked throughout"
     );
     assert!(faults.kills + faults.terminations >= 6 && faults.server_restarts == 3);
+    Ok(())
+}
+
+/// The featurize processes of the replay scenario, started again whenever one exits.
+struct Replicas {
+    running: Vec<usize>,
+    /// Exit statuses of the ones that exited by themselves.
+    exits: Vec<Option<i32>>,
+    killed: usize,
+}
+
+impl Replicas {
+    /// Starts again every replica that exited, recording how it exited.
+    fn restart_exited(&mut self, stack: &mut Stack) -> anyhow::Result<()> {
+        let mut still = Vec::new();
+        for index in std::mem::take(&mut self.running) {
+            match stack.process(index).try_status()? {
+                Some(status) => {
+                    self.exits.push(status.code());
+                    still.push(stack.spawn("featurize", &[])?);
+                }
+                None => still.push(index),
+            }
+        }
+        self.running = still;
+        Ok(())
+    }
+
+    /// Kills the replica holding the lease and starts another.
+    async fn kill_holder(&mut self, stack: &mut Stack) -> anyhow::Result<bool> {
+        let leases = stack
+            .js
+            .get_key_value(freshet::subjects::BUCKET_LEASES)
+            .await?;
+        let Some(holder) = leases.get("featurize.featurize").await? else {
+            return Ok(false);
+        };
+        let holder = String::from_utf8_lossy(&holder).to_string();
+        let pid: Option<u32> = holder.split('-').nth(1).and_then(|p| p.parse().ok());
+        let Some(position) = self
+            .running
+            .iter()
+            .position(|&i| stack.process(i).pid() == pid)
+        else {
+            return Ok(false);
+        };
+        let index = self.running.remove(position);
+        stack.process(index).kill()?;
+        self.killed += 1;
+        self.running.push(stack.spawn("featurize", &[])?);
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_through_server_restarts_and_a_takeover_loses_no_valid_event() -> anyhow::Result<()>
+{
+    use freshet::events::{Event, EventData, UserAction};
+    use freshet::features::{ItemState, UserState};
+    use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
+    use futures::TryStreamExt;
+
+    let actions = env_or("FRESHET_CHAOS_ACTIONS", 3_000).min(200_000) as usize;
+    let seed = env_or("FRESHET_CHAOS_SEED", 7);
+    let mut stack = Stack::start().await?;
+
+    // The file: a generated bookstore, and at a third of it one action dated 2099 on an item
+    // that is acted on after it.
+    let mut events = freshet_cli::bookstore::generate(&freshet_cli::bookstore::BookstoreConfig {
+        users: 100,
+        items: ITEMS,
+        actions,
+        seed,
+        viral: None,
+    });
+    let at = events.len() / 3;
+    let EventData::UserAction(later) = &events[at].data else {
+        anyhow::bail!("event {at} of the file is not an action");
+    };
+    let future = Event {
+        id: "chaos-from-2099".into(),
+        source: "chaos".into(),
+        time: chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+            .ok()
+            .map(|t| t.to_utc()),
+        data: EventData::UserAction(UserAction {
+            user: "u9999".parse()?,
+            item: later.item.clone(),
+            action: freshet::events::Action::View,
+        }),
+    };
+    events.insert(at, future);
+    let valid_actions = events
+        .iter()
+        .filter(|e| e.id != "chaos-from-2099" && matches!(e.data, EventData::UserAction(_)))
+        .count() as u64;
+    let file = stack.dir.path().join("bookstore.jsonl");
+    let mut text = Vec::new();
+    for event in &events {
+        text.extend(event.to_json_bytes());
+        text.push(b'\n');
+    }
+    std::fs::write(&file, text)?;
+
+    // featurize at its defaults, a second one standing by for the lease.
+    let mut replicas = Replicas {
+        running: vec![stack.spawn("featurize", &[])?],
+        exits: Vec::new(),
+        killed: 0,
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the first featurize holds the lease",
+        || async {
+            let leases = stack
+                .js
+                .get_key_value(freshet::subjects::BUCKET_LEASES)
+                .await
+                .ok()?;
+            leases.get("featurize.featurize").await.ok()?
+        },
+    )
+    .await?;
+    replicas.running.push(stack.spawn("featurize", &[])?);
+
+    // Paced so that a small run lasts about eight seconds; a large one goes as fast as it can.
+    let total = events.len() as u64;
+    let rate = (total as f64 / 8.0).max(1.0).to_string();
+    let replay_log = std::fs::File::create(stack.dir.path().join("replay.log"))?;
+    let mut replaying = std::process::Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
+        .args(["replay", "--json", "--rate", &rate])
+        .arg(&file)
+        .envs(stack.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(replay_log)
+        .spawn()?;
+
+    let started = Instant::now();
+    let (mut killed_server, mut stopped_server, mut killed_holder) = (false, false, false);
+    let replayed = loop {
+        replicas.restart_exited(&mut stack)?;
+        if let Some(status) = replaying.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the replay did not finish"
+        );
+        let stored = stack.stream_len(STREAM_EVENTS).await.unwrap_or(0);
+        if !killed_server && stored >= total / 4 {
+            tokio::task::block_in_place(|| {
+                stack.nats.kill_and_restart_after(Duration::from_secs(2))
+            })?;
+            killed_server = true;
+        } else if killed_server && !stopped_server && stored >= total / 2 {
+            tokio::task::block_in_place(|| stack.nats.restart_after(Duration::from_secs(16)))?;
+            stopped_server = true;
+        } else if stopped_server && !killed_holder && stored >= 3 * total / 4 {
+            killed_holder = replicas.kill_holder(&mut stack).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut summary = String::new();
+    if let Some(mut out) = replaying.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut summary)?;
+    }
+    let replay_log = std::fs::read_to_string(stack.dir.path().join("replay.log"))?;
+    let logs = |stack: &Stack, replicas: &Replicas| {
+        replicas
+            .running
+            .iter()
+            .map(|&i| {
+                let log = stack.log_of("featurize", i);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!("featurize {i} (newest first):\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(replayed.code(), Some(0), "{summary}\n{replay_log}");
+
+    // featurize takes everything, whoever holds the lease by then.
+    let stream = stack.js.get_stream(STREAM_EVENTS).await?;
+    let caught_up = eventually(
+        Duration::from_secs(600),
+        "featurize through the replay",
+        || async {
+            let info = stream.consumer_info("featurize").await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        },
+    )
+    .await;
+    replicas.restart_exited(&mut stack)?;
+    caught_up.map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&stack, &replicas)))?;
+
+    // Every line once, in file order.
+    let mut position = 0usize;
+    let mut out_of_order: Option<(usize, String)> = None;
+    for_each_message(&stack, STREAM_EVENTS, |_, payload| {
+        let id = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        if out_of_order.is_none()
+            && events.get(position).map(|e| e.id.as_str()) != Some(id.as_str())
+        {
+            out_of_order = Some((position, id));
+        }
+        position += 1;
+    })
+    .await?;
+
+    // Every valid action applied once to its user and its item; only the 2099 one refused.
+    let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
+    let keys: Vec<String> = features.keys().await?.try_collect().await?;
+    let (mut by_users, mut by_items) = (0u64, 0u64);
+    for key in &keys {
+        let Some(bytes) = features.get(key).await? else {
+            continue;
+        };
+        if key.starts_with("user.") {
+            let user: UserState = serde_json::from_slice(&bytes)?;
+            by_users += user.views + user.carts + user.purchases;
+        } else if key.starts_with("item.") {
+            let item: ItemState = serde_json::from_slice(&bytes)?;
+            by_items += item.views + item.carts + item.purchases;
+        }
+    }
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refused_ids = Vec::new();
+    for_each_message(&stack, STREAM_DEAD_LETTER, |reason, payload| {
+        *by_reason
+            .entry(reason.unwrap_or("(none)").to_string())
+            .or_default() += 1;
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) {
+            refused_ids.push(value["id"].as_str().unwrap_or_default().to_string());
+        }
+    })
+    .await?;
+    let unexpected_exits: Vec<Option<i32>> = replicas
+        .exits
+        .iter()
+        .copied()
+        .filter(|&c| c != Some(3))
+        .collect();
+
+    println!(
+        "\nreplay chaos audit (seed {seed}, {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!("| what | count |\n| --- | ---: |");
+    println!("| lines in the file | {total} |");
+    println!("| valid actions | {valid_actions} |");
+    println!("| events stored | {position} |");
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
+    println!(
+        "| replay: published / duplicates / sends repeated | {} / {} / {} |",
+        summary["published"], summary["duplicates"], summary["resent"]
+    );
+    println!(
+        "| server killed (2 s down) / stopped (16 s down) | {} / {} |",
+        u8::from(killed_server),
+        u8::from(stopped_server)
+    );
+    println!("| lease holders killed | {} |", replicas.killed);
+    println!(
+        "| featurize exits, status 3 (lease lost, deliberate) | {} |",
+        replicas.exits.len() - unexpected_exits.len()
+    );
+    println!(
+        "| featurize exits, any other status | {} |",
+        unexpected_exits.len()
+    );
+    println!("| actions counted by users / by items | {by_users} / {by_items} |");
+    for (reason, count) in &by_reason {
+        println!("| dead-lettered {reason} | {count} |");
+    }
+
+    assert!(
+        killed_server && stopped_server && killed_holder,
+        "every fault happened"
+    );
+    assert!(
+        out_of_order.is_none(),
+        "stored out of file order at {out_of_order:?}"
+    );
+    assert_eq!(position as u64, total, "every line stored once");
+    assert!(
+        unexpected_exits.is_empty(),
+        "featurize exited with {unexpected_exits:?}\n{}",
+        logs(&stack, &replicas)
+    );
+    assert_eq!(refused_ids, ["chaos-from-2099"], "{by_reason:?}");
+    assert_eq!(by_reason.get("future"), Some(&1));
+    assert_eq!(
+        (by_users, by_items),
+        (valid_actions, valid_actions),
+        "every valid action applied once"
+    );
     Ok(())
 }

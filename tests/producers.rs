@@ -1,7 +1,9 @@
 //! The example producers in examples/ (Python with nats-py, and bash speaking the NATS protocol
 //! over /dev/tcp) publish events that featurize takes like any other: each is acknowledged by
 //! JetStream, lands in EVENTS under its entity's subject, and changes that entity's state. Bad
-//! input is reported with a failing exit code and publishes nothing.
+//! input is reported with a failing exit code and publishes nothing. Both ride out a server
+//! restart: what was not acknowledged is sent again under the same id, each event is stored once,
+//! and the Python producer's in input order.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -137,5 +139,93 @@ async fn python_and_shell_producers_feed_featurize() -> anyhow::Result<()> {
     let lost = run(nowhere, "");
     assert_eq!(lost.status.code(), Some(1), "{}", text(&lost));
     assert_eq!(stack.stream_len(STREAM_EVENTS).await?, 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_shell_producers_ride_out_a_server_restart() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let listing = |n: usize| {
+        format!(
+            r#"{{"type": "new_item", "data": {{"item": "p{n}", "category": "c", "price": 1.0}}}}"#
+        ) + "\n"
+    };
+    // The Python producer takes its lines as they come: five before the server stops, five
+    // while it is down, five once it is back.
+    let mut python = python_producer(&stack.nats.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut input = python.stdin.take().unwrap();
+    for n in 0..5 {
+        input.write_all(listing(n).as_bytes())?;
+    }
+    eventually(Duration::from_secs(30), "the first five stored", || async {
+        (stack.stream_len(STREAM_EVENTS).await.ok()? >= 5).then_some(())
+    })
+    .await?;
+    let port = stack.nats.port();
+    tokio::task::block_in_place(|| stack.nats.stop())?;
+    for n in 5..10 {
+        input.write_all(listing(n).as_bytes())?;
+    }
+    // The shell producer starts while the server is down.
+    let shell = shell_producer(
+        port,
+        &[
+            "new_item",
+            "s1",
+            r#"{"item":"s1","category":"c","price":2.0}"#,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| stack.nats.start_again())?;
+    for n in 10..15 {
+        input.write_all(listing(n).as_bytes())?;
+    }
+    drop(input);
+    let (python, shell) =
+        tokio::task::spawn_blocking(move || (python.wait_with_output(), shell.wait_with_output()))
+            .await?;
+    let (python, shell) = (python?, shell?);
+    assert!(python.status.success(), "{}", text(&python));
+    let summary: serde_json::Value = serde_json::from_slice(&python.stdout).unwrap();
+    assert_eq!(
+        summary,
+        serde_json::json!({"stored": 15, "failed": 0}),
+        "{}",
+        text(&python)
+    );
+    assert!(shell.status.success(), "{}", text(&shell));
+
+    // Each event once; the Python producer's in the order it read them.
+    let stored = eventually(Duration::from_secs(30), "every event readable", || async {
+        let stored = stack.read_stream(STREAM_EVENTS, 100).await.ok()?;
+        (stored.len() >= 16).then_some(stored)
+    })
+    .await?;
+    let items: Vec<String> = stored
+        .iter()
+        .map(|m| {
+            m.json()["data"]["item"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let python_items: Vec<&String> = items.iter().filter(|i| i.starts_with('p')).collect();
+    let expected: Vec<String> = (0..15).map(|n| format!("p{n}")).collect();
+    assert_eq!(
+        python_items,
+        expected.iter().collect::<Vec<_>>(),
+        "{}",
+        text(&python)
+    );
+    assert_eq!(items.len(), 16, "{items:?}");
+    assert_eq!(items.iter().filter(|i| *i == "s1").count(), 1);
     Ok(())
 }

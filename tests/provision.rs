@@ -1,12 +1,15 @@
 //! (b) Provisioning twice changes nothing, and a stream that exists with other settings is
-//! reported, not silently changed; a function refuses to start against it.
+//! reported, not silently changed; a function refuses to start against it. The duplicate window
+//! is a setting (`FRESHET_DUPLICATE_WINDOW`) that provisioning applies, and it is exactly the
+//! span within which an event sent again is stored once.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream;
-use freshet::subjects::{STREAM_EXAMPLES, Subjects};
+use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects};
 use freshet::topology::{self, Provisioned, Topology, TopologyError};
 use freshet_tests::stack::NatsServer;
 
@@ -124,5 +127,61 @@ async fn a_conflicting_stream_that_does_not_exist_yet_is_created_with_the_partit
             "{user} moved partitions"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_duplicate_window_is_what_the_stream_deduplicates_within()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats = NatsServer::start(&dir.path().join("jetstream"))?;
+    let provisioned = std::process::Command::new(freshet_tests::stack::bin_dir()?.join("freshet"))
+        .arg("provision")
+        .env("FRESHET_NATS_URL", nats.url())
+        .env("FRESHET_DUPLICATE_WINDOW", "2s")
+        .output()?;
+    assert!(
+        provisioned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&provisioned.stderr)
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    for name in [STREAM_EVENTS, STREAM_EXAMPLES] {
+        let window = js
+            .get_stream(name)
+            .await?
+            .info()
+            .await?
+            .config
+            .duplicate_window;
+        assert_eq!(window, Duration::from_secs(2), "{name}");
+    }
+    let predictions = js
+        .get_stream(STREAM_PREDICTIONS)
+        .await?
+        .info()
+        .await?
+        .config
+        .duplicate_window;
+    assert_eq!(predictions, Duration::from_secs(120));
+
+    // Within the window an event sent again is stored once; after it, it is a new message.
+    let subjects = Subjects::default();
+    let send = || async {
+        let message = PublishMessage::build()
+            .payload("{}".into())
+            .message_id("e-1");
+        js.send_publish(subjects.event("user_action", "u1"), message)
+            .await?
+            .await
+    };
+    let first = send().await?;
+    let again = send().await?;
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(again.sequence, first.sequence);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let late = send().await?;
+    assert!(!late.duplicate, "the window is over: the id is forgotten");
+    assert_eq!(late.sequence, first.sequence + 1);
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! Functions reconnect and resume after the nats-server restarts: events published before, during
-//! and after the restart are all featurized, each exactly once, and the probes say so.
+//! and after the restart are all featurized, each exactly once, and the probes say so; and a
+//! standby waiting for a lease outlives a restart and takes over when the holder dies.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use freshet::subjects::STREAM_EXAMPLES;
+use freshet::subjects::{BUCKET_LEASES, STREAM_EXAMPLES};
 use freshet_tests::{Stack, cloud_event, eventually};
 use serde_json::json;
 
@@ -93,6 +94,72 @@ async fn featurize_resumes_after_a_server_restart() -> anyhow::Result<()> {
     assert!(
         stack.process(featurize).try_status()?.is_none(),
         "featurize kept running"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_waits_for_the_lease_through_a_server_restart_and_takes_over()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let args = ["--label-horizon", "0s"];
+    let holder = stack.spawn("featurize", &args)?;
+    let leases = stack.js.get_key_value(BUCKET_LEASES).await?;
+    let lease = "featurize.featurize";
+    let holder_name = eventually(
+        Duration::from_secs(30),
+        "the first replica holds the lease",
+        || async { leases.get(lease).await.ok()? },
+    )
+    .await?;
+    let standby = stack.spawn("featurize", &args)?;
+    eventually(
+        Duration::from_secs(30),
+        "the second replica stands by",
+        || async {
+            stack
+                .log_of("featurize", standby)
+                .contains("standing by")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Down long enough for a whole attempt of the standby's to fail (its create times out after
+    // 5 s, the read of the key that follows after 10 more), as in a slow restart of a big store.
+    tokio::task::block_in_place(|| stack.nats.restart_after(Duration::from_secs(16)))?;
+    eventually(
+        Duration::from_secs(30),
+        "the test client to reconnect",
+        || async { stack.publish_event(&action(0)).await.ok() },
+    )
+    .await?;
+    assert!(
+        stack.process(standby).try_status()?.is_none(),
+        "the standby exited during the restart:\n{}",
+        stack.log_of("featurize", standby)
+    );
+
+    // The holder dies without releasing the lease; the standby takes it once it ages out.
+    stack.process(holder).kill()?;
+    for n in 1..100 {
+        stack.publish_event(&action(n)).await?;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the standby featurizes every event",
+        || async { (stack.stream_len(STREAM_EXAMPLES).await.ok()? >= 100).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nstandby log:\n{}", stack.log_of("featurize", standby)))?;
+    let taken = leases.get(lease).await?;
+    assert!(
+        taken.is_some() && taken != Some(holder_name),
+        "the standby holds the lease"
+    );
+    assert!(
+        stack.process(standby).try_status()?.is_none(),
+        "the standby kept running"
     );
     Ok(())
 }

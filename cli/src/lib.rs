@@ -1,5 +1,5 @@
-//! The `freshet` operator tool as a library: the commands behind the binary, the synthetic
-//! bookstore generator, and the local stack (nats-server plus function processes) that the demo
+//! The `freshet` operator tool as a library: the commands behind the binary, the ordered,
+//! restart-proof publisher they share, the synthetic bookstore generator, and the local stack (nats-server plus function processes) that the demo
 //! and the integration tests start. Keeping them here, not in `main.rs`, lets tests call them.
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
@@ -7,4 +7,5 @@
 
 pub mod bookstore;
 pub mod commands;
+pub mod publisher;
 pub mod stack;

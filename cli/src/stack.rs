@@ -179,8 +179,34 @@ impl NatsServer {
 
     /// Stops and starts the server on the same port and store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_after(Duration::ZERO)
+    }
+
+    /// Stops the server, leaves it down for `down` (long enough, say, for clients' requests to
+    /// time out), and starts it again on the same port and store.
+    pub fn restart_after(&mut self, down: Duration) -> anyhow::Result<()> {
         self.stop()?;
+        std::thread::sleep(down);
+        self.start_again()
+    }
+
+    /// Starts a stopped server again on the same port and store; returns once it listens.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("nats-server on port {} is already running", self.port);
+        }
         self.launch()
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients, whatever they had in flight is
+    /// lost), leaves it down for `down`, and starts it again on the same port and store.
+    pub fn kill_and_restart_after(&mut self, down: Duration) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        std::thread::sleep(down);
+        self.start_again()
     }
 }
 

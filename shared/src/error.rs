@@ -30,6 +30,10 @@ pub enum RejectReason {
     /// An event whose event time lies before every window it belongs to could still accept it:
     /// behind the watermark by more than the allowed lateness.
     Late,
+    /// An event whose event time lies further ahead of when it was stored than the configured
+    /// bound (featurize's `--max-future-skew`): a clock gone wrong, or an event meant to push a
+    /// watermark forward and make every honest event after it late.
+    Future,
     /// Held out of training while a burst of invalid or out-of-range values lasts, or itself far
     /// outside the range the model has seen; kept here for review and replay.
     Quarantined,
@@ -37,7 +41,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for metrics pre-registration and status tables.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::MalformedJson,
         RejectReason::Oversized,
         RejectReason::InvalidEnvelope,
@@ -47,6 +51,7 @@ impl RejectReason {
         RejectReason::OutOfRange,
         RejectReason::SchemaMismatch,
         RejectReason::Late,
+        RejectReason::Future,
         RejectReason::Quarantined,
     ];
 
@@ -62,6 +67,7 @@ impl RejectReason {
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::SchemaMismatch => "schema_mismatch",
             RejectReason::Late => "late",
+            RejectReason::Future => "future",
             RejectReason::Quarantined => "quarantined",
         }
     }

@@ -38,7 +38,12 @@ pub struct CloudEvent {
     pub event_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// RFC 3339, read strictly (see [`crate::event_time`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::event_time::deserialize_option"
+    )]
     pub time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datacontenttype: Option<String>,
@@ -231,7 +236,7 @@ struct Envelope {
     source: String,
     #[serde(rename = "type")]
     event_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::event_time::deserialize_option")]
     time: Option<DateTime<Utc>>,
     #[serde(default)]
     datacontenttype: Option<String>,
@@ -619,6 +624,9 @@ mod tests {
             (br#"{"specversion":"1.0","id":7,"source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
             (br#"{"specversion":"1.0","id":"a\r\nb","source":"s","type":"outcome","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "id"),
             (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"yesterday","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"2026-11-26t10:00:00Z","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"+12026-11-26T10:00:00Z","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"outcome","time":"2016-12-31T23:59:60Z","data":{}}"#.to_vec(), RejectReason::InvalidEnvelope, "time"),
             (envelope("click", json!({})), RejectReason::UnknownType, "type"),
             (envelope("user_action", json!({"user": "u1", "action": "view"})), RejectReason::InvalidData, "data"),
             (envelope("user_action", json!({"user": "u1", "item": "b1", "action": "steal"})), RejectReason::InvalidData, "data.action"),

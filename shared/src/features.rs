@@ -272,27 +272,35 @@ impl UserState {
 }
 
 impl ItemState {
-    /// Whether an action at `at` would be too late for every popularity window it belongs to
-    /// (see [`EventTimeWindows::add`]); `spec` builds the windows of an item without any. Nothing
-    /// changes: the caller decides whether to apply the action.
-    pub fn check_late(&self, at: DateTime<Utc>, spec: &WindowSpec) -> Result<(), AddError> {
+    /// Whether an action at `at` would be too late for every popularity window it belongs to, or
+    /// after `latest_allowed` (see [`EventTimeWindows::add_within`]); `spec` builds the windows
+    /// of an item without any. Nothing changes: the caller decides whether to apply the action.
+    pub fn check_late(
+        &self,
+        at: DateTime<Utc>,
+        spec: &WindowSpec,
+        latest_allowed: DateTime<Utc>,
+    ) -> Result<(), AddError> {
         let mut windows = self
             .popularity
             .clone()
             .unwrap_or_else(|| EventTimeWindows::new(*spec));
-        windows.add(at, 0.0).map(|_| ())
+        windows.add_within(at, 0.0, latest_allowed).map(|_| ())
     }
 
     /// Counts one action on this item, in its totals and its popularity windows (built with
     /// `spec` if it has none yet). Returns the windows' verdict: the totals always count the
     /// action, while a window already final never changes, so an action that has become late
     /// since it was judged on time (another partition moved the watermark in between) is left
-    /// out of the windows and counted there as late.
+    /// out of the windows and counted there as late. An action after `latest_allowed` is left
+    /// out of the windows too, so it cannot move their watermark (the caller refuses such
+    /// actions before they come here; this is the second line).
     pub fn apply_action(
         &mut self,
         action: Action,
         at: DateTime<Utc>,
         spec: &WindowSpec,
+        latest_allowed: DateTime<Utc>,
     ) -> Result<Accepted, AddError> {
         match action {
             Action::View => self.views = self.views.saturating_add(1),
@@ -304,7 +312,7 @@ impl ItemState {
         let purchase = if action == Action::Purchase { 1.0 } else { 0.0 };
         self.popularity
             .get_or_insert_with(|| EventTimeWindows::new(*spec))
-            .add(at, purchase)
+            .add_within(at, purchase, latest_allowed)
     }
 
     /// Records the catalogue facts of a `new_item` event.
@@ -538,6 +546,9 @@ mod tests {
         popularity_spec(DEFAULT_OUT_OF_ORDERNESS, DEFAULT_ALLOWED_LATENESS).unwrap()
     }
 
+    /// No bound on how far ahead an action may be.
+    const UNBOUNDED: DateTime<Utc> = DateTime::<Utc>::MAX_UTC;
+
     fn index(name: &str) -> usize {
         FEATURE_NAMES.iter().position(|n| *n == name).unwrap()
     }
@@ -616,14 +627,15 @@ mod tests {
         item.apply_new_item("scifi", 19.0, at(0));
         for _ in 0..3 {
             user.apply(Action::View, Some("scifi"), at(10));
-            item.apply_action(Action::View, at(10), &spec()).unwrap();
+            item.apply_action(Action::View, at(10), &spec(), UNBOUNDED)
+                .unwrap();
             category.apply(Action::View);
         }
         user.apply(Action::AddToCart, Some("scifi"), at(15));
-        item.apply_action(Action::AddToCart, at(15), &spec())
+        item.apply_action(Action::AddToCart, at(15), &spec(), UNBOUNDED)
             .unwrap();
         user.apply(Action::Purchase, Some("scifi"), at(20));
-        item.apply_action(Action::Purchase, at(20), &spec())
+        item.apply_action(Action::Purchase, at(20), &spec(), UNBOUNDED)
             .unwrap();
         category.apply(Action::Purchase);
         // Other items of the category sold well: 16 views, 5 purchases in all.
@@ -712,7 +724,7 @@ mod tests {
                 Action::View
             };
             steady
-                .apply_action(action, at(minute * 60 + 1), &spec())
+                .apply_action(action, at(minute * 60 + 1), &spec(), UNBOUNDED)
                 .unwrap();
         }
         // The viral book: 40 views and 10 purchases in the last 30 seconds.
@@ -723,7 +735,7 @@ mod tests {
                 Action::View
             };
             viral
-                .apply_action(action, at(119 * 60 + 10 + k / 2), &spec())
+                .apply_action(action, at(119 * 60 + 10 + k / 2), &spec(), UNBOUNDED)
                 .unwrap();
         }
         let now = at(119 * 60 + 40);
@@ -752,32 +764,55 @@ mod tests {
     #[test]
     fn an_action_behind_every_window_is_late_and_checking_changes_nothing() {
         let mut item = ItemState::default();
-        item.apply_action(Action::View, at(600), &spec()).unwrap();
+        item.apply_action(Action::View, at(600), &spec(), UNBOUNDED)
+            .unwrap();
         let before = item.clone();
         // Watermark 595 s: [540, 600) is final at 660 s, [480, 540) at 600 s, [420, 480) at 540 s.
-        assert!(item.check_late(at(560), &spec()).is_ok());
-        assert!(item.check_late(at(530), &spec()).is_ok());
-        let late = item.check_late(at(470), &spec()).unwrap_err();
+        assert!(item.check_late(at(560), &spec(), UNBOUNDED).is_ok());
+        assert!(item.check_late(at(530), &spec(), UNBOUNDED).is_ok());
+        let late = item.check_late(at(470), &spec(), UNBOUNDED).unwrap_err();
         assert!(late.is_late(), "{late}");
         assert_eq!(item, before);
         // Applied anyway (a replay), it is counted but changes no window.
-        assert!(item.apply_action(Action::View, at(470), &spec()).is_err());
+        assert!(
+            item.apply_action(Action::View, at(470), &spec(), UNBOUNDED)
+                .is_err()
+        );
         assert_eq!(item.views, 2);
         let windows = item.popularity.as_ref().unwrap();
         assert_eq!((windows.late_count(), windows.stored_windows()), (1, 1));
         // An item with no windows yet takes anything.
         assert!(
             ItemState::default()
-                .check_late(at(-1_000_000), &spec())
+                .check_late(at(-1_000_000), &spec(), UNBOUNDED)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_action_past_the_bound_moves_no_watermark() {
+        let mut item = ItemState::default();
+        let bound = at(660);
+        item.apply_action(Action::View, at(600), &spec(), bound)
+            .unwrap();
+        let far = at(100 * 365 * 24 * 3600);
+        let refused = item.check_late(far, &spec(), bound).unwrap_err();
+        assert!(!refused.is_late(), "{refused}");
+        // Applied anyway (a replay), it is counted but changes no window and no watermark.
+        assert!(
+            item.apply_action(Action::View, far, &spec(), bound)
+                .is_err()
+        );
+        let windows = item.popularity.as_ref().unwrap();
+        assert_eq!(windows.watermark(), Some(at(595)));
+        assert!(item.check_late(at(601), &spec(), bound).is_ok());
     }
 
     #[test]
     fn queries_before_the_latest_event_still_answer() {
         let mut item = ItemState::default();
         for minute in 0..200 {
-            item.apply_action(Action::View, at(minute * 60), &spec())
+            item.apply_action(Action::View, at(minute * 60), &spec(), UNBOUNDED)
                 .unwrap();
         }
         // An hour before the latest event, its hour reaches windows already evicted: those
@@ -813,7 +848,7 @@ mod tests {
             ..Default::default()
         };
         for t in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, at(0)] {
-            let _ = item.apply_action(Action::Purchase, t, &spec());
+            let _ = item.apply_action(Action::Purchase, t, &spec(), UNBOUNDED);
         }
         let category = CategoryState {
             views: u64::MAX,
@@ -868,7 +903,8 @@ mod tests {
         .unwrap();
         assert!(item.popularity.is_none() && item.applied.contains(0, 4));
         let mut item = item;
-        item.apply_action(Action::View, at(0), &spec()).unwrap();
+        item.apply_action(Action::View, at(0), &spec(), UNBOUNDED)
+            .unwrap();
         let json = serde_json::to_vec(&item).unwrap();
         assert_eq!(serde_json::from_slice::<ItemState>(&json).unwrap(), item);
     }

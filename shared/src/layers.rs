@@ -17,6 +17,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("topology", 1),
     ("metrics", 1),
     ("shutdown", 1),
+    ("event_time", 1),
+    ("retry", 1),
     ("aggregates", 2),
     ("features", 2),
     ("model", 3),

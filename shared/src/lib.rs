@@ -7,9 +7,11 @@
 //!
 //! 1. **Contract**: what travels between the functions and what every layer may use.
 //!    - [`ids`]: checked identifiers; [`error`]: rejections (bad input, dead-lettered) versus
-//!      failures (transient, retried); [`trace`]: W3C trace context (`traceparent`) carried in
-//!      NATS and HTTP headers.
-//!    - [`events`]: the CloudEvents contract and its validation; [`examples`]: the training
+//!      failures (transient, retried); [`retry`]: riding out a server restart (capped backoff
+//!      with jitter); [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP
+//!      headers.
+//!    - [`events`]: the CloudEvents contract and its validation; [`event_time`]: its `time`,
+//!      strict RFC 3339; [`examples`]: the training
 //!      example featurize publishes and train consumes, and the feature schema it follows;
 //!      [`control`]: the CONTROL messages; [`serving`]: the prediction request/reply protocol.
 //!    - [`subjects`]: every subject, stream, bucket and header name, from one prefix;
@@ -45,12 +47,14 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod error;
+pub mod event_time;
 pub mod events;
 pub mod examples;
 pub mod features;
 pub mod ids;
 pub mod metrics;
 pub mod model;
+pub mod retry;
 pub mod runtime;
 pub mod serving;
 pub mod shutdown;

@@ -1,4 +1,5 @@
-//! Every subject, stream, bucket and header name freshet uses, derived from one prefix.
+//! Every subject, stream, bucket and header name freshet uses, derived from one prefix, and the
+//! escaping that keeps header values ASCII ([`header_value`]).
 //!
 //! Producers publish an event to `<prefix>.events.<type>.<entity>`. The EVENTS stream rewrites
 //! that on ingest (a subject transform with the server's `partition()` function) to
@@ -30,6 +31,26 @@ pub const BUCKET_FEATURES: &str = "FEATURES";
 pub const BUCKET_MODELS: &str = "MODELS";
 pub const BUCKET_LEASES: &str = "LEASES";
 pub const BUCKET_DRIFT: &str = "DRIFT";
+
+/// `text` made fit for a NATS header value: printable ASCII is kept, and everything else (line
+/// breaks, other control characters, any non-ASCII character) is written as a Rust-style escape,
+/// `\u{b1}` for "±", with the backslash itself doubled so that distinct texts stay distinct (a
+/// message id built from an event id still deduplicates exactly).
+///
+/// NATS headers are read as HTTP-style ASCII by most clients: nats-py 2.11 silently drops every
+/// header of a message in which one value holds a non-ASCII byte, and a line break would end the
+/// header early.
+pub fn header_value(text: &str) -> String {
+    let mut value = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => value.push_str("\\\\"),
+            ' '..='~' => value.push(c),
+            _ => value.extend(c.escape_unicode()),
+        }
+    }
+    value
+}
 
 /// The prefix every subject starts with by default.
 pub const DEFAULT_PREFIX: &str = "freshet";
@@ -200,6 +221,24 @@ mod tests {
             None
         );
         assert_eq!(s.parse_stored_event("other.events.3.user_action.u1"), None);
+    }
+
+    #[test]
+    fn header_values_are_printable_ascii_and_distinct_texts_stay_distinct() {
+        let cases = [
+            ("1e300 is beyond ±1e12", "1e300 is beyond \\u{b1}1e12"),
+            ("line\r\nbreak\ttab", "line\\u{d}\\u{a}break\\u{9}tab"),
+            ("é", "\\u{e9}"),
+            ("\\u{e9}", "\\\\u{e9}"),
+            ("plain id-42 {x}", "plain id-42 {x}"),
+            ("", ""),
+        ];
+        for (text, expected) in cases {
+            let value = header_value(text);
+            assert_eq!(value, expected, "{text:?}");
+            assert!(value.chars().all(|c| (' '..='~').contains(&c)), "{value:?}");
+        }
+        assert_ne!(header_value("é"), header_value("\\u{e9}"));
     }
 
     #[test]

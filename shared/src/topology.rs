@@ -20,6 +20,10 @@ use crate::subjects::{
 
 const BUILTIN: &str = include_str!("../../infra/topology.toml");
 
+/// The streams whose duplicate window is the retry contract of their writers
+/// ([`Topology::with_duplicate_window`]).
+pub const DEDUPLICATED_STREAMS: [&str; 2] = [STREAM_EVENTS, STREAM_EXAMPLES];
+
 /// Limits of one stream.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +199,19 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The same topology with `window` as the duplicate window of the streams whose writers
+    /// retry: EVENTS (producers) and EXAMPLES (featurize re-publishing after a crash, train's
+    /// `POST /events`). A message re-sent inside the window under the same `Nats-Msg-Id` is
+    /// stored once; the server keeps every id for the window (about 200 bytes each).
+    pub fn with_duplicate_window(mut self, window: Duration) -> Topology {
+        for name in DEDUPLICATED_STREAMS {
+            if let Some(limits) = self.streams.get_mut(name) {
+                limits.duplicate_window = window;
+            }
+        }
+        self
     }
 
     /// The stream configurations this topology asks for.
@@ -509,6 +526,37 @@ mod tests {
                 .unwrap()
                 .history,
             64
+        );
+    }
+
+    #[test]
+    fn the_duplicate_window_setting_applies_to_the_streams_writers_retry_on() {
+        let window = |topology: &Topology, name: &str| {
+            topology
+                .stream_configs(&Subjects::default())
+                .into_iter()
+                .find(|c| c.name == name)
+                .map(|c| c.duplicate_window)
+        };
+        let builtin = Topology::builtin();
+        assert_eq!(
+            window(&builtin, STREAM_EVENTS),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            window(&builtin, STREAM_EXAMPLES),
+            Some(Duration::from_secs(600))
+        );
+        let set = builtin.with_duplicate_window(Duration::from_secs(3600));
+        assert_eq!(window(&set, STREAM_EVENTS), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            window(&set, STREAM_EXAMPLES),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            window(&set, STREAM_PREDICTIONS),
+            Some(Duration::from_secs(120)),
+            "streams nobody retries on keep theirs"
         );
     }
 

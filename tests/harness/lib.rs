@@ -446,6 +446,49 @@ pub fn bookstore_action(n: usize, items: usize, id_prefix: &str) -> serde_json::
     )
 }
 
+/// The project's Python (`.tools/venv/bin/python`, with nats-py), for tests that check what
+/// a Python client sees.
+pub fn tools_python() -> anyhow::Result<PathBuf> {
+    std::env::current_dir()?
+        .ancestors()
+        .map(|dir| dir.join(".tools/venv/bin/python"))
+        .find(|path| path.is_file())
+        .context("the tools' Python not found: run tools/install.sh (make tools)")
+}
+
+/// Every message of `stream` as nats-py 2.11 reads it: one map of header names to values per
+/// message, in stream order (`{}` for a message whose headers it could not read).
+pub fn headers_seen_by_nats_py(
+    url: &str,
+    stream: &str,
+    count: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    const READ: &str = r#"
+import asyncio, json, sys
+import nats
+
+async def main(url, stream, count):
+    nc = await nats.connect(url)
+    sub = await nc.jetstream().pull_subscribe(">", stream=stream)
+    seen = []
+    while len(seen) < count:
+        seen += [dict(m.headers or {}) for m in await sub.fetch(count - len(seen), timeout=5)]
+    print(json.dumps(seen))
+    await nc.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"#;
+    let output = std::process::Command::new(tools_python()?)
+        .args(["-c", READ, url, stream, &count.to_string()])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "nats-py could not read {stream}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 /// moto, an S3-compatible server, on a free loopback port; stopped when dropped. It keeps
 /// objects in memory and accepts any credentials.
 pub struct S3Server {

@@ -3,37 +3,27 @@
 //!
 //! Lines are validated with the same decoder the functions use; invalid ones are reported on
 //! stderr and skipped, unless `--raw` pushes everything through (to exercise the dead-letter
-//! path). Up to [`MAX_IN_FLIGHT`] publish acks are outstanding at once: waiting for each ack
-//! before the next send would cap throughput at one round trip per event.
+//! path). The [`Publisher`] keeps up to [`MAX_IN_FLIGHT`] publish acks outstanding, stores the
+//! events in file order, and rides out a server restart by sending again, in order and under
+//! the same ids, what was not acknowledged.
 //!
 //! The pieces `freshet replay` shares are public here: [`open_input`] and [`LineReader`] (the
-//! input, line by line), [`prepare`] (subject, id, validation) and [`Publisher`] (the bounded
-//! window of publish acks, pacing, and the counts).
+//! input, line by line), [`prepare`] (subject, id, validation) and [`pace_offset`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use async_nats::jetstream;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use freshet::events::{self, DEFAULT_MAX_EVENT_BYTES};
 use freshet::ids::EntityId;
 use freshet::subjects::Subjects;
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use serde::Serialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 use super::{GlobalArgs, connect, emit, emit_json, key_values};
-
-/// The most publish acks awaited at once.
-pub const MAX_IN_FLIGHT: usize = 1024;
+pub use crate::publisher::{MAX_IN_FLIGHT, Outgoing, Publisher, Summary};
 /// The subject tokens used in `--raw` mode when a line's type or entity cannot be read.
 const UNKNOWN_TOKEN: &str = "unknown";
 
@@ -52,6 +42,11 @@ pub struct PublishArgs {
     /// Largest event accepted, in bytes; larger lines are reported as oversized
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+    /// How long an event may go unacknowledged, sent again all the while, before the run gives
+    /// up; keep it inside the EVENTS duplicate window (FRESHET_DUPLICATE_WINDOW), within which a
+    /// resent event is stored once
+    #[arg(long = "retry-for", env = "FRESHET_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -61,15 +56,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
             "{text:?} is not a positive number of events per second"
         )),
     }
-}
-
-/// One line ready to publish.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outgoing {
-    pub subject: String,
-    /// The `Nats-Msg-Id`; absent only for `--raw` lines without a usable id.
-    pub message_id: Option<String>,
-    pub payload: Bytes,
 }
 
 /// Decides where a line goes, or why it is not published.
@@ -97,11 +83,6 @@ pub fn prepare(
     })
 }
 
-/// Raw lines skip validation, but a NATS header still cannot carry a control character.
-fn is_header_safe(value: &str) -> bool {
-    !value.chars().any(char::is_control)
-}
-
 /// The subject and message id of a `--raw` line, read leniently from whatever JSON it holds.
 fn raw_route(line: &[u8], subjects: &Subjects) -> (String, Option<String>) {
     let value: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
@@ -127,40 +108,9 @@ fn raw_route(line: &[u8], subjects: &Subjects) -> (String, Option<String>) {
     let message_id = value
         .get("id")
         .and_then(serde_json::Value::as_str)
-        .filter(|id| !id.is_empty() && is_header_safe(id))
+        .filter(|id| !id.is_empty())
         .map(str::to_string);
     (subject, message_id)
-}
-
-/// What a publish run did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Summary {
-    /// Events JetStream stored.
-    pub published: u64,
-    /// Events JetStream recognised by message id and did not store again.
-    pub duplicates: u64,
-    /// Lines refused (not published).
-    pub invalid: u64,
-    pub elapsed_seconds: f64,
-    /// Acknowledged events (stored or duplicate) per second.
-    pub events_per_second: f64,
-}
-
-impl Summary {
-    /// Events JetStream acknowledged, stored or recognised as duplicates.
-    pub fn acknowledged(&self) -> u64 {
-        self.published + self.duplicates
-    }
-
-    /// Records how long the run took, and the acknowledged events per second that makes.
-    pub fn finish(&mut self, elapsed: Duration) {
-        self.elapsed_seconds = elapsed.as_secs_f64();
-        self.events_per_second = if self.elapsed_seconds > 0.0 {
-            self.acknowledged() as f64 / self.elapsed_seconds
-        } else {
-            0.0
-        };
-    }
 }
 
 /// Runs `freshet publish`.
@@ -168,7 +118,7 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
     let mut lines = LineReader::new(open_input(args.file.as_deref()).await?);
     let nats = connect(global).await?;
     let started = Instant::now();
-    let mut publisher = Publisher::new(nats.js.clone(), MAX_IN_FLIGHT);
+    let mut publisher = Publisher::new(nats.client.clone(), MAX_IN_FLIGHT, args.retry_for);
     while let Some((line_number, line)) = lines.next_line().await? {
         let outgoing = match prepare(line, args.raw, args.max_event_bytes, &nats.subjects) {
             Ok(outgoing) => outgoing,
@@ -197,6 +147,7 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
         ("published", summary.published.to_string()),
         ("duplicates", summary.duplicates.to_string()),
         ("invalid", summary.invalid.to_string()),
+        ("resent", summary.resent.to_string()),
         ("elapsed", format!("{:.2}s", summary.elapsed_seconds)),
         ("events/s", format!("{:.0}", summary.events_per_second)),
     ]))
@@ -264,137 +215,6 @@ impl LineReader {
     }
 }
 
-/// A publish ack being awaited, with the line it belongs to.
-type PendingAck = BoxFuture<'static, (u64, Result<PublishAck, PublishError>)>;
-
-/// Publishes prepared lines with a bounded window of acks in flight, counting what JetStream
-/// stored, what it recognised as a duplicate, and what was refused.
-///
-/// Acks are settled in send order. A send waits for the oldest ack only when the window is
-/// full; [`settle_until`](Self::settle_until) settles acks while a paced run waits for its next
-/// deadline, so the counts stay current and a failure (no stream) surfaces at once.
-pub struct Publisher {
-    js: jetstream::Context,
-    window: usize,
-    in_flight: FuturesOrdered<PendingAck>,
-    sent: u64,
-    summary: Summary,
-}
-
-impl Publisher {
-    /// A publisher keeping at most `window` (at least 1) acks in flight.
-    pub fn new(js: jetstream::Context, window: usize) -> Publisher {
-        Publisher {
-            js,
-            window: window.max(1),
-            in_flight: FuturesOrdered::new(),
-            sent: 0,
-            summary: Summary::default(),
-        }
-    }
-
-    /// Events sent so far (acknowledged or not).
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Sent events whose ack has not been settled yet.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    /// The counts so far; the timing fields are left for the caller's [`Summary::finish`].
-    pub fn summary(&self) -> &Summary {
-        &self.summary
-    }
-
-    /// Counts a line that was refused before sending.
-    pub fn refuse(&mut self) {
-        self.summary.invalid += 1;
-    }
-
-    /// Sends one line, first waiting for the oldest ack if the window is full. A line the client
-    /// refuses to send (larger than the server's max_payload) is counted as invalid and its
-    /// problem returned as `Ok(Err(..))`; the run goes on.
-    pub async fn send(
-        &mut self,
-        line_number: u64,
-        outgoing: Outgoing,
-    ) -> anyhow::Result<Result<(), String>> {
-        while self.in_flight.len() >= self.window {
-            self.settle_next().await?;
-        }
-        let mut message = PublishMessage::build().payload(outgoing.payload);
-        if let Some(id) = &outgoing.message_id {
-            message = message.message_id(id);
-        }
-        match self.js.send_publish(outgoing.subject, message).await {
-            Ok(ack) => {
-                self.in_flight
-                    .push_back(Box::pin(async move { (line_number, ack.await) }));
-                self.sent += 1;
-                Ok(Ok(()))
-            }
-            Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                self.refuse();
-                Ok(Err(format!("larger than the server's max_payload: {err}")))
-            }
-            Err(err) => Err(err).with_context(|| format!("publishing line {line_number}")),
-        }
-    }
-
-    /// Settles acks as they arrive until `deadline`, then returns.
-    pub async fn settle_until(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        loop {
-            if self.in_flight.is_empty() {
-                tokio::time::sleep_until(deadline).await;
-                return Ok(());
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return Ok(()),
-                Some((line_number, ack)) = self.in_flight.next() => self.count(line_number, ack)?,
-            }
-        }
-    }
-
-    /// Waits for every ack still in flight.
-    pub async fn settle_all(&mut self) -> anyhow::Result<()> {
-        while !self.in_flight.is_empty() {
-            self.settle_next().await?;
-        }
-        Ok(())
-    }
-
-    async fn settle_next(&mut self) -> anyhow::Result<()> {
-        if let Some((line_number, ack)) = self.in_flight.next().await {
-            self.count(line_number, ack)?;
-        }
-        Ok(())
-    }
-
-    /// Counts one ack; no stream for the subject, or an ack that never came, ends the run.
-    fn count(
-        &mut self,
-        line_number: u64,
-        ack: Result<PublishAck, PublishError>,
-    ) -> anyhow::Result<()> {
-        match ack {
-            Ok(ack) if ack.duplicate => self.summary.duplicates += 1,
-            Ok(_) => self.summary.published += 1,
-            Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
-                bail!(
-                    "line {line_number}: no stream stores event subjects; run `freshet provision` first"
-                )
-            }
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("waiting for the ack of line {line_number}"));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The line without its terminator ("\n" or "\r\n").
 fn trim_line_end(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -440,13 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn ids_with_line_breaks_are_refused_instead_of_breaking_the_header() {
+    fn ids_with_line_breaks_are_refused_unless_raw() {
         let bad = VALID.replace("\"e1\"", "\"e\\r\\n1\"");
         let problem =
             prepare(bad.as_bytes(), false, DEFAULT_MAX_EVENT_BYTES, &subjects()).unwrap_err();
         assert!(problem.starts_with("invalid_envelope: id: "), "{problem}");
+        // Raw lines keep their id; the publisher escapes it into the header.
         let raw = prepare(bad.as_bytes(), true, DEFAULT_MAX_EVENT_BYTES, &subjects()).unwrap();
-        assert_eq!(raw.message_id, None);
+        assert_eq!(raw.message_id.as_deref(), Some("e\r\n1"));
     }
 
     #[test]
@@ -507,23 +328,6 @@ mod tests {
         assert_eq!(pace_offset(100, 200.0), Duration::from_millis(500));
         // A fractional rate keeps exact deadlines too: the 3rd event at 0.4/s is due at 7.5 s.
         assert_eq!(pace_offset(3, 0.4), Duration::from_millis(7500));
-    }
-
-    #[test]
-    fn summaries_rate_what_was_acknowledged() {
-        let mut summary = Summary {
-            published: 30,
-            duplicates: 10,
-            invalid: 5,
-            ..Default::default()
-        };
-        summary.finish(Duration::from_secs(2));
-        assert_eq!(
-            (summary.elapsed_seconds, summary.events_per_second),
-            (2.0, 20.0)
-        );
-        summary.finish(Duration::ZERO);
-        assert_eq!(summary.events_per_second, 0.0);
     }
 
     #[tokio::test]

@@ -2,9 +2,12 @@
 //! again at a chosen rate, to load-test the pipeline or rebuild what it derives.
 //!
 //! Each line goes where `freshet publish` would send it, validated the same way, with its id as
-//! `Nats-Msg-Id`, so replaying the same file again inside the duplicate window stores nothing
-//! new ([`prepare`], [`Publisher`], shared with `freshet publish`). A line that is not a valid event is
-//! reported with its number and skipped; it never stops the replay.
+//! `Nats-Msg-Id` ([`prepare`], [`Publisher`], shared with `freshet publish`). Events are stored
+//! in file order, each once: a replay rides out a server restart by sending again, in order and
+//! under the same ids, what was not acknowledged, and running the same file again inside the
+//! duplicate window resumes where the stream's acknowledgements say (see
+//! [`crate::publisher`]). A line that is not a valid event is reported with its number and
+//! skipped; it never stops the replay.
 //!
 //! With `--rate N` event `i` is sent at `start + i/N`: deadlines are absolute, so a slow send is
 //! made up by the next ones and the rate does not drift. Without a rate (or with 0) events go
@@ -48,6 +51,11 @@ pub struct ReplayArgs {
     /// Largest event accepted, in bytes; larger lines are reported and skipped
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+    /// How long an event may go unacknowledged, sent again all the while, before the replay
+    /// gives up; keep it inside the EVENTS duplicate window (FRESHET_DUPLICATE_WINDOW), within
+    /// which a resent event is stored once
+    #[arg(long = "retry-for", env = "FRESHET_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -68,6 +76,8 @@ pub struct ReplaySummary {
     pub duplicates: u64,
     /// Lines that were not valid events, skipped.
     pub rejected: u64,
+    /// Sends repeated after an acknowledgement failed (the server restarting, say).
+    pub resent: u64,
     pub elapsed_seconds: f64,
     /// Acknowledged events (stored or duplicate) per second.
     pub events_per_second: f64,
@@ -81,6 +91,7 @@ impl ReplaySummary {
             published: summary.published,
             duplicates: summary.duplicates,
             rejected: summary.invalid,
+            resent: summary.resent,
             elapsed_seconds: summary.elapsed_seconds,
             events_per_second: summary.events_per_second,
             target_rate,
@@ -89,8 +100,13 @@ impl ReplaySummary {
 
     /// The one-line human form.
     pub fn line(&self) -> String {
+        let resent = if self.resent > 0 {
+            format!(", {} sends repeated", self.resent)
+        } else {
+            String::new()
+        };
         format!(
-            "replayed: {} published, {} duplicates, {} rejected lines in {:.2}s ({:.1} events/s{})",
+            "replayed: {} published, {} duplicates, {} rejected lines{resent} in {:.2}s ({:.1} events/s{})",
             self.published,
             self.duplicates,
             self.rejected,
@@ -312,7 +328,7 @@ pub async fn run(global: &GlobalArgs, args: &ReplayArgs) -> anyhow::Result<()> {
     let mut lines = LineReader::new(open_input(Some(&args.file)).await?);
     let nats = connect(global).await?;
     let rate = args.rate.filter(|&rate| rate > 0.0);
-    let mut publisher = Publisher::new(nats.js.clone(), MAX_IN_FLIGHT);
+    let mut publisher = Publisher::new(nats.client.clone(), MAX_IN_FLIGHT, args.retry_for);
     let started = Instant::now();
     let mut progress = Progress::new(total, started);
     let replayed = replay_lines(
@@ -472,5 +488,10 @@ mod tests {
             "replayed: 95 published, 5 duplicates, 1 rejected lines in 0.50s (200.0 events/s, target 200)"
         );
         assert!(!ReplaySummary::new(&counts, None).line().contains("target"));
+        counts.resent = 12;
+        assert_eq!(
+            ReplaySummary::new(&counts, None).line(),
+            "replayed: 95 published, 5 duplicates, 1 rejected lines, 12 sends repeated in 0.50s (200.0 events/s)"
+        );
     }
 }

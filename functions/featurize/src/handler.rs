@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use freshet::aggregates::WindowSpec;
 use freshet::aggregates::ewma::Decay;
 use freshet::error::{RejectReason, Rejection};
@@ -50,9 +50,45 @@ pub fn route(subjects: &Subjects, subject: &str, event: &Event) -> Result<u32, R
     Ok(partition)
 }
 
-/// The time an event counts at: its own `time`, or when JetStream stored it.
-pub fn event_time(event: &Event, stored_at: DateTime<Utc>) -> DateTime<Utc> {
-    event.time.unwrap_or(stored_at)
+/// The time an event counts at: its own `time`, or when JetStream stored it (`received`).
+///
+/// An event time more than `max_future_skew` after `received` is refused as
+/// [`RejectReason::Future`]: one such event would move its item's watermark (and its user's
+/// label progress) that far ahead, and every honest event after it would be late. The bound is
+/// counted from when the server stored the event, not from when featurize happens to handle it,
+/// so a redelivery, a replay of the stream or a lagging consumer judges the event exactly as the
+/// first delivery did.
+pub fn event_time(
+    event: &Event,
+    received: DateTime<Utc>,
+    max_future_skew: TimeDelta,
+) -> Result<DateTime<Utc>, Rejection> {
+    let Some(time) = event.time else {
+        return Ok(received);
+    };
+    let latest = latest_allowed(received, max_future_skew);
+    if time > latest {
+        return Err(Rejection::new(
+            RejectReason::Future,
+            "time",
+            format!(
+                "{} is {} s after the event was stored ({}); at most {} s ahead is accepted \
+                 (--max-future-skew)",
+                time.to_rfc3339(),
+                time.signed_duration_since(received).num_seconds(),
+                received.to_rfc3339(),
+                max_future_skew.num_seconds(),
+            ),
+        ));
+    }
+    Ok(time)
+}
+
+/// The latest event time accepted for an event stored at `received`.
+pub fn latest_allowed(received: DateTime<Utc>, max_future_skew: TimeDelta) -> DateTime<Utc> {
+    received
+        .checked_add_signed(max_future_skew)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// What an event asks of featurize, before any state is read.
@@ -89,6 +125,8 @@ pub struct Settings {
     /// β of the EWMA mean and variance kept per feature for scaling (see
     /// [`freshet::features::ScalingState`]).
     pub scaling_decay: Decay,
+    /// How far ahead of when it was stored an event's time may be (see [`event_time`]).
+    pub max_future_skew: TimeDelta,
 }
 
 /// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
@@ -106,10 +144,11 @@ pub enum Mutation {
         features: Vec<f32>,
         position: Position,
     },
-    /// An item was acted on.
+    /// An item was acted on; `latest_allowed` is the latest event time its windows take then.
     ItemAction {
         action: Action,
         at: DateTime<Utc>,
+        latest_allowed: DateTime<Utc>,
         position: Position,
     },
     /// An item entered the catalogue.
@@ -252,10 +291,18 @@ impl EntityState {
                 user.apply(*action, category.as_deref(), *at);
                 labelled
             }
-            (EntityState::Item(item), Mutation::ItemAction { action, at, .. }) => {
+            (
+                EntityState::Item(item),
+                Mutation::ItemAction {
+                    action,
+                    at,
+                    latest_allowed,
+                    ..
+                },
+            ) => {
                 // An action judged on time when planned that another partition's events made
                 // late since: counted, left out of the final windows (see ItemState).
-                let _ = item.apply_action(*action, *at, &settings.popularity);
+                let _ = item.apply_action(*action, *at, &settings.popularity, *latest_allowed);
                 Vec::new()
             }
             (
@@ -314,6 +361,8 @@ pub struct Routed {
     pub event_id: String,
     pub position: Position,
     pub at: DateTime<Utc>,
+    /// When JetStream stored the event: what [`event_time`] bounds `at` by.
+    pub received: DateTime<Utc>,
     pub work: Work,
     /// The trace featurize handles the event in, when it carried one; the examples its handling
     /// publishes are sent on in it.
@@ -484,11 +533,20 @@ fn plan_action(
         ));
     }
     let decided = user.applied.contains(position.partition, position.sequence);
-    if !decided && let Err(late) = item.check_late(routed.at, &settings.popularity) {
-        let late = late.to_string();
-        let refused = Mutation::UserRefused { position };
-        record(states, plan, &user_key, refused, settings);
-        return Err(Rejection::new(RejectReason::Late, "time", late));
+    let latest_allowed = latest_allowed(routed.received, settings.max_future_skew);
+    if !decided
+        && let Err(refused) = item.check_late(routed.at, &settings.popularity, latest_allowed)
+    {
+        // Future times were refused by `event_time` already; the windows check again.
+        let reason = if refused.is_late() {
+            RejectReason::Late
+        } else {
+            RejectReason::Future
+        };
+        let refused = refused.to_string();
+        let mutation = Mutation::UserRefused { position };
+        record(states, plan, &user_key, mutation, settings);
+        return Err(Rejection::new(reason, "time", refused));
     }
     let features = features::feature_vector(user, item, category, routed.at);
     let user_mutation = Mutation::UserAction {
@@ -504,6 +562,7 @@ fn plan_action(
     let item_mutation = Mutation::ItemAction {
         action: action.action,
         at: routed.at,
+        latest_allowed,
         position,
     };
     record(states, plan, &item_key, item_mutation, settings);
@@ -588,6 +647,7 @@ mod tests {
                 negative_rate: NegativeRate::ALL,
             },
             scaling_decay: Decay::default(),
+            max_future_skew: TimeDelta::minutes(5),
         }
     }
 
@@ -620,6 +680,7 @@ mod tests {
                 sequence: seq,
             },
             at: at(t),
+            received: at(t),
             work,
             trace: None,
         }
@@ -824,6 +885,73 @@ mod tests {
     }
 
     #[test]
+    fn event_times_further_ahead_of_their_storing_than_the_skew_are_refused_as_future() {
+        let skew = TimeDelta::minutes(5);
+        let stored = at(600);
+        let with_time = |time: Option<&str>| {
+            let mut json = serde_json::json!({"specversion": "1.0", "id": "e1", "source": "t",
+                "type": "user_action", "data": {"user": "u1", "item": "b1", "action": "view"}});
+            if let Some(time) = time {
+                json["time"] = time.into();
+            }
+            event(json)
+        };
+        let stored_text = stored.to_rfc3339();
+        // (the event's time, the time it counts at; None: refused)
+        let cases = [
+            (None, Some(stored)),
+            (Some(stored_text.clone()), Some(stored)),
+            (Some(at(-86_400).to_rfc3339()), Some(at(-86_400))),
+            (Some(at(900).to_rfc3339()), Some(at(900))),
+            (Some(at(901).to_rfc3339()), None),
+            (Some("2099-01-01T00:00:00Z".to_string()), None),
+        ];
+        for (time, expected) in cases {
+            let judged = event_time(&with_time(time.as_deref()), stored, skew);
+            match (judged, expected) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{time:?}"),
+                (Err(refused), None) => {
+                    assert_eq!(
+                        (refused.reason, refused.field.as_str()),
+                        (RejectReason::Future, "time"),
+                        "{time:?}"
+                    );
+                    assert!(refused.detail.contains("--max-future-skew"), "{refused}");
+                }
+                (judged, _) => panic!("{time:?}: {judged:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_future_action_moves_no_watermark_and_later_honest_actions_are_learned() {
+        let settings = settings(0);
+        let mut states = BTreeMap::new();
+        // Listed, then viewed; then an action dated a year ahead that got past event_time (the
+        // windows refuse it all the same), then more honest views of the item.
+        let mut far = routed_at(3, 365 * 24 * 3600, user_action("u2", "b1", Action::View));
+        far.received = at(2);
+        let batch = [
+            routed_at(1, 0, new_item("b1", "c1")),
+            routed_at(2, 1, user_action("u1", "b1", Action::View)),
+            far,
+            routed_at(4, 3, user_action("u3", "b1", Action::View)),
+            routed_at(5, 4, user_action("u1", "b1", Action::Purchase)),
+        ];
+        let plan = plan_batch(&settings, &batch, &mut states);
+        let refused: Vec<(usize, RejectReason)> =
+            plan.rejected.iter().map(|(i, r)| (*i, r.reason)).collect();
+        assert_eq!(refused, [(2, RejectReason::Future)]);
+        assert_eq!(plan.examples.len(), 3, "every honest action is an example");
+        let EntityState::Item(b1) = &states["item.b1"] else {
+            panic!("no item state")
+        };
+        assert_eq!(b1.views + b1.purchases, 3);
+        let windows = b1.popularity.as_ref().unwrap();
+        assert_eq!(windows.watermark(), Some(at(4 - 5)));
+    }
+
+    #[test]
     fn an_action_its_user_holds_is_never_judged_late_again() {
         let settings = settings(0);
         let view = routed_at(1, 10, user_action("u1", "b1", Action::View));
@@ -832,7 +960,7 @@ mod tests {
         // The user was written, the item was not; meanwhile another partition moved the item's
         // watermark far past the view.
         let mut b1 = ItemState::default();
-        b1.apply_action(Action::View, at(4000), &settings.popularity)
+        b1.apply_action(Action::View, at(4000), &settings.popularity, at(4000))
             .unwrap();
         states.insert("item.b1".into(), EntityState::Item(b1));
         let plan = plan_batch(&settings, &[view], &mut states);
@@ -944,6 +1072,7 @@ mod tests {
         let mutation = Mutation::ItemAction {
             action: Action::Purchase,
             at: at(0),
+            latest_allowed: at(300),
             position: Position {
                 partition: 0,
                 sequence: 9,

@@ -56,6 +56,13 @@ struct Args {
     /// once (1 for a purchase, 0 otherwise)
     #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = parse_duration)]
     label_horizon: Duration,
+    /// How far an event's time may lie ahead of when JetStream stored it (the server's clock at
+    /// ingest, so a redelivery or a replay of the stream judges an event alike). A later time
+    /// is dead-lettered as "future": one event dated years ahead would otherwise move its
+    /// item's watermark there and make every honest action on the item late. Producers' clocks
+    /// may run this much ahead of the server's
+    #[arg(long = "max-future-skew", env = "FRESHET_MAX_FUTURE_SKEW", default_value = "5m", value_parser = parse_duration)]
+    max_future_skew: Duration,
     /// Share of negative examples published (0 to 1), chosen by a hash of the view's event id so
     /// a redelivered event decides alike
     #[arg(
@@ -115,6 +122,7 @@ impl Args {
                 negative_rate: self.negative_rate,
             },
             scaling_decay: self.ewma_decay,
+            max_future_skew: delta("--max-future-skew", self.max_future_skew)?,
         })
     }
 }
@@ -141,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
         .await?;
-    let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
+    let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
     if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {
         anyhow::bail!(
@@ -174,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // The most events held: one short of a write, and then a whole batch.
     let max_held = (state_writes.every_events - 1).saturating_add(ctx.args.batch_size());
-    let events = ctx.js.get_stream(STREAM_EVENTS).await?;
+    let events = ctx.stream(STREAM_EVENTS).await?;
     // The order guard keeps each durable's events in stream order, which needs one replica per
     // durable at a time: replicas acknowledging one durable's messages concurrently would move
     // its acknowledgement floor out of order.
@@ -232,6 +240,7 @@ mod tests {
         assert_eq!(defaults.labels.out_of_orderness, TimeDelta::seconds(5));
         assert_eq!(defaults.labels.negative_rate, labels::NegativeRate::ALL);
         assert_eq!(defaults.scaling_decay.get(), 0.95);
+        assert_eq!(defaults.max_future_skew, TimeDelta::minutes(5));
 
         let set = settings(&[
             "--out-of-orderness",
@@ -244,6 +253,8 @@ mod tests {
             "0.2",
             "--ewma-decay",
             "0.8",
+            "--max-future-skew",
+            "30s",
         ])
         .unwrap();
         assert_eq!(
@@ -257,6 +268,7 @@ mod tests {
             labels::NegativeRate::new(0.2).unwrap()
         );
         assert_eq!(set.scaling_decay.get(), 0.8);
+        assert_eq!(set.max_future_skew, TimeDelta::seconds(30));
 
         for bad in [
             &["--negative-rate", "1.5"][..],

@@ -27,7 +27,7 @@ use freshet::events;
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
-use freshet::subjects::Subjects;
+use freshet::subjects::{Subjects, header_value};
 use freshet::trace::TraceContext;
 use futures::future::{join_all, try_join_all};
 
@@ -240,7 +240,7 @@ impl Featurizer {
         let (event, envelope_trace) =
             events::decode_traced(&message.payload, self.max_event_bytes)?;
         let partition = handler::route(&self.subjects, &message.subject, &event)?;
-        let at = handler::event_time(&event, message.published);
+        let at = handler::event_time(&event, message.published, self.settings.max_future_skew)?;
         // The message's `traceparent` header, else the envelope's tracing extension.
         let trace = match &message.trace {
             Some(trace) => Some(trace.clone()),
@@ -254,6 +254,7 @@ impl Featurizer {
                 sequence: message.stream_sequence,
             },
             at,
+            received: message.published,
             trace,
         })
     }
@@ -414,7 +415,7 @@ impl Featurizer {
         for (i, example) in plan.examples.iter().enumerate() {
             let mut publish = PublishMessage::build()
                 .payload(Bytes::from(example.to_json_bytes()))
-                .message_id(&example.id);
+                .message_id(header_value(&example.id));
             let origin = plan.origins.get(i).and_then(|&origin| batch.get(origin));
             if let Some(trace) = origin.and_then(|routed| routed.trace.as_ref()) {
                 publish = trace.stamp(publish);

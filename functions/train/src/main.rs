@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
-    let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
+    let pointers = Pointers::new(ctx.key_value(BUCKET_MODELS).await?);
     let config = ModelConfig {
         // The kind's dimensions come from their own flags; one it does not have is ignored.
         kind: args.kind.with_dimensions(Dimensions {
@@ -196,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
         artifacts: ctx.artifacts()?,
         pointers,
         order: OrderGuard::new(
-            ctx.js.get_stream(STREAM_EXAMPLES).await?,
+            ctx.stream(STREAM_EXAMPLES).await?,
             ctx.subjects.examples(&args.model),
             durable.clone(),
         ),

@@ -7,7 +7,8 @@
 //!
 //! **Watermark.** The watermark is the greatest event time accepted minus the out-of-orderness
 //! bound: the claim that no event earlier than it is still expected. It never moves back, and it
-//! is undefined (nothing is late) until the first event.
+//! is undefined (nothing is late) until the first event. One event dated far ahead would move it
+//! there for good; [`EventTimeWindows::add_within`] refuses events after a caller's bound.
 //!
 //! **Lateness.** A window is *complete* once `watermark ≥ end` and *final* once
 //! `watermark ≥ end + allowed_lateness`. An event is [`AddError::Late`] when every window
@@ -87,6 +88,14 @@ pub enum AddError {
         /// End of the last window that contains the event.
         window_end: DateTime<Utc>,
         watermark: DateTime<Utc>,
+    },
+    /// The event lies after the latest time the caller allows ([`EventTimeWindows::add_within`]):
+    /// taking it would move the watermark there and make every honest event before it late.
+    /// Nothing changed, the late counter included.
+    #[error("event at {event_time} is after {latest_allowed}, the latest event time accepted now")]
+    Future {
+        event_time: DateTime<Utc>,
+        latest_allowed: DateTime<Utc>,
     },
     /// The value itself was refused; nothing changed, the late counter included.
     #[error(transparent)]
@@ -523,6 +532,25 @@ impl EventTimeWindows {
         })
     }
 
+    /// Like [`add`](Self::add), but refuses an event after `latest_allowed` as
+    /// [`AddError::Future`], changing nothing: no single event can move the watermark past
+    /// `latest_allowed − out_of_orderness`. A caller passes the time it handles the event at
+    /// plus the clock skew it tolerates.
+    pub fn add_within(
+        &mut self,
+        event_time: DateTime<Utc>,
+        value: f64,
+        latest_allowed: DateTime<Utc>,
+    ) -> Result<Accepted, AddError> {
+        if event_time > latest_allowed {
+            return Err(AddError::Future {
+                event_time,
+                latest_allowed,
+            });
+        }
+        self.add(event_time, value)
+    }
+
     /// The window that starts at `start`, or at the slide boundary just before it.
     pub fn window(&self, start: DateTime<Utc>) -> Result<WindowAggregate, QueryError> {
         self.aggregate(align(start.timestamp_millis(), self.spec.slide_ms))
@@ -896,6 +924,43 @@ mod tests {
             Err(QueryError::Evicted { .. })
         ));
         assert_eq!(windows.window(at(BASE + 10_000)).unwrap().count, 4);
+    }
+
+    #[test]
+    fn an_event_past_the_allowed_bound_changes_nothing_and_cannot_move_the_watermark() {
+        // Tumbling 10 s windows, watermark 2 s behind: the caller allows events up to 60 s on.
+        let mut windows = EventTimeWindows::new(spec(10_000, 10_000, 2_000, 5_000, 3));
+        let latest_allowed = at(BASE + 60_000);
+        windows
+            .add_within(at(BASE + 12_000), 1.0, latest_allowed)
+            .unwrap();
+        let before = windows.clone();
+        for far in [BASE + 60_001, BASE + 3_600_000, 4_102_444_800_000] {
+            let refused = windows.add_within(at(far), 1.0, latest_allowed);
+            assert_eq!(
+                refused,
+                Err(AddError::Future {
+                    event_time: at(far),
+                    latest_allowed
+                })
+            );
+            assert!(!refused.unwrap_err().is_late());
+        }
+        assert_eq!(
+            windows, before,
+            "nothing changed, the late counter included"
+        );
+        // Honest events after it are on time, as if it had never come.
+        assert_eq!(
+            windows.add_within(at(BASE + 13_000), 1.0, latest_allowed),
+            Ok(Accepted::OnTime)
+        );
+        // At the bound exactly, accepted: the watermark goes no further than it less 2 s.
+        assert_eq!(
+            windows.add_within(latest_allowed, 1.0, latest_allowed),
+            Ok(Accepted::OnTime)
+        );
+        assert_eq!(windows.watermark(), Some(at(BASE + 58_000)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::FunctionArgs;
 use crate::connect::connect;
 use crate::metrics::Metrics;
 use crate::runtime::Readiness;
+use crate::retry::{self, Backoff, Verdict};
 use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::shutdown::Shutdown;
@@ -19,7 +20,7 @@ use crate::store::kv::CasError;
 use crate::store::lease::Lease;
 use crate::subjects::Subjects;
 use crate::telemetry::Spans;
-use crate::topology::{self, Topology};
+use crate::topology::{self, Topology, TopologyError};
 
 /// Longest a function waits at shutdown for its last spans to be exported.
 const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -53,9 +54,18 @@ impl FunctionContext {
             Spans::start(&args.otlp, name, &metrics).context("configuring span export (OTEL_*)")?;
         let client = connect(&args.common.nats, name).await?;
         let js = jetstream::new(client.clone());
-        let report = topology::provision_as(&js, &topology, &subjects, args.provision)
-            .await
-            .context("provisioning the JetStream topology")?;
+        let provisioned = retry::until_done(
+            "provisioning the JetStream topology",
+            shutdown.clone(),
+            Backoff::default(),
+            topology_verdict,
+            || topology::provision_as(&js, &topology, &subjects, args.provision),
+        )
+        .await
+        .context("provisioning the JetStream topology")?;
+        let Some(report) = provisioned else {
+            anyhow::bail!("shutdown requested before the topology could be checked");
+        };
         for (what, outcome) in report {
             tracing::debug!(%what, ?outcome, "provisioned");
         }
@@ -76,6 +86,48 @@ impl FunctionContext {
     /// Exports the spans still queued, waiting at most 2 s: the last thing a function does.
     pub async fn flush_spans(&self) {
         self.spans.flush(SPAN_FLUSH_TIMEOUT).await;
+    }
+
+    /// Opens the KV bucket `bucket`, waiting out a server that is unreachable or restarting
+    /// (until shutdown); a bucket that does not exist is an error at once.
+    pub async fn key_value(&self, bucket: &str) -> anyhow::Result<jetstream::kv::Store> {
+        self.until_done(&format!("opening bucket {bucket}"), bucket_verdict, || {
+            self.js.get_key_value(bucket)
+        })
+        .await
+    }
+
+    /// Looks up the stream `name`, waiting out a server that is unreachable or restarting (until
+    /// shutdown); a stream that does not exist is an error at once.
+    pub async fn stream(&self, name: &str) -> anyhow::Result<jetstream::stream::Stream> {
+        self.until_done(&format!("looking up stream {name}"), stream_verdict, || {
+            self.js.get_stream(name)
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, retrying what `classify` calls transient until
+    /// shutdown (see [`retry::until_done`]); `what` names it in logs and errors.
+    async fn until_done<T, E, Fut>(
+        &self,
+        what: &str,
+        classify: impl Fn(&E) -> Verdict,
+        attempt: impl FnMut() -> Fut,
+    ) -> anyhow::Result<T>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        retry::until_done(
+            what,
+            self.shutdown.clone(),
+            Backoff::default(),
+            classify,
+            attempt,
+        )
+        .await
+        .with_context(|| what.to_string())?
+        .with_context(|| format!("shutdown requested while {what}"))
     }
 
     /// Opens the configured artifact store.
@@ -137,11 +189,7 @@ impl FunctionContext {
         // Unique per process start: the pid alone repeats across hosts and restarts.
         let started = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let holder = format!("{}-{}-{started}", self.name, std::process::id());
-        let leases = self
-            .js
-            .get_key_value(crate::subjects::BUCKET_LEASES)
-            .await
-            .context("opening the LEASES bucket")?;
+        let leases = self.key_value(crate::subjects::BUCKET_LEASES).await?;
         let Some(mut lease) = Lease::acquire(
             leases,
             key,
@@ -259,9 +307,12 @@ impl FunctionContext {
             filter_subjects,
             max_held.max(self.args.batch_size()),
         );
-        topology::ensure_consumer(&self.js, stream, config)
-            .await
-            .with_context(|| format!("setting up consumer {stream}/{durable}"))
+        self.until_done(
+            &format!("setting up consumer {stream}/{durable}"),
+            topology_verdict,
+            || topology::ensure_consumer(&self.js, stream, config.clone()),
+        )
+        .await
     }
 
     async fn run_loop<P: Processor>(
@@ -294,5 +345,41 @@ impl FunctionContext {
             self.shutdown.clone(),
         )
         .await;
+    }
+}
+
+/// Whether provisioning or setting up a consumer may succeed if tried again: a request that got
+/// no answer may; a refused setting, a missing stream (for a process that only verifies) or an
+/// unreadable topology file never will.
+fn topology_verdict(err: &TopologyError) -> Verdict {
+    match err {
+        TopologyError::JetStream { .. } => Verdict::Transient,
+        TopologyError::Read { .. }
+        | TopologyError::Parse { .. }
+        | TopologyError::Invalid(_)
+        | TopologyError::Conflict { .. }
+        | TopologyError::Missing { .. } => Verdict::Definite,
+    }
+}
+
+/// Whether a stream lookup may succeed if tried again: it may unless the server answered with
+/// anything but "unavailable" (503; "stream not found" is definite).
+fn stream_verdict(err: &jetstream::context::GetStreamError) -> Verdict {
+    use jetstream::context::GetStreamErrorKind;
+    match err.kind() {
+        GetStreamErrorKind::Request => Verdict::Transient,
+        GetStreamErrorKind::JetStream(answer) if answer.code() == 503 => Verdict::Transient,
+        _ => Verdict::Definite,
+    }
+}
+
+/// Like [`stream_verdict`], for the lookup of a bucket's stream.
+fn bucket_verdict(err: &jetstream::context::KeyValueError) -> Verdict {
+    use jetstream::context::KeyValueErrorKind;
+    match err.kind() {
+        KeyValueErrorKind::GetBucket => std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<jetstream::context::GetStreamError>())
+            .map_or(Verdict::Transient, stream_verdict),
+        KeyValueErrorKind::InvalidStoreName | KeyValueErrorKind::JetStream => Verdict::Definite,
     }
 }

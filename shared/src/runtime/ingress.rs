@@ -30,7 +30,7 @@ use crate::events::{self, Event, EventData};
 use crate::examples::ExampleRecord;
 use crate::runtime::cloudevents::envelope_from_http;
 use crate::runtime::dead_letter::{self, Origin};
-use crate::subjects::Subjects;
+use crate::subjects::{Subjects, header_value};
 use crate::telemetry::{SpanKind, Spans};
 use crate::trace::TraceContext;
 
@@ -122,7 +122,7 @@ async fn receive(State(ingress): State<Ingress>, headers: HeaderMap, body: Bytes
     let (subject, id, payload) = destination(&ingress, &event, envelope);
     let mut message = async_nats::jetstream::message::PublishMessage::build()
         .payload(payload)
-        .message_id(&id);
+        .message_id(header_value(&id));
     if let Some(trace) = &trace {
         message = trace.stamp(message);
     }
