@@ -7,6 +7,7 @@
 //! - [`examples`]: the training example featurize publishes and train consumes.
 //! - [`features`]: the bookstore features, computed by the same code at training and serving time.
 //! - [`aggregates`]: streaming per-entity aggregates: EWMA scaling and event-time windows.
+//! - [`monitoring`]: how drift watches each feature of a schema, and why.
 //! - [`model`]: the burn models, their artifacts and manifests.
 //! - [`store`]: model artifacts in object storage; pointers and entity state in JetStream KV.
 //! - [`subjects`]: every subject, stream, bucket and header name, from one prefix.
@@ -31,6 +32,7 @@ pub mod examples;
 pub mod features;
 pub mod ids;
 pub mod model;
+pub mod monitoring;
 pub mod runtime;
 pub mod serving;
 pub mod store;

@@ -231,6 +231,7 @@ mod tests {
             name: "custom".into(),
             version: 3,
             features: vec!["age".into(), "income".into()],
+            monitoring: Vec::new(),
         };
         let custom = example(Some(("custom", 3)), 2);
         assert_eq!(feature_name(1, &custom, Some(&live)), "income");

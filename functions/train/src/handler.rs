@@ -63,6 +63,7 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
             features: (0..record.features.len())
                 .map(|i| format!("f{i}"))
                 .collect(),
+            monitoring: Vec::new(),
         },
         None => FeatureSchema {
             name: "raw".to_string(),
@@ -70,6 +71,7 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
             features: (0..record.features.len())
                 .map(|i| format!("f{i}"))
                 .collect(),
+            monitoring: Vec::new(),
         },
     }
 }

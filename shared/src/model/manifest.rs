@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::ModelError;
 use super::logistic::Hyper;
+use crate::monitoring::{Monitoring, Watch};
 
 /// Which model family an artifact holds; selects the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,12 +48,24 @@ pub struct FeatureSchema {
     pub version: u32,
     /// Feature names in vector order.
     pub features: Vec<String>,
+    /// How drift watches each feature, in vector order (see [`crate::monitoring`]). Empty (and
+    /// left out) when the schema declares no plan, as in manifests written before plans existed:
+    /// every feature is then read as its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitoring: Vec<Monitoring>,
 }
 
 impl FeatureSchema {
     /// Number of features, i.e. the length every input row must have.
     pub fn n_features(&self) -> usize {
         self.features.len()
+    }
+
+    /// How drift reads feature `index`: the declared plan's entry, else its value.
+    pub fn watch(&self, index: usize) -> Watch {
+        self.monitoring
+            .get(index)
+            .map_or(crate::monitoring::UNDECLARED, |m| m.watch)
     }
 }
 
@@ -182,6 +195,7 @@ mod tests {
                 name: "churn-features".into(),
                 version: 2,
                 features: vec!["a".into(), "b".into(), "c".into()],
+                monitoring: Vec::new(),
             },
             sha256: sha256_hex(bytes),
             size_bytes: bytes.len() as u64,
