@@ -225,6 +225,7 @@ impl Args {
                 },
                 reference_size: self.psi_reference_size,
                 recent_size: self.psi_recent_size,
+                ..Default::default()
             },
             page_hinkley: PageHinkleyConfig {
                 threshold: self.ph_threshold,
