@@ -24,7 +24,7 @@
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
 //! | 9 | `item_log_age_hours` | ln(1 + hours since the item was first seen) | no: a time since |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
-//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | the value |
+//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | no: slow swings |
 //! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) | the value |
 //! | 13 | `item_log_actions_1h` | ln(1 + actions on the item in the last 60 one-minute windows) | no: hour-long overlap |
 //! | 14 | `item_log_purchases_1h` | ln(1 + purchases of it in the same span) | no: hour-long overlap |
@@ -128,8 +128,8 @@ pub const MONITORING: [(Watch, &str); 16] = [
         "clamped and logged time since the item's previous event: how evenly attention spreads over the catalogue",
     ),
     (
-        Watch::Value,
-        "the item's traffic over five minutes: it moves with attention, not with the shop's age",
+        Watch::Ignore,
+        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's sales over the same span and its idle time are watched",
     ),
     (
         Watch::Value,

@@ -199,8 +199,8 @@ impl Default for BankConfig {
             warm_up: 2_000,
             episodes: EpisodeConfig::default(),
             psi: StreamingPsiConfig {
-                reference_size: 2_000,
-                recent_size: 1_000,
+                reference_size: 4_000,
+                recent_size: 2_000,
                 sliding_reference: true,
                 ..StreamingPsiConfig::default()
             },
@@ -1578,7 +1578,7 @@ mod tests {
         );
         // Its span: from the first signal to the resolution, the re-arm span after the last.
         assert!(resolved.opened > 8_000 && resolved.opened < 8_000 + 1_000);
-        assert!(resolved.resolved.unwrap() >= resolved.last_active + 5_000);
+        assert!(resolved.resolved.unwrap() >= resolved.last_active + 10_000);
     }
 
     #[test]

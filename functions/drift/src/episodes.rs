@@ -40,7 +40,7 @@ pub struct EpisodeConfig {
 
 impl Default for EpisodeConfig {
     fn default() -> Self {
-        EpisodeConfig { rearm: 5_000 }
+        EpisodeConfig { rearm: 10_000 }
     }
 }
 

@@ -84,7 +84,7 @@ struct Args {
     warm_up: u64,
     /// Examples without any signal after which an open episode is resolved (the re-arm span: a
     /// new episode can open only after it)
-    #[arg(long = "rearm", env = "FRESHET_REARM", default_value_t = 5_000)]
+    #[arg(long = "rearm", env = "FRESHET_REARM", default_value_t = 10_000)]
     rearm: u64,
     /// Reaction requested when an episode is confirmed: alert, raise_lr or train_candidate
     /// (carried out by train and the promotion gate, not by drift)
@@ -95,14 +95,14 @@ struct Args {
     #[arg(
         long = "psi-reference-size",
         env = "FRESHET_PSI_REFERENCE_SIZE",
-        default_value_t = 2_000
+        default_value_t = 4_000
     )]
     psi_reference_size: usize,
     /// PSI: values in the sliding recent window compared with the reference
     #[arg(
         long = "psi-recent-size",
         env = "FRESHET_PSI_RECENT_SIZE",
-        default_value_t = 1_000
+        default_value_t = 2_000
     )]
     psi_recent_size: usize,
     /// PSI: quantile bins drawn from the reference
