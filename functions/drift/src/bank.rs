@@ -4,8 +4,8 @@
 //! For each example, in stream order, the bank feeds what the schema's monitoring plan says to
 //! watch of each feature (see [`freshet::monitoring`]) to that feature's distribution detectors
 //! (PSI by default) and, when the live model scored the example, its prediction error to the
-//! error detectors (ADWIN by default; ADWIN and DDM read the 0/1 error, Page-Hinkley the log
-//! loss). What they report becomes part of an episode ([`crate::episodes`]): one alarm per
+//! error detectors (ADWIN by default, reading the squared error of the probability; DDM reads
+//! the 0/1 error, Page-Hinkley the log loss). What they report becomes part of an episode ([`crate::episodes`]): one alarm per
 //! change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
 //! JSON in the DRIFT bucket. It records the stream sequence of the last example folded in, and
 //! folding an example at or below that mark does nothing, so a redelivered batch is neither
@@ -27,7 +27,8 @@
 //! itself as drift. Likewise feature detectors start afresh when the examples' schema (name,
 //! version, width or plan) changes, and read nothing for the first [`BankConfig::warm_up`]
 //! examples of a schema: while featurize's entity states fill, every feature moves by
-//! construction.
+//! construction. The error detectors wait as long from the model's first example: a model
+//! learning from nothing, whose labels wait for their horizon, has no steady error yet.
 //!
 //! No clock and no I/O: the adapter (`processor.rs`) scores the examples, publishes the episodes'
 //! transitions and writes the checkpoint.
@@ -176,7 +177,8 @@ pub struct BankConfig {
     pub feature_alpha: f64,
     /// The error family's budget per example, split over the error detectors.
     pub error_alpha: f64,
-    /// Examples of a schema read before its features are watched.
+    /// Examples of a schema read before its features are watched, and of the model before its
+    /// error is.
     pub warm_up: u64,
     pub episodes: EpisodeConfig,
     // Each detector's parameters, the same wherever it runs (ADWIN may watch features and the
@@ -822,7 +824,11 @@ impl Bank {
             ..Folded::default()
         };
         self.fold_features(checkpoint, example, &mut folded.findings);
-        if let Some(scored) = example.scored {
+        // The model's first examples are its warm-up too: it is still learning from nothing,
+        // and while labels wait for their horizon the mix of classes settles.
+        if let Some(scored) = example.scored
+            && checkpoint.examples > self.config.warm_up
+        {
             self.fold_error(checkpoint, example, scored, &mut folded);
         }
         let active = checkpoint
@@ -940,12 +946,16 @@ impl Bank {
         }
         let positive = example.label == 1.0;
         let wrong = (p >= 0.5) != positive;
-        let loss = log_loss(p, positive);
         folded.error_observed = true;
         for slot in &mut state.slots {
             let kind = slot.detector.kind();
             let x = match kind {
-                DetectorKind::PageHinkley => loss,
+                DetectorKind::PageHinkley => log_loss(p, positive),
+                // The squared error of the probability (the Brier score), in [0, 1] as ADWIN's
+                // bound assumes: it moves with the model's confidence, so a change that leaves
+                // its decisions right or wrong alike while its probabilities go astray (a model
+                // that mostly says no, and buyers that change) still shows.
+                DetectorKind::Adwin => (p - f64::from(example.label)).powi(2),
                 _ if wrong => 1.0,
                 _ => 0.0,
             };
@@ -1149,7 +1159,7 @@ mod tests {
 
     #[test]
     fn a_redelivered_batch_changes_nothing_and_reports_nothing() {
-        let bank = Bank::new(BankConfig::default()).unwrap();
+        let bank = Bank::new(small()).unwrap();
         let mut checkpoint = bank.fresh();
         let examples = stream(4_000, 2_000, 1.0, true, 1);
         let findings = fold_all(&bank, &mut checkpoint, &examples);
@@ -1469,6 +1479,20 @@ mod tests {
             panic!("psi first");
         };
         assert_eq!(psi.config().significance.unwrap().drift, level);
+    }
+
+    #[test]
+    fn the_error_is_read_after_the_warm_up_only() {
+        let bank = Bank::new(BankConfig {
+            warm_up: 500,
+            ..config(&[], &[DetectorKind::Ddm])
+        })
+        .unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples: Vec<Example> = (0..800).map(|i| shop(i, u64::MAX, 0.0, 10)).collect();
+        fold_all(&bank, &mut checkpoint, &examples);
+        let window = checkpoint.error.slots[0].window.unwrap();
+        assert_eq!((window.first, window.count), (501, 300));
     }
 
     #[test]

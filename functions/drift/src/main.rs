@@ -78,8 +78,9 @@ struct Args {
         default_value_t = 1e-3
     )]
     error_alpha: f64,
-    /// Examples of a schema read before its features are watched: while featurize's entity
-    /// states fill, every feature moves by construction
+    /// Examples of a schema read before its features are watched, and of the model before its
+    /// error is: while featurize's entity states fill and the first labels wait for their
+    /// horizon, every feature and the error move by construction
     #[arg(long = "warm-up", env = "FRESHET_WARM_UP", default_value_t = 2_000)]
     warm_up: u64,
     /// Examples without any signal after which an open episode is resolved (the re-arm span: a
