@@ -4,7 +4,8 @@
 //! - `pipeline` ([`pipeline`]): events through featurize → train to a predictor's reply, beside
 //!   the JetStream floors and the Python peer;
 //! - `predict` (this file): the predictor against a bare echo, and by model size;
-//! - `train`, `featurize`, `detectors`, `soak`: in their modules.
+//! - `train`, `featurize`, `detectors` (with drift's bank on bookstore examples, `bank.rs`),
+//!   `soak`: in their modules.
 //!
 //! The functions are the binaries built beside this one, so build all in release. The predictor
 //! suite starts a nats-server and a predictor, writes a model version, and measures:
@@ -23,6 +24,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+mod bank;
 mod detectors;
 mod featurize;
 mod pipeline;
