@@ -9,13 +9,12 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freshet::events::{Action, EventData};
+use freshet::events::EventData;
 use freshet::examples::ExampleRecord;
 use freshet::subjects::{BUCKET_DRIFT, STREAM_CONTROL, STREAM_EXAMPLES};
-use freshet_cli::bookstore::{BookstoreConfig, CATEGORIES, Change, ChangeAt, generate};
+use freshet_cli::bookstore::{BookstoreConfig, Change, ChangeAt, busiest_category, generate};
 use freshet_tests::{Stack, eventually};
 
 const USERS: usize = 100;
@@ -26,26 +25,6 @@ const BEFORE: usize = 60_000;
 const AFTER: usize = 20_000;
 /// Examples after the first changed one within which the episode must be confirmed.
 const DETECTION_BOUND: usize = 3_000;
-
-/// The category most viewed before any change.
-fn busiest_category() -> usize {
-    let events = generate(&config(Vec::new()));
-    let mut category_of = BTreeMap::new();
-    let mut views = [0usize; CATEGORIES.len()];
-    for event in &events {
-        match &event.data {
-            EventData::NewItem(item) => {
-                let index = CATEGORIES.iter().position(|c| *c == item.category).unwrap();
-                category_of.insert(item.item.to_string(), index);
-            }
-            EventData::UserAction(action) if action.action == Action::View => {
-                views[category_of[action.item.as_str()]] += 1;
-            }
-            _ => {}
-        }
-    }
-    (0..CATEGORIES.len()).max_by_key(|&c| views[c]).unwrap()
-}
 
 fn config(changes: Vec<ChangeAt>) -> BookstoreConfig {
     BookstoreConfig {
@@ -292,8 +271,9 @@ async fn one_episode_for(change: Change) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_price_shift_and_a_propensity_flip_are_one_episode_and_one_reaction_each()
 -> anyhow::Result<()> {
+    let busiest = busiest_category(&generate(&config(Vec::new()))).unwrap();
     one_episode_for(Change::Reprice {
-        category: busiest_category(),
+        category: busiest,
         factor: 3.0,
     })
     .await?;

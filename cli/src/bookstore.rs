@@ -297,6 +297,30 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     out.events
 }
 
+/// The index in [`CATEGORIES`] of the category whose items `events` view most (the first on a
+/// tie), if any item was viewed: where a change in one category touches most of the traffic.
+pub fn busiest_category(events: &[Event]) -> Option<usize> {
+    let mut category_of = std::collections::HashMap::new();
+    let mut views = [0usize; CATEGORIES.len()];
+    for event in events {
+        match &event.data {
+            EventData::NewItem(item) => {
+                if let Some(index) = CATEGORIES.iter().position(|c| *c == item.category) {
+                    category_of.insert(item.item.clone(), index);
+                }
+            }
+            EventData::UserAction(action) if action.action == Action::View => {
+                if let Some(index) = category_of.get(&action.item) {
+                    views[*index] += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let most = *views.iter().max()?;
+    (most > 0).then(|| views.iter().position(|v| *v == most))?
+}
+
 /// The count of user actions at `fraction` of `actions`.
 fn fraction_of(fraction: f64, actions: usize) -> usize {
     ((fraction.clamp(0.0, 1.0) * actions as f64).floor() as usize).min(actions)
@@ -506,6 +530,28 @@ mod tests {
             .filter(|a| a.action == Action::Purchase)
             .count();
         buys as f64 / views as f64
+    }
+
+    #[test]
+    fn the_busiest_category_is_the_most_viewed() {
+        let events = generate(&config(3));
+        let busiest = busiest_category(&events).unwrap();
+        let category_of: HashMap<String, String> = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::NewItem(n) => Some((n.item.to_string(), n.category.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut views: HashMap<&str, usize> = HashMap::new();
+        for a in actions(&events).filter(|a| a.action == Action::View) {
+            *views
+                .entry(category_of[a.item.as_str()].as_str())
+                .or_default() += 1;
+        }
+        let most = views.values().max().unwrap();
+        assert_eq!(views[CATEGORIES[busiest]], *most);
+        assert_eq!(busiest_category(&events[..40]), None, "the catalogue alone");
     }
 
     #[test]

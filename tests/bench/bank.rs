@@ -25,7 +25,7 @@ use freshet::features::{
     popularity_spec,
 };
 use freshet::monitoring::Watch;
-use freshet_cli::bookstore::{BookstoreConfig, CATEGORIES, Change, ChangeAt, generate};
+use freshet_cli::bookstore::{BookstoreConfig, Change, ChangeAt, busiest_category, generate};
 use freshet_drift::bank::{Bank, BankConfig, Observation, Scored};
 use freshet_drift::episodes::ReactionPolicy;
 use serde::Serialize;
@@ -312,32 +312,34 @@ fn series(
         .filter(|(_, (w, _))| *w != Watch::Ignore)
         .map(|(j, _)| j)
         .collect();
-    let mut out: Vec<Stream> = watched
-        .iter()
-        .map(|&j| Stream {
-            family: format!("bookstore {}, {scenario}", FEATURE_NAMES[j]),
-            seed,
-            binary: false,
-            change,
-            detectors: vec!["adwin", "page_hinkley"],
-            values: examples
-                .iter()
-                .map(|e| r6(f64::from(e.features[j])))
-                .collect(),
-        })
-        .collect();
-    out.push(Stream {
-        family: format!("bookstore error, {scenario}"),
+    let stream = |family: String, values: Vec<f64>| Stream {
+        family,
         seed,
         binary: false,
         change,
         detectors: vec!["adwin", "page_hinkley"],
-        values: examples
+        values,
+    };
+    let mut out: Vec<Stream> = watched
+        .iter()
+        .map(|&j| {
+            stream(
+                format!("bookstore {}, {scenario}", FEATURE_NAMES[j]),
+                examples
+                    .iter()
+                    .map(|e| r6(f64::from(e.features[j])))
+                    .collect(),
+            )
+        })
+        .collect();
+    out.push(stream(
+        format!("bookstore error, {scenario}"),
+        examples
             .iter()
             .zip(scores)
             .map(|(e, p)| r6((p - f64::from(e.label)).powi(2)))
             .collect(),
-    });
+    ));
     out
 }
 
@@ -353,26 +355,8 @@ fn config(actions: usize, seed: u64, changes: Vec<ChangeAt>) -> BookstoreConfig 
 }
 
 /// The category most viewed in the stationary run of `seed`.
-fn busiest_category(seed: u64) -> usize {
-    let events = generate(&config(40_000, seed, Vec::new()));
-    let mut category_of = HashMap::new();
-    let mut views = [0usize; CATEGORIES.len()];
-    for event in &events {
-        match &event.data {
-            EventData::NewItem(item) => {
-                if let Some(c) = CATEGORIES.iter().position(|c| *c == item.category) {
-                    category_of.insert(item.item.to_string(), c);
-                }
-            }
-            EventData::UserAction(a) if a.action == Action::View => {
-                if let Some(c) = category_of.get(a.item.as_str()) {
-                    views[*c] += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    (0..CATEGORIES.len()).max_by_key(|&c| views[c]).unwrap_or(0)
+fn busiest(seed: u64) -> usize {
+    busiest_category(&generate(&config(40_000, seed, Vec::new()))).unwrap_or(0)
 }
 
 /// The delay of `detections` after `change` (first at or after it) and the detections before.
@@ -401,7 +385,7 @@ pub fn run(dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
             (
                 "busiest category repriced ×3",
                 Change::Reprice {
-                    category: busiest_category(seed),
+                    category: busiest(seed),
                     factor: 3.0,
                 },
             ),
