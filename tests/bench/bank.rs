@@ -34,11 +34,16 @@ use crate::detectors::{Outcome, Stream, r6, run_river};
 
 const USERS: usize = 100;
 const ITEMS: usize = 50;
-/// User actions of the stationary stream: over a million examples.
-const STATIONARY_ACTIONS: usize = 2_700_000;
-/// User actions of each stream with a change, which comes halfway.
-const CHANGE_ACTIONS: usize = 200_000;
-const CHANGE_SEEDS: u64 = 5;
+/// How much to generate.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// User actions of the stationary stream (2.7 M give over a million examples).
+    pub stationary_actions: usize,
+    /// User actions of each stream with a change, which comes halfway.
+    pub change_actions: usize,
+    /// Streams per change.
+    pub change_seeds: u64,
+}
 
 /// One labelled example.
 struct Example {
@@ -371,16 +376,16 @@ fn delay_and_false(detections: &[usize], change: usize) -> (Option<usize>, usize
 }
 
 /// Runs the stationary stream and the streams with changes, on both sides; prints the tables.
-pub fn run(dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
+pub fn run(sizes: Sizes, dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
     let mut river_streams = Vec::new();
     // Stationary.
-    let (stationary, _) = examples(&config(STATIONARY_ACTIONS, 42, Vec::new()));
+    let (stationary, _) = examples(&config(sizes.stationary_actions, 42, Vec::new()));
     let scores = prequential_scores(&stationary);
     let calm = run_bank(&stationary, &scores);
     river_streams.extend(series(&stationary, &scores, "stationary", 42, None));
     // Changes.
     let mut changed = Vec::new();
-    for seed in 0..CHANGE_SEEDS {
+    for seed in 0..sizes.change_seeds {
         for (name, change) in [
             (
                 "busiest category repriced ×3",
@@ -395,7 +400,7 @@ pub fn run(dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
             ),
         ] {
             let (examples, first_changed) = examples(&config(
-                CHANGE_ACTIONS,
+                sizes.change_actions,
                 seed,
                 vec![ChangeAt { change, at: 0.5 }],
             ));
@@ -461,7 +466,8 @@ pub fn run(dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
         );
     }
     println!(
-        "\n| change ({CHANGE_SEEDS} seeds × {CHANGE_ACTIONS} actions, halfway) | freshet: episodes before, delay of the confirmation (examples) | River ADWIN on the error: false before, delay | River ADWIN on item_log_price: false before, delay |"
+        "\n| change ({} seeds × {} actions, halfway) | freshet: episodes before, delay of the confirmation (examples) | River ADWIN on the error: false before, delay | River ADWIN on item_log_price: false before, delay |",
+        sizes.change_seeds, sizes.change_actions
     );
     println!("| --- | --- | --- | --- |");
     let mut changes_json = Vec::new();

@@ -377,7 +377,12 @@ fn counterpart(name: &str) -> &str {
 
 /// Runs both sides over `seeds` streams per family (and the million-long stationary ones),
 /// prints the tables, then runs the bank on bookstore examples.
-pub fn run(seeds: u64, dir: &Path, with_river: bool) -> anyhow::Result<serde_json::Value> {
+pub fn run(
+    seeds: u64,
+    bank: crate::bank::Sizes,
+    dir: &Path,
+    with_river: bool,
+) -> anyhow::Result<serde_json::Value> {
     let streams = streams(seeds);
     let ours = table(&run_freshet(&streams), &streams);
     let (river_version, river) = if with_river {
@@ -415,7 +420,7 @@ pub fn run(seeds: u64, dir: &Path, with_river: bool) -> anyhow::Result<serde_jso
             })
         })
         .collect();
-    let bank = crate::bank::run(dir, with_river)?;
+    let bank = crate::bank::run(bank, dir, with_river)?;
     Ok(serde_json::json!({
         "seeds": seeds, "length": LENGTH, "change": CHANGE,
         "long": {"streams": LONG_STREAMS, "length": LONG_LENGTH},
