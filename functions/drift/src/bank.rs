@@ -873,6 +873,8 @@ impl Bank {
             // Another schema: its features mean other things, so their history does not apply.
             let watched = plan.iter().filter(|w| **w != Watch::Ignore).count();
             let tests = watched * self.config.feature_detectors.len();
+            // Every detector was built at a thousand features' share when the bank was made;
+            // a smaller share only lowers a level, which each accepts.
             let fresh = self
                 .config
                 .fresh_slots(&self.config.feature_detectors, Family::Features, tests)
