@@ -28,6 +28,12 @@ fn the_benchmark_suite_runs_end_to_end() {
             "1",
             // River (numpy, scipy) is installed by `make bench`, not by the tests.
             "--detectors-without-river",
+            "--bank-stationary-actions",
+            "20000",
+            "--bank-change-actions",
+            "20000",
+            "--bank-change-seeds",
+            "1",
             "--soak-swaps",
             "30",
             "--soak-interval",
@@ -72,8 +78,14 @@ fn the_benchmark_suite_runs_end_to_end() {
     let detectors = report["detectors"]["rows"].as_array().unwrap();
     assert_eq!(
         detectors.len(),
-        16,
-        "every detector on every family: {detectors:?}"
+        30,
+        "every detector on every family, River's defaults and drift's: {detectors:?}"
+    );
+    let bank = &report["detectors"]["bank"];
+    assert!(
+        bank["stationary"]["examples"].as_u64().unwrap() > 5_000
+            && bank["changes"].as_array().unwrap().len() == 2,
+        "the bank on bookstore examples, stationary and with each change: {bank}"
     );
     let windows = report["soak"]["windows"].as_array().unwrap();
     assert!(

@@ -691,6 +691,7 @@ async fn a_replay_through_server_restarts_and_a_takeover_loses_no_valid_event() 
         actions,
         seed,
         viral: None,
+        changes: Vec::new(),
     });
     let at = events.len() / 3;
     let EventData::UserAction(later) = &events[at].data else {

@@ -1,7 +1,7 @@
 //! drift against a real server: a shift in one feature of a model's examples is reported on
-//! CONTROL for that feature, and a drift function killed with SIGKILL mid-stream and restarted
-//! neither loses nor double-counts an example (its checkpoint in DRIFT counts each once) nor
-//! reports a detection twice.
+//! CONTROL for that feature, as one episode, and a drift function killed with SIGKILL mid-stream
+//! and restarted neither loses nor double-counts an example (its checkpoint in DRIFT counts each
+//! once) nor reports a transition twice, nor opens the episode again.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -45,6 +45,8 @@ async fn a_shift_is_reported_once_across_a_kill_and_nothing_is_counted_twice() -
         "300",
         "--psi-recent-size",
         "150",
+        "--warm-up",
+        "0",
     ];
     let mut drift = stack.spawn("drift", &args)?;
     let model = writer.model.clone();
@@ -98,12 +100,11 @@ async fn a_shift_is_reported_once_across_a_kill_and_nothing_is_counted_twice() -
     }
     let mut seen = BTreeMap::new();
     for event in &events {
-        let key = (
-            event["detector"].to_string(),
-            event["target"].to_string(),
-            event["sequence"].as_u64(),
-        );
+        let key = (event["episode"].as_u64(), event["state"].to_string());
         assert!(seen.insert(key, ()).is_none(), "reported twice: {event}");
     }
+    // One change, one episode: the restart continued it rather than opening another.
+    assert!(events.iter().all(|e| e["episode"] == 1), "{events:?}");
+    assert_eq!(checkpoint["episodes"]["open"]["id"], 1, "{checkpoint}");
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! item's category and falls with its price, so "purchase versus view" is predictable from the
 //! features featurize computes (category share, purchase rates, price). An optional viral item
 //! appears part-way through and then draws a large share of views and purchases: a drift a
-//! deployed model should notice. The same seed always yields the same events.
+//! deployed model should notice. Other changes can be injected part-way through ([`Change`]): a
+//! category repriced, or the buying propensity of half the catalogue flipped. The same seed
+//! always yields the same events.
 
 use chrono::{DateTime, Duration, Utc};
 use freshet::events::{Action, Event, EventData, NewItem, UserAction};
@@ -44,6 +46,29 @@ pub struct Viral {
     pub at: f64,
 }
 
+/// A change in how the shop behaves from some point of the stream on, as drift tests and
+/// benchmarks inject it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// Every item of the category at `category` (an index into [`CATEGORIES`]) costs `factor`
+    /// times its price from then on (announced by a `new_item` per item with the new price, as a
+    /// catalogue update would be); buyers react to the new price as to any other.
+    Reprice { category: usize, factor: f64 },
+    /// Every other item of the catalogue (odd positions) sells against taste from then on: the
+    /// chance to buy it grows with the user's distance from its category instead of their
+    /// affinity to it, so what the features said about buying reverses for half the items.
+    FlipPropensity,
+}
+
+/// A [`Change`] and where it happens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChangeAt {
+    pub change: Change,
+    /// As a fraction of the user actions, like [`Viral::at`]; it takes effect from the first
+    /// visit that starts there or later.
+    pub at: f64,
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BookstoreConfig {
@@ -53,6 +78,8 @@ pub struct BookstoreConfig {
     pub actions: usize,
     pub seed: u64,
     pub viral: Option<Viral>,
+    /// Changes injected part-way through, in any order.
+    pub changes: Vec<ChangeAt>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +88,8 @@ struct Item {
     /// Index into [`CATEGORIES`]; `None` for the viral item, which sells outside any taste.
     category: Option<usize>,
     price: f64,
+    /// Sells against taste (see [`Change::FlipPropensity`]).
+    flipped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +148,30 @@ fn purchase_probability(user: &User, item: &Item) -> f64 {
     };
     let (low, high) = PRICE_RANGE;
     let cheapness = 1.0 - 0.7 * ((item.price - low) / (high - low)).clamp(0.0, 1.0);
-    MAX_PURCHASE_PROBABILITY * user.affinity[category] * cheapness
+    let affinity = user.affinity[category];
+    let taste = if item.flipped {
+        1.0 - affinity
+    } else {
+        affinity
+    };
+    MAX_PURCHASE_PROBABILITY * taste * cheapness
+}
+
+/// Applies `change` to the catalogue, announcing what a customer can see of it.
+fn apply_change(change: Change, items: &mut [Item], out: &mut Emitter) {
+    match change {
+        Change::Reprice { category, factor } => {
+            for item in items.iter_mut().filter(|i| i.category == Some(category)) {
+                item.price = (item.price * factor * 100.0).round() / 100.0;
+                out.new_item(item, CATEGORIES[category]);
+            }
+        }
+        Change::FlipPropensity => {
+            for item in items.iter_mut().skip(1).step_by(2) {
+                item.flipped = true;
+            }
+        }
+    }
 }
 
 /// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions.
@@ -133,13 +185,14 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
         events: Vec::with_capacity(config.items + config.actions + 1),
     };
 
-    let items: Vec<Item> = (1..=config.items)
+    let mut items: Vec<Item> = (1..=config.items)
         .map(|n| {
             let (low, high) = PRICE_RANGE;
             Item {
                 id: entity_id('b', n),
                 category: Some(rng.random_range(0..CATEGORIES.len())),
                 price: (rng.random_range(low..=high) * 100.0).round() / 100.0,
+                flipped: false,
             }
         })
         .collect();
@@ -170,17 +223,25 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     }
 
     // Where the viral item launches: after this many user actions.
-    let viral_launch = config.viral.as_ref().map(|spec| {
-        (
-            spec,
-            ((spec.at.clamp(0.0, 1.0) * config.actions as f64).floor() as usize)
-                .min(config.actions),
-        )
-    });
+    let viral_launch = config
+        .viral
+        .as_ref()
+        .map(|spec| (spec, fraction_of(spec.at, config.actions)));
     let mut viral: Option<Item> = None;
+    // The changes still to come, with the action count at which each happens, earliest last.
+    let mut changes: Vec<(usize, Change)> = config
+        .changes
+        .iter()
+        .map(|c| (fraction_of(c.at, config.actions), c.change))
+        .collect();
+    changes.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
 
     let mut actions = 0;
     while actions < config.actions {
+        while let Some(&(_, change)) = changes.last().filter(|(at, _)| actions >= *at) {
+            apply_change(change, &mut items, &mut out);
+            changes.pop();
+        }
         if viral.is_none()
             && let Some(spec) = launch_due(viral_launch, actions)
         {
@@ -236,6 +297,35 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     out.events
 }
 
+/// The index in [`CATEGORIES`] of the category whose items `events` view most (the first on a
+/// tie), if any item was viewed: where a change in one category touches most of the traffic.
+pub fn busiest_category(events: &[Event]) -> Option<usize> {
+    let mut category_of = std::collections::HashMap::new();
+    let mut views = [0usize; CATEGORIES.len()];
+    for event in events {
+        match &event.data {
+            EventData::NewItem(item) => {
+                if let Some(index) = CATEGORIES.iter().position(|c| *c == item.category) {
+                    category_of.insert(item.item.clone(), index);
+                }
+            }
+            EventData::UserAction(action) if action.action == Action::View => {
+                if let Some(index) = category_of.get(&action.item) {
+                    views[*index] += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let most = *views.iter().max()?;
+    (most > 0).then(|| views.iter().position(|v| *v == most))?
+}
+
+/// The count of user actions at `fraction` of `actions`.
+fn fraction_of(fraction: f64, actions: usize) -> usize {
+    ((fraction.clamp(0.0, 1.0) * actions as f64).floor() as usize).min(actions)
+}
+
 /// The viral item to launch now, if its moment (a count of user actions) has come.
 fn launch_due(launch: Option<(&Viral, usize)>, actions: usize) -> Option<&Viral> {
     launch
@@ -249,6 +339,7 @@ fn launch_viral(spec: &Viral, out: &mut Emitter, rng: &mut StdRng) -> Item {
         id: spec.item.clone(),
         category: None,
         price: VIRAL_PRICE,
+        flipped: false,
     };
     out.new_item(&item, CATEGORIES[rng.random_range(0..CATEGORIES.len())]);
     item
@@ -259,7 +350,7 @@ fn launch_viral(spec: &Viral, out: &mut Emitter, rng: &mut StdRng) -> Item {
 mod tests {
     use std::collections::{HashMap, HashSet};
 
-    use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
+    use freshet::events::{DEFAULT_MAX_EVENT_BYTES, NewItem, decode};
 
     use super::*;
 
@@ -270,6 +361,7 @@ mod tests {
             actions: 20_000,
             seed,
             viral: None,
+            changes: Vec::new(),
         }
     }
 
@@ -421,6 +513,127 @@ mod tests {
         );
     }
 
+    /// Purchases per view of the items `which` picks, over the actions `range`.
+    fn buy_rate(
+        events: &[Event],
+        range: std::ops::Range<usize>,
+        which: impl Fn(&str) -> bool,
+    ) -> f64 {
+        let picked: Vec<&UserAction> = actions(events)
+            .skip(range.start)
+            .take(range.len())
+            .filter(|a| which(a.item.as_str()))
+            .collect();
+        let views = picked.iter().filter(|a| a.action == Action::View).count();
+        let buys = picked
+            .iter()
+            .filter(|a| a.action == Action::Purchase)
+            .count();
+        buys as f64 / views as f64
+    }
+
+    #[test]
+    fn the_busiest_category_is_the_most_viewed() {
+        let events = generate(&config(3));
+        let busiest = busiest_category(&events).unwrap();
+        let category_of: HashMap<String, String> = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                EventData::NewItem(n) => Some((n.item.to_string(), n.category.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut views: HashMap<&str, usize> = HashMap::new();
+        for a in actions(&events).filter(|a| a.action == Action::View) {
+            *views
+                .entry(category_of[a.item.as_str()].as_str())
+                .or_default() += 1;
+        }
+        let most = views.values().max().unwrap();
+        assert_eq!(views[CATEGORIES[busiest]], *most);
+        assert_eq!(busiest_category(&events[..40]), None, "the catalogue alone");
+    }
+
+    #[test]
+    fn a_repriced_category_is_announced_at_its_fraction_and_sells_less() {
+        let reprice = ChangeAt {
+            change: Change::Reprice {
+                category: 2,
+                factor: 3.0,
+            },
+            at: 0.5,
+        };
+        let base = config(13);
+        let events = generate(&BookstoreConfig {
+            changes: vec![reprice],
+            ..base.clone()
+        });
+        let unchanged = generate(&base);
+        let listings: Vec<(usize, &NewItem)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match &e.data {
+                EventData::NewItem(n) => Some((i, n)),
+                _ => None,
+            })
+            .collect();
+        let catalogue = &listings[..40];
+        let updates = &listings[40..];
+        let in_category: Vec<&NewItem> = catalogue
+            .iter()
+            .map(|(_, n)| *n)
+            .filter(|n| n.category == CATEGORIES[2])
+            .collect();
+        assert!(!in_category.is_empty());
+        assert_eq!(updates.len(), in_category.len());
+        for ((at, update), before) in updates.iter().zip(&in_category) {
+            assert_eq!(actions(&events[..*at]).count(), 10_000, "at the fraction");
+            assert_eq!(update.item, before.item);
+            assert!((update.price - (before.price * 3.0 * 100.0).round() / 100.0).abs() < 1e-9);
+        }
+        let repriced: HashSet<String> = in_category.iter().map(|n| n.item.to_string()).collect();
+        let of_category = |item: &str| repriced.contains(item);
+        // Dearer books sell less after the change, and nothing changes before it.
+        assert!(
+            buy_rate(&events, 10_000..20_000, of_category)
+                < 0.8 * buy_rate(&events, 0..10_000, of_category)
+        );
+        assert_eq!(
+            actions(&events).take(10_000).collect::<Vec<_>>(),
+            actions(&unchanged).take(10_000).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_propensity_flip_reverses_who_buys_half_the_items() {
+        let events = generate(&BookstoreConfig {
+            changes: vec![ChangeAt {
+                change: Change::FlipPropensity,
+                at: 0.5,
+            }],
+            ..config(17)
+        });
+        // Items at odd positions of the catalogue (b0002, b0004, ...) flip.
+        let flipped = |item: &str| {
+            item.trim_start_matches('b')
+                .parse::<usize>()
+                .is_ok_and(|n| n % 2 == 0)
+        };
+        let kept = |item: &str| !flipped(item);
+        // Users mostly browse their favourite category, which flipped items now rarely sell
+        // to: the flipped half sells far less, the other half as before.
+        let (before, after) = (
+            buy_rate(&events, 0..10_000, flipped),
+            buy_rate(&events, 10_000..20_000, flipped),
+        );
+        assert!(after < 0.7 * before, "{before} → {after}");
+        let (before, after) = (
+            buy_rate(&events, 0..10_000, kept),
+            buy_rate(&events, 10_000..20_000, kept),
+        );
+        assert!((after - before).abs() < 0.25 * before, "{before} → {after}");
+    }
+
     #[test]
     fn degenerate_sizes_do_not_panic() {
         let none = BookstoreConfig {
@@ -429,6 +642,7 @@ mod tests {
             actions: 10,
             seed: 1,
             viral: None,
+            changes: Vec::new(),
         };
         assert!(generate(&none).is_empty());
         let only_viral = BookstoreConfig {

@@ -1,6 +1,13 @@
-//! What functions tell each other on CONTROL (`<prefix>.control.<model>.<kind>`): the reaction a
-//! drift detection requests, the part of a drift event train acts on, and the promotion gate's
-//! decisions with their evidence.
+//! What functions tell each other on CONTROL (`<prefix>.control.<model>.<kind>`): drift's
+//! episodes and the reaction one requests, the part of a drift record train acts on, and the
+//! promotion gate's decisions with their evidence.
+//!
+//! Drift records come in two formats. Format 1 (no `format` field) was one record per detector
+//! signal. Format 2 is one record per transition of an episode (opened as a warning, confirmed as
+//! a drift, resolved), with every field of format 1 kept at its meaning for the signal that speaks
+//! for the episode, so a reader of format 1 (train's [`DriftNotice`]) keeps working: it sees a
+//! `level` of `warning`, `drift` or `resolved`, and a reaction other than `alert` only on the
+//! record that confirms an episode.
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,19 +71,132 @@ impl FromStr for Reaction {
     }
 }
 
-/// What train reads of a drift event: enough to decide whether to react. Other fields are
-/// ignored, so the event can grow without breaking train.
+/// What train reads of a drift record: enough to decide whether to react. Other fields are
+/// ignored, so the record can grow without breaking train.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DriftNotice {
     pub kind: String,
     pub model: ModelName,
-    /// `warning` or `drift`; train reacts to `drift` only.
+    /// `warning`, `drift` or `resolved`; train reacts to `drift` only.
     pub level: String,
     /// The feature's name, or `error` for the live model's prediction error.
     pub target: String,
     /// Stream sequence of the example that made the detector signal.
     pub sequence: u64,
     pub reaction: Reaction,
+    /// The episode the record belongs to (format 2).
+    #[serde(default)]
+    pub episode: Option<u64>,
+}
+
+/// The drift record format this build writes.
+pub const DRIFT_FORMAT: u32 = 2;
+
+/// Where a drift episode is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeState {
+    /// Opened by a warning; not confirmed yet.
+    Warning,
+    /// Confirmed by a drift signal.
+    Drift,
+    /// Quiet for the re-arm span; closed.
+    Resolved,
+}
+
+impl EpisodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpisodeState::Warning => "warning",
+            EpisodeState::Drift => "drift",
+            EpisodeState::Resolved => "resolved",
+        }
+    }
+}
+
+impl fmt::Display for EpisodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Examples (stream sequences in EXAMPLES), first and last included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceSpan {
+    pub first: u64,
+    pub last: u64,
+    /// How many of the model's examples it holds, when known (examples of other models sit
+    /// between its sequences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// One detector's signal in an episode, with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftSignal {
+    pub detector: String,
+    /// The feature's name, or `error` for the live model's prediction error.
+    pub target: String,
+    /// The feature's index in the example's vector; `None` for the error.
+    pub feature: Option<usize>,
+    /// `warning` or `drift`.
+    pub level: String,
+    /// The detector's statistic when it signalled (each detector's is named in drift's README).
+    pub statistic: f64,
+    /// What the statistic had to reach, when the detector has one.
+    pub threshold: Option<f64>,
+    /// The examples the detector read since it last started afresh.
+    pub window: SequenceSpan,
+    /// Examples compared as the reference and as the recent part, when the detector says.
+    pub reference_examples: Option<u64>,
+    pub recent_examples: Option<u64>,
+    /// The example at which it signalled.
+    pub sequence: u64,
+}
+
+/// A transition of a drift episode on `<prefix>.control.<model>.drift` (format 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftEpisodeRecord {
+    /// Always `"drift"`.
+    pub kind: String,
+    /// [`DRIFT_FORMAT`].
+    pub format: u32,
+    pub model: ModelName,
+    /// The episode's number, per model from 1.
+    pub episode: u64,
+    /// The state the episode has just entered.
+    pub state: EpisodeState,
+    /// The state again, under the name format 1 gave the signal's level.
+    pub level: String,
+    /// The signal that speaks for the episode (its confirmation once there is one, else the one
+    /// that opened it): detector, target, feature index, statistic, threshold and window.
+    pub detector: String,
+    pub target: String,
+    pub feature: Option<usize>,
+    pub statistic: f64,
+    pub threshold: Option<f64>,
+    pub window: SequenceSpan,
+    /// Stream sequence of the example at which the transition happened.
+    pub sequence: u64,
+    /// The examples the episode spans: from the one that opened it to the last at which a
+    /// detector signalled or sat in its warning zone (to the one that resolved it, once resolved).
+    pub span: SequenceSpan,
+    /// Where each transition happened.
+    pub opened: u64,
+    pub confirmed: Option<u64>,
+    pub resolved: Option<u64>,
+    /// Every detector and target that signalled in the episode (the latest signal of each).
+    pub signals: Vec<DriftSignal>,
+    /// The live version when the example was read.
+    pub live_version: Option<u64>,
+    /// The reaction this record asks train for: the one configured for the model, on the
+    /// record that confirms the episode, unless another is outstanding; `alert` otherwise.
+    pub reaction: Reaction,
+    /// Why the configured reaction was not requested, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction_withheld: Option<String>,
+    /// The transition's example's event time, or when EXAMPLES stored it if it carries none.
+    pub event_time: DateTime<Utc>,
 }
 
 impl DriftNotice {
@@ -173,6 +293,7 @@ mod tests {
             target: "error".into(),
             sequence: 7,
             reaction,
+            episode: None,
         };
         assert_eq!(
             notice("drift", Reaction::TrainCandidate).requested(),
@@ -187,6 +308,58 @@ mod tests {
             None
         );
         assert_eq!(notice("drift", Reaction::Alert).requested(), None);
+    }
+
+    #[test]
+    fn an_episode_record_is_read_as_a_notice_by_readers_of_format_one() {
+        let record = DriftEpisodeRecord {
+            kind: KIND_DRIFT.into(),
+            format: DRIFT_FORMAT,
+            model: "bookstore".parse().unwrap(),
+            episode: 4,
+            state: EpisodeState::Drift,
+            level: "drift".into(),
+            detector: "adwin".into(),
+            target: "error".into(),
+            feature: None,
+            statistic: 0.21,
+            threshold: Some(0.12),
+            window: SequenceSpan {
+                first: 10,
+                last: 900,
+                count: Some(445),
+            },
+            sequence: 900,
+            span: SequenceSpan {
+                first: 880,
+                last: 900,
+                count: None,
+            },
+            opened: 880,
+            confirmed: Some(900),
+            resolved: None,
+            signals: Vec::new(),
+            live_version: Some(12),
+            reaction: Reaction::RaiseLr,
+            reaction_withheld: None,
+            event_time: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let json = serde_json::to_vec(&record).unwrap();
+        let notice: DriftNotice = serde_json::from_slice(&json).unwrap();
+        assert_eq!(notice.requested(), Some(Reaction::RaiseLr));
+        assert_eq!((notice.sequence, notice.episode), (900, Some(4)));
+        let back: DriftEpisodeRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, record);
+        // The resolution asks nothing.
+        let resolved = DriftEpisodeRecord {
+            state: EpisodeState::Resolved,
+            level: "resolved".into(),
+            reaction: Reaction::Alert,
+            ..record
+        };
+        let notice: DriftNotice =
+            serde_json::from_slice(&serde_json::to_vec(&resolved).unwrap()).unwrap();
+        assert_eq!(notice.requested(), None);
     }
 
     #[test]

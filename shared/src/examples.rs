@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{RejectReason, Rejection};
 use crate::events::{MAX_FEATURES, check_numbers};
 use crate::ids::ModelName;
+use crate::monitoring::{Monitoring, Watch};
 
 /// Names and order of the features a model expects; a model is only valid for the schema
 /// (name and version) it was trained on.
@@ -20,12 +21,24 @@ pub struct FeatureSchema {
     pub version: u32,
     /// Feature names in vector order.
     pub features: Vec<String>,
+    /// How drift watches each feature, in vector order (see [`crate::monitoring`]). Empty (and
+    /// left out) when the schema declares no plan, as in manifests written before plans existed:
+    /// every feature is then read as its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitoring: Vec<Monitoring>,
 }
 
 impl FeatureSchema {
     /// Number of features, i.e. the length every input row must have.
     pub fn n_features(&self) -> usize {
         self.features.len()
+    }
+
+    /// How drift reads feature `index`: the declared plan's entry, else its value.
+    pub fn watch(&self, index: usize) -> Watch {
+        self.monitoring
+            .get(index)
+            .map_or(crate::monitoring::UNDECLARED, |m| m.watch)
     }
 }
 

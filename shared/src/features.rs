@@ -11,24 +11,28 @@
 //! every value is finite and bounded (below 45) for any state. "Now" is the event time of the
 //! action at training time and the clock at request time.
 //!
-//! | # | name | definition |
-//! | --- | --- | --- |
-//! | 0 | `user_log_views` | ln(1 + views by the user) |
-//! | 1 | `user_log_carts` | ln(1 + add-to-carts by the user) |
-//! | 2 | `user_log_purchases` | ln(1 + purchases by the user) |
-//! | 3 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) |
-//! | 4 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) |
-//! | 5 | `user_log_idle_minutes` | ln(1 + minutes since the user's last event), at most 30 days; 30 days for a new user |
-//! | 6 | `item_log_views` | ln(1 + views of the item) |
-//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 15) |
-//! | 8 | `item_log_price` | ln(1 + price), 0 when unknown |
-//! | 9 | `item_log_age_hours` | ln(1 + hours since the item was first seen) |
-//! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user |
-//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) |
-//! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) |
-//! | 13 | `item_log_actions_1h` | ln(1 + actions on the item in the last 60 one-minute windows) |
-//! | 14 | `item_log_purchases_1h` | ln(1 + purchases of it in the same span) |
-//! | 15 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4): all items of the category |
+//! | # | name | definition | drift watches |
+//! | --- | --- | --- | --- |
+//! | 0 | `user_log_views` | ln(1 + views by the user) | no: a running count |
+//! | 1 | `user_log_carts` | ln(1 + add-to-carts by the user) | no: a running count |
+//! | 2 | `user_log_purchases` | ln(1 + purchases by the user) | no: a running count |
+//! | 3 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
+//! | 4 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
+//! | 5 | `user_log_idle_minutes` | ln(1 + minutes since the user's last event), at most 30 days; 30 days for a new user | the value |
+//! | 6 | `item_log_views` | ln(1 + views of the item) | no: a running count |
+//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 15) | no: a running average |
+//! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
+//! | 9 | `item_log_age_hours` | ln(1 + hours since the item was first seen) | no: a time since |
+//! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
+//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | no: slow swings |
+//! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) | no: wanders |
+//! | 13 | `item_log_actions_1h` | ln(1 + actions on the item in the last 60 one-minute windows) | no: hour-long overlap |
+//! | 14 | `item_log_purchases_1h` | ln(1 + purchases of it in the same span) | no: hour-long overlap |
+//! | 15 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4): all items of the category | no: a running average |
+//!
+//! The last column is the monitoring plan ([`MONITORING`], with each reason in full): what the
+//! drift function compares between a reference window and a recent one. The model's prediction
+//! error is always watched; the plan only says which inputs can show a change by themselves.
 //!
 //! The recent spans are event-time windows ([`EventTimeWindows`]): tumbling one-minute windows
 //! ending at the end of the current minute, so "the last 5 minutes" is the current, partly
@@ -50,6 +54,7 @@ use crate::aggregates::{
 use crate::events::Action;
 use crate::examples::FeatureSchema;
 use crate::ids::{EntityId, ModelName};
+use crate::monitoring::{Monitoring, Watch};
 
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
@@ -73,6 +78,75 @@ pub const FEATURE_NAMES: [&str; 16] = [
     "item_log_actions_1h",
     "item_log_purchases_1h",
     "category_purchase_rate",
+];
+/// How drift watches each feature, in [`FEATURE_NAMES`] order, and why (see
+/// [`crate::monitoring`]). A feature that moves by construction is not watched: comparing its
+/// recent values with older ones would report the shop's age, not a change in it.
+pub const MONITORING: [(Watch, &str); 16] = [
+    (
+        Watch::Ignore,
+        "a running count of the user's views: it grows with every visit, so recent values always sit above older ones",
+    ),
+    (
+        Watch::Ignore,
+        "a running count of the user's add-to-carts: it grows with the user's history by construction",
+    ),
+    (
+        Watch::Ignore,
+        "a running count of the user's purchases: it grows with the user's history; a change in buying shows in the model's error",
+    ),
+    (
+        Watch::Ignore,
+        "a running average over the user's whole history: it narrows towards each user's rate as histories lengthen, and answers a change only slowly; a change in buying shows first in the model's error",
+    ),
+    (
+        Watch::Ignore,
+        "a running share over the user's whole history: it narrows as histories lengthen, and answers a change in taste only slowly",
+    ),
+    (
+        Watch::Value,
+        "clamped and logged time since the user's previous event: how often users come back, steady while their habits are",
+    ),
+    (
+        Watch::Ignore,
+        "a running count of the item's views: it grows with the catalogue's age by construction",
+    ),
+    (
+        Watch::Ignore,
+        "a running average over the item's whole history: it creeps towards the item's rate as views accumulate, and answers a change only slowly; a change in what sells shows first in the model's error and the five-minute purchases",
+    ),
+    (
+        Watch::Value,
+        "the price of what is viewed: steady until prices or the mix of books viewed change",
+    ),
+    (
+        Watch::Ignore,
+        "time since the item was listed: it grows with the catalogue's age by construction",
+    ),
+    (
+        Watch::Value,
+        "clamped and logged time since the item's previous event: how evenly attention spreads over the catalogue",
+    ),
+    (
+        Watch::Ignore,
+        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's sales over the same span and its idle time are watched",
+    ),
+    (
+        Watch::Ignore,
+        "the item's sales over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
+    ),
+    (
+        Watch::Ignore,
+        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
+    ),
+    (
+        Watch::Ignore,
+        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
+    ),
+    (
+        Watch::Ignore,
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
+    ),
 ];
 /// A user's per-category view counts keep at most this many categories.
 const MAX_CATEGORIES_PER_USER: usize = 64;
@@ -103,6 +177,10 @@ pub fn schema() -> FeatureSchema {
         name: SCHEMA_NAME.to_string(),
         version: SCHEMA_VERSION,
         features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+        monitoring: MONITORING
+            .iter()
+            .map(|(watch, reason)| Monitoring::new(*watch, reason))
+            .collect(),
     }
 }
 
@@ -564,6 +642,32 @@ mod tests {
         assert_eq!(distinct.len(), FEATURE_NAMES.len());
         assert_eq!(schema().version, 3);
         assert_eq!(ScalingState::default().ewma.len(), FEATURE_NAMES.len());
+    }
+
+    #[test]
+    fn every_feature_has_a_monitoring_plan_with_a_reason() {
+        let schema = schema();
+        assert_eq!(schema.monitoring.len(), FEATURE_NAMES.len());
+        assert!(schema.monitoring.iter().all(|m| m.reason.len() > 20));
+        // Running counts and times since grow by construction: never watched as they stand.
+        for name in [
+            "user_log_views",
+            "user_log_carts",
+            "user_log_purchases",
+            "item_log_views",
+            "item_log_age_hours",
+        ] {
+            assert_eq!(schema.watch(index(name)), Watch::Ignore, "{name}");
+        }
+        assert_eq!(schema.watch(index("item_log_price")), Watch::Value);
+        let json = serde_json::to_value(&schema).unwrap();
+        assert_eq!(json["monitoring"][8]["watch"], "value");
+        // A schema written before plans existed still decodes, and watches every value.
+        let old: FeatureSchema =
+            serde_json::from_str(r#"{"name":"bookstore","version":3,"features":["a","b"]}"#)
+                .unwrap();
+        assert!(old.monitoring.is_empty());
+        assert_eq!(old.watch(1), Watch::Value);
     }
 
     #[test]

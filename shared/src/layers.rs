@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("topology", 1),
     ("metrics", 1),
     ("shutdown", 1),
+    ("monitoring", 1),
     ("event_time", 1),
     ("retry", 1),
     ("aggregates", 2),

@@ -16,6 +16,7 @@
 //!      [`control`]: the CONTROL messages; [`serving`]: the prediction request/reply protocol.
 //!    - [`subjects`]: every subject, stream, bucket and header name, from one prefix;
 //!      [`topology`]: the streams, buckets and consumers, provisioned idempotently.
+//!    - [`monitoring`]: how drift watches each feature of a schema, and why.
 //!    - [`metrics`]: the Prometheus registry every function exports; [`shutdown`]: graceful
 //!      shutdown as an injected value.
 //! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity aggregates, EWMA
@@ -54,6 +55,7 @@ pub mod features;
 pub mod ids;
 pub mod metrics;
 pub mod model;
+pub mod monitoring;
 pub mod retry;
 pub mod runtime;
 pub mod serving;

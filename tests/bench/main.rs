@@ -4,7 +4,8 @@
 //! - `pipeline` ([`pipeline`]): events through featurize → train to a predictor's reply, beside
 //!   the JetStream floors and the Python peer;
 //! - `predict` (this file): the predictor against a bare echo, and by model size;
-//! - `train`, `featurize`, `detectors`, `soak`: in their modules.
+//! - `train`, `featurize`, `detectors` (with drift's bank on bookstore examples, `bank.rs`),
+//!   `soak`: in their modules.
 //!
 //! The functions are the binaries built beside this one, so build all in release. The predictor
 //! suite starts a nats-server and a predictor, writes a model version, and measures:
@@ -23,6 +24,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
+mod bank;
 mod detectors;
 mod featurize;
 mod pipeline;
@@ -92,6 +94,16 @@ struct Args {
     /// Run the detectors suite without River (no reference column; nothing to install)
     #[arg(long)]
     detectors_without_river: bool,
+    /// Detectors suite, the bank on bookstore examples: generated actions of the stationary
+    /// stream (2.7 M give over a million examples)
+    #[arg(long, default_value_t = 2_700_000)]
+    bank_stationary_actions: usize,
+    /// The bank on bookstore examples: actions of each stream with a change (halfway)
+    #[arg(long, default_value_t = 200_000)]
+    bank_change_actions: usize,
+    /// The bank on bookstore examples: streams per change
+    #[arg(long, default_value_t = 5)]
+    bank_change_seeds: u64,
     /// Soak: pointer moves while the predictor serves
     #[arg(long, default_value_t = 10_000)]
     soak_swaps: usize,
@@ -439,8 +451,17 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suite.iter().any(|s| s == "detectors") {
         let dir = args.json.parent().unwrap_or(std::path::Path::new("."));
-        report["detectors"] =
-            detectors::run(args.detector_seeds, dir, !args.detectors_without_river)?;
+        let bank = bank::Sizes {
+            stationary_actions: args.bank_stationary_actions,
+            change_actions: args.bank_change_actions,
+            change_seeds: args.bank_change_seeds,
+        };
+        report["detectors"] = detectors::run(
+            args.detector_seeds,
+            bank,
+            dir,
+            !args.detectors_without_river,
+        )?;
     }
     if args.suite.iter().any(|s| s == "soak") {
         report["soak"] = soak::run(&mut stack, args.soak_swaps, args.soak_interval).await?;

@@ -133,6 +133,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             item: EntityId::parse(VIRAL_ITEM)?,
             at: 0.5,
         }),
+        changes: Vec::new(),
     };
     let events = bookstore::generate(&config);
     let actions = events

@@ -51,6 +51,7 @@ impl GenerateArgs {
                 item,
                 at: self.viral_at,
             }),
+            changes: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `freshet status`: one look at the whole system: how much each stream holds, how far behind each
-//! consumer of EVENTS and EXAMPLES is, which version each model serves and since when, and how
-//! many messages were dead-lettered for which reason.
+//! consumer of EVENTS and EXAMPLES is, which version each model serves and since when, each
+//! model's drift episode (the one open, else the last), and how many messages were dead-lettered
+//! for which reason.
 //!
 //! Missing pieces (an unprovisioned stream, no MODELS bucket) are shown as missing rather than
 //! failing the command: status is what an operator runs when something is wrong.
@@ -66,6 +67,62 @@ pub struct ModelStatus {
     pub candidate_version: Option<u64>,
 }
 
+/// A model's latest drift episode, as its last record on CONTROL tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftStatus {
+    pub model: String,
+    /// `None` when drift has published no episode for the model (or CONTROL no longer holds it).
+    pub episode: Option<EpisodeStatus>,
+}
+
+/// The state of one episode and the signal that speaks for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpisodeStatus {
+    pub id: u64,
+    /// `warning` or `drift` while open; `resolved` once closed.
+    pub state: String,
+    pub opened: u64,
+    /// The example of its latest transition.
+    pub sequence: u64,
+    pub detector: String,
+    pub target: String,
+    pub statistic: f64,
+    pub threshold: Option<f64>,
+    /// Detectors and targets that signalled in it.
+    pub signals: usize,
+    /// The reaction its confirmation requested (`alert` when none), and why one was withheld.
+    pub reaction: String,
+    pub reaction_withheld: Option<String>,
+}
+
+impl EpisodeStatus {
+    /// Reads a drift record of format 2; `None` for anything else (a format-1 detection).
+    pub fn from_record(record: &serde_json::Value) -> Option<EpisodeStatus> {
+        let text = |key: &str| record.get(key)?.as_str().map(str::to_string);
+        let number = |key: &str| record.get(key)?.as_u64();
+        Some(EpisodeStatus {
+            id: number("episode")?,
+            state: text("state")?,
+            opened: number("opened")?,
+            sequence: number("sequence")?,
+            detector: text("detector")?,
+            target: text("target")?,
+            statistic: record.get("statistic")?.as_f64()?,
+            threshold: record.get("threshold").and_then(serde_json::Value::as_f64),
+            signals: record
+                .get("signals")
+                .and_then(serde_json::Value::as_array)
+                .map_or(0, Vec::len),
+            reaction: text("reaction").unwrap_or_else(|| "alert".to_string()),
+            reaction_withheld: text("reaction_withheld"),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state != "resolved"
+    }
+}
+
 /// Everything `freshet status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -73,6 +130,8 @@ pub struct Status {
     pub consumers: Vec<ConsumerStatus>,
     /// `None` when the MODELS bucket does not exist.
     pub models: Option<Vec<ModelStatus>>,
+    /// Each model's latest drift episode; `None` when CONTROL or MODELS does not exist.
+    pub drift: Option<Vec<DriftStatus>>,
     /// Dead-lettered messages by reason (the last token of the dead-letter subject).
     pub dead_letters: BTreeMap<String, u64>,
 }
@@ -143,7 +202,7 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
                             .map(|p| age_seconds(p.updated_at, now)),
                         candidate_version: pair.candidate.as_ref().map(|p| p.version),
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         }
         Err(err) => {
@@ -151,16 +210,59 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let drift = match (&models, nats.js.get_stream(STREAM_CONTROL).await) {
+        (Some(models), Ok(control)) => {
+            let mut drift = Vec::with_capacity(models.len());
+            for model in models {
+                drift.push(latest_episode(&control, &nats.subjects, &model.model).await?);
+            }
+            Some(drift)
+        }
+        _ => None,
+    };
     let status = Status {
         streams,
         consumers,
         models,
+        drift,
         dead_letters,
     };
     if global.json {
         return emit_json(&status);
     }
     emit(&render(&status))
+}
+
+/// The latest drift episode of `model`: its last record on CONTROL.
+async fn latest_episode(
+    control: &jetstream::stream::Stream,
+    subjects: &freshet::subjects::Subjects,
+    model: &str,
+) -> anyhow::Result<DriftStatus> {
+    let episode = match freshet::ids::ModelName::parse(model) {
+        Ok(name) => {
+            let subject = subjects.control(&name, freshet::control::KIND_DRIFT);
+            match control.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|record| EpisodeStatus::from_record(&record)),
+                Err(err)
+                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    None
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("reading the last record on {subject}"));
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    Ok(DriftStatus {
+        model: model.to_string(),
+        episode,
+    })
 }
 
 async fn consumer_statuses(
@@ -277,6 +379,11 @@ pub fn render(status: &Status) -> String {
         }
     }
 
+    if let Some(drift) = &status.drift {
+        text.push('\n');
+        text.push_str(&render_drift(drift));
+    }
+
     text.push('\n');
     if status.dead_letters.is_empty() {
         text.push_str("no dead letters\n");
@@ -290,9 +397,97 @@ pub fn render(status: &Status) -> String {
     text
 }
 
+/// The drift table: one row per model, its open episode or else its last one.
+pub fn render_drift(drift: &[DriftStatus]) -> String {
+    let mut table = Table::new(&[
+        "MODEL",
+        "EPISODE",
+        "STATE",
+        "SINCE EXAMPLE",
+        "SIGNAL",
+        "DETECTORS",
+        "REACTION",
+    ])
+    .align_right(&[1, 3, 5]);
+    for model in drift {
+        let Some(e) = &model.episode else {
+            table.row(vec![model.model.clone(), "-".into(), "no episode".into()]);
+            continue;
+        };
+        let state = if e.is_open() {
+            format!("{} (open)", e.state)
+        } else {
+            e.state.clone()
+        };
+        let signal = match e.threshold {
+            Some(t) => format!(
+                "{} on {}: {:.4} vs {:.4}",
+                e.detector, e.target, e.statistic, t
+            ),
+            None => format!("{} on {}: {:.4}", e.detector, e.target, e.statistic),
+        };
+        let reaction = match &e.reaction_withheld {
+            Some(why) => format!("withheld ({why})"),
+            None => e.reaction.clone(),
+        };
+        table.row(vec![
+            model.model.clone(),
+            e.id.to_string(),
+            state,
+            e.opened.to_string(),
+            signal,
+            e.signals.to_string(),
+            reaction,
+        ]);
+    }
+    table.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_drift_record_tells_the_episode() {
+        let record = serde_json::json!({
+            "kind": "drift", "format": 2, "model": "bookstore", "episode": 3, "state": "drift",
+            "level": "drift", "detector": "psi", "target": "item_log_price", "feature": 8,
+            "statistic": 0.0407, "threshold": 0.0400, "window": {"first": 1, "last": 24489},
+            "sequence": 24489, "span": {"first": 24477, "last": 24489}, "opened": 24477,
+            "confirmed": 24489, "resolved": null, "signals": [{}, {}], "live_version": 40,
+            "reaction": "raise_lr", "event_time": "2026-01-01T00:00:00Z"
+        });
+        let episode = EpisodeStatus::from_record(&record).unwrap();
+        assert!(episode.is_open());
+        assert_eq!((episode.id, episode.signals), (3, 2));
+        let text = render_drift(&[
+            DriftStatus {
+                model: "bookstore".into(),
+                episode: Some(episode.clone()),
+            },
+            DriftStatus {
+                model: "quiet".into(),
+                episode: None,
+            },
+        ]);
+        assert!(text.contains("drift (open)"), "{text}");
+        assert!(
+            text.contains("psi on item_log_price: 0.0407 vs 0.0400"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raise_lr") && text.contains("no episode"),
+            "{text}"
+        );
+        // A resolved episode is closed; a format-1 detection is not an episode.
+        let resolved = EpisodeStatus {
+            state: "resolved".into(),
+            ..episode
+        };
+        assert!(!resolved.is_open());
+        let old = serde_json::json!({"kind": "drift", "detector": "ddm", "level": "drift"});
+        assert_eq!(EpisodeStatus::from_record(&old), None);
+    }
 
     #[test]
     fn dead_letters_are_grouped_by_the_last_subject_token() {

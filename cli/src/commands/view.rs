@@ -55,7 +55,8 @@ const PAGE: &str = include_str!("view/page.html");
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Most records of one kind kept per model (outcomes can arrive by the thousand per second).
 const MAX_RECORDS: usize = 50_000;
-/// Most drift detections kept per model: feature detectors can warn often.
+/// Most drift records kept per model (episode transitions, or format-1 detections, which could
+/// come every few examples).
 const MAX_DRIFT_MARKS: usize = 2_000;
 /// Most example stored-time lookups per sample, so a long history is caught up gradually.
 const MAX_LOOKUPS: usize = 100;
@@ -977,6 +978,11 @@ mod tests {
             target: "error".into(),
             statistic: 2.0,
             live_version: Some(2),
+            episode: None,
+            threshold: None,
+            signals: 0,
+            reaction: None,
+            reaction_withheld: None,
         }));
         collected.errors.insert("CONTROL", "boom".into());
 

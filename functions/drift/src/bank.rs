@@ -1,38 +1,61 @@
-//! drift's pure logic: the bank of detectors watching one model, and its checkpoint.
+//! drift's pure logic: the bank of detectors watching one model, the family-wise control of
+//! their false alarms, and the checkpoint that holds them and the model's episodes.
 //!
-//! For each example, in stream order, the bank feeds every feature's value to that feature's
-//! distribution detectors (PSI and Page-Hinkley by default) and, when the live model scored the
-//! example, its prediction error to the error detectors (DDM and ADWIN read the 0/1 error,
-//! Page-Hinkley reads the log loss). Everything the bank knows is a [`Checkpoint`]: plain data
-//! that the function keeps as JSON in the DRIFT bucket. It records the stream sequence of the
-//! last example folded in, and folding an example at or below that mark does nothing, so a
-//! redelivered batch is neither observed nor reported twice, and a checkpoint read back continues
-//! exactly as the run that wrote it would have.
+//! For each example, in stream order, the bank feeds what the schema's monitoring plan says to
+//! watch of each feature (see [`freshet::monitoring`]) to that feature's distribution detectors
+//! (PSI by default) and, when the live model scored the example, its prediction error to the
+//! error detectors (ADWIN by default, reading the squared error of the probability; DDM reads
+//! the 0/1 error, Page-Hinkley the log loss). What they report becomes part of an episode ([`crate::episodes`]): one alarm per
+//! change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
+//! JSON in the DRIFT bucket. It records the stream sequence of the last example folded in, and
+//! folding an example at or below that mark does nothing, so a redelivered batch is neither
+//! observed nor reported twice, and a checkpoint read back continues exactly as the run that
+//! wrote it would have.
 //!
-//! Error detectors watch one live version at a time: an example scored by another version starts
-//! them afresh, because a new model has its own error level and comparing it with the old one's
-//! would report the swap itself as drift. Likewise feature detectors start afresh when the
-//! examples' schema (name, version or width) changes.
+//! **Families.** The detectors of one model make many tests per example: each watched feature
+//! times each feature detector, plus each error detector. drift splits a budget of false alarms
+//! over them (Bonferroni): the feature family's budget [`BankConfig::feature_alpha`] equally over
+//! its tests, the error family's [`BankConfig::error_alpha`] equally over the error detectors;
+//! each detector turns its share into its own threshold (a significance level for PSI and KSWIN,
+//! ADWIN's δ, DDM's normal deviations). Page-Hinkley's threshold is in the units of what it reads
+//! and takes no share; it runs with the λ given. The functions's README has the arithmetic.
 //!
-//! No clock and no I/O: the adapter (`processor.rs`) scores the examples, publishes the findings
-//! and writes the checkpoint.
+//! Only a rise of the error is a change: an error detector that finds the error has fallen (a
+//! model still learning, say) starts afresh without reporting. Error detectors watch one chain
+//! of live versions at a time: an example scored by another chain starts them afresh, because a
+//! new model has its own error level and comparing it with the old one's would report the swap
+//! itself as drift. Likewise feature detectors start afresh when the examples' schema (name,
+//! version, width or plan) changes, and read nothing for the first [`BankConfig::warm_up`]
+//! examples of a schema: while featurize's entity states fill, every feature moves by
+//! construction. The error detectors wait as long from the model's first example: a model
+//! learning from nothing, whose labels wait for their horizon, has no steady error yet.
+//!
+//! No clock and no I/O: the adapter (`processor.rs`) scores the examples, publishes the episodes'
+//! transitions and writes the checkpoint.
 
 use std::fmt;
 use std::str::FromStr;
 
+use freshet::monitoring::Watch;
 use serde::{Deserialize, Serialize};
 
-use freshet_drift::detectors::{
+use crate::detectors::{
     Adwin, AdwinConfig, Ddm, DdmConfig, Detection, Detector, DetectorError, Kswin, KswinConfig,
-    Level, PageHinkley, PageHinkleyConfig, StreamingPsi, StreamingPsiConfig,
+    Level, PageHinkley, PageHinkleyConfig, PsiSignificance, StreamingPsi, StreamingPsiConfig,
+    normal_upper_quantile,
 };
+use crate::episodes::{EpisodeConfig, Episodes, ReactionPolicy, Transition};
 
 /// The checkpoint layout this build writes and reads; any other is read for its mark only.
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Format 1 (no episodes, uncalibrated detectors) is read that way.
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// Probabilities are kept this far from 0 and 1 for the log loss, so a confident miss costs a
 /// large but finite loss (about 16 nats).
 const LOG_LOSS_EPSILON: f64 = 1e-7;
+
+/// A warning is reported at this many times a test's drift level (PSI, DDM).
+pub const WARNING_FACTOR: f64 = 10.0;
 
 /// A detector the bank can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,20 +158,32 @@ pub enum BankError {
     },
     #[error("no detector is selected: name at least one feature or error detector")]
     Empty,
+    #[error("the {family} family's false-alarm budget must be in (0, 0.5), got {alpha}")]
+    Budget { family: &'static str, alpha: f64 },
     #[error(transparent)]
     Detector(#[from] DetectorError),
 }
 
-/// Which detectors watch what, and their parameters. Part of the checkpoint: a checkpoint
-/// written under other settings is read for its mark only.
+/// Which detectors watch what, their budgets and their parameters. Part of the checkpoint: a
+/// checkpoint written under other settings is read for its mark only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BankConfig {
-    /// Detectors run on every feature, in this order.
+    /// Detectors run on every watched feature, in this order.
     pub feature_detectors: Vec<DetectorKind>,
     /// Detectors run on the live model's prediction errors, in this order.
     pub error_detectors: Vec<DetectorKind>,
-    // Each detector's parameters, the same wherever it runs (Page-Hinkley and ADWIN may watch
-    // features and the error alike).
+    /// The feature family's false-alarm budget per example: the sum of the levels of all its
+    /// tests (watched features × feature detectors) at one evaluation.
+    pub feature_alpha: f64,
+    /// The error family's budget per example, split over the error detectors.
+    pub error_alpha: f64,
+    /// Examples of a schema read before its features are watched, and of the model before its
+    /// error is.
+    pub warm_up: u64,
+    pub episodes: EpisodeConfig,
+    // Each detector's parameters, the same wherever it runs (ADWIN may watch features and the
+    // error alike); the significance of each test comes from its family's budget instead of
+    // these (PSI's fixed thresholds, ADWIN's δ, KSWIN's α and DDM's deviations are overwritten).
     pub psi: StreamingPsiConfig,
     pub page_hinkley: PageHinkleyConfig,
     pub adwin: AdwinConfig,
@@ -159,64 +194,158 @@ pub struct BankConfig {
 impl Default for BankConfig {
     fn default() -> Self {
         BankConfig {
-            feature_detectors: vec![DetectorKind::Psi, DetectorKind::PageHinkley],
-            error_detectors: vec![DetectorKind::Ddm, DetectorKind::Adwin],
-            psi: StreamingPsiConfig::default(),
+            feature_detectors: vec![DetectorKind::Psi],
+            error_detectors: vec![DetectorKind::Adwin],
+            feature_alpha: 1e-7,
+            error_alpha: 1e-3,
+            warm_up: 2_000,
+            episodes: EpisodeConfig::default(),
+            psi: StreamingPsiConfig {
+                reference_size: 4_000,
+                recent_size: 2_000,
+                sliding_reference: true,
+                ..StreamingPsiConfig::default()
+            },
             page_hinkley: PageHinkleyConfig::default(),
-            adwin: AdwinConfig::default(),
+            // Every value tested, not every 32nd as in River: a cut is found as soon as it
+            // holds, which is most of ADWIN's delay on a rising error.
+            adwin: AdwinConfig {
+                clock: 1,
+                ..AdwinConfig::default()
+            },
             kswin: KswinConfig::default(),
             ddm: DdmConfig::default(),
         }
     }
 }
 
+/// The family a test belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Features,
+    Error,
+}
+
 impl BankConfig {
-    /// A fresh detector of `kind` with these parameters, refused if they are out of range.
-    fn detector(&self, kind: DetectorKind) -> Result<AnyDetector, DetectorError> {
+    /// The level of one test of `family` when the family holds `tests` tests.
+    pub fn test_level(&self, family: Family, tests: usize) -> f64 {
+        let budget = match family {
+            Family::Features => self.feature_alpha,
+            Family::Error => self.error_alpha,
+        };
+        budget / tests.max(1) as f64
+    }
+
+    /// A fresh detector of `kind` whose test runs at `level`, refused if its parameters are out
+    /// of range.
+    pub fn detector(&self, kind: DetectorKind, level: f64) -> Result<AnyDetector, DetectorError> {
+        let warning = (level * WARNING_FACTOR).min(0.5).max(level);
         Ok(match kind {
-            DetectorKind::Psi => AnyDetector::Psi(StreamingPsi::new(self.psi)?),
+            DetectorKind::Psi => AnyDetector::Psi(StreamingPsi::new(StreamingPsiConfig {
+                significance: Some(PsiSignificance {
+                    drift: level,
+                    warning,
+                }),
+                ..self.psi
+            })?),
             DetectorKind::PageHinkley => {
                 AnyDetector::PageHinkley(PageHinkley::new(self.page_hinkley)?)
             }
-            DetectorKind::Adwin => AnyDetector::Adwin(Adwin::new(self.adwin)?),
-            DetectorKind::Kswin => AnyDetector::Kswin(Kswin::new(self.kswin)?),
-            DetectorKind::Ddm => AnyDetector::Ddm(Ddm::new(self.ddm)?),
+            DetectorKind::Adwin => AnyDetector::Adwin(Adwin::new(AdwinConfig {
+                delta: level,
+                ..self.adwin
+            })?),
+            DetectorKind::Kswin => AnyDetector::Kswin(Kswin::new(KswinConfig {
+                alpha: level,
+                ..self.kswin
+            })?),
+            DetectorKind::Ddm => AnyDetector::Ddm(Ddm::new(DdmConfig {
+                drift_threshold: normal_upper_quantile(level),
+                warning_threshold: normal_upper_quantile(warning),
+                ..self.ddm
+            })?),
         })
     }
 
-    /// Fresh tracked detectors for one stream, checked for place and repetition.
+    /// Fresh tracked detectors for one stream of `family`, each at its share of the family's
+    /// budget when the family holds `tests` tests.
     fn fresh_slots(
         &self,
         kinds: &[DetectorKind],
-        stream: &'static str,
-        fits: fn(DetectorKind) -> bool,
-        hint: &'static str,
-    ) -> Result<Vec<Tracked>, BankError> {
-        let mut slots: Vec<Tracked> = Vec::with_capacity(kinds.len());
-        for (i, &kind) in kinds.iter().enumerate() {
-            if !fits(kind) {
-                return Err(BankError::Misplaced {
-                    detector: kind,
-                    stream,
-                    hint,
-                });
-            }
-            if kinds[..i].contains(&kind) {
-                return Err(BankError::Repeated {
-                    detector: kind,
-                    stream,
-                });
-            }
-            slots.push(Tracked::new(self.detector(kind)?));
+        family: Family,
+        tests: usize,
+    ) -> Result<Vec<Tracked>, DetectorError> {
+        let level = self.test_level(family, tests);
+        kinds
+            .iter()
+            .map(|&kind| Ok(Tracked::new(self.detector(kind, level)?)))
+            .collect()
+    }
+
+    /// Checks the detectors' places and repetitions, and the budgets.
+    fn check(&self) -> Result<(), BankError> {
+        if self.feature_detectors.is_empty() && self.error_detectors.is_empty() {
+            return Err(BankError::Empty);
         }
-        Ok(slots)
+        for (family, alpha) in [("feature", self.feature_alpha), ("error", self.error_alpha)] {
+            if !(alpha > 0.0 && alpha < 0.5) {
+                return Err(BankError::Budget { family, alpha });
+            }
+        }
+        /// A list of detectors, where it runs, what may run there, and what to say otherwise.
+        type Place<'a> = (
+            &'a [DetectorKind],
+            &'static str,
+            fn(DetectorKind) -> bool,
+            &'static str,
+        );
+        let lists: [Place<'_>; 2] = [
+            (
+                &self.feature_detectors,
+                "features",
+                DetectorKind::reads_features,
+                "ddm reads 0/1 errors; use it in the error detectors",
+            ),
+            (
+                &self.error_detectors,
+                "the error stream",
+                DetectorKind::reads_errors,
+                "use ddm, adwin or page_hinkley there",
+            ),
+        ];
+        for (kinds, stream, fits, hint) in lists {
+            for (i, &kind) in kinds.iter().enumerate() {
+                if !fits(kind) {
+                    return Err(BankError::Misplaced {
+                        detector: kind,
+                        stream,
+                        hint,
+                    });
+                }
+                if kinds[..i].contains(&kind) {
+                    return Err(BankError::Repeated {
+                        detector: kind,
+                        stream,
+                    });
+                }
+            }
+        }
+        // Every detector must build at the smallest level it can be given.
+        let family_sizes = [
+            (Family::Features, &self.feature_detectors, 1_000),
+            (Family::Error, &self.error_detectors, 1),
+        ];
+        for (family, kinds, features) in family_sizes {
+            self.fresh_slots(kinds, family, features * kinds.len())?;
+        }
+        Ok(())
     }
 }
 
 /// One detector of any kind, as the checkpoint stores it: `{"kind": "psi", "state": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "state", rename_all = "snake_case")]
-enum AnyDetector {
+pub enum AnyDetector {
     Psi(StreamingPsi),
     PageHinkley(PageHinkley),
     Adwin(Adwin),
@@ -224,8 +353,19 @@ enum AnyDetector {
     Ddm(Ddm),
 }
 
+/// What a detector shows for a signal beside its statistic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Evidence {
+    statistic: f64,
+    threshold: Option<f64>,
+    reference: Option<u64>,
+    recent: Option<u64>,
+    /// Whether the change raised the watched mean (`None`: no direction, as for PSI).
+    upward: Option<bool>,
+}
+
 impl AnyDetector {
-    fn kind(&self) -> DetectorKind {
+    pub fn kind(&self) -> DetectorKind {
         match self {
             AnyDetector::Psi(_) => DetectorKind::Psi,
             AnyDetector::PageHinkley(_) => DetectorKind::PageHinkley,
@@ -235,13 +375,69 @@ impl AnyDetector {
         }
     }
 
-    fn update(&mut self, x: f64) -> Result<Detection, DetectorError> {
+    pub fn update(&mut self, x: f64) -> Result<Detection, DetectorError> {
         match self {
             AnyDetector::Psi(d) => d.update(x),
             AnyDetector::PageHinkley(d) => d.update(x),
             AnyDetector::Adwin(d) => d.update(x),
             AnyDetector::Kswin(d) => d.update(x),
             AnyDetector::Ddm(d) => d.update(x),
+        }
+    }
+
+    /// The evidence of `detection`, read right after the update that made it.
+    fn evidence(&self, detection: &Detection) -> Evidence {
+        let plain = Evidence {
+            statistic: detection.statistic,
+            threshold: None,
+            reference: None,
+            recent: None,
+            upward: None,
+        };
+        match self {
+            AnyDetector::Psi(d) => {
+                let threshold = match (d.thresholds(), detection.level) {
+                    (Some(t), Level::Warning) => Some(t.warning),
+                    (Some(t), _) => Some(t.drift),
+                    (None, Level::Warning) => Some(d.config().psi.moderate),
+                    (None, _) => Some(d.config().psi.significant),
+                };
+                Evidence {
+                    threshold,
+                    reference: Some(d.reference_len() as u64),
+                    recent: Some(d.recent_len() as u64),
+                    ..plain
+                }
+            }
+            AnyDetector::Adwin(d) => match d.last_cut() {
+                Some(cut) if detection.is_drift() => Evidence {
+                    statistic: cut.gap(),
+                    threshold: Some(cut.bound),
+                    reference: Some(cut.older),
+                    recent: Some(cut.newer),
+                    upward: Some(cut.newer_mean > cut.older_mean),
+                },
+                _ => plain,
+            },
+            AnyDetector::PageHinkley(d) => Evidence {
+                threshold: Some(d.config().threshold),
+                recent: Some(d.observations()),
+                upward: Some(d.upward()),
+                ..plain
+            },
+            AnyDetector::Ddm(d) => Evidence {
+                threshold: match detection.level {
+                    Level::Warning => d.warning_bound(),
+                    _ => d.drift_bound(),
+                },
+                upward: Some(true),
+                ..plain
+            },
+            AnyDetector::Kswin(d) => Evidence {
+                recent: Some(d.config().stat_size as u64),
+                reference: Some((d.config().window_size - d.config().stat_size) as u64),
+                ..plain
+            },
         }
     }
 }
@@ -274,7 +470,7 @@ struct Tracked {
 /// What a tracked detector reports after one value.
 struct Signal {
     level: Level,
-    statistic: f64,
+    evidence: Evidence,
     window: Window,
 }
 
@@ -318,21 +514,26 @@ impl Tracked {
                 true
             }
         };
-        report.then_some(Signal {
+        report.then(|| Signal {
             level: detection.level,
-            statistic: detection.statistic,
+            evidence: self.detector.evidence(&detection),
             window,
         })
     }
 }
 
-/// The feature detectors: `slots[i][j]` watches feature `i` with the `j`-th feature detector.
+/// The feature detectors: `slots[i][j]` watches feature `i` with the `j`-th feature detector;
+/// a feature the plan ignores has none.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct FeatureState {
     /// Schema (name, version) of the examples watched; `None` for examples without one.
     schema: Option<(String, u32)>,
     /// Features per example under that schema.
     width: usize,
+    /// What is watched of each feature.
+    plan: Vec<Watch>,
+    /// Examples of this schema seen; features are watched once the warm-up is over.
+    seen: u64,
     slots: Vec<Vec<Tracked>>,
 }
 
@@ -357,12 +558,21 @@ pub struct Checkpoint {
     pub config: BankConfig,
     features: FeatureState,
     error: ErrorState,
+    /// The model's episodes: the open one and the last resolved ones.
+    pub episodes: Episodes,
 }
 
 impl Checkpoint {
     /// The live version the error detectors are reading, if any.
     pub fn error_version(&self) -> Option<u64> {
         self.error.version
+    }
+
+    /// The features watched under the current schema (indexes), once any example was read.
+    pub fn watched(&self) -> Vec<usize> {
+        (0..self.features.plan.len())
+            .filter(|&i| self.features.plan[i] != Watch::Ignore)
+            .collect()
     }
 
     /// Whether every stored detector has the kind its place in the configuration says; a
@@ -375,13 +585,21 @@ impl Checkpoint {
                     .zip(kinds)
                     .all(|(slot, kind)| slot.detector.kind() == *kind)
         };
+        let features = &self.features;
         self.format == CHECKPOINT_FORMAT
-            && self.features.slots.len() == self.features.width
-            && self
-                .features
+            && features.slots.len() == features.width
+            && features.plan.len() == features.width
+            && features
                 .slots
                 .iter()
-                .all(|slots| kinds_match(slots, &self.config.feature_detectors))
+                .zip(&features.plan)
+                .all(|(slots, watch)| {
+                    if *watch == Watch::Ignore {
+                        slots.is_empty()
+                    } else {
+                        kinds_match(slots, &self.config.feature_detectors)
+                    }
+                })
             && (self.error.slots.is_empty() && self.error.version.is_none()
                 || kinds_match(&self.error.slots, &self.config.error_detectors))
     }
@@ -406,6 +624,8 @@ pub struct Observation<'a> {
     pub sequence: u64,
     /// Its feature schema (name, version), if it names one.
     pub schema: Option<&'a (String, u32)>,
+    /// What to watch of each feature (empty: every value).
+    pub plan: &'a [Watch],
     pub features: &'a [f32],
     /// 0 or 1.
     pub label: f32,
@@ -414,7 +634,8 @@ pub struct Observation<'a> {
 }
 
 /// What a finding is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// The distribution of the feature at this index.
     Feature(usize),
@@ -422,8 +643,8 @@ pub enum Target {
     Error,
 }
 
-/// A warning or drift one detector reported.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A warning or drift one detector reported, with its evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// The example that made the detector signal.
     pub sequence: u64,
@@ -431,10 +652,18 @@ pub struct Finding {
     pub target: Target,
     /// Warning or drift (never stable).
     pub level: Level,
-    /// The detector's statistic at that example (see each detector's documentation).
+    /// The detector's statistic at that example: PSI; for ADWIN the gap between the means of
+    /// the two parts of its window; for DDM the error rate plus its deviation; for Page-Hinkley
+    /// its test value; for KSWIN the Kolmogorov-Smirnov distance.
     pub statistic: f64,
+    /// What the statistic had to reach (ADWIN: exceed), when the detector has one.
+    pub threshold: Option<f64>,
     /// The examples the detector read since it last started afresh, this one included.
     pub window: Window,
+    /// Examples in the part of that window compared as the reference (PSI's reference, ADWIN's
+    /// older part), and as the recent part.
+    pub reference: Option<u64>,
+    pub recent: Option<u64>,
 }
 
 /// What folding one example did.
@@ -447,6 +676,10 @@ pub struct Folded {
     /// The error detectors started afresh for a new live version (the version they left).
     pub error_reset: Option<Option<u64>>,
     pub findings: Vec<Finding>,
+    /// An error detector found the error had fallen and started afresh without reporting.
+    pub improvements: u64,
+    /// What the findings did to the model's episodes.
+    pub transition: Option<Transition>,
 }
 
 /// How a stored checkpoint was taken up.
@@ -456,8 +689,8 @@ pub enum Restored {
     Missing,
     /// As written: detectors continue where they stopped.
     AsWritten,
-    /// Written under other settings (or in another shape): its mark is kept, its detectors
-    /// start afresh.
+    /// Written under other settings (or in another shape): its mark and its episodes are
+    /// kept, its detectors start afresh.
     Reconfigured,
     /// Unreadable: its mark is kept when even that can be read, else the bank starts from 0.
     Unreadable {
@@ -466,36 +699,25 @@ pub enum Restored {
     },
 }
 
-/// The detectors' settings and a fresh copy of each, from which checkpoints start and grow.
+/// The detectors' settings, from which checkpoints start and grow.
 #[derive(Debug, Clone)]
 pub struct Bank {
     config: BankConfig,
-    fresh_features: Vec<Tracked>,
     fresh_errors: Vec<Tracked>,
 }
 
 impl Bank {
-    /// A bank with `config`, refused if a detector is misplaced, repeated or misconfigured, or
-    /// if none is selected.
+    /// A bank with `config`, refused if a detector is misplaced, repeated or misconfigured, if
+    /// a budget is out of range, or if none is selected.
     pub fn new(config: BankConfig) -> Result<Bank, BankError> {
-        if config.feature_detectors.is_empty() && config.error_detectors.is_empty() {
-            return Err(BankError::Empty);
-        }
-        let fresh_features = config.fresh_slots(
-            &config.feature_detectors,
-            "features",
-            DetectorKind::reads_features,
-            "ddm reads 0/1 errors; use it in the error detectors",
-        )?;
+        config.check()?;
         let fresh_errors = config.fresh_slots(
             &config.error_detectors,
-            "the error stream",
-            DetectorKind::reads_errors,
-            "use ddm, adwin or page_hinkley there",
+            Family::Error,
+            config.error_detectors.len(),
         )?;
         Ok(Bank {
             config,
-            fresh_features,
             fresh_errors,
         })
     }
@@ -507,10 +729,10 @@ impl Bank {
 
     /// A checkpoint that has folded nothing.
     pub fn fresh(&self) -> Checkpoint {
-        self.fresh_from(0, 0)
+        self.fresh_from(0, 0, Episodes::default())
     }
 
-    fn fresh_from(&self, last_sequence: u64, examples: u64) -> Checkpoint {
+    fn fresh_from(&self, last_sequence: u64, examples: u64, episodes: Episodes) -> Checkpoint {
         Checkpoint {
             format: CHECKPOINT_FORMAT,
             last_sequence,
@@ -518,43 +740,57 @@ impl Bank {
             config: self.config.clone(),
             features: FeatureState::default(),
             error: ErrorState::default(),
+            episodes,
         }
     }
 
     /// Takes up a stored checkpoint: as written if it runs this bank's settings, otherwise its
-    /// mark with fresh detectors (so changed settings never mix with old state, and nothing
-    /// already folded is read again).
+    /// mark and episodes with fresh detectors (so changed settings never mix with old state,
+    /// nothing already folded is read again, and an open episode stays open).
     pub fn restore(&self, checkpoint: Checkpoint) -> (Checkpoint, Restored) {
         if checkpoint.config == self.config && checkpoint.well_formed() {
             (checkpoint, Restored::AsWritten)
         } else {
-            let fresh = self.fresh_from(checkpoint.last_sequence, checkpoint.examples);
+            let fresh = self.fresh_from(
+                checkpoint.last_sequence,
+                checkpoint.examples,
+                checkpoint.episodes,
+            );
             (fresh, Restored::Reconfigured)
         }
     }
 
     /// Reads a stored checkpoint's bytes (`None`: nothing stored). Never fails: what cannot be
-    /// read starts afresh, keeping the mark if at least that is legible, so a damaged
-    /// checkpoint costs detector state but never re-reports old examples it can still name.
+    /// read starts afresh, keeping the mark if at least that is legible, so a damaged (or
+    /// older-format) checkpoint costs detector state but never re-reports old examples it can
+    /// still name.
     pub fn decode(&self, bytes: Option<&[u8]>) -> (Checkpoint, Restored) {
         let Some(bytes) = bytes else {
             return (self.fresh(), Restored::Missing);
         };
-        match serde_json::from_slice::<Checkpoint>(bytes) {
-            Ok(checkpoint) if checkpoint.format == CHECKPOINT_FORMAT => self.restore(checkpoint),
-            other => {
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let format = serde_json::from_slice::<Format>(bytes).map(|f| f.format);
+        let decoded = match format {
+            Ok(CHECKPOINT_FORMAT) => {
+                serde_json::from_slice::<Checkpoint>(bytes).map_err(|err| err.to_string())
+            }
+            Ok(other) => Err(format!("checkpoint format {other}")),
+            Err(err) => Err(err.to_string()),
+        };
+        match decoded {
+            Ok(checkpoint) => self.restore(checkpoint),
+            Err(error) => {
                 #[derive(Deserialize)]
                 struct Mark {
                     last_sequence: u64,
                 }
-                let error = match other {
-                    Ok(checkpoint) => format!("checkpoint format {}", checkpoint.format),
-                    Err(err) => err.to_string(),
-                };
                 let kept_mark = serde_json::from_slice::<Mark>(bytes)
                     .ok()
                     .map(|m| m.last_sequence);
-                let checkpoint = self.fresh_from(kept_mark.unwrap_or(0), 0);
+                let checkpoint = self.fresh_from(kept_mark.unwrap_or(0), 0, Episodes::default());
                 (checkpoint, Restored::Unreadable { kept_mark, error })
             }
         }
@@ -570,9 +806,15 @@ impl Bank {
         true
     }
 
-    /// Folds one example into `checkpoint`. Examples must come in stream order; one at or
-    /// below the mark is skipped, with no effect and no finding.
-    pub fn fold(&self, checkpoint: &mut Checkpoint, example: &Observation<'_>) -> Folded {
+    /// Folds one example into `checkpoint`, its findings into the model's episodes under
+    /// `policy`. Examples must come in stream order; one at or below the mark is skipped, with
+    /// no effect and no finding.
+    pub fn fold(
+        &self,
+        checkpoint: &mut Checkpoint,
+        example: &Observation<'_>,
+        policy: &ReactionPolicy<'_>,
+    ) -> Folded {
         if !self.pass(checkpoint, example.sequence) {
             return Folded::default();
         }
@@ -582,9 +824,28 @@ impl Bank {
             ..Folded::default()
         };
         self.fold_features(checkpoint, example, &mut folded.findings);
-        if let Some(scored) = example.scored {
+        // The model's first examples are its warm-up too: it is still learning from nothing,
+        // and while labels wait for their horizon the mix of classes settles.
+        if let Some(scored) = example.scored
+            && checkpoint.examples > self.config.warm_up
+        {
             self.fold_error(checkpoint, example, scored, &mut folded);
         }
+        let active = checkpoint
+            .features
+            .slots
+            .iter()
+            .flatten()
+            .chain(&checkpoint.error.slots)
+            .any(|slot| slot.warned);
+        folded.transition = checkpoint.episodes.observe(
+            &self.config.episodes,
+            example.sequence,
+            checkpoint.examples,
+            &folded.findings,
+            active,
+            policy,
+        );
         folded
     }
 
@@ -594,25 +855,63 @@ impl Bank {
         example: &Observation<'_>,
         findings: &mut Vec<Finding>,
     ) {
-        if self.fresh_features.is_empty() {
+        if self.config.feature_detectors.is_empty() {
             return;
         }
+        let width = example.features.len();
+        let plan: Vec<Watch> = (0..width)
+            .map(|i| {
+                example
+                    .plan
+                    .get(i)
+                    .copied()
+                    .unwrap_or(freshet::monitoring::UNDECLARED)
+            })
+            .collect();
         let state = &mut checkpoint.features;
-        if state.schema.as_ref() != example.schema || state.width != example.features.len() {
+        if state.schema.as_ref() != example.schema || state.width != width || state.plan != plan {
             // Another schema: its features mean other things, so their history does not apply.
+            let watched = plan.iter().filter(|w| **w != Watch::Ignore).count();
+            let tests = watched * self.config.feature_detectors.len();
+            // Every detector was built at a thousand features' share when the bank was made;
+            // a smaller share only lowers a level, which each accepts.
+            let fresh = self
+                .config
+                .fresh_slots(&self.config.feature_detectors, Family::Features, tests)
+                .unwrap_or_default();
             *state = FeatureState {
                 schema: example.schema.cloned(),
-                width: example.features.len(),
-                slots: vec![self.fresh_features.clone(); example.features.len()],
+                width,
+                slots: plan
+                    .iter()
+                    .map(|w| {
+                        if *w == Watch::Ignore {
+                            Vec::new()
+                        } else {
+                            fresh.clone()
+                        }
+                    })
+                    .collect(),
+                plan,
+                seen: 0,
             };
         }
-        for (i, (value, slots)) in example.features.iter().zip(&mut state.slots).enumerate() {
-            let x = f64::from(*value);
+        state.seen += 1;
+        if state.seen <= self.config.warm_up {
+            return;
+        }
+        for (i, ((value, slots), watch)) in example
+            .features
+            .iter()
+            .zip(&mut state.slots)
+            .zip(&state.plan)
+            .enumerate()
+        {
             // Decoding refuses non-finite features already; a detector would refuse one too,
             // but the window must not count it either.
-            if !x.is_finite() {
+            let Some(x) = watch.read(f64::from(*value)) else {
                 continue;
-            }
+            };
             for slot in slots {
                 if let Some(signal) = slot.observe(example.sequence, x) {
                     findings.push(finding(
@@ -649,20 +948,31 @@ impl Bank {
         }
         let positive = example.label == 1.0;
         let wrong = (p >= 0.5) != positive;
-        let loss = log_loss(p, positive);
         folded.error_observed = true;
         for slot in &mut state.slots {
             let kind = slot.detector.kind();
             let x = match kind {
-                DetectorKind::PageHinkley => loss,
+                DetectorKind::PageHinkley => log_loss(p, positive),
+                // The squared error of the probability (the Brier score), in [0, 1] as ADWIN's
+                // bound assumes: it moves with the model's confidence, so a change that leaves
+                // its decisions right or wrong alike while its probabilities go astray (a model
+                // that mostly says no, and buyers that change) still shows.
+                DetectorKind::Adwin => (p - f64::from(example.label)).powi(2),
                 _ if wrong => 1.0,
                 _ => 0.0,
             };
-            if let Some(signal) = slot.observe(example.sequence, x) {
-                folded
-                    .findings
-                    .push(finding(example.sequence, kind, Target::Error, signal));
+            let Some(signal) = slot.observe(example.sequence, x) else {
+                continue;
+            };
+            // A falling error is the model getting better, not a change to act on.
+            if signal.evidence.upward == Some(false) {
+                folded.improvements += 1;
+                slot.warned = false;
+                continue;
             }
+            folded
+                .findings
+                .push(finding(example.sequence, kind, Target::Error, signal));
         }
     }
 }
@@ -673,8 +983,11 @@ fn finding(sequence: u64, detector: DetectorKind, target: Target, signal: Signal
         detector,
         target,
         level: signal.level,
-        statistic: signal.statistic,
+        statistic: signal.evidence.statistic,
+        threshold: signal.evidence.threshold,
         window: signal.window,
+        reference: signal.evidence.reference,
+        recent: signal.evidence.recent,
     }
 }
 
@@ -702,6 +1015,7 @@ mod tests {
     struct Example {
         sequence: u64,
         schema: Option<(String, u32)>,
+        plan: Vec<Watch>,
         features: Vec<f32>,
         label: f32,
         scored: Option<Scored>,
@@ -712,12 +1026,18 @@ mod tests {
             Observation {
                 sequence: self.sequence,
                 schema: self.schema.as_ref(),
+                plan: &self.plan,
                 features: &self.features,
                 label: self.label,
                 scored: self.scored,
             }
         }
     }
+
+    const ALERT: ReactionPolicy<'static> = ReactionPolicy {
+        reaction: freshet::control::Reaction::Alert,
+        outstanding: None,
+    };
 
     /// A stream of three features (sequences 1, 3, 5, ...: other models' examples sit between)
     /// where feature 1 moves up by `shift` from example `at`, and the live version `version`
@@ -734,6 +1054,7 @@ mod tests {
                 Example {
                     sequence: 2 * i + 1,
                     schema: Some(("bookstore".to_string(), 2)),
+                    plan: Vec::new(),
                     features: vec![
                         noise(3 * i) as f32,
                         (moved + noise(3 * i + 1)) as f32,
@@ -752,21 +1073,34 @@ mod tests {
     fn fold_all(bank: &Bank, checkpoint: &mut Checkpoint, examples: &[Example]) -> Vec<Finding> {
         examples
             .iter()
-            .flat_map(|e| bank.fold(checkpoint, &e.observation()).findings)
+            .flat_map(|e| bank.fold(checkpoint, &e.observation(), &ALERT).findings)
             .collect()
+    }
+
+    /// The defaults with small windows and no warm-up, so short streams exercise them.
+    fn small() -> BankConfig {
+        BankConfig {
+            warm_up: 0,
+            psi: StreamingPsiConfig {
+                reference_size: 300,
+                recent_size: 150,
+                ..BankConfig::default().psi
+            },
+            ..Default::default()
+        }
     }
 
     fn config(features: &[DetectorKind], errors: &[DetectorKind]) -> BankConfig {
         BankConfig {
             feature_detectors: features.to_vec(),
             error_detectors: errors.to_vec(),
-            ..Default::default()
+            ..small()
         }
     }
 
     #[test]
     fn psi_finds_the_shifted_feature_and_only_it() {
-        let bank = Bank::new(BankConfig::default()).unwrap();
+        let bank = Bank::new(small()).unwrap();
         let mut checkpoint = bank.fresh();
         let findings = fold_all(&bank, &mut checkpoint, &stream(4_000, 2_000, 1.0, false, 1));
         let psi: Vec<&Finding> = findings
@@ -779,11 +1113,13 @@ mod tests {
             "{psi:?}"
         );
         let drift = psi.iter().find(|f| f.level == Level::Drift).unwrap();
-        // The shift starts at sequence 4001; the recent window (500) notices it well within.
+        // The shift starts at sequence 4001; the recent window (150) notices it well within.
         assert!(
-            (4_001..4_001 + 2 * 500).contains(&drift.sequence),
+            (4_001..4_001 + 2 * 150).contains(&drift.sequence),
             "{drift:?}"
         );
+        assert!(drift.statistic >= drift.threshold.unwrap());
+        assert_eq!((drift.reference, drift.recent), (Some(300), Some(150)));
         assert_eq!(drift.window.first, 1);
         assert_eq!(drift.window.last, drift.sequence);
         // Odd sequences only: the count is half of the last one, rounded up.
@@ -825,7 +1161,7 @@ mod tests {
 
     #[test]
     fn a_redelivered_batch_changes_nothing_and_reports_nothing() {
-        let bank = Bank::new(BankConfig::default()).unwrap();
+        let bank = Bank::new(small()).unwrap();
         let mut checkpoint = bank.fresh();
         let examples = stream(4_000, 2_000, 1.0, true, 1);
         let findings = fold_all(&bank, &mut checkpoint, &examples);
@@ -834,7 +1170,7 @@ mod tests {
         // The whole stream again, then its last batch again: nothing moves, nothing is found.
         for batch in [&examples[..], &examples[3_744..]] {
             for example in batch {
-                let folded = bank.fold(&mut checkpoint, &example.observation());
+                let folded = bank.fold(&mut checkpoint, &example.observation(), &ALERT);
                 assert_eq!(folded, Folded::default());
             }
             assert_eq!(checkpoint, after);
@@ -910,6 +1246,7 @@ mod tests {
             let bad = Example {
                 sequence: 1_000 + k as u64,
                 schema: good[0].schema.clone(),
+                plan: Vec::new(),
                 features: vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
                 label: 1.0,
                 scored: Some(Scored {
@@ -917,7 +1254,7 @@ mod tests {
                     probability,
                 }),
             };
-            let folded = bank.fold(&mut checkpoint, &bad.observation());
+            let folded = bank.fold(&mut checkpoint, &bad.observation(), &ALERT);
             assert!(folded.new && !folded.error_observed && folded.findings.is_empty());
             assert_eq!(windows(&checkpoint), before);
         }
@@ -940,7 +1277,7 @@ mod tests {
             }),
             ..first[0].clone()
         };
-        let folded = bank.fold(&mut checkpoint, &next.observation());
+        let folded = bank.fold(&mut checkpoint, &next.observation(), &ALERT);
         assert_eq!(folded.error_reset, Some(Some(3)));
         assert_eq!(
             checkpoint.error.slots[0].window,
@@ -957,7 +1294,7 @@ mod tests {
             scored: None,
             ..next
         };
-        let folded = bank.fold(&mut checkpoint, &unscored.observation());
+        let folded = bank.fold(&mut checkpoint, &unscored.observation(), &ALERT);
         assert!(folded.new && !folded.error_observed && folded.error_reset.is_none());
     }
 
@@ -973,7 +1310,7 @@ mod tests {
             features: vec![1.0; 4],
             ..examples[0].clone()
         };
-        bank.fold(&mut checkpoint, &wider.observation());
+        bank.fold(&mut checkpoint, &wider.observation(), &ALERT);
         assert_eq!(checkpoint.features.width, 4);
         assert_eq!(checkpoint.features.slots[2][0].window.unwrap().count, 1);
     }
@@ -1026,6 +1363,11 @@ mod tests {
             Err(BankError::Repeated { .. })
         ));
         assert_eq!(Bank::new(config(&[], &[])).unwrap_err(), BankError::Empty);
+        for alpha in [0.0, 0.5, f64::NAN] {
+            let mut bad = config(&[Psi], &[]);
+            bad.feature_alpha = alpha;
+            assert!(matches!(Bank::new(bad), Err(BankError::Budget { .. })));
+        }
         let mut bad = config(&[Psi], &[]);
         bad.psi.recent_size = 0;
         assert!(matches!(Bank::new(bad), Err(BankError::Detector(_))));
@@ -1033,7 +1375,11 @@ mod tests {
 
     #[test]
     fn a_stored_checkpoint_is_taken_up_as_far_as_it_can_be() {
-        let bank = Bank::new(BankConfig::default()).unwrap();
+        let bank = Bank::new(config(
+            &[DetectorKind::Psi, DetectorKind::PageHinkley],
+            &[DetectorKind::Adwin],
+        ))
+        .unwrap();
         assert_eq!(bank.decode(None), (bank.fresh(), Restored::Missing));
         let mut checkpoint = bank.fresh();
         fold_all(&bank, &mut checkpoint, &stream(20, 0, 0.0, false, 1));
@@ -1068,9 +1414,10 @@ mod tests {
         ));
         assert_eq!(taken, bank.fresh());
 
-        // A later format is read for its mark only.
+        // Another format (the first, which had no episodes; or a later one) is read for its
+        // mark only.
         let mut json = serde_json::to_value(&checkpoint).unwrap();
-        json["format"] = 2.into();
+        json["format"] = 1.into();
         let (taken, how) = bank.decode(Some(&serde_json::to_vec(&json).unwrap()));
         assert!(matches!(
             how,
@@ -1086,5 +1433,195 @@ mod tests {
         json["features"]["slots"][0][0] = json["features"]["slots"][0][1].clone();
         let (_, how) = bank.decode(Some(&serde_json::to_vec(&json).unwrap()));
         assert_eq!(how, Restored::Reconfigured);
+    }
+    /// Example `i` of a bookstore-like stream: feature 0 a running count (it grows), feature 1
+    /// noise, feature 2 noise that shifts up by `shift` from example `at`; the live version
+    /// misses one in ten before `at` and one in `after` from it.
+    fn shop(i: u64, at: u64, shift: f64, after: u64) -> Example {
+        let moved = if i >= at { shift } else { 0.0 };
+        let miss = if i >= at {
+            i.is_multiple_of(after)
+        } else {
+            i.is_multiple_of(10)
+        };
+        Example {
+            sequence: i + 1,
+            schema: Some(("shop".to_string(), 1)),
+            plan: vec![Watch::Ignore, Watch::Value, Watch::Log1p],
+            features: vec![
+                (i as f64).ln_1p() as f32,
+                noise(3 * i) as f32,
+                (5.0 + moved + noise(3 * i + 1)).exp_m1() as f32,
+            ],
+            label: 1.0,
+            scored: Some(Scored {
+                version: 1,
+                probability: if miss { 0.2 } else { 0.8 },
+            }),
+        }
+    }
+
+    #[test]
+    fn the_plan_says_what_is_read_and_counts_the_tests() {
+        let bank = Bank::new(config(&[DetectorKind::Psi, DetectorKind::Adwin], &[])).unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples: Vec<Example> = (0..20_000).map(|i| shop(i, u64::MAX, 0.0, 10)).collect();
+        let findings = fold_all(&bank, &mut checkpoint, &examples);
+        // The running count would drift at every window; it is not read at all.
+        assert!(findings.is_empty(), "{findings:?}");
+        assert!(checkpoint.features.slots[0].is_empty());
+        assert_eq!(checkpoint.watched(), vec![1, 2]);
+        // Two watched features × two detectors share the budget.
+        let level = bank.config().feature_alpha / 4.0;
+        let AnyDetector::Adwin(adwin) = &checkpoint.features.slots[1][1].detector else {
+            panic!("adwin second");
+        };
+        assert_eq!(adwin.config().delta, level);
+        let AnyDetector::Psi(psi) = &checkpoint.features.slots[2][0].detector else {
+            panic!("psi first");
+        };
+        assert_eq!(psi.config().significance.unwrap().drift, level);
+    }
+
+    #[test]
+    fn the_error_is_read_after_the_warm_up_only() {
+        let bank = Bank::new(BankConfig {
+            warm_up: 500,
+            ..config(&[], &[DetectorKind::Ddm])
+        })
+        .unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples: Vec<Example> = (0..800).map(|i| shop(i, u64::MAX, 0.0, 10)).collect();
+        fold_all(&bank, &mut checkpoint, &examples);
+        let window = checkpoint.error.slots[0].window.unwrap();
+        assert_eq!((window.first, window.count), (501, 300));
+    }
+
+    #[test]
+    fn features_are_read_after_the_warm_up_only() {
+        let bank = Bank::new(BankConfig {
+            warm_up: 500,
+            ..config(&[DetectorKind::PageHinkley], &[])
+        })
+        .unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples: Vec<Example> = (0..800).map(|i| shop(i, u64::MAX, 0.0, 10)).collect();
+        fold_all(&bank, &mut checkpoint, &examples);
+        let window = checkpoint.features.slots[1][0].window.unwrap();
+        assert_eq!((window.first, window.count), (501, 300));
+    }
+
+    #[test]
+    fn each_family_splits_its_budget_and_each_detector_turns_its_share_into_a_threshold() {
+        let config = BankConfig {
+            error_alpha: 2e-3,
+            ..config(&[], &[DetectorKind::Ddm, DetectorKind::Adwin])
+        };
+        assert_eq!(config.test_level(Family::Error, 2), 1e-3);
+        assert_eq!(config.test_level(Family::Features, 5), 2e-8);
+        let bank = Bank::new(config).unwrap();
+        let slots = &bank.fresh_errors;
+        let AnyDetector::Ddm(ddm) = &slots[0].detector else {
+            panic!("ddm first");
+        };
+        // P(Z > 3.0902) = 1e-3 and P(Z > 2.3263) = 1e-2 (ten times the drift level).
+        assert!((ddm.config().drift_threshold - 3.090_232).abs() < 1e-5);
+        assert!((ddm.config().warning_threshold - 2.326_348).abs() < 1e-5);
+        let AnyDetector::Adwin(adwin) = &slots[1].detector else {
+            panic!("adwin second");
+        };
+        assert_eq!((adwin.config().delta, adwin.config().clock), (1e-3, 1));
+    }
+
+    #[test]
+    fn a_falling_error_is_not_a_change() {
+        let bank = Bank::new(config(&[], &[DetectorKind::Adwin])).unwrap();
+        let mut checkpoint = bank.fresh();
+        // One miss in two, then one in ten: the model got better.
+        let examples: Vec<Example> = (0..6_000)
+            .map(|i| shop(i, 3_000, 0.0, 10))
+            .map(|e| Example {
+                scored: e.scored.map(|s| Scored {
+                    probability: if e.sequence <= 3_000 && e.sequence % 2 == 0 {
+                        0.2
+                    } else {
+                        s.probability
+                    },
+                    ..s
+                }),
+                ..e
+            })
+            .collect();
+        let mut improvements = 0;
+        let mut findings = Vec::new();
+        for e in &examples {
+            let folded = bank.fold(&mut checkpoint, &e.observation(), &ALERT);
+            improvements += folded.improvements;
+            findings.extend(folded.findings);
+        }
+        assert!(improvements >= 1);
+        assert!(findings.is_empty(), "{findings:?}");
+    }
+
+    #[test]
+    fn one_change_seen_on_a_feature_and_the_error_is_one_episode() {
+        let bank = Bank::new(config(&[DetectorKind::Psi], &[DetectorKind::Adwin])).unwrap();
+        let mut checkpoint = bank.fresh();
+        let policy = ReactionPolicy {
+            reaction: freshet::control::Reaction::TrainCandidate,
+            outstanding: None,
+        };
+        let mut transitions = Vec::new();
+        let mut findings = Vec::new();
+        for i in 0..20_000 {
+            let folded = bank.fold(
+                &mut checkpoint,
+                &shop(i, 8_000, 1.0, 3).observation(),
+                &policy,
+            );
+            findings.extend(folded.findings);
+            transitions.extend(folded.transition);
+        }
+        // Both the feature and the error signal, each perhaps several times.
+        assert!(findings.iter().any(|f| f.target == Target::Feature(2)));
+        assert!(findings.iter().any(|f| f.target == Target::Error));
+        assert!(findings.iter().all(|f| f.sequence > 8_000), "{findings:?}");
+        let states: Vec<(u64, crate::episodes::EpisodeState)> = transitions
+            .iter()
+            .map(|t| (t.episode.id, t.state()))
+            .collect();
+        use crate::episodes::EpisodeState::*;
+        assert!(
+            states == vec![(1, Drift), (1, Resolved)]
+                || states == vec![(1, Warning), (1, Drift), (1, Resolved)],
+            "{states:?}"
+        );
+        let resolved = &transitions.last().unwrap().episode;
+        assert!(resolved.signals.len() >= 2);
+        assert_eq!(
+            resolved.reaction.as_ref().unwrap().requested(),
+            freshet::control::Reaction::TrainCandidate
+        );
+        // Its span: from the first signal to the resolution, the re-arm span after the last.
+        assert!(resolved.opened > 8_000 && resolved.opened < 8_000 + 1_000);
+        assert!(resolved.resolved.unwrap() >= resolved.last_active + 10_000);
+    }
+
+    #[test]
+    fn episodes_survive_a_change_of_settings() {
+        let bank = Bank::new(config(&[DetectorKind::Psi], &[DetectorKind::Adwin])).unwrap();
+        let mut checkpoint = bank.fresh();
+        for i in 0..9_000 {
+            bank.fold(
+                &mut checkpoint,
+                &shop(i, 8_000, 1.0, 3).observation(),
+                &ALERT,
+            );
+        }
+        let open = checkpoint.episodes.open().cloned().unwrap();
+        let other = Bank::new(config(&[DetectorKind::Psi], &[DetectorKind::Ddm])).unwrap();
+        let (taken, how) = other.decode(Some(&serde_json::to_vec(&checkpoint).unwrap()));
+        assert_eq!(how, Restored::Reconfigured);
+        assert_eq!(taken.episodes.open(), Some(&open));
     }
 }

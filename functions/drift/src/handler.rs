@@ -1,110 +1,184 @@
-//! drift's CONTROL events and the glue between an example and the bank, all pure: which examples
-//! the live model may score, what the bank reads of an example, and what a [`Finding`] becomes on
+//! drift's CONTROL records and the glue between an example and the bank, all pure: which examples
+//! the live model may score, what the bank reads of an example (its features and the schema's
+//! monitoring plan for them), and what an episode's transition becomes on
 //! `<prefix>.control.<model>.drift`, with the deterministic `Nats-Msg-Id` that lets JetStream drop
 //! the copy a redelivered batch would publish again.
 //!
-//! The event names the reaction configured for the model. drift only requests it: acting on it
-//! (raising the learning rate, training a candidate) belongs to train and the promotion gate.
+//! The record that confirms an episode names the reaction requested for the model. drift only
+//! requests it: acting on it (raising the learning rate, training a candidate) belongs to train
+//! and the promotion gate.
 
 use chrono::{DateTime, Utc};
-use freshet::control::Reaction;
+use freshet::control::{
+    DRIFT_FORMAT, DriftEpisodeRecord, DriftSignal, EpisodeState, KIND_DRIFT, SequenceSpan,
+};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use serde::{Deserialize, Serialize};
+use freshet::monitoring::Watch;
 
-use crate::bank::{DetectorKind, Finding, Observation, Scored, Target, Window};
-use freshet_drift::detectors::Level;
+use crate::bank::{Finding, Observation, Scored, Target};
+use freshet_drift::episodes::{Episode, ReactionDecision, Transition};
 
-/// The body of a drift event on `<prefix>.control.<model>.drift`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriftEvent {
-    /// Always `"drift"`.
-    pub kind: String,
-    pub model: ModelName,
-    pub detector: DetectorKind,
-    /// The feature's name, or `"error"` for the live model's prediction error.
-    pub target: String,
-    /// The feature's index in the example's vector; `None` for the error.
-    pub feature: Option<usize>,
-    pub level: Level,
-    /// The detector's statistic when it signalled.
-    pub statistic: f64,
-    /// The examples (stream sequences) the detector read since it last started afresh.
-    pub window: Window,
-    /// Stream sequence of the example that made the detector signal.
-    pub sequence: u64,
-    /// The live version when the example was read (whose errors an error detector watches).
-    pub live_version: Option<u64>,
-    /// The reaction configured for the model, requested here and carried out elsewhere.
-    pub reaction: Reaction,
-    /// The signalling example's event time, or when EXAMPLES stored it if it carries none.
-    pub event_time: DateTime<Utc>,
-}
-
-/// What every event of one batch shares.
+/// What every record of one batch shares.
 #[derive(Debug, Clone, Copy)]
-pub struct EventContext<'a> {
+pub struct RecordContext<'a> {
     pub model: &'a ModelName,
-    pub reaction: Reaction,
     pub live_version: Option<u64>,
+    /// The live version's schema, which names the features of the examples that follow it.
+    pub live: Option<&'a FeatureSchema>,
 }
 
-/// The event for `finding`, whose example is `example` (stored at `published`), with the feature
-/// names of `live` when the example follows the live model's schema.
-pub fn event(
-    context: EventContext<'_>,
-    finding: &Finding,
+/// The record of `transition`, which happened at `example` (stored at `published`).
+pub fn record(
+    context: RecordContext<'_>,
+    transition: &Transition,
     example: &ExampleRecord,
     published: DateTime<Utc>,
-    live: Option<&FeatureSchema>,
-) -> DriftEvent {
-    let (target, feature) = match finding.target {
-        Target::Feature(i) => (feature_name(i, example, live), Some(i)),
-        Target::Error => ("error".to_string(), None),
+) -> DriftEpisodeRecord {
+    let episode = &transition.episode;
+    let headline = signal(episode.headline(), example, context.live);
+    let (reaction, reaction_withheld) = match (&episode.reaction, episode.state) {
+        // Only the confirmation asks; the resolution repeats nothing.
+        (Some(decision), EpisodeState::Drift) => (
+            decision.requested(),
+            match decision {
+                ReactionDecision::Withheld { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+        ),
+        _ => (freshet::control::Reaction::Alert, None),
     };
-    DriftEvent {
-        kind: "drift".to_string(),
+    DriftEpisodeRecord {
+        kind: KIND_DRIFT.to_string(),
+        format: DRIFT_FORMAT,
         model: context.model.clone(),
-        detector: finding.detector,
-        target,
-        feature,
-        level: finding.level,
-        statistic: finding.statistic,
-        window: finding.window,
-        sequence: finding.sequence,
+        episode: episode.id,
+        state: episode.state,
+        level: episode.state.as_str().to_string(),
+        detector: headline.detector,
+        target: headline.target,
+        feature: headline.feature,
+        statistic: headline.statistic,
+        threshold: headline.threshold,
+        window: headline.window,
+        sequence: transition_sequence(episode),
+        span: SequenceSpan {
+            first: episode.opened,
+            last: episode.resolved.unwrap_or(episode.last_active),
+            count: None,
+        },
+        opened: episode.opened,
+        confirmed: episode.confirmed,
+        resolved: episode.resolved,
+        signals: episode
+            .signals
+            .iter()
+            .map(|f| signal(f, example, context.live))
+            .collect(),
         live_version: context.live_version,
-        reaction: context.reaction,
+        reaction,
+        reaction_withheld,
         event_time: example.event_time.unwrap_or(published),
     }
 }
 
-/// `drift-<model>-<detector>-<target>-<sequence>`, the target being `f<index>` or `error`: the
-/// same finding always gets the same id, and no two findings share one (a detector signals at
-/// most once per example and target).
-pub fn message_id(model: &ModelName, finding: &Finding) -> String {
-    let target = match finding.target {
-        Target::Feature(i) => format!("f{i}"),
-        Target::Error => "error".to_string(),
+/// The example at which the episode entered its current state.
+fn transition_sequence(episode: &Episode) -> u64 {
+    match episode.state {
+        EpisodeState::Warning => episode.opened,
+        EpisodeState::Drift => episode.confirmed.unwrap_or(episode.opened),
+        EpisodeState::Resolved => episode.resolved.unwrap_or(episode.last_active),
+    }
+}
+
+fn signal(finding: &Finding, example: &ExampleRecord, live: Option<&FeatureSchema>) -> DriftSignal {
+    let (target, feature) = match finding.target {
+        Target::Feature(i) => (feature_name(i, example, live), Some(i)),
+        Target::Error => ("error".to_string(), None),
     };
+    DriftSignal {
+        detector: finding.detector.as_str().to_string(),
+        target,
+        feature,
+        level: match finding.level {
+            freshet_drift::detectors::Level::Warning => "warning",
+            _ => "drift",
+        }
+        .to_string(),
+        statistic: finding.statistic,
+        threshold: finding.threshold,
+        window: SequenceSpan {
+            first: finding.window.first,
+            last: finding.window.last,
+            count: Some(finding.window.count),
+        },
+        reference_examples: finding.reference,
+        recent_examples: finding.recent,
+        sequence: finding.sequence,
+    }
+}
+
+/// `drift-<model>-episode-<id>-<state>`: each transition of an episode happens once, so the same
+/// transition always gets the same id and no two share one.
+pub fn message_id(model: &ModelName, transition: &Transition) -> String {
     format!(
-        "drift-{model}-{}-{target}-{}",
-        finding.detector, finding.sequence
+        "drift-{model}-episode-{}-{}",
+        transition.episode.id,
+        transition.state()
     )
+}
+
+/// The bookstore schema, built once.
+static BOOKSTORE: std::sync::LazyLock<FeatureSchema> =
+    std::sync::LazyLock::new(freshet::features::schema);
+
+/// The schema that names and plans the features of `example`: the live schema's when the
+/// example follows it, the bookstore schema's for bookstore examples, else none.
+fn schema_of<'a>(
+    example: &ExampleRecord,
+    live: Option<&'a FeatureSchema>,
+) -> Option<&'a FeatureSchema> {
+    match live.filter(|schema| follows(example, schema)) {
+        Some(live) => Some(live),
+        None => follows(example, &BOOKSTORE).then_some(&*BOOKSTORE),
+    }
 }
 
 /// The name of feature `index` of `example`: the live schema's when the example follows it, the
 /// bookstore schema's for bookstore examples, else `f<index>` as train names unnamed features.
 pub fn feature_name(index: usize, example: &ExampleRecord, live: Option<&FeatureSchema>) -> String {
-    let bookstore = freshet::features::schema();
-    let named = live
-        .filter(|schema| follows(example, schema))
-        .or(follows(example, &bookstore).then_some(&bookstore))
-        .and_then(|schema| schema.features.get(index));
-    match named {
-        Some(name) => name.clone(),
-        None => format!("f{index}"),
-    }
+    schema_of(example, live)
+        .and_then(|schema| schema.features.get(index).cloned())
+        .unwrap_or_else(|| format!("f{index}"))
+}
+
+/// The name of feature `index` when no example is at hand (a checkpoint read at start): the
+/// live schema's, else the bookstore's, else `f<index>`.
+pub fn feature_name_of(index: usize, live: Option<&FeatureSchema>) -> String {
+    live.unwrap_or(&BOOKSTORE)
+        .features
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| format!("f{index}"))
+}
+
+/// What drift watches of each feature of `example`: the plan of the schema it follows. A live
+/// schema without a plan (a manifest written before plans existed) borrows the bookstore's when
+/// it is the bookstore schema; a schema with no plan at all watches every value (an empty plan).
+pub fn plan(example: &ExampleRecord, live: Option<&FeatureSchema>) -> Vec<Watch> {
+    let schema = match schema_of(example, live) {
+        Some(schema)
+            if schema.monitoring.is_empty()
+                && schema.name == BOOKSTORE.name
+                && schema.version == BOOKSTORE.version
+                && schema.features == BOOKSTORE.features =>
+        {
+            &*BOOKSTORE
+        }
+        Some(schema) => schema,
+        None => return Vec::new(),
+    };
+    (0..schema.n_features()).map(|i| schema.watch(i)).collect()
 }
 
 /// Whether `example` follows `schema`, as train checks it: the same width, and the same name and
@@ -117,15 +191,17 @@ pub fn follows(example: &ExampleRecord, schema: &FeatureSchema) -> bool {
             .is_none_or(|(name, version)| *name == schema.name && *version == schema.version)
 }
 
-/// What the bank reads of the example stored at `sequence`.
-pub fn observation(
+/// What the bank reads of the example stored at `sequence`, with `plan` for its features.
+pub fn observation<'a>(
     sequence: u64,
-    example: &ExampleRecord,
+    example: &'a ExampleRecord,
+    plan: &'a [Watch],
     scored: Option<Scored>,
-) -> Observation<'_> {
+) -> Observation<'a> {
     Observation {
         sequence,
         schema: example.schema.as_ref(),
+        plan,
         features: &example.features,
         label: example.label,
         scored,
@@ -135,6 +211,10 @@ pub fn observation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bank::{DetectorKind, Window};
+    use freshet::control::{DriftNotice, Reaction};
+    use freshet_drift::detectors::Level;
+    use freshet_drift::episodes::{EpisodeConfig, Episodes, ReactionPolicy};
 
     fn model() -> ModelName {
         ModelName::parse("bookstore").unwrap()
@@ -152,88 +232,178 @@ mod tests {
         }
     }
 
-    fn finding(target: Target) -> Finding {
+    fn bookstore_example() -> ExampleRecord {
+        example(
+            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
+            freshet::features::FEATURE_NAMES.len(),
+        )
+    }
+
+    fn finding(sequence: u64, target: Target, level: Level) -> Finding {
         Finding {
-            sequence: 812,
+            sequence,
             detector: DetectorKind::Psi,
             target,
-            level: Level::Drift,
+            level,
             statistic: 0.31,
+            threshold: Some(0.12),
             window: Window {
                 first: 12,
-                last: 812,
+                last: sequence,
                 count: 400,
             },
+            reference: Some(2_000),
+            recent: Some(1_000),
         }
     }
 
-    #[test]
-    fn an_event_carries_everything_a_reader_needs() {
-        let published = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let context = EventContext {
-            model: &model(),
-            reaction: Reaction::TrainCandidate,
-            live_version: Some(7),
+    /// The transitions of an episode opened by a warning on feature 8 at 800, confirmed by
+    /// ADWIN on the error at 812 and resolved at 5,900.
+    fn lifecycle(policy: &ReactionPolicy<'_>) -> Vec<Transition> {
+        let config = EpisodeConfig { rearm: 5_000 };
+        let mut episodes = Episodes::default();
+        let warning = finding(800, Target::Feature(8), Level::Warning);
+        let drift = Finding {
+            detector: DetectorKind::Adwin,
+            ..finding(812, Target::Error, Level::Drift)
         };
-        let ex = example(
-            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
-            freshet::features::FEATURE_NAMES.len(),
-        );
-        let event = event(context, &finding(Target::Feature(5)), &ex, published, None);
-        let json = serde_json::to_value(&event).unwrap();
+        let mut out = Vec::new();
+        for sequence in 800..6_000 {
+            let findings: Vec<Finding> = [warning, drift]
+                .into_iter()
+                .filter(|f| f.sequence == sequence)
+                .collect();
+            out.extend(episodes.observe(&config, sequence, sequence, &findings, false, policy));
+        }
+        out
+    }
+
+    #[test]
+    fn each_transition_is_one_record_that_readers_of_format_one_understand() {
+        let published = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let context = RecordContext {
+            model: &model(),
+            live_version: Some(7),
+            live: None,
+        };
+        let policy = ReactionPolicy {
+            reaction: Reaction::TrainCandidate,
+            outstanding: None,
+        };
+        let transitions = lifecycle(&policy);
+        assert_eq!(transitions.len(), 3);
+        let ex = bookstore_example();
+        let records: Vec<DriftEpisodeRecord> = transitions
+            .iter()
+            .map(|t| record(context, t, &ex, published))
+            .collect();
+        let json = serde_json::to_value(&records[1]).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
-                "kind": "drift", "model": "bookstore", "detector": "psi",
-                "target": freshet::features::FEATURE_NAMES[5], "feature": 5, "level": "drift", "statistic": 0.31,
-                "window": {"first": 12, "last": 812, "count": 400}, "sequence": 812,
+                "kind": "drift", "format": 2, "model": "bookstore", "episode": 1,
+                "state": "drift", "level": "drift",
+                "detector": "adwin", "target": "error", "feature": null,
+                "statistic": 0.31, "threshold": 0.12,
+                "window": {"first": 12, "last": 812, "count": 400},
+                "sequence": 812,
+                "span": {"first": 800, "last": 812},
+                "opened": 800, "confirmed": 812, "resolved": null,
+                "signals": [
+                    {"detector": "psi", "target": "item_log_price", "feature": 8, "level": "warning",
+                     "statistic": 0.31, "threshold": 0.12,
+                     "window": {"first": 12, "last": 800, "count": 400},
+                     "reference_examples": 2000, "recent_examples": 1000, "sequence": 800},
+                    {"detector": "adwin", "target": "error", "feature": null, "level": "drift",
+                     "statistic": 0.31, "threshold": 0.12,
+                     "window": {"first": 12, "last": 812, "count": 400},
+                     "reference_examples": 2000, "recent_examples": 1000, "sequence": 812},
+                ],
                 "live_version": 7, "reaction": "train_candidate",
                 "event_time": "2023-11-14T22:13:20Z",
             })
         );
-        let back: DriftEvent = serde_json::from_value(json).unwrap();
-        assert_eq!(back, event);
-
+        // What train reads: one request, on the confirmation only.
+        let requests: Vec<Option<Reaction>> = records
+            .iter()
+            .map(|r| {
+                serde_json::from_value::<DriftNotice>(serde_json::to_value(r).unwrap())
+                    .unwrap()
+                    .requested()
+            })
+            .collect();
+        assert_eq!(requests, vec![None, Some(Reaction::TrainCandidate), None]);
+        assert_eq!(
+            (records[0].level.as_str(), records[0].detector.as_str()),
+            ("warning", "psi")
+        );
+        assert_eq!(records[0].target, "item_log_price");
+        assert_eq!(records[2].level, "resolved");
+        assert_eq!((records[2].sequence, records[2].span.last), (5_812, 5_812));
+        let ids: Vec<String> = transitions
+            .iter()
+            .map(|t| message_id(&model(), t))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                "drift-bookstore-episode-1-warning",
+                "drift-bookstore-episode-1-drift",
+                "drift-bookstore-episode-1-resolved"
+            ]
+        );
         let timed = ExampleRecord {
             event_time: Some(DateTime::from_timestamp(1_600_000_000, 0).unwrap()),
             ..ex
         };
-        let error = super::event(context, &finding(Target::Error), &timed, published, None);
-        assert_eq!((error.target.as_str(), error.feature), ("error", None));
-        assert_eq!(error.event_time, timed.event_time.unwrap());
+        let r = record(context, &transitions[0], &timed, published);
+        assert_eq!(r.event_time, timed.event_time.unwrap());
     }
 
     #[test]
-    fn message_ids_are_stable_and_distinct() {
-        let m = model();
-        assert_eq!(
-            message_id(&m, &finding(Target::Feature(3))),
-            "drift-bookstore-psi-f3-812"
-        );
-        assert_eq!(
-            message_id(&m, &finding(Target::Error)),
-            "drift-bookstore-psi-error-812"
-        );
-        let other = Finding {
-            detector: DetectorKind::PageHinkley,
-            ..finding(Target::Feature(3))
+    fn a_withheld_reaction_is_said_and_not_requested() {
+        let policy = ReactionPolicy {
+            reaction: Reaction::RaiseLr,
+            outstanding: Some("candidate v9 is under judgement"),
         };
+        let transitions = lifecycle(&policy);
+        let context = RecordContext {
+            model: &model(),
+            live_version: None,
+            live: None,
+        };
+        let r = record(
+            context,
+            &transitions[1],
+            &bookstore_example(),
+            DateTime::from_timestamp(0, 0).unwrap(),
+        );
+        assert_eq!(r.reaction, Reaction::Alert);
         assert_eq!(
-            message_id(&m, &other),
-            "drift-bookstore-page_hinkley-f3-812"
+            r.reaction_withheld.as_deref(),
+            Some("candidate v9 is under judgement")
         );
     }
 
     #[test]
-    fn features_are_named_from_the_schema_they_follow() {
+    fn features_are_named_and_planned_from_the_schema_they_follow() {
         let live = FeatureSchema {
             name: "custom".into(),
             version: 3,
             features: vec!["age".into(), "income".into()],
+            monitoring: vec![
+                freshet::monitoring::Monitoring::new(Watch::Ignore, "grows with time"),
+                freshet::monitoring::Monitoring::new(Watch::Log1p, "a raw amount"),
+            ],
         };
         let custom = example(Some(("custom", 3)), 2);
         assert_eq!(feature_name(1, &custom, Some(&live)), "income");
+        assert_eq!(
+            plan(&custom, Some(&live)),
+            vec![Watch::Ignore, Watch::Log1p]
+        );
         assert_eq!(feature_name(1, &custom, None), "f1");
+        assert_eq!(plan(&custom, None), Vec::<Watch>::new());
         let raw = example(None, 2);
         assert_eq!(feature_name(0, &raw, Some(&live)), "age");
         let older = example(Some(("custom", 2)), 2);
@@ -242,25 +412,21 @@ mod tests {
         let wider = example(None, 3);
         assert!(!follows(&wider, &live));
         assert_eq!(feature_name(2, &wider, Some(&live)), "f2");
-        let bookstore = example(
-            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
-            freshet::features::FEATURE_NAMES.len(),
-        );
+        let bookstore = bookstore_example();
         assert_eq!(
             feature_name(0, &bookstore, Some(&live)),
             freshet::features::FEATURE_NAMES[0]
         );
-    }
-
-    #[test]
-    fn reactions_parse_by_name() {
-        for reaction in [Reaction::Alert, Reaction::RaiseLr, Reaction::TrainCandidate] {
-            assert_eq!(reaction.as_str().parse::<Reaction>(), Ok(reaction));
-            assert_eq!(
-                serde_json::to_value(reaction).unwrap(),
-                serde_json::Value::from(reaction.as_str())
-            );
-        }
-        assert!("retrain".parse::<Reaction>().is_err());
+        let expected: Vec<Watch> = freshet::features::MONITORING
+            .iter()
+            .map(|(w, _)| *w)
+            .collect();
+        assert_eq!(plan(&bookstore, None), expected);
+        // A live bookstore version written before plans existed watches by the bookstore plan.
+        let unplanned = FeatureSchema {
+            monitoring: Vec::new(),
+            ..freshet::features::schema()
+        };
+        assert_eq!(plan(&bookstore, Some(&unplanned)), expected);
     }
 }

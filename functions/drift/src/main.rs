@@ -4,7 +4,6 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod bank;
 mod gate;
 mod handler;
 mod live;
@@ -21,17 +20,23 @@ use freshet::runtime::order::OrderGuard;
 use freshet::store::{Follower, Pointers, Slot, VersionCell};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
 
+// The bank lives in the library (the benchmark runs it); its modules name it `crate::bank`.
 use crate::bank::{Bank, BankConfig, DetectorList};
 use crate::gate::GateConfig;
+use freshet_drift::bank;
 use freshet_drift::detectors::{
-    AdwinConfig, DdmConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
+    AdwinConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
 };
+use freshet_drift::episodes::EpisodeConfig;
 
-/// Watches one model's examples: each feature's distribution (PSI and Page-Hinkley by default)
-/// and the live version's prediction error on each labelled example (DDM and ADWIN by default).
-/// Every warning and drift is published on <prefix>.control.<model>.drift with the reaction
-/// configured for the model. Detector state is checkpointed in the DRIFT bucket (key <model>)
-/// before messages are acknowledged, so a restart neither loses nor double-counts an example.
+/// Watches one model's examples: each feature the schema's monitoring plan watches (PSI by
+/// default) and the live version's prediction error on each labelled example (ADWIN by
+/// default), with false alarms controlled family-wise. Signals make episodes (opened, confirmed,
+/// resolved), each transition published on <prefix>.control.<model>.drift; the record that
+/// confirms an episode requests the reaction configured for the model, unless another is in
+/// flight. Detector state and episodes are checkpointed in the DRIFT bucket (key <model>) before
+/// messages are acknowledged, so a restart neither loses nor double-counts an example, nor
+/// reports an episode twice.
 #[derive(Debug, Parser)]
 #[command(name = "drift", version)]
 struct Args {
@@ -40,56 +45,71 @@ struct Args {
     /// Model whose examples are watched
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
-    /// Detectors on every feature's distribution, comma-separated: psi, page_hinkley, adwin,
-    /// kswin; or none
+    /// Detectors on every watched feature, comma-separated: psi, page_hinkley, adwin, kswin; or
+    /// none
     #[arg(
         long = "feature-detectors",
         env = "FRESHET_FEATURE_DETECTORS",
-        default_value = "psi,page_hinkley"
+        default_value = "psi"
     )]
     feature_detectors: DetectorList,
-    /// Detectors on the live version's prediction error, comma-separated: ddm and adwin read the
-    /// 0/1 error, page_hinkley the log loss; or none. They start afresh whenever the live version
-    /// changes
+    /// Detectors on the live version's prediction error, comma-separated: adwin and ddm read
+    /// the 0/1 error, page_hinkley the log loss; or none. Only a rise is reported. They start
+    /// afresh whenever live moves to another chain of versions
     #[arg(
         long = "error-detectors",
         env = "FRESHET_ERROR_DETECTORS",
-        default_value = "ddm,adwin"
+        default_value = "adwin"
     )]
     error_detectors: DetectorList,
-    /// Reaction requested in every event for this model: alert, raise_lr or train_candidate
+    /// The feature family's false-alarm budget per example, split equally over its tests
+    /// (watched features × feature detectors): each test's significance level
+    #[arg(
+        long = "feature-alpha",
+        env = "FRESHET_FEATURE_ALPHA",
+        default_value_t = 1e-7
+    )]
+    feature_alpha: f64,
+    /// The error family's false-alarm budget per example, split equally over the error
+    /// detectors (ADWIN's δ, DDM's normal tail)
+    #[arg(
+        long = "error-alpha",
+        env = "FRESHET_ERROR_ALPHA",
+        default_value_t = 1e-3
+    )]
+    error_alpha: f64,
+    /// Examples of a schema read before its features are watched, and of the model before its
+    /// error is: while featurize's entity states fill and the first labels wait for their
+    /// horizon, every feature and the error move by construction
+    #[arg(long = "warm-up", env = "FRESHET_WARM_UP", default_value_t = 2_000)]
+    warm_up: u64,
+    /// Examples without any signal after which an open episode is resolved (the re-arm span: a
+    /// new episode can open only after it)
+    #[arg(long = "rearm", env = "FRESHET_REARM", default_value_t = 10_000)]
+    rearm: u64,
+    /// Reaction requested when an episode is confirmed: alert, raise_lr or train_candidate
     /// (carried out by train and the promotion gate, not by drift)
     #[arg(long = "reaction", env = "FRESHET_REACTION", default_value = "alert")]
     reaction: Reaction,
-    /// PSI: values making a feature's reference window (the first ones, and again after each
-    /// drift)
+    /// PSI: values making a feature's reference window (it then slides just behind the recent
+    /// window)
     #[arg(
         long = "psi-reference-size",
         env = "FRESHET_PSI_REFERENCE_SIZE",
-        default_value_t = 1000
+        default_value_t = 4_000
     )]
     psi_reference_size: usize,
     /// PSI: values in the sliding recent window compared with the reference
     #[arg(
         long = "psi-recent-size",
         env = "FRESHET_PSI_RECENT_SIZE",
-        default_value_t = 500
+        default_value_t = 2_000
     )]
     psi_recent_size: usize,
     /// PSI: quantile bins drawn from the reference
     #[arg(long = "psi-bins", env = "FRESHET_PSI_BINS", default_value_t = 10)]
     psi_bins: usize,
-    /// PSI from which a shift is a warning
-    #[arg(
-        long = "psi-warning",
-        env = "FRESHET_PSI_WARNING",
-        default_value_t = 0.1
-    )]
-    psi_warning: f64,
-    /// PSI from which a shift is a drift
-    #[arg(long = "psi-drift", env = "FRESHET_PSI_DRIFT", default_value_t = 0.25)]
-    psi_drift: f64,
-    /// Page-Hinkley threshold λ: larger means fewer, surer detections
+    /// Page-Hinkley threshold λ, in the units of what it reads (it takes no share of a budget)
     #[arg(
         long = "ph-threshold",
         env = "FRESHET_PH_THRESHOLD",
@@ -99,20 +119,9 @@ struct Args {
     /// Page-Hinkley tolerance δ
     #[arg(long = "ph-delta", env = "FRESHET_PH_DELTA", default_value_t = 0.005)]
     ph_delta: f64,
-    /// ADWIN confidence δ, in (0, 1): smaller means fewer, surer detections
-    #[arg(
-        long = "adwin-delta",
-        env = "FRESHET_ADWIN_DELTA",
-        default_value_t = 0.002
-    )]
-    adwin_delta: f64,
-    /// KSWIN significance α of the Kolmogorov-Smirnov test
-    #[arg(
-        long = "kswin-alpha",
-        env = "FRESHET_KSWIN_ALPHA",
-        default_value_t = 0.005
-    )]
-    kswin_alpha: f64,
+    /// ADWIN tests its cuts every this many values
+    #[arg(long = "adwin-clock", env = "FRESHET_ADWIN_CLOCK", default_value_t = 1)]
+    adwin_clock: u64,
     /// KSWIN sliding window size (at least twice the 30 values each test compares)
     #[arg(
         long = "kswin-window",
@@ -120,16 +129,6 @@ struct Args {
         default_value_t = 100
     )]
     kswin_window: usize,
-    /// DDM: deviations above the best error rate that mean a warning
-    #[arg(
-        long = "ddm-warning",
-        env = "FRESHET_DDM_WARNING",
-        default_value_t = 2.0
-    )]
-    ddm_warning: f64,
-    /// DDM: deviations above the best error rate that mean a drift
-    #[arg(long = "ddm-drift", env = "FRESHET_DDM_DRIFT", default_value_t = 3.0)]
-    ddm_drift: f64,
     /// Turn the promotion gate off: no pointer is ever moved by drift
     #[arg(long = "no-gate", env = "FRESHET_NO_GATE")]
     no_gate: bool,
@@ -213,38 +212,37 @@ impl Args {
     }
 
     fn bank_config(&self) -> BankConfig {
+        let defaults = BankConfig::default();
         BankConfig {
             feature_detectors: self.feature_detectors.0.clone(),
             error_detectors: self.error_detectors.0.clone(),
+            feature_alpha: self.feature_alpha,
+            error_alpha: self.error_alpha,
+            warm_up: self.warm_up,
+            episodes: EpisodeConfig { rearm: self.rearm },
             psi: StreamingPsiConfig {
                 psi: PsiConfig {
                     bins: self.psi_bins,
-                    moderate: self.psi_warning,
-                    significant: self.psi_drift,
-                    ..Default::default()
+                    ..defaults.psi.psi
                 },
                 reference_size: self.psi_reference_size,
                 recent_size: self.psi_recent_size,
+                ..defaults.psi
             },
             page_hinkley: PageHinkleyConfig {
                 threshold: self.ph_threshold,
                 delta: self.ph_delta,
-                ..Default::default()
+                ..defaults.page_hinkley
             },
             adwin: AdwinConfig {
-                delta: self.adwin_delta,
-                ..Default::default()
+                clock: self.adwin_clock,
+                ..defaults.adwin
             },
             kswin: KswinConfig {
-                alpha: self.kswin_alpha,
                 window_size: self.kswin_window,
-                ..Default::default()
+                ..defaults.kswin
             },
-            ddm: DdmConfig {
-                warning_threshold: self.ddm_warning,
-                drift_threshold: self.ddm_drift,
-                ..Default::default()
-            },
+            ddm: defaults.ddm,
         }
     }
 }
@@ -367,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn detectors_and_reaction_are_chosen_by_flag() {
+    fn detectors_budgets_and_reaction_are_chosen_by_flag() {
         let args = Args::try_parse_from([
             "drift",
             "--feature-detectors",
@@ -376,8 +374,10 @@ mod tests {
             "none",
             "--reaction",
             "train_candidate",
-            "--psi-drift",
-            "0.3",
+            "--feature-alpha",
+            "1e-6",
+            "--rearm",
+            "300",
         ])
         .unwrap();
         let config = args.bank_config();
@@ -386,13 +386,16 @@ mod tests {
             vec![DetectorKind::Kswin, DetectorKind::Adwin]
         );
         assert!(config.error_detectors.is_empty());
-        assert_eq!(config.psi.psi.significant, 0.3);
+        assert_eq!(config.feature_alpha, 1e-6);
+        assert_eq!(config.episodes.rearm, 300);
         assert_eq!(args.reaction, Reaction::TrainCandidate);
         assert!(Bank::new(config).is_ok());
         assert!(Args::try_parse_from(["drift", "--reaction", "retrain"]).is_err());
         assert!(Args::try_parse_from(["drift", "--error-detectors", "psi,ks"]).is_err());
         let misplaced = Args::try_parse_from(["drift", "--feature-detectors", "ddm"]).unwrap();
         assert!(Bank::new(misplaced.bank_config()).is_err());
+        let overspent = Args::try_parse_from(["drift", "--error-alpha", "0.7"]).unwrap();
+        assert!(Bank::new(overspent.bank_config()).is_err());
     }
 
     #[test]
@@ -401,19 +404,18 @@ mod tests {
         for var in [
             "FRESHET_FEATURE_DETECTORS",
             "FRESHET_ERROR_DETECTORS",
+            "FRESHET_FEATURE_ALPHA",
+            "FRESHET_ERROR_ALPHA",
+            "FRESHET_WARM_UP",
+            "FRESHET_REARM",
             "FRESHET_REACTION",
             "FRESHET_PSI_REFERENCE_SIZE",
             "FRESHET_PSI_RECENT_SIZE",
             "FRESHET_PSI_BINS",
-            "FRESHET_PSI_WARNING",
-            "FRESHET_PSI_DRIFT",
             "FRESHET_PH_THRESHOLD",
             "FRESHET_PH_DELTA",
-            "FRESHET_ADWIN_DELTA",
-            "FRESHET_KSWIN_ALPHA",
+            "FRESHET_ADWIN_CLOCK",
             "FRESHET_KSWIN_WINDOW",
-            "FRESHET_DDM_WARNING",
-            "FRESHET_DDM_DRIFT",
         ] {
             assert!(help.contains(var), "{var}");
         }

@@ -1,7 +1,9 @@
 //! The metrics drift exports beside the common ones, on `/metrics`.
 //!
-//! Observations and detections are counted when the checkpoint holding them is written, so a
-//! batch folded again after a lost compare-and-set is not counted twice.
+//! Observations, detections and episode transitions are counted when the checkpoint holding them
+//! is written, so a batch folded again after a lost compare-and-set is not counted twice. Label
+//! values are bounded: detectors are five, states three, and a feature is named only among the
+//! first [`MAX_NAMED_FEATURES`] of its schema (the others share the label `feature`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +11,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::bank::{BankConfig, DetectorKind};
+use freshet::control::EpisodeState;
 use freshet_drift::detectors::Level;
+
+/// Features beyond this index are labelled `feature` rather than by name.
+pub const MAX_NAMED_FEATURES: usize = 64;
 
 /// What an observation fed: `features` (one per example) or `error` (one per scored example).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,11 +47,66 @@ impl DetectionLabel {
     }
 }
 
+/// The detector and target of an episode's headline signal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EpisodeLabel {
+    pub detector: String,
+    /// The feature's name, `feature` beyond [`MAX_NAMED_FEATURES`], or `error`.
+    pub target: String,
+}
+
+impl EpisodeLabel {
+    /// For a signal of `detector` on feature `(index, name)`, or on the error (`None`).
+    pub fn new(detector: DetectorKind, feature: Option<(usize, String)>) -> EpisodeLabel {
+        let target = match feature {
+            None => "error".to_string(),
+            Some((index, name)) if index < MAX_NAMED_FEATURES => name,
+            Some(_) => "feature".to_string(),
+        };
+        EpisodeLabel {
+            detector: detector.as_str().to_string(),
+            target,
+        }
+    }
+}
+
+/// A transition: the state an episode entered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+impl StateLabel {
+    pub fn new(state: EpisodeState) -> StateLabel {
+        StateLabel {
+            state: state.as_str().to_string(),
+        }
+    }
+}
+
+/// What became of the reaction when an episode was confirmed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReactionLabel {
+    pub outcome: String,
+}
+
+impl ReactionLabel {
+    pub fn new(requested: bool) -> ReactionLabel {
+        ReactionLabel {
+            outcome: if requested { "requested" } else { "withheld" }.to_string(),
+        }
+    }
+}
+
 /// Counters and gauges of one drift function, cloned into the processor and the live follower.
 #[derive(Clone, Default)]
 pub struct DriftMetrics {
     pub observations: Family<StreamLabel, Counter>,
     pub detections: Family<DetectionLabel, Counter>,
+    pub episodes: Family<StateLabel, Counter>,
+    pub episodes_open: Family<EpisodeLabel, Gauge>,
+    pub reactions: Family<ReactionLabel, Counter>,
+    pub improvements: Counter,
     pub checkpoint_writes: Counter,
     pub checkpoint_conflicts: Counter,
     pub error_resets: Counter,
@@ -54,8 +115,8 @@ pub struct DriftMetrics {
 }
 
 impl DriftMetrics {
-    /// Registers every metric, with a zero for each configured detector and level so dashboards
-    /// show zeros rather than gaps.
+    /// Registers every metric, with a zero for each configured detector and level, and each
+    /// episode state, so dashboards show zeros rather than gaps.
     pub fn register(&self, metrics: &freshet::metrics::Metrics, config: &BankConfig) {
         metrics.register(
             "observations",
@@ -64,8 +125,28 @@ impl DriftMetrics {
         );
         metrics.register(
             "detections",
-            "Warnings and drifts reported, by detector, target and level",
+            "Detector signals (each joins an episode), by detector, target and level",
             self.detections.clone(),
+        );
+        metrics.register(
+            "drift_episodes",
+            "Drift episodes entering each state: warning (opened by a warning), drift (confirmed), resolved",
+            self.episodes.clone(),
+        );
+        metrics.register(
+            "drift_episodes_open",
+            "1 while an episode is open, by the detector and target of its headline signal",
+            self.episodes_open.clone(),
+        );
+        metrics.register(
+            "drift_reactions",
+            "Reactions at confirmed episodes: requested, or withheld while another was in flight",
+            self.reactions.clone(),
+        );
+        metrics.register(
+            "error_improvements",
+            "Times an error detector found the error had fallen (not a drift) and started afresh",
+            self.improvements.clone(),
         );
         metrics.register(
             "checkpoint_writes",
@@ -97,6 +178,16 @@ impl DriftMetrics {
                 stream: stream.to_string(),
             });
         }
+        for state in [
+            EpisodeState::Warning,
+            EpisodeState::Drift,
+            EpisodeState::Resolved,
+        ] {
+            let _ = self.episodes.get_or_create(&StateLabel::new(state));
+        }
+        for requested in [true, false] {
+            let _ = self.reactions.get_or_create(&ReactionLabel::new(requested));
+        }
         let watched = config
             .feature_detectors
             .iter()
@@ -109,5 +200,23 @@ impl DriftMetrics {
                     .get_or_create(&DetectionLabel::new(detector, error, level));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn episode_labels_are_bounded() {
+        let named = EpisodeLabel::new(DetectorKind::Psi, Some((8, "item_log_price".into())));
+        assert_eq!(named.target, "item_log_price");
+        let far = EpisodeLabel::new(DetectorKind::Psi, Some((500, "f500".into())));
+        assert_eq!(far.target, "feature");
+        let error = EpisodeLabel::new(DetectorKind::Adwin, None);
+        assert_eq!(
+            (error.detector.as_str(), error.target.as_str()),
+            ("adwin", "error")
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! drift's runtime adapter, one batch at a time: score the new examples with the live version,
-//! fold them in stream order into a copy of the checkpoint, publish what the detectors found
+//! fold them in stream order into a copy of the checkpoint, publish the episodes' transitions
 //! (acks awaited), and hold the messages; the loop then offers a commit, which writes the
 //! checkpoint to DRIFT `<model>` by compare-and-set, and only then are the messages acknowledged.
 //!
 //! That order is what makes a restart cost nothing. An example at or below the stored mark is
-//! acknowledged without being observed again. A crash before the write loses only the unwritten
-//! copy: the examples come back and are folded again into the stored checkpoint, finding the same
-//! things, and their events carry the same `Nats-Msg-Id`, so JetStream drops the copies (within
-//! the CONTROL stream's duplicate window). A write that loses to another writer throws the copy
-//! away, reads the winner's checkpoint and hands the batch back for redelivery.
+//! acknowledged without being observed again, and the episodes live in the checkpoint, so an
+//! episode open before a restart stays open and is not reported again. A crash before the write
+//! loses only the unwritten copy: the examples come back and are folded again into the stored
+//! checkpoint, making the same transitions, and their records carry the same `Nats-Msg-Id`, so
+//! JetStream drops the copies (within the CONTROL stream's duplicate window). A write that loses
+//! to another writer throws the copy away, reads the winner's checkpoint and hands the batch back
+//! for redelivery.
 
 use std::sync::Arc;
 
@@ -23,13 +25,15 @@ use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
-use crate::bank::{Bank, Checkpoint, DetectorKind, Finding, Restored, Scored, Target};
-use crate::handler::{self, EventContext};
-use crate::metrics::{DetectionLabel, DriftMetrics, StreamLabel};
+use crate::bank::{Bank, Checkpoint, DetectorKind, Restored, Scored, Target};
+use crate::handler::{self, RecordContext};
+use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
-use freshet::control::Reaction;
+use freshet::control::{EpisodeState, Reaction};
+use freshet::examples::FeatureSchema;
 use freshet::store::follow::{Loaded, VersionCell};
 use freshet_drift::detectors::Level;
+use freshet_drift::episodes::{Episode, ReactionPolicy, Transition};
 
 /// Where drift reads and writes.
 pub struct Io {
@@ -50,7 +54,12 @@ struct Tally {
     features: u64,
     errors: u64,
     resets: u64,
+    improvements: u64,
     detections: Vec<(DetectorKind, bool, Level)>,
+    /// Each transition, with the label of its episode's headline signal.
+    transitions: Vec<(EpisodeState, EpisodeLabel)>,
+    /// The reaction requested or withheld at each confirmation.
+    reactions: Vec<bool>,
 }
 
 /// Folded but not yet written: the state of the messages held.
@@ -78,6 +87,8 @@ pub struct DriftProcessor {
     stale: bool,
     /// The promotion gate, unless turned off.
     promotion: Option<Promotion>,
+    /// The label the open-episodes gauge shows for the stored checkpoint's open episode.
+    open_label: Option<EpisodeLabel>,
 }
 
 impl DriftProcessor {
@@ -102,6 +113,7 @@ impl DriftProcessor {
             pending: None,
             stale: true,
             promotion,
+            open_label: None,
         }
     }
 
@@ -130,11 +142,41 @@ impl DriftProcessor {
         if self.bank.pass(&mut checkpoint, floor) {
             tracing::info!(model = %self.model, floor, "examples up to the consumer's acknowledgement floor were handled before this checkpoint; starting after them");
         }
+        if let Some(open) = checkpoint.episodes.open() {
+            tracing::info!(model = %self.model, episode = open.id, state = %open.state, opened = open.opened, "an episode is open; it continues");
+        }
+        let live = self.io.live.current();
+        let label = checkpoint
+            .episodes
+            .open()
+            .map(|open| episode_label(open, live.as_deref().map(|l| &l.manifest.schema)));
+        self.show_open(label);
         self.stored = checkpoint;
         self.revision = raw.revision;
         self.pending = None;
         self.stale = false;
         Ok(())
+    }
+
+    /// Sets the open-episodes gauge to `label` (none open: `None`).
+    fn show_open(&mut self, label: Option<EpisodeLabel>) {
+        if let Some(old) = self.open_label.take() {
+            self.metrics.episodes_open.get_or_create(&old).set(0);
+        }
+        if let Some(label) = &label {
+            self.metrics.episodes_open.get_or_create(label).set(1);
+        }
+        self.open_label = label;
+    }
+
+    /// Why a reaction must wait now, if one must: a candidate the gate is still judging is a
+    /// reaction in flight (a drift's `train_candidate`, or one made by hand).
+    fn outstanding(&self) -> Option<String> {
+        let candidate = self.promotion.as_ref()?.versions.candidate.current()?;
+        Some(format!(
+            "candidate v{} is still under the gate's judgement",
+            candidate.version()
+        ))
     }
 
     /// The live version's probability for each new example that follows its schema and that
@@ -187,58 +229,58 @@ impl DriftProcessor {
         scores
     }
 
-    /// Publishes one event per finding and waits for JetStream to store them all.
+    /// Publishes one record per transition and waits for JetStream to store them all.
     async fn publish(
         &self,
-        findings: &[(usize, Finding)],
+        transitions: &[(usize, Transition)],
         batch: &[Incoming],
         decoded: &[Result<ExampleRecord, Rejection>],
         live: Option<&Loaded>,
     ) -> Result<(), Failure> {
-        let context = EventContext {
+        let context = RecordContext {
             model: &self.model,
-            reaction: self.reaction,
             live_version: live.map(Loaded::version),
+            live: live.map(|l| &l.manifest.schema),
         };
         let subject = self.io.subjects.control(&self.model, "drift");
-        let mut acks = Vec::with_capacity(findings.len());
-        for (i, finding) in findings {
+        let mut acks = Vec::with_capacity(transitions.len());
+        for (i, transition) in transitions {
             let Ok(example) = &decoded[*i] else {
                 continue;
             };
-            let event = handler::event(
-                context,
-                finding,
-                example,
-                batch[*i].published,
-                live.map(|l| &l.manifest.schema),
-            );
-            match finding.level {
-                Level::Drift => {
-                    tracing::warn!(model = %self.model, detector = %finding.detector, target = %event.target, statistic = finding.statistic,
-                        sequence = finding.sequence, window = finding.window.count, reaction = %self.reaction, "drift detected")
+            let record = handler::record(context, transition, example, batch[*i].published);
+            let episode = &transition.episode;
+            match record.state {
+                EpisodeState::Drift => {
+                    tracing::warn!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
+                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence,
+                        reaction = %record.reaction, withheld = ?record.reaction_withheld, "drift confirmed")
                 }
-                _ => {
-                    tracing::info!(model = %self.model, detector = %finding.detector, target = %event.target, statistic = finding.statistic,
-                        sequence = finding.sequence, "drift warning")
+                EpisodeState::Warning => {
+                    tracing::info!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
+                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence, "drift warning: episode opened")
+                }
+                EpisodeState::Resolved => {
+                    tracing::info!(model = %self.model, episode = episode.id, opened = episode.opened, confirmed = ?episode.confirmed,
+                        signals = episode.signals.len(), sequence = record.sequence, "drift episode resolved")
                 }
             }
-            let body =
-                serde_json::to_vec(&event).map_err(|e| Failure::new("encode a drift event", e))?;
+            let body = serde_json::to_vec(&record)
+                .map_err(|e| Failure::new("encode a drift record", e))?;
             let message = PublishMessage::build()
                 .payload(Bytes::from(body))
-                .message_id(handler::message_id(&self.model, finding));
+                .message_id(handler::message_id(&self.model, transition));
             acks.push(
                 self.io
                     .js
                     .send_publish(subject.clone(), message)
                     .await
-                    .map_err(|e| Failure::new("publish a drift event", e))?,
+                    .map_err(|e| Failure::new("publish a drift record", e))?,
             );
         }
         try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
             .await
-            .map_err(|e| Failure::new("publish a drift event", e))?;
+            .map_err(|e| Failure::new("publish a drift record", e))?;
         Ok(())
     }
 
@@ -254,10 +296,23 @@ impl DriftProcessor {
         observed("features", tally.features);
         observed("error", tally.errors);
         self.metrics.error_resets.inc_by(tally.resets);
+        self.metrics.improvements.inc_by(tally.improvements);
         for (detector, error, level) in &tally.detections {
             self.metrics
                 .detections
                 .get_or_create(&DetectionLabel::new(*detector, *error, *level))
+                .inc();
+        }
+        for (state, _) in &tally.transitions {
+            self.metrics
+                .episodes
+                .get_or_create(&crate::metrics::StateLabel::new(*state))
+                .inc();
+        }
+        for requested in &tally.reactions {
+            self.metrics
+                .reactions
+                .get_or_create(&crate::metrics::ReactionLabel::new(*requested))
                 .inc();
         }
     }
@@ -289,6 +344,12 @@ impl Processor for DriftProcessor {
         let live: Option<Arc<Loaded>> = self.io.live.current();
         let scores = self.score(live.as_deref(), batch, &decoded, working.last_sequence);
 
+        let outstanding = self.outstanding();
+        let policy = ReactionPolicy {
+            reaction: self.reaction,
+            outstanding: outstanding.as_deref(),
+        };
+        let live_schema = live.as_deref().map(|l| &l.manifest.schema);
         let stored_mark = self.stored.last_sequence;
         let mut mark = working.last_sequence;
         let mut order: Vec<usize> = (0..batch.len()).collect();
@@ -296,7 +357,7 @@ impl Processor for DriftProcessor {
         let mut dispositions: Vec<Option<Disposition>> =
             std::iter::repeat_with(|| None).take(batch.len()).collect();
         let mut new = Vec::new();
-        let mut findings: Vec<(usize, Finding)> = Vec::new();
+        let mut transitions: Vec<(usize, Transition)> = Vec::new();
         let mut waiting = false;
         for i in order {
             let sequence = batch[i].stream_sequence;
@@ -331,31 +392,53 @@ impl Processor for DriftProcessor {
                     dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
                 }
                 Ok(example) => {
+                    let plan = handler::plan(example, live_schema);
                     let folded = self.bank.fold(
                         &mut working,
-                        &handler::observation(sequence, example, scores[i]),
+                        &handler::observation(sequence, example, &plan, scores[i]),
+                        &policy,
                     );
                     tally.features += u64::from(folded.new);
                     tally.errors += u64::from(folded.error_observed);
+                    tally.improvements += folded.improvements;
                     if let Some(Some(left)) = folded.error_reset {
                         tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
                         tally.resets += 1;
                     }
-                    for finding in folded.findings {
+                    for finding in &folded.findings {
+                        tracing::debug!(model = %self.model, detector = %finding.detector, target = ?finding.target, level = ?finding.level,
+                            statistic = finding.statistic, threshold = ?finding.threshold, sequence, "detector signal");
                         tally.detections.push((
                             finding.detector,
                             finding.target == Target::Error,
                             finding.level,
                         ));
-                        findings.push((i, finding));
+                    }
+                    if let Some(transition) = folded.transition {
+                        let label = episode_label(&transition.episode, live_schema);
+                        tally.transitions.push((transition.state(), label));
+                        if transition.state() == EpisodeState::Drift
+                            && let Some(decision) = &transition.episode.reaction
+                        {
+                            match decision {
+                                freshet_drift::episodes::ReactionDecision::Requested { .. } => {
+                                    tally.reactions.push(true)
+                                }
+                                freshet_drift::episodes::ReactionDecision::Withheld { .. } => {
+                                    tally.reactions.push(false)
+                                }
+                                freshet_drift::episodes::ReactionDecision::NotConfigured => {}
+                            }
+                        }
+                        transitions.push((i, transition));
                     }
                     dispositions[i] = Some(Disposition::Hold);
                 }
             }
         }
-        if !findings.is_empty()
+        if !transitions.is_empty()
             && let Err(failure) = self
-                .publish(&findings, batch, &decoded, live.as_deref())
+                .publish(&transitions, batch, &decoded, live.as_deref())
                 .await
         {
             // Nothing of this batch is kept: it is folded again, and published again under the
@@ -420,6 +503,10 @@ impl Processor for DriftProcessor {
                 self.metrics.checkpoint_writes.inc();
                 if let Some(pending) = self.pending.take() {
                     self.count(&pending.tally);
+                    if let Some((state, label)) = pending.tally.transitions.last() {
+                        let open = (*state != EpisodeState::Resolved).then(|| label.clone());
+                        self.show_open(open);
+                    }
                     self.stored = pending.checkpoint;
                 }
                 self.revision = revision;
@@ -445,4 +532,14 @@ fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
             d.unwrap_or_else(|| Disposition::Retry(Failure::new("drift", "example left unhandled")))
         })
         .collect()
+}
+
+/// The open-episodes gauge's label for `episode`: its headline signal's detector and target.
+fn episode_label(episode: &Episode, live: Option<&FeatureSchema>) -> EpisodeLabel {
+    let headline = episode.headline();
+    let target = match headline.target {
+        Target::Feature(i) => Some((i, handler::feature_name_of(i, live))),
+        Target::Error => None,
+    };
+    EpisodeLabel::new(headline.detector, target)
 }

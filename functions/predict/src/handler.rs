@@ -132,10 +132,15 @@ pub fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
 }
 
 /// Whether a version may replace the one serving: its schema must be one this predictor can
-/// build features for (the bookstore schema it was compiled with), or a raw vector schema. That
-/// the model takes as many features as its schema lists, loading the artifact has checked.
+/// build features for (the bookstore schema it was compiled with: same version, same features in
+/// the same order), or a raw vector schema. How drift watches the features (the schema's
+/// monitoring plan) does not change what they are, so it is not compared. That the model takes
+/// as many features as its schema lists, loading the artifact has checked.
 pub fn check_compatible(schema: &FeatureSchema) -> Result<(), String> {
-    if schema.name == freshet::features::SCHEMA_NAME && *schema != freshet::features::schema() {
+    let bookstore = freshet::features::schema();
+    if schema.name == bookstore.name
+        && (schema.version != bookstore.version || schema.features != bookstore.features)
+    {
         return Err(format!(
             "feature schema {} v{} differs from the predictor's v{}",
             schema.name,
@@ -158,6 +163,12 @@ mod tests {
             version: bookstore.version - 1,
             ..bookstore.clone()
         };
+        // A manifest written before monitoring plans existed serves as before.
+        let unplanned = FeatureSchema {
+            monitoring: Vec::new(),
+            ..bookstore.clone()
+        };
+        assert_eq!(check_compatible(&unplanned), Ok(()));
         let refusal = check_compatible(&older).unwrap_err();
         assert!(
             refusal.contains("differs from the predictor's"),
@@ -172,6 +183,7 @@ mod tests {
             name: "raw".to_string(),
             version: 0,
             features: vec!["f0".to_string(), "f1".to_string(), "f2".to_string()],
+            monitoring: Vec::new(),
         };
         assert_eq!(check_compatible(&raw), Ok(()));
     }

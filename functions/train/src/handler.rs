@@ -48,6 +48,24 @@ pub fn pending_age(
     since_last_version.map_or(oldest_example, |last| last.min(oldest_example))
 }
 
+/// Why a reaction drift asks for must be ignored, if it must: one is still in flight. A
+/// candidate forked for a drift is in flight until the gate promotes or withdraws it; a raised
+/// learning rate until the lineage has learned `settle` examples under it (a metrics window).
+pub fn reaction_in_flight(
+    candidate_training: bool,
+    raised_at: Option<u64>,
+    learned: u64,
+    settle: u64,
+) -> Option<&'static str> {
+    if candidate_training {
+        Some("a candidate is in training")
+    } else if raised_at.is_some_and(|at| learned < at.saturating_add(settle)) {
+        Some("the raised learning rate is still settling")
+    } else {
+        None
+    }
+}
+
 /// The schema a model takes, from the first example when the model has no version yet.
 pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     match &record.schema {
@@ -63,6 +81,7 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
             features: (0..record.features.len())
                 .map(|i| format!("f{i}"))
                 .collect(),
+            monitoring: Vec::new(),
         },
         None => FeatureSchema {
             name: "raw".to_string(),
@@ -70,6 +89,7 @@ pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
             features: (0..record.features.len())
                 .map(|i| format!("f{i}"))
                 .collect(),
+            monitoring: Vec::new(),
         },
     }
 }
@@ -305,6 +325,15 @@ mod tests {
         assert_eq!(sequence_verdict(11, 10, Some(12)), Sequence::AlreadyPending);
         assert_eq!(sequence_verdict(13, 10, Some(12)), Sequence::New);
         assert_eq!(sequence_verdict(1, 0, None), Sequence::New);
+    }
+
+    #[test]
+    fn one_reaction_at_a_time() {
+        assert_eq!(reaction_in_flight(false, None, 5_000, 200), None);
+        assert!(reaction_in_flight(true, None, 5_000, 200).is_some());
+        // Raised at 5,000: busy until 200 more examples are learned.
+        assert!(reaction_in_flight(false, Some(5_000), 5_199, 200).is_some());
+        assert_eq!(reaction_in_flight(false, Some(5_000), 5_200, 200), None);
     }
 
     #[test]

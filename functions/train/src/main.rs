@@ -150,7 +150,7 @@ async fn listen_for_reactions(
             match serde_json::from_slice::<DriftNotice>(&message.payload) {
                 Ok(notice) => {
                     if let Some(reaction) = notice.requested() {
-                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, "drift asks for a reaction");
+                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, episode = ?notice.episode, "drift asks for a reaction");
                         if requests.send((reaction, notice.sequence)).is_err() {
                             return;
                         }

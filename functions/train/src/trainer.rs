@@ -67,17 +67,9 @@ struct Candidate {
     window: MetricsWindow,
     /// Not published yet: its first version starts a chain of its own.
     forked: bool,
-    /// The last example live had handled when the candidate was forked.
-    since: u64,
     /// Traces of the examples learned since its last version.
     traces: TraceSample,
 }
-
-/// A new drift replaces a candidate by a fresh fork of live when the candidate does no better
-/// than live (prequentially) after this many examples: it was forked for another change (or a
-/// false alarm), or cannot learn this one. Detections closer together are one change reported
-/// by several detectors.
-const REFORK_AFTER: u64 = 200;
 
 /// Examples learned in memory but not yet in a published version.
 #[derive(Default)]
@@ -104,6 +96,7 @@ pub struct TrainMetrics {
     pub candidate_version: Gauge,
     pub candidates_started: Counter,
     pub learning_rate_restarts: Counter,
+    pub reactions_ignored: Counter,
     pub examples_quarantined: Counter,
     pub quarantined: Gauge,
 }
@@ -154,6 +147,11 @@ impl TrainMetrics {
             "learning_rate_restarts",
             "Learning-rate schedules restarted because a drift asked for it",
             self.learning_rate_restarts.clone(),
+        );
+        metrics.register(
+            "reactions_ignored",
+            "Reactions drift asked for while another was still in flight",
+            self.reactions_ignored.clone(),
         );
         metrics.register(
             "examples_quarantined",
@@ -207,6 +205,8 @@ pub struct Trainer {
     prune_requests: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Reactions drift asked for, applied before the next batch.
     reactions: Option<tokio::sync::mpsc::UnboundedReceiver<(Reaction, u64)>>,
+    /// Examples the lineage had learned when the learning rate was last raised.
+    raised_at: Option<u64>,
     quality: Quality,
     /// The highest version number this trainer wrote: live and candidate versions share the
     /// numbering, so each takes the next number instead of colliding with the other's.
@@ -241,6 +241,7 @@ impl Trainer {
             pending: PendingUpdate::default(),
             prune_requests: None,
             reactions: None,
+            raised_at: None,
             quality,
             last_version: 0,
             last_published: None,
@@ -265,11 +266,27 @@ impl Trainer {
                 tracing::info!(model = %self.model, %reaction, "no model yet; nothing to react with");
                 continue;
             };
+            // One reaction in flight per model: a second request (a repeated record, another
+            // episode) waits until the first has run its course.
+            let learned = lineage.window.snapshot().examples_total;
+            if reaction != Reaction::Alert
+                && let Some(busy) = handler::reaction_in_flight(
+                    lineage.candidate.is_some(),
+                    self.raised_at,
+                    learned,
+                    self.window_size as u64,
+                )
+            {
+                self.metrics.reactions_ignored.inc();
+                tracing::info!(model = %self.model, %reaction, sequence, busy, "drift asks for a reaction while another is in flight; ignored");
+                continue;
+            }
             match reaction {
                 Reaction::Alert => {}
                 Reaction::RaiseLr => match lineage.trainer.restarted() {
                     Ok(restarted) => {
                         lineage.trainer = restarted;
+                        self.raised_at = Some(learned);
                         self.metrics.learning_rate_restarts.inc();
                         tracing::info!(model = %self.model, "drift: learning-rate schedule restarted at its initial rate");
                     }
@@ -277,15 +294,6 @@ impl Trainer {
                         tracing::warn!(model = %self.model, error = %err, "cannot restart the learning rate")
                     }
                 },
-                Reaction::TrainCandidate
-                    if lineage.candidate.as_ref().is_some_and(|c| {
-                        sequence <= c.since + REFORK_AFTER
-                            || c.window.snapshot().prequential_accuracy
-                                > lineage.window.snapshot().prequential_accuracy
-                    }) =>
-                {
-                    tracing::info!(model = %self.model, sequence, "drift: a candidate is already in training");
-                }
                 Reaction::TrainCandidate => {
                     let revision = match self.pointers.get(&self.model, Slot::Candidate).await {
                         Ok(pointer) => pointer.revision,
@@ -303,11 +311,6 @@ impl Trainer {
                                 pending: self.pending.range,
                                 traces: self.pending.traces.clone(),
                                 forked: true,
-                                since: lineage
-                                    .live
-                                    .as_ref()
-                                    .map_or(0, |m| m.high_water_mark)
-                                    .max(self.pending.range.map_or(0, |r| r.last)),
                                 // The candidate's history is live's up to the fork.
                                 window: MetricsWindow::new(
                                     self.window_size,
@@ -355,7 +358,6 @@ impl Trainer {
             pointer_revision: pointer.revision,
             pending: None,
             forked: false,
-            since: live.high_water_mark,
             traces: TraceSample::default(),
         });
         Ok(())

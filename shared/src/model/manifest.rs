@@ -191,6 +191,7 @@ mod tests {
                 name: "churn-features".into(),
                 version: 2,
                 features: vec!["a".into(), "b".into(), "c".into()],
+                monitoring: Vec::new(),
             },
             sha256: sha256_hex(bytes),
             size_bytes: bytes.len() as u64,

@@ -583,6 +583,7 @@ mod tests {
                     name: "raw".into(),
                     version: 0,
                     features: vec!["a".into(), "b".into(), "c".into()],
+                    monitoring: Vec::new(),
                 },
                 sha256: sha256_hex(&bytes),
                 size_bytes: bytes.len() as u64,

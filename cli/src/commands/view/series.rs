@@ -281,24 +281,79 @@ pub fn parse_control_subject<'a>(prefix: &str, subject: &'a str) -> Option<(&'a 
     (!model.is_empty() && !kind.is_empty() && !kind.contains('.')).then_some((model, kind))
 }
 
-/// A drift detection (a warning or a drift) as the page marks it.
+/// A drift record as the page marks it: a transition of an episode (format 2: opened as a
+/// warning, confirmed as a drift, resolved), or a single detection (format 1, no episode).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftMark {
     pub t: Millis,
-    /// `warning` or `drift`.
+    /// `warning`, `drift` or `resolved`.
     pub level: String,
     pub detector: String,
     /// The feature's name, or `error` for the live version's prediction error.
     pub target: String,
     pub statistic: f64,
     pub live_version: Option<u64>,
+    /// The episode it belongs to (format 2).
+    pub episode: Option<u64>,
+    /// What the statistic had to reach.
+    pub threshold: Option<f64>,
+    /// Detectors and targets that signalled in the episode so far.
+    pub signals: usize,
+    /// The reaction the record requested (`alert`: none), and why one was withheld.
+    pub reaction: Option<String>,
+    pub reaction_withheld: Option<String>,
 }
 
-/// The decision-list lines for drift detections (warnings left out): detections in the same
-/// second are one line, since feature detectors tend to signal together on one shift.
+/// The decision-list line of one episode's transition.
+fn episode_line(mark: &DriftMark, episode: u64) -> String {
+    let what = if mark.target == "error" {
+        "the live version's error".to_string()
+    } else {
+        mark.target.clone()
+    };
+    let evidence = match mark.threshold {
+        Some(t) => format!("{} {:.4} vs {t:.4}", mark.detector, mark.statistic),
+        None => format!("{} {:.4}", mark.detector, mark.statistic),
+    };
+    let live = mark
+        .live_version
+        .map_or(String::new(), |v| format!(", live v{v}"));
+    let detectors = match mark.signals {
+        0 | 1 => String::new(),
+        n => format!(", {n} detectors"),
+    };
+    match mark.level.as_str() {
+        "warning" => {
+            format!("drift episode {episode} opened: warning on {what} ({evidence}){live}")
+        }
+        "resolved" => format!("drift episode {episode} resolved{detectors}"),
+        _ => {
+            let reaction = match (&mark.reaction, &mark.reaction_withheld) {
+                (_, Some(why)) => format!("; reaction withheld ({why})"),
+                (Some(r), None) if r != "alert" => format!("; {r} requested"),
+                _ => String::new(),
+            };
+            format!(
+                "drift episode {episode} confirmed on {what} ({evidence}{detectors}){live}{reaction}"
+            )
+        }
+    }
+}
+
+/// The decision-list lines for drift records: one per transition of an episode; for detections
+/// of format 1 (warnings left out), detections in the same second make one line, since feature
+/// detectors tended to signal together on one shift.
 pub fn drift_lines<'a>(marks: impl IntoIterator<Item = &'a DriftMark>) -> Vec<(Millis, String)> {
+    let mut lines = Vec::new();
     let mut groups: Vec<Vec<&DriftMark>> = Vec::new();
-    for mark in marks.into_iter().filter(|m| m.level == "drift") {
+    for mark in marks {
+        if let Some(episode) = mark.episode {
+            lines.push((mark.t, episode_line(mark, episode)));
+            continue;
+        }
+        if mark.level != "drift" {
+            continue;
+        }
         match groups.last_mut() {
             Some(group) if group[0].t.div_euclid(1000) == mark.t.div_euclid(1000) => {
                 group.push(mark)
@@ -306,36 +361,36 @@ pub fn drift_lines<'a>(marks: impl IntoIterator<Item = &'a DriftMark>) -> Vec<(M
             _ => groups.push(vec![mark]),
         }
     }
-    groups
-        .into_iter()
-        .map(|group| {
-            let targets: BTreeSet<&str> = group.iter().map(|m| m.target.as_str()).collect();
-            let detectors: BTreeSet<&str> = group.iter().map(|m| m.detector.as_str()).collect();
-            let live = group
-                .iter()
-                .find_map(|m| m.live_version)
-                .map_or(String::new(), |v| format!(", live v{v}"));
-            let what = match targets.len() {
-                1 if targets.contains("error") => "the live version's error".to_string(),
-                1 => targets.iter().copied().collect::<Vec<_>>().join(""),
-                n => {
-                    let shown: Vec<&str> = targets.iter().copied().take(3).collect();
-                    let more = n.saturating_sub(shown.len());
-                    let more = if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    };
-                    format!("{n} targets: {}{more}", shown.join(", "))
-                }
-            };
-            let detectors: Vec<&str> = detectors.into_iter().collect();
-            (
-                group[0].t,
-                format!("drift on {what} ({}){live}", detectors.join(", ")),
-            )
-        })
-        .collect()
+    let singles = groups.into_iter().map(|group| {
+        let targets: BTreeSet<&str> = group.iter().map(|m| m.target.as_str()).collect();
+        let detectors: BTreeSet<&str> = group.iter().map(|m| m.detector.as_str()).collect();
+        let live = group
+            .iter()
+            .find_map(|m| m.live_version)
+            .map_or(String::new(), |v| format!(", live v{v}"));
+        let what = match targets.len() {
+            1 if targets.contains("error") => "the live version's error".to_string(),
+            1 => targets.iter().copied().collect::<Vec<_>>().join(""),
+            n => {
+                let shown: Vec<&str> = targets.iter().copied().take(3).collect();
+                let more = n.saturating_sub(shown.len());
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!("{n} targets: {}{more}", shown.join(", "))
+            }
+        };
+        let detectors: Vec<&str> = detectors.into_iter().collect();
+        (
+            group[0].t,
+            format!("drift on {what} ({}){live}", detectors.join(", ")),
+        )
+    });
+    lines.extend(singles);
+    lines.sort_by_key(|(t, _)| *t);
+    lines
 }
 
 /// A gate decision as the page marks it, with its evidence.
@@ -392,6 +447,14 @@ pub fn parse_control(kind: &str, body: &serde_json::Value, t: Millis) -> Option<
                 .and_then(|v| v.as_f64())
                 .unwrap_or(0.0),
             live_version: number("live_version"),
+            episode: number("episode"),
+            threshold: body.get("threshold").and_then(|v| v.as_f64()),
+            signals: body
+                .get("signals")
+                .and_then(|v| v.as_array())
+                .map_or(0, Vec::len),
+            reaction: text("reaction"),
+            reaction_withheld: text("reaction_withheld"),
         })),
         "gate" => {
             let decision: freshet::control::GateDecision =
@@ -683,6 +746,11 @@ mod tests {
                 target: "error".into(),
                 statistic: 1.5,
                 live_version: Some(3),
+                episode: None,
+                threshold: None,
+                signals: 0,
+                reaction: Some("alert".into()),
+                reaction_withheld: None,
             }))
         );
 
@@ -742,6 +810,59 @@ mod tests {
     }
 
     #[test]
+    fn each_episode_transition_is_one_line() {
+        let record = serde_json::json!({"kind":"drift","format":2,"model":"bookstore","episode":3,
+            "state":"drift","level":"drift","detector":"psi","target":"item_log_price","feature":8,
+            "statistic":0.0407,"threshold":0.04,"window":{"first":1,"last":9},"sequence":9,
+            "span":{"first":5,"last":9},"opened":5,"confirmed":9,"resolved":null,
+            "signals":[{},{}],"live_version":40,"reaction":"raise_lr",
+            "event_time":"2026-11-27T00:00:00Z"});
+        let Some(ControlRecord::Drift(confirmed)) = parse_control("drift", &record, 2_000) else {
+            panic!("a drift mark");
+        };
+        assert_eq!((confirmed.episode, confirmed.signals), (Some(3), 2));
+        let opened = DriftMark {
+            t: 1_000,
+            level: "warning".into(),
+            signals: 1,
+            reaction: Some("alert".into()),
+            ..confirmed.clone()
+        };
+        let resolved = DriftMark {
+            t: 9_000,
+            level: "resolved".into(),
+            reaction: Some("alert".into()),
+            ..confirmed.clone()
+        };
+        assert_eq!(
+            drift_lines([&opened, &confirmed, &resolved]),
+            vec![
+                (
+                    1_000,
+                    "drift episode 3 opened: warning on item_log_price (psi 0.0407 vs 0.0400), live v40"
+                        .to_string()
+                ),
+                (
+                    2_000,
+                    "drift episode 3 confirmed on item_log_price (psi 0.0407 vs 0.0400, 2 detectors), live v40; raise_lr requested"
+                        .to_string()
+                ),
+                (9_000, "drift episode 3 resolved, 2 detectors".to_string()),
+            ]
+        );
+        let withheld = DriftMark {
+            reaction: Some("alert".into()),
+            reaction_withheld: Some("candidate v9 is still under the gate's judgement".into()),
+            ..confirmed
+        };
+        assert!(
+            drift_lines([&withheld])[0]
+                .1
+                .ends_with("reaction withheld (candidate v9 is still under the gate's judgement)")
+        );
+    }
+
+    #[test]
     fn drifts_in_one_second_make_one_line() {
         let mark = |t: Millis, level: &str, target: &str, detector: &str| DriftMark {
             t,
@@ -750,6 +871,11 @@ mod tests {
             target: target.into(),
             statistic: 1.0,
             live_version: Some(4),
+            episode: None,
+            threshold: None,
+            signals: 0,
+            reaction: None,
+            reaction_withheld: None,
         };
         let marks = [
             mark(1_000, "drift", "a", "psi"),

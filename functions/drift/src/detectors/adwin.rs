@@ -71,6 +71,30 @@ pub struct Adwin {
     width: f64,
     tick: u64,
     drift_detected: bool,
+    /// The first cut of the detection the last update made, its evidence; gone when the
+    /// detector starts afresh with the next value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_cut: Option<Cut>,
+}
+
+/// A split of the window that held: the evidence of a detection.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cut {
+    /// Values in the older part W0 and the newer part W1.
+    pub older: u64,
+    pub newer: u64,
+    /// Their means.
+    pub older_mean: f64,
+    pub newer_mean: f64,
+    /// The bound |mean(W0) - mean(W1)| exceeded.
+    pub bound: f64,
+}
+
+impl Cut {
+    /// |mean(W0) - mean(W1)|, the statistic the bound is compared with.
+    pub fn gap(&self) -> f64 {
+        (self.older_mean - self.newer_mean).abs()
+    }
 }
 
 impl Adwin {
@@ -100,7 +124,13 @@ impl Adwin {
             width: 0.0,
             tick: 0,
             drift_detected: false,
+            last_cut: None,
         }
+    }
+
+    /// The first cut of the detection the last update made (`None` if it made none).
+    pub fn last_cut(&self) -> Option<Cut> {
+        self.last_cut
     }
 
     /// The configuration this detector runs with.
@@ -220,6 +250,15 @@ impl Adwin {
                     }
                     let delta_mean = u0 / n0 - u1 / n1;
                     if n1 >= min_len && n0 >= min_len && self.cut_holds(n0, n1, delta_mean) {
+                        if !detected {
+                            self.last_cut = Some(Cut {
+                                older: n0 as u64,
+                                newer: n1 as u64,
+                                older_mean: u0 / n0,
+                                newer_mean: u1 / n1,
+                                bound: self.cut_bound(n0, n1),
+                            });
+                        }
                         detected = true;
                         // n1 ≥ min_window_length ≥ 1 remains, so the window never empties.
                         self.delete_oldest();
@@ -233,14 +272,18 @@ impl Adwin {
     }
 
     fn cut_holds(&self, n0: f64, n1: f64, delta_mean: f64) -> bool {
+        // Rounding can leave the variance a hair below 0; the bound is then NaN and the cut
+        // fails, as in River.
+        delta_mean.abs() > self.cut_bound(n0, n1)
+    }
+
+    /// The bound a cut into `n0` older and `n1` newer values must exceed.
+    fn cut_bound(&self, n0: f64, n1: f64) -> f64 {
         let min_len = self.config.min_window_length as f64;
         let delta_prime = (2.0 * self.width.ln() / self.config.delta).ln();
         let m_recip = 1.0 / (n0 - min_len + 1.0) + 1.0 / (n1 - min_len + 1.0);
-        // Rounding can leave the variance a hair below 0; sqrt is then NaN and the cut fails,
-        // as in River.
-        let epsilon = (2.0 * m_recip * (self.variance / self.width) * delta_prime).sqrt()
-            + 2.0 / 3.0 * delta_prime * m_recip;
-        delta_mean.abs() > epsilon
+        (2.0 * m_recip * (self.variance / self.width) * delta_prime).sqrt()
+            + 2.0 / 3.0 * delta_prime * m_recip
     }
 }
 

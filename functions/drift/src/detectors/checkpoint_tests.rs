@@ -85,6 +85,19 @@ fn every_detector_resumes_from_a_json_checkpoint() {
     })
     .unwrap();
     assert!(check(psi, &real) > 0);
+    // As drift runs it: calibrated levels and a sliding reference.
+    let calibrated = StreamingPsi::new(StreamingPsiConfig {
+        reference_size: 500,
+        recent_size: 200,
+        sliding_reference: true,
+        significance: Some(PsiSignificance {
+            drift: 1e-6,
+            warning: 1e-5,
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(check(calibrated, &real) > 0);
 }
 
 #[test]

@@ -77,6 +77,19 @@ impl Ddm {
         &self.config
     }
 
+    /// The level `p + s` must exceed for a drift: `p_min + drift_threshold · s_min` (`None`
+    /// during the warm start).
+    pub fn drift_bound(&self) -> Option<f64> {
+        self.min
+            .map(|min| min.p + self.config.drift_threshold * min.s)
+    }
+
+    /// The level `p + s` must exceed for a warning.
+    pub fn warning_bound(&self) -> Option<f64> {
+        self.min
+            .map(|min| min.p + self.config.warning_threshold * min.s)
+    }
+
     /// The error rate since the detector last started afresh.
     pub fn error_rate(&self) -> f64 {
         self.rate.mean

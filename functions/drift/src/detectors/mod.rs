@@ -23,17 +23,22 @@ mod ddm;
 mod kswin;
 mod page_hinkley;
 mod psi;
+mod stats;
 
 #[cfg(test)]
 mod checkpoint_tests;
 #[cfg(test)]
 mod river_parity;
 
-pub use adwin::{Adwin, AdwinConfig};
+pub use adwin::{Adwin, AdwinConfig, Cut};
 pub use ddm::{Ddm, DdmConfig};
 pub use kswin::{Kswin, KswinConfig, ks_two_sample};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig};
-pub use psi::{PsiBins, PsiConfig, StreamingPsi, StreamingPsiConfig, psi};
+pub use psi::{
+    DISPERSION_BLOCKS, PsiBins, PsiConfig, PsiSignificance, PsiThresholds, StreamingPsi,
+    StreamingPsiConfig, psi,
+};
+pub use stats::{chi_squared_survival, chi_squared_upper_quantile, normal_upper_quantile};
 
 use serde::{Deserialize, Serialize};
 

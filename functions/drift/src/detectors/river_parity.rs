@@ -353,6 +353,7 @@ fn streaming_psi_matches_the_reference_formula() {
         psi: PsiConfig::default(),
         reference_size: s.reference_size,
         recent_size: s.recent_size,
+        ..Default::default()
     })
     .unwrap();
     let (mut warnings, mut drifts) = (Vec::new(), Vec::new());
