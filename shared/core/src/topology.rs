@@ -18,7 +18,7 @@ use crate::subjects::{
     STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES, STREAM_PREDICTIONS, Subjects,
 };
 
-const BUILTIN: &str = include_str!("../../infra/topology.toml");
+const BUILTIN: &str = include_str!("../../../infra/topology.toml");
 
 /// The streams whose duplicate window is the retry contract of their writers
 /// ([`Topology::with_duplicate_window`]).
