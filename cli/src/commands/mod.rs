@@ -24,6 +24,7 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use freshet::config::CommonArgs;
+use freshet::store::ArtifactArgs;
 use freshet::subjects::Subjects;
 use serde::Serialize;
 
@@ -35,6 +36,8 @@ const CONNECTION_NAME: &str = "freshet-cli";
 pub struct GlobalArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     /// Print machine-readable JSON on stdout instead of tables
     #[arg(long = "json")]
     pub json: bool,
@@ -82,9 +85,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Nats> {
 
 /// Opens the artifact store the global settings name.
 pub fn open_artifacts(global: &GlobalArgs) -> anyhow::Result<freshet::store::ArtifactStore> {
-    Ok(freshet::store::ArtifactStore::from_url(
-        &global.common.store.url,
-    )?)
+    Ok(global.artifacts.open()?)
 }
 
 /// The error of a command asked about something that does not exist (exit code 3).

@@ -19,7 +19,7 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
-use freshet::store::{Follower, Pointers, Slot};
+use freshet::store::{ArtifactArgs, Follower, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
@@ -29,6 +29,8 @@ use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PR
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model to serve
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -77,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
             args.model.clone(),
             slot,
             pointers.clone(),
-            ctx.artifacts()?,
+            args.artifacts.open()?,
             swaps::SwapHooks {
                 model: args.model.clone(),
                 metrics: swap_metrics.clone(),

@@ -17,7 +17,7 @@ use freshet::ids::ModelName;
 use freshet::model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::Pointers;
+use freshet::store::{ArtifactArgs, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use futures::StreamExt;
 
@@ -31,6 +31,8 @@ use crate::quality::{Quality, QualityConfig};
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model to train (its examples are on <prefix>.examples.<model>)
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -193,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let io = trainer::Io {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
-        artifacts: ctx.artifacts()?,
+        artifacts: args.artifacts.open()?,
         pointers,
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,

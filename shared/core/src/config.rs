@@ -81,27 +81,11 @@ impl Default for NatsArgs {
     }
 }
 
-/// Where model artifacts live.
-#[derive(Debug, Clone, Args)]
-pub struct StoreArgs {
-    /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
-    /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
-    /// MinIO), or memory:// (tests only)
-    #[arg(
-        long = "object-store",
-        env = "FRESHET_OBJECT_STORE",
-        default_value = "file://.freshet/artifacts"
-    )]
-    pub url: String,
-}
-
 /// Settings every function and the CLI share.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    #[command(flatten)]
-    pub store: StoreArgs,
     /// Prefix of every subject freshet publishes or subscribes to
     #[arg(long = "subject-prefix", env = "FRESHET_SUBJECT_PREFIX", default_value = DEFAULT_PREFIX)]
     pub subject_prefix: String,

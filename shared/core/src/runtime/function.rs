@@ -15,7 +15,6 @@ use crate::runtime::Readiness;
 use crate::runtime::http::{probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::shutdown::Shutdown;
-use crate::store::ArtifactStore;
 use crate::store::kv::CasError;
 use crate::store::lease::Lease;
 use crate::subjects::Subjects;
@@ -128,11 +127,6 @@ impl FunctionContext {
         .await
         .with_context(|| what.to_string())?
         .with_context(|| format!("shutdown requested while {what}"))
-    }
-
-    /// Opens the configured artifact store.
-    pub fn artifacts(&self) -> anyhow::Result<ArtifactStore> {
-        Ok(ArtifactStore::from_url(&self.args.common.store.url)?)
     }
 
     /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`.

@@ -22,6 +22,28 @@ use crate::ids::ModelName;
 use crate::model::{Manifest, ModelError, ModelScorer};
 use crate::store::Pointer;
 
+/// Where model artifacts live: flattened into the settings of every program that reads or writes
+/// them (train, drift, predict and the CLI), and of no other.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ArtifactArgs {
+    /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
+    /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
+    /// MinIO), or memory:// (tests only)
+    #[arg(
+        long = "object-store",
+        env = "FRESHET_OBJECT_STORE",
+        default_value = "file://.freshet/artifacts"
+    )]
+    pub url: String,
+}
+
+impl ArtifactArgs {
+    /// Opens the store these settings name (see [`ArtifactStore::from_url`]).
+    pub fn open(&self) -> Result<ArtifactStore, ArtifactError> {
+        ArtifactStore::from_url(&self.url)
+    }
+}
+
 /// Why the version a pointer names cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]

@@ -9,7 +9,7 @@ pub mod lease;
 pub mod memory;
 pub mod pointers;
 
-pub use artifacts::{ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
+pub use artifacts::{ArtifactArgs, ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
 pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 pub use kv::{CasError, Versioned};
 pub use memory::MemoryPointers;
