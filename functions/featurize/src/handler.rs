@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use freshet::aggregates::WindowSpec;
-use freshet::aggregates::ewma::Decay;
 use freshet::error::{RejectReason, Rejection};
 use freshet::events::{Action, Event, EventData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
 use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
 use freshet::ids::{EntityId, ModelName};
+use freshet::stats::ewma::Decay;
 use freshet::subjects::Subjects;
 use freshet::trace::TraceContext;
 

@@ -13,12 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
-use freshet::aggregates::ewma::Decay;
 use freshet::config::{FunctionArgs, parse_duration};
 use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
+use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 
 /// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES

@@ -10,13 +10,13 @@ mod trainer;
 use std::time::Duration;
 
 use clap::Parser;
-use freshet::aggregates::ewma::Decay;
 use freshet::config::FunctionArgs;
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
 use freshet::model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
+use freshet::stats::ewma::Decay;
 use freshet::store::{ArtifactArgs, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use futures::StreamExt;

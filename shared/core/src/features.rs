@@ -48,13 +48,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregates::{
-    Accepted, AddError, Decay, EventTimeWindows, EwmaError, EwmaVector, SpecError, WindowConfig,
-    WindowSpec,
+    Accepted, AddError, EventTimeWindows, SpecError, WindowConfig, WindowSpec,
 };
 use crate::events::Action;
 use crate::examples::FeatureSchema;
 use crate::ids::{EntityId, ModelName};
 use crate::monitoring::{Monitoring, Watch};
+use crate::stats::{Decay, EwmaError, EwmaVector};
 
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
@@ -423,7 +423,7 @@ fn earliest(known: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The EWMA mean and variance of each feature over the examples featurize published for one
 /// model from one partition: an online standard scaler that follows drifting features (see
-/// [`crate::aggregates::ewma`]), kept in FEATURES under [`scaling_key`].
+/// [`crate::stats::ewma`]), kept in FEATURES under [`scaling_key`].
 ///
 /// One state per partition, because each partition's examples are folded in stream order by
 /// the one replica that owns the partition: the state is written by one writer, never contended,

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("monitoring", 1),
     ("event_time", 1),
     ("retry", 1),
+    ("stats", 1),
     ("aggregates", 2),
     ("features", 2),
     ("model", 3),

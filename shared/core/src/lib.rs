@@ -19,8 +19,9 @@
 //!    - [`monitoring`]: how drift watches each feature of a schema, and why.
 //!    - [`metrics`]: the Prometheus registry every function exports; [`shutdown`]: graceful
 //!      shutdown as an injected value.
-//! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity aggregates, EWMA
-//!    scaling and event-time windows; [`features`]: the bookstore features, computed by the same
+//!    - [`stats`]: checked values and the EWMA, used by the domain and by the model's scaler.
+//! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity event-time
+//!    windows; [`features`]: the bookstore features, computed by the same
 //!    code at training and serving time.
 //! 3. **Models**: [`model`]: the burn models, their artifacts and manifests.
 //! 4. **Store**: [`store`]: model artifacts in object storage; pointers (with the cause of each
@@ -34,11 +35,11 @@
 //!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
 //!
 //! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
-//! `store::artifacts` and `store::follow`, 5 and 6), a model crate (3 with those two, which load
-//! and score models: burn and object_store) and a bookstore crate (2). Two edges cross that split
-//! today: `runtime::FunctionContext::artifacts` builds a `store::ArtifactStore` (a
-//! runtime-to-model edge), and `model`'s input scaler uses `aggregates::ewma` (a model-to-domain
-//! edge, so the EWMA belongs with the contract).
+//! `store::artifacts`, `store::pointers`, `store::memory` and `store::follow`, 5 and 6), a model
+//! crate (3 with those four, which load and score models: burn and object_store) and a bookstore
+//! crate (2). No edge crosses that split upwards: the functions that read artifacts open the
+//! store from their own `store::ArtifactArgs`, and the EWMA the model's scaler shares with the
+//! domain is in [`stats`].
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -60,6 +61,7 @@ pub mod retry;
 pub mod runtime;
 pub mod serving;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod subjects;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ModelError;
 use super::hyper::Hyper;
 use super::kind::{Dimensions, ModelKind};
-use crate::aggregates::ewma::Decay;
+use crate::stats::ewma::Decay;
 
 /// Everything that defines a model besides its data: what a deployment writes per model name,
 /// e.g. in TOML:

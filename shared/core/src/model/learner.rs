@@ -26,7 +26,7 @@ use super::kind::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
-use crate::aggregates::ewma::Decay;
+use crate::stats::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
 /// costs at most ~16 nats instead of infinity.

@@ -35,7 +35,7 @@ use super::learner::Snapshot;
 use super::optim::OptimizerState;
 use super::params::ParamSpec;
 use super::scaler::StandardScaler;
-use crate::aggregates::ewma::Decay;
+use crate::stats::ewma::Decay;
 use frame::{frame, unframe};
 
 mod format2;
