@@ -119,12 +119,6 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
             ));
         }
     }
-    if args.urls.iter().any(|u| u.starts_with("tls://"))
-        || args.tls_ca.is_some()
-        || args.tls_cert.is_some()
-    {
-        install_crypto_provider();
-    }
     options
         .connect(servers)
         .await
@@ -132,11 +126,4 @@ pub async fn connect(args: &NatsArgs, name: &str) -> Result<async_nats::Client, 
             urls: args.urls.join(","),
             source,
         })
-}
-
-/// object_store brings rustls with aws-lc-rs and async-nats brings ring; with both compiled in,
-/// rustls cannot pick a provider by itself and the first TLS handshake panics. Pick one.
-fn install_crypto_provider() {
-    // An error only means a provider is already installed, which is what we want.
-    let _ = async_nats::rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
