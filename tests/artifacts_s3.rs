@@ -5,8 +5,8 @@
 
 use chrono::Utc;
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, SequenceRange, Trainer, TrainingMetrics, sha256_hex};
-use freshet::store::{ArtifactError, ArtifactStore};
+use freshet_model::store::{ArtifactError, ArtifactStore};
+use freshet_model::{Manifest, ModelConfig, SequenceRange, Trainer, TrainingMetrics, sha256_hex};
 use freshet_tests::S3Server;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;

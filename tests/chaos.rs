@@ -45,9 +45,9 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::model::ModelScorer;
-use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES};
+use freshet_model::ModelScorer;
+use freshet_model::store::{ArtifactStore, Pointers};
 use freshet_tests::{
     Stack, bookstore_action, bookstore_events, event_message, eventually, live_through,
 };

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{find_nats_server, free_port};
+use freshet_model::store::{ArtifactStore, Pointers};
 use freshet_tests::{
     assert_lineage_tiles, bookstore_events, event_message, eventually, live_through, spawn_function,
 };

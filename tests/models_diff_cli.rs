@@ -6,8 +6,8 @@
 
 use std::process::Command;
 
-use freshet::store::Slot;
 use freshet_cli::stack::bin_dir;
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 
 /// Runs `freshet models diff ARGS` against the stack; returns (exit code, stdout, stderr).

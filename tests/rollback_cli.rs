@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
-use freshet::store::{Cause, PointerStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
+use freshet_model::store::{Cause, PointerStore, Pointers, Slot};
 use freshet_tests::{Stack, eventually};
 
 /// Runs `freshet models ARGS --json` against the stack; returns (exit code, stdout as JSON).

@@ -24,8 +24,8 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use freshet::config::CommonArgs;
-use freshet::store::ArtifactArgs;
 use freshet::subjects::Subjects;
+use freshet_model::store::ArtifactArgs;
 use serde::Serialize;
 
 /// The name this tool's connections carry in the server's connection list.
@@ -84,7 +84,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Nats> {
 }
 
 /// Opens the artifact store the global settings name.
-pub fn open_artifacts(global: &GlobalArgs) -> anyhow::Result<freshet::store::ArtifactStore> {
+pub fn open_artifacts(global: &GlobalArgs) -> anyhow::Result<freshet_model::store::ArtifactStore> {
     Ok(global.artifacts.open()?)
 }
 

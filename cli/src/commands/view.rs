@@ -34,10 +34,10 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Pointer, Slot};
 use freshet::subjects::{
     BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES, Subjects,
 };
+use freshet_model::store::{ArtifactStore, Pointer, Slot};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -903,7 +903,7 @@ fn kind_name(kind: MoveKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use freshet::store::Cause;
+    use freshet_model::store::Cause;
 
     use super::*;
 

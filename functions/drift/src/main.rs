@@ -17,8 +17,8 @@ use freshet::control::Reaction;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::{ArtifactArgs, Follower, Pointers, Slot, VersionCell};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot, VersionCell};
 
 // The bank lives in the library (the benchmark runs it); its modules name it `crate::bank`.
 use crate::bank::{Bank, BankConfig, DetectorList};

@@ -22,9 +22,9 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::runtime::Readiness;
 use freshet::runtime::cloudevents::{self, CLOUDEVENTS_JSON};
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
-use freshet::store::follow::Loaded;
 use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
+use freshet_model::store::follow::Loaded;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 

@@ -19,8 +19,8 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
-use freshet::store::{ArtifactArgs, Follower, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
+use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.

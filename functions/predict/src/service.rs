@@ -18,11 +18,11 @@ use freshet::serving::{
     RecommendResponse, Recommendation, SERVICE_NAME, Variant, endpoint_batch, endpoint_recommend,
     endpoint_single,
 };
-use freshet::store::follow::{Loaded, VersionCell};
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use freshet::telemetry::{Span, SpanKind, Spans};
 use freshet::trace::TraceContext;
+use freshet_model::store::follow::{Loaded, VersionCell};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{
+use freshet_model::{
     BatchReport, Manifest, ModelConfig, SequenceRange, TrainingMetrics, sha256_hex,
 };
 

@@ -23,10 +23,10 @@
 //! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity event-time
 //!    windows; [`features`]: the bookstore features, computed by the same
 //!    code at training and serving time.
-//! 3. **Models**: [`model`]: the burn models, their artifacts and manifests.
-//! 4. **Store**: [`store`]: model artifacts in object storage; pointers (with the cause of each
-//!    move), leases and entity state in JetStream KV; the follower that keeps a pointer's
-//!    version loaded.
+//! 3. **Models** are a crate of their own, `freshet-model` (`shared/model/`): burn and
+//!    object_store are linked only by the programs that train, watch or serve a model.
+//! 4. **Store**: [`store`]: compare-and-set in JetStream KV, for entity state and the model
+//!    pointers, and leases.
 //! 5. **Telemetry**: [`telemetry`]: the spans [`trace`] names, exported to an OpenTelemetry
 //!    collector when configured.
 //! 6. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
@@ -34,12 +34,10 @@
 //!    ingress, HTTP probes, dead-lettering, logging, and the
 //!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
 //!
-//! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
-//! `store::artifacts`, `store::pointers`, `store::memory` and `store::follow`, 5 and 6), a model
-//! crate (3 with those four, which load and score models: burn and object_store) and a bookstore
-//! crate (2). No edge crosses that split upwards: the functions that read artifacts open the
-//! store from their own `store::ArtifactArgs`, and the EWMA the model's scaler shares with the
-//! domain is in [`stats`].
+//! Splitting along these layers gives this contract-and-runtime crate (layers 1, 4, 5 and 6),
+//! the model crate, and a bookstore crate (2). No edge crosses that split upwards: the
+//! functions that read artifacts open the store from the model crate's `ArtifactArgs`, and the
+//! EWMA the model's scaler shares with the domain is in [`stats`].
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -55,7 +53,6 @@ pub mod examples;
 pub mod features;
 pub mod ids;
 pub mod metrics;
-pub mod model;
 pub mod monitoring;
 pub mod retry;
 pub mod runtime;

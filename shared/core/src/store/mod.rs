@@ -1,18 +1,8 @@
-//! Where state lives: model artifacts in object storage, model pointers and entity features in
-//! JetStream KV, both written by compare-and-set; the follower that keeps a pointer's version
-//! loaded; and leases, for work one replica does at a time.
+//! State in JetStream KV: the compare-and-set helpers every writer of a bucket uses ([`kv`]): the
+//! entity features, drift's state, and the model pointers of the model crate
+//! (`freshet_model::store`); and leases, for work one replica does at a time ([`lease`]).
 
-pub mod artifacts;
-pub mod follow;
 pub mod kv;
 pub mod lease;
-pub mod memory;
-pub mod pointers;
 
-pub use artifacts::{ArtifactArgs, ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
-pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 pub use kv::{CasError, Versioned};
-pub use memory::MemoryPointers;
-pub use pointers::{
-    Cause, Pointer, PointerChange, PointerChanges, PointerStore, Pointers, Promoted, Slot, Verified,
-};

@@ -136,8 +136,8 @@ impl Trainer {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::{linear_batch, xor_batch};
-    use crate::model::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Dimensions, MAX_FACTORS, Optimizer};
+    use crate::synthetic::{linear_batch, xor_batch};
+    use crate::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Dimensions, MAX_FACTORS, Optimizer};
     use std::time::Instant;
 
     const KINDS: [ModelKind; 3] = [

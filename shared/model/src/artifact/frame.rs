@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::model::error::ModelError;
+use crate::error::ModelError;
 
 /// Length of the trailing SHA-256 digest.
 pub(crate) const DIGEST_LEN: usize = 32;

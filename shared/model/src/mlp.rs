@@ -104,8 +104,8 @@ pub(crate) fn logit(params: &[Vec<f32>], hidden: usize, x: &[f32]) -> Result<f32
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::{learning_config, linear_batch, prequential_accuracy, xor_batch};
-    use crate::model::{ModelConfig, ModelKind, Optimizer, Trainer};
+    use crate::synthetic::{learning_config, linear_batch, prequential_accuracy, xor_batch};
+    use crate::{ModelConfig, ModelKind, Optimizer, Trainer};
 
     fn config(optimizer: Optimizer) -> ModelConfig {
         let mlp = ModelKind::Mlp {

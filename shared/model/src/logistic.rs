@@ -68,8 +68,8 @@ pub(crate) fn weights_and_bias(params: &[Vec<f32>]) -> Option<(&[f32], f32)> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::model::synthetic::linear_batch;
-    use crate::model::{Hyper, ModelConfig, Optimizer, Trainer};
+    use crate::synthetic::linear_batch;
+    use crate::{Hyper, ModelConfig, Optimizer, Trainer};
 
     fn config(hyper: Hyper) -> ModelConfig {
         ModelConfig {

@@ -35,8 +35,8 @@ use super::learner::Snapshot;
 use super::optim::OptimizerState;
 use super::params::ParamSpec;
 use super::scaler::StandardScaler;
-use crate::stats::ewma::Decay;
 use frame::{frame, unframe};
+use freshet::stats::ewma::Decay;
 
 mod format2;
 mod frame;
@@ -314,8 +314,8 @@ impl Reader<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::linear_batch;
-    use crate::model::{Hyper, ModelConfig, ModelScorer, Optimizer, Trainer};
+    use crate::synthetic::linear_batch;
+    use crate::{Hyper, ModelConfig, ModelScorer, Optimizer, Trainer};
 
     /// A small trained artifact of every kind, with SGD and with Adam, and its config.
     fn artifacts() -> Vec<(ModelConfig, Vec<u8>)> {

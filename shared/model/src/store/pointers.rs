@@ -33,11 +33,11 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Failure;
-use crate::ids::ModelName;
-use crate::model::Manifest;
+use crate::Manifest;
 use crate::store::artifacts::{ArtifactReader, VersionRefusal};
-use crate::store::kv::{CasError, Versioned, compare_and_delete, compare_and_set, read};
+use freshet::error::Failure;
+use freshet::ids::ModelName;
+use freshet::store::kv::{CasError, Versioned, compare_and_delete, compare_and_set, read};
 
 /// Which pointer of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -15,12 +15,12 @@ use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 
 use super::frame::sha256_hex;
-use crate::model::error::ModelError;
-use crate::model::kind::ModelKind;
-use crate::model::learner::Snapshot;
-use crate::model::optim::OptimizerState;
-use crate::model::params::read_f32;
-use crate::model::scaler::StandardScaler;
+use crate::error::ModelError;
+use crate::kind::ModelKind;
+use crate::learner::Snapshot;
+use crate::optim::OptimizerState;
+use crate::params::read_f32;
+use crate::scaler::StandardScaler;
 
 /// Fixed burn parameter ids of format-2 records (see [`LogisticRegression::zeros`]).
 const WEIGHT_PARAM_ID: u64 = 1;
@@ -157,9 +157,9 @@ pub(super) fn decode(header: &[u8], record: &[u8]) -> Result<Snapshot, ModelErro
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::model::artifact::frame::{DIGEST_LEN, MAGIC};
-    use crate::model::synthetic::linear_batch;
-    use crate::model::{ARTIFACT_FORMAT_VERSION, Hyper, ModelConfig, ModelScorer, Trainer};
+    use crate::artifact::frame::{DIGEST_LEN, MAGIC};
+    use crate::synthetic::linear_batch;
+    use crate::{ARTIFACT_FORMAT_VERSION, Hyper, ModelConfig, ModelScorer, Trainer};
     use sha2::{Digest, Sha256};
 
     /// A format-2 artifact written by the code that defined format 2: 3 features, 5 SGD steps.

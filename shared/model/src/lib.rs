@@ -1,4 +1,6 @@
-//! Models that freshet trains incrementally, and the records written beside them.
+//! freshet's models: those it trains incrementally, the records written beside them, and where
+//! they are stored. The functions that train, watch or serve a model (train, drift, predict) and
+//! the CLI use this crate; featurize does not, so it compiles neither burn nor object_store.
 //!
 //! Three kinds of binary classifier, all trained online in burn, one mini-batch at a time, with
 //! SGD or Adam under a decaying learning rate, and all scored prequentially (each batch is
@@ -25,7 +27,14 @@
 //!   `mod.rs` the current formats, `format2.rs` the first one, still read);
 //! - `config.rs` ([`ModelConfig`]), `scorer.rs` ([`ModelScorer`]), `trainer.rs` ([`Trainer`]);
 //! - [`manifest`]: what is recorded beside each stored version: its configuration, the examples
-//!   it learned, its checksum and its training metrics.
+//!   it learned, its checksum and its training metrics;
+//! - [`store`]: the versions in object storage (opened from [`store::ArtifactArgs`]), the model
+//!   pointers in JetStream KV, and the follower that keeps a pointer's version loaded.
+//!
+//! A test in the contract crate (`shared/core/src/layers.rs`) checks that order.
+
+// Tests state their expectations with unwrap; a failed unwrap is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod artifact;
 mod config;
@@ -42,16 +51,17 @@ pub mod optim;
 mod params;
 pub mod scaler;
 mod scorer;
+pub mod store;
 #[cfg(test)]
 mod synthetic;
 mod trainer;
 
-/// The type of [`Manifest::schema`], defined with the examples that follow it.
-pub use crate::examples::FeatureSchema;
 pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
+/// The type of [`Manifest::schema`], defined with the examples that follow it.
+pub use freshet::examples::FeatureSchema;
 pub use hyper::Hyper;
 pub use kind::{Dimensions, ModelKind};
 pub use learner::{BatchReport, predicts_positive};

@@ -104,10 +104,10 @@ pub(crate) fn logit(params: &[Vec<f32>], factors: usize, x: &[f32]) -> Result<f3
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::{
+    use crate::synthetic::{
         feature, learning_config, linear_batch, prequential_accuracy, xor_batch,
     };
-    use crate::model::{ModelConfig, ModelKind, Optimizer, Trainer};
+    use crate::{ModelConfig, ModelKind, Optimizer, Trainer};
 
     const FM: ModelKind = ModelKind::FactorizationMachine {
         factors: DEFAULT_FACTORS,

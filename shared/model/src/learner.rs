@@ -26,7 +26,7 @@ use super::kind::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
-use crate::stats::ewma::Decay;
+use freshet::stats::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
 /// costs at most ~16 nats instead of infinity.
@@ -548,7 +548,7 @@ fn input_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::linear_batch;
+    use crate::synthetic::linear_batch;
 
     /// The report's counts are the scores' own: correct by [`predicts_positive`], log-loss by
     /// the clamped cross-entropy, from the scores a scorer made just before the update.

@@ -1,7 +1,7 @@
 //! Online standard scaling: each feature is centred on its running mean and divided by its
 //! running standard deviation: Welford's algorithm over every example seen, or, with a decay β,
 //! the exponentially weighted mean and variance featurize keeps of each feature
-//! ([`crate::stats::ewma`], the same step), which follow features whose scale drifts.
+//! ([`freshet::stats::ewma`], the same step), which follow features whose scale drifts.
 //!
 //! Raw features live on very different scales (a log view count reaches 10, a rate stays below
 //! 1); SGD on them is ill-conditioned and learns the small ones barely at all. The scaler's state
@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
-use crate::stats::ewma::{Decay, ewma_step};
+use freshet::stats::ewma::{Decay, ewma_step};
 
 /// Standard deviations below this are treated as this, so a constant feature maps to 0, not ∞.
 const MIN_STD: f64 = 1e-6;
@@ -194,7 +194,7 @@ mod tests {
     fn a_decayed_scaler_follows_the_features_ewma() {
         let beta = Decay::new(0.5).unwrap();
         let mut scaler = StandardScaler::with_decay(1, Some(beta));
-        let mut ewma = crate::stats::ewma::Ewma::new(beta);
+        let mut ewma = freshet::stats::ewma::Ewma::new(beta);
         for x in [3.0f32, 5.0, 4.0, 10.0, 11.0, 12.0] {
             scaler.update(&[[x]]);
             ewma.update(f64::from(x)).unwrap();

@@ -37,10 +37,10 @@ use arc_swap::ArcSwapOption;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::ids::ModelName;
-use crate::model::{Manifest, ModelScorer};
 use crate::store::artifacts::{ArtifactReader, VersionRefusal};
 use crate::store::pointers::{Cause, Pointer, PointerChange, PointerStore, Slot};
+use crate::{Manifest, ModelScorer};
+use freshet::ids::ModelName;
 
 /// A loaded, verified version, ready to score.
 pub struct Loaded {
@@ -447,10 +447,10 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     use super::*;
-    use crate::examples::FeatureSchema;
-    use crate::model::{ModelConfig, Trainer, TrainingMetrics, sha256_hex};
     use crate::store::memory::MemoryPointers;
     use crate::store::{ArtifactError, ArtifactStore};
+    use crate::{ModelConfig, Trainer, TrainingMetrics, sha256_hex};
+    use freshet::examples::FeatureSchema;
 
     /// Artifacts in memory whose next `unreachable` loads fail as if the store were away.
     #[derive(Clone)]

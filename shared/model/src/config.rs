@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ModelError;
 use super::hyper::Hyper;
 use super::kind::{Dimensions, ModelKind};
-use crate::stats::ewma::Decay;
+use freshet::stats::ewma::Decay;
 
 /// Everything that defines a model besides its data: what a deployment writes per model name,
 /// e.g. in TOML:
@@ -118,7 +118,7 @@ impl TryFrom<ConfigFields> for ModelConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Optimizer};
+    use crate::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Optimizer};
 
     #[test]
     fn names_defaults_and_unknown_fields() {

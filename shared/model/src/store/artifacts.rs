@@ -18,9 +18,9 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
-use crate::ids::ModelName;
-use crate::model::{Manifest, ModelError, ModelScorer};
 use crate::store::Pointer;
+use crate::{Manifest, ModelError, ModelScorer};
+use freshet::ids::ModelName;
 
 /// Where model artifacts live: flattened into the settings of every program that reads or writes
 /// them (train, drift, predict and the CLI), and of no other.

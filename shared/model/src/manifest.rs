@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::artifact::sha256_hex;
 use super::config::ModelConfig;
 use super::error::ModelError;
-use crate::examples::FeatureSchema;
+use freshet::examples::FeatureSchema;
 
 /// An inclusive range of stream sequence numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,9 +123,9 @@ mod recorded_config {
     use serde::de::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::model::config::ModelConfig;
-    use crate::model::hyper::Hyper;
-    use crate::model::kind::ModelKind;
+    use crate::config::ModelConfig;
+    use crate::hyper::Hyper;
+    use crate::kind::ModelKind;
 
     #[derive(Serialize)]
     struct Written<'a> {
@@ -179,7 +179,7 @@ mod recorded_config {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::model::{Hyper, ModelKind};
+    use crate::{Hyper, ModelKind};
 
     fn manifest(bytes: &[u8]) -> Manifest {
         Manifest {

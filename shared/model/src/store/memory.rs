@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::StreamExt;
 use futures::channel::mpsc;
 
-use crate::error::Failure;
-use crate::ids::ModelName;
-use crate::store::kv::{CasError, Versioned};
 use crate::store::pointers::{Pointer, PointerChange, PointerChanges, PointerStore, Slot, sealed};
+use freshet::error::Failure;
+use freshet::ids::ModelName;
+use freshet::store::kv::{CasError, Versioned};
 
 type Watcher = mpsc::UnboundedSender<Result<PointerChange, Failure>>;
 
