@@ -17,7 +17,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         version,
         parent: version.checked_sub(1).filter(|v| *v > 0),
         config: ModelConfig::default(),
-        schema: freshet::features::schema(),
+        schema: freshet_features::bookstore::schema(),
         sha256: sha256_hex(bytes),
         size_bytes: bytes.len() as u64,
         created_at: Utc::now(),

@@ -675,8 +675,8 @@ impl Replicas {
 async fn a_replay_through_server_restarts_and_a_takeover_loses_no_valid_event() -> anyhow::Result<()>
 {
     use freshet::events::{Event, EventData, UserAction};
-    use freshet::features::{ItemState, UserState};
     use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
+    use freshet_features::bookstore::{ItemState, UserState};
     use futures::TryStreamExt;
 
     let actions = env_or("FRESHET_CHAOS_ACTIONS", 3_000).min(200_000) as usize;

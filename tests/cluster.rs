@@ -177,7 +177,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
         let endpoint = freshet::serving::endpoint_single(&subjects, &model);
         tokio::spawn(async move {
             let request = PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             };
             while !stop.load(Ordering::Relaxed) {
@@ -326,7 +326,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
             &client,
             endpoint.clone(),
             &PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             },
             Duration::from_secs(2),

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freshet::features::FEATURE_NAMES;
 use freshet::subjects::{BUCKET_DRIFT, STREAM_CONTROL};
+use freshet_features::bookstore::FEATURE_NAMES;
 use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack, eventually};
 

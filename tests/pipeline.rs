@@ -56,7 +56,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\ntrain log:\n{}", stack.log_of("train", train)))?;
-    assert_eq!(first_live.schema, freshet::features::schema());
+    assert_eq!(first_live.schema, freshet_features::bookstore::schema());
     assert!(
         first_live.metrics.examples_total >= 400,
         "{:?}",
@@ -88,7 +88,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
         .predict(
             "bookstore",
             &PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             },
         )
@@ -108,7 +108,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     );
     let scorer = freshet_model::ModelScorer::from_bytes(&bytes)?;
     assert_eq!(
-        scorer.score(&[0.5; freshet::features::FEATURE_NAMES.len()])?,
+        scorer.score(&[0.5; freshet_features::bookstore::FEATURE_NAMES.len()])?,
         raw.score
     );
 

@@ -43,7 +43,7 @@ async fn rollback_moves_the_live_pointer_and_the_predictor_follows() -> anyhow::
     )?;
     stack.spawn("predict", &[])?;
     let model = freshet::ids::ModelName::parse("bookstore")?;
-    let n = freshet::features::FEATURE_NAMES.len();
+    let n = freshet_features::bookstore::FEATURE_NAMES.len();
     stack
         .publish_examples(&model, 0..300, |i| {
             (vec![(i % 7) as f32 / 7.0; n], (i % 2) as f32)

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use freshet::features::{UserState, user_key};
 use freshet::subjects::{BUCKET_FEATURES, Subjects};
+use freshet_features::bookstore::{UserState, user_key};
 use freshet_tests::{ConfiguredServer, cloud_event, eventually, spawn_function};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 

@@ -725,7 +725,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     );
 
     let infer = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "inputs": [{"name": "features", "shape": [1, freshet::features::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
+        "inputs": [{"name": "features", "shape": [1, freshet_features::bookstore::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
     }))?);
     let http = Target::Http {
         client: reqwest::Client::new(),
@@ -890,6 +890,6 @@ async fn serve_unrecorded(
 fn parameters(config: &freshet_model::ModelConfig) -> usize {
     config
         .kind
-        .parameter_count(freshet::features::FEATURE_NAMES.len())
+        .parameter_count(freshet_features::bookstore::FEATURE_NAMES.len())
         .unwrap_or_default()
 }

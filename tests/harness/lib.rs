@@ -349,7 +349,7 @@ impl Stack {
 pub fn bookstore_row_request() -> freshet::serving::PredictRequest {
     freshet::serving::PredictRequest {
         features: Some(
-            (0..freshet::features::FEATURE_NAMES.len())
+            (0..freshet_features::bookstore::FEATURE_NAMES.len())
                 .map(|i| 0.1 * i as f64)
                 .collect(),
         ),
@@ -599,7 +599,10 @@ impl ModelWriter {
             artifacts: freshet_model::store::ArtifactStore::from_url(&stack.artifacts_url())?,
             pointers: freshet_model::store::Pointers::new(models.clone()),
             models,
-            trainer: freshet_model::Trainer::new(&config, freshet::features::FEATURE_NAMES.len())?,
+            trainer: freshet_model::Trainer::new(
+                &config,
+                freshet_features::bookstore::FEATURE_NAMES.len(),
+            )?,
         })
     }
 
@@ -607,7 +610,7 @@ impl ModelWriter {
     pub async fn write_version(&mut self, version: u64) -> anyhow::Result<freshet_model::Manifest> {
         let rows: Vec<Vec<f32>> = (0..16)
             .map(|i| {
-                (0..freshet::features::FEATURE_NAMES.len())
+                (0..freshet_features::bookstore::FEATURE_NAMES.len())
                     .map(|j| ((i * 7 + j + version as usize) % 5) as f32)
                     .collect()
             })
@@ -620,7 +623,7 @@ impl ModelWriter {
             version,
             parent: version.checked_sub(1).filter(|v| *v > 0),
             config: *self.trainer.config(),
-            schema: freshet::features::schema(),
+            schema: freshet_features::bookstore::schema(),
             sha256: freshet_model::sha256_hex(&bytes),
             size_bytes: bytes.len() as u64,
             created_at: chrono::Utc::now(),

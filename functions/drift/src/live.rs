@@ -70,7 +70,7 @@ mod tests {
             version,
             parent,
             config: Default::default(),
-            schema: freshet::features::schema(),
+            schema: freshet_features::bookstore::schema(),
             sha256: freshet_model::sha256_hex(&bytes),
             size_bytes: 4,
             created_at: chrono::Utc::now(),

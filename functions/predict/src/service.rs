@@ -11,7 +11,6 @@ use async_nats::jetstream::kv;
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use chrono::Utc;
-use freshet::features::{ItemState, UserState, feature_vector, item_key, user_key};
 use freshet::ids::{EntityId, ModelName};
 use freshet::serving::{
     BatchResponse, PredictRequest, PredictResponse, PredictionRecord, Provenance, RecommendRequest,
@@ -22,6 +21,7 @@ use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use freshet::telemetry::{Span, SpanKind, Spans};
 use freshet::trace::TraceContext;
+use freshet_features::bookstore::{ItemState, UserState, feature_vector, item_key, user_key};
 use freshet_model::store::follow::{Loaded, VersionCell};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -175,7 +175,7 @@ impl Server {
     }
 
     fn require_bookstore_schema(&self, model: &Loaded) -> Result<(), ServeError> {
-        if model.manifest.schema.name == freshet::features::SCHEMA_NAME {
+        if model.manifest.schema.name == freshet_features::bookstore::SCHEMA_NAME {
             Ok(())
         } else {
             Err(ServeError::bad_request(format!(

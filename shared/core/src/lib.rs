@@ -1,9 +1,14 @@
 //! freshet: keeps machine-learning models fresh in real time on NATS JetStream.
 //!
-//! This crate is the library every function (featurize, train, drift, predict) and the `freshet`
-//! CLI share. Its modules form layers: each uses only its own layer and those below it, never one
-//! above (a test in `layers.rs` checks it), so each layer can become a crate of its own by moving
-//! files.
+//! This crate (`freshet-shared`, `shared/core/`) is the contract and the runtime every function
+//! (featurize, train, drift, predict) and the `freshet` CLI share. Two crates sit on it: the
+//! features (`freshet-features`, `shared/features/`: the aggregates and the bookstore example's
+//! features) and the models (`freshet-model`, `shared/model/`: burn models, their artifacts in
+//! object storage, the model pointers and their follower). Only the programs that train, watch
+//! or serve a model link the model crate, so featurize compiles neither burn nor object_store.
+//!
+//! Inside this crate the modules form layers: each uses only its own layer and those below it,
+//! never one above (`layers.rs` checks it, and the same order inside the other two crates).
 //!
 //! 1. **Contract**: what travels between the functions and what every layer may use.
 //!    - [`ids`]: checked identifiers; [`error`]: rejections (bad input, dead-lettered) versus
@@ -11,38 +16,30 @@
 //!      with jitter); [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP
 //!      headers.
 //!    - [`events`]: the CloudEvents contract and its validation; [`event_time`]: its `time`,
-//!      strict RFC 3339; [`examples`]: the training
-//!      example featurize publishes and train consumes, and the feature schema it follows;
-//!      [`control`]: the CONTROL messages; [`serving`]: the prediction request/reply protocol.
+//!      strict RFC 3339; [`examples`]: the training example featurize publishes and train
+//!      consumes, and the feature schema it follows; [`control`]: the CONTROL messages;
+//!      [`serving`]: the prediction request/reply protocol.
 //!    - [`subjects`]: every subject, stream, bucket and header name, from one prefix;
 //!      [`topology`]: the streams, buckets and consumers, provisioned idempotently.
 //!    - [`monitoring`]: how drift watches each feature of a schema, and why.
 //!    - [`metrics`]: the Prometheus registry every function exports; [`shutdown`]: graceful
 //!      shutdown as an injected value.
-//!    - [`stats`]: checked values and the EWMA, used by the domain and by the model's scaler.
-//! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity event-time
-//!    windows; [`features`]: the bookstore features, computed by the same
-//!    code at training and serving time.
-//! 3. **Models** are a crate of their own, `freshet-model` (`shared/model/`): burn and
-//!    object_store are linked only by the programs that train, watch or serve a model.
-//! 4. **Store**: [`store`]: compare-and-set in JetStream KV, for entity state and the model
-//!    pointers, and leases.
-//! 5. **Telemetry**: [`telemetry`]: the spans [`trace`] names, exported to an OpenTelemetry
+//!    - [`stats`]: checked values and the EWMA, which the features keep per entity and the
+//!      model's input scaler applies.
+//! 2. **Store**: [`store`]: compare-and-set in JetStream KV (entity state, drift's state, the
+//!    model pointers), and leases.
+//! 3. **Telemetry**: [`telemetry`]: the spans [`trace`] names, exported to an OpenTelemetry
 //!    collector when configured.
-//! 6. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
+//! 4. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
 //!    connection; [`runtime`]: the JetStream consumer loop, the CloudEvents HTTP binding and push
 //!    ingress, HTTP probes, dead-lettering, logging, and the
-//!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
-//!
-//! Splitting along these layers gives this contract-and-runtime crate (layers 1, 4, 5 and 6),
-//! the model crate, and a bookstore crate (2). No edge crosses that split upwards: the
-//! functions that read artifacts open the store from the model crate's `ArtifactArgs`, and the
-//! EWMA the model's scaler shares with the domain is in [`stats`].
+//!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function. The
+//!    object-store settings are not here: a function that reads artifacts flattens the model
+//!    crate's `ArtifactArgs` beside its [`config::FunctionArgs`].
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod aggregates;
 pub mod config;
 pub mod connect;
 pub mod control;
@@ -50,7 +47,6 @@ pub mod error;
 pub mod event_time;
 pub mod events;
 pub mod examples;
-pub mod features;
 pub mod ids;
 pub mod metrics;
 pub mod monitoring;

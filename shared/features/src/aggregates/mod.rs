@@ -5,7 +5,7 @@
 //! watermark, an allowed lateness and a bounded number of stored windows. Their state is
 //! serialised as JSON into the entity's KV entry, so it is small and validated when decoded.
 //! Values are checked as every running statistic checks them ([`check_value`]); the other
-//! per-entity aggregate, the EWMA, is in [`crate::stats::ewma`], since the model's input scaler
+//! per-entity aggregate, the EWMA, is in [`freshet::stats::ewma`], since the model's input scaler
 //! uses it too.
 
 pub mod window;
@@ -15,4 +15,4 @@ pub use window::{
     WindowAggregate, WindowConfig, WindowSpec,
 };
 
-pub use crate::stats::{MAX_ABS_VALUE, ValueError, check_value};
+pub use freshet::stats::{MAX_ABS_VALUE, ValueError, check_value};

@@ -50,11 +50,11 @@ use serde::{Deserialize, Serialize};
 use crate::aggregates::{
     Accepted, AddError, EventTimeWindows, SpecError, WindowConfig, WindowSpec,
 };
-use crate::events::Action;
-use crate::examples::FeatureSchema;
-use crate::ids::{EntityId, ModelName};
-use crate::monitoring::{Monitoring, Watch};
-use crate::stats::{Decay, EwmaError, EwmaVector};
+use freshet::events::Action;
+use freshet::examples::FeatureSchema;
+use freshet::ids::{EntityId, ModelName};
+use freshet::monitoring::{Monitoring, Watch};
+use freshet::stats::{Decay, EwmaError, EwmaVector};
 
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
@@ -80,7 +80,7 @@ pub const FEATURE_NAMES: [&str; 16] = [
     "category_purchase_rate",
 ];
 /// How drift watches each feature, in [`FEATURE_NAMES`] order, and why (see
-/// [`crate::monitoring`]). A feature that moves by construction is not watched: comparing its
+/// [`freshet::monitoring`]). A feature that moves by construction is not watched: comparing its
 /// recent values with older ones would report the shop's age, not a change in it.
 pub const MONITORING: [(Watch, &str); 16] = [
     (
@@ -423,7 +423,7 @@ fn earliest(known: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The EWMA mean and variance of each feature over the examples featurize published for one
 /// model from one partition: an online standard scaler that follows drifting features (see
-/// [`crate::stats::ewma`]), kept in FEATURES under [`scaling_key`].
+/// [`freshet::stats::ewma`]), kept in FEATURES under [`scaling_key`].
 ///
 /// One state per partition, because each partition's examples are folded in stream order by
 /// the one replica that owns the partition: the state is written by one writer, never contended,
