@@ -30,9 +30,9 @@ pub enum ConnectError {
 
 /// Chooses the process's TLS crypto provider (ring), once; later calls do nothing.
 ///
-/// The NATS client brings rustls with ring and the S3 client brings it with aws-lc-rs; with
-/// two providers compiled in, rustls cannot pick one by itself and panics at the first TLS
-/// connection. [`connect`] calls this; a program making TLS connections of its own calls it first.
+/// The NATS client brings rustls with ring and the S3 client (in the programs that link the model
+/// crate) brings it with aws-lc-rs; with two providers compiled in, rustls cannot pick one by
+/// itself and panics at the first TLS connection. [`connect`] calls this; a program making TLS connections of its own calls it first.
 pub fn choose_tls_provider() {
     // An error means a provider is already installed, which is all this wants.
     let _ = rustls::crypto::ring::default_provider().install_default();
