@@ -28,6 +28,14 @@ fn the_benchmark_suite_runs_end_to_end() {
             "1",
             // River (numpy, scipy) is installed by `make bench`, not by the tests.
             "--detectors-without-river",
+            "--flood-rate-limit",
+            "100",
+            "--flood-offered",
+            "1000",
+            "--flood-concurrency",
+            "4",
+            "--flood-requests",
+            "50",
             "--soak-swaps",
             "30",
             "--soak-interval",
@@ -63,6 +71,13 @@ fn the_benchmark_suite_runs_end_to_end() {
     assert!(
         rows.len() >= 6,
         "every predictor scenario reported: {rows:?}"
+    );
+    // The flood beyond the rate was answered 429, and the authorised caller never failed.
+    let flood = &report["predict"]["flood"]["windows"];
+    assert_eq!(flood.as_array().unwrap().len(), 2, "{flood}");
+    assert!(
+        flood[1]["flood_refused_per_second"].as_f64().unwrap() > 0.0,
+        "{flood}"
     );
     let featurize = &report["featurize"]["runs"][0];
     assert!(
