@@ -15,8 +15,9 @@
 //! - [`config`], [`connect`]: settings from flags and environment, and the NATS connection.
 //! - [`error`]: rejections (bad input, dead-lettered) versus failures (transient, retried).
 //! - [`serving`]: the prediction request/reply protocol.
-//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, the CloudEvents HTTP
-//!   binding, shutdown, logging.
+//! - [`runtime`]: the JetStream consumer loop, HTTP probes and metrics, the guard in front of
+//!   every other HTTP route (credentials, rate, limits), the CloudEvents HTTP binding, shutdown,
+//!   logging.
 //! - [`trace`]: W3C trace context (`traceparent`) carried in NATS and HTTP headers;
 //!   [`telemetry`]: the spans it names, exported to an OpenTelemetry collector when configured.
 

@@ -1,6 +1,6 @@
-//! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
-//! metrics, the CloudEvents HTTP binding and push ingress, dead-lettering, graceful shutdown and
-//! logging.
+//! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP server (probes,
+//! metrics, and the guard in front of every other route), the CloudEvents HTTP binding and push
+//! ingress, dead-lettering, graceful shutdown and logging.
 
 pub mod cloudevents;
 pub mod dead_letter;
