@@ -5,7 +5,7 @@
 //!
 //! A request passes these checks in order, and the first it fails answers it:
 //!
-//! 1. **Who.** A verified client certificate (see [`tls`](super::tls)), else the
+//! 1. **Who.** A verified client certificate (see [`tls`]), else the
 //!    `Authorization: Bearer` token, names the caller. No credential is 401
 //!    (`missing_credential`); a token that is not held (wrong, or rotated out) is 401
 //!    (`wrong_credential`). A route whose surface asks for no credential names its caller by the
