@@ -72,12 +72,18 @@ fn the_benchmark_suite_runs_end_to_end() {
         rows.len() >= 6,
         "every predictor scenario reported: {rows:?}"
     );
-    // The flood beyond the rate was answered 429, and the authorised caller never failed.
-    let flood = &report["predict"]["flood"]["windows"];
-    assert_eq!(flood.as_array().unwrap().len(), 2, "{flood}");
+    // The flood beyond the rate was answered 429 (and served by the twin without a limit), and
+    // the authorised caller never failed.
+    let round = &report["predict"]["flood"]["rounds"][0];
+    assert_eq!(round.as_array().unwrap().len(), 3, "{round}");
     assert!(
-        flood[1]["flood_refused_per_second"].as_f64().unwrap() > 0.0,
-        "{flood}"
+        round[1]["flood_refused_per_second"].as_f64().unwrap() > 0.0,
+        "{round}"
+    );
+    assert!(
+        round[2]["flood_refused_per_second"].as_f64().unwrap() == 0.0
+            && round[2]["flood_served_per_second"].as_f64().unwrap() > 0.0,
+        "{round}"
     );
     let featurize = &report["featurize"]["runs"][0];
     assert!(

@@ -5,10 +5,19 @@
 //! two bearer tokens and a rate per caller (`--http-rate`). The authorised caller sends Open
 //! Inference Protocol requests at a steady pace, half its rate, one in flight, and its latencies
 //! are taken; the flooder, with the other token, offers many times the rate from concurrent
-//! requesters, so most of its requests are answered 429. Each round measures the authorised
-//! caller without the flood and then with it, back to back, and the round's ratio is the p99 with
-//! the flood over the p99 without. The ratio is read against the usual spread: how far the p99s
-//! without a flood differ from round to round.
+//! requesters, so most of its requests are answered 429. Each round has three windows, in an
+//! order that turns from round to round:
+//!
+//! - **quiet**: the authorised caller alone;
+//! - **refused flood**: the flood beside it, beyond the rate, refused with 429;
+//! - **served flood** (the reference): the same flood against a twin predictor with no rate
+//!   limit, which scores and records every request of it; the authorised caller then asks the
+//!   twin.
+//!
+//! A round's ratios are each flood window's p99 over the quiet window's. They are read against
+//! the usual spread: how far the quiet windows' p99s differ from round to round. The flood's
+//! requesters run in this process, on the same two cores as everything else, so what they cost
+//! the machine lands in both flood windows alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,10 +47,31 @@ pub struct Plan {
     pub flood_concurrency: usize,
 }
 
+/// What runs beside the authorised caller in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flood {
+    None,
+    /// Beyond the rate of the guarded predictor: mostly refused.
+    Refused,
+    /// Against the twin with no rate limit: all served.
+    Served,
+}
+
+impl Flood {
+    fn name(self) -> &'static str {
+        match self {
+            Flood::None => "quiet",
+            Flood::Refused => "flood refused (429)",
+            Flood::Served => "flood served (no rate limit)",
+        }
+    }
+}
+
 /// One window: the authorised caller's latencies, and what the flood got meanwhile.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
-    pub flood: bool,
+    pub flood: Flood,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
@@ -62,36 +92,45 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
         &stack.dir.path().join("bench-tokens"),
         &[AUTHORISED, FLOODER],
     );
-    let port = freshet_tests::stack::free_port()?;
-    stack.spawn(
-        "predict",
-        &[
+    let tokens = tokens.display().to_string();
+    let rate = plan.rate.to_string();
+    let mut urls = Vec::new();
+    for limit in [Some(rate.as_str()), None] {
+        let port = freshet_tests::stack::free_port()?.to_string();
+        let mut args = vec![
             "--model",
             "guarded",
             "--http-port",
-            &port.to_string(),
+            &port,
             "--http-tokens",
-            &tokens.display().to_string(),
-            "--http-rate",
-            &plan.rate.to_string(),
+            &tokens,
             "--log",
             "warn",
-        ],
-    )?;
-    let url = format!("http://127.0.0.1:{port}/v2/models/guarded/infer");
+        ];
+        args.extend(limit.iter().flat_map(|rate| ["--http-rate", rate]));
+        stack.spawn("predict", &args)?;
+        urls.push(format!("http://127.0.0.1:{port}/v2/models/guarded/infer"));
+    }
+    let (guarded, twin) = (urls[0].clone(), urls[1].clone());
     let body = Bytes::from(serde_json::to_vec(&freshet_tests::bookstore_row_infer())?);
     let authorised = freshet_tests::http_client_with_token(AUTHORISED);
-    freshet_tests::eventually(Duration::from_secs(30), "the guarded predictor", || async {
-        let response = authorised
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await?;
+    for url in [&guarded, &twin] {
+        freshet_tests::eventually(
+            Duration::from_secs(30),
+            "the guarded predictors",
+            || async {
+                let response = authorised
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await?;
+    }
     eprintln!(
         "flood: {} rounds; the authorised caller at {}/s, the flood offering {:.0}/s, the rate {}/s per caller",
         plan.rounds,
@@ -99,14 +138,22 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
         plan.flood_rate,
         plan.rate
     );
+    let kinds = [Flood::None, Flood::Refused, Flood::Served];
     let mut windows = Vec::new();
     for round in 0..plan.rounds {
-        for flood in [false, true] {
-            let window = measure(&url, &body, &authorised, flood, plan).await?;
+        let mut measured = Vec::new();
+        for turn in 0..kinds.len() {
+            let flood = kinds[(round + turn) % kinds.len()];
+            let url = if flood == Flood::Served {
+                &twin
+            } else {
+                &guarded
+            };
+            let window = measure(url, &body, &authorised, flood, plan).await?;
             eprintln!(
                 "  round {} {}: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs, {} failed; flood sent {:.0}/s, 429 {:.0}/s, served {:.0}/s",
                 round + 1,
-                if flood { "with the flood" } else { "without" },
+                flood.name(),
                 window.p50_us,
                 window.p99_us,
                 window.p999_us,
@@ -124,17 +171,27 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
                 window.refused_without_retry_after == 0,
                 "429 without Retry-After"
             );
-            windows.push(window);
+            measured.push(window);
         }
+        measured.sort_by_key(|w| kinds.iter().position(|k| *k == w.flood));
+        windows.push(measured);
     }
-    let quiet: Vec<&Window> = windows.iter().filter(|w| !w.flood).collect();
-    let flooded: Vec<&Window> = windows.iter().filter(|w| w.flood).collect();
-    let ratios: Vec<f64> = quiet
-        .iter()
-        .zip(&flooded)
-        .map(|(q, f)| f.p99_us / q.p99_us)
-        .collect();
-    let quiet_p99: Vec<f64> = quiet.iter().map(|w| w.p99_us).collect();
+    let of = |kind: Flood| -> Vec<&Window> {
+        windows
+            .iter()
+            .flatten()
+            .filter(|w| w.flood == kind)
+            .collect()
+    };
+    let ratios = |kind: Flood| -> Vec<f64> {
+        windows
+            .iter()
+            .map(|round| {
+                round[kinds.iter().position(|k| *k == kind).unwrap_or(0)].p99_us / round[0].p99_us
+            })
+            .collect()
+    };
+    let quiet_p99: Vec<f64> = of(Flood::None).iter().map(|w| w.p99_us).collect();
     let spread = quiet_p99.iter().copied().fold(f64::MIN, f64::max)
         / quiet_p99.iter().copied().fold(f64::MAX, f64::min);
     let med = |ws: &[&Window], f: fn(&Window) -> f64| median(ws.iter().map(|w| f(w)).collect());
@@ -144,47 +201,57 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
         plan.rate
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, ws) in [("without a flood", &quiet), ("during the flood", &flooded)] {
+    for kind in kinds {
+        let ws = of(kind);
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0}/s | {:.0}/s | {:.0}/s |",
-            med(ws, |w| w.p50_us),
-            med(ws, |w| w.p99_us),
-            med(ws, |w| w.p999_us),
-            med(ws, |w| w.flood_sent_per_second),
-            med(ws, |w| w.flood_refused_per_second),
-            med(ws, |w| w.flood_served_per_second),
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0}/s | {:.0}/s | {:.0}/s |",
+            kind.name(),
+            med(&ws, |w| w.p50_us),
+            med(&ws, |w| w.p99_us),
+            med(&ws, |w| w.p999_us),
+            med(&ws, |w| w.flood_sent_per_second),
+            med(&ws, |w| w.flood_refused_per_second),
+            med(&ws, |w| w.flood_served_per_second),
         );
     }
-    println!(
-        "\nrounds' p99 with the flood / p99 without: {} (median {:.2}×); usual spread (largest / smallest p99 without a flood): {spread:.2}×",
+    let listed = |ratios: &[f64]| {
         ratios
             .iter()
             .map(|r| format!("{r:.2}×"))
             .collect::<Vec<_>>()
-            .join(", "),
-        median(ratios.clone()),
+            .join(", ")
+    };
+    let (refused, served) = (ratios(Flood::Refused), ratios(Flood::Served));
+    println!(
+        "\nrounds' p99 over the quiet window's: flood refused {} (median {:.2}×), flood served {} (median {:.2}×); usual spread (largest / smallest quiet p99): {spread:.2}×",
+        listed(&refused),
+        median(refused.clone()),
+        listed(&served),
+        median(served.clone()),
     );
     Ok(serde_json::json!({
         "rate_per_caller": plan.rate, "authorised_per_second": plan.rate / 2,
         "flood_offered_per_second": plan.flood_rate, "flood_concurrency": plan.flood_concurrency,
-        "requests_per_window": plan.requests, "windows": windows,
-        "p99_with_flood_over_without": ratios, "median_ratio": median(ratios.clone()),
-        "spread_without_flood": spread,
+        "requests_per_window": plan.requests, "rounds": windows,
+        "refused_p99_over_quiet": refused.clone(), "median_refused_over_quiet": median(refused),
+        "served_p99_over_quiet": served.clone(), "median_served_over_quiet": median(served),
+        "quiet_spread": spread,
     }))
 }
 
-/// One window of the authorised caller's paced requests, with the flood running if `flood`.
+/// One window of the authorised caller's paced requests to `url`, with `flood` beside them (to
+/// the same `url`).
 async fn measure(
     url: &str,
     body: &Bytes,
     authorised: &reqwest::Client,
-    flood: bool,
+    flood: Flood,
     plan: Plan,
 ) -> anyhow::Result<Window> {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(FloodCounts::default());
     let mut flooders = Vec::new();
-    if flood {
+    if flood != Flood::None {
         let client = freshet_tests::http_client_with_token(FLOODER);
         let each = Duration::from_secs_f64(plan.flood_concurrency as f64 / plan.flood_rate);
         for _ in 0..plan.flood_concurrency {
@@ -217,7 +284,8 @@ async fn measure(
                 }
             }));
         }
-        // The flood's first burst (the bucket full) is spent before measuring.
+        // The flood's first burst (the bucket full) is spent, and the flood steady, before
+        // measuring.
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let (sent, refused, served) = counts.snapshot();

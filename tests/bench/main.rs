@@ -110,8 +110,9 @@ struct Args {
     /// Flood: concurrent requesters of the flood
     #[arg(long, default_value_t = 32)]
     flood_concurrency: usize,
-    /// Flood: the authorised caller's requests per window (with and without the flood)
-    #[arg(long, default_value_t = 3_000)]
+    /// Flood: the authorised caller's requests per window (quiet, beside a refused flood, beside
+    /// a served one)
+    #[arg(long, default_value_t = 5_000)]
     flood_requests: usize,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
