@@ -28,6 +28,7 @@ use freshet::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use serde::Serialize;
 
+use crate::pipeline::cpu_seconds;
 use crate::{median, percentile};
 
 const AUTHORISED: &str = "bench-authorised-token-0123456789";
@@ -81,6 +82,16 @@ pub struct Window {
     pub flood_served_per_second: f64,
     /// Refusals without a `Retry-After` header (there should be none).
     pub refused_without_retry_after: u64,
+    /// Cores the predictor asked used meanwhile (CPU seconds per second).
+    pub predictor_cores: f64,
+    /// Cores this process used meanwhile: the authorised caller and the flood's requesters.
+    pub requester_cores: f64,
+}
+
+/// A predictor under test: where it answers, and its process.
+struct Predictor {
+    url: String,
+    pid: u32,
 }
 
 /// Runs the scenario; returns its figures as JSON and prints its table.
@@ -108,19 +119,22 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
             "warn",
         ];
         args.extend(limit.iter().flat_map(|rate| ["--http-rate", rate]));
-        stack.spawn("predict", &args)?;
-        urls.push(format!("http://127.0.0.1:{port}/v2/models/guarded/infer"));
+        let index = stack.spawn("predict", &args)?;
+        urls.push(Predictor {
+            url: format!("http://127.0.0.1:{port}/v2/models/guarded/infer"),
+            pid: stack.process(index).pid().unwrap_or(0),
+        });
     }
-    let (guarded, twin) = (urls[0].clone(), urls[1].clone());
+    let (guarded, twin) = (&urls[0], &urls[1]);
     let body = Bytes::from(serde_json::to_vec(&freshet_tests::bookstore_row_infer())?);
     let authorised = freshet_tests::http_client_with_token(AUTHORISED);
-    for url in [&guarded, &twin] {
+    for predictor in [guarded, twin] {
         freshet_tests::eventually(
             Duration::from_secs(30),
             "the guarded predictors",
             || async {
                 let response = authorised
-                    .post(url)
+                    .post(&predictor.url)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
@@ -144,14 +158,14 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
         let mut measured = Vec::new();
         for turn in 0..kinds.len() {
             let flood = kinds[(round + turn) % kinds.len()];
-            let url = if flood == Flood::Served {
-                &twin
+            let predictor = if flood == Flood::Served {
+                twin
             } else {
-                &guarded
+                guarded
             };
-            let window = measure(url, &body, &authorised, flood, plan).await?;
+            let window = measure(predictor, &body, &authorised, flood, plan).await?;
             eprintln!(
-                "  round {} {}: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs, {} failed; flood sent {:.0}/s, 429 {:.0}/s, served {:.0}/s",
+                "  round {} {}: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs, {} failed; flood sent {:.0}/s, 429 {:.0}/s, served {:.0}/s; predictor {:.2} cores, requesters {:.2}",
                 round + 1,
                 flood.name(),
                 window.p50_us,
@@ -161,6 +175,8 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
                 window.flood_sent_per_second,
                 window.flood_refused_per_second,
                 window.flood_served_per_second,
+                window.predictor_cores,
+                window.requester_cores,
             );
             anyhow::ensure!(
                 window.failed == 0,
@@ -196,15 +212,15 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
         / quiet_p99.iter().copied().fold(f64::MAX, f64::min);
     let med = |ws: &[&Window], f: fn(&Window) -> f64| median(ws.iter().map(|w| f(w)).collect());
     println!(
-        "\n| authorised caller, {}/s (rate {}/s per caller) | p50 µs | p99 µs | p999 µs | flood offered | flood answered 429 | flood served |",
+        "\n| authorised caller, {}/s (rate {}/s per caller) | p50 µs | p99 µs | p999 µs | flood offered | flood answered 429 | flood served | predictor cores | requesters' cores |",
         plan.rate / 2,
         plan.rate
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for kind in kinds {
         let ws = of(kind);
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0}/s | {:.0}/s | {:.0}/s |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0}/s | {:.0}/s | {:.0}/s | {:.2} | {:.2} |",
             kind.name(),
             med(&ws, |w| w.p50_us),
             med(&ws, |w| w.p99_us),
@@ -212,6 +228,8 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
             med(&ws, |w| w.flood_sent_per_second),
             med(&ws, |w| w.flood_refused_per_second),
             med(&ws, |w| w.flood_served_per_second),
+            med(&ws, |w| w.predictor_cores),
+            med(&ws, |w| w.requester_cores),
         );
     }
     let listed = |ratios: &[f64]| {
@@ -239,15 +257,16 @@ pub async fn run(stack: &mut Stack, plan: Plan) -> anyhow::Result<serde_json::Va
     }))
 }
 
-/// One window of the authorised caller's paced requests to `url`, with `flood` beside them (to
-/// the same `url`).
+/// One window of the authorised caller's paced requests to `predictor`, with `flood` beside them
+/// (to the same predictor).
 async fn measure(
-    url: &str,
+    predictor: &Predictor,
     body: &Bytes,
     authorised: &reqwest::Client,
     flood: Flood,
     plan: Plan,
 ) -> anyhow::Result<Window> {
+    let url = predictor.url.as_str();
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(FloodCounts::default());
     let mut flooders = Vec::new();
@@ -289,6 +308,13 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let (sent, refused, served) = counts.snapshot();
+    let cpu = || {
+        (
+            cpu_seconds(predictor.pid).unwrap_or(f64::NAN),
+            cpu_seconds(std::process::id()).unwrap_or(f64::NAN),
+        )
+    };
+    let cpu_before = cpu();
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(2.0 / f64::from(plan.rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,6 +339,7 @@ async fn measure(
     }
     let seconds = started.elapsed().as_secs_f64();
     let (sent_after, refused_after, served_after) = counts.snapshot();
+    let cpu_after = cpu();
     stop.store(true, Ordering::Relaxed);
     for flooder in flooders {
         flooder.await?;
@@ -329,6 +356,8 @@ async fn measure(
         flood_refused_per_second: per_second(refused_after - refused),
         flood_served_per_second: per_second(served_after - served),
         refused_without_retry_after: counts.without_retry_after.load(Ordering::Relaxed),
+        predictor_cores: (cpu_after.0 - cpu_before.0) / seconds,
+        requester_cores: (cpu_after.1 - cpu_before.1) / seconds,
     })
 }
 
