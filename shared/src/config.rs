@@ -165,7 +165,7 @@ pub struct HttpArgs {
         requires = "https_cert"
     )]
     pub client_ca: Option<PathBuf>,
-    /// Largest request body accepted, in bytes; a larger one is answered 413 unread
+    /// Largest request body accepted, in bytes; a larger one is answered 413
     #[arg(long = "http-max-body-bytes", env = "FRESHET_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Most requests handled at once; beyond, 503 with Retry-After (probes are not counted)

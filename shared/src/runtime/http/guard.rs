@@ -17,8 +17,9 @@
 //!    `Retry-After: 1` (`overloaded`), the status of a server that is busy rather than a caller
 //!    that is greedy.
 //! 4. **How large, how slow.** The body is read whole before the route sees it: more than
-//!    `--http-max-body-bytes` is 413 (`body_too_large`, at once when `Content-Length` says so),
-//!    not all of it within `--http-body-timeout` is 408 (`body_timeout`). The deadline is for the
+//!    `--http-max-body-bytes` is 413 (`body_too_large`; the rest, up to as much again, is read and
+//!    dropped first, or the sender would see its connection reset rather than the answer), not
+//!    all of it within `--http-body-timeout` is 408 (`body_timeout`). The deadline is for the
 //!    whole body, not between reads, so a client trickling a byte at a time cannot hold a slot.
 //!    (tower-http's body timeout restarts at every frame, which is why this is not it.)
 //!
@@ -50,6 +51,9 @@ use crate::runtime::shutdown::Shutdown;
 
 use super::tls::{self, TlsError};
 use super::tokens::{TokenError, TokenFile};
+
+/// Longest a body over the limit is read and dropped for, so its sender sees the 413.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(2);
 
 /// How often the rate limiter forgets callers it has not seen for a while.
 const FORGET_IDLE_CALLERS_EVERY: Duration = Duration::from_secs(60);
@@ -482,11 +486,12 @@ async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = request.into_parts();
     let refused = |refusal| (refusal, parts.uri.path().to_string());
-    if declared.is_some_and(|n| n > max_bytes as u64) {
-        return Err(refused(Refusal::BodyTooLarge));
-    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = body.into_data_stream();
     let read = async {
-        let mut stream = body.into_data_stream();
+        if declared.is_some_and(|n| n > max_bytes as u64) {
+            return Err(Refusal::BodyTooLarge);
+        }
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         while let Some(chunk) = stream.next().await {
@@ -503,8 +508,31 @@ async fn read_body(
             _ => Bytes::from(chunks.concat()),
         })
     };
-    match tokio::time::timeout(timeout, read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(Refusal::BodyTooLarge)) => {
+            // A client still sending when the connection closes sees it reset, not the answer:
+            // the rest of a body up to as large again is read and dropped first (within the
+            // body's deadline, and at most a few seconds); a larger one is not worth it.
+            let rest_fits = declared.is_none_or(|n| n <= 2 * max_bytes as u64);
+            if rest_fits {
+                let drain = async {
+                    let mut drained = 0usize;
+                    while let Some(Ok(chunk)) = stream.next().await {
+                        drained += chunk.len();
+                        if drained > max_bytes {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + DRAIN_AT_MOST),
+                    drain,
+                )
+                .await;
+            }
+            Err(refused(Refusal::BodyTooLarge))
+        }
         Ok(Err(refusal)) => Err(refused(refusal)),
         Err(_) => Err(refused(Refusal::BodyTimeout)),
     }
