@@ -30,7 +30,8 @@
 //!    collector when configured.
 //! 6. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
 //!    connection; [`runtime`]: the JetStream consumer loop, the CloudEvents HTTP binding and push
-//!    ingress, HTTP probes, dead-lettering, logging, and the
+//!    ingress, the HTTP server (probes, metrics, and the guard in front of every other route:
+//!    credentials, rate, limits), dead-lettering, logging, and the
 //!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function.
 //!
 //! Splitting along these layers gives a contract-and-runtime crate (layers 1, 4 without
