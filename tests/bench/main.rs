@@ -15,7 +15,8 @@
 //! - the predictor over NATS: single requests, single requests while versions swap every 50 ms,
 //!   and batches of 64 rows;
 //! - the predictor over HTTP (Open Inference Protocol `infer`), single rows;
-//! - the predictor's resident memory after the load.
+//! - the predictor's resident memory after the load;
+//! - an authorised HTTP caller's latency while another caller floods beyond its rate ([`flood`]).
 //!
 //! Latency is measured with one request in flight at a time (p50/p99/p999); throughput with 32
 //! concurrent requesters for a fixed time. In each round the predictor's requests take turns
@@ -27,6 +28,7 @@
 mod bank;
 mod detectors;
 mod featurize;
+mod flood;
 mod pipeline;
 mod soak;
 mod train;
@@ -110,6 +112,20 @@ struct Args {
     /// Soak: time between pointer moves
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     soak_interval: Duration,
+    /// Flood: requests per second each HTTP caller may make (the guarded predictor's
+    /// --http-rate); the authorised caller sends half as many
+    #[arg(long, default_value_t = 1_000)]
+    flood_rate_limit: u32,
+    /// Flood: requests the flooder offers per second
+    #[arg(long, default_value_t = 10_000.0)]
+    flood_offered: f64,
+    /// Flood: concurrent requesters of the flood
+    #[arg(long, default_value_t = 32)]
+    flood_concurrency: usize,
+    /// Flood: the authorised caller's requests per window (quiet, beside a refused flood, beside
+    /// a served one)
+    #[arg(long, default_value_t = 5_000)]
+    flood_requests: usize,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
     train_examples: u64,
@@ -772,9 +788,21 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
             kib as f64 / 1024.0
         );
     }
+    let flood = flood::run(
+        stack,
+        flood::Plan {
+            rounds: args.runs,
+            rate: args.flood_rate_limit,
+            requests: args.flood_requests,
+            flood_rate: args.flood_offered,
+            flood_concurrency: args.flood_concurrency,
+        },
+    )
+    .await?;
     Ok(serde_json::json!({
         "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
         "rows": rows, "paired": paired, "predict_rss_kib": rss, "swaps": swaps, "model_sizes": sizes,
+        "flood": flood,
     }))
 }
 

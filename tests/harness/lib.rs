@@ -2,7 +2,7 @@
 //! folder, killed when the test ends), function binaries started as real processes against it,
 //! and helpers to publish events and read what the pipeline produced.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -865,11 +865,17 @@ impl Drop for Started {
 /// Starts `freshet view --port 0 --window 10m` against the stack (its log in `view.log` of the
 /// stack's folder); returns it and the URL it printed.
 pub fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
+    start_view_with(stack, &[])
+}
+
+/// Like [`start_view`], with more arguments for `freshet view`.
+pub fn start_view_with(stack: &Stack, args: &[&str]) -> anyhow::Result<(Started, String)> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
         .args(["view", "--port", "0", "--window", "10m"])
+        .args(args)
         .envs(stack.env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -904,4 +910,101 @@ pub async fn view_state(url: &str) -> Option<serde_json::Value> {
         .json()
         .await
         .ok()
+}
+
+/// A certificate authority made for one test: certificates are generated at test time, and no
+/// private key is ever committed.
+pub struct Authority {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Authority {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).expect("no names are valid names");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key pair can be generated");
+        let cert = params.self_signed(&key).expect("a CA can sign itself");
+        Authority { cert, key }
+    }
+
+    /// Writes `<name>.pem` and `<name>-key.pem` in `dir` for a certificate this CA signs, for
+    /// `localhost` and 127.0.0.1, with `name` as its common name.
+    pub fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("localhost is a valid name");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key pair can be generated");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("the CA signs");
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("the test folder is writable");
+        std::fs::write(&key_path, key.serialize_pem()).expect("the test folder is writable");
+        (cert_path, key_path)
+    }
+
+    /// Writes the CA's certificate to `path`.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.cert.pem()).expect("the test folder is writable");
+        path.to_path_buf()
+    }
+}
+
+/// Writes `tokens` to `path`, one per line, for `--http-tokens` (a running function re-reads it).
+pub fn write_tokens(path: &Path, tokens: &[&str]) -> PathBuf {
+    let mut text = String::from("# callers of this test\n");
+    for token in tokens {
+        text.push_str(token);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("the test folder is writable");
+    path.to_path_buf()
+}
+
+/// An HTTP client that sends `token` as its bearer credential with every request.
+pub fn http_client_with_token(token: &str) -> reqwest::Client {
+    client_builder(Some(token))
+        .expect("a test token is a valid header value")
+        .build()
+        .expect("the HTTP client builds")
+}
+
+/// An HTTPS client that trusts only the CA at `ca`, presenting the certificate and key of
+/// `identity`, and sending `token` as its bearer credential, when given.
+pub fn https_client(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = client_builder(token)?
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(ca)?)?]);
+    if let Some((cert, key)) = identity {
+        let pem = [std::fs::read(cert)?, std::fs::read(key)?].concat();
+        builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(builder.build()?)
+}
+
+fn client_builder(token: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10)))
 }

@@ -61,6 +61,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Its CloudEvents endpoint is `POST /`, answered with a prediction: nothing is pushed to it.
+    anyhow::ensure!(
+        args.function.events == freshet::config::PushEvents::Off,
+        "predict takes no pushed events (--events): its CloudEvents endpoint is POST /"
+    );
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
     let swap_metrics = swaps::SwapMetrics::default();
     swap_metrics.register(&ctx.metrics);
@@ -118,8 +123,13 @@ async fn main() -> anyhow::Result<()> {
         args.max_model_age,
         ctx.shutdown.clone(),
     )));
-    ctx.serve_http(http::routes(server.clone(), ctx.readiness.clone()))
-        .await?;
+    ctx.http
+        .warn_if_open("predict's Open Inference Protocol and CloudEvents endpoints");
+    ctx.serve_http_with(
+        http::probe_routes(ctx.readiness.clone()),
+        http::routes(server.clone()),
+    )
+    .await?;
 
     // The outcome join runs beside serving, on its own durable consumer of EVENTS.
     let outcome_metrics = outcomes::OutcomeMetrics::default();

@@ -118,12 +118,114 @@ impl CommonArgs {
     }
 }
 
-/// Settings of a long-running function: its HTTP port and its consumer loop.
+/// The largest request body an HTTP server accepts by default: a full batch of
+/// [`crate::serving::MAX_BATCH_ROWS`] rows in JSON is far below it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Who may call an HTTP server (a function's, or `freshet view`'s) and how much: the settings of
+/// [`crate::runtime::http::HttpGuard`]. Health probes are never guarded.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Bearer tokens accepted on the routes that serve or take data (not the probes, not
+    /// /metrics): a file with one token per line (blank lines and lines starting with # are
+    /// skipped), or a directory (a mounted Kubernetes Secret) with one token per file, each
+    /// caller named by its file. Callers send `Authorization: Bearer <token>`. Re-read every
+    /// --http-tokens-reload, so a token removed stops working without a restart
+    #[arg(long = "http-tokens", env = "FRESHET_HTTP_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// How often the token files are re-read
+    #[arg(long = "http-tokens-reload", env = "FRESHET_HTTP_TOKENS_RELOAD", default_value = "5s", value_parser = parse_duration)]
+    pub tokens_reload: Duration,
+    /// Certificate chain (PEM) of the HTTP server: it then speaks HTTPS only (with
+    /// --http-tls-key)
+    #[arg(
+        long = "http-tls-cert",
+        env = "FRESHET_HTTP_TLS_CERT",
+        requires = "https_key"
+    )]
+    pub https_cert: Option<PathBuf>,
+    /// Private key (PEM) of the HTTP server's certificate
+    #[arg(
+        long = "http-tls-key",
+        env = "FRESHET_HTTP_TLS_KEY",
+        requires = "https_cert"
+    )]
+    pub https_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates are accepted as credentials, beside the
+    /// tokens (mutual TLS; needs --http-tls-cert). A certificate from another CA fails the
+    /// handshake; a client without one may still present a token
+    #[arg(
+        long = "http-client-ca",
+        env = "FRESHET_HTTP_CLIENT_CA",
+        requires = "https_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+    /// Largest request body accepted, in bytes; a larger one is answered 413
+    #[arg(long = "http-max-body-bytes", env = "FRESHET_HTTP_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Most requests handled at once; beyond, 503 with Retry-After (probes are not counted)
+    #[arg(
+        long = "http-max-in-flight",
+        env = "FRESHET_HTTP_MAX_IN_FLIGHT",
+        default_value_t = 1024
+    )]
+    pub max_in_flight: usize,
+    /// Requests per second each caller may make (a token bucket per token or client
+    /// certificate, else per peer address); beyond, 429 with Retry-After. 0: no limit
+    #[arg(long = "http-rate", env = "FRESHET_HTTP_RATE", default_value_t = 0)]
+    pub rate: u32,
+    /// Requests a caller may make at once above its rate, after a quiet spell [default: one
+    /// second's worth, --http-rate]
+    #[arg(long = "http-burst", env = "FRESHET_HTTP_BURST")]
+    pub burst: Option<u32>,
+    /// Longest wait for a request's headers (and for a TLS handshake); the connection is closed
+    /// after it. A kept-alive connection idle this long is closed too
+    #[arg(long = "http-header-timeout", env = "FRESHET_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest wait for a request's whole body; beyond, 408
+    #[arg(long = "http-body-timeout", env = "FRESHET_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        HttpArgs {
+            tokens: None,
+            tokens_reload: Duration::from_secs(5),
+            https_cert: None,
+            https_key: None,
+            client_ca: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_in_flight: 1024,
+            rate: 0,
+            burst: None,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether a function takes CloudEvents pushed to `POST /events` (Knative Eventing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushEvents {
+    /// No `/events` route (404): events come from the stream only.
+    Off,
+    /// `/events` takes events from callers with a credential (--http-tokens or
+    /// --http-client-ca, one of which must be set).
+    On,
+    /// `/events` takes events from anyone who reaches the port, and nothing on the port asks
+    /// for a credential: for local development, or behind a network policy that admits only the
+    /// sender (Knative's Triggers send no credential freshet can check).
+    InsecureAnonymous,
+}
+
+/// Settings of a long-running function: its HTTP server and its consumer loop.
 #[derive(Debug, Clone, Args)]
 pub struct FunctionArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Port of the HTTP server for /healthz, /readyz and /metrics (0 picks a free port)
+    /// Port of the HTTP server: /healthz, /readyz, /metrics, and the function's own routes (0
+    /// picks a free port)
     #[arg(long = "http-port", env = "FRESHET_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
     /// Address the HTTP server binds to
@@ -133,6 +235,22 @@ pub struct FunctionArgs {
         default_value = "0.0.0.0"
     )]
     pub http_addr: String,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Bearer tokens accepted on /metrics (a file or a directory, as --http-tokens, and re-read
+    /// alike); /metrics is open when unset. Prometheus sends one with `authorization:
+    /// credentials_file`
+    #[arg(long = "metrics-tokens", env = "FRESHET_METRICS_TOKENS")]
+    pub metrics_tokens: Option<PathBuf>,
+    /// Whether POST /events takes pushed CloudEvents (featurize, train, drift): "off", "on"
+    /// (callers with a credential only) or "insecure-anonymous" (anyone who reaches the port)
+    #[arg(
+        long = "events",
+        env = "FRESHET_EVENTS",
+        value_enum,
+        default_value = "off"
+    )]
+    pub events: PushEvents,
     /// Most messages fetched and handled as one batch [default: 256; featurize: 1024, where a
     /// batch writes each entity it touches once, so a larger one folds more of a popular
     /// entity's events into one write]
@@ -191,5 +309,31 @@ impl FunctionArgs {
     /// The batch wait: as set, else [`FunctionArgs::DEFAULT_BATCH_WAIT`].
     pub fn batch_wait(&self) -> Duration {
         self.batch_wait.unwrap_or(Self::DEFAULT_BATCH_WAIT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// A function's command line, as each function's `main` flattens it.
+    #[derive(Debug, Parser)]
+    struct Function {
+        #[command(flatten)]
+        function: FunctionArgs,
+    }
+
+    #[test]
+    fn the_shared_settings_fit_in_one_command() {
+        Function::command().debug_assert();
+        let parsed = Function::try_parse_from(["f"]).unwrap();
+        assert_eq!(parsed.function.events, PushEvents::Off);
+        assert_eq!(parsed.function.http.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(Function::try_parse_from(["f", "--http-tls-cert", "c.pem"]).is_err());
+        assert!(Function::try_parse_from(["f", "--http-client-ca", "ca.pem"]).is_err());
+        let events = Function::try_parse_from(["f", "--events", "insecure-anonymous"]).unwrap();
+        assert_eq!(events.function.events, PushEvents::InsecureAnonymous);
     }
 }

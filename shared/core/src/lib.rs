@@ -32,7 +32,8 @@
 //!    collector when configured.
 //! 4. **Runtime**: [`config`], [`connect`]: settings from flags and environment, and the NATS
 //!    connection; [`runtime`]: the JetStream consumer loop, the CloudEvents HTTP binding and push
-//!    ingress, HTTP probes, dead-lettering, logging, and the
+//!    ingress, the HTTP server (probes, metrics, and the guard in front of every other route:
+//!    credentials, rate, limits), dead-lettering, logging, and the
 //!    [`FunctionContext`](runtime::FunctionContext) that wires them for a function. The
 //!    object-store settings are not here: a function that reads artifacts flattens the model
 //!    crate's `ArtifactArgs` beside its [`config::FunctionArgs`].

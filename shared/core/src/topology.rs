@@ -2,8 +2,16 @@
 //!
 //! Settings come from a TOML file (`infra/topology.toml` is built in). Provisioning creates what is
 //! missing, leaves what matches alone, and refuses to touch an existing stream, bucket or consumer
-//! whose settings differ: changing retention or partitioning under running functions is a
-//! decision for an operator, not a side effect of a restart.
+//! whose *structure* differs (subjects, partitioning, retention, storage, replicas): changing
+//! those under running functions is a decision for an operator, not a side effect of a restart.
+//!
+//! A stream's *limits* are different: how long it keeps messages (`max_age`), how many bytes
+//! (`max_bytes`) and how long it remembers message ids (`duplicate_window`) size and time what it
+//! holds without changing what it is, and JetStream edits them in place. `freshet provision` (the
+//! operator's command, [`provision`]) updates them to the topology's values; a function starting
+//! against a stream whose limits differ logs the difference and runs on, so an upgrade that
+//! changes a default (as the duplicate window's did, from 2 to 10 minutes) never stops a
+//! deployment, and two releases rolling out side by side never undo each other's edit.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -133,10 +141,15 @@ impl fmt::Display for Differences {
 }
 
 /// What provisioning did to one stream, bucket or consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provisioned {
     Created,
     Unchanged,
+    /// A stream's limits were updated in place to the topology's (by `freshet provision`).
+    Updated(String),
+    /// A stream's limits differ from the topology's and were left as they are (a function
+    /// starting): what differs.
+    LimitsDiffer(String),
 }
 
 impl Topology {
@@ -290,13 +303,31 @@ fn js_error(what: impl Into<String>, source: impl Into<async_nats::Error>) -> To
     }
 }
 
-/// Creates every stream and bucket that is missing; checks the ones that exist.
+/// The operator's provisioning (`freshet provision`): creates every stream and bucket that is
+/// missing, checks the structure of the ones that exist, and updates a stream's limits in place
+/// where they differ from the topology's.
 pub async fn provision(
     js: &jetstream::Context,
     topology: &Topology,
     subjects: &Subjects,
 ) -> Result<Vec<(String, Provisioned)>, TopologyError> {
-    provision_as(js, topology, subjects, ProvisionMode::Create).await
+    provision_with(
+        js,
+        topology,
+        subjects,
+        ProvisionMode::Create,
+        Limits::Update,
+    )
+    .await
+}
+
+/// What to do with a stream whose limits differ from the topology's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    /// Update them in place: the operator asked for the topology.
+    Update,
+    /// Leave them and report the difference: a function starting.
+    Keep,
 }
 
 /// Whether a process creates what is missing from the topology or only checks it.
@@ -323,16 +354,28 @@ impl std::str::FromStr for ProvisionMode {
     }
 }
 
-/// [`provision`], or only its checks with [`ProvisionMode::Verify`].
+/// A function's provisioning at start-up: creates what is missing ([`ProvisionMode::Create`]) or
+/// only checks it ([`ProvisionMode::Verify`]); a stream whose limits differ is left as it is and
+/// reported as [`Provisioned::LimitsDiffer`].
 pub async fn provision_as(
     js: &jetstream::Context,
     topology: &Topology,
     subjects: &Subjects,
     mode: ProvisionMode,
 ) -> Result<Vec<(String, Provisioned)>, TopologyError> {
+    provision_with(js, topology, subjects, mode, Limits::Keep).await
+}
+
+async fn provision_with(
+    js: &jetstream::Context,
+    topology: &Topology,
+    subjects: &Subjects,
+    mode: ProvisionMode,
+    limits: Limits,
+) -> Result<Vec<(String, Provisioned)>, TopologyError> {
     let mut report = Vec::new();
     for wanted in topology.stream_configs(subjects) {
-        let outcome = ensure_stream(js, &wanted, mode).await?;
+        let outcome = ensure_stream(js, &wanted, mode, limits).await?;
         report.push((format!("stream {}", wanted.name), outcome));
     }
     for wanted in topology.bucket_configs() {
@@ -369,6 +412,7 @@ async fn ensure_stream(
     js: &jetstream::Context,
     wanted: &stream::Config,
     mode: ProvisionMode,
+    limits: Limits,
 ) -> Result<Provisioned, TopologyError> {
     let Some(info) = existing_stream(js, &wanted.name).await? else {
         if mode == ProvisionMode::Verify {
@@ -398,16 +442,37 @@ async fn ensure_stream(
     );
     diff.check("retention", existing.retention, wanted.retention);
     diff.check("storage", existing.storage, wanted.storage);
-    diff.check("max_age", existing.max_age, wanted.max_age);
-    diff.check("max_bytes", existing.max_bytes, wanted.max_bytes);
-    diff.check(
+    diff.check("num_replicas", existing.num_replicas, wanted.num_replicas);
+    diff.into_result("stream", &wanted.name)?;
+
+    let mut limit_diff = Differences::default();
+    limit_diff.check("max_age", existing.max_age, wanted.max_age);
+    limit_diff.check("max_bytes", existing.max_bytes, wanted.max_bytes);
+    limit_diff.check(
         "duplicate_window",
         existing.duplicate_window,
         wanted.duplicate_window,
     );
-    diff.check("num_replicas", existing.num_replicas, wanted.num_replicas);
-    diff.into_result("stream", &wanted.name)?;
-    Ok(Provisioned::Unchanged)
+    if limit_diff.0.is_empty() {
+        return Ok(Provisioned::Unchanged);
+    }
+    let differences = limit_diff.to_string();
+    if limits == Limits::Keep || mode == ProvisionMode::Verify {
+        tracing::warn!(stream = %wanted.name, %differences,
+            "the stream's limits differ from the topology; running on them (`freshet provision` updates them)");
+        return Ok(Provisioned::LimitsDiffer(differences));
+    }
+    // Only the limits change; everything else stays as the server has it.
+    let updated = stream::Config {
+        max_age: wanted.max_age,
+        max_bytes: wanted.max_bytes,
+        duplicate_window: wanted.duplicate_window,
+        ..existing.clone()
+    };
+    js.update_stream(&updated)
+        .await
+        .map_err(|e| js_error(format!("update stream {}", wanted.name), e))?;
+    Ok(Provisioned::Updated(differences))
 }
 
 async fn ensure_bucket(

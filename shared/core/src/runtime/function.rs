@@ -7,12 +7,12 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use axum::Router;
 
-use crate::config::FunctionArgs;
+use crate::config::{FunctionArgs, PushEvents};
 use crate::connect::connect;
 use crate::metrics::Metrics;
 use crate::retry::{self, Backoff, Verdict};
 use crate::runtime::Readiness;
-use crate::runtime::http::{probe_routes, serve};
+use crate::runtime::http::{HttpGuard, Surface, metrics_routes, probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::shutdown::Shutdown;
 use crate::store::kv::CasError;
@@ -37,6 +37,8 @@ pub struct FunctionContext {
     pub shutdown: Shutdown,
     /// Where the spans of sampled traces go (nowhere unless an OTLP endpoint is set).
     pub spans: Spans,
+    /// Who may call the HTTP server's routes, and how much.
+    pub http: HttpGuard,
 }
 
 impl FunctionContext {
@@ -51,6 +53,9 @@ impl FunctionContext {
         // Checked before connecting, so a wrong endpoint fails at once.
         let spans =
             Spans::start(&args.otlp, name, &metrics).context("configuring span export (OTEL_*)")?;
+        let http = http_guard(&args)?;
+        http.register(&metrics);
+        http.start(&shutdown);
         let client = connect(&args.common.nats, name).await?;
         let js = jetstream::new(client.clone());
         let provisioned = retry::until_done(
@@ -79,6 +84,7 @@ impl FunctionContext {
             readiness: Readiness::default(),
             shutdown,
             spans,
+            http,
         })
     }
 
@@ -129,13 +135,31 @@ impl FunctionContext {
         .with_context(|| format!("shutdown requested while {what}"))
     }
 
-    /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`.
+    /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`, which are behind
+    /// the guard ([`crate::runtime::http::guard`]).
     pub async fn serve_http(&self, routes: Router) -> anyhow::Result<SocketAddr> {
-        let router = probe_routes(self.readiness.clone(), self.metrics.clone()).merge(routes);
+        self.serve_http_with(Router::new(), routes).await
+    }
+
+    /// Like [`serve_http`](Self::serve_http), with more routes open to anyone beside the probes
+    /// (probes of the function's own protocol).
+    pub async fn serve_http_with(
+        &self,
+        open: Router,
+        routes: Router,
+    ) -> anyhow::Result<SocketAddr> {
+        let router = probe_routes(self.readiness.clone())
+            .merge(open)
+            .merge(
+                self.http
+                    .protect(Surface::Metrics, metrics_routes(self.metrics.clone())),
+            )
+            .merge(self.http.protect(Surface::Serving, routes));
         let (addr, _task) = serve(
             &self.args.http_addr,
             self.args.http_port,
             router,
+            &self.http,
             self.shutdown.clone(),
         )
         .await
@@ -148,9 +172,14 @@ impl FunctionContext {
         Ok(addr)
     }
 
-    /// The `/events` route: CloudEvents pushed over HTTP (Knative Eventing) enter `input`, the
-    /// stream this function consumes (see [`crate::runtime::ingress`]).
+    /// The `/events` route when `--events` turns it on (no route when off): CloudEvents pushed
+    /// over HTTP (Knative Eventing) enter `input`, the stream this function consumes (see
+    /// [`crate::runtime::ingress`]). Serve it with [`serve_http`](Self::serve_http), which puts it
+    /// behind the guard.
     pub fn ingress(&self, input: crate::runtime::ingress::Input) -> Router {
+        if self.args.events == PushEvents::Off {
+            return Router::new();
+        }
         crate::runtime::ingress::routes(crate::runtime::ingress::Ingress {
             js: self.js.clone(),
             subjects: self.subjects.clone(),
@@ -376,4 +405,28 @@ fn bucket_verdict(err: &jetstream::context::KeyValueError) -> Verdict {
             .map_or(Verdict::Transient, stream_verdict),
         KeyValueErrorKind::InvalidStoreName | KeyValueErrorKind::JetStream => Verdict::Definite,
     }
+}
+
+/// The function's HTTP guard, with `--events` checked against its credentials: pushed events need
+/// one unless explicitly opened to anyone, and opening them to anyone asks for none.
+fn http_guard(args: &FunctionArgs) -> anyhow::Result<HttpGuard> {
+    let http = HttpGuard::new(&args.http, args.metrics_tokens.as_deref())
+        .context("configuring the HTTP server (FRESHET_HTTP_*)")?;
+    match args.events {
+        PushEvents::On if !http.requires_credentials() => anyhow::bail!(
+            "--events on takes pushed events only from callers with a credential: set \
+             --http-tokens (FRESHET_HTTP_TOKENS) or --http-client-ca (FRESHET_HTTP_CLIENT_CA); \
+             --events insecure-anonymous is for local development"
+        ),
+        PushEvents::InsecureAnonymous if http.requires_credentials() => anyhow::bail!(
+            "--events insecure-anonymous asks no caller for a credential, so --http-tokens and \
+             --http-client-ca would not be checked: drop them, or use --events on"
+        ),
+        PushEvents::InsecureAnonymous => tracing::warn!(
+            "POST /events takes events from anyone who can reach this port \
+             (--events insecure-anonymous): anyone can feed examples to a model"
+        ),
+        PushEvents::On | PushEvents::Off => {}
+    }
+    Ok(http)
 }

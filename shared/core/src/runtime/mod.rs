@@ -1,8 +1,8 @@
-//! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP probes and
-//! the `/metrics` endpoint, the CloudEvents HTTP binding and push ingress, dead-lettering and
-//! logging. The metrics registry and the shutdown signal they use are leaf modules of their own
-//! ([`crate::metrics`], [`crate::shutdown`]), so the store and telemetry layers below use them
-//! too.
+//! Runtime adapters around the pure handlers: the JetStream consumer loop, the HTTP server (probes,
+//! metrics, and the guard in front of every other route), the CloudEvents HTTP binding and push
+//! ingress, dead-lettering and logging. The metrics registry and the shutdown signal they use are
+//! leaf modules of their own ([`crate::metrics`], [`crate::shutdown`]), so the store and telemetry
+//! layers below use them too.
 
 pub mod cloudevents;
 pub mod dead_letter;

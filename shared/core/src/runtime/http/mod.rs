@@ -1,7 +1,22 @@
 //! The HTTP side of every function: `/healthz` (the process is alive), `/readyz` (it is connected
 //! and can do its job) and `/metrics` (Prometheus text), plus any routes the function adds.
+//!
+//! - [`guard`]: who may call the routes that serve or take data, how often, how many at once,
+//!   how large and how slow (shared by every function and `freshet view`);
+//! - [`tokens`], [`tls`]: the credentials it accepts (bearer tokens, client certificates);
+//! - [`server`]: the connection loop (HTTP or HTTPS, header timeouts, the peer on each request).
+//!
+//! The probes are never guarded: an orchestrator must always be able to ask whether a process
+//! lives. `/metrics` is guarded as its own [`Surface`], with tokens of its own.
 
-use std::net::SocketAddr;
+pub mod guard;
+pub mod server;
+pub mod tls;
+pub mod tokens;
+
+pub use guard::{GuardError, HttpGuard, Peer, Refusal, Refusals, Surface};
+pub use server::serve;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,7 +28,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 
 /// Whether the function is ready; flipped by the function, read by `/readyz` and the `ready` gauge.
 /// A note says more when there is more to say (a predictor serving a fallback version).
@@ -43,61 +57,39 @@ impl Readiness {
     }
 }
 
-#[derive(Clone)]
-struct Probes {
-    readiness: Readiness,
-    metrics: Metrics,
-}
-
-/// The probe and metrics routes.
-pub fn probe_routes(readiness: Readiness, metrics: Metrics) -> Router {
+/// The probe routes, `/healthz` and `/readyz`: open to anyone.
+pub fn probe_routes(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(Probes { readiness, metrics })
+        .with_state(readiness)
 }
 
-async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
-    let (status, state) = if probes.readiness.is_ready() {
+/// The `/metrics` route (to be guarded as [`Surface::Metrics`]).
+pub fn metrics_routes(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics)
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let (status, state) = if readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
-    match probes.readiness.note() {
+    match readiness.note() {
         Some(note) => (status, format!("{state}: {note}\n")),
         None => (status, format!("{state}\n")),
     }
 }
 
-async fn metrics_text(State(probes): State<Probes>) -> impl IntoResponse {
+async fn metrics_text(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        probes.metrics.encode(),
+        metrics.encode(),
     )
-}
-
-/// Binds the HTTP server and serves `router` until shutdown. Returns the bound address (useful
-/// with port 0) and the server task.
-pub async fn serve(
-    addr: &str,
-    port: u16,
-    router: Router,
-    mut shutdown: Shutdown,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind((addr, port)).await?;
-    let bound = listener.local_addr()?;
-    tracing::info!(%bound, "HTTP server listening");
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "HTTP server stopped");
-        }
-    });
-    Ok((bound, task))
 }
