@@ -162,6 +162,7 @@ mod tests {
                 decay: 0.01,
                 l2: 1e-4,
                 optimizer,
+                rows_per_step: 0,
             },
             seed: 3,
             scaler_decay: None,
