@@ -88,6 +88,9 @@ pub(crate) struct Learner {
     hyper: Hyper,
     /// The autodiff device the gradient graphs are built on.
     device: Device,
+    /// Steps of fewer rows × parameters than this take their gradient on the host
+    /// ([`HOST_STEP_VALUES`]; a measurement sets it to compare the two).
+    host_step_values: usize,
 }
 
 impl std::fmt::Debug for Learner {
@@ -136,6 +139,7 @@ impl Learner {
             specs,
             hyper,
             device: Device::flex().autodiff(),
+            host_step_values: HOST_STEP_VALUES,
         })
     }
 
@@ -161,6 +165,7 @@ impl Learner {
             specs,
             hyper,
             device: Device::flex().autodiff(),
+            host_step_values: HOST_STEP_VALUES,
         })
     }
 
@@ -272,7 +277,7 @@ impl Learner {
     /// than the arithmetic (BENCHMARKS.md, "Model quality").
     fn on_host(&self, rows: usize) -> bool {
         let parameters: usize = self.specs.iter().map(ParamSpec::len).sum();
-        rows.saturating_mul(parameters) < HOST_STEP_VALUES
+        rows.saturating_mul(parameters) < self.host_step_values
     }
 
     /// A step's gradient by burn: in closed form for logistic regression, by autodiff for the
@@ -817,6 +822,50 @@ mod tests {
             assert_eq!(report.scores, scores, "{kind:?}");
             assert_eq!(report.step, 40);
             assert_eq!(whole.state, single.state, "{kind:?}");
+        }
+    }
+
+    /// Rows per second of training batches of 256 × 20 features in steps of 1 to 256 rows, with
+    /// every step's gradient on the host and with every one in burn: what [`HOST_STEP_VALUES`]
+    /// was chosen from. A measurement, not a test: `cargo test --release -p freshet-model --lib
+    /// measure_ -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement; run by hand"]
+    fn measure_host_and_burn_steps() {
+        use crate::{DEFAULT_FACTORS, DEFAULT_HIDDEN};
+        let batches: Vec<_> = (0..8).map(|b| linear_batch(b, 256, 20)).collect();
+        for kind in [
+            ModelKind::Logistic,
+            ModelKind::Mlp {
+                hidden: DEFAULT_HIDDEN,
+            },
+            ModelKind::FactorizationMachine {
+                factors: DEFAULT_FACTORS,
+            },
+        ] {
+            for rows_per_step in [1, 4, 16, 64, 0] {
+                let hyper = Hyper {
+                    learning_rate: 0.01,
+                    rows_per_step,
+                    ..Hyper::default()
+                };
+                let mut line = format!("{kind:?} rows/step {rows_per_step}:");
+                for (path, values) in [("host", usize::MAX), ("burn", 0)] {
+                    let mut learner = Learner::new(kind, 20, hyper, 1, None).unwrap();
+                    learner.host_step_values = values;
+                    let start = std::time::Instant::now();
+                    let mut rows_done = 0usize;
+                    while start.elapsed() < std::time::Duration::from_millis(700) {
+                        for (rows, labels) in &batches {
+                            learner.train_batch(rows, labels).unwrap();
+                            rows_done += rows.len();
+                        }
+                    }
+                    let rate = rows_done as f64 / start.elapsed().as_secs_f64();
+                    line.push_str(&format!(" {path} {rate:.0} rows/s;"));
+                }
+                eprintln!("{line}");
+            }
         }
     }
 }
