@@ -16,6 +16,11 @@
 //!
 //! Training is deterministic, so every run of a setting gets the same accuracy; runs are
 //! repeated only to take the median rate, because this machine is shared and noisy.
+//!
+//! With `--pipeline` the files go through nats-server and the `train` binary with its shipped
+//! defaults instead (`pipeline.rs`); the learning flags do not apply there.
+
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,6 +68,14 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Publish each file as examples and train it with the `train` binary and its shipped
+    /// defaults (needs nats-server in .tools and `train` built beside this binary)
+    #[arg(long)]
+    pipeline: bool,
+    /// With --pipeline: one more argument for `train` (repeat the flag for each), e.g. to run
+    /// the defaults it shipped before
+    #[arg(long = "train-arg", allow_hyphen_values = true)]
+    train_args: Vec<String>,
 }
 
 /// One stream file in memory, in the shape `train_batch` takes.
@@ -277,6 +290,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("warning: debug build; rates are ~10x below a release build");
     }
 
+    if args.pipeline {
+        return run_pipeline(&args);
+    }
     let mut results = Vec::new();
     println!("| stream | rows | batch | rows/step | η0 | accuracy | log-loss | train rows/s |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -319,6 +335,68 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(json, text + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
+    }
+    Ok(())
+}
+
+/// One stream through the pipeline, as reported.
+#[derive(Debug, Clone, Serialize)]
+struct PipelineOutcome {
+    stream: String,
+    file: PathBuf,
+    rows: usize,
+    /// Rows in the live version's prequential window (all of them unless train held some back).
+    window_examples: u64,
+    accuracy: f64,
+    log_loss: f64,
+    /// From starting train to the version that learned the last row going live.
+    seconds: f64,
+    rows_per_second: f64,
+}
+
+/// `--pipeline`: every file through nats-server and `train` with its shipped defaults.
+fn run_pipeline(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Vec::new();
+    println!("| stream | rows | learned | accuracy | log-loss | end-to-end rows/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for path in &args.streams {
+        let stream = read_stream(path)?;
+        let pass = runtime
+            .block_on(pipeline::train_through_pipeline(&stream, &args.train_args))
+            .with_context(|| format!("{} through the pipeline", path.display()))?;
+        let outcome = PipelineOutcome {
+            stream: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            file: path.clone(),
+            rows: stream.rows.len(),
+            window_examples: pass.window_examples,
+            accuracy: pass.accuracy,
+            log_loss: pass.log_loss,
+            seconds: pass.seconds,
+            rows_per_second: stream.rows.len() as f64 / pass.seconds,
+        };
+        println!(
+            "| {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+            outcome.stream,
+            outcome.rows,
+            outcome.window_examples,
+            outcome.accuracy,
+            outcome.log_loss,
+            outcome.rows_per_second
+        );
+        results.push(outcome);
+    }
+    if let Some(json) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "mode": "pipeline",
+            "train_args": args.train_args,
+            "results": results,
+        }))?;
         std::fs::write(json, text + "\n")
             .with_context(|| format!("cannot write {}", json.display()))?;
     }
