@@ -51,6 +51,9 @@ struct Args {
     /// Model kind: logistic, mlp or factorization_machine
     #[arg(long, default_value = "logistic")]
     kind: ModelKind,
+    /// Hidden units of an mlp
+    #[arg(long, default_value_t = freshet_model::DEFAULT_HIDDEN)]
+    hidden: usize,
     /// Optimizer: sgd or adam
     #[arg(long, default_value = "sgd")]
     optimizer: Optimizer,
@@ -231,7 +234,10 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         ..hyper
     };
     let config = ModelConfig {
-        kind: args.kind,
+        kind: args.kind.with_dimensions(freshet_model::Dimensions {
+            hidden: Some(args.hidden),
+            factors: None,
+        }),
         hyper,
         ..ModelConfig::default()
     };

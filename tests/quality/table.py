@@ -51,6 +51,7 @@ def main() -> int:
     out = Path(sys.argv[1])
     river = json.loads((out / "river.json").read_text())
     before = load(out / "freshet-before.json") or {}
+    river_setting = load(out / "freshet-river-setting.json") or {}
     kinds = {kind: load(out / f"kind-{kind}.json") or {} for kind in KINDS}
     default = kinds["logistic"]
     kinds_batch_step = {kind: load(out / f"kind-{kind}-batch-step.json") or {} for kind in KINDS}
@@ -83,6 +84,8 @@ def main() -> int:
                 "learn_rows_per_second": result["learn_rows_per_second"],
             }
         entry["freshet_before_b256"] = get(before, name, 256, 256, "accuracy", rows)
+        entry["freshet_river_setting_b1"] = get(river_setting, name, 1, 1, "accuracy", rows)
+        entry["freshet_river_setting_b256"] = get(river_setting, name, 256, 1, "accuracy", rows)
         entry["freshet_default_b1"] = get(default, name, 1, 1, "accuracy", rows)
         entry["freshet_default_b256"] = get(default, name, 256, 1, "accuracy", rows)
         for label, table in (("before", pipeline_before), ("default", pipeline_default)):
@@ -111,8 +114,8 @@ def main() -> int:
     header = (
         ["stream", "rows"]
         + [river_names.get(m, m) for m in models]
-        + ["freshet logistic, before: b256 (one step)", "freshet logistic, defaults: b1",
-           "b256", "train binary, before", "train binary, defaults",
+        + ["freshet logistic, before: b256 (one step)", "at River's η 0.01: b1", "b256",
+           "freshet logistic, defaults: b1", "b256", "train binary, before", "train binary, defaults",
            "freshet mlp, defaults: b256"]
     )
     lines = [
@@ -124,7 +127,8 @@ def main() -> int:
     for e in joined:
         cells = [e["stream"], f"{e['rows']:,}"]
         cells += [pct(None if e["river"][m] is None else e["river"][m]["accuracy"]) for m in models]
-        cells += [pct(e["freshet_before_b256"]), pct(e["freshet_default_b1"]),
+        cells += [pct(e["freshet_before_b256"]), pct(e["freshet_river_setting_b1"]),
+                  pct(e["freshet_river_setting_b256"]), pct(e["freshet_default_b1"]),
                   pct(e["freshet_default_b256"]), pct(e["pipeline_before"]),
                   pct(e["pipeline_default"]), pct(e["kinds"]["mlp"]["b256"])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -5,10 +5,11 @@
 # comparison.md and comparison.json beside the stream files).
 #
 # freshet runs:
-# - kind-<kind>.json: every kind with the defaults train ships (Hyper::default: SGD, η0 0.01 per
-#   step, constant, no L2, one row per step) at batches 1 and 256, the rate of each the median
-#   of RUNS runs; for logistic that is River's optimizer per row, so it is also the row-for-row
-#   comparison with River's logistic pipeline;
+# - kind-<kind>.json: every kind with the defaults train ships (Hyper::default: SGD, η0 0.005
+#   per step, constant, no L2, one row per step) at batches 1 and 256, the rate of each the
+#   median of RUNS runs;
+# - freshet-river-setting.json: logistic with River's optimizer per row (η0 0.01) at batches 1
+#   and 256, the row-for-row comparison with River's logistic pipeline;
 # - freshet-before.json: logistic with the defaults train shipped before (η0 0.5, decay 0.01,
 #   L2 1e-4, one step per batch) at batch 256, the pipeline's batch;
 # - kind-<kind>-batch-step.json: every kind at batch 256 in one step per batch, η0 × 256 (the
@@ -39,6 +40,8 @@ bin="$target/release/freshet-quality"
 .tools/river-venv/bin/python tests/quality/streams.py --out "$out" --rows "$rows" --seed "$seed" \
   --models "${river_models[@]}"
 streams=("$out"/sea_drift.csv "$out"/hyperplane.csv "$out"/hyperplane_20.csv "$out"/agrawal_drift.csv "$out"/phishing.csv "$out"/bananas.csv)
+"$bin" --runs 1 --batch 1 --batch 256 --learning-rate 0.01 \
+  --json "$out/freshet-river-setting.json" "${streams[@]}" >&2
 "$bin" --runs 1 --batch 256 --learning-rate 0.5 --decay 0.01 --l2 1e-4 --rows-per-step 0 \
   --json "$out/freshet-before.json" "${streams[@]}" >&2
 for kind in logistic mlp factorization_machine; do
