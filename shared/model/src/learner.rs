@@ -1,20 +1,30 @@
 //! The training and scoring core that every model kind shares.
 //!
-//! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors held on the
-//! host. [`Learner::train_batch`] takes one prequential step: it validates the batch, scores it
-//! with the host forward pass (the very code a predictor runs, so the reported accuracy is what
-//! serving would have seen), folds the batch into a copy of the input scaler, builds burn leaf
-//! tensors from the parameters on the autodiff device, computes the mean binary cross-entropy on
-//! logits plus `(λ/2)·Σ‖W‖²` over weight tensors (never biases), lets burn differentiate it, and
-//! hands the gradients to the host optimizer ([`OptimizerState`]). The result is committed only
-//! if the loss, the gradients, every parameter and every optimizer moment are finite; otherwise
-//! the learner is left bit-identical and [`ModelError::NonFinite`] is returned.
+//! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors
+//! held on the host. [`Learner::train_batch`] validates a batch, then learns it in steps of
+//! [`Hyper::step_rows`] rows (one by default): a batch fetched from the stream is a unit of I/O
+//! and acknowledgement, and one optimizer step per batch of 256 cost up to 9 points of accuracy
+//! (BENCHMARKS.md, "Model quality"). Each step scores its rows with the host forward pass (the
+//! very code a predictor runs) before learning them, folds them into the input scaler, computes
+//! the gradient of the mean binary cross-entropy on logits plus `(λ/2)·Σ‖W‖²` over weight
+//! tensors (never biases), and hands it to the host optimizer ([`OptimizerState`]).
+//!
+//! The gradient of a small step is computed on the host, by each kind's backward pass
+//! (`add_gradient` in its file); a large one (rows × parameters ≥ [`HOST_STEP_VALUES`]) by burn,
+//! in closed form for logistic regression and by autodiff for the others. A test holds the two
+//! equal. burn's graph has a fixed cost per call that is more than the whole arithmetic of a step
+//! of one row of these small models.
+//!
+//! The steps run on a copy of the model that is committed when the whole batch is learned: if
+//! any logit, gradient, parameter or optimizer moment is not finite, the learner is left
+//! bit-identical and [`ModelError::NonFinite`] is returned, so a version has learned every row of
+//! its batches or nothing of a refused one.
 //!
 //! Parameters live on the host rather than in burn modules because everything around a step
 //! wants them there: scoring single rows without tensor overhead, checking finiteness, the
-//! optimizer update, and an artifact that stores them exactly. burn's part is the gradient.
-//! The per-kind mathematics (shapes, initialisation, forward passes) is in `logistic.rs`,
-//! `mlp.rs` and `fm.rs`; [`ModelKind`] dispatches to it.
+//! optimizer update, and an artifact that stores them exactly. The per-kind mathematics (shapes,
+//! initialisation, forward and backward passes) is in `logistic.rs`, `mlp.rs` and `fm.rs`;
+//! [`ModelKind`] dispatches to it.
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
