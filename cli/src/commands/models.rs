@@ -332,9 +332,12 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = read_all_pointers(&open_pointers(&nats.js).await?).await?;
     let artifacts = open_artifacts(global)?;
-    // An unreachable artifact store should not hide what the pointers say: warn and go on.
+    // An unreachable artifact store should not hide what the pointers say: the table is printed
+    // with what could be read, then the command fails, so a script does not take it for whole.
+    let mut unreadable: Option<anyhow::Error> = None;
     let stored_models = artifacts.models().await.unwrap_or_else(|err| {
         eprintln!("warning: cannot list models in {}: {err}", artifacts.url());
+        unreadable.get_or_insert(err.into());
         Vec::new()
     });
     let mut names: BTreeSet<ModelName> = pointers.keys().cloned().collect();
@@ -356,6 +359,7 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
             Ok(versions) => Some(versions.len()),
             Err(err) => {
                 eprintln!("warning: cannot list versions of {model}: {err}");
+                unreadable.get_or_insert(err.into());
                 None
             }
         };
@@ -367,13 +371,29 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
             stored_versions,
         });
     }
+    print_list(global, &summaries, artifacts.url(), now)?;
+    match unreadable {
+        Some(err) => Err(err.context(format!(
+            "the artifact store {} could not be read: versions are missing from the list",
+            artifacts.url()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Prints `freshet models list`'s table (or JSON).
+fn print_list(
+    global: &GlobalArgs,
+    summaries: &[ModelSummary],
+    store_url: &str,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
     if global.json {
         return emit_json(&summaries);
     }
     if summaries.is_empty() {
         return emit(&format!(
-            "no models: no pointers in {BUCKET_MODELS} and no versions in {}\n",
-            artifacts.url()
+            "no models: no pointers in {BUCKET_MODELS} and no versions in {store_url}\n"
         ));
     }
     let mut table = Table::new(&["MODEL", "LIVE", "CANDIDATE", "LIVE AGE", "VERSIONS"])
@@ -382,7 +402,7 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
         p.as_ref()
             .map_or("-".to_string(), |p| p.version.to_string())
     };
-    for s in &summaries {
+    for s in summaries {
         table.row(vec![
             s.model.clone(),
             version(&s.live),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -58,6 +58,16 @@ pub struct VersionRefusal {
 pub enum ArtifactError {
     #[error("object store URL {url:?} is not supported: {reason}")]
     BadUrl { url: String, reason: String },
+    /// An `s3://` store with no source of credentials configured. object_store would otherwise
+    /// fall back to the EC2 instance metadata endpoint, and a missing key would surface at first
+    /// use as a connection error to 169.254.169.254.
+    #[error(
+        "no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+         AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI \
+         (or _FULL_URI); on EC2, AWS_METADATA_ENDPOINT=http://169.254.169.254 uses the \
+         instance's role, and AWS_SKIP_SIGNATURE=true reads a public bucket"
+    )]
+    NoCredentials { url: String },
     #[error("object store at {url} cannot be opened: {source}")]
     Open {
         url: String,
@@ -152,6 +162,27 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
+/// Whether S3 settings name where credentials come from: keys, a web identity (EKS IRSA), a
+/// container credentials endpoint (ECS, EKS Pod Identity), an instance metadata endpoint asked
+/// for by name, or unsigned requests. The instance metadata endpoint is object_store's silent
+/// last resort; freshet uses it only when asked, so forgotten keys read as forgotten keys.
+fn names_credentials(builder: &AmazonS3Builder) -> bool {
+    let set = |key: AmazonS3ConfigKey| {
+        builder
+            .get_config_value(&key)
+            .is_some_and(|value| !value.trim().is_empty())
+    };
+    set(AmazonS3ConfigKey::AccessKeyId)
+        || set(AmazonS3ConfigKey::SecretAccessKey)
+        || (set(AmazonS3ConfigKey::WebIdentityTokenFile) && set(AmazonS3ConfigKey::RoleArn))
+        || set(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+        || set(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+        || set(AmazonS3ConfigKey::MetadataEndpoint)
+        || builder
+            .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+}
+
 /// Checks a version's bytes against its manifest's size and sha256.
 fn verify(
     model: &str,
@@ -194,6 +225,11 @@ impl ArtifactStore {
                 });
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if !names_credentials(&builder) {
+                return Err(ArtifactError::NoCredentials {
+                    url: url.to_string(),
+                });
+            }
             // MinIO and other local S3 servers speak plain HTTP; allow it when asked for by URL.
             let endpoint =
                 std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
@@ -478,5 +514,44 @@ fn list_error(prefix: &Path, source: object_store::Error) -> ArtifactError {
         operation: "list",
         path: prefix.to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder(settings: &[(AmazonS3ConfigKey, &str)]) -> AmazonS3Builder {
+        settings
+            .iter()
+            .fold(AmazonS3Builder::new(), |builder, (key, value)| {
+                builder.with_config(*key, *value)
+            })
+    }
+
+    #[test]
+    fn s3_settings_without_a_credential_source_are_told_apart() {
+        use AmazonS3ConfigKey as Key;
+        assert!(!names_credentials(&builder(&[])));
+        assert!(!names_credentials(&builder(&[
+            (Key::Endpoint, "http://127.0.0.1:9000"),
+            (Key::Region, "us-east-1"),
+            (Key::AccessKeyId, " "),
+            (Key::SkipSignature, "false"),
+            // A token file without the role to assume is no source either.
+            (Key::WebIdentityTokenFile, "/var/run/token"),
+        ])));
+        for source in [
+            vec![(Key::AccessKeyId, "id"), (Key::SecretAccessKey, "secret")],
+            vec![
+                (Key::WebIdentityTokenFile, "/var/run/token"),
+                (Key::RoleArn, "arn:aws:iam::1:role/r"),
+            ],
+            vec![(Key::ContainerCredentialsRelativeUri, "/v2/credentials")],
+            vec![(Key::MetadataEndpoint, "http://169.254.169.254")],
+            vec![(Key::SkipSignature, "true")],
+        ] {
+            assert!(names_credentials(&builder(&source)), "{source:?}");
+        }
     }
 }
