@@ -213,7 +213,13 @@ impl ArtifactStore {
                 url: url.to_string(),
                 source: Box::new(source),
             })?;
-            Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(open_error)?)
+            // A folder per version: without the cleanup, deleting a version's two files would
+            // leave its folder behind, and retention would fill the disk with empty folders.
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(open_error)?
+                    .with_automatic_cleanup(true),
+            )
         } else if url.starts_with("memory://") {
             Arc::new(InMemory::new())
         } else if let Some(rest) = url.strip_prefix("s3://") {
@@ -388,7 +394,8 @@ impl ArtifactStore {
     }
 
     /// Deletes a version: the manifest first, so that [`versions`](Self::versions) stops listing
-    /// it before its bytes go. Deleting a version already gone succeeds.
+    /// it before its bytes go. Deleting a version already gone succeeds. On `file://` the
+    /// version's folder goes with its last file (object stores have no folders to leave).
     pub async fn delete_version(
         &self,
         model: &ModelName,
