@@ -26,9 +26,11 @@ use freshet::ids::ModelName;
 /// them (train, drift, predict and the CLI), and of no other.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArtifactArgs {
-    /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
-    /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
-    /// MinIO), or memory:// (tests only)
+    /// Object store for model artifacts: file://DIR, s3://BUCKET/PREFIX or memory://
+    ///
+    /// file:///abs/dir or file://rel/dir; s3://bucket/prefix, with endpoint, region and keys
+    /// from the standard AWS_* variables (AWS_ENDPOINT_URL for MinIO or another S3-compatible
+    /// server); memory:// for tests only
     #[arg(
         long = "object-store",
         env = "FRESHET_OBJECT_STORE",
