@@ -40,6 +40,14 @@ pub const INPUT_FEATURES: &str = "features";
 pub const INPUT_USER_ITEM: &str = "user_item";
 /// The one output: the probability of the positive class.
 pub const OUTPUT_SCORE: &str = "score";
+/// The header of the protocol's binary tensor extension (tritonclient's default): the length of
+/// the JSON part of a body whose tensors follow it as raw bytes.
+pub const BINARY_HEADER: &str = "inference-header-content-length";
+/// Why a binary tensor request is refused, and what to send instead.
+pub const BINARY_REFUSAL: &str = "binary tensor data (the Inference-Header-Content-Length \
+     extension) is not supported: send each input's values as JSON in \"data\" (tritonclient: \
+     InferInput.set_data_from_numpy(array, binary_data=False) and \
+     InferRequestedOutput(\"score\", binary_data=False))";
 /// The CloudEvent type a predictor answers.
 pub const EVENT_PREDICT_REQUEST: &str = "predict_request";
 /// The CloudEvent type of its answer.
@@ -108,7 +116,10 @@ pub struct InferInput {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
-    pub data: Value,
+    /// Absent only in a binary tensor request (`parameters.binary_data_size`), which is refused
+    /// with [`BINARY_REFUSAL`].
+    #[serde(default)]
+    pub data: Option<Value>,
     #[serde(default)]
     pub parameters: Option<Value>,
 }
@@ -163,8 +174,21 @@ pub fn infer_query(request: &InferRequest) -> Result<InferQuery, ServeError> {
         }
     };
     let name = input.name.as_str();
+    let binary = |parameters: &Option<Value>| {
+        parameters
+            .as_ref()
+            .is_some_and(|p| p.get("binary_data_size").is_some())
+    };
+    if binary(&input.parameters) {
+        return Err(ServeError::bad_request(BINARY_REFUSAL.to_string()));
+    }
+    let Some(data) = &input.data else {
+        return Err(ServeError::bad_request(format!(
+            "input {name} has no \"data\": give its values as a JSON array"
+        )));
+    };
     let shape = matrix_shape(name, &input.shape)?;
-    let values = flatten(name, &input.data, &shape)?;
+    let values = flatten(name, data, &shape)?;
     match (name, input.datatype.as_str()) {
         (INPUT_FEATURES, "FP32" | "FP64") => {
             let numbers = values
@@ -338,9 +362,15 @@ pub fn model_metadata_json(model: &ModelName, version: u64, schema: &FeatureSche
         "name": model.as_str(),
         "versions": [version.to_string()],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]}],
+        "inputs": [
+            {"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]},
+            {"name": INPUT_USER_ITEM, "datatype": "BYTES", "shape": [-1, 2]},
+        ],
         "outputs": [{"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1, 1]}],
         "parameters": {
+            // A request gives one of the inputs: ready rows, or (user, item) pairs whose
+            // features the predictor builds.
+            "inputs_one_of": [INPUT_FEATURES, INPUT_USER_ITEM],
             "feature_names": schema.features,
             "schema": schema.name,
             "schema_version": schema.version,
@@ -613,9 +643,13 @@ async fn run_infer(
     http: &Http,
     name: &str,
     version: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    request: (&HeaderMap, Result<Bytes, BytesRejection>),
     trace: Option<&TraceContext>,
 ) -> Result<Json<InferResponse>, ServeError> {
+    let (headers, body) = request;
+    if headers.contains_key(BINARY_HEADER) {
+        return Err(ServeError::bad_request(BINARY_REFUSAL.to_string()));
+    }
     let body = body_of(body)?;
     http.check_model(name)?;
     let wanted = version.map(parse_version).transpose()?;
@@ -649,10 +683,11 @@ async fn infer(
     State(http): State<Http>,
     Path(name): Path<String>,
     Traced(trace): Traced,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = http.start_span(trace.as_ref(), "predict infer", "/v2/models/{name}/infer");
-    let result = run_infer(&http, &name, None, body, trace.as_ref()).await;
+    let result = run_infer(&http, &name, None, (&headers, body), trace.as_ref()).await;
     http.answer(span, trace.as_ref(), result.map(served_infer))
 }
 
@@ -660,11 +695,13 @@ async fn version_infer(
     State(http): State<Http>,
     Path((name, version)): Path<(String, String)>,
     Traced(trace): Traced,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let route = "/v2/models/{name}/versions/{version}/infer";
     let span = http.start_span(trace.as_ref(), "predict infer", route);
-    let result = run_infer(&http, &name, Some(&version), body, trace.as_ref()).await;
+    let request = (&headers, body);
+    let result = run_infer(&http, &name, Some(&version), request, trace.as_ref()).await;
     http.answer(span, trace.as_ref(), result.map(served_infer))
 }
 
@@ -830,6 +867,18 @@ mod tests {
     }
 
     #[test]
+    fn binary_tensors_are_refused_saying_what_to_send_instead() {
+        let binary = json!({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32",
+            "parameters": {"binary_data_size": 8}}]});
+        let err = query(binary).unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (400, BINARY_REFUSAL));
+        let no_data =
+            json!({"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32"}]});
+        let err = query(no_data).unwrap_err();
+        assert!(err.message.contains("has no \"data\""), "{}", err.message);
+    }
+
+    #[test]
     fn answers_in_the_protocol_shape() {
         let model = ModelName::parse("bookstore").unwrap();
         let response = infer_response(&model, 7, Some("r1".into()), vec![0.25, 0.75], vec![]);
@@ -855,6 +904,10 @@ mod tests {
         assert_eq!(
             meta["parameters"]["feature_names"],
             json!(freshet_features::bookstore::FEATURE_NAMES)
+        );
+        assert_eq!(
+            meta["inputs"][1],
+            json!({"name": "user_item", "datatype": "BYTES", "shape": [-1, 2]})
         );
     }
 
