@@ -356,21 +356,25 @@ pub fn infer_response(
     }
 }
 
-/// Model metadata for the serving version.
+/// Model metadata for the serving version. A request gives one input: ready rows (`features`),
+/// or, for a model of the bookstore schema, whose features the predictor builds from FEATURES,
+/// (user, item) pairs (`user_item`). A model of another schema takes rows only.
 pub fn model_metadata_json(model: &ModelName, version: u64, schema: &FeatureSchema) -> Value {
+    let mut inputs = vec![
+        json!({"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]}),
+    ];
+    if schema.name == freshet_features::bookstore::SCHEMA_NAME {
+        inputs.push(json!({"name": INPUT_USER_ITEM, "datatype": "BYTES", "shape": [-1, 2]}));
+    }
+    let one_of: Vec<&Value> = inputs.iter().map(|input| &input["name"]).collect();
     json!({
         "name": model.as_str(),
         "versions": [version.to_string()],
         "platform": PLATFORM,
-        "inputs": [
-            {"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]},
-            {"name": INPUT_USER_ITEM, "datatype": "BYTES", "shape": [-1, 2]},
-        ],
+        "inputs": inputs,
         "outputs": [{"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1, 1]}],
         "parameters": {
-            // A request gives one of the inputs: ready rows, or (user, item) pairs whose
-            // features the predictor builds.
-            "inputs_one_of": [INPUT_FEATURES, INPUT_USER_ITEM],
+            "inputs_one_of": one_of,
             "feature_names": schema.features,
             "schema": schema.name,
             "schema_version": schema.version,
@@ -909,6 +913,20 @@ mod tests {
             meta["inputs"][1],
             json!({"name": "user_item", "datatype": "BYTES", "shape": [-1, 2]})
         );
+        assert_eq!(
+            meta["parameters"]["inputs_one_of"],
+            json!(["features", "user_item"])
+        );
+        // A model of raw vectors takes rows only: the predictor builds no features for it.
+        let raw = FeatureSchema {
+            name: "raw".into(),
+            version: 0,
+            features: vec!["f0".into(), "f1".into()],
+            monitoring: Vec::new(),
+        };
+        let meta = model_metadata_json(&model, 1, &raw);
+        assert_eq!(meta["inputs"].as_array().unwrap().len(), 1, "{meta}");
+        assert_eq!(meta["parameters"]["inputs_one_of"], json!(["features"]));
     }
 
     #[test]
