@@ -6,9 +6,9 @@
 //! [`replay`]): it is 75 lines, and its output is plain text columns separated by spaces, which
 //! scripts cut with awk and tests compare byte for byte. comfy-table 8 draws bordered tables by
 //! default and sizes them to the terminal through crossterm; used plainly it would do what this
-//! does, for four crates the workspace does not have yet (comfy-table, crossterm and, for the
-//! bar, indicatif's console and unit-prefix), about 19 s of a clean build on two cores (measured
-//! with indicatif 0.18 and comfy-table 8.0). Worth adopting when a table must wrap cells to the
+//! does, for crates the workspace does not have yet (comfy-table and crossterm; for the bar,
+//! indicatif, console and unit-prefix): five crates and about 19 s of a clean build on two cores
+//! for the pair (measured with indicatif 0.18 and comfy-table 8.0). Worth adopting when a table must wrap cells to the
 //! terminal's width, or handle wide (CJK, emoji) characters, which [`Table`] counts as one
 //! column each.
 

@@ -15,7 +15,7 @@
 //! a bar redrawn in place on stderr when stderr is a terminal, and a status line every few
 //! seconds otherwise; the summary goes to stdout.
 //!
-//! The bar is hand-written (about 120 lines with its state and the status line) rather than
+//! The bar is hand-written (about 190 lines with its state, the status line and the terminal handling) rather than
 //! indicatif's: a replay needs the status-line fallback off a terminal anyway, where indicatif
 //! draws nothing, its figures (acknowledged, rejected, target rate) come from the publisher, not
 //! from a counter the bar owns, and [`render_bar`] is a pure function the tests read. indicatif
