@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::process::Command;
 use std::time::Duration;
 
 use freshet::subjects::{STREAM_DEAD_LETTER, STREAM_EXAMPLES};
-use freshet_cli::stack::bin_dir;
-use freshet_tests::{Stack, eventually};
+use freshet_tests::{Stack, eventually, run_cli};
 
 const ITEMS: u64 = 10;
 /// More seconds of event time than featurize's allowed lateness (1m) plus its out-of-orderness,
@@ -20,26 +18,20 @@ const ACTIONS: u64 = 150;
 
 /// Runs `freshet generate ARGS` and publishes its output; returns publish's stdout.
 fn generate_and_publish(stack: &Stack, args: &[&str]) -> String {
-    let freshet = bin_dir().unwrap().join("freshet");
     let (items, actions) = (ITEMS.to_string(), ACTIONS.to_string());
-    let generated = Command::new(&freshet)
-        .args(["generate", "--users", "5", "--items", &items])
-        .args(["--events", &actions])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    let generated = run_cli(
+        stack
+            .freshet()
+            .args(["generate", "--users", "5", "--items", &items])
+            .args(["--events", &actions])
+            .args(args),
+    );
+    assert_eq!(generated.code, Some(0), "{}", generated.stderr);
     let file = stack.dir.path().join("generated.jsonl");
     std::fs::write(&file, &generated.stdout).unwrap();
-    let published = Command::new(&freshet)
-        .arg("publish")
-        .arg(&file)
-        .envs(stack.env())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&published.stdout).into_owned();
-    assert!(published.status.success(), "{stdout}\n{published:?}");
-    stdout
+    let published = run_cli(stack.freshet().arg("publish").arg(&file));
+    assert_eq!(published.code, Some(0), "{published:?}");
+    published.stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

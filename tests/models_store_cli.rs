@@ -5,31 +5,22 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::process::Command;
-
-use freshet_cli::stack::bin_dir;
 use freshet_model::store::Slot;
-use freshet_tests::{ModelWriter, S3Server, Stack};
+use freshet_tests::{ModelWriter, S3Server, Stack, run_cli};
 
 /// Runs `freshet models list` against the stack's server with the store at `url` and exactly
 /// the AWS_* variables given; returns (exit code, stdout, stderr).
 fn list(stack: &Stack, url: &str, aws: &[(String, String)]) -> (Option<i32>, String, String) {
-    let mut command = Command::new(bin_dir().unwrap().join("freshet"));
+    let mut command = stack.freshet();
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("AWS_")) {
         command.env_remove(name);
     }
-    let output = command
+    command
         .args(["models", "list"])
-        .envs(stack.env())
         .env("FRESHET_OBJECT_STORE", url)
-        .envs(aws.iter().cloned())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .envs(aws.iter().cloned());
+    let run = run_cli(&mut command);
+    (run.code, run.stdout, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

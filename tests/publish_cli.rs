@@ -6,26 +6,14 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::Command;
 
 use freshet::subjects::STREAM_EVENTS;
-use freshet_cli::stack::bin_dir;
-use freshet_tests::{Stack, bookstore_action};
+use freshet_tests::{Stack, bookstore_action, run_cli};
 
 /// Runs `freshet publish FILE --json` against the stack; returns (exit code, stdout, stderr).
 fn publish(stack: &Stack, file: &Path) -> (Option<i32>, String, String) {
-    let output = Command::new(bin_dir().unwrap().join("freshet"))
-        .arg("publish")
-        .arg(file)
-        .arg("--json")
-        .envs(stack.env())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run = run_cli(stack.freshet().arg("publish").arg(file).arg("--json"));
+    (run.code, run.stdout, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,17 @@ impl Stack {
         self.extra_env.push((name.to_string(), value.to_string()));
     }
 
+    /// A `freshet` CLI command against this stack (its server, store and topology); run it
+    /// with [`run_cli`].
+    pub fn freshet(&self) -> std::process::Command {
+        let binary = stack::bin_dir()
+            .map(|dir| dir.join("freshet"))
+            .unwrap_or_else(|_| PathBuf::from("freshet"));
+        let mut command = std::process::Command::new(binary);
+        command.envs(self.env());
+        command
+    }
+
     /// The environment every function gets: this stack's server, store and topology, and what
     /// [`Stack::set_env`] added.
     pub fn env(&self) -> Vec<(String, String)> {
@@ -1007,4 +1018,24 @@ fn client_builder(token: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder>
     Ok(reqwest::Client::builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(10)))
+}
+
+/// What one run of a CLI command gave.
+#[derive(Debug, Clone)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end (see [`Stack::freshet`]); panics if it cannot be started.
+pub fn run_cli(command: &mut std::process::Command) -> CliRun {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    CliRun {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
