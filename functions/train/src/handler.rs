@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{
+use freshet_model::{
     BatchReport, Manifest, ModelConfig, SequenceRange, TrainingMetrics, sha256_hex,
 };
 
@@ -70,10 +70,10 @@ pub fn reaction_in_flight(
 pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     match &record.schema {
         Some((name, version))
-            if name == freshet::features::SCHEMA_NAME
-                && *version == freshet::features::SCHEMA_VERSION =>
+            if name == freshet_features::bookstore::SCHEMA_NAME
+                && *version == freshet_features::bookstore::SCHEMA_VERSION =>
         {
-            freshet::features::schema()
+            freshet_features::bookstore::schema()
         }
         Some((name, version)) => FeatureSchema {
             name: name.clone(),

@@ -14,14 +14,14 @@ use freshet::control::{KIND_QUARANTINE, Reaction};
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
-use freshet::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
-};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
+use freshet_model::store::{
+    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+};
+use freshet_model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
