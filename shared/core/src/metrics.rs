@@ -11,6 +11,8 @@ pub mod exposition;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +33,15 @@ pub struct ReasonLabel {
 pub struct ConsumerLabel {
     pub stream: String,
     pub consumer: String,
+}
+
+impl ConsumerLabel {
+    fn new(stream: &str, consumer: &str) -> ConsumerLabel {
+        ConsumerLabel {
+            stream: stream.to_string(),
+            consumer: consumer.to_string(),
+        }
+    }
 }
 
 /// A histogram family of the delays from storage to acknowledgement, 1 ms to about 9 minutes.
@@ -183,6 +194,22 @@ impl Metrics {
         }
     }
 
+    /// Records the backlog a delivery of `stream`'s `consumer` reported.
+    pub fn observe_pending(&self, stream: &str, consumer: &str, pending: u64) {
+        self.consumer_pending
+            .get_or_create(&ConsumerLabel::new(stream, consumer))
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Records the acknowledgement, now, of a message JetStream stored at `stored`. A clock
+    /// behind the server's counts as no delay rather than a negative one.
+    pub fn observe_ack(&self, stream: &str, consumer: &str, stored: DateTime<Utc>) {
+        let delay = (Utc::now() - stored).to_std().unwrap_or_default();
+        self.ack_delay
+            .get_or_create(&ConsumerLabel::new(stream, consumer))
+            .observe(delay.as_secs_f64());
+    }
+
     pub fn count_rejection(&self, reason: &str) {
         self.dead_letter
             .get_or_create(&ReasonLabel {
@@ -272,7 +299,9 @@ mod tests {
     fn a_model_handle_labels_what_it_registers_and_only_that() {
         let metrics = Metrics::new("predict");
         let swaps = Counter::default();
-        metrics.for_model("bookstore").register("swaps", "Swaps", swaps.clone());
+        metrics
+            .for_model("bookstore")
+            .register("swaps", "Swaps", swaps.clone());
         swaps.inc();
         let text = metrics.encode();
         assert_eq!(

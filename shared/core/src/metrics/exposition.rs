@@ -129,7 +129,10 @@ fn classic_sample(line: &str, (family, kind): (&str, &str)) -> Option<String> {
     let value = fields.next()?;
     Some(match fields.next() {
         Some(seconds) => {
-            let millis = seconds.parse::<f64>().ok().map(|s| (s * 1000.0).round() as i64);
+            let millis = seconds
+                .parse::<f64>()
+                .ok()
+                .map(|s| (s * 1000.0).round() as i64);
             match millis {
                 Some(millis) => format!("{series} {value} {millis}"),
                 None => format!("{series} {value}"),
