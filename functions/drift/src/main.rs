@@ -38,7 +38,7 @@ use freshet_drift::episodes::EpisodeConfig;
 /// messages are acknowledged, so a restart neither loses nor double-counts an example, nor
 /// reports an episode twice.
 #[derive(Debug, Parser)]
-#[command(name = "drift", version)]
+#[command(name = "freshet-drift", version)]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,

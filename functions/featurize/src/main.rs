@@ -21,16 +21,16 @@ use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 use freshet_features::bookstore::popularity_spec;
 
-/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
-/// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
-/// view labels it 1, the horizon passing without one labels it 0.
 /// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
 /// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch
 /// wait from its first event's storage and takes a backlog whole, up to this many.
 const DEFAULT_BATCH_SIZE: usize = 1024;
 
+/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
+/// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
+/// view labels it 1, the horizon passing without one labels it 0.
 #[derive(Debug, Parser)]
-#[command(name = "featurize", version)]
+#[command(name = "freshet-featurize", version)]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,

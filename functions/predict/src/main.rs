@@ -25,7 +25,7 @@ use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
 #[derive(Debug, Parser)]
-#[command(name = "predict", version)]
+#[command(name = "freshet-predict", version)]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,

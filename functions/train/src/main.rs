@@ -27,7 +27,7 @@ use crate::quality::{Quality, QualityConfig};
 /// with SGD; every few batches a new immutable version goes to the object store and the model's
 /// live pointer moves to it. Messages are acknowledged only once the version holding them is live.
 #[derive(Debug, Parser)]
-#[command(name = "train", version)]
+#[command(name = "freshet-train", version)]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
