@@ -49,7 +49,10 @@ fn every_manifest_renders_and_validates() -> anyhow::Result<()> {
         "infra/k8s/base/featurize.yaml:",
         "infra/k8s/base/keda.yaml:",
     ] {
-        assert!(stdout.contains(rendered), "{rendered} missing from\n{stdout}");
+        assert!(
+            stdout.contains(rendered),
+            "{rendered} missing from\n{stdout}"
+        );
     }
     Ok(())
 }
@@ -75,8 +78,14 @@ spec:
 "#,
     )?;
     assert!(said.contains("a pinned revision name"), "{said}");
-    assert!(said.contains("without autoscaling.knative.dev/scaled-object-override"), "{said}");
-    assert!(said.contains("without autoscaling.knative.dev/max-scale"), "{said}");
+    assert!(
+        said.contains("without autoscaling.knative.dev/scaled-object-override"),
+        "{said}"
+    );
+    assert!(
+        said.contains("without autoscaling.knative.dev/max-scale"),
+        "{said}"
+    );
     Ok(())
 }
 
@@ -100,7 +109,10 @@ spec:
 "#,
     )?;
     assert!(said.contains("trigger without consumer"), "{said}");
-    assert!(said.contains("trigger without lagThreshold (a string)"), "{said}");
+    assert!(
+        said.contains("trigger without lagThreshold (a string)"),
+        "{said}"
+    );
     assert!(said.contains("sets no minReplicaCount"), "{said}");
     assert!(said.contains("TriggerAuthentication nowhere"), "{said}");
     // The pod template is held to the core Pod schema: `limit` is not a field.

@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn a_model_handle_labels_what_it_registers_and_only_that() {
         let metrics = Metrics::new("predict");
-        let swaps = Counter::default();
+        let swaps: Counter = Counter::default();
         metrics
             .for_model("bookstore")
             .register("swaps", "Swaps", swaps.clone());
@@ -312,6 +312,44 @@ mod tests {
             series(&text, "freshet_ready"),
             ["freshet_ready{function=\"predict\"} 0"]
         );
+    }
+
+    #[test]
+    fn backlog_and_acknowledgement_delay_are_per_consumer() {
+        let metrics = Metrics::new("train");
+        metrics.observe_pending("EXAMPLES", "train-bookstore", 42);
+        metrics.observe_ack(
+            "EXAMPLES",
+            "train-bookstore",
+            Utc::now() - chrono::Duration::seconds(3),
+        );
+        // A server clock ahead of this one is no delay, not a negative one.
+        metrics.observe_ack(
+            "EXAMPLES",
+            "train-bookstore",
+            Utc::now() + chrono::Duration::seconds(3),
+        );
+        let text = metrics.encode();
+        assert_eq!(
+            series(&text, "freshet_consumer_pending"),
+            [
+                "freshet_consumer_pending{function=\"train\",stream=\"EXAMPLES\",consumer=\"train-bookstore\"} 42"
+            ]
+        );
+        let label = "function=\"train\",stream=\"EXAMPLES\",consumer=\"train-bookstore\"";
+        assert!(
+            text.contains(&format!("freshet_ack_delay_seconds_count{{{label}}} 2")),
+            "{text}"
+        );
+        // One delay of about 3 s, one of 0: both under the 4.096 s bucket, one under 1 ms.
+        let bucket = |le: &str| {
+            series(&text, "freshet_ack_delay_seconds_bucket")
+                .into_iter()
+                .find(|line| line.contains(&format!("le=\"{le}\"")))
+                .and_then(|line| line.rsplit(' ').next().map(str::to_string))
+        };
+        assert_eq!(bucket("0.001").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("4.096").as_deref(), Some("2"), "{text}");
     }
 
     #[test]
