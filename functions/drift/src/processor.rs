@@ -126,7 +126,7 @@ impl DriftProcessor {
                 tracing::info!(model = %self.model, "no drift checkpoint yet; starting afresh")
             }
             Restored::AsWritten => {
-                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, error_chain = ?checkpoint.error_version(), "resuming from the drift checkpoint")
+                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, error_chain = checkpoint.error_version(), "resuming from the drift checkpoint")
             }
             Restored::Reconfigured => {
                 tracing::warn!(model = %self.model, last_sequence = checkpoint.last_sequence, "the drift checkpoint was written under other settings; keeping its mark, starting the detectors afresh")
@@ -249,22 +249,7 @@ impl DriftProcessor {
                 continue;
             };
             let record = handler::record(context, transition, example, batch[*i].published);
-            let episode = &transition.episode;
-            match record.state {
-                EpisodeState::Drift => {
-                    tracing::warn!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
-                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence,
-                        reaction = %record.reaction, withheld = ?record.reaction_withheld, "drift confirmed")
-                }
-                EpisodeState::Warning => {
-                    tracing::info!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
-                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence, "drift warning: episode opened")
-                }
-                EpisodeState::Resolved => {
-                    tracing::info!(model = %self.model, episode = episode.id, opened = episode.opened, confirmed = ?episode.confirmed,
-                        signals = episode.signals.len(), sequence = record.sequence, "drift episode resolved")
-                }
-            }
+            handler::log_transition(&record);
             let body = serde_json::to_vec(&record)
                 .map_err(|e| Failure::new("encode a drift record", e))?;
             let message = PublishMessage::build()
@@ -402,12 +387,12 @@ impl Processor for DriftProcessor {
                     tally.errors += u64::from(folded.error_observed);
                     tally.improvements += folded.improvements;
                     if let Some(Some(left)) = folded.error_reset {
-                        tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
+                        tracing::info!(model = %self.model, left, now = working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
                         tally.resets += 1;
                     }
                     for finding in &folded.findings {
-                        tracing::debug!(model = %self.model, detector = %finding.detector, target = ?finding.target, level = ?finding.level,
-                            statistic = finding.statistic, threshold = ?finding.threshold, sequence, "detector signal");
+                        tracing::debug!(model = %self.model, detector = %finding.detector, monitored = %handler::monitored(finding.target), level = finding.level.as_str(),
+                            statistic = finding.statistic, threshold = finding.threshold, sequence, "detector signal");
                         tally.detections.push((
                             finding.detector,
                             finding.target == Target::Error,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::handler::ServeError;
-use crate::service::Server;
+use crate::service::{RequestTimer, Server};
 use crate::spans::answered;
 
 /// The platform this predictor reports in model metadata.
@@ -690,9 +690,10 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "infer");
     let span = http.start_span(trace.as_ref(), "predict infer", "/v2/models/{name}/infer");
     let result = run_infer(&http, &name, None, (&headers, body), trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result.map(served_infer))
+    http.answer(timer, span, trace.as_ref(), result.map(served_infer))
 }
 
 async fn version_infer(
@@ -702,11 +703,12 @@ async fn version_infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "infer");
     let route = "/v2/models/{name}/versions/{version}/infer";
     let span = http.start_span(trace.as_ref(), "predict infer", route);
     let request = (&headers, body);
     let result = run_infer(&http, &name, Some(&version), request, trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result.map(served_infer))
+    http.answer(timer, span, trace.as_ref(), result.map(served_infer))
 }
 
 /// An inference response with the version that gave it.
@@ -738,10 +740,11 @@ async fn cloud_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "cloudevent");
     let trace = TraceContext::handling_http(&headers);
     let span = http.start_span(trace.as_ref(), "predict cloudevent", "/");
     let result = run_cloud_event(&http, &headers, body, trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result)
+    http.answer(timer, span, trace.as_ref(), result)
 }
 
 impl Http {
@@ -756,9 +759,10 @@ impl Http {
     }
 
     /// The response to a request answered with `result` (the version that answered and its
-    /// answer), in the request's trace; ends its span.
+    /// answer), in the request's trace; ends its span and records its latency.
     fn answer(
         &self,
+        timer: RequestTimer,
         mut span: Option<Span>,
         trace: Option<&TraceContext>,
         result: Result<(u64, Response), ServeError>,
@@ -768,6 +772,7 @@ impl Http {
             &self.server.model,
             result.as_ref().map(|(version, _)| *version),
         );
+        timer.finish(&self.server.metrics, result.is_ok());
         let response = with_trace(respond(result.map(|(_, response)| response)), trace);
         if let Some(span) = &mut span {
             span.set(

@@ -152,7 +152,7 @@ async fn listen_for_reactions(
             match serde_json::from_slice::<DriftNotice>(&message.payload) {
                 Ok(notice) => {
                     if let Some(reaction) = notice.requested() {
-                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, episode = ?notice.episode, "drift asks for a reaction");
+                        tracing::info!(%reaction, monitored = %notice.target, sequence = notice.sequence, episode = notice.episode, "drift asks for a reaction");
                         if requests.send((reaction, notice.sequence)).is_err() {
                             return;
                         }
@@ -190,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
     };
     config.validate()?;
     let metrics = trainer::TrainMetrics::default();
-    metrics.register(&ctx.metrics);
+    // train's own metrics carry the model it trains; the consumer loop's are per process.
+    metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
     let durable = format!("train-{}", args.model.name);
     let io = trainer::Io {
         js: ctx.js.clone(),

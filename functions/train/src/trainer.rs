@@ -318,7 +318,7 @@ impl Trainer {
                                 ),
                             });
                             self.metrics.candidates_started.inc();
-                            tracing::info!(model = %self.model, from = ?lineage.live.as_ref().map(|m| m.version),
+                            tracing::info!(model = %self.model, from = lineage.live.as_ref().map(|m| m.version),
                                 "drift: training a candidate beside the live model");
                         }
                         Err(err) => {
