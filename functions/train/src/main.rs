@@ -23,8 +23,8 @@ use futures::StreamExt;
 
 use crate::quality::{Quality, QualityConfig};
 
-/// Trains one model from its examples: each batch is scored (prequential metrics), then learned
-/// with SGD; every few batches a new immutable version goes to the object store and the model's
+/// Trains one model from its examples: each batch is learned in steps of a few rows (one by
+/// default), each step's rows scored first (prequential metrics); every few batches a new immutable version goes to the object store and the model's
 /// live pointer moves to it. Messages are acknowledged only once the version holding them is live.
 #[derive(Debug, Parser)]
 #[command(name = "freshet-train", version)]
@@ -52,19 +52,29 @@ struct Args {
     /// Optimizer: sgd, or adam (β1 0.9, β2 0.999, ε 1e-8; its moments are saved in the artifact)
     #[arg(long = "optimizer", env = "FRESHET_OPTIMIZER", default_value = "sgd")]
     optimizer: Optimizer,
-    /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
+    /// Initial learning rate η0 of each optimizer step; the rate at step t is η0 / (1 + α·t)
     #[arg(
         long = "learning-rate",
         env = "FRESHET_LEARNING_RATE",
-        default_value_t = 0.5
+        default_value_t = Hyper::default().learning_rate
     )]
     learning_rate: f64,
-    /// Learning-rate decay α
-    #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = 0.01)]
+    /// Learning-rate decay α per step; 0 keeps the rate constant, so the model keeps following
+    /// a concept that drifts
+    #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = Hyper::default().decay)]
     lr_decay: f64,
     /// L2 regularisation λ
-    #[arg(long = "l2", env = "FRESHET_L2", default_value_t = 1e-4)]
+    #[arg(long = "l2", env = "FRESHET_L2", default_value_t = Hyper::default().l2)]
     l2: f64,
+    /// Rows per optimizer step within a fetched batch: 1 learns each row in turn, as an online
+    /// learner does, whatever the batch size; 0 takes one step per batch (faster for wide
+    /// models, at a cost in accuracy that grows with the batch)
+    #[arg(
+        long = "rows-per-step",
+        env = "FRESHET_ROWS_PER_STEP",
+        default_value_t = Hyper::default().rows_per_step
+    )]
+    rows_per_step: usize,
     /// Publish a version after this many trained batches...
     #[arg(
         long = "publish-every-batches",
@@ -184,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
             decay: args.lr_decay,
             l2: args.l2,
             optimizer: args.optimizer,
+            rows_per_step: args.rows_per_step,
         },
         seed: args.seed,
         scaler_decay: args.scaler_decay,
