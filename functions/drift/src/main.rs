@@ -4,8 +4,8 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod control;
 mod gate;
-mod handler;
 mod live;
 mod metrics;
 mod processor;

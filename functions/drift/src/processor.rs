@@ -26,7 +26,7 @@ use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Restored, Scored, Target};
-use crate::handler::{self, RecordContext};
+use crate::control::{self, RecordContext};
 use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::{EpisodeState, Reaction};
@@ -200,7 +200,7 @@ impl DriftProcessor {
                 sequence > mark
                     && sequence > live.manifest.high_water_mark
                     && decoded[i].as_ref().is_ok_and(|example| {
-                        handler::follows(example, &live.manifest.schema)
+                        control::follows(example, &live.manifest.schema)
                             && example.features.len() == live.scorer.n_features()
                     })
             })
@@ -248,7 +248,7 @@ impl DriftProcessor {
             let Ok(example) = &decoded[*i] else {
                 continue;
             };
-            let record = handler::record(context, transition, example, batch[*i].published);
+            let record = control::record(context, transition, example, batch[*i].published);
             let episode = &transition.episode;
             match record.state {
                 EpisodeState::Drift => {
@@ -269,7 +269,7 @@ impl DriftProcessor {
                 .map_err(|e| Failure::new("encode a drift record", e))?;
             let message = PublishMessage::build()
                 .payload(Bytes::from(body))
-                .message_id(handler::message_id(&self.model, transition));
+                .message_id(control::message_id(&self.model, transition));
             acks.push(
                 self.io
                     .js
@@ -392,10 +392,10 @@ impl Processor for DriftProcessor {
                     dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
                 }
                 Ok(example) => {
-                    let plan = handler::plan(example, live_schema);
+                    let plan = control::plan(example, live_schema);
                     let folded = self.bank.fold(
                         &mut working,
-                        &handler::observation(sequence, example, &plan, scores[i]),
+                        &control::observation(sequence, example, &plan, scores[i]),
                         &policy,
                     );
                     tally.features += u64::from(folded.new);
@@ -538,7 +538,7 @@ fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
 fn episode_label(episode: &Episode, live: Option<&FeatureSchema>) -> EpisodeLabel {
     let headline = episode.headline();
     let target = match headline.target {
-        Target::Feature(i) => Some((i, handler::feature_name_of(i, live))),
+        Target::Feature(i) => Some((i, control::feature_name_of(i, live))),
         Target::Error => None,
     };
     EpisodeLabel::new(headline.detector, target)

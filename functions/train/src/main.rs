@@ -4,8 +4,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod processor;
 mod quality;
-mod trainer;
 
 use std::time::Duration;
 
@@ -187,10 +187,10 @@ async fn main() -> anyhow::Result<()> {
         scaler_decay: args.scaler_decay,
     };
     config.validate()?;
-    let metrics = trainer::TrainMetrics::default();
+    let metrics = processor::TrainMetrics::default();
     metrics.register(&ctx.metrics);
     let durable = format!("train-{}", args.model);
-    let io = trainer::Io {
+    let io = processor::Io {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
         artifacts: ctx.artifacts()?,
@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
             durable.clone(),
         ),
     };
-    let cadence = trainer::Cadence {
+    let cadence = processor::Cadence {
         every_batches: args.publish_every_batches.max(1),
         every: args.publish_interval,
         keep_versions: args.keep_versions,
@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         span_factor: args.quarantine_span_factor,
         ..QualityConfig::default()
     });
-    let mut trainer = trainer::Trainer::new(
+    let mut trainer = processor::Trainer::new(
         args.model.clone(),
         config,
         cadence,
