@@ -19,7 +19,7 @@ use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::runtime::order::OrderGuard;
+use freshet::runtime::order::{OrderCheck, OrderGuard};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;

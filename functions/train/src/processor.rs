@@ -15,7 +15,7 @@ use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
 use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
-use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
+use freshet::runtime::order::{OrderCheck, OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{
     ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
