@@ -200,7 +200,7 @@ impl DriftProcessor {
                 sequence > mark
                     && sequence > live.manifest.high_water_mark
                     && decoded[i].as_ref().is_ok_and(|example| {
-                        control::follows(example, &live.manifest.schema)
+                        example.follows(&live.manifest.schema)
                             && example.features.len() == live.scorer.n_features()
                     })
             })

@@ -17,7 +17,7 @@ use freshet::ids::ModelName;
 use freshet::model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::Pointers;
+use freshet::store::{Declarations, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use futures::StreamExt;
 
@@ -95,23 +95,23 @@ struct Args {
         default_value_t = 1000
     )]
     metrics_window: usize,
-    /// Data quality: examples in the window over which the share of invalid or out-of-range
-    /// examples is measured
+    /// Data quality: examples in the window over which the share of suspect (unreadable or
+    /// out-of-range) examples is measured
     #[arg(
         long = "quarantine-window",
         env = "FRESHET_QUARANTINE_WINDOW",
         default_value_t = 200
     )]
     quarantine_window: usize,
-    /// Data quality: the share of the window at which training pauses (quarantine); 1 never
-    /// pauses
+    /// Data quality: the share of the window at which a quarantine starts (the learned ranges
+    /// freeze until it ends; only suspect examples are held out); 1 never starts one
     #[arg(
         long = "quarantine-enter",
         env = "FRESHET_QUARANTINE_ENTER",
         default_value_t = 0.2
     )]
     quarantine_enter: f64,
-    /// Data quality: the share at or below which training resumes
+    /// Data quality: the share at or below which the quarantine ends
     #[arg(
         long = "quarantine-exit",
         env = "FRESHET_QUARANTINE_EXIT",
@@ -170,7 +170,8 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
-    let pointers = Pointers::new(ctx.key_value(BUCKET_MODELS).await?);
+    let models = ctx.key_value(BUCKET_MODELS).await?;
+    let (pointers, declarations) = (Pointers::new(models.clone()), Declarations::new(models));
     let config = ModelConfig {
         // The kind's dimensions come from their own flags; one it does not have is ignored.
         kind: args.kind.with_dimensions(Dimensions {
@@ -191,10 +192,11 @@ async fn main() -> anyhow::Result<()> {
     metrics.register(&ctx.metrics);
     let durable = format!("train-{}", args.model);
     let io = processor::Io {
-        js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
         artifacts: ctx.artifacts()?,
         pointers,
+        declarations,
+        control: ctx.js.clone(),
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,
             ctx.subjects.examples(&args.model),

@@ -1,8 +1,14 @@
-//! train's runtime adapter: learns each batch in memory, holds the messages, and on the
-//! publishing cadence writes the new version to object storage and moves `<model>.live` by
-//! compare-and-set. Only then are the held messages acknowledged, so a crash at any instant
-//! loses nothing and learns nothing twice: the restarted trainer resumes from the live version,
-//! whose high-water mark says which examples it already holds.
+//! train's runtime adapter: plans each batch ([`handler::plan_batch`]), learns it in memory,
+//! holds the messages, and on the publishing cadence writes the new version to object storage
+//! and moves `<model>.live` by compare-and-set. Only then are the held messages acknowledged, so
+//! a crash at any instant loses nothing and learns nothing twice: the restarted trainer resumes
+//! from the live version, whose high-water mark says which examples it already holds.
+//!
+//! The adapter does the I/O the plan needs and nothing else: it reads the model's declared
+//! schema, asks the stream whether an example is next in order, trains with burn on a blocking
+//! thread, publishes to CONTROL, and writes versions and pointers. It is generic over where those
+//! go ([`PointerStore`], [`DeclarationStore`], [`ControlSink`], [`OrderCheck`]), so its unit tests
+//! run it on memory stores and a `memory://` object store, without a server.
 
 use std::time::{Duration, Instant};
 
@@ -10,15 +16,16 @@ use anyhow::Context;
 use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::Utc;
-use freshet::control::{KIND_QUARANTINE, Reaction};
+use freshet::control::{ControlSink, KIND_QUARANTINE, QuarantineRecord, Reaction};
 use freshet::error::{Failure, RejectReason, Rejection};
-use freshet::examples::{ExampleRecord, FeatureSchema};
+use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
-use freshet::runtime::order::{OrderCheck, OrderGuard, chain_link, follows_directly};
+use freshet::model::{Manifest, ModelConfig, ModelError, Trainer as ModelTrainer};
+use freshet::runtime::order::{OrderCheck, OrderGuard};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+    ArtifactError, ArtifactStore, CasError, Cause, DeclarationStore, Declarations, PointerStore,
+    Pointers, Slot, Verified,
 };
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
@@ -26,8 +33,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
-use crate::handler::{self, MetricsWindow, NextVersion, Sequence};
-use crate::quality::{Quality, Transition, Verdict};
+use crate::handler::{self, BatchPlan, Marks, MetricsWindow, NextVersion, Row, SchemaChoice, Step};
+use crate::quality::{Change, Quality, Transition};
 
 /// When a new version is published.
 #[derive(Debug, Clone, Copy)]
@@ -41,15 +48,22 @@ pub struct Cadence {
     pub keep_versions: usize,
 }
 
+/// How old the declared schema may be when a batch is planned: it is read again after this (and
+/// at once when an example does not follow it).
+const DECLARATION_REFRESH: Duration = Duration::from_secs(1);
+
 /// The model as last published, plus what has been learned since.
 struct Lineage {
     trainer: ModelTrainer,
     schema: FeatureSchema,
+    /// The last version published (of this chain or, for a new chain, the version it follows).
     live: Option<Manifest>,
     pointer_revision: u64,
     window: MetricsWindow,
     /// A copy trained beside it since a drift, published to `<model>.candidate` for the gate.
     candidate: Option<Candidate>,
+    /// Its next version begins a chain of its own: it was begun for a newly declared schema.
+    new_chain: bool,
 }
 
 /// A candidate: forked from the live model when a drift asked for one, with its learning-rate
@@ -63,7 +77,7 @@ struct Candidate {
     /// The candidate pointer's revision the next write must expect.
     pointer_revision: u64,
     /// Examples learned since its last version.
-    pending: Option<SequenceRange>,
+    pending: Option<freshet::model::SequenceRange>,
     window: MetricsWindow,
     /// Not published yet: its first version starts a chain of its own.
     forked: bool,
@@ -75,7 +89,7 @@ struct Candidate {
 #[derive(Default)]
 struct PendingUpdate {
     batches: usize,
-    range: Option<SequenceRange>,
+    range: Option<freshet::model::SequenceRange>,
     /// When the wait for the version holding these examples started (see
     /// [`handler::pending_age`]).
     since: Option<Instant>,
@@ -155,12 +169,12 @@ impl TrainMetrics {
         );
         metrics.register(
             "examples_quarantined",
-            "Examples held out of training (out of range, or during a burst of bad values)",
+            "Examples held out of training as suspect (far outside the learned range, or unreadable)",
             self.examples_quarantined.clone(),
         );
         metrics.register(
             "quarantined",
-            "1 while training is paused by a burst of invalid or out-of-range values",
+            "1 while a burst of suspect values lasts (the learned ranges are frozen meanwhile)",
             self.quarantined.clone(),
         );
         metrics.register(
@@ -171,17 +185,19 @@ impl TrainMetrics {
     }
 }
 
-/// Where a trainer reads and writes.
-pub struct Io {
-    pub js: jetstream::Context,
+/// Where a trainer reads and writes: in production the MODELS bucket (pointers and
+/// declarations), JetStream (CONTROL, and the stream the order check reads) and the object store.
+pub struct Io<P = Pointers, D = Declarations, C = jetstream::Context, O = OrderGuard> {
     pub subjects: Subjects,
     pub artifacts: ArtifactStore,
-    pub pointers: Pointers,
+    pub pointers: P,
+    pub declarations: D,
+    pub control: C,
     /// The in-order check on the model's examples and the trainer's consumer.
-    pub order: OrderGuard,
+    pub order: O,
 }
 
-pub struct Trainer {
+pub struct Trainer<P = Pointers, D = Declarations, C = jetstream::Context, O = OrderGuard> {
     pub model: ModelName,
     /// The configured model; a lineage that already exists keeps the configuration its live
     /// version was trained with.
@@ -189,15 +205,8 @@ pub struct Trainer {
     pub cadence: Cadence,
     pub window_size: usize,
     pub metrics: TrainMetrics,
-    js: jetstream::Context,
-    subjects: Subjects,
-    artifacts: ArtifactStore,
-    pointers: Pointers,
-    order: OrderGuard,
-    /// The stream sequence of the last example handled in order, and its consumer sequence if it
-    /// was a first delivery: the next first delivery after it is known to be in order without
-    /// asking the stream ([`follows_directly`]). EXAMPLES interleaves every model's examples, so
-    /// without this each example of one model would cost a lookup on the stream.
+    io: Io<P, D, C, O>,
+    /// See [`Marks::chain`].
     chain: Option<(u64, u64)>,
     lineage: Option<Lineage>,
     pending: PendingUpdate,
@@ -213,29 +222,44 @@ pub struct Trainer {
     last_version: u64,
     /// When this trainer last published a live version.
     last_published: Option<Instant>,
+    /// The model's declared schema as last read (`None`: none declared), and when it was read.
+    declared: Option<FeatureSchema>,
+    declared_at: Option<Instant>,
+    /// A newly declared schema waits for the examples learned under the old one to be
+    /// published: the next commit is due at once.
+    flush: bool,
 }
 
-impl Trainer {
+/// Whether a batch can be planned now.
+enum Footing {
+    Ready,
+    /// The examples learned under the previous schema are being published first.
+    Flushing,
+}
+
+impl<P, D, C, O> Trainer<P, D, C, O>
+where
+    P: PointerStore + Clone + 'static,
+    D: DeclarationStore,
+    C: ControlSink,
+    O: OrderCheck,
+{
     pub fn new(
         model: ModelName,
         config: ModelConfig,
         cadence: Cadence,
         window_size: usize,
-        io: Io,
+        io: Io<P, D, C, O>,
         metrics: TrainMetrics,
         quality: Quality,
-    ) -> Trainer {
+    ) -> Self {
         Trainer {
             model,
             config,
             cadence,
             window_size,
             metrics,
-            js: io.js,
-            subjects: io.subjects,
-            artifacts: io.artifacts,
-            pointers: io.pointers,
-            order: io.order,
+            io,
             chain: None,
             lineage: None,
             pending: PendingUpdate::default(),
@@ -245,6 +269,9 @@ impl Trainer {
             quality,
             last_version: 0,
             last_published: None,
+            declared: None,
+            declared_at: None,
+            flush: false,
         }
     }
 
@@ -295,7 +322,7 @@ impl Trainer {
                     }
                 },
                 Reaction::TrainCandidate => {
-                    let revision = match self.pointers.get(&self.model, Slot::Candidate).await {
+                    let revision = match self.io.pointers.get(&self.model, Slot::Candidate).await {
                         Ok(pointer) => pointer.revision,
                         Err(failure) => {
                             tracing::warn!(model = %self.model, error = %failure, "cannot read the candidate pointer; no candidate this time");
@@ -330,6 +357,200 @@ impl Trainer {
         }
     }
 
+    /// Reads the declared schema when the last reading is older than [`DECLARATION_REFRESH`],
+    /// or when an example of the batch does not follow it (it may have changed just before).
+    async fn read_declaration(&mut self, rows: &[Row]) -> Result<(), Failure> {
+        let stale = self
+            .declared_at
+            .is_none_or(|at| at.elapsed() >= DECLARATION_REFRESH);
+        let surprised = handler::surprises(rows, self.declared.as_ref());
+        if !stale && !surprised {
+            return Ok(());
+        }
+        match self.io.declarations.declared(&self.model).await {
+            Ok(read) => {
+                if read.value != self.declared {
+                    match &read.value {
+                        Some(schema) => {
+                            tracing::info!(model = %self.model, schema = %schema.name, version = schema.version, features = schema.n_features(), "declared schema read")
+                        }
+                        None => {
+                            tracing::warn!(model = %self.model, "the model has no declared schema")
+                        }
+                    }
+                }
+                self.declared = read.value;
+                self.declared_at = Some(Instant::now());
+                Ok(())
+            }
+            // A declaration read earlier (or the lineage's schema) still holds for examples that
+            // follow it; a surprise must wait for the answer.
+            Err(failure) if !surprised && (self.declared.is_some() || self.lineage.is_some()) => {
+                tracing::warn!(model = %self.model, error = %failure, "cannot read the declared schema; keeping the one read before");
+                Ok(())
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+
+    /// Makes the lineage follow the declaration: begins one under the declared schema when
+    /// there is none, and a new chain when the declaration names other inputs than the lineage
+    /// was trained on (once what was learned under the old one is published).
+    fn settle_schema(&mut self) -> Result<Footing, Rejection> {
+        let trained = self.lineage.as_ref().map(|l| &l.schema);
+        match handler::schema_choice(self.declared.as_ref(), trained) {
+            SchemaChoice::Undeclared => Ok(Footing::Ready),
+            SchemaChoice::Continue(schema) => {
+                match self.lineage.as_mut() {
+                    Some(lineage) => lineage.schema = schema,
+                    None => self.lineage = Some(self.fresh_lineage(schema, None, 0)?),
+                }
+                Ok(Footing::Ready)
+            }
+            SchemaChoice::NewChain(schema) => {
+                if self.pending.range.is_some() {
+                    self.flush = true;
+                    return Ok(Footing::Flushing);
+                }
+                let (live, revision) = self
+                    .lineage
+                    .take()
+                    .map_or((None, 0), |old| (old.live, old.pointer_revision));
+                tracing::warn!(model = %self.model, schema = %schema.name, version = schema.version, features = schema.n_features(),
+                    follows = ?live.as_ref().map(|m| m.version), "a new schema is declared; beginning a new chain of versions under it");
+                self.lineage = Some(self.fresh_lineage(schema, live, revision)?);
+                Ok(Footing::Ready)
+            }
+        }
+    }
+
+    /// A lineage with fresh parameters under `schema`, whose first version follows `live` (if
+    /// any) and begins a chain of its own when it does.
+    fn fresh_lineage(
+        &self,
+        schema: FeatureSchema,
+        live: Option<Manifest>,
+        pointer_revision: u64,
+    ) -> Result<Lineage, Rejection> {
+        let trainer = ModelTrainer::new(&self.config, schema.n_features()).map_err(|err| {
+            Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string())
+        })?;
+        Ok(Lineage {
+            trainer,
+            schema,
+            new_chain: live.is_some(),
+            live,
+            pointer_revision,
+            window: MetricsWindow::new(self.window_size, 0),
+            candidate: None,
+        })
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            high_water_mark: self
+                .lineage
+                .as_ref()
+                .and_then(|l| l.live.as_ref())
+                .map_or(0, |m| m.high_water_mark),
+            pending_last: self.pending.range.map(|r| r.last),
+            chain: self.chain,
+        }
+    }
+
+    /// Asks the stream, in order, about the new examples that do not directly follow the one
+    /// before them; returns the first that must wait, with why.
+    async fn admit(&self, marks: &Marks, rows: &[Row]) -> Option<(usize, Failure)> {
+        for lookup in handler::lookups(marks, rows) {
+            let mut after = lookup.after;
+            if let Err(failure) = self
+                .io
+                .order
+                .admit(lookup.sequence, &mut after, "train")
+                .await
+            {
+                return Some((lookup.index, failure));
+            }
+        }
+        None
+    }
+
+    /// Learns the planned rows with the live model (and the candidate, if one trains). Returns
+    /// why the update was discarded, if it was: the model is then unchanged.
+    async fn learn(&mut self, plan: &BatchPlan, batch: &[Incoming]) -> Option<Rejection> {
+        if plan.learn.is_empty() {
+            return None;
+        }
+        let lineage = self
+            .lineage
+            .as_mut()
+            .expect("rows are only planned for learning under a schema, which a lineage has");
+        let (rows, labels) = (&plan.features, &plan.labels);
+        // burn is blocking CPU work: keep it off the async workers' hot path.
+        match tokio::task::block_in_place(|| lineage.trainer.train_batch(rows, labels)) {
+            Ok(report) => {
+                lineage.window.record(&report, labels);
+                self.metrics.examples_trained.inc_by(report.examples as u64);
+                self.pending.batches += 1;
+                let traces = plan.learn.iter().filter_map(|&i| batch[i].trace.as_ref());
+                for trace in traces.clone() {
+                    self.pending.traces.add(trace.trace_id());
+                }
+                if let Some(candidate) = lineage.candidate.as_mut() {
+                    match tokio::task::block_in_place(|| {
+                        candidate.trainer.train_batch(rows, labels)
+                    }) {
+                        Ok(report) => {
+                            candidate.window.record(&report, labels);
+                            for trace in traces {
+                                candidate.traces.add(trace.trace_id());
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(model = %self.model, error = %err, "the candidate refused a batch the live model took; dropping the candidate");
+                            lineage.candidate = None;
+                        }
+                    }
+                }
+                None
+            }
+            Err(err) => {
+                // The update was discarded (the model is unchanged); the examples are kept on
+                // the dead-letter subject for review instead of being retried forever.
+                tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
+                self.metrics.batches_refused.inc();
+                let sequences: Vec<u64> = plan
+                    .learn
+                    .iter()
+                    .map(|&i| batch[i].stream_sequence)
+                    .collect();
+                self.report_refused_batch(&sequences, &err).await;
+                Some(handler::refusal(&err))
+            }
+        }
+    }
+
+    /// Adds the batch's handled examples to the update not published yet (and the candidate's).
+    fn book(&mut self, plan: &BatchPlan) {
+        let Some(range) = plan.handled else {
+            return;
+        };
+        if let Some(candidate) = self.lineage.as_mut().and_then(|l| l.candidate.as_mut()) {
+            candidate.pending = Some(handler::widen(candidate.pending, range));
+        }
+        // Refused examples count as handled: the next version's mark covers them too.
+        self.pending.range = Some(handler::widen(self.pending.range, range));
+        if self.pending.since.is_none() {
+            let oldest = plan.oldest_stored.map_or(Duration::ZERO, |stored| {
+                (Utc::now() - stored).to_std().unwrap_or_default()
+            });
+            let since_last = self.last_published.map(|at| at.elapsed());
+            let age = handler::pending_age(oldest, since_last);
+            self.pending.since = Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
+        }
+        self.chain = plan.chain;
+    }
+
     /// Resumes the candidate the pointer names if it holds exactly the live version's examples
     /// (both were published together); a candidate left behind by a crash between the two writes
     /// is not continued, and the gate withdraws it in time.
@@ -340,11 +561,15 @@ impl Trainer {
         let Some(live) = lineage.live.as_ref() else {
             return Ok(());
         };
-        let pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
+        let pointer = self.io.pointers.get(&self.model, Slot::Candidate).await?;
         let Some(candidate) = pointer.value else {
             return Ok(());
         };
-        let (manifest, bytes) = self.artifacts.load(&self.model, candidate.version).await?;
+        let (manifest, bytes) = self
+            .io
+            .artifacts
+            .load(&self.model, candidate.version)
+            .await?;
         if manifest.high_water_mark != live.high_water_mark {
             tracing::warn!(model = %self.model, candidate = manifest.version, "the candidate does not hold the live version's examples; not continuing it");
             return Ok(());
@@ -401,7 +626,7 @@ impl Trainer {
         let expected = candidate.pointer_revision;
         manifest.version = manifest.version.max(self.last_version + 1);
         if let Err(failure) =
-            store_version(&self.artifacts, &self.model, &mut manifest, &bytes).await
+            store_version(&self.io.artifacts, &self.model, &mut manifest, &bytes).await
         {
             tracing::warn!(model = %self.model, error = %failure, "cannot store the candidate; it is published with the next version");
             return;
@@ -410,6 +635,7 @@ impl Trainer {
         let lineage = self.lineage.as_mut().expect("checked above");
         // This trainer wrote and hashed the bytes it points at.
         match self
+            .io
             .pointers
             .move_to(
                 &self.model,
@@ -443,28 +669,49 @@ impl Trainer {
         }
     }
 
-    /// Tells CONTROL that the quarantine started or ended.
-    async fn announce_quarantine(&self, transition: Transition, sequence: u64) {
-        let body = json!({
-            "kind": KIND_QUARANTINE, "model": self.model, "state": transition.as_str(),
-            "sequence": sequence, "flagged_share": self.quality.flagged_share(), "at": Utc::now(),
-        });
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(body.to_string()))
-            .message_id(format!(
-                "quarantine-{}-{}-{sequence}",
-                self.model,
-                transition.as_str()
-            ));
-        let subject = self.subjects.control(&self.model, KIND_QUARANTINE);
-        if let Err(err) = self.js.send_publish(subject, message).await {
+    /// Tells CONTROL that the quarantine started or ended, with its counts.
+    async fn announce_quarantine(&self, transition: &Transition, sequence: u64) {
+        let record = QuarantineRecord {
+            kind: KIND_QUARANTINE.to_string(),
+            model: self.model.clone(),
+            state: transition.change.as_str().to_string(),
+            sequence,
+            flagged_share: transition.flagged_share,
+            suspect_held_out: transition.suspect_held_out,
+            valid_learned: transition.valid_learned,
+            at: Utc::now(),
+        };
+        let body = serde_json::to_vec(&record).expect("a quarantine record is plain data");
+        let id = format!("quarantine-{}-{}-{sequence}", self.model, record.state);
+        let subject = self.io.subjects.control(&self.model, KIND_QUARANTINE);
+        if let Err(err) = self
+            .io
+            .control
+            .send(subject, Some(id), Bytes::from(body))
+            .await
+        {
             tracing::warn!(error = %err, "cannot report the quarantine on CONTROL");
         }
     }
 
-    /// Loads the live version, if any, so training continues its lineage and schedule.
+    /// Loads the live version, if any, so training continues its lineage and schedule, and
+    /// reads the declared schema.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         self.lineage = self.load_live().await?;
+        let declared = self.io.declarations.declared(&self.model).await?;
+        self.declared = declared.value;
+        self.declared_at = Some(Instant::now());
+        match &self.declared {
+            Some(schema) => {
+                tracing::info!(model = %self.model, schema = %schema.name, version = schema.version, features = schema.n_features(), "declared schema")
+            }
+            None if self.lineage.is_some() => {
+                tracing::warn!(model = %self.model, "no declared schema; learning under the live version's until one is declared")
+            }
+            None => {
+                tracing::warn!(model = %self.model, "no declared schema: examples are refused as undeclared until one is declared (freshet models declare)")
+            }
+        }
         self.resume_candidate().await?;
         if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
             tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version");
@@ -474,11 +721,12 @@ impl Trainer {
     }
 
     async fn load_live(&self) -> anyhow::Result<Option<Lineage>> {
-        let pointer = self.pointers.get(&self.model, Slot::Live).await?;
+        let pointer = self.io.pointers.get(&self.model, Slot::Live).await?;
         let Some(live) = pointer.value else {
             return Ok(None);
         };
         let (manifest, bytes) = self
+            .io
             .artifacts
             .load(&self.model, live.version)
             .await
@@ -499,27 +747,20 @@ impl Trainer {
             pointer_revision: pointer.revision,
             live: Some(manifest),
             candidate: None,
+            new_chain: false,
         }))
     }
 
-    fn lineage_for(&mut self, first: &ExampleRecord) -> Result<&mut Lineage, ModelError> {
-        if self.lineage.is_none() {
-            let schema = handler::schema_for(first);
-            let trainer = ModelTrainer::new(&self.config, schema.n_features())?;
-            self.lineage = Some(Lineage {
-                trainer,
-                schema,
-                live: None,
-                pointer_revision: 0,
-                window: MetricsWindow::new(self.window_size, 0),
-                candidate: None,
-            });
-        }
-        Ok(self.lineage.as_mut().expect("set just above when missing"))
-    }
-
     async fn publish(&mut self) -> Result<Commit, Failure> {
-        let (Some(lineage), Some(range)) = (self.lineage.as_ref(), self.pending.range) else {
+        let Some(range) = self.pending.range else {
+            return Ok(Commit::Durable);
+        };
+        let Some(lineage) = self.lineage.as_ref() else {
+            // Every example so far was refused (no schema is declared): the refusals are
+            // durable once dead-lettered. The range stays, so the first version covers it; the
+            // next commit falls due with the next refusals.
+            self.pending.since = None;
+            self.pending.batches = 0;
             return Ok(Commit::Durable);
         };
         let bytes = lineage
@@ -536,16 +777,17 @@ impl Trainer {
                 learned: range,
                 metrics: lineage.window.snapshot(),
                 created_at: Utc::now(),
-                new_chain: false,
+                new_chain: lineage.new_chain,
                 traces: self.pending.traces.to_strings(),
             },
             &bytes,
         );
         manifest.version = manifest.version.max(self.last_version + 1);
-        store_version(&self.artifacts, &self.model, &mut manifest, &bytes).await?;
+        store_version(&self.io.artifacts, &self.model, &mut manifest, &bytes).await?;
         self.last_version = manifest.version;
         // This trainer wrote and hashed the bytes it points at.
         let revision = match self
+            .io
             .pointers
             .move_to(
                 &self.model,
@@ -564,6 +806,7 @@ impl Trainer {
                 self.metrics.pointer_conflicts.inc();
                 tracing::warn!(model = %self.model, "live pointer moved by another writer; reloading and retrying the held examples");
                 self.pending = PendingUpdate::default();
+                self.flush = false;
                 self.lineage = self
                     .load_live()
                     .await
@@ -587,7 +830,9 @@ impl Trainer {
             .expect("checked at the top of publish");
         lineage.pointer_revision = revision;
         lineage.live = Some(manifest);
+        lineage.new_chain = false;
         self.pending = PendingUpdate::default();
+        self.flush = false;
         self.last_published = Some(Instant::now());
         self.publish_candidate().await;
         self.prune_in_background();
@@ -606,8 +851,8 @@ impl Trainer {
             let requests = std::sync::Arc::new(tokio::sync::Notify::new());
             let (model, artifacts, pointers) = (
                 self.model.clone(),
-                self.artifacts.clone(),
-                self.pointers.clone(),
+                self.io.artifacts.clone(),
+                self.io.pointers.clone(),
             );
             let (keep, deleted) = (
                 self.cadence.keep_versions,
@@ -633,9 +878,6 @@ impl Trainer {
         requests.notify_one();
     }
 
-    /// Writes the version's artifacts. A version number already taken by an orphan (written by
-    /// a trainer that died before moving the pointer, or by an earlier attempt of this one) is
-    /// skipped: the lineage is in the `parent` field, and orphans never go live.
     /// Tells CONTROL that a batch's update was discarded, naming its examples' sequences. The
     /// message id makes a redelivered batch's report a duplicate, not a second report.
     async fn report_refused_batch(&self, sequences: &[u64], error: &ModelError) {
@@ -647,11 +889,10 @@ impl Trainer {
             "kind": "batch_refused", "model": self.model, "first": first, "last": last,
             "examples": sequences.len(), "error": error.to_string(), "at": Utc::now(),
         });
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(body.to_string()))
-            .message_id(format!("refused-{}-{first}-{last}", self.model));
-        let subject = self.subjects.control(&self.model, "refused_batch");
-        if let Err(err) = self.js.send_publish(subject, message).await {
+        let id = format!("refused-{}-{first}-{last}", self.model);
+        let subject = self.io.subjects.control(&self.model, "refused_batch");
+        let body = Bytes::from(body.to_string());
+        if let Err(err) = self.io.control.send(subject, Some(id), body).await {
             tracing::warn!(error = %err, "cannot report the refused batch on CONTROL");
         }
     }
@@ -663,12 +904,9 @@ impl Trainer {
             "parent": manifest.parent, "learned": manifest.learned, "high_water_mark": manifest.high_water_mark,
             "metrics": manifest.metrics, "created_at": manifest.created_at,
         });
-        let subject = self.subjects.control(&self.model, "version");
-        if let Err(err) = self
-            .js
-            .publish(subject, Bytes::from(body.to_string()))
-            .await
-        {
+        let subject = self.io.subjects.control(&self.model, "version");
+        let body = Bytes::from(body.to_string());
+        if let Err(err) = self.io.control.send(subject, None, body).await {
             tracing::warn!(error = %err, "cannot announce the new version on CONTROL");
         }
     }
@@ -720,7 +958,7 @@ const RETENTION_PASS_INTERVAL: Duration = Duration::from_secs(2);
 async fn prune(
     model: &ModelName,
     artifacts: &ArtifactStore,
-    pointers: &Pointers,
+    pointers: &impl PointerStore,
     keep_newest: usize,
 ) -> anyhow::Result<u64> {
     let mut named = std::collections::BTreeSet::new();
@@ -745,228 +983,85 @@ async fn prune(
     Ok(doomed.len() as u64)
 }
 
-impl Processor for Trainer {
-    /// Handles the batch in stream order: examples already learned are acknowledged, new ones are
-    /// learned (or refused) strictly in sequence, and an example whose predecessor has not been
-    /// seen yet waits for it (it is redelivered after a short delay).
+impl<P, D, C, O> Processor for Trainer<P, D, C, O>
+where
+    P: PointerStore + Clone + 'static,
+    D: DeclarationStore,
+    C: ControlSink,
+    O: OrderCheck,
+{
+    /// Handles the batch in stream order (see [`handler::plan_batch`]): examples already learned
+    /// are acknowledged, new ones are learned (or refused) strictly in sequence, and an example
+    /// whose predecessor has not been seen yet waits for it (it is redelivered after a short
+    /// delay).
     async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         self.react().await;
-        let decoded: Vec<Result<ExampleRecord, Rejection>> = batch
-            .iter()
-            .map(|m| ExampleRecord::decode(&m.payload))
-            .collect();
-        let mut dispositions: Vec<Option<Disposition>> =
-            std::iter::repeat_with(|| None).take(batch.len()).collect();
-        if self.lineage.is_none()
-            && let Some(first_valid) = decoded.iter().find_map(|d| d.as_ref().ok()).cloned()
-            && let Err(err) = self.lineage_for(&first_valid)
-        {
-            let rejection =
-                Rejection::new(RejectReason::SchemaMismatch, "features", err.to_string());
+        let rows: Vec<Row> = batch.iter().map(Row::of).collect();
+        if let Err(failure) = self.read_declaration(&rows).await {
             return batch
                 .iter()
-                .map(|_| Disposition::Reject(rejection.clone()))
+                .map(|_| Disposition::Retry(failure.duplicate()))
                 .collect();
         }
-        let high_water_mark = self
-            .lineage
-            .as_ref()
-            .and_then(|l| l.live.as_ref())
-            .map_or(0, |m| m.high_water_mark);
-        let pending_last = self.pending.range.map(|r| r.last);
-        let mut mark = high_water_mark.max(pending_last.unwrap_or(0));
-        // The chain holds only while the mark is where it was left: a rollback, a discarded
-        // update or a new lineage moves the mark, and the stream is asked again.
-        let mut link = self.chain.filter(|&(at, _)| at == mark).map(|(_, c)| c);
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].stream_sequence);
-        let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
-        let mut handled: Option<SequenceRange> = None;
-        // When JetStream stored the first example handled (handled in stream order, so the
-        // oldest): the next version is due `every` after.
-        let mut oldest_stored = None;
-        let mut waiting = false;
-        let mut transitions = Vec::new();
-        for i in order {
-            let sequence = batch[i].stream_sequence;
-            if waiting {
-                dispositions[i] = Some(Disposition::Defer(Failure::new(
-                    "train",
-                    "waiting for an earlier example",
-                )));
-                continue;
+        match self.settle_schema() {
+            Ok(Footing::Ready) => {}
+            Ok(Footing::Flushing) => {
+                return batch
+                    .iter()
+                    .map(|_| {
+                        Disposition::Defer(Failure::new(
+                            "train",
+                            "publishing what was learned under the previous schema first",
+                        ))
+                    })
+                    .collect();
             }
-            match handler::sequence_verdict(sequence, high_water_mark, pending_last) {
-                Sequence::AlreadyLearned => {
-                    dispositions[i] = Some(Disposition::Ack);
-                    continue;
-                }
-                Sequence::AlreadyPending => {
-                    dispositions[i] = Some(Disposition::Hold);
-                    continue;
-                }
-                Sequence::New if sequence <= mark => {
-                    // Delivered twice within one batch: the first copy is being handled.
-                    dispositions[i] = Some(Disposition::Hold);
-                    continue;
-                }
-                Sequence::New => {}
-            }
-            let (delivery, delivered) = (batch[i].consumer_sequence, batch[i].delivered);
-            if !follows_directly(link, delivery, delivered)
-                && let Err(failure) = self.order.admit(sequence, &mut mark, "train").await
-            {
-                waiting = true;
-                dispositions[i] = Some(Disposition::Defer(failure));
-                continue;
-            }
-            mark = sequence;
-            link = chain_link(delivery, delivered);
-            oldest_stored.get_or_insert(batch[i].published);
-            handled = Some(match handled {
-                Some(r) => SequenceRange {
-                    first: r.first.min(sequence),
-                    last: r.last.max(sequence),
-                },
-                None => SequenceRange {
-                    first: sequence,
-                    last: sequence,
-                },
-            });
-            let Some(lineage) = self.lineage.as_ref() else {
-                // No example has fitted a model yet, so none can be learned: refuse, in order.
-                let rejection = decoded[i]
-                    .clone()
-                    .err()
-                    .unwrap_or_else(|| Rejection::new(RejectReason::InvalidData, "$", "no model"));
-                dispositions[i] = Some(Disposition::RejectHeld(rejection));
-                continue;
-            };
-            match handler::check_record(decoded[i].clone(), &lineage.schema) {
-                Ok((features, label)) => {
-                    let (verdict, transition) = self.quality.assess(Some(&features));
-                    transitions.extend(transition.map(|t| (t, sequence)));
-                    match verdict {
-                        Verdict::Learn => {
-                            learned_at.push(i);
-                            rows.push(features);
-                            labels.push(label);
-                            dispositions[i] = Some(Disposition::Hold);
-                        }
-                        Verdict::HoldOut(why) => {
-                            self.metrics.examples_quarantined.inc();
-                            dispositions[i] = Some(Disposition::RejectHeld(Rejection::new(
-                                RejectReason::Quarantined,
-                                "features",
-                                why,
-                            )));
-                        }
-                    }
-                }
-                Err(rejection) => {
-                    let (_, transition) = self.quality.assess(None);
-                    transitions.extend(transition.map(|t| (t, sequence)));
-                    dispositions[i] = Some(Disposition::RejectHeld(rejection));
-                }
+            Err(rejection) => {
+                return batch
+                    .iter()
+                    .map(|_| Disposition::Reject(rejection.clone()))
+                    .collect();
             }
         }
-        if !rows.is_empty() {
-            let lineage = self
-                .lineage
-                .as_mut()
-                .expect("rows are only collected when a lineage exists");
-            // burn is blocking CPU work: keep it off the async workers' hot path.
-            match tokio::task::block_in_place(|| lineage.trainer.train_batch(&rows, &labels)) {
-                Ok(report) => {
-                    lineage.window.record(&report, &labels);
-                    self.metrics.examples_trained.inc_by(report.examples as u64);
-                    self.pending.batches += 1;
-                    let traces = learned_at.iter().filter_map(|&i| batch[i].trace.as_ref());
-                    for trace in traces.clone() {
-                        self.pending.traces.add(trace.trace_id());
-                    }
-                    if let Some(candidate) = lineage.candidate.as_mut() {
-                        match tokio::task::block_in_place(|| {
-                            candidate.trainer.train_batch(&rows, &labels)
-                        }) {
-                            Ok(report) => {
-                                candidate.window.record(&report, &labels);
-                                for trace in traces {
-                                    candidate.traces.add(trace.trace_id());
-                                }
-                            }
-                            Err(err) => {
-                                tracing::warn!(model = %self.model, error = %err, "the candidate refused a batch the live model took; dropping the candidate");
-                                lineage.candidate = None;
-                            }
-                        }
-                    }
-                }
-                Err(err) => {
-                    // The update was discarded (the model is unchanged); the examples are kept on
-                    // the dead-letter subject for review instead of being retried forever.
-                    tracing::warn!(model = %self.model, error = %err, examples = rows.len(), "batch refused; model unchanged");
-                    self.metrics.batches_refused.inc();
-                    let sequences: Vec<u64> = learned_at
-                        .iter()
-                        .map(|&i| batch[i].stream_sequence)
-                        .collect();
-                    self.report_refused_batch(&sequences, &err).await;
-                    let reason = match err {
-                        ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => {
-                            RejectReason::NonFinite
-                        }
-                        _ => RejectReason::InvalidData,
-                    };
-                    let rejection = Rejection::new(reason, "batch", err.to_string());
-                    for i in learned_at {
-                        dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
-                    }
-                }
-            }
-        }
-        for (transition, sequence) in transitions {
-            tracing::warn!(model = %self.model, state = transition.as_str(), sequence, share = self.quality.flagged_share(), "data-quality quarantine");
+        let marks = self.marks();
+        let mut waiting = self.admit(&marks, &rows).await;
+        let schema = self.lineage.as_ref().map(|l| &l.schema);
+        let plan = handler::plan_batch(
+            &self.model,
+            &marks,
+            schema,
+            &mut self.quality,
+            &rows,
+            waiting.as_ref().map(|(index, _)| *index),
+        );
+        let discarded = self.learn(&plan, batch).await;
+        self.metrics.examples_quarantined.inc_by(plan.held_out);
+        for (transition, sequence) in &plan.quarantine {
+            tracing::warn!(model = %self.model, state = transition.change.as_str(), sequence, share = transition.flagged_share,
+                suspect_held_out = transition.suspect_held_out, valid_learned = transition.valid_learned, "data-quality quarantine");
             self.metrics
                 .quarantined
-                .set(i64::from(transition == Transition::Started));
-            self.announce_quarantine(transition, sequence).await;
+                .set(i64::from(transition.change == Change::Started));
+            self.announce_quarantine(transition, *sequence).await;
         }
-        if let Some(range) = handled {
-            if let Some(candidate) = self.lineage.as_mut().and_then(|l| l.candidate.as_mut()) {
-                candidate.pending = Some(match candidate.pending {
-                    Some(r) => SequenceRange {
-                        first: r.first.min(range.first),
-                        last: r.last.max(range.last),
-                    },
-                    None => range,
-                });
-            }
-            // Refused examples count as handled: the next version's mark covers them too.
-            self.pending.range = Some(match self.pending.range {
-                Some(r) => SequenceRange {
-                    first: r.first.min(range.first),
-                    last: r.last.max(range.last),
-                },
-                None => range,
-            });
-            if self.pending.since.is_none() {
-                let oldest = oldest_stored.map_or(Duration::ZERO, |stored| {
-                    (Utc::now() - stored).to_std().unwrap_or_default()
-                });
-                let since_last = self.last_published.map(|at| at.elapsed());
-                let age = handler::pending_age(oldest, since_last);
-                self.pending.since =
-                    Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
-            }
-            self.chain = link.map(|delivery| (mark, delivery));
-        }
-        dispositions
+        self.book(&plan);
+        plan.steps
             .into_iter()
-            .map(|d| {
-                d.unwrap_or_else(|| {
-                    Disposition::Retry(Failure::new("train", "example left unhandled"))
-                })
+            .enumerate()
+            .map(|(index, step)| match step {
+                Step::Acknowledge => Disposition::Ack,
+                Step::Hold => Disposition::Hold,
+                Step::Learn => match &discarded {
+                    None => Disposition::Hold,
+                    Some(rejection) => Disposition::RejectHeld(rejection.clone()),
+                },
+                Step::Refuse(rejection) => Disposition::RejectHeld(rejection),
+                Step::Wait => match waiting.take_if(|(first, _)| *first == index) {
+                    Some((_, failure)) => Disposition::Defer(failure),
+                    None => {
+                        Disposition::Defer(Failure::new("train", "waiting for an earlier example"))
+                    }
+                },
             })
             .collect()
     }
@@ -976,6 +1071,7 @@ impl Processor for Trainer {
             return Ok(Commit::Durable);
         }
         let due = final_commit
+            || self.flush
             || self.pending.batches >= self.cadence.every_batches
             || self
                 .pending
@@ -995,9 +1091,370 @@ impl Processor for Trainer {
     }
 
     fn commit_due(&self) -> Option<Instant> {
+        if self.flush {
+            return Some(Instant::now());
+        }
         self.pending
             .range
             .and(self.pending.since)
             .map(|since| since + self.cadence.every)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet::control::MemoryControl;
+    use freshet::examples::ExampleRecord;
+    use freshet::runtime::order::MemoryOrder;
+    use freshet::store::{MemoryDeclarations, MemoryPointers, Pointer};
+
+    use super::*;
+    use crate::quality::QualityConfig;
+
+    type MemoryTrainer = Trainer<MemoryPointers, MemoryDeclarations, MemoryControl, MemoryOrder>;
+
+    /// A trainer on memory stores, and handles on what it writes.
+    struct Bench {
+        trainer: MemoryTrainer,
+        model: ModelName,
+        pointers: MemoryPointers,
+        declarations: MemoryDeclarations,
+        control: MemoryControl,
+        artifacts: ArtifactStore,
+        /// The consumer's next delivery sequence.
+        delivery: u64,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            Bench::on(
+                MemoryPointers::new(),
+                MemoryDeclarations::new(),
+                ArtifactStore::from_url("memory://").unwrap(),
+                QualityConfig::default(),
+            )
+        }
+
+        /// Another trainer on the same stores, as after a restart.
+        fn restarted(&self) -> Bench {
+            Bench::on(
+                self.pointers.clone(),
+                self.declarations.clone(),
+                self.artifacts.clone(),
+                QualityConfig::default(),
+            )
+        }
+
+        fn on(
+            pointers: MemoryPointers,
+            declarations: MemoryDeclarations,
+            artifacts: ArtifactStore,
+            quality: QualityConfig,
+        ) -> Bench {
+            let model = ModelName::parse("m").unwrap();
+            let control = MemoryControl::new();
+            let io = Io {
+                subjects: Subjects::default(),
+                artifacts: artifacts.clone(),
+                pointers: pointers.clone(),
+                declarations: declarations.clone(),
+                control: control.clone(),
+                order: MemoryOrder::new(1..=1_000),
+            };
+            let cadence = Cadence {
+                every_batches: 1,
+                every: Duration::from_secs(3_600),
+                keep_versions: 0,
+            };
+            let trainer = Trainer::new(
+                model.clone(),
+                ModelConfig::default(),
+                cadence,
+                100,
+                io,
+                TrainMetrics::default(),
+                Quality::new(quality),
+            );
+            Bench {
+                trainer,
+                model,
+                pointers,
+                declarations,
+                control,
+                artifacts,
+                delivery: 0,
+            }
+        }
+
+        async fn declare(&self, name: &str, version: u32, width: usize) -> FeatureSchema {
+            let schema = FeatureSchema {
+                name: name.into(),
+                version,
+                features: (0..width).map(|i| format!("x{i}")).collect(),
+                monitoring: Vec::new(),
+            };
+            self.declarations
+                .declare(&self.model, &schema)
+                .await
+                .unwrap();
+            schema
+        }
+
+        /// Hands the trainer the examples stored at `sequences` (first deliveries, in order),
+        /// each with `width` features; returns the dispositions.
+        async fn process(&mut self, examples: &[(u64, usize)]) -> Vec<Disposition> {
+            let mut batch: Vec<Incoming> = examples
+                .iter()
+                .map(|&(sequence, width)| {
+                    self.delivery += 1;
+                    incoming(&self.model, sequence, self.delivery, vec![0.5; width])
+                })
+                .collect();
+            self.trainer.process(&mut batch).await
+        }
+
+        async fn live(&self) -> Option<Manifest> {
+            let pointer = self
+                .pointers
+                .get(&self.model, Slot::Live)
+                .await
+                .unwrap()
+                .value?;
+            Some(
+                self.artifacts
+                    .manifest(&self.model, pointer.version)
+                    .await
+                    .unwrap(),
+            )
+        }
+
+        fn control(&self, kind: &str) -> Vec<serde_json::Value> {
+            self.control
+                .published()
+                .iter()
+                .filter(|p| p.subject.ends_with(&format!(".{kind}")))
+                .map(|p| p.json())
+                .collect()
+        }
+    }
+
+    fn incoming(model: &ModelName, sequence: u64, delivery: u64, features: Vec<f32>) -> Incoming {
+        let record = ExampleRecord {
+            id: format!("ex-{sequence}"),
+            model: model.clone(),
+            schema: None,
+            label: f32::from(sequence % 2 == 0),
+            features,
+            source_event: sequence.to_string(),
+            event_time: None,
+        };
+        Incoming {
+            subject: format!("freshet.examples.{model}"),
+            payload: Bytes::from(record.to_json_bytes()),
+            stream_sequence: sequence,
+            delivered: 1,
+            consumer_sequence: Some(delivery),
+            published: Utc::now(),
+            trace: None,
+        }
+    }
+
+    /// The reason of each refusal, `-` for a message held, `ack` for one acknowledged.
+    fn outcomes(dispositions: &[Disposition]) -> Vec<String> {
+        dispositions
+            .iter()
+            .map(|d| match d {
+                Disposition::Ack => "ack".to_string(),
+                Disposition::Hold => "-".to_string(),
+                Disposition::RejectHeld(r) | Disposition::Reject(r) => r.reason.to_string(),
+                Disposition::Retry(_) => "retry".to_string(),
+                Disposition::Defer(_) => "defer".to_string(),
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn examples_wait_for_a_declaration_and_a_stray_one_cannot_choose_the_schema() {
+        let mut bench = Bench::new();
+        bench.trainer.resume().await.unwrap();
+        // No schema declared: nothing is learned, and nothing stands in for a declaration.
+        let refused = bench.process(&[(1, 3), (2, 3)]).await;
+        assert_eq!(outcomes(&refused), ["undeclared", "undeclared"]);
+        assert_eq!(bench.trainer.commit(true).await.unwrap(), Commit::Durable);
+        assert_eq!(bench.live().await, None);
+        // Declared with 4 features: a stray example with 3 that arrives first is refused, and
+        // the model is the declared one.
+        let declared = bench.declare("churn", 1, 4).await;
+        let handled = bench.process(&[(3, 3), (4, 4), (5, 4)]).await;
+        assert_eq!(outcomes(&handled), ["schema_mismatch", "-", "-"]);
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let live = bench.live().await.unwrap();
+        assert_eq!(live.schema, declared);
+        assert_eq!(
+            (
+                live.version,
+                live.high_water_mark,
+                live.metrics.examples_total
+            ),
+            (1, 5, 2)
+        );
+        assert_eq!(live.learned.map(|r| (r.first, r.last)), Some((1, 5)));
+        let announced = bench.control("version");
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0]["version"], 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_trainer_learns_nothing_twice() {
+        let mut bench = Bench::new();
+        bench.declare("churn", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        bench.process(&[(1, 2), (2, 2), (3, 2)]).await;
+        bench.trainer.commit(false).await.unwrap();
+        // A crash after the version went live and before the acknowledgements: the batch comes
+        // back to a restarted trainer, which acknowledges it without learning it again.
+        let mut restarted = bench.restarted();
+        restarted.trainer.resume().await.unwrap();
+        let again = restarted.process(&[(2, 2), (3, 2), (4, 2)]).await;
+        assert_eq!(outcomes(&again), ["ack", "ack", "-"]);
+        restarted.trainer.commit(false).await.unwrap();
+        let live = restarted.live().await.unwrap();
+        assert_eq!(
+            (live.version, live.parent, live.high_water_mark),
+            (2, Some(1), 4)
+        );
+        assert_eq!(live.metrics.examples_total, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pointer_moved_by_another_writer_hands_the_examples_back() {
+        let mut bench = Bench::new();
+        bench.declare("churn", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        bench.process(&[(1, 2), (2, 2)]).await;
+        bench.trainer.commit(false).await.unwrap();
+        let first = bench.live().await.unwrap();
+        // An operator sets live again (to the same version, with a new revision).
+        bench.pointers.force(
+            &bench.model,
+            Slot::Live,
+            Some(Pointer {
+                version: first.version,
+                sha256: first.sha256.clone(),
+                updated_at: Utc::now(),
+                cause: Cause::Operator,
+                reason: "set by hand".into(),
+            }),
+        );
+        assert_eq!(outcomes(&bench.process(&[(3, 2)]).await), ["-"]);
+        assert_eq!(
+            bench.trainer.commit(false).await.unwrap(),
+            Commit::Abandoned
+        );
+        // Reloaded from live: the redelivered example is learned on top of it.
+        let mut redelivered = vec![incoming(&bench.model, 3, 9, vec![0.5; 2])];
+        redelivered[0].delivered = 2;
+        let again = bench.trainer.process(&mut redelivered).await;
+        assert_eq!(outcomes(&again), ["-"]);
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let live = bench.live().await.unwrap();
+        assert_eq!(
+            (live.parent, live.high_water_mark),
+            (Some(first.version), 3)
+        );
+        assert_eq!(live.metrics.examples_total, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_declaration_begins_a_new_chain_once_the_old_examples_are_published() {
+        let mut bench = Bench::new();
+        bench.declare("churn", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        bench.process(&[(1, 2), (2, 2)]).await;
+        bench.trainer.commit(false).await.unwrap();
+        // One more example under v1, not published yet, when v2 (3 features) is declared.
+        bench.trainer.cadence.every_batches = 10;
+        assert_eq!(outcomes(&bench.process(&[(3, 2)]).await), ["-"]);
+        let v2 = bench.declare("churn", 2, 3).await;
+        let deferred = bench.process(&[(4, 3)]).await;
+        assert_eq!(outcomes(&deferred), ["defer"]);
+        assert!(
+            bench
+                .trainer
+                .commit_due()
+                .is_some_and(|at| at <= Instant::now())
+        );
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let old = bench.live().await.unwrap();
+        assert_eq!(
+            (old.version, old.high_water_mark, old.schema.version),
+            (2, 3, 1)
+        );
+        // The example comes back and begins the new chain.
+        let mut redelivered = vec![incoming(&bench.model, 4, 9, vec![0.5; 3])];
+        redelivered[0].delivered = 2;
+        assert_eq!(
+            outcomes(&bench.trainer.process(&mut redelivered).await),
+            ["-"]
+        );
+        bench.trainer.commit(true).await.unwrap();
+        let new = bench.live().await.unwrap();
+        assert_eq!(new.schema, v2);
+        assert_eq!(
+            (new.version, new.parent, new.high_water_mark),
+            (3, Some(2), 4)
+        );
+        assert_eq!(new.lineage_root(), 3, "a chain of its own");
+        assert_eq!(new.metrics.examples_total, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quarantine_reports_what_it_held_out_and_what_it_learned() {
+        let mut bench = Bench::on(
+            MemoryPointers::new(),
+            MemoryDeclarations::new(),
+            ArtifactStore::from_url("memory://").unwrap(),
+            QualityConfig {
+                window: 10,
+                enter: 0.3,
+                exit: 0.0,
+                span_factor: 4.0,
+                warm_up: 5,
+            },
+        );
+        bench.declare("churn", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        bench.trainer.cadence.every_batches = 100;
+        let warm: Vec<(u64, usize)> = (1..=10).map(|n| (n, 2)).collect();
+        bench.process(&warm).await;
+        // Three examples far out of range among clean ones.
+        let mut batch: Vec<Incoming> = (11..=30)
+            .map(|n| {
+                let value = if (11..=13).contains(&n) { 1e9 } else { 0.5 };
+                incoming(&bench.model, n, n, vec![value, 0.5])
+            })
+            .collect();
+        let outcome = outcomes(&bench.trainer.process(&mut batch).await);
+        assert_eq!(outcome[..3], ["quarantined"; 3]);
+        assert!(outcome[3..].iter().all(|o| o == "-"), "{outcome:?}");
+        let records = bench.control("quarantine");
+        let states: Vec<&str> = records
+            .iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["started", "ended"], "{records:?}");
+        assert_eq!(records[0]["suspect_held_out"], 3);
+        assert_eq!(records[0]["valid_learned"], 0);
+        // Ended when the window held none: ten clean examples after the last suspect one, the
+        // first nine of them learned while it lasted.
+        assert_eq!(
+            (
+                records[1]["suspect_held_out"].as_u64(),
+                records[1]["valid_learned"].as_u64()
+            ),
+            (Some(3), Some(9))
+        );
+        assert_eq!(records[1]["sequence"], 23);
+        assert_eq!(bench.trainer.metrics.examples_quarantined.get(), 3);
     }
 }
