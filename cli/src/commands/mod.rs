@@ -2,6 +2,7 @@
 //! (and failing fast when no server answers), printing aligned tables or JSON, and mapping an
 //! error to the process exit code (1 operational, 3 not found; clap exits 2 on usage errors).
 
+pub mod declare;
 pub mod demo;
 pub mod generate;
 pub mod models;
