@@ -15,9 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use freshet::serving::PredictionBatch;
-use freshet::store::Slot;
 use freshet::subjects::{STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_PREDICTIONS};
 use freshet_cli::stack::free_port;
+use freshet_model::store::Slot;
 use freshet_tests::{
     Authority, ModelWriter, Stack, bookstore_row_infer, eventually, http_client_with_token,
     https_client, start_view_with, write_tokens,

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use freshet::features::{FEATURE_NAMES, ItemState, UserState, item_key, user_key};
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{
     BUCKET_FEATURES, BUCKET_MODELS, HEADER_FUNCTION, HEADER_REASON, STREAM_DEAD_LETTER,
     STREAM_EVENTS,
 };
 use freshet_cli::stack::free_port;
+use freshet_features::bookstore::{FEATURE_NAMES, ItemState, UserState, item_key, user_key};
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet_tests::{Stack, cloud_event, eventually, http_client_with_token, write_tokens};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use freshet::features::{UserState, user_key};
 use freshet::subjects::{BUCKET_FEATURES, Subjects};
+use freshet_features::bookstore::{UserState, user_key};
 use freshet_tests::{Authority, ConfiguredServer, cloud_event, eventually, spawn_function};
 
 /// nats-server requiring TLS and a client certificate, on a loopback port.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use freshet::store::Slot;
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use serde::Serialize;
 

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use freshet::store::{Cause, PointerStore, Slot, Verified};
+use freshet_model::store::{Cause, PointerStore, Slot, Verified};
 use freshet_tests::{ModelWriter, Stack};
 use futures::StreamExt;
 use serde::Serialize;
@@ -398,9 +398,10 @@ impl Samples {
 /// The swapper process: moves bookstore's live pointer through versions 2..=120 every 50 ms.
 async fn swap_forever(url: &str, store: &str) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
-    let pointers =
-        freshet::store::Pointers::new(js.get_key_value(freshet::subjects::BUCKET_MODELS).await?);
-    let artifacts = freshet::store::ArtifactStore::from_url(store)?;
+    let pointers = freshet_model::store::Pointers::new(
+        js.get_key_value(freshet::subjects::BUCKET_MODELS).await?,
+    );
+    let artifacts = freshet_model::store::ArtifactStore::from_url(store)?;
     let model = freshet::ids::ModelName::parse("bookstore")?;
     // Written by the bench itself: verified once here, not at every swap.
     let mut versions = Vec::new();
@@ -740,7 +741,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     );
 
     let infer = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "inputs": [{"name": "features", "shape": [1, freshet::features::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
+        "inputs": [{"name": "features", "shape": [1, freshet_features::bookstore::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
     }))?);
     let http = Target::Http {
         client: reqwest::Client::new(),
@@ -815,7 +816,7 @@ async fn model_sizes(
     single: &Bytes,
     batch: &Bytes,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    use freshet::model::{ModelConfig, ModelKind};
+    use freshet_model::{ModelConfig, ModelKind};
     let sizes = [
         ("logistic", ModelConfig::default()),
         (
@@ -836,7 +837,7 @@ async fn model_sizes(
             "mlp4096",
             ModelConfig {
                 kind: ModelKind::Mlp {
-                    hidden: freshet::model::MAX_HIDDEN,
+                    hidden: freshet_model::MAX_HIDDEN,
                 },
                 ..Default::default()
             },
@@ -892,8 +893,8 @@ async fn model_sizes(
 async fn serve_unrecorded(
     stack: &mut Stack,
     name: &str,
-    config: freshet::model::ModelConfig,
-) -> anyhow::Result<freshet::model::Manifest> {
+    config: freshet_model::ModelConfig,
+) -> anyhow::Result<freshet_model::Manifest> {
     let mut writer = ModelWriter::with_config(stack, name, config).await?;
     let manifest = writer.write_version(1).await?;
     writer.point(Slot::Live, 1, &manifest.sha256).await?;
@@ -914,9 +915,9 @@ async fn serve_unrecorded(
 }
 
 /// Trainable parameters of a model of `config` over the bookstore's features.
-fn parameters(config: &freshet::model::ModelConfig) -> usize {
+fn parameters(config: &freshet_model::ModelConfig) -> usize {
     config
         .kind
-        .parameter_count(freshet::features::FEATURE_NAMES.len())
+        .parameter_count(freshet_features::bookstore::FEATURE_NAMES.len())
         .unwrap_or_default()
 }

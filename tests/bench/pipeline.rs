@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use freshet::store::ArtifactStore;
 use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_model::store::ArtifactStore;
 use freshet_tests::{Stack, bookstore_action, bookstore_events, event_message};
 use futures::StreamExt;
 use serde::Serialize;

@@ -42,10 +42,10 @@ use freshet::config::HttpArgs;
 use freshet::ids::ModelName;
 use freshet::runtime::http::{HttpGuard, Surface};
 use freshet::shutdown::Shutdown;
-use freshet::store::{ArtifactStore, Pointer, Slot};
 use freshet::subjects::{
     BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES, Subjects,
 };
+use freshet_model::store::{ArtifactStore, Pointer, Slot};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -917,7 +917,7 @@ fn kind_name(kind: MoveKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use freshet::store::Cause;
+    use freshet_model::store::Cause;
 
     use super::*;
 

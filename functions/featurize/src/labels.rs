@@ -29,8 +29,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use freshet::events::Action;
-use freshet::features::{MAX_PENDING_VIEWS, PendingView, UserState};
 use freshet::ids::EntityId;
+use freshet_features::bookstore::{MAX_PENDING_VIEWS, PendingView, UserState};
 
 /// The share of negative examples kept, between 0 and 1.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -13,13 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
-use freshet::aggregates::ewma::Decay;
 use freshet::config::{FunctionArgs, parse_duration};
-use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
+use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
+use freshet_features::bookstore::popularity_spec;
 
 /// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
 /// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     // featurize makes the bookstore features for --model: it declares their schema, so train
     // learns under it whichever example arrives first.
-    ctx.declare_schema(&args.model, &freshet::features::schema())
+    ctx.declare_schema(&args.model, &freshet_features::bookstore::schema())
         .await?;
     let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;

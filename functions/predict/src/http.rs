@@ -22,9 +22,9 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::runtime::Readiness;
 use freshet::runtime::cloudevents::{self, CLOUDEVENTS_JSON};
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
-use freshet::store::follow::Loaded;
 use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
+use freshet_model::store::follow::Loaded;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -846,15 +846,15 @@ mod tests {
             json!({"prediction_ids": ["b-0"]}),
             "recorded rows carry their ids for the outcome join"
         );
-        let meta = model_metadata_json(&model, 3, &freshet::features::schema());
+        let meta = model_metadata_json(&model, 3, &freshet_features::bookstore::schema());
         assert_eq!(meta["versions"], json!(["3"]));
         assert_eq!(
             meta["inputs"][0]["shape"],
-            json!([-1, freshet::features::FEATURE_NAMES.len()])
+            json!([-1, freshet_features::bookstore::FEATURE_NAMES.len()])
         );
         assert_eq!(
             meta["parameters"]["feature_names"],
-            json!(freshet::features::FEATURE_NAMES)
+            json!(freshet_features::bookstore::FEATURE_NAMES)
         );
     }
 

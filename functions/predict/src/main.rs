@@ -19,8 +19,8 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
-use freshet::store::{Follower, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
+use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
@@ -29,6 +29,8 @@ use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PR
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model to serve
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -82,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             args.model.clone(),
             slot,
             pointers.clone(),
-            ctx.artifacts()?,
+            args.artifacts.open()?,
             swaps::SwapHooks {
                 model: args.model.clone(),
                 metrics: swap_metrics.clone(),

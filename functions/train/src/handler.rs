@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{
-    BatchReport, Manifest, ModelConfig, ModelError, SequenceRange, TrainingMetrics, sha256_hex,
-};
 use freshet::runtime::Incoming;
 use freshet::runtime::order::{chain_link, follows_directly};
 use freshet::store::declarations::same_inputs;
+use freshet_model::{
+    BatchReport, Manifest, ModelConfig, ModelError, SequenceRange, TrainingMetrics, sha256_hex,
+};
 
 use crate::quality::{Quality, Transition, Verdict};
 
@@ -736,7 +736,7 @@ mod tests {
         // The race of the chaos run: a stray example with 3 features arrives before the first
         // bookstore example. The declaration decides; the stray one is refused and changes
         // nothing.
-        let declared = freshet::features::schema();
+        let declared = freshet_features::bookstore::schema();
         let width = declared.n_features();
         let bookstore = |n: u64| {
             let mut example = record(vec![0.5; width]);

@@ -20,15 +20,15 @@ use freshet::control::{ControlSink, KIND_QUARANTINE, QuarantineRecord, Reaction}
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, ModelError, Trainer as ModelTrainer};
 use freshet::runtime::order::{OrderCheck, OrderGuard};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
-use freshet::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, DeclarationStore, Declarations, PointerStore,
-    Pointers, Slot, Verified,
-};
+use freshet::store::{DeclarationStore, Declarations};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
+use freshet_model::store::{
+    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+};
+use freshet_model::{Manifest, ModelConfig, ModelError, Trainer as ModelTrainer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
@@ -77,7 +77,7 @@ struct Candidate {
     /// The candidate pointer's revision the next write must expect.
     pointer_revision: u64,
     /// Examples learned since its last version.
-    pending: Option<freshet::model::SequenceRange>,
+    pending: Option<freshet_model::SequenceRange>,
     window: MetricsWindow,
     /// Not published yet: its first version starts a chain of its own.
     forked: bool,
@@ -89,7 +89,7 @@ struct Candidate {
 #[derive(Default)]
 struct PendingUpdate {
     batches: usize,
-    range: Option<freshet::model::SequenceRange>,
+    range: Option<freshet_model::SequenceRange>,
     /// When the wait for the version holding these examples started (see
     /// [`handler::pending_age`]).
     since: Option<Instant>,
@@ -1106,7 +1106,8 @@ mod tests {
     use freshet::control::MemoryControl;
     use freshet::examples::ExampleRecord;
     use freshet::runtime::order::MemoryOrder;
-    use freshet::store::{MemoryDeclarations, MemoryPointers, Pointer};
+    use freshet::store::MemoryDeclarations;
+    use freshet_model::store::{MemoryPointers, Pointer};
 
     use super::*;
     use crate::quality::QualityConfig;
