@@ -5,10 +5,10 @@
 //! rollback) and reason (the accuracies) say why it moved, so the pointer's history is the audit
 //! trail.
 //!
-//! A pointer is only moved if it still names the versions that were judged; otherwise the
-//! decision waits for the next example. A candidate is promoted only when it holds exactly the
-//! live version's examples (train publishes both together), so train continues from it without
-//! losing or repeating one.
+//! What to do about a proposal is decided in [`crate::gate::plan_step`], pure: a pointer is only
+//! moved if it still names the versions that were judged; otherwise the decision waits for the
+//! next example. A candidate is promoted only when it holds exactly the live version's examples
+//! (train publishes both together), so train continues from it without losing or repeating one.
 
 use std::sync::Arc;
 
@@ -22,13 +22,15 @@ use freshet::ids::ModelName;
 use freshet::subjects::Subjects;
 use freshet_model::predicts_positive;
 use freshet_model::store::follow::{Loaded, VersionCell};
-use freshet_model::store::{CasError, Cause, PointerStore, Pointers, Slot, Verified};
+use freshet_model::store::{
+    CasError, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::bank::Scored;
-use crate::gate::{Gate, Judged, Proposal, Verdict};
+use crate::gate::{Gate, Held, Judged, PointerNow, Proposal, Standing, Step, Verdict, plan_step};
 
 /// Labels of the decision counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +102,14 @@ fn verdicts(
             }
         })
         .collect()
+}
+
+/// A loaded version as the gate's plan sees it.
+fn held(version: &Loaded) -> Held {
+    Held {
+        version: version.version(),
+        high_water_mark: version.manifest.high_water_mark,
+    }
 }
 
 /// Accuracy of `live` and `challenger` on the same rows.
@@ -188,7 +198,9 @@ impl Promotion {
         }
     }
 
-    /// Carries out one proposal; `Ok(true)` when a pointer moved.
+    /// Carries out one proposal; `Ok(true)` when a pointer moved. What to do is decided by
+    /// [`plan_step`] on what stands now: the versions judged, the held-back comparison (scored
+    /// here, for a promotion) and the pointers as read here.
     async fn carry_out(
         &mut self,
         proposal: Proposal,
@@ -197,46 +209,59 @@ impl Promotion {
         fallback: Option<&Arc<Loaded>>,
         sequence: u64,
     ) -> Result<bool, Failure> {
-        match proposal {
-            Proposal::Promote { recent, .. } => {
+        let held_back = match (proposal, candidate) {
+            (Proposal::Promote { .. }, Some(candidate)) => {
+                let held: Vec<&(Vec<f32>, f32)> = self.gate.held_back().collect();
+                Some(compare(live, candidate, &held))
+            }
+            _ => None,
+        };
+        let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
+        let candidate_pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
+        let now = |read: &Versioned<Pointer>| PointerNow {
+            version: read.value.as_ref().map(|p| p.version),
+            revision: read.revision,
+        };
+        let standing = Standing {
+            live: held(live),
+            candidate: candidate.map(|c| held(c)),
+            fallback: fallback.map(|f| held(f)),
+            held_back,
+            live_pointer: now(&live_pointer),
+            candidate_pointer: now(&candidate_pointer),
+        };
+        let live_version = live.version();
+        match plan_step(&self.gate, &proposal, &standing) {
+            Step::Wait => Ok(false),
+            Step::HoldForForgetting {
+                candidate,
+                recent,
+                held_back,
+            } => {
+                self.gate.hold();
+                self.record(
+                    GateAction::HoldForForgetting,
+                    live_version,
+                    candidate,
+                    recent,
+                    Some(held_back),
+                    sequence,
+                )
+                .await?;
+                Ok(false)
+            }
+            Step::Promote {
+                candidate: version,
+                recent,
+                held_back,
+                reason,
+                live_revision,
+                candidate_revision,
+            } => {
+                // The plan promotes only the candidate it was given.
                 let Some(candidate) = candidate else {
                     return Ok(false);
                 };
-                let held: Vec<&(Vec<f32>, f32)> = self.gate.held_back().collect();
-                let held_back = compare(live, candidate, &held);
-                if !self.gate.remembers(&held_back) {
-                    self.gate.hold();
-                    self.record(
-                        GateAction::HoldForForgetting,
-                        live,
-                        candidate,
-                        recent,
-                        Some(held_back),
-                        sequence,
-                    )
-                    .await?;
-                    return Ok(false);
-                }
-                if candidate.manifest.high_water_mark != live.manifest.high_water_mark {
-                    // Published apart (train between its two writes, or drift behind): wait.
-                    return Ok(false);
-                }
-                let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
-                let candidate_pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
-                if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version())
-                    || candidate_pointer.value.as_ref().map(|p| p.version)
-                        != Some(candidate.version())
-                {
-                    return Ok(false);
-                }
-                let reason = format!(
-                    "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
-                    recent.challenger_accuracy,
-                    recent.live_accuracy,
-                    recent.examples,
-                    held_back.challenger_accuracy,
-                    held_back.live_accuracy
-                );
                 // The candidate was loaded and verified to be judged.
                 let promoted = self
                     .pointers
@@ -244,8 +269,8 @@ impl Promotion {
                         &self.model,
                         &Verified::held(&candidate.manifest),
                         &reason,
-                        live_pointer.revision,
-                        candidate_pointer.revision,
+                        live_revision,
+                        candidate_revision,
                     )
                     .await;
                 match promoted {
@@ -260,8 +285,8 @@ impl Promotion {
                 self.close_candidate_trial();
                 self.record(
                     GateAction::Promote,
-                    live,
-                    candidate,
+                    live_version,
+                    version,
                     recent,
                     Some(held_back),
                     sequence,
@@ -269,15 +294,15 @@ impl Promotion {
                 .await?;
                 Ok(true)
             }
-            Proposal::Withdraw { recent, .. } => {
-                let Some(candidate) = candidate else {
-                    return Ok(false);
-                };
-                let pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
-                if pointer.value.is_some() {
+            Step::Withdraw {
+                candidate,
+                recent,
+                revision,
+            } => {
+                if let Some(revision) = revision {
                     match self
                         .pointers
-                        .withdraw(&self.model, Slot::Candidate, pointer.revision)
+                        .withdraw(&self.model, Slot::Candidate, revision)
                         .await
                     {
                         Ok(()) => {}
@@ -288,7 +313,7 @@ impl Promotion {
                 self.close_candidate_trial();
                 self.record(
                     GateAction::Withdraw,
-                    live,
+                    live_version,
                     candidate,
                     recent,
                     None,
@@ -297,18 +322,16 @@ impl Promotion {
                 .await?;
                 Ok(true)
             }
-            Proposal::Rollback { recent, .. } => {
+            Step::Rollback {
+                to,
+                recent,
+                reason,
+                live_revision,
+            } => {
+                // The plan rolls back only to the fallback it was given.
                 let Some(fallback) = fallback else {
                     return Ok(false);
                 };
-                let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
-                if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version()) {
-                    return Ok(false);
-                }
-                let reason = format!(
-                    "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
-                    recent.challenger_accuracy, recent.live_accuracy, recent.examples
-                );
                 // The fallback was loaded and verified to be judged.
                 let moved = self
                     .pointers
@@ -318,7 +341,7 @@ impl Promotion {
                         &Verified::held(&fallback.manifest),
                         Cause::Rollback,
                         &reason,
-                        live_pointer.revision,
+                        live_revision,
                     )
                     .await;
                 match moved {
@@ -327,17 +350,28 @@ impl Promotion {
                     Err(CasError::Failed(failure)) => return Err(failure),
                 }
                 self.close_rollback_trial();
-                self.record(GateAction::Rollback, live, fallback, recent, None, sequence)
-                    .await?;
+                self.record(
+                    GateAction::Rollback,
+                    live_version,
+                    to,
+                    recent,
+                    None,
+                    sequence,
+                )
+                .await?;
                 Ok(true)
             }
-            Proposal::Confirm { recent, .. } => {
-                let Some(fallback) = fallback else {
-                    return Ok(false);
-                };
+            Step::Confirm { replaced, recent } => {
                 self.close_rollback_trial();
-                self.record(GateAction::Confirm, live, fallback, recent, None, sequence)
-                    .await?;
+                self.record(
+                    GateAction::Confirm,
+                    live_version,
+                    replaced,
+                    recent,
+                    None,
+                    sequence,
+                )
+                .await?;
                 Ok(false)
             }
         }
@@ -359,8 +393,8 @@ impl Promotion {
     async fn record(
         &self,
         action: GateAction,
-        live: &Loaded,
-        challenger: &Loaded,
+        live: u64,
+        challenger: u64,
         recent: Comparison,
         held_back: Option<Comparison>,
         sequence: u64,
@@ -369,15 +403,15 @@ impl Promotion {
             kind: KIND_GATE.to_string(),
             model: self.model.clone(),
             action,
-            live_version: live.version(),
-            challenger_version: challenger.version(),
+            live_version: live,
+            challenger_version: challenger,
             recent,
             held_back,
             rule: self.gate.config().describe(),
             sequence,
             at: Utc::now(),
         };
-        tracing::warn!(model = %self.model, %action, live = live.version(), challenger = challenger.version(),
+        tracing::warn!(model = %self.model, %action, live, challenger,
             live_accuracy = recent.live_accuracy, challenger_accuracy = recent.challenger_accuracy, examples = recent.examples, "gate decision");
         self.metrics
             .decisions
@@ -390,10 +424,8 @@ impl Promotion {
         let message = PublishMessage::build()
             .payload(Bytes::from(body))
             .message_id(format!(
-                "gate-{}-{action}-{}-{}-{sequence}",
-                self.model,
-                live.version(),
-                challenger.version()
+                "gate-{}-{action}-{live}-{challenger}-{sequence}",
+                self.model
             ));
         self.js
             .send_publish(self.subjects.control(&self.model, KIND_GATE), message)
