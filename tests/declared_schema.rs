@@ -16,8 +16,8 @@ use std::time::Duration;
 use freshet::ids::ModelName;
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER};
 use freshet_model::Manifest;
-use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
-use freshet_tests::{Stack, bookstore_events, cloud_event, eventually};
+use freshet_model::store::{ArtifactStore, Pointers};
+use freshet_tests::{Stack, bookstore_events, cloud_event, eventually, live_through};
 use serde_json::json;
 
 /// The live version once its high-water mark reaches `last`.
@@ -32,11 +32,7 @@ async fn live_through_sequence(
     eventually(
         Duration::from_secs(120),
         &format!("a live version through sequence {last}"),
-        || async {
-            let live = pointers.get(model, Slot::Live).await.ok()?.value?;
-            let manifest = artifacts.manifest(model, live.version).await.ok()?;
-            (manifest.high_water_mark >= last).then_some(manifest)
-        },
+        || live_through(&pointers, &artifacts, model, last),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\ntrain log:\n{}", stack.log_of("train", train)))

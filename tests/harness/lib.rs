@@ -148,6 +148,25 @@ impl Stack {
         std::fs::read_to_string(self.log_path(binary, index)).unwrap_or_default()
     }
 
+    /// Runs the `freshet` CLI with `args` against this stack; returns (exit code, stdout,
+    /// stderr).
+    pub fn run_cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = std::process::Command::new(
+            freshet_cli::stack::bin_dir()
+                .expect("the binaries are built")
+                .join("freshet"),
+        )
+        .args(args)
+        .envs(self.env())
+        .output()
+        .expect("the freshet CLI runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Declares `width` features (`x0`, `x1`, ...) under schema `model` `version` as the schema
     /// of `model`'s examples, as `freshet models declare` does; returns it.
     pub async fn declare(

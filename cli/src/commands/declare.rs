@@ -1,10 +1,9 @@
 //! `freshet models declare MODEL`: declares the feature schema of a model fed with `example`
 //! events (featurize declares the bookstore schema itself), or shows the one declared. train
 //! learns an example only when it follows its model's declaration (`freshet::store::declarations`,
-//! in `shared/src/store/declarations.rs`): names and order
-//! of the features, under a schema name and version. Other features under a declared name and
-//! version are refused; declare them under a new version, and train begins a new chain of versions
-//! for them.
+//! in `shared/core/src/store/declarations.rs`): names and order of the features, under a schema
+//! name and version. Other features under a declared name and version are refused; declare them
+//! under a new version, and train begins a new chain of versions for them.
 
 use std::path::PathBuf;
 
