@@ -12,9 +12,8 @@ mod processor;
 mod promotion;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::control::Reaction;
-use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
@@ -38,15 +37,15 @@ use freshet_drift::episodes::EpisodeConfig;
 /// messages are acknowledged, so a restart neither loses nor double-counts an example, nor
 /// reports an episode twice.
 #[derive(Debug, Parser)]
-#[command(name = "drift", version)]
+#[command(name = "freshet-drift", version)]
+#[command(mut_arg("model", |a| a.help("Model whose examples are watched")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model whose examples are watched
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Detectors on every watched feature, comma-separated: psi, page_hinkley, adwin, kswin; or
     /// none
     #[arg(
@@ -271,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     let fallback = VersionCell::default();
     let follower = |slot: Slot, fallback: Option<VersionCell>| -> anyhow::Result<_> {
         Ok(Follower::new(
-            args.model.clone(),
+            args.model.name.clone(),
             slot,
             pointers.clone(),
             args.artifacts.open()?,
@@ -288,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
         let gate_metrics = promotion::GateMetrics::default();
         gate_metrics.register(&ctx.metrics);
         promotion::Promotion {
-            model: args.model.clone(),
+            model: args.model.name.clone(),
             gate: gate::Gate::new(gate_config),
             versions: promotion::Versions {
                 candidate,
@@ -300,14 +299,14 @@ async fn main() -> anyhow::Result<()> {
             metrics: gate_metrics,
         }
     });
-    let durable = format!("drift-{}", args.model);
+    let durable = format!("drift-{}", args.model.name);
     let io = processor::Io {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
         checkpoints: ctx.js.get_key_value(BUCKET_DRIFT).await?,
         order: OrderGuard::new(
             ctx.js.get_stream(STREAM_EXAMPLES).await?,
-            ctx.subjects.examples(&args.model),
+            ctx.subjects.examples(&args.model.name),
             durable.clone(),
         ),
         live,
@@ -316,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     // The checkpoint is read with the first batch, under the lease: it is then the last
     // holder's final write.
     let processor = processor::DriftProcessor::new(
-        args.model.clone(),
+        args.model.name.clone(),
         args.reaction,
         bank,
         io,
@@ -324,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
         promotion,
     );
     // One drift per model: two would fight over the checkpoint. The others stand by.
-    let lease_key = format!("drift.{}", args.model);
+    let lease_key = format!("drift.{}", args.model.name);
     let outcome = ctx
         .exclusively(&lease_key, async {
             // The first batch is scored by the version live now; the watch follows it from there.
@@ -339,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
             ctx.consume(
                 STREAM_EXAMPLES,
                 &durable,
-                vec![ctx.subjects.examples(&args.model)],
+                vec![ctx.subjects.examples(&args.model.name)],
                 ctx.args.batch_size(),
                 processor,
             )

@@ -13,30 +13,29 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
-use freshet::config::{FunctionArgs, parse_duration};
-use freshet::ids::ModelName;
+use freshet::config::{FunctionArgs, ModelArgs, parse_duration};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 use freshet_features::bookstore::popularity_spec;
 
-/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
-/// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
-/// view labels it 1, the horizon passing without one labels it 0.
 /// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
 /// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch
 /// wait from its first event's storage and takes a backlog whole, up to this many.
 const DEFAULT_BATCH_SIZE: usize = 1024;
 
+/// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
+/// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
+/// view labels it 1, the horizon passing without one labels it 0.
 #[derive(Debug, Parser)]
-#[command(name = "featurize", version)]
+#[command(name = "freshet-featurize", version)]
+#[command(mut_arg("model", |a| a.help("Model the bookstore examples are published for")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
-    /// Model the bookstore examples are published for
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Consume only these partitions (e.g. "0,1"; one durable "featurize-<N>" each); all
     /// partitions through the durable "featurize" when unset. Each durable is worked by one
     /// replica at a time (a lease in LEASES); a replica that cannot take it stands by
@@ -114,7 +113,7 @@ impl Args {
             TimeDelta::from_std(d).with_context(|| format!("{flag} is too long"))
         };
         Ok(handler::Settings {
-            model: self.model.clone(),
+            model: self.model.name.clone(),
             popularity,
             labels: labels::LabelSettings {
                 horizon: delta("--label-horizon", self.label_horizon)?,
@@ -151,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     // featurize makes the bookstore features for --model: it declares their schema, so train
     // learns under it whichever example arrives first.
-    ctx.declare_schema(&args.model, &freshet_features::bookstore::schema())
+    ctx.declare_schema(&args.model.name, &freshet_features::bookstore::schema())
         .await?;
     let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;

@@ -14,8 +14,7 @@ mod spans;
 mod swaps;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
-use freshet::ids::ModelName;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
@@ -25,15 +24,15 @@ use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
 #[derive(Debug, Parser)]
-#[command(name = "predict", version)]
+#[command(name = "freshet-predict", version)]
+#[command(mut_arg("model", |a| a.help("Model to serve")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model to serve
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Share of entities (0 to 1) answered by the candidate version when one is loaded (A/B);
     /// the other variant always scores in shadow
     #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
@@ -78,15 +77,16 @@ async fn main() -> anyhow::Result<()> {
     });
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
-    let announcements = swaps::Announcements::start(ctx.js.clone(), &ctx.subjects, &args.model);
+    let announcements =
+        swaps::Announcements::start(ctx.js.clone(), &ctx.subjects, &args.model.name);
     let follower = |slot: Slot| -> anyhow::Result<_> {
         Ok(Follower::new(
-            args.model.clone(),
+            args.model.name.clone(),
             slot,
             pointers.clone(),
             args.artifacts.open()?,
             swaps::SwapHooks {
-                model: args.model.clone(),
+                model: args.model.name.clone(),
                 metrics: swap_metrics.clone(),
                 announcements: announcements.clone(),
             },
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (live, candidate) = (follower(Slot::Live)?, follower(Slot::Candidate)?);
     let server = std::sync::Arc::new(service::Server {
-        model: args.model.clone(),
+        model: args.model.name.clone(),
         live: live.cell(),
         candidate: candidate.cell(),
         candidate_share: args.candidate_share,
@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let outcome_metrics = outcomes::OutcomeMetrics::default();
     outcome_metrics.register(&ctx.metrics);
     let joiner = outcomes::OutcomeJoiner {
-        model: args.model.clone(),
+        model: args.model.name.clone(),
         js: ctx.js.clone(),
         predictions: ctx.js.get_stream(STREAM_PREDICTIONS).await?,
         subjects: ctx.subjects.clone(),
@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: outcome_metrics,
     };
     let join_ctx = ctx.clone();
-    let durable = format!("outcomes-{}", args.model);
+    let durable = format!("outcomes-{}", args.model.name);
     let filter = join_ctx.subjects.events_stored_type("outcome");
     let batch_size = join_ctx.args.batch_size();
     tasks.push(tokio::spawn(async move {
@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(recorder.flush_until(
             async_nats::jetstream::new(recording),
             ctx.subjects.clone(),
-            args.model.clone(),
+            args.model.name.clone(),
             async move {
                 let _ = serving_stopped.await;
             },

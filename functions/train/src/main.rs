@@ -10,7 +10,7 @@ mod quality;
 use std::time::Duration;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
@@ -28,15 +28,15 @@ use crate::quality::{Quality, QualityConfig};
 /// with SGD; every few batches a new immutable version goes to the object store and the model's
 /// live pointer moves to it. Messages are acknowledged only once the version holding them is live.
 #[derive(Debug, Parser)]
-#[command(name = "train", version)]
+#[command(name = "freshet-train", version)]
+#[command(mut_arg("model", |a| a.help("Model to train (its examples are on <prefix>.examples.<model>)")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model to train (its examples are on <prefix>.examples.<model>)
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Model family: logistic, mlp or factorization_machine (a lineage keeps the kind it began
     /// with)
     #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic")]
@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     config.validate()?;
     let metrics = processor::TrainMetrics::default();
     metrics.register(&ctx.metrics);
-    let durable = format!("train-{}", args.model);
+    let durable = format!("train-{}", args.model.name);
     let io = processor::Io {
         subjects: ctx.subjects.clone(),
         artifacts: args.artifacts.open()?,
@@ -202,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
         control: ctx.js.clone(),
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,
-            ctx.subjects.examples(&args.model),
+            ctx.subjects.examples(&args.model.name),
             durable.clone(),
         ),
     };
@@ -227,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
         ..QualityConfig::default()
     });
     let mut trainer = processor::Trainer::new(
-        args.model.clone(),
+        args.model.name.clone(),
         config,
         cadence,
         args.metrics_window,
@@ -235,9 +235,9 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         quality,
     );
-    trainer.listen(listen_for_reactions(&ctx, &args.model).await?);
+    trainer.listen(listen_for_reactions(&ctx, &args.model.name).await?);
     // One trainer per model: the others stand by until the lease is free.
-    let lease_key = format!("train.{}", args.model);
+    let lease_key = format!("train.{}", args.model.name);
     let outcome = ctx
         .exclusively(&lease_key, async {
             trainer.resume().await?;
@@ -249,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             ctx.consume(
                 STREAM_EXAMPLES,
                 &durable,
-                vec![ctx.subjects.examples(&args.model)],
+                vec![ctx.subjects.examples(&args.model.name)],
                 max_held,
                 trainer,
             )
