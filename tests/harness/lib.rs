@@ -214,11 +214,21 @@ impl Stack {
         row: impl Fn(u64) -> (Vec<f32>, f32),
     ) -> anyhow::Result<()> {
         // As an operator would before sending a model's examples: declare their schema, unless
-        // one is declared already (a test that declares its own keeps it).
+        // one is declared already (a test that declares its own keeps it). The bookstore model's
+        // is the one featurize declares.
         if let Some(width) = range.clone().next().map(|n| row(n).0.len())
             && self.declared(model).await?.is_none()
         {
-            self.declare(model, 1, width).await?;
+            let bookstore = freshet_features::bookstore::schema();
+            if model.as_str() == bookstore.name && width == bookstore.n_features() {
+                self.declarations()
+                    .await?
+                    .declare(model, &bookstore)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("declaring the schema of {model}: {e}"))?;
+            } else {
+                self.declare(model, 1, width).await?;
+            }
         }
         for n in range {
             let (features, label) = row(n);
