@@ -294,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
                 fallback,
             },
             pointers: pointers.clone(),
-            js: ctx.js.clone(),
+            control: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
         }

@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::Utc;
-use freshet::control::{Comparison, GateAction, GateDecision, KIND_GATE};
+use freshet::control::{Comparison, ControlSink, GateAction, GateDecision, KIND_GATE};
 use freshet::error::Failure;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
@@ -60,12 +60,14 @@ pub struct Versions {
     pub fallback: VersionCell,
 }
 
-pub struct Promotion {
+/// The gate's adapter for one model. Generic over where the pointers live and where its
+/// decisions go (MODELS and CONTROL in production, memory in unit tests).
+pub struct Promotion<P = Pointers, C = jetstream::Context> {
     pub model: ModelName,
     pub gate: Gate,
     pub versions: Versions,
-    pub pointers: Pointers,
-    pub js: jetstream::Context,
+    pub pointers: P,
+    pub control: C,
     pub subjects: Subjects,
     pub metrics: GateMetrics,
 }
@@ -132,7 +134,7 @@ fn compare(live: &Loaded, challenger: &Loaded, rows: &[&(Vec<f32>, f32)]) -> Com
     }
 }
 
-impl Promotion {
+impl<P: PointerStore, C: ControlSink> Promotion<P, C> {
     /// Judges the batch's labelled examples (stream order) and acts on the first decision that
     /// moves a pointer; the rest of the batch is judged with the next one's versions.
     pub async fn judge(
@@ -421,18 +423,217 @@ impl Promotion {
             .inc();
         let body =
             serde_json::to_vec(&decision).map_err(|e| Failure::new("encode a gate decision", e))?;
-        let message = PublishMessage::build()
-            .payload(Bytes::from(body))
-            .message_id(format!(
-                "gate-{}-{action}-{live}-{challenger}-{sequence}",
-                self.model
-            ));
-        self.js
-            .send_publish(self.subjects.control(&self.model, KIND_GATE), message)
+        self.control
+            .store(
+                self.subjects.control(&self.model, KIND_GATE),
+                Some(format!(
+                    "gate-{}-{action}-{live}-{challenger}-{sequence}",
+                    self.model
+                )),
+                Bytes::from(body),
+            )
             .await
-            .map_err(|e| Failure::new("publish a gate decision", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet::control::MemoryControl;
+    use freshet_model::store::MemoryPointers;
+
+    use super::*;
+    use crate::gate::GateConfig;
+
+    /// A version of 3 features that learned the stream through `high_water_mark`.
+    fn loaded(version: u64, high_water_mark: u64) -> Arc<Loaded> {
+        let config = freshet_model::ModelConfig::default();
+        let bytes = freshet_model::Trainer::new(&config, 3)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let manifest = freshet_model::Manifest {
+            model: "m".into(),
+            version,
+            parent: None,
+            config,
+            schema: freshet::examples::FeatureSchema {
+                name: "m".into(),
+                version: 1,
+                features: vec!["a".into(), "b".into(), "c".into()],
+                monitoring: Vec::new(),
+            },
+            sha256: freshet_model::sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+            created_at: Utc::now(),
+            step: 1,
+            learned: None,
+            high_water_mark,
+            metrics: freshet_model::TrainingMetrics {
+                examples_total: high_water_mark,
+                window_examples: 0,
+                prequential_accuracy: 0.5,
+                log_loss: 0.69,
+                roc_auc: None,
+            },
+            // Each a chain of its own.
+            lineage: Some(version),
+            traces: Vec::new(),
+        };
+        Arc::new(Loaded {
+            manifest,
+            scorer: freshet_model::ModelScorer::from_bytes(&bytes).unwrap(),
+        })
+    }
+
+    fn pointer(version: &Loaded, cause: Cause) -> Option<Pointer> {
+        Some(Pointer {
+            version: version.version(),
+            sha256: version.manifest.sha256.clone(),
+            updated_at: Utc::now(),
+            cause,
+            reason: "set".into(),
+        })
+    }
+
+    /// A gate on memory stores whose candidate trial ends after 20 comparable examples.
+    fn promotion() -> Promotion<MemoryPointers, MemoryControl> {
+        Promotion {
+            model: ModelName::parse("m").unwrap(),
+            gate: Gate::new(GateConfig {
+                min_examples: 10,
+                max_candidate_examples: 20,
+                held_back: 5,
+                horizon: 10,
+                ..GateConfig::default()
+            }),
+            versions: Versions {
+                candidate: VersionCell::default(),
+                fallback: VersionCell::default(),
+            },
+            pointers: MemoryPointers::new(),
+            control: MemoryControl::new(),
+            subjects: Subjects::default(),
+            metrics: GateMetrics::default(),
+        }
+    }
+
+    /// Labelled examples at sequences `from..from + n`, which live scored (it had not learned
+    /// them).
+    fn examples(from: u64, n: u64) -> Vec<(u64, ExampleRecord, Option<Scored>)> {
+        (from..from + n)
+            .map(|sequence| {
+                let example = ExampleRecord {
+                    id: format!("ex-{sequence}"),
+                    model: ModelName::parse("m").unwrap(),
+                    schema: None,
+                    label: f32::from(sequence.is_multiple_of(2)),
+                    features: vec![0.1, 0.2, 0.3],
+                    source_event: sequence.to_string(),
+                    event_time: None,
+                };
+                let scored = Scored {
+                    version: 5,
+                    probability: 0.5,
+                };
+                (sequence, example, Some(scored))
+            })
+            .collect()
+    }
+
+    async fn judge(
+        promotion: &mut Promotion<MemoryPointers, MemoryControl>,
+        live: &Arc<Loaded>,
+        rows: &[(u64, ExampleRecord, Option<Scored>)],
+    ) {
+        let rows: Vec<(u64, &ExampleRecord, Option<Scored>)> =
+            rows.iter().map(|(s, e, scored)| (*s, e, *scored)).collect();
+        promotion.judge(Some(live), &rows).await;
+    }
+
+    fn decisions(control: &MemoryControl) -> Vec<String> {
+        control
+            .published()
+            .iter()
+            .map(|p| p.json()["action"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_no_better_than_live_is_withdrawn_and_the_decision_recorded() {
+        let mut promotion = promotion();
+        let (live, candidate) = (loaded(5, 900), loaded(7, 900));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Train));
+        promotion.pointers.force(
+            &model,
+            Slot::Candidate,
+            pointer(&candidate, Cause::Candidate),
+        );
+        promotion.versions.candidate.store(candidate.clone());
+        // The same parameters as live: never better, withdrawn after 20 comparable examples.
+        judge(&mut promotion, &live, &examples(901, 19)).await;
+        assert!(decisions(&promotion.control).is_empty());
+        judge(&mut promotion, &live, &examples(920, 1)).await;
+        assert_eq!(decisions(&promotion.control), ["withdraw"]);
+        let record = promotion.control.published()[0].json();
+        assert_eq!(
+            (
+                record["live_version"].as_u64(),
+                record["challenger_version"].as_u64()
+            ),
+            (Some(5), Some(7))
+        );
+        assert_eq!(
+            promotion.control.published()[0].message_id.as_deref(),
+            Some("gate-m-withdraw-5-7-920")
+        );
+        let left = promotion
+            .pointers
+            .get(&model, Slot::Candidate)
             .await
-            .map_err(|e| Failure::new("publish a gate decision", e))?;
-        Ok(())
+            .unwrap();
+        assert_eq!(left.value, None, "the candidate pointer is removed");
+        assert!(promotion.versions.candidate.current().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_train_replaced_since_it_was_judged_stays() {
+        let mut promotion = promotion();
+        let (live, judged, newer) = (loaded(5, 900), loaded(7, 900), loaded(8, 900));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Train));
+        // train published candidate 8 while the gate still judged 7.
+        promotion
+            .pointers
+            .force(&model, Slot::Candidate, pointer(&newer, Cause::Candidate));
+        promotion.versions.candidate.store(judged);
+        judge(&mut promotion, &live, &examples(901, 20)).await;
+        assert!(decisions(&promotion.control).is_empty());
+        let left = promotion
+            .pointers
+            .get(&model, Slot::Candidate)
+            .await
+            .unwrap();
+        assert_eq!(left.value.map(|p| p.version), Some(8));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_jump_no_worse_than_the_version_it_replaced_is_confirmed() {
+        let mut promotion = promotion();
+        let (live, replaced) = (loaded(5, 900), loaded(3, 400));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Operator));
+        promotion.versions.fallback.store(replaced);
+        judge(&mut promotion, &live, &examples(901, 10)).await;
+        assert_eq!(decisions(&promotion.control), ["confirm"]);
+        assert!(promotion.versions.fallback.current().is_none());
+        let still = promotion.pointers.get(&model, Slot::Live).await.unwrap();
+        assert_eq!(still.value.map(|p| p.version), Some(5), "live stays");
     }
 }

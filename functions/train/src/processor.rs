@@ -1244,7 +1244,7 @@ mod tests {
             id: format!("ex-{sequence}"),
             model: model.clone(),
             schema: None,
-            label: f32::from(sequence % 2 == 0),
+            label: f32::from(sequence.is_multiple_of(2)),
             features,
             source_event: sequence.to_string(),
             event_time: None,
