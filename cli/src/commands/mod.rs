@@ -12,6 +12,7 @@
 //! terminal's width, or handle wide (CJK, emoji) characters, which [`Table`] counts as one
 //! column each.
 
+pub mod declare;
 pub mod demo;
 pub mod generate;
 pub mod models;

@@ -1,7 +1,8 @@
-//! `freshet models list|show|rollback|promote|set|diff`: what models exist, which version each
-//! serves, what a version is (its manifest), how its live pointer moved and what changed between
-//! two versions; and moving that pointer by hand, by compare-and-set, to a version that is
-//! verified first, recording the move's cause (rollback, promotion, operator).
+//! `freshet models list|show|rollback|promote|set|diff|declare`: what models exist, which version
+//! each serves, what a version is (its manifest), how its live pointer moved and what changed
+//! between two versions; and moving that pointer by hand, by compare-and-set, to a version that
+//! is verified first, recording the move's cause (rollback, promotion, operator). `declare` (in
+//! [`super::declare`]) declares the feature schema of a model's examples.
 //!
 //! A model is known if it has a pointer in the MODELS bucket or a version in the artifact store;
 //! either alone is worth showing (pointers without artifacts are broken, artifacts without
@@ -45,6 +46,9 @@ pub enum ModelsCommand {
     /// Compare two versions (numbers, "live" or "candidate"): lineage, examples learned,
     /// metrics, settings, schema, checksum, and how far the weights moved
     Diff(DiffArgs),
+    /// Declare the feature schema of a model's examples (--features or --file), or show it;
+    /// train learns only examples that follow it
+    Declare(super::declare::DeclareArgs),
 }
 
 /// Arguments of `freshet models rollback`.
@@ -158,6 +162,7 @@ pub async fn run(global: &GlobalArgs, command: &ModelsCommand) -> anyhow::Result
         ModelsCommand::Promote(args) => promote(global, args).await,
         ModelsCommand::Set(args) => set(global, args).await,
         ModelsCommand::Diff(args) => diff(global, args).await,
+        ModelsCommand::Declare(args) => super::declare::run(global, args).await,
     }
 }
 

@@ -4,8 +4,8 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod control;
 mod gate;
-mod handler;
 mod live;
 mod metrics;
 mod processor;
@@ -296,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
                 fallback,
             },
             pointers: pointers.clone(),
-            js: ctx.js.clone(),
+            control: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
         }

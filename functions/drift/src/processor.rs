@@ -19,14 +19,14 @@ use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::runtime::order::OrderGuard;
+use freshet::runtime::order::{OrderCheck, OrderGuard};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Restored, Scored, Target};
-use crate::handler::{self, RecordContext};
+use crate::control::{self, RecordContext};
 use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::{EpisodeState, Reaction};
@@ -200,7 +200,7 @@ impl DriftProcessor {
                 sequence > mark
                     && sequence > live.manifest.high_water_mark
                     && decoded[i].as_ref().is_ok_and(|example| {
-                        handler::follows(example, &live.manifest.schema)
+                        example.follows(&live.manifest.schema)
                             && example.features.len() == live.scorer.n_features()
                     })
             })
@@ -248,13 +248,13 @@ impl DriftProcessor {
             let Ok(example) = &decoded[*i] else {
                 continue;
             };
-            let record = handler::record(context, transition, example, batch[*i].published);
-            handler::log_transition(&record);
+            let record = control::record(context, transition, example, batch[*i].published);
+            control::log_transition(&record);
             let body = serde_json::to_vec(&record)
                 .map_err(|e| Failure::new("encode a drift record", e))?;
             let message = PublishMessage::build()
                 .payload(Bytes::from(body))
-                .message_id(handler::message_id(&self.model, transition));
+                .message_id(control::message_id(&self.model, transition));
             acks.push(
                 self.io
                     .js
@@ -377,10 +377,10 @@ impl Processor for DriftProcessor {
                     dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
                 }
                 Ok(example) => {
-                    let plan = handler::plan(example, live_schema);
+                    let plan = control::plan(example, live_schema);
                     let folded = self.bank.fold(
                         &mut working,
-                        &handler::observation(sequence, example, &plan, scores[i]),
+                        &control::observation(sequence, example, &plan, scores[i]),
                         &policy,
                     );
                     tally.features += u64::from(folded.new);
@@ -523,7 +523,7 @@ fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
 fn episode_label(episode: &Episode, live: Option<&FeatureSchema>) -> EpisodeLabel {
     let headline = episode.headline();
     let target = match headline.target {
-        Target::Feature(i) => Some((i, handler::feature_name_of(i, live))),
+        Target::Feature(i) => Some((i, control::feature_name_of(i, live))),
         Target::Error => None,
     };
     EpisodeLabel::new(headline.detector, target)

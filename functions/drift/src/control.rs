@@ -171,9 +171,9 @@ fn schema_of<'a>(
     example: &ExampleRecord,
     live: Option<&'a FeatureSchema>,
 ) -> Option<&'a FeatureSchema> {
-    match live.filter(|schema| follows(example, schema)) {
+    match live.filter(|schema| example.follows(schema)) {
         Some(live) => Some(live),
-        None => follows(example, &BOOKSTORE).then_some(&*BOOKSTORE),
+        None => example.follows(&BOOKSTORE).then_some(&*BOOKSTORE),
     }
 }
 
@@ -212,16 +212,6 @@ pub fn plan(example: &ExampleRecord, live: Option<&FeatureSchema>) -> Vec<Watch>
         None => return Vec::new(),
     };
     (0..schema.n_features()).map(|i| schema.watch(i)).collect()
-}
-
-/// Whether `example` follows `schema`, as train checks it: the same width, and the same name and
-/// version when the example names a schema.
-pub fn follows(example: &ExampleRecord, schema: &FeatureSchema) -> bool {
-    example.features.len() == schema.n_features()
-        && example
-            .schema
-            .as_ref()
-            .is_none_or(|(name, version)| *name == schema.name && *version == schema.version)
 }
 
 /// What the bank reads of the example stored at `sequence`, with `plan` for its features.
@@ -532,10 +522,10 @@ mod tests {
         let raw = example(None, 2);
         assert_eq!(feature_name(0, &raw, Some(&live)), "age");
         let older = example(Some(("custom", 2)), 2);
-        assert!(!follows(&older, &live));
+        assert!(!older.follows(&live));
         assert_eq!(feature_name(0, &older, Some(&live)), "f0");
         let wider = example(None, 3);
-        assert!(!follows(&wider, &live));
+        assert!(!wider.follows(&live));
         assert_eq!(feature_name(2, &wider, Some(&live)), "f2");
         let bookstore = bookstore_example();
         assert_eq!(
