@@ -264,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
     // drift's own metrics carry the model it watches; the consumer loop's are per process.
-    let model_metrics = ctx.metrics.for_model(&args.model.to_string());
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let metrics = metrics::DriftMetrics::default();
     metrics.register(&model_metrics, bank.config());
 

@@ -391,7 +391,7 @@ impl Processor for DriftProcessor {
                         tally.resets += 1;
                     }
                     for finding in &folded.findings {
-                        tracing::debug!(model = %self.model, detector = %finding.detector, monitored = %handler::monitored(finding.target), level = finding.level.as_str(),
+                        tracing::debug!(model = %self.model, detector = %finding.detector, monitored = %control::monitored(finding.target), level = finding.level.as_str(),
                             statistic = finding.statistic, threshold = finding.threshold, sequence, "detector signal");
                         tally.detections.push((
                             finding.detector,

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
     // predict's own metrics carry the model it serves; the consumer loop's are per process.
-    let model_metrics = ctx.metrics.for_model(&args.model.to_string());
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let swap_metrics = swaps::SwapMetrics::default();
     swap_metrics.register(&model_metrics);
     let serve_metrics = service::ServeMetrics::default();
