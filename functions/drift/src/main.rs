@@ -4,8 +4,8 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod control;
 mod gate;
-mod handler;
 mod live;
 mod metrics;
 mod processor;
@@ -263,8 +263,10 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
+    // drift's own metrics carry the model it watches; the consumer loop's are per process.
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let metrics = metrics::DriftMetrics::default();
-    metrics.register(&ctx.metrics, bank.config());
+    metrics.register(&model_metrics, bank.config());
 
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let fallback = VersionCell::default();
@@ -285,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     let (live, candidate) = (live_follower.cell(), candidate_follower.cell());
     let promotion = (!args.no_gate).then(|| {
         let gate_metrics = promotion::GateMetrics::default();
-        gate_metrics.register(&ctx.metrics);
+        gate_metrics.register(&model_metrics);
         promotion::Promotion {
             model: args.model.name.clone(),
             gate: gate::Gate::new(gate_config),
@@ -294,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
                 fallback,
             },
             pointers: pointers.clone(),
-            js: ctx.js.clone(),
+            control: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
         }

@@ -148,6 +148,10 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
         .await?;
+    // featurize makes the bookstore features for --model: it declares their schema, so train
+    // learns under it whichever example arrives first.
+    ctx.declare_schema(&args.model.name, &freshet_features::bookstore::schema())
+        .await?;
     let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
     if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {

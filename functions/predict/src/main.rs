@@ -66,13 +66,15 @@ async fn main() -> anyhow::Result<()> {
         "predict takes no pushed events (--events): its CloudEvents endpoint is POST /"
     );
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
+    // predict's own metrics carry the model it serves; the consumer loop's are per process.
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let swap_metrics = swaps::SwapMetrics::default();
-    swap_metrics.register(&ctx.metrics);
+    swap_metrics.register(&model_metrics);
     let serve_metrics = service::ServeMetrics::default();
-    serve_metrics.register(&ctx.metrics);
+    serve_metrics.register(&model_metrics);
     let recorder = args.record_predictions.then(|| {
         let metrics = recorder::RecorderMetrics::default();
-        metrics.register(&ctx.metrics);
+        metrics.register(&model_metrics);
         recorder::Recorder::new(metrics)
     });
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
@@ -87,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             args.artifacts.open()?,
             swaps::SwapHooks {
                 model: args.model.name.clone(),
+                slot,
                 metrics: swap_metrics.clone(),
                 announcements: announcements.clone(),
             },
@@ -119,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     tasks.push(tokio::spawn(readiness::track(
         server.live.clone(),
         ctx.readiness.clone(),
-        ctx.metrics.clone(),
+        model_metrics.clone(),
         args.max_model_age,
         ctx.shutdown.clone(),
     )));
@@ -133,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The outcome join runs beside serving, on its own durable consumer of EVENTS.
     let outcome_metrics = outcomes::OutcomeMetrics::default();
-    outcome_metrics.register(&ctx.metrics);
+    outcome_metrics.register(&model_metrics);
     let joiner = outcomes::OutcomeJoiner {
         model: args.model.name.clone(),
         js: ctx.js.clone(),

@@ -4,8 +4,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod processor;
 mod quality;
-mod trainer;
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
+use freshet::store::Declarations;
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use freshet_model::store::{ArtifactArgs, Pointers};
 use freshet_model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
@@ -108,23 +109,23 @@ struct Args {
         default_value_t = 1000
     )]
     metrics_window: usize,
-    /// Data quality: examples in the window over which the share of invalid or out-of-range
-    /// examples is measured
+    /// Data quality: examples in the window over which the share of suspect (unreadable or
+    /// out-of-range) examples is measured
     #[arg(
         long = "quarantine-window",
         env = "FRESHET_QUARANTINE_WINDOW",
         default_value_t = 200
     )]
     quarantine_window: usize,
-    /// Data quality: the share of the window at which training pauses (quarantine); 1 never
-    /// pauses
+    /// Data quality: the share of the window at which a quarantine starts (the learned ranges
+    /// freeze until it ends; only suspect examples are held out); 1 never starts one
     #[arg(
         long = "quarantine-enter",
         env = "FRESHET_QUARANTINE_ENTER",
         default_value_t = 0.2
     )]
     quarantine_enter: f64,
-    /// Data quality: the share at or below which training resumes
+    /// Data quality: the share at or below which the quarantine ends
     #[arg(
         long = "quarantine-exit",
         env = "FRESHET_QUARANTINE_EXIT",
@@ -163,7 +164,7 @@ async fn listen_for_reactions(
             match serde_json::from_slice::<DriftNotice>(&message.payload) {
                 Ok(notice) => {
                     if let Some(reaction) = notice.requested() {
-                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, episode = ?notice.episode, "drift asks for a reaction");
+                        tracing::info!(%reaction, monitored = %notice.target, sequence = notice.sequence, episode = notice.episode, "drift asks for a reaction");
                         if requests.send((reaction, notice.sequence)).is_err() {
                             return;
                         }
@@ -183,7 +184,8 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
-    let pointers = Pointers::new(ctx.key_value(BUCKET_MODELS).await?);
+    let models = ctx.key_value(BUCKET_MODELS).await?;
+    let (pointers, declarations) = (Pointers::new(models.clone()), Declarations::new(models));
     let config = ModelConfig {
         // The kind's dimensions come from their own flags; one it does not have is ignored.
         kind: args.kind.with_dimensions(Dimensions {
@@ -201,21 +203,23 @@ async fn main() -> anyhow::Result<()> {
         scaler_decay: args.scaler_decay,
     };
     config.validate()?;
-    let metrics = trainer::TrainMetrics::default();
-    metrics.register(&ctx.metrics);
+    let metrics = processor::TrainMetrics::default();
+    // train's own metrics carry the model it trains; the consumer loop's are per process.
+    metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
     let durable = format!("train-{}", args.model.name);
-    let io = trainer::Io {
-        js: ctx.js.clone(),
+    let io = processor::Io {
         subjects: ctx.subjects.clone(),
         artifacts: args.artifacts.open()?,
         pointers,
+        declarations,
+        control: ctx.js.clone(),
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,
             ctx.subjects.examples(&args.model.name),
             durable.clone(),
         ),
     };
-    let cadence = trainer::Cadence {
+    let cadence = processor::Cadence {
         every_batches: args.publish_every_batches.max(1),
         every: args.publish_interval,
         keep_versions: args.keep_versions,
@@ -235,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
         span_factor: args.quarantine_span_factor,
         ..QualityConfig::default()
     });
-    let mut trainer = trainer::Trainer::new(
+    let mut trainer = processor::Trainer::new(
         args.model.name.clone(),
         config,
         cadence,
