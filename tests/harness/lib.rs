@@ -165,6 +165,8 @@ impl Stack {
                 label,
                 source_event: n.to_string(),
                 event_time: None,
+                feedback: Default::default(),
+                corrects: None,
             };
             let message = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(record.to_json_bytes()))

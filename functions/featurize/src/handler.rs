@@ -596,6 +596,8 @@ fn example_of(model: &ModelName, labelled: Labelled) -> ExampleRecord {
         label: labelled.label,
         source_event: labelled.source_event,
         event_time: Some(labelled.at),
+        feedback: Default::default(),
+        corrects: None,
     }
 }
 

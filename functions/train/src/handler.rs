@@ -316,6 +316,8 @@ mod tests {
             label: 1.0,
             source_event: "1".into(),
             event_time: None,
+            feedback: Default::default(),
+            corrects: None,
         }
     }
 
