@@ -3,9 +3,11 @@
 //! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors held on the
 //! host. [`Learner::train_batch`] takes one prequential step: it validates the batch, scores it
 //! with the host forward pass (the very code a predictor runs, so the reported accuracy is what
-//! serving would have seen), folds the batch into a copy of the input scaler, builds burn leaf
-//! tensors from the parameters on the autodiff device, computes the mean binary cross-entropy on
-//! logits plus `(λ/2)·Σ‖W‖²` over weight tensors (never biases), lets burn differentiate it, and
+//! serving would have seen), weighs each row from that score ([`RowWeight`]: 1, or fake-negative
+//! weighting's importance weights), folds the batch into a copy of the input scaler, builds burn
+//! leaf tensors from the parameters on the autodiff device, computes the weighted mean binary
+//! cross-entropy on logits `(1/n)·Σ wᵢ·ℓᵢ` plus `(λ/2)·Σ‖W‖²` over weight tensors (never
+//! biases), lets burn differentiate it, and
 //! hands the gradients to the host optimizer ([`OptimizerState`]). The result is committed only
 //! if the loss, the gradients, every parameter and every optimizer moment are finite; otherwise
 //! the learner is left bit-identical and [`ModelError::NonFinite`] is returned.
@@ -26,6 +28,7 @@ use super::kind::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
+use super::weighting::RowWeight;
 use crate::aggregates::ewma::Decay;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
@@ -58,6 +61,10 @@ pub struct BatchReport {
     pub learning_rate: f64,
     /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
     pub scores: Vec<f32>,
+    /// Each row's loss weight in the step, in batch order (all 1 unless rows were weighted; see
+    /// [`RowWeight`]), computed from `scores`.
+    #[serde(default)]
+    pub weights: Vec<f32>,
 }
 
 /// Everything a model artifact holds: enough to score, and to continue training exactly.
@@ -180,7 +187,8 @@ impl Learner {
         }
     }
 
-    /// Scores the batch with the current model, then takes one optimizer step on it.
+    /// Scores the batch with the current model, then takes one optimizer step on it, each row's
+    /// loss weighted as `weighting` says (an empty slice weighs every row 1).
     ///
     /// On any error the learner is unchanged: input errors are detected before any work, and
     /// an update with any non-finite result is discarded with [`ModelError::NonFinite`].
@@ -188,8 +196,15 @@ impl Learner {
         &mut self,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weighting: &[RowWeight],
     ) -> Result<BatchReport, ModelError> {
         validate_batch(rows, labels, self.state.n_features)?;
+        if !weighting.is_empty() && weighting.len() != rows.len() {
+            return Err(ModelError::WeightCount {
+                rows: rows.len(),
+                weights: weighting.len(),
+            });
+        }
         let n = rows.len();
         let state = &self.state;
 
@@ -211,6 +226,12 @@ impl Learner {
             let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
             log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
         }
+        // The model's own probabilities, held fixed: no gradient flows through a weight.
+        let weights: Vec<f32> = probs
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| weighting.get(i).copied().unwrap_or_default().weight(p))
+            .collect();
 
         // Then fold the batch into the scaler and learn on the rows as the updated scaler sees
         // them; the new scaler is committed together with the parameters, or not at all.
@@ -219,9 +240,11 @@ impl Learner {
             scaler.update(rows);
         }
         let grads = match state.kind {
-            ModelKind::Logistic => self.logistic_gradients(scaler.as_ref(), rows, labels)?,
+            ModelKind::Logistic => {
+                self.logistic_gradients(scaler.as_ref(), rows, labels, &weights)?
+            }
             ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => {
-                self.autodiff_gradients(scaler.as_ref(), rows, labels)?
+                self.autodiff_gradients(scaler.as_ref(), rows, labels, &weights)?
             }
         };
 
@@ -243,6 +266,7 @@ impl Learner {
             step: state.step,
             learning_rate,
             scores: probs,
+            weights,
         })
     }
 
@@ -260,13 +284,14 @@ impl Learner {
             .collect()
     }
 
-    /// Gradients of the mean cross-entropy plus the L2 penalty, by burn's autodiff over the
-    /// kind's forward graph. Errors if the loss or any gradient is not finite.
+    /// Gradients of the weighted mean cross-entropy plus the L2 penalty, by burn's autodiff
+    /// over the kind's forward graph. Errors if the loss or any gradient is not finite.
     fn autodiff_gradients(
         &self,
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let state = &self.state;
         let x = input_tensor(scaler, rows, state.n_features, &self.device);
@@ -280,7 +305,11 @@ impl Learner {
             TensorData::new(labels.to_vec(), [rows.len(), 1]),
             &self.device,
         );
-        let mut loss = cross_entropy_on_logits(logits, y);
+        let w = Tensor::<2>::from_data(
+            TensorData::new(weights.to_vec(), [rows.len(), 1]),
+            &self.device,
+        );
+        let mut loss = cross_entropy_on_logits(logits, y, w);
         if self.hyper.l2 > 0.0 {
             for (leaf, spec) in leaves.iter().zip(&self.specs) {
                 if spec.decay {
@@ -301,15 +330,16 @@ impl Learner {
     }
 
     /// The same gradients for logistic regression in closed form, with burn tensors on the
-    /// plain (non-autodiff) flex device: for logits z = Xw + b and d = (σ(z) − y)/n, the
-    /// gradient is Xᵀd + λw for the weights and Σd for the bias. Recording a graph to
-    /// differentiate two parameters cost more than the arithmetic itself, and this is the model
-    /// whose training rate matters most.
+    /// plain (non-autodiff) flex device: for logits z = Xw + b, row weights ω and
+    /// d = ω∘(σ(z) − y)/n, the gradient is Xᵀd + λw for the weights and Σd for the bias.
+    /// Recording a graph to differentiate two parameters cost more than the arithmetic itself,
+    /// and this is the model whose training rate matters most.
     fn logistic_gradients(
         &self,
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let state = &self.state;
         let (n, n_features) = (rows.len(), state.n_features);
@@ -321,10 +351,12 @@ impl Learner {
         let w = Tensor::<2>::from_data(TensorData::new(w.clone(), [n_features, 1]), &device);
         let b = Tensor::<2>::from_data(TensorData::new(b.clone(), [1, 1]), &device);
         let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &device);
+        let omega = Tensor::<2>::from_data(TensorData::new(weights.to_vec(), [n, 1]), &device);
         let z = x.clone().matmul(w.clone()).add(b);
-        let mut loss = cross_entropy_on_logits(z.clone(), y.clone());
+        let mut loss = cross_entropy_on_logits(z.clone(), y.clone(), omega.clone());
         let d = burn::tensor::activation::sigmoid(z)
             .sub(y)
+            .mul(omega)
             .div_scalar(n as f32);
         let mut grad_w = x.transpose().matmul(d.clone());
         if self.hyper.l2 > 0.0 {
@@ -496,12 +528,15 @@ fn validate_row(row: &[f32], index: usize, n_features: usize) -> Result<(), Mode
     Ok(())
 }
 
-/// Mean binary cross-entropy on logits, in the numerically stable form that burn's
-/// BinaryCrossEntropyLoss uses with `logits = true`: (1 − y)·z − log σ(z).
-fn cross_entropy_on_logits(logits: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+/// Weighted mean binary cross-entropy on logits, `(1/n)·Σ ωᵢ·ℓᵢ`, each term in the numerically
+/// stable form that burn's BinaryCrossEntropyLoss uses with `logits = true`: (1 − y)·z − log σ(z).
+/// The weights `ω` are finite and in [0, 2] ([`RowWeight::weight`]), so they cannot make a
+/// finite loss non-finite.
+fn cross_entropy_on_logits(logits: Tensor<2>, y: Tensor<2>, weights: Tensor<2>) -> Tensor<1> {
     (y.neg() + 1.0)
         .mul(logits.clone())
         .sub(log_sigmoid(logits))
+        .mul(weights)
         .mean()
 }
 
@@ -566,12 +601,12 @@ mod tests {
             let mut learner = Learner::new(kind, 3, hyper, 1, None).unwrap();
             for b in 0..15 {
                 let (rows, labels) = linear_batch(b, 64, 3);
-                learner.train_batch(&rows, &labels).unwrap();
+                learner.train_batch(&rows, &labels, &[]).unwrap();
             }
             let scorer = learner.host_model();
             let (rows, labels) = linear_batch(15, 64, 3);
             let scores = scorer.score_batch(&rows).unwrap();
-            let report = learner.train_batch(&rows, &labels).unwrap();
+            let report = learner.train_batch(&rows, &labels, &[]).unwrap();
 
             let correct = scores
                 .iter()
@@ -622,18 +657,22 @@ mod tests {
         let labels: Vec<f32> = rows.iter().map(|r| f32::from(r[0] + r[2] > 0.0)).collect();
         // From non-zero weights, so the penalty and every feature's gradient take part.
         for _ in 0..3 {
-            learner.train_batch(&rows, &labels).unwrap();
+            learner.train_batch(&rows, &labels, &[]).unwrap();
         }
         let scaler = learner.state.scaler.clone();
-        let exact = learner
-            .logistic_gradients(scaler.as_ref(), &rows, &labels)
-            .unwrap();
-        let traced = learner
-            .autodiff_gradients(scaler.as_ref(), &rows, &labels)
-            .unwrap();
-        assert_eq!(exact.len(), traced.len());
-        for (a, b) in exact.iter().flatten().zip(traced.iter().flatten()) {
-            assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+        // Unweighted, and with rows weighted as fake-negative weighting weighs them.
+        let uneven: Vec<f32> = (0..rows.len()).map(|i| (i % 5) as f32 * 0.4).collect();
+        for weights in [vec![1.0; rows.len()], uneven] {
+            let exact = learner
+                .logistic_gradients(scaler.as_ref(), &rows, &labels, &weights)
+                .unwrap();
+            let traced = learner
+                .autodiff_gradients(scaler.as_ref(), &rows, &labels, &weights)
+                .unwrap();
+            assert_eq!(exact.len(), traced.len());
+            for (a, b) in exact.iter().flatten().zip(traced.iter().flatten()) {
+                assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+            }
         }
     }
 }

@@ -15,6 +15,8 @@
 //!   a parameter tensor, shared by every kind);
 //! - [`optim`]: the update rules and their state; [`scaler`]: the input standardisation;
 //!   [`hyper`]: the hyperparameters ([`Hyper`]) and the learning-rate schedule;
+//! - [`weighting`]: how much each row's loss counts ([`RowWeight`]: 1, or the importance
+//!   weights of fake-negative weighting for delayed feedback);
 //! - [`logistic`], [`mlp`], [`fm`]: each kind's mathematics (shapes, initial parameters, the
 //!   burn and host forward passes);
 //! - `kind.rs`: [`ModelKind`], the kind with its dimensions, which dispatches to those files:
@@ -45,6 +47,7 @@ mod scorer;
 #[cfg(test)]
 mod synthetic;
 mod trainer;
+pub mod weighting;
 
 /// The type of [`Manifest::schema`], defined with the examples that follow it.
 pub use crate::examples::FeatureSchema;
@@ -61,3 +64,4 @@ pub use optim::Optimizer;
 pub use scaler::StandardScaler;
 pub use scorer::ModelScorer;
 pub use trainer::Trainer;
+pub use weighting::RowWeight;
