@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("retry", 1),
     ("aggregates", 2),
     ("features", 2),
+    ("labels", 2),
     ("model", 3),
     ("store", 4),
     ("telemetry", 5),
@@ -33,8 +34,23 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// The files of `model/`, each allowed to use only those before it.
 const MODEL_FILES: &[&str] = &[
-    "error", "init", "params", "optim", "scaler", "hyper", "logistic", "mlp", "fm", "kind",
-    "learner", "artifact", "config", "scorer", "trainer", "manifest",
+    "error",
+    "init",
+    "params",
+    "optim",
+    "scaler",
+    "hyper",
+    "weighting",
+    "logistic",
+    "mlp",
+    "fm",
+    "kind",
+    "learner",
+    "artifact",
+    "config",
+    "scorer",
+    "trainer",
+    "manifest",
 ];
 
 fn layer(module: &str) -> Option<u8> {

@@ -21,7 +21,8 @@
 //!      shutdown as an injected value.
 //! 2. **Domain** (the bookstore example): [`aggregates`]: streaming per-entity aggregates, EWMA
 //!    scaling and event-time windows; [`features`]: the bookstore features, computed by the same
-//!    code at training and serving time.
+//!    code at training and serving time; [`labels`]: the index of views waiting for their label
+//!    and the health of the labels featurize publishes.
 //! 3. **Models**: [`model`]: the burn models, their artifacts and manifests.
 //! 4. **Store**: [`store`]: model artifacts in object storage; pointers (with the cause of each
 //!    move), leases and entity state in JetStream KV; the follower that keeps a pointer's
@@ -53,6 +54,7 @@ pub mod events;
 pub mod examples;
 pub mod features;
 pub mod ids;
+pub mod labels;
 pub mod metrics;
 pub mod model;
 pub mod monitoring;
