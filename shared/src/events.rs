@@ -640,7 +640,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let plain = decoded(json!({"model": "m", "features": [1.0], "label": 1}));
-        assert_eq!((plain.feedback, plain.corrects.as_deref()), (Feedback::Final, None));
+        assert_eq!(
+            (plain.feedback, plain.corrects.as_deref()),
+            (Feedback::Final, None)
+        );
         // A final example is written as before delayed feedback, so older readers take it.
         assert_eq!(
             serde_json::to_value(&plain).unwrap(),

@@ -188,7 +188,11 @@ mod tests {
         assert_eq!(ExampleRecord::decode(&good.to_json_bytes()).unwrap(), good);
         // A final example is written as before delayed feedback; a correction names its fake
         // negative, and a record that says otherwise is refused.
-        assert!(!String::from_utf8(good.to_json_bytes()).unwrap().contains("feedback"));
+        assert!(
+            !String::from_utf8(good.to_json_bytes())
+                .unwrap()
+                .contains("feedback")
+        );
         let correction = ExampleRecord {
             id: ExampleRecord::id_for("p1"),
             feedback: Feedback::Correction,
@@ -231,7 +235,9 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                ExampleRecord::decode(&bad.to_json_bytes()).unwrap_err().field,
+                ExampleRecord::decode(&bad.to_json_bytes())
+                    .unwrap_err()
+                    .field,
                 field,
                 "{bad:?}"
             );

@@ -643,6 +643,8 @@ impl ModelWriter {
                 prequential_accuracy: 0.5,
                 log_loss: 0.69,
                 roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
             },
         };
         self.artifacts.put_version(&manifest, &bytes).await?;

@@ -99,6 +99,8 @@ pub struct TrainMetrics {
     pub reactions_ignored: Counter,
     pub examples_quarantined: Counter,
     pub quarantined: Gauge,
+    pub positive_share: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub mean_prediction: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl TrainMetrics {
@@ -168,6 +170,16 @@ impl TrainMetrics {
             "Accuracy over the recent window, scored before learning",
             self.prequential_accuracy.clone(),
         );
+        metrics.register(
+            "positive_share",
+            "Share of positives among the examples of the recent window, a correction counted as turning its fake negative positive",
+            self.positive_share.clone(),
+        );
+        metrics.register(
+            "mean_prediction",
+            "Mean prequential probability over the examples of the recent window (beside positive_share and featurize's observed conversion rate: calibration)",
+            self.mean_prediction.clone(),
+        );
     }
 }
 
@@ -213,6 +225,9 @@ pub struct Trainer {
     last_version: u64,
     /// When this trainer last published a live version.
     last_published: Option<Instant>,
+    /// Whether the live model's mean prediction has parted from the share of positives it
+    /// learned (logged when that changes).
+    miscalibrated: bool,
 }
 
 impl Trainer {
@@ -245,6 +260,7 @@ impl Trainer {
             quality,
             last_version: 0,
             last_published: None,
+            miscalibrated: false,
         }
     }
 
@@ -581,6 +597,7 @@ impl Trainer {
         self.metrics
             .prequential_accuracy
             .set(manifest.metrics.prequential_accuracy);
+        self.watch_calibration(&manifest.metrics);
         let lineage = self
             .lineage
             .as_mut()
@@ -592,6 +609,31 @@ impl Trainer {
         self.publish_candidate().await;
         self.prune_in_background();
         Ok(Commit::Durable)
+    }
+
+    /// Exports the window's positive share and mean prediction, and says in the log when they
+    /// part by more than [`freshet::labels::PARTED_FACTOR`] and when they meet again.
+    fn watch_calibration(&mut self, metrics: &freshet::model::TrainingMetrics) {
+        let (Some(share), Some(mean)) = (metrics.positive_share, metrics.mean_prediction) else {
+            return;
+        };
+        self.metrics.positive_share.set(share);
+        self.metrics.mean_prediction.set(mean);
+        if metrics.window_examples < freshet::labels::MIN_VIEWS_TO_COMPARE {
+            return;
+        }
+        match freshet::labels::calibration_warning(mean, share, "the share of positives it learned")
+        {
+            Some(warning) if !self.miscalibrated => {
+                self.miscalibrated = true;
+                tracing::warn!(model = %self.model, mean_prediction = mean, positive_share = share, "{warning}");
+            }
+            None if self.miscalibrated => {
+                self.miscalibrated = false;
+                tracing::info!(model = %self.model, mean_prediction = mean, positive_share = share, "the model's mean prediction meets the share of positives it learned again");
+            }
+            _ => {}
+        }
     }
 
     /// Asks for a retention pass off the training path. Requests made while a pass runs, or
@@ -781,6 +823,7 @@ impl Processor for Trainer {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].stream_sequence);
         let (mut rows, mut labels, mut learned_at) = (Vec::new(), Vec::new(), Vec::new());
+        let mut weighting = Vec::new();
         let mut handled: Option<SequenceRange> = None;
         // When JetStream stored the first example handled (handled in stream order, so the
         // oldest): the next version is due `every` after.
@@ -843,14 +886,15 @@ impl Processor for Trainer {
                 continue;
             };
             match handler::check_record(decoded[i].clone(), &lineage.schema) {
-                Ok((features, label)) => {
-                    let (verdict, transition) = self.quality.assess(Some(&features));
+                Ok(learnable) => {
+                    let (verdict, transition) = self.quality.assess(Some(&learnable.features));
                     transitions.extend(transition.map(|t| (t, sequence)));
                     match verdict {
                         Verdict::Learn => {
                             learned_at.push(i);
-                            rows.push(features);
-                            labels.push(label);
+                            rows.push(learnable.features);
+                            labels.push(learnable.label);
+                            weighting.push(learnable.weighting);
                             dispositions[i] = Some(Disposition::Hold);
                         }
                         Verdict::HoldOut(why) => {
@@ -876,9 +920,13 @@ impl Processor for Trainer {
                 .as_mut()
                 .expect("rows are only collected when a lineage exists");
             // burn is blocking CPU work: keep it off the async workers' hot path.
-            match tokio::task::block_in_place(|| lineage.trainer.train_batch(&rows, &labels)) {
+            match tokio::task::block_in_place(|| {
+                lineage
+                    .trainer
+                    .train_weighted_batch(&rows, &labels, &weighting)
+            }) {
                 Ok(report) => {
-                    lineage.window.record(&report, &labels);
+                    lineage.window.record(&report, &labels, &weighting);
                     self.metrics.examples_trained.inc_by(report.examples as u64);
                     self.pending.batches += 1;
                     let traces = learned_at.iter().filter_map(|&i| batch[i].trace.as_ref());
@@ -887,10 +935,12 @@ impl Processor for Trainer {
                     }
                     if let Some(candidate) = lineage.candidate.as_mut() {
                         match tokio::task::block_in_place(|| {
-                            candidate.trainer.train_batch(&rows, &labels)
+                            candidate
+                                .trainer
+                                .train_weighted_batch(&rows, &labels, &weighting)
                         }) {
                             Ok(report) => {
-                                candidate.window.record(&report, &labels);
+                                candidate.window.record(&report, &labels, &weighting);
                                 for trace in traces {
                                     candidate.traces.add(trace.trace_id());
                                 }

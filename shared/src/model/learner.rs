@@ -42,6 +42,13 @@ pub fn predicts_positive(p: f32) -> bool {
     p > 0.5
 }
 
+/// The cross-entropy of probability `p` for a row of class `positive`: `-ln p(label)`, with `p`
+/// clamped to `[1e-7, 1 - 1e-7]`, as every prequential log-loss here is measured.
+pub fn log_loss(p: f32, positive: bool) -> f64 {
+    let p = f64::from(p).clamp(P_CLAMP, 1.0 - P_CLAMP);
+    if positive { -p.ln() } else { -(1.0 - p).ln() }
+}
+
 /// What one `train_batch` call measured and did.
 ///
 /// `correct` and `log_loss_sum` are prequential: computed with the model as it was *before*
@@ -223,8 +230,7 @@ impl Learner {
             if predicts_positive(*p) == positive {
                 correct += 1;
             }
-            let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
-            log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
+            log_loss_sum += log_loss(*p, positive);
         }
         // The model's own probabilities, held fixed: no gradient flows through a weight.
         let weights: Vec<f32> = probs

@@ -57,7 +57,7 @@ pub use error::ModelError;
 pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
 pub use hyper::Hyper;
 pub use kind::{Dimensions, ModelKind};
-pub use learner::{BatchReport, predicts_positive};
+pub use learner::{BatchReport, log_loss, predicts_positive};
 pub use manifest::{Manifest, SequenceRange, TrainingMetrics};
 pub use mlp::{DEFAULT_HIDDEN, MAX_HIDDEN};
 pub use optim::Optimizer;

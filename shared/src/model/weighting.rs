@@ -32,7 +32,11 @@ impl RowWeight {
     pub fn weight(self, p: f32) -> f32 {
         // Probabilities come from a finite logit, so they lie in [0, 1]; the clamp keeps the
         // weight finite and bounded whatever a caller passes.
-        let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.5 };
+        let p = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         match self {
             RowWeight::One => 1.0,
             RowWeight::FakeNegative => (1.0 - p) * (1.0 + p),
