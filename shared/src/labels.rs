@@ -8,9 +8,8 @@
 //! user never comes back, without reading every user, each partition indexes its waiting views
 //! by when they fall due (the view's time plus the horizon):
 //!
-//! - due times are cut into buckets [`LabelState::bucket_seconds`] wide (the horizon / 256,
-//!   rounded up to whole seconds, at least one; fixed when the partition's state is created): a
-//!   bucket is named by its start, in Unix seconds;
+//! - due times are cut into [`DueBuckets`] (the horizon / 256 wide, rounded up to whole seconds,
+//!   at least one): a bucket is named by its start, in Unix seconds;
 //! - the users with a view falling due in a bucket are kept in a [`DueSlot`], at FEATURES key
 //!   `due.<model>.<partition>.<slot>`, with `slot` the bucket's number modulo [`DUE_SLOTS`]: a
 //!   slot can hold several buckets, so a partition never has more than [`DUE_SLOTS`] such keys,
@@ -75,10 +74,43 @@ pub fn due_slot_key(model: &ModelName, partition: u32, slot: i64) -> String {
     format!("due.{model}.{partition}.{slot}")
 }
 
-/// The width of the due buckets for a label horizon, in seconds.
-pub fn bucket_seconds_for(horizon: TimeDelta) -> i64 {
-    let seconds = horizon.num_seconds().max(1);
-    ((seconds + BUCKETS_PER_HORIZON - 1) / BUCKETS_PER_HORIZON).max(1)
+/// How due times are cut into buckets for a label horizon. The width follows the horizon
+/// featurize runs with: changing the horizon of a running deployment leaves the views indexed
+/// under the old width to their users' own later events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueBuckets {
+    seconds: i64,
+}
+
+impl DueBuckets {
+    /// The buckets of `horizon`: 1/256 of it, rounded up to whole seconds, at least one.
+    pub fn for_horizon(horizon: TimeDelta) -> DueBuckets {
+        let seconds = horizon.num_seconds().max(1);
+        DueBuckets {
+            seconds: ((seconds + BUCKETS_PER_HORIZON - 1) / BUCKETS_PER_HORIZON).max(1),
+        }
+    }
+
+    /// The width of a bucket, in seconds.
+    pub fn seconds(&self) -> i64 {
+        self.seconds
+    }
+
+    /// The bucket a due time falls in: its start in Unix seconds.
+    pub fn bucket_of(&self, due: DateTime<Utc>) -> i64 {
+        due.timestamp().div_euclid(self.seconds) * self.seconds
+    }
+
+    /// When a bucket ends: a view due before it belongs to it or an earlier one.
+    pub fn end(&self, bucket: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(bucket.saturating_add(self.seconds), 0)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The slot a bucket is kept in.
+    pub fn slot_of(&self, bucket: i64) -> i64 {
+        bucket.div_euclid(self.seconds).rem_euclid(DUE_SLOTS)
+    }
 }
 
 /// What one piece of label work counted, for label health.
@@ -143,8 +175,6 @@ pub struct LabelUpdate {
 /// A partition's label bookkeeping (see the module documentation).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LabelState {
-    /// Width of the due buckets; 0 until the first view is indexed.
-    pub bucket_seconds: i64,
     /// The latest event time of a user action on the partition: its event-time progress.
     pub latest_event_at: Option<DateTime<Utc>>,
     /// Buckets holding views, by start (Unix seconds).
@@ -155,42 +185,19 @@ pub struct LabelState {
 }
 
 impl LabelState {
-    /// The bucket a due time falls in: its start in Unix seconds.
-    pub fn bucket_of(&self, due: DateTime<Utc>) -> i64 {
-        let width = self.bucket_seconds.max(1);
-        due.timestamp().div_euclid(width) * width
-    }
-
-    /// When a bucket ends: a view due before it belongs to it or an earlier one.
-    pub fn bucket_end(&self, bucket: i64) -> DateTime<Utc> {
-        let end = bucket.saturating_add(self.bucket_seconds.max(1));
-        DateTime::from_timestamp(end, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
-    }
-
-    /// The slot a bucket is kept in.
-    pub fn slot_of(&self, bucket: i64) -> i64 {
-        bucket
-            .div_euclid(self.bucket_seconds.max(1))
-            .rem_euclid(DUE_SLOTS)
-    }
-
-    /// Folds in one user action's update; `bucket_seconds` is the width to use if the state
-    /// has none yet.
-    pub fn record(&mut self, update: &LabelUpdate, bucket_seconds: i64) {
-        if self.bucket_seconds == 0 {
-            self.bucket_seconds = bucket_seconds.max(1);
-        }
+    /// Folds in one user action's update.
+    pub fn record(&mut self, update: &LabelUpdate, buckets: DueBuckets) {
         self.latest_event_at = Some(
             self.latest_event_at
                 .map_or(update.at, |latest| latest.max(update.at)),
         );
         if let Some(due) = update.indexed {
-            let bucket = self.bucket_of(due);
+            let bucket = buckets.bucket_of(due);
             self.buckets.entry(bucket).or_default().views += 1;
         }
         for &due in &update.resolved {
             // A bucket drained already has nothing left to count.
-            if let Some(count) = self.buckets.get_mut(&self.bucket_of(due)) {
+            if let Some(count) = self.buckets.get_mut(&buckets.bucket_of(due)) {
                 count.resolved += 1;
             }
         }
@@ -216,11 +223,11 @@ impl LabelState {
     }
 
     /// The buckets whose whole span lies before `through`: those a tick may decide.
-    pub fn due_buckets(&self, through: DateTime<Utc>) -> Vec<i64> {
+    pub fn due_buckets(&self, through: DateTime<Utc>, buckets: DueBuckets) -> Vec<i64> {
         self.buckets
             .keys()
             .copied()
-            .filter(|&bucket| self.bucket_end(bucket) <= through)
+            .filter(|&bucket| buckets.end(bucket) <= through)
             .collect()
     }
 
@@ -362,30 +369,34 @@ pub fn calibration_warning(mean_prediction: f64, reference: f64, what: &str) -> 
 mod tests {
     use super::*;
 
+    /// Buckets of 8 s, those of a 30-minute horizon.
+    const EIGHT: DueBuckets = DueBuckets { seconds: 8 };
+
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
     #[test]
     fn buckets_cut_a_horizon_in_256_and_slots_wrap() {
-        assert_eq!(bucket_seconds_for(TimeDelta::minutes(30)), 8);
-        assert_eq!(bucket_seconds_for(TimeDelta::seconds(60)), 1);
-        assert_eq!(bucket_seconds_for(TimeDelta::zero()), 1);
-        assert_eq!(bucket_seconds_for(TimeDelta::days(7)), 2363);
-        let state = LabelState {
-            bucket_seconds: 8,
-            ..Default::default()
-        };
-        let bucket = state.bucket_of(at(13));
+        let width = |h| DueBuckets::for_horizon(h).seconds();
+        assert_eq!(width(TimeDelta::minutes(30)), 8);
+        assert_eq!(width(TimeDelta::seconds(60)), 1);
+        assert_eq!(width(TimeDelta::zero()), 1);
+        assert_eq!(width(TimeDelta::days(7)), 2363);
+        let buckets = EIGHT;
+        let bucket = buckets.bucket_of(at(13));
         assert_eq!(bucket % 8, 0);
         assert!(DateTime::from_timestamp(bucket, 0).unwrap() <= at(13));
-        assert!(state.bucket_end(bucket) > at(13));
-        assert_eq!(state.slot_of(bucket + 8 * DUE_SLOTS), state.slot_of(bucket));
-        assert_ne!(state.slot_of(bucket + 8), state.slot_of(bucket));
+        assert!(buckets.end(bucket) > at(13));
+        assert_eq!(
+            buckets.slot_of(bucket + 8 * DUE_SLOTS),
+            buckets.slot_of(bucket)
+        );
+        assert_ne!(buckets.slot_of(bucket + 8), buckets.slot_of(bucket));
         // Before 1970 too.
         let early = DateTime::from_timestamp(-13, 0).unwrap();
-        assert!(DateTime::from_timestamp(state.bucket_of(early), 0).unwrap() <= early);
-        assert!((0..DUE_SLOTS).contains(&state.slot_of(state.bucket_of(early))));
+        assert!(DateTime::from_timestamp(buckets.bucket_of(early), 0).unwrap() <= early);
+        assert!((0..DUE_SLOTS).contains(&buckets.slot_of(buckets.bucket_of(early))));
     }
 
     #[test]
@@ -401,9 +412,9 @@ mod tests {
             },
             ..Default::default()
         };
-        state.record(&view(0, 600), 8);
-        state.record(&view(1, 601), 8);
-        state.record(&view(30, 630), 8);
+        state.record(&view(0, 600), EIGHT);
+        state.record(&view(1, 601), EIGHT);
+        state.record(&view(30, 630), EIGHT);
         assert_eq!(state.waiting(), 3);
         assert_eq!(state.latest_event_at, Some(at(30)));
         // A purchase converts the view due at 601.
@@ -419,17 +430,18 @@ mod tests {
                 },
                 ..Default::default()
             },
-            8,
+            EIGHT,
         );
         assert_eq!(state.waiting(), 2);
-        let first = state.bucket_of(at(600));
+        let first = EIGHT.bucket_of(at(600));
         assert_eq!(
             state.oldest_waiting_due(),
             DateTime::from_timestamp(first, 0)
         );
         // Only whole buckets are due.
-        assert!(state.due_buckets(at(605)).is_empty() || state.bucket_end(first) <= at(605));
-        let due = state.due_buckets(at(620));
+        let before_end = EIGHT.end(first) - TimeDelta::seconds(1);
+        assert!(state.due_buckets(before_end, EIGHT).is_empty());
+        let due = state.due_buckets(at(620), EIGHT);
         assert_eq!(due, [first]);
         state.drain(&due, at(620), LabelCounts::default());
         assert_eq!(state.waiting(), 1);
@@ -440,7 +452,7 @@ mod tests {
                 resolved: vec![at(600)],
                 ..Default::default()
             },
-            8,
+            EIGHT,
         );
         assert_eq!(state.waiting(), 1);
         let health = LabelHealth::of([&state], TimeDelta::seconds(600));
@@ -470,7 +482,7 @@ mod tests {
                     },
                     ..Default::default()
                 },
-                8,
+                EIGHT,
             );
         }
         assert_eq!(state.minutes.len() as i64, KEPT_MINUTES);
