@@ -9,12 +9,25 @@
 //! deployed model should notice. Other changes can be injected part-way through ([`Change`]): a
 //! category repriced, or the buying propensity of half the catalogue flipped. The same seed
 //! always yields the same events.
+//!
+//! Event times come one of two ways. By default events are one second apart from a fixed start
+//! and a purchase follows its view within the visit: the horizon of a label passes within
+//! seconds, which suits replays and tests where event time should not matter. With [`Traffic`]
+//! they are what a live shop sends: visits arrive at random (a Poisson process) at a given
+//! density of actions per second of event time, a purchase follows its view after a random delay
+//! (exponential with a mean of minutes, and for a share of buyers a much longer one, past a
+//! label horizon), and users leave for good (each replaced by a new user). The visits, and who
+//! buys what, are the same either way: only their times, and who comes back, differ.
 
 use chrono::{DateTime, Duration, Utc};
 use freshet::events::{Action, Event, EventData, NewItem, UserAction};
 use freshet::ids::EntityId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Mixed into the seed of the random draws of [`Traffic`] (arrivals, delays, departures), so
+/// they leave the shop's own draws, and so its visits, as they are without it.
+const TRAFFIC_SEED: u64 = 0x7472_6166_6669_6321;
 
 /// The catalogue's categories.
 pub const CATEGORIES: [&str; 8] = [
@@ -80,6 +93,47 @@ pub struct BookstoreConfig {
     pub viral: Option<Viral>,
     /// Changes injected part-way through, in any order.
     pub changes: Vec<ChangeAt>,
+    /// Event times of live traffic; `None` for one event a second from [`START_UNIX_SECONDS`].
+    pub traffic: Option<Traffic>,
+}
+
+/// Event times as a live shop sends them (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Traffic {
+    /// When the first visit happens; the catalogue is listed then too.
+    pub start: DateTime<Utc>,
+    /// User actions per second of event time, on average. The stream spans `actions / rate`
+    /// seconds; purchases that would fall after that are not made.
+    pub rate: f64,
+    /// Mean delay between a view and the purchase that follows it.
+    pub purchase_delay: std::time::Duration,
+    /// Share of purchases made much later than the others ...
+    pub late_share: f64,
+    /// ... with this mean delay (longer than a label horizon, so some fall past it).
+    pub late_delay: std::time::Duration,
+    /// Chance that a user leaves for good after a visit (a new user takes their place).
+    pub churn: f64,
+}
+
+impl Traffic {
+    /// A shop of `rate` actions a second from `start`: purchases a mean of 2 minutes after the
+    /// view, one in ten a mean of an hour after it, and one user in fifty leaving after each
+    /// visit.
+    pub fn live(start: DateTime<Utc>, rate: f64) -> Traffic {
+        Traffic {
+            start,
+            rate,
+            purchase_delay: std::time::Duration::from_secs(120),
+            late_share: 0.1,
+            late_delay: std::time::Duration::from_secs(3600),
+            churn: 0.02,
+        }
+    }
+
+    /// How long `actions` user actions take at this rate.
+    pub fn span(&self, actions: usize) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(actions as f64 / self.rate.max(f64::MIN_POSITIVE))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,20 +154,31 @@ struct User {
     affinity: [f64; CATEGORIES.len()],
 }
 
-/// Appends events with sequential ids (`evt-<seed>-<n>`) and times (1 s apart).
+/// Appends events with sequential ids (`evt-<seed>-<n>`) and times: 1 s apart, or, under
+/// [`Traffic`], the time of the current visit.
 struct Emitter {
     seed: u64,
     start: DateTime<Utc>,
     events: Vec<Event>,
+    /// Under traffic: the event time of what is emitted now.
+    clock: Option<DateTime<Utc>>,
 }
 
 impl Emitter {
     fn emit(&mut self, data: EventData) {
         let n = self.events.len();
+        let time = self
+            .clock
+            .unwrap_or_else(|| self.start + Duration::seconds(n as i64));
+        self.emit_at(time, data);
+    }
+
+    fn emit_at(&mut self, time: DateTime<Utc>, data: EventData) {
+        let n = self.events.len();
         self.events.push(Event {
             id: format!("evt-{}-{n}", self.seed),
             source: SOURCE.to_string(),
-            time: Some(self.start + Duration::seconds(n as i64)),
+            time: Some(time),
             data,
         });
     }
@@ -133,6 +198,41 @@ impl Emitter {
             action,
         }));
     }
+
+    /// Under traffic, puts the events in time order (emission order within one time), renames
+    /// them in that order and drops what falls after `end`.
+    fn into_timed(mut self, end: DateTime<Utc>) -> Vec<Event> {
+        self.events.sort_by_key(|event| event.time);
+        self.events.retain(|event| event.time.is_some_and(|t| t <= end));
+        for (n, event) in self.events.iter_mut().enumerate() {
+            event.id = format!("evt-{}-{n}", self.seed);
+        }
+        self.events
+    }
+}
+
+/// A new user: a favourite category and an affinity to each.
+fn new_user(n: usize, rng: &mut StdRng) -> User {
+    let favourite = rng.random_range(0..CATEGORIES.len());
+    let mut affinity = [0.0; CATEGORIES.len()];
+    for (category, value) in affinity.iter_mut().enumerate() {
+        *value = if category == favourite {
+            rng.random_range(0.6..=1.0)
+        } else {
+            rng.random_range(0.0..=0.2)
+        };
+    }
+    User {
+        id: entity_id('u', n),
+        favourite,
+        affinity,
+    }
+}
+
+/// An exponentially distributed duration with the given mean.
+fn exponential(mean: std::time::Duration, rng: &mut StdRng) -> Duration {
+    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    Duration::microseconds((-u.ln() * mean.as_secs_f64() * 1e6) as i64)
 }
 
 /// A generated id such as `b0001`: a letter and digits, always a valid entity id.
@@ -174,15 +274,22 @@ fn apply_change(change: Change, items: &mut [Item], out: &mut Emitter) {
     }
 }
 
-/// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions.
+/// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions
+/// (under [`Traffic`], up to that many: purchases that would fall after the stream's span are
+/// not made).
 pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let start = DateTime::<Utc>::from_timestamp(START_UNIX_SECONDS, 0)
-        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let mut timing = StdRng::seed_from_u64(config.seed ^ TRAFFIC_SEED);
+    let start = match &config.traffic {
+        Some(traffic) => traffic.start,
+        None => DateTime::<Utc>::from_timestamp(START_UNIX_SECONDS, 0)
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+    };
     let mut out = Emitter {
         seed: config.seed,
         start,
         events: Vec::with_capacity(config.items + config.actions + 1),
+        clock: config.traffic.map(|t| t.start),
     };
 
     let mut items: Vec<Item> = (1..=config.items)
@@ -196,24 +303,11 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             }
         })
         .collect();
-    let users: Vec<User> = (1..=config.users)
-        .map(|n| {
-            let favourite = rng.random_range(0..CATEGORIES.len());
-            let mut affinity = [0.0; CATEGORIES.len()];
-            for (category, value) in affinity.iter_mut().enumerate() {
-                *value = if category == favourite {
-                    rng.random_range(0.6..=1.0)
-                } else {
-                    rng.random_range(0.0..=0.2)
-                };
-            }
-            User {
-                id: entity_id('u', n),
-                favourite,
-                affinity,
-            }
-        })
+    let mut users: Vec<User> = (1..=config.users)
+        .map(|n| new_user(n, &mut rng))
         .collect();
+    // Under traffic, the next id of a user who joins when another leaves.
+    let mut next_user = config.users + 1;
     let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
     for (index, item) in items.iter().enumerate() {
         if let Some(category) = item.category {
@@ -251,7 +345,8 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             break;
         }
         // One visit: a view, sometimes a cart, sometimes a purchase, of one item by one user.
-        let user = &users[rng.random_range(0..users.len())];
+        let picked = rng.random_range(0..users.len());
+        let user = &users[picked];
         let item = match &viral {
             Some(viral) if items.is_empty() || rng.random_bool(VIRAL_VIEW_SHARE) => viral.clone(),
             // Nothing to view yet; the viral item is announced after the loop.
@@ -284,8 +379,41 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             {
                 viral = Some(launch_viral(spec, &mut out, &mut rng));
             }
-            out.action(user, &item, action);
+            match (&config.traffic, out.clock) {
+                (Some(traffic), Some(now)) => {
+                    if action == Action::Purchase {
+                        // Bought later: after a delay of minutes, or for a few, far later.
+                        let mean = if timing.random_bool(traffic.late_share.clamp(0.0, 1.0)) {
+                            traffic.late_delay
+                        } else {
+                            traffic.purchase_delay
+                        };
+                        let at = now + exponential(mean, &mut timing);
+                        out.emit_at(
+                            at,
+                            EventData::UserAction(UserAction {
+                                user: user.id.clone(),
+                                item: item.id.clone(),
+                                action,
+                            }),
+                        );
+                    } else {
+                        out.action(user, &item, action);
+                    }
+                    // Each action takes its share of the stream's time.
+                    let gap = std::time::Duration::from_secs_f64(1.0 / traffic.rate.max(1e-9));
+                    out.clock = Some(now + exponential(gap, &mut timing));
+                }
+                _ => out.action(user, &item, action),
+            }
             actions += 1;
+        }
+        if let Some(traffic) = &config.traffic
+            && timing.random_bool(traffic.churn.clamp(0.0, 1.0))
+        {
+            // Gone for good; someone new comes to the shop instead.
+            users[picked] = new_user(next_user, &mut timing);
+            next_user += 1;
         }
     }
     // With no user or item to act, the loop ends early; the viral item is still announced.
@@ -294,7 +422,17 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     {
         launch_viral(spec, &mut out, &mut rng);
     }
-    out.events
+    match &config.traffic {
+        Some(traffic) => {
+            let span = Duration::from_std(traffic.span(config.actions)).unwrap_or(Duration::MAX);
+            let end = traffic
+                .start
+                .checked_add_signed(span)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            out.into_timed(end)
+        }
+        None => out.events,
+    }
 }
 
 /// The index in [`CATEGORIES`] of the category whose items `events` view most (the first on a
@@ -362,6 +500,7 @@ mod tests {
             seed,
             viral: None,
             changes: Vec::new(),
+            traffic: None,
         }
     }
 
@@ -566,6 +705,7 @@ mod tests {
         let base = config(13);
         let events = generate(&BookstoreConfig {
             changes: vec![reprice],
+            traffic: None,
             ..base.clone()
         });
         let unchanged = generate(&base);
@@ -643,6 +783,7 @@ mod tests {
             seed: 1,
             viral: None,
             changes: Vec::new(),
+            traffic: None,
         };
         assert!(generate(&none).is_empty());
         let only_viral = BookstoreConfig {

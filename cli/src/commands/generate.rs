@@ -52,6 +52,7 @@ impl GenerateArgs {
                 at: self.viral_at,
             }),
             changes: Vec::new(),
+            traffic: None,
         }
     }
 }
