@@ -8,7 +8,7 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest (tests/ included) to resolve the
-# lockfile, and shared/ embeds infra/topology.toml. .dockerignore keeps target/, .tools/ and .git out.
+# lockfile, and shared/core embeds infra/topology.toml. .dockerignore keeps target/, .tools/ and .git out.
 COPY . .
 # Cache mounts keep the crate registry and compiled dependencies between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

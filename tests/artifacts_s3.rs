@@ -5,8 +5,8 @@
 
 use chrono::Utc;
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, SequenceRange, Trainer, TrainingMetrics, sha256_hex};
-use freshet::store::{ArtifactError, ArtifactStore};
+use freshet_model::store::{ArtifactError, ArtifactStore};
+use freshet_model::{Manifest, ModelConfig, SequenceRange, Trainer, TrainingMetrics, sha256_hex};
 use freshet_tests::S3Server;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -17,7 +17,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         version,
         parent: version.checked_sub(1).filter(|v| *v > 0),
         config: ModelConfig::default(),
-        schema: freshet::features::schema(),
+        schema: freshet_features::bookstore::schema(),
         sha256: sha256_hex(bytes),
         size_bytes: bytes.len() as u64,
         created_at: Utc::now(),

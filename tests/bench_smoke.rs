@@ -34,6 +34,14 @@ fn the_benchmark_suite_runs_end_to_end() {
             "20000",
             "--bank-change-seeds",
             "1",
+            "--flood-rate-limit",
+            "100",
+            "--flood-offered",
+            "1000",
+            "--flood-concurrency",
+            "4",
+            "--flood-requests",
+            "50",
             "--soak-swaps",
             "30",
             "--soak-interval",
@@ -69,6 +77,19 @@ fn the_benchmark_suite_runs_end_to_end() {
     assert!(
         rows.len() >= 6,
         "every predictor scenario reported: {rows:?}"
+    );
+    // The flood beyond the rate was answered 429 (and served by the twin without a limit), and
+    // the authorised caller never failed.
+    let round = &report["predict"]["flood"]["rounds"][0];
+    assert_eq!(round.as_array().unwrap().len(), 3, "{round}");
+    assert!(
+        round[1]["flood_refused_per_second"].as_f64().unwrap() > 0.0,
+        "{round}"
+    );
+    assert!(
+        round[2]["flood_refused_per_second"].as_f64().unwrap() == 0.0
+            && round[2]["flood_served_per_second"].as_f64().unwrap() > 0.0,
+        "{round}"
     );
     let featurize = &report["featurize"]["runs"][0];
     assert!(

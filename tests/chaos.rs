@@ -45,9 +45,9 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::model::ModelScorer;
-use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES};
+use freshet_model::ModelScorer;
+use freshet_model::store::{ArtifactStore, Pointers};
 use freshet_tests::{
     Stack, bookstore_action, bookstore_events, event_message, eventually, live_through,
 };
@@ -675,8 +675,8 @@ impl Replicas {
 async fn a_replay_through_server_restarts_and_a_takeover_loses_no_valid_event() -> anyhow::Result<()>
 {
     use freshet::events::{Event, EventData, UserAction};
-    use freshet::features::{ItemState, UserState};
     use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
+    use freshet_features::bookstore::{ItemState, UserState};
     use futures::TryStreamExt;
 
     let actions = env_or("FRESHET_CHAOS_ACTIONS", 3_000).min(200_000) as usize;

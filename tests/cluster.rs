@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{find_nats_server, free_port};
+use freshet_model::store::{ArtifactStore, Pointers};
 use freshet_tests::{
     assert_lineage_tiles, bookstore_events, event_message, eventually, live_through, spawn_function,
 };
@@ -177,7 +177,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
         let endpoint = freshet::serving::endpoint_single(&subjects, &model);
         tokio::spawn(async move {
             let request = PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             };
             while !stop.load(Ordering::Relaxed) {
@@ -326,7 +326,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
             &client,
             endpoint.clone(),
             &PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             },
             Duration::from_secs(2),

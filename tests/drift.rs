@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freshet::features::FEATURE_NAMES;
-use freshet::store::Slot;
 use freshet::subjects::{BUCKET_DRIFT, STREAM_CONTROL};
+use freshet_features::bookstore::FEATURE_NAMES;
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack, eventually};
 
 const BEFORE: u64 = 600;

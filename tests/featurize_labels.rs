@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use freshet::examples::{ExampleRecord, Feedback};
-use freshet::features::{ItemState, UserState, item_key, user_key};
 use freshet::subjects::{
     BUCKET_FEATURES, HEADER_FIELD, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
 };
+use freshet_features::bookstore::{ItemState, UserState, item_key, user_key};
 use freshet_tests::{Stack, cloud_event, eventually};
 use serde_json::json;
 

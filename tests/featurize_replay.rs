@@ -20,8 +20,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use freshet::examples::ExampleRecord;
-use freshet::features::{CategoryState, FEATURE_NAMES, ItemState, ScalingState, category_key};
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_features::bookstore::{
+    CategoryState, FEATURE_NAMES, ItemState, ScalingState, category_key,
+};
 use freshet_tests::{Stack, bookstore_events, eventually};
 use futures::{StreamExt, TryStreamExt};
 

@@ -15,11 +15,11 @@
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, ModelScorer, Trainer, predicts_positive};
-use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::{
     BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
 };
+use freshet_model::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
+use freshet_model::{Manifest, ModelConfig, ModelScorer, Trainer, predicts_positive};
 use freshet_tests::{
     Stack, assert_lineage_tiles, eventually, live_through, start_view, view_state,
 };
@@ -263,13 +263,13 @@ async fn deploy_inverted(
         version,
         parent: None,
         config: ModelConfig {
-            hyper: freshet::model::Hyper {
+            hyper: freshet_model::Hyper {
                 learning_rate: 0.01,
                 ..config.hyper
             },
             ..config
         },
-        sha256: freshet::model::sha256_hex(&bytes),
+        sha256: freshet_model::sha256_hex(&bytes),
         size_bytes: bytes.len() as u64,
         step: inverted.step(),
         created_at: chrono::Utc::now(),

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Pointers};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, Subjects};
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::FunctionProcess;
+use freshet_model::store::{ArtifactStore, Pointers};
 use freshet_tests::{
     ConfiguredServer, bookstore_events, event_message, eventually, function_log, live_through,
     spawn_function,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use freshet::ids::ModelName;
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
+use freshet_model::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet_tests::{
     Stack, Started, bookstore_events, cloud_event, eventually, start_view, view_state,
 };

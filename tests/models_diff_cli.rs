@@ -6,8 +6,8 @@
 
 use std::process::Command;
 
-use freshet::store::Slot;
 use freshet_cli::stack::bin_dir;
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 
 /// Runs `freshet models diff ARGS` against the stack; returns (exit code, stdout, stderr).
@@ -60,12 +60,13 @@ async fn diff_compares_two_versions_and_their_weights() -> anyhow::Result<()> {
     let weights = &json["weights"];
     assert_eq!(
         weights["features_compared"].as_u64(),
-        Some(freshet::features::FEATURE_NAMES.len() as u64)
+        Some(freshet_features::bookstore::FEATURE_NAMES.len() as u64)
     );
     assert!(weights["l2_distance"].as_f64().unwrap() > 0.0, "{weights}");
     let largest = weights["largest_changes"].as_array().unwrap();
     assert!(
-        freshet::features::FEATURE_NAMES.contains(&largest[0]["feature"].as_str().unwrap()),
+        freshet_features::bookstore::FEATURE_NAMES
+            .contains(&largest[0]["feature"].as_str().unwrap()),
         "{weights}"
     );
 

@@ -142,6 +142,9 @@ async fn a_sampled_trace_is_exported_from_producer_to_prediction() -> anyhow::Re
             "0s",
             "--http-port",
             &featurize_port.to_string(),
+            // A push with no credential, as in local development.
+            "--events",
+            "insecure-anonymous",
         ],
     )?;
     let train = stack.spawn(

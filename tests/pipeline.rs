@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet_tests::{Stack, bookstore_events, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +56,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\ntrain log:\n{}", stack.log_of("train", train)))?;
-    assert_eq!(first_live.schema, freshet::features::schema());
+    assert_eq!(first_live.schema, freshet_features::bookstore::schema());
     assert!(
         first_live.metrics.examples_total >= 400,
         "{:?}",
@@ -88,7 +88,7 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
         .predict(
             "bookstore",
             &PredictRequest {
-                features: Some(vec![0.5; freshet::features::FEATURE_NAMES.len()]),
+                features: Some(vec![0.5; freshet_features::bookstore::FEATURE_NAMES.len()]),
                 ..Default::default()
             },
         )
@@ -106,9 +106,9 @@ async fn events_become_a_served_model_version() -> anyhow::Result<()> {
         (header["format"].as_u64(), header["scaler_decay"].as_f64()),
         (Some(4), Some(0.999))
     );
-    let scorer = freshet::model::ModelScorer::from_bytes(&bytes)?;
+    let scorer = freshet_model::ModelScorer::from_bytes(&bytes)?;
     assert_eq!(
-        scorer.score(&[0.5; freshet::features::FEATURE_NAMES.len()])?,
+        scorer.score(&[0.5; freshet_features::bookstore::FEATURE_NAMES.len()])?,
         raw.score
     );
 

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use freshet::features::{ItemState, UserState, item_key, user_key};
 use freshet::serving::{PredictRequest, PredictionBatch, RecommendResponse, Variant};
-use freshet::store::Slot;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_CONTROL, STREAM_PREDICTIONS};
+use freshet_features::bookstore::{ItemState, UserState, item_key, user_key};
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack, bookstore_row_request, cloud_event, eventually};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;

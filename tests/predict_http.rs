@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use freshet::features::FEATURE_NAMES;
+use freshet_features::bookstore::FEATURE_NAMES;
 use freshet_tests::{Stack, bookstore_events, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use freshet::features::{ItemState, UserState, item_key, user_key};
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
+use freshet_features::bookstore::{ItemState, UserState, item_key, user_key};
 use freshet_tests::{Stack, eventually};
 
 fn repository() -> PathBuf {

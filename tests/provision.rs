@@ -1,5 +1,6 @@
-//! (b) Provisioning twice changes nothing, and a stream that exists with other settings is
-//! reported, not silently changed; a function refuses to start against it. The duplicate window
+//! (b) Provisioning twice changes nothing; a stream whose structure differs is reported, not
+//! silently changed, and a function refuses to start against it; a stream whose limits differ
+//! is left to a starting function (with a warning) and updated by `freshet provision`. The duplicate window
 //! is a setting (`FRESHET_DUPLICATE_WINDOW`) that provisioning applies, and it is exactly the
 //! span within which an event sent again is stored once.
 
@@ -54,10 +55,49 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
     assert_eq!(before.max_age, after.max_age);
     assert_eq!(before.duplicate_window, after.duplicate_window);
 
-    // Someone changed EXAMPLES by hand: provisioning must say so and leave it alone.
+    // Someone changed a limit of EXAMPLES by hand: a function starting runs on it and says so;
+    // the operator's provisioning puts the topology's back.
     let mut changed = after.clone();
     changed.max_age = Duration::from_secs(3600);
-    js.update_stream(changed).await?;
+    js.update_stream(changed.clone()).await?;
+    let max_age = || async {
+        anyhow::Ok(
+            js.get_stream(STREAM_EXAMPLES)
+                .await?
+                .info()
+                .await?
+                .config
+                .max_age,
+        )
+    };
+    let starting =
+        topology::provision_as(&js, &topology, &subjects, topology::ProvisionMode::Create).await?;
+    let examples = |report: &[(String, Provisioned)]| {
+        report
+            .iter()
+            .find(|(what, _)| what == "stream EXAMPLES")
+            .map(|(_, outcome)| outcome.clone())
+    };
+    assert!(
+        matches!(examples(&starting), Some(Provisioned::LimitsDiffer(ref what)) if what.contains("max_age")),
+        "{starting:?}"
+    );
+    assert_eq!(
+        max_age().await?,
+        Duration::from_secs(3600),
+        "a function leaves it"
+    );
+    let operator = topology::provision(&js, &topology, &subjects).await?;
+    assert!(
+        matches!(examples(&operator), Some(Provisioned::Updated(ref what)) if what.contains("max_age")),
+        "{operator:?}"
+    );
+    assert_eq!(max_age().await?, before.max_age, "the operator restores it");
+
+    // Someone changed what EXAMPLES holds: provisioning must say so and leave it alone.
+    let mut restructured = after.clone();
+    restructured.subjects.push("elsewhere.examples.>".into());
+    js.update_stream(restructured).await?;
     let err = topology::provision(&js, &topology, &subjects)
         .await
         .unwrap_err();
@@ -67,7 +107,7 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
     );
     let message = err.to_string();
     assert!(
-        message.contains("EXAMPLES") && message.contains("max_age"),
+        message.contains("EXAMPLES") && message.contains("subjects"),
         "{message}"
     );
     let untouched = js
@@ -76,8 +116,9 @@ async fn provisioning_is_idempotent_and_refuses_conflicts() -> anyhow::Result<()
         .info()
         .await?
         .config
-        .max_age;
-    assert_eq!(untouched, Duration::from_secs(3600));
+        .subjects
+        .len();
+    assert_eq!(untouched, 2);
     Ok(())
 }
 

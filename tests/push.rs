@@ -2,20 +2,21 @@
 //! and structured mode, join the stream the function reads and are handled like published
 //! ones: featurize updates the entities, train learns the example, a repeated event is stored
 //! once, and a malformed one (or, at train, one that is not an example) is answered 400 and
-//! dead-lettered with its reason.
+//! dead-lettered with its reason. `/events` is turned on (`--events on`) and asks for a token,
+//! as a deployment has it; tests/http_auth.rs has the callers it refuses.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use freshet::features::{FEATURE_NAMES, ItemState, UserState, item_key, user_key};
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{
     BUCKET_FEATURES, BUCKET_MODELS, HEADER_FUNCTION, HEADER_REASON, STREAM_DEAD_LETTER,
     STREAM_EVENTS,
 };
 use freshet_cli::stack::free_port;
-use freshet_tests::{Stack, cloud_event, eventually};
+use freshet_features::bookstore::{FEATURE_NAMES, ItemState, UserState, item_key, user_key};
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
+use freshet_tests::{Stack, cloud_event, eventually, http_client_with_token, write_tokens};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -62,6 +63,10 @@ async fn post_structured(http: &reqwest::Client, url: &str, body: String) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_events_are_handled_like_published_ones() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
+    const BROKER_TOKEN: &str = "broker-token-for-push-tests";
+    let tokens = write_tokens(&stack.dir.path().join("tokens"), &[BROKER_TOKEN]);
+    stack.set_env("FRESHET_EVENTS", "on");
+    stack.set_env("FRESHET_HTTP_TOKENS", &tokens.display().to_string());
     let (featurize_port, train_port) = (free_port()?, free_port()?);
     stack.spawn(
         "featurize",
@@ -83,9 +88,7 @@ async fn pushed_events_are_handled_like_published_ones() -> anyhow::Result<()> {
     )?;
     let featurize_url = format!("http://127.0.0.1:{featurize_port}/events");
     let train_url = format!("http://127.0.0.1:{train_port}/events");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let http = http_client_with_token(BROKER_TOKEN);
     // Wait for featurize's HTTP server.
     eventually(Duration::from_secs(30), "featurize's HTTP port", || async {
         http.get(format!("http://127.0.0.1:{featurize_port}/healthz"))

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet::subjects::BUCKET_MODELS;
+use freshet_model::store::{ArtifactStore, Cause, PointerStore, Pointers, Slot, Verified};
 use freshet_tests::{Stack, eventually};
 
 const EXAMPLES: u64 = 480;

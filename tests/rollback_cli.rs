@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use freshet::serving::PredictRequest;
-use freshet::store::{Cause, PointerStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
 use freshet_cli::stack::bin_dir;
+use freshet_model::store::{Cause, PointerStore, Pointers, Slot};
 use freshet_tests::{Stack, eventually};
 
 /// Runs `freshet models ARGS --json` against the stack; returns (exit code, stdout as JSON).
@@ -43,7 +43,7 @@ async fn rollback_moves_the_live_pointer_and_the_predictor_follows() -> anyhow::
     )?;
     stack.spawn("predict", &[])?;
     let model = freshet::ids::ModelName::parse("bookstore")?;
-    let n = freshet::features::FEATURE_NAMES.len();
+    let n = freshet_features::bookstore::FEATURE_NAMES.len();
     stack
         .publish_examples(&model, 0..300, |i| {
             (vec![(i % 7) as f32 / 7.0; n], (i % 2) as f32)

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use freshet::features::{UserState, user_key};
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_features::bookstore::{UserState, user_key};
 use freshet_tests::{Stack, cloud_event, eventually};
 use serde_json::json;
 

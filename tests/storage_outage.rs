@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet_tests::{S3Server, Stack, assert_lineage_tiles, eventually, live_through};
 
 fn row(n: u64) -> (Vec<f32>, f32) {

@@ -5,53 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use freshet::features::{UserState, user_key};
 use freshet::subjects::{BUCKET_FEATURES, Subjects};
-use freshet_tests::{ConfiguredServer, cloud_event, eventually, spawn_function};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-
-/// A CA, and certificates it signed.
-struct Authority {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Authority {
-    fn new(name: &str) -> Authority {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Authority { cert, key }
-    }
-
-    /// Writes `<name>.pem` and `<name>-key.pem` for a certificate this CA signs.
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (cert_path, key_path) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-
-    fn write(&self, path: &Path) -> PathBuf {
-        std::fs::write(path, self.cert.pem()).unwrap();
-        path.to_path_buf()
-    }
-}
+use freshet_features::bookstore::{UserState, user_key};
+use freshet_tests::{Authority, ConfiguredServer, cloud_event, eventually, spawn_function};
 
 /// nats-server requiring TLS and a client certificate, on a loopback port.
 fn start_server(

@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use freshet::ids::ModelName;
 use freshet::serving::{PredictResponse, PredictionBatch, PredictionId};
-use freshet::store::{ArtifactStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_DEAD_LETTER, STREAM_EXAMPLES, STREAM_PREDICTIONS};
 use freshet::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+use freshet_model::store::{ArtifactStore, Pointers, Slot};
 use freshet_tests::{
     ModelWriter, Stack, bookstore_row_infer, bookstore_row_request, cloud_event, eventually, infer,
     view_action,

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use freshet::ids::ModelName;
-use freshet::model::ModelScorer;
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::BUCKET_MODELS;
+use freshet_model::ModelScorer;
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet_tests::{
     Stack, assert_lineage_learned, assert_lineage_tiles, eventually, live_through,
 };

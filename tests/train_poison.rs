@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use freshet::ids::ModelName;
-use freshet::model::ModelScorer;
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, HEADER_REASON, STREAM_CONTROL, STREAM_DEAD_LETTER};
+use freshet_model::ModelScorer;
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet_tests::{Stack, eventually};
 
 fn row(n: u64) -> (Vec<f32>, f32) {

@@ -44,6 +44,8 @@ up() {
     -l "$state/logs/nats-server.log" < /dev/null > /dev/null 2>&1 & echo $! >> "$pids"
   sleep 0.5
   export FRESHET_NATS_URL=nats://127.0.0.1:4222 FRESHET_OBJECT_STORE="file://$state/artifacts"
+  # Loopback only, like the server: the functions' HTTP ports ask for no credential here.
+  export FRESHET_HTTP_ADDR=127.0.0.1
   "$bin/freshet" provision
   port=9101
   for f in featurize train predict drift; do

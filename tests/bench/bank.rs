@@ -19,15 +19,15 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use freshet::events::{Action, EventData};
-use freshet::features::{
-    CategoryState, DEFAULT_ALLOWED_LATENESS, DEFAULT_OUT_OF_ORDERNESS, FEATURE_NAMES, ItemState,
-    MAX_PENDING_VIEWS, MONITORING, SCHEMA_NAME, SCHEMA_VERSION, UserState, feature_vector,
-    popularity_spec,
-};
 use freshet::monitoring::Watch;
 use freshet_cli::bookstore::{BookstoreConfig, Change, ChangeAt, busiest_category, generate};
 use freshet_drift::bank::{Bank, BankConfig, Observation, Scored};
 use freshet_drift::episodes::ReactionPolicy;
+use freshet_features::bookstore::{
+    CategoryState, DEFAULT_ALLOWED_LATENESS, DEFAULT_OUT_OF_ORDERNESS, FEATURE_NAMES, ItemState,
+    MAX_PENDING_VIEWS, MONITORING, SCHEMA_NAME, SCHEMA_VERSION, UserState, feature_vector,
+    popularity_spec,
+};
 use serde::Serialize;
 
 use crate::detectors::{Outcome, Stream, r6, run_river};

@@ -39,7 +39,7 @@ const LONG_STREAMS: u64 = 5;
 const LONG_LENGTH: usize = 200_000;
 /// The features the bookstore's monitoring plan watches: the feature family's tests with PSI.
 fn bookstore_feature_tests() -> usize {
-    freshet::features::MONITORING
+    freshet_features::bookstore::MONITORING
         .iter()
         .filter(|(watch, _)| *watch != freshet::monitoring::Watch::Ignore)
         .count()

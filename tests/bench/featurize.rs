@@ -120,7 +120,7 @@ async fn featurize(replicas: &[&[&str]], actions: usize) -> anyhow::Result<f64> 
         .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while features
-        .get(freshet::features::item_key(
+        .get(freshet_features::bookstore::item_key(
             &format!("b{}", ITEMS - 1).parse()?,
         ))
         .await?

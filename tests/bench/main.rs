@@ -15,7 +15,8 @@
 //! - the predictor over NATS: single requests, single requests while versions swap every 50 ms,
 //!   and batches of 64 rows;
 //! - the predictor over HTTP (Open Inference Protocol `infer`), single rows;
-//! - the predictor's resident memory after the load.
+//! - the predictor's resident memory after the load;
+//! - an authorised HTTP caller's latency while another caller floods beyond its rate ([`flood`]).
 //!
 //! Latency is measured with one request in flight at a time (p50/p99/p999); throughput with 32
 //! concurrent requesters for a fixed time. In each round the predictor's requests take turns
@@ -27,6 +28,7 @@
 mod bank;
 mod detectors;
 mod featurize;
+mod flood;
 mod pipeline;
 mod soak;
 mod train;
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use freshet::store::{Cause, PointerStore, Slot, Verified};
+use freshet_model::store::{Cause, PointerStore, Slot, Verified};
 use freshet_tests::{ModelWriter, Stack};
 use futures::StreamExt;
 use serde::Serialize;
@@ -110,6 +112,20 @@ struct Args {
     /// Soak: time between pointer moves
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     soak_interval: Duration,
+    /// Flood: requests per second each HTTP caller may make (the guarded predictor's
+    /// --http-rate); the authorised caller sends half as many
+    #[arg(long, default_value_t = 1_000)]
+    flood_rate_limit: u32,
+    /// Flood: requests the flooder offers per second
+    #[arg(long, default_value_t = 10_000.0)]
+    flood_offered: f64,
+    /// Flood: concurrent requesters of the flood
+    #[arg(long, default_value_t = 32)]
+    flood_concurrency: usize,
+    /// Flood: the authorised caller's requests per window (quiet, beside a refused flood, beside
+    /// a served one)
+    #[arg(long, default_value_t = 5_000)]
+    flood_requests: usize,
     /// Examples per training run (published as fast as JetStream takes them)
     #[arg(long, default_value_t = 100_000)]
     train_examples: u64,
@@ -382,9 +398,10 @@ impl Samples {
 /// The swapper process: moves bookstore's live pointer through versions 2..=120 every 50 ms.
 async fn swap_forever(url: &str, store: &str) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
-    let pointers =
-        freshet::store::Pointers::new(js.get_key_value(freshet::subjects::BUCKET_MODELS).await?);
-    let artifacts = freshet::store::ArtifactStore::from_url(store)?;
+    let pointers = freshet_model::store::Pointers::new(
+        js.get_key_value(freshet::subjects::BUCKET_MODELS).await?,
+    );
+    let artifacts = freshet_model::store::ArtifactStore::from_url(store)?;
     let model = freshet::ids::ModelName::parse("bookstore")?;
     // Written by the bench itself: verified once here, not at every swap.
     let mut versions = Vec::new();
@@ -724,7 +741,7 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
     );
 
     let infer = Bytes::from(serde_json::to_vec(&serde_json::json!({
-        "inputs": [{"name": "features", "shape": [1, freshet::features::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
+        "inputs": [{"name": "features", "shape": [1, freshet_features::bookstore::FEATURE_NAMES.len()], "datatype": "FP32", "data": request.features}]
     }))?);
     let http = Target::Http {
         client: reqwest::Client::new(),
@@ -771,9 +788,21 @@ async fn predict_suite(stack: &mut Stack, args: &Args) -> anyhow::Result<serde_j
             kib as f64 / 1024.0
         );
     }
+    let flood = flood::run(
+        stack,
+        flood::Plan {
+            rounds: args.runs,
+            rate: args.flood_rate_limit,
+            requests: args.flood_requests,
+            flood_rate: args.flood_offered,
+            flood_concurrency: args.flood_concurrency,
+        },
+    )
+    .await?;
     Ok(serde_json::json!({
         "requests": args.requests, "seconds": args.seconds, "concurrency": args.concurrency,
         "rows": rows, "paired": paired, "predict_rss_kib": rss, "swaps": swaps, "model_sizes": sizes,
+        "flood": flood,
     }))
 }
 
@@ -787,7 +816,7 @@ async fn model_sizes(
     single: &Bytes,
     batch: &Bytes,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    use freshet::model::{ModelConfig, ModelKind};
+    use freshet_model::{ModelConfig, ModelKind};
     let sizes = [
         ("logistic", ModelConfig::default()),
         (
@@ -808,7 +837,7 @@ async fn model_sizes(
             "mlp4096",
             ModelConfig {
                 kind: ModelKind::Mlp {
-                    hidden: freshet::model::MAX_HIDDEN,
+                    hidden: freshet_model::MAX_HIDDEN,
                 },
                 ..Default::default()
             },
@@ -864,8 +893,8 @@ async fn model_sizes(
 async fn serve_unrecorded(
     stack: &mut Stack,
     name: &str,
-    config: freshet::model::ModelConfig,
-) -> anyhow::Result<freshet::model::Manifest> {
+    config: freshet_model::ModelConfig,
+) -> anyhow::Result<freshet_model::Manifest> {
     let mut writer = ModelWriter::with_config(stack, name, config).await?;
     let manifest = writer.write_version(1).await?;
     writer.point(Slot::Live, 1, &manifest.sha256).await?;
@@ -886,9 +915,9 @@ async fn serve_unrecorded(
 }
 
 /// Trainable parameters of a model of `config` over the bookstore's features.
-fn parameters(config: &freshet::model::ModelConfig) -> usize {
+fn parameters(config: &freshet_model::ModelConfig) -> usize {
     config
         .kind
-        .parameter_count(freshet::features::FEATURE_NAMES.len())
+        .parameter_count(freshet_features::bookstore::FEATURE_NAMES.len())
         .unwrap_or_default()
 }

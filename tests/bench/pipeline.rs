@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use freshet::store::ArtifactStore;
 use freshet::subjects::{STREAM_EVENTS, STREAM_EXAMPLES};
+use freshet_model::store::ArtifactStore;
 use freshet_tests::{Stack, bookstore_action, bookstore_events, event_message};
 use futures::StreamExt;
 use serde::Serialize;
@@ -171,7 +171,7 @@ impl Processes {
 }
 
 /// CPU seconds a process has used, from /proc/<pid>/stat (utime and stime, in clock ticks).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it are space-separated.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

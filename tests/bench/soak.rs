@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use freshet::store::Slot;
+use freshet_model::store::Slot;
 use freshet_tests::{ModelWriter, Stack};
 use serde::Serialize;
 

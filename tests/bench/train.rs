@@ -15,8 +15,8 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactStore, Slot};
 use freshet_tests::Stack;
 use futures::StreamExt;
 use serde::Serialize;
@@ -149,7 +149,7 @@ fn follow_live(
                 _ = target.changed() => continue,
             };
             let now = Instant::now();
-            let Ok(pointer) = serde_json::from_slice::<freshet::store::Pointer>(&entry.value)
+            let Ok(pointer) = serde_json::from_slice::<freshet_model::store::Pointer>(&entry.value)
             else {
                 continue;
             };

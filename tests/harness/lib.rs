@@ -2,17 +2,17 @@
 //! folder, killed when the test ends), function binaries started as real processes against it,
 //! and helpers to publish events and read what the pipeline produced.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use bytes::Bytes;
 use freshet::serving::{PredictRequest, PredictResponse};
-use freshet::store::PointerStore;
 use freshet::subjects::Subjects;
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{FunctionProcess, NatsServer};
+use freshet_model::store::PointerStore;
 use futures::StreamExt;
 
 pub use freshet_cli::stack;
@@ -351,7 +351,7 @@ impl Stack {
 pub fn bookstore_row_request() -> freshet::serving::PredictRequest {
     freshet::serving::PredictRequest {
         features: Some(
-            (0..freshet::features::FEATURE_NAMES.len())
+            (0..freshet_features::bookstore::FEATURE_NAMES.len())
                 .map(|i| 0.1 * i as f64)
                 .collect(),
         ),
@@ -573,24 +573,24 @@ impl Drop for S3Server {
 /// exactly which versions exist and when they go live.
 pub struct ModelWriter {
     pub model: freshet::ids::ModelName,
-    pub artifacts: freshet::store::ArtifactStore,
-    pub pointers: freshet::store::Pointers,
+    pub artifacts: freshet_model::store::ArtifactStore,
+    pub pointers: freshet_model::store::Pointers,
     /// The MODELS bucket itself, written as a writer that verifies nothing would.
     models: async_nats::jetstream::kv::Store,
-    trainer: freshet::model::Trainer,
+    trainer: freshet_model::Trainer,
 }
 
 impl ModelWriter {
     /// Writes logistic-regression versions.
     pub async fn new(stack: &Stack, model: &str) -> anyhow::Result<ModelWriter> {
-        ModelWriter::with_config(stack, model, freshet::model::ModelConfig::default()).await
+        ModelWriter::with_config(stack, model, freshet_model::ModelConfig::default()).await
     }
 
     /// Writes versions of the model `config` describes (an mlp of some width, say).
     pub async fn with_config(
         stack: &Stack,
         model: &str,
-        config: freshet::model::ModelConfig,
+        config: freshet_model::ModelConfig,
     ) -> anyhow::Result<ModelWriter> {
         let models = stack
             .js
@@ -598,21 +598,21 @@ impl ModelWriter {
             .await?;
         Ok(ModelWriter {
             model: freshet::ids::ModelName::parse(model)?,
-            artifacts: freshet::store::ArtifactStore::from_url(&stack.artifacts_url())?,
-            pointers: freshet::store::Pointers::new(models.clone()),
+            artifacts: freshet_model::store::ArtifactStore::from_url(&stack.artifacts_url())?,
+            pointers: freshet_model::store::Pointers::new(models.clone()),
             models,
-            trainer: freshet::model::Trainer::new(&config, freshet::features::FEATURE_NAMES.len())?,
+            trainer: freshet_model::Trainer::new(
+                &config,
+                freshet_features::bookstore::FEATURE_NAMES.len(),
+            )?,
         })
     }
 
     /// Trains one more batch and stores the result as `version`; returns its manifest.
-    pub async fn write_version(
-        &mut self,
-        version: u64,
-    ) -> anyhow::Result<freshet::model::Manifest> {
+    pub async fn write_version(&mut self, version: u64) -> anyhow::Result<freshet_model::Manifest> {
         let rows: Vec<Vec<f32>> = (0..16)
             .map(|i| {
-                (0..freshet::features::FEATURE_NAMES.len())
+                (0..freshet_features::bookstore::FEATURE_NAMES.len())
                     .map(|j| ((i * 7 + j + version as usize) % 5) as f32)
                     .collect()
             })
@@ -620,24 +620,24 @@ impl ModelWriter {
         let labels: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
         self.trainer.train_batch(&rows, &labels)?;
         let bytes = self.trainer.to_bytes()?;
-        let manifest = freshet::model::Manifest {
+        let manifest = freshet_model::Manifest {
             model: self.model.to_string(),
             version,
             parent: version.checked_sub(1).filter(|v| *v > 0),
             config: *self.trainer.config(),
-            schema: freshet::features::schema(),
-            sha256: freshet::model::sha256_hex(&bytes),
+            schema: freshet_features::bookstore::schema(),
+            sha256: freshet_model::sha256_hex(&bytes),
             size_bytes: bytes.len() as u64,
             created_at: chrono::Utc::now(),
             step: self.trainer.step(),
-            learned: Some(freshet::model::SequenceRange {
+            learned: Some(freshet_model::SequenceRange {
                 first: version,
                 last: version,
             }),
             high_water_mark: version,
             lineage: None,
             traces: Vec::new(),
-            metrics: freshet::model::TrainingMetrics {
+            metrics: freshet_model::TrainingMetrics {
                 examples_total: 16 * version,
                 window_examples: 16,
                 prequential_accuracy: 0.5,
@@ -656,16 +656,16 @@ impl ModelWriter {
     /// on purpose, to see predictors refuse it.
     pub async fn point(
         &self,
-        slot: freshet::store::Slot,
+        slot: freshet_model::store::Slot,
         version: u64,
         sha256: &str,
     ) -> anyhow::Result<()> {
         let current = self.pointers.get(&self.model, slot).await?;
-        let pointer = freshet::store::Pointer {
+        let pointer = freshet_model::store::Pointer {
             version,
             sha256: sha256.to_string(),
             updated_at: chrono::Utc::now(),
-            cause: freshet::store::Cause::Operator,
+            cause: freshet_model::store::Cause::Operator,
             reason: "test".into(),
         };
         self.models
@@ -679,7 +679,7 @@ impl ModelWriter {
     }
 
     /// Removes a pointer (a candidate withdrawn).
-    pub async fn withdraw(&self, slot: freshet::store::Slot) -> anyhow::Result<()> {
+    pub async fn withdraw(&self, slot: freshet_model::store::Slot) -> anyhow::Result<()> {
         self.models.delete(slot.key(&self.model)).await?;
         Ok(())
     }
@@ -780,13 +780,13 @@ pub fn function_log(dir: &std::path::Path, function: &str) -> String {
 
 /// The manifest of `model`'s live version if it has learned the examples up to `sequence`.
 pub async fn live_through(
-    pointers: &freshet::store::Pointers,
-    artifacts: &freshet::store::ArtifactStore,
+    pointers: &freshet_model::store::Pointers,
+    artifacts: &freshet_model::store::ArtifactStore,
     model: &freshet::ids::ModelName,
     sequence: u64,
-) -> Option<freshet::model::Manifest> {
+) -> Option<freshet_model::Manifest> {
     let pointer = pointers
-        .get(model, freshet::store::Slot::Live)
+        .get(model, freshet_model::store::Slot::Live)
         .await
         .ok()?
         .value?;
@@ -798,9 +798,9 @@ pub async fn live_through(
 /// its versions' learned ranges tile that span with no gap and no overlap, and the live
 /// version counts `total` examples.
 pub async fn assert_lineage_tiles(
-    artifacts: &freshet::store::ArtifactStore,
+    artifacts: &freshet_model::store::ArtifactStore,
     model: &freshet::ids::ModelName,
-    live: &freshet::model::Manifest,
+    live: &freshet_model::Manifest,
     total: u64,
 ) -> anyhow::Result<()> {
     let sequences: Vec<u64> = (1..=total).collect();
@@ -812,9 +812,9 @@ pub async fn assert_lineage_tiles(
 /// them): its versions' learned ranges follow one another along `sequences` with no gap and no
 /// overlap, from the first to the last, and the live version counts them all.
 pub async fn assert_lineage_learned(
-    artifacts: &freshet::store::ArtifactStore,
+    artifacts: &freshet_model::store::ArtifactStore,
     model: &freshet::ids::ModelName,
-    live: &freshet::model::Manifest,
+    live: &freshet_model::Manifest,
     sequences: &[u64],
 ) -> anyhow::Result<()> {
     let mut ranges = Vec::new();
@@ -869,11 +869,17 @@ impl Drop for Started {
 /// Starts `freshet view --port 0 --window 10m` against the stack (its log in `view.log` of the
 /// stack's folder); returns it and the URL it printed.
 pub fn start_view(stack: &Stack) -> anyhow::Result<(Started, String)> {
+    start_view_with(stack, &[])
+}
+
+/// Like [`start_view`], with more arguments for `freshet view`.
+pub fn start_view_with(stack: &Stack, args: &[&str]) -> anyhow::Result<(Started, String)> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(freshet_cli::stack::bin_dir()?.join("freshet"))
         .args(["view", "--port", "0", "--window", "10m"])
+        .args(args)
         .envs(stack.env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -908,4 +914,101 @@ pub async fn view_state(url: &str) -> Option<serde_json::Value> {
         .json()
         .await
         .ok()
+}
+
+/// A certificate authority made for one test: certificates are generated at test time, and no
+/// private key is ever committed.
+pub struct Authority {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Authority {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).expect("no names are valid names");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key pair can be generated");
+        let cert = params.self_signed(&key).expect("a CA can sign itself");
+        Authority { cert, key }
+    }
+
+    /// Writes `<name>.pem` and `<name>-key.pem` in `dir` for a certificate this CA signs, for
+    /// `localhost` and 127.0.0.1, with `name` as its common name.
+    pub fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("localhost is a valid name");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key pair can be generated");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("the CA signs");
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).expect("the test folder is writable");
+        std::fs::write(&key_path, key.serialize_pem()).expect("the test folder is writable");
+        (cert_path, key_path)
+    }
+
+    /// Writes the CA's certificate to `path`.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.cert.pem()).expect("the test folder is writable");
+        path.to_path_buf()
+    }
+}
+
+/// Writes `tokens` to `path`, one per line, for `--http-tokens` (a running function re-reads it).
+pub fn write_tokens(path: &Path, tokens: &[&str]) -> PathBuf {
+    let mut text = String::from("# callers of this test\n");
+    for token in tokens {
+        text.push_str(token);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("the test folder is writable");
+    path.to_path_buf()
+}
+
+/// An HTTP client that sends `token` as its bearer credential with every request.
+pub fn http_client_with_token(token: &str) -> reqwest::Client {
+    client_builder(Some(token))
+        .expect("a test token is a valid header value")
+        .build()
+        .expect("the HTTP client builds")
+}
+
+/// An HTTPS client that trusts only the CA at `ca`, presenting the certificate and key of
+/// `identity`, and sending `token` as its bearer credential, when given.
+pub fn https_client(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = client_builder(token)?
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(ca)?)?]);
+    if let Some((cert, key)) = identity {
+        let pem = [std::fs::read(cert)?, std::fs::read(key)?].concat();
+        builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+    }
+    Ok(builder.build()?)
+}
+
+fn client_builder(token: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10)))
 }

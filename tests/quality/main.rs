@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use freshet::model::{BatchReport, Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
+use freshet_model::{BatchReport, Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
 use serde::Serialize;
 
 /// Train freshet's logistic model prequentially on stream files and report accuracy and rate.

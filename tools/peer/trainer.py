@@ -46,7 +46,7 @@ from river import compose, linear_model, preprocessing
 ACTIONS = ("view", "add_to_cart", "purchase")
 
 # Priors of the smoothed rates, the same as freshet's bookstore features
-# (shared/src/features.rs), so the two models see comparable inputs.
+# (shared/features/src/bookstore.rs), so the two models see comparable inputs.
 PRIOR_WEIGHT = 4.0
 PRIOR_PURCHASE_RATE = 0.1
 PRIOR_CATEGORY_SHARE = 0.5
@@ -152,7 +152,7 @@ class Bookstore:
     def features(self, data: dict) -> dict[str, float]:
         """The feature dict of a `user_action`, from the state BEFORE that action is counted.
 
-        Names and definitions follow freshet's bookstore features (shared/src/features.rs) where
+        Names and definitions follow freshet's bookstore features (shared/features/src/bookstore.rs) where
         they need no clock: counts as ln(1 + n), rates smoothed towards a prior. The event-time
         windows and recency features are left out: a Python team would need a stream processor
         for those.

@@ -20,9 +20,9 @@ use clap::Args;
 use freshet::events::{Action, Event, EventData};
 use freshet::ids::{EntityId, ModelName};
 use freshet::serving::{BatchRequest, BatchResponse, PredictRequest, call, endpoint_batch};
-use freshet::store::{ArtifactStore, PointerStore, Pointers, Slot};
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES, Subjects};
 use freshet::topology::{self, Topology};
+use freshet_model::store::{ArtifactStore, PointerStore, Pointers, Slot};
 
 use crate::bookstore::{self, BookstoreConfig, Viral};
 use crate::stack::{FunctionProcess, NatsServer};

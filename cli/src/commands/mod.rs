@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use freshet::config::CommonArgs;
 use freshet::subjects::Subjects;
+use freshet_model::store::ArtifactArgs;
 use serde::Serialize;
 
 /// The name this tool's connections carry in the server's connection list.
@@ -35,6 +36,8 @@ const CONNECTION_NAME: &str = "freshet-cli";
 pub struct GlobalArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     /// Print machine-readable JSON on stdout instead of tables
     #[arg(long = "json")]
     pub json: bool,
@@ -81,10 +84,8 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Nats> {
 }
 
 /// Opens the artifact store the global settings name.
-pub fn open_artifacts(global: &GlobalArgs) -> anyhow::Result<freshet::store::ArtifactStore> {
-    Ok(freshet::store::ArtifactStore::from_url(
-        &global.common.store.url,
-    )?)
+pub fn open_artifacts(global: &GlobalArgs) -> anyhow::Result<freshet_model::store::ArtifactStore> {
+    Ok(global.artifacts.open()?)
 }
 
 /// The error of a command asked about something that does not exist (exit code 3).

@@ -15,11 +15,11 @@ use chrono::Utc;
 use clap::{Args, Subcommand};
 use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelKind, ModelScorer, SequenceRange};
-use freshet::store::{
+use freshet::subjects::BUCKET_MODELS;
+use freshet_model::store::{
     ArtifactError, ArtifactStore, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
 };
-use freshet::subjects::BUCKET_MODELS;
+use freshet_model::{Manifest, ModelKind, ModelScorer, SequenceRange};
 use serde::Serialize;
 
 use super::{
@@ -1305,7 +1305,7 @@ async fn diff(global: &GlobalArgs, args: &DiffArgs) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use freshet::model::{Hyper, ModelConfig, Trainer};
+    use freshet_model::{Hyper, ModelConfig, Trainer};
 
     fn pointer(version: u64) -> Pointer {
         Pointer {

@@ -1,6 +1,7 @@
 //! `freshet provision`: creates the streams and KV buckets of the topology that are missing and
-//! checks the ones that exist. Safe to run any number of times; a stream or bucket whose settings
-//! differ from the topology is reported as a conflict and left alone.
+//! checks the ones that exist. Safe to run any number of times; a stream whose limits (age, bytes,
+//! duplicate window) differ from the topology's is updated in place, and a stream or bucket whose
+//! structure differs is reported as a conflict and left alone.
 
 use anyhow::Context;
 use freshet::topology::{self, Provisioned};
@@ -14,7 +15,7 @@ pub struct ProvisionRow {
     /// "stream" or "bucket".
     pub kind: String,
     pub name: String,
-    /// "created" or "unchanged".
+    /// "created", "unchanged" or "updated: <what changed>".
     pub result: String,
 }
 
@@ -28,10 +29,11 @@ pub fn rows(report: &[(String, Provisioned)]) -> Vec<ProvisionRow> {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 result: match outcome {
-                    Provisioned::Created => "created",
-                    Provisioned::Unchanged => "unchanged",
-                }
-                .to_string(),
+                    Provisioned::Created => "created".to_string(),
+                    Provisioned::Unchanged => "unchanged".to_string(),
+                    Provisioned::Updated(what) => format!("updated: {what}"),
+                    Provisioned::LimitsDiffer(what) => format!("limits differ: {what}"),
+                },
             }
         })
         .collect()

@@ -16,6 +16,11 @@
 //!   quarantines, train's version notices, outcomes joined by predict, refusals.
 //!
 //! Turning those records into chart series is pure and lives in [`series`].
+//!
+//! `/api/state` is behind the same guard as every function's routes (`--http-tokens`,
+//! `--http-client-ca`, and the limits): the page itself holds no data and is open, and sends the
+//! token it was given in its address's fragment (`#token=...`, which a browser never sends to a
+//! server) with each request for the state.
 
 mod series;
 
@@ -33,11 +38,14 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use clap::Args;
+use freshet::config::HttpArgs;
 use freshet::ids::ModelName;
-use freshet::store::{ArtifactStore, Pointer, Slot};
+use freshet::runtime::http::{HttpGuard, Surface};
+use freshet::shutdown::Shutdown;
 use freshet::subjects::{
     BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES, Subjects,
 };
+use freshet_model::store::{ArtifactStore, Pointer, Slot};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -78,6 +86,9 @@ pub struct ViewArgs {
     /// How far back the charts reach
     #[arg(long = "window", default_value = "30m", value_parser = humantime::parse_duration)]
     pub window: Duration,
+    /// Who may read the view's state, and how much (the functions' HTTP settings)
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Milliseconds since the Unix epoch from nanoseconds (what async-nats' times give).
@@ -248,6 +259,12 @@ impl View {
 
 /// Runs `freshet view` until interrupted.
 pub async fn run(global: &GlobalArgs, args: &ViewArgs) -> anyhow::Result<()> {
+    // Checked before connecting, so a wrong path fails at once.
+    let guard = HttpGuard::new(&args.http, None)
+        .context("configuring the view's HTTP server (FRESHET_HTTP_*)")?;
+    if !args.bind.is_loopback() {
+        guard.warn_if_open("freshet view's state and (to come) its actions");
+    }
     let nats = connect(global).await?;
     let context = Arc::new(View {
         js: nats.js,
@@ -257,37 +274,34 @@ pub async fn run(global: &GlobalArgs, args: &ViewArgs) -> anyhow::Result<()> {
         window: args.window,
         collected: Mutex::new(Collected::default()),
     });
-    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
-        .await
-        .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;
-    let address = listener.local_addr().context("reading the bound address")?;
+    let shutdown = Shutdown::on_signals();
+    guard.start(&shutdown);
     let tasks = [
         tokio::spawn(sample_forever(context.clone())),
         tokio::spawn(follow_pointers(context.clone())),
         tokio::spawn(follow_control(context.clone())),
     ];
-    let router = Router::new()
-        .route("/", get(page))
+    let state_routes = Router::new()
         .route("/api/state", get(state))
         .with_state(context);
-    emit(&format!("live view on http://{address}/\n"))?;
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(interrupted())
-        .await
-        .context("serving the live view");
+    let router = Router::new()
+        .route("/", get(page))
+        .merge(guard.protect(Surface::Serving, state_routes));
+    let (address, server) =
+        freshet::runtime::http::serve(&args.bind.to_string(), args.port, router, &guard, shutdown)
+            .await
+            .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;
+    let scheme = if guard.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    emit(&format!("live view on {scheme}://{address}/\n"))?;
+    let served = server.await.context("serving the live view");
     for task in tasks {
         task.abort();
     }
     served
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-    }
 }
 
 async fn page() -> impl IntoResponse {
@@ -903,7 +917,7 @@ fn kind_name(kind: MoveKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use freshet::store::Cause;
+    use freshet_model::store::Cause;
 
     use super::*;
 

@@ -609,7 +609,7 @@ impl Checkpoint {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
     /// The chain of live versions that scored it, named by its first version
-    /// ([`Manifest::lineage_root`](freshet::model::Manifest::lineage_root)): the error
+    /// ([`Manifest::lineage_root`](freshet_model::Manifest::lineage_root)): the error
     /// detectors follow one chain across train's steps and start afresh when live moves to
     /// another (a promotion, a rollback).
     pub version: u64,

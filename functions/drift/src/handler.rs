@@ -130,7 +130,7 @@ pub fn message_id(model: &ModelName, transition: &Transition) -> String {
 
 /// The bookstore schema, built once.
 static BOOKSTORE: std::sync::LazyLock<FeatureSchema> =
-    std::sync::LazyLock::new(freshet::features::schema);
+    std::sync::LazyLock::new(freshet_features::bookstore::schema);
 
 /// The schema that names and plans the features of `example`: the live schema's when the
 /// example follows it, the bookstore schema's for bookstore examples, else none.
@@ -236,8 +236,8 @@ mod tests {
 
     fn bookstore_example() -> ExampleRecord {
         example(
-            Some(("bookstore", freshet::features::SCHEMA_VERSION)),
-            freshet::features::FEATURE_NAMES.len(),
+            Some(("bookstore", freshet_features::bookstore::SCHEMA_VERSION)),
+            freshet_features::bookstore::FEATURE_NAMES.len(),
         )
     }
 
@@ -417,9 +417,9 @@ mod tests {
         let bookstore = bookstore_example();
         assert_eq!(
             feature_name(0, &bookstore, Some(&live)),
-            freshet::features::FEATURE_NAMES[0]
+            freshet_features::bookstore::FEATURE_NAMES[0]
         );
-        let expected: Vec<Watch> = freshet::features::MONITORING
+        let expected: Vec<Watch> = freshet_features::bookstore::MONITORING
             .iter()
             .map(|(w, _)| *w)
             .collect();
@@ -427,7 +427,7 @@ mod tests {
         // A live bookstore version written before plans existed watches by the bookstore plan.
         let unplanned = FeatureSchema {
             monitoring: Vec::new(),
-            ..freshet::features::schema()
+            ..freshet_features::bookstore::schema()
         };
         assert_eq!(plan(&bookstore, Some(&unplanned)), expected);
     }

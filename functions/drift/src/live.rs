@@ -1,16 +1,16 @@
 //! What drift adds to following the live and candidate versions
-//! ([`freshet::store::follow`]): the rule that keeps, for the promotion gate, the version a jump
+//! ([`freshet_model::store::follow`]): the rule that keeps, for the promotion gate, the version a jump
 //! replaced, and the counting of refusals.
 //!
-//! Both pointers are followed by the shared [`Follower`](freshet::store::Follower): it loads and
+//! Both pointers are followed by the shared [`Follower`](freshet_model::store::Follower): it loads and
 //! verifies each new version (the bytes against the manifest's size and sha256, the manifest's
 //! sha256 against the pointer's, the model's width against the manifest's schema) and swaps it
 //! in; a version that fails is refused and the previous one stays, as predict does, so the error
 //! drift measures remains that of the model answering requests.
 
-use freshet::model::Manifest;
-use freshet::store::follow::{Hooks, Refusal, Swap, VersionCell};
-use freshet::store::{Cause, Slot};
+use freshet_model::Manifest;
+use freshet_model::store::follow::{Hooks, Refusal, Swap, VersionCell};
+use freshet_model::store::{Cause, Slot};
 
 use crate::metrics::DriftMetrics;
 
@@ -59,7 +59,7 @@ impl Hooks for DriftHooks {
 
 #[cfg(test)]
 mod tests {
-    use freshet::store::follow::Loaded;
+    use freshet_model::store::follow::Loaded;
 
     use super::*;
 
@@ -70,14 +70,14 @@ mod tests {
             version,
             parent,
             config: Default::default(),
-            schema: freshet::features::schema(),
-            sha256: freshet::model::sha256_hex(&bytes),
+            schema: freshet_features::bookstore::schema(),
+            sha256: freshet_model::sha256_hex(&bytes),
             size_bytes: 4,
             created_at: chrono::Utc::now(),
             step: 1,
             learned: None,
             high_water_mark: 0,
-            metrics: freshet::model::TrainingMetrics {
+            metrics: freshet_model::TrainingMetrics {
                 examples_total: 0,
                 window_examples: 0,
                 prequential_accuracy: 0.5,
@@ -128,14 +128,14 @@ mod tests {
 
     /// A loaded version with `manifest(version, parent, lineage)`.
     fn loaded(version: u64, parent: Option<u64>, lineage: Option<u64>) -> std::sync::Arc<Loaded> {
-        let config = freshet::model::ModelConfig::default();
-        let bytes = freshet::model::Trainer::new(&config, 3)
+        let config = freshet_model::ModelConfig::default();
+        let bytes = freshet_model::Trainer::new(&config, 3)
             .unwrap()
             .to_bytes()
             .unwrap();
         std::sync::Arc::new(Loaded {
             manifest: manifest(version, parent, lineage),
-            scorer: freshet::model::ModelScorer::from_bytes(&bytes).unwrap(),
+            scorer: freshet_model::ModelScorer::from_bytes(&bytes).unwrap(),
         })
     }
 

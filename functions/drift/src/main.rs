@@ -17,8 +17,8 @@ use freshet::control::Reaction;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::{Follower, Pointers, Slot, VersionCell};
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot, VersionCell};
 
 // The bank lives in the library (the benchmark runs it); its modules name it `crate::bank`.
 use crate::bank::{Bank, BankConfig, DetectorList};
@@ -42,6 +42,8 @@ use freshet_drift::episodes::EpisodeConfig;
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model whose examples are watched
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -272,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
             args.model.clone(),
             slot,
             pointers.clone(),
-            ctx.artifacts()?,
+            args.artifacts.open()?,
             live::DriftHooks {
                 fallback,
                 metrics: metrics.clone(),

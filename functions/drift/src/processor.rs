@@ -31,9 +31,9 @@ use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::{EpisodeState, Reaction};
 use freshet::examples::FeatureSchema;
-use freshet::store::follow::{Loaded, VersionCell};
 use freshet_drift::detectors::Level;
 use freshet_drift::episodes::{Episode, ReactionPolicy, Transition};
+use freshet_model::store::follow::{Loaded, VersionCell};
 
 /// Where drift reads and writes.
 pub struct Io {

@@ -76,7 +76,7 @@ mod tests {
     use super::*;
 
     fn user(views: u64) -> EntityState {
-        EntityState::User(freshet::features::UserState {
+        EntityState::User(freshet_features::bookstore::UserState {
             views,
             ..Default::default()
         })

@@ -5,18 +5,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use freshet::aggregates::WindowSpec;
-use freshet::aggregates::ewma::Decay;
 use freshet::error::{RejectReason, Rejection};
 use freshet::events::{Action, Event, EventData, NewItem, UserAction};
 use freshet::examples::ExampleRecord;
-use freshet::features::{self, Applied, CategoryState, ItemState, ScalingState, UserState};
 use freshet::ids::{EntityId, ModelName};
-use freshet::labels::{
-    DueBuckets, DueSlot, LabelCounts, LabelState, LabelUpdate, due_slot_key, label_state_key,
-};
+use freshet::stats::ewma::Decay;
 use freshet::subjects::Subjects;
 use freshet::trace::TraceContext;
+use freshet_features::aggregates::WindowSpec;
+use freshet_features::bookstore::{
+    self, Applied, CategoryState, ItemState, ScalingState, UserState,
+};
+use freshet_features::labels::{
+    DueBuckets, DueSlot, LabelCounts, LabelState, LabelUpdate, due_slot_key, label_state_key,
+};
 
 use crate::labels::{self, ActionEvent, LabelSettings, Labelled, Outcome};
 
@@ -126,7 +128,7 @@ pub struct Settings {
     pub popularity: WindowSpec,
     pub labels: LabelSettings,
     /// β of the EWMA mean and variance kept per feature for scaling (see
-    /// [`freshet::features::ScalingState`]).
+    /// [`freshet_features::bookstore::ScalingState`]).
     pub scaling_decay: Decay,
     /// How far ahead of when it was stored an event's time may be (see [`event_time`]).
     pub max_future_skew: TimeDelta,
@@ -499,9 +501,9 @@ pub fn keys_of(settings: &Settings, batch: &[Routed]) -> BTreeSet<String> {
         match &routed.work {
             Work::UserAction(action) => {
                 let partition = routed.position.partition;
-                keys.insert(features::user_key(&action.user));
-                keys.insert(features::item_key(&action.item));
-                keys.insert(features::scaling_key(model, partition));
+                keys.insert(bookstore::user_key(&action.user));
+                keys.insert(bookstore::item_key(&action.item));
+                keys.insert(bookstore::scaling_key(model, partition));
                 if settings.labels.waits() {
                     keys.insert(label_state_key(model, partition));
                     if action.action != Action::Purchase {
@@ -510,7 +512,7 @@ pub fn keys_of(settings: &Settings, batch: &[Routed]) -> BTreeSet<String> {
                 }
             }
             Work::NewItem(item) => {
-                keys.insert(features::item_key(&item.item));
+                keys.insert(bookstore::item_key(&item.item));
             }
             Work::Example(_) | Work::Nothing => {}
         }
@@ -529,14 +531,15 @@ pub fn category_keys_of(
     for routed in batch {
         match &routed.work {
             Work::UserAction(action) => {
-                if let Some(EntityState::Item(item)) = states.get(&features::item_key(&action.item))
+                if let Some(EntityState::Item(item)) =
+                    states.get(&bookstore::item_key(&action.item))
                     && let Some(category) = &item.category
                 {
-                    keys.insert(features::category_key(category));
+                    keys.insert(bookstore::category_key(category));
                 }
             }
             Work::NewItem(item) => {
-                keys.insert(features::category_key(&item.category));
+                keys.insert(bookstore::category_key(&item.category));
             }
             Work::Example(_) | Work::Nothing => {}
         }
@@ -571,7 +574,7 @@ pub fn plan_batch(
                 }
             }
             Work::NewItem(new_item) => {
-                let key = features::item_key(&new_item.item);
+                let key = bookstore::item_key(&new_item.item);
                 let mutation = Mutation::NewItem {
                     category: new_item.category.clone(),
                     price: new_item.price,
@@ -596,8 +599,8 @@ fn plan_action(
     plan: &mut BatchPlan,
 ) -> Result<(), Rejection> {
     let position = routed.position;
-    let user_key = features::user_key(&action.user);
-    let item_key = features::item_key(&action.item);
+    let user_key = bookstore::user_key(&action.user);
+    let item_key = bookstore::item_key(&action.item);
     // Read in place: the states are borrowed until the mutations below are recorded.
     let (empty_user, empty_item, empty_category) = (
         UserState::default(),
@@ -612,7 +615,7 @@ fn plan_action(
         Some(EntityState::Item(item)) => item,
         _ => &empty_item,
     };
-    let category_key = item.category.as_deref().map(features::category_key);
+    let category_key = item.category.as_deref().map(bookstore::category_key);
     let category = match category_key.as_deref().and_then(|key| states.get(key)) {
         Some(EntityState::Category(category)) => category,
         _ => &empty_category,
@@ -643,7 +646,7 @@ fn plan_action(
         record(states, plan, &user_key, mutation, settings);
         return Err(Rejection::new(reason, "time", refused));
     }
-    let features = features::feature_vector(user, item, category, routed.at);
+    let features = bookstore::feature_vector(user, item, category, routed.at);
     let user_mutation = Mutation::UserAction {
         action: action.action,
         item: action.item.clone(),
@@ -701,7 +704,7 @@ fn plan_action(
         }
     }
     if !outcome.examples.is_empty() {
-        let scaling_key = features::scaling_key(&settings.model, partition);
+        let scaling_key = bookstore::scaling_key(&settings.model, partition);
         let mutation = Mutation::Scale {
             examples: outcome
                 .examples
@@ -773,7 +776,7 @@ pub fn due_users(
     for &bucket in due {
         let key = due_slot_key(&settings.model, partition, buckets.slot_of(bucket));
         if let Some(EntityState::Due(slot)) = states.get(&key) {
-            users.extend(slot.users(bucket).map(features::user_key));
+            users.extend(slot.users(bucket).map(bookstore::user_key));
         }
     }
     users
@@ -904,7 +907,10 @@ fn example_of(model: &ModelName, labelled: Labelled) -> ExampleRecord {
     ExampleRecord {
         id: ExampleRecord::id_for(&labelled.source_event),
         model: model.clone(),
-        schema: Some((features::SCHEMA_NAME.to_string(), features::SCHEMA_VERSION)),
+        schema: Some((
+            bookstore::SCHEMA_NAME.to_string(),
+            bookstore::SCHEMA_VERSION,
+        )),
         features: labelled.features,
         label: labelled.label,
         source_event: labelled.source_event,
@@ -950,7 +956,7 @@ mod tests {
 
     use chrono::TimeDelta;
     use freshet::events::{DEFAULT_MAX_EVENT_BYTES, decode};
-    use freshet::features::{FEATURE_NAMES, popularity_spec};
+    use freshet_features::bookstore::{FEATURE_NAMES, popularity_spec};
 
     use super::*;
     use crate::labels::{Method, NegativeRate};

@@ -11,7 +11,7 @@
 //!   published at once as a negative (`feedback: fake_negative`, id `ex-<view event id>`); a
 //!   purchase within the horizon publishes its positive duplicate (`feedback: correction`, id
 //!   `ex-<purchase event id>`, the view's features and time, `corrects: ex-<view event id>`).
-//!   train weighs the two so that the model learns the true rate (see `freshet::model::weighting`).
+//!   train weighs the two so that the model learns the true rate (see `freshet_model::weighting`).
 //!   The horizon passing publishes nothing: the negative went out already.
 //! - **wait for the horizon** (`wait`): nothing goes out at the view; a purchase within the
 //!   horizon publishes the view's positive (id `ex-<view event id>`), and the horizon passing its
@@ -28,7 +28,7 @@
 //! user's event-time watermark (their latest event time minus the out-of-orderness bound) passes
 //! its due time ([`label`]); and featurize's tick decides it once its partition's time passes
 //! it, whether or not the user comes back ([`decide_due`], driven by the due index of
-//! `freshet::labels`).
+//! `freshet_features::labels`).
 //!
 //! Negatives are sampled: each is kept with the configured probability, decided by a hash of its
 //! view's event id, so a redelivered event makes the same decision. Sampling fake negatives
@@ -48,9 +48,9 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeDelta, Utc};
 use freshet::events::{Action, Feedback};
 use freshet::examples::ExampleRecord;
-use freshet::features::{MAX_PENDING_VIEWS, PendingView, UserState};
 use freshet::ids::EntityId;
-use freshet::labels::LabelCounts;
+use freshet_features::bookstore::{MAX_PENDING_VIEWS, PendingView, UserState};
+use freshet_features::labels::LabelCounts;
 
 /// The share of negative examples kept, between 0 and 1.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
-use freshet::aggregates::ewma::Decay;
 use freshet::config::{FunctionArgs, parse_duration};
-use freshet::features::popularity_spec;
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
+use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 use freshet_featurize::{cache, handler, labels, processor};
+use freshet_features::bookstore::popularity_spec;
 
 /// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
 /// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch

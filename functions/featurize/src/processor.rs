@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use freshet::labels::{LabelHealth, LabelState, label_state_key};
+use freshet_features::labels::{LabelHealth, LabelState, label_state_key};
 use prometheus_client::metrics::gauge::Gauge;
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
@@ -123,7 +123,7 @@ impl LabelTicks {
     }
 }
 
-/// Label health featurize exports (see [`freshet::labels::LabelHealth`]), over its partitions.
+/// Label health featurize exports (see [`freshet_features::labels::LabelHealth`]), over its partitions.
 #[derive(Clone, Default)]
 pub struct LabelMetrics {
     pub waiting: Gauge,
@@ -619,7 +619,7 @@ impl Featurizer {
                     waiting = health.waiting, "{warning}");
             }
             None if self.ticks.warned
-                && health.recent.views >= freshet::labels::MIN_VIEWS_TO_COMPARE =>
+                && health.recent.views >= freshet_features::labels::MIN_VIEWS_TO_COMPARE =>
             {
                 self.ticks.warned = false;
                 tracing::info!(model = %self.settings.model, "the share of positives published meets the observed conversion rate again");

@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use freshet::features::{CategoryState, ItemState, category_key};
 use freshet::shutdown::Shutdown;
+use freshet_features::bookstore::{CategoryState, ItemState, category_key};
 use futures::StreamExt;
 
 /// One item as last seen, with its FEATURES revision (the provenance of a recommendation).

@@ -137,7 +137,7 @@ pub fn top_n(scores: &[f32], n: usize) -> Vec<usize> {
 /// monitoring plan) does not change what they are, so it is not compared. That the model takes
 /// as many features as its schema lists, loading the artifact has checked.
 pub fn check_compatible(schema: &FeatureSchema) -> Result<(), String> {
-    let bookstore = freshet::features::schema();
+    let bookstore = freshet_features::bookstore::schema();
     if schema.name == bookstore.name
         && (schema.version != bookstore.version || schema.features != bookstore.features)
     {
@@ -145,7 +145,7 @@ pub fn check_compatible(schema: &FeatureSchema) -> Result<(), String> {
             "feature schema {} v{} differs from the predictor's v{}",
             schema.name,
             schema.version,
-            freshet::features::SCHEMA_VERSION
+            freshet_features::bookstore::SCHEMA_VERSION
         ));
     }
     Ok(())
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_version_is_compatible_with_the_bookstore_schema_or_a_raw_vector_schema() {
-        let bookstore = freshet::features::schema();
+        let bookstore = freshet_features::bookstore::schema();
         assert_eq!(check_compatible(&bookstore), Ok(()));
         let older = FeatureSchema {
             version: bookstore.version - 1,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,9 +22,9 @@ use freshet::ids::{EntityId, ModelName};
 use freshet::runtime::Readiness;
 use freshet::runtime::cloudevents::{self, CLOUDEVENTS_JSON};
 use freshet::serving::{BatchRequest, PredictRequest, PredictResponse};
-use freshet::store::follow::Loaded;
 use freshet::telemetry::{Span, SpanKind};
 use freshet::trace::TraceContext;
+use freshet_model::store::follow::Loaded;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -32,9 +32,6 @@ use crate::handler::ServeError;
 use crate::service::Server;
 use crate::spans::answered;
 
-/// The largest request body accepted; larger ones get 413 before they are buffered. A full batch
-/// of [`freshet::serving::MAX_BATCH_ROWS`] rows in JSON is far below it.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The platform this predictor reports in model metadata.
 pub const PLATFORM: &str = "freshet-burn";
 /// The input carrying ready feature rows.
@@ -51,16 +48,23 @@ pub const EVENT_PREDICTION: &str = "prediction";
 #[derive(Clone)]
 struct Http {
     server: Arc<Server>,
-    readiness: Readiness,
 }
 
-/// The predictor's HTTP routes (merged with `/healthz`, `/readyz`, `/metrics`).
-pub fn routes(server: Arc<Server>, readiness: Readiness) -> Router {
+/// The protocol's health probes, open to anyone as `/healthz` and `/readyz` are.
+pub fn probe_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(health_live))
+        .route("/v2/health/ready", get(health_ready))
+        .with_state(readiness)
+}
+
+/// The predictor's serving routes: the Open Inference Protocol and CloudEvents, to be served
+/// behind the guard (they answer only callers with a credential when credentials are set). Their
+/// bodies' size is the guard's to limit (`--http-max-body-bytes`).
+pub fn routes(server: Arc<Server>) -> Router {
     Router::new()
         .route("/", post(cloud_event))
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(health_live))
-        .route("/v2/health/ready", get(health_ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
@@ -76,8 +80,7 @@ pub fn routes(server: Arc<Server>, readiness: Readiness) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(version_infer),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Http { server, readiness })
+        .with_state(Http { server })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,7 +381,8 @@ pub struct IncomingEvent {
 /// Reads the CloudEvent an HTTP request carries (structured or binary mode, by the shared
 /// binding) and checks its envelope: specversion 1.0, an id and a source, JSON data.
 pub fn incoming_event(headers: &HeaderMap, body: &[u8]) -> Result<IncomingEvent, ServeError> {
-    let envelope = cloudevents::envelope_from_http(headers, body, MAX_BODY_BYTES)
+    // The body's size was limited by the guard before it got here.
+    let envelope = cloudevents::envelope_from_http(headers, body, usize::MAX)
         .map_err(|rejection| ServeError::bad_request(rejection.detail))?;
     let envelope: CloudEvent = serde_json::from_slice(&envelope)
         .map_err(|e| ServeError::bad_request(format!("malformed CloudEvent: {e}")))?;
@@ -484,14 +488,11 @@ fn respond<T: IntoResponse>(result: Result<T, ServeError>) -> Response {
     }
 }
 
-/// A body that could not be read (too large: 413), as a protocol error.
+/// A body that could not be read, as a protocol error.
 fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServeError> {
     body.map_err(|rejection| ServeError {
         code: usize::from(rejection.status().as_u16()),
-        message: format!(
-            "cannot read the request body ({}); the limit is {MAX_BODY_BYTES} bytes",
-            rejection.body_text()
-        ),
+        message: format!("cannot read the request body ({})", rejection.body_text()),
     })
 }
 
@@ -542,8 +543,8 @@ async fn health_live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
-async fn health_ready(State(http): State<Http>) -> Response {
-    if http.readiness.is_ready() {
+async fn health_ready(State(readiness): State<Readiness>) -> Response {
+    if readiness.is_ready() {
         (StatusCode::OK, Json(json!({"ready": true}))).into_response()
     } else {
         (
@@ -845,15 +846,15 @@ mod tests {
             json!({"prediction_ids": ["b-0"]}),
             "recorded rows carry their ids for the outcome join"
         );
-        let meta = model_metadata_json(&model, 3, &freshet::features::schema());
+        let meta = model_metadata_json(&model, 3, &freshet_features::bookstore::schema());
         assert_eq!(meta["versions"], json!(["3"]));
         assert_eq!(
             meta["inputs"][0]["shape"],
-            json!([-1, freshet::features::FEATURE_NAMES.len()])
+            json!([-1, freshet_features::bookstore::FEATURE_NAMES.len()])
         );
         assert_eq!(
             meta["parameters"]["feature_names"],
-            json!(freshet::features::FEATURE_NAMES)
+            json!(freshet_features::bookstore::FEATURE_NAMES)
         );
     }
 

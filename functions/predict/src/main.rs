@@ -19,8 +19,8 @@ use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
-use freshet::store::{Follower, Pointers, Slot};
 use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PREDICTIONS};
+use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
@@ -29,6 +29,8 @@ use freshet::subjects::{BUCKET_FEATURES, BUCKET_MODELS, STREAM_EVENTS, STREAM_PR
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model to serve
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -59,6 +61,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Its CloudEvents endpoint is `POST /`, answered with a prediction: nothing is pushed to it.
+    anyhow::ensure!(
+        args.function.events == freshet::config::PushEvents::Off,
+        "predict takes no pushed events (--events): its CloudEvents endpoint is POST /"
+    );
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
     let swap_metrics = swaps::SwapMetrics::default();
     swap_metrics.register(&ctx.metrics);
@@ -77,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             args.model.clone(),
             slot,
             pointers.clone(),
-            ctx.artifacts()?,
+            args.artifacts.open()?,
             swaps::SwapHooks {
                 model: args.model.clone(),
                 metrics: swap_metrics.clone(),
@@ -116,8 +123,13 @@ async fn main() -> anyhow::Result<()> {
         args.max_model_age,
         ctx.shutdown.clone(),
     )));
-    ctx.serve_http(http::routes(server.clone(), ctx.readiness.clone()))
-        .await?;
+    ctx.http
+        .warn_if_open("predict's Open Inference Protocol and CloudEvents endpoints");
+    ctx.serve_http_with(
+        http::probe_routes(ctx.readiness.clone()),
+        http::routes(server.clone()),
+    )
+    .await?;
 
     // The outcome join runs beside serving, on its own durable consumer of EVENTS.
     let outcome_metrics = outcomes::OutcomeMetrics::default();

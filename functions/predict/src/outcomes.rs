@@ -54,7 +54,7 @@ impl OutcomeMetrics {
 
 /// Whether a score called the label right.
 pub fn is_correct(score: f32, label: f64) -> bool {
-    freshet::model::predicts_positive(score) == (label >= 0.5)
+    freshet_model::predicts_positive(score) == (label >= 0.5)
 }
 
 pub struct OutcomeJoiner {

@@ -8,7 +8,7 @@ use chrono::Utc;
 use freshet::metrics::Metrics;
 use freshet::runtime::Readiness;
 use freshet::shutdown::Shutdown;
-use freshet::store::follow::{StandIn, VersionCell};
+use freshet_model::store::follow::{StandIn, VersionCell};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Whether a predictor whose live version was created `age` ago may call itself ready.

@@ -21,8 +21,8 @@ use freshet::ids::ModelName;
 use freshet::serving::{
     PredictionBatch, PredictionId, PredictionRecord, RecordedPrediction, Variant,
 };
-use freshet::store::follow::Loaded;
 use freshet::subjects::Subjects;
+use freshet_model::store::follow::Loaded;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 

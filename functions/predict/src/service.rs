@@ -11,18 +11,18 @@ use async_nats::jetstream::kv;
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use chrono::Utc;
-use freshet::features::{ItemState, UserState, feature_vector, item_key, user_key};
 use freshet::ids::{EntityId, ModelName};
 use freshet::serving::{
     BatchResponse, PredictRequest, PredictResponse, PredictionRecord, Provenance, RecommendRequest,
     RecommendResponse, Recommendation, SERVICE_NAME, Variant, endpoint_batch, endpoint_recommend,
     endpoint_single,
 };
-use freshet::store::follow::{Loaded, VersionCell};
 use freshet::store::kv::read;
 use freshet::subjects::Subjects;
 use freshet::telemetry::{Span, SpanKind, Spans};
 use freshet::trace::TraceContext;
+use freshet_features::bookstore::{ItemState, UserState, feature_vector, item_key, user_key};
+use freshet_model::store::follow::{Loaded, VersionCell};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -175,7 +175,7 @@ impl Server {
     }
 
     fn require_bookstore_schema(&self, model: &Loaded) -> Result<(), ServeError> {
-        if model.manifest.schema.name == freshet::features::SCHEMA_NAME {
+        if model.manifest.schema.name == freshet_features::bookstore::SCHEMA_NAME {
             Ok(())
         } else {
             Err(ServeError::bad_request(format!(

@@ -1,8 +1,8 @@
-//! What predict adds to following its model's pointers ([`freshet::store::follow`]): the
+//! What predict adds to following its model's pointers ([`freshet_model::store::follow`]): the
 //! compatibility check a version must pass before it serves, and the metrics and CONTROL
 //! announcements of swaps and refusals.
 //!
-//! The shared [`Follower`](freshet::store::Follower) watches `<model>.live` and
+//! The shared [`Follower`](freshet_model::store::Follower) watches `<model>.live` and
 //! `<model>.candidate` (current value first, then every change), loads each new version beside the
 //! serving one, verifies it (checksum, a test inference) and, once [`SwapHooks::prepare`] accepts
 //! it, swaps it in. A version that fails any check is refused: the previous one keeps serving, and
@@ -13,9 +13,9 @@
 use async_nats::jetstream;
 use bytes::Bytes;
 use freshet::ids::ModelName;
-use freshet::store::Slot;
-use freshet::store::follow::{Hooks, Loaded, Refusal, Swap};
 use freshet::subjects::Subjects;
+use freshet_model::store::Slot;
+use freshet_model::store::follow::{Hooks, Loaded, Refusal, Swap};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;

@@ -8,7 +8,7 @@
 //! against the label each carries, the fake negative of a converted view would count as a
 //! mistake the model did not make. So the window weighs every example's accuracy and log loss
 //! by its loss weight `w` (1 for a final label, `(1 − p)(1 + p)` for a fake negative, `1 + p` for
-//! a correction; see `freshet::model::weighting`), the ROC AUC every pair by the product of the
+//! a correction; see `freshet_model::weighting`), the ROC AUC every pair by the product of the
 //! pair's weights, and divides by the weights' sum. For a view the model gives `p` whose true
 //! rate is `π`, the expected weighted log loss of its examples over their expected weight is
 //! `[(1 − p)·ℓ(0) + π·ℓ(1)] / (1 − p + π)`: the log loss against the final label exactly when
@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{
+use freshet_model::{
     BatchReport, Manifest, ModelConfig, RowWeight, SequenceRange, TrainingMetrics, log_loss,
     predicts_positive, sha256_hex,
 };
@@ -87,10 +87,10 @@ pub fn reaction_in_flight(
 pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
     match &record.schema {
         Some((name, version))
-            if name == freshet::features::SCHEMA_NAME
-                && *version == freshet::features::SCHEMA_VERSION =>
+            if name == freshet_features::bookstore::SCHEMA_NAME
+                && *version == freshet_features::bookstore::SCHEMA_VERSION =>
         {
-            freshet::features::schema()
+            freshet_features::bookstore::schema()
         }
         Some((name, version)) => FeatureSchema {
             name: name.clone(),

@@ -10,15 +10,15 @@ mod trainer;
 use std::time::Duration;
 
 use clap::Parser;
-use freshet::aggregates::ewma::Decay;
 use freshet::config::FunctionArgs;
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
-use freshet::model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
-use freshet::store::Pointers;
+use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
+use freshet_model::store::{ArtifactArgs, Pointers};
+use freshet_model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
 use futures::StreamExt;
 
 use crate::quality::{Quality, QualityConfig};
@@ -31,6 +31,8 @@ use crate::quality::{Quality, QualityConfig};
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
     /// Model to train (its examples are on <prefix>.examples.<model>)
     #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
     model: ModelName,
@@ -39,10 +41,10 @@ struct Args {
     #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic")]
     kind: ModelKind,
     /// Hidden ReLU units of an mlp
-    #[arg(long = "hidden", env = "FRESHET_HIDDEN", default_value_t = freshet::model::DEFAULT_HIDDEN)]
+    #[arg(long = "hidden", env = "FRESHET_HIDDEN", default_value_t = freshet_model::DEFAULT_HIDDEN)]
     hidden: usize,
     /// Latent factors per feature of a factorization_machine
-    #[arg(long = "factors", env = "FRESHET_FACTORS", default_value_t = freshet::model::DEFAULT_FACTORS)]
+    #[arg(long = "factors", env = "FRESHET_FACTORS", default_value_t = freshet_model::DEFAULT_FACTORS)]
     factors: usize,
     /// Seed of the initial parameters (mlp, factorization_machine)
     #[arg(long = "seed", env = "FRESHET_SEED", default_value_t = 0)]
@@ -193,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let io = trainer::Io {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
-        artifacts: ctx.artifacts()?,
+        artifacts: args.artifacts.open()?,
         pointers,
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,

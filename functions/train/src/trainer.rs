@@ -14,14 +14,14 @@ use freshet::control::{KIND_QUARANTINE, Reaction};
 use freshet::error::{Failure, RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
-use freshet::model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
-use freshet::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
-};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
+use freshet_model::store::{
+    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+};
+use freshet_model::{Manifest, ModelConfig, ModelError, SequenceRange, Trainer as ModelTrainer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
@@ -612,17 +612,17 @@ impl Trainer {
     }
 
     /// Exports the window's positive share and mean prediction, and says in the log when they
-    /// part by more than [`freshet::labels::PARTED_FACTOR`] and when they meet again.
-    fn watch_calibration(&mut self, metrics: &freshet::model::TrainingMetrics) {
+    /// part by more than [`freshet_features::labels::PARTED_FACTOR`] and when they meet again.
+    fn watch_calibration(&mut self, metrics: &freshet_model::TrainingMetrics) {
         let (Some(share), Some(mean)) = (metrics.positive_share, metrics.mean_prediction) else {
             return;
         };
         self.metrics.positive_share.set(share);
         self.metrics.mean_prediction.set(mean);
-        if metrics.window_examples < freshet::labels::MIN_VIEWS_TO_COMPARE {
+        if metrics.window_examples < freshet_features::labels::MIN_VIEWS_TO_COMPARE {
             return;
         }
-        match freshet::labels::calibration_warning(mean, share, "the share of positives it learned")
+        match freshet_features::labels::calibration_warning(mean, share, "the share of positives it learned")
         {
             Some(warning) if !self.miscalibrated => {
                 self.miscalibrated = true;

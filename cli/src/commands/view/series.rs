@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use freshet::store::{Cause, Slot};
+use freshet_model::store::{Cause, Slot};
 use serde::Serialize;
 
 /// Milliseconds since the Unix epoch.
