@@ -810,4 +810,99 @@ mod tests {
         });
         assert_eq!(at_start.len(), 11);
     }
+
+    /// Live traffic over `actions` actions at 20 a second from a fixed start, delays shortened,
+    /// in a shop large enough that a user seldom looks at the same book twice.
+    fn live(actions: usize) -> BookstoreConfig {
+        let start = DateTime::<Utc>::from_timestamp(1_790_000_000, 0).unwrap();
+        BookstoreConfig {
+            actions,
+            traffic: Some(Traffic {
+                purchase_delay: std::time::Duration::from_secs(60),
+                late_share: 0.1,
+                late_delay: std::time::Duration::from_secs(600),
+                ..Traffic::live(start, 20.0)
+            }),
+            users: 2_000,
+            items: 400,
+            ..config(3)
+        }
+    }
+
+    #[test]
+    fn live_traffic_runs_at_its_rate_from_its_start_in_time_order() {
+        let config = live(36_000);
+        let traffic = config.traffic.unwrap();
+        let events = generate(&config);
+        assert_eq!(events, generate(&config), "still the same for the same seed");
+        let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time.unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
+        assert_eq!(times[0], traffic.start);
+        let span = (*times.last().unwrap() - traffic.start).num_seconds();
+        assert!((1_700..=1_800).contains(&span), "30 minutes at 20/s: {span} s");
+        let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), events.len(), "ids stay unique");
+        // About 20 actions in every minute after the catalogue, not one a second.
+        let first_minute = times
+            .iter()
+            .filter(|t| **t > traffic.start && **t < traffic.start + Duration::seconds(60))
+            .count();
+        assert!((900..=1_500).contains(&first_minute), "{first_minute}");
+    }
+
+    #[test]
+    fn purchases_follow_their_views_after_a_minute_some_past_a_horizon() {
+        let events = generate(&live(36_000));
+        // Each purchase's delay after the latest view of the item by its user before it.
+        let mut viewed: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+        let mut delays = Vec::new();
+        for event in &events {
+            let EventData::UserAction(a) = &event.data else {
+                continue;
+            };
+            let key = (a.user.to_string(), a.item.to_string());
+            let at = event.time.unwrap();
+            match a.action {
+                Action::View => {
+                    viewed.insert(key, at);
+                }
+                Action::Purchase => {
+                    let view = viewed.get(&key).expect("a purchase follows a view");
+                    delays.push((at - *view).num_seconds());
+                }
+                _ => {}
+            }
+        }
+        assert!(delays.len() > 500, "{}", delays.len());
+        let mean = delays.iter().sum::<i64>() as f64 / delays.len() as f64;
+        let past_horizon = delays.iter().filter(|d| **d > 300).count() as f64;
+        // 90 % with a mean of a minute, 10 % with a mean of ten minutes, cut at the stream's
+        // end; measured from the latest view, which a second look can bring closer. Past a
+        // five-minute horizon: some 0.6 % of the first, 40 to 60 % of the second.
+        assert!((30.0..200.0).contains(&mean), "mean delay {mean} s");
+        let share = past_horizon / delays.len() as f64;
+        assert!((0.02..0.08).contains(&share), "share past 5 minutes {share}");
+    }
+
+    #[test]
+    fn under_live_traffic_users_leave_and_new_ones_come() {
+        let config = BookstoreConfig {
+            users: 50,
+            items: 40,
+            ..live(20_000)
+        };
+        let seen = |events: &[Event]| -> HashSet<String> {
+            actions(events).map(|a| a.user.to_string()).collect()
+        };
+        let live_users = seen(&generate(&config));
+        assert!(live_users.len() > config.users * 2, "{}", live_users.len());
+        // Some of the first users are never seen in the last third.
+        let events = generate(&config);
+        let late = seen(&events[events.len() * 2 / 3..]);
+        let gone = (1..=config.users)
+            .filter(|n| !late.contains(&format!("u{n:04}")))
+            .count();
+        assert!(gone > config.users / 2, "{gone} of {} gone", config.users);
+        assert!(seen(&generate(&BookstoreConfig { traffic: None, ..config })).len() <= 50);
+    }
 }
