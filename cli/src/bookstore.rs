@@ -203,7 +203,8 @@ impl Emitter {
     /// them in that order and drops what falls after `end`.
     fn into_timed(mut self, end: DateTime<Utc>) -> Vec<Event> {
         self.events.sort_by_key(|event| event.time);
-        self.events.retain(|event| event.time.is_some_and(|t| t <= end));
+        self.events
+            .retain(|event| event.time.is_some_and(|t| t <= end));
         for (n, event) in self.events.iter_mut().enumerate() {
             event.id = format!("evt-{}-{n}", self.seed);
         }
@@ -303,9 +304,7 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             }
         })
         .collect();
-    let mut users: Vec<User> = (1..=config.users)
-        .map(|n| new_user(n, &mut rng))
-        .collect();
+    let mut users: Vec<User> = (1..=config.users).map(|n| new_user(n, &mut rng)).collect();
     // Under traffic, the next id of a user who joins when another leaves.
     let mut next_user = config.users + 1;
     let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
@@ -834,12 +833,19 @@ mod tests {
         let config = live(36_000);
         let traffic = config.traffic.unwrap();
         let events = generate(&config);
-        assert_eq!(events, generate(&config), "still the same for the same seed");
+        assert_eq!(
+            events,
+            generate(&config),
+            "still the same for the same seed"
+        );
         let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time.unwrap()).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
         assert_eq!(times[0], traffic.start);
         let span = (*times.last().unwrap() - traffic.start).num_seconds();
-        assert!((1_700..=1_800).contains(&span), "30 minutes at 20/s: {span} s");
+        assert!(
+            (1_700..=1_800).contains(&span),
+            "30 minutes at 20/s: {span} s"
+        );
         let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), events.len(), "ids stay unique");
         // About 20 actions in every minute after the catalogue, not one a second.
@@ -881,7 +887,10 @@ mod tests {
         // five-minute horizon: some 0.6 % of the first, 40 to 60 % of the second.
         assert!((30.0..200.0).contains(&mean), "mean delay {mean} s");
         let share = past_horizon / delays.len() as f64;
-        assert!((0.02..0.08).contains(&share), "share past 5 minutes {share}");
+        assert!(
+            (0.02..0.08).contains(&share),
+            "share past 5 minutes {share}"
+        );
     }
 
     #[test]
@@ -903,6 +912,13 @@ mod tests {
             .filter(|n| !late.contains(&format!("u{n:04}")))
             .count();
         assert!(gone > config.users / 2, "{gone} of {} gone", config.users);
-        assert!(seen(&generate(&BookstoreConfig { traffic: None, ..config })).len() <= 50);
+        assert!(
+            seen(&generate(&BookstoreConfig {
+                traffic: None,
+                ..config
+            }))
+            .len()
+                <= 50
+        );
     }
 }

@@ -62,7 +62,9 @@ pub struct GenerateArgs {
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!("{text:?} is not a positive number of actions per second")),
+        _ => Err(format!(
+            "{text:?} is not a positive number of actions per second"
+        )),
     }
 }
 

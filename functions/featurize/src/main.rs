@@ -14,8 +14,8 @@ use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
-use freshet_featurize::{cache, handler, labels, processor};
 use freshet_features::bookstore::popularity_spec;
+use freshet_featurize::{cache, handler, labels, processor};
 
 /// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
 /// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch

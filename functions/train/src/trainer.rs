@@ -622,8 +622,11 @@ impl Trainer {
         if metrics.window_examples < freshet_features::labels::MIN_VIEWS_TO_COMPARE {
             return;
         }
-        match freshet_features::labels::calibration_warning(mean, share, "the share of positives it learned")
-        {
+        match freshet_features::labels::calibration_warning(
+            mean,
+            share,
+            "the share of positives it learned",
+        ) {
             Some(warning) if !self.miscalibrated => {
                 self.miscalibrated = true;
                 tracing::warn!(model = %self.model, mean_prediction = mean, positive_share = share, "{warning}");

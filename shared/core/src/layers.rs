@@ -61,7 +61,12 @@ const MODEL: &[&str] = &[
 ];
 
 /// The feature crate's modules: the aggregates any domain's features use, then the bookstore's.
-const FEATURES: &[(&str, u8)] = &[("aggregates", 1), ("bookstore", 2), ("labels", 3), ("properties", 4)];
+const FEATURES: &[(&str, u8)] = &[
+    ("aggregates", 1),
+    ("bookstore", 2),
+    ("labels", 3),
+    ("properties", 4),
+];
 
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
