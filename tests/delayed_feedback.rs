@@ -13,6 +13,8 @@
 //! - Waiting for the horizon, every view older than the horizon at the end is labelled exactly
 //!   once (1 if and only if a purchase of the item by its user followed within the horizon),
 //!   those of users who never came back too: time decided them, not the user's next event.
+//! - `freshet status` shows the label health: the observed conversion rate
+//!   near the true rate, the share of positives and the mean prediction beside it, no warning.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -231,9 +233,9 @@ fn own_purchases<'a>(acts: &'a [Act<'a>]) -> impl Iterator<Item = &'a Act<'a>> +
         }
         let key = (act.user.as_str(), act.item.as_str());
         act.action == Action::Purchase
-            && !last_view
+            && last_view
                 .remove(&key)
-                .is_some_and(|at| act.at <= at + HORIZON)
+                .is_none_or(|at| act.at > at + HORIZON)
     })
 }
 
@@ -372,6 +374,54 @@ async fn fake_negative_weighting_learns_the_true_rate_a_minute_past_the_first_ho
         checked >= 10,
         "only {checked} versions past the first horizon"
     );
+
+    // `freshet status` shows the same: the observed conversion rate near the true rate, the
+    // share of positives published and the live model's mean prediction beside it, no view
+    // waiting past its horizon, and no warning.
+    let horizon = format!("{}s", HORIZON.num_seconds());
+    let status = |json: bool| -> anyhow::Result<String> {
+        let mut command =
+            std::process::Command::new(freshet_cli::stack::bin_dir()?.join("freshet"));
+        command
+            .args(["status", "--label-horizon", &horizon])
+            .envs(stack.env());
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "freshet status failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(true)?)?;
+    let labels = &json["labels"][0];
+    assert_eq!(labels["model"], "bookstore", "{json}");
+    let observed = labels["observed_conversion_rate"].as_f64().unwrap();
+    let share = labels["positive_share"].as_f64().unwrap();
+    let mean = labels["mean_prediction"].as_f64().unwrap();
+    assert!(
+        (observed / true_rate - 1.0).abs() <= 0.25,
+        "observed {observed} beside the true rate {true_rate}: {labels}"
+    );
+    assert!((share / true_share - 1.0).abs() <= 0.25, "{labels}");
+    assert!((1.0 / 1.5..=1.5).contains(&(mean / true_rate)), "{labels}");
+    let oldest = labels["health"]["oldest_waiting_seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        oldest <= (HORIZON + DECIDED_WITHIN).as_seconds_f64(),
+        "{labels}"
+    );
+    assert_eq!(labels["warnings"], serde_json::json!([]), "{labels}");
+    let text = status(false)?;
+    assert!(
+        text.contains("WAITING VIEWS") && text.contains("MEAN PREDICTION"),
+        "{text}"
+    );
+
     Ok(())
 }
 
