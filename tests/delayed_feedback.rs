@@ -13,7 +13,7 @@
 //! - Waiting for the horizon, every view older than the horizon at the end is labelled exactly
 //!   once (1 if and only if a purchase of the item by its user followed within the horizon),
 //!   those of users who never came back too: time decided them, not the user's next event.
-//! - `freshet status` shows the label health: the observed conversion rate
+//! - `freshet status` and the live view show the same label health: the observed conversion rate
 //!   near the true rate, the share of positives and the mean prediction beside it, no warning.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -422,6 +422,29 @@ async fn fake_negative_weighting_learns_the_true_rate_a_minute_past_the_first_ho
         "{text}"
     );
 
+    // And so does the live view: the same numbers, and their course over time.
+    let (_view, url) = freshet_tests::start_view_with(&stack, &["--label-horizon", &horizon])?;
+    let model = freshet_tests::eventually(
+        Duration::from_secs(30),
+        "label health in the live view",
+        || async {
+            let state = freshet_tests::view_state(&url).await?;
+            let model = state["models"].as_array()?.first()?.clone();
+            (model["labels"]["mean_prediction"].is_number()
+                && !model["label_rates"].as_array()?.is_empty())
+            .then_some(model)
+        },
+    )
+    .await?;
+    assert_eq!(
+        model["labels"]["observed_conversion_rate"], labels["observed_conversion_rate"],
+        "{model}"
+    );
+    assert_eq!(
+        model["labels"]["warnings"],
+        serde_json::json!([]),
+        "{model}"
+    );
     Ok(())
 }
 
