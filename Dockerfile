@@ -17,8 +17,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
       -p freshet-featurize -p freshet-train -p freshet-drift -p freshet-predict -p freshet-cli \
  && mkdir -p /out \
- && cp target/release/featurize target/release/train target/release/drift \
-       target/release/predict target/release/freshet /out/
+ && cp target/release/freshet-featurize target/release/freshet-train target/release/freshet-drift \
+       target/release/freshet-predict target/release/freshet /out/
 
 # glibc and libgcc only (the binaries link them dynamically; TLS is rustls, no OpenSSL), no shell,
 # no package manager; runs as an unprivileged user (uid 65532).

@@ -40,7 +40,7 @@ integration: tools browser build
 cluster: tools build
 	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
 
-## chaos: the chaos suite at full size, 1,000,000 actions on release builds, and a replay of 200,000 through server restarts and a lease takeover (make test runs both at 3,000)
+## chaos: the chaos suite at full size, 1,000,000 actions on release builds (with a schema race: a stray example sent while featurize declares its schema), and a replay of 200,000 through server restarts and a lease takeover (make test runs both at 3,000)
 chaos: tools
 	$(CARGO) build --release --workspace --bins
 	FRESHET_CHAOS_ACTIONS=1000000 $(CARGO) test --release -p freshet-tests --test chaos -- --nocapture

@@ -11,14 +11,19 @@
 //!   the middle of a batch);
 //! - nats-server restarted at 25 %, 50 % and 75 % of the replay;
 //! - nats-server paused (SIGSTOP) for 1.5 s at 60 %, then resumed (SIGCONT), a network pause as
-//!   the clients see it.
+//!   the clients see it;
+//! - a schema race: the first event, sent while featurize starts and declares the bookstore
+//!   schema, is an `example` for the bookstore model with 3 features. Whichever comes first, it
+//!   must not choose the model's schema: train dead-letters it (`schema_mismatch`) and learns
+//!   every bookstore example.
 //!
 //! A predictor serves throughout and is asked every 20 ms; it may fail only while the server is
 //! away (and for 10 s after, while clients reconnect).
 //!
 //! The audit fails on any discrepancy and prints a table: every valid action is one example
 //! (none lost, none twice); the versions' learned ranges tile the examples stream exactly;
-//! every example train did not learn is on the dead-letter subject as quarantined; every bad event
+//! every example train did not learn is on the dead-letter subject as quarantined (or, the stray
+//! one, as `schema_mismatch`); every bad event
 //! is on the dead-letter subject with a reason; repeated event ids added nothing; the live model's
 //! weights are finite.
 //!
@@ -196,6 +201,9 @@ struct Functions {
 }
 
 const FEATURIZE_ARGS: [&str; 2] = ["--label-horizon", "0s"];
+
+/// The id of the stray example of the schema race.
+const STRAY: &str = "schema-race";
 const TRAIN_ARGS: [&str; 4] = ["--keep-versions", "0", "--publish-interval", "300ms"];
 
 /// How long after the server is back a client may still fail while it reconnects.
@@ -284,13 +292,21 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         featurize: stack.spawn("featurize", &FEATURIZE_ARGS)?,
         train: stack.spawn("train", &TRAIN_ARGS)?,
     };
+    // The schema race: while featurize starts, an example for its model with other features.
+    let no_retries = AtomicUsize::new(0);
+    let stray = freshet_tests::cloud_event(
+        STRAY,
+        "example",
+        serde_json::json!({"model": "bookstore", "features": [0.1, 0.2, 0.3], "label": 1}),
+    );
+    let (subject, message) = event_message(&stack.subjects, &stray)?;
+    publish(&stack.js, subject, message, &no_retries).await?;
     // A predictor serves throughout; it is never killed, so its only excuse for a failed request
     // is a server that was down or paused.
     stack.spawn("predict", &["--record-predictions", "false"])?;
     let mut faults = Faults::default();
 
     // The catalogue first, so every action finds its book.
-    let no_retries = AtomicUsize::new(0);
     for item in bookstore_events(ITEMS, 0, PREFIX) {
         let (subject, message) = event_message(&stack.subjects, &item)?;
         publish(&stack.js, subject, message, &no_retries).await?;
@@ -474,11 +490,15 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
 
     // Examples: exactly one per valid action (counted by the action's number).
     let mut examples_per_action = vec![0u32; actions];
-    let (mut examples, mut unexpected) = (0usize, 0usize);
+    let (mut examples, mut unexpected, mut strays) = (0usize, 0usize, 0usize);
     for_each_message(&stack, STREAM_EXAMPLES, |_, payload| {
         examples += 1;
-        let action = ExampleRecord::decode(payload)
-            .ok()
+        let example = ExampleRecord::decode(payload).ok();
+        if example.as_ref().is_some_and(|e| e.source_event == STRAY) {
+            strays += 1;
+            return;
+        }
+        let action = example
             .and_then(|e| {
                 e.source_event
                     .strip_prefix(&format!("{PREFIX}-act-"))?
@@ -498,11 +518,13 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     // Dead letters: each bad event found by its marker, with a reason; train's quarantine.
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
     let mut kept = vec![false; bad_total];
-    let mut quarantined = 0u64;
+    let (mut quarantined, mut stray_refused) = (0u64, 0u64);
     for_each_message(&stack, STREAM_DEAD_LETTER, |reason, payload| {
         let reason = reason.unwrap_or("(none)").to_string();
         if reason == "quarantined" {
             quarantined += 1;
+        } else if reason == "schema_mismatch" {
+            stray_refused += u64::from(payload.windows(STRAY.len()).any(|w| w == STRAY.as_bytes()));
         } else if let Some(at) = payload.windows(4).position(|w| w == b"bad-") {
             let digits: String = payload[at + 4..]
                 .iter()
@@ -571,6 +593,7 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
         live.metrics.examples_total
     );
     println!("| examples quarantined | {quarantined} |");
+    println!("| stray examples of the schema race refused | {stray_refused} of {strays} |");
     println!("| examples twice (duplicates) | {duplicates} |");
     println!("| actions without an example (lost) | {lost} |");
     println!(
@@ -593,7 +616,20 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     assert_eq!(duplicates, 0, "an action became two examples");
     assert_eq!(lost, 0, "an action became no example");
     assert_eq!(unexpected, 0, "an example from nowhere");
-    assert_eq!(examples, actions);
+    assert_eq!(examples, actions + strays);
+    assert_eq!(
+        strays, 1,
+        "the stray example of the schema race became one example"
+    );
+    assert_eq!(
+        stray_refused, 1,
+        "the stray example was refused as schema_mismatch"
+    );
+    assert_eq!(
+        live.schema,
+        freshet_features::bookstore::schema(),
+        "the declared schema, whoever came first"
+    );
     assert!(
         bad_lost.is_empty(),
         "bad events not dead-lettered: {bad_lost:?}"
@@ -606,9 +642,9 @@ async fn nothing_is_lost_or_learned_twice_and_every_bad_event_is_kept() -> anyho
     assert_eq!(ranges.first().map(|r| r.first), Some(1), "{ranges:?}");
     assert_eq!(ranges.last().map(|r| r.last), Some(last), "{ranges:?}");
     assert_eq!(
-        live.metrics.examples_total + quarantined,
+        live.metrics.examples_total + quarantined + stray_refused,
         last,
-        "every example learned once or quarantined"
+        "every example learned once, quarantined or (the stray one) refused"
     );
     assert!(finite, "the live model's scores are finite");
     assert_eq!(failed_unexcused, 0, "predictions failed with the server up");

@@ -4,25 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::process::Command;
-
-use freshet_cli::stack::bin_dir;
 use freshet_model::store::Slot;
-use freshet_tests::{ModelWriter, Stack};
+use freshet_tests::{ModelWriter, Stack, run_cli};
 
 /// Runs `freshet models diff ARGS` against the stack; returns (exit code, stdout, stderr).
 fn diff(stack: &Stack, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(bin_dir().unwrap().join("freshet"))
-        .args(["models", "diff"])
-        .args(args)
-        .envs(stack.env())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run = run_cli(stack.freshet().args(["models", "diff"]).args(args));
+    (run.code, run.stdout, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,11 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     assert!(version >= 1);
     assert_eq!(metadata["inputs"][0]["name"], "features");
     assert_eq!(metadata["inputs"][0]["shape"], json!([-1, N]));
+    assert_eq!(
+        metadata["inputs"][1],
+        json!({"name": "user_item", "datatype": "BYTES", "shape": [-1, 2]}),
+        "the (user, item) input is declared beside the feature rows"
+    );
     assert_eq!(metadata["outputs"][0]["name"], "score");
     assert_eq!(
         metadata["parameters"]["feature_names"],
@@ -274,6 +279,40 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
         .await;
         assert_error(&got, status, what);
     }
+
+    // A binary tensor request as tritonclient sends it by default: a JSON header whose length
+    // is in Inference-Header-Content-Length, then the tensor's raw little-endian bytes.
+    let header = json!({"inputs": [{"name": "features", "shape": [1, N], "datatype": "FP32",
+        "parameters": {"binary_data_size": N * 4}}], "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut binary = header.clone().into_bytes();
+    binary.extend(std::iter::repeat_n(0.5f32.to_le_bytes(), N).flatten());
+    let got = parts(
+        http.post(&infer_url)
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", header.len())
+            .body(binary)
+            .send()
+            .await?,
+    )
+    .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "a binary tensor request");
+    let message = got.2["error"].as_str().unwrap();
+    assert!(
+        message.contains("binary tensor data") && message.contains("binary_data=False"),
+        "says what is not supported and what to send instead: {message}"
+    );
+    // The same header without its binary part still names the extension, not a missing field.
+    let got = parts(
+        http.post(&infer_url)
+            .header("content-type", "application/json")
+            .body(header)
+            .send()
+            .await?,
+    )
+    .await;
+    let message = got.2["error"].as_str().unwrap_or_default();
+    assert!(message.contains("binary tensor data"), "{message}");
 
     // A body beyond the limit is refused before it is buffered. The server then closes that
     // connection rather than read the rest, so this request gets a client of its own: a pooled

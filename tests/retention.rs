@@ -1,6 +1,7 @@
 //! The retention policy: with `--keep-versions 3`, a long run of published versions leaves the
 //! newest three in the object store plus every version the live pointer's kept history names,
-//! and each of those still loads (so a rollback to any of them works).
+//! and each of those still loads (so a rollback to any of them works). On `file://` a removed
+//! version leaves no empty folder behind.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -72,6 +73,25 @@ async fn old_versions_go_and_every_named_one_stays() -> anyhow::Result<()> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}: expected {expected:?}"))?;
+
+    // On disk, the folders are exactly the kept versions: none left empty by a deletion.
+    let model_dir = stack.dir.path().join("artifacts/models/kept");
+    let folders: BTreeSet<u64> = std::fs::read_dir(&model_dir)?
+        .map(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        folders,
+        expected,
+        "version folders in {}",
+        model_dir.display()
+    );
 
     // Every named version loads, so the oldest one in the history is a valid rollback target.
     for &version in &named {

@@ -22,7 +22,7 @@ supervise() {
   trap 'stopping=1; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT
   while [ -z "$stopping" ]; do
     started=$SECONDS
-    FRESHET_HTTP_PORT=$port "$bin/$name" >> "$log" 2>&1 &
+    FRESHET_HTTP_PORT=$port "$bin/freshet-$name" >> "$log" 2>&1 &
     child=$!
     status=0
     wait "$child" || status=$?

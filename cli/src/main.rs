@@ -54,12 +54,48 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Parses the command line. The shared settings are defined in the library without `global`;
-/// marking them global here lets them follow the subcommand (`freshet status --nats-url ..`),
-/// and their own heading keeps each subcommand's help led by its own options.
+/// The global options `-h` lists: what most runs set. The others (credentials, TLS, topology,
+/// timeouts, diagnostics) are listed by `--help` only, so a subcommand's `-h` is led by, and
+/// mostly made of, its own options.
+const SHORT_HELP_GLOBALS: [&str; 3] = ["nats-url", "object-store", "json"];
+
+/// Where `-h` sends a reader for the global options it leaves out.
+const MORE_OPTIONS: &str =
+    "NATS credentials and TLS, subject prefix, topology, timeouts and logging: --help";
+
+/// The command line. The shared settings are defined in the library without `global`; marking
+/// them global here lets them follow the subcommand (`freshet status --nats-url ..`), and their
+/// own headings keep each subcommand's help led by its own options.
+fn command() -> clap::Command {
+    Cli::command()
+        .mut_args(|arg| {
+            let long = arg.get_long().unwrap_or_default();
+            let heading = if long.starts_with("nats-") || long == "connect-timeout" {
+                "NATS connection"
+            } else {
+                "Global options"
+            };
+            let rarely_set = !SHORT_HELP_GLOBALS.contains(&long);
+            arg.global(true)
+                .help_heading(heading)
+                .hide_short_help(rarely_set)
+        })
+        .mut_subcommands(with_more_options)
+        .after_help(MORE_OPTIONS)
+        .after_long_help("")
+}
+
+/// Adds the pointer to `--help` under a subcommand's `-h` (and its subcommands').
+fn with_more_options(command: clap::Command) -> clap::Command {
+    command
+        .mut_subcommands(with_more_options)
+        .after_help(MORE_OPTIONS)
+        .after_long_help("")
+}
+
+/// Parses the command line.
 fn parse() -> Cli {
-    let command = Cli::command().mut_args(|arg| arg.global(true).help_heading("Global options"));
-    let matches = command.get_matches();
+    let matches = command().get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
@@ -90,5 +126,78 @@ async fn main() -> ExitCode {
             eprintln!("error: {}", commands::error_message(&err));
             commands::exit_code(&err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `freshet ARGS` prints for a help flag.
+    fn help(args: &[&str]) -> String {
+        let argv = std::iter::once("freshet").chain(args.iter().copied());
+        match command().try_get_matches_from(argv) {
+            Err(err) if err.kind() == clap::error::ErrorKind::DisplayHelp => err.to_string(),
+            other => panic!("{args:?} did not print help: {other:?}"),
+        }
+    }
+
+    /// Every subcommand's path, nested ones included (`models diff`).
+    fn subcommand_paths(command: &clap::Command, above: &[String]) -> Vec<Vec<String>> {
+        command
+            .get_subcommands()
+            .flat_map(|sub| {
+                let mut path = above.to_vec();
+                path.push(sub.get_name().to_string());
+                let mut paths = subcommand_paths(sub, &path);
+                paths.push(path);
+                paths
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_help_is_led_by_the_command_and_lists_few_global_options() {
+        let paths = subcommand_paths(&command(), &[]);
+        assert!(paths.len() >= 15, "{paths:?}");
+        for path in paths {
+            let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+            args.push("-h");
+            let short = help(&args);
+            let globals = short
+                .split_once("\nNATS connection:\n")
+                .map_or("", |(_, rest)| rest);
+            assert!(
+                globals.lines().count() <= 14,
+                "{args:?}: the global options take {} lines of -h:\n{short}",
+                globals.lines().count()
+            );
+            for essential in ["--nats-url", "--json", "-h, --help", MORE_OPTIONS] {
+                assert!(
+                    short.contains(essential),
+                    "{args:?}: {essential} missing in\n{short}"
+                );
+            }
+            for rare in ["--nats-creds", "--nats-tls-key", "--topology", "--log"] {
+                assert!(!short.contains(rare), "{args:?}: {rare} in -h:\n{short}");
+            }
+            args.pop();
+            args.push("--help");
+            let long = help(&args);
+            for rare in ["--nats-creds", "--nats-tls-key", "--topology", "--log"] {
+                assert!(long.contains(rare), "{args:?}: {rare} missing in --help");
+            }
+            assert!(
+                !long.contains(MORE_OPTIONS),
+                "{args:?}: --help points to itself"
+            );
+        }
+        let publish = help(&["publish", "-h"]);
+        assert!(
+            publish.lines().count() <= 35,
+            "publish -h is {} lines:\n{publish}",
+            publish.lines().count()
+        );
+        assert!(publish.contains("--rate"), "{publish}");
     }
 }

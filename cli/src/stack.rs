@@ -231,6 +231,16 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The executable that runs `name`: a function's binary carries the project's prefix
+/// (`featurize` runs `freshet-featurize`), so it cannot clash with other programs on a `PATH`;
+/// any other name (`freshet`, a benchmark tool) is its own executable.
+pub fn executable_of(name: &str) -> String {
+    match name {
+        "featurize" | "train" | "drift" | "predict" => format!("freshet-{name}"),
+        other => other.to_string(),
+    }
+}
+
 /// One function (or CLI) process of the stack.
 pub struct FunctionProcess {
     name: String,
@@ -245,7 +255,7 @@ impl FunctionProcess {
         envs: &[(String, String)],
         log: &Path,
     ) -> anyhow::Result<FunctionProcess> {
-        let path = bin_dir()?.join(binary);
+        let path = bin_dir()?.join(executable_of(binary));
         if !path.is_file() {
             bail!(
                 "{} is missing: build the workspace first (cargo build --workspace)",

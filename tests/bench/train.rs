@@ -21,6 +21,9 @@ use freshet_tests::Stack;
 use futures::StreamExt;
 use serde::Serialize;
 
+/// Features of each example.
+const WIDTH: usize = 20;
+
 /// Unacknowledged publishes in flight at once.
 const PUBLISH_WINDOW: usize = 512;
 
@@ -42,7 +45,7 @@ fn example(model: &ModelName, n: u64) -> Bytes {
         id: format!("ex-{model}-{n}"),
         model: model.clone(),
         schema: None,
-        features: (0..20).map(|j| x * (j as f32 + 1.0) % 1.0).collect(),
+        features: (0..WIDTH).map(|j| x * (j as f32 + 1.0) % 1.0).collect(),
         label: f32::from(x > 0.5),
         source_event: n.to_string(),
         event_time: None,
@@ -218,6 +221,8 @@ pub async fn run(
         .await?;
 
     let model = ModelName::parse(format!("trainbench{run}"))?;
+    // Its 20 features are declared before train starts, as an operator would.
+    stack.declare(&model, 1, WIDTH).await?;
     stack.spawn(
         "train",
         &[

@@ -6,8 +6,10 @@
 //! event, then the tick's [`handler::plan_due`] at the partition's watermark) labels it twice,
 //! waiting for the horizon and with fake-negative weighting, all in memory: the examples and the
 //! event time at which each is published are exactly what the function would publish on one
-//! partition whose events arrive as they happen. A [`Trainer`] with train's defaults then learns
-//! each method's examples in the order they are published, `--batch` at a time:
+//! partition whose events arrive as they happen. A [`Trainer`] with train's defaults
+//! ([`Hyper::default`]) then learns each method's examples in the order they are published,
+//! `--batch` rows at a time (a batch as train fetches it; it steps within it as its settings
+//! say):
 //!
 //! - **oracle**: every view's true label at the view's own time (the waiting run's labels,
 //!   published at once), the bound the others are measured against;
@@ -39,7 +41,7 @@ use freshet_features::bookstore::popularity_spec;
 use freshet_features::labels::label_state_key;
 use freshet_featurize::handler::{self, EntityState, Position, Routed, Settings};
 use freshet_featurize::labels::{LabelSettings, Method, NegativeRate};
-use freshet_model::{Hyper, ModelConfig, ModelKind, Optimizer, RowWeight, Trainer};
+use freshet_model::{Hyper, ModelConfig, ModelKind, RowWeight, Trainer};
 use serde::Serialize;
 
 /// Compare delayed-feedback methods on one generated live stream.
@@ -80,11 +82,11 @@ struct Args {
     /// Width of a window of view time in the table
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     window: Duration,
-    /// Initial learning rate (train's default)
-    #[arg(long, default_value_t = 0.5)]
+    /// Initial learning rate (train's default unless set)
+    #[arg(long, default_value_t = Hyper::default().learning_rate)]
     learning_rate: f64,
-    /// Learning-rate decay per step (train's default)
-    #[arg(long, default_value_t = 0.01)]
+    /// Learning-rate decay per step (train's default unless set)
+    #[arg(long, default_value_t = Hyper::default().decay)]
     lr_decay: f64,
     /// Where to write the figures as JSON
     #[arg(long)]
@@ -381,8 +383,7 @@ fn main() -> anyhow::Result<()> {
         hyper: Hyper {
             learning_rate: args.learning_rate,
             decay: args.lr_decay,
-            l2: 1e-4,
-            optimizer: Optimizer::Sgd,
+            ..Hyper::default()
         },
         seed: 0,
         scaler_decay: None,

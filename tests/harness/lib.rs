@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use bytes::Bytes;
 use freshet::serving::{PredictRequest, PredictResponse};
+use freshet::store::DeclarationStore;
 use freshet::subjects::Subjects;
 use freshet::topology::{self, Topology};
 use freshet_cli::stack::{FunctionProcess, NatsServer};
@@ -108,6 +109,17 @@ impl Stack {
         self.extra_env.push((name.to_string(), value.to_string()));
     }
 
+    /// A `freshet` CLI command against this stack (its server, store and topology); run it
+    /// with [`run_cli`].
+    pub fn freshet(&self) -> std::process::Command {
+        let binary = stack::bin_dir()
+            .map(|dir| dir.join("freshet"))
+            .unwrap_or_else(|_| PathBuf::from("freshet"));
+        let mut command = std::process::Command::new(binary);
+        command.envs(self.env());
+        command
+    }
+
     /// The environment every function gets: this stack's server, store and topology, and what
     /// [`Stack::set_env`] added.
     pub fn env(&self) -> Vec<(String, String)> {
@@ -147,6 +159,63 @@ impl Stack {
         std::fs::read_to_string(self.log_path(binary, index)).unwrap_or_default()
     }
 
+    /// Runs the `freshet` CLI with `args` against this stack; returns (exit code, stdout,
+    /// stderr).
+    pub fn run_cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = std::process::Command::new(
+            freshet_cli::stack::bin_dir()
+                .expect("the binaries are built")
+                .join("freshet"),
+        )
+        .args(args)
+        .envs(self.env())
+        .output()
+        .expect("the freshet CLI runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Declares `width` features (`x0`, `x1`, ...) under schema `model` `version` as the schema
+    /// of `model`'s examples, as `freshet models declare` does; returns it.
+    pub async fn declare(
+        &self,
+        model: &freshet::ids::ModelName,
+        version: u32,
+        width: usize,
+    ) -> anyhow::Result<freshet::examples::FeatureSchema> {
+        let schema = freshet::examples::FeatureSchema {
+            name: model.to_string(),
+            version,
+            features: (0..width).map(|i| format!("x{i}")).collect(),
+            monitoring: Vec::new(),
+        };
+        self.declarations()
+            .await?
+            .declare(model, &schema)
+            .await
+            .map_err(|e| anyhow::anyhow!("declaring the schema of {model}: {e}"))?;
+        Ok(schema)
+    }
+
+    /// The schema declared for `model`'s examples, if any.
+    pub async fn declared(
+        &self,
+        model: &freshet::ids::ModelName,
+    ) -> anyhow::Result<Option<freshet::examples::FeatureSchema>> {
+        Ok(self.declarations().await?.declared(model).await?.value)
+    }
+
+    async fn declarations(&self) -> anyhow::Result<freshet::store::Declarations> {
+        let bucket = self
+            .js
+            .get_key_value(freshet::subjects::BUCKET_MODELS)
+            .await?;
+        Ok(freshet::store::Declarations::new(bucket))
+    }
+
     /// Publishes the examples `range` of `model` as featurize would (deduplicated by id), with
     /// features and label from `row`.
     pub async fn publish_examples(
@@ -155,6 +224,23 @@ impl Stack {
         range: std::ops::Range<u64>,
         row: impl Fn(u64) -> (Vec<f32>, f32),
     ) -> anyhow::Result<()> {
+        // As an operator would before sending a model's examples: declare their schema, unless
+        // one is declared already (a test that declares its own keeps it). The bookstore model's
+        // is the one featurize declares.
+        if let Some(width) = range.clone().next().map(|n| row(n).0.len())
+            && self.declared(model).await?.is_none()
+        {
+            let bookstore = freshet_features::bookstore::schema();
+            if model.as_str() == bookstore.name && width == bookstore.n_features() {
+                self.declarations()
+                    .await?
+                    .declare(model, &bookstore)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("declaring the schema of {model}: {e}"))?;
+            } else {
+                self.declare(model, 1, width).await?;
+            }
+        }
         for n in range {
             let (features, label) = row(n);
             let record = freshet::examples::ExampleRecord {
@@ -1011,4 +1097,24 @@ fn client_builder(token: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder>
     Ok(reqwest::Client::builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(10)))
+}
+
+/// What one run of a CLI command gave.
+#[derive(Debug, Clone)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end (see [`Stack::freshet`]); panics if it cannot be started.
+pub fn run_cli(command: &mut std::process::Command) -> CliRun {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    CliRun {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }

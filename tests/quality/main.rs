@@ -3,18 +3,24 @@
 //! Each file is a CSV written by `tests/quality/streams.py` (a header of feature names, then one
 //! example per line with the label, 0 or 1, last). For every batch size asked for, a fresh
 //! [`Trainer`] of the chosen kind (logistic regression unless `--kind` says otherwise) walks the
-//! file in order, `batch` rows per [`Trainer::train_batch`] call; since each call scores its rows before learning from them, summing
-//! [`BatchReport::correct`] gives the prequential accuracy that River's
+//! file in order, `batch` rows per [`Trainer::train_batch`] call, which learns them in steps of
+//! `--rows-per-step` rows; since each step's rows are scored before that step learns them,
+//! summing [`BatchReport::correct`] gives the prequential accuracy that River's
 //! `predict_one`-then-`learn_one` loop measures on the same rows. Only the `train_batch` calls
 //! are timed (parsing and bookkeeping are not), which is the counterpart of timing River's
 //! `learn_one` alone, except that here the time also covers the scoring.
 //!
-//! The learning-rate flags default to [`Hyper::default`], what a deployment gets unless it says
-//! otherwise; `--scale-rate-by-batch` multiplies the rate by the batch size, so that one setting
-//! means the same per-row step at every batch size.
+//! The learning flags default to [`Hyper::default`], what `train` ships with;
+//! `--scale-rate-by-step` multiplies the rate by the rows of a step, so that one setting means
+//! the same per-row step at every step size.
 //!
 //! Training is deterministic, so every run of a setting gets the same accuracy; runs are
 //! repeated only to take the median rate, because this machine is shared and noisy.
+//!
+//! With `--pipeline` the files go through nats-server and the `train` binary with its shipped
+//! defaults instead (`pipeline.rs`); the learning flags do not apply there.
+
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,10 +39,10 @@ struct Args {
     /// Rows per train_batch call; repeat the flag for several settings
     #[arg(long = "batch", default_values_t = [1, 32])]
     batches: Vec<usize>,
-    /// Initial learning rate η0 (the rate at update t is η0 / (1 + decay·t))
+    /// Initial learning rate η0 (the rate at step t is η0 / (1 + decay·t))
     #[arg(long, default_value_t = Hyper::default().learning_rate)]
     learning_rate: f64,
-    /// Learning-rate decay α per update (0 keeps the rate constant)
+    /// Learning-rate decay α per step (0 keeps the rate constant)
     #[arg(long, default_value_t = Hyper::default().decay)]
     decay: f64,
     /// L2 penalty λ on the weights
@@ -45,19 +51,34 @@ struct Args {
     /// Model kind: logistic, mlp or factorization_machine
     #[arg(long, default_value = "logistic")]
     kind: ModelKind,
+    /// Hidden units of an mlp
+    #[arg(long, default_value_t = freshet_model::DEFAULT_HIDDEN)]
+    hidden: usize,
     /// Optimizer: sgd or adam
     #[arg(long, default_value = "sgd")]
     optimizer: Optimizer,
-    /// Multiply the learning rate by the batch size (the linear scaling rule): an update is the
-    /// mean gradient of its rows, so this moves the weights per row about as far as batch 1 does
+    /// Rows per optimizer step within a batch; 0 takes one step per batch
+    #[arg(long, default_value_t = Hyper::default().rows_per_step)]
+    rows_per_step: usize,
+    /// Multiply the learning rate by the rows of a step (the linear scaling rule): a step is the
+    /// mean gradient of its rows, so this moves the weights per row about as far as one row per
+    /// step does
     #[arg(long)]
-    scale_rate_by_batch: bool,
+    scale_rate_by_step: bool,
     /// Timed runs per setting, after one untimed warm-up run; the median rate is reported
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Where to write the machine-readable results
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Publish each file as examples and train it with the `train` binary and its shipped
+    /// defaults (needs nats-server in .tools and `train` built beside this binary)
+    #[arg(long)]
+    pipeline: bool,
+    /// With --pipeline: one more argument for `train` (repeat the flag for each), e.g. to run
+    /// the defaults it shipped before
+    #[arg(long = "train-arg", allow_hyphen_values = true)]
+    train_args: Vec<String>,
 }
 
 /// One stream file in memory, in the shape `train_batch` takes.
@@ -189,26 +210,34 @@ struct Outcome {
 struct Report {
     /// The settings as given, before any scaling by batch size.
     hyper: Hyper,
-    scale_rate_by_batch: bool,
+    scale_rate_by_step: bool,
     runs: usize,
     build: &'static str,
     results: Vec<Outcome>,
 }
 
 fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::Result<Outcome> {
-    let scale = if args.scale_rate_by_batch {
-        batch as f64
+    let hyper = Hyper {
+        learning_rate: args.learning_rate,
+        decay: args.decay,
+        l2: args.l2,
+        optimizer: args.optimizer,
+        rows_per_step: args.rows_per_step,
+    };
+    let scale = if args.scale_rate_by_step {
+        hyper.step_rows(batch) as f64
     } else {
         1.0
     };
     let hyper = Hyper {
         learning_rate: args.learning_rate * scale,
-        decay: args.decay,
-        l2: args.l2,
-        optimizer: args.optimizer,
+        ..hyper
     };
     let config = ModelConfig {
-        kind: args.kind,
+        kind: args.kind.with_dimensions(freshet_model::Dimensions {
+            hidden: Some(args.hidden),
+            factors: None,
+        }),
         hyper,
         ..ModelConfig::default()
     };
@@ -267,19 +296,23 @@ fn main() -> anyhow::Result<()> {
         eprintln!("warning: debug build; rates are ~10x below a release build");
     }
 
+    if args.pipeline {
+        return run_pipeline(&args);
+    }
     let mut results = Vec::new();
-    println!("| stream | rows | batch | η0 | accuracy | log-loss | train rows/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| stream | rows | batch | rows/step | η0 | accuracy | log-loss | train rows/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for path in &args.streams {
         let stream = read_stream(path)?;
         for &batch in &args.batches {
             let outcome = measure(path, &stream, batch, &args)
                 .with_context(|| format!("{} at batch {batch}", path.display()))?;
             println!(
-                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {:.0} |",
                 outcome.stream,
                 outcome.rows,
                 outcome.batch,
+                outcome.hyper.step_rows(outcome.batch),
                 outcome.hyper.learning_rate,
                 outcome.accuracy,
                 outcome.log_loss,
@@ -296,8 +329,9 @@ fn main() -> anyhow::Result<()> {
                 decay: args.decay,
                 l2: args.l2,
                 optimizer: args.optimizer,
+                rows_per_step: args.rows_per_step,
             },
-            scale_rate_by_batch: args.scale_rate_by_batch,
+            scale_rate_by_step: args.scale_rate_by_step,
             runs: args.runs,
             build,
             results,
@@ -307,6 +341,68 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(json, text + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
+    }
+    Ok(())
+}
+
+/// One stream through the pipeline, as reported.
+#[derive(Debug, Clone, Serialize)]
+struct PipelineOutcome {
+    stream: String,
+    file: PathBuf,
+    rows: usize,
+    /// Rows in the live version's prequential window (all of them unless train held some back).
+    window_examples: u64,
+    accuracy: f64,
+    log_loss: f64,
+    /// From starting train to the version that learned the last row going live.
+    seconds: f64,
+    rows_per_second: f64,
+}
+
+/// `--pipeline`: every file through nats-server and `train` with its shipped defaults.
+fn run_pipeline(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut results = Vec::new();
+    println!("| stream | rows | learned | accuracy | log-loss | end-to-end rows/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for path in &args.streams {
+        let stream = read_stream(path)?;
+        let pass = runtime
+            .block_on(pipeline::train_through_pipeline(&stream, &args.train_args))
+            .with_context(|| format!("{} through the pipeline", path.display()))?;
+        let outcome = PipelineOutcome {
+            stream: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            file: path.clone(),
+            rows: stream.rows.len(),
+            window_examples: pass.window_examples,
+            accuracy: pass.accuracy,
+            log_loss: pass.log_loss,
+            seconds: pass.seconds,
+            rows_per_second: stream.rows.len() as f64 / pass.seconds,
+        };
+        println!(
+            "| {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+            outcome.stream,
+            outcome.rows,
+            outcome.window_examples,
+            outcome.accuracy,
+            outcome.log_loss,
+            outcome.rows_per_second
+        );
+        results.push(outcome);
+    }
+    if let Some(json) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "mode": "pipeline",
+            "train_args": args.train_args,
+            "results": results,
+        }))?;
         std::fs::write(json, text + "\n")
             .with_context(|| format!("cannot write {}", json.display()))?;
     }

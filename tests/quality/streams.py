@@ -1,10 +1,13 @@
-"""Writes the public streams of the logistic-model comparison as CSV and scores River on them.
+"""Writes the public streams of the model comparison as CSV and scores River on them.
 
 Each stream is drawn once from River's generators with a fixed seed and written to
 ``<out>/<name>.csv`` (a header of feature names, then ``label`` as 0/1, one row per example).
 River is then run on *that file*, read back, so it learns exactly the rows, values and order that
-``freshet-quality`` reads: ``StandardScaler | LogisticRegression(optimizer=SGD(0.01))``,
-prequentially (``predict_one`` then ``learn_one`` per row), accuracy by ``metrics.Accuracy``.
+``freshet-quality`` reads, prequentially (``predict_one`` then ``learn_one`` per row), accuracy
+by ``metrics.Accuracy``. The models (``--models``): ``logistic``,
+``StandardScaler | LogisticRegression(optimizer=SGD(0.01))``, the one freshet's logistic model
+is compared with row for row; and River's strongest stock learners on these streams, ``hat``
+(``HoeffdingAdaptiveTreeClassifier``) and ``arf`` (``ARFClassifier``, 10 trees), both seeded.
 ``learn_one`` is timed on its own (``perf_counter`` around each call, summed), beside the time of
 the whole loop, and the results go to ``<out>/river.json``.
 
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import river
-from river import datasets, linear_model, metrics, optim, preprocessing
+from river import datasets, forest, linear_model, metrics, optim, preprocessing, tree
 from river.datasets import synth
 
 Row = tuple[dict[str, float], int]
@@ -85,6 +88,13 @@ def phishing(rows: int, seed: int) -> Iterable:
     return datasets.Phishing()
 
 
+def bananas(rows: int, seed: int) -> Iterable:
+    """River's bundled Bananas data set (5,300 rows, 2 features): a non-linear boundary between
+    two banana-shaped clusters, where a linear model stays near chance."""
+    del rows, seed
+    return datasets.Bananas()
+
+
 #: Stream name -> (generator, whether `--rows` applies).
 STREAMS: dict[str, tuple[Callable[[int, int], Iterable], bool]] = {
     "sea_drift": (sea_drift, True),
@@ -92,6 +102,15 @@ STREAMS: dict[str, tuple[Callable[[int, int], Iterable], bool]] = {
     "hyperplane_20": (hyperplane_20, True),
     "agrawal_drift": (agrawal_drift, True),
     "phishing": (phishing, False),
+    "bananas": (bananas, False),
+}
+
+#: River model name -> a fresh model.
+MODELS: dict[str, Callable[[], object]] = {
+    "logistic": lambda: preprocessing.StandardScaler()
+    | linear_model.LogisticRegression(optimizer=optim.SGD(0.01)),
+    "hat": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=42),
+    "arf": lambda: forest.ARFClassifier(seed=42),
 }
 
 
@@ -142,11 +161,9 @@ def read_csv(path: Path) -> list[Row]:
     return rows
 
 
-def score_river(rows: list[Row]) -> dict:
-    """River's pipeline, prequentially; learn_one timed apart from the whole loop."""
-    model = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-        optimizer=optim.SGD(0.01)
-    )
+def score_river(rows: list[Row], name: str = "logistic") -> dict:
+    """A River model, prequentially; learn_one timed apart from the whole loop."""
+    model = MODELS[name]()
     accuracy = metrics.Accuracy()
     learn_seconds = 0.0
     clock = time.perf_counter
@@ -176,6 +193,8 @@ def main() -> int:
                         help="rows drawn from each synthetic stream (Phishing is always whole)")
     parser.add_argument("--seed", type=int, default=42, help="seed of every generator")
     parser.add_argument("--streams", nargs="+", choices=list(STREAMS), default=list(STREAMS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["logistic"],
+                        help="River models to score (the first is the reference column)")
     parser.add_argument("--write-only", action="store_true", help="write the CSVs, skip River")
     args = parser.parse_args()
     if args.rows < 1:
@@ -188,13 +207,18 @@ def main() -> int:
         count = write_csv(path, draw(name, args.rows, args.seed))
         print(f"wrote {path} ({count} rows)", file=sys.stderr)
         if not args.write_only:
-            results[name] = {"file": str(path), **score_river(read_csv(path))}
-            print(f"river {name}: accuracy {results[name]['accuracy']:.4f}, "
-                  f"learn_one {results[name]['learn_rows_per_second']:,.0f} rows/s",
-                  file=sys.stderr)
+            rows = read_csv(path)
+            scored = {model: score_river(rows, model) for model in args.models}
+            # The first model's figures stay at the top level, where table.py reads them.
+            results[name] = {"file": str(path), **scored[args.models[0]], "models": scored}
+            for model, result in scored.items():
+                print(f"river {model} {name}: accuracy {result['accuracy']:.4f}, "
+                      f"learn_one {result['learn_rows_per_second']:,.0f} rows/s",
+                      file=sys.stderr)
     if not args.write_only:
         report = {
             "model": "StandardScaler | LogisticRegression(optimizer=SGD(0.01))",
+            "models": args.models,
             "river": river.__version__,
             "python": platform.python_version(),
             "seed": args.seed,

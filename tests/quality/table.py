@@ -1,9 +1,18 @@
-"""Joins River's and freshet's results on the same stream files into one Markdown table.
+"""Joins River's and freshet's results on the same stream files into Markdown tables.
 
-Reads ``<out>/river.json`` (from ``streams.py``), ``<out>/freshet.json`` (freshet-quality with
-the compared setting, batches 1, 32 and 256) and, if present, ``<out>/freshet-default.json``
-(freshet-quality with its built-in defaults); prints the table and writes
+Reads ``<out>/river.json`` (from ``streams.py``) and the ``freshet-quality`` reports that
+``tools/river/compare.sh`` writes beside it, prints two tables and writes
 ``<out>/comparison.json`` with the joined figures. Standard library only.
+
+- **Accuracy against River**: River's models (the logistic pipeline, HAT, ARF) beside freshet's
+  logistic model with the defaults it shipped before one step per row (``freshet-before.json``,
+  batch 256) and with those it ships now (``kind-logistic.json``, batches 1 and 256), and the
+  mlp with the shipped settings (``kind-mlp.json``).
+- **Through the pipeline**: the same files published as examples and learned by the ``train``
+  binary with its defaults, before and now (``pipeline-before.json``, ``pipeline-default.json``).
+- **Every kind, batch 256 against batch 1**: for each kind, prequential accuracy at batch 1 and
+  at batch 256 with the shipped one row per step, and at batch 256 with one step per batch (the
+  rate scaled by the batch, the linear scaling rule), with the training rate of each.
 """
 
 from __future__ import annotations
@@ -12,9 +21,27 @@ import json
 import sys
 from pathlib import Path
 
+KINDS = ("logistic", "mlp", "factorization_machine")
 
-def by_stream_and_batch(report: dict) -> dict[tuple[str, int], dict]:
-    return {(r["stream"], r["batch"]): r for r in report["results"]}
+
+def load(path: Path) -> dict[tuple[str, int, int], dict] | None:
+    """A freshet-quality report keyed by (stream, batch, rows per step), or None if absent."""
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    table = {}
+    for r in report["results"]:
+        step = r["hyper"]["rows_per_step"] or r["batch"]
+        table[(r["stream"], r["batch"], step)] = r
+    return table
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def rate(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.0f}"
 
 
 def main() -> int:
@@ -23,66 +50,126 @@ def main() -> int:
         return 2
     out = Path(sys.argv[1])
     river = json.loads((out / "river.json").read_text())
-    freshet = json.loads((out / "freshet.json").read_text())
-    default_path = out / "freshet-default.json"
-    default = json.loads(default_path.read_text()) if default_path.exists() else None
+    before = load(out / "freshet-before.json") or {}
+    river_setting = load(out / "freshet-river-setting.json") or {}
+    kinds = {kind: load(out / f"kind-{kind}.json") or {} for kind in KINDS}
+    default = kinds["logistic"]
+    kinds_batch_step = {kind: load(out / f"kind-{kind}-batch-step.json") or {} for kind in KINDS}
+    models = river.get("models", ["logistic"])
 
-    ours = by_stream_and_batch(freshet)
-    theirs_default = by_stream_and_batch(default) if default else {}
+    def load_pipeline(path: Path) -> dict[str, dict]:
+        if not path.exists():
+            return {}
+        return {r["stream"]: r for r in json.loads(path.read_text())["results"]}
+
+    pipeline_before = load_pipeline(out / "pipeline-before.json")
+    pipeline_default = load_pipeline(out / "pipeline-default.json")
+
+    def get(table: dict, stream: str, batch: int, step: int, key: str, rows: int):
+        row = table.get((stream, batch, step))
+        if row is None:
+            return None
+        if row["rows"] != rows:
+            raise SystemExit(f"{stream}: freshet read {row['rows']} rows, River {rows}")
+        return row[key]
+
     joined = []
     for name, ref in river["streams"].items():
-        def get(table: dict, batch: int, key: str) -> float | None:
-            row = table.get((name, batch))
-            if row is not None and row["rows"] != ref["rows"]:
-                raise SystemExit(f"{name}: freshet read {row['rows']} rows, River {ref['rows']}")
-            return None if row is None else row[key]
-
-        entry = {
-            "stream": name,
-            "rows": ref["rows"],
-            "river_accuracy": ref["accuracy"],
-            "river_learn_rows_per_second": ref["learn_rows_per_second"],
-        }
-        for batch in (1, 32, 256):
-            entry[f"freshet_b{batch}_accuracy"] = get(ours, batch, "accuracy")
-            entry[f"freshet_b{batch}_rows_per_second"] = get(ours, batch, "rows_per_second")
-        for batch in (1, 32):
-            entry[f"freshet_default_b{batch}_accuracy"] = get(theirs_default, batch, "accuracy")
-        for batch in (1, 256):
-            rate = entry[f"freshet_b{batch}_rows_per_second"]
-            entry[f"speed_ratio_b{batch}"] = None if rate is None else rate / ref["learn_rows_per_second"]
+        rows = ref["rows"]
+        entry = {"stream": name, "rows": rows, "river": {}}
+        for model in models:
+            result = ref.get("models", {}).get(model, ref if model == "logistic" else None)
+            entry["river"][model] = None if result is None else {
+                "accuracy": result["accuracy"],
+                "learn_rows_per_second": result["learn_rows_per_second"],
+            }
+        entry["freshet_before_b256"] = get(before, name, 256, 256, "accuracy", rows)
+        entry["freshet_river_setting_b1"] = get(river_setting, name, 1, 1, "accuracy", rows)
+        entry["freshet_river_setting_b256"] = get(river_setting, name, 256, 1, "accuracy", rows)
+        entry["freshet_default_b1"] = get(default, name, 1, 1, "accuracy", rows)
+        entry["freshet_default_b256"] = get(default, name, 256, 1, "accuracy", rows)
+        for label, table in (("before", pipeline_before), ("default", pipeline_default)):
+            row = table.get(name)
+            entry[f"pipeline_{label}"] = None if row is None else row["accuracy"]
+            entry[f"pipeline_{label}_rows_per_second"] = (
+                None if row is None else row["rows_per_second"]
+            )
+            if row is not None and row["window_examples"] != rows:
+                print(f"note: {name}: train learned {row['window_examples']} of {rows} rows "
+                      f"({label})", file=sys.stderr)
+        entry["kinds"] = {}
+        for kind in KINDS:
+            entry["kinds"][kind] = {
+                "b1": get(kinds[kind], name, 1, 1, "accuracy", rows),
+                "b256": get(kinds[kind], name, 256, 1, "accuracy", rows),
+                "b256_rows_per_second": get(kinds[kind], name, 256, 1, "rows_per_second", rows),
+                "b256_one_step": get(kinds_batch_step[kind], name, 256, 256, "accuracy", rows),
+                "b256_one_step_rows_per_second": get(
+                    kinds_batch_step[kind], name, 256, 256, "rows_per_second", rows
+                ),
+            }
         joined.append(entry)
 
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:.2f} %"
-
-    def rate(v: float | None) -> str:
-        return "–" if v is None else f"{v:,.0f}"
-
-    def ratio(v: float | None) -> str:
-        return "–" if v is None else f"{v:.2f}×"
-
+    river_names = {"logistic": "River logistic", "hat": "River HAT", "arf": "River ARF"}
+    header = (
+        ["stream", "rows"]
+        + [river_names.get(m, m) for m in models]
+        + ["freshet logistic, before: b256 (one step)", "at River's η 0.01: b1", "b256",
+           "freshet logistic, defaults: b1", "b256", "train binary, before", "train binary, defaults",
+           "freshet mlp, defaults: b256"]
+    )
     lines = [
-        "| stream | rows | River acc. | freshet acc. b1 | freshet acc. b32 "
-        "| freshet defaults acc. b1 / b32 | River learn_one rows/s "
-        "| freshet rows/s b1 | b32 | b256 | speed ratio b1 | speed ratio b256 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Prequential accuracy, %:",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
     ]
     for e in joined:
-        lines.append(
-            f"| {e['stream']} | {e['rows']:,} | {pct(e['river_accuracy'])} "
-            f"| {pct(e['freshet_b1_accuracy'])} | {pct(e['freshet_b32_accuracy'])} "
-            f"| {pct(e['freshet_default_b1_accuracy'])} / {pct(e['freshet_default_b32_accuracy'])} "
-            f"| {rate(e['river_learn_rows_per_second'])} "
-            f"| {rate(e['freshet_b1_rows_per_second'])} | {rate(e['freshet_b32_rows_per_second'])} "
-            f"| {rate(e['freshet_b256_rows_per_second'])} "
-            f"| {ratio(e['speed_ratio_b1'])} | {ratio(e['speed_ratio_b256'])} |"
+        cells = [e["stream"], f"{e['rows']:,}"]
+        cells += [pct(None if e["river"][m] is None else e["river"][m]["accuracy"]) for m in models]
+        cells += [pct(e["freshet_before_b256"]), pct(e["freshet_river_setting_b1"]),
+                  pct(e["freshet_river_setting_b256"]), pct(e["freshet_default_b1"]),
+                  pct(e["freshet_default_b256"]), pct(e["pipeline_before"]),
+                  pct(e["pipeline_default"]), pct(e["kinds"]["mlp"]["b256"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "River's learn_one rows/s: "
+        + "; ".join(
+            f"{river_names.get(m, m)} "
+            + ", ".join(
+                rate(None if e["river"][m] is None else e["river"][m]["learn_rows_per_second"])
+                for e in joined
+            )
+            for m in models
         )
+        + " (streams in the order above). The train binary, end to end (start-up included), "
+        "rows/s: before "
+        + ", ".join(rate(e["pipeline_before_rows_per_second"]) for e in joined)
+        + "; defaults "
+        + ", ".join(rate(e["pipeline_default_rows_per_second"]) for e in joined)
+        + ".",
+        "",
+        "Every kind at the shipped settings (one row per step), batch 256 against batch 1, and at "
+        "batch 256 with one step per batch (η × 256), accuracy % and train rows/s:",
+        "",
+        "| stream | kind | b1 | b256 | b256 − b1 (points) | b256 rows/s | b256, one step per batch "
+        "| its rows/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for e in joined:
+        for kind in KINDS:
+            k = e["kinds"][kind]
+            gap = None if k["b1"] is None or k["b256"] is None else 100 * (k["b256"] - k["b1"])
+            lines.append(
+                f"| {e['stream']} | {kind} | {pct(k['b1'])} | {pct(k['b256'])} "
+                f"| {'–' if gap is None else f'{gap:+.2f}'} | {rate(k['b256_rows_per_second'])} "
+                f"| {pct(k['b256_one_step'])} | {rate(k['b256_one_step_rows_per_second'])} |"
+            )
     print("\n".join(lines))
     summary = {
-        "river": {k: river[k] for k in ("model", "river", "python", "seed")},
-        "freshet": {k: freshet[k] for k in ("hyper", "scale_rate_by_batch", "runs", "build")},
-        "freshet_default": None if default is None else default["hyper"],
+        "river": {k: river[k] for k in ("model", "river", "python", "seed") if k in river},
+        "river_models": models,
         "streams": joined,
     }
     (out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")

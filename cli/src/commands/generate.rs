@@ -1,19 +1,26 @@
 //! `freshet generate`: writes the synthetic bookstore stream (see [`crate::bookstore`]) to stdout
 //! as JSON Lines CloudEvents, ready for `freshet publish`.
 //!
-//! By default events are one second apart from a fixed start, so any label horizon passes within
-//! seconds. With `--rate` they are live traffic instead: that many actions per second of event
-//! time from now (or `--start`), purchases some minutes after their views (a share of them much
-//! later, past the label horizon) and users who leave for good. Send such a stream in real time
-//! with `freshet replay --rate` at the same rate, so its event times stay near the clock.
+//! The stream starts now unless `--start` says otherwise: featurize refuses an event that comes
+//! more than its allowed lateness behind the newest one it has seen, so a second run must not
+//! go back to where the first began. Event ids carry the start, so a run that starts elsewhere
+//! in time is other events, not duplicates of an earlier run's; the same seed and start give the
+//! same stream, ids included.
+//!
+//! By default events are one second apart, so any label horizon passes within seconds. With
+//! `--rate` they are live traffic instead: that many actions per second of event time from the
+//! start, purchases some minutes after their views (a share of them much later, past the label
+//! horizon) and users who leave for good. Send such a stream in real time with `freshet publish
+//! --rate` at the same rate, so its event times stay near the clock.
 
 use std::io::{BufWriter, ErrorKind, Write};
 
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use clap::Args;
+use freshet::events::Event;
 use freshet::ids::EntityId;
 
 use crate::bookstore::{self, BookstoreConfig, Traffic, Viral};
@@ -39,12 +46,16 @@ pub struct GenerateArgs {
     /// Where the viral item appears, as a fraction of the user actions (0 to 1)
     #[arg(long = "viral-at", default_value_t = 0.5, requires = "viral_item", value_parser = parse_fraction)]
     pub viral_at: f64,
-    /// Live traffic: this many user actions per second of event time, from --start (see above)
+    /// Event time of the first event, in RFC 3339 (e.g. 2026-03-01T09:00:00Z) [default: now].
+    /// featurize refuses events further ahead of the clock than its --max-future-skew, so a
+    /// long stream that starts now is published at its own pace (freshet publish --rate) or
+    /// started earlier
+    #[arg(long = "start", value_parser = parse_start)]
+    pub start: Option<DateTime<Utc>>,
+    /// Live traffic: this many user actions per second of event time, from the start (see
+    /// above)
     #[arg(long = "rate", value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// When live traffic begins (RFC 3339); now when absent
-    #[arg(long = "start", requires = "rate")]
-    pub start: Option<DateTime<Utc>>,
     /// Mean delay from a view to the purchase that follows it, under --rate
     #[arg(long = "purchase-delay", default_value = "2m", requires = "rate", value_parser = humantime::parse_duration)]
     pub purchase_delay: Duration,
@@ -68,6 +79,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|err| {
+            format!("{text:?} is not an RFC 3339 time such as 2026-03-01T09:00:00Z: {err}")
+        })
+}
+
 fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
@@ -89,7 +108,7 @@ impl GenerateArgs {
             }),
             changes: Vec::new(),
             traffic: self.rate.map(|rate| Traffic {
-                start: self.start.unwrap_or_else(Utc::now),
+                start: self.start(),
                 rate,
                 purchase_delay: self.purchase_delay,
                 late_share: self.late_share,
@@ -98,11 +117,30 @@ impl GenerateArgs {
             }),
         }
     }
+
+    /// When the first event happens: `--start`, else now (to the second).
+    pub fn start(&self) -> DateTime<Utc> {
+        self.start.unwrap_or_else(|| Utc::now().trunc_subsecs(0))
+    }
+}
+
+/// Moves the stream in time so its first event happens at `start`, keeping the gaps between
+/// events, and gives each event an id that names the start (`<id>-<start in Unix seconds>`).
+fn starting_at(mut events: Vec<Event>, start: DateTime<Utc>) -> Vec<Event> {
+    let Some(first) = events.iter().find_map(|event| event.time) else {
+        return events;
+    };
+    let shift = start - first;
+    for event in &mut events {
+        event.time = event.time.map(|time| time + shift);
+        event.id = format!("{}-{}", event.id, start.timestamp());
+    }
+    events
 }
 
 /// Runs `freshet generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let events = bookstore::generate(&args.config());
+    let events = starting_at(bookstore::generate(&args.config()), args.start());
     let mut out = BufWriter::new(std::io::stdout().lock());
     let written = events.iter().try_for_each(|event| {
         out.write_all(&event.to_json_bytes())?;
@@ -127,18 +165,71 @@ mod tests {
         assert!(parse_fraction("NaN").is_err());
     }
 
-    #[test]
-    fn a_rate_makes_live_traffic_from_the_start_given() {
-        use clap::Parser;
-        #[derive(Parser)]
+    fn try_args(extra: &[&str]) -> Result<GenerateArgs, clap::Error> {
+        #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             generate: GenerateArgs,
         }
-        let fixed = Cli::parse_from(["generate"]).generate.config();
-        assert_eq!(fixed.traffic, None);
-        let live = Cli::parse_from([
-            "generate",
+        let argv = ["generate", "--users", "3", "--items", "2", "--events", "5"];
+        clap::Parser::try_parse_from(argv.iter().chain(extra)).map(|cli: Cli| cli.generate)
+    }
+
+    fn args(extra: &[&str]) -> GenerateArgs {
+        try_args(extra).unwrap()
+    }
+
+    fn stream(args: &GenerateArgs) -> Vec<Event> {
+        starting_at(bookstore::generate(&args.config()), args.start())
+    }
+
+    #[test]
+    fn the_stream_starts_at_the_time_asked_and_keeps_its_pace() {
+        let args = args(&["--start", "2026-03-01T09:00:00+01:00"]);
+        let start = DateTime::parse_from_rfc3339("2026-03-01T08:00:00Z").unwrap();
+        let events = stream(&args);
+        let times: Vec<_> = events.iter().map(|e| e.time.unwrap()).collect();
+        assert_eq!(times[0], start);
+        let original = bookstore::generate(&args.config());
+        for (moved, was) in events.windows(2).zip(original.windows(2)) {
+            assert_eq!(
+                moved[1].time.unwrap() - moved[0].time.unwrap(),
+                was[1].time.unwrap() - was[0].time.unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_start_that_is_not_rfc_3339_is_refused() {
+        assert!(parse_start("yesterday").is_err());
+        assert!(parse_start("2026-03-01").is_err());
+    }
+
+    #[test]
+    fn another_start_gives_other_ids_and_the_same_start_the_same_ones() {
+        let first = stream(&args(&["--start", "2026-03-01T08:00:00Z"]));
+        let again = stream(&args(&["--start", "2026-03-01T08:00:00Z"]));
+        let later = stream(&args(&["--start", "2026-03-01T10:00:00Z"]));
+        let ids = |events: &[Event]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&first), ids(&again));
+        assert!(
+            ids(&first).iter().all(|id| !ids(&later).contains(id)),
+            "a run that starts elsewhere in time must not be taken for duplicates"
+        );
+    }
+
+    #[test]
+    fn without_start_the_stream_starts_now() {
+        let before = Utc::now().trunc_subsecs(0);
+        let events = stream(&args(&[]));
+        let first = events[0].time.unwrap();
+        assert!(first >= before && first <= Utc::now(), "{first} is not now");
+    }
+
+    #[test]
+    fn a_rate_makes_live_traffic_from_the_start_given() {
+        assert_eq!(args(&[]).config().traffic, None);
+        let live = args(&[
             "--rate",
             "50",
             "--start",
@@ -148,14 +239,13 @@ mod tests {
             "--churn",
             "0.1",
         ])
-        .generate
         .config();
         let traffic = live.traffic.unwrap();
         assert_eq!(traffic.rate, 50.0);
         assert_eq!(traffic.start.to_rfc3339(), "2026-12-01T10:00:00+00:00");
         assert_eq!(traffic.purchase_delay, Duration::from_secs(30));
         assert_eq!((traffic.late_share, traffic.churn), (0.1, 0.1));
-        assert!(Cli::try_parse_from(["generate", "--churn", "0.1"]).is_err());
-        assert!(Cli::try_parse_from(["generate", "--rate", "0"]).is_err());
+        assert!(try_args(&["--churn", "0.1"]).is_err());
+        assert!(try_args(&["--rate", "0"]).is_err());
     }
 }

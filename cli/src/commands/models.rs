@@ -1,7 +1,8 @@
-//! `freshet models list|show|rollback|promote|set|diff`: what models exist, which version each
-//! serves, what a version is (its manifest), how its live pointer moved and what changed between
-//! two versions; and moving that pointer by hand, by compare-and-set, to a version that is
-//! verified first, recording the move's cause (rollback, promotion, operator).
+//! `freshet models list|show|rollback|promote|set|diff|declare`: what models exist, which version
+//! each serves, what a version is (its manifest), how its live pointer moved and what changed
+//! between two versions; and moving that pointer by hand, by compare-and-set, to a version that
+//! is verified first, recording the move's cause (rollback, promotion, operator). `declare` (in
+//! [`super::declare`]) declares the feature schema of a model's examples.
 //!
 //! A model is known if it has a pointer in the MODELS bucket or a version in the artifact store;
 //! either alone is worth showing (pointers without artifacts are broken, artifacts without
@@ -45,6 +46,9 @@ pub enum ModelsCommand {
     /// Compare two versions (numbers, "live" or "candidate"): lineage, examples learned,
     /// metrics, settings, schema, checksum, and how far the weights moved
     Diff(DiffArgs),
+    /// Declare the feature schema of a model's examples (--features or --file), or show it;
+    /// train learns only examples that follow it
+    Declare(super::declare::DeclareArgs),
 }
 
 /// Arguments of `freshet models rollback`.
@@ -158,6 +162,7 @@ pub async fn run(global: &GlobalArgs, command: &ModelsCommand) -> anyhow::Result
         ModelsCommand::Promote(args) => promote(global, args).await,
         ModelsCommand::Set(args) => set(global, args).await,
         ModelsCommand::Diff(args) => diff(global, args).await,
+        ModelsCommand::Declare(args) => super::declare::run(global, args).await,
     }
 }
 
@@ -332,9 +337,12 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = read_all_pointers(&open_pointers(&nats.js).await?).await?;
     let artifacts = open_artifacts(global)?;
-    // An unreachable artifact store should not hide what the pointers say: warn and go on.
+    // An unreachable artifact store should not hide what the pointers say: the table is printed
+    // with what could be read, then the command fails, so a script does not take it for whole.
+    let mut unreadable: Option<anyhow::Error> = None;
     let stored_models = artifacts.models().await.unwrap_or_else(|err| {
         eprintln!("warning: cannot list models in {}: {err}", artifacts.url());
+        unreadable.get_or_insert(err.into());
         Vec::new()
     });
     let mut names: BTreeSet<ModelName> = pointers.keys().cloned().collect();
@@ -356,6 +364,7 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
             Ok(versions) => Some(versions.len()),
             Err(err) => {
                 eprintln!("warning: cannot list versions of {model}: {err}");
+                unreadable.get_or_insert(err.into());
                 None
             }
         };
@@ -367,13 +376,29 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
             stored_versions,
         });
     }
+    print_list(global, &summaries, artifacts.url(), now)?;
+    match unreadable {
+        Some(err) => Err(err.context(format!(
+            "the artifact store {} could not be read: versions are missing from the list",
+            artifacts.url()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Prints `freshet models list`'s table (or JSON).
+fn print_list(
+    global: &GlobalArgs,
+    summaries: &[ModelSummary],
+    store_url: &str,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
     if global.json {
         return emit_json(&summaries);
     }
     if summaries.is_empty() {
         return emit(&format!(
-            "no models: no pointers in {BUCKET_MODELS} and no versions in {}\n",
-            artifacts.url()
+            "no models: no pointers in {BUCKET_MODELS} and no versions in {store_url}\n"
         ));
     }
     let mut table = Table::new(&["MODEL", "LIVE", "CANDIDATE", "LIVE AGE", "VERSIONS"])
@@ -382,7 +407,7 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
         p.as_ref()
             .map_or("-".to_string(), |p| p.version.to_string())
     };
-    for s in &summaries {
+    for s in summaries {
         table.row(vec![
             s.model.clone(),
             version(&s.live),
@@ -769,6 +794,10 @@ pub struct WeightChange {
     pub change: f32,
 }
 
+/// A weight vector shorter than this (on standardised inputs) carries no signal yet: a model
+/// that has barely begun to learn. Relative measures against it would only amplify noise.
+pub const NEGLIGIBLE_NORM: f64 = 1e-6;
+
 /// How far the weights moved from A to B, over the features both have (matched by name).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightsDiff {
@@ -778,8 +807,14 @@ pub struct WeightsDiff {
     pub norm_b: f64,
     /// ‖w_B − w_A‖.
     pub l2_distance: f64,
-    /// ‖w_B − w_A‖ / ‖w_A‖; absent when A's weights are all zero.
+    /// ‖w_B − w_A‖ / max(‖w_A‖, ‖w_B‖), between 0 and 2 (2: the weights turned around); absent
+    /// when both norms are below [`NEGLIGIBLE_NORM`]. Dividing by ‖w_A‖ alone made a version
+    /// trained from near-zero weights read as having moved by millions of percent.
     pub relative_change: Option<f64>,
+    /// cos(w_A, w_B): 1 when the weights point the same way (one is a rescaled copy of the other),
+    /// 0 when they are unrelated, −1 when opposite; absent when either norm is below
+    /// [`NEGLIGIBLE_NORM`], where a direction means nothing.
+    pub cosine_similarity: Option<f64>,
     pub max_abs_change: f64,
     pub bias_a: f32,
     pub bias_b: f32,
@@ -961,6 +996,15 @@ fn diff_weights(a: &Weights, b: &Weights, top: usize) -> WeightsDiff {
     let norm_a = norm(&mut changes.iter().map(|c| c.a));
     let norm_b = norm(&mut changes.iter().map(|c| c.b));
     let l2_distance = norm(&mut changes.iter().map(|c| c.change));
+    let larger_norm = norm_a.max(norm_b);
+    let relative_change = (larger_norm >= NEGLIGIBLE_NORM).then(|| l2_distance / larger_norm);
+    let cosine_similarity = (norm_a.min(norm_b) >= NEGLIGIBLE_NORM).then(|| {
+        let dot: f64 = changes
+            .iter()
+            .map(|c| f64::from(c.a) * f64::from(c.b))
+            .sum();
+        (dot / (norm_a * norm_b)).clamp(-1.0, 1.0)
+    });
     let max_abs_change = changes
         .iter()
         .map(|c| f64::from(c.change.abs()))
@@ -974,7 +1018,8 @@ fn diff_weights(a: &Weights, b: &Weights, top: usize) -> WeightsDiff {
         norm_a,
         norm_b,
         l2_distance,
-        relative_change: (norm_a > 0.0).then(|| l2_distance / norm_a),
+        relative_change,
+        cosine_similarity,
         max_abs_change,
         bias_a: a.bias,
         bias_b: b.bias,
@@ -1173,8 +1218,18 @@ pub fn render_diff(diff: &VersionDiff) -> String {
                         "{:.4}{}",
                         w.l2_distance,
                         w.relative_change
-                            .map_or(String::new(), |r| format!(" ({:.1}% of |w_a|)", r * 100.0))
+                            .map_or(" (both near zero)".to_string(), |r| format!(
+                                " ({:.1}% of the larger |w|)",
+                                r * 100.0
+                            ))
                     ),
+                ),
+                (
+                    "direction",
+                    w.cosine_similarity
+                        .map_or("- (a near-zero |w| has none)".to_string(), |c| {
+                            format!("cos(w_a, w_b) {c:.4}")
+                        }),
                 ),
                 ("largest |change|", format!("{:.4}", w.max_abs_change)),
                 (
@@ -1410,7 +1465,10 @@ mod tests {
         let w = diff.weights.unwrap();
         assert_eq!(w.features_compared, 3);
         assert_eq!((w.norm_a, w.l2_distance, w.max_abs_change), (3.0, 5.0, 4.0));
-        assert_eq!(w.relative_change, Some(5.0 / 3.0));
+        // |w_b| = sqrt(1 + 25 + 36) is the larger norm; w_a . w_b = 1 + 10 + 12.
+        let norm_b = 62f64.sqrt();
+        assert_eq!(w.relative_change, Some(5.0 / norm_b));
+        assert!((w.cosine_similarity.unwrap() - 23.0 / (3.0 * norm_b)).abs() < 1e-12);
         assert_eq!((w.bias_a, w.bias_b), (0.5, 0.25));
         let largest: Vec<(&str, f32)> = w
             .largest_changes
@@ -1565,6 +1623,38 @@ mod tests {
     }
 
     #[test]
+    fn weights_that_grew_from_near_zero_move_by_a_bounded_share() {
+        // As observed: a version trained from weights of about 1e-9 against one that learned.
+        let a = data(manifest(1, None), weights(&[1e-9, -2e-9, 0.0], 0.0));
+        let b = data(manifest(2, Some(1)), weights(&[1.2, -0.8, 0.5], 0.1));
+        let w = diff_versions(&a, &b, None, 3).weights.unwrap();
+        let relative = w.relative_change.unwrap();
+        assert!(
+            (0.99..=1.0).contains(&relative),
+            "moving from nothing to |w_b| is about 100% of |w_b|, not {relative}"
+        );
+        assert_eq!(
+            w.cosine_similarity, None,
+            "a near-zero |w_a| has no direction"
+        );
+        let text = render_diff(&diff_versions(&a, &b, None, 3));
+        assert!(text.contains("(100.0% of the larger |w|)"), "{text}");
+
+        // Opposite weights: the largest relative change there is, and cosine -1.
+        let turned = data(manifest(3, Some(2)), weights(&[-1.2, 0.8, -0.5], 0.1));
+        let w = diff_versions(&b, &turned, None, 3).weights.unwrap();
+        assert!((w.relative_change.unwrap() - 2.0).abs() < 1e-6);
+        assert!((w.cosine_similarity.unwrap() + 1.0).abs() < 1e-6);
+
+        // Both near zero: no share, no direction, and the text says so.
+        let zero = data(manifest(4, None), weights(&[0.0, 0.0, 0.0], 0.0));
+        let w = diff_versions(&zero, &zero, None, 3).weights.unwrap();
+        assert_eq!((w.relative_change, w.cosine_similarity), (None, None));
+        let text = render_diff(&diff_versions(&zero, &zero, None, 3));
+        assert!(text.contains("0.0000 (both near zero)"), "{text}");
+    }
+
+    #[test]
     fn the_rendered_diff_has_a_row_per_field_and_the_weight_movement() {
         let a = data(manifest(3, Some(2)), weights(&[1.0, 2.0, 2.0], 0.5));
         let b = data(manifest(4, Some(3)), weights(&[1.0, 5.0, 6.0], 0.25));
@@ -1582,7 +1672,8 @@ mod tests {
             "accuracy         0.5300",
             "+0.0100",
             "settings: identical",
-            "|w_b - w_a|       5.0000 (166.7% of |w_a|)",
+            "|w_b - w_a|       5.0000 (63.5% of the larger |w|)",
+            "direction         cos(w_a, w_b) 0.9737",
             "bias              0.5000 -> 0.2500 (-0.2500)",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in\n{text}");

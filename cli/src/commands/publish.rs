@@ -3,13 +3,16 @@
 //!
 //! Lines are validated with the same decoder the functions use; invalid ones are reported on
 //! stderr and skipped, unless `--raw` pushes everything through (to exercise the dead-letter
-//! path). The [`Publisher`] keeps up to [`MAX_IN_FLIGHT`] publish acks outstanding, stores the
+//! path). A run that skipped any line ends with an error naming how many and why (exit code
+//! 1), after publishing the valid ones: a script must not take a partly published file for a
+//! published one. The [`Publisher`] keeps up to [`MAX_IN_FLIGHT`] publish acks outstanding, stores the
 //! events in file order, and rides out a server restart by sending again, in order and under
 //! the same ids, what was not acknowledged.
 //!
 //! The pieces `freshet replay` shares are public here: [`open_input`] and [`LineReader`] (the
 //! input, line by line), [`prepare`] (subject, id, validation) and [`pace_offset`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,11 +122,14 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
     let nats = connect(global).await?;
     let started = Instant::now();
     let mut publisher = Publisher::new(nats.client.clone(), MAX_IN_FLIGHT, args.retry_for);
+    let mut refused = RefusedLines::default();
     while let Some((line_number, line)) = lines.next_line().await? {
+        refused.read += 1;
         let outgoing = match prepare(line, args.raw, args.max_event_bytes, &nats.subjects) {
             Ok(outgoing) => outgoing,
             Err(problem) => {
                 publisher.refuse();
+                refused.record(&problem);
                 eprintln!("line {line_number}: {problem}");
                 continue;
             }
@@ -134,6 +140,7 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
                 .await?;
         }
         if let Err(problem) = publisher.send(line_number, outgoing).await? {
+            refused.record(&problem);
             eprintln!("line {line_number}: {problem}");
         }
     }
@@ -141,16 +148,55 @@ pub async fn run(global: &GlobalArgs, args: &PublishArgs) -> anyhow::Result<()> 
     let mut summary = publisher.summary().clone();
     summary.finish(started.elapsed());
     if global.json {
-        return emit_json(&summary);
+        emit_json(&summary)?;
+    } else {
+        emit(&key_values(&[
+            ("published", summary.published.to_string()),
+            ("duplicates", summary.duplicates.to_string()),
+            ("invalid", summary.invalid.to_string()),
+            ("resent", summary.resent.to_string()),
+            ("elapsed", format!("{:.2}s", summary.elapsed_seconds)),
+            ("events/s", format!("{:.0}", summary.events_per_second)),
+        ]))?;
     }
-    emit(&key_values(&[
-        ("published", summary.published.to_string()),
-        ("duplicates", summary.duplicates.to_string()),
-        ("invalid", summary.invalid.to_string()),
-        ("resent", summary.resent.to_string()),
-        ("elapsed", format!("{:.2}s", summary.elapsed_seconds)),
-        ("events/s", format!("{:.0}", summary.events_per_second)),
-    ]))
+    refused.verdict()
+}
+
+/// The lines a run did not publish, counted by reason, so the run can end by saying how many
+/// and why after each was reported with its line number.
+#[derive(Debug, Default)]
+struct RefusedLines {
+    /// Non-blank lines read.
+    read: u64,
+    /// Refused lines by reason (the problem's leading token, e.g. "invalid_data").
+    by_reason: BTreeMap<String, u64>,
+}
+
+impl RefusedLines {
+    /// Counts one refused line; `problem` is what was printed for it.
+    fn record(&mut self, problem: &str) {
+        let reason = problem.split(':').next().unwrap_or(problem).trim();
+        *self.by_reason.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// `Ok` when every line read was published; else the error that ends the run.
+    fn verdict(&self) -> anyhow::Result<()> {
+        let refused: u64 = self.by_reason.values().sum();
+        if refused == 0 {
+            return Ok(());
+        }
+        let reasons: Vec<String> = self
+            .by_reason
+            .iter()
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        anyhow::bail!(
+            "{refused} of {} lines were invalid and not published ({}); each is reported above \
+             with its line number (--raw publishes them anyway, to exercise the dead-letter path)",
+            self.read,
+            reasons.join(", ")
+        )
+    }
 }
 
 /// When the event numbered `sent` (from 0) is due, counted from the start of a run paced at
@@ -313,6 +359,28 @@ mod tests {
             );
             assert_eq!(out.payload.as_ref(), line.as_bytes());
         }
+    }
+
+    #[test]
+    fn a_run_with_refused_lines_fails_saying_how_many_and_why() {
+        let mut refused = RefusedLines {
+            read: 4,
+            ..RefusedLines::default()
+        };
+        assert!(
+            refused.verdict().is_ok(),
+            "nothing refused, nothing to report"
+        );
+        refused.record("invalid_data: data.action: unknown action \"steal\"");
+        refused.record("malformed_json: $: expected value at line 1 column 1");
+        refused.record("invalid_data: data.user: missing field");
+        let message = refused.verdict().unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "3 of 4 lines were invalid and not published (2 invalid_data, 1 malformed_json)"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

@@ -288,6 +288,161 @@ impl Gate {
     }
 }
 
+/// A version in play, as the adapter loaded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub version: u64,
+    /// The last stream sequence it learned.
+    pub high_water_mark: u64,
+}
+
+/// What a pointer names as the adapter read it, and the revision a move compares against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointerNow {
+    pub version: Option<u64>,
+    pub revision: u64,
+}
+
+/// What the adapter knows when it carries out a proposal: the versions judged and the pointers
+/// as they stand now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    pub live: Held,
+    pub candidate: Option<Held>,
+    pub fallback: Option<Held>,
+    /// Live and the candidate scored on the held-back sample, for a promotion.
+    pub held_back: Option<Comparison>,
+    pub live_pointer: PointerNow,
+    pub candidate_pointer: PointerNow,
+}
+
+/// What the adapter does about one proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing now: the challenger is not loaded, the candidate and live were published apart,
+    /// or a pointer no longer names the version judged. The next example is judged with what is
+    /// loaded then.
+    Wait,
+    /// The candidate won on recent examples but forgets older ones: record it, and judge it
+    /// afresh on new examples ([`Gate::hold`]).
+    HoldForForgetting {
+        candidate: u64,
+        recent: Comparison,
+        held_back: Comparison,
+    },
+    /// Make the candidate live, by compare-and-set on both pointers at these revisions.
+    Promote {
+        candidate: u64,
+        recent: Comparison,
+        held_back: Comparison,
+        reason: String,
+        live_revision: u64,
+        candidate_revision: u64,
+    },
+    /// Withdraw the candidate: remove its pointer at `revision` (`None`: it is gone already).
+    Withdraw {
+        candidate: u64,
+        recent: Comparison,
+        revision: Option<u64>,
+    },
+    /// Move live back to the version it replaced, by compare-and-set at `live_revision`.
+    Rollback {
+        to: u64,
+        recent: Comparison,
+        reason: String,
+        live_revision: u64,
+    },
+    /// The jump stands: record it and forget the version live replaced.
+    Confirm { replaced: u64, recent: Comparison },
+}
+
+/// Decides what to do about `proposal`, given what stands now. A pointer is only moved if it
+/// still names the versions that were judged; a candidate is promoted only when it passes the
+/// forgetting guard and holds exactly live's examples (train publishes both together), so train
+/// continues from it without losing or repeating one.
+pub fn plan_step(gate: &Gate, proposal: &Proposal, standing: &Standing) -> Step {
+    let judged = |held: Option<Held>, version: u64| held.filter(|h| h.version == version);
+    let names = |pointer: PointerNow, version: u64| pointer.version == Some(version);
+    match *proposal {
+        Proposal::Promote { candidate, recent } => {
+            let (Some(held), Some(held_back)) =
+                (judged(standing.candidate, candidate), standing.held_back)
+            else {
+                return Step::Wait;
+            };
+            if !gate.remembers(&held_back) {
+                return Step::HoldForForgetting {
+                    candidate,
+                    recent,
+                    held_back,
+                };
+            }
+            if held.high_water_mark != standing.live.high_water_mark
+                || !names(standing.live_pointer, standing.live.version)
+                || !names(standing.candidate_pointer, candidate)
+            {
+                return Step::Wait;
+            }
+            Step::Promote {
+                candidate,
+                recent,
+                held_back,
+                reason: format!(
+                    "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
+                    recent.challenger_accuracy,
+                    recent.live_accuracy,
+                    recent.examples,
+                    held_back.challenger_accuracy,
+                    held_back.live_accuracy
+                ),
+                live_revision: standing.live_pointer.revision,
+                candidate_revision: standing.candidate_pointer.revision,
+            }
+        }
+        Proposal::Withdraw { candidate, recent } => {
+            if judged(standing.candidate, candidate).is_none() {
+                return Step::Wait;
+            }
+            match standing.candidate_pointer.version {
+                None => Step::Withdraw {
+                    candidate,
+                    recent,
+                    revision: None,
+                },
+                Some(version) if version == candidate => Step::Withdraw {
+                    candidate,
+                    recent,
+                    revision: Some(standing.candidate_pointer.revision),
+                },
+                // train replaced the candidate since: the new one gets its own trial.
+                Some(_) => Step::Wait,
+            }
+        }
+        Proposal::Rollback { to, recent } => {
+            if judged(standing.fallback, to).is_none()
+                || !names(standing.live_pointer, standing.live.version)
+            {
+                return Step::Wait;
+            }
+            Step::Rollback {
+                to,
+                recent,
+                reason: format!(
+                    "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
+                    recent.challenger_accuracy, recent.live_accuracy, recent.examples
+                ),
+                live_revision: standing.live_pointer.revision,
+            }
+        }
+        Proposal::Confirm { replaced, recent } => {
+            if judged(standing.fallback, replaced).is_none() {
+                return Step::Wait;
+            }
+            Step::Confirm { replaced, recent }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,5 +597,171 @@ mod tests {
         }
         // Held at 296, then judged afresh on 100 new examples each time.
         assert_eq!(promotions, vec![296, 396, 496, 596, 696]);
+    }
+
+    fn comparison(live: f64, challenger: f64) -> Comparison {
+        Comparison {
+            examples: 100,
+            live_accuracy: live,
+            challenger_accuracy: challenger,
+        }
+    }
+
+    /// Live is version 5 (through sequence 900), the candidate 7 (through 900), the version live
+    /// replaced 3; both pointers name what was judged.
+    fn standing() -> Standing {
+        Standing {
+            live: Held {
+                version: 5,
+                high_water_mark: 900,
+            },
+            candidate: Some(Held {
+                version: 7,
+                high_water_mark: 900,
+            }),
+            fallback: Some(Held {
+                version: 3,
+                high_water_mark: 400,
+            }),
+            held_back: Some(comparison(0.8, 0.79)),
+            live_pointer: PointerNow {
+                version: Some(5),
+                revision: 11,
+            },
+            candidate_pointer: PointerNow {
+                version: Some(7),
+                revision: 12,
+            },
+        }
+    }
+
+    #[test]
+    fn a_promotion_moves_both_pointers_only_as_they_were_judged() {
+        let gate = Gate::new(config());
+        let recent = comparison(0.7, 0.9);
+        let promote = Proposal::Promote {
+            candidate: 7,
+            recent,
+        };
+        let Step::Promote {
+            candidate,
+            live_revision,
+            candidate_revision,
+            reason,
+            held_back,
+            ..
+        } = plan_step(&gate, &promote, &standing())
+        else {
+            panic!("a promotion");
+        };
+        assert_eq!((candidate, live_revision, candidate_revision), (7, 11, 12));
+        assert_eq!(held_back, comparison(0.8, 0.79));
+        assert!(reason.contains("0.900 vs 0.700"), "{reason}");
+        // Forgetting older examples (beyond the tolerance of 0.05): held, whatever the pointers.
+        let mut forgets = standing();
+        forgets.held_back = Some(comparison(0.8, 0.7));
+        forgets.live_pointer.version = Some(6);
+        assert_eq!(
+            plan_step(&gate, &promote, &forgets),
+            Step::HoldForForgetting {
+                candidate: 7,
+                recent,
+                held_back: comparison(0.8, 0.7)
+            }
+        );
+        // Each reason to wait: published apart, a pointer moved, the candidate replaced or gone,
+        // the held-back sample not scored.
+        let mut apart = standing();
+        apart.candidate = Some(Held {
+            version: 7,
+            high_water_mark: 880,
+        });
+        let mut live_moved = standing();
+        live_moved.live_pointer.version = Some(6);
+        let mut candidate_moved = standing();
+        candidate_moved.candidate_pointer.version = Some(8);
+        let mut replaced = standing();
+        replaced.candidate = Some(Held {
+            version: 8,
+            high_water_mark: 900,
+        });
+        let mut unloaded = standing();
+        unloaded.candidate = None;
+        let mut unscored = standing();
+        unscored.held_back = None;
+        for waits in [
+            apart,
+            live_moved,
+            candidate_moved,
+            replaced,
+            unloaded,
+            unscored,
+        ] {
+            assert_eq!(plan_step(&gate, &promote, &waits), Step::Wait, "{waits:?}");
+        }
+    }
+
+    #[test]
+    fn a_withdrawal_removes_only_the_candidate_judged() {
+        let gate = Gate::new(config());
+        let recent = comparison(0.8, 0.8);
+        let withdraw = Proposal::Withdraw {
+            candidate: 7,
+            recent,
+        };
+        assert_eq!(
+            plan_step(&gate, &withdraw, &standing()),
+            Step::Withdraw {
+                candidate: 7,
+                recent,
+                revision: Some(12)
+            }
+        );
+        let mut gone = standing();
+        gone.candidate_pointer.version = None;
+        assert_eq!(
+            plan_step(&gate, &withdraw, &gone),
+            Step::Withdraw {
+                candidate: 7,
+                recent,
+                revision: None
+            },
+            "a pointer removed already: the trial still ends"
+        );
+        let mut newer = standing();
+        newer.candidate_pointer.version = Some(8);
+        assert_eq!(plan_step(&gate, &withdraw, &newer), Step::Wait);
+    }
+
+    #[test]
+    fn a_rollback_needs_live_as_judged_and_a_confirmation_only_the_fallback() {
+        let gate = Gate::new(config());
+        let recent = comparison(0.6, 0.8);
+        let rollback = Proposal::Rollback { to: 3, recent };
+        let Step::Rollback {
+            to, live_revision, ..
+        } = plan_step(&gate, &rollback, &standing())
+        else {
+            panic!("a rollback");
+        };
+        assert_eq!((to, live_revision), (3, 11));
+        let mut moved = standing();
+        moved.live_pointer.version = Some(9);
+        assert_eq!(plan_step(&gate, &rollback, &moved), Step::Wait);
+        let confirm = Proposal::Confirm {
+            replaced: 3,
+            recent,
+        };
+        assert_eq!(
+            plan_step(&gate, &confirm, &moved),
+            Step::Confirm {
+                replaced: 3,
+                recent
+            }
+        );
+        let mut forgotten = standing();
+        forgotten.fallback = None;
+        assert_eq!(plan_step(&gate, &rollback, &forgotten), Step::Wait);
+        assert_eq!(plan_step(&gate, &confirm, &forgotten), Step::Wait);
     }
 }

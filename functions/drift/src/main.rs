@@ -4,17 +4,16 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod control;
 mod gate;
-mod handler;
 mod live;
 mod metrics;
 mod processor;
 mod promotion;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::control::Reaction;
-use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::subjects::{BUCKET_DRIFT, BUCKET_MODELS, STREAM_EXAMPLES};
@@ -38,15 +37,15 @@ use freshet_drift::episodes::EpisodeConfig;
 /// messages are acknowledged, so a restart neither loses nor double-counts an example, nor
 /// reports an episode twice.
 #[derive(Debug, Parser)]
-#[command(name = "drift", version)]
+#[command(name = "freshet-drift", version)]
+#[command(mut_arg("model", |a| a.help("Model whose examples are watched")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model whose examples are watched
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Detectors on every watched feature, comma-separated: psi, page_hinkley, adwin, kswin; or
     /// none
     #[arg(
@@ -264,14 +263,16 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
+    // drift's own metrics carry the model it watches; the consumer loop's are per process.
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let metrics = metrics::DriftMetrics::default();
-    metrics.register(&ctx.metrics, bank.config());
+    metrics.register(&model_metrics, bank.config());
 
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let fallback = VersionCell::default();
     let follower = |slot: Slot, fallback: Option<VersionCell>| -> anyhow::Result<_> {
         Ok(Follower::new(
-            args.model.clone(),
+            args.model.name.clone(),
             slot,
             pointers.clone(),
             args.artifacts.open()?,
@@ -286,28 +287,28 @@ async fn main() -> anyhow::Result<()> {
     let (live, candidate) = (live_follower.cell(), candidate_follower.cell());
     let promotion = (!args.no_gate).then(|| {
         let gate_metrics = promotion::GateMetrics::default();
-        gate_metrics.register(&ctx.metrics);
+        gate_metrics.register(&model_metrics);
         promotion::Promotion {
-            model: args.model.clone(),
+            model: args.model.name.clone(),
             gate: gate::Gate::new(gate_config),
             versions: promotion::Versions {
                 candidate,
                 fallback,
             },
             pointers: pointers.clone(),
-            js: ctx.js.clone(),
+            control: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
         }
     });
-    let durable = format!("drift-{}", args.model);
+    let durable = format!("drift-{}", args.model.name);
     let io = processor::Io {
         js: ctx.js.clone(),
         subjects: ctx.subjects.clone(),
         checkpoints: ctx.js.get_key_value(BUCKET_DRIFT).await?,
         order: OrderGuard::new(
             ctx.js.get_stream(STREAM_EXAMPLES).await?,
-            ctx.subjects.examples(&args.model),
+            ctx.subjects.examples(&args.model.name),
             durable.clone(),
         ),
         live,
@@ -316,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
     // The checkpoint is read with the first batch, under the lease: it is then the last
     // holder's final write.
     let processor = processor::DriftProcessor::new(
-        args.model.clone(),
+        args.model.name.clone(),
         args.reaction,
         bank,
         io,
@@ -324,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         promotion,
     );
     // One drift per model: two would fight over the checkpoint. The others stand by.
-    let lease_key = format!("drift.{}", args.model);
+    let lease_key = format!("drift.{}", args.model.name);
     let outcome = ctx
         .exclusively(&lease_key, async {
             // The first batch is scored by the version live now; the watch follows it from there.
@@ -339,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
             ctx.consume(
                 STREAM_EXAMPLES,
                 &durable,
-                vec![ctx.subjects.examples(&args.model)],
+                vec![ctx.subjects.examples(&args.model.name)],
                 ctx.args.batch_size(),
                 processor,
             )

@@ -37,12 +37,7 @@ impl DetectionLabel {
         DetectionLabel {
             detector: detector.as_str().to_string(),
             target: if error { "error" } else { "feature" }.to_string(),
-            level: match level {
-                Level::Stable => "stable",
-                Level::Warning => "warning",
-                Level::Drift => "drift",
-            }
-            .to_string(),
+            level: level.as_str().to_string(),
         }
     }
 }

@@ -19,14 +19,14 @@ use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
-use freshet::runtime::order::OrderGuard;
+use freshet::runtime::order::{OrderCheck, OrderGuard};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
 use crate::bank::{Bank, Checkpoint, DetectorKind, Restored, Scored, Target};
-use crate::handler::{self, RecordContext};
+use crate::control::{self, RecordContext};
 use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
 use freshet::control::{EpisodeState, Reaction};
@@ -126,7 +126,7 @@ impl DriftProcessor {
                 tracing::info!(model = %self.model, "no drift checkpoint yet; starting afresh")
             }
             Restored::AsWritten => {
-                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, error_chain = ?checkpoint.error_version(), "resuming from the drift checkpoint")
+                tracing::info!(model = %self.model, last_sequence = checkpoint.last_sequence, error_chain = checkpoint.error_version(), "resuming from the drift checkpoint")
             }
             Restored::Reconfigured => {
                 tracing::warn!(model = %self.model, last_sequence = checkpoint.last_sequence, "the drift checkpoint was written under other settings; keeping its mark, starting the detectors afresh")
@@ -200,7 +200,7 @@ impl DriftProcessor {
                 sequence > mark
                     && sequence > live.manifest.high_water_mark
                     && decoded[i].as_ref().is_ok_and(|example| {
-                        handler::follows(example, &live.manifest.schema)
+                        example.follows(&live.manifest.schema)
                             && example.features.len() == live.scorer.n_features()
                     })
             })
@@ -248,28 +248,13 @@ impl DriftProcessor {
             let Ok(example) = &decoded[*i] else {
                 continue;
             };
-            let record = handler::record(context, transition, example, batch[*i].published);
-            let episode = &transition.episode;
-            match record.state {
-                EpisodeState::Drift => {
-                    tracing::warn!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
-                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence,
-                        reaction = %record.reaction, withheld = ?record.reaction_withheld, "drift confirmed")
-                }
-                EpisodeState::Warning => {
-                    tracing::info!(model = %self.model, episode = episode.id, detector = %record.detector, target = %record.target,
-                        statistic = record.statistic, threshold = ?record.threshold, sequence = record.sequence, "drift warning: episode opened")
-                }
-                EpisodeState::Resolved => {
-                    tracing::info!(model = %self.model, episode = episode.id, opened = episode.opened, confirmed = ?episode.confirmed,
-                        signals = episode.signals.len(), sequence = record.sequence, "drift episode resolved")
-                }
-            }
+            let record = control::record(context, transition, example, batch[*i].published);
+            control::log_transition(&record);
             let body = serde_json::to_vec(&record)
                 .map_err(|e| Failure::new("encode a drift record", e))?;
             let message = PublishMessage::build()
                 .payload(Bytes::from(body))
-                .message_id(handler::message_id(&self.model, transition));
+                .message_id(control::message_id(&self.model, transition));
             acks.push(
                 self.io
                     .js
@@ -392,22 +377,22 @@ impl Processor for DriftProcessor {
                     dispositions[i] = Some(Disposition::RejectHeld(rejection.clone()));
                 }
                 Ok(example) => {
-                    let plan = handler::plan(example, live_schema);
+                    let plan = control::plan(example, live_schema);
                     let folded = self.bank.fold(
                         &mut working,
-                        &handler::observation(sequence, example, &plan, scores[i]),
+                        &control::observation(sequence, example, &plan, scores[i]),
                         &policy,
                     );
                     tally.features += u64::from(folded.new);
                     tally.errors += u64::from(folded.error_observed);
                     tally.improvements += folded.improvements;
                     if let Some(Some(left)) = folded.error_reset {
-                        tracing::info!(model = %self.model, left, now = ?working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
+                        tracing::info!(model = %self.model, left, now = working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
                         tally.resets += 1;
                     }
                     for finding in &folded.findings {
-                        tracing::debug!(model = %self.model, detector = %finding.detector, target = ?finding.target, level = ?finding.level,
-                            statistic = finding.statistic, threshold = ?finding.threshold, sequence, "detector signal");
+                        tracing::debug!(model = %self.model, detector = %finding.detector, monitored = %control::monitored(finding.target), level = finding.level.as_str(),
+                            statistic = finding.statistic, threshold = finding.threshold, sequence, "detector signal");
                         tally.detections.push((
                             finding.detector,
                             finding.target == Target::Error,
@@ -538,7 +523,7 @@ fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
 fn episode_label(episode: &Episode, live: Option<&FeatureSchema>) -> EpisodeLabel {
     let headline = episode.headline();
     let target = match headline.target {
-        Target::Feature(i) => Some((i, handler::feature_name_of(i, live))),
+        Target::Feature(i) => Some((i, control::feature_name_of(i, live))),
         Target::Error => None,
     };
     EpisodeLabel::new(headline.detector, target)

@@ -5,30 +5,32 @@
 //! rollback) and reason (the accuracies) say why it moved, so the pointer's history is the audit
 //! trail.
 //!
-//! A pointer is only moved if it still names the versions that were judged; otherwise the
-//! decision waits for the next example. A candidate is promoted only when it holds exactly the
-//! live version's examples (train publishes both together), so train continues from it without
-//! losing or repeating one.
+//! What to do about a proposal is decided in [`crate::gate::plan_step`], pure: a pointer is only
+//! moved if it still names the versions that were judged; otherwise the decision waits for the
+//! next example. A candidate is promoted only when it holds exactly the live version's examples
+//! (train publishes both together), so train continues from it without losing or repeating one.
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::Utc;
-use freshet::control::{Comparison, GateAction, GateDecision, KIND_GATE};
+use freshet::control::{Comparison, ControlSink, GateAction, GateDecision, KIND_GATE};
 use freshet::error::Failure;
 use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::subjects::Subjects;
 use freshet_model::predicts_positive;
 use freshet_model::store::follow::{Loaded, VersionCell};
-use freshet_model::store::{CasError, Cause, PointerStore, Pointers, Slot, Verified};
+use freshet_model::store::{
+    CasError, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::bank::Scored;
-use crate::gate::{Gate, Judged, Proposal, Verdict};
+use crate::gate::{Gate, Held, Judged, PointerNow, Proposal, Standing, Step, Verdict, plan_step};
 
 /// Labels of the decision counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,12 +60,14 @@ pub struct Versions {
     pub fallback: VersionCell,
 }
 
-pub struct Promotion {
+/// The gate's adapter for one model. Generic over where the pointers live and where its
+/// decisions go (MODELS and CONTROL in production, memory in unit tests).
+pub struct Promotion<P = Pointers, C = jetstream::Context> {
     pub model: ModelName,
     pub gate: Gate,
     pub versions: Versions,
-    pub pointers: Pointers,
-    pub js: jetstream::Context,
+    pub pointers: P,
+    pub control: C,
     pub subjects: Subjects,
     pub metrics: GateMetrics,
 }
@@ -102,6 +106,14 @@ fn verdicts(
         .collect()
 }
 
+/// A loaded version as the gate's plan sees it.
+fn held(version: &Loaded) -> Held {
+    Held {
+        version: version.version(),
+        high_water_mark: version.manifest.high_water_mark,
+    }
+}
+
 /// Accuracy of `live` and `challenger` on the same rows.
 fn compare(live: &Loaded, challenger: &Loaded, rows: &[&(Vec<f32>, f32)]) -> Comparison {
     let accuracy = |model: &Loaded| {
@@ -122,7 +134,7 @@ fn compare(live: &Loaded, challenger: &Loaded, rows: &[&(Vec<f32>, f32)]) -> Com
     }
 }
 
-impl Promotion {
+impl<P: PointerStore, C: ControlSink> Promotion<P, C> {
     /// Judges the batch's labelled examples (stream order) and acts on the first decision that
     /// moves a pointer; the rest of the batch is judged with the next one's versions.
     pub async fn judge(
@@ -188,7 +200,9 @@ impl Promotion {
         }
     }
 
-    /// Carries out one proposal; `Ok(true)` when a pointer moved.
+    /// Carries out one proposal; `Ok(true)` when a pointer moved. What to do is decided by
+    /// [`plan_step`] on what stands now: the versions judged, the held-back comparison (scored
+    /// here, for a promotion) and the pointers as read here.
     async fn carry_out(
         &mut self,
         proposal: Proposal,
@@ -197,46 +211,59 @@ impl Promotion {
         fallback: Option<&Arc<Loaded>>,
         sequence: u64,
     ) -> Result<bool, Failure> {
-        match proposal {
-            Proposal::Promote { recent, .. } => {
+        let held_back = match (proposal, candidate) {
+            (Proposal::Promote { .. }, Some(candidate)) => {
+                let held: Vec<&(Vec<f32>, f32)> = self.gate.held_back().collect();
+                Some(compare(live, candidate, &held))
+            }
+            _ => None,
+        };
+        let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
+        let candidate_pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
+        let now = |read: &Versioned<Pointer>| PointerNow {
+            version: read.value.as_ref().map(|p| p.version),
+            revision: read.revision,
+        };
+        let standing = Standing {
+            live: held(live),
+            candidate: candidate.map(|c| held(c)),
+            fallback: fallback.map(|f| held(f)),
+            held_back,
+            live_pointer: now(&live_pointer),
+            candidate_pointer: now(&candidate_pointer),
+        };
+        let live_version = live.version();
+        match plan_step(&self.gate, &proposal, &standing) {
+            Step::Wait => Ok(false),
+            Step::HoldForForgetting {
+                candidate,
+                recent,
+                held_back,
+            } => {
+                self.gate.hold();
+                self.record(
+                    GateAction::HoldForForgetting,
+                    live_version,
+                    candidate,
+                    recent,
+                    Some(held_back),
+                    sequence,
+                )
+                .await?;
+                Ok(false)
+            }
+            Step::Promote {
+                candidate: version,
+                recent,
+                held_back,
+                reason,
+                live_revision,
+                candidate_revision,
+            } => {
+                // The plan promotes only the candidate it was given.
                 let Some(candidate) = candidate else {
                     return Ok(false);
                 };
-                let held: Vec<&(Vec<f32>, f32)> = self.gate.held_back().collect();
-                let held_back = compare(live, candidate, &held);
-                if !self.gate.remembers(&held_back) {
-                    self.gate.hold();
-                    self.record(
-                        GateAction::HoldForForgetting,
-                        live,
-                        candidate,
-                        recent,
-                        Some(held_back),
-                        sequence,
-                    )
-                    .await?;
-                    return Ok(false);
-                }
-                if candidate.manifest.high_water_mark != live.manifest.high_water_mark {
-                    // Published apart (train between its two writes, or drift behind): wait.
-                    return Ok(false);
-                }
-                let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
-                let candidate_pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
-                if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version())
-                    || candidate_pointer.value.as_ref().map(|p| p.version)
-                        != Some(candidate.version())
-                {
-                    return Ok(false);
-                }
-                let reason = format!(
-                    "gate: promote (accuracy {:.3} vs {:.3} over {} recent examples; {:.3} vs {:.3} held back)",
-                    recent.challenger_accuracy,
-                    recent.live_accuracy,
-                    recent.examples,
-                    held_back.challenger_accuracy,
-                    held_back.live_accuracy
-                );
                 // The candidate was loaded and verified to be judged.
                 let promoted = self
                     .pointers
@@ -244,8 +271,8 @@ impl Promotion {
                         &self.model,
                         &Verified::held(&candidate.manifest),
                         &reason,
-                        live_pointer.revision,
-                        candidate_pointer.revision,
+                        live_revision,
+                        candidate_revision,
                     )
                     .await;
                 match promoted {
@@ -260,8 +287,8 @@ impl Promotion {
                 self.close_candidate_trial();
                 self.record(
                     GateAction::Promote,
-                    live,
-                    candidate,
+                    live_version,
+                    version,
                     recent,
                     Some(held_back),
                     sequence,
@@ -269,15 +296,15 @@ impl Promotion {
                 .await?;
                 Ok(true)
             }
-            Proposal::Withdraw { recent, .. } => {
-                let Some(candidate) = candidate else {
-                    return Ok(false);
-                };
-                let pointer = self.pointers.get(&self.model, Slot::Candidate).await?;
-                if pointer.value.is_some() {
+            Step::Withdraw {
+                candidate,
+                recent,
+                revision,
+            } => {
+                if let Some(revision) = revision {
                     match self
                         .pointers
-                        .withdraw(&self.model, Slot::Candidate, pointer.revision)
+                        .withdraw(&self.model, Slot::Candidate, revision)
                         .await
                     {
                         Ok(()) => {}
@@ -288,7 +315,7 @@ impl Promotion {
                 self.close_candidate_trial();
                 self.record(
                     GateAction::Withdraw,
-                    live,
+                    live_version,
                     candidate,
                     recent,
                     None,
@@ -297,18 +324,16 @@ impl Promotion {
                 .await?;
                 Ok(true)
             }
-            Proposal::Rollback { recent, .. } => {
+            Step::Rollback {
+                to,
+                recent,
+                reason,
+                live_revision,
+            } => {
+                // The plan rolls back only to the fallback it was given.
                 let Some(fallback) = fallback else {
                     return Ok(false);
                 };
-                let live_pointer = self.pointers.get(&self.model, Slot::Live).await?;
-                if live_pointer.value.as_ref().map(|p| p.version) != Some(live.version()) {
-                    return Ok(false);
-                }
-                let reason = format!(
-                    "gate: rollback (accuracy {:.3} vs {:.3} over {} recent examples)",
-                    recent.challenger_accuracy, recent.live_accuracy, recent.examples
-                );
                 // The fallback was loaded and verified to be judged.
                 let moved = self
                     .pointers
@@ -318,7 +343,7 @@ impl Promotion {
                         &Verified::held(&fallback.manifest),
                         Cause::Rollback,
                         &reason,
-                        live_pointer.revision,
+                        live_revision,
                     )
                     .await;
                 match moved {
@@ -327,17 +352,28 @@ impl Promotion {
                     Err(CasError::Failed(failure)) => return Err(failure),
                 }
                 self.close_rollback_trial();
-                self.record(GateAction::Rollback, live, fallback, recent, None, sequence)
-                    .await?;
+                self.record(
+                    GateAction::Rollback,
+                    live_version,
+                    to,
+                    recent,
+                    None,
+                    sequence,
+                )
+                .await?;
                 Ok(true)
             }
-            Proposal::Confirm { recent, .. } => {
-                let Some(fallback) = fallback else {
-                    return Ok(false);
-                };
+            Step::Confirm { replaced, recent } => {
                 self.close_rollback_trial();
-                self.record(GateAction::Confirm, live, fallback, recent, None, sequence)
-                    .await?;
+                self.record(
+                    GateAction::Confirm,
+                    live_version,
+                    replaced,
+                    recent,
+                    None,
+                    sequence,
+                )
+                .await?;
                 Ok(false)
             }
         }
@@ -359,8 +395,8 @@ impl Promotion {
     async fn record(
         &self,
         action: GateAction,
-        live: &Loaded,
-        challenger: &Loaded,
+        live: u64,
+        challenger: u64,
         recent: Comparison,
         held_back: Option<Comparison>,
         sequence: u64,
@@ -369,15 +405,15 @@ impl Promotion {
             kind: KIND_GATE.to_string(),
             model: self.model.clone(),
             action,
-            live_version: live.version(),
-            challenger_version: challenger.version(),
+            live_version: live,
+            challenger_version: challenger,
             recent,
             held_back,
             rule: self.gate.config().describe(),
             sequence,
             at: Utc::now(),
         };
-        tracing::warn!(model = %self.model, %action, live = live.version(), challenger = challenger.version(),
+        tracing::warn!(model = %self.model, %action, live, challenger,
             live_accuracy = recent.live_accuracy, challenger_accuracy = recent.challenger_accuracy, examples = recent.examples, "gate decision");
         self.metrics
             .decisions
@@ -387,20 +423,221 @@ impl Promotion {
             .inc();
         let body =
             serde_json::to_vec(&decision).map_err(|e| Failure::new("encode a gate decision", e))?;
-        let message = PublishMessage::build()
-            .payload(Bytes::from(body))
-            .message_id(format!(
-                "gate-{}-{action}-{}-{}-{sequence}",
-                self.model,
-                live.version(),
-                challenger.version()
-            ));
-        self.js
-            .send_publish(self.subjects.control(&self.model, KIND_GATE), message)
+        self.control
+            .store(
+                self.subjects.control(&self.model, KIND_GATE),
+                Some(format!(
+                    "gate-{}-{action}-{live}-{challenger}-{sequence}",
+                    self.model
+                )),
+                Bytes::from(body),
+            )
             .await
-            .map_err(|e| Failure::new("publish a gate decision", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use freshet::control::MemoryControl;
+    use freshet_model::store::MemoryPointers;
+
+    use super::*;
+    use crate::gate::GateConfig;
+
+    /// A version of 3 features that learned the stream through `high_water_mark`.
+    fn loaded(version: u64, high_water_mark: u64) -> Arc<Loaded> {
+        let config = freshet_model::ModelConfig::default();
+        let bytes = freshet_model::Trainer::new(&config, 3)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let manifest = freshet_model::Manifest {
+            model: "m".into(),
+            version,
+            parent: None,
+            config,
+            schema: freshet::examples::FeatureSchema {
+                name: "m".into(),
+                version: 1,
+                features: vec!["a".into(), "b".into(), "c".into()],
+                monitoring: Vec::new(),
+            },
+            sha256: freshet_model::sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+            created_at: Utc::now(),
+            step: 1,
+            learned: None,
+            high_water_mark,
+            metrics: freshet_model::TrainingMetrics {
+                examples_total: high_water_mark,
+                window_examples: 0,
+                prequential_accuracy: 0.5,
+                log_loss: 0.69,
+                roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
+            },
+            // Each a chain of its own.
+            lineage: Some(version),
+            traces: Vec::new(),
+        };
+        Arc::new(Loaded {
+            manifest,
+            scorer: freshet_model::ModelScorer::from_bytes(&bytes).unwrap(),
+        })
+    }
+
+    fn pointer(version: &Loaded, cause: Cause) -> Option<Pointer> {
+        Some(Pointer {
+            version: version.version(),
+            sha256: version.manifest.sha256.clone(),
+            updated_at: Utc::now(),
+            cause,
+            reason: "set".into(),
+        })
+    }
+
+    /// A gate on memory stores whose candidate trial ends after 20 comparable examples.
+    fn promotion() -> Promotion<MemoryPointers, MemoryControl> {
+        Promotion {
+            model: ModelName::parse("m").unwrap(),
+            gate: Gate::new(GateConfig {
+                min_examples: 10,
+                max_candidate_examples: 20,
+                held_back: 5,
+                horizon: 10,
+                ..GateConfig::default()
+            }),
+            versions: Versions {
+                candidate: VersionCell::default(),
+                fallback: VersionCell::default(),
+            },
+            pointers: MemoryPointers::new(),
+            control: MemoryControl::new(),
+            subjects: Subjects::default(),
+            metrics: GateMetrics::default(),
+        }
+    }
+
+    /// Labelled examples at sequences `from..from + n`, which live scored (it had not learned
+    /// them).
+    fn examples(from: u64, n: u64) -> Vec<(u64, ExampleRecord, Option<Scored>)> {
+        (from..from + n)
+            .map(|sequence| {
+                let example = ExampleRecord {
+                    id: format!("ex-{sequence}"),
+                    model: ModelName::parse("m").unwrap(),
+                    schema: None,
+                    label: f32::from(sequence.is_multiple_of(2)),
+                    features: vec![0.1, 0.2, 0.3],
+                    source_event: sequence.to_string(),
+                    event_time: None,
+                    feedback: Default::default(),
+                    corrects: None,
+                };
+                let scored = Scored {
+                    version: 5,
+                    probability: 0.5,
+                };
+                (sequence, example, Some(scored))
+            })
+            .collect()
+    }
+
+    async fn judge(
+        promotion: &mut Promotion<MemoryPointers, MemoryControl>,
+        live: &Arc<Loaded>,
+        rows: &[(u64, ExampleRecord, Option<Scored>)],
+    ) {
+        let rows: Vec<(u64, &ExampleRecord, Option<Scored>)> =
+            rows.iter().map(|(s, e, scored)| (*s, e, *scored)).collect();
+        promotion.judge(Some(live), &rows).await;
+    }
+
+    fn decisions(control: &MemoryControl) -> Vec<String> {
+        control
+            .published()
+            .iter()
+            .map(|p| p.json()["action"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_no_better_than_live_is_withdrawn_and_the_decision_recorded() {
+        let mut promotion = promotion();
+        let (live, candidate) = (loaded(5, 900), loaded(7, 900));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Train));
+        promotion.pointers.force(
+            &model,
+            Slot::Candidate,
+            pointer(&candidate, Cause::Candidate),
+        );
+        promotion.versions.candidate.store(candidate.clone());
+        // The same parameters as live: never better, withdrawn after 20 comparable examples.
+        judge(&mut promotion, &live, &examples(901, 19)).await;
+        assert!(decisions(&promotion.control).is_empty());
+        judge(&mut promotion, &live, &examples(920, 1)).await;
+        assert_eq!(decisions(&promotion.control), ["withdraw"]);
+        let record = promotion.control.published()[0].json();
+        assert_eq!(
+            (
+                record["live_version"].as_u64(),
+                record["challenger_version"].as_u64()
+            ),
+            (Some(5), Some(7))
+        );
+        assert_eq!(
+            promotion.control.published()[0].message_id.as_deref(),
+            Some("gate-m-withdraw-5-7-920")
+        );
+        let left = promotion
+            .pointers
+            .get(&model, Slot::Candidate)
             .await
-            .map_err(|e| Failure::new("publish a gate decision", e))?;
-        Ok(())
+            .unwrap();
+        assert_eq!(left.value, None, "the candidate pointer is removed");
+        assert!(promotion.versions.candidate.current().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_train_replaced_since_it_was_judged_stays() {
+        let mut promotion = promotion();
+        let (live, judged, newer) = (loaded(5, 900), loaded(7, 900), loaded(8, 900));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Train));
+        // train published candidate 8 while the gate still judged 7.
+        promotion
+            .pointers
+            .force(&model, Slot::Candidate, pointer(&newer, Cause::Candidate));
+        promotion.versions.candidate.store(judged);
+        judge(&mut promotion, &live, &examples(901, 20)).await;
+        assert!(decisions(&promotion.control).is_empty());
+        let left = promotion
+            .pointers
+            .get(&model, Slot::Candidate)
+            .await
+            .unwrap();
+        assert_eq!(left.value.map(|p| p.version), Some(8));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_jump_no_worse_than_the_version_it_replaced_is_confirmed() {
+        let mut promotion = promotion();
+        let (live, replaced) = (loaded(5, 900), loaded(3, 400));
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(&live, Cause::Operator));
+        promotion.versions.fallback.store(replaced);
+        judge(&mut promotion, &live, &examples(901, 10)).await;
+        assert_eq!(decisions(&promotion.control), ["confirm"]);
+        assert!(promotion.versions.fallback.current().is_none());
+        let still = promotion.pointers.get(&model, Slot::Live).await.unwrap();
+        assert_eq!(still.value.map(|p| p.version), Some(5), "live stays");
     }
 }

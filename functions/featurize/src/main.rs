@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::TimeDelta;
 use clap::Parser;
-use freshet::config::{FunctionArgs, parse_duration};
-use freshet::ids::ModelName;
+use freshet::config::{FunctionArgs, ModelArgs, parse_duration};
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
@@ -30,13 +29,13 @@ const LABEL_TICK: Duration = Duration::from_secs(1);
 /// view labels it 1, the horizon passing without one labels it 0 (with fake-negative weighting,
 /// the view goes out at once as a negative and a purchase sends its positive duplicate).
 #[derive(Debug, Parser)]
-#[command(name = "featurize", version)]
+#[command(name = "freshet-featurize", version)]
+#[command(mut_arg("model", |a| a.help("Model the bookstore examples are published for")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
-    /// Model the bookstore examples are published for
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Consume only these partitions (e.g. "0,1"; one durable "featurize-<N>" each); all
     /// partitions through the durable "featurize" when unset. Each durable is worked by one
     /// replica at a time (a lease in LEASES); a replica that cannot take it stands by
@@ -126,7 +125,7 @@ impl Args {
             TimeDelta::from_std(d).with_context(|| format!("{flag} is too long"))
         };
         Ok(handler::Settings {
-            model: self.model.clone(),
+            model: self.model.name.clone(),
             popularity,
             labels: labels::LabelSettings {
                 horizon: delta("--label-horizon", self.label_horizon)?,
@@ -162,6 +161,10 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Events))
         .await?;
+    // featurize makes the bookstore features for --model: it declares their schema, so train
+    // learns under it whichever example arrives first.
+    ctx.declare_schema(&args.model.name, &freshet_features::bookstore::schema())
+        .await?;
     let features = ctx.key_value(BUCKET_FEATURES).await?;
     let partitions = ctx.topology.partitions;
     if let Some(p) = args.partition.iter().find(|&&p| p >= partitions) {
@@ -190,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     let label_metrics = processor::LabelMetrics::default();
-    label_metrics.register(&ctx.metrics);
+    // Label health is the model's: labelled with it, as train's and predict's metrics are.
+    label_metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
     let state_writes = processor::StateWrites {
         every_events: args.write_states_every_events.max(1),
         interval: args.write_states_interval,

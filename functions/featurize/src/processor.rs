@@ -38,7 +38,7 @@ use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use freshet::error::{Failure, Rejection};
 use freshet::events;
-use freshet::runtime::order::{OrderGuard, chain_link, follows_directly};
+use freshet::runtime::order::{OrderCheck, OrderGuard, chain_link, follows_directly};
 use freshet::runtime::{Commit, Disposition, Incoming, Processor};
 use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::{Subjects, header_value};

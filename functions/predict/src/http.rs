@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::handler::ServeError;
-use crate::service::Server;
+use crate::service::{RequestTimer, Server};
 use crate::spans::answered;
 
 /// The platform this predictor reports in model metadata.
@@ -40,6 +40,14 @@ pub const INPUT_FEATURES: &str = "features";
 pub const INPUT_USER_ITEM: &str = "user_item";
 /// The one output: the probability of the positive class.
 pub const OUTPUT_SCORE: &str = "score";
+/// The header of the protocol's binary tensor extension (tritonclient's default): the length of
+/// the JSON part of a body whose tensors follow it as raw bytes.
+pub const BINARY_HEADER: &str = "inference-header-content-length";
+/// Why a binary tensor request is refused, and what to send instead.
+pub const BINARY_REFUSAL: &str = "binary tensor data (the Inference-Header-Content-Length \
+     extension) is not supported: send each input's values as JSON in \"data\" (tritonclient: \
+     InferInput.set_data_from_numpy(array, binary_data=False) and \
+     InferRequestedOutput(\"score\", binary_data=False))";
 /// The CloudEvent type a predictor answers.
 pub const EVENT_PREDICT_REQUEST: &str = "predict_request";
 /// The CloudEvent type of its answer.
@@ -108,7 +116,10 @@ pub struct InferInput {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
-    pub data: Value,
+    /// Absent only in a binary tensor request (`parameters.binary_data_size`), which is refused
+    /// with [`BINARY_REFUSAL`].
+    #[serde(default)]
+    pub data: Option<Value>,
     #[serde(default)]
     pub parameters: Option<Value>,
 }
@@ -163,8 +174,21 @@ pub fn infer_query(request: &InferRequest) -> Result<InferQuery, ServeError> {
         }
     };
     let name = input.name.as_str();
+    let binary = |parameters: &Option<Value>| {
+        parameters
+            .as_ref()
+            .is_some_and(|p| p.get("binary_data_size").is_some())
+    };
+    if binary(&input.parameters) {
+        return Err(ServeError::bad_request(BINARY_REFUSAL.to_string()));
+    }
+    let Some(data) = &input.data else {
+        return Err(ServeError::bad_request(format!(
+            "input {name} has no \"data\": give its values as a JSON array"
+        )));
+    };
     let shape = matrix_shape(name, &input.shape)?;
-    let values = flatten(name, &input.data, &shape)?;
+    let values = flatten(name, data, &shape)?;
     match (name, input.datatype.as_str()) {
         (INPUT_FEATURES, "FP32" | "FP64") => {
             let numbers = values
@@ -332,15 +356,25 @@ pub fn infer_response(
     }
 }
 
-/// Model metadata for the serving version.
+/// Model metadata for the serving version. A request gives one input: ready rows (`features`),
+/// or, for a model of the bookstore schema, whose features the predictor builds from FEATURES,
+/// (user, item) pairs (`user_item`). A model of another schema takes rows only.
 pub fn model_metadata_json(model: &ModelName, version: u64, schema: &FeatureSchema) -> Value {
+    let mut inputs = vec![
+        json!({"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]}),
+    ];
+    if schema.name == freshet_features::bookstore::SCHEMA_NAME {
+        inputs.push(json!({"name": INPUT_USER_ITEM, "datatype": "BYTES", "shape": [-1, 2]}));
+    }
+    let one_of: Vec<&Value> = inputs.iter().map(|input| &input["name"]).collect();
     json!({
         "name": model.as_str(),
         "versions": [version.to_string()],
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_FEATURES, "datatype": "FP32", "shape": [-1, schema.n_features()]}],
+        "inputs": inputs,
         "outputs": [{"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1, 1]}],
         "parameters": {
+            "inputs_one_of": one_of,
             "feature_names": schema.features,
             "schema": schema.name,
             "schema_version": schema.version,
@@ -613,9 +647,13 @@ async fn run_infer(
     http: &Http,
     name: &str,
     version: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    request: (&HeaderMap, Result<Bytes, BytesRejection>),
     trace: Option<&TraceContext>,
 ) -> Result<Json<InferResponse>, ServeError> {
+    let (headers, body) = request;
+    if headers.contains_key(BINARY_HEADER) {
+        return Err(ServeError::bad_request(BINARY_REFUSAL.to_string()));
+    }
     let body = body_of(body)?;
     http.check_model(name)?;
     let wanted = version.map(parse_version).transpose()?;
@@ -649,23 +687,28 @@ async fn infer(
     State(http): State<Http>,
     Path(name): Path<String>,
     Traced(trace): Traced,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "infer");
     let span = http.start_span(trace.as_ref(), "predict infer", "/v2/models/{name}/infer");
-    let result = run_infer(&http, &name, None, body, trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result.map(served_infer))
+    let result = run_infer(&http, &name, None, (&headers, body), trace.as_ref()).await;
+    http.answer(timer, span, trace.as_ref(), result.map(served_infer))
 }
 
 async fn version_infer(
     State(http): State<Http>,
     Path((name, version)): Path<(String, String)>,
     Traced(trace): Traced,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "infer");
     let route = "/v2/models/{name}/versions/{version}/infer";
     let span = http.start_span(trace.as_ref(), "predict infer", route);
-    let result = run_infer(&http, &name, Some(&version), body, trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result.map(served_infer))
+    let request = (&headers, body);
+    let result = run_infer(&http, &name, Some(&version), request, trace.as_ref()).await;
+    http.answer(timer, span, trace.as_ref(), result.map(served_infer))
 }
 
 /// An inference response with the version that gave it.
@@ -697,10 +740,11 @@ async fn cloud_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let timer = RequestTimer::start("http", "cloudevent");
     let trace = TraceContext::handling_http(&headers);
     let span = http.start_span(trace.as_ref(), "predict cloudevent", "/");
     let result = run_cloud_event(&http, &headers, body, trace.as_ref()).await;
-    http.answer(span, trace.as_ref(), result)
+    http.answer(timer, span, trace.as_ref(), result)
 }
 
 impl Http {
@@ -715,9 +759,10 @@ impl Http {
     }
 
     /// The response to a request answered with `result` (the version that answered and its
-    /// answer), in the request's trace; ends its span.
+    /// answer), in the request's trace; ends its span and records its latency.
     fn answer(
         &self,
+        timer: RequestTimer,
         mut span: Option<Span>,
         trace: Option<&TraceContext>,
         result: Result<(u64, Response), ServeError>,
@@ -727,6 +772,7 @@ impl Http {
             &self.server.model,
             result.as_ref().map(|(version, _)| *version),
         );
+        timer.finish(&self.server.metrics, result.is_ok());
         let response = with_trace(respond(result.map(|(_, response)| response)), trace);
         if let Some(span) = &mut span {
             span.set(
@@ -830,6 +876,18 @@ mod tests {
     }
 
     #[test]
+    fn binary_tensors_are_refused_saying_what_to_send_instead() {
+        let binary = json!({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32",
+            "parameters": {"binary_data_size": 8}}]});
+        let err = query(binary).unwrap_err();
+        assert_eq!((err.code, err.message.as_str()), (400, BINARY_REFUSAL));
+        let no_data =
+            json!({"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32"}]});
+        let err = query(no_data).unwrap_err();
+        assert!(err.message.contains("has no \"data\""), "{}", err.message);
+    }
+
+    #[test]
     fn answers_in_the_protocol_shape() {
         let model = ModelName::parse("bookstore").unwrap();
         let response = infer_response(&model, 7, Some("r1".into()), vec![0.25, 0.75], vec![]);
@@ -856,6 +914,24 @@ mod tests {
             meta["parameters"]["feature_names"],
             json!(freshet_features::bookstore::FEATURE_NAMES)
         );
+        assert_eq!(
+            meta["inputs"][1],
+            json!({"name": "user_item", "datatype": "BYTES", "shape": [-1, 2]})
+        );
+        assert_eq!(
+            meta["parameters"]["inputs_one_of"],
+            json!(["features", "user_item"])
+        );
+        // A model of raw vectors takes rows only: the predictor builds no features for it.
+        let raw = FeatureSchema {
+            name: "raw".into(),
+            version: 0,
+            features: vec!["f0".into(), "f1".into()],
+            monitoring: Vec::new(),
+        };
+        let meta = model_metadata_json(&model, 1, &raw);
+        assert_eq!(meta["inputs"].as_array().unwrap().len(), 1, "{meta}");
+        assert_eq!(meta["parameters"]["inputs_one_of"], json!(["features"]));
     }
 
     #[test]

@@ -14,8 +14,7 @@ mod spans;
 mod swaps;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
-use freshet::ids::ModelName;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
@@ -25,15 +24,15 @@ use freshet_model::store::{ArtifactArgs, Follower, Pointers, Slot};
 /// Serves a model over NATS request/reply on <prefix>.predict.<model> (and .batch), watching
 /// MODELS for the model's live pointer and swapping each new version in with no failed request.
 #[derive(Debug, Parser)]
-#[command(name = "predict", version)]
+#[command(name = "freshet-predict", version)]
+#[command(mut_arg("model", |a| a.help("Model to serve")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model to serve
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Share of entities (0 to 1) answered by the candidate version when one is loaded (A/B);
     /// the other variant always scores in shadow
     #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
@@ -67,26 +66,30 @@ async fn main() -> anyhow::Result<()> {
         "predict takes no pushed events (--events): its CloudEvents endpoint is POST /"
     );
     let ctx = Arc::new(FunctionContext::start("predict", args.function).await?);
+    // predict's own metrics carry the model it serves; the consumer loop's are per process.
+    let model_metrics = ctx.metrics.for_model(&args.model.name.to_string());
     let swap_metrics = swaps::SwapMetrics::default();
-    swap_metrics.register(&ctx.metrics);
+    swap_metrics.register(&model_metrics);
     let serve_metrics = service::ServeMetrics::default();
-    serve_metrics.register(&ctx.metrics);
+    serve_metrics.register(&model_metrics);
     let recorder = args.record_predictions.then(|| {
         let metrics = recorder::RecorderMetrics::default();
-        metrics.register(&ctx.metrics);
+        metrics.register(&model_metrics);
         recorder::Recorder::new(metrics)
     });
     let pointers = Pointers::new(ctx.js.get_key_value(BUCKET_MODELS).await?);
     let features = ctx.js.get_key_value(BUCKET_FEATURES).await?;
-    let announcements = swaps::Announcements::start(ctx.js.clone(), &ctx.subjects, &args.model);
+    let announcements =
+        swaps::Announcements::start(ctx.js.clone(), &ctx.subjects, &args.model.name);
     let follower = |slot: Slot| -> anyhow::Result<_> {
         Ok(Follower::new(
-            args.model.clone(),
+            args.model.name.clone(),
             slot,
             pointers.clone(),
             args.artifacts.open()?,
             swaps::SwapHooks {
-                model: args.model.clone(),
+                model: args.model.name.clone(),
+                slot,
                 metrics: swap_metrics.clone(),
                 announcements: announcements.clone(),
             },
@@ -94,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (live, candidate) = (follower(Slot::Live)?, follower(Slot::Candidate)?);
     let server = std::sync::Arc::new(service::Server {
-        model: args.model.clone(),
+        model: args.model.name.clone(),
         live: live.cell(),
         candidate: candidate.cell(),
         candidate_share: args.candidate_share,
@@ -119,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     tasks.push(tokio::spawn(readiness::track(
         server.live.clone(),
         ctx.readiness.clone(),
-        ctx.metrics.clone(),
+        model_metrics.clone(),
         args.max_model_age,
         ctx.shutdown.clone(),
     )));
@@ -133,9 +136,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The outcome join runs beside serving, on its own durable consumer of EVENTS.
     let outcome_metrics = outcomes::OutcomeMetrics::default();
-    outcome_metrics.register(&ctx.metrics);
+    outcome_metrics.register(&model_metrics);
     let joiner = outcomes::OutcomeJoiner {
-        model: args.model.clone(),
+        model: args.model.name.clone(),
         js: ctx.js.clone(),
         predictions: ctx.js.get_stream(STREAM_PREDICTIONS).await?,
         subjects: ctx.subjects.clone(),
@@ -143,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: outcome_metrics,
     };
     let join_ctx = ctx.clone();
-    let durable = format!("outcomes-{}", args.model);
+    let durable = format!("outcomes-{}", args.model.name);
     let filter = join_ctx.subjects.events_stored_type("outcome");
     let batch_size = join_ctx.args.batch_size();
     tasks.push(tokio::spawn(async move {
@@ -166,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(recorder.flush_until(
             async_nats::jetstream::new(recording),
             ctx.subjects.clone(),
-            args.model.clone(),
+            args.model.name.clone(),
             async move {
                 let _ = serving_stopped.await;
             },

@@ -1,6 +1,6 @@
 //! The outcome join: `outcome` events (the true label of an earlier prediction, by its id) are
-//! matched to the prediction recorded on PREDICTIONS, so live accuracy is measured per version and
-//! per variant, and each joined outcome is published on `<prefix>.control.<model>.outcome` for the
+//! matched to the prediction recorded on PREDICTIONS, so live accuracy is measured per variant (`model_info`
+//! names the version of each), and each joined outcome is published on `<prefix>.control.<model>.outcome` for the
 //! promotion gate. Runs as a durable consumer (`outcomes-<model>`) shared by all replicas, so each
 //! outcome is joined once.
 
@@ -17,14 +17,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::json;
 
-/// Labels of the live-accuracy counters.
+/// Labels of the live-accuracy counters: the variant (live or candidate) that scored. Not the
+/// version, which would start new series with every version trained (one a second under load):
+/// `model_info` says which version each variant is.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    pub version: String,
     pub variant: String,
 }
 
-/// Live accuracy per version and variant: `outcomes_correct / outcomes`.
+/// Live accuracy per variant: `outcomes_correct / outcomes`.
 #[derive(Clone, Default)]
 pub struct OutcomeMetrics {
     pub outcomes: Family<OutcomeLabel, Counter>,
@@ -36,7 +37,7 @@ impl OutcomeMetrics {
     pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "outcomes",
-            "Outcomes joined to the prediction they label, by version and variant",
+            "Outcomes joined to the prediction they label, by the variant that scored",
             self.outcomes.clone(),
         );
         metrics.register(
@@ -106,7 +107,6 @@ impl OutcomeJoiner {
         for record in std::iter::once(&served).chain(shadow.as_ref()) {
             let correct = is_correct(record.score, outcome.label);
             let label = OutcomeLabel {
-                version: record.version.to_string(),
                 variant: record.variant.as_str().to_string(),
             };
             self.metrics.outcomes.get_or_create(&label).inc();

@@ -53,7 +53,11 @@ pub async fn track(
         let ready = is_ready(age, max_age);
         if ready != readiness.is_ready() {
             if !ready && age.is_some() {
-                tracing::warn!(age = ?age, max_age = ?max_age, "live version is older than the freshness bound; not ready");
+                tracing::warn!(
+                    age_seconds = age.map(|a| a.as_secs_f64()),
+                    max_age_seconds = max_age.map(|a| a.as_secs_f64()),
+                    "live version is older than the freshness bound; not ready"
+                );
             }
             readiness.set(ready, &metrics);
         }

@@ -13,6 +13,7 @@
 use async_nats::jetstream;
 use bytes::Bytes;
 use freshet::ids::ModelName;
+use freshet::metrics::ModelInfo;
 use freshet::subjects::Subjects;
 use freshet_model::store::Slot;
 use freshet_model::store::follow::{Hooks, Loaded, Refusal, Swap};
@@ -30,6 +31,9 @@ pub struct SwapMetrics {
     pub refused: Counter,
     pub live_version: Gauge,
     pub serving_fallback: Gauge,
+    /// The version each slot holds (`model_info{slot, version} 1`): versions are never labels
+    /// of the counters above.
+    pub info: ModelInfo,
 }
 
 impl SwapMetrics {
@@ -50,12 +54,15 @@ impl SwapMetrics {
             "1 while the version serving stands in for a live version that was refused (live_version names it)",
             self.serving_fallback.clone(),
         );
+        self.info.register(metrics);
     }
 }
 
 /// predict's hooks on the follower of one pointer.
 pub struct SwapHooks {
     pub model: ModelName,
+    /// The pointer these hooks follow.
+    pub slot: Slot,
     pub metrics: SwapMetrics,
     pub announcements: Announcements,
 }
@@ -69,12 +76,19 @@ impl Hooks for SwapHooks {
 
     fn swapping(&self, swap: &Swap<'_>) {
         self.metrics.swaps.inc();
+        self.metrics
+            .info
+            .set(swap.slot.as_str(), swap.next.version());
         if swap.slot == Slot::Live {
             self.metrics.live_version.set(swap.next.version() as i64);
             self.metrics
                 .serving_fallback
                 .set(i64::from(swap.stand_in.is_some()));
         }
+    }
+
+    fn cleared(&self) {
+        self.metrics.info.clear(self.slot.as_str());
     }
 
     fn refused(&self, refusal: &Refusal<'_>) {

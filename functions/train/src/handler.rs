@@ -1,5 +1,8 @@
-//! train's pure logic: which examples of a batch to learn, skip or refuse; the prequential metrics
-//! window; and the manifest of the next version. No I/O and no clock reads.
+//! train's pure logic: the plan of each batch (which examples are acknowledged, held, learned,
+//! refused or kept waiting for an earlier one), the schema a model learns under, the prequential
+//! metrics window, and the manifest of the next version. No I/O and no clock reads: the adapter
+//! ([`crate::processor`]) asks the stream about order, reads the declaration, trains and
+//! publishes, and applies the plan.
 //!
 //! # Prequential metrics under delayed feedback
 //!
@@ -23,33 +26,324 @@ use chrono::{DateTime, Utc};
 use freshet::error::{RejectReason, Rejection};
 use freshet::examples::{ExampleRecord, FeatureSchema};
 use freshet::ids::ModelName;
+use freshet::runtime::Incoming;
+use freshet::runtime::order::{chain_link, follows_directly};
+use freshet::store::declarations::same_inputs;
 use freshet_model::{
-    BatchReport, Manifest, ModelConfig, RowWeight, SequenceRange, TrainingMetrics, log_loss,
-    predicts_positive, sha256_hex,
+    BatchReport, Manifest, ModelConfig, ModelError, RowWeight, SequenceRange, TrainingMetrics,
+    log_loss, predicts_positive, sha256_hex,
 };
 
-/// Where an example's stream sequence stands against what the model already holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sequence {
-    /// At or below the live version's high-water mark: already in a published version.
-    AlreadyLearned,
-    /// Inside the pending (not yet published) update: already handled, hold it again.
-    AlreadyPending,
-    /// Not handled yet.
-    New,
+use crate::quality::{Quality, Transition, Verdict};
+
+/// One message of a batch as train plans it: where it sits in the stream and what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub sequence: u64,
+    /// How many times it was delivered (1 the first time).
+    pub delivered: i64,
+    /// The consumer's delivery sequence, if its metadata was readable.
+    pub consumer_sequence: Option<u64>,
+    /// When JetStream stored it.
+    pub published: DateTime<Utc>,
+    pub example: Result<ExampleRecord, Rejection>,
 }
 
-pub fn sequence_verdict(
-    sequence: u64,
-    high_water_mark: u64,
-    pending_last: Option<u64>,
-) -> Sequence {
-    if sequence <= high_water_mark {
-        Sequence::AlreadyLearned
-    } else if pending_last.is_some_and(|last| sequence <= last) {
-        Sequence::AlreadyPending
-    } else {
-        Sequence::New
+impl Row {
+    /// The row of a received message, its payload decoded and checked.
+    pub fn of(message: &Incoming) -> Row {
+        Row {
+            sequence: message.stream_sequence,
+            delivered: message.delivered,
+            consumer_sequence: message.consumer_sequence,
+            published: message.published,
+            example: ExampleRecord::decode(&message.payload),
+        }
+    }
+}
+
+/// Where the model's examples stand before a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// The live version's high-water mark (0: no version yet): examples at or below it are
+    /// learned.
+    pub high_water_mark: u64,
+    /// The last example of the update not published yet.
+    pub pending_last: Option<u64>,
+    /// The stream sequence of the last example handled in order, and its consumer sequence if it
+    /// was a first delivery: the next first delivery after it is known to be in order without
+    /// asking the stream ([`follows_directly`]). EXAMPLES interleaves every model's examples, so
+    /// without it each example of one model would cost a lookup on the stream.
+    pub chain: Option<(u64, u64)>,
+}
+
+impl Marks {
+    /// The last example handled, published or not.
+    pub fn handled(&self) -> u64 {
+        self.high_water_mark.max(self.pending_last.unwrap_or(0))
+    }
+
+    /// The chain's consumer sequence, if it holds at `mark`: a rollback, a discarded update or a
+    /// new lineage moves the mark, and the stream is asked again.
+    fn link_at(&self, mark: u64) -> Option<u64> {
+        self.chain.filter(|&(at, _)| at == mark).map(|(_, c)| c)
+    }
+}
+
+/// The batch's rows in stream order (indices into it).
+fn stream_order(rows: &[Row]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].sequence);
+    order
+}
+
+/// A new example whose place the stream must confirm before it is handled: nothing on the
+/// model's subject may lie between `after` and it, unless acknowledged already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lookup {
+    /// Its index in the batch.
+    pub index: usize,
+    pub sequence: u64,
+    /// The example handled just before it.
+    pub after: u64,
+}
+
+/// The new examples of a batch, in stream order, that the stream must confirm come next: those
+/// that do not directly follow the one before them in the consumer's first deliveries. The
+/// adapter asks in this order and stops at the first that must wait; [`plan_batch`] then takes
+/// that one's index.
+pub fn lookups(marks: &Marks, rows: &[Row]) -> Vec<Lookup> {
+    let mut mark = marks.handled();
+    let mut link = marks.link_at(mark);
+    let mut out = Vec::new();
+    for index in stream_order(rows) {
+        let row = &rows[index];
+        if row.sequence <= mark {
+            continue;
+        }
+        if !follows_directly(link, row.consumer_sequence, row.delivered) {
+            out.push(Lookup {
+                index,
+                sequence: row.sequence,
+                after: mark,
+            });
+        }
+        mark = row.sequence;
+        link = chain_link(row.consumer_sequence, row.delivered);
+    }
+    out
+}
+
+/// What to do with one message of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// In a published version already: acknowledge.
+    Acknowledge,
+    /// Handled already, in the update not published yet (or a second copy in this batch):
+    /// acknowledge it with that update.
+    Hold,
+    /// Learn it now, and acknowledge it with the version that holds it.
+    Learn,
+    /// Refuse it (dead-letter), acknowledged with the held messages: the mark covers it.
+    Refuse(Rejection),
+    /// An earlier example must be handled first: redeliver it shortly.
+    Wait,
+}
+
+/// A batch's plan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchPlan {
+    /// One step per row, in the batch's order.
+    pub steps: Vec<Step>,
+    /// The rows to learn, in stream order, with their features and labels.
+    pub learn: Vec<usize>,
+    pub features: Vec<Vec<f32>>,
+    pub labels: Vec<f32>,
+    /// How each row's loss is weighted (delayed feedback; see `freshet_model::weighting`).
+    pub weighting: Vec<RowWeight>,
+    /// The new examples handled (learned or refused): the next version's mark covers them.
+    pub handled: Option<SequenceRange>,
+    /// The chain after the batch, when it handled anything.
+    pub chain: Option<(u64, u64)>,
+    /// When JetStream stored the first example handled (handled in stream order, so the
+    /// oldest): the next version is due the publish interval after.
+    pub oldest_stored: Option<DateTime<Utc>>,
+    /// The quarantine's changes, with the sequence of the example at which each happened.
+    pub quarantine: Vec<(Transition, u64)>,
+    /// Examples held out as suspect.
+    pub held_out: u64,
+}
+
+/// The range covering `range` (if any) and `more`.
+pub fn widen(range: Option<SequenceRange>, more: SequenceRange) -> SequenceRange {
+    match range {
+        Some(r) => SequenceRange {
+            first: r.first.min(more.first),
+            last: r.last.max(more.last),
+        },
+        None => more,
+    }
+}
+
+/// Plans a batch in stream order against the model's `marks` and `schema` (`None`: the model
+/// has no declared schema, and every new example is refused as undeclared). Each new example is
+/// checked against the schema, then assessed by the data-quality monitor (`quality`, updated in
+/// place): one that follows the schema and is not suspect is learned. `waiting_from` is the
+/// index of the first new example the stream said must wait (see [`lookups`]); it and every
+/// later new example wait.
+pub fn plan_batch(
+    model: &ModelName,
+    marks: &Marks,
+    schema: Option<&FeatureSchema>,
+    quality: &mut Quality,
+    rows: &[Row],
+    waiting_from: Option<usize>,
+) -> BatchPlan {
+    let mut plan = BatchPlan {
+        steps: vec![Step::Wait; rows.len()],
+        ..BatchPlan::default()
+    };
+    let mut mark = marks.handled();
+    let mut link = marks.link_at(mark);
+    let mut waiting = false;
+    for index in stream_order(rows) {
+        let row = &rows[index];
+        let step = if waiting {
+            Step::Wait
+        } else if row.sequence <= marks.high_water_mark {
+            Step::Acknowledge
+        } else if row.sequence <= mark {
+            Step::Hold
+        } else if waiting_from == Some(index) {
+            waiting = true;
+            Step::Wait
+        } else {
+            mark = row.sequence;
+            link = chain_link(row.consumer_sequence, row.delivered);
+            plan.oldest_stored.get_or_insert(row.published);
+            let single = SequenceRange {
+                first: row.sequence,
+                last: row.sequence,
+            };
+            plan.handled = Some(widen(plan.handled, single));
+            judge(model, schema, quality, row, index, &mut plan)
+        };
+        plan.steps[index] = step;
+    }
+    if plan.handled.is_some() {
+        plan.chain = link.map(|delivery| (mark, delivery));
+    }
+    plan
+}
+
+/// The step of a new example: learned, or refused with why.
+fn judge(
+    model: &ModelName,
+    schema: Option<&FeatureSchema>,
+    quality: &mut Quality,
+    row: &Row,
+    index: usize,
+    plan: &mut BatchPlan,
+) -> Step {
+    let Some(schema) = schema else {
+        // Nothing says what the model's features are: refuse, in order, until a schema is
+        // declared (an unreadable example with its own reason).
+        return Step::Refuse(match &row.example {
+            Err(rejection) => rejection.clone(),
+            Ok(example) => undeclared(&example.model),
+        });
+    };
+    match check_record(row.example.clone(), model, schema) {
+        Ok(learnable) => {
+            let (verdict, transition) = quality.assess(Some(&learnable.features));
+            plan.quarantine
+                .extend(transition.map(|t| (t, row.sequence)));
+            match verdict {
+                Verdict::Learn => {
+                    plan.learn.push(index);
+                    plan.features.push(learnable.features);
+                    plan.labels.push(learnable.label);
+                    plan.weighting.push(learnable.weighting);
+                    Step::Learn
+                }
+                Verdict::HoldOut(why) => {
+                    plan.held_out += 1;
+                    Step::Refuse(Rejection::new(RejectReason::Quarantined, "features", why))
+                }
+            }
+        }
+        Err(rejection) => {
+            let (_, transition) = quality.assess(None);
+            plan.quarantine
+                .extend(transition.map(|t| (t, row.sequence)));
+            Step::Refuse(rejection)
+        }
+    }
+}
+
+/// The refusal of an example for a model without a declared schema.
+pub fn undeclared(model: &ModelName) -> Rejection {
+    Rejection::new(
+        RejectReason::Undeclared,
+        "model",
+        format!(
+            "model {model} has no declared schema; declare one (freshet models declare {model} --features ...) before sending its examples"
+        ),
+    )
+}
+
+/// The refusal of the examples of a batch whose update the model discarded.
+pub fn refusal(error: &ModelError) -> Rejection {
+    let reason = match error {
+        ModelError::NonFinite { .. } | ModelError::NonFiniteFeature { .. } => {
+            RejectReason::NonFinite
+        }
+        _ => RejectReason::InvalidData,
+    };
+    Rejection::new(reason, "batch", error.to_string())
+}
+
+/// Whether any example of the batch does not follow `declared` (or there is no declaration):
+/// the declaration may have changed since it was read, and is read again before the batch is
+/// planned.
+pub fn surprises(rows: &[Row], declared: Option<&FeatureSchema>) -> bool {
+    rows.iter().any(|row| {
+        row.example
+            .as_ref()
+            .is_ok_and(|example| declared.is_none_or(|schema| !example.follows(schema)))
+    })
+}
+
+/// Under which schema a model learns, given its declaration and the schema its lineage was
+/// trained on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaChoice {
+    /// Nothing declared and nothing trained: no example can be learned.
+    Undeclared,
+    /// Learn under this schema, continuing the lineage (or beginning one if there is none).
+    Continue(FeatureSchema),
+    /// The declaration names other inputs than the lineage was trained on: begin a new chain of
+    /// versions, from fresh parameters, under it.
+    NewChain(FeatureSchema),
+}
+
+/// The schema a model learns under. The declaration decides; a model trained before
+/// declarations existed keeps its live version's schema until one is declared (a version
+/// someone trained, never a stray example, so nothing arriving first can choose it). A
+/// declaration with the lineage's inputs continues it (taking the declaration's monitoring plan);
+/// one with other inputs begins a new chain, since the old parameters do not read them.
+pub fn schema_choice(
+    declared: Option<&FeatureSchema>,
+    trained: Option<&FeatureSchema>,
+) -> SchemaChoice {
+    match (declared, trained) {
+        (None, None) => SchemaChoice::Undeclared,
+        (None, Some(trained)) => SchemaChoice::Continue(trained.clone()),
+        (Some(declared), None) => SchemaChoice::Continue(declared.clone()),
+        (Some(declared), Some(trained)) if same_inputs(declared, trained) => {
+            SchemaChoice::Continue(declared.clone())
+        }
+        (Some(declared), Some(_)) => SchemaChoice::NewChain(declared.clone()),
     }
 }
 
@@ -83,34 +377,6 @@ pub fn reaction_in_flight(
     }
 }
 
-/// The schema a model takes, from the first example when the model has no version yet.
-pub fn schema_for(record: &ExampleRecord) -> FeatureSchema {
-    match &record.schema {
-        Some((name, version))
-            if name == freshet_features::bookstore::SCHEMA_NAME
-                && *version == freshet_features::bookstore::SCHEMA_VERSION =>
-        {
-            freshet_features::bookstore::schema()
-        }
-        Some((name, version)) => FeatureSchema {
-            name: name.clone(),
-            version: *version,
-            features: (0..record.features.len())
-                .map(|i| format!("f{i}"))
-                .collect(),
-            monitoring: Vec::new(),
-        },
-        None => FeatureSchema {
-            name: "raw".to_string(),
-            version: 0,
-            features: (0..record.features.len())
-                .map(|i| format!("f{i}"))
-                .collect(),
-            monitoring: Vec::new(),
-        },
-    }
-}
-
 /// What train learns from one example: its features, its label and how its loss is weighted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Learnable {
@@ -119,9 +385,10 @@ pub struct Learnable {
     pub weighting: RowWeight,
 }
 
-/// Checks that an example fits the model; returns what to learn from it.
+/// Checks that an example follows the model's schema; returns what to learn from it.
 pub fn check_record(
     decoded: Result<ExampleRecord, Rejection>,
+    model: &ModelName,
     schema: &FeatureSchema,
 ) -> Result<Learnable, Rejection> {
     let record = decoded?;
@@ -130,12 +397,11 @@ pub fn check_record(
             RejectReason::SchemaMismatch,
             "features",
             format!(
-                "has {} values; model {} takes {} ({} v{})",
+                "has {} values; model {model} is declared {} v{} with {} features",
                 record.features.len(),
-                record.model,
-                schema.n_features(),
                 schema.name,
-                schema.version
+                schema.version,
+                schema.n_features(),
             ),
         ));
     }
@@ -146,8 +412,8 @@ pub fn check_record(
             RejectReason::SchemaMismatch,
             "schema",
             format!(
-                "is {name} v{version}; model {} takes {} v{}",
-                record.model, schema.name, schema.version
+                "is {name} v{version}; model {model} is declared {} v{}",
+                schema.name, schema.version
             ),
         ));
     }
@@ -400,14 +666,6 @@ mod tests {
     }
 
     #[test]
-    fn sequences_are_sorted_against_the_marks() {
-        assert_eq!(sequence_verdict(10, 10, None), Sequence::AlreadyLearned);
-        assert_eq!(sequence_verdict(11, 10, Some(12)), Sequence::AlreadyPending);
-        assert_eq!(sequence_verdict(13, 10, Some(12)), Sequence::New);
-        assert_eq!(sequence_verdict(1, 0, None), Sequence::New);
-    }
-
-    #[test]
     fn one_reaction_at_a_time() {
         assert_eq!(reaction_in_flight(false, None, 5_000, 200), None);
         assert!(reaction_in_flight(true, None, 5_000, 200).is_some());
@@ -416,11 +674,44 @@ mod tests {
         assert_eq!(reaction_in_flight(false, Some(5_000), 5_200, 200), None);
     }
 
+    fn schema(name: &str, version: u32, width: usize) -> FeatureSchema {
+        FeatureSchema {
+            name: name.into(),
+            version,
+            features: (0..width).map(|i| format!("x{i}")).collect(),
+            monitoring: Vec::new(),
+        }
+    }
+
+    fn model() -> ModelName {
+        ModelName::parse("m").unwrap()
+    }
+
+    /// A first delivery of the example stored at `sequence`, delivered as the consumer's
+    /// `delivery`-th message.
+    fn row(sequence: u64, delivery: u64, example: Result<ExampleRecord, Rejection>) -> Row {
+        Row {
+            sequence,
+            delivered: 1,
+            consumer_sequence: Some(delivery),
+            published: DateTime::from_timestamp(1_700_000_000 + sequence as i64, 0).unwrap(),
+            example,
+        }
+    }
+
+    fn fits(sequence: u64, delivery: u64) -> Row {
+        row(sequence, delivery, Ok(record(vec![0.5; 3])))
+    }
+
+    fn quality() -> Quality {
+        Quality::new(crate::quality::QualityConfig::default())
+    }
+
     #[test]
     fn records_must_fit_the_schema() {
-        let schema = schema_for(&record(vec![0.0; 3]));
+        let declared = schema("churn", 1, 3);
         assert_eq!(
-            check_record(Ok(record(vec![1.0; 3])), &schema),
+            check_record(Ok(record(vec![1.0; 3])), &model(), &declared),
             Ok(Learnable {
                 features: vec![1.0; 3],
                 label: 1.0,
@@ -433,17 +724,262 @@ mod tests {
             ..record(vec![1.0; 3])
         };
         assert_eq!(
-            check_record(Ok(correction), &schema).map(|l| l.weighting),
+            check_record(Ok(correction), &model(), &declared).map(|l| l.weighting),
             Ok(RowWeight::Correction)
         );
-        let err = check_record(Ok(record(vec![1.0; 2])), &schema).unwrap_err();
+        let err = check_record(Ok(record(vec![1.0; 2])), &model(), &declared).unwrap_err();
         assert_eq!(err.reason, RejectReason::SchemaMismatch);
+        assert!(
+            err.detail.contains("declared churn v1 with 3 features"),
+            "{}",
+            err.detail
+        );
         let mut bookstore = record(vec![1.0; 3]);
         bookstore.schema = Some(("bookstore".into(), 1));
-        let err = check_record(Ok(bookstore), &schema).unwrap_err();
+        let err = check_record(Ok(bookstore), &model(), &declared).unwrap_err();
         assert_eq!(
             (err.reason, err.field.as_str()),
             (RejectReason::SchemaMismatch, "schema")
+        );
+    }
+
+    #[test]
+    fn a_batch_is_planned_in_stream_order_against_the_marks() {
+        let marks = Marks {
+            high_water_mark: 10,
+            pending_last: Some(12),
+            chain: None,
+        };
+        // Out of order in the batch; 13 twice; the stream says 17 must wait for an earlier one.
+        let rows = vec![
+            fits(14, 4),
+            fits(9, 1),
+            fits(13, 3),
+            fits(11, 2),
+            fits(13, 5),
+            fits(17, 6),
+            fits(18, 7),
+        ];
+        let plan = plan_batch(
+            &model(),
+            &marks,
+            Some(&schema("s", 1, 3)),
+            &mut quality(),
+            &rows,
+            Some(5),
+        );
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::Learn,
+                Step::Acknowledge,
+                Step::Learn,
+                Step::Hold,
+                Step::Hold,
+                Step::Wait,
+                Step::Wait
+            ]
+        );
+        // Learned in stream order, and the next version covers 13 and 14.
+        assert_eq!(plan.learn, vec![2, 0]);
+        assert_eq!(
+            plan.handled,
+            Some(SequenceRange {
+                first: 13,
+                last: 14
+            })
+        );
+        assert_eq!(plan.labels, vec![1.0, 1.0]);
+        assert_eq!(plan.oldest_stored, Some(rows[2].published));
+        // 14 was the consumer's fourth delivery: the chain continues from it.
+        assert_eq!(plan.chain, Some((14, 4)));
+    }
+
+    #[test]
+    fn the_stream_is_asked_only_where_the_chain_of_first_deliveries_breaks() {
+        let marks = Marks {
+            high_water_mark: 20,
+            pending_last: None,
+            chain: Some((20, 7)),
+        };
+        let mut redelivered = fits(23, 9);
+        redelivered.delivered = 2;
+        let rows = vec![
+            fits(21, 8),
+            redelivered,
+            fits(24, 10),
+            fits(25, 11),
+            fits(30, 13),
+            fits(19, 6),
+        ];
+        // 21 follows the chain; a redelivery breaks it (and the first delivery after it has
+        // nothing to follow); 25 follows 24; 30 comes after a delivery that went elsewhere.
+        let asked: Vec<(u64, u64)> = lookups(&marks, &rows)
+            .iter()
+            .map(|l| (l.sequence, l.after))
+            .collect();
+        assert_eq!(asked, [(23, 21), (24, 23), (30, 25)]);
+        // A chain left at another mark (a rollback moved it) does not count.
+        let moved = Marks {
+            chain: Some((18, 7)),
+            ..marks
+        };
+        assert_eq!(lookups(&moved, &rows[..1])[0].after, 20);
+    }
+
+    #[test]
+    fn only_examples_that_follow_the_declared_schema_are_learned() {
+        // The race of the chaos run: a stray example with 3 features arrives before the first
+        // bookstore example. The declaration decides; the stray one is refused and changes
+        // nothing.
+        let declared = freshet_features::bookstore::schema();
+        let width = declared.n_features();
+        let bookstore = |n: u64| {
+            let mut example = record(vec![0.5; width]);
+            example.schema = Some((declared.name.clone(), declared.version));
+            example.id = format!("ex-{n}");
+            Ok(example)
+        };
+        let rows = vec![
+            row(1, 1, Ok(record(vec![1.0, 2.0, 3.0]))),
+            row(2, 2, bookstore(2)),
+            row(3, 3, bookstore(3)),
+        ];
+        let plan = plan_batch(
+            &model(),
+            &Marks::default(),
+            Some(&declared),
+            &mut quality(),
+            &rows,
+            None,
+        );
+        assert!(
+            matches!(&plan.steps[0], Step::Refuse(r) if r.reason == RejectReason::SchemaMismatch),
+            "{:?}",
+            plan.steps[0]
+        );
+        assert_eq!(plan.steps[1..], [Step::Learn, Step::Learn]);
+        assert_eq!(plan.learn, vec![1, 2]);
+        assert_eq!(plan.features, vec![vec![0.5; width]; 2]);
+        // The refused example is handled: the next version's range covers it.
+        assert_eq!(plan.handled, Some(SequenceRange { first: 1, last: 3 }));
+    }
+
+    #[test]
+    fn a_model_without_a_declaration_learns_nothing() {
+        let unreadable = Rejection::new(RejectReason::InvalidData, "$", "not an example");
+        let rows = vec![fits(1, 1), row(2, 2, Err(unreadable.clone()))];
+        let plan = plan_batch(
+            &model(),
+            &Marks::default(),
+            None,
+            &mut quality(),
+            &rows,
+            None,
+        );
+        assert_eq!(
+            plan.steps,
+            vec![Step::Refuse(undeclared(&model())), Step::Refuse(unreadable)]
+        );
+        assert_eq!(undeclared(&model()).reason.as_str(), "undeclared");
+        assert!(plan.learn.is_empty());
+        assert_eq!(plan.handled, Some(SequenceRange { first: 1, last: 2 }));
+    }
+
+    #[test]
+    fn suspect_examples_are_held_out_and_the_others_learned() {
+        let mut monitor = quality();
+        let warm: Vec<Row> = (1..=300).map(|n| fits(n, n)).collect();
+        let plan = plan_batch(
+            &model(),
+            &Marks::default(),
+            Some(&schema("s", 1, 3)),
+            &mut monitor,
+            &warm,
+            None,
+        );
+        assert_eq!(plan.learn.len(), 300);
+        let far = row(301, 301, Ok(record(vec![0.5, 1e12, 0.5])));
+        let plan = plan_batch(
+            &model(),
+            &Marks {
+                high_water_mark: 300,
+                ..Marks::default()
+            },
+            Some(&schema("s", 1, 3)),
+            &mut monitor,
+            &[far, fits(302, 302)],
+            None,
+        );
+        assert!(matches!(&plan.steps[0], Step::Refuse(r) if r.reason == RejectReason::Quarantined));
+        assert_eq!((plan.steps[1].clone(), plan.held_out), (Step::Learn, 1));
+    }
+
+    #[test]
+    fn the_declaration_decides_the_schema_and_a_new_one_begins_a_chain() {
+        let v1 = schema("churn", 1, 3);
+        let mut planned = v1.clone();
+        planned.monitoring =
+            vec![
+                freshet::monitoring::Monitoring::new(freshet::monitoring::Watch::Value, "a rate");
+                3
+            ];
+        let v2 = schema("churn", 2, 4);
+        let raw = schema("raw", 0, 3);
+        assert_eq!(schema_choice(None, None), SchemaChoice::Undeclared);
+        // A model trained before declarations keeps its live version's schema.
+        assert_eq!(
+            schema_choice(None, Some(&raw)),
+            SchemaChoice::Continue(raw.clone())
+        );
+        assert_eq!(
+            schema_choice(Some(&v1), None),
+            SchemaChoice::Continue(v1.clone())
+        );
+        assert_eq!(
+            schema_choice(Some(&planned), Some(&v1)),
+            SchemaChoice::Continue(planned.clone())
+        );
+        assert_eq!(
+            schema_choice(Some(&v2), Some(&v1)),
+            SchemaChoice::NewChain(v2.clone())
+        );
+        // A lineage a stray example began (3 unnamed features) gives way to the declaration.
+        assert_eq!(
+            schema_choice(Some(&v1), Some(&raw)),
+            SchemaChoice::NewChain(v1.clone())
+        );
+    }
+
+    #[test]
+    fn an_example_the_declaration_does_not_admit_asks_for_it_again() {
+        let declared = schema("s", 1, 3);
+        assert!(!surprises(&[fits(1, 1)], Some(&declared)));
+        assert!(surprises(&[fits(1, 1)], None));
+        assert!(surprises(
+            &[row(1, 1, Ok(record(vec![1.0; 4])))],
+            Some(&declared)
+        ));
+        let unreadable = Err(Rejection::new(RejectReason::InvalidData, "$", "x"));
+        assert!(!surprises(&[row(1, 1, unreadable)], Some(&declared)));
+    }
+
+    #[test]
+    fn a_discarded_update_refuses_its_examples_with_the_reason() {
+        let overflow = ModelError::NonFinite {
+            what: "updated weights".into(),
+        };
+        assert_eq!(refusal(&overflow).reason, RejectReason::NonFinite);
+        assert_eq!(
+            refusal(&ModelError::EmptyBatch).reason,
+            RejectReason::InvalidData
+        );
+        assert_eq!(
+            widen(
+                Some(SequenceRange { first: 5, last: 9 }),
+                SequenceRange { first: 3, last: 4 }
+            ),
+            SequenceRange { first: 3, last: 9 }
         );
     }
 
@@ -542,7 +1078,7 @@ mod tests {
     #[test]
     fn versions_chain_and_the_high_water_mark_never_falls() {
         let model = ModelName::parse("m").unwrap();
-        let schema = schema_for(&record(vec![0.0; 2]));
+        let schema = schema("s", 1, 2);
         let metrics = MetricsWindow::new(10, 0).snapshot();
         let at = DateTime::from_timestamp(0, 0).unwrap();
         let first = next_manifest(
@@ -570,7 +1106,7 @@ mod tests {
                 model: &model,
                 parent: Some(&first),
                 config: ModelConfig::default(),
-                schema,
+                schema: schema.clone(),
                 step: 5,
                 learned: SequenceRange {
                     first: 41,
@@ -601,7 +1137,7 @@ mod tests {
                     model: &model,
                     parent: Some(parent),
                     config: ModelConfig::default(),
-                    schema: schema_for(&record(vec![0.0; 2])),
+                    schema: schema.clone(),
                     step: 1,
                     learned: SequenceRange {
                         first: 91,

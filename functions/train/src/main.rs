@@ -4,18 +4,19 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod processor;
 mod quality;
-mod trainer;
 
 use std::time::Duration;
 
 use clap::Parser;
-use freshet::config::FunctionArgs;
+use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
 use freshet::ids::ModelName;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
+use freshet::store::Declarations;
 use freshet::subjects::{BUCKET_MODELS, STREAM_EXAMPLES};
 use freshet_model::store::{ArtifactArgs, Pointers};
 use freshet_model::{Dimensions, Hyper, ModelConfig, ModelKind, Optimizer};
@@ -23,19 +24,19 @@ use futures::StreamExt;
 
 use crate::quality::{Quality, QualityConfig};
 
-/// Trains one model from its examples: each batch is scored (prequential metrics), then learned
-/// with SGD; every few batches a new immutable version goes to the object store and the model's
+/// Trains one model from its examples: each batch is learned in steps of a few rows (one by
+/// default), each step's rows scored first (prequential metrics); every few batches a new immutable version goes to the object store and the model's
 /// live pointer moves to it. Messages are acknowledged only once the version holding them is live.
 #[derive(Debug, Parser)]
-#[command(name = "train", version)]
+#[command(name = "freshet-train", version)]
+#[command(mut_arg("model", |a| a.help("Model to train (its examples are on <prefix>.examples.<model>)")))]
 struct Args {
     #[command(flatten)]
     function: FunctionArgs,
     #[command(flatten)]
     artifacts: ArtifactArgs,
-    /// Model to train (its examples are on <prefix>.examples.<model>)
-    #[arg(long = "model", env = "FRESHET_MODEL", default_value = "bookstore")]
-    model: ModelName,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Model family: logistic, mlp or factorization_machine (a lineage keeps the kind it began
     /// with)
     #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic")]
@@ -52,19 +53,29 @@ struct Args {
     /// Optimizer: sgd, or adam (β1 0.9, β2 0.999, ε 1e-8; its moments are saved in the artifact)
     #[arg(long = "optimizer", env = "FRESHET_OPTIMIZER", default_value = "sgd")]
     optimizer: Optimizer,
-    /// Initial learning rate η0; the rate at step t is η0 / (1 + α·t)
+    /// Initial learning rate η0 of each optimizer step; the rate at step t is η0 / (1 + α·t)
     #[arg(
         long = "learning-rate",
         env = "FRESHET_LEARNING_RATE",
-        default_value_t = 0.5
+        default_value_t = Hyper::default().learning_rate
     )]
     learning_rate: f64,
-    /// Learning-rate decay α
-    #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = 0.01)]
+    /// Learning-rate decay α per step; 0 keeps the rate constant, so the model keeps following
+    /// a concept that drifts
+    #[arg(long = "lr-decay", env = "FRESHET_LR_DECAY", default_value_t = Hyper::default().decay)]
     lr_decay: f64,
     /// L2 regularisation λ
-    #[arg(long = "l2", env = "FRESHET_L2", default_value_t = 1e-4)]
+    #[arg(long = "l2", env = "FRESHET_L2", default_value_t = Hyper::default().l2)]
     l2: f64,
+    /// Rows per optimizer step within a fetched batch: 1 learns each row in turn, as an online
+    /// learner does, whatever the batch size; 0 takes one step per batch (faster for wide
+    /// models, at a cost in accuracy that grows with the batch)
+    #[arg(
+        long = "rows-per-step",
+        env = "FRESHET_ROWS_PER_STEP",
+        default_value_t = Hyper::default().rows_per_step
+    )]
+    rows_per_step: usize,
     /// Publish a version after this many trained batches...
     #[arg(
         long = "publish-every-batches",
@@ -97,23 +108,23 @@ struct Args {
         default_value_t = 1000
     )]
     metrics_window: usize,
-    /// Data quality: examples in the window over which the share of invalid or out-of-range
-    /// examples is measured
+    /// Data quality: examples in the window over which the share of suspect (unreadable or
+    /// out-of-range) examples is measured
     #[arg(
         long = "quarantine-window",
         env = "FRESHET_QUARANTINE_WINDOW",
         default_value_t = 200
     )]
     quarantine_window: usize,
-    /// Data quality: the share of the window at which training pauses (quarantine); 1 never
-    /// pauses
+    /// Data quality: the share of the window at which a quarantine starts (the learned ranges
+    /// freeze until it ends; only suspect examples are held out); 1 never starts one
     #[arg(
         long = "quarantine-enter",
         env = "FRESHET_QUARANTINE_ENTER",
         default_value_t = 0.2
     )]
     quarantine_enter: f64,
-    /// Data quality: the share at or below which training resumes
+    /// Data quality: the share at or below which the quarantine ends
     #[arg(
         long = "quarantine-exit",
         env = "FRESHET_QUARANTINE_EXIT",
@@ -152,7 +163,7 @@ async fn listen_for_reactions(
             match serde_json::from_slice::<DriftNotice>(&message.payload) {
                 Ok(notice) => {
                     if let Some(reaction) = notice.requested() {
-                        tracing::info!(%reaction, target = %notice.target, sequence = notice.sequence, episode = ?notice.episode, "drift asks for a reaction");
+                        tracing::info!(%reaction, monitored = %notice.target, sequence = notice.sequence, episode = notice.episode, "drift asks for a reaction");
                         if requests.send((reaction, notice.sequence)).is_err() {
                             return;
                         }
@@ -172,7 +183,8 @@ async fn main() -> anyhow::Result<()> {
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
     ctx.serve_http(ctx.ingress(freshet::runtime::ingress::Input::Examples))
         .await?;
-    let pointers = Pointers::new(ctx.key_value(BUCKET_MODELS).await?);
+    let models = ctx.key_value(BUCKET_MODELS).await?;
+    let (pointers, declarations) = (Pointers::new(models.clone()), Declarations::new(models));
     let config = ModelConfig {
         // The kind's dimensions come from their own flags; one it does not have is ignored.
         kind: args.kind.with_dimensions(Dimensions {
@@ -184,26 +196,29 @@ async fn main() -> anyhow::Result<()> {
             decay: args.lr_decay,
             l2: args.l2,
             optimizer: args.optimizer,
+            rows_per_step: args.rows_per_step,
         },
         seed: args.seed,
         scaler_decay: args.scaler_decay,
     };
     config.validate()?;
-    let metrics = trainer::TrainMetrics::default();
-    metrics.register(&ctx.metrics);
-    let durable = format!("train-{}", args.model);
-    let io = trainer::Io {
-        js: ctx.js.clone(),
+    let metrics = processor::TrainMetrics::default();
+    // train's own metrics carry the model it trains; the consumer loop's are per process.
+    metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
+    let durable = format!("train-{}", args.model.name);
+    let io = processor::Io {
         subjects: ctx.subjects.clone(),
         artifacts: args.artifacts.open()?,
         pointers,
+        declarations,
+        control: ctx.js.clone(),
         order: OrderGuard::new(
             ctx.stream(STREAM_EXAMPLES).await?,
-            ctx.subjects.examples(&args.model),
+            ctx.subjects.examples(&args.model.name),
             durable.clone(),
         ),
     };
-    let cadence = trainer::Cadence {
+    let cadence = processor::Cadence {
         every_batches: args.publish_every_batches.max(1),
         every: args.publish_interval,
         keep_versions: args.keep_versions,
@@ -223,8 +238,8 @@ async fn main() -> anyhow::Result<()> {
         span_factor: args.quarantine_span_factor,
         ..QualityConfig::default()
     });
-    let mut trainer = trainer::Trainer::new(
-        args.model.clone(),
+    let mut trainer = processor::Trainer::new(
+        args.model.name.clone(),
         config,
         cadence,
         args.metrics_window,
@@ -232,9 +247,9 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         quality,
     );
-    trainer.listen(listen_for_reactions(&ctx, &args.model).await?);
+    trainer.listen(listen_for_reactions(&ctx, &args.model.name).await?);
     // One trainer per model: the others stand by until the lease is free.
-    let lease_key = format!("train.{}", args.model);
+    let lease_key = format!("train.{}", args.model.name);
     let outcome = ctx
         .exclusively(&lease_key, async {
             trainer.resume().await?;
@@ -246,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
             ctx.consume(
                 STREAM_EXAMPLES,
                 &durable,
-                vec![ctx.subjects.examples(&args.model)],
+                vec![ctx.subjects.examples(&args.model.name)],
                 max_held,
                 trainer,
             )

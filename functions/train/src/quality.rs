@@ -5,11 +5,19 @@
 //! an example, or when a feature lies far outside the range the model has learned from: beyond
 //! `[min − k·span, max + k·span]` of the values accepted so far, where `span` is the wider of the
 //! observed range and the largest magnitude seen (at least 1, so a feature that was constant may
-//! still move by a few units). A flagged example is never learned. When the flagged share of the
-//! last `window` examples reaches `enter`, training pauses: every example is held out, clean or
-//! not, because a burst seldom corrupts every value it touches. Training resumes once the share
-//! falls to `exit` or below. Held-out examples go to the dead-letter subject (reason
-//! `quarantined`), kept for review and replay.
+//! still move by a few units). A flagged example is *suspect*: it is never learned, and goes to
+//! the dead-letter subject (reason `quarantined`), kept for review and replay.
+//!
+//! When the flagged share of the last `window` examples reaches `enter`, a quarantine starts; it
+//! ends once the share falls to `exit` or below. While it lasts, the learned ranges are frozen:
+//! examples that are not suspect are learned as always, but do not widen the range, so a burst
+//! cannot walk the accepted range out step by step with values each just inside it. Only what is
+//! suspect is held out: an earlier design paused training for the whole burst, and a burst of 300
+//! examples with values of ±1e12 then held out 4,042 valid examples that carried no sign of the
+//! fault. Valid examples cannot be kept aside to learn after the burst either: a version records
+//! one contiguous range of the stream, and held messages are bounded by the consumer's
+//! acknowledgements in flight. The quarantine's start and end are reported (on CONTROL, by the
+//! caller) with how many suspect examples it held out and how many valid ones it learned.
 
 use std::collections::VecDeque;
 
@@ -48,20 +56,33 @@ pub enum Verdict {
     HoldOut(String),
 }
 
-/// A change of the quarantine state, for CONTROL.
+/// The quarantine began or finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub enum Change {
     Started,
     Ended,
 }
 
-impl Transition {
+impl Change {
     pub fn as_str(self) -> &'static str {
         match self {
-            Transition::Started => "started",
-            Transition::Ended => "ended",
+            Change::Started => "started",
+            Change::Ended => "ended",
         }
     }
+}
+
+/// A change of the quarantine state, with its counts, for CONTROL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition {
+    pub change: Change,
+    /// The flagged share of the window when it changed.
+    pub flagged_share: f64,
+    /// Suspect examples held out: at the start, the window's; at the end, every one from the
+    /// start's window on.
+    pub suspect_held_out: u64,
+    /// Valid examples learned while the quarantine lasted.
+    pub valid_learned: u64,
 }
 
 /// The monitor of one model's examples.
@@ -74,6 +95,9 @@ pub struct Quality {
     recent: VecDeque<bool>,
     flagged_in_window: usize,
     quarantined: bool,
+    /// Suspect examples held out and valid ones learned since the quarantine started.
+    suspect_held_out: u64,
+    valid_learned: u64,
 }
 
 impl Quality {
@@ -85,13 +109,21 @@ impl Quality {
             recent: VecDeque::with_capacity(config.window),
             flagged_in_window: 0,
             quarantined: false,
+            suspect_held_out: 0,
+            valid_learned: 0,
         }
     }
 
-    /// Whether training is paused.
+    /// Whether a quarantine is on.
     #[cfg(test)]
     pub fn quarantined(&self) -> bool {
         self.quarantined
+    }
+
+    /// The accepted range of feature `i`.
+    #[cfg(test)]
+    fn range(&self, i: usize) -> (f32, f32) {
+        self.ranges[i]
     }
 
     /// The flagged share of the window.
@@ -133,24 +165,36 @@ impl Quality {
             self.flagged_in_window -= 1;
         }
         let share = self.flagged_share();
-        let transition = if !self.quarantined && share >= self.config.enter {
+        let change = if !self.quarantined && share >= self.config.enter {
             self.quarantined = true;
-            Some(Transition::Started)
+            // The flagged examples of the window were held out already, each as it came.
+            self.suspect_held_out = self.flagged_in_window as u64;
+            self.valid_learned = 0;
+            Some(Change::Started)
         } else if self.quarantined && share <= self.config.exit {
             self.quarantined = false;
-            Some(Transition::Ended)
+            Some(Change::Ended)
         } else {
+            if self.quarantined {
+                self.suspect_held_out += u64::from(flag.is_some());
+            }
             None
         };
+        let transition = change.map(|change| Transition {
+            change,
+            flagged_share: share,
+            suspect_held_out: self.suspect_held_out,
+            valid_learned: self.valid_learned,
+        });
         let verdict = match (flag, row) {
             (Some(why), _) => Verdict::HoldOut(why),
-            (None, _) if self.quarantined => Verdict::HoldOut(format!(
-                "training paused: {:.0}% of the last {} examples were invalid or out of range",
-                share * 100.0,
-                self.recent.len()
-            )),
             (None, Some(row)) => {
-                self.accept(row);
+                if self.quarantined {
+                    // Learned, but the range stays where it was before the burst.
+                    self.valid_learned += 1;
+                } else {
+                    self.accept(row);
+                }
                 Verdict::Learn
             }
             (None, None) => unreachable!("an unreadable example is always flagged"),
@@ -180,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_pauses_training_and_its_end_resumes_it() {
+    fn a_burst_holds_out_only_what_is_suspect_and_reports_both_counts() {
         let mut quality = Quality::new(QualityConfig::default());
         for n in 0..500 {
             assert_eq!(
@@ -190,40 +234,72 @@ mod tests {
             );
         }
         // A broken sensor: every other example reads 1e6 on feature 1.
-        let mut started_at = None;
+        let mut transitions = Vec::new();
+        let (mut held_out, mut learned_during) = (0u64, 0u64);
         for n in 0..200u64 {
             let mut row = clean(n);
             if n.is_multiple_of(2) {
                 row[1] = 1e6;
             }
             let (verdict, transition) = quality.assess(Some(&row));
-            if n.is_multiple_of(2) {
-                assert!(
-                    matches!(verdict, Verdict::HoldOut(_)),
-                    "corrupt {n} is never learned"
-                );
-            }
-            if transition == Some(Transition::Started) {
-                started_at = Some(n);
-            }
-            if started_at.is_some() {
-                assert!(matches!(verdict, Verdict::HoldOut(_)), "{n}: paused");
+            assert_eq!(
+                matches!(verdict, Verdict::HoldOut(_)),
+                n.is_multiple_of(2),
+                "{n}: the corrupt one is held out, the clean one learned"
+            );
+            transitions.extend(transition.map(|t| (n, t)));
+            if quality.quarantined() {
+                held_out += u64::from(n.is_multiple_of(2));
+                learned_during += u64::from(!n.is_multiple_of(2));
             }
         }
         // 20% of a 200-example window is 40 flagged: the 40th corrupt example, at index 78.
-        assert_eq!(started_at, Some(78));
+        let (at, started) = transitions[0];
+        assert_eq!((at, started.change), (78, Change::Started));
+        assert_eq!((started.suspect_held_out, started.valid_learned), (40, 0));
         assert!(quality.quarantined());
-        let mut ended_at = None;
         for n in 0..400u64 {
             let (verdict, transition) = quality.assess(Some(&clean(n)));
-            if transition == Some(Transition::Ended) {
-                ended_at = Some(n);
+            assert_eq!(verdict, Verdict::Learn, "{n}");
+            if quality.quarantined() {
+                learned_during += 1;
             }
-            assert_eq!(verdict == Verdict::Learn, ended_at.is_some(), "{n}");
+            transitions.extend(transition.map(|t| (n, t)));
         }
         // After 179 clean examples the window keeps the burst's last 21, of which 10 are
-        // corrupt: 5%, and training resumes.
-        assert_eq!(ended_at, Some(178));
+        // corrupt: 5%, and the quarantine ends.
+        assert_eq!(transitions.len(), 2);
+        let (at, ended) = transitions[1];
+        assert_eq!((at, ended.change), (178, Change::Ended));
+        // Every corrupt example since the start's window, and every clean one learned meanwhile.
+        assert_eq!(ended.suspect_held_out, 40 + held_out - 1);
+        assert_eq!(ended.suspect_held_out, 100);
+        assert_eq!(ended.valid_learned, learned_during);
+        assert_eq!(ended.valid_learned, 61 + 178);
+    }
+
+    #[test]
+    fn ranges_do_not_widen_during_a_quarantine() {
+        let mut quality = Quality::new(QualityConfig::default());
+        for n in 0..300 {
+            quality.assess(Some(&clean(n)));
+        }
+        assert_eq!(quality.range(0), (0.0, 9.0));
+        // Unreadable examples start a quarantine; values inside the slack are learned meanwhile
+        // but leave the range as it was.
+        for _ in 0..50 {
+            quality.assess(None);
+        }
+        assert!(quality.quarantined());
+        assert_eq!(quality.assess(Some(&[40.0, 100.0])).0, Verdict::Learn);
+        assert_eq!(quality.range(0), (0.0, 9.0));
+        // Outside a quarantine the same value widens it.
+        let mut calm = Quality::new(QualityConfig::default());
+        for n in 0..300 {
+            calm.assess(Some(&clean(n)));
+        }
+        calm.assess(Some(&[40.0, 100.0]));
+        assert_eq!(calm.range(0), (0.0, 40.0));
     }
 
     #[test]
@@ -253,7 +329,9 @@ mod tests {
         // Before warm-up nothing is out of range, but unreadable examples are flagged.
         let mut fresh = Quality::new(QualityConfig::default());
         assert_eq!(fresh.assess(Some(&[1e30])).0, Verdict::Learn);
-        let transitions: Vec<_> = (0..50).filter_map(|_| fresh.assess(None).1).collect();
-        assert_eq!(transitions, vec![Transition::Started]);
+        let changes: Vec<Change> = (0..50)
+            .filter_map(|_| fresh.assess(None).1.map(|t| t.change))
+            .collect();
+        assert_eq!(changes, vec![Change::Started]);
     }
 }

@@ -219,6 +219,21 @@ pub enum PushEvents {
     InsecureAnonymous,
 }
 
+/// The model a function works for: one flag and one variable in every function, declared once
+/// here so a deployment names it the same way everywhere. Each function says what the model is to
+/// it with `#[command(mut_arg("model", ...))]`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model this function works for
+    #[arg(
+        id = "model",
+        long = "model",
+        env = "FRESHET_MODEL",
+        default_value = "bookstore"
+    )]
+    pub name: crate::ids::ModelName,
+}
+
 /// Settings of a long-running function: its HTTP server and its consumer loop.
 #[derive(Debug, Clone, Args)]
 pub struct FunctionArgs {

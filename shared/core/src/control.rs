@@ -1,6 +1,7 @@
 //! What functions tell each other on CONTROL (`<prefix>.control.<model>.<kind>`): drift's
 //! episodes and the reaction one requests, the part of a drift record train acts on, and the
-//! promotion gate's decisions with their evidence.
+//! promotion gate's decisions with their evidence, train's quarantines; and [`ControlSink`],
+//! where a function publishes them (JetStream, or memory in unit tests).
 //!
 //! Drift records come in two formats. Format 1 (no `format` field) was one record per detector
 //! signal. Format 2 is one record per transition of an episode (opened as a warning, confirmed as
@@ -10,11 +11,16 @@
 //! record that confirms an episode.
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Failure;
 use crate::ids::ModelName;
 
 /// The CONTROL kind of drift detections.
@@ -278,6 +284,150 @@ pub struct GateDecision {
     /// Stream sequence of the last example the evidence includes.
     pub sequence: u64,
     pub at: DateTime<Utc>,
+}
+
+/// A start or end of train's data-quality quarantine, on `<prefix>.control.<model>.quarantine`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// Always `"quarantine"`.
+    pub kind: String,
+    pub model: ModelName,
+    /// `started` or `ended`.
+    pub state: String,
+    /// Stream sequence of the example at which the state changed.
+    pub sequence: u64,
+    /// The share of suspect examples over the monitor's window then.
+    pub flagged_share: f64,
+    /// Suspect examples (unreadable, or far outside the learned range) held out: at the start,
+    /// those in the window that started it; at the end, every one since the start.
+    pub suspect_held_out: u64,
+    /// Examples that were not suspect and were learned while the quarantine lasted (at the
+    /// start: 0). None is held out: the quarantine holds out only what is suspect.
+    pub valid_learned: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// Where a function publishes its CONTROL records: JetStream ([`jetstream::Context`]), or
+/// [`MemoryControl`] in unit tests.
+pub trait ControlSink: Send + Sync {
+    /// Publishes `body` on `subject` (deduplicated by `message_id` when given) and waits until
+    /// JetStream has stored it.
+    fn store(
+        &self,
+        subject: String,
+        message_id: Option<String>,
+        body: Bytes,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Publishes like [`store`](Self::store) without waiting for the acknowledgement: for
+    /// notices that are best effort (the state they announce is durable elsewhere).
+    fn send(
+        &self,
+        subject: String,
+        message_id: Option<String>,
+        body: Bytes,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.store(subject, message_id, body)
+    }
+}
+
+fn control_message(message_id: Option<String>, body: Bytes) -> PublishMessage {
+    let message = PublishMessage::build().payload(body);
+    match message_id {
+        Some(id) => message.message_id(id),
+        None => message,
+    }
+}
+
+impl ControlSink for jetstream::Context {
+    async fn store(
+        &self,
+        subject: String,
+        message_id: Option<String>,
+        body: Bytes,
+    ) -> Result<(), Failure> {
+        let operation = format!("publish on {subject}");
+        self.send_publish(subject, control_message(message_id, body))
+            .await
+            .map_err(|e| Failure::new(operation.clone(), e))?
+            .await
+            .map_err(|e| Failure::new(operation, e))?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        subject: String,
+        message_id: Option<String>,
+        body: Bytes,
+    ) -> Result<(), Failure> {
+        let operation = format!("publish on {subject}");
+        // The acknowledgement is awaited in the background (and dropped).
+        self.send_publish(subject, control_message(message_id, body))
+            .await
+            .map_err(|e| Failure::new(operation, e))?;
+        Ok(())
+    }
+}
+
+/// One record a [`MemoryControl`] received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub subject: String,
+    pub message_id: Option<String>,
+    pub body: Bytes,
+}
+
+impl Published {
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// CONTROL kept in memory, for unit tests; clones share it. Like the stream, a second record
+/// under a message id already stored is dropped.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryControl {
+    published: Arc<Mutex<Vec<Published>>>,
+}
+
+impl MemoryControl {
+    pub fn new() -> MemoryControl {
+        MemoryControl::default()
+    }
+
+    /// Every record stored so far, oldest first.
+    pub fn published(&self) -> Vec<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ControlSink for MemoryControl {
+    async fn store(
+        &self,
+        subject: String,
+        message_id: Option<String>,
+        body: Bytes,
+    ) -> Result<(), Failure> {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let duplicate =
+            message_id.is_some() && published.iter().any(|p| p.message_id == message_id);
+        if !duplicate {
+            published.push(Published {
+                subject,
+                message_id,
+                body,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,11 @@ pub enum RejectReason {
     NonFinite,
     /// A finite number beyond the range a model may see (|x| > 1e12), e.g. 1e308.
     OutOfRange,
-    /// An example whose shape does not fit the model it names.
+    /// An example whose shape does not fit the schema declared for the model it names.
     SchemaMismatch,
+    /// An example for a model that has no declared schema (and no version to take one from):
+    /// nothing says what its features are, so none is learned until one is declared.
+    Undeclared,
     /// An event whose event time lies before every window it belongs to could still accept it:
     /// behind the watermark by more than the allowed lateness.
     Late,
@@ -41,7 +44,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for metrics pre-registration and status tables.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::MalformedJson,
         RejectReason::Oversized,
         RejectReason::InvalidEnvelope,
@@ -50,6 +53,7 @@ impl RejectReason {
         RejectReason::NonFinite,
         RejectReason::OutOfRange,
         RejectReason::SchemaMismatch,
+        RejectReason::Undeclared,
         RejectReason::Late,
         RejectReason::Future,
         RejectReason::Quarantined,
@@ -66,6 +70,7 @@ impl RejectReason {
             RejectReason::NonFinite => "non_finite",
             RejectReason::OutOfRange => "out_of_range",
             RejectReason::SchemaMismatch => "schema_mismatch",
+            RejectReason::Undeclared => "undeclared",
             RejectReason::Late => "late",
             RejectReason::Future => "future",
             RejectReason::Quarantined => "quarantined",

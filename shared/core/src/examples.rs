@@ -163,6 +163,16 @@ impl ExampleRecord {
         Ok(record)
     }
 
+    /// Whether the example follows `schema`: as many features, and the same schema name and
+    /// version when the example names one (an `example` event's record names none).
+    pub fn follows(&self, schema: &FeatureSchema) -> bool {
+        self.features.len() == schema.n_features()
+            && self
+                .schema
+                .as_ref()
+                .is_none_or(|(name, version)| *name == schema.name && *version == schema.version)
+    }
+
     pub fn to_json_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an example is plain data and always serialises")
     }

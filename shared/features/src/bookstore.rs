@@ -615,6 +615,12 @@ pub fn feature_vector(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_bookstore_schema_is_a_valid_declaration() {
+        // featurize declares it at start; a malformed one would stop featurize instead.
+        assert_eq!(freshet::store::declarations::validate(&schema()), Ok(()));
+    }
+
     /// A time `seconds` after a whole minute, so popularity windows start at round offsets.
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_699_999_980 + seconds, 0).unwrap()

@@ -173,15 +173,29 @@ mod tests {
         assert!(json.get("hidden").is_none(), "{json}");
         assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), fm);
 
+        // Written before the step size existed: one step per batch, and the rates of then.
+        let then = Hyper {
+            learning_rate: 0.1,
+            decay: 0.01,
+            l2: 1e-4,
+            optimizer: Optimizer::Sgd,
+            rows_per_step: 0,
+        };
         let old = r#"{"kind":"factorization_machine","hyper":{"learning_rate":0.1,
             "decay":0.01,"l2":0.0001,"optimizer":{"type":"sgd"}},"hidden":16,"factors":4,
             "seed":3}"#;
-        assert_eq!(serde_json::from_str::<ModelConfig>(old).unwrap(), fm);
+        assert_eq!(
+            serde_json::from_str::<ModelConfig>(old).unwrap(),
+            ModelConfig { hyper: then, ..fm }
+        );
         let old = r#"{"kind":"logistic","hyper":{"learning_rate":0.1,"decay":0.01,
             "l2":0.0001,"optimizer":{"type":"sgd"}},"hidden":16,"factors":8,"seed":0}"#;
         assert_eq!(
             serde_json::from_str::<ModelConfig>(old).unwrap(),
-            ModelConfig::default()
+            ModelConfig {
+                hyper: then,
+                ..ModelConfig::default()
+            }
         );
     }
 }

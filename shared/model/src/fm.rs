@@ -100,6 +100,52 @@ pub(crate) fn logit(params: &[Vec<f32>], factors: usize, x: &[f32]) -> Result<f3
     Ok(linear + w0 + 0.5 * pairs)
 }
 
+/// Adds `dz·∂z/∂θ` of one scaled row to `grads`, where `dz` is the loss's derivative in the
+/// logit `z`: `dz` for `w0`, `dz·xᵢ` for `wᵢ`, and `dz·(xᵢ·s_f − v_if·xᵢ²)` for `v_if`, with
+/// `s_f = Σⱼ v_jf·xⱼ`.
+pub(crate) fn add_gradient(
+    params: &[Vec<f32>],
+    factors: usize,
+    x: &[f32],
+    dz: f32,
+    grads: &mut [Vec<f32>],
+) -> Result<(), ModelError> {
+    let ([_, w, v], [g0, gw, gv]) = (params, grads) else {
+        return Err(shape_error());
+    };
+    let n = x.len();
+    let (Some(g0), true) = (
+        g0.first_mut(),
+        factors > 0
+            && w.len() == n
+            && gw.len() == n
+            && v.len() == n.saturating_mul(factors)
+            && gv.len() == v.len(),
+    ) else {
+        return Err(shape_error());
+    };
+    let mut sum = vec![0.0f32; factors];
+    for (xi, vi) in x.iter().zip(v.chunks_exact(factors)) {
+        for (s, v) in sum.iter_mut().zip(vi) {
+            *s += v * xi;
+        }
+    }
+    *g0 += dz;
+    for (((xi, gwi), vi), gvi) in x
+        .iter()
+        .zip(gw.iter_mut())
+        .zip(v.chunks_exact(factors))
+        .zip(gv.chunks_exact_mut(factors))
+    {
+        *gwi += dz * xi;
+        let xi2 = xi * xi;
+        for ((g, v), s) in gvi.iter_mut().zip(vi).zip(&sum) {
+            *g += dz * (xi * s - v * xi2);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -192,6 +192,24 @@ impl ModelKind {
         }
     }
 
+    /// Adds `dz·∂z/∂θ` of one scaled row to `grads` (shaped as the parameters), where `dz` is
+    /// the loss's derivative in the row's logit `z`: the host gradient of a training step.
+    pub(crate) fn add_gradient(
+        self,
+        params: &[Vec<f32>],
+        x: &[f32],
+        dz: f32,
+        grads: &mut [Vec<f32>],
+    ) -> Result<(), ModelError> {
+        match self {
+            ModelKind::Logistic => logistic::add_gradient(params, x, dz, grads),
+            ModelKind::Mlp { hidden } => mlp::add_gradient(params, hidden, x, dz, grads),
+            ModelKind::FactorizationMachine { factors } => {
+                fm::add_gradient(params, factors, x, dz, grads)
+            }
+        }
+    }
+
     /// A logistic regression's weights (one per feature, in feature order) and bias; `None` for
     /// the other kinds, which have no single weight per feature.
     pub(crate) fn linear_weights(self, params: &[Vec<f32>]) -> Option<(&[f32], f32)> {

@@ -1,22 +1,32 @@
 //! The training and scoring core that every model kind shares.
 //!
-//! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors held on the
-//! host. [`Learner::train_batch`] takes one prequential step: it validates the batch, scores it
-//! with the host forward pass (the very code a predictor runs, so the reported accuracy is what
-//! serving would have seen), weighs each row from that score ([`RowWeight`]: 1, or fake-negative
-//! weighting's importance weights), folds the batch into a copy of the input scaler, builds burn
-//! leaf tensors from the parameters on the autodiff device, computes the weighted mean binary
-//! cross-entropy on logits `(1/n)·Σ wᵢ·ℓᵢ` plus `(λ/2)·Σ‖W‖²` over weight tensors (never
-//! biases), lets burn differentiate it, and
-//! hands the gradients to the host optimizer ([`OptimizerState`]). The result is committed only
-//! if the loss, the gradients, every parameter and every optimizer moment are finite; otherwise
-//! the learner is left bit-identical and [`ModelError::NonFinite`] is returned.
+//! A model is a kind with its dimensions ([`ModelKind`]) plus a list of `f32` parameter tensors
+//! held on the host. [`Learner::train_batch`] validates a batch, then learns it in steps of
+//! [`Hyper::step_rows`] rows (one by default): a batch fetched from the stream is a unit of I/O
+//! and acknowledgement, and one optimizer step per batch of 256 cost up to 9 points of accuracy
+//! (BENCHMARKS.md, "Model quality"). Each step scores its rows with the host forward pass (the
+//! very code a predictor runs) before learning them, weighs each row from that score
+//! ([`RowWeight`]: 1, or fake-negative weighting's importance weights, held fixed), folds them
+//! into the input scaler, computes the gradient of the weighted mean binary cross-entropy on
+//! logits `(1/m)·Σ ωᵢ·ℓᵢ` plus `(λ/2)·Σ‖W‖²` over weight tensors (never biases), and hands it to
+//! the host optimizer ([`OptimizerState`]).
+//!
+//! The gradient of a small step is computed on the host, by each kind's backward pass
+//! (`add_gradient` in its file); a large one (rows × parameters ≥ [`HOST_STEP_VALUES`]) by burn,
+//! in closed form for logistic regression and by autodiff for the others. A test holds the two
+//! equal. burn's graph has a fixed cost per call that is more than the whole arithmetic of a step
+//! of one row of these small models.
+//!
+//! The steps run on a copy of the model that is committed when the whole batch is learned: if
+//! any logit, gradient, parameter or optimizer moment is not finite, the learner is left
+//! bit-identical and [`ModelError::NonFinite`] is returned, so a version has learned every row of
+//! its batches or nothing of a refused one.
 //!
 //! Parameters live on the host rather than in burn modules because everything around a step
 //! wants them there: scoring single rows without tensor overhead, checking finiteness, the
-//! optimizer update, and an artifact that stores them exactly. burn's part is the gradient.
-//! The per-kind mathematics (shapes, initialisation, forward passes) is in `logistic.rs`,
-//! `mlp.rs` and `fm.rs`; [`ModelKind`] dispatches to it.
+//! optimizer update, and an artifact that stores them exactly. The per-kind mathematics (shapes,
+//! initialisation, forward and backward passes) is in `logistic.rs`, `mlp.rs` and `fm.rs`;
+//! [`ModelKind`] dispatches to it.
 
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -30,6 +40,11 @@ use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
 use super::weighting::RowWeight;
 use freshet::stats::ewma::Decay;
+
+/// Rows × parameters of a step below which its gradient is computed on the host: measured
+/// against burn's flex backend (BENCHMARKS.md, "Model quality"), where one call's graph costs
+/// more than the arithmetic of a small step.
+const HOST_STEP_VALUES: usize = 1 << 16;
 
 /// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
 /// costs at most ~16 nats instead of infinity.
@@ -68,7 +83,7 @@ pub struct BatchReport {
     pub learning_rate: f64,
     /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
     pub scores: Vec<f32>,
-    /// Each row's loss weight in the step, in batch order (all 1 unless rows were weighted; see
+    /// Each row's loss weight in its step, in batch order (all 1 unless rows were weighted; see
     /// [`RowWeight`]), computed from `scores`.
     #[serde(default)]
     pub weights: Vec<f32>,
@@ -97,6 +112,9 @@ pub(crate) struct Learner {
     hyper: Hyper,
     /// The autodiff device the gradient graphs are built on.
     device: Device,
+    /// Steps of fewer rows × parameters than this take their gradient on the host
+    /// ([`HOST_STEP_VALUES`]; a measurement sets it to compare the two).
+    host_step_values: usize,
 }
 
 impl std::fmt::Debug for Learner {
@@ -145,6 +163,7 @@ impl Learner {
             specs,
             hyper,
             device: Device::flex().autodiff(),
+            host_step_values: HOST_STEP_VALUES,
         })
     }
 
@@ -170,6 +189,7 @@ impl Learner {
             specs,
             hyper,
             device: Device::flex().autodiff(),
+            host_step_values: HOST_STEP_VALUES,
         })
     }
 
@@ -194,11 +214,15 @@ impl Learner {
         }
     }
 
-    /// Scores the batch with the current model, then takes one optimizer step on it, each row's
-    /// loss weighted as `weighting` says (an empty slice weighs every row 1).
+    /// Learns the batch in steps of [`Hyper::step_rows`] rows, each step's rows scored by the
+    /// model as it is before that step (the prequential measurement), then folded into the
+    /// scaler and learned in one optimizer step, each row's loss weighted as `weighting` says
+    /// from its prequential score (an empty slice weighs every row 1).
     ///
-    /// On any error the learner is unchanged: input errors are detected before any work, and
-    /// an update with any non-finite result is discarded with [`ModelError::NonFinite`].
+    /// The whole batch is learned by a copy of the model, committed only at the end: on any
+    /// error the learner is unchanged. Input errors are detected before any work, and a step
+    /// with any non-finite result refuses the whole batch with [`ModelError::NonFinite`], so a
+    /// version either learned every row of its batches or none of a refused one.
     pub(crate) fn train_batch(
         &mut self,
         rows: &[Vec<f32>],
@@ -213,74 +237,123 @@ impl Learner {
             });
         }
         let n = rows.len();
-        let state = &self.state;
+        let step_rows = self.hyper.step_rows(n);
+        let mut state = self.state.clone();
+        let mut scores = Vec::with_capacity(n);
+        let mut weights: Vec<f32> = Vec::with_capacity(n);
+        let mut learning_rate = self.hyper.learning_rate_at(state.step);
+        let mut grads: Vec<Vec<f32>> = state.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let mut deviations = state.scaler.as_ref().map(StandardScaler::deviations);
+        for (rows, labels) in rows.chunks(step_rows).zip(labels.chunks(step_rows)) {
+            // Test with the scaler as it was, like a predictor serving this model would...
+            let step_scores = probabilities_with(
+                state.kind,
+                &state.params,
+                state.scaler.as_ref().zip(deviations.as_deref()),
+                rows,
+                "prequential scores",
+            )?;
+            // ...weigh each row by the model's own probability before the step, held fixed
+            // (no gradient flows through a weight)...
+            let first = scores.len();
+            let step_weights: Vec<f32> = step_scores
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| {
+                    weighting
+                        .get(first + j)
+                        .copied()
+                        .unwrap_or_default()
+                        .weight(p)
+                })
+                .collect();
+            scores.extend(step_scores);
+            // ...then fold the rows into the scaler and learn them as the updated scaler sees
+            // them, as River's pipeline does per row.
+            if let Some(scaler) = state.scaler.as_mut() {
+                scaler.update(rows);
+                deviations = Some(scaler.deviations());
+            }
+            let scaling = state.scaler.as_ref().zip(deviations.as_deref());
+            if self.on_host(rows.len()) {
+                host_gradients(
+                    state.kind,
+                    &state.params,
+                    &self.specs,
+                    self.hyper.l2,
+                    scaling,
+                    rows,
+                    labels,
+                    &step_weights,
+                    &mut grads,
+                )?;
+            } else {
+                grads = self.burn_gradients(&state, rows, labels, &step_weights)?;
+            }
+            weights.extend(step_weights);
+            learning_rate = self.hyper.learning_rate_at(state.step);
+            state.optim.apply(
+                &self.hyper.optimizer,
+                learning_rate,
+                &mut state.params,
+                &grads,
+            )?;
+            state.step = state.step.saturating_add(1);
+        }
 
-        // Test with the scaler as it was, like a predictor serving this model would.
-        let probs = probabilities(
-            state.kind,
-            &state.params,
-            state.scaler.as_ref(),
-            rows,
-            "prequential scores",
-        )?;
         let mut correct = 0usize;
         let mut log_loss_sum = 0.0f64;
-        for (p, y) in probs.iter().zip(labels) {
+        for (p, y) in scores.iter().zip(labels) {
             let positive = *y == 1.0;
             if predicts_positive(*p) == positive {
                 correct += 1;
             }
             log_loss_sum += log_loss(*p, positive);
         }
-        // The model's own probabilities, held fixed: no gradient flows through a weight.
-        let weights: Vec<f32> = probs
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| weighting.get(i).copied().unwrap_or_default().weight(p))
-            .collect();
-
-        // Then fold the batch into the scaler and learn on the rows as the updated scaler sees
-        // them; the new scaler is committed together with the parameters, or not at all.
-        let mut scaler = state.scaler.clone();
-        if let Some(scaler) = scaler.as_mut() {
-            scaler.update(rows);
-        }
-        let grads = match state.kind {
-            ModelKind::Logistic => {
-                self.logistic_gradients(scaler.as_ref(), rows, labels, &weights)?
-            }
-            ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => {
-                self.autodiff_gradients(scaler.as_ref(), rows, labels, &weights)?
-            }
-        };
-
-        let learning_rate = self.hyper.learning_rate_at(state.step);
-        let (params, optim) =
-            state
-                .optim
-                .step(&self.hyper.optimizer, learning_rate, &state.params, &grads)?;
-
-        let state = &mut self.state;
-        state.params = params;
-        state.optim = optim;
-        state.scaler = scaler;
-        state.step = state.step.saturating_add(1);
+        self.state = state;
         Ok(BatchReport {
             examples: n,
             correct,
             log_loss_sum,
-            step: state.step,
+            step: self.state.step,
             learning_rate,
-            scores: probs,
+            scores,
             weights,
         })
     }
 
+    /// Whether a step of `rows` rows computes its gradient on the host rather than with burn:
+    /// below [`HOST_STEP_VALUES`] rows × parameters a burn graph's fixed cost per call is more
+    /// than the arithmetic (BENCHMARKS.md, "Model quality").
+    fn on_host(&self, rows: usize) -> bool {
+        let parameters: usize = self.specs.iter().map(ParamSpec::len).sum();
+        rows.saturating_mul(parameters) < self.host_step_values
+    }
+
+    /// A step's gradient by burn: in closed form for logistic regression, by autodiff for the
+    /// other kinds.
+    fn burn_gradients(
+        &self,
+        state: &Snapshot,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+        weights: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        match state.kind {
+            ModelKind::Logistic => {
+                self.logistic_gradients(&state.params, state.scaler.as_ref(), rows, labels, weights)
+            }
+            ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => {
+                self.autodiff_gradients(&state.params, state.scaler.as_ref(), rows, labels, weights)
+            }
+        }
+    }
+
     /// The parameters as burn tensors of their shapes, on `device`.
-    fn param_tensors(&self, device: &Device) -> Vec<Tensor<2>> {
+    fn param_tensors(&self, params: &[Vec<f32>], device: &Device) -> Vec<Tensor<2>> {
         self.specs
             .iter()
-            .zip(&self.state.params)
+            .zip(params)
             .map(|(spec, values)| {
                 Tensor::<2>::from_data(
                     TensorData::new(values.clone(), [spec.rows, spec.cols]),
@@ -294,6 +367,7 @@ impl Learner {
     /// over the kind's forward graph. Errors if the loss or any gradient is not finite.
     fn autodiff_gradients(
         &self,
+        params: &[Vec<f32>],
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
@@ -302,7 +376,7 @@ impl Learner {
         let state = &self.state;
         let x = input_tensor(scaler, rows, state.n_features, &self.device);
         let leaves = self
-            .param_tensors(&self.device)
+            .param_tensors(params, &self.device)
             .into_iter()
             .map(Tensor::require_grad)
             .collect::<Vec<_>>();
@@ -342,15 +416,15 @@ impl Learner {
     /// and this is the model whose training rate matters most.
     fn logistic_gradients(
         &self,
+        params: &[Vec<f32>],
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
         weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let state = &self.state;
-        let (n, n_features) = (rows.len(), state.n_features);
+        let (n, n_features) = (rows.len(), self.state.n_features);
         let device = Device::flex();
-        let [w, b] = state.params.as_slice() else {
+        let [w, b] = params else {
             return Err(shape_error());
         };
         let x = input_tensor(scaler, rows, n_features, &device);
@@ -382,7 +456,7 @@ impl Learner {
     pub(crate) fn burn_probabilities(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
         let device = Device::flex();
         let state = &self.state;
-        let leaves = self.param_tensors(&device);
+        let leaves = self.param_tensors(&state.params, &device);
         let x = input_tensor(state.scaler.as_ref(), rows, state.n_features, &device);
         let logits = state.kind.forward(&leaves, x)?;
         read_f32(burn::tensor::activation::sigmoid(logits))
@@ -457,16 +531,28 @@ fn probabilities<R: AsRef<[f32]>>(
     what: &str,
 ) -> Result<Vec<f32>, ModelError> {
     let deviations = scaler.map(StandardScaler::deviations);
+    probabilities_with(kind, params, scaler.zip(deviations.as_deref()), rows, what)
+}
+
+/// [`probabilities`] with the scaler's [`deviations`](StandardScaler::deviations) already
+/// computed.
+fn probabilities_with<R: AsRef<[f32]>>(
+    kind: ModelKind,
+    params: &[Vec<f32>],
+    scaling: Option<(&StandardScaler, &[f64])>,
+    rows: &[R],
+    what: &str,
+) -> Result<Vec<f32>, ModelError> {
     let mut scaled = Vec::new();
     rows.iter()
         .map(|row| {
-            let z = match (scaler, &deviations) {
-                (Some(scaler), Some(deviations)) => {
+            let z = match scaling {
+                Some((scaler, deviations)) => {
                     scaled.clear();
                     scaler.transform_into(deviations, row.as_ref(), &mut scaled);
                     kind.logit(params, &scaled)?
                 }
-                _ => kind.logit(params, row.as_ref())?,
+                None => kind.logit(params, row.as_ref())?,
             };
             if !z.is_finite() {
                 return Err(ModelError::NonFinite { what: what.into() });
@@ -474,6 +560,64 @@ fn probabilities<R: AsRef<[f32]>>(
             Ok(1.0 / (1.0 + (-z).exp()))
         })
         .collect()
+}
+
+/// A step's gradient on the host, into `grads` (shaped as the parameters): the mean over the
+/// rows of the weighted cross-entropy's gradient, `ω·(σ(z) − y)/m · ∂z/∂θ` for each row's logit
+/// `z` and weight `ω` (the
+/// kind's [`add_gradient`](ModelKind::add_gradient)), plus `λ·W` on the weight tensors. The
+/// same gradient as burn's (a test holds them equal). Errors if a logit or a gradient is not
+/// finite.
+#[allow(clippy::too_many_arguments)] // one step's inputs, each needed
+fn host_gradients(
+    kind: ModelKind,
+    params: &[Vec<f32>],
+    specs: &[ParamSpec],
+    l2: f64,
+    scaling: Option<(&StandardScaler, &[f64])>,
+    rows: &[Vec<f32>],
+    labels: &[f32],
+    weights: &[f32],
+    grads: &mut [Vec<f32>],
+) -> Result<(), ModelError> {
+    for g in grads.iter_mut() {
+        g.fill(0.0);
+    }
+    let per_row = 1.0 / rows.len() as f32;
+    let mut scaled = Vec::new();
+    for (i, (row, y)) in rows.iter().zip(labels).enumerate() {
+        let omega = weights.get(i).copied().unwrap_or(1.0);
+        let x = match scaling {
+            Some((scaler, deviations)) => {
+                scaled.clear();
+                scaler.transform_into(deviations, row, &mut scaled);
+                scaled.as_slice()
+            }
+            None => row.as_slice(),
+        };
+        let z = kind.logit(params, x)?;
+        if !z.is_finite() {
+            return Err(ModelError::NonFinite {
+                what: "training loss".into(),
+            });
+        }
+        let p = 1.0 / (1.0 + (-z).exp());
+        kind.add_gradient(params, x, omega * (p - y) * per_row, grads)?;
+    }
+    let l2 = l2 as f32;
+    for ((g, p), spec) in grads.iter_mut().zip(params).zip(specs) {
+        if spec.decay && l2 > 0.0 {
+            for (g, p) in g.iter_mut().zip(p) {
+                *g += l2 * p;
+            }
+        }
+        if g.iter().any(|g| !g.is_finite()) {
+            return Err(ModelError::NonFinite {
+                what: "gradients".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the shape of a training batch and its labels, then every row.
@@ -595,8 +739,10 @@ mod tests {
     /// the clamped cross-entropy, from the scores a scorer made just before the update.
     #[test]
     fn the_report_measures_the_scores_before_the_update() {
+        // One step per batch: every row is scored by the model before the batch.
         let hyper = Hyper {
             learning_rate: 1.0,
+            rows_per_step: 0,
             ..Hyper::default()
         };
         for kind in [
@@ -646,38 +792,150 @@ mod tests {
         }
     }
 
+    /// The gradient every step takes (host, or burn's for large steps) is one gradient: for
+    /// every kind the host's equals burn's autodiff, and for logistic regression burn's closed
+    /// form too, with the L2 penalty, from trained (non-zero) parameters.
     #[test]
-    fn closed_form_logistic_gradients_equal_autodiff() {
+    fn host_gradients_equal_burns() {
         let hyper = Hyper {
             l2: 0.01,
+            learning_rate: 0.1,
             ..Hyper::default()
         };
-        let mut learner = Learner::new(ModelKind::Logistic, 5, hyper, 0, None).unwrap();
-        let rows: Vec<Vec<f32>> = (0..64)
-            .map(|i| {
-                (0..5)
-                    .map(|j| ((i * 7 + j * 3) % 11) as f32 - 5.0)
-                    .collect()
-            })
-            .collect();
-        let labels: Vec<f32> = rows.iter().map(|r| f32::from(r[0] + r[2] > 0.0)).collect();
-        // From non-zero weights, so the penalty and every feature's gradient take part.
-        for _ in 0..3 {
-            learner.train_batch(&rows, &labels, &[]).unwrap();
+        for kind in [
+            ModelKind::Logistic,
+            ModelKind::Mlp { hidden: 6 },
+            ModelKind::FactorizationMachine { factors: 3 },
+        ] {
+            let mut learner = Learner::new(kind, 5, hyper, 2, None).unwrap();
+            let rows: Vec<Vec<f32>> = (0..64)
+                .map(|i| {
+                    (0..5)
+                        .map(|j| ((i * 7 + j * 3) % 11) as f32 - 5.0)
+                        .collect()
+                })
+                .collect();
+            let labels: Vec<f32> = rows.iter().map(|r| f32::from(r[0] + r[2] > 0.0)).collect();
+            for _ in 0..3 {
+                learner.train_batch(&rows, &labels, &[]).unwrap();
+            }
+            let state = learner.state.clone();
+            let scaler = state.scaler.as_ref();
+            let deviations = scaler.map(StandardScaler::deviations);
+            // Unweighted, and with rows weighted as fake-negative weighting weighs them.
+            let uneven: Vec<f32> = (0..rows.len()).map(|i| (i % 5) as f32 * 0.4).collect();
+            for weights in [vec![1.0; rows.len()], uneven] {
+                let mut host: Vec<Vec<f32>> =
+                    state.params.iter().map(|p| vec![0.0; p.len()]).collect();
+                host_gradients(
+                    kind,
+                    &state.params,
+                    &learner.specs,
+                    hyper.l2,
+                    scaler.zip(deviations.as_deref()),
+                    &rows,
+                    &labels,
+                    &weights,
+                    &mut host,
+                )
+                .unwrap();
+                let mut references = vec![
+                    learner
+                        .autodiff_gradients(&state.params, scaler, &rows, &labels, &weights)
+                        .unwrap(),
+                ];
+                if kind == ModelKind::Logistic {
+                    references.push(
+                        learner
+                            .logistic_gradients(&state.params, scaler, &rows, &labels, &weights)
+                            .unwrap(),
+                    );
+                }
+                for reference in references {
+                    assert_eq!(host.len(), reference.len());
+                    for (a, b) in host.iter().flatten().zip(reference.iter().flatten()) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
+                            "{kind:?}: {a} vs {b}"
+                        );
+                    }
+                    assert!(host.iter().flatten().any(|g| *g != 0.0), "{kind:?}");
+                }
+            }
         }
-        let scaler = learner.state.scaler.clone();
-        // Unweighted, and with rows weighted as fake-negative weighting weighs them.
-        let uneven: Vec<f32> = (0..rows.len()).map(|i| (i % 5) as f32 * 0.4).collect();
-        for weights in [vec![1.0; rows.len()], uneven] {
-            let exact = learner
-                .logistic_gradients(scaler.as_ref(), &rows, &labels, &weights)
-                .unwrap();
-            let traced = learner
-                .autodiff_gradients(scaler.as_ref(), &rows, &labels, &weights)
-                .unwrap();
-            assert_eq!(exact.len(), traced.len());
-            for (a, b) in exact.iter().flatten().zip(traced.iter().flatten()) {
-                assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "{a} vs {b}");
+    }
+
+    /// At one row per step a batch learns exactly as the same rows one batch each would, and
+    /// scores each row with the model that learned every row before it.
+    #[test]
+    fn one_row_per_step_learns_a_batch_as_rows_one_at_a_time() {
+        let hyper = Hyper {
+            learning_rate: 0.05,
+            rows_per_step: 1,
+            ..Hyper::default()
+        };
+        for kind in [
+            ModelKind::Logistic,
+            ModelKind::Mlp { hidden: 4 },
+            ModelKind::FactorizationMachine { factors: 2 },
+        ] {
+            let mut whole = Learner::new(kind, 3, hyper, 1, None).unwrap();
+            let mut single = Learner::new(kind, 3, hyper, 1, None).unwrap();
+            let (rows, labels) = linear_batch(0, 40, 3);
+            let report = whole.train_batch(&rows, &labels, &[]).unwrap();
+            let mut scores = Vec::new();
+            for (row, label) in rows.iter().zip(&labels) {
+                let one = single
+                    .train_batch(std::slice::from_ref(row), &[*label], &[])
+                    .unwrap();
+                scores.extend(one.scores);
+            }
+            assert_eq!(report.scores, scores, "{kind:?}");
+            assert_eq!(report.step, 40);
+            assert_eq!(whole.state, single.state, "{kind:?}");
+        }
+    }
+
+    /// Rows per second of training batches of 256 × 20 features in steps of 1 to 256 rows, with
+    /// every step's gradient on the host and with every one in burn: what [`HOST_STEP_VALUES`]
+    /// was chosen from. A measurement, not a test: `cargo test --release -p freshet-model --lib
+    /// measure_ -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measurement; run by hand"]
+    fn measure_host_and_burn_steps() {
+        use crate::{DEFAULT_FACTORS, DEFAULT_HIDDEN};
+        let batches: Vec<_> = (0..8).map(|b| linear_batch(b, 256, 20)).collect();
+        for kind in [
+            ModelKind::Logistic,
+            ModelKind::Mlp {
+                hidden: DEFAULT_HIDDEN,
+            },
+            ModelKind::FactorizationMachine {
+                factors: DEFAULT_FACTORS,
+            },
+        ] {
+            for rows_per_step in [1, 4, 16, 64, 0] {
+                let hyper = Hyper {
+                    learning_rate: 0.01,
+                    rows_per_step,
+                    ..Hyper::default()
+                };
+                let mut line = format!("{kind:?} rows/step {rows_per_step}:");
+                for (path, values) in [("host", usize::MAX), ("burn", 0)] {
+                    let mut learner = Learner::new(kind, 20, hyper, 1, None).unwrap();
+                    learner.host_step_values = values;
+                    let start = std::time::Instant::now();
+                    let mut rows_done = 0usize;
+                    while start.elapsed() < std::time::Duration::from_millis(700) {
+                        for (rows, labels) in &batches {
+                            learner.train_batch(rows, labels, &[]).unwrap();
+                            rows_done += rows.len();
+                        }
+                    }
+                    let rate = rows_done as f64 / start.elapsed().as_secs_f64();
+                    line.push_str(&format!(" {path} {rate:.0} rows/s;"));
+                }
+                eprintln!("{line}");
             }
         }
     }

@@ -2,9 +2,9 @@
 //! they are stored. The functions that train, watch or serve a model (train, drift, predict) and
 //! the CLI use this crate; featurize does not, so it compiles neither burn nor object_store.
 //!
-//! Three kinds of binary classifier, all trained online in burn, one mini-batch at a time, with
-//! SGD or Adam under a decaying learning rate, and all scored prequentially (each batch is
-//! scored by the model *before* it learns from it): logistic regression, a small multilayer
+//! Three kinds of binary classifier, all trained online, each batch in steps of a few rows (one
+//! by default), with SGD or Adam, and all scored prequentially (each row is scored by the model
+//! *before* the step that learns from it): logistic regression, a small multilayer
 //! perceptron (for interactions nobody listed), and a factorization machine (the recommender's
 //! model of user × item interactions). One API serves every kind: a [`ModelConfig`] per model
 //! name, a [`Trainer`] and a [`ModelScorer`]; a [`Manifest`] describes one stored version. Every
@@ -65,7 +65,7 @@ pub use error::ModelError;
 pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
 /// The type of [`Manifest::schema`], defined with the examples that follow it.
 pub use freshet::examples::FeatureSchema;
-pub use hyper::Hyper;
+pub use hyper::{DEFAULT_LEARNING_RATE, DEFAULT_ROWS_PER_STEP, Hyper};
 pub use kind::{Dimensions, ModelKind};
 pub use learner::{BatchReport, log_loss, predicts_positive};
 pub use manifest::{Manifest, SequenceRange, TrainingMetrics};

@@ -51,6 +51,27 @@ pub(crate) fn logit(params: &[Vec<f32>], x: &[f32]) -> Result<f32, ModelError> {
     Ok(dot + b)
 }
 
+/// Adds `dz·∂z/∂θ` of one scaled row to `grads`, where `dz` is the loss's derivative in the
+/// logit `z`: `dz·x` for the weights, `dz` for the bias.
+pub(crate) fn add_gradient(
+    params: &[Vec<f32>],
+    x: &[f32],
+    dz: f32,
+    grads: &mut [Vec<f32>],
+) -> Result<(), ModelError> {
+    let ([w, _], [gw, gb]) = (params, grads) else {
+        return Err(shape_error());
+    };
+    let (Some(gb), true) = (gb.first_mut(), w.len() == x.len() && gw.len() == x.len()) else {
+        return Err(shape_error());
+    };
+    for (g, x) in gw.iter_mut().zip(x) {
+        *g += dz * x;
+    }
+    *gb += dz;
+    Ok(())
+}
+
 /// Initial parameters: all zero.
 pub(crate) fn init(n_features: usize) -> Vec<Vec<f32>> {
     vec![vec![0.0; n_features], vec![0.0]]
@@ -83,6 +104,7 @@ mod tests {
             learning_rate: 1.0,
             decay: 0.01,
             l2: 1e-4,
+            rows_per_step: 0,
             ..Hyper::default()
         }
     }

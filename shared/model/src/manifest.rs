@@ -263,9 +263,14 @@ mod tests {
                 sha = sha256_hex(b"model bytes"),
             )
         };
+        // What these manifests' versions were trained with: every field written but the step
+        // size, which was always the whole batch.
         let hyper = Hyper {
             learning_rate: 0.5,
-            ..Hyper::default()
+            decay: 0.01,
+            l2: 1e-4,
+            optimizer: crate::Optimizer::Sgd,
+            rows_per_step: 0,
         };
 
         let before_kinds: Manifest = serde_json::from_str(&old("")).unwrap();

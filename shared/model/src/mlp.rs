@@ -70,6 +70,16 @@ pub(crate) fn forward(params: &[Tensor<2>], x: Tensor<2>) -> Result<Tensor<2>, M
 
 /// The logit of one scaled row, in the same order of operations as [`forward`].
 pub(crate) fn logit(params: &[Vec<f32>], hidden: usize, x: &[f32]) -> Result<f32, ModelError> {
+    let (z, _) = logit_and_hidden(params, hidden, x)?;
+    Ok(z)
+}
+
+/// The logit of one scaled row and the hidden units' inputs `x·W1 + b1` it went through.
+fn logit_and_hidden(
+    params: &[Vec<f32>],
+    hidden: usize,
+    x: &[f32],
+) -> Result<(f32, Vec<f32>), ModelError> {
     let [w1, b1, w2, b2] = params else {
         return Err(shape_error());
     };
@@ -89,15 +99,59 @@ pub(crate) fn logit(params: &[Vec<f32>], hidden: usize, x: &[f32]) -> Result<f32
         }
     }
     let mut z = 0.0f32;
-    for ((pre, b), w) in pre.iter().zip(b1).zip(w2) {
-        let a = pre + b;
+    for ((pre, b), w) in pre.iter_mut().zip(b1).zip(w2) {
+        *pre += b;
         // f32::max would turn NaN into 0 and hide an overflow; report it instead.
-        if !a.is_finite() {
-            return Ok(f32::NAN);
+        if !pre.is_finite() {
+            return Ok((f32::NAN, Vec::new()));
         }
-        z += a.max(0.0) * w;
+        z += pre.max(0.0) * w;
     }
-    Ok(z + b2)
+    Ok((z + b2, pre))
+}
+
+/// Adds `dz·∂z/∂θ` of one scaled row to `grads`, where `dz` is the loss's derivative in the
+/// logit `z` (backpropagation through the one hidden layer; a unit at exactly 0 passes no
+/// gradient, as burn's ReLU does).
+pub(crate) fn add_gradient(
+    params: &[Vec<f32>],
+    hidden: usize,
+    x: &[f32],
+    dz: f32,
+    grads: &mut [Vec<f32>],
+) -> Result<(), ModelError> {
+    let (z, pre) = logit_and_hidden(params, hidden, x)?;
+    let ([_, _, w2, _], [g1, gb1, g2, gb2]) = (params, grads) else {
+        return Err(shape_error());
+    };
+    if !z.is_finite() {
+        return Err(ModelError::NonFinite {
+            what: "training loss".into(),
+        });
+    }
+    let (Some(gb2), true) = (
+        gb2.first_mut(),
+        g1.len() == w2.len().saturating_mul(x.len()) && gb1.len() == hidden && g2.len() == hidden,
+    ) else {
+        return Err(shape_error());
+    };
+    *gb2 += dz;
+    let mut back = vec![0.0f32; hidden];
+    for (((pre, w), g2), back) in pre.iter().zip(w2).zip(g2.iter_mut()).zip(back.iter_mut()) {
+        if *pre > 0.0 {
+            *g2 += dz * pre;
+            *back = dz * w;
+        }
+    }
+    for (g, b) in gb1.iter_mut().zip(&back) {
+        *g += b;
+    }
+    for (xi, row) in x.iter().zip(g1.chunks_exact_mut(hidden)) {
+        for (g, b) in row.iter_mut().zip(&back) {
+            *g += xi * b;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! The update rules a model can train with, and the state they carry between batches.
 //!
-//! Both rules take the step `p ← p − η_t·d` with the decaying rate `η_t = η0 / (1 + α·t)`, which
+//! Both rules take the step `p ← p − η_t·d` with the rate `η_t = η0 / (1 + α·t)`, which
 //! [`Hyper::learning_rate_at`](super::Hyper::learning_rate_at) in `hyper.rs` computes (change the
 //! schedule there); they differ in the direction `d`: the gradient itself (SGD), or
 //! Adam's bias-corrected ratio of running gradient moments (Kingma & Ba, 2015). The update is
 //! computed here, on host vectors, rather than by burn's optimizers, for two reasons: the state
 //! is then plain numbers that the artifact stores bit for bit (so a trainer restored from bytes
 //! continues exactly as the one that wrote them), and a rejected update is simply never
-//! committed. burn still computes the gradients.
+//! committed.
 
 use serde::{Deserialize, Serialize};
 
@@ -145,10 +145,97 @@ impl OptimizerState {
         }
     }
 
-    /// The parameters and state after one update with learning rate `learning_rate`.
+    /// One update with learning rate `learning_rate`, in place: `params` and this state become
+    /// the updated ones.
     ///
-    /// Nothing is changed in place: the caller commits the result only if it wants it. Any
-    /// non-finite parameter or moment is refused with [`ModelError::NonFinite`].
+    /// Any non-finite parameter or moment is reported with [`ModelError::NonFinite`]; by then
+    /// the values may be partly updated, so a caller works on a copy it commits only on success
+    /// (the learner steps a copy of the model through a whole batch).
+    pub(crate) fn apply(
+        &mut self,
+        optimizer: &Optimizer,
+        learning_rate: f64,
+        params: &mut [Vec<f32>],
+        grads: &[Vec<f32>],
+    ) -> Result<(), ModelError> {
+        let fits = params.len() == grads.len()
+            && params.iter().zip(grads).all(|(p, g)| p.len() == g.len());
+        if !fits {
+            return Err(ModelError::Backend(
+                "gradients do not match the parameters".into(),
+            ));
+        }
+        let mut finite = true;
+        match *optimizer {
+            Optimizer::Sgd => {
+                for (p, g) in params.iter_mut().zip(grads) {
+                    for (p, g) in p.iter_mut().zip(g) {
+                        *p = (f64::from(*p) - learning_rate * f64::from(*g)) as f32;
+                        finite &= p.is_finite();
+                    }
+                }
+                *self = OptimizerState::Sgd;
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                let moments_fit = |moments: &[Vec<f64>]| {
+                    moments.len() == params.len()
+                        && moments
+                            .iter()
+                            .zip(params.iter())
+                            .all(|(m, p)| m.len() == p.len())
+                };
+                match self {
+                    OptimizerState::Adam { m, v, .. } if moments_fit(m) && moments_fit(v) => {}
+                    OptimizerState::Adam { steps, .. } if *steps > 0 => {
+                        return Err(ModelError::Backend(
+                            "Adam moments do not match the parameters".into(),
+                        ));
+                    }
+                    _ => {
+                        let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
+                        *self = OptimizerState::fresh(optimizer, &sizes);
+                    }
+                }
+                let OptimizerState::Adam { steps, m, v } = self else {
+                    return Err(ModelError::Backend("Adam has no moments".into()));
+                };
+                *steps = steps.saturating_add(1);
+                // Past 2^31 updates β^t is 0 in f64 anyway, so saturating the exponent is exact.
+                let exponent = i32::try_from(*steps).unwrap_or(i32::MAX);
+                let correction1 = 1.0 - beta1.powi(exponent);
+                let correction2 = 1.0 - beta2.powi(exponent);
+                for (((p, g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
+                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let g = f64::from(*g);
+                        *m = beta1 * *m + (1.0 - beta1) * g;
+                        *v = beta2 * *v + (1.0 - beta2) * g * g;
+                        if !(m.is_finite() && v.is_finite()) {
+                            return Err(ModelError::NonFinite {
+                                what: "optimizer moments".into(),
+                            });
+                        }
+                        let direction = (*m / correction1) / ((*v / correction2).sqrt() + epsilon);
+                        *p = (f64::from(*p) - learning_rate * direction) as f32;
+                        finite &= p.is_finite();
+                    }
+                }
+            }
+        }
+        if !finite {
+            return Err(ModelError::NonFinite {
+                what: "updated weights".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`apply`](Self::apply) on copies: the parameters and state after one update.
+    #[cfg(test)]
     pub(crate) fn step(
         &self,
         optimizer: &Optimizer,
@@ -156,83 +243,9 @@ impl OptimizerState {
         params: &[Vec<f32>],
         grads: &[Vec<f32>],
     ) -> Result<(Vec<Vec<f32>>, OptimizerState), ModelError> {
-        let fits = |a: &[Vec<f32>], b: &[Vec<f32>]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.len() == y.len())
-        };
-        if !fits(params, grads) {
-            return Err(ModelError::Backend(
-                "gradients do not match the parameters".into(),
-            ));
-        }
-        let (updated, state) = match *optimizer {
-            Optimizer::Sgd => {
-                let updated = params
-                    .iter()
-                    .zip(grads)
-                    .map(|(p, g)| {
-                        p.iter()
-                            .zip(g)
-                            .map(|(p, g)| (f64::from(*p) - learning_rate * f64::from(*g)) as f32)
-                            .collect()
-                    })
-                    .collect();
-                (updated, OptimizerState::Sgd)
-            }
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                epsilon,
-            } => {
-                let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
-                let (steps, mut m, mut v) = match self.clone() {
-                    OptimizerState::Adam { steps, m, v } => (steps, m, v),
-                    OptimizerState::Sgd => (0, Vec::new(), Vec::new()),
-                };
-                let moments_fit = |moments: &[Vec<f64>]| {
-                    moments.len() == sizes.len()
-                        && moments.iter().zip(&sizes).all(|(m, n)| m.len() == *n)
-                };
-                if !moments_fit(&m) || !moments_fit(&v) {
-                    if steps > 0 {
-                        return Err(ModelError::Backend(
-                            "Adam moments do not match the parameters".into(),
-                        ));
-                    }
-                    m = sizes.iter().map(|n| vec![0.0; *n]).collect();
-                    v = m.clone();
-                }
-                let steps = steps.saturating_add(1);
-                // Past 2^31 updates β^t is 0 in f64 anyway, so saturating the exponent is exact.
-                let exponent = i32::try_from(steps).unwrap_or(i32::MAX);
-                let correction1 = 1.0 - beta1.powi(exponent);
-                let correction2 = 1.0 - beta2.powi(exponent);
-                let mut updated = Vec::with_capacity(params.len());
-                for (((p, g), m), v) in params.iter().zip(grads).zip(&mut m).zip(&mut v) {
-                    let mut out = Vec::with_capacity(p.len());
-                    for (((p, g), m), v) in p.iter().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let g = f64::from(*g);
-                        *m = beta1 * *m + (1.0 - beta1) * g;
-                        *v = beta2 * *v + (1.0 - beta2) * g * g;
-                        let direction = (*m / correction1) / ((*v / correction2).sqrt() + epsilon);
-                        out.push((f64::from(*p) - learning_rate * direction) as f32);
-                    }
-                    updated.push(out);
-                }
-                let finite = |moments: &[Vec<f64>]| moments.iter().flatten().all(|x| x.is_finite());
-                if !finite(&m) || !finite(&v) {
-                    return Err(ModelError::NonFinite {
-                        what: "optimizer moments".into(),
-                    });
-                }
-                (updated, OptimizerState::Adam { steps, m, v })
-            }
-        };
-        if updated.iter().flatten().any(|p: &f32| !p.is_finite()) {
-            return Err(ModelError::NonFinite {
-                what: "updated weights".into(),
-            });
-        }
-        Ok((updated, state))
+        let (mut params, mut state) = (params.to_vec(), self.clone());
+        state.apply(optimizer, learning_rate, &mut params, grads)?;
+        Ok((params, state))
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) fn learning_config(kind: ModelKind, optimizer: Optimizer, seed: u64) 
             decay: 0.001,
             l2: 1e-5,
             optimizer,
+            rows_per_step: 0,
         },
         seed,
         scaler_decay: None,

@@ -4,8 +4,9 @@
 //! The functions that train and predict do not need to know which kind a model name uses: the
 //! configuration picks it, the artifact records it, and [`ModelScorer::from_bytes`] reads it
 //! back from the artifact's header (format-2 logistic artifacts included). Every kind behaves
-//! the same at this level: inputs are standardised by the model's own scaler, batches are scored
-//! prequentially before the update, a non-finite update is discarded, and an artifact restores a
+//! the same at this level: inputs are standardised by the model's own scaler, a batch is learned
+//! in steps of a few rows, each scored prequentially before its step, a batch with a non-finite
+//! update is discarded whole, and an artifact restores a
 //! trainer that continues exactly where the original stopped (Adam's moments included).
 
 use super::artifact;
@@ -19,9 +20,9 @@ use super::weighting::RowWeight;
 
 /// Trains a model of any kind one mini-batch at a time.
 ///
-/// Each [`train_batch`](Self::train_batch) scores the batch with the current model (the
-/// prequential, test-then-train measurement) and then takes one optimizer step; on any error the
-/// trainer is unchanged.
+/// Each [`train_batch`](Self::train_batch) learns the batch in steps of [`Hyper::step_rows`]
+/// rows, each step's rows scored just before it (the prequential, test-then-train measurement);
+/// on any error the trainer is unchanged.
 #[derive(Debug)]
 pub struct Trainer {
     config: ModelConfig,
@@ -80,7 +81,9 @@ impl Trainer {
         })
     }
 
-    /// Scores the batch with the current model, then takes one optimizer step on it.
+    /// Learns the batch in steps of [`Hyper::step_rows`] rows, each step's rows scored by the
+    /// model as it is just before that step (so [`BatchReport::scores`] and `correct` measure
+    /// learning as River's predict-then-learn loop does, whatever the batch size).
     ///
     /// Input errors (row width, non-finite features, labels other than 0 and 1, an empty or
     /// mismatched batch) are reported before any work. An update that would make the loss, a
@@ -182,6 +185,7 @@ mod tests {
                 decay: 0.01,
                 l2: 1e-4,
                 optimizer,
+                rows_per_step: 0,
             },
             seed: 3,
             scaler_decay: None,
@@ -472,6 +476,37 @@ mod tests {
         }
     }
 
+    /// A batch is learned whole or not at all: a row that poisons the model halfway through a
+    /// batch of one-row steps refuses the batch, and the rows stepped before it are undone too.
+    #[test]
+    fn a_batch_poisoned_halfway_is_refused_whole() {
+        for kind in KINDS {
+            let config = ModelConfig {
+                hyper: Hyper {
+                    learning_rate: 0.05,
+                    rows_per_step: 1,
+                    ..Hyper::default()
+                },
+                ..config(kind, Optimizer::Sgd)
+            };
+            let mut trainer = Trainer::new(&config, 3).unwrap();
+            let (rows, labels) = linear_batch(0, 32, 3);
+            trainer.train_batch(&rows, &labels).unwrap();
+            let before = trainer.to_bytes().unwrap();
+            let (mut rows, mut labels) = linear_batch(1, 8, 3);
+            // Scaled by the model's scaler it overflows f32: its score is not finite.
+            rows.insert(4, vec![3e38, -3e38, 3e38]);
+            labels.insert(4, 1.0);
+            let err = trainer.train_batch(&rows, &labels).unwrap_err();
+            assert!(
+                matches!(err, ModelError::NonFinite { .. }),
+                "{kind:?}: {err:?}"
+            );
+            assert_eq!(trainer.to_bytes().unwrap(), before, "{kind:?}");
+            assert_eq!(trainer.step(), 32, "{kind:?}");
+        }
+    }
+
     /// With a learning rate near f64::MAX the very first update overflows f32 even though the
     /// scores and the loss were finite: it is the update that must be rolled back.
     #[test]
@@ -561,9 +596,16 @@ mod tests {
 
     /// Fake-negative weighting on a stream where every view is first a negative and a
     /// positive duplicate follows three batches later if it converts: the weighted model's mean
-    /// probability meets the views' true rate, the unweighted one settles near π / (1 + π).
+    /// probability meets the views' true rate, the unweighted one settles near π / (1 + π);
+    /// whether a batch is one step or a step per row (each row weighted in its own step).
     #[test]
     fn fake_negative_weighting_learns_the_true_rate_from_fake_negatives() {
+        for rows_per_step in [0, 1] {
+            fake_negative_weighting_learns_the_true_rate(rows_per_step);
+        }
+    }
+
+    fn fake_negative_weighting_learns_the_true_rate(rows_per_step: usize) {
         use crate::RowWeight;
         use crate::synthetic::feature;
         let truth = |i: u64| {
@@ -579,6 +621,7 @@ mod tests {
                 decay: 0.001,
                 l2: 0.0,
                 optimizer: Optimizer::Sgd,
+                rows_per_step,
             },
             ..ModelConfig::default()
         };
@@ -618,9 +661,12 @@ mod tests {
         let biased = mean(plain.scorer().score_batch(&rows).unwrap()) / true_rate;
         assert!(
             (0.92..1.08).contains(&fnw),
-            "weighted: {fnw} of the true rate"
+            "{rows_per_step} rows a step, weighted: {fnw} of the true rate"
         );
-        assert!(biased < 0.88, "unweighted: {biased} of the true rate");
+        assert!(
+            biased < 0.88,
+            "{rows_per_step} rows a step, unweighted: {biased} of the true rate"
+        );
         // A weighting of the wrong length is refused before any work; all-one weights are
         // the unweighted step, bit for bit.
         let (rows, labels) = linear_batch(1, 8, 2);

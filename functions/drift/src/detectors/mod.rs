@@ -59,6 +59,17 @@ pub enum Level {
     Drift,
 }
 
+impl Level {
+    /// The level's name, as serialised: `stable`, `warning` or `drift`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Stable => "stable",
+            Level::Warning => "warning",
+            Level::Drift => "drift",
+        }
+    }
+}
+
 /// What one update revealed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Detection {

@@ -15,8 +15,10 @@ use crate::runtime::Readiness;
 use crate::runtime::http::{HttpGuard, Surface, metrics_routes, probe_routes, serve};
 use crate::runtime::pull::{self, LoopSettings, Processor};
 use crate::shutdown::Shutdown;
+use crate::store::declarations::DeclareError;
 use crate::store::kv::CasError;
 use crate::store::lease::Lease;
+use crate::store::{DeclarationStore, Declarations};
 use crate::subjects::Subjects;
 use crate::telemetry::Spans;
 use crate::topology::{self, Topology, TopologyError};
@@ -133,6 +135,27 @@ impl FunctionContext {
         .await
         .with_context(|| what.to_string())?
         .with_context(|| format!("shutdown requested while {what}"))
+    }
+
+    /// Declares `schema` as the feature schema of `model`'s examples (see
+    /// [`crate::store::declarations`]), waiting out a server that is unreachable or restarting.
+    /// A refused declaration (other features under the same version) is an error at once.
+    pub async fn declare_schema(
+        &self,
+        model: &crate::ids::ModelName,
+        schema: &crate::examples::FeatureSchema,
+    ) -> anyhow::Result<()> {
+        let declarations = Declarations::new(self.key_value(crate::subjects::BUCKET_MODELS).await?);
+        let declared = self
+            .until_done(
+                &format!("declaring the schema of model {model}"),
+                declare_verdict,
+                || declarations.declare(model, schema),
+            )
+            .await?;
+        tracing::info!(model = %model, schema = %schema.name, version = schema.version, features = schema.n_features(),
+            outcome = ?declared.judgement, revision = declared.revision, "feature schema declared");
+        Ok(())
     }
 
     /// Serves `/healthz`, `/readyz`, `/metrics` and the function's own `routes`, which are behind
@@ -368,6 +391,15 @@ impl FunctionContext {
             self.shutdown.clone(),
         )
         .await;
+    }
+}
+
+/// Whether a declaration may succeed if tried again: one the server did not answer may, one the
+/// rule refused never will.
+fn declare_verdict(err: &DeclareError) -> Verdict {
+    match err {
+        DeclareError::Failed(_) | DeclareError::Contended { .. } => Verdict::Transient,
+        DeclareError::Refused { .. } => Verdict::Definite,
     }
 }
 

@@ -16,21 +16,41 @@ pub use function::FunctionContext;
 pub use http::Readiness;
 pub use pull::{Commit, Disposition, Incoming, LoopSettings, Processor};
 
-/// Starts logging to stderr: JSON lines (`format = "json"`) or human text, filtered by `filter`
-/// in tracing's EnvFilter syntax.
+/// Starts logging to stderr: JSON lines (`format = "json"`, see [`json_logs`]) or human text,
+/// filtered by `filter` in tracing's EnvFilter syntax.
 pub fn init_tracing(filter: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
+    use tracing_subscriber::util::SubscriberInitExt;
+    // A second call (tests that start functions in process) keeps the first logger.
+    if format == "json" {
+        let _ = json_logs(filter, std::io::stderr).try_init();
     } else {
-        builder.compact().try_init()
-    };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .compact()
+            .try_init();
+    }
+}
+
+/// The JSON-lines logger: one object per event, its fields at the top level beside `timestamp`,
+/// `level` and `target` (the module that logged). An event's own fields must therefore never be
+/// called `target`, `level`, `timestamp` or `message` for anything else, or a log pipeline keeps
+/// one of two keys; and an optional value is logged as its value (`previous = Some(33u64)` gives
+/// `"previous":33`) or left out, never through `?` as `"Some(33)"`.
+pub fn json_logs<W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .finish()
 }

@@ -6,7 +6,10 @@
 //! per-partition marks of featurize's entity state) must then not handle the later messages
 //! first. [`OrderGuard::check`] tells whether a message is the next one on the consumer's filter
 //! after a mark, looking at the stream itself (a direct get of the next message on the filter)
-//! and stepping over messages the consumer has already acknowledged.
+//! and stepping over messages the consumer has already acknowledged. The check reads the stream
+//! through [`OrderCheck`], so a processor's unit tests run it against [`MemoryOrder`].
+
+use std::future::Future;
 
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 
@@ -57,6 +60,82 @@ pub fn chain_link(consumer_sequence: Option<u64>, delivered: i64) -> Option<u64>
     consumer_sequence.filter(|_| delivered == 1)
 }
 
+/// What the in-order check reads of a consumer's stream: [`OrderGuard`] asks JetStream,
+/// [`MemoryOrder`] answers from a list in unit tests. [`check`](Self::check) and
+/// [`admit`](Self::admit) are the rule, the same for both.
+pub trait OrderCheck: Send + Sync {
+    /// The consumer's acknowledgement floor: every message at or below it is handled.
+    fn ack_floor(&self) -> impl Future<Output = Result<u64, Failure>> + Send;
+
+    /// The first message on the consumer's filter after `after`, if any.
+    fn next_on_filter(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<Option<u64>, Failure>> + Send;
+
+    /// [`check`](Self::check) as a consumer loop wants it: `Err` with the failure to retry the
+    /// message by when it must come back later (an earlier message is still to come, or the
+    /// check itself failed); `who` names the function in that failure.
+    fn admit(
+        &self,
+        sequence: u64,
+        mark: &mut u64,
+        who: &str,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        async move {
+            match self.check(sequence, mark).await? {
+                None => Ok(()),
+                Some(missing) => {
+                    tracing::debug!(
+                        sequence,
+                        missing,
+                        "message arrived before an earlier one; waiting for it"
+                    );
+                    Err(Failure::new(
+                        who.to_string(),
+                        format!("waiting for message {missing}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether the message at `sequence` is the next one on the filter after `mark`, moving
+    /// `mark` past messages already acknowledged. `Ok(Some(missing))` names the earlier message
+    /// to wait for. Costs nothing when `sequence` directly follows `mark`.
+    fn check(
+        &self,
+        sequence: u64,
+        mark: &mut u64,
+    ) -> impl Future<Output = Result<Option<u64>, Failure>> + Send {
+        async move {
+            for _ in 0..64 {
+                if sequence == *mark + 1 {
+                    return Ok(None);
+                }
+                let next = self.next_on_filter(*mark).await?;
+                let floor = if next.is_some_and(|n| n < sequence) {
+                    self.ack_floor().await?
+                } else {
+                    0
+                };
+                match contiguity(sequence, next, floor) {
+                    Contiguity::InOrder => return Ok(None),
+                    // Every message on the filter at or below the floor is acknowledged: step
+                    // over them all at once (after a rollback that is every example since the
+                    // version rolled back to).
+                    Contiguity::Skip(handled) => *mark = handled.max(floor.min(sequence - 1)),
+                    Contiguity::Wait(missing) => return Ok(Some(missing)),
+                }
+            }
+            Err(Failure::new(
+                "order check",
+                "too many acknowledged messages to step over at once",
+            ))
+        }
+    }
+}
+
 /// The stream, filter and consumer a function's order check looks at.
 #[derive(Clone)]
 pub struct OrderGuard {
@@ -77,9 +156,10 @@ impl OrderGuard {
             durable: durable.into(),
         }
     }
+}
 
-    /// The consumer's acknowledgement floor: every message at or below it is handled.
-    pub async fn ack_floor(&self) -> Result<u64, Failure> {
+impl OrderCheck for OrderGuard {
+    async fn ack_floor(&self) -> Result<u64, Failure> {
         let info = self
             .stream
             .consumer_info(&self.durable)
@@ -107,54 +187,48 @@ impl OrderGuard {
             )),
         }
     }
+}
 
-    /// [`check`](Self::check) as a consumer loop wants it: `Err` with the failure to retry the
-    /// message by when it must come back later (an earlier message is still to come, or the
-    /// check itself failed); `who` names the function in that failure.
-    pub async fn admit(&self, sequence: u64, mark: &mut u64, who: &str) -> Result<(), Failure> {
-        match self.check(sequence, mark).await? {
-            None => Ok(()),
-            Some(missing) => {
-                tracing::debug!(
-                    sequence,
-                    missing,
-                    "message arrived before an earlier one; waiting for it"
-                );
-                Err(Failure::new(
-                    who.to_string(),
-                    format!("waiting for message {missing}"),
-                ))
-            }
-        }
+/// A consumer's stream in memory, for unit tests of processors: the sequences stored on its
+/// filter and its acknowledgement floor; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryOrder {
+    state: std::sync::Arc<std::sync::Mutex<(std::collections::BTreeSet<u64>, u64)>>,
+}
+
+impl MemoryOrder {
+    /// A stream holding `sequences` on the filter, nothing acknowledged.
+    pub fn new(sequences: impl IntoIterator<Item = u64>) -> MemoryOrder {
+        let order = MemoryOrder::default();
+        order.state().0.extend(sequences);
+        order
     }
 
-    /// Whether the message at `sequence` is the next one on the filter after `mark`, moving
-    /// `mark` past messages already acknowledged. `Ok(Some(missing))` names the earlier message
-    /// to wait for. Costs nothing when `sequence` directly follows `mark`.
-    pub async fn check(&self, sequence: u64, mark: &mut u64) -> Result<Option<u64>, Failure> {
-        for _ in 0..64 {
-            if sequence == *mark + 1 {
-                return Ok(None);
-            }
-            let next = self.next_on_filter(*mark).await?;
-            let floor = if next.is_some_and(|n| n < sequence) {
-                self.ack_floor().await?
-            } else {
-                0
-            };
-            match contiguity(sequence, next, floor) {
-                Contiguity::InOrder => return Ok(None),
-                // Every message on the filter at or below the floor is acknowledged: step over
-                // them all at once (after a rollback that is every example since the version
-                // rolled back to).
-                Contiguity::Skip(handled) => *mark = handled.max(floor.min(sequence - 1)),
-                Contiguity::Wait(missing) => return Ok(Some(missing)),
-            }
-        }
-        Err(Failure::new(
-            "order check",
-            "too many acknowledged messages to step over at once",
-        ))
+    fn state(&self) -> std::sync::MutexGuard<'_, (std::collections::BTreeSet<u64>, u64)> {
+        // A test that panicked while holding the lock has failed already; its data is intact.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores more messages on the filter.
+    pub fn store(&self, sequences: impl IntoIterator<Item = u64>) {
+        self.state().0.extend(sequences);
+    }
+
+    /// Moves the acknowledgement floor.
+    pub fn acknowledge_through(&self, floor: u64) {
+        self.state().1 = floor;
+    }
+}
+
+impl OrderCheck for MemoryOrder {
+    async fn ack_floor(&self) -> Result<u64, Failure> {
+        Ok(self.state().1)
+    }
+
+    async fn next_on_filter(&self, after: u64) -> Result<Option<u64>, Failure> {
+        Ok(self.state().0.range(after + 1..).next().copied())
     }
 }
 
@@ -194,5 +268,19 @@ mod tests {
             Contiguity::Skip(5),
             "5 was acknowledged: not a gap"
         );
+    }
+
+    #[tokio::test]
+    async fn the_check_waits_for_a_gap_and_steps_over_what_is_acknowledged() {
+        let stream = MemoryOrder::new([3, 5, 8, 9]);
+        let mut mark = 3;
+        // 5 is next on the filter after 3: in order (4 is another filter's).
+        assert_eq!(stream.check(5, &mut mark).await.unwrap(), None);
+        let mut mark = 5;
+        assert_eq!(stream.check(9, &mut mark).await.unwrap(), Some(8));
+        assert!(stream.admit(9, &mut mark, "train").await.is_err());
+        stream.acknowledge_through(8);
+        assert_eq!(stream.check(9, &mut mark).await.unwrap(), None);
+        assert_eq!(mark, 8, "stepped over the acknowledged 8");
     }
 }

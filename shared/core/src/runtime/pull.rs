@@ -370,6 +370,9 @@ async fn handle_batch<P: Processor>(
         .is_on()
         .then(|| (SystemTime::now(), format!("{} process", settings.function)));
     metrics.messages_in.inc_by(batch.len() as u64);
+    if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
+        metrics.observe_pending(info.stream, info.consumer, info.pending);
+    }
     let mut incoming: Vec<Incoming> = batch
         .iter()
         .map(|m| {
@@ -580,6 +583,15 @@ async fn ack(message: &jetstream::Message, kind: AckKind, metrics: &Metrics) {
     match message.ack_with(kind).await {
         Ok(()) => {
             metrics.messages_acked.inc();
+            if let Ok(info) = message.info() {
+                let stored =
+                    i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                metrics.observe_ack(
+                    info.stream,
+                    info.consumer,
+                    DateTime::from_timestamp_nanos(stored),
+                );
+            }
         }
         Err(err) => tracing::warn!(error = %err, "ack failed; the message will be redelivered"),
     }

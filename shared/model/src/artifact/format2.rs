@@ -172,6 +172,7 @@ mod tests {
                 learning_rate: 1.0,
                 decay: 0.01,
                 l2: 1e-4,
+                rows_per_step: 0,
                 ..Hyper::default()
             },
             ..ModelConfig::default()

@@ -331,6 +331,7 @@ mod tests {
                         kind,
                         hyper: Hyper {
                             optimizer,
+                            rows_per_step: 0,
                             ..Hyper::default()
                         },
                         seed: 1,

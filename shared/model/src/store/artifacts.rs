@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -26,9 +26,11 @@ use freshet::ids::ModelName;
 /// them (train, drift, predict and the CLI), and of no other.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArtifactArgs {
-    /// Object store for model artifacts: file:///abs/dir or file://rel/dir, s3://bucket/prefix
-    /// (endpoint, region and keys from the standard AWS_* variables, e.g. AWS_ENDPOINT_URL for
-    /// MinIO), or memory:// (tests only)
+    /// Object store for model artifacts: file://DIR, s3://BUCKET/PREFIX or memory://
+    ///
+    /// file:///abs/dir or file://rel/dir; s3://bucket/prefix, with endpoint, region and keys
+    /// from the standard AWS_* variables (AWS_ENDPOINT_URL for MinIO or another S3-compatible
+    /// server); memory:// for tests only
     #[arg(
         long = "object-store",
         env = "FRESHET_OBJECT_STORE",
@@ -58,6 +60,16 @@ pub struct VersionRefusal {
 pub enum ArtifactError {
     #[error("object store URL {url:?} is not supported: {reason}")]
     BadUrl { url: String, reason: String },
+    /// An `s3://` store with no source of credentials configured. object_store would otherwise
+    /// fall back to the EC2 instance metadata endpoint, and a missing key would surface at first
+    /// use as a connection error to 169.254.169.254.
+    #[error(
+        "no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+         AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI \
+         (or _FULL_URI); on EC2, AWS_METADATA_ENDPOINT=http://169.254.169.254 uses the \
+         instance's role, and AWS_SKIP_SIGNATURE=true reads a public bucket"
+    )]
+    NoCredentials { url: String },
     #[error("object store at {url} cannot be opened: {source}")]
     Open {
         url: String,
@@ -152,6 +164,27 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
+/// Whether S3 settings name where credentials come from: keys, a web identity (EKS IRSA), a
+/// container credentials endpoint (ECS, EKS Pod Identity), an instance metadata endpoint asked
+/// for by name, or unsigned requests. The instance metadata endpoint is object_store's silent
+/// last resort; freshet uses it only when asked, so forgotten keys read as forgotten keys.
+fn names_credentials(builder: &AmazonS3Builder) -> bool {
+    let set = |key: AmazonS3ConfigKey| {
+        builder
+            .get_config_value(&key)
+            .is_some_and(|value| !value.trim().is_empty())
+    };
+    set(AmazonS3ConfigKey::AccessKeyId)
+        || set(AmazonS3ConfigKey::SecretAccessKey)
+        || (set(AmazonS3ConfigKey::WebIdentityTokenFile) && set(AmazonS3ConfigKey::RoleArn))
+        || set(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+        || set(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+        || set(AmazonS3ConfigKey::MetadataEndpoint)
+        || builder
+            .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+}
+
 /// Checks a version's bytes against its manifest's size and sha256.
 fn verify(
     model: &str,
@@ -182,7 +215,13 @@ impl ArtifactStore {
                 url: url.to_string(),
                 source: Box::new(source),
             })?;
-            Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(open_error)?)
+            // A folder per version: without the cleanup, deleting a version's two files would
+            // leave its folder behind, and retention would fill the disk with empty folders.
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(open_error)?
+                    .with_automatic_cleanup(true),
+            )
         } else if url.starts_with("memory://") {
             Arc::new(InMemory::new())
         } else if let Some(rest) = url.strip_prefix("s3://") {
@@ -194,6 +233,11 @@ impl ArtifactStore {
                 });
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if !names_credentials(&builder) {
+                return Err(ArtifactError::NoCredentials {
+                    url: url.to_string(),
+                });
+            }
             // MinIO and other local S3 servers speak plain HTTP; allow it when asked for by URL.
             let endpoint =
                 std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
@@ -352,7 +396,8 @@ impl ArtifactStore {
     }
 
     /// Deletes a version: the manifest first, so that [`versions`](Self::versions) stops listing
-    /// it before its bytes go. Deleting a version already gone succeeds.
+    /// it before its bytes go. Deleting a version already gone succeeds. On `file://` the
+    /// version's folder goes with its last file (object stores have no folders to leave).
     pub async fn delete_version(
         &self,
         model: &ModelName,
@@ -478,5 +523,44 @@ fn list_error(prefix: &Path, source: object_store::Error) -> ArtifactError {
         operation: "list",
         path: prefix.to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder(settings: &[(AmazonS3ConfigKey, &str)]) -> AmazonS3Builder {
+        settings
+            .iter()
+            .fold(AmazonS3Builder::new(), |builder, (key, value)| {
+                builder.with_config(*key, *value)
+            })
+    }
+
+    #[test]
+    fn s3_settings_without_a_credential_source_are_told_apart() {
+        use AmazonS3ConfigKey as Key;
+        assert!(!names_credentials(&builder(&[])));
+        assert!(!names_credentials(&builder(&[
+            (Key::Endpoint, "http://127.0.0.1:9000"),
+            (Key::Region, "us-east-1"),
+            (Key::AccessKeyId, " "),
+            (Key::SkipSignature, "false"),
+            // A token file without the role to assume is no source either.
+            (Key::WebIdentityTokenFile, "/var/run/token"),
+        ])));
+        for source in [
+            vec![(Key::AccessKeyId, "id"), (Key::SecretAccessKey, "secret")],
+            vec![
+                (Key::WebIdentityTokenFile, "/var/run/token"),
+                (Key::RoleArn, "arn:aws:iam::1:role/r"),
+            ],
+            vec![(Key::ContainerCredentialsRelativeUri, "/v2/credentials")],
+            vec![(Key::MetadataEndpoint, "http://169.254.169.254")],
+            vec![(Key::SkipSignature, "true")],
+        ] {
+            assert!(names_credentials(&builder(&source)), "{source:?}");
+        }
     }
 }

@@ -293,7 +293,7 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
                     self.hooks.cleared();
                 }
                 Slot::Live => {
-                    tracing::warn!(model = %self.model, serving = ?self.cell.version(), "live pointer removed; keeping the version loaded")
+                    tracing::warn!(model = %self.model, serving = self.cell.version(), "live pointer removed; keeping the version loaded")
                 }
             },
             PointerChange::Unreadable { error, .. } => {
@@ -352,7 +352,7 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
     /// Refuses the version `pointer` names; live with nothing loaded falls back.
     async fn refuse(&mut self, pointer: &Pointer, reason: &str) {
         tracing::error!(model = %self.model, slot = self.slot.as_str(), version = pointer.version, %reason,
-            serving = ?self.cell.version(), "refused a version; the one loaded stays");
+            serving = self.cell.version(), "refused a version; the one loaded stays");
         self.hooks.refused(&Refusal {
             slot: self.slot,
             pointer,
@@ -419,7 +419,7 @@ impl<P: PointerStore, A: ArtifactReader, H: Hooks> Follower<P, A, H> {
             stand_in: stand_in.as_ref(),
         });
         tracing::info!(model = %self.model, slot = self.slot.as_str(), version = next.version(), %cause,
-            previous = ?previous.as_ref().map(|p| p.version()), stand_in = stand_in.is_some(), "swapped in a version");
+            previous = previous.as_ref().map(|p| p.version()), stand_in = stand_in.is_some(), "swapped in a version");
         if stand_in.is_some() {
             self.cell.set_stand_in(stand_in);
             self.cell.store(next);

@@ -1,5 +1,6 @@
 //! The HTTP side of every function: `/healthz` (the process is alive), `/readyz` (it is connected
-//! and can do its job) and `/metrics` (Prometheus text), plus any routes the function adds.
+//! and can do its job) and `/metrics` (OpenMetrics or Prometheus text, as the scraper's `Accept`
+//! asks: [`crate::metrics::exposition`]), plus any routes the function adds.
 //!
 //! - [`guard`]: who may call the routes that serve or take data, how often, how many at once,
 //!   how large and how slow (shared by every function and `freshet view`);
@@ -23,11 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::metrics::exposition;
 
 /// Whether the function is ready; flipped by the function, read by `/readyz` and the `ready` gauge.
 /// A note says more when there is more to say (a predictor serving a fallback version).
@@ -84,12 +86,17 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(metrics): State<Metrics>) -> impl IntoResponse {
+/// Every metric, in the format the scraper's `Accept` header asks for, labelled as what it is.
+async fn metrics_text(State(metrics): State<Metrics>, request: HeaderMap) -> impl IntoResponse {
+    let accept = request
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics.encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        metrics.encode_as(format),
     )
 }

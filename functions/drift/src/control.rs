@@ -28,6 +28,39 @@ pub struct RecordContext<'a> {
     pub live: Option<&'a FeatureSchema>,
 }
 
+/// What a detector signal watched, for the logs: `error`, or the feature by its index (its name
+/// needs the schema, which the record of an episode resolves).
+pub fn monitored(target: Target) -> String {
+    match target {
+        Target::Feature(index) => format!("feature {index}"),
+        Target::Error => "error".to_string(),
+    }
+}
+
+/// Logs an episode's transition. What the signal watched (a feature's name, or `error`) is the
+/// field `monitored`: `target` is the logger's own (the module that logged), and a JSON log with
+/// two `target` keys keeps one. Optional values are logged as values or left out, never as
+/// `Some(..)`.
+pub fn log_transition(record: &DriftEpisodeRecord) {
+    let monitored = record.target.as_str();
+    let withheld = record.reaction_withheld.as_deref();
+    match record.state {
+        EpisodeState::Drift => {
+            tracing::warn!(model = %record.model, episode = record.episode, detector = %record.detector, monitored,
+                statistic = record.statistic, threshold = record.threshold, sequence = record.sequence,
+                reaction = %record.reaction, withheld, "drift confirmed")
+        }
+        EpisodeState::Warning => {
+            tracing::info!(model = %record.model, episode = record.episode, detector = %record.detector, monitored,
+                statistic = record.statistic, threshold = record.threshold, sequence = record.sequence, "drift warning: episode opened")
+        }
+        EpisodeState::Resolved => {
+            tracing::info!(model = %record.model, episode = record.episode, opened = record.opened, confirmed = record.confirmed,
+                signals = record.signals.len(), sequence = record.sequence, "drift episode resolved")
+        }
+    }
+}
+
 /// The record of `transition`, which happened at `example` (stored at `published`).
 pub fn record(
     context: RecordContext<'_>,
@@ -138,9 +171,9 @@ fn schema_of<'a>(
     example: &ExampleRecord,
     live: Option<&'a FeatureSchema>,
 ) -> Option<&'a FeatureSchema> {
-    match live.filter(|schema| follows(example, schema)) {
+    match live.filter(|schema| example.follows(schema)) {
         Some(live) => Some(live),
-        None => follows(example, &BOOKSTORE).then_some(&*BOOKSTORE),
+        None => example.follows(&BOOKSTORE).then_some(&*BOOKSTORE),
     }
 }
 
@@ -179,16 +212,6 @@ pub fn plan(example: &ExampleRecord, live: Option<&FeatureSchema>) -> Vec<Watch>
         None => return Vec::new(),
     };
     (0..schema.n_features()).map(|i| schema.watch(i)).collect()
-}
-
-/// Whether `example` follows `schema`, as train checks it: the same width, and the same name and
-/// version when the example names a schema.
-pub fn follows(example: &ExampleRecord, schema: &FeatureSchema) -> bool {
-    example.features.len() == schema.n_features()
-        && example
-            .schema
-            .as_ref()
-            .is_none_or(|(name, version)| *name == schema.name && *version == schema.version)
 }
 
 /// What the bank reads of the example stored at `sequence`, with `plan` for its features.
@@ -362,6 +385,98 @@ mod tests {
         assert_eq!(r.event_time, timed.event_time.unwrap());
     }
 
+    /// The JSON log lines `log_transition` writes for each transition of an episode, through
+    /// the functions' own JSON logger.
+    fn json_log_lines(records: &[DriftEpisodeRecord]) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let logger =
+            freshet::runtime::json_logs(tracing_subscriber::EnvFilter::new("info"), move || {
+                writer.clone()
+            });
+        tracing::subscriber::with_default(logger, || records.iter().for_each(log_transition));
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// The keys of a JSON object's text in order, duplicates kept (a `Map` would keep one).
+    fn keys_of(line: &str) -> Vec<String> {
+        struct Keys(Vec<String>);
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                mut self,
+                mut map: A,
+            ) -> Result<Vec<String>, A::Error> {
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    self.0.push(key);
+                }
+                Ok(self.0)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(line);
+        serde::Deserializer::deserialize_map(&mut de, Keys(Vec::new())).unwrap()
+    }
+
+    #[test]
+    fn json_logs_of_an_episode_have_one_target_and_plain_values() {
+        let policy = ReactionPolicy {
+            reaction: Reaction::RaiseLr,
+            outstanding: Some("candidate v9 is under judgement"),
+        };
+        let context = RecordContext {
+            model: &model(),
+            live_version: Some(7),
+            live: None,
+        };
+        let records: Vec<DriftEpisodeRecord> = lifecycle(&policy)
+            .iter()
+            .map(|t| {
+                let published = DateTime::from_timestamp(0, 0).unwrap();
+                record(context, t, &bookstore_example(), published)
+            })
+            .collect();
+        let lines = json_log_lines(&records);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for line in &lines {
+            let mut keys = keys_of(line);
+            keys.sort();
+            let before = keys.len();
+            keys.dedup();
+            assert_eq!(keys.len(), before, "a key appears twice: {line}");
+            assert!(!line.contains("Some("), "Debug formatting leaks: {line}");
+        }
+        let fields: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // `target` stays the module that logged; what the signal watched has a field of its own.
+        for f in &fields {
+            let target = f["target"].as_str().unwrap_or_default();
+            assert!(target.ends_with("::handler"), "{f}");
+        }
+        assert_eq!(fields[0]["monitored"], "item_log_price");
+        assert_eq!(fields[0]["threshold"], 0.12);
+        assert_eq!(fields[1]["monitored"], "error");
+        assert_eq!(fields[1]["withheld"], "candidate v9 is under judgement");
+        assert_eq!(fields[2]["confirmed"], 812);
+        assert_eq!(fields[2]["opened"], 800);
+    }
+
     #[test]
     fn a_withheld_reaction_is_said_and_not_requested() {
         let policy = ReactionPolicy {
@@ -409,10 +524,10 @@ mod tests {
         let raw = example(None, 2);
         assert_eq!(feature_name(0, &raw, Some(&live)), "age");
         let older = example(Some(("custom", 2)), 2);
-        assert!(!follows(&older, &live));
+        assert!(!older.follows(&live));
         assert_eq!(feature_name(0, &older, Some(&live)), "f0");
         let wider = example(None, 3);
-        assert!(!follows(&wider, &live));
+        assert!(!wider.follows(&live));
         assert_eq!(feature_name(2, &wider, Some(&live)), "f2");
         let bookstore = bookstore_example();
         assert_eq!(
