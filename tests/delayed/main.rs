@@ -37,7 +37,7 @@ use freshet::examples::ExampleRecord;
 use freshet::ids::ModelName;
 use freshet::stats::ewma::Decay;
 use freshet_cli::bookstore::{BookstoreConfig, START_UNIX_SECONDS, Traffic, generate};
-use freshet_features::bookstore::popularity_spec;
+use freshet_features::bookstore::{FEATURE_NAMES, popularity_spec};
 use freshet_features::labels::label_state_key;
 use freshet_featurize::handler::{self, EntityState, Position, Routed, Settings};
 use freshet_featurize::labels::{LabelSettings, Method, NegativeRate};
@@ -88,9 +88,21 @@ struct Args {
     /// Learning-rate decay per step (train's default unless set)
     #[arg(long, default_value_t = Hyper::default().decay)]
     lr_decay: f64,
+    /// Set this feature to 0 in every row learned and scored (repeat for several): to see what
+    /// a feature that moves with the clock does when labels come late
+    #[arg(long = "drop-feature", value_parser = feature_index)]
+    drop_features: Vec<usize>,
     /// Where to write the figures as JSON
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// The index of a bookstore feature, by name.
+fn feature_index(name: &str) -> Result<usize, String> {
+    FEATURE_NAMES
+        .iter()
+        .position(|f| *f == name)
+        .ok_or_else(|| format!("{name:?} is not one of {FEATURE_NAMES:?}"))
 }
 
 /// One example as a method's trainer meets it: published after the stream's `index`-th event.
@@ -347,10 +359,26 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .collect();
+    let strip = |features: &[f32]| {
+        let mut features = features.to_vec();
+        for &i in &args.drop_features {
+            if let Some(value) = features.get_mut(i) {
+                *value = 0.0;
+            }
+        }
+        features
+    };
+    let probes: Vec<Probe> = probes
+        .into_iter()
+        .map(|probe| Probe {
+            features: strip(&probe.features),
+            ..probe
+        })
+        .collect();
     let n_features = probes.first().context("no view to score")?.features.len();
     let arrival = |index: usize, e: &ExampleRecord, weight: RowWeight| Arrival {
         index,
-        features: e.features.clone(),
+        features: strip(&e.features),
         label: e.label,
         weight,
     };
