@@ -518,3 +518,30 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_ranks_positives_above_negatives_and_ties_count_half() {
+        let separated = [(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
+        assert_eq!(auc(&separated), 1.0);
+        let reversed = [(0.9, false), (0.1, true)];
+        assert_eq!(auc(&reversed), 0.0);
+        let tied = [(0.5, false), (0.5, true), (0.5, false), (0.5, true)];
+        assert_eq!(auc(&tied), 0.5);
+        // One positive above one of two negatives, tied with the other: (1 + 0.5) / 2.
+        let mixed = [(0.2, false), (0.6, true), (0.6, false)];
+        assert_eq!(auc(&mixed), 0.75);
+    }
+
+    #[test]
+    fn calibration_is_the_mean_prediction_over_the_true_rate() {
+        let scored = [(0.5, true), (0.1, false), (0.3, false), (0.3, false)];
+        let f = figures(&scored);
+        assert!((f.calibration - 0.3 / 0.25).abs() < 1e-12);
+        let expected = -(0.5f64.ln() + 0.9f64.ln() + 2.0 * 0.7f64.ln()) / 4.0;
+        assert!((f.log_loss - expected).abs() < 1e-6, "{}", f.log_loss);
+    }
+}
