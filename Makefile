@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: chaos soak all tools browser build demo test unit integration cluster bench quality fmt lint up down clean
+.PHONY: chaos soak all tools browser build demo test unit integration cluster bench quality delayed fmt lint up down clean
 
 all: build
 
@@ -49,6 +49,10 @@ chaos: tools
 soak: tools
 	$(CARGO) build --release --workspace --bins
 	target/release/freshet-bench --suite soak --json target/bench/soak.json
+
+## delayed: delayed-feedback methods (wait for the horizon, fake-negative weighting, fake-negative calibration) beside an oracle on one generated live stream, per 5 minutes of event time (no server; seconds)
+delayed:
+	$(CARGO) run -p freshet-tests --bin freshet-delayed -- --json target/bench/delayed.json
 
 ## quality: freshet's models beside River on public streams (installs River into .tools/river-venv)
 quality:

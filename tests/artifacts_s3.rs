@@ -35,6 +35,8 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
             prequential_accuracy: 0.5,
             log_loss: 0.69,
             roc_auc: None,
+            positive_share: None,
+            mean_prediction: None,
         },
     }
 }

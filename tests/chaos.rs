@@ -728,6 +728,7 @@ async fn a_replay_through_server_restarts_and_a_takeover_loses_no_valid_event() 
         seed,
         viral: None,
         changes: Vec::new(),
+        traffic: None,
     });
     let at = events.len() / 3;
     let EventData::UserAction(later) = &events[at].data else {

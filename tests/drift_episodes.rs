@@ -34,6 +34,7 @@ fn config(changes: Vec<ChangeAt>) -> BookstoreConfig {
         seed: SEED,
         viral: None,
         changes,
+        traffic: None,
     }
 }
 

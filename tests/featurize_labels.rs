@@ -1,13 +1,16 @@
-//! featurize's labels with a horizon and its rule for late actions, end to end: a view waits for
-//! its label, a purchase within the horizon labels it 1 under the view's id, the user's next event
+//! featurize's labels with a horizon and its rule for late actions, end to end, both ways a label
+//! can reach train. Waiting for the horizon (`--delayed-feedback wait`): a view waits for its
+//! label, a purchase within the horizon labels it 1 under the view's id, the user's next event
 //! past the horizon labels another view 0, and an action too late for its item's event-time
-//! windows is dead-lettered as "late" and changes nothing.
+//! windows is dead-lettered as "late" and changes nothing. With fake-negative weighting (the
+//! default): every view goes out at once as a fake negative, and the purchase sends the view's
+//! correction under its own id.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use freshet::examples::ExampleRecord;
+use freshet::examples::{ExampleRecord, Feedback};
 use freshet::subjects::{
     BUCKET_FEATURES, HEADER_FIELD, HEADER_REASON, STREAM_DEAD_LETTER, STREAM_EXAMPLES,
 };
@@ -29,8 +32,53 @@ fn action(id: &str, item: &str, action: &str, minute: u32) -> serde_json::Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_wait_for_their_label_and_late_actions_change_nothing() -> anyhow::Result<()> {
+    let examples = run(&["--delayed-feedback", "wait"], 2).await?;
+    let labels: Vec<(&str, f32)> = examples.iter().map(|e| (e.id.as_str(), e.label)).collect();
+    assert_eq!(labels, [("ex-v1", 1.0), ("ex-v2", 0.0)]);
+    assert_eq!(
+        examples[0].event_time.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2026-11-26T12:00:00+00:00"),
+        "a labelled view keeps the time (and features) of the view"
+    );
+    assert_eq!(examples[0].source_event, "v1");
+    assert!(examples.iter().all(|e| e.feedback == Feedback::Final));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fake_negatives_views_go_out_at_once_and_a_purchase_corrects_one() -> anyhow::Result<()>
+{
+    let examples = run(&[], 4).await?;
+    let labels: Vec<(&str, f32, Feedback)> = examples
+        .iter()
+        .map(|e| (e.id.as_str(), e.label, e.feedback))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("ex-v1", 0.0, Feedback::FakeNegative),
+            ("ex-v2", 0.0, Feedback::FakeNegative),
+            ("ex-p1", 1.0, Feedback::Correction),
+            ("ex-v3", 0.0, Feedback::FakeNegative),
+        ]
+    );
+    let correction = &examples[2];
+    assert_eq!(correction.corrects.as_deref(), Some("ex-v1"));
+    assert_eq!(
+        (&correction.features, correction.event_time),
+        (&examples[0].features, examples[0].event_time),
+        "the correction carries the view's features and time"
+    );
+    Ok(())
+}
+
+/// Runs the events through featurize started with `flags` (and a ten-minute horizon), checks
+/// the late action and the user's state, and returns the `expected` examples published.
+async fn run(flags: &[&str], expected: u64) -> anyhow::Result<Vec<ExampleRecord>> {
     let mut stack = Stack::start().await?;
-    let featurize = stack.spawn("featurize", &["--label-horizon", "10m"])?;
+    let mut args = vec!["--label-horizon", "10m"];
+    args.extend_from_slice(flags);
+    let featurize = stack.spawn("featurize", &args)?;
     let events = [
         action("v1", "b1", "view", 0),
         action("v2", "b2", "view", 1),
@@ -66,12 +114,12 @@ async fn views_wait_for_their_label_and_late_actions_change_nothing() -> anyhow:
     assert_eq!(letters[0].header(HEADER_FIELD), Some("time"));
     assert_eq!(letters[0].json()["id"], "late");
 
-    eventually(Duration::from_secs(30), "two examples", || async {
+    eventually(Duration::from_secs(30), "every example", || async {
         let n = stack.stream_len(STREAM_EXAMPLES).await.ok()?;
-        (n >= 2).then_some(())
+        (n >= expected).then_some(())
     })
     .await?;
-    // Give an unexpected third example time to show up, if there were one.
+    // Give an unexpected example time to show up, if there were one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let examples: Vec<ExampleRecord> = stack
         .read_stream(STREAM_EXAMPLES, 10)
@@ -79,14 +127,6 @@ async fn views_wait_for_their_label_and_late_actions_change_nothing() -> anyhow:
         .iter()
         .map(|m| ExampleRecord::decode(&m.payload).unwrap())
         .collect();
-    let labels: Vec<(&str, f32)> = examples.iter().map(|e| (e.id.as_str(), e.label)).collect();
-    assert_eq!(labels, [("ex-v1", 1.0), ("ex-v2", 0.0)]);
-    assert_eq!(
-        examples[0].event_time.map(|t| t.to_rfc3339()).as_deref(),
-        Some("2026-11-26T12:00:00+00:00"),
-        "a labelled view keeps the time (and features) of the view"
-    );
-    assert_eq!(examples[0].source_event, "v1");
 
     let features = stack.js.get_key_value(BUCKET_FEATURES).await?;
     let user: UserState =
@@ -107,5 +147,5 @@ async fn views_wait_for_their_label_and_late_actions_change_nothing() -> anyhow:
         0,
         "judged, never applied"
     );
-    Ok(())
+    Ok(examples)
 }

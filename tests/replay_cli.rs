@@ -151,6 +151,7 @@ async fn a_replay_rides_out_a_server_restart_storing_each_event_once_in_file_ord
         seed: 7,
         viral: None,
         changes: Vec::new(),
+        traffic: None,
     });
     let mut text = Vec::new();
     for event in &events {

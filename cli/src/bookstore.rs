@@ -9,12 +9,25 @@
 //! deployed model should notice. Other changes can be injected part-way through ([`Change`]): a
 //! category repriced, or the buying propensity of half the catalogue flipped. The same seed
 //! always yields the same events.
+//!
+//! Event times come one of two ways. By default events are one second apart from a fixed start
+//! and a purchase follows its view within the visit: the horizon of a label passes within
+//! seconds, which suits replays and tests where event time should not matter. With [`Traffic`]
+//! they are what a live shop sends: visits arrive at random (a Poisson process) at a given
+//! density of actions per second of event time, a purchase follows its view after a random delay
+//! (exponential with a mean of minutes, and for a share of buyers a much longer one, past a
+//! label horizon), and users leave for good (each replaced by a new user). The visits, and who
+//! buys what, are the same either way: only their times, and who comes back, differ.
 
 use chrono::{DateTime, Duration, Utc};
 use freshet::events::{Action, Event, EventData, NewItem, UserAction};
 use freshet::ids::EntityId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Mixed into the seed of the random draws of [`Traffic`] (arrivals, delays, departures), so
+/// they leave the shop's own draws, and so its visits, as they are without it.
+const TRAFFIC_SEED: u64 = 0x7472_6166_6669_6321;
 
 /// The catalogue's categories.
 pub const CATEGORIES: [&str; 8] = [
@@ -80,6 +93,47 @@ pub struct BookstoreConfig {
     pub viral: Option<Viral>,
     /// Changes injected part-way through, in any order.
     pub changes: Vec<ChangeAt>,
+    /// Event times of live traffic; `None` for one event a second from [`START_UNIX_SECONDS`].
+    pub traffic: Option<Traffic>,
+}
+
+/// Event times as a live shop sends them (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Traffic {
+    /// When the first visit happens; the catalogue is listed then too.
+    pub start: DateTime<Utc>,
+    /// User actions per second of event time, on average. The stream spans `actions / rate`
+    /// seconds; purchases that would fall after that are not made.
+    pub rate: f64,
+    /// Mean delay between a view and the purchase that follows it.
+    pub purchase_delay: std::time::Duration,
+    /// Share of purchases made much later than the others ...
+    pub late_share: f64,
+    /// ... with this mean delay (longer than a label horizon, so some fall past it).
+    pub late_delay: std::time::Duration,
+    /// Chance that a user leaves for good after a visit (a new user takes their place).
+    pub churn: f64,
+}
+
+impl Traffic {
+    /// A shop of `rate` actions a second from `start`: purchases a mean of 2 minutes after the
+    /// view, one in ten a mean of an hour after it, and one user in fifty leaving after each
+    /// visit.
+    pub fn live(start: DateTime<Utc>, rate: f64) -> Traffic {
+        Traffic {
+            start,
+            rate,
+            purchase_delay: std::time::Duration::from_secs(120),
+            late_share: 0.1,
+            late_delay: std::time::Duration::from_secs(3600),
+            churn: 0.02,
+        }
+    }
+
+    /// How long `actions` user actions take at this rate.
+    pub fn span(&self, actions: usize) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(actions as f64 / self.rate.max(f64::MIN_POSITIVE))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,20 +154,31 @@ struct User {
     affinity: [f64; CATEGORIES.len()],
 }
 
-/// Appends events with sequential ids (`evt-<seed>-<n>`) and times (1 s apart).
+/// Appends events with sequential ids (`evt-<seed>-<n>`) and times: 1 s apart, or, under
+/// [`Traffic`], the time of the current visit.
 struct Emitter {
     seed: u64,
     start: DateTime<Utc>,
     events: Vec<Event>,
+    /// Under traffic: the event time of what is emitted now.
+    clock: Option<DateTime<Utc>>,
 }
 
 impl Emitter {
     fn emit(&mut self, data: EventData) {
         let n = self.events.len();
+        let time = self
+            .clock
+            .unwrap_or_else(|| self.start + Duration::seconds(n as i64));
+        self.emit_at(time, data);
+    }
+
+    fn emit_at(&mut self, time: DateTime<Utc>, data: EventData) {
+        let n = self.events.len();
         self.events.push(Event {
             id: format!("evt-{}-{n}", self.seed),
             source: SOURCE.to_string(),
-            time: Some(self.start + Duration::seconds(n as i64)),
+            time: Some(time),
             data,
         });
     }
@@ -133,6 +198,42 @@ impl Emitter {
             action,
         }));
     }
+
+    /// Under traffic, puts the events in time order (emission order within one time), renames
+    /// them in that order and drops what falls after `end`.
+    fn into_timed(mut self, end: DateTime<Utc>) -> Vec<Event> {
+        self.events.sort_by_key(|event| event.time);
+        self.events
+            .retain(|event| event.time.is_some_and(|t| t <= end));
+        for (n, event) in self.events.iter_mut().enumerate() {
+            event.id = format!("evt-{}-{n}", self.seed);
+        }
+        self.events
+    }
+}
+
+/// A new user: a favourite category and an affinity to each.
+fn new_user(n: usize, rng: &mut StdRng) -> User {
+    let favourite = rng.random_range(0..CATEGORIES.len());
+    let mut affinity = [0.0; CATEGORIES.len()];
+    for (category, value) in affinity.iter_mut().enumerate() {
+        *value = if category == favourite {
+            rng.random_range(0.6..=1.0)
+        } else {
+            rng.random_range(0.0..=0.2)
+        };
+    }
+    User {
+        id: entity_id('u', n),
+        favourite,
+        affinity,
+    }
+}
+
+/// An exponentially distributed duration with the given mean.
+fn exponential(mean: std::time::Duration, rng: &mut StdRng) -> Duration {
+    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    Duration::microseconds((-u.ln() * mean.as_secs_f64() * 1e6) as i64)
 }
 
 /// A generated id such as `b0001`: a letter and digits, always a valid entity id.
@@ -174,15 +275,22 @@ fn apply_change(change: Change, items: &mut [Item], out: &mut Emitter) {
     }
 }
 
-/// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions.
+/// Generates the catalogue (one `new_item` per item) followed by `config.actions` user actions
+/// (under [`Traffic`], up to that many: purchases that would fall after the stream's span are
+/// not made).
 pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let start = DateTime::<Utc>::from_timestamp(START_UNIX_SECONDS, 0)
-        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let mut timing = StdRng::seed_from_u64(config.seed ^ TRAFFIC_SEED);
+    let start = match &config.traffic {
+        Some(traffic) => traffic.start,
+        None => DateTime::<Utc>::from_timestamp(START_UNIX_SECONDS, 0)
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+    };
     let mut out = Emitter {
         seed: config.seed,
         start,
         events: Vec::with_capacity(config.items + config.actions + 1),
+        clock: config.traffic.map(|t| t.start),
     };
 
     let mut items: Vec<Item> = (1..=config.items)
@@ -196,24 +304,9 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             }
         })
         .collect();
-    let users: Vec<User> = (1..=config.users)
-        .map(|n| {
-            let favourite = rng.random_range(0..CATEGORIES.len());
-            let mut affinity = [0.0; CATEGORIES.len()];
-            for (category, value) in affinity.iter_mut().enumerate() {
-                *value = if category == favourite {
-                    rng.random_range(0.6..=1.0)
-                } else {
-                    rng.random_range(0.0..=0.2)
-                };
-            }
-            User {
-                id: entity_id('u', n),
-                favourite,
-                affinity,
-            }
-        })
-        .collect();
+    let mut users: Vec<User> = (1..=config.users).map(|n| new_user(n, &mut rng)).collect();
+    // Under traffic, the next id of a user who joins when another leaves.
+    let mut next_user = config.users + 1;
     let mut by_category: Vec<Vec<usize>> = vec![Vec::new(); CATEGORIES.len()];
     for (index, item) in items.iter().enumerate() {
         if let Some(category) = item.category {
@@ -251,7 +344,8 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             break;
         }
         // One visit: a view, sometimes a cart, sometimes a purchase, of one item by one user.
-        let user = &users[rng.random_range(0..users.len())];
+        let picked = rng.random_range(0..users.len());
+        let user = &users[picked];
         let item = match &viral {
             Some(viral) if items.is_empty() || rng.random_bool(VIRAL_VIEW_SHARE) => viral.clone(),
             // Nothing to view yet; the viral item is announced after the loop.
@@ -284,8 +378,41 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
             {
                 viral = Some(launch_viral(spec, &mut out, &mut rng));
             }
-            out.action(user, &item, action);
+            match (&config.traffic, out.clock) {
+                (Some(traffic), Some(now)) => {
+                    if action == Action::Purchase {
+                        // Bought later: after a delay of minutes, or for a few, far later.
+                        let mean = if timing.random_bool(traffic.late_share.clamp(0.0, 1.0)) {
+                            traffic.late_delay
+                        } else {
+                            traffic.purchase_delay
+                        };
+                        let at = now + exponential(mean, &mut timing);
+                        out.emit_at(
+                            at,
+                            EventData::UserAction(UserAction {
+                                user: user.id.clone(),
+                                item: item.id.clone(),
+                                action,
+                            }),
+                        );
+                    } else {
+                        out.action(user, &item, action);
+                    }
+                    // Each action takes its share of the stream's time.
+                    let gap = std::time::Duration::from_secs_f64(1.0 / traffic.rate.max(1e-9));
+                    out.clock = Some(now + exponential(gap, &mut timing));
+                }
+                _ => out.action(user, &item, action),
+            }
             actions += 1;
+        }
+        if let Some(traffic) = &config.traffic
+            && timing.random_bool(traffic.churn.clamp(0.0, 1.0))
+        {
+            // Gone for good; someone new comes to the shop instead.
+            users[picked] = new_user(next_user, &mut timing);
+            next_user += 1;
         }
     }
     // With no user or item to act, the loop ends early; the viral item is still announced.
@@ -294,7 +421,17 @@ pub fn generate(config: &BookstoreConfig) -> Vec<Event> {
     {
         launch_viral(spec, &mut out, &mut rng);
     }
-    out.events
+    match &config.traffic {
+        Some(traffic) => {
+            let span = Duration::from_std(traffic.span(config.actions)).unwrap_or(Duration::MAX);
+            let end = traffic
+                .start
+                .checked_add_signed(span)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            out.into_timed(end)
+        }
+        None => out.events,
+    }
 }
 
 /// The index in [`CATEGORIES`] of the category whose items `events` view most (the first on a
@@ -362,6 +499,7 @@ mod tests {
             seed,
             viral: None,
             changes: Vec::new(),
+            traffic: None,
         }
     }
 
@@ -566,6 +704,7 @@ mod tests {
         let base = config(13);
         let events = generate(&BookstoreConfig {
             changes: vec![reprice],
+            traffic: None,
             ..base.clone()
         });
         let unchanged = generate(&base);
@@ -643,6 +782,7 @@ mod tests {
             seed: 1,
             viral: None,
             changes: Vec::new(),
+            traffic: None,
         };
         assert!(generate(&none).is_empty());
         let only_viral = BookstoreConfig {
@@ -668,5 +808,117 @@ mod tests {
             ..only_viral
         });
         assert_eq!(at_start.len(), 11);
+    }
+
+    /// Live traffic over `actions` actions at 20 a second from a fixed start, delays shortened,
+    /// in a shop large enough that a user seldom looks at the same book twice.
+    fn live(actions: usize) -> BookstoreConfig {
+        let start = DateTime::<Utc>::from_timestamp(1_790_000_000, 0).unwrap();
+        BookstoreConfig {
+            actions,
+            traffic: Some(Traffic {
+                purchase_delay: std::time::Duration::from_secs(60),
+                late_share: 0.1,
+                late_delay: std::time::Duration::from_secs(600),
+                ..Traffic::live(start, 20.0)
+            }),
+            users: 2_000,
+            items: 400,
+            ..config(3)
+        }
+    }
+
+    #[test]
+    fn live_traffic_runs_at_its_rate_from_its_start_in_time_order() {
+        let config = live(36_000);
+        let traffic = config.traffic.unwrap();
+        let events = generate(&config);
+        assert_eq!(
+            events,
+            generate(&config),
+            "still the same for the same seed"
+        );
+        let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time.unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
+        assert_eq!(times[0], traffic.start);
+        let span = (*times.last().unwrap() - traffic.start).num_seconds();
+        assert!(
+            (1_700..=1_800).contains(&span),
+            "30 minutes at 20/s: {span} s"
+        );
+        let ids: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), events.len(), "ids stay unique");
+        // About 20 actions in every minute after the catalogue, not one a second.
+        let first_minute = times
+            .iter()
+            .filter(|t| **t > traffic.start && **t < traffic.start + Duration::seconds(60))
+            .count();
+        assert!((900..=1_500).contains(&first_minute), "{first_minute}");
+    }
+
+    #[test]
+    fn purchases_follow_their_views_after_a_minute_some_past_a_horizon() {
+        let events = generate(&live(36_000));
+        // Each purchase's delay after the latest view of the item by its user before it.
+        let mut viewed: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+        let mut delays = Vec::new();
+        for event in &events {
+            let EventData::UserAction(a) = &event.data else {
+                continue;
+            };
+            let key = (a.user.to_string(), a.item.to_string());
+            let at = event.time.unwrap();
+            match a.action {
+                Action::View => {
+                    viewed.insert(key, at);
+                }
+                Action::Purchase => {
+                    let view = viewed.get(&key).expect("a purchase follows a view");
+                    delays.push((at - *view).num_seconds());
+                }
+                _ => {}
+            }
+        }
+        assert!(delays.len() > 500, "{}", delays.len());
+        let mean = delays.iter().sum::<i64>() as f64 / delays.len() as f64;
+        let past_horizon = delays.iter().filter(|d| **d > 300).count() as f64;
+        // 90 % with a mean of a minute, 10 % with a mean of ten minutes, cut at the stream's
+        // end; measured from the latest view, which a second look can bring closer. Past a
+        // five-minute horizon: some 0.6 % of the first, 40 to 60 % of the second.
+        assert!((30.0..200.0).contains(&mean), "mean delay {mean} s");
+        let share = past_horizon / delays.len() as f64;
+        assert!(
+            (0.02..0.08).contains(&share),
+            "share past 5 minutes {share}"
+        );
+    }
+
+    #[test]
+    fn under_live_traffic_users_leave_and_new_ones_come() {
+        let config = BookstoreConfig {
+            users: 50,
+            items: 40,
+            ..live(20_000)
+        };
+        let seen = |events: &[Event]| -> HashSet<String> {
+            actions(events).map(|a| a.user.to_string()).collect()
+        };
+        let live_users = seen(&generate(&config));
+        assert!(live_users.len() > config.users * 2, "{}", live_users.len());
+        // Some of the first users are never seen in the last third.
+        let events = generate(&config);
+        let late = seen(&events[events.len() * 2 / 3..]);
+        let gone = (1..=config.users)
+            .filter(|n| !late.contains(&format!("u{n:04}")))
+            .count();
+        assert!(gone > config.users / 2, "{gone} of {} gone", config.users);
+        assert!(
+            seen(&generate(&BookstoreConfig {
+                traffic: None,
+                ..config
+            }))
+            .len()
+                <= 50
+        );
     }
 }

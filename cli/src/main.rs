@@ -41,8 +41,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Ask a model's predictors for a user's top items
     Recommend(predict::RecommendArgs),
-    /// Show streams, consumer lag, live models and dead letters
-    Status,
+    /// Show streams, consumer lag, live models, label health and dead letters
+    Status(status::StatusArgs),
     /// Print the newest messages of a stream (dead letters, CONTROL, ...), and with --follow
     /// every new one
     Tail(tail::TailArgs),
@@ -108,7 +108,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Models(command) => models::run(global, command).await,
         Command::Predict(args) => predict::run(global, args).await,
         Command::Recommend(args) => predict::recommend(global, args).await,
-        Command::Status => status::run(global).await,
+        Command::Status(args) => status::run(global, args).await,
         Command::Tail(args) => tail::run(global, args).await,
         Command::View(args) => view::run(global, args).await,
         Command::Generate(args) => generate::run(args),

@@ -356,6 +356,7 @@ fn config(actions: usize, seed: u64, changes: Vec<ChangeAt>) -> BookstoreConfig 
         seed,
         viral: None,
         changes,
+        traffic: None,
     }
 }
 

@@ -49,6 +49,8 @@ fn example(model: &ModelName, n: u64) -> Bytes {
         label: f32::from(x > 0.5),
         source_event: n.to_string(),
         event_time: None,
+        feedback: Default::default(),
+        corrects: None,
     };
     Bytes::from(record.to_json_bytes())
 }

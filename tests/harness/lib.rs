@@ -251,6 +251,8 @@ impl Stack {
                 label,
                 source_event: n.to_string(),
                 event_time: None,
+                feedback: Default::default(),
+                corrects: None,
             };
             let message = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(record.to_json_bytes()))
@@ -727,6 +729,8 @@ impl ModelWriter {
                 prequential_accuracy: 0.5,
                 log_loss: 0.69,
                 roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
             },
         };
         self.artifacts.put_version(&manifest, &bytes).await?;

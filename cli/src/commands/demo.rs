@@ -134,6 +134,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             at: 0.5,
         }),
         changes: Vec::new(),
+        traffic: None,
     };
     let events = bookstore::generate(&config);
     let actions = events

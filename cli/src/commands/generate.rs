@@ -6,8 +6,16 @@
 //! go back to where the first began. Event ids carry the start, so a run that starts elsewhere
 //! in time is other events, not duplicates of an earlier run's; the same seed and start give the
 //! same stream, ids included.
+//!
+//! By default events are one second apart, so any label horizon passes within seconds. With
+//! `--rate` they are live traffic instead: that many actions per second of event time from the
+//! start, purchases some minutes after their views (a share of them much later, past the label
+//! horizon) and users who leave for good. Send such a stream in real time with `freshet publish
+//! --rate` at the same rate, so its event times stay near the clock.
 
 use std::io::{BufWriter, ErrorKind, Write};
+
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -15,7 +23,7 @@ use clap::Args;
 use freshet::events::Event;
 use freshet::ids::EntityId;
 
-use crate::bookstore::{self, BookstoreConfig, Viral};
+use crate::bookstore::{self, BookstoreConfig, Traffic, Viral};
 
 /// Arguments of `freshet generate`.
 #[derive(Debug, Clone, Args)]
@@ -44,6 +52,31 @@ pub struct GenerateArgs {
     /// started earlier
     #[arg(long = "start", value_parser = parse_start)]
     pub start: Option<DateTime<Utc>>,
+    /// Live traffic: this many user actions per second of event time, from the start (see
+    /// above)
+    #[arg(long = "rate", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Mean delay from a view to the purchase that follows it, under --rate
+    #[arg(long = "purchase-delay", default_value = "2m", requires = "rate", value_parser = humantime::parse_duration)]
+    pub purchase_delay: Duration,
+    /// Share of purchases made much later, under --rate
+    #[arg(long = "late-share", default_value_t = 0.1, requires = "rate", value_parser = parse_fraction)]
+    pub late_share: f64,
+    /// Mean delay of those late purchases, under --rate
+    #[arg(long = "late-delay", default_value = "1h", requires = "rate", value_parser = humantime::parse_duration)]
+    pub late_delay: Duration,
+    /// Chance that a user leaves for good after a visit, under --rate
+    #[arg(long = "churn", default_value_t = 0.02, requires = "rate", value_parser = parse_fraction)]
+    pub churn: f64,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of actions per second"
+        )),
+    }
 }
 
 fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
@@ -74,6 +107,14 @@ impl GenerateArgs {
                 at: self.viral_at,
             }),
             changes: Vec::new(),
+            traffic: self.rate.map(|rate| Traffic {
+                start: self.start(),
+                rate,
+                purchase_delay: self.purchase_delay,
+                late_share: self.late_share,
+                late_delay: self.late_delay,
+                churn: self.churn,
+            }),
         }
     }
 
@@ -124,16 +165,18 @@ mod tests {
         assert!(parse_fraction("NaN").is_err());
     }
 
-    fn args(extra: &[&str]) -> GenerateArgs {
+    fn try_args(extra: &[&str]) -> Result<GenerateArgs, clap::Error> {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             generate: GenerateArgs,
         }
         let argv = ["generate", "--users", "3", "--items", "2", "--events", "5"];
-        clap::Parser::try_parse_from(argv.iter().chain(extra))
-            .map(|cli: Cli| cli.generate)
-            .unwrap()
+        clap::Parser::try_parse_from(argv.iter().chain(extra)).map(|cli: Cli| cli.generate)
+    }
+
+    fn args(extra: &[&str]) -> GenerateArgs {
+        try_args(extra).unwrap()
     }
 
     fn stream(args: &GenerateArgs) -> Vec<Event> {
@@ -181,5 +224,28 @@ mod tests {
         let events = stream(&args(&[]));
         let first = events[0].time.unwrap();
         assert!(first >= before && first <= Utc::now(), "{first} is not now");
+    }
+
+    #[test]
+    fn a_rate_makes_live_traffic_from_the_start_given() {
+        assert_eq!(args(&[]).config().traffic, None);
+        let live = args(&[
+            "--rate",
+            "50",
+            "--start",
+            "2026-12-01T10:00:00Z",
+            "--purchase-delay",
+            "30s",
+            "--churn",
+            "0.1",
+        ])
+        .config();
+        let traffic = live.traffic.unwrap();
+        assert_eq!(traffic.rate, 50.0);
+        assert_eq!(traffic.start.to_rfc3339(), "2026-12-01T10:00:00+00:00");
+        assert_eq!(traffic.purchase_delay, Duration::from_secs(30));
+        assert_eq!((traffic.late_share, traffic.churn), (0.1, 0.1));
+        assert!(try_args(&["--churn", "0.1"]).is_err());
+        assert!(try_args(&["--rate", "0"]).is_err());
     }
 }

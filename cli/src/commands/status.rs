@@ -1,20 +1,26 @@
 //! `freshet status`: one look at the whole system: how much each stream holds, how far behind each
 //! consumer of EVENTS and EXAMPLES is, which version each model serves and since when, each
-//! model's drift episode (the one open, else the last), and how many messages were dead-lettered
-//! for which reason.
+//! model's drift episode (the one open, else the last), each model's label health (see
+//! [`freshet_features::labels`]: views waiting for a label and the age of the oldest, the
+//! observed conversion rate beside the share of positives published and the live model's mean
+//! prediction, with a warning when they part), and how many messages were dead-lettered for which
+//! reason.
 //!
 //! Missing pieces (an unprovisioned stream, no MODELS bucket) are shown as missing rather than
 //! failing the command: status is what an operator runs when something is wrong.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
+use clap::Args;
 use freshet::subjects::{
-    BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS, STREAM_EXAMPLES,
-    STREAM_PREDICTIONS,
+    BUCKET_FEATURES, BUCKET_MODELS, STREAM_CONTROL, STREAM_DEAD_LETTER, STREAM_EVENTS,
+    STREAM_EXAMPLES, STREAM_PREDICTIONS,
 };
+use freshet_features::labels::{LabelHealth, LabelState, calibration_warning};
 use futures::TryStreamExt;
 use serde::Serialize;
 
@@ -23,6 +29,15 @@ use super::{
     GlobalArgs, Table, age_seconds, connect, emit, emit_json, format_age_seconds, format_bytes,
     is_stream_not_found,
 };
+
+/// Arguments of `freshet status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// featurize's label horizon (the same variable sets both), by which the age of the oldest
+    /// view waiting for its label is told
+    #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub label_horizon: Duration,
+}
 
 /// Every stream status reports on, in display order.
 const STREAMS: [&str; 5] = [
@@ -132,8 +147,99 @@ pub struct Status {
     pub models: Option<Vec<ModelStatus>>,
     /// Each model's latest drift episode; `None` when CONTROL or MODELS does not exist.
     pub drift: Option<Vec<DriftStatus>>,
+    /// Each model's label health; `None` when the FEATURES bucket does not exist.
+    pub labels: Option<Vec<LabelStatus>>,
     /// Dead-lettered messages by reason (the last token of the dead-letter subject).
     pub dead_letters: BTreeMap<String, u64>,
+}
+
+/// The labels featurize publishes for one model, beside what its live version predicts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelStatus {
+    pub model: String,
+    /// Over featurize's partitions; `None` when featurize has recorded none for the model.
+    pub health: Option<LabelHealth>,
+    /// The share of positives among the views that waited, as observed.
+    pub observed_conversion_rate: Option<f64>,
+    /// The share of positives among the examples published.
+    pub positive_share: Option<f64>,
+    /// The live version's mean prediction over its metrics window; `None` when the artifact
+    /// store cannot be read or the version predates it.
+    pub mean_prediction: Option<f64>,
+    /// Why the labels or the model look wrong, when they do.
+    pub warnings: Vec<String>,
+}
+
+impl LabelStatus {
+    /// The status of `model`'s labels from their health and the live mean prediction.
+    pub fn new(model: &str, health: Option<LabelHealth>, mean_prediction: Option<f64>) -> Self {
+        let observed = health.and_then(|h| h.observed_conversion_rate());
+        let mut warnings: Vec<String> = health.and_then(|h| h.warning()).into_iter().collect();
+        let enough = health
+            .is_some_and(|h| h.recent.views >= freshet_features::labels::MIN_VIEWS_TO_COMPARE);
+        if let (true, Some(mean), Some(observed)) = (enough, mean_prediction, observed)
+            && let Some(warning) =
+                calibration_warning(mean, observed, "the observed conversion rate")
+        {
+            warnings.push(warning);
+        }
+        LabelStatus {
+            model: model.to_string(),
+            health,
+            observed_conversion_rate: observed,
+            positive_share: health.and_then(|h| h.positive_share()),
+            mean_prediction,
+            warnings,
+        }
+    }
+}
+
+/// The label health of `model` over the partitions featurize recorded, read from the FEATURES
+/// stream's last value of each `labels.<model>.<partition>` key (no other key is read); `None`
+/// when there is none (or no FEATURES bucket yet).
+pub async fn label_health(
+    js: &jetstream::Context,
+    model: &str,
+    horizon: Duration,
+) -> anyhow::Result<Option<LabelHealth>> {
+    let stream = match js.get_stream(format!("KV_{BUCKET_FEATURES}")).await {
+        Ok(stream) => stream,
+        Err(err) if is_stream_not_found(&err) => return Ok(None),
+        Err(err) => return Err(err).context("opening the FEATURES bucket"),
+    };
+    let filter = format!("$KV.{BUCKET_FEATURES}.labels.{model}.*");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(&filter)
+        .await
+        .context("listing the label states in FEATURES")?
+        .try_collect()
+        .await
+        .context("listing the label states in FEATURES")?;
+    let mut states = Vec::with_capacity(subjects.len());
+    for (subject, _) in subjects {
+        let message = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            // Purged or deleted since it was listed: nothing to count.
+            Err(err)
+                if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                continue;
+            }
+            Err(err) => return Err(err).with_context(|| format!("reading {subject}")),
+        };
+        // A delete or purge marker has no body.
+        if message.payload.is_empty() {
+            continue;
+        }
+        let state: LabelState = serde_json::from_slice(&message.payload)
+            .with_context(|| format!("decoding the label state at {subject}"))?;
+        states.push(state);
+    }
+    if states.is_empty() {
+        return Ok(None);
+    }
+    let horizon = TimeDelta::from_std(horizon).unwrap_or(TimeDelta::MAX);
+    Ok(Some(LabelHealth::of(&states, horizon)))
 }
 
 /// Adds up per-subject counts of `<prefix>.dead_letter.<function>.<reason>` by reason.
@@ -149,7 +255,7 @@ pub fn dead_letters_by_reason(
 }
 
 /// Runs `freshet status`.
-pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
+pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let mut streams = Vec::new();
     let mut consumers = Vec::new();
@@ -220,17 +326,52 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let labels = match &models {
+        Some(models) if nats.js.get_key_value(BUCKET_FEATURES).await.is_ok() => {
+            let artifacts = super::open_artifacts(global).ok();
+            let mut labels = Vec::with_capacity(models.len());
+            for model in models {
+                let health = label_health(&nats.js, &model.model, args.label_horizon).await?;
+                let mean_prediction = match (&artifacts, model.live_version) {
+                    (Some(artifacts), Some(version)) => {
+                        live_mean_prediction(artifacts, &model.model, version).await
+                    }
+                    _ => None,
+                };
+                labels.push(LabelStatus::new(&model.model, health, mean_prediction));
+            }
+            Some(labels)
+        }
+        _ => None,
+    };
     let status = Status {
         streams,
         consumers,
         models,
         drift,
+        labels,
         dead_letters,
     };
     if global.json {
         return emit_json(&status);
     }
     emit(&render(&status))
+}
+
+/// The mean prediction recorded in a version's manifest, if the store can tell.
+async fn live_mean_prediction(
+    artifacts: &freshet_model::store::ArtifactStore,
+    model: &str,
+    version: u64,
+) -> Option<f64> {
+    let name = freshet::ids::ModelName::parse(model).ok()?;
+    match artifacts.manifest(&name, version).await {
+        Ok(manifest) => manifest.metrics.mean_prediction,
+        Err(err) => {
+            tracing::debug!(error = %err, model, version, "live manifest unavailable");
+            None
+        }
+    }
 }
 
 /// The latest drift episode of `model`: its last record on CONTROL.
@@ -384,6 +525,11 @@ pub fn render(status: &Status) -> String {
         text.push_str(&render_drift(drift));
     }
 
+    if let Some(labels) = &status.labels {
+        text.push('\n');
+        text.push_str(&render_labels(labels));
+    }
+
     text.push('\n');
     if status.dead_letters.is_empty() {
         text.push_str("no dead letters\n");
@@ -393,6 +539,51 @@ pub fn render(status: &Status) -> String {
             table.row(vec![reason.clone(), count.to_string()]);
         }
         text.push_str(&table.to_string());
+    }
+    text
+}
+
+/// The label table: one row per model, then its warnings.
+pub fn render_labels(labels: &[LabelStatus]) -> String {
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let mut table = Table::new(&[
+        "MODEL",
+        "WAITING VIEWS",
+        "OLDEST WAITING",
+        "CONVERSION",
+        "POSITIVES PUBLISHED",
+        "MEAN PREDICTION",
+    ])
+    .align_right(&[1, 2, 3, 4, 5]);
+    for label in labels {
+        let Some(health) = &label.health else {
+            table.row(vec![
+                label.model.clone(),
+                "-".into(),
+                "no labels yet".into(),
+            ]);
+            continue;
+        };
+        table.row(vec![
+            label.model.clone(),
+            health.waiting.to_string(),
+            health
+                .oldest_waiting_seconds
+                .map_or("-".to_string(), |s| format_age_seconds(s as u64)),
+            percent(label.observed_conversion_rate),
+            percent(label.positive_share),
+            percent(label.mean_prediction),
+        ]);
+    }
+    let mut text = table.to_string();
+    text.push_str(&format!(
+        "(conversion and positives over the last {} minutes of event time)\n",
+        freshet_features::labels::RECENT_MINUTES
+    ));
+    for label in labels {
+        for warning in &label.warnings {
+            text.push_str(&format!("WARNING {}: {warning}\n", label.model));
+        }
     }
     text
 }
@@ -445,7 +636,52 @@ pub fn render_drift(drift: &[DriftStatus]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use freshet_features::labels::LabelCounts;
+
     use super::*;
+
+    fn health(views: u64, conversions: u64, examples: u64, positives: u64) -> LabelHealth {
+        LabelHealth {
+            waiting: 420,
+            oldest_waiting_seconds: Some(95.0),
+            recent: LabelCounts {
+                views,
+                conversions,
+                examples,
+                positives,
+                ..LabelCounts::default()
+            },
+        }
+    }
+
+    #[test]
+    fn label_health_shows_rates_side_by_side_and_warns_when_they_part() {
+        let healthy = LabelStatus::new("bookstore", Some(health(1000, 80, 1100, 85)), Some(0.09));
+        assert!(healthy.warnings.is_empty(), "{:?}", healthy.warnings);
+        // Waiting for the horizon, before a first one has passed: positives only.
+        let skewed = LabelStatus::new("skewed", Some(health(1000, 80, 100, 95)), Some(0.97));
+        assert_eq!(skewed.warnings.len(), 2, "{:?}", skewed.warnings);
+        let quiet = LabelStatus::new("quiet", None, None);
+        let text = render_labels(&[healthy, skewed, quiet]);
+        assert!(text.contains("420"), "{text}");
+        assert!(
+            text.contains("8.0%") && text.contains("7.7%") && text.contains("9.0%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARNING skewed: positives are 95.0%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARNING skewed: the model's mean prediction 97.0%"),
+            "{text}"
+        );
+        assert!(!text.contains("WARNING bookstore"), "{text}");
+        assert!(text.contains("no labels yet"), "{text}");
+        // Too few views to tell: no warning either way.
+        let young = LabelStatus::new("young", Some(health(50, 4, 10, 10)), Some(0.9));
+        assert!(young.warnings.is_empty());
+    }
 
     #[test]
     fn the_latest_drift_record_tells_the_episode() {

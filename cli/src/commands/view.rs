@@ -1,6 +1,6 @@
 //! `freshet view`: a small web page showing the system live: event rate, freshness, model
 //! versions over time with promotions and rollbacks marked, prequential and live accuracy with
-//! drift detections marked.
+//! drift detections marked, and the health of the labels the model learns from.
 //!
 //! `GET /` is one self-contained page (`view/page.html`: inline SVG and vanilla JavaScript, no
 //! external resources) that polls `GET /api/state` every second. The state is assembled from what
@@ -9,7 +9,8 @@
 //! - a sampler, every second: the EVENTS and EXAMPLES streams' last sequences (whose differences
 //!   are the rates), dead letters by reason, the manifests in the artifact store, the stored time
 //!   of the example at each live version's high-water mark, and the age of the oldest example the
-//!   live version has not learned yet;
+//!   live version has not learned yet, and each model's label health (featurize's label states in
+//!   FEATURES beside the live version's mean prediction, as `freshet status` shows them);
 //! - a watch of the MODELS bucket from its oldest kept revision: every write of `<model>.live` and
 //!   `<model>.candidate`, with the server's write time and the writer's reason;
 //! - an ordered consumer of CONTROL from the window's start: drift detections, gate decisions,
@@ -50,10 +51,10 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use self::series::{
-    ControlRecord, DriftMark, GateMark, LIVE_ACCURACY_WINDOW, MAX_POINTS, Millis, Move, MoveKind,
-    OutcomeRecord, Point, PointerWrite, QuarantineMark, VersionInfo, VersionPoint,
+    ControlRecord, DriftMark, GateMark, LIVE_ACCURACY_WINDOW, LabelPoint, MAX_POINTS, Millis, Move,
+    MoveKind, OutcomeRecord, Point, PointerWrite, QuarantineMark, VersionInfo, VersionPoint,
 };
-use super::status::count_dead_letters;
+use super::status::{LabelStatus, count_dead_letters, label_health};
 use super::{GlobalArgs, connect, emit, is_stream_not_found, open_artifacts};
 
 /// The page, embedded so the binary serves it from anywhere.
@@ -86,6 +87,10 @@ pub struct ViewArgs {
     /// How far back the charts reach
     #[arg(long = "window", default_value = "30m", value_parser = humantime::parse_duration)]
     pub window: Duration,
+    /// featurize's label horizon (the same variable sets both), by which the age of the oldest
+    /// view waiting for its label is told
+    #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub label_horizon: Duration,
     /// Who may read the view's state, and how much (the functions' HTTP settings)
     #[command(flatten)]
     pub http: HttpArgs,
@@ -119,6 +124,12 @@ struct ModelRecords {
     gate: VecDeque<GateMark>,
     quarantine: VecDeque<QuarantineMark>,
     refusals: VecDeque<(Millis, String)>,
+    /// The mean prediction each version's manifest records, where it does.
+    mean_predictions: BTreeMap<u64, f64>,
+    /// Label health, sampled each second.
+    labels: VecDeque<LabelPoint>,
+    /// The latest label sample, with its warnings.
+    label_status: Option<LabelStatus>,
 }
 
 impl ModelRecords {
@@ -170,6 +181,7 @@ impl ModelRecords {
         self.gate.retain(|m| m.t >= from);
         self.quarantine.retain(|m| m.t >= from);
         self.refusals.retain(|(t, _)| *t >= from);
+        self.labels.retain(|p| p.0 >= from);
     }
 
     fn apply(&mut self, record: ControlRecord) {
@@ -237,6 +249,7 @@ struct View {
     artifacts: ArtifactStore,
     model: Option<ModelName>,
     window: Duration,
+    label_horizon: Duration,
     collected: Mutex<Collected>,
 }
 
@@ -272,6 +285,7 @@ pub async fn run(global: &GlobalArgs, args: &ViewArgs) -> anyhow::Result<()> {
         artifacts: open_artifacts(global)?,
         model: args.model.clone(),
         window: args.window,
+        label_horizon: args.label_horizon,
         collected: Mutex::new(Collected::default()),
     });
     let shutdown = Shutdown::on_signals();
@@ -361,6 +375,10 @@ async fn sample(context: &View) {
         Ok(()) => context.collected().ok("EXAMPLES times"),
         Err(err) => context.collected().fail("EXAMPLES times", &err),
     }
+    match sample_labels(context, t).await {
+        Ok(()) => context.collected().ok("labels"),
+        Err(err) => context.collected().fail("labels", &err),
+    }
     let from = context.window_start(t);
     let mut guard = context.collected();
     let collected = &mut *guard;
@@ -444,6 +462,9 @@ async fn read_manifests(context: &View) -> anyhow::Result<()> {
             };
             let mut collected = context.collected();
             let records = collected.model(name);
+            if let Some(mean) = manifest.metrics.mean_prediction {
+                records.mean_predictions.insert(version, mean);
+            }
             records.from_manifest.insert(version);
             let named = records.writes.values().any(|w| w.version == Some(version));
             if info.created_at >= from || named {
@@ -541,6 +562,43 @@ async fn sample_examples(context: &View, t: Millis) -> anyhow::Result<()> {
         if let Some(age) = backlog {
             series::push_bounded(&mut records.backlog_age, Point(t, age), MAX_RECORDS);
         }
+    }
+    Ok(())
+}
+
+/// Samples each model's label health from FEATURES, beside its live version's mean prediction.
+async fn sample_labels(context: &View, t: Millis) -> anyhow::Result<()> {
+    let wanted: Vec<(String, Option<f64>)> = {
+        let collected = context.collected();
+        collected
+            .models
+            .iter()
+            .filter(|(name, _)| context.wanted(name))
+            .map(|(name, records)| {
+                let mean = match records.current(Slot::Live) {
+                    Some((_, Some(version), _)) => records.mean_predictions.get(&version).copied(),
+                    _ => None,
+                };
+                (name.clone(), mean)
+            })
+            .collect()
+    };
+    for (name, mean) in wanted {
+        let health = label_health(&context.js, &name, context.label_horizon).await?;
+        let status = LabelStatus::new(&name, health, mean);
+        let mut collected = context.collected();
+        let records = collected.model(&name);
+        series::push_bounded(
+            &mut records.labels,
+            LabelPoint(
+                t,
+                status.positive_share,
+                status.observed_conversion_rate,
+                status.mean_prediction,
+            ),
+            MAX_RECORDS,
+        );
+        records.label_status = Some(status);
     }
     Ok(())
 }
@@ -723,6 +781,10 @@ struct ModelView {
     drift: Vec<DriftMark>,
     gate: Vec<GateMark>,
     quarantine: Vec<QuarantineMark>,
+    /// The latest label health, with its warnings; `None` before the first sample.
+    labels: Option<LabelStatus>,
+    /// Positive share, observed conversion rate and mean prediction over time.
+    label_rates: Vec<LabelPoint>,
 }
 
 /// One line of the recent-decisions list.
@@ -902,6 +964,8 @@ fn model_view(
         drift: drift[drift.len().saturating_sub(MAX_POINTS)..].to_vec(),
         gate: records.gate.iter().cloned().collect(),
         quarantine: records.quarantine.iter().cloned().collect(),
+        labels: records.label_status.clone(),
+        label_rates: series::label_rates(&records.labels, from),
     }
 }
 
@@ -931,7 +995,7 @@ mod tests {
                 "the page must not load {external} resources: the view runs offline"
             );
         }
-        for chart in ["event-rate", "freshness", "versions", "accuracy"] {
+        for chart in ["event-rate", "freshness", "versions", "accuracy", "labels"] {
             assert!(PAGE.contains(&format!("\"{chart}\"")), "{chart}");
         }
     }
@@ -1019,6 +1083,50 @@ mod tests {
         assert_eq!(state.errors, vec!["CONTROL: boom".to_string()]);
         // The oldest thing shown is version 1's creation, but the charts span ten seconds at least.
         assert_eq!(state.from, -6_000);
+    }
+
+    #[test]
+    fn label_health_is_shown_beside_the_mean_prediction_with_its_warnings() {
+        use freshet_features::labels::{LabelCounts, LabelHealth};
+
+        let mut collected = Collected::default();
+        let records = collected.model("bookstore");
+        records.labels = [
+            LabelPoint(500, Some(0.08), Some(0.08), Some(0.08)),
+            LabelPoint(1_000, Some(0.05), Some(0.08), Some(0.5)),
+            LabelPoint(2_000, None, None, None),
+        ]
+        .into_iter()
+        .collect();
+        // Positives published at 5 % of examples while 8 % of views convert, and a model that
+        // predicts 50 %: both parted.
+        let health = LabelHealth {
+            waiting: 42,
+            oldest_waiting_seconds: Some(30.0),
+            recent: LabelCounts {
+                views: 1_000,
+                conversions: 80,
+                examples: 1_000,
+                positives: 50,
+                ..LabelCounts::default()
+            },
+        };
+        records.label_status = Some(LabelStatus::new("bookstore", Some(health), Some(0.5)));
+        records.prune(800);
+
+        let state = assemble(&collected, 3_000, 800);
+        let model = &state.models[0];
+        assert_eq!(
+            model.label_rates,
+            vec![LabelPoint(1_000, Some(0.05), Some(0.08), Some(0.5))]
+        );
+        let json = serde_json::to_value(model).unwrap();
+        assert_eq!(json["labels"]["health"]["waiting"], 42);
+        assert_eq!(json["labels"]["observed_conversion_rate"], 0.08);
+        assert_eq!(json["labels"]["mean_prediction"], 0.5);
+        let warnings = json["labels"]["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(PAGE.contains("data-label-warning"));
     }
 
     #[test]

@@ -252,6 +252,8 @@ mod tests {
             label: 1.0,
             source_event: "e1".into(),
             event_time: None,
+            feedback: Default::default(),
+            corrects: None,
         }
     }
 

@@ -83,6 +83,8 @@ mod tests {
                 prequential_accuracy: 0.5,
                 log_loss: 0.69,
                 roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
             },
             lineage,
             traces: Vec::new(),

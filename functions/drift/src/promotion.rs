@@ -474,6 +474,8 @@ mod tests {
                 prequential_accuracy: 0.5,
                 log_loss: 0.69,
                 roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
             },
             // Each a chain of its own.
             lineage: Some(version),
@@ -530,6 +532,8 @@ mod tests {
                     features: vec![0.1, 0.2, 0.3],
                     source_event: sequence.to_string(),
                     event_time: None,
+                    feedback: Default::default(),
+                    corrects: None,
                 };
                 let scored = Scored {
                     version: 5,

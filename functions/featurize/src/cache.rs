@@ -1,8 +1,9 @@
 //! The FEATURES entries a featurize consumer wrote last, kept so the next batch need not read
 //! them back.
 //!
-//! Only keys no one else writes are kept (see [`StateCache::keeps`]): the users and scaling state
-//! of the consumer's partitions, and, when one consumer has every partition, all keys. The lease
+//! Only keys no one else writes are kept (see [`StateCache::keeps`]): the users, scaling states,
+//! label states and due slots of the consumer's partitions, and, when one consumer has every
+//! partition, all keys. The lease
 //! on the consumer makes it their only writer, so what it wrote is what a read would return.
 //! Every write is still a compare-and-set on the kept revision: should another writer have
 //! slipped in (an operator, or a replica that held the lease before), the write fails, the key is
@@ -34,10 +35,14 @@ impl StateCache {
         }
     }
 
-    /// Whether `key` is written only by this consumer. Users are partitioned by user id and
-    /// scaling states by partition; items and categories are shared by every partition.
+    /// Whether `key` is written only by this consumer. Users are partitioned by user id, and
+    /// scaling states, label states and due slots by partition; items and categories are shared
+    /// by every partition.
     pub fn keeps(&self, key: &str) -> bool {
-        self.all_partitions || key.starts_with("user.") || key.starts_with("scaling.")
+        self.all_partitions
+            || ["user.", "scaling.", "labels.", "due."]
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
     }
 
     /// Takes the entry of `key` out of the cache: the caller owns it until it writes it back
@@ -59,8 +64,9 @@ impl StateCache {
         self.young.insert(key, (state, revision));
     }
 
+    /// Entries kept (both generations).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }
 }

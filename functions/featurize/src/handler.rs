@@ -1,6 +1,6 @@
 //! featurize's pure logic: which state changes and which example an event causes, given the
-//! entity state read from FEATURES. No NATS, no clock: time comes in as an argument, so every
-//! rule here is tested with plain values.
+//! entity state read from FEATURES, and which waiting views time decides ([`plan_due`]). No
+//! NATS, no clock: time comes in as an argument, so every rule here is tested with plain values.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,8 +16,11 @@ use freshet_features::aggregates::WindowSpec;
 use freshet_features::bookstore::{
     self, Applied, CategoryState, ItemState, ScalingState, UserState,
 };
+use freshet_features::labels::{
+    DueBuckets, DueSlot, LabelCounts, LabelState, LabelUpdate, due_slot_key, label_state_key,
+};
 
-use crate::labels::{self, ActionEvent, LabelSettings, Labelled};
+use crate::labels::{self, ActionEvent, LabelSettings, Labelled, Outcome};
 
 /// Where a stored event sits: its partition and stream sequence, the exactly-once coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +121,7 @@ pub fn work_for(event: &Event, at: DateTime<Utc>) -> Work {
 /// replayed mutation use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The model the bookstore examples are for.
+    /// The model the bookstore examples are for (and whose label states and due index are kept).
     pub model: ModelName,
     /// The popularity windows of an item that has none yet (an item keeps the settings it was
     /// built with).
@@ -129,6 +132,13 @@ pub struct Settings {
     pub scaling_decay: Decay,
     /// How far ahead of when it was stored an event's time may be (see [`event_time`]).
     pub max_future_skew: TimeDelta,
+}
+
+impl Settings {
+    /// How the due index cuts time for the label horizon.
+    pub fn due_buckets(&self) -> DueBuckets {
+        DueBuckets::for_horizon(self.labels.horizon)
+    }
 }
 
 /// One change to one entity's state, recorded so it can be applied again on a fresher copy of the
@@ -169,17 +179,48 @@ pub enum Mutation {
         examples: Vec<Vec<f32>>,
         position: Position,
     },
+    /// A user action on the partition did this to its label state.
+    Label {
+        update: LabelUpdate,
+        position: Position,
+    },
+    /// A view of `user` began waiting, falling due in `bucket`.
+    Index {
+        bucket: i64,
+        user: EntityId,
+        position: Position,
+    },
+    /// Time decided these waiting views of the user (by event id). Idempotent: it names what it
+    /// removes, so it needs no position.
+    Decided { views: Vec<String> },
+    /// These due buckets were decided and are drained from the partition's label state; deciding
+    /// them published `counts` at `at`. Idempotent but for the counts, which a replay after a
+    /// crash between the decisions and the drain leaves out (a health statistic).
+    Drained {
+        buckets: Vec<i64>,
+        at: DateTime<Utc>,
+        counts: LabelCounts,
+    },
+    /// These due buckets are drained from a slot. Idempotent.
+    DrainedSlot { buckets: Vec<i64> },
 }
 
 impl Mutation {
-    fn position(&self) -> Position {
+    /// The stream position of the event that caused it; `None` for what time decided (the
+    /// tick), which is idempotent instead.
+    fn position(&self) -> Option<Position> {
         match self {
             Mutation::UserAction { position, .. }
             | Mutation::ItemAction { position, .. }
             | Mutation::NewItem { position, .. }
             | Mutation::CategoryAction { position, .. }
             | Mutation::UserRefused { position }
-            | Mutation::Scale { position, .. } => *position,
+            | Mutation::Scale { position, .. }
+            | Mutation::Label { position, .. }
+            | Mutation::Index { position, .. } => Some(*position),
+            Mutation::Decided { .. } | Mutation::Drained { .. } | Mutation::DrainedSlot { .. } => {
+                None
+            }
         }
     }
 }
@@ -191,6 +232,8 @@ pub enum EntityState {
     Item(ItemState),
     Category(CategoryState),
     Scaling(ScalingState),
+    Labels(LabelState),
+    Due(DueSlot),
 }
 
 impl EntityState {
@@ -202,6 +245,8 @@ impl EntityState {
             "item" => EntityState::Item(ItemState::default()),
             "category" => EntityState::Category(CategoryState::default()),
             "scaling" => EntityState::Scaling(ScalingState::default()),
+            "labels" => EntityState::Labels(LabelState::default()),
+            "due" => EntityState::Due(DueSlot::default()),
             _ => return None,
         })
     }
@@ -221,6 +266,8 @@ impl EntityState {
             Some(EntityState::Scaling(_)) => {
                 serde_json::from_slice(bytes).map(EntityState::Scaling)
             }
+            Some(EntityState::Labels(_)) => serde_json::from_slice(bytes).map(EntityState::Labels),
+            Some(EntityState::Due(_)) => serde_json::from_slice(bytes).map(EntityState::Due),
             None => return Err(StateError::UnknownKey(key.to_string())),
         }
         .map_err(error)
@@ -233,6 +280,8 @@ impl EntityState {
             EntityState::Item(item) => serde_json::to_vec(item),
             EntityState::Category(category) => serde_json::to_vec(category),
             EntityState::Scaling(scaling) => serde_json::to_vec(scaling),
+            EntityState::Labels(labels) => serde_json::to_vec(labels),
+            EntityState::Due(slot) => serde_json::to_vec(slot),
         }
         .expect("entity state is plain data with finite numbers and always serialises")
     }
@@ -243,6 +292,8 @@ impl EntityState {
             EntityState::Item(item) => &item.applied,
             EntityState::Category(category) => &category.applied,
             EntityState::Scaling(scaling) => &scaling.applied,
+            EntityState::Labels(labels) => &labels.applied,
+            EntityState::Due(slot) => &slot.applied,
         }
     }
 
@@ -252,18 +303,17 @@ impl EntityState {
             EntityState::Item(item) => &mut item.applied,
             EntityState::Category(category) => &mut category.applied,
             EntityState::Scaling(scaling) => &mut scaling.applied,
+            EntityState::Labels(labels) => &mut labels.applied,
+            EntityState::Due(slot) => &mut slot.applied,
         }
     }
 
     /// Applies a mutation unless its position was already applied. Returns `None` if nothing
-    /// changed, else the examples a user action labelled (none for other mutations). Replaying a
+    /// changed, else what labelling a user action did (nothing for other mutations). Replaying a
     /// user action on the same state labels the same examples.
-    pub fn apply(&mut self, mutation: &Mutation, settings: &Settings) -> Option<Vec<Labelled>> {
+    pub fn apply(&mut self, mutation: &Mutation, settings: &Settings) -> Option<Outcome> {
         let position = mutation.position();
-        if self
-            .applied()
-            .contains(position.partition, position.sequence)
-        {
+        if position.is_some_and(|p| self.applied().contains(p.partition, p.sequence)) {
             return None;
         }
         let labelled = match (&mut *self, mutation) {
@@ -279,7 +329,7 @@ impl EntityState {
                     ..
                 },
             ) => {
-                let labelled = labels::label(
+                let outcome = labels::label(
                     user,
                     ActionEvent {
                         action: *action,
@@ -291,7 +341,7 @@ impl EntityState {
                     &settings.labels,
                 );
                 user.apply(*action, category.as_deref(), *at);
-                labelled
+                outcome
             }
             (
                 EntityState::Item(item),
@@ -305,7 +355,7 @@ impl EntityState {
                 // An action judged on time when planned that another partition's events made
                 // late since: counted, left out of the final windows (see ItemState).
                 let _ = item.apply_action(*action, *at, &settings.popularity, *latest_allowed);
-                Vec::new()
+                Outcome::default()
             }
             (
                 EntityState::Item(item),
@@ -317,16 +367,16 @@ impl EntityState {
                 },
             ) => {
                 item.apply_new_item(category, *price, *at);
-                Vec::new()
+                Outcome::default()
             }
             (EntityState::Category(category), Mutation::CategoryAction { action, .. }) => {
                 category.apply(*action);
-                Vec::new()
+                Outcome::default()
             }
             (EntityState::User(user), Mutation::UserRefused { position }) => {
                 // `refuse` marks the position itself.
                 user.refuse(position.partition, position.sequence);
-                return Some(Vec::new());
+                return Some(Outcome::default());
             }
             (EntityState::Scaling(scaling), Mutation::Scale { examples, .. }) => {
                 for features in examples {
@@ -334,13 +384,46 @@ impl EntityState {
                     // so no update is refused.
                     let _ = scaling.observe(features, settings.scaling_decay);
                 }
-                Vec::new()
+                Outcome::default()
+            }
+            (EntityState::Labels(labels), Mutation::Label { update, .. }) => {
+                labels.record(update, settings.due_buckets());
+                Outcome::default()
+            }
+            (EntityState::Due(slot), Mutation::Index { bucket, user, .. }) => {
+                slot.index(*bucket, user);
+                Outcome::default()
+            }
+            (EntityState::User(user), Mutation::Decided { views }) => {
+                let before = user.pending.len();
+                user.pending.retain(|view| !views.contains(&view.event));
+                if user.pending.len() == before {
+                    return None;
+                }
+                return Some(Outcome::default());
+            }
+            (
+                EntityState::Labels(labels),
+                Mutation::Drained {
+                    buckets,
+                    at,
+                    counts,
+                },
+            ) => {
+                labels.drain(buckets, *at, *counts);
+                return Some(Outcome::default());
+            }
+            (EntityState::Due(slot), Mutation::DrainedSlot { buckets }) => {
+                slot.drain(buckets);
+                return Some(Outcome::default());
             }
             // Keys are derived from the event, so a key never meets another kind's mutation.
             _ => return None,
         };
-        self.applied_mut()
-            .record(position.partition, position.sequence);
+        if let Some(position) = position {
+            self.applied_mut()
+                .record(position.partition, position.sequence);
+        }
         Some(labelled)
     }
 }
@@ -378,7 +461,8 @@ pub struct BatchPlan {
     pub examples: Vec<ExampleRecord>,
     /// For each example, the index in the batch of the event whose handling published it. A
     /// view's example is published when its label is decided: by the purchase that made it
-    /// positive, or the later event that found its horizon passed.
+    /// positive, or the later event that found its horizon passed (or, with fake-negative
+    /// weighting, by the view itself, and its correction by the purchase).
     pub origins: Vec<usize>,
     pub mutations: BTreeMap<String, Vec<Mutation>>,
     pub rejected: Vec<(usize, Rejection)>,
@@ -388,14 +472,16 @@ pub struct BatchPlan {
 ///
 /// A user's state is the record of which of the user's actions were decided, applied or refused
 /// as late, and of which examples went out: once it holds an action, a redelivery publishes the
-/// action's examples no more. So the scaling states, which fold those examples in, are written
-/// before it (as the examples are published before any state), and the items and categories the
-/// actions touch after it: a key of a later phase never holds an action its user has not
-/// recorded. An action its user lacks has then left no trace in any state but a scaling one (which
-/// skips it by its mark), and a replay may judge it afresh; an action its user holds is replayed
-/// on the other keys as it was decided.
+/// action's examples no more. So the scaling states, which fold those examples in, and the
+/// partitions' label states and due slots, which count and index what labelling the action did,
+/// are written before it (as the examples are published before any state), and the items and
+/// categories the actions touch after it: a key of a later phase never holds an action its user
+/// has not recorded. An action its user lacks has then left no trace in any state but those of
+/// the first phase (which skip it by its mark), and a replay may judge it afresh, on the same
+/// user state, to the same outcome; an action its user holds is replayed on the other keys as it
+/// was decided.
 pub fn write_phase(key: &str) -> u8 {
-    if key.starts_with("scaling.") {
+    if key.starts_with("scaling.") || key.starts_with("labels.") || key.starts_with("due.") {
         0
     } else if key.starts_with("user.") {
         1
@@ -404,17 +490,26 @@ pub fn write_phase(key: &str) -> u8 {
     }
 }
 
-/// The FEATURES keys a batch reads before planning: its users and items, and the scaling state
-/// of each partition it has user actions from. The categories are known only once the items
-/// are read: see [`category_keys_of`].
-pub fn keys_of(model: &ModelName, batch: &[Routed]) -> BTreeSet<String> {
+/// The FEATURES keys a batch reads before planning: its users and items, the scaling state of
+/// each partition it has user actions from and, when views wait for their label, each such
+/// partition's label state and the due slot a view of the batch would be indexed in. The
+/// categories are known only once the items are read: see [`category_keys_of`].
+pub fn keys_of(settings: &Settings, batch: &[Routed]) -> BTreeSet<String> {
+    let model = &settings.model;
     let mut keys = BTreeSet::new();
     for routed in batch {
         match &routed.work {
             Work::UserAction(action) => {
+                let partition = routed.position.partition;
                 keys.insert(bookstore::user_key(&action.user));
                 keys.insert(bookstore::item_key(&action.item));
-                keys.insert(bookstore::scaling_key(model, routed.position.partition));
+                keys.insert(bookstore::scaling_key(model, partition));
+                if settings.labels.waits() {
+                    keys.insert(label_state_key(model, partition));
+                    if action.action != Action::Purchase {
+                        keys.insert(due_slot_of(settings, partition, routed.at));
+                    }
+                }
             }
             Work::NewItem(item) => {
                 keys.insert(bookstore::item_key(&item.item));
@@ -561,7 +656,7 @@ fn plan_action(
         features,
         position,
     };
-    let labelled = record(states, plan, &user_key, user_mutation, settings).unwrap_or_default();
+    let outcome = record(states, plan, &user_key, user_mutation, settings);
     let item_mutation = Mutation::ItemAction {
         action: action.action,
         at: routed.at,
@@ -576,17 +671,235 @@ fn plan_action(
         };
         record(states, plan, key, mutation, settings);
     }
-    if !labelled.is_empty() {
-        let scaling_key = bookstore::scaling_key(&settings.model, position.partition);
+    // What labelling did is recorded on the partition's keys only when the user took the
+    // action now: an action its user already holds was counted and indexed before it.
+    let Some(outcome) = outcome else {
+        return Ok(());
+    };
+    let partition = position.partition;
+    if settings.labels.waits() {
+        let due = |at: DateTime<Utc>| settings.labels.due(at);
+        let update = LabelUpdate {
+            at: routed.at,
+            indexed: outcome.waiting.map(due),
+            resolved: outcome.decided.iter().copied().map(due).collect(),
+            counts: outcome.counts(),
+        };
+        let mutation = Mutation::Label { update, position };
+        record(
+            states,
+            plan,
+            &label_state_key(&settings.model, partition),
+            mutation,
+            settings,
+        );
+        if let Some(at) = outcome.waiting {
+            let mutation = Mutation::Index {
+                bucket: settings.due_buckets().bucket_of(due(at)),
+                user: action.user.clone(),
+                position,
+            };
+            let slot = due_slot_of(settings, partition, at);
+            record(states, plan, &slot, mutation, settings);
+        }
+    }
+    if !outcome.examples.is_empty() {
+        let scaling_key = bookstore::scaling_key(&settings.model, partition);
         let mutation = Mutation::Scale {
-            examples: labelled.iter().map(|l| l.features.clone()).collect(),
+            examples: outcome
+                .examples
+                .iter()
+                .map(|l| l.features.clone())
+                .collect(),
             position,
         };
         record(states, plan, &scaling_key, mutation, settings);
-        plan.examples
-            .extend(labelled.into_iter().map(|l| example_of(&settings.model, l)));
+        plan.examples.extend(
+            outcome
+                .examples
+                .into_iter()
+                .map(|l| example_of(&settings.model, l)),
+        );
     }
     Ok(())
+}
+
+/// The time up to which a partition's waiting views are decided: its event-time watermark (the
+/// latest user-action time minus the out-of-orderness) or, once the partition has handled no
+/// user action for `idle_after` of wall-clock time, that watermark run on by the wall-clock time
+/// beyond it. `None` before the partition's first user action.
+///
+/// So a busy partition decides by event time alone, whatever its users do (a replay of old
+/// events included), and a quiet one decides a view due at `t` about `idle_after` plus the
+/// out-of-orderness after `t`, when its events ran on the wall clock.
+pub fn decision_time(
+    latest_event_at: Option<DateTime<Utc>>,
+    out_of_orderness: TimeDelta,
+    idle: TimeDelta,
+    idle_after: TimeDelta,
+) -> Option<DateTime<Utc>> {
+    let watermark = latest_event_at?.checked_sub_signed(out_of_orderness)?;
+    let run_on = (idle - idle_after).max(TimeDelta::zero());
+    Some(
+        watermark
+            .checked_add_signed(run_on)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
+}
+
+/// The due buckets of a partition a tick decides at `through` (those whole before it), and the
+/// due slots they are kept in: what the tick reads after the label state.
+pub fn due_slots(
+    settings: &Settings,
+    partition: u32,
+    labels: &LabelState,
+    through: DateTime<Utc>,
+) -> (Vec<i64>, BTreeSet<String>) {
+    let buckets = settings.due_buckets();
+    let due = labels.due_buckets(through, buckets);
+    let slots = due
+        .iter()
+        .map(|&bucket| due_slot_key(&settings.model, partition, buckets.slot_of(bucket)))
+        .collect();
+    (due, slots)
+}
+
+/// The users with a view in the due buckets, from the slots read: what the tick reads last.
+pub fn due_users(
+    settings: &Settings,
+    partition: u32,
+    due: &[i64],
+    states: &BTreeMap<String, EntityState>,
+) -> BTreeSet<String> {
+    let buckets = settings.due_buckets();
+    let mut users = BTreeSet::new();
+    for &bucket in due {
+        let key = due_slot_key(&settings.model, partition, buckets.slot_of(bucket));
+        if let Some(EntityState::Due(slot)) = states.get(&key) {
+            users.extend(slot.users(bucket).map(bookstore::user_key));
+        }
+    }
+    users
+}
+
+/// What time decides on one partition at a tick.
+#[derive(Debug, Default, PartialEq)]
+pub struct DuePlan {
+    /// The examples deciding publishes (with fake-negative weighting, none: the negatives went
+    /// out with the views).
+    pub examples: Vec<ExampleRecord>,
+    /// Per user key, the views decided.
+    pub mutations: BTreeMap<String, Vec<Mutation>>,
+    /// The buckets decided: drained ([`drain`]) once the users' states are written.
+    pub buckets: Vec<i64>,
+    /// Every view due before this is decided.
+    pub through: Option<DateTime<Utc>>,
+    /// What deciding published, for label health.
+    pub counts: LabelCounts,
+}
+
+/// Decides the views of the due buckets `due` of a partition (see [`due_slots`] and
+/// [`due_users`]), on `states` (the users read, changed in place): every view of those users due
+/// before the end of the last of the buckets. Views due later stay; they are indexed in later
+/// buckets.
+pub fn plan_due(
+    settings: &Settings,
+    due: &[i64],
+    users: &BTreeSet<String>,
+    states: &mut BTreeMap<String, EntityState>,
+) -> DuePlan {
+    let mut plan = DuePlan::default();
+    let Some(&last) = due.iter().max() else {
+        return plan;
+    };
+    let through = settings.due_buckets().end(last);
+    plan.through = Some(through);
+    plan.buckets = due.to_vec();
+    for key in users {
+        let Some(EntityState::User(user)) = states.get(key) else {
+            continue;
+        };
+        let mut after = user.clone();
+        let (decided, examples) = labels::decide_due(&mut after, through, &settings.labels);
+        if decided.is_empty() {
+            continue;
+        }
+        let views = decided.into_iter().map(|view| view.event).collect();
+        apply_to(
+            states,
+            &mut plan.mutations,
+            key,
+            Mutation::Decided { views },
+            settings,
+        );
+        plan.counts += labels::count_examples(&examples);
+        plan.examples
+            .extend(examples.into_iter().map(|l| example_of(&settings.model, l)));
+    }
+    plan
+}
+
+/// The keys [`drain`] changes: the partition's label state and the slots of the decided
+/// buckets.
+pub fn drain_keys(settings: &Settings, partition: u32, decided: &DuePlan) -> BTreeSet<String> {
+    let buckets = settings.due_buckets();
+    decided
+        .buckets
+        .iter()
+        .map(|&bucket| due_slot_key(&settings.model, partition, buckets.slot_of(bucket)))
+        .chain([label_state_key(&settings.model, partition)])
+        .collect()
+}
+
+/// The mutations that drain a partition's decided buckets, once the users' decisions are
+/// written: the label state drops them (counting what deciding published, at `at`) and their
+/// slots forget them. Applied to `states`, recorded in `mutations`.
+pub fn drain(
+    settings: &Settings,
+    partition: u32,
+    decided: &DuePlan,
+    at: DateTime<Utc>,
+    states: &mut BTreeMap<String, EntityState>,
+    mutations: &mut BTreeMap<String, Vec<Mutation>>,
+) {
+    if decided.buckets.is_empty() {
+        return;
+    }
+    let buckets = settings.due_buckets();
+    let mut by_slot: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for &bucket in &decided.buckets {
+        by_slot
+            .entry(due_slot_key(
+                &settings.model,
+                partition,
+                buckets.slot_of(bucket),
+            ))
+            .or_default()
+            .push(bucket);
+    }
+    let drained = Mutation::Drained {
+        buckets: decided.buckets.clone(),
+        at,
+        counts: decided.counts,
+    };
+    let key = label_state_key(&settings.model, partition);
+    apply_to(states, mutations, &key, drained, settings);
+    for (slot, buckets) in by_slot {
+        apply_to(
+            states,
+            mutations,
+            &slot,
+            Mutation::DrainedSlot { buckets },
+            settings,
+        );
+    }
+}
+
+/// The due slot a view at `at` of `partition` is indexed in.
+fn due_slot_of(settings: &Settings, partition: u32, at: DateTime<Utc>) -> String {
+    let buckets = settings.due_buckets();
+    let bucket = buckets.bucket_of(settings.labels.due(at));
+    due_slot_key(&settings.model, partition, buckets.slot_of(bucket))
 }
 
 /// The example record of a labelled example of the bookstore schema.
@@ -602,6 +915,8 @@ fn example_of(model: &ModelName, labelled: Labelled) -> ExampleRecord {
         label: labelled.label,
         source_event: labelled.source_event,
         event_time: Some(labelled.at),
+        feedback: labelled.feedback,
+        corrects: labelled.corrects,
     }
 }
 
@@ -613,16 +928,24 @@ fn record(
     key: &str,
     mutation: Mutation,
     settings: &Settings,
-) -> Option<Vec<Labelled>> {
+) -> Option<Outcome> {
+    apply_to(states, &mut plan.mutations, key, mutation, settings)
+}
+
+/// [`record`] into any map of mutations (a batch's, or a tick's).
+fn apply_to(
+    states: &mut BTreeMap<String, EntityState>,
+    mutations: &mut BTreeMap<String, Vec<Mutation>>,
+    key: &str,
+    mutation: Mutation,
+    settings: &Settings,
+) -> Option<Outcome> {
     if !states.contains_key(key) {
         states.insert(key.to_string(), EntityState::empty(key)?);
     }
     let applied = states.get_mut(key)?.apply(&mutation, settings);
     if applied.is_some() {
-        plan.mutations
-            .entry(key.to_string())
-            .or_default()
-            .push(mutation);
+        mutations.entry(key.to_string()).or_default().push(mutation);
     }
     applied
 }
@@ -636,7 +959,7 @@ mod tests {
     use freshet_features::bookstore::{FEATURE_NAMES, popularity_spec};
 
     use super::*;
-    use crate::labels::NegativeRate;
+    use crate::labels::{Method, NegativeRate};
 
     /// A time `s` seconds after a whole minute.
     fn at(s: i64) -> DateTime<Utc> {
@@ -651,6 +974,7 @@ mod tests {
                 horizon: TimeDelta::seconds(horizon_s),
                 out_of_orderness: TimeDelta::seconds(5),
                 negative_rate: NegativeRate::ALL,
+                method: Method::Wait,
             },
             scaling_decay: Decay::default(),
             max_future_skew: TimeDelta::minutes(5),
@@ -878,7 +1202,7 @@ mod tests {
             .mutations
             .values()
             .flatten()
-            .filter(|m| m.position().sequence == 2)
+            .filter(|m| m.position().is_some_and(|p| p.sequence == 2))
             .collect();
         assert!(
             matches!(at_2[..], [Mutation::UserRefused { .. }]),
@@ -981,7 +1305,27 @@ mod tests {
 
     #[test]
     fn a_replay_after_any_partial_write_ends_where_a_clean_run_does() {
-        let settings = settings(600);
+        replays_after_partial_writes(settings(600), &[("ex-e2", 1.0), ("ex-e4", 0.0)]);
+        let fnw = Settings {
+            labels: LabelSettings {
+                method: Method::FakeNegative,
+                ..settings(600).labels
+            },
+            ..settings(600)
+        };
+        replays_after_partial_writes(
+            fnw,
+            &[
+                ("ex-e2", 0.0),
+                ("ex-e3", 1.0),
+                ("ex-e4", 0.0),
+                ("ex-e5", 0.0),
+                ("ex-e7", 0.0),
+            ],
+        );
+    }
+
+    fn replays_after_partial_writes(settings: Settings, expected: &[(&str, f32)]) {
         let batch = vec![
             routed(1, new_item("b1", "poetry")),
             routed_at(2, 10, user_action("u1", "b1", Action::View)),
@@ -994,10 +1338,8 @@ mod tests {
         ];
         let mut clean = BTreeMap::new();
         let clean_plan = plan_batch(&settings, &batch, &mut clean);
-        assert_eq!(
-            ids_and_labels(&clean_plan),
-            [("ex-e2", 1.0), ("ex-e4", 0.0)]
-        );
+        assert_eq!(ids_and_labels(&clean_plan), expected);
+        assert!(clean_plan.mutations.contains_key("labels.bookstore.1"));
         assert_eq!(clean_plan.rejected.len(), 1);
         let keys: Vec<String> = clean_plan.mutations.keys().cloned().collect();
         let written = |mask: u32, key: &str| {
@@ -1066,7 +1408,10 @@ mod tests {
                     blank.observe(&counts, Decay::default()).unwrap();
                     *scaling = blank;
                 }
-                EntityState::Item(_) | EntityState::Category(_) => {}
+                EntityState::Item(_)
+                | EntityState::Category(_)
+                | EntityState::Labels(_)
+                | EntityState::Due(_) => {}
             }
         }
         states
@@ -1106,7 +1451,7 @@ mod tests {
 
     #[test]
     fn keys_cover_users_items_scaling_and_the_categories_of_items_read() {
-        let model = ModelName::parse("bookstore").unwrap();
+        let settings = settings(0);
         let batch = vec![
             routed(1, user_action("u1", "b1", Action::View)),
             routed(2, new_item("b2", "Science Fiction")),
@@ -1114,7 +1459,7 @@ mod tests {
             routed(4, Work::Nothing),
         ];
         assert_eq!(
-            keys_of(&model, &batch).into_iter().collect::<Vec<_>>(),
+            keys_of(&settings, &batch).into_iter().collect::<Vec<_>>(),
             ["item.b1", "item.b2", "scaling.bookstore.1", "user.u1"]
         );
         let mut states = BTreeMap::new();
@@ -1132,16 +1477,218 @@ mod tests {
             ["category.Science_20Fiction", "category.poetry"]
         );
         // Planning touches no key beyond those.
-        let mut read: BTreeSet<String> = keys_of(&model, &batch);
+        let mut read: BTreeSet<String> = keys_of(&settings, &batch);
         read.extend(category_keys_of(&batch, &states));
-        let plan = plan_batch(&settings(0), &batch, &mut states);
+        let plan = plan_batch(&settings, &batch, &mut states);
         assert!(plan.mutations.keys().all(|k| read.contains(k)), "{plan:?}");
         assert_eq!(plan.mutations["category.Science_20Fiction"].len(), 1);
     }
 
+    /// Settings with fake-negative weighting and a ten-minute horizon.
+    fn fnw() -> Settings {
+        Settings {
+            labels: LabelSettings {
+                method: Method::FakeNegative,
+                ..settings(600).labels
+            },
+            ..settings(600)
+        }
+    }
+
+    #[test]
+    fn with_fake_negatives_a_view_goes_out_at_once_and_a_purchase_corrects_it() {
+        let settings = fnw();
+        let mut states = BTreeMap::new();
+        let batch = vec![
+            routed(1, new_item("b1", "poetry")),
+            routed_at(2, 10, user_action("u1", "b1", Action::View)),
+            routed_at(3, 200, user_action("u1", "b1", Action::Purchase)),
+            routed_at(4, 210, user_action("u2", "b1", Action::View)),
+        ];
+        let plan = plan_batch(&settings, &batch, &mut states);
+        assert_eq!(
+            ids_and_labels(&plan),
+            [("ex-e2", 0.0), ("ex-e3", 1.0), ("ex-e4", 0.0)]
+        );
+        assert_eq!(plan.origins, [1, 2, 3]);
+        let (negative, correction) = (&plan.examples[0], &plan.examples[1]);
+        assert_eq!(negative.feedback, freshet::examples::Feedback::FakeNegative);
+        assert_eq!(correction.feedback, freshet::examples::Feedback::Correction);
+        assert_eq!(correction.corrects.as_deref(), Some("ex-e2"));
+        assert_eq!(
+            (&correction.features, correction.event_time),
+            (&negative.features, Some(at(10))),
+            "the view's features and time"
+        );
+        assert_eq!(correction.source_event, "e3");
+        // Both are valid records.
+        for example in &plan.examples {
+            ExampleRecord::decode(&example.to_json_bytes()).unwrap();
+        }
+        // The partition's label state counts and indexes what labelling did.
+        let EntityState::Labels(labels) = &states["labels.bookstore.1"] else {
+            panic!("no label state")
+        };
+        assert_eq!(labels.latest_event_at, Some(at(210)));
+        assert_eq!(labels.waiting(), 1, "u2's view waits; u1's converted");
+        let recent = labels.recent();
+        assert_eq!(
+            (
+                recent.views,
+                recent.conversions,
+                recent.examples,
+                recent.positives
+            ),
+            (2, 1, 2, 1)
+        );
+        let slot = due_slot_of(&settings, 1, at(210));
+        let EntityState::Due(due) = &states[&slot] else {
+            panic!("no due slot")
+        };
+        let bucket = settings.due_buckets().bucket_of(at(810));
+        assert_eq!(
+            due.users(bucket).map(|u| u.as_str()).collect::<Vec<_>>(),
+            ["u2"]
+        );
+        // Planning touched only the keys read for it.
+        let mut read = keys_of(&settings, &batch);
+        read.extend(category_keys_of(&batch, &states));
+        assert!(plan.mutations.keys().all(|k| read.contains(k)), "{plan:?}");
+    }
+
+    #[test]
+    fn a_partitions_time_is_its_watermark_run_on_by_the_wall_clock_once_quiet() {
+        let ooo = TimeDelta::seconds(5);
+        let after = TimeDelta::seconds(60);
+        assert_eq!(decision_time(None, ooo, TimeDelta::zero(), after), None);
+        // Busy: the watermark.
+        assert_eq!(
+            decision_time(Some(at(100)), ooo, TimeDelta::seconds(3), after),
+            Some(at(95))
+        );
+        // Quiet for 90 s: 30 s past the idleness bound.
+        assert_eq!(
+            decision_time(Some(at(100)), ooo, TimeDelta::seconds(90), after),
+            Some(at(125))
+        );
+        assert_eq!(
+            decision_time(Some(at(100)), ooo, TimeDelta::MAX, after),
+            Some(DateTime::<Utc>::MAX_UTC)
+        );
+    }
+
+    /// Runs a tick at `through` on `states` as the processor does: plan, then drain; returns the
+    /// plan.
+    fn tick(
+        settings: &Settings,
+        states: &mut BTreeMap<String, EntityState>,
+        through: DateTime<Utc>,
+    ) -> DuePlan {
+        let EntityState::Labels(labels) = states["labels.bookstore.1"].clone() else {
+            panic!("no label state")
+        };
+        let (due, slots) = due_slots(settings, 1, &labels, through);
+        assert!(slots.iter().all(|key| key.starts_with("due.bookstore.1.")));
+        let users = due_users(settings, 1, &due, states);
+        let plan = plan_due(settings, &due, &users, states);
+        let mut mutations = BTreeMap::new();
+        drain(settings, 1, &plan, through, states, &mut mutations);
+        assert!(plan.mutations.keys().all(|k| users.contains(k)));
+        assert!(
+            mutations
+                .keys()
+                .all(|k| drain_keys(settings, 1, &plan).contains(k))
+        );
+        plan
+    }
+
+    #[test]
+    fn time_decides_the_views_of_users_who_never_return() {
+        for (method, negatives) in [
+            (Method::Wait, vec![("ex-e2", 0.0)]),
+            (Method::FakeNegative, vec![]),
+        ] {
+            let settings = Settings {
+                labels: LabelSettings {
+                    method,
+                    ..settings(600).labels
+                },
+                ..settings(600)
+            };
+            let mut states = BTreeMap::new();
+            let batch = vec![
+                // u1 views b1 and never comes back; u2 views b2 a little later.
+                routed_at(2, 10, user_action("u1", "b1", Action::View)),
+                routed_at(3, 300, user_action("u2", "b2", Action::View)),
+            ];
+            plan_batch(&settings, &batch, &mut states);
+            // Before u1's view is due (610 s): nothing.
+            let early = tick(&settings, &mut states, at(600));
+            assert!(early.examples.is_empty() && early.buckets.is_empty());
+            // After it: u1's view is decided, u2's waits.
+            let plan = tick(&settings, &mut states, at(650));
+            let decided: Vec<(&str, f32)> = plan
+                .examples
+                .iter()
+                .map(|e| (e.id.as_str(), e.label))
+                .collect();
+            assert_eq!(decided, negatives, "{method}");
+            assert_eq!(plan.mutations.keys().collect::<Vec<_>>(), ["user.u1"]);
+            assert!(user(&states, "user.u1").pending.is_empty());
+            assert_eq!(user(&states, "user.u2").pending.len(), 1);
+            let EntityState::Labels(labels) = &states["labels.bookstore.1"] else {
+                panic!()
+            };
+            assert_eq!((labels.waiting(), labels.buckets.len()), (1, 1));
+            // Ticking again decides nothing more, and the drained bucket is gone from its slot.
+            let again = tick(&settings, &mut states, at(650));
+            assert!(again.examples.is_empty() && again.mutations.is_empty());
+            let slot = due_slot_of(&settings, 1, at(10));
+            let EntityState::Due(due) = &states[&slot] else {
+                panic!()
+            };
+            assert_eq!(
+                due.users(settings.due_buckets().bucket_of(at(610))).count(),
+                0
+            );
+            // A redelivered view of u1 finds it applied: nothing is indexed twice.
+            let replay = plan_batch(&settings, &batch[..1], &mut states);
+            assert!(replay.examples.is_empty() && replay.mutations.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_view_a_purchase_decided_is_not_decided_again_by_time() {
+        let settings = settings(600);
+        let mut states = BTreeMap::new();
+        plan_batch(
+            &settings,
+            &[
+                routed_at(2, 10, user_action("u1", "b1", Action::View)),
+                routed_at(3, 20, user_action("u1", "b1", Action::Purchase)),
+            ],
+            &mut states,
+        );
+        let plan = tick(&settings, &mut states, at(700));
+        assert!(plan.examples.is_empty() && plan.mutations.is_empty());
+        assert_eq!(plan.buckets.len(), 1, "its bucket is drained all the same");
+        let EntityState::Labels(labels) = &states["labels.bookstore.1"] else {
+            panic!()
+        };
+        assert_eq!(labels.waiting(), 0);
+        assert!(labels.buckets.is_empty());
+    }
+
     #[test]
     fn states_round_trip_by_key() {
-        for key in ["user.u1", "item.b1", "category.x", "scaling.bookstore.0"] {
+        for key in [
+            "user.u1",
+            "item.b1",
+            "category.x",
+            "scaling.bookstore.0",
+            "labels.bookstore.0",
+            "due.bookstore.0.17",
+        ] {
             let state = EntityState::empty(key).unwrap();
             assert_eq!(EntityState::decode(key, &state.encode()).unwrap(), state);
         }

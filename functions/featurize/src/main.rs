@@ -3,11 +3,6 @@
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod cache;
-mod handler;
-mod labels;
-mod processor;
-
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,15 +14,20 @@ use freshet::runtime::order::OrderGuard;
 use freshet::stats::ewma::Decay;
 use freshet::subjects::{BUCKET_FEATURES, STREAM_EVENTS};
 use freshet_features::bookstore::popularity_spec;
+use freshet_featurize::{cache, handler, labels, processor};
 
 /// featurize's batch: each entity a batch touches is read (unless cached) once, so a larger
 /// batch folds more of a popular entity's events into one plan. A batch lingers up to the batch
 /// wait from its first event's storage and takes a backlog whole, up to this many.
 const DEFAULT_BATCH_SIZE: usize = 1024;
 
+/// How often featurize decides the labels whose time has passed.
+const LABEL_TICK: Duration = Duration::from_secs(1);
+
 /// Streaming features: consumes EVENTS, keeps user, item and category state in the FEATURES
 /// bucket, and publishes labelled examples to EXAMPLES: a purchase within the label horizon of a
-/// view labels it 1, the horizon passing without one labels it 0.
+/// view labels it 1, the horizon passing without one labels it 0 (with fake-negative weighting,
+/// the view goes out at once as a negative and a purchase sends its positive duplicate).
 #[derive(Debug, Parser)]
 #[command(name = "freshet-featurize", version)]
 #[command(mut_arg("model", |a| a.help("Model the bookstore examples are published for")))]
@@ -51,10 +51,22 @@ struct Args {
     #[arg(long = "allowed-lateness", env = "FRESHET_ALLOWED_LATENESS", default_value = "1m", value_parser = parse_duration)]
     allowed_lateness: Duration,
     /// How long after a view or add-to-cart a purchase of the item labels it 1; once the
-    /// user's event time passes it, their next event labels it 0. "0s" labels every action at
-    /// once (1 for a purchase, 0 otherwise)
+    /// partition's event time passes it (or the user's own later events), the view's label is
+    /// 0. "0s" labels every action at once (1 for a purchase, 0 otherwise)
     #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = parse_duration)]
     label_horizon: Duration,
+    /// How a view's label reaches train. "fnw": fake-negative weighting (Ktena et al. 2019),
+    /// the view at once as a negative, a positive duplicate when a purchase within the horizon
+    /// follows, weighted by train so the model learns the true rate. "wait": the view's example
+    /// waits until a purchase or the horizon decides its label (the behaviour before delayed
+    /// feedback; kept to compare against)
+    #[arg(long = "delayed-feedback", env = "FRESHET_DELAYED_FEEDBACK", default_value_t = labels::Method::FakeNegative)]
+    delayed_feedback: labels::Method,
+    /// How long a partition may handle no user action before its event time runs on with the
+    /// wall clock, so the views of a quiet stream are labelled too: a view due at t is then
+    /// decided about this long plus the out-of-orderness after t
+    #[arg(long = "label-idle-after", env = "FRESHET_LABEL_IDLE_AFTER", default_value = "1m", value_parser = parse_duration)]
+    label_idle_after: Duration,
     /// How far an event's time may lie ahead of when JetStream stored it (the server's clock at
     /// ingest, so a redelivery or a replay of the stream judges an event alike). A later time
     /// is dead-lettered as "future": one event dated years ahead would otherwise move its
@@ -119,6 +131,7 @@ impl Args {
                 horizon: delta("--label-horizon", self.label_horizon)?,
                 out_of_orderness: delta("--out-of-orderness", self.out_of_orderness)?,
                 negative_rate: self.negative_rate,
+                method: self.delayed_feedback,
             },
             scaling_decay: self.ewma_decay,
             max_future_skew: delta("--max-future-skew", self.max_future_skew)?,
@@ -160,12 +173,12 @@ async fn main() -> anyhow::Result<()> {
             partitions - 1
         );
     }
-    // (durable, filter, whether it has every partition)
-    let consumers: Vec<(String, String, bool)> = if args.partition.is_empty() {
+    // (durable, filter, its partitions)
+    let consumers: Vec<(String, String, Vec<u32>)> = if args.partition.is_empty() {
         vec![(
             "featurize".to_string(),
             ctx.subjects.events_stored_all(),
-            true,
+            (0..partitions).collect(),
         )]
     } else {
         args.partition
@@ -174,11 +187,14 @@ async fn main() -> anyhow::Result<()> {
                 (
                     format!("featurize-{p}"),
                     ctx.subjects.events_stored_partition(p),
-                    false,
+                    vec![p],
                 )
             })
             .collect()
     };
+    let label_metrics = processor::LabelMetrics::default();
+    // Label health is the model's: labelled with it, as train's and predict's metrics are.
+    label_metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
     let state_writes = processor::StateWrites {
         every_events: args.write_states_every_events.max(1),
         interval: args.write_states_interval,
@@ -189,31 +205,33 @@ async fn main() -> anyhow::Result<()> {
     // The order guard keeps each durable's events in stream order, which needs one replica per
     // durable at a time: replicas acknowledging one durable's messages concurrently would move
     // its acknowledgement floor out of order.
-    let runs = consumers
-        .into_iter()
-        .map(|(durable, filter, all_partitions)| {
-            let featurizer = processor::Featurizer {
-                js: ctx.js.clone(),
-                features: features.clone(),
-                subjects: ctx.subjects.clone(),
-                settings: settings.clone(),
-                max_event_bytes: ctx.args.max_event_bytes,
-                order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
-                mark: None,
-                mark_delivery: None,
-                cache: cache::StateCache::new(args.cached_states, all_partitions),
-                state_writes,
-                unwritten: processor::Unwritten::default(),
-            };
-            let ctx = &ctx;
-            async move {
-                ctx.exclusively(&format!("featurize.{durable}"), async {
-                    ctx.consume(STREAM_EVENTS, &durable, vec![filter], max_held, featurizer)
-                        .await
-                })
-                .await
-            }
-        });
+    let runs = consumers.into_iter().map(|(durable, filter, owned)| {
+        let all_partitions = owned.len() as u32 == partitions;
+        let featurizer = processor::Featurizer {
+            js: ctx.js.clone(),
+            features: features.clone(),
+            subjects: ctx.subjects.clone(),
+            settings: settings.clone(),
+            max_event_bytes: ctx.args.max_event_bytes,
+            order: OrderGuard::new(events.clone(), filter.clone(), durable.clone()),
+            mark: None,
+            mark_delivery: None,
+            cache: cache::StateCache::new(args.cached_states, all_partitions),
+            state_writes,
+            unwritten: processor::Unwritten::default(),
+            partitions: owned,
+            ticks: processor::LabelTicks::new(LABEL_TICK, args.label_idle_after),
+            label_metrics: label_metrics.clone(),
+        };
+        let ctx = &ctx;
+        async move {
+            ctx.exclusively(&format!("featurize.{durable}"), async {
+                ctx.consume(STREAM_EVENTS, &durable, vec![filter], max_held, featurizer)
+                    .await
+            })
+            .await
+        }
+    });
     let outcome = futures::future::try_join_all(runs).await;
     ctx.flush_spans().await;
     outcome.map(|_| ())
@@ -242,6 +260,7 @@ mod tests {
         assert_eq!(defaults.labels.horizon, TimeDelta::minutes(30));
         assert_eq!(defaults.labels.out_of_orderness, TimeDelta::seconds(5));
         assert_eq!(defaults.labels.negative_rate, labels::NegativeRate::ALL);
+        assert_eq!(defaults.labels.method, labels::Method::FakeNegative);
         assert_eq!(defaults.scaling_decay.get(), 0.95);
         assert_eq!(defaults.max_future_skew, TimeDelta::minutes(5));
 
@@ -258,8 +277,11 @@ mod tests {
             "0.8",
             "--max-future-skew",
             "30s",
+            "--delayed-feedback",
+            "wait",
         ])
         .unwrap();
+        assert_eq!(set.labels.method, labels::Method::Wait);
         assert_eq!(
             set.popularity.out_of_orderness(),
             Duration::from_millis(250)
@@ -281,6 +303,7 @@ mod tests {
             // An item would keep more windows than a state may hold.
             &["--allowed-lateness", "2days"],
             &["--out-of-orderness", "1us"],
+            &["--delayed-feedback", "later"],
         ] {
             assert!(settings(bad).is_err(), "{bad:?}");
         }

@@ -16,9 +16,23 @@
 //! went out. A write that loses to another replica re-reads the key and replays the mutations
 //! for it. Events the plan refuses (too late for their item's windows) are dead-lettered and
 //! acknowledged with the events held.
+//!
+//! The processor owns the clock of the labels decided by time: every [`LabelTicks::every`] its
+//! tick reads each of its partitions' label state, works out the partition's time
+//! ([`handler::decision_time`]: its event-time watermark, run on with the wall clock once the
+//! partition has been quiet for [`LabelTicks::idle_after`]), reads the due slots and the users of
+//! the buckets whose time has passed, decides their views ([`handler::plan_due`]), publishes the
+//! examples that publishes (ids derived from the views, so a repeated tick's are duplicates),
+//! and writes every unwritten state; only then does it drain the decided buckets, in a second
+//! write. A crash between the two leaves buckets whose users have nothing left to decide: the
+//! next tick drains them. It then exports the partitions' label health.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use freshet_features::labels::{LabelHealth, LabelState, label_state_key};
+use prometheus_client::metrics::gauge::Gauge;
 
 use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
@@ -32,7 +46,7 @@ use freshet::trace::TraceContext;
 use futures::future::{join_all, try_join_all};
 
 use crate::cache::StateCache;
-use crate::handler::{self, BatchPlan, EntityState, Mutation, Position, Routed, Settings};
+use crate::handler::{self, DuePlan, EntityState, Mutation, Position, Routed, Settings, Work};
 
 /// How often one state write is retried when another replica wrote the same key in between.
 const MAX_CAS_ATTEMPTS: usize = 32;
@@ -58,6 +72,89 @@ pub struct Featurizer {
     pub state_writes: StateWrites,
     /// The states changed since they were last written, and how.
     pub unwritten: Unwritten,
+    /// The partitions this consumer has: those whose waiting views its tick decides.
+    pub partitions: Vec<u32>,
+    /// When labels are decided by time, and the partitions' quiet spells.
+    pub ticks: LabelTicks,
+    /// Label health, exported on `/metrics`.
+    pub label_metrics: LabelMetrics,
+}
+
+/// The clock of the labels decided by time.
+#[derive(Debug, Clone)]
+pub struct LabelTicks {
+    /// How often the tick runs.
+    pub every: Duration,
+    /// How long a partition handles no user action before its event time runs on with the wall
+    /// clock (see [`handler::decision_time`]).
+    pub idle_after: Duration,
+    /// When the next tick is due.
+    pub next: Instant,
+    /// When each partition last handled a user action (or the processor started).
+    pub last_action: BTreeMap<u32, Instant>,
+    /// When the processor started: a partition's quiet spell counts from then at the earliest,
+    /// so a restart does not jump event time ahead by the time it was down.
+    pub started: Instant,
+    /// Whether the label health warning is on (logged when that changes).
+    pub warned: bool,
+}
+
+impl LabelTicks {
+    pub fn new(every: Duration, idle_after: Duration) -> LabelTicks {
+        let now = Instant::now();
+        LabelTicks {
+            every,
+            idle_after,
+            next: now + every,
+            last_action: BTreeMap::new(),
+            started: now,
+            warned: false,
+        }
+    }
+
+    /// How long `partition` has handled no user action, at `now`.
+    fn idle(&self, partition: u32, now: Instant) -> TimeDelta {
+        let since = self
+            .last_action
+            .get(&partition)
+            .copied()
+            .unwrap_or(self.started);
+        TimeDelta::from_std(now.saturating_duration_since(since)).unwrap_or(TimeDelta::MAX)
+    }
+}
+
+/// Label health featurize exports (see [`freshet_features::labels::LabelHealth`]), over its partitions.
+#[derive(Clone, Default)]
+pub struct LabelMetrics {
+    pub waiting: Gauge,
+    pub oldest_waiting_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub observed_conversion_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub positive_share: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl LabelMetrics {
+    pub fn register(&self, metrics: &freshet::metrics::Metrics) {
+        metrics.register(
+            "labels_waiting",
+            "Views waiting for their label (their horizon has not passed and no purchase labelled them)",
+            self.waiting.clone(),
+        );
+        metrics.register(
+            "labels_oldest_waiting_seconds",
+            "How far the latest event time is past the oldest waiting view (beyond the label horizon, labels are not being decided)",
+            self.oldest_waiting_seconds.clone(),
+        );
+        metrics.register(
+            "labels_observed_conversion_rate",
+            "Views a purchase within the horizon labelled 1, per view that began waiting, over the last 10 minutes of event time",
+            self.observed_conversion_rate.clone(),
+        );
+        metrics.register(
+            "labels_positive_share",
+            "Positives among the examples published over the last 10 minutes of event time, a correction counted as turning its fake negative positive",
+            self.positive_share.clone(),
+        );
+    }
 }
 
 /// How often featurize writes the states its events changed. Every write of a key folds all of
@@ -227,6 +324,36 @@ impl Processor for Featurizer {
             .since
             .map(|since| since + self.state_writes.interval)
     }
+
+    async fn tick(&mut self) {
+        self.ticks.next = Instant::now() + self.ticks.every;
+        if !self.settings.labels.waits() {
+            return;
+        }
+        match self.decide_due().await {
+            Ok(states) => self.report_health(&states),
+            Err(failure) => {
+                tracing::warn!(error = %failure, "cannot decide the labels time decides; trying again at the next tick")
+            }
+        }
+    }
+
+    fn tick_due(&self) -> Option<Instant> {
+        self.settings.labels.waits().then_some(self.ticks.next)
+    }
+}
+
+/// The label states among `states`, by partition.
+fn label_states(
+    keys: &BTreeMap<u32, String>,
+    states: &BTreeMap<String, EntityState>,
+) -> Vec<LabelState> {
+    keys.values()
+        .filter_map(|key| match states.get(key) {
+            Some(EntityState::Labels(labels)) => Some(labels.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn retry_all(n: usize, failure: &Failure) -> Vec<Disposition> {
@@ -268,7 +395,15 @@ impl Featurizer {
         }
         let mut states = BTreeMap::new();
         let mut revisions = BTreeMap::new();
-        let keys = handler::keys_of(&self.settings.model, batch);
+        let now = Instant::now();
+        for routed in batch {
+            if matches!(routed.work, Work::UserAction(_)) {
+                self.ticks
+                    .last_action
+                    .insert(routed.position.partition, now);
+            }
+        }
+        let keys = handler::keys_of(&self.settings, batch);
         self.take_known(&keys, &mut states, &mut revisions);
         self.read_all(keys, &mut states, &mut revisions).await?;
         // An action's category is known only from its item's state.
@@ -288,12 +423,31 @@ impl Featurizer {
                 "the plan changed a key that was not read",
             ));
         }
-        self.publish_examples(&plan, batch).await?;
+        self.publish_examples(&plan.examples, &plan.origins, batch)
+            .await?;
+        self.keep(states, &revisions, &mut plan.mutations);
+        if !plan.rejected.is_empty() {
+            tracing::debug!(
+                refused = plan.rejected.len(),
+                "events refused as late for their item's windows"
+            );
+        }
+        Ok(plan.rejected)
+    }
+
+    /// Takes back the states a batch or a tick read and changed: a changed key joins the unwritten
+    /// ones with its mutations; one read and not changed goes to the cache.
+    fn keep(
+        &mut self,
+        states: BTreeMap<String, EntityState>,
+        revisions: &BTreeMap<String, u64>,
+        mutations: &mut BTreeMap<String, Vec<Mutation>>,
+    ) {
         for (key, state) in states {
             let Some(&revision) = revisions.get(&key) else {
                 continue;
             };
-            let mutations = plan.mutations.remove(&key).unwrap_or_default();
+            let mutations = mutations.remove(&key).unwrap_or_default();
             match self.unwritten.keys.get_mut(&key) {
                 Some(unwritten) => {
                     unwritten.state = state;
@@ -313,13 +467,165 @@ impl Featurizer {
                 }
             }
         }
-        if !plan.rejected.is_empty() {
-            tracing::debug!(
-                refused = plan.rejected.len(),
-                "events refused as late for their item's windows"
+    }
+
+    /// Reads `keys` (from memory when known) into `states` and `revisions`.
+    async fn load(
+        &mut self,
+        keys: BTreeSet<String>,
+        states: &mut BTreeMap<String, EntityState>,
+        revisions: &mut BTreeMap<String, u64>,
+    ) -> Result<(), Failure> {
+        self.take_known(&keys, states, revisions);
+        self.read_all(keys, states, revisions).await
+    }
+
+    /// The tick's work: decides the views of every due bucket of this consumer's partitions,
+    /// publishes what that publishes, writes every unwritten state, then drains the decided
+    /// buckets and writes again. Returns the partitions' label states as they end.
+    async fn decide_due(&mut self) -> Result<Vec<LabelState>, Failure> {
+        let settings = self.settings.clone();
+        let now = Instant::now();
+        let mut states = BTreeMap::new();
+        let mut revisions = BTreeMap::new();
+        let label_keys: BTreeMap<u32, String> = self
+            .partitions
+            .iter()
+            .map(|&p| (p, label_state_key(&settings.model, p)))
+            .collect();
+        self.load(
+            label_keys.values().cloned().collect(),
+            &mut states,
+            &mut revisions,
+        )
+        .await?;
+        // Per partition, the buckets whose time has passed.
+        let mut due: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+        let mut slots = BTreeSet::new();
+        for (&partition, key) in &label_keys {
+            let Some(EntityState::Labels(labels)) = states.get(key) else {
+                continue;
+            };
+            let idle = self.ticks.idle(partition, now);
+            let idle_after = TimeDelta::from_std(self.ticks.idle_after).unwrap_or(TimeDelta::MAX);
+            let Some(through) = handler::decision_time(
+                labels.latest_event_at,
+                settings.labels.out_of_orderness,
+                idle,
+                idle_after,
+            ) else {
+                continue;
+            };
+            let (buckets, keys) = handler::due_slots(&settings, partition, labels, through);
+            if !buckets.is_empty() {
+                due.insert(partition, buckets);
+                slots.extend(keys);
+            }
+        }
+        let mut plans: Vec<(u32, DuePlan)> = Vec::new();
+        if !due.is_empty() {
+            self.load(slots, &mut states, &mut revisions).await?;
+            let users: BTreeMap<u32, BTreeSet<String>> = due
+                .iter()
+                .map(|(&p, buckets)| (p, handler::due_users(&settings, p, buckets, &states)))
+                .collect();
+            self.load(
+                users.values().flatten().cloned().collect(),
+                &mut states,
+                &mut revisions,
+            )
+            .await?;
+            for (partition, buckets) in &due {
+                let plan = handler::plan_due(&settings, buckets, &users[partition], &mut states);
+                plans.push((*partition, plan));
+            }
+            let examples: Vec<_> = plans
+                .iter()
+                .flat_map(|(_, plan)| plan.examples.iter().cloned())
+                .collect();
+            self.publish_examples(&examples, &[], &[]).await?;
+            let mut mutations = BTreeMap::new();
+            for (_, plan) in &mut plans {
+                for (key, list) in std::mem::take(&mut plan.mutations) {
+                    mutations.entry(key).or_insert_with(Vec::new).extend(list);
+                }
+            }
+            self.keep(std::mem::take(&mut states), &revisions, &mut mutations);
+        } else {
+            self.keep(
+                std::mem::take(&mut states),
+                &revisions,
+                &mut BTreeMap::new(),
             );
         }
-        Ok(plan.rejected)
+        // Every decision is durable before a bucket is drained (the held events' states too,
+        // which is harmless: they are acknowledged at the next commit).
+        self.write_unwritten().await?;
+        let mut revisions = BTreeMap::new();
+        if !plans.is_empty() {
+            let mut keys: BTreeSet<String> = label_keys.values().cloned().collect();
+            for (partition, plan) in &plans {
+                keys.extend(handler::drain_keys(&settings, *partition, plan));
+            }
+            self.load(keys, &mut states, &mut revisions).await?;
+            let mut mutations = BTreeMap::new();
+            let at = Utc::now();
+            for (partition, plan) in &plans {
+                let decided_at = plan.through.unwrap_or(at);
+                handler::drain(
+                    &settings,
+                    *partition,
+                    plan,
+                    decided_at,
+                    &mut states,
+                    &mut mutations,
+                );
+            }
+            let labels = label_states(&label_keys, &states);
+            self.keep(states, &revisions, &mut mutations);
+            self.write_unwritten().await?;
+            return Ok(labels);
+        }
+        self.load(
+            label_keys.values().cloned().collect(),
+            &mut states,
+            &mut revisions,
+        )
+        .await?;
+        let labels = label_states(&label_keys, &states);
+        self.keep(states, &revisions, &mut BTreeMap::new());
+        Ok(labels)
+    }
+
+    /// Exports the label health of the partitions' states, and says in the log when the share of
+    /// positives published parts from the observed conversion rate, and when they meet again.
+    fn report_health(&mut self, states: &[LabelState]) {
+        let health = LabelHealth::of(states, self.settings.labels.horizon);
+        let metrics = &self.label_metrics;
+        metrics.waiting.set(health.waiting as i64);
+        metrics
+            .oldest_waiting_seconds
+            .set(health.oldest_waiting_seconds.unwrap_or(0.0));
+        if let Some(rate) = health.observed_conversion_rate() {
+            metrics.observed_conversion_rate.set(rate);
+        }
+        if let Some(share) = health.positive_share() {
+            metrics.positive_share.set(share);
+        }
+        match health.warning() {
+            Some(warning) if !self.ticks.warned => {
+                self.ticks.warned = true;
+                tracing::warn!(model = %self.settings.model, method = %self.settings.labels.method,
+                    waiting = health.waiting, "{warning}");
+            }
+            None if self.ticks.warned
+                && health.recent.views >= freshet_features::labels::MIN_VIEWS_TO_COMPARE =>
+            {
+                self.ticks.warned = false;
+                tracing::info!(model = %self.settings.model, "the share of positives published meets the observed conversion rate again");
+            }
+            _ => {}
+        }
     }
 
     /// Writes every unwritten key, phase by phase (see `handler::write_phase`): a key of a later
@@ -408,15 +714,20 @@ impl Featurizer {
         Ok(())
     }
 
-    /// Publishes the plan's examples, each in the trace of the event that caused it (when that
-    /// event carried one), and waits for JetStream to store them all.
-    async fn publish_examples(&self, plan: &BatchPlan, batch: &[Routed]) -> Result<(), Failure> {
-        let mut acks = Vec::with_capacity(plan.examples.len());
-        for (i, example) in plan.examples.iter().enumerate() {
+    /// Publishes examples, each in the trace of the event of `batch` that caused it (by its index
+    /// in `origins`, when that event carried one), and waits for JetStream to store them all.
+    async fn publish_examples(
+        &self,
+        examples: &[freshet::examples::ExampleRecord],
+        origins: &[usize],
+        batch: &[Routed],
+    ) -> Result<(), Failure> {
+        let mut acks = Vec::with_capacity(examples.len());
+        for (i, example) in examples.iter().enumerate() {
             let mut publish = PublishMessage::build()
                 .payload(Bytes::from(example.to_json_bytes()))
                 .message_id(header_value(&example.id));
-            let origin = plan.origins.get(i).and_then(|&origin| batch.get(origin));
+            let origin = origins.get(i).and_then(|&origin| batch.get(origin));
             if let Some(trace) = origin.and_then(|routed| routed.trace.as_ref()) {
                 publish = trace.stamp(publish);
             }

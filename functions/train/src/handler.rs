@@ -3,6 +3,22 @@
 //! metrics window, and the manifest of the next version. No I/O and no clock reads: the adapter
 //! ([`crate::processor`]) asks the stream about order, reads the declaration, trains and
 //! publishes, and applies the plan.
+//!
+//! # Prequential metrics under delayed feedback
+//!
+//! Each example is scored by the model before it learns from it. With fake-negative weighting a
+//! view arrives first as a fake negative and, if it converts, again as a correction; scored
+//! against the label each carries, the fake negative of a converted view would count as a
+//! mistake the model did not make. So the window weighs every example's accuracy and log loss
+//! by its loss weight `w` (1 for a final label, `(1 − p)(1 + p)` for a fake negative, `1 + p` for
+//! a correction; see `freshet_model::weighting`), the ROC AUC every pair by the product of the
+//! pair's weights, and divides by the weights' sum. For a view the model gives `p` whose true
+//! rate is `π`, the expected weighted log loss of its examples over their expected weight is
+//! `[(1 − p)·ℓ(0) + π·ℓ(1)] / (1 − p + π)`: the log loss against the final label exactly when
+//! the model is calibrated (`p = π`), and near it otherwise. With final labels only, every
+//! weight is 1 and the metrics are the plain ones. A correction is not an example of its own:
+//! the window counts, and the positive share and mean prediction are taken over, the examples
+//! that are not corrections, a correction turning its fake negative into a positive.
 
 use std::collections::VecDeque;
 
@@ -14,7 +30,8 @@ use freshet::runtime::Incoming;
 use freshet::runtime::order::{chain_link, follows_directly};
 use freshet::store::declarations::same_inputs;
 use freshet_model::{
-    BatchReport, Manifest, ModelConfig, ModelError, SequenceRange, TrainingMetrics, sha256_hex,
+    BatchReport, Manifest, ModelConfig, ModelError, RowWeight, SequenceRange, TrainingMetrics,
+    log_loss, predicts_positive, sha256_hex,
 };
 
 use crate::quality::{Quality, Transition, Verdict};
@@ -142,6 +159,8 @@ pub struct BatchPlan {
     pub learn: Vec<usize>,
     pub features: Vec<Vec<f32>>,
     pub labels: Vec<f32>,
+    /// How each row's loss is weighted (delayed feedback; see `freshet_model::weighting`).
+    pub weighting: Vec<RowWeight>,
     /// The new examples handled (learned or refused): the next version's mark covers them.
     pub handled: Option<SequenceRange>,
     /// The chain after the batch, when it handled anything.
@@ -235,15 +254,16 @@ fn judge(
         });
     };
     match check_record(row.example.clone(), model, schema) {
-        Ok((features, label)) => {
-            let (verdict, transition) = quality.assess(Some(&features));
+        Ok(learnable) => {
+            let (verdict, transition) = quality.assess(Some(&learnable.features));
             plan.quarantine
                 .extend(transition.map(|t| (t, row.sequence)));
             match verdict {
                 Verdict::Learn => {
                     plan.learn.push(index);
-                    plan.features.push(features);
-                    plan.labels.push(label);
+                    plan.features.push(learnable.features);
+                    plan.labels.push(learnable.label);
+                    plan.weighting.push(learnable.weighting);
                     Step::Learn
                 }
                 Verdict::HoldOut(why) => {
@@ -357,12 +377,20 @@ pub fn reaction_in_flight(
     }
 }
 
+/// What train learns from one example: its features, its label and how its loss is weighted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learnable {
+    pub features: Vec<f32>,
+    pub label: f32,
+    pub weighting: RowWeight,
+}
+
 /// Checks that an example follows the model's schema; returns what to learn from it.
 pub fn check_record(
     decoded: Result<ExampleRecord, Rejection>,
     model: &ModelName,
     schema: &FeatureSchema,
-) -> Result<(Vec<f32>, f32), Rejection> {
+) -> Result<Learnable, Rejection> {
     let record = decoded?;
     if record.features.len() != schema.n_features() {
         return Err(Rejection::new(
@@ -389,16 +417,34 @@ pub fn check_record(
             ),
         ));
     }
-    Ok((record.features, record.label))
+    Ok(Learnable {
+        features: record.features,
+        label: record.label,
+        weighting: record.feedback.into(),
+    })
+}
+
+/// What one trained batch adds to the window (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct BatchTally {
+    /// Examples that are not corrections.
+    examples: usize,
+    /// Positive rows, corrections included.
+    positives: usize,
+    weight_sum: f64,
+    weighted_correct: f64,
+    weighted_log_loss: f64,
+    /// Sum of the prequential scores of the examples that are not corrections.
+    score_sum: f64,
 }
 
 /// Prequential results over the most recent examples (at least `capacity`, in whole batches).
 #[derive(Debug, Clone)]
 pub struct MetricsWindow {
     capacity: usize,
-    batches: VecDeque<(usize, usize, f64)>,
-    /// The last `capacity` examples' prequential scores and labels, for the ROC AUC.
-    scored: VecDeque<(f32, bool)>,
+    batches: VecDeque<BatchTally>,
+    /// The last `capacity` rows' prequential scores, labels and loss weights, for the ROC AUC.
+    scored: VecDeque<(f32, bool, f32)>,
     examples_total: u64,
 }
 
@@ -412,65 +458,100 @@ impl MetricsWindow {
         }
     }
 
-    pub fn record(&mut self, report: &BatchReport, labels: &[f32]) {
-        for (score, label) in report.scores.iter().zip(labels) {
-            self.scored.push_back((*score, *label >= 0.5));
+    /// Adds a trained batch: its report, and each row's label and weighting, in batch order.
+    pub fn record(&mut self, report: &BatchReport, labels: &[f32], weighting: &[RowWeight]) {
+        let mut tally = BatchTally::default();
+        for (i, (&score, &label)) in report.scores.iter().zip(labels).enumerate() {
+            let positive = label >= 0.5;
+            let weight = report.weights.get(i).copied().unwrap_or(1.0);
+            let w = f64::from(weight);
+            tally.positives += usize::from(positive);
+            tally.weight_sum += w;
+            if predicts_positive(score) == positive {
+                tally.weighted_correct += w;
+            }
+            tally.weighted_log_loss += w * log_loss(score, positive);
+            if weighting.get(i) != Some(&RowWeight::Correction) {
+                tally.examples += 1;
+                tally.score_sum += f64::from(score);
+            }
+            self.scored.push_back((score, positive, weight));
         }
         while self.scored.len() > self.capacity {
             self.scored.pop_front();
         }
-        self.batches
-            .push_back((report.examples, report.correct, report.log_loss_sum));
+        self.batches.push_back(tally);
         self.examples_total += report.examples as u64;
-        while self.batches.len() > 1 && self.window_examples() - self.batches[0].0 >= self.capacity
+        while self.batches.len() > 1
+            && self.window_examples() - self.batches[0].examples >= self.capacity
         {
             self.batches.pop_front();
         }
     }
 
     fn window_examples(&self) -> usize {
-        self.batches.iter().map(|b| b.0).sum()
+        self.batches.iter().map(|b| b.examples).sum()
     }
 
     pub fn snapshot(&self) -> TrainingMetrics {
+        let sum = |f: fn(&BatchTally) -> f64| self.batches.iter().map(f).sum::<f64>();
         let examples = self.window_examples();
-        let correct: usize = self.batches.iter().map(|b| b.1).sum();
-        let loss: f64 = self.batches.iter().map(|b| b.2).sum();
-        let denominator = examples.max(1) as f64;
+        let positives: usize = self.batches.iter().map(|b| b.positives).sum();
+        let weights = sum(|b| b.weight_sum);
+        // All weights zero (every row a fake negative the model is sure converts) is no
+        // evidence either way: read as nothing learned rather than divide by zero.
+        let weighted = |total: f64| if weights > 0.0 { total / weights } else { 0.0 };
+        let share = |count: f64| (examples > 0).then(|| count / examples as f64);
         TrainingMetrics {
             examples_total: self.examples_total,
             window_examples: examples as u64,
-            prequential_accuracy: correct as f64 / denominator,
-            log_loss: loss / denominator,
-            roc_auc: roc_auc(self.scored.iter().copied()),
+            prequential_accuracy: weighted(sum(|b| b.weighted_correct)),
+            log_loss: weighted(sum(|b| b.weighted_log_loss)),
+            roc_auc: weighted_roc_auc(self.scored.iter().copied()),
+            // A correction turns its fake negative (an example of the window, or of one just
+            // before it) positive: every positive row is one positive example.
+            positive_share: share(positives as f64).map(|s| s.min(1.0)),
+            mean_prediction: share(sum(|b| b.score_sum)),
         }
     }
 }
 
-/// The area under the ROC curve of scored examples: the probability that a random positive
-/// scores above a random negative (ties count half), by the rank-sum (Mann–Whitney) formula.
-/// `None` when only one class is present.
-pub fn roc_auc(scored: impl Iterator<Item = (f32, bool)>) -> Option<f64> {
-    let mut scored: Vec<(f32, bool)> = scored.collect();
+/// The area under the ROC curve of weighted scored examples: the probability that a random
+/// positive scores above a random negative (ties count half), every (positive, negative) pair
+/// counting the product of their weights. With every weight 1 it is the rank-sum
+/// (Mann–Whitney) formula. `None` unless both classes have weight.
+pub fn weighted_roc_auc(scored: impl Iterator<Item = (f32, bool, f32)>) -> Option<f64> {
+    let mut scored: Vec<(f32, bool, f64)> = scored
+        .map(|(score, positive, weight)| (score, positive, f64::from(weight.max(0.0))))
+        .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = scored.iter().filter(|(_, label)| *label).count() as f64;
-    let negatives = scored.len() as f64 - positives;
-    if positives == 0.0 || negatives == 0.0 {
+    let class_weight = |class: bool| -> f64 {
+        scored
+            .iter()
+            .filter(|(_, positive, _)| *positive == class)
+            .map(|(_, _, w)| w)
+            .sum()
+    };
+    let (positives, negatives) = (class_weight(true), class_weight(false));
+    if positives <= 0.0 || negatives <= 0.0 {
         return None;
     }
-    let mut rank_sum = 0.0;
+    // For each positive: the weight of the negatives scored below it, and half of those tied.
+    let (mut pairs, mut negatives_below) = (0.0, 0.0);
     let mut i = 0;
     while i < scored.len() {
-        // Tied scores share the mean of their ranks (1-based).
         let mut j = i;
         while j + 1 < scored.len() && scored[j + 1].0 == scored[i].0 {
             j += 1;
         }
-        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += mean_rank * scored[i..=j].iter().filter(|(_, label)| *label).count() as f64;
+        let tied = &scored[i..=j];
+        let tied_positives: f64 = tied.iter().filter(|t| t.1).map(|t| t.2).sum();
+        let tied_negatives: f64 = tied.iter().filter(|t| !t.1).map(|t| t.2).sum();
+        pairs += tied_positives * (negatives_below + tied_negatives / 2.0);
+        negatives_below += tied_negatives;
         i = j + 1;
     }
-    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+    Some(pairs / (positives * negatives))
 }
 
 /// Everything about the next version except its bytes.
@@ -579,6 +660,8 @@ mod tests {
             label: 1.0,
             source_event: "1".into(),
             event_time: None,
+            feedback: Default::default(),
+            corrects: None,
         }
     }
 
@@ -629,7 +712,20 @@ mod tests {
         let declared = schema("churn", 1, 3);
         assert_eq!(
             check_record(Ok(record(vec![1.0; 3])), &model(), &declared),
-            Ok((vec![1.0; 3], 1.0))
+            Ok(Learnable {
+                features: vec![1.0; 3],
+                label: 1.0,
+                weighting: RowWeight::One
+            })
+        );
+        let correction = ExampleRecord {
+            feedback: freshet::examples::Feedback::Correction,
+            corrects: Some("ex-0".into()),
+            ..record(vec![1.0; 3])
+        };
+        assert_eq!(
+            check_record(Ok(correction), &model(), &declared).map(|l| l.weighting),
+            Ok(RowWeight::Correction)
         );
         let err = check_record(Ok(record(vec![1.0; 2])), &model(), &declared).unwrap_err();
         assert_eq!(err.reason, RejectReason::SchemaMismatch);
@@ -897,27 +993,86 @@ mod tests {
                 log_loss_sum: 10.0,
                 step: 1,
                 learning_rate: 0.1,
-                scores: vec![0.9; 50],
+                scores: vec![if correct > 0 { 0.9 } else { 0.1 }; 50],
+                weights: vec![1.0; 50],
             };
-            window.record(&report, &[1.0; 50]);
+            window.record(&report, &[1.0; 50], &[]);
         }
         let m = window.snapshot();
         assert_eq!((m.examples_total, m.window_examples), (200, 100));
         assert!((m.prequential_accuracy - 1.0).abs() < 1e-12);
-        assert!((m.log_loss - 0.2).abs() < 1e-12);
+        assert!((m.log_loss - -(0.9f64.ln())).abs() < 1e-6);
+        assert_eq!(m.positive_share, Some(1.0));
+        assert!((m.mean_prediction.unwrap() - 0.9).abs() < 1e-6);
+    }
+
+    /// The window of a fake-negative stream: four views scored 0.2 arrive as fake negatives,
+    /// one converts and its correction (scored 0.2 too) follows.
+    #[test]
+    fn under_fake_negatives_the_window_weighs_rows_and_counts_views() {
+        let mut window = MetricsWindow::new(100, 0);
+        let p = 0.2f32;
+        let (negative, correction) = (
+            RowWeight::FakeNegative.weight(p),
+            RowWeight::Correction.weight(p),
+        );
+        let report = BatchReport {
+            examples: 5,
+            correct: 4,
+            log_loss_sum: 0.0,
+            step: 1,
+            learning_rate: 0.1,
+            scores: vec![p; 5],
+            weights: vec![negative, negative, negative, negative, correction],
+        };
+        let weighting = [
+            RowWeight::FakeNegative,
+            RowWeight::FakeNegative,
+            RowWeight::FakeNegative,
+            RowWeight::FakeNegative,
+            RowWeight::Correction,
+        ];
+        window.record(&report, &[0.0, 0.0, 0.0, 0.0, 1.0], &weighting);
+        let m = window.snapshot();
+        // Four views, one of them converted; the correction is not a fifth example.
+        assert_eq!((m.examples_total, m.window_examples), (5, 4));
+        assert_eq!(m.positive_share, Some(0.25));
+        assert!((m.mean_prediction.unwrap() - 0.2).abs() < 1e-6);
+        let (w0, w1) = (f64::from(negative), f64::from(correction));
+        let total = 4.0 * w0 + w1;
+        assert!((m.prequential_accuracy - 4.0 * w0 / total).abs() < 1e-9);
+        let loss = (4.0 * w0 * -(0.8f64.ln()) + w1 * -(0.2f64.ln())) / total;
+        assert!((m.log_loss - loss).abs() < 1e-6, "{} vs {loss}", m.log_loss);
+        // Every score ties: the AUC is a half, whatever the weights.
+        assert_eq!(m.roc_auc, Some(0.5));
+    }
+
+    #[test]
+    fn weighted_roc_auc_counts_pairs_by_their_weights() {
+        // One positive at 0.6 (weight 2) above a negative at 0.5 (weight 1) and below one at
+        // 0.7 (weight 3): 2·1 of 2·4 pair weight is ordered right.
+        let scored = [(0.6, true, 2.0), (0.5, false, 1.0), (0.7, false, 3.0)];
+        assert_eq!(weighted_roc_auc(scored.into_iter()), Some(0.25));
+        assert_eq!(
+            weighted_roc_auc([(0.5, true, 0.0), (0.4, false, 1.0)].into_iter()),
+            None
+        );
     }
 
     #[test]
     fn roc_auc_matches_hand_counts() {
+        let unweighted = |scored: &[(f32, bool)]| {
+            weighted_roc_auc(scored.iter().map(|&(score, label)| (score, label, 1.0)))
+        };
         let perfect = [(0.1, false), (0.2, false), (0.8, true), (0.9, true)];
-        assert_eq!(roc_auc(perfect.into_iter()), Some(1.0));
+        assert_eq!(unweighted(&perfect), Some(1.0));
         let reversed = [(0.9, false), (0.8, false), (0.2, true), (0.1, true)];
-        assert_eq!(roc_auc(reversed.into_iter()), Some(0.0));
+        assert_eq!(unweighted(&reversed), Some(0.0));
         // Positives 0.6, 0.4; negatives 0.5, 0.4: pairs (0.6>0.5) 1, (0.6>0.4) 1, (0.4<0.5) 0,
         // (0.4=0.4) 0.5, so 2.5 of 4.
         let mixed = [(0.6, true), (0.4, true), (0.5, false), (0.4, false)];
-        assert_eq!(roc_auc(mixed.into_iter()), Some(2.5 / 4.0));
-        assert_eq!(roc_auc([(0.3, true)].into_iter()), None);
+        assert_eq!(unweighted(&mixed), Some(2.5 / 4.0));
+        assert_eq!(unweighted(&[(0.3, true)]), None);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct TrainMetrics {
     pub reactions_ignored: Counter,
     pub examples_quarantined: Counter,
     pub quarantined: Gauge,
+    pub positive_share: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub mean_prediction: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl TrainMetrics {
@@ -182,6 +184,16 @@ impl TrainMetrics {
             "Accuracy over the recent window, scored before learning",
             self.prequential_accuracy.clone(),
         );
+        metrics.register(
+            "positive_share",
+            "Share of positives among the examples of the recent window, a correction counted as turning its fake negative positive",
+            self.positive_share.clone(),
+        );
+        metrics.register(
+            "mean_prediction",
+            "Mean prequential probability over the examples of the recent window (beside positive_share and featurize's observed conversion rate: calibration)",
+            self.mean_prediction.clone(),
+        );
     }
 }
 
@@ -222,6 +234,9 @@ pub struct Trainer<P = Pointers, D = Declarations, C = jetstream::Context, O = O
     last_version: u64,
     /// When this trainer last published a live version.
     last_published: Option<Instant>,
+    /// Whether the live model's mean prediction has parted from the share of positives it
+    /// learned (logged when that changes).
+    miscalibrated: bool,
     /// The model's declared schema as last read (`None`: none declared), and when it was read.
     declared: Option<FeatureSchema>,
     declared_at: Option<Instant>,
@@ -269,6 +284,7 @@ where
             quality,
             last_version: 0,
             last_published: None,
+            miscalibrated: false,
             declared: None,
             declared_at: None,
             flush: false,
@@ -485,11 +501,15 @@ where
             .lineage
             .as_mut()
             .expect("rows are only planned for learning under a schema, which a lineage has");
-        let (rows, labels) = (&plan.features, &plan.labels);
+        let (rows, labels, weighting) = (&plan.features, &plan.labels, &plan.weighting);
         // burn is blocking CPU work: keep it off the async workers' hot path.
-        match tokio::task::block_in_place(|| lineage.trainer.train_batch(rows, labels)) {
+        match tokio::task::block_in_place(|| {
+            lineage
+                .trainer
+                .train_weighted_batch(rows, labels, weighting)
+        }) {
             Ok(report) => {
-                lineage.window.record(&report, labels);
+                lineage.window.record(&report, labels, weighting);
                 self.metrics.examples_trained.inc_by(report.examples as u64);
                 self.pending.batches += 1;
                 let traces = plan.learn.iter().filter_map(|&i| batch[i].trace.as_ref());
@@ -498,10 +518,12 @@ where
                 }
                 if let Some(candidate) = lineage.candidate.as_mut() {
                     match tokio::task::block_in_place(|| {
-                        candidate.trainer.train_batch(rows, labels)
+                        candidate
+                            .trainer
+                            .train_weighted_batch(rows, labels, weighting)
                     }) {
                         Ok(report) => {
-                            candidate.window.record(&report, labels);
+                            candidate.window.record(&report, labels, weighting);
                             for trace in traces {
                                 candidate.traces.add(trace.trace_id());
                             }
@@ -824,6 +846,7 @@ where
         self.metrics
             .prequential_accuracy
             .set(manifest.metrics.prequential_accuracy);
+        self.watch_calibration(&manifest.metrics);
         let lineage = self
             .lineage
             .as_mut()
@@ -837,6 +860,34 @@ where
         self.publish_candidate().await;
         self.prune_in_background();
         Ok(Commit::Durable)
+    }
+
+    /// Exports the window's positive share and mean prediction, and says in the log when they
+    /// part by more than [`freshet_features::labels::PARTED_FACTOR`] and when they meet again.
+    fn watch_calibration(&mut self, metrics: &freshet_model::TrainingMetrics) {
+        let (Some(share), Some(mean)) = (metrics.positive_share, metrics.mean_prediction) else {
+            return;
+        };
+        self.metrics.positive_share.set(share);
+        self.metrics.mean_prediction.set(mean);
+        if metrics.window_examples < freshet_features::labels::MIN_VIEWS_TO_COMPARE {
+            return;
+        }
+        match freshet_features::labels::calibration_warning(
+            mean,
+            share,
+            "the share of positives it learned",
+        ) {
+            Some(warning) if !self.miscalibrated => {
+                self.miscalibrated = true;
+                tracing::warn!(model = %self.model, mean_prediction = mean, positive_share = share, "{warning}");
+            }
+            None if self.miscalibrated => {
+                self.miscalibrated = false;
+                tracing::info!(model = %self.model, mean_prediction = mean, positive_share = share, "the model's mean prediction meets the share of positives it learned again");
+            }
+            _ => {}
+        }
     }
 
     /// Asks for a retention pass off the training path. Requests made while a pass runs, or
@@ -1248,6 +1299,8 @@ mod tests {
             features,
             source_event: sequence.to_string(),
             event_time: None,
+            feedback: Default::default(),
+            corrects: None,
         };
         Incoming {
             subject: format!("freshet.examples.{model}"),

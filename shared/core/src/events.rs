@@ -119,6 +119,85 @@ pub struct ExampleData {
     pub model: ModelName,
     pub features: Vec<f64>,
     pub label: f64,
+    /// How the label relates to delayed feedback (see [`Feedback`]); `final` when absent.
+    #[serde(default, skip_serializing_if = "Feedback::is_final")]
+    pub feedback: Feedback,
+    /// For a [`Feedback::Correction`]: the id of the example it corrects (`ex-<event id>` of
+    /// the fake negative). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<String>,
+}
+
+/// How an example's label relates to delayed feedback: whether it is final, or part of
+/// fake-negative weighting (Ktena et al., RecSys 2019), where a view goes out at once as a
+/// negative and a positive duplicate follows if it converts. train weighs each example's loss
+/// by it, with `p` the model's own prediction for the row (held fixed in the step): a final
+/// label 1, a fake negative (1 − p)(1 + p), a correction 1 + p. The derivation is in
+/// functions/featurize/README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feedback {
+    /// The label is final (every example before delayed feedback was).
+    #[default]
+    Final,
+    /// A negative sent before its label was known (label 0); a correction may follow.
+    FakeNegative,
+    /// The positive duplicate of an earlier fake negative (label 1), which `corrects` names.
+    Correction,
+}
+
+impl Feedback {
+    pub fn is_final(&self) -> bool {
+        *self == Feedback::Final
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feedback::Final => "final",
+            Feedback::FakeNegative => "fake_negative",
+            Feedback::Correction => "correction",
+        }
+    }
+}
+
+/// Checks that an example's `feedback`, `corrects` and label agree: a fake negative is labelled
+/// 0 and a correction 1 and names the example it corrects (an id of at most 256 characters);
+/// only a correction names one. `prefix` is prepended to the field names in a refusal.
+pub fn check_feedback(
+    prefix: &str,
+    feedback: Feedback,
+    corrects: Option<&str>,
+    label: f64,
+) -> Result<(), Rejection> {
+    let field = |name: &str| format!("{prefix}{name}");
+    match (feedback, corrects) {
+        (Feedback::Correction, None) => Err(invalid_data(
+            &field("corrects"),
+            "a correction must name the example it corrects".into(),
+        )),
+        (Feedback::Correction, Some(id)) if id.is_empty() || id.len() > MAX_ID_LEN => {
+            Err(invalid_data(
+                &field("corrects"),
+                format!("must be 1 to {MAX_ID_LEN} characters"),
+            ))
+        }
+        (Feedback::Correction, Some(_)) if label != 1.0 => Err(invalid_data(
+            &field("label"),
+            format!("a correction is a positive; got {label}"),
+        )),
+        (Feedback::FakeNegative, _) if label != 0.0 => Err(invalid_data(
+            &field("label"),
+            format!("a fake negative is labelled 0; got {label}"),
+        )),
+        (Feedback::Final | Feedback::FakeNegative, Some(_)) => Err(invalid_data(
+            &field("corrects"),
+            format!(
+                "only a correction names an example it corrects; this one is {}",
+                feedback.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `outcome`: the true label of an earlier prediction, by the prediction's id.
@@ -385,6 +464,12 @@ fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventDa
             }
             check_numbers("data.features", &example.features)?;
             check_label("data.label", example.label)?;
+            check_feedback(
+                "data.",
+                example.feedback,
+                example.corrects.as_deref(),
+                example.label,
+            )?;
             EventData::Example(example)
         }
         EventType::Outcome => {
@@ -543,6 +628,50 @@ mod tests {
     }
 
     #[test]
+    fn examples_say_how_their_label_relates_to_delayed_feedback() {
+        let decoded = |data: serde_json::Value| match decode(
+            &envelope("example", data),
+            DEFAULT_MAX_EVENT_BYTES,
+        )
+        .unwrap()
+        .data
+        {
+            EventData::Example(example) => example,
+            other => panic!("{other:?}"),
+        };
+        let plain = decoded(json!({"model": "m", "features": [1.0], "label": 1}));
+        assert_eq!(
+            (plain.feedback, plain.corrects.as_deref()),
+            (Feedback::Final, None)
+        );
+        // A final example is written as before delayed feedback, so older readers take it.
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"model": "m", "features": [1.0], "label": 1.0})
+        );
+        let fake = decoded(
+            json!({"model": "m", "features": [1.0], "label": 0, "feedback": "fake_negative"}),
+        );
+        assert_eq!(fake.feedback, Feedback::FakeNegative);
+        let correction = decoded(json!({"model": "m", "features": [1.0], "label": 1,
+            "feedback": "correction", "corrects": "ex-v1"}));
+        assert_eq!(
+            (correction.feedback, correction.corrects.as_deref()),
+            (Feedback::Correction, Some("ex-v1"))
+        );
+        let event = Event {
+            id: "p1".into(),
+            source: "s".into(),
+            time: None,
+            data: EventData::Example(correction),
+        };
+        assert_eq!(
+            decode(&event.to_json_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap(),
+            event
+        );
+    }
+
+    #[test]
     fn round_trips_through_a_cloud_event() {
         let bytes = envelope(
             "user_action",
@@ -639,6 +768,12 @@ mod tests {
             (envelope("example", json!({"model": "m", "features": [], "label": 1})), RejectReason::InvalidData, "data.features"),
             (envelope("example", json!({"model": "m", "features": [1.0], "label": 0.5})), RejectReason::InvalidData, "data.label"),
             (envelope("example", json!({"model": "m", "features": [1.0, "NaN"], "label": 1})), RejectReason::InvalidData, "data.features[1]"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "feedback": "maybe"})), RejectReason::InvalidData, "data.feedback"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "feedback": "correction"})), RejectReason::InvalidData, "data.corrects"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "feedback": "correction", "corrects": ""})), RejectReason::InvalidData, "data.corrects"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 0, "feedback": "correction", "corrects": "ex-v1"})), RejectReason::InvalidData, "data.label"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "feedback": "fake_negative"})), RejectReason::InvalidData, "data.label"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "corrects": "ex-v1"})), RejectReason::InvalidData, "data.corrects"),
             (envelope("outcome", serde_json::Value::Null), RejectReason::InvalidData, "data"),
         ];
         for (bytes, reason, field) in cases {

@@ -2,12 +2,19 @@
 //! from. Its id, derived from the source event's id, is the `Nats-Msg-Id`, so a featurize replica
 //! that republishes after a crash is de-duplicated by JetStream. Its feature vector follows a
 //! [`FeatureSchema`], which a model's manifest records too.
+//!
+//! With delayed feedback an example also says how its label came about ([`Feedback`]): final,
+//! a fake negative sent before the label was known, or the correction of one (which names it in
+//! `corrects`). Both fields are left out when the label is final, so such a record reads as it
+//! always did; a reader from before them refuses a record that has them, so train and drift must
+//! be upgraded before featurize.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RejectReason, Rejection};
-use crate::events::{MAX_FEATURES, check_numbers};
+pub use crate::events::Feedback;
+use crate::events::{MAX_FEATURES, check_feedback, check_numbers};
 use crate::ids::ModelName;
 use crate::monitoring::{Monitoring, Watch};
 
@@ -57,7 +64,15 @@ pub struct ExampleRecord {
     pub label: f32,
     /// The CloudEvent id this example came from.
     pub source_event: String,
+    /// When the action whose features the example carries happened (for a labelled view, the
+    /// view, whatever decided its label).
     pub event_time: Option<DateTime<Utc>>,
+    /// How the label relates to delayed feedback; `final` (and left out) for a final label.
+    #[serde(default, skip_serializing_if = "Feedback::is_final")]
+    pub feedback: Feedback,
+    /// For a correction: the id of the fake negative it corrects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<String>,
 }
 
 /// [`ExampleRecord`] as read from the wire, before its features are checked and narrowed.
@@ -71,6 +86,10 @@ struct WideExample {
     label: f32,
     source_event: String,
     event_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    feedback: Feedback,
+    #[serde(default)]
+    corrects: Option<String>,
 }
 
 impl ExampleRecord {
@@ -93,6 +112,8 @@ impl ExampleRecord {
             label: data.label as f32,
             source_event: event_id.to_string(),
             event_time: Some(at),
+            feedback: data.feedback,
+            corrects: data.corrects.clone(),
         }
     }
 
@@ -113,6 +134,8 @@ impl ExampleRecord {
             label: wide.label,
             source_event: wide.source_event,
             event_time: wide.event_time,
+            feedback: wide.feedback,
+            corrects: wide.corrects,
         };
         if record.features.is_empty() || record.features.len() > MAX_FEATURES {
             return Err(Rejection::new(
@@ -131,6 +154,12 @@ impl ExampleRecord {
                 format!("{} is not 0 or 1", record.label),
             ));
         }
+        check_feedback(
+            "",
+            record.feedback,
+            record.corrects.as_deref(),
+            f64::from(record.label),
+        )?;
         Ok(record)
     }
 
@@ -163,8 +192,66 @@ mod tests {
             label: 1.0,
             source_event: "e1".into(),
             event_time: None,
+            feedback: Feedback::Final,
+            corrects: None,
         };
         assert_eq!(ExampleRecord::decode(&good.to_json_bytes()).unwrap(), good);
+        // A final example is written as before delayed feedback; a correction names its fake
+        // negative, and a record that says otherwise is refused.
+        assert!(
+            !String::from_utf8(good.to_json_bytes())
+                .unwrap()
+                .contains("feedback")
+        );
+        let correction = ExampleRecord {
+            id: ExampleRecord::id_for("p1"),
+            feedback: Feedback::Correction,
+            corrects: Some(ExampleRecord::id_for("e1")),
+            ..good.clone()
+        };
+        assert_eq!(
+            ExampleRecord::decode(&correction.to_json_bytes()).unwrap(),
+            correction
+        );
+        for (bad, field) in [
+            (
+                ExampleRecord {
+                    corrects: None,
+                    ..correction.clone()
+                },
+                "corrects",
+            ),
+            (
+                ExampleRecord {
+                    label: 0.0,
+                    ..correction.clone()
+                },
+                "label",
+            ),
+            (
+                ExampleRecord {
+                    feedback: Feedback::FakeNegative,
+                    corrects: None,
+                    ..correction.clone()
+                },
+                "label",
+            ),
+            (
+                ExampleRecord {
+                    feedback: Feedback::Final,
+                    ..correction.clone()
+                },
+                "corrects",
+            ),
+        ] {
+            assert_eq!(
+                ExampleRecord::decode(&bad.to_json_bytes())
+                    .unwrap_err()
+                    .field,
+                field,
+                "{bad:?}"
+            );
+        }
         let bad_label = ExampleRecord {
             label: 0.3,
             ..good.clone()

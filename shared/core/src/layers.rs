@@ -45,6 +45,7 @@ const MODEL: &[&str] = &[
     "optim",
     "scaler",
     "hyper",
+    "weighting",
     "logistic",
     "mlp",
     "fm",
@@ -61,7 +62,12 @@ const MODEL: &[&str] = &[
 ];
 
 /// The feature crate's modules: the aggregates any domain's features use, then the bookstore's.
-const FEATURES: &[(&str, u8)] = &[("aggregates", 1), ("bookstore", 2), ("properties", 3)];
+const FEATURES: &[(&str, u8)] = &[
+    ("aggregates", 1),
+    ("bookstore", 2),
+    ("labels", 3),
+    ("properties", 4),
+];
 
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -6,7 +6,9 @@
 //!   windows of count, sum and mean; the EWMA is with the contract, in `freshet::stats`), pure
 //!   state machines that any feature definition can use;
 //! - [`bookstore`]: the bookstore example's features: its entity states (user, item, category),
-//!   its feature vector and schema, and how drift monitors each feature.
+//!   its feature vector and schema, and how drift monitors each feature;
+//! - [`labels`]: the per-partition index of views waiting for their label and the health of the
+//!   labels featurize publishes, read back by `freshet status` and `freshet view`.
 //!
 //! `aggregates` uses nothing of `bookstore` (a test in `shared/core/src/layers.rs` checks it), so
 //! a second domain's features can sit beside the bookstore's on the same aggregates.
@@ -16,6 +18,7 @@
 
 pub mod aggregates;
 pub mod bookstore;
+pub mod labels;
 
 #[cfg(test)]
 mod properties;

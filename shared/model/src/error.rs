@@ -44,6 +44,14 @@ pub enum ModelError {
         /// Labels supplied.
         labels: usize,
     },
+    /// The batch had a different number of rows and row weights.
+    #[error("batch has {rows} rows but {weights} row weights")]
+    WeightCount {
+        /// Rows supplied.
+        rows: usize,
+        /// Row weights supplied.
+        weights: usize,
+    },
     /// A training batch had no rows; an SGD step on nothing is undefined (a mean over zero).
     #[error("training batch is empty")]
     EmptyBatch,

@@ -5,9 +5,11 @@
 //! [`Hyper::step_rows`] rows (one by default): a batch fetched from the stream is a unit of I/O
 //! and acknowledgement, and one optimizer step per batch of 256 cost up to 9 points of accuracy
 //! (BENCHMARKS.md, "Model quality"). Each step scores its rows with the host forward pass (the
-//! very code a predictor runs) before learning them, folds them into the input scaler, computes
-//! the gradient of the mean binary cross-entropy on logits plus `(λ/2)·Σ‖W‖²` over weight
-//! tensors (never biases), and hands it to the host optimizer ([`OptimizerState`]).
+//! very code a predictor runs) before learning them, weighs each row from that score
+//! ([`RowWeight`]: 1, or fake-negative weighting's importance weights, held fixed), folds them
+//! into the input scaler, computes the gradient of the weighted mean binary cross-entropy on
+//! logits `(1/m)·Σ ωᵢ·ℓᵢ` plus `(λ/2)·Σ‖W‖²` over weight tensors (never biases), and hands it to
+//! the host optimizer ([`OptimizerState`]).
 //!
 //! The gradient of a small step is computed on the host, by each kind's backward pass
 //! (`add_gradient` in its file); a large one (rows × parameters ≥ [`HOST_STEP_VALUES`]) by burn,
@@ -36,6 +38,7 @@ use super::kind::ModelKind;
 use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
+use super::weighting::RowWeight;
 use freshet::stats::ewma::Decay;
 
 /// Rows × parameters of a step below which its gradient is computed on the host: measured
@@ -52,6 +55,13 @@ pub(crate) const P_CLAMP: f64 = 1e-7;
 /// do, so prequential accuracies compare row for row.
 pub fn predicts_positive(p: f32) -> bool {
     p > 0.5
+}
+
+/// The cross-entropy of probability `p` for a row of class `positive`: `-ln p(label)`, with `p`
+/// clamped to `[1e-7, 1 - 1e-7]`, as every prequential log-loss here is measured.
+pub fn log_loss(p: f32, positive: bool) -> f64 {
+    let p = f64::from(p).clamp(P_CLAMP, 1.0 - P_CLAMP);
+    if positive { -p.ln() } else { -(1.0 - p).ln() }
 }
 
 /// What one `train_batch` call measured and did.
@@ -73,6 +83,10 @@ pub struct BatchReport {
     pub learning_rate: f64,
     /// Each row's prequential probability of class 1, in batch order (for ranking metrics).
     pub scores: Vec<f32>,
+    /// Each row's loss weight in its step, in batch order (all 1 unless rows were weighted; see
+    /// [`RowWeight`]), computed from `scores`.
+    #[serde(default)]
+    pub weights: Vec<f32>,
 }
 
 /// Everything a model artifact holds: enough to score, and to continue training exactly.
@@ -202,7 +216,8 @@ impl Learner {
 
     /// Learns the batch in steps of [`Hyper::step_rows`] rows, each step's rows scored by the
     /// model as it is before that step (the prequential measurement), then folded into the
-    /// scaler and learned in one optimizer step.
+    /// scaler and learned in one optimizer step, each row's loss weighted as `weighting` says
+    /// from its prequential score (an empty slice weighs every row 1).
     ///
     /// The whole batch is learned by a copy of the model, committed only at the end: on any
     /// error the learner is unchanged. Input errors are detected before any work, and a step
@@ -212,24 +227,47 @@ impl Learner {
         &mut self,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weighting: &[RowWeight],
     ) -> Result<BatchReport, ModelError> {
         validate_batch(rows, labels, self.state.n_features)?;
+        if !weighting.is_empty() && weighting.len() != rows.len() {
+            return Err(ModelError::WeightCount {
+                rows: rows.len(),
+                weights: weighting.len(),
+            });
+        }
         let n = rows.len();
         let step_rows = self.hyper.step_rows(n);
         let mut state = self.state.clone();
         let mut scores = Vec::with_capacity(n);
+        let mut weights: Vec<f32> = Vec::with_capacity(n);
         let mut learning_rate = self.hyper.learning_rate_at(state.step);
         let mut grads: Vec<Vec<f32>> = state.params.iter().map(|p| vec![0.0; p.len()]).collect();
         let mut deviations = state.scaler.as_ref().map(StandardScaler::deviations);
         for (rows, labels) in rows.chunks(step_rows).zip(labels.chunks(step_rows)) {
             // Test with the scaler as it was, like a predictor serving this model would...
-            scores.extend(probabilities_with(
+            let step_scores = probabilities_with(
                 state.kind,
                 &state.params,
                 state.scaler.as_ref().zip(deviations.as_deref()),
                 rows,
                 "prequential scores",
-            )?);
+            )?;
+            // ...weigh each row by the model's own probability before the step, held fixed
+            // (no gradient flows through a weight)...
+            let first = scores.len();
+            let step_weights: Vec<f32> = step_scores
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| {
+                    weighting
+                        .get(first + j)
+                        .copied()
+                        .unwrap_or_default()
+                        .weight(p)
+                })
+                .collect();
+            scores.extend(step_scores);
             // ...then fold the rows into the scaler and learn them as the updated scaler sees
             // them, as River's pipeline does per row.
             if let Some(scaler) = state.scaler.as_mut() {
@@ -246,11 +284,13 @@ impl Learner {
                     scaling,
                     rows,
                     labels,
+                    &step_weights,
                     &mut grads,
                 )?;
             } else {
-                grads = self.burn_gradients(&state, rows, labels)?;
+                grads = self.burn_gradients(&state, rows, labels, &step_weights)?;
             }
+            weights.extend(step_weights);
             learning_rate = self.hyper.learning_rate_at(state.step);
             state.optim.apply(
                 &self.hyper.optimizer,
@@ -268,8 +308,7 @@ impl Learner {
             if predicts_positive(*p) == positive {
                 correct += 1;
             }
-            let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
-            log_loss_sum -= if positive { p.ln() } else { (1.0 - p).ln() };
+            log_loss_sum += log_loss(*p, positive);
         }
         self.state = state;
         Ok(BatchReport {
@@ -279,6 +318,7 @@ impl Learner {
             step: self.state.step,
             learning_rate,
             scores,
+            weights,
         })
     }
 
@@ -297,15 +337,16 @@ impl Learner {
         state: &Snapshot,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         match state.kind {
             ModelKind::Logistic => {
-                self.logistic_gradients(&state.params, state.scaler.as_ref(), rows, labels)
+                self.logistic_gradients(&state.params, state.scaler.as_ref(), rows, labels, weights)
             }
             ModelKind::Mlp { .. }
             | ModelKind::FactorizationMachine { .. }
             | ModelKind::Fourier { .. } => {
-                self.autodiff_gradients(&state.params, state.scaler.as_ref(), rows, labels)
+                self.autodiff_gradients(&state.params, state.scaler.as_ref(), rows, labels, weights)
             }
         }
     }
@@ -324,14 +365,15 @@ impl Learner {
             .collect()
     }
 
-    /// Gradients of the mean cross-entropy plus the L2 penalty, by burn's autodiff over the
-    /// kind's forward graph. Errors if the loss or any gradient is not finite.
+    /// Gradients of the weighted mean cross-entropy plus the L2 penalty, by burn's autodiff
+    /// over the kind's forward graph. Errors if the loss or any gradient is not finite.
     fn autodiff_gradients(
         &self,
         params: &[Vec<f32>],
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let state = &self.state;
         let x = input_tensor(scaler, rows, state.n_features, &self.device);
@@ -348,7 +390,11 @@ impl Learner {
             TensorData::new(labels.to_vec(), [rows.len(), 1]),
             &self.device,
         );
-        let mut loss = cross_entropy_on_logits(logits, y);
+        let w = Tensor::<2>::from_data(
+            TensorData::new(weights.to_vec(), [rows.len(), 1]),
+            &self.device,
+        );
+        let mut loss = cross_entropy_on_logits(logits, y, w);
         if self.hyper.l2 > 0.0 {
             for (leaf, spec) in leaves.iter().zip(&self.specs) {
                 if spec.decay {
@@ -373,16 +419,17 @@ impl Learner {
     }
 
     /// The same gradients for logistic regression in closed form, with burn tensors on the
-    /// plain (non-autodiff) flex device: for logits z = Xw + b and d = (σ(z) − y)/n, the
-    /// gradient is Xᵀd + λw for the weights and Σd for the bias. Recording a graph to
-    /// differentiate two parameters cost more than the arithmetic itself, and this is the model
-    /// whose training rate matters most.
+    /// plain (non-autodiff) flex device: for logits z = Xw + b, row weights ω and
+    /// d = ω∘(σ(z) − y)/n, the gradient is Xᵀd + λw for the weights and Σd for the bias.
+    /// Recording a graph to differentiate two parameters cost more than the arithmetic itself,
+    /// and this is the model whose training rate matters most.
     fn logistic_gradients(
         &self,
         params: &[Vec<f32>],
         scaler: Option<&StandardScaler>,
         rows: &[Vec<f32>],
         labels: &[f32],
+        weights: &[f32],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let (n, n_features) = (rows.len(), self.state.n_features);
         let device = Device::flex();
@@ -393,10 +440,12 @@ impl Learner {
         let w = Tensor::<2>::from_data(TensorData::new(w.clone(), [n_features, 1]), &device);
         let b = Tensor::<2>::from_data(TensorData::new(b.clone(), [1, 1]), &device);
         let y = Tensor::<2>::from_data(TensorData::new(labels.to_vec(), [n, 1]), &device);
+        let omega = Tensor::<2>::from_data(TensorData::new(weights.to_vec(), [n, 1]), &device);
         let z = x.clone().matmul(w.clone()).add(b);
-        let mut loss = cross_entropy_on_logits(z.clone(), y.clone());
+        let mut loss = cross_entropy_on_logits(z.clone(), y.clone(), omega.clone());
         let d = burn::tensor::activation::sigmoid(z)
             .sub(y)
+            .mul(omega)
             .div_scalar(n as f32);
         let mut grad_w = x.transpose().matmul(d.clone());
         if self.hyper.l2 > 0.0 {
@@ -523,7 +572,8 @@ fn probabilities_with<R: AsRef<[f32]>>(
 }
 
 /// A step's gradient on the host, into `grads` (shaped as the parameters): the mean over the
-/// rows of the cross-entropy's gradient, `(σ(z) − y)/m · ∂z/∂θ` for each row's logit `z` (the
+/// rows of the weighted cross-entropy's gradient, `ω·(σ(z) − y)/m · ∂z/∂θ` for each row's logit
+/// `z` and weight `ω` (the
 /// kind's [`add_gradient`](ModelKind::add_gradient)), plus `λ·W` on the weight tensors. The
 /// same gradient as burn's (a test holds them equal). Errors if a logit or a gradient is not
 /// finite.
@@ -536,6 +586,7 @@ fn host_gradients(
     scaling: Option<(&StandardScaler, &[f64])>,
     rows: &[Vec<f32>],
     labels: &[f32],
+    weights: &[f32],
     grads: &mut [Vec<f32>],
 ) -> Result<(), ModelError> {
     for g in grads.iter_mut() {
@@ -543,7 +594,8 @@ fn host_gradients(
     }
     let per_row = 1.0 / rows.len() as f32;
     let mut scaled = Vec::new();
-    for (row, y) in rows.iter().zip(labels) {
+    for (i, (row, y)) in rows.iter().zip(labels).enumerate() {
+        let omega = weights.get(i).copied().unwrap_or(1.0);
         let x = match scaling {
             Some((scaler, deviations)) => {
                 scaled.clear();
@@ -559,7 +611,7 @@ fn host_gradients(
             });
         }
         let p = 1.0 / (1.0 + (-z).exp());
-        kind.add_gradient(params, x, (p - y) * per_row, grads)?;
+        kind.add_gradient(params, x, omega * (p - y) * per_row, grads)?;
     }
     let l2 = l2 as f32;
     for ((g, p), spec) in grads.iter_mut().zip(params).zip(specs) {
@@ -635,12 +687,15 @@ fn validate_row(row: &[f32], index: usize, n_features: usize) -> Result<(), Mode
     Ok(())
 }
 
-/// Mean binary cross-entropy on logits, in the numerically stable form that burn's
-/// BinaryCrossEntropyLoss uses with `logits = true`: (1 − y)·z − log σ(z).
-fn cross_entropy_on_logits(logits: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+/// Weighted mean binary cross-entropy on logits, `(1/n)·Σ ωᵢ·ℓᵢ`, each term in the numerically
+/// stable form that burn's BinaryCrossEntropyLoss uses with `logits = true`: (1 − y)·z − log σ(z).
+/// The weights `ω` are finite and in [0, 2] ([`RowWeight::weight`]), so they cannot make a
+/// finite loss non-finite.
+fn cross_entropy_on_logits(logits: Tensor<2>, y: Tensor<2>, weights: Tensor<2>) -> Tensor<1> {
     (y.neg() + 1.0)
         .mul(logits.clone())
         .sub(log_sigmoid(logits))
+        .mul(weights)
         .mean()
 }
 
@@ -708,12 +763,12 @@ mod tests {
             let mut learner = Learner::new(kind, 3, hyper, 1, None).unwrap();
             for b in 0..15 {
                 let (rows, labels) = linear_batch(b, 64, 3);
-                learner.train_batch(&rows, &labels).unwrap();
+                learner.train_batch(&rows, &labels, &[]).unwrap();
             }
             let scorer = learner.host_model();
             let (rows, labels) = linear_batch(15, 64, 3);
             let scores = scorer.score_batch(&rows).unwrap();
-            let report = learner.train_batch(&rows, &labels).unwrap();
+            let report = learner.train_batch(&rows, &labels, &[]).unwrap();
 
             let correct = scores
                 .iter()
@@ -773,44 +828,50 @@ mod tests {
                 .collect();
             let labels: Vec<f32> = rows.iter().map(|r| f32::from(r[0] + r[2] > 0.0)).collect();
             for _ in 0..3 {
-                learner.train_batch(&rows, &labels).unwrap();
+                learner.train_batch(&rows, &labels, &[]).unwrap();
             }
             let state = learner.state.clone();
             let scaler = state.scaler.as_ref();
             let deviations = scaler.map(StandardScaler::deviations);
-            let mut host: Vec<Vec<f32>> = state.params.iter().map(|p| vec![0.0; p.len()]).collect();
-            host_gradients(
-                kind,
-                &state.params,
-                &learner.specs,
-                hyper.l2,
-                scaler.zip(deviations.as_deref()),
-                &rows,
-                &labels,
-                &mut host,
-            )
-            .unwrap();
-            let mut references = vec![
-                learner
-                    .autodiff_gradients(&state.params, scaler, &rows, &labels)
-                    .unwrap(),
-            ];
-            if kind == ModelKind::Logistic {
-                references.push(
+            // Unweighted, and with rows weighted as fake-negative weighting weighs them.
+            let uneven: Vec<f32> = (0..rows.len()).map(|i| (i % 5) as f32 * 0.4).collect();
+            for weights in [vec![1.0; rows.len()], uneven] {
+                let mut host: Vec<Vec<f32>> =
+                    state.params.iter().map(|p| vec![0.0; p.len()]).collect();
+                host_gradients(
+                    kind,
+                    &state.params,
+                    &learner.specs,
+                    hyper.l2,
+                    scaler.zip(deviations.as_deref()),
+                    &rows,
+                    &labels,
+                    &weights,
+                    &mut host,
+                )
+                .unwrap();
+                let mut references = vec![
                     learner
-                        .logistic_gradients(&state.params, scaler, &rows, &labels)
+                        .autodiff_gradients(&state.params, scaler, &rows, &labels, &weights)
                         .unwrap(),
-                );
-            }
-            for reference in references {
-                assert_eq!(host.len(), reference.len());
-                for (a, b) in host.iter().flatten().zip(reference.iter().flatten()) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-                        "{kind:?}: {a} vs {b}"
+                ];
+                if kind == ModelKind::Logistic {
+                    references.push(
+                        learner
+                            .logistic_gradients(&state.params, scaler, &rows, &labels, &weights)
+                            .unwrap(),
                     );
                 }
-                assert!(host.iter().flatten().any(|g| *g != 0.0), "{kind:?}");
+                for reference in references {
+                    assert_eq!(host.len(), reference.len());
+                    for (a, b) in host.iter().flatten().zip(reference.iter().flatten()) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
+                            "{kind:?}: {a} vs {b}"
+                        );
+                    }
+                    assert!(host.iter().flatten().any(|g| *g != 0.0), "{kind:?}");
+                }
             }
         }
     }
@@ -833,11 +894,11 @@ mod tests {
             let mut whole = Learner::new(kind, 3, hyper, 1, None).unwrap();
             let mut single = Learner::new(kind, 3, hyper, 1, None).unwrap();
             let (rows, labels) = linear_batch(0, 40, 3);
-            let report = whole.train_batch(&rows, &labels).unwrap();
+            let report = whole.train_batch(&rows, &labels, &[]).unwrap();
             let mut scores = Vec::new();
             for (row, label) in rows.iter().zip(&labels) {
                 let one = single
-                    .train_batch(std::slice::from_ref(row), &[*label])
+                    .train_batch(std::slice::from_ref(row), &[*label], &[])
                     .unwrap();
                 scores.extend(one.scores);
             }
@@ -879,7 +940,7 @@ mod tests {
                     let mut rows_done = 0usize;
                     while start.elapsed() < std::time::Duration::from_millis(700) {
                         for (rows, labels) in &batches {
-                            learner.train_batch(rows, labels).unwrap();
+                            learner.train_batch(rows, labels, &[]).unwrap();
                             rows_done += rows.len();
                         }
                     }

@@ -18,6 +18,8 @@
 //!   a parameter tensor, shared by every kind);
 //! - [`optim`]: the update rules and their state; [`scaler`]: the input standardisation;
 //!   [`hyper`]: the hyperparameters ([`Hyper`]) and the learning-rate schedule;
+//! - [`weighting`]: how much each row's loss counts ([`RowWeight`]: 1, or the importance
+//!   weights of fake-negative weighting for delayed feedback);
 //! - [`logistic`], [`mlp`], [`fm`], [`fourier`]: each kind's mathematics (shapes, initial
 //!   parameters, the burn and host forward passes);
 //! - `kind.rs`: [`ModelKind`], the kind with its dimensions, which dispatches to those files:
@@ -57,6 +59,7 @@ pub mod store;
 #[cfg(test)]
 mod synthetic;
 mod trainer;
+pub mod weighting;
 
 pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
 pub use config::ModelConfig;
@@ -67,10 +70,11 @@ pub use fourier::{DEFAULT_FOURIER_FEATURES, MAX_FOURIER_FEATURES};
 pub use freshet::examples::FeatureSchema;
 pub use hyper::{DEFAULT_LEARNING_RATE, DEFAULT_ROWS_PER_STEP, Hyper};
 pub use kind::{Dimensions, ModelKind};
-pub use learner::{BatchReport, predicts_positive};
+pub use learner::{BatchReport, log_loss, predicts_positive};
 pub use manifest::{Manifest, SequenceRange, TrainingMetrics};
 pub use mlp::{DEFAULT_HIDDEN, MAX_HIDDEN};
 pub use optim::Optimizer;
 pub use scaler::StandardScaler;
 pub use scorer::ModelScorer;
 pub use trainer::Trainer;
+pub use weighting::RowWeight;

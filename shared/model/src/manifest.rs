@@ -37,6 +37,15 @@ pub struct TrainingMetrics {
     /// Prequential ROC AUC over the window; absent while the window holds one class only.
     #[serde(default)]
     pub roc_auc: Option<f64>,
+    /// Share of positives among the window's examples, a correction (delayed feedback)
+    /// counted as turning its fake negative positive, not as an example of its own: what the
+    /// model is taught the conversion rate is. Absent in manifests from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_share: Option<f64>,
+    /// Mean prequential probability over the same examples: beside the observed conversion
+    /// rate, how well calibrated the model is. Absent like `positive_share`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_prediction: Option<f64>,
 }
 
 /// Everything recorded about one stored model version.
@@ -212,6 +221,8 @@ mod tests {
                 prequential_accuracy: 0.93,
                 log_loss: 0.21,
                 roc_auc: None,
+                positive_share: None,
+                mean_prediction: None,
             },
         }
     }

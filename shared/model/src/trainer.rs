@@ -16,6 +16,7 @@ use super::hyper::Hyper;
 use super::kind::ModelKind;
 use super::learner::{BatchReport, Learner};
 use super::scorer::ModelScorer;
+use super::weighting::RowWeight;
 
 /// Trains a model of any kind one mini-batch at a time.
 ///
@@ -93,7 +94,26 @@ impl Trainer {
         rows: &[Vec<f32>],
         labels: &[f32],
     ) -> Result<BatchReport, ModelError> {
-        self.learner.train_batch(rows, labels)
+        self.learner.train_batch(rows, labels, &[])
+    }
+
+    /// [`train_batch`](Self::train_batch) with each row's loss weighted as `weighting` says
+    /// (one entry per row; see [`RowWeight`]): the step delayed feedback's fake-negative
+    /// weighting takes. A weighting of the wrong length is refused as
+    /// [`ModelError::WeightCount`] before any work.
+    pub fn train_weighted_batch(
+        &mut self,
+        rows: &[Vec<f32>],
+        labels: &[f32],
+        weighting: &[RowWeight],
+    ) -> Result<BatchReport, ModelError> {
+        if weighting.len() != rows.len() {
+            return Err(ModelError::WeightCount {
+                rows: rows.len(),
+                weights: weighting.len(),
+            });
+        }
+        self.learner.train_batch(rows, labels, weighting)
     }
 
     /// Serialises the model, its scaler, step and optimizer state (format
@@ -578,6 +598,97 @@ mod tests {
                 (_, weights) => assert_eq!(weights, None, "{kind:?}"),
             }
         }
+    }
+
+    /// Fake-negative weighting on a stream where every view is first a negative and a
+    /// positive duplicate follows three batches later if it converts: the weighted model's mean
+    /// probability meets the views' true rate, the unweighted one settles near π / (1 + π);
+    /// whether a batch is one step or a step per row (each row weighted in its own step).
+    #[test]
+    fn fake_negative_weighting_learns_the_true_rate_from_fake_negatives() {
+        for rows_per_step in [0, 1] {
+            fake_negative_weighting_learns_the_true_rate(rows_per_step);
+        }
+    }
+
+    fn fake_negative_weighting_learns_the_true_rate(rows_per_step: usize) {
+        use crate::RowWeight;
+        use crate::synthetic::feature;
+        let truth = |i: u64| {
+            let x = [feature(i, 0), feature(i, 1)];
+            let pi = 1.0 / (1.0 + (-(-1.0 + 1.5 * x[0])).exp());
+            let converts = (feature(i, 7) + 1.0) / 2.0 < pi;
+            (x.to_vec(), pi, converts)
+        };
+        let batch = 64u64;
+        let config = ModelConfig {
+            hyper: Hyper {
+                learning_rate: 0.2,
+                decay: 0.001,
+                l2: 0.0,
+                optimizer: Optimizer::Sgd,
+                rows_per_step,
+            },
+            ..ModelConfig::default()
+        };
+        let mut weighted = Trainer::new(&config, 2).unwrap();
+        let mut plain = Trainer::new(&config, 2).unwrap();
+        for b in 0..600u64 {
+            let (mut rows, mut labels, mut weighting) = (Vec::new(), Vec::new(), Vec::new());
+            for i in b * batch..(b + 1) * batch {
+                rows.push(truth(i).0);
+                labels.push(0.0);
+                weighting.push(RowWeight::FakeNegative);
+            }
+            let corrected = if b >= 3 {
+                (b - 3) * batch..(b - 2) * batch
+            } else {
+                0..0
+            };
+            for i in corrected {
+                let (x, _, converts) = truth(i);
+                if converts {
+                    rows.push(x);
+                    labels.push(1.0);
+                    weighting.push(RowWeight::Correction);
+                }
+            }
+            let report = weighted
+                .train_weighted_batch(&rows, &labels, &weighting)
+                .unwrap();
+            assert_eq!(report.weights.len(), rows.len());
+            plain.train_batch(&rows, &labels).unwrap();
+        }
+        let held_out: Vec<(Vec<f32>, f32, bool)> = (1_000_000..1_020_000).map(truth).collect();
+        let rows: Vec<Vec<f32>> = held_out.iter().map(|(x, _, _)| x.clone()).collect();
+        let mean = |scores: Vec<f32>| scores.iter().sum::<f32>() / scores.len() as f32;
+        let true_rate = held_out.iter().map(|(_, pi, _)| pi).sum::<f32>() / rows.len() as f32;
+        let fnw = mean(weighted.scorer().score_batch(&rows).unwrap()) / true_rate;
+        let biased = mean(plain.scorer().score_batch(&rows).unwrap()) / true_rate;
+        assert!(
+            (0.92..1.08).contains(&fnw),
+            "{rows_per_step} rows a step, weighted: {fnw} of the true rate"
+        );
+        assert!(
+            biased < 0.88,
+            "{rows_per_step} rows a step, unweighted: {biased} of the true rate"
+        );
+        // A weighting of the wrong length is refused before any work; all-one weights are
+        // the unweighted step, bit for bit.
+        let (rows, labels) = linear_batch(1, 8, 2);
+        let mut a = Trainer::new(&config, 2).unwrap();
+        let mut b = Trainer::new(&config, 2).unwrap();
+        assert_eq!(
+            a.train_weighted_batch(&rows, &labels, &[RowWeight::One]),
+            Err(ModelError::WeightCount {
+                rows: 8,
+                weights: 1
+            })
+        );
+        a.train_weighted_batch(&rows, &labels, &[RowWeight::One; 8])
+            .unwrap();
+        b.train_batch(&rows, &labels).unwrap();
+        assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
     }
 
     #[test]

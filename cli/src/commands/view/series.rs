@@ -186,6 +186,29 @@ pub struct VersionInfo {
     pub examples_total: u64,
 }
 
+/// One sample of a model's label health (see `freshet status`): the share of positives among the
+/// examples featurize published, the conversion rate it observed on labelled views, and the live
+/// version's mean prediction, each `None` while unknown. Serialised as `[t, share, observed,
+/// mean]`, with `null` for an unknown value (the page breaks the line there).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LabelPoint(
+    pub Millis,
+    pub Option<f64>,
+    pub Option<f64>,
+    pub Option<f64>,
+);
+
+/// The label samples from `from` on, thinned for a chart; a sample that knows none of the three
+/// rates (featurize has labelled nothing yet) is left out.
+pub fn label_rates(samples: &VecDeque<LabelPoint>, from: Millis) -> Vec<LabelPoint> {
+    let points: Vec<LabelPoint> = samples
+        .iter()
+        .filter(|p| p.0 >= from && (p.1.is_some() || p.2.is_some() || p.3.is_some()))
+        .copied()
+        .collect();
+    thin(&points, MAX_POINTS)
+}
+
 /// Prequential accuracy of the versions in `members` (those a slot named), at their creation
 /// times, from `from` on.
 pub fn prequential(
@@ -898,6 +921,27 @@ mod tests {
                     "drift on the live version's error (ddm), live v4".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn label_rates_keep_the_window_and_skip_empty_samples() {
+        let samples: VecDeque<LabelPoint> = [
+            LabelPoint(100, Some(0.1), Some(0.08), None),
+            LabelPoint(200, None, None, None),
+            LabelPoint(300, Some(0.09), Some(0.08), Some(0.085)),
+            LabelPoint(400, Some(0.5), Some(0.08), Some(0.4)),
+        ]
+        .into_iter()
+        .collect();
+        let points = label_rates(&samples, 150);
+        assert_eq!(
+            points.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![300, 400]
+        );
+        assert_eq!(
+            serde_json::to_string(&LabelPoint(1, Some(0.5), None, Some(0.25))).unwrap(),
+            "[1,0.5,null,0.25]"
         );
     }
 

@@ -107,6 +107,19 @@ pub trait Processor: Send {
         None
     }
 
+    /// Work that falls due by time alone, which no message brings (featurize deciding the labels
+    /// of views whose horizon has passed): called once [`tick_due`](Self::tick_due) has passed,
+    /// after a batch or while the loop waits for one. It makes what it changes durable itself;
+    /// a failure is its own to log and retry at a later tick.
+    fn tick(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// When [`tick`](Self::tick) falls due next, if ever.
+    fn tick_due(&self) -> Option<Instant> {
+        None
+    }
+
     /// Whether a batch's wait may count from when its first message was stored (see `Gather`).
     /// A processor whose batch is a unit of work only says yes. One whose batch size shapes what
     /// it computes says no: a training step's size must not follow how busy the loop was, so its
@@ -184,6 +197,7 @@ pub async fn run<P: Processor>(
             let first = tokio::select! {
                 next = messages.next() => next,
                 _ = tokio::time::sleep_until(idle_wake(&processor, &held, settings.idle_tick)) => {
+                    tick_if_due(&mut processor).await;
                     commit_held(&mut processor, &mut held, &metrics, &settings.spans, false).await;
                     keep_alive(&held, &mut held_since, settings.ack_wait).await;
                     continue;
@@ -229,6 +243,7 @@ pub async fn run<P: Processor>(
                 &mut held,
             )
             .await;
+            tick_if_due(&mut processor).await;
             commit_held(&mut processor, &mut held, &metrics, &settings.spans, false).await;
             keep_alive(&held, &mut held_since, settings.ack_wait).await;
         }
@@ -309,15 +324,26 @@ impl Gather {
     }
 }
 
-/// When the loop, waiting for a batch, offers the processor a commit next.
+/// When the loop, waiting for a batch, offers the processor a commit (and its tick) next.
 fn idle_wake<P: Processor>(
     processor: &P,
     held: &[Held],
     idle_tick: Duration,
 ) -> tokio::time::Instant {
     let now = Instant::now();
-    let due = processor.commit_due().filter(|_| !held.is_empty());
+    let commit = processor.commit_due().filter(|_| !held.is_empty());
+    let due = commit.into_iter().chain(processor.tick_due()).min();
     tokio::time::Instant::from_std(now + idle_wait(due, idle_tick, now))
+}
+
+/// Runs the processor's tick if it has fallen due.
+async fn tick_if_due<P: Processor>(processor: &mut P) {
+    if processor
+        .tick_due()
+        .is_some_and(|due| due <= Instant::now())
+    {
+        processor.tick().await;
+    }
 }
 
 /// How long the loop waits idle before offering a commit: the idle tick, or less when a commit
