@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod follow;
+pub mod hold;
 pub mod memory;
 pub mod pointers;
 
@@ -13,6 +14,7 @@ pub use artifacts::{ArtifactArgs, ArtifactError, ArtifactReader, ArtifactStore, 
 pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 /// What a compare-and-set of a pointer returns, from the KV helpers.
 pub use freshet::store::kv::{CasError, Versioned};
+pub use hold::{Hold, HoldChange};
 pub use memory::MemoryPointers;
 pub use pointers::{
     Cause, Pointer, PointerChange, PointerChanges, PointerStore, Pointers, Promoted, Slot, Verified,
