@@ -9,6 +9,7 @@ pub mod follow;
 pub mod hold;
 pub mod memory;
 pub mod pointers;
+pub mod retention;
 
 pub use artifacts::{ArtifactArgs, ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
 pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
@@ -19,3 +20,4 @@ pub use memory::MemoryPointers;
 pub use pointers::{
     Cause, Pointer, PointerChange, PointerChanges, PointerStore, Pointers, Promoted, Slot, Verified,
 };
+pub use retention::Retention;
