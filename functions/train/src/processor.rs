@@ -26,7 +26,8 @@ use freshet::store::{DeclarationStore, Declarations};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
 use freshet_model::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, Hold, PointerStore, Pointers, Slot, Verified,
+    ArtifactError, ArtifactStore, CasError, Cause, Hold, PointerStore, Pointers, Retention, Slot,
+    Verified,
 };
 use freshet_model::{Manifest, ModelConfig, ModelError, Trainer as ModelTrainer};
 use prometheus_client::metrics::counter::Counter;
@@ -44,8 +45,9 @@ pub struct Cadence {
     /// Or this long after the oldest unpublished example was stored (or after the last version, if
     /// that was later), whichever comes first.
     pub every: Duration,
-    /// Versions kept in the object store besides those a pointer names (0 keeps all).
-    pub keep_versions: usize,
+    /// Which versions stay in the object store besides those a pointer names (a newest count of
+    /// 0 keeps all).
+    pub retention: Retention,
 }
 
 /// How old the declared schema may be when a batch is planned: it is read again after this (and
@@ -930,7 +932,7 @@ where
     /// publish is always followed by one; a failed pass is only logged (nothing depends on
     /// deletion).
     fn prune_in_background(&mut self) {
-        if self.cadence.keep_versions == 0 {
+        if self.cadence.retention.keep_newest == 0 {
             return;
         }
         let requests = self.prune_requests.get_or_insert_with(|| {
@@ -941,7 +943,7 @@ where
                 self.io.pointers.clone(),
             );
             let (keep, deleted) = (
-                self.cadence.keep_versions,
+                self.cadence.retention,
                 self.metrics.versions_deleted.clone(),
             );
             let wakeups = requests.clone();
@@ -1045,7 +1047,7 @@ async fn prune(
     model: &ModelName,
     artifacts: &ArtifactStore,
     pointers: &impl PointerStore,
-    keep_newest: usize,
+    retention: Retention,
 ) -> anyhow::Result<u64> {
     let mut named = std::collections::BTreeSet::new();
     for slot in Slot::ALL {
@@ -1058,8 +1060,8 @@ async fn prune(
         );
         named.extend(pointers.get(model, slot).await?.value.map(|p| p.version));
     }
-    let stored = artifacts.versions(model).await?;
-    let doomed = handler::versions_to_delete(&stored, keep_newest, &named);
+    let stored = artifacts.versions_dated(model).await?;
+    let doomed = retention.versions_to_delete(&stored, &named, Utc::now());
     for &version in &doomed {
         artifacts.delete_version(model, version).await?;
     }
@@ -1286,7 +1288,7 @@ mod tests {
             let cadence = Cadence {
                 every_batches: 1,
                 every: Duration::from_secs(3_600),
-                keep_versions: 0,
+                retention: Retention::newest(0),
             };
             let trainer = Trainer::new(
                 model.clone(),
