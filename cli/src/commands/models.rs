@@ -19,6 +19,7 @@ use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
 use freshet::subjects::BUCKET_MODELS;
 use freshet_model::store::HoldChange;
+use freshet_model::store::retention::version_at;
 use freshet_model::store::{
     ArtifactError, ArtifactStore, Cause, Hold, Pointer, PointerStore, Pointers, Slot, Verified,
     Versioned,
@@ -71,8 +72,14 @@ pub struct RollbackArgs {
     /// Model name
     pub model: ModelName,
     /// Version to go back to; the live pointer's previous version if unset
-    #[arg(long = "to")]
+    #[arg(long = "to", conflicts_with = "to_time")]
     pub to: Option<u64>,
+    /// Go back to the model of this time: the newest stored version written at or before it.
+    /// An RFC 3339 time (2026-12-06T08:00:00Z) or how long ago (3h, 90m). Reaches as far back
+    /// as train's retention keeps versions (--keep-all-for, --keep-hourly-for), beyond the
+    /// pointer's own history
+    #[arg(long = "to-time", value_parser = parse_time)]
+    pub to_time: Option<chrono::DateTime<Utc>>,
     /// Why, recorded in the pointer and its history
     #[arg(long = "reason", default_value = "rollback by an operator")]
     pub reason: String,
@@ -208,6 +215,17 @@ pub fn rollback_target(current: u64, history: &[(u64, Pointer)], to: Option<u64>
     }
 }
 
+/// A time given as RFC 3339, or as how long ago (`3h`).
+fn parse_time(text: &str) -> Result<chrono::DateTime<Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|e| format!("neither an RFC 3339 time nor a duration ago: {e}"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(Utc::now() - ago)
+}
+
 async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
@@ -215,8 +233,26 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
     let Some(current) = live.value.as_ref() else {
         return Err(NotFound(format!("{} has no live version to roll back", args.model)).into());
     };
+    let to = match args.to_time {
+        Some(time) => {
+            let stored = open_artifacts(global)?.versions_dated(&args.model).await?;
+            let version = version_at(&stored, time).ok_or_else(|| {
+                NotFound(format!(
+                    "{} has no stored version written at or before {}; the oldest kept is {}",
+                    args.model,
+                    time.to_rfc3339(),
+                    stored.first().map_or("none".to_string(), |(v, at)| format!(
+                        "{v} ({})",
+                        at.to_rfc3339()
+                    ))
+                ))
+            })?;
+            Some(version)
+        }
+        None => args.to,
+    };
     let history = pointers.history(&args.model, Slot::Live).await?;
-    let target = rollback_target(current.version, &history, args.to).ok_or_else(|| {
+    let target = rollback_target(current.version, &history, to).ok_or_else(|| {
         NotFound(format!(
             "{} has no earlier live version in its pointer history; name one with --to",
             args.model
