@@ -48,7 +48,7 @@ impl GateMetrics {
     pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "gate_decisions",
-            "Promotion gate decisions (promote, hold_for_forgetting, withdraw, rollback, confirm)",
+            "Promotion gate decisions (promote, hold_for_forgetting, withdraw, rollback, confirm, held_by_pin)",
             self.decisions.clone(),
         );
     }
