@@ -92,7 +92,7 @@ async fn decisions(stack: &Stack, action: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-const TRAIN_ARGS: [&str; 10] = [
+const TRAIN_ARGS: [&str; 14] = [
     "--model",
     "gated",
     // Every version is kept, for the lineage audit.
@@ -100,7 +100,12 @@ const TRAIN_ARGS: [&str; 10] = [
     "0",
     "--batch-size",
     "50",
-    // A decayed schedule adapts slowly: what a candidate with a fresh one is for.
+    // A decayed schedule adapts slowly: what a candidate with a fresh one is for. One step per
+    // batch at the former default rate, so the schedule decays per batch, not per row.
+    "--rows-per-step",
+    "0",
+    "--learning-rate",
+    "0.5",
     "--lr-decay",
     "0.5",
     "--publish-interval",

@@ -77,6 +77,8 @@ async fn overflowing_examples_and_updates_leave_the_model_unchanged() -> anyhow:
 
     // An update that overflows: a learning rate of 1e38 blows the weights up within a few
     // batches. Every refused batch is reported, and the live version always scores finitely.
+    // One step per batch with an L2 penalty: the first step from zero weights stays finite (a
+    // live version to keep), the penalty on the weights it made overflows the next one.
     let wild = stack.spawn(
         "train",
         &[
@@ -86,6 +88,10 @@ async fn overflowing_examples_and_updates_leave_the_model_unchanged() -> anyhow:
             "8",
             "--learning-rate",
             "1e38",
+            "--rows-per-step",
+            "0",
+            "--l2",
+            "1e-4",
             "--lr-decay",
             "0",
         ],

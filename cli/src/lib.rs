@@ -7,5 +7,6 @@
 
 pub mod bookstore;
 pub mod commands;
+pub mod event_lines;
 pub mod publisher;
 pub mod stack;

@@ -1652,6 +1652,7 @@ mod tests {
     fn settings_and_schema_changes_are_listed_by_name() {
         let a = manifest(1, None);
         let mut b = manifest(2, Some(1));
+        let a_rate = a.config.hyper.learning_rate;
         b.config.hyper.learning_rate = 0.5;
         b.schema.features = vec!["c".into(), "a".into(), "d".into()];
         let diff = diff_versions(
@@ -1671,7 +1672,7 @@ mod tests {
             diff.settings_changed,
             [SettingChange {
                 setting: "hyper.learning_rate".into(),
-                a: serde_json::json!(0.1),
+                a: serde_json::json!(a_rate),
                 b: serde_json::json!(0.5),
             }]
         );

@@ -33,10 +33,9 @@ use freshet::subjects::Subjects;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::publish::{
-    LineReader, MAX_IN_FLIGHT, Publisher, Summary, open_input, pace_offset, prepare,
-};
 use super::{GlobalArgs, connect, emit, emit_json};
+use crate::event_lines::{LineReader, open_input, pace_offset, prepare};
+use crate::publisher::{MAX_IN_FLIGHT, Publisher, Summary};
 
 /// How often the bar is redrawn on a terminal.
 const REDRAW_EVERY: Duration = Duration::from_millis(100);

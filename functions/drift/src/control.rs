@@ -465,7 +465,7 @@ mod tests {
         // `target` stays the module that logged; what the signal watched has a field of its own.
         for f in &fields {
             let target = f["target"].as_str().unwrap_or_default();
-            assert!(target.ends_with("::handler"), "{f}");
+            assert!(target.ends_with("::control"), "{f}");
         }
         assert_eq!(fields[0]["monitored"], "item_log_price");
         assert_eq!(fields[0]["threshold"], 0.12);
