@@ -27,7 +27,7 @@ use freshet_model::store::{
 use freshet_model::{Manifest, ModelKind, ModelScorer, SequenceRange};
 use serde::Serialize;
 
-mod hold;
+pub(crate) mod hold;
 
 use super::{
     GlobalArgs, NotFound, Table, age_seconds, connect, emit, emit_json, format_age,
@@ -358,7 +358,7 @@ async fn move_live(
 
 /// A pinned model's live pointer moves only by `pin` or once `unpin`ned: a hand-made move
 /// would undo what the operator who pinned it decided.
-async fn refuse_if_pinned(pointers: &Pointers, model: &ModelName) -> anyhow::Result<()> {
+pub(crate) async fn refuse_if_pinned(pointers: &Pointers, model: &ModelName) -> anyhow::Result<()> {
     let hold = pointers
         .hold(model)
         .await

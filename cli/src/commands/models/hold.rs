@@ -8,7 +8,9 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
 use freshet::ids::ModelName;
-use freshet_model::store::{CasError, Cause, Hold, HoldChange, PointerStore, Pointers, Slot, hold};
+use freshet_model::store::{
+    ArtifactStore, CasError, Cause, Hold, HoldChange, PointerStore, Pointers, Slot, hold,
+};
 use serde::Serialize;
 
 use super::super::{GlobalArgs, NotFound, connect, emit_json, open_artifacts};
@@ -69,7 +71,7 @@ pub struct HoldReport {
 }
 
 /// Writes `change` to the model's hold by compare-and-set; returns the hold and its revision.
-async fn write_hold(
+pub(crate) async fn write_hold(
     pointers: &Pointers,
     model: &ModelName,
     change: HoldChange,
@@ -137,16 +139,44 @@ pub async fn change(
     report(global, &done)
 }
 
-/// `freshet models pin`: the hold first (train stops taking batches), then live, so no version
-/// of train's goes live after the pin.
+/// `freshet models pin`.
 pub async fn pin(global: &GlobalArgs, args: &PinArgs) -> anyhow::Result<()> {
-    let model = &args.model;
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
     let artifacts = open_artifacts(global)?;
+    let (held, moved) = pin_live(
+        &pointers,
+        &artifacts,
+        &args.model,
+        args.version,
+        &args.who.name(),
+        &args.who.reason,
+    )
+    .await?;
+    if !global.json {
+        report(global, &held)?;
+    }
+    report_move(global, &moved)
+}
+
+/// Pins `model` to `version` (the version live once the hold is in place if `None`) for `by`:
+/// the hold first (train stops taking batches), then live, so no version of train's goes live
+/// after the pin.
+pub async fn pin_live(
+    pointers: &Pointers,
+    artifacts: &ArtifactStore,
+    model: &ModelName,
+    version: Option<u64>,
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<(HoldReport, PointerMove)> {
+    let who = Who {
+        reason: reason.to_string(),
+        by: Some(by.to_string()),
+    };
     for _ in 0..PIN_ATTEMPTS {
         let live = pointers.get(model, Slot::Live).await?;
-        let version = match (args.version, &live.value) {
+        let target = match (version, &live.value) {
             (Some(version), _) => version,
             (None, Some(live)) => live.version,
             (None, None) => {
@@ -156,15 +186,15 @@ pub async fn pin(global: &GlobalArgs, args: &PinArgs) -> anyhow::Result<()> {
                 .into());
             }
         };
-        let verified = verify(&artifacts, model, version).await?;
-        let held = write_hold(&pointers, model, HoldChange::Pin(version), &args.who).await?;
+        let verified = verify(artifacts, model, target).await?;
+        let held = write_hold(pointers, model, HoldChange::Pin(target), &who).await?;
         // train may have published between the reading of live and the hold: pin what is live
         // now, or move live to the version named.
         let now = pointers.get(model, Slot::Live).await?;
-        if args.version.is_none() && now.value.as_ref().map(|p| p.version) != Some(version) {
+        if version.is_none() && now.value.as_ref().map(|p| p.version) != Some(target) {
             continue;
         }
-        let reason = format!("pinned by {}: {}", args.who.name(), args.who.reason);
+        let reason = format!("pinned by {by}: {reason}");
         match pointers
             .move_to(
                 model,
@@ -177,20 +207,15 @@ pub async fn pin(global: &GlobalArgs, args: &PinArgs) -> anyhow::Result<()> {
             .await
         {
             Ok(revision) => {
-                if !global.json {
-                    report(global, &held)?;
-                }
-                return report_move(
-                    global,
-                    &PointerMove {
-                        model: model.to_string(),
-                        from_version: now.value.map(|p| p.version),
-                        to_version: version,
-                        cause: Cause::Pin,
-                        reason,
-                        revision,
-                    },
-                );
+                let moved = PointerMove {
+                    model: model.to_string(),
+                    from_version: now.value.map(|p| p.version),
+                    to_version: target,
+                    cause: Cause::Pin,
+                    reason,
+                    revision,
+                };
+                return Ok((held, moved));
             }
             Err(CasError::Conflict { .. }) => continue,
             Err(err) => return Err(anyhow::Error::new(err).context(moving(model))),
