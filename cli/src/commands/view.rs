@@ -17,6 +17,9 @@
 //!
 //! Turning those records into chart series is pure and lives in [`series`].
 //!
+//! With `--action-tokens`, [`actions`] adds promote, roll back, pin and unpin, each previewed,
+//! confirmed and recorded with who did it; without, the view is read-only.
+//!
 //! `/api/state` is behind the same guard as every function's routes (`--http-tokens`,
 //! `--http-client-ca`, and the limits): the page itself holds no data and is open, and sends the
 //! token it was given in its address's fragment (`#token=...`, which a browser never sends to a
