@@ -1398,6 +1398,65 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_model_takes_no_batch_and_learns_the_waiting_examples_once_released() {
+        let mut bench = Bench::new();
+        bench.declare("m", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        assert_eq!(
+            outcomes(&bench.process(&[(1, 2), (2, 2)]).await),
+            ["-", "-"]
+        );
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        // Learned, not yet published, when an operator pauses the model: the version is not
+        // published, and the example is handed back.
+        assert_eq!(outcomes(&bench.process(&[(3, 2)]).await), ["-"]);
+        let paused = freshet_model::store::hold::apply(
+            None,
+            freshet_model::store::HoldChange::Pause,
+            "ana",
+            "test",
+            Utc::now(),
+        );
+        let revision = bench
+            .pointers
+            .set_hold(&bench.model, paused.as_ref(), 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            bench.trainer.commit(false).await.unwrap(),
+            Commit::Abandoned
+        );
+        // Held: every example waits in the stream.
+        assert_eq!(
+            outcomes(&bench.process(&[(3, 2), (4, 2)]).await),
+            ["defer", "defer"]
+        );
+        assert_eq!(bench.live().await.unwrap().version, 1);
+        // Released: the waiting examples are learned once, on top of live.
+        bench
+            .pointers
+            .set_hold(&bench.model, None, revision)
+            .await
+            .unwrap();
+        tokio::time::sleep(HOLD_REFRESH).await;
+        assert_eq!(
+            outcomes(&bench.process(&[(3, 2), (4, 2)]).await),
+            ["-", "-"]
+        );
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let live = bench.live().await.unwrap();
+        assert_eq!(
+            (
+                live.version,
+                live.parent,
+                live.learned.map(|r| (r.first, r.last)),
+                live.metrics.examples_total
+            ),
+            (2, Some(1), Some((3, 4)), 4)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn examples_wait_for_a_declaration_and_a_stray_one_cannot_choose_the_schema() {
         let mut bench = Bench::new();
         bench.trainer.resume().await.unwrap();
