@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use freshet_model::{BatchReport, Hyper, ModelConfig, ModelKind, Optimizer, Trainer};
+use freshet_model::{
+    BatchReport, Hyper, ModelConfig, ModelKind, Optimizer, Trainer, predicts_positive,
+};
 use serde::Serialize;
 
 /// Train freshet's logistic model prequentially on stream files and report accuracy and rate.
@@ -48,12 +50,12 @@ struct Args {
     /// L2 penalty λ on the weights
     #[arg(long, default_value_t = Hyper::default().l2)]
     l2: f64,
-    /// Model kind: logistic, mlp or factorization_machine
+    /// Model kind: logistic, mlp, factorization_machine or fourier
     #[arg(long, default_value = "logistic")]
     kind: ModelKind,
-    /// Hidden units of an mlp
-    #[arg(long, default_value_t = freshet_model::DEFAULT_HIDDEN)]
-    hidden: usize,
+    /// Hidden units of an mlp (default 16), cosine features of a fourier model (default 256)
+    #[arg(long)]
+    hidden: Option<usize>,
     /// Optimizer: sgd or adam
     #[arg(long, default_value = "sgd")]
     optimizer: Optimizer,
@@ -154,10 +156,13 @@ fn read_stream(path: &Path) -> anyhow::Result<Stream> {
 }
 
 /// What one prequential pass measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Pass {
     correct: usize,
     log_loss_sum: f64,
+    /// Whether each row's prequential prediction was right, in file order: what the recovery
+    /// after a concept change is measured from.
+    hits: Vec<bool>,
     /// Time inside `train_batch` calls only.
     train: Duration,
 }
@@ -172,6 +177,7 @@ fn train_prequentially(
     let mut pass = Pass {
         correct: 0,
         log_loss_sum: 0.0,
+        hits: Vec::with_capacity(stream.rows.len()),
         train: Duration::ZERO,
     };
     for (rows, labels) in stream.rows.chunks(batch).zip(stream.labels.chunks(batch)) {
@@ -182,6 +188,13 @@ fn train_prequentially(
         pass.train += start.elapsed();
         pass.correct += report.correct;
         pass.log_loss_sum += report.log_loss_sum;
+        pass.hits.extend(
+            report
+                .scores
+                .iter()
+                .zip(labels)
+                .map(|(p, y)| predicts_positive(*p) == (*y == 1.0)),
+        );
     }
     Ok(pass)
 }
@@ -203,6 +216,8 @@ struct Outcome {
     /// Median over runs of the time inside `train_batch`.
     train_seconds: f64,
     rows_per_second: f64,
+    /// Each row's prequential prediction, `1` right and `0` wrong, in file order.
+    hits: String,
 }
 
 /// Everything one invocation measured, as written by `--json`.
@@ -235,7 +250,7 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
     };
     let config = ModelConfig {
         kind: args.kind.with_dimensions(freshet_model::Dimensions {
-            hidden: Some(args.hidden),
+            hidden: args.hidden,
             factors: None,
         }),
         hyper,
@@ -277,6 +292,11 @@ fn measure(path: &Path, stream: &Stream, batch: usize, args: &Args) -> anyhow::R
         log_loss: reference.log_loss_sum / rows as f64,
         train_seconds: median,
         rows_per_second: rows as f64 / median,
+        hits: reference
+            .hits
+            .iter()
+            .map(|hit| if *hit { '1' } else { '0' })
+            .collect(),
     })
 }
 
@@ -360,14 +380,18 @@ struct PipelineOutcome {
     /// From starting train to the version that learned the last row going live.
     seconds: f64,
     rows_per_second: f64,
+    /// The raw floor of the same run: a bare pull consumer draining the same backlog.
+    floor_rows_per_second: f64,
 }
 
 /// `--pipeline`: every file through nats-server and `train` with its shipped defaults.
 fn run_pipeline(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mut results = Vec::new();
-    println!("| stream | rows | learned | accuracy | log-loss | end-to-end rows/s |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| stream | rows | learned | accuracy | log-loss | end-to-end rows/s | raw JetStream rows/s |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for path in &args.streams {
         let stream = read_stream(path)?;
         let pass = runtime
@@ -385,15 +409,17 @@ fn run_pipeline(args: &Args) -> anyhow::Result<()> {
             log_loss: pass.log_loss,
             seconds: pass.seconds,
             rows_per_second: stream.rows.len() as f64 / pass.seconds,
+            floor_rows_per_second: pass.floor_rows_per_second,
         };
         println!(
-            "| {} | {} | {} | {:.4} | {:.4} | {:.0} |",
+            "| {} | {} | {} | {:.4} | {:.4} | {:.0} | {:.0} |",
             outcome.stream,
             outcome.rows,
             outcome.window_examples,
             outcome.accuracy,
             outcome.log_loss,
-            outcome.rows_per_second
+            outcome.rows_per_second,
+            outcome.floor_rows_per_second
         );
         results.push(outcome);
     }

@@ -165,12 +165,15 @@ def score_river(rows: list[Row], name: str = "logistic") -> dict:
     """A River model, prequentially; learn_one timed apart from the whole loop."""
     model = MODELS[name]()
     accuracy = metrics.Accuracy()
+    hits = []
     learn_seconds = 0.0
     clock = time.perf_counter
     start = clock()
     for x, label in rows:
         y = label == 1
-        accuracy.update(y, model.predict_one(x))
+        predicted = model.predict_one(x)
+        accuracy.update(y, predicted)
+        hits.append("1" if predicted == y else "0")
         before = clock()
         model.learn_one(x, y)
         learn_seconds += clock() - before
@@ -182,6 +185,8 @@ def score_river(rows: list[Row], name: str = "logistic") -> dict:
         "learn_rows_per_second": len(rows) / learn_seconds,
         "total_seconds": total_seconds,
         "total_rows_per_second": len(rows) / total_seconds,
+        # Each row's prequential prediction, 1 right and 0 wrong, in file order.
+        "hits": "".join(hits),
     }
 
 

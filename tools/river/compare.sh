@@ -5,9 +5,9 @@
 # comparison.md and comparison.json beside the stream files).
 #
 # freshet runs:
-# - kind-<kind>.json: every kind with the defaults train ships (Hyper::default: SGD, η0 0.005
-#   per step, constant, no L2, one row per step) at batches 1 and 256, the rate of each the
-#   median of RUNS runs;
+# - kind-<kind>.json: every kind (logistic, mlp, factorization_machine, fourier) with the
+#   defaults train ships (Hyper::default: SGD, η0 0.005 per step, constant, no L2, one row per
+#   step) at batches 1 and 256, the rate of each the median of RUNS runs;
 # - freshet-river-setting.json: logistic with River's optimizer per row (η0 0.01) at batches 1
 #   and 256, the row-for-row comparison with River's logistic pipeline;
 # - freshet-before.json: logistic with the defaults train shipped before (η0 0.5, decay 0.01,
@@ -16,7 +16,9 @@
 #   linear scaling rule): what stepping per row costs and buys;
 # - pipeline-default.json and pipeline-before.json: every file published as examples to a fresh
 #   nats-server and learned by the `train` binary, with the defaults it ships and with those it
-#   shipped before (freshet-quality --pipeline): what a user running the pipeline gets.
+#   shipped before (freshet-quality --pipeline): what a user running the pipeline gets; and
+#   pipeline-fourier.json, the same with `--kind fourier`. Each also measures the raw floor: a
+#   bare pull consumer draining the same backlog.
 #
 # Settings (environment): OUT (default target/quality), ROWS per synthetic stream (20000),
 # SEED (42), RUNS per freshet setting (3, median rate), RIVER_MODELS (logistic hat arf; ARF
@@ -44,7 +46,7 @@ streams=("$out"/sea_drift.csv "$out"/hyperplane.csv "$out"/hyperplane_20.csv "$o
   --json "$out/freshet-river-setting.json" "${streams[@]}" >&2
 "$bin" --runs 1 --batch 256 --learning-rate 0.5 --decay 0.01 --l2 1e-4 --rows-per-step 0 \
   --json "$out/freshet-before.json" "${streams[@]}" >&2
-for kind in logistic mlp factorization_machine; do
+for kind in logistic mlp factorization_machine fourier; do
   "$bin" --runs "$runs" --kind "$kind" --batch 1 --batch 256 \
     --json "$out/kind-$kind.json" "${streams[@]}" >&2
   "$bin" --runs "$runs" --kind "$kind" --batch 256 --rows-per-step 0 --scale-rate-by-step \
@@ -53,4 +55,6 @@ done
 "$bin" --pipeline --json "$out/pipeline-default.json" "${streams[@]}" >&2
 before=(--learning-rate 0.5 --lr-decay 0.01 --l2 1e-4 --rows-per-step 0)
 "$bin" --pipeline "${before[@]/#/--train-arg=}" --json "$out/pipeline-before.json" "${streams[@]}" >&2
+"$bin" --pipeline --train-arg=--kind --train-arg=fourier --json "$out/pipeline-fourier.json" \
+  "${streams[@]}" >&2
 .tools/river-venv/bin/python tests/quality/table.py "$out" | tee "$out/comparison.md"

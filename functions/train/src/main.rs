@@ -38,17 +38,18 @@ struct Args {
     artifacts: ArtifactArgs,
     #[command(flatten)]
     model: ModelArgs,
-    /// Model family: logistic, mlp or factorization_machine (a lineage keeps the kind it began
-    /// with)
+    /// Model family: logistic, mlp, factorization_machine, or fourier (random Fourier features
+    /// under a logistic output, for a few features with a non-linear boundary); a lineage keeps
+    /// the kind it began with
     #[arg(long = "kind", env = "FRESHET_MODEL_KIND", default_value = "logistic")]
     kind: ModelKind,
-    /// Hidden ReLU units of an mlp
-    #[arg(long = "hidden", env = "FRESHET_HIDDEN", default_value_t = freshet_model::DEFAULT_HIDDEN)]
-    hidden: usize,
+    /// Hidden ReLU units of an mlp (default 16), cosine features of a fourier model (default 256)
+    #[arg(long = "hidden", env = "FRESHET_HIDDEN")]
+    hidden: Option<usize>,
     /// Latent factors per feature of a factorization_machine
     #[arg(long = "factors", env = "FRESHET_FACTORS", default_value_t = freshet_model::DEFAULT_FACTORS)]
     factors: usize,
-    /// Seed of the initial parameters (mlp, factorization_machine)
+    /// Seed of the initial parameters (mlp, factorization_machine, fourier)
     #[arg(long = "seed", env = "FRESHET_SEED", default_value_t = 0)]
     seed: u64,
     /// Optimizer: sgd, or adam (β1 0.9, β2 0.999, ε 1e-8; its moments are saved in the artifact)
@@ -198,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
     let config = ModelConfig {
         // The kind's dimensions come from their own flags; one it does not have is ignored.
         kind: args.kind.with_dimensions(Dimensions {
-            hidden: Some(args.hidden),
+            hidden: args.hidden,
             factors: Some(args.factors),
         }),
         hyper: Hyper {

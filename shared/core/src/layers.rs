@@ -48,6 +48,7 @@ const MODEL: &[&str] = &[
     "logistic",
     "mlp",
     "fm",
+    "fourier",
     "kind",
     "learner",
     "artifact",

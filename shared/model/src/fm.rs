@@ -36,16 +36,19 @@ pub(crate) fn specs(n_features: usize, factors: usize) -> Vec<ParamSpec> {
             rows: 1,
             cols: 1,
             decay: false,
+            trained: true,
         },
         ParamSpec {
             rows: n_features,
             cols: 1,
             decay: true,
+            trained: true,
         },
         ParamSpec {
             rows: n_features,
             cols: factors,
             decay: true,
+            trained: true,
         },
     ]
 }

@@ -1,8 +1,8 @@
 //! [`ModelKind`]: which model family, with its dimensions. The one place that knows every kind.
 //!
-//! A configuration chooses a kind, the learner trains it, an artifact records it and a scorer
-//! reads it back, all through this enum: each `match` on it is here, and dispatches to the
-//! kind's own file (`logistic.rs`, `mlp.rs`, `fm.rs`) for its shapes, initial parameters and
+//! A configuration chooses a kind, the learner trains it, an artifact records it and a scorer reads
+//! it back, all through this enum: each `match` on it is here, and dispatches to the kind's own
+//! file (`logistic.rs`, `mlp.rs`, `fm.rs`, `fourier.rs`) for its shapes, initial parameters and
 //! forward passes. Adding a kind is a new file for its mathematics plus a variant and its arms
 //! here; a kind with a dimension of a new name also adds that name to [`Dimensions`], to the
 //! artifact header (`artifact/mod.rs`), to [`ModelConfig`](super::ModelConfig)'s fields and to
@@ -12,11 +12,12 @@ use burn::tensor::Tensor;
 
 use super::error::ModelError;
 use super::params::ParamSpec;
-use super::{fm, logistic, mlp};
+use super::{fm, fourier, logistic, mlp};
 
 /// A model family with its dimensions.
 ///
-/// Written as its [`name`](Self::name) (`logistic`, `mlp`, `factorization_machine`) with each
+/// Written as its [`name`](Self::name) (`logistic`, `mlp`, `factorization_machine`, `fourier`)
+/// with each
 /// dimension under its own name beside it, in configurations, manifests and artifact headers
 /// alike; [`from_str`](std::str::FromStr::from_str) reads a name with default dimensions, and
 /// [`with_dimensions`](Self::with_dimensions) sets them.
@@ -34,13 +35,20 @@ pub enum ModelKind {
         /// Latent factors per feature (1 to [`MAX_FACTORS`](super::MAX_FACTORS)).
         factors: usize,
     },
+    /// Random Fourier features under a logistic output, for a few features with a non-linear
+    /// boundary (`fourier.rs`).
+    Fourier {
+        /// Cosine features (1 to [`MAX_FOURIER_FEATURES`](super::MAX_FOURIER_FEATURES)), written
+        /// under the name `hidden`: they are the model's one hidden layer, of fixed weights.
+        hidden: usize,
+    },
 }
 
 /// A kind's dimensions, each under its own name, as they are written beside the kind's name;
 /// `None` where a kind has no such dimension (or a writer left it out).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dimensions {
-    /// Hidden units of an `mlp`.
+    /// Hidden units of an `mlp`, cosine features of a `fourier` model.
     pub hidden: Option<usize>,
     /// Latent factors per feature of a `factorization_machine`.
     pub factors: Option<usize>,
@@ -48,7 +56,7 @@ pub struct Dimensions {
 
 impl ModelKind {
     /// Every kind's name, in the order the help texts list them.
-    pub const NAMES: [&'static str; 3] = ["logistic", "mlp", "factorization_machine"];
+    pub const NAMES: [&'static str; 4] = ["logistic", "mlp", "factorization_machine", "fourier"];
 
     /// The kind's name in configurations, manifests, artifact headers and flags.
     pub fn name(self) -> &'static str {
@@ -56,6 +64,7 @@ impl ModelKind {
             ModelKind::Logistic => "logistic",
             ModelKind::Mlp { .. } => "mlp",
             ModelKind::FactorizationMachine { .. } => "factorization_machine",
+            ModelKind::Fourier { .. } => "fourier",
         }
     }
 
@@ -63,7 +72,7 @@ impl ModelKind {
     pub fn dimensions(self) -> Dimensions {
         match self {
             ModelKind::Logistic => Dimensions::default(),
-            ModelKind::Mlp { hidden } => Dimensions {
+            ModelKind::Mlp { hidden } | ModelKind::Fourier { hidden } => Dimensions {
                 hidden: Some(hidden),
                 ..Dimensions::default()
             },
@@ -84,6 +93,9 @@ impl ModelKind {
             },
             ModelKind::FactorizationMachine { factors } => ModelKind::FactorizationMachine {
                 factors: dimensions.factors.unwrap_or(factors),
+            },
+            ModelKind::Fourier { hidden } => ModelKind::Fourier {
+                hidden: dimensions.hidden.unwrap_or(hidden),
             },
         }
     }
@@ -113,6 +125,7 @@ impl ModelKind {
             ModelKind::Logistic => return Ok(()),
             ModelKind::Mlp { hidden } => ("hidden", hidden, mlp::MAX_HIDDEN),
             ModelKind::FactorizationMachine { factors } => ("factors", factors, fm::MAX_FACTORS),
+            ModelKind::Fourier { hidden } => ("hidden", hidden, fourier::MAX_FOURIER_FEATURES),
         };
         if (1..=max).contains(&value) {
             Ok(())
@@ -132,6 +145,9 @@ impl ModelKind {
             ModelKind::FactorizationMachine { factors } => {
                 format!("a factorization machine with {factors} factors")
             }
+            ModelKind::Fourier { hidden } => {
+                format!("a logistic model over {hidden} random Fourier features")
+            }
         }
     }
 
@@ -148,6 +164,7 @@ impl ModelKind {
             ModelKind::Logistic => logistic::specs(n_features),
             ModelKind::Mlp { hidden } => mlp::specs(n_features, hidden),
             ModelKind::FactorizationMachine { factors } => fm::specs(n_features, factors),
+            ModelKind::Fourier { hidden } => fourier::specs(n_features, hidden),
         };
         let mut total = 0usize;
         for spec in &specs {
@@ -167,6 +184,7 @@ impl ModelKind {
             ModelKind::Logistic => logistic::init(n_features),
             ModelKind::Mlp { hidden } => mlp::init(n_features, hidden, seed),
             ModelKind::FactorizationMachine { factors } => fm::init(n_features, factors, seed),
+            ModelKind::Fourier { hidden } => fourier::init(n_features, hidden, seed),
         }
     }
 
@@ -180,6 +198,7 @@ impl ModelKind {
             ModelKind::Logistic => logistic::forward(params, x),
             ModelKind::Mlp { .. } => mlp::forward(params, x),
             ModelKind::FactorizationMachine { .. } => fm::forward(params, x),
+            ModelKind::Fourier { .. } => fourier::forward(params, x),
         }
     }
 
@@ -189,6 +208,7 @@ impl ModelKind {
             ModelKind::Logistic => logistic::logit(params, x),
             ModelKind::Mlp { hidden } => mlp::logit(params, hidden, x),
             ModelKind::FactorizationMachine { factors } => fm::logit(params, factors, x),
+            ModelKind::Fourier { hidden } => fourier::logit(params, hidden, x),
         }
     }
 
@@ -207,6 +227,7 @@ impl ModelKind {
             ModelKind::FactorizationMachine { factors } => {
                 fm::add_gradient(params, factors, x, dz, grads)
             }
+            ModelKind::Fourier { hidden } => fourier::add_gradient(params, hidden, x, dz, grads),
         }
     }
 
@@ -215,7 +236,9 @@ impl ModelKind {
     pub(crate) fn linear_weights(self, params: &[Vec<f32>]) -> Option<(&[f32], f32)> {
         match self {
             ModelKind::Logistic => logistic::weights_and_bias(params),
-            ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => None,
+            ModelKind::Mlp { .. }
+            | ModelKind::FactorizationMachine { .. }
+            | ModelKind::Fourier { .. } => None,
         }
     }
 }
@@ -224,7 +247,8 @@ impl std::str::FromStr for ModelKind {
     type Err = String;
 
     /// Reads a kind by its name, with the default dimensions
-    /// ([`DEFAULT_HIDDEN`](super::DEFAULT_HIDDEN), [`DEFAULT_FACTORS`](super::DEFAULT_FACTORS)).
+    /// ([`DEFAULT_HIDDEN`](super::DEFAULT_HIDDEN), [`DEFAULT_FACTORS`](super::DEFAULT_FACTORS),
+    /// [`DEFAULT_FOURIER_FEATURES`](super::DEFAULT_FOURIER_FEATURES)).
     fn from_str(name: &str) -> Result<ModelKind, String> {
         match name {
             "logistic" => Ok(ModelKind::Logistic),
@@ -233,6 +257,9 @@ impl std::str::FromStr for ModelKind {
             }),
             "factorization_machine" => Ok(ModelKind::FactorizationMachine {
                 factors: fm::DEFAULT_FACTORS,
+            }),
+            "fourier" => Ok(ModelKind::Fourier {
+                hidden: fourier::DEFAULT_FOURIER_FEATURES,
             }),
             other => Err(format!(
                 "{other:?} is not a model kind: {}",
@@ -247,10 +274,11 @@ impl std::str::FromStr for ModelKind {
 mod tests {
     use super::*;
 
-    const KINDS: [ModelKind; 3] = [
+    const KINDS: [ModelKind; 4] = [
         ModelKind::Logistic,
         ModelKind::Mlp { hidden: 3 },
         ModelKind::FactorizationMachine { factors: 2 },
+        ModelKind::Fourier { hidden: 5 },
     ];
 
     #[test]
@@ -283,6 +311,7 @@ mod tests {
                 ModelKind::Logistic,
                 ModelKind::Mlp { hidden: 5 },
                 ModelKind::FactorizationMachine { factors: 7 },
+                ModelKind::Fourier { hidden: 5 },
             ]
         );
         assert_eq!(
@@ -322,6 +351,10 @@ mod tests {
             ModelKind::FactorizationMachine { factors: 8 }.parameter_count(16),
             Some(16 * 9 + 1)
         );
+        assert_eq!(
+            ModelKind::Fourier { hidden: 256 }.parameter_count(2),
+            Some(2 * 256 + 256 + 256 + 1)
+        );
         assert_eq!(ModelKind::Mlp { hidden: 0 }.parameter_count(16), None);
         for kind in KINDS {
             kind.validate().unwrap();
@@ -335,6 +368,7 @@ mod tests {
                 "hidden",
             ),
             (ModelKind::FactorizationMachine { factors: 0 }, "factors"),
+            (ModelKind::Fourier { hidden: 0 }, "hidden"),
         ] {
             assert!(
                 matches!(kind.validate(), Err(ModelError::InvalidConfig { name: n, .. }) if n == name)

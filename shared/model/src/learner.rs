@@ -302,7 +302,9 @@ impl Learner {
             ModelKind::Logistic => {
                 self.logistic_gradients(&state.params, state.scaler.as_ref(), rows, labels)
             }
-            ModelKind::Mlp { .. } | ModelKind::FactorizationMachine { .. } => {
+            ModelKind::Mlp { .. }
+            | ModelKind::FactorizationMachine { .. }
+            | ModelKind::Fourier { .. } => {
                 self.autodiff_gradients(&state.params, state.scaler.as_ref(), rows, labels)
             }
         }
@@ -333,10 +335,13 @@ impl Learner {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let state = &self.state;
         let x = input_tensor(scaler, rows, state.n_features, &self.device);
+        // A tensor that is not trained (random features' frequencies) is a constant of the
+        // graph: no gradient is computed for it, and its step is zero.
         let leaves = self
             .param_tensors(params, &self.device)
             .into_iter()
-            .map(Tensor::require_grad)
+            .zip(&self.specs)
+            .map(|(t, spec)| if spec.trained { t.require_grad() } else { t })
             .collect::<Vec<_>>();
         let logits = state.kind.forward(&leaves, x)?;
         let y = Tensor::<2>::from_data(
@@ -355,6 +360,10 @@ impl Learner {
         check_loss(loss)?;
         let mut grads = Vec::with_capacity(leaves.len());
         for (leaf, spec) in leaves.iter().zip(&self.specs) {
+            if !spec.trained {
+                grads.push(vec![0.0; spec.len()]);
+                continue;
+            }
             let grad = leaf
                 .grad(&gradients)
                 .ok_or_else(|| ModelError::Backend("a parameter received no gradient".into()))?;
@@ -694,6 +703,7 @@ mod tests {
             ModelKind::Logistic,
             ModelKind::Mlp { hidden: 4 },
             ModelKind::FactorizationMachine { factors: 2 },
+            ModelKind::Fourier { hidden: 8 },
         ] {
             let mut learner = Learner::new(kind, 3, hyper, 1, None).unwrap();
             for b in 0..15 {
@@ -751,6 +761,7 @@ mod tests {
             ModelKind::Logistic,
             ModelKind::Mlp { hidden: 6 },
             ModelKind::FactorizationMachine { factors: 3 },
+            ModelKind::Fourier { hidden: 6 },
         ] {
             let mut learner = Learner::new(kind, 5, hyper, 2, None).unwrap();
             let rows: Vec<Vec<f32>> = (0..64)
@@ -817,6 +828,7 @@ mod tests {
             ModelKind::Logistic,
             ModelKind::Mlp { hidden: 4 },
             ModelKind::FactorizationMachine { factors: 2 },
+            ModelKind::Fourier { hidden: 8 },
         ] {
             let mut whole = Learner::new(kind, 3, hyper, 1, None).unwrap();
             let mut single = Learner::new(kind, 3, hyper, 1, None).unwrap();

@@ -2,14 +2,15 @@
 //! they are stored. The functions that train, watch or serve a model (train, drift, predict) and
 //! the CLI use this crate; featurize does not, so it compiles neither burn nor object_store.
 //!
-//! Three kinds of binary classifier, all trained online, each batch in steps of a few rows (one
-//! by default), with SGD or Adam, and all scored prequentially (each row is scored by the model
-//! *before* the step that learns from it): logistic regression, a small multilayer
-//! perceptron (for interactions nobody listed), and a factorization machine (the recommender's
-//! model of user × item interactions). One API serves every kind: a [`ModelConfig`] per model
+//! Four kinds of binary classifier, all trained online, each batch in steps of a few rows (one by
+//! default), with SGD or Adam, and all scored prequentially (each row is scored by the model
+//! *before* the step that learns from it): logistic regression, a small multilayer perceptron (for
+//! interactions nobody listed), a factorization machine (the recommender's model of user × item
+//! interactions), and a logistic output over random Fourier features (a kernel machine for a few
+//! features with a non-linear boundary). One API serves every kind: a [`ModelConfig`] per model
 //! name, a [`Trainer`] and a [`ModelScorer`]; a [`Manifest`] describes one stored version. Every
-//! fallible function here returns [`ModelError`]; none panics on bad input, because inputs
-//! arrive from a stream and artifacts from an object store.
+//! fallible function here returns [`ModelError`]; none panics on bad input, because inputs arrive
+//! from a stream and artifacts from an object store.
 //!
 //! The files, each using only those above it (no file imports one below it):
 //!
@@ -17,8 +18,8 @@
 //!   a parameter tensor, shared by every kind);
 //! - [`optim`]: the update rules and their state; [`scaler`]: the input standardisation;
 //!   [`hyper`]: the hyperparameters ([`Hyper`]) and the learning-rate schedule;
-//! - [`logistic`], [`mlp`], [`fm`]: each kind's mathematics (shapes, initial parameters, the
-//!   burn and host forward passes);
+//! - [`logistic`], [`mlp`], [`fm`], [`fourier`]: each kind's mathematics (shapes, initial
+//!   parameters, the burn and host forward passes);
 //! - `kind.rs`: [`ModelKind`], the kind with its dimensions, which dispatches to those files:
 //!   the one place that lists every kind;
 //! - `learner.rs`: the training step every kind shares, the host scoring, and the
@@ -40,6 +41,7 @@ mod artifact;
 mod config;
 mod error;
 pub mod fm;
+pub mod fourier;
 pub mod hyper;
 mod init;
 mod kind;
@@ -60,6 +62,7 @@ pub use artifact::{ARTIFACT_FORMAT_VERSION, sha256_hex};
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use fm::{DEFAULT_FACTORS, MAX_FACTORS};
+pub use fourier::{DEFAULT_FOURIER_FEATURES, MAX_FOURIER_FEATURES};
 /// The type of [`Manifest::schema`], defined with the examples that follow it.
 pub use freshet::examples::FeatureSchema;
 pub use hyper::{DEFAULT_LEARNING_RATE, DEFAULT_ROWS_PER_STEP, Hyper};

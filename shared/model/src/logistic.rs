@@ -22,11 +22,13 @@ pub(crate) fn specs(n_features: usize) -> Vec<ParamSpec> {
             rows: n_features,
             cols: 1,
             decay: true,
+            trained: true,
         },
         ParamSpec {
             rows: 1,
             cols: 1,
             decay: false,
+            trained: true,
         },
     ]
 }

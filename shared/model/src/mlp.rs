@@ -29,11 +29,13 @@ pub(crate) fn specs(n_features: usize, hidden: usize) -> Vec<ParamSpec> {
         rows,
         cols,
         decay: true,
+        trained: true,
     };
     let bias = |cols| ParamSpec {
         rows: 1,
         cols,
         decay: false,
+        trained: true,
     };
     vec![
         weight(n_features, hidden),

@@ -1,7 +1,7 @@
 //! The parameter plumbing every model kind shares: a kind describes its parameter tensors as
-//! [`ParamSpec`]s (shape, and whether the L2 penalty applies), stored row-major as host `f32`
-//! vectors; [`read_f32`] brings a burn tensor back to the host, and [`shape_error`] reports a
-//! parameter list that does not fit its kind.
+//! [`ParamSpec`]s (shape, whether the L2 penalty applies, whether it is trained at all), stored
+//! row-major as host `f32` vectors; [`read_f32`] brings a burn tensor back to the host, and
+//! [`shape_error`] reports a parameter list that does not fit its kind.
 
 use burn::tensor::Tensor;
 
@@ -15,9 +15,22 @@ pub(crate) struct ParamSpec {
     /// Whether the L2 penalty applies: weights yes, biases no (a bias only shifts the decision
     /// threshold and should not be pulled towards p = 0.5).
     pub(crate) decay: bool,
+    /// Whether the optimizer moves it: false for values that are drawn once and kept, such as
+    /// random features' frequencies, whose gradient is taken as zero.
+    pub(crate) trained: bool,
 }
 
 impl ParamSpec {
+    /// A tensor that is drawn once and never trained (nor penalised).
+    pub(crate) fn fixed(rows: usize, cols: usize) -> ParamSpec {
+        ParamSpec {
+            rows,
+            cols,
+            decay: false,
+            trained: false,
+        }
+    }
+
     /// Number of values.
     pub(crate) fn len(&self) -> usize {
         self.rows.saturating_mul(self.cols)

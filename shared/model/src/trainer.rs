@@ -143,10 +143,11 @@ mod tests {
     use crate::{DEFAULT_FACTORS, DEFAULT_HIDDEN, Dimensions, MAX_FACTORS, Optimizer};
     use std::time::Instant;
 
-    const KINDS: [ModelKind; 3] = [
+    const KINDS: [ModelKind; 4] = [
         ModelKind::Logistic,
         ModelKind::Mlp { hidden: 8 },
         ModelKind::FactorizationMachine { factors: 4 },
+        ModelKind::Fourier { hidden: 16 },
     ];
 
     fn optimizers() -> [Optimizer; 2] {
@@ -420,10 +421,15 @@ mod tests {
 
     /// A learning rate of 1e30 makes the parameters enormous after one batch; features of 1e30
     /// then overflow the forward pass. The update must be refused and the trainer left
-    /// bit-identical, for every kind and optimizer.
+    /// bit-identical, for every kind and optimizer whose forward pass such inputs can overflow:
+    /// a fourier model's features are cosines, bounded by √2 whatever the input, so rows cannot
+    /// poison it (an overflowing update can: `overflowing_update_is_discarded_for_every_kind`).
     #[test]
     fn poisoned_batch_is_discarded_for_every_kind() {
-        for kind in KINDS {
+        for kind in KINDS
+            .into_iter()
+            .filter(|k| !matches!(k, ModelKind::Fourier { .. }))
+        {
             for optimizer in optimizers() {
                 let mut config = config(kind, optimizer);
                 config.hyper.learning_rate = 1e30;

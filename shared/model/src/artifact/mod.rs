@@ -61,7 +61,7 @@ struct Header {
     /// The kind's name.
     kind: String,
     n_features: u64,
-    /// Hidden units; MLP only.
+    /// Hidden units of an MLP, cosine features of a fourier model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hidden: Option<u64>,
     /// Latent factors per feature; factorization machine only.
@@ -324,6 +324,7 @@ mod tests {
             ModelKind::Logistic,
             ModelKind::Mlp { hidden: 3 },
             ModelKind::FactorizationMachine { factors: 2 },
+            ModelKind::Fourier { hidden: 4 },
         ] {
             for optimizer in [Optimizer::Sgd, Optimizer::adam()] {
                 for scaler_decay in [None, Some(Decay::new(0.9).unwrap())] {
