@@ -30,6 +30,9 @@ async fn old_versions_go_and_every_named_one_stays() -> anyhow::Result<()> {
         "1",
         "--keep-versions",
         &keep,
+        // By count alone: an hourly snapshot would keep one more when the run crosses an hour.
+        "--keep-hourly-for",
+        "0s",
     ];
     let train = stack.spawn("train", &args)?;
     stack

@@ -1,8 +1,9 @@
-//! `freshet models list|show|rollback|promote|set|diff|declare`: what models exist, which version
-//! each serves, what a version is (its manifest), how its live pointer moved and what changed
-//! between two versions; and moving that pointer by hand, by compare-and-set, to a version that
-//! is verified first, recording the move's cause (rollback, promotion, operator). `declare` (in
-//! [`super::declare`]) declares the feature schema of a model's examples.
+//! `freshet models list|show|rollback|promote|set|diff|declare|pin|unpin|pause|resume`: what
+//! models exist, which version each serves, what a version is (its manifest), how its live
+//! pointer moved and what changed between two versions; and moving that pointer by hand, by
+//! compare-and-set, to a version that is verified first, recording the move's cause (rollback,
+//! promotion, operator, pin). `declare` (in [`super::declare`]) declares the feature schema of a
+//! model's examples; `pin`, `unpin`, `pause` and `resume` (in [`hold`]) hold a model.
 //!
 //! A model is known if it has a pointer in the MODELS bucket or a version in the artifact store;
 //! either alone is worth showing (pointers without artifacts are broken, artifacts without
@@ -17,11 +18,16 @@ use clap::{Args, Subcommand};
 use freshet::examples::FeatureSchema;
 use freshet::ids::ModelName;
 use freshet::subjects::BUCKET_MODELS;
+use freshet_model::store::HoldChange;
+use freshet_model::store::retention::version_at;
 use freshet_model::store::{
-    ArtifactError, ArtifactStore, Cause, Pointer, PointerStore, Pointers, Slot, Verified, Versioned,
+    ArtifactError, ArtifactStore, Cause, Hold, Pointer, PointerStore, Pointers, Slot, Verified,
+    Versioned,
 };
 use freshet_model::{Manifest, ModelKind, ModelScorer, SequenceRange};
 use serde::Serialize;
+
+pub(crate) mod hold;
 
 use super::{
     GlobalArgs, NotFound, Table, age_seconds, connect, emit, emit_json, format_age,
@@ -49,6 +55,15 @@ pub enum ModelsCommand {
     /// Declare the feature schema of a model's examples (--features or --file), or show it;
     /// train learns only examples that follow it
     Declare(super::declare::DeclareArgs),
+    /// Keep live on a version (the one live now if none is named): the gate neither promotes
+    /// nor rolls back, and train takes no examples (they wait in the stream) until `unpin`
+    Pin(hold::PinArgs),
+    /// Release a pin: train carries on from the pinned version, and the gate judges again
+    Unpin(hold::HoldArgs),
+    /// Stop train learning the model: its examples wait in the stream, unacknowledged
+    Pause(hold::HoldArgs),
+    /// Let train learn the model again after `pause`
+    Resume(hold::HoldArgs),
 }
 
 /// Arguments of `freshet models rollback`.
@@ -57,8 +72,14 @@ pub struct RollbackArgs {
     /// Model name
     pub model: ModelName,
     /// Version to go back to; the live pointer's previous version if unset
-    #[arg(long = "to")]
+    #[arg(long = "to", conflicts_with = "to_time")]
     pub to: Option<u64>,
+    /// Go back to the model of this time: the newest stored version written at or before it.
+    /// An RFC 3339 time (2026-12-06T08:00:00Z) or how long ago (3h, 90m). Reaches as far back
+    /// as train's retention keeps versions (--keep-all-for, --keep-hourly-for), beyond the
+    /// pointer's own history
+    #[arg(long = "to-time", value_parser = parse_time)]
+    pub to_time: Option<chrono::DateTime<Utc>>,
     /// Why, recorded in the pointer and its history
     #[arg(long = "reason", default_value = "rollback by an operator")]
     pub reason: String,
@@ -112,6 +133,8 @@ pub struct ShowArgs {
 pub struct ModelPointers {
     pub live: Option<Pointer>,
     pub candidate: Option<Pointer>,
+    /// What an operator holds the model at (pin, pause), if anything.
+    pub hold: Option<Hold>,
 }
 
 /// Opens the MODELS bucket.
@@ -139,6 +162,13 @@ pub async fn read_all_pointers(
             Slot::Candidate => entry.candidate = pointer,
         }
     }
+    for (model, entry) in &mut models {
+        entry.hold = pointers
+            .hold(model)
+            .await
+            .with_context(|| format!("reading {model}'s hold"))?
+            .value;
+    }
     Ok(models)
 }
 
@@ -148,6 +178,8 @@ pub struct ModelSummary {
     pub model: String,
     pub live: Option<Pointer>,
     pub candidate: Option<Pointer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
     pub live_age_seconds: Option<u64>,
     /// Versions with a manifest in the artifact store; `None` when the store could not be read.
     pub stored_versions: Option<usize>,
@@ -163,6 +195,10 @@ pub async fn run(global: &GlobalArgs, command: &ModelsCommand) -> anyhow::Result
         ModelsCommand::Set(args) => set(global, args).await,
         ModelsCommand::Diff(args) => diff(global, args).await,
         ModelsCommand::Declare(args) => super::declare::run(global, args).await,
+        ModelsCommand::Pin(args) => hold::pin(global, args).await,
+        ModelsCommand::Unpin(args) => hold::change(global, args, HoldChange::Unpin).await,
+        ModelsCommand::Pause(args) => hold::change(global, args, HoldChange::Pause).await,
+        ModelsCommand::Resume(args) => hold::change(global, args, HoldChange::Resume).await,
     }
 }
 
@@ -179,6 +215,17 @@ pub fn rollback_target(current: u64, history: &[(u64, Pointer)], to: Option<u64>
     }
 }
 
+/// A time given as RFC 3339, or as how long ago (`3h`).
+fn parse_time(text: &str) -> Result<chrono::DateTime<Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|e| format!("neither an RFC 3339 time nor a duration ago: {e}"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(Utc::now() - ago)
+}
+
 async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
@@ -186,8 +233,26 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
     let Some(current) = live.value.as_ref() else {
         return Err(NotFound(format!("{} has no live version to roll back", args.model)).into());
     };
+    let to = match args.to_time {
+        Some(time) => {
+            let stored = open_artifacts(global)?.versions_dated(&args.model).await?;
+            let version = version_at(&stored, time).ok_or_else(|| {
+                NotFound(format!(
+                    "{} has no stored version written at or before {}; the oldest kept is {}",
+                    args.model,
+                    time.to_rfc3339(),
+                    stored.first().map_or("none".to_string(), |(v, at)| format!(
+                        "{v} ({})",
+                        at.to_rfc3339()
+                    ))
+                ))
+            })?;
+            Some(version)
+        }
+        None => args.to,
+    };
     let history = pointers.history(&args.model, Slot::Live).await?;
-    let target = rollback_target(current.version, &history, args.to).ok_or_else(|| {
+    let target = rollback_target(current.version, &history, to).ok_or_else(|| {
         NotFound(format!(
             "{} has no earlier live version in its pointer history; name one with --to",
             args.model
@@ -208,6 +273,7 @@ async fn rollback(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<()
 async fn promote(global: &GlobalArgs, args: &PromoteArgs) -> anyhow::Result<()> {
     let nats = connect(global).await?;
     let pointers = open_pointers(&nats.js).await?;
+    refuse_if_pinned(&pointers, &args.model).await?;
     let candidate = pointers.get(&args.model, Slot::Candidate).await?;
     let Some(candidate_pointer) = candidate.value else {
         return Err(NotFound(format!("{} has no candidate to promote", args.model)).into());
@@ -270,6 +336,7 @@ async fn move_live(
     cause: Cause,
     reason: &str,
 ) -> anyhow::Result<()> {
+    refuse_if_pinned(pointers, model).await?;
     let artifacts = open_artifacts(global)?;
     let verified = verify(&artifacts, model, version).await?;
     let revision = pointers
@@ -289,9 +356,28 @@ async fn move_live(
     )
 }
 
+/// A pinned model's live pointer moves only by `pin` or once `unpin`ned: a hand-made move
+/// would undo what the operator who pinned it decided.
+pub(crate) async fn refuse_if_pinned(pointers: &Pointers, model: &ModelName) -> anyhow::Result<()> {
+    let hold = pointers
+        .hold(model)
+        .await
+        .context("reading the model's hold")?;
+    if let Some(hold) = hold.value
+        && let Some(version) = hold.pinned
+    {
+        anyhow::bail!(
+            "{model} is pinned to version {version} by {} ({}); `freshet models unpin {model}` first, or pin another version",
+            hold.by,
+            hold.reason
+        );
+    }
+    Ok(())
+}
+
 /// Checks that `version` exists (not found otherwise), and that it loads and verifies as a
 /// predictor will load it, before any pointer names it.
-async fn verify(
+pub(crate) async fn verify(
     artifacts: &ArtifactStore,
     model: &ModelName,
     version: u64,
@@ -311,11 +397,11 @@ async fn verify(
 }
 
 /// The context of a move that failed.
-fn moving(model: &ModelName) -> String {
+pub(crate) fn moving(model: &ModelName) -> String {
     format!("moving {model}'s live pointer (if it moved meanwhile, run the command again)")
 }
 
-fn report_move(global: &GlobalArgs, moved: &PointerMove) -> anyhow::Result<()> {
+pub(crate) fn report_move(global: &GlobalArgs, moved: &PointerMove) -> anyhow::Result<()> {
     if global.json {
         return emit_json(moved);
     }
@@ -373,6 +459,7 @@ async fn list(global: &GlobalArgs) -> anyhow::Result<()> {
             live_age_seconds: pair.live.as_ref().map(|p| age_seconds(p.updated_at, now)),
             live: pair.live,
             candidate: pair.candidate,
+            hold: pair.hold,
             stored_versions,
         });
     }
@@ -401,7 +488,7 @@ fn print_list(
             "no models: no pointers in {BUCKET_MODELS} and no versions in {store_url}\n"
         ));
     }
-    let mut table = Table::new(&["MODEL", "LIVE", "CANDIDATE", "LIVE AGE", "VERSIONS"])
+    let mut table = Table::new(&["MODEL", "LIVE", "CANDIDATE", "LIVE AGE", "VERSIONS", "HOLD"])
         .align_right(&[1, 2, 3, 4]);
     let version = |p: &Option<Pointer>| {
         p.as_ref()
@@ -416,6 +503,9 @@ fn print_list(
                 .as_ref()
                 .map_or("-".to_string(), |p| format_age(p.updated_at, now)),
             s.stored_versions.map_or("?".to_string(), |n| n.to_string()),
+            s.hold.as_ref().map_or("-".to_string(), |h| {
+                format!("{} by {} ({})", h.describe(), h.by, h.reason)
+            }),
         ]);
     }
     emit(&table.to_string())
@@ -427,6 +517,8 @@ pub struct ModelDetail {
     pub model: String,
     pub live: Option<Pointer>,
     pub candidate: Option<Pointer>,
+    /// What an operator holds the model at (pin, pause), if anything.
+    pub hold: Option<Hold>,
     pub stored_versions: Vec<u64>,
     pub manifest: Manifest,
     /// Past values of the live pointer, oldest first, with their KV revisions.
@@ -483,10 +575,16 @@ async fn show(global: &GlobalArgs, args: &ShowArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(revision, pointer)| PointerRevision { revision, pointer })
         .collect();
+    let hold = pointers
+        .hold(model)
+        .await
+        .context("reading the model's hold")?
+        .value;
     let detail = ModelDetail {
         model: model.to_string(),
         live,
         candidate,
+        hold,
         stored_versions,
         manifest,
         live_history,
@@ -539,6 +637,18 @@ pub fn render_detail(detail: &ModelDetail) -> String {
         ("model", detail.model.clone()),
         ("live", pointer(&detail.live)),
         ("candidate", pointer(&detail.candidate)),
+        (
+            "hold",
+            detail.hold.as_ref().map_or("-".to_string(), |h| {
+                format!(
+                    "{} by {} at {} ({})",
+                    h.describe(),
+                    h.by,
+                    h.at.to_rfc3339(),
+                    h.reason
+                )
+            }),
+        ),
         ("stored versions", list_versions(&detail.stored_versions)),
         ("version", m.version.to_string()),
         (

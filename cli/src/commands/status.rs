@@ -80,6 +80,9 @@ pub struct ModelStatus {
     pub live_version: Option<u64>,
     pub live_age_seconds: Option<u64>,
     pub candidate_version: Option<u64>,
+    /// What an operator holds the model at (pinned, paused), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// A model's latest drift episode, as its last record on CONTROL tells it.
@@ -307,6 +310,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> anyhow::Result<()> {
                             .as_ref()
                             .map(|p| age_seconds(p.updated_at, now)),
                         candidate_version: pair.candidate.as_ref().map(|p| p.version),
+                        hold: pair.hold.as_ref().map(|h| h.describe()),
                     })
                     .collect::<Vec<_>>(),
             )
@@ -505,8 +509,8 @@ pub fn render(status: &Status) -> String {
         )),
         Some(models) if models.is_empty() => text.push_str("no model pointers yet\n"),
         Some(models) => {
-            let mut table =
-                Table::new(&["MODEL", "LIVE", "LIVE AGE", "CANDIDATE"]).align_right(&[1, 2, 3]);
+            let mut table = Table::new(&["MODEL", "LIVE", "LIVE AGE", "CANDIDATE", "HOLD"])
+                .align_right(&[1, 2, 3]);
             for m in models {
                 table.row(vec![
                     m.model.clone(),
@@ -514,6 +518,7 @@ pub fn render(status: &Status) -> String {
                     m.live_age_seconds
                         .map_or("-".to_string(), format_age_seconds),
                     dash(m.candidate_version),
+                    m.hold.clone().unwrap_or_else(|| "-".to_string()),
                 ]);
             }
             text.push_str(&table.to_string());

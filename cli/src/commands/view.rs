@@ -18,11 +18,15 @@
 //!
 //! Turning those records into chart series is pure and lives in [`series`].
 //!
+//! With `--action-tokens`, [`actions`] adds promote, roll back, pin and unpin, each previewed,
+//! confirmed and recorded with who did it; without, the view is read-only.
+//!
 //! `/api/state` is behind the same guard as every function's routes (`--http-tokens`,
 //! `--http-client-ca`, and the limits): the page itself holds no data and is open, and sends the
 //! token it was given in its address's fragment (`#token=...`, which a browser never sends to a
 //! server) with each request for the state.
 
+mod actions;
 mod series;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -36,7 +40,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use freshet::config::HttpArgs;
@@ -91,6 +95,11 @@ pub struct ViewArgs {
     /// view waiting for its label is told
     #[arg(long = "label-horizon", env = "FRESHET_LABEL_HORIZON", default_value = "30m", value_parser = humantime::parse_duration)]
     pub label_horizon: Duration,
+    /// Who may act from the view (promote, roll back, pin, unpin): bearer tokens, one a line
+    /// (or a directory of them, one a file, the file's name saying who). Without it the view is
+    /// read-only. Kept apart from --http-tokens, which only lets people read
+    #[arg(long = "action-tokens", env = "FRESHET_VIEW_ACTION_TOKENS")]
+    pub action_tokens: Option<std::path::PathBuf>,
     /// Who may read the view's state, and how much (the functions' HTTP settings)
     #[command(flatten)]
     pub http: HttpArgs,
@@ -276,13 +285,30 @@ pub async fn run(global: &GlobalArgs, args: &ViewArgs) -> anyhow::Result<()> {
     let guard = HttpGuard::new(&args.http, None)
         .context("configuring the view's HTTP server (FRESHET_HTTP_*)")?;
     if !args.bind.is_loopback() {
-        guard.warn_if_open("freshet view's state and (to come) its actions");
+        guard.warn_if_open("freshet view's state");
     }
+    let action_tokens = args
+        .action_tokens
+        .as_deref()
+        .map(freshet::runtime::http::tokens::TokenFile::open)
+        .transpose()
+        .context("reading the view's action tokens (--action-tokens)")?;
     let nats = connect(global).await?;
+    let pointers = super::models::open_pointers(&nats.js).await?;
+    let artifacts = open_artifacts(global)?;
+    let actions = action_tokens.map(|tokens| {
+        Arc::new(actions::Actions {
+            tokens,
+            js: nats.js.clone(),
+            subjects: nats.subjects.clone(),
+            pointers: pointers.clone(),
+            artifacts: artifacts.clone(),
+        })
+    });
     let context = Arc::new(View {
         js: nats.js,
         subjects: nats.subjects,
-        artifacts: open_artifacts(global)?,
+        artifacts,
         model: args.model.clone(),
         window: args.window,
         label_horizon: args.label_horizon,
@@ -298,9 +324,24 @@ pub async fn run(global: &GlobalArgs, args: &ViewArgs) -> anyhow::Result<()> {
     let state_routes = Router::new()
         .route("/api/state", get(state))
         .with_state(context);
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/", get(page))
         .merge(guard.protect(Surface::Serving, state_routes));
+    if let Some(actions) = actions {
+        let reload = args.http.tokens_reload;
+        tokio::spawn(
+            actions
+                .tokens
+                .clone()
+                .reload_every(reload, shutdown.clone()),
+        );
+        router = router.merge(
+            Router::new()
+                .route("/api/actions", get(actions::enabled).post(actions::act))
+                .route("/api/actions/preview", post(actions::preview))
+                .with_state(actions),
+        );
+    }
     let (address, server) =
         freshet::runtime::http::serve(&args.bind.to_string(), args.port, router, &guard, shutdown)
             .await

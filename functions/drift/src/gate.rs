@@ -314,6 +314,8 @@ pub struct Standing {
     pub held_back: Option<Comparison>,
     pub live_pointer: PointerNow,
     pub candidate_pointer: PointerNow,
+    /// The version an operator pinned live, if the model is pinned: nothing moves live.
+    pub pinned: Option<u64>,
 }
 
 /// What the adapter does about one proposal.
@@ -354,6 +356,14 @@ pub enum Step {
     },
     /// The jump stands: record it and forget the version live replaced.
     Confirm { replaced: u64, recent: Comparison },
+    /// Live is pinned: the promotion (`promote`) or rollback the gate would have made is not
+    /// made; record that it held back, and judge afresh.
+    HeldByPin {
+        pinned: u64,
+        promote: bool,
+        challenger: u64,
+        recent: Comparison,
+    },
 }
 
 /// Decides what to do about `proposal`, given what stands now. A pointer is only moved if it
@@ -363,6 +373,28 @@ pub enum Step {
 pub fn plan_step(gate: &Gate, proposal: &Proposal, standing: &Standing) -> Step {
     let judged = |held: Option<Held>, version: u64| held.filter(|h| h.version == version);
     let names = |pointer: PointerNow, version: u64| pointer.version == Some(version);
+    if let Some(pinned) = standing.pinned {
+        match *proposal {
+            Proposal::Promote { candidate, recent } => {
+                return Step::HeldByPin {
+                    pinned,
+                    promote: true,
+                    challenger: candidate,
+                    recent,
+                };
+            }
+            Proposal::Rollback { to, recent } => {
+                return Step::HeldByPin {
+                    pinned,
+                    promote: false,
+                    challenger: to,
+                    recent,
+                };
+            }
+            // Neither moves live.
+            Proposal::Withdraw { .. } | Proposal::Confirm { .. } => {}
+        }
+    }
     match *proposal {
         Proposal::Promote { candidate, recent } => {
             let (Some(held), Some(held_back)) =
@@ -632,6 +664,7 @@ mod tests {
                 version: Some(7),
                 revision: 12,
             },
+            pinned: None,
         }
     }
 
@@ -763,5 +796,62 @@ mod tests {
         forgotten.fallback = None;
         assert_eq!(plan_step(&gate, &rollback, &forgotten), Step::Wait);
         assert_eq!(plan_step(&gate, &confirm, &forgotten), Step::Wait);
+    }
+
+    #[test]
+    fn a_pinned_model_is_neither_promoted_nor_rolled_back() {
+        let gate = Gate::new(config());
+        let mut pinned = standing();
+        pinned.pinned = Some(5);
+        let recent = comparison(0.6, 0.9);
+        assert_eq!(
+            plan_step(
+                &gate,
+                &Proposal::Promote {
+                    candidate: 7,
+                    recent
+                },
+                &pinned
+            ),
+            Step::HeldByPin {
+                pinned: 5,
+                promote: true,
+                challenger: 7,
+                recent
+            }
+        );
+        assert_eq!(
+            plan_step(&gate, &Proposal::Rollback { to: 3, recent }, &pinned),
+            Step::HeldByPin {
+                pinned: 5,
+                promote: false,
+                challenger: 3,
+                recent
+            }
+        );
+        // What does not move live goes on: a losing candidate is still withdrawn.
+        assert!(matches!(
+            plan_step(
+                &gate,
+                &Proposal::Withdraw {
+                    candidate: 7,
+                    recent
+                },
+                &pinned
+            ),
+            Step::Withdraw { .. }
+        ));
+        // The same promotion unpinned goes ahead.
+        assert!(matches!(
+            plan_step(
+                &gate,
+                &Proposal::Promote {
+                    candidate: 7,
+                    recent
+                },
+                &standing()
+            ),
+            Step::Promote { .. }
+        ));
     }
 }

@@ -48,7 +48,7 @@ impl GateMetrics {
     pub fn register(&self, metrics: &freshet::metrics::Metrics) {
         metrics.register(
             "gate_decisions",
-            "Promotion gate decisions (promote, hold_for_forgetting, withdraw, rollback, confirm)",
+            "Promotion gate decisions (promote, hold_for_forgetting, withdraw, rollback, confirm, held_by_pin)",
             self.decisions.clone(),
         );
     }
@@ -231,6 +231,12 @@ impl<P: PointerStore, C: ControlSink> Promotion<P, C> {
             held_back,
             live_pointer: now(&live_pointer),
             candidate_pointer: now(&candidate_pointer),
+            pinned: self
+                .pointers
+                .hold(&self.model)
+                .await?
+                .value
+                .and_then(|hold| hold.pinned),
         };
         let live_version = live.version();
         match plan_step(&self.gate, &proposal, &standing) {
@@ -362,6 +368,31 @@ impl<P: PointerStore, C: ControlSink> Promotion<P, C> {
                 )
                 .await?;
                 Ok(true)
+            }
+            Step::HeldByPin {
+                pinned,
+                promote,
+                challenger,
+                recent,
+            } => {
+                tracing::info!(model = %self.model, pinned, challenger, promote, "live is pinned; the gate holds back");
+                // Judged afresh: a promotion after a new window of examples, a rollback not at all
+                // (the pinned version is the operator's choice, not a jump to be judged).
+                if promote {
+                    self.gate.hold();
+                } else {
+                    self.close_rollback_trial();
+                }
+                self.record(
+                    GateAction::HeldByPin,
+                    live_version,
+                    challenger,
+                    recent,
+                    None,
+                    sequence,
+                )
+                .await?;
+                Ok(false)
             }
             Step::Confirm { replaced, recent } => {
                 self.close_rollback_trial();

@@ -596,28 +596,6 @@ pub fn next_manifest(next: NextVersion<'_>, model_bytes: &[u8]) -> Manifest {
     }
 }
 
-/// The versions a retention policy removes: all but the newest `keep_newest` of `stored`, and
-/// never one in `named` (a version a pointer names now or in its kept history, so a rollback
-/// always finds its target). `keep_newest` 0 keeps everything.
-pub fn versions_to_delete(
-    stored: &[u64],
-    keep_newest: usize,
-    named: &std::collections::BTreeSet<u64>,
-) -> Vec<u64> {
-    if keep_newest == 0 {
-        return Vec::new();
-    }
-    let mut sorted = stored.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let old = sorted.len().saturating_sub(keep_newest);
-    sorted[..old]
-        .iter()
-        .copied()
-        .filter(|v| !named.contains(v))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,23 +610,6 @@ mod tests {
         assert_eq!(pending_age(ms(7), None), ms(7));
         // A backlog stored an hour ago, the last version 3 ms ago: from the last version.
         assert_eq!(pending_age(ms(3_600_000), Some(ms(3))), ms(3));
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_and_every_named_version() {
-        let stored: Vec<u64> = (1..=10).collect();
-        let named = [2u64, 9].into_iter().collect();
-        assert_eq!(
-            versions_to_delete(&stored, 3, &named),
-            vec![1, 3, 4, 5, 6, 7]
-        );
-        assert_eq!(versions_to_delete(&stored, 0, &named), Vec::<u64>::new());
-        assert_eq!(versions_to_delete(&stored, 20, &named), Vec::<u64>::new());
-        let unsorted = [5, 1, 3, 3];
-        assert_eq!(
-            versions_to_delete(&unsorted, 1, &Default::default()),
-            vec![1, 3]
-        );
     }
 
     fn record(features: Vec<f32>) -> ExampleRecord {

@@ -9,6 +9,7 @@ mod quality;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use freshet::config::{FunctionArgs, ModelArgs};
 use freshet::control::{DriftNotice, KIND_DRIFT, Reaction};
@@ -96,6 +97,15 @@ struct Args {
         default_value_t = 100
     )]
     keep_versions: usize,
+    /// Besides those, every version written within this long (e.g. 1h); 0s keeps none by age.
+    /// At about a version a second, an hour is some 3600 versions in the object store
+    #[arg(long = "keep-all-for", env = "FRESHET_KEEP_ALL_FOR", default_value = "0s", value_parser = humantime::parse_duration)]
+    keep_all_for: Duration,
+    /// Besides those, the newest version of each clock hour (UTC) written within this long (e.g.
+    /// 7d: 168 versions), so `freshet models rollback --to-time` reaches this morning's model;
+    /// 0s keeps none
+    #[arg(long = "keep-hourly-for", env = "FRESHET_KEEP_HOURLY_FOR", default_value = "7d", value_parser = humantime::parse_duration)]
+    keep_hourly_for: Duration,
     /// β of an exponentially weighted input scaler: each feature is standardised by the same
     /// EWMA mean and variance featurize keeps of it (its --ewma-decay), which follow features
     /// whose scale drifts; nearer 1 remembers longer (0.999 ≈ the last thousand examples).
@@ -222,7 +232,13 @@ async fn main() -> anyhow::Result<()> {
     let cadence = processor::Cadence {
         every_batches: args.publish_every_batches.max(1),
         every: args.publish_interval,
-        keep_versions: args.keep_versions,
+        retention: freshet_model::store::Retention {
+            keep_newest: args.keep_versions,
+            keep_all_for: chrono::Duration::from_std(args.keep_all_for)
+                .context("--keep-all-for is too long")?,
+            keep_hourly_for: chrono::Duration::from_std(args.keep_hourly_for)
+                .context("--keep-hourly-for is too long")?,
+        },
     };
     anyhow::ensure!(
         args.quarantine_window > 0

@@ -26,7 +26,8 @@ use freshet::store::{DeclarationStore, Declarations};
 use freshet::subjects::Subjects;
 use freshet::trace::TraceSample;
 use freshet_model::store::{
-    ArtifactError, ArtifactStore, CasError, Cause, PointerStore, Pointers, Slot, Verified,
+    ArtifactError, ArtifactStore, CasError, Cause, Hold, PointerStore, Pointers, Retention, Slot,
+    Verified,
 };
 use freshet_model::{Manifest, ModelConfig, ModelError, Trainer as ModelTrainer};
 use prometheus_client::metrics::counter::Counter;
@@ -44,13 +45,19 @@ pub struct Cadence {
     /// Or this long after the oldest unpublished example was stored (or after the last version, if
     /// that was later), whichever comes first.
     pub every: Duration,
-    /// Versions kept in the object store besides those a pointer names (0 keeps all).
-    pub keep_versions: usize,
+    /// Which versions stay in the object store besides those a pointer names (a newest count of
+    /// 0 keeps all).
+    pub retention: Retention,
 }
 
 /// How old the declared schema may be when a batch is planned: it is read again after this (and
 /// at once when an example does not follow it).
 const DECLARATION_REFRESH: Duration = Duration::from_secs(1);
+
+/// How old the model's hold may be when a batch is planned (it is always read again before a
+/// version is published), and how long a held trainer waits before handing a batch back: the
+/// examples go back to the stream unacknowledged and return about this often.
+const HOLD_REFRESH: Duration = Duration::from_secs(1);
 
 /// The model as last published, plus what has been learned since.
 struct Lineage {
@@ -115,6 +122,8 @@ pub struct TrainMetrics {
     pub quarantined: Gauge,
     pub positive_share: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub mean_prediction: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the model is held (pinned or paused) and train takes no batch.
+    pub held: Gauge,
 }
 
 impl TrainMetrics {
@@ -180,6 +189,11 @@ impl TrainMetrics {
             self.quarantined.clone(),
         );
         metrics.register(
+            "held",
+            "1 while the model is held (pinned or paused by an operator) and no batch is taken",
+            self.held.clone(),
+        );
+        metrics.register(
             "prequential_accuracy",
             "Accuracy over the recent window, scored before learning",
             self.prequential_accuracy.clone(),
@@ -243,6 +257,12 @@ pub struct Trainer<P = Pointers, D = Declarations, C = jetstream::Context, O = O
     /// A newly declared schema waits for the examples learned under the old one to be
     /// published: the next commit is due at once.
     flush: bool,
+    /// The model's hold (pin or pause) as last read, and when it was read.
+    hold: Option<Hold>,
+    hold_read_at: Option<Instant>,
+    /// The lineage in memory may no longer be live's (the model was held: what was learned was
+    /// thrown away, or live was pinned elsewhere): it is loaded again before the next batch.
+    reload: bool,
 }
 
 /// Whether a batch can be planned now.
@@ -288,6 +308,9 @@ where
             declared: None,
             declared_at: None,
             flush: false,
+            hold: None,
+            hold_read_at: None,
+            reload: false,
         }
     }
 
@@ -460,6 +483,71 @@ where
             window: MetricsWindow::new(self.window_size, 0),
             candidate: None,
         })
+    }
+
+    /// Reads the model's hold when the last reading is older than [`HOLD_REFRESH`] (or at once
+    /// when `now`). Returns whether the model is held. A hold that cannot be read keeps the
+    /// last reading; with none yet the batch is retried.
+    async fn read_hold(&mut self, now: bool) -> Result<bool, Failure> {
+        let stale = now
+            || self
+                .hold_read_at
+                .is_none_or(|at| at.elapsed() >= HOLD_REFRESH);
+        if stale {
+            match self.io.pointers.hold(&self.model).await {
+                Ok(read) => {
+                    if read.value != self.hold {
+                        match &read.value {
+                            Some(hold) => {
+                                tracing::warn!(model = %self.model, hold = %hold.describe(), by = %hold.by, reason = %hold.reason, "the model is held: no batch is taken until it is released")
+                            }
+                            None => {
+                                tracing::info!(model = %self.model, "the model's hold was released; learning resumes from the live version")
+                            }
+                        }
+                    }
+                    self.hold = read.value;
+                    self.hold_read_at = Some(Instant::now());
+                }
+                Err(failure) if self.hold_read_at.is_some() => {
+                    tracing::warn!(model = %self.model, error = %failure, "cannot read the model's hold; keeping the one read before");
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        let held = self.hold.as_ref().is_some_and(Hold::stops_training);
+        self.metrics.held.set(i64::from(held));
+        if held {
+            self.reload = true;
+        }
+        Ok(held)
+    }
+
+    /// Throws away what was learned since the live version (the model is held): the messages
+    /// holding it are handed back, and the lineage is loaded again once the hold is released.
+    fn abandon_pending(&mut self) -> Commit {
+        tracing::info!(model = %self.model, examples = ?self.pending.range, "the model is held; handing back the examples learned since the live version");
+        self.pending = PendingUpdate::default();
+        self.flush = false;
+        self.chain = None;
+        self.reload = true;
+        Commit::Abandoned
+    }
+
+    /// Loads live (and the candidate) again after a hold: live may have been pinned to another
+    /// version, and what was learned in memory was thrown away.
+    async fn reload_after_hold(&mut self) -> anyhow::Result<()> {
+        self.lineage = self.load_live().await?;
+        self.pending = PendingUpdate::default();
+        self.chain = None;
+        self.flush = false;
+        self.resume_candidate().await?;
+        if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
+            tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version after a hold");
+            self.metrics.live_version.set(live.version as i64);
+        }
+        self.reload = false;
+        Ok(())
     }
 
     fn marks(&self) -> Marks {
@@ -895,7 +983,7 @@ where
     /// publish is always followed by one; a failed pass is only logged (nothing depends on
     /// deletion).
     fn prune_in_background(&mut self) {
-        if self.cadence.keep_versions == 0 {
+        if self.cadence.retention.keep_newest == 0 {
             return;
         }
         let requests = self.prune_requests.get_or_insert_with(|| {
@@ -906,7 +994,7 @@ where
                 self.io.pointers.clone(),
             );
             let (keep, deleted) = (
-                self.cadence.keep_versions,
+                self.cadence.retention,
                 self.metrics.versions_deleted.clone(),
             );
             let wakeups = requests.clone();
@@ -1010,7 +1098,7 @@ async fn prune(
     model: &ModelName,
     artifacts: &ArtifactStore,
     pointers: &impl PointerStore,
-    keep_newest: usize,
+    retention: Retention,
 ) -> anyhow::Result<u64> {
     let mut named = std::collections::BTreeSet::new();
     for slot in Slot::ALL {
@@ -1023,8 +1111,8 @@ async fn prune(
         );
         named.extend(pointers.get(model, slot).await?.value.map(|p| p.version));
     }
-    let stored = artifacts.versions(model).await?;
-    let doomed = handler::versions_to_delete(&stored, keep_newest, &named);
+    let stored = artifacts.versions_dated(model).await?;
+    let doomed = retention.versions_to_delete(&stored, &named, Utc::now());
     for &version in &doomed {
         artifacts.delete_version(model, version).await?;
     }
@@ -1046,6 +1134,33 @@ where
     /// whose predecessor has not been seen yet waits for it (it is redelivered after a short
     /// delay).
     async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
+        match self.read_hold(false).await {
+            Ok(false) => {}
+            Ok(true) => {
+                // Held: the batch goes back to the stream, unacknowledged. The wait keeps the
+                // consumer from cycling through the backlog while nothing can be learned.
+                tokio::time::sleep(HOLD_REFRESH).await;
+                return batch
+                    .iter()
+                    .map(|_| Disposition::Defer(Failure::new("train", "the model is held")))
+                    .collect();
+            }
+            Err(failure) => {
+                return batch
+                    .iter()
+                    .map(|_| Disposition::Retry(failure.duplicate()))
+                    .collect();
+            }
+        }
+        if self.reload
+            && let Err(err) = self.reload_after_hold().await
+        {
+            let failure = Failure::new("reload the live version after a hold", err);
+            return batch
+                .iter()
+                .map(|_| Disposition::Retry(failure.duplicate()))
+                .collect();
+        }
         self.react().await;
         let rows: Vec<Row> = batch.iter().map(Row::of).collect();
         if let Err(failure) = self.read_declaration(&rows).await {
@@ -1121,6 +1236,9 @@ where
         if self.pending.range.is_none() {
             return Ok(Commit::Durable);
         }
+        if self.hold.as_ref().is_some_and(Hold::stops_training) {
+            return Ok(self.abandon_pending());
+        }
         let due = final_commit
             || self.flush
             || self.pending.batches >= self.cadence.every_batches
@@ -1130,6 +1248,11 @@ where
                 .is_some_and(|since| since.elapsed() >= self.cadence.every);
         if !due {
             return Ok(Commit::Pending);
+        }
+        // A hold set since the last batch stops this version: read it now, not a second ago.
+        // (A pin also moves live, so a publish racing it fails its compare-and-set.)
+        if self.read_hold(true).await? {
+            return Ok(self.abandon_pending());
         }
         self.publish().await
     }
@@ -1216,7 +1339,7 @@ mod tests {
             let cadence = Cadence {
                 every_batches: 1,
                 every: Duration::from_secs(3_600),
-                keep_versions: 0,
+                retention: Retention::newest(0),
             };
             let trainer = Trainer::new(
                 model.clone(),
@@ -1325,6 +1448,65 @@ mod tests {
                 Disposition::Defer(_) => "defer".to_string(),
             })
             .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_model_takes_no_batch_and_learns_the_waiting_examples_once_released() {
+        let mut bench = Bench::new();
+        bench.declare("m", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        assert_eq!(
+            outcomes(&bench.process(&[(1, 2), (2, 2)]).await),
+            ["-", "-"]
+        );
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        // Learned, not yet published, when an operator pauses the model: the version is not
+        // published, and the example is handed back.
+        assert_eq!(outcomes(&bench.process(&[(3, 2)]).await), ["-"]);
+        let paused = freshet_model::store::hold::apply(
+            None,
+            freshet_model::store::HoldChange::Pause,
+            "ana",
+            "test",
+            Utc::now(),
+        );
+        let revision = bench
+            .pointers
+            .set_hold(&bench.model, paused.as_ref(), 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            bench.trainer.commit(false).await.unwrap(),
+            Commit::Abandoned
+        );
+        // Held: every example waits in the stream.
+        assert_eq!(
+            outcomes(&bench.process(&[(3, 2), (4, 2)]).await),
+            ["defer", "defer"]
+        );
+        assert_eq!(bench.live().await.unwrap().version, 1);
+        // Released: the waiting examples are learned once, on top of live.
+        bench
+            .pointers
+            .set_hold(&bench.model, None, revision)
+            .await
+            .unwrap();
+        tokio::time::sleep(HOLD_REFRESH).await;
+        assert_eq!(
+            outcomes(&bench.process(&[(3, 2), (4, 2)]).await),
+            ["-", "-"]
+        );
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let live = bench.live().await.unwrap();
+        assert_eq!(
+            (
+                live.version,
+                live.parent,
+                live.learned.map(|r| (r.first, r.last)),
+                live.metrics.examples_total
+            ),
+            (2, Some(1), Some((3, 4)), 4)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,6 +227,8 @@ pub enum GateAction {
     Rollback,
     /// The version made live held its own against the one it replaced; no rollback.
     Confirm,
+    /// The gate would have promoted or rolled back, but an operator pinned live: nothing moved.
+    HeldByPin,
 }
 
 impl GateAction {
@@ -237,6 +239,7 @@ impl GateAction {
             GateAction::Withdraw => "withdraw",
             GateAction::Rollback => "rollback",
             GateAction::Confirm => "confirm",
+            GateAction::HeldByPin => "held_by_pin",
         }
     }
 }

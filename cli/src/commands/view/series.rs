@@ -96,7 +96,7 @@ pub fn classify(cause: Cause, previous: Option<u64>) -> MoveKind {
         Cause::Promotion => MoveKind::Promotion,
         _ if previous.is_none() => MoveKind::First,
         Cause::Train => MoveKind::Train,
-        Cause::Candidate | Cause::Operator => MoveKind::Manual,
+        Cause::Candidate | Cause::Operator | Cause::Pin => MoveKind::Manual,
     }
 }
 

@@ -495,6 +495,32 @@ impl ArtifactStore {
         Ok(versions)
     }
 
+    /// Every version of a model that has a manifest, oldest first, with when its manifest was
+    /// written (the version's last write): what retention by age and a rollback to a time go by,
+    /// read from the listing alone.
+    pub async fn versions_dated(
+        &self,
+        model: &ModelName,
+    ) -> Result<Vec<(u64, chrono::DateTime<chrono::Utc>)>, ArtifactError> {
+        let prefix = Path::from(format!("models/{model}"));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| list_error(&prefix, source))?;
+        let mut versions: Vec<(u64, chrono::DateTime<chrono::Utc>)> = objects
+            .iter()
+            .filter(|meta| meta.location.filename() == Some("manifest.json"))
+            .filter_map(|meta| {
+                let version = meta.location.parts().nth(2)?.as_ref().parse().ok()?;
+                Some((version, meta.last_modified))
+            })
+            .collect();
+        versions.sort_unstable_by_key(|(version, _)| *version);
+        Ok(versions)
+    }
+
     /// Every model with at least one object in the store.
     pub async fn models(&self) -> Result<Vec<String>, ArtifactError> {
         let prefix = Path::from("models");

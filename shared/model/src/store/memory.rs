@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::StreamExt;
 use futures::channel::mpsc;
 
+use crate::store::hold::{self, Hold};
 use crate::store::pointers::{Pointer, PointerChange, PointerChanges, PointerStore, Slot, sealed};
 use freshet::error::Failure;
 use freshet::ids::ModelName;
@@ -26,6 +27,7 @@ struct State {
     revision: u64,
     /// Every write of each key, oldest first: its revision and the pointer (`None`: removed).
     keys: BTreeMap<String, Vec<(u64, Option<Pointer>)>>,
+    holds: BTreeMap<String, Vec<(u64, Option<Hold>)>>,
     watchers: Vec<(String, Watcher)>,
 }
 
@@ -133,6 +135,47 @@ impl sealed::Write for MemoryPointers {
 }
 
 impl PointerStore for MemoryPointers {
+    async fn hold(&self, model: &ModelName) -> Result<Versioned<Hold>, Failure> {
+        let state = self.state();
+        let last = state.holds.get(&hold::key(model)).and_then(|w| w.last());
+        Ok(match last {
+            Some((revision, value)) => Versioned {
+                value: value.clone(),
+                revision: *revision,
+            },
+            None => Versioned {
+                value: None,
+                revision: 0,
+            },
+        })
+    }
+
+    async fn set_hold(
+        &self,
+        model: &ModelName,
+        value: Option<&Hold>,
+        expected: u64,
+    ) -> Result<u64, CasError> {
+        let key = hold::key(model);
+        let mut state = self.state();
+        let last = state
+            .holds
+            .get(&key)
+            .and_then(|w| w.last())
+            .map_or(0, |(revision, _)| *revision);
+        if last != expected {
+            return Err(CasError::Conflict { key, expected });
+        }
+        state.revision += 1;
+        let revision = state.revision;
+        state
+            .holds
+            .entry(key)
+            .or_default()
+            .push((revision, value.cloned()));
+        Ok(revision)
+    }
+
     async fn get(&self, model: &ModelName, slot: Slot) -> Result<Versioned<Pointer>, Failure> {
         let state = self.state();
         let last = state

@@ -6,14 +6,18 @@
 
 pub mod artifacts;
 pub mod follow;
+pub mod hold;
 pub mod memory;
 pub mod pointers;
+pub mod retention;
 
 pub use artifacts::{ArtifactArgs, ArtifactError, ArtifactReader, ArtifactStore, VersionRefusal};
 pub use follow::{Backoff, Follower, Hooks, Loaded, StandIn, VersionCell};
 /// What a compare-and-set of a pointer returns, from the KV helpers.
 pub use freshet::store::kv::{CasError, Versioned};
+pub use hold::{Hold, HoldChange};
 pub use memory::MemoryPointers;
 pub use pointers::{
     Cause, Pointer, PointerChange, PointerChanges, PointerStore, Pointers, Promoted, Slot, Verified,
 };
+pub use retention::Retention;

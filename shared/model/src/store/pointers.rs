@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Manifest;
 use crate::store::artifacts::{ArtifactReader, VersionRefusal};
+use crate::store::hold::{self, Hold};
 use freshet::error::Failure;
 use freshet::ids::ModelName;
 use freshet::store::kv::{CasError, Versioned, compare_and_delete, compare_and_set, read};
@@ -85,6 +86,9 @@ pub enum Cause {
     Rollback,
     /// A version set by hand that is neither a promotion nor a rollback.
     Operator,
+    /// An operator pinned live to this version (see [`crate::store::hold`]): written even when
+    /// live names it already, so a trainer's publish based on an earlier revision fails.
+    Pin,
 }
 
 impl Cause {
@@ -95,6 +99,7 @@ impl Cause {
             Cause::Promotion => "promotion",
             Cause::Rollback => "rollback",
             Cause::Operator => "operator",
+            Cause::Pin => "pin",
         }
     }
 
@@ -290,6 +295,21 @@ pub trait PointerStore: sealed::Write + Send + Sync {
         slot: Slot,
     ) -> impl Future<Output = Result<PointerChanges, Failure>> + Send;
 
+    /// The model's hold (pin or pause) and the revision to compare against when changing it.
+    fn hold(
+        &self,
+        model: &ModelName,
+    ) -> impl Future<Output = Result<Versioned<Hold>, Failure>> + Send;
+
+    /// Writes the model's hold (`None`: removes it) if nobody changed it since `expected`.
+    /// Returns the new revision.
+    fn set_hold(
+        &self,
+        model: &ModelName,
+        hold: Option<&Hold>,
+        expected: u64,
+    ) -> impl Future<Output = Result<u64, CasError>> + Send;
+
     /// Points `slot` at `to` for `cause` (and `reason`, in words) if nobody moved it since
     /// `expected` (0: it never existed). Returns the new revision.
     fn move_to(
@@ -361,6 +381,31 @@ impl Pointers {
         Pointers { kv }
     }
 
+    /// Past values of the model's hold, oldest first, with their revisions; a release (the key
+    /// removed) is `None`.
+    pub async fn hold_history(
+        &self,
+        model: &ModelName,
+    ) -> Result<Vec<(u64, Option<Hold>)>, Failure> {
+        let key = hold::key(model);
+        let mut entries = match self.kv.history(&key).await {
+            Ok(entries) => entries,
+            // A key never written has no history (the server answers "no message found").
+            Err(_) if self.kv.entry(&key).await.ok().flatten().is_none() => return Ok(Vec::new()),
+            Err(e) => return Err(Failure::new(format!("history of {key}"), e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(|e| Failure::new(format!("history of {key}"), e))?;
+            let value = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            out.push((entry.revision, value));
+        }
+        Ok(out)
+    }
+
     /// Every pointer key in MODELS, as model and slot (keys that are not pointers are skipped).
     pub async fn keys(&self) -> Result<Vec<(ModelName, Slot)>, Failure> {
         let keys: Vec<String> = self
@@ -423,6 +468,42 @@ impl PointerStore for Pointers {
             value,
             revision: raw.revision,
         })
+    }
+
+    async fn hold(&self, model: &ModelName) -> Result<Versioned<Hold>, Failure> {
+        let key = hold::key(model);
+        let raw = read(&self.kv, &key).await?;
+        let value = match raw.value {
+            None => None,
+            Some(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Failure::new(format!("decode hold {key}"), e))?,
+            ),
+        };
+        Ok(Versioned {
+            value,
+            revision: raw.revision,
+        })
+    }
+
+    async fn set_hold(
+        &self,
+        model: &ModelName,
+        hold: Option<&Hold>,
+        expected: u64,
+    ) -> Result<u64, CasError> {
+        let key = hold::key(model);
+        match hold {
+            Some(hold) => {
+                let bytes =
+                    serde_json::to_vec(hold).expect("a hold is plain data and always serialises");
+                compare_and_set(&self.kv, &key, Bytes::from(bytes), expected).await
+            }
+            None => {
+                compare_and_delete(&self.kv, &key, expected).await?;
+                Ok(read(&self.kv, &key).await?.revision)
+            }
+        }
     }
 
     async fn history(&self, model: &ModelName, slot: Slot) -> Result<Vec<(u64, Pointer)>, Failure> {
