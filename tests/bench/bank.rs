@@ -252,6 +252,7 @@ fn run_bank(examples: &[Example], scores: &[f64]) -> BankRun {
                 plan: &plan,
                 features: &example.features,
                 label: example.label,
+                feedback: freshet::events::Feedback::Final,
                 scored: Some(Scored {
                     version: 1,
                     probability: *score,

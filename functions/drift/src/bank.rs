@@ -36,7 +36,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use freshet::events::Feedback;
 use freshet::monitoring::Watch;
+use freshet_model::weighting::RowWeight;
 use serde::{Deserialize, Serialize};
 
 use crate::detectors::{
@@ -629,6 +631,9 @@ pub struct Observation<'a> {
     pub features: &'a [f32],
     /// 0 or 1.
     pub label: f32,
+    /// How its label came about (delayed feedback): its error is weighed as train weighs its
+    /// loss.
+    pub feedback: Feedback,
     /// The live model's score, when a live version could score it.
     pub scored: Option<Scored>,
 }
@@ -948,16 +953,27 @@ impl Bank {
         }
         let positive = example.label == 1.0;
         let wrong = (p >= 0.5) != positive;
+        // With fake-negative weighting every view comes first as a negative and a converting
+        // one again as a positive, so the stream's own label rate is not the true rate the model
+        // learns, and the model's probabilities move towards the true rate while it learns. The
+        // error the detectors watch is weighed as train weighs the loss (1 for a final label),
+        // which makes it an estimate of the error on the true labels: unweighted, a model
+        // getting better at the true rate reads as a rising error on the fake negatives. The
+        // weighted Brier score stays in [0, 1]: (1 − p²)·p² ≤ 1/4 for a fake negative,
+        // (1 + p)(1 − p)² ≤ 1 for its correction.
+        let weight = f64::from(RowWeight::from(example.feedback).weight(p as f32));
         folded.error_observed = true;
         for slot in &mut state.slots {
             let kind = slot.detector.kind();
             let x = match kind {
-                DetectorKind::PageHinkley => log_loss(p, positive),
+                DetectorKind::PageHinkley => weight * log_loss(p, positive),
                 // The squared error of the probability (the Brier score), in [0, 1] as ADWIN's
                 // bound assumes: it moves with the model's confidence, so a change that leaves
                 // its decisions right or wrong alike while its probabilities go astray (a model
                 // that mostly says no, and buyers that change) still shows.
-                DetectorKind::Adwin => (p - f64::from(example.label)).powi(2),
+                DetectorKind::Adwin => weight * (p - f64::from(example.label)).powi(2),
+                // DDM reads a right-or-wrong outcome as it is: a weight would break the
+                // Bernoulli error rate its bound assumes.
                 _ if wrong => 1.0,
                 _ => 0.0,
             };
@@ -1029,6 +1045,7 @@ mod tests {
                 plan: &self.plan,
                 features: &self.features,
                 label: self.label,
+                feedback: Feedback::Final,
                 scored: self.scored,
             }
         }

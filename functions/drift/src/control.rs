@@ -227,6 +227,7 @@ pub fn observation<'a>(
         plan,
         features: &example.features,
         label: example.label,
+        feedback: example.feedback,
         scored,
     }
 }
