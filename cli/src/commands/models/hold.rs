@@ -14,7 +14,8 @@ use freshet_model::store::{
 use serde::Serialize;
 
 use super::super::{GlobalArgs, NotFound, connect, emit_json, open_artifacts};
-use super::{PointerMove, moving, open_pointers, report_move, verify};
+use super::moves::{PointerMove, moving, report_move, verify};
+use super::open_pointers;
 
 /// Attempts at a pin while train keeps moving live underneath it.
 const PIN_ATTEMPTS: usize = 5;

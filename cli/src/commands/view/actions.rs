@@ -33,7 +33,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::models::hold::{HoldReport, Who, pin_live, write_hold};
-use crate::commands::models::{PointerMove, refuse_if_pinned, rollback_target};
+use crate::commands::models::moves::{PointerMove, refuse_if_pinned, rollback_target};
 
 /// Most recent examples a preview scores.
 const PREVIEW_EXAMPLES: usize = 500;
