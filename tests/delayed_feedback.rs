@@ -130,25 +130,7 @@ async fn run(flags: &[&str]) -> anyhow::Result<(Stack, Vec<(u64, ExampleRecord)>
         ],
     )?;
     let (events, _) = stream();
-    let catalogue: Vec<serde_json::Value> = events[..ITEMS]
-        .iter()
-        .map(|e| serde_json::from_slice(&e.to_json_bytes()).unwrap())
-        .collect();
-    for event in &catalogue {
-        stack.publish_event(event).await?;
-    }
-    stack.await_items(ITEMS).await?;
-    for chunk in events[ITEMS..].chunks(1_000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for event in chunk {
-            let json: serde_json::Value = serde_json::from_slice(&event.to_json_bytes())?;
-            let (subject, message) = freshet_tests::event_message(&stack.subjects, &json)?;
-            acks.push(stack.js.send_publish(subject, message).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
+    stack.publish_bookstore(&events, ITEMS).await?;
     let logs = |stack: &Stack| {
         format!(
             "featurize log:\n{}\ntrain log:\n{}",

@@ -95,25 +95,7 @@ async fn one_episode_for(change: Change, featurize_args: &[&str]) -> anyhow::Res
         .nth(BEFORE)
         .and_then(|e| e.time)
         .unwrap();
-    let catalogue: Vec<serde_json::Value> = events[..ITEMS]
-        .iter()
-        .map(|e| serde_json::from_slice(&e.to_json_bytes()).unwrap())
-        .collect();
-    for event in &catalogue {
-        stack.publish_event(event).await?;
-    }
-    stack.await_items(ITEMS).await?;
-    for chunk in events[ITEMS..].chunks(1_000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for event in chunk {
-            let json: serde_json::Value = serde_json::from_slice(&event.to_json_bytes())?;
-            let (subject, message) = freshet_tests::event_message(&stack.subjects, &json)?;
-            acks.push(stack.js.send_publish(subject, message).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
+    stack.publish_bookstore(&events, ITEMS).await?;
 
     // Every example featurized and folded: EXAMPLES stops growing and drift's mark reaches its end.
     let checkpoints = stack.js.get_key_value(BUCKET_DRIFT).await?;

@@ -379,6 +379,34 @@ impl Stack {
         .await
     }
 
+    /// Publishes a generated bookstore stream as a producer would: its first `items` events (the
+    /// catalogue) one by one until featurize holds every item, then the rest in acknowledged
+    /// chunks of 1,000, each event to its subject under its id.
+    pub async fn publish_bookstore(
+        &self,
+        events: &[freshet::events::Event],
+        items: usize,
+    ) -> anyhow::Result<()> {
+        let as_json = |event: &freshet::events::Event| -> anyhow::Result<serde_json::Value> {
+            Ok(serde_json::from_slice(&event.to_json_bytes())?)
+        };
+        for event in &events[..items] {
+            self.publish_event(&as_json(event)?).await?;
+        }
+        self.await_items(items).await?;
+        for chunk in events[items..].chunks(1_000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                let (subject, message) = event_message(&self.subjects, &as_json(event)?)?;
+                acks.push(self.js.send_publish(subject, message).await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Messages in a stream right now.
     pub async fn stream_len(&self, stream: &str) -> anyhow::Result<u64> {
         Ok(self.stream_state(stream).await?.messages)
