@@ -7,6 +7,8 @@
 //!   state machines that any feature definition can use;
 //! - [`bookstore`]: the bookstore example's features: its entity states (user, item, category),
 //!   its feature vector and schema, and how drift monitors each feature;
+//! - [`spec`]: declarative features: a TOML spec per model (events, entities, features,
+//!   label, monitoring) and the engine that runs any spec on the same aggregates;
 //! - [`labels`]: the per-partition index of views waiting for their label and the health of the
 //!   labels featurize publishes, read back by `freshet status` and `freshet view`.
 //!
@@ -19,6 +21,7 @@
 pub mod aggregates;
 pub mod bookstore;
 pub mod labels;
+pub mod spec;
 
 #[cfg(test)]
 mod properties;
