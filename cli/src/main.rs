@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use freshet_cli::commands::{
-    self, GlobalArgs, demo, generate, models, predict, provision, publish, replay, status, tail,
-    view,
+    self, GlobalArgs, demo, features, generate, models, predict, provision, publish, replay,
+    status, tail, view,
 };
 
 /// Operate freshet, which keeps ML models fresh on NATS JetStream.
@@ -52,6 +52,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run the bookstore story end to end on a private local stack, then stop it
     Demo(demo::DemoArgs),
+    /// Work with feature specs: validate one offline
+    #[command(subcommand)]
+    Features(features::FeaturesCommand),
 }
 
 /// The global options `-h` lists: what most runs set. The others (credentials, TLS, topology,
@@ -113,6 +116,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::View(args) => view::run(global, args).await,
         Command::Generate(args) => generate::run(args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Features(command) => features::run(global, command),
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod declare;
 pub mod demo;
+pub mod features;
 pub mod generate;
 pub mod models;
 pub mod predict;
