@@ -89,6 +89,50 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// `[schema] fingerprint`; a spec without one, or with another, is refused with the fingerprint
 /// it has, so a change to what features mean cannot go unnoticed (see the module documentation).
 pub fn compile(text: &str) -> Result<Plan, SpecErrors> {
+    let raw_schema = toml::from_str::<PinOnly>(text).ok();
+    let plan = compile_unpinned(text)?;
+    let fingerprint = plan.fingerprint();
+    let mut problems = Problems {
+        text,
+        found: Vec::new(),
+    };
+    let Some(PinOnly { schema }) = raw_schema else {
+        return Ok(plan);
+    };
+    match &schema.get_ref().fingerprint {
+        None => problems.at(
+            schema.span(),
+            format!(
+                "[schema] has no fingerprint: pin the fingerprint of these features, fingerprint = \"{fingerprint}\""
+            ),
+        ),
+        Some(pinned) if pinned.get_ref() != &fingerprint => problems.at(
+            pinned.span(),
+            format!(
+                "the features changed since fingerprint {} was pinned (they now give {fingerprint}): \
+                 bump version (models of version {} learned other features) and pin fingerprint = \"{fingerprint}\"",
+                pinned.get_ref(),
+                plan.version
+            ),
+        ),
+        Some(_) => {}
+    }
+    if problems.found.is_empty() {
+        Ok(plan)
+    } else {
+        Err(problems.into_errors())
+    }
+}
+
+/// Only the `[schema]` table, to read the pinned fingerprint.
+#[derive(serde::Deserialize)]
+struct PinOnly {
+    schema: Spanned<RawSchema>,
+}
+
+/// Parses and checks a spec without comparing its fingerprint with the pinned one: for tools
+/// that compute the fingerprint to pin.
+pub fn compile_unpinned(text: &str) -> Result<Plan, SpecErrors> {
     let mut problems = Problems {
         text,
         found: Vec::new(),
@@ -110,34 +154,7 @@ pub fn compile(text: &str) -> Result<Plan, SpecErrors> {
     if !problems.found.is_empty() {
         return Err(problems.into_errors());
     }
-    let Some(plan) = plan else {
-        return Err(problems.into_errors());
-    };
-    let fingerprint = plan.fingerprint();
-    let schema = raw.schema.get_ref();
-    match &schema.fingerprint {
-        None => problems.at(
-            raw.schema.span(),
-            format!(
-                "[schema] has no fingerprint: pin the fingerprint of these features, fingerprint = \"{fingerprint}\""
-            ),
-        ),
-        Some(pinned) if pinned.get_ref() != &fingerprint => problems.at(
-            pinned.span(),
-            format!(
-                "the features changed since fingerprint {} was pinned (they now give {fingerprint}): \
-                 bump version (models of version {} learned other features) and pin fingerprint = \"{fingerprint}\"",
-                pinned.get_ref(),
-                plan.version
-            ),
-        ),
-        Some(_) => {}
-    }
-    if problems.found.is_empty() {
-        Ok(plan)
-    } else {
-        Err(problems.into_errors())
-    }
+    plan.ok_or_else(|| problems.into_errors())
 }
 
 /// Parses a duration such as "5s", "1m", "30d" into whole milliseconds.

@@ -116,7 +116,7 @@ pub mod plan;
 pub mod raw;
 pub mod state;
 
-pub use compile::{Problem, SpecErrors, compile};
+pub use compile::{Problem, SpecErrors, compile, compile_unpinned};
 pub use engine::{Engine, EventError, EventRef, Position, ReadEvent, States, Update, Value};
 pub use plan::Plan;
 pub use state::{EntityState, SlotState};
