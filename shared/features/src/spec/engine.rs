@@ -355,7 +355,6 @@ impl Engine {
     /// clock at request time), from the states of [`Engine::state_keys`] (a missing state is
     /// an entity never seen). Every value is finite.
     pub fn features(&self, event: &ReadEvent, states: &States, now: DateTime<Utc>) -> Vec<f32> {
-        let now_ms = now.timestamp_millis();
         let empty = EntityState::default();
         let mut values: Vec<f64> = Vec::with_capacity(self.plan.features.len());
         for feature in &self.plan.features {
@@ -366,7 +365,7 @@ impl Engine {
                         .and_then(|key| states.get(&key))
                         .unwrap_or(&empty);
                     let slots = &self.plan.entities[*entity].slots;
-                    read_slot(&slots[*slot], slots, state, *read, event, now_ms)
+                    read_slot(&slots[*slot], slots, state, *read, event, now)
                 }
                 Expr::Field(field) => event.num(*field),
                 Expr::Ratio(a, b) => (values[*b] != 0.0).then(|| values[*a] / values[*b]),
@@ -524,8 +523,8 @@ fn apply_slot(
             }
         }
         (SlotKind::Last { field }, SlotState::Last(last)) => *last = event.num(*field)?,
-        (SlotKind::FirstSeen, SlotState::Time(t)) => *t = (*t).min(at),
-        (SlotKind::LastSeen, SlotState::Time(t)) => *t = (*t).max(at),
+        (SlotKind::FirstSeen, SlotState::Time(t)) => *t = (*t).min(event.at),
+        (SlotKind::LastSeen, SlotState::Time(t)) => *t = (*t).max(event.at),
         (SlotKind::Ewma { field, .. }, SlotState::Ewma(ewma)) => {
             // Values were checked when the event was read, so none is refused here.
             let _ = ewma.update(event.num(*field)?);
@@ -576,8 +575,8 @@ fn empty_slot(kind: &SlotKind) -> SlotState {
         SlotKind::Max { .. } => SlotState::Max(f64::NEG_INFINITY),
         SlotKind::Distinct { .. } => SlotState::Distinct(BTreeSet::new()),
         SlotKind::Last { .. } => SlotState::Last(0.0),
-        SlotKind::FirstSeen => SlotState::Time(i64::MAX),
-        SlotKind::LastSeen => SlotState::Time(i64::MIN),
+        SlotKind::FirstSeen => SlotState::Time(DateTime::<Utc>::MAX_UTC),
+        SlotKind::LastSeen => SlotState::Time(DateTime::<Utc>::MIN_UTC),
         SlotKind::Ewma { decay, .. } => SlotState::Ewma(Ewma::new(*decay)),
         SlotKind::Windows { spec, .. } => SlotState::Windows(EventTimeWindows::new(*spec)),
         SlotKind::Decayed { .. } => SlotState::Decayed {
@@ -611,8 +610,9 @@ fn read_slot(
     state: &EntityState,
     read: Read,
     event: &ReadEvent,
-    now_ms: i64,
+    now: DateTime<Utc>,
 ) -> Option<f64> {
+    let now_ms = now.timestamp_millis();
     let stored = state.slots.get(&slot.id);
     match (read, stored) {
         // A never-seen entity has seen no value: any value is new to it.
@@ -633,8 +633,14 @@ fn read_slot(
             .map(|v| if set.contains(v) { 0.0 } else { 1.0 }),
         (Read::Last, Some(SlotState::Last(x))) => Some(*x),
         (Read::Delta { field }, Some(SlotState::Last(x))) => event.num(field).map(|v| v - x),
-        (Read::Since { unit_ms }, Some(SlotState::Time(t))) => (*t != i64::MAX && *t != i64::MIN)
-            .then(|| now_ms.saturating_sub(*t).max(0) as f64 / unit_ms as f64),
+        (Read::Since { unit_ms }, Some(SlotState::Time(t))) => {
+            // The bounds an empty slot starts at are never an event's time.
+            let seen = *t != DateTime::<Utc>::MAX_UTC && *t != DateTime::<Utc>::MIN_UTC;
+            seen.then(|| {
+                let ms = now.signed_duration_since(*t).num_milliseconds();
+                ms.max(0) as f64 / unit_ms as f64
+            })
+        }
         (Read::EwmaMean, Some(SlotState::Ewma(e))) => e.moments().mean(),
         (Read::EwmaStd, Some(SlotState::Ewma(e))) => e.moments().std_dev(),
         (Read::Zscore { field }, Some(SlotState::Ewma(e))) => (e.moments().count() > 0)

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregates::EventTimeWindows;
@@ -54,8 +55,8 @@ pub enum SlotState {
     Max(f64),
     Distinct(BTreeSet<String>),
     Last(f64),
-    /// An event time in Unix milliseconds (first or last seen).
-    Time(i64),
+    /// An event time (first or last seen), at the event's own precision.
+    Time(DateTime<Utc>),
     Ewma(Ewma),
     Windows(EventTimeWindows),
     /// A decayed sum as of event time `at_ms`.
