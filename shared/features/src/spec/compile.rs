@@ -1330,7 +1330,9 @@ impl Compiler<'_, '_> {
                 return None;
             }
         };
-        let mut slot = |kind: SlotKind| add_slot(&mut entities[entity], events, &on, &filter, kind);
+        let fields = self.fields.clone();
+        let mut slot =
+            |kind: SlotKind| add_slot(&mut entities[entity], events, &fields, &on, &filter, kind);
         let (slot_index, read) = match (kind, window) {
             ("count", None) => (slot(SlotKind::Count), Read::Count),
             ("count", Some((spec, span))) => (
@@ -1467,24 +1469,67 @@ impl Compiler<'_, '_> {
 }
 
 /// Adds a slot to an entity unless an identical one is there; returns its index.
+///
+/// The slot's id is its definition in words, with fields and events by name (not by index), so
+/// a stored state keeps its meaning when the spec gains a field or an event elsewhere:
+/// `count on user_action where action=view`, `windows(1m/1m, 5s late 1m, 60) of 1 on
+/// user_action where action=purchase`.
 fn add_slot(
     entity: &mut EntityPlan,
     events: &[EventPlan],
+    fields: &[String],
     on: &[usize],
     filter: &[Filter],
     kind: SlotKind,
 ) -> usize {
     let on_names: Vec<&str> = on.iter().map(|&e| events[e].name.as_str()).collect();
-    let filters: Vec<String> = filter
+    let mut on_names = on_names;
+    on_names.sort_unstable();
+    let mut filters: Vec<String> = filter
         .iter()
-        .map(|f| format!("{}={}", f.field, f.values.join("|")))
+        .map(|f| format!("{}={}", fields[f.field], f.values.join("|")))
         .collect();
-    let kind_json = serde_json::to_string(&kind).expect("a slot kind is plain data");
-    let id = format!(
-        "{kind_json} on {} where {}",
-        on_names.join(","),
-        filters.join(",")
-    );
+    filters.sort();
+    let ms = |d: std::time::Duration| humantime::format_duration(d).to_string().replace(' ', "");
+    let amount = |a: Amount| match a {
+        Amount::One => "1".to_string(),
+        Amount::Field(f) => fields[f].clone(),
+        Amount::Square(f) => format!("{}^2", fields[f]),
+    };
+    let what = match &kind {
+        SlotKind::Count => "count".to_string(),
+        SlotKind::Moments { field } => format!("moments of {}", fields[*field]),
+        SlotKind::Min { field } => format!("min of {}", fields[*field]),
+        SlotKind::Max { field } => format!("max of {}", fields[*field]),
+        SlotKind::Distinct { field, max } => format!("distinct({max}) of {}", fields[*field]),
+        SlotKind::Last { field } => format!("last of {}", fields[*field]),
+        SlotKind::FirstSeen => "first seen".to_string(),
+        SlotKind::LastSeen => "last seen".to_string(),
+        SlotKind::Ewma { field, decay } => format!("ewma({}) of {}", decay.get(), fields[*field]),
+        SlotKind::Windows { spec, amount: a } => format!(
+            "windows({}/{}, {} late {}, {}) of {}",
+            ms(spec.size()),
+            ms(spec.slide()),
+            ms(spec.out_of_orderness()),
+            ms(spec.allowed_lateness()),
+            spec.history(),
+            amount(*a)
+        ),
+        SlotKind::Decayed {
+            half_life_ms,
+            amount: a,
+        } => format!(
+            "decayed({}) of {}",
+            ms(std::time::Duration::from_millis(
+                (*half_life_ms).max(0) as u64
+            )),
+            amount(*a)
+        ),
+    };
+    let mut id = format!("{what} on {}", on_names.join(","));
+    if !filters.is_empty() {
+        id.push_str(&format!(" where {}", filters.join(",")));
+    }
     if let Some(i) = entity.slots.iter().position(|s| s.id == id) {
         return i;
     }

@@ -796,3 +796,34 @@ fn monitoring_reaches_the_schema() {
     assert_eq!(schema.monitoring[0].watch, Watch::Value);
     assert_eq!((schema.name.as_str(), schema.version), ("t", 1));
 }
+
+#[test]
+fn stored_aggregates_are_named_by_their_definition_in_words() {
+    let features = [
+        "name = \"n\"\nkind = \"count\"\nentity = \"ent\"\non = [\"e\"]\nwhere = { c = [\"red\", \"blue\"] }",
+        "name = \"w\"\nkind = \"sum\"\nentity = \"ent\"\non = [\"e\"]\nfield = \"x\"\nwindow = \"minute\"\nspan = 2",
+        "name = \"z\"\nkind = \"zscore\"\nentity = \"ent\"\non = [\"e\"]\nfield = \"x\"\ndecay = 0.9",
+    ];
+    let ids = |text: &str| -> Vec<String> {
+        compile_unpinned(text).unwrap().entities[0]
+            .slots
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    };
+    let before = ids(&spec(&features));
+    assert_eq!(
+        before,
+        vec![
+            "count on e where c=red|blue",
+            "windows(1m/1m, 5s late 1m, 10) of x on e",
+            "ewma(0.9) of x on e",
+        ]
+    );
+    // A field added elsewhere leaves the stored aggregates' names, and so their state, alone.
+    let grown = spec(&features).replace(
+        "[events.f.fields]\n",
+        "[events.f.fields]\naaa = { path = \"aaa\", type = \"number\", optional = true }\n",
+    );
+    assert_eq!(ids(&grown), before);
+}
