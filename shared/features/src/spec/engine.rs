@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::compile::{SpecErrors, compile};
 use super::plan::*;
 use super::state::{EntityState, SlotState};
-use crate::aggregates::EventTimeWindows;
+use crate::aggregates::{AddError, EventTimeWindows};
 use freshet::examples::FeatureSchema;
 use freshet::stats::{Ewma, MAX_ABS_VALUE, ValueError, check_value};
 
@@ -311,6 +311,41 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Whether the event would be too late for every window of some windowed aggregate it
+    /// enters, or after `latest_allowed` (see [`EventTimeWindows::add_within`]): the key of the
+    /// first such state and why. Nothing changes. featurize refuses such an event as late before
+    /// applying it, as it refuses a bookstore action late for its item's windows; applied anyway
+    /// (a replay), it is counted where it can be and left out of the final windows.
+    pub fn check_late(
+        &self,
+        event: &ReadEvent,
+        states: &States,
+        latest_allowed: DateTime<Utc>,
+    ) -> Result<(), (String, AddError)> {
+        for &entity in &self.plan.events[event.event].updates {
+            let Some(key) = self.key(entity, event) else {
+                continue;
+            };
+            let Some(state) = states.get(&key) else {
+                continue;
+            };
+            for slot in &self.plan.entities[entity].slots {
+                if !slot.on.contains(&event.event) {
+                    continue;
+                }
+                if let (SlotKind::Windows { .. }, Some(SlotState::Windows(windows))) =
+                    (&slot.kind, state.slots.get(&slot.id))
+                {
+                    let mut probe = windows.clone();
+                    if let Err(err) = probe.add_within(event.at, 0.0, latest_allowed) {
+                        return Err((key, err));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies an update unless its position was already applied; returns whether the state

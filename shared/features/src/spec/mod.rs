@@ -98,7 +98,9 @@
 //! 1. [`Engine::read`] the CloudEvent ([`EventRef`]): `Ok(None)` for a type the spec does not
 //!    read; [`EventError`] names the field path for the dead letter;
 //! 2. fetch the states of [`Engine::lookup_keys`] and [`Engine::resolve`] looked-up fields;
-//! 3. fetch the states of [`Engine::state_keys`] (in one batch with the other events');
+//! 3. fetch the states of [`Engine::state_keys`] (in one batch with the other events'), and
+//!    dead-letter the event as late if [`Engine::check_late`] says so (bounded by the time the
+//!    event was stored plus the clock skew allowed, as today);
 //! 4. if [`Engine::example_match`] says the event makes an example, [`Engine::features`] at its
 //!    event time, before the event is applied, and hand the example to labelling ([`Engine::label`]
 //!    gives horizon and feedback mode; [`Engine::positive_match`] finds what a later event labels);

@@ -827,3 +827,47 @@ fn stored_aggregates_are_named_by_their_definition_in_words() {
     );
     assert_eq!(ids(&grown), before);
 }
+
+#[test]
+fn an_event_late_for_its_windows_is_told_before_it_is_applied() {
+    let engine = engine(&spec(&[
+        "name = \"w\"\nkind = \"count\"\nentity = \"ent\"\non = [\"e\"]\nwindow = \"minute\"",
+        "name = \"n\"\nkind = \"count\"\nentity = \"ent\"",
+    ]));
+    let states = run(&engine, &[("e", e("a", 1.0, "r"), 600)]);
+    let read = |seconds: i64| {
+        engine
+            .read(&EventRef {
+                event_type: "e",
+                id: "late",
+                time: at(seconds),
+                data: &e("a", 1.0, "r"),
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let unbounded = DateTime::<Utc>::MAX_UTC;
+    // Watermark 595 s: [480, 540) is final at 600 s, [420, 480) at 540 s.
+    assert!(engine.check_late(&read(530), &states, unbounded).is_ok());
+    let (key, late) = engine
+        .check_late(&read(470), &states, unbounded)
+        .unwrap_err();
+    assert_eq!(key, "t.ent.a");
+    assert!(late.is_late(), "{late}");
+    let (_, future) = engine.check_late(&read(700), &states, at(650)).unwrap_err();
+    assert!(!future.is_late(), "{future}");
+    // Applied anyway, it is counted over all time and left out of the windows.
+    let mut states = states;
+    engine.apply(
+        &read(470),
+        Position {
+            partition: 0,
+            sequence: 9,
+        },
+        &mut states,
+    );
+    assert_eq!(
+        features(&engine, &states, e("a", 0.0, "r"), 470),
+        vec![0.0, 2.0]
+    );
+}
