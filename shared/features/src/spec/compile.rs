@@ -707,6 +707,7 @@ impl Compiler<'_, '_> {
         if drafts.len() != raw.feature.len() {
             return (Vec::new(), Vec::new());
         }
+        share_window_counts(events, entities, &mut drafts);
         let Some(order) = self.order(&drafts) else {
             return (Vec::new(), Vec::new());
         };
@@ -1335,6 +1336,15 @@ impl Compiler<'_, '_> {
             |kind: SlotKind| add_slot(&mut entities[entity], events, &fields, &on, &filter, kind);
         let (slot_index, read) = match (kind, window) {
             ("count", None) => (slot(SlotKind::Count), Read::Count),
+            // An unfiltered windowed count reads how many events its windows took, which any
+            // windows of the same settings and events also know (see share_window_counts).
+            ("count", Some((spec, span))) if filter.is_empty() => (
+                slot(SlotKind::Windows {
+                    spec,
+                    amount: Amount::One,
+                }),
+                Read::WindowEvents { span },
+            ),
             ("count", Some((spec, span))) => (
                 slot(SlotKind::Windows {
                     spec,
@@ -1465,6 +1475,73 @@ impl Compiler<'_, '_> {
             slot: slot_index,
             read,
         })
+    }
+}
+
+/// Drops the windows an unfiltered windowed count would keep when other windows of the same
+/// settings take the same events: every event of `on` enters every such windows (a filtered
+/// count's with 0 when its filter fails), so their event counts are the same, and one state
+/// serves both. The bookstore's item keeps one set of windows for its actions and purchases, as
+/// bookstore.rs does, instead of two.
+fn share_window_counts(events: &[EventPlan], entities: &mut [EntityPlan], drafts: &mut [Draft]) {
+    for (entity_index, entity) in entities.iter_mut().enumerate() {
+        let mut s = 0;
+        while s < entity.slots.len() {
+            let plain = &entity.slots[s];
+            let SlotKind::Windows {
+                spec,
+                amount: Amount::One,
+            } = plain.kind
+            else {
+                s += 1;
+                continue;
+            };
+            if !plain.filter.is_empty() {
+                s += 1;
+                continue;
+            }
+            // Another windows of the same settings and events that takes every event of them.
+            let takes_every_event = |other: &SlotPlan| match other.kind {
+                SlotKind::Windows {
+                    spec: other_spec,
+                    amount,
+                } if other_spec == spec && other.on == plain.on => match amount {
+                    Amount::One => true,
+                    Amount::Field(f) | Amount::Square(f) => other
+                        .on
+                        .iter()
+                        .all(|&e| events[e].fields.iter().any(|p| p.field == f && !p.optional)),
+                },
+                _ => false,
+            };
+            let Some(host) =
+                (0..entity.slots.len()).find(|&o| o != s && takes_every_event(&entity.slots[o]))
+            else {
+                s += 1;
+                continue;
+            };
+            let host = if host > s { host - 1 } else { host };
+            entity.slots.remove(s);
+            let renumber = |i: usize| if i > s { i - 1 } else { i };
+            for draft in drafts.iter_mut() {
+                if let Expr::Slot {
+                    entity: e,
+                    slot,
+                    read,
+                } = &mut draft.plan.expr
+                    && *e == entity_index
+                {
+                    if *slot == s {
+                        *slot = host;
+                    } else {
+                        *slot = renumber(*slot);
+                    }
+                    if let Read::WindowStd { square, .. } = read {
+                        *square = renumber(*square);
+                    }
+                }
+            }
+        }
     }
 }
 

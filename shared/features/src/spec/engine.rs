@@ -681,6 +681,9 @@ fn read_slot(
         (Read::Zscore { field }, Some(SlotState::Ewma(e))) => (e.moments().count() > 0)
             .then(|| event.num(field).map(|x| e.standardize(x)))
             .flatten(),
+        (Read::WindowEvents { span }, Some(SlotState::Windows(w))) => {
+            Some(span_totals(w, now_ms, span).0)
+        }
         (Read::WindowCount { span } | Read::WindowSum { span }, Some(SlotState::Windows(w))) => {
             Some(span_totals(w, now_ms, span).1)
         }

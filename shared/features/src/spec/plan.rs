@@ -177,7 +177,11 @@ pub enum Read {
     IsNew {
         field: usize,
     },
-    /// The sum of the `span` windows ending at the end of now's slide.
+    /// The events the `span` windows ending at the end of now's slide took.
+    WindowEvents {
+        span: u32,
+    },
+    /// The sum of the amounts of those windows: for a filtered count, the events it counts.
     WindowCount {
         span: u32,
     },

@@ -283,6 +283,18 @@ fn windowed_aggregates_sum_the_span_and_refuse_late_events() {
         "name = \"mean1\"\nkind = \"mean\"\nentity = \"ent\"\non = [\"e\"]\nfield = \"x\"\nwindow = \"minute\"\ndefault = -1",
         "name = \"std5\"\nkind = \"std\"\nentity = \"ent\"\non = [\"e\"]\nfield = \"x\"\nwindow = \"minute\"\nspan = 5",
     ]));
+    let windows = |engine: &Engine| {
+        engine.plan().entities[0]
+            .slots
+            .iter()
+            .filter(|s| s.id.starts_with("windows"))
+            .count()
+    };
+    assert_eq!(
+        windows(&engine),
+        3,
+        "the plain count shares the red count's windows; the sum and the squares have their own"
+    );
     let states = run(
         &engine,
         &[
