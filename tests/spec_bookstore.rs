@@ -195,3 +195,103 @@ fn the_spec_computes_the_bookstore_features_of_live_traffic() {
     assert!(actions > 2_000, "{actions}");
     assert_eq!(inexact, 0, "the same arithmetic gives the same bits");
 }
+
+/// The FEATURES bytes featurize would write per user action, and the mean item state: the spec's
+/// states are JSON of named aggregates (readable in the bucket, a little larger than
+/// bookstore.rs's fields) and it keeps the user's taste under its own key, one write more per
+/// action. Deterministic sizes, printed for the record (`cargo test -p freshet-tests --test
+/// spec_bookstore -- --nocapture`), bounded so a change that bloats the states is noticed.
+#[test]
+fn the_spec_states_stay_near_the_size_of_bookstore_rs_states() {
+    let events = generate(&BookstoreConfig {
+        users: 100,
+        items: 50,
+        actions: 20_000,
+        seed: 1,
+        viral: None,
+        changes: Vec::new(),
+        traffic: None,
+    });
+    let popularity = settings().popularity;
+    let mut users: BTreeMap<String, bookstore::UserState> = BTreeMap::new();
+    let mut items: BTreeMap<String, bookstore::ItemState> = BTreeMap::new();
+    let mut categories: BTreeMap<String, bookstore::CategoryState> = BTreeMap::new();
+    let mut hand_bytes = 0;
+    for event in &events {
+        let at = event.time.unwrap();
+        match &event.data {
+            EventData::UserAction(action) => {
+                let item = items.entry(action.item.to_string()).or_default();
+                let category = item.category.clone();
+                let _ = item.apply_action(action.action, at, &popularity, DateTime::<Utc>::MAX_UTC);
+                hand_bytes += json_len(&*item);
+                let user = users.entry(action.user.to_string()).or_default();
+                user.apply(action.action, category.as_deref(), at);
+                hand_bytes += json_len(&*user);
+                if let Some(category) = category {
+                    let state = categories.entry(category).or_default();
+                    state.apply(action.action);
+                    hand_bytes += json_len(&*state);
+                }
+            }
+            EventData::NewItem(new_item) => {
+                let item = items.entry(new_item.item.to_string()).or_default();
+                item.apply_new_item(&new_item.category, new_item.price, at);
+                hand_bytes += json_len(&*item);
+            }
+            _ => {}
+        }
+    }
+    let engine = Engine::from_toml(SPEC).unwrap();
+    let mut states = States::new();
+    let mut spec_bytes = 0;
+    for (i, event) in events.iter().enumerate() {
+        let cloud = event.to_cloud_event();
+        let mut read = engine
+            .read(&EventRef {
+                event_type: &cloud.event_type,
+                id: &cloud.id,
+                time: event.time.unwrap(),
+                data: &cloud.data,
+            })
+            .unwrap()
+            .unwrap();
+        engine.resolve(&mut read, &states);
+        let position = spec::Position {
+            partition: 0,
+            sequence: i as u64 + 1,
+        };
+        for update in engine.updates(&read, position) {
+            let state = states.entry(update.key.clone()).or_default();
+            engine.apply_update(state, &update);
+            spec_bytes += state.encode().len();
+        }
+    }
+    let mean = |sizes: Vec<usize>| sizes.iter().sum::<usize>() / sizes.len().max(1);
+    let hand_item = mean(items.values().map(json_len).collect());
+    let spec_item = mean(
+        states
+            .iter()
+            .filter(|(key, _)| key.starts_with("bookstore.item."))
+            .map(|(_, s)| s.encode().len())
+            .collect(),
+    );
+    eprintln!(
+        "20,000 actions: bookstore.rs writes {hand_bytes} B of state, the spec {spec_bytes} B \
+         ({:.2}x); mean item state {hand_item} B and {spec_item} B",
+        spec_bytes as f64 / hand_bytes as f64
+    );
+    assert!(
+        spec_item < hand_item * 3 / 2,
+        "{spec_item} B vs {hand_item} B"
+    );
+    assert!(
+        spec_bytes < hand_bytes * 2,
+        "{spec_bytes} B vs {hand_bytes} B"
+    );
+}
+
+/// JSON size of a bookstore.rs state.
+fn json_len<T: serde::Serialize>(state: &T) -> usize {
+    serde_json::to_vec(state).unwrap().len()
+}
