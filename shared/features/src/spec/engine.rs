@@ -172,6 +172,22 @@ impl Engine {
     /// Reads an event's fields. `Ok(None)` for an event type the spec does not read; an error
     /// naming the field for one that does not fit. Looked-up fields are left for [`Engine::resolve`].
     pub fn read(&self, event: &EventRef) -> Result<Option<ReadEvent>, EventError> {
+        self.read_fields(event, false)
+    }
+
+    /// Reads a request to score as if it were an event of its type: predict has the entity ids
+    /// and whatever fields the caller sent, so a missing field is left absent (the features
+    /// reading it take their default) instead of refused. A field present but of the wrong type
+    /// is refused as in [`Engine::read`].
+    pub fn read_request(&self, event: &EventRef) -> Result<Option<ReadEvent>, EventError> {
+        self.read_fields(event, true)
+    }
+
+    fn read_fields(
+        &self,
+        event: &EventRef,
+        all_optional: bool,
+    ) -> Result<Option<ReadEvent>, EventError> {
         let Some(index) = self.plan.event(event.event_type) else {
             return Ok(None);
         };
@@ -186,7 +202,7 @@ impl Engine {
                 at = at.and_then(|v| v.get(part));
             }
             let value = match at {
-                None | Some(serde_json::Value::Null) if field.optional => continue,
+                None | Some(serde_json::Value::Null) if field.optional || all_optional => continue,
                 None | Some(serde_json::Value::Null) => {
                     return Err(EventError::Missing { path: shown() });
                 }

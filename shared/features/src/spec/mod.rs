@@ -108,9 +108,10 @@
 //!    state has already applied, so redeliveries count once, and can be replayed on a fresher
 //!    state after a lost compare-and-set), and [`EntityState::encode`] into FEATURES.
 //!
-//! predict builds the same [`ReadEvent`] from the request's entity ids and fields (step 1 on the
-//! request's `data`), runs steps 2–4 with the clock as now, and so computes exactly the features
-//! featurize published, from the same states and the same spec.
+//! predict builds the same [`ReadEvent`] from the request's entity ids and whatever fields it
+//! has ([`Engine::read_request`] on the request's `data`: a missing field is absent, not an
+//! error), runs steps 2–4 with the clock as now, and so computes exactly the features featurize
+//! published, from the same states and the same spec.
 
 pub mod compile;
 pub mod engine;

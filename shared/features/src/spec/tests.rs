@@ -883,3 +883,34 @@ fn an_event_late_for_its_windows_is_told_before_it_is_applied() {
         vec![0.0, 2.0]
     );
 }
+
+#[test]
+fn a_request_with_only_entity_ids_gets_the_features_of_its_states() {
+    let engine = engine(&spec(&[
+        "name = \"n\"\nkind = \"count\"\nentity = \"ent\"",
+        "name = \"x\"\nkind = \"value\"\nfield = \"x\"\ndefault = -1",
+    ]));
+    let states = run(
+        &engine,
+        &[("e", e("a", 1.0, "r"), 0), ("f", json!({"k": "a"}), 1)],
+    );
+    let request = json!({"k": "a"});
+    let event = EventRef {
+        event_type: "e",
+        id: "request",
+        time: at(5),
+        data: &request,
+    };
+    assert!(
+        engine.read(&event).is_err(),
+        "an event must carry its fields"
+    );
+    let read = engine.read_request(&event).unwrap().unwrap();
+    assert_eq!(engine.features(&read, &states, at(5)), vec![2.0, -1.0]);
+    let wrong = json!({"k": "a", "m": {"x": "high"}});
+    let wrong = EventRef {
+        data: &wrong,
+        ..event
+    };
+    assert_eq!(engine.read_request(&wrong).unwrap_err().path(), "data.m.x");
+}
