@@ -61,12 +61,15 @@ const MODEL: &[&str] = &[
     "synthetic",
 ];
 
-/// The feature crate's modules: the aggregates any domain's features use, then the bookstore's.
+/// The feature crate's modules: the aggregates and applied marks any domain's features use, the
+/// spec engine that runs any domain's declared features on them, then the bookstore's.
 const FEATURES: &[(&str, u8)] = &[
     ("aggregates", 1),
-    ("bookstore", 2),
-    ("labels", 3),
-    ("properties", 4),
+    ("applied", 1),
+    ("spec", 2),
+    ("bookstore", 3),
+    ("labels", 4),
+    ("properties", 5),
 ];
 
 /// Every `.rs` file under `dir`.

@@ -231,21 +231,7 @@ pub fn scaling_key(model: &ModelName, partition: u32) -> String {
     format!("scaling.{model}.{partition}")
 }
 
-/// Highest stream sequence applied, per partition: the exactly-once bookkeeping of one entity.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied(BTreeMap<u32, u64>);
-
-impl Applied {
-    /// Whether the event at `sequence` of `partition` has already been applied.
-    pub fn contains(&self, partition: u32, sequence: u64) -> bool {
-        self.0.get(&partition).is_some_and(|&mark| sequence <= mark)
-    }
-
-    pub fn record(&mut self, partition: u32, sequence: u64) {
-        let mark = self.0.entry(partition).or_insert(0);
-        *mark = (*mark).max(sequence);
-    }
-}
+pub use crate::applied::Applied;
 
 /// A view (or add-to-cart) waiting for its label: a purchase of the item within the label
 /// horizon makes it a positive example, the horizon passing without one a negative. It keeps the

@@ -7,18 +7,22 @@
 //!   state machines that any feature definition can use;
 //! - [`bookstore`]: the bookstore example's features: its entity states (user, item, category),
 //!   its feature vector and schema, and how drift monitors each feature;
+//! - [`applied`]: the per-partition applied marks that make every entity state count an event
+//!   once;
 //! - [`spec`]: declarative features: a TOML spec per model (events, entities, features,
 //!   label, monitoring) and the engine that runs any spec on the same aggregates;
 //! - [`labels`]: the per-partition index of views waiting for their label and the health of the
 //!   labels featurize publishes, read back by `freshet status` and `freshet view`.
 //!
-//! `aggregates` uses nothing of `bookstore` (a test in `shared/core/src/layers.rs` checks it), so
-//! a second domain's features can sit beside the bookstore's on the same aggregates.
+//! `aggregates`, `applied` and `spec` use nothing of `bookstore` (a test in
+//! `shared/core/src/layers.rs` checks it), so any domain's features run on the same aggregates
+//! without the bookstore's code.
 
 // Tests state their expectations with unwrap; a failed unwrap is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod aggregates;
+pub mod applied;
 pub mod bookstore;
 pub mod labels;
 pub mod spec;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregates::EventTimeWindows;
-use crate::bookstore::Applied;
+use crate::applied::Applied;
 use freshet::stats::Ewma;
 
 /// What the engine knows about one entity.
