@@ -724,6 +724,11 @@ impl Compiler<'_, '_> {
                     *a = position[*a];
                     *b = position[*b];
                 }
+                Expr::Least(list) | Expr::Greatest(list) => {
+                    for f in list {
+                        *f = position[*f];
+                    }
+                }
                 Expr::Rate {
                     hits,
                     trials,
@@ -736,7 +741,7 @@ impl Compiler<'_, '_> {
                         *p = position[*p];
                     }
                 }
-                Expr::Slot { .. } | Expr::Field(_) => {}
+                Expr::Slot { .. } | Expr::Field(_) | Expr::WindowElapsed { .. } => {}
             }
         }
         let output = (0..drafts.len())
@@ -758,6 +763,7 @@ impl Compiler<'_, '_> {
         fn deps(expr: &Expr) -> Vec<usize> {
             match expr {
                 Expr::Ratio(a, b) | Expr::Difference(a, b) => vec![*a, *b],
+                Expr::Least(list) | Expr::Greatest(list) => list.clone(),
                 Expr::Rate {
                     hits,
                     trials,
@@ -770,7 +776,7 @@ impl Compiler<'_, '_> {
                     }
                     d
                 }
-                Expr::Slot { .. } | Expr::Field(_) => Vec::new(),
+                Expr::Slot { .. } | Expr::Field(_) | Expr::WindowElapsed { .. } => Vec::new(),
             }
         }
         // 0 unvisited, 1 on the current path, 2 done.
@@ -856,7 +862,8 @@ impl Compiler<'_, '_> {
             "distinct" | "is_new" => &["entity", "field", "on", "where", "max"],
             "ewma_mean" | "ewma_std" | "zscore" => &["entity", "field", "on", "where", "decay"],
             "value" => &["field"],
-            "ratio" | "difference" => &["of"],
+            "ratio" | "difference" | "least" | "greatest" => &["of"],
+            "window_elapsed" => &["window", "span", "unit"],
             "rate" => &["hits", "trials", "prior", "weight"],
             other => {
                 self.problems.at(
@@ -864,7 +871,7 @@ impl Compiler<'_, '_> {
                     format!(
                         "unknown kind {other:?}; the vocabulary is count, sum, mean, std, min, max, distinct, last, \
                          since_last, since_first, ewma_mean, ewma_std, zscore, delta, is_new, decayed_count, \
-                         decayed_sum, value, ratio, difference, rate"
+                         decayed_sum, value, window_elapsed, ratio, difference, least, greatest, rate"
                     ),
                 );
                 return None;
@@ -881,7 +888,7 @@ impl Compiler<'_, '_> {
             }
         }
         // Kind-specific requirements.
-        let windowed_kinds = ["count", "sum", "mean", "std"];
+        let windowed_kinds = ["count", "sum", "mean", "std", "window_elapsed"];
         if f.window.is_some() && !windowed_kinds.contains(&kind) {
             if let Some(w) = &f.window {
                 self.problems
@@ -932,6 +939,74 @@ impl Compiler<'_, '_> {
                         None
                     }
                 }
+            }
+            "least" | "greatest" => {
+                let Some(of) = &f.of else {
+                    self.problems.at(
+                        span.clone(),
+                        format!("a {kind} needs of = [\"A\", \"B\", ...]"),
+                    );
+                    return None;
+                };
+                let refs: Vec<Option<usize>> = of
+                    .get_ref()
+                    .iter()
+                    .map(|n| self.reference(names, n, of.span()))
+                    .collect();
+                if refs.len() < 2 {
+                    self.problems
+                        .at(of.span(), format!("a {kind} takes two features or more"));
+                    return None;
+                }
+                let refs: Option<Vec<usize>> = refs.into_iter().collect();
+                let refs = refs?;
+                Some(if kind == "least" {
+                    Expr::Least(refs)
+                } else {
+                    Expr::Greatest(refs)
+                })
+            }
+            "window_elapsed" => {
+                let Some(window) = &f.window else {
+                    self.problems.at(
+                        span.clone(),
+                        "a window_elapsed needs window = \"...\" and span",
+                    );
+                    return None;
+                };
+                let Some(spec) = windows.get(window.get_ref()) else {
+                    self.problems.at(
+                        window.span(),
+                        format!(
+                            "unknown window {:?} (declare it as [windows.{}])",
+                            window.get_ref(),
+                            window.get_ref()
+                        ),
+                    );
+                    return None;
+                };
+                let span_windows = match &f.span {
+                    None => 1,
+                    Some(s) => match u32::try_from(*s.get_ref()) {
+                        Ok(n) if n >= 1 && n <= spec.history() => n,
+                        _ => {
+                            self.problems.at(
+                                s.span(),
+                                format!(
+                                    "span must be from 1 to the window's history ({})",
+                                    spec.history()
+                                ),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                let unit_ms = unit_ms(self.problems, f)?;
+                Some(Expr::WindowElapsed {
+                    spec: *spec,
+                    span: span_windows,
+                    unit_ms,
+                })
             }
             "rate" => {
                 let hits = f
@@ -1319,18 +1394,7 @@ impl Compiler<'_, '_> {
             }
             (None, _) => None,
         };
-        let unit_ms = match f.unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
-            None | Some(("s", _)) => 1_000,
-            Some(("ms", _)) => 1,
-            Some(("m", _)) => 60_000,
-            Some(("h", _)) => 3_600_000,
-            Some(("d", _)) => 86_400_000,
-            Some((other, span)) => {
-                self.problems
-                    .at(span, format!("unit {other:?} is not one of ms, s, m, h, d"));
-                return None;
-            }
-        };
+        let unit_ms = unit_ms(self.problems, f)?;
         let fields = self.fields.clone();
         let mut slot =
             |kind: SlotKind| add_slot(&mut entities[entity], events, &fields, &on, &filter, kind);
@@ -1475,6 +1539,21 @@ impl Compiler<'_, '_> {
             slot: slot_index,
             read,
         })
+    }
+}
+
+/// The unit of a time feature in milliseconds (seconds unless `unit` says otherwise).
+fn unit_ms(problems: &mut Problems, f: &RawFeature) -> Option<i64> {
+    match f.unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
+        None | Some(("s", _)) => Some(1_000),
+        Some(("ms", _)) => Some(1),
+        Some(("m", _)) => Some(60_000),
+        Some(("h", _)) => Some(3_600_000),
+        Some(("d", _)) => Some(86_400_000),
+        Some((other, span)) => {
+            problems.at(span, format!("unit {other:?} is not one of ms, s, m, h, d"));
+            None
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::compile::{SpecErrors, compile};
 use super::plan::*;
 use super::state::{EntityState, SlotState};
-use crate::aggregates::{AddError, EventTimeWindows};
+use crate::aggregates::{AddError, EventTimeWindows, WindowSpec};
 use freshet::examples::FeatureSchema;
 use freshet::stats::{Ewma, MAX_ABS_VALUE, ValueError, check_value};
 
@@ -421,6 +421,13 @@ impl Engine {
                 Expr::Field(field) => event.num(*field),
                 Expr::Ratio(a, b) => (values[*b] != 0.0).then(|| values[*a] / values[*b]),
                 Expr::Difference(a, b) => Some(values[*a] - values[*b]),
+                Expr::Least(list) => list.iter().map(|&f| values[f]).reduce(f64::min),
+                Expr::Greatest(list) => list.iter().map(|&f| values[f]).reduce(f64::max),
+                Expr::WindowElapsed {
+                    spec,
+                    span,
+                    unit_ms,
+                } => Some(window_elapsed(spec, *span, now) as f64 / *unit_ms as f64),
                 Expr::Rate {
                     hits,
                     trials,
@@ -767,4 +774,20 @@ fn span_totals(windows: &EventTimeWindows, now_ms: i64, span: u32) -> (f64, f64)
         .fold((0.0, 0.0), |(count, sum), w| {
             (count + w.count as f64, sum + w.sum)
         })
+}
+
+/// Milliseconds from the start of the `span` windows ending at the end of `now`'s slide to
+/// `now` (as [`EventTimeWindows::recent`] aligns them).
+fn window_elapsed(spec: &WindowSpec, span: u32, now: DateTime<Utc>) -> i64 {
+    let size = i64::try_from(spec.size().as_millis()).unwrap_or(i64::MAX);
+    let slide = i64::try_from(spec.slide().as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let t = now.timestamp_millis();
+    let end = t
+        .div_euclid(slide)
+        .saturating_mul(slide)
+        .saturating_add(slide);
+    let start = end.saturating_sub(size.saturating_mul(i64::from(span)));
+    t.saturating_sub(start)
 }

@@ -69,7 +69,9 @@
 //! | `delta` | the example's `field` minus the entity's last value of it | |
 //! | `decayed_count`, `decayed_sum` | a count (sum of `field`) halving every `half_life` of event time | |
 //! | `value` | a number `field` of the example event itself | |
+//! | `window_elapsed` | time from the start of the `span` windows ending at the end of now's slide to now, in `unit`: the part of a recent span that has elapsed, to make a windowed count a rate | `window`, `span`, `unit` |
 //! | `ratio`, `difference` | `of = ["a", "b"]`: a / b (`default` when b = 0), a − b | |
+//! | `least`, `greatest` | `of = ["a", "b", ...]`: the smallest, the largest | |
 //! | `rate` | (hits + weight · prior) / (max(trials, hits) + weight): a rate smoothed towards `prior`, a number or a feature (a group's rate: a category's rate as a new item's prior) | `hits`, `trials`, `prior`, `weight` |
 //!
 //! Windowed aggregates use [`crate::aggregates::EventTimeWindows`] with the window's watermark

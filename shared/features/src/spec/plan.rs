@@ -216,6 +216,18 @@ pub enum Expr {
     Ratio(usize, usize),
     /// a − b.
     Difference(usize, usize),
+    /// The smallest of the features.
+    Least(Vec<usize>),
+    /// The largest of the features.
+    Greatest(Vec<usize>),
+    /// The time from the start of the `span` windows ending at the end of now's slide to now,
+    /// in units of `unit_ms`: how much of a recent span has elapsed (a rate over the span
+    /// divides by it). Stateless.
+    WindowElapsed {
+        spec: WindowSpec,
+        span: u32,
+        unit_ms: i64,
+    },
     /// (hits + weight · prior) / (max(trials, hits) + weight).
     Rate {
         hits: usize,

@@ -914,3 +914,32 @@ fn a_request_with_only_entity_ids_gets_the_features_of_its_states() {
     };
     assert_eq!(engine.read_request(&wrong).unwrap_err().path(), "data.m.x");
 }
+
+#[test]
+fn a_windowed_count_becomes_a_rate_over_the_span_elapsed_since_the_first_event() {
+    let engine = engine(&spec(&[
+        "name = \"n5\"\nkind = \"count\"\nentity = \"ent\"\nwindow = \"minute\"\nspan = 5\nemit = false",
+        "name = \"elapsed\"\nkind = \"window_elapsed\"\nwindow = \"minute\"\nspan = 5\nunit = \"m\"",
+        "name = \"age\"\nkind = \"since_first\"\nentity = \"ent\"\nunit = \"m\"\ndefault = 5",
+        "name = \"covered\"\nkind = \"least\"\nof = [\"elapsed\", \"age\"]\ntransform = [\"clamp(1, 5)\"]",
+        "name = \"longest\"\nkind = \"greatest\"\nof = [\"elapsed\", \"age\", \"n5\"]",
+        "name = \"per_minute\"\nkind = \"ratio\"\nof = [\"n5\", \"covered\"]",
+    ]));
+    let states = run(
+        &engine,
+        &[("e", e("a", 0.0, "r"), 100), ("e", e("a", 0.0, "r"), 130)],
+    );
+    // At 150 s the five windows are [-120, 180): 4.5 minutes of them have elapsed, but the
+    // entity was first seen 50 s ago, which counts as the one minute the clamp allows at least.
+    let v = features(&engine, &states, e("a", 0.0, "r"), 150);
+    assert!(close(v[0], 4.5), "{v:?}");
+    assert!(close(v[1], 50.0 / 60.0), "{v:?}");
+    assert_eq!(v[2], 1.0);
+    assert!(close(v[3], 4.5));
+    assert!(close(v[4], 2.0), "two events in a minute");
+    // Ten minutes on, a whole span has elapsed since its start and the entity is older.
+    let v = features(&engine, &states, e("a", 0.0, "r"), 700);
+    assert!(close(v[0], 4.0 + 40.0 / 60.0), "{v:?}");
+    assert!(close(v[2], 4.0 + 40.0 / 60.0), "{v:?}");
+    assert_eq!(v[4], 0.0);
+}
