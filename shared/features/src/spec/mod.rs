@@ -118,7 +118,7 @@
 pub mod compile;
 pub mod engine;
 pub mod plan;
-pub mod raw;
+mod raw;
 pub mod state;
 
 pub use compile::{Problem, SpecErrors, compile, compile_unpinned};
