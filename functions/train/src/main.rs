@@ -131,7 +131,7 @@ struct Args {
     #[arg(
         long = "population-margin",
         env = "FRESHET_POPULATION_MARGIN",
-        default_value_t = 0.01
+        default_value_t = population::MARGIN
     )]
     population_margin: f64,
     /// Examples in the prequential metrics window
@@ -303,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
         members,
         population::SelectionConfig {
             margin: args.population_margin,
-            min_examples: args.metrics_window as u64,
+            min_examples: population::min_examples(args.metrics_window),
         },
     );
     trainer.listen(listen_for_reactions(&ctx, &args.model.name).await?);

@@ -71,6 +71,18 @@ pub fn members(
     Ok(out)
 }
 
+/// Accuracy by which a challenger must lead the one chosen before to replace it, by default:
+/// a point, about one standard error of an accuracy near 0.85 over a window of 1,000 examples.
+pub const MARGIN: f64 = 0.01;
+
+/// Examples a member's window must hold before it is compared, for a metrics window of
+/// `window` examples: the whole window, up to 200. Members begun together cover the same
+/// examples however short their windows; 200 lets the choice be made early, and the gate's
+/// trial on examples neither learned (500 by default) guards against choosing on noise.
+pub fn min_examples(window: usize) -> u64 {
+    (window as u64).min(200)
+}
+
 /// How the challenger to offer is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SelectionConfig {
