@@ -2340,4 +2340,105 @@ mod tests {
         assert_eq!(logistic.published.as_ref().unwrap().version, live.version);
         assert_eq!(logistic.window.snapshot().examples_total, 1_300);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_trainer_resumes_the_candidates_member_and_begins_the_others_after_live() {
+        let population = |bench: &mut Bench| {
+            let members = crate::population::members(
+                "mlp,fourier",
+                &ModelConfig::default(),
+                freshet_model::Dimensions {
+                    hidden: Some(16),
+                    factors: None,
+                },
+            )
+            .unwrap();
+            bench.trainer.with_population(
+                members,
+                SelectionConfig {
+                    margin: 0.01,
+                    min_examples: 100,
+                },
+            );
+        };
+        let mut bench = Bench::new();
+        population(&mut bench);
+        bench.declare("quadrants", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        let mut sequence = 0;
+        let mut batch = |bench: &mut Bench| -> Vec<Incoming> {
+            (0..100)
+                .map(|_| {
+                    sequence += 1;
+                    bench.delivery += 1;
+                    quadrant(&bench.model, sequence, bench.delivery)
+                })
+                .collect()
+        };
+        for _ in 0..10 {
+            let mut examples = batch(&mut bench);
+            bench.trainer.process(&mut examples).await;
+            bench.trainer.commit(false).await.unwrap();
+        }
+        let pointer = bench
+            .pointers
+            .get(&bench.model, Slot::Candidate)
+            .await
+            .unwrap();
+        let before = bench
+            .artifacts
+            .manifest(&bench.model, pointer.value.unwrap().version)
+            .await
+            .unwrap();
+        let offered = before.config.kind;
+        assert_ne!(offered, ModelKind::Logistic);
+
+        // Another trainer takes over: the member the candidate pointer names resumes from its
+        // version; the other begins fresh, its first version to follow live's.
+        let mut restarted = bench.restarted();
+        population(&mut restarted);
+        restarted.trainer.resume().await.unwrap();
+        let members = &restarted.trainer.population.as_ref().unwrap().challengers;
+        let resumed = members
+            .iter()
+            .find(|c| c.trainer.kind() == offered)
+            .unwrap();
+        assert_eq!(resumed.published.as_ref().unwrap().version, before.version);
+        assert!(!resumed.new_chain);
+        let fresh = members
+            .iter()
+            .find(|c| c.trainer.kind() != offered)
+            .unwrap();
+        let live = restarted.live().await.unwrap();
+        assert_eq!(fresh.published.as_ref().unwrap().version, live.version);
+        assert!(fresh.new_chain);
+        assert_eq!(fresh.window.snapshot().examples_total, 1_000);
+
+        restarted.delivery = bench.delivery;
+        for _ in 0..2 {
+            let mut examples = batch(&mut restarted);
+            restarted.trainer.process(&mut examples).await;
+            restarted.trainer.commit(false).await.unwrap();
+        }
+        // The candidate's chain learned every example once, across the restart.
+        let pointer = restarted
+            .pointers
+            .get(&restarted.model, Slot::Candidate)
+            .await
+            .unwrap();
+        let after = restarted
+            .artifacts
+            .manifest(&restarted.model, pointer.value.unwrap().version)
+            .await
+            .unwrap();
+        assert_eq!(after.config.kind, offered);
+        assert_eq!(after.high_water_mark, 1_200);
+        assert_eq!(after.metrics.examples_total, 1_200);
+        let ranges = lineage_ranges(&restarted, &after).await;
+        assert_eq!(ranges.first().unwrap().0, 1);
+        assert!(
+            ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+            "{ranges:?}"
+        );
+    }
 }
