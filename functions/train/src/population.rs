@@ -163,6 +163,81 @@ impl Selection {
     }
 }
 
+/// A state a member could take up: the live high-water mark it holds the examples up to, the
+/// width it reads, and the version it was last published as (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub mark: u64,
+    pub n_features: usize,
+    pub published: Option<u64>,
+}
+
+/// The lineage in memory, just loaded or begun: which member it is, its version, the mark and
+/// the width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub live_member: Option<usize>,
+    pub live_version: Option<u64>,
+    pub mark: u64,
+    pub n_features: usize,
+}
+
+/// Where a member's state comes from when the lineage in memory changes (train started, the
+/// gate moved live, a hold was released, a new schema began a chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// It is live's member, and live is the version it was last offered as: the gate promoted
+    /// it, and live continues as its lineage.
+    Promoted,
+    /// It is live's member, live being another of its versions: nothing beside live.
+    Live,
+    /// A challenger returns to its state saved at live's version.
+    Saved,
+    /// The member live was until now joins the challengers from its last version.
+    WasLive,
+    /// The version the candidate pointer names (read on start) holds live's examples.
+    Named,
+    /// None of those holds exactly live's examples: fresh parameters, learning from after
+    /// live's version.
+    Fresh,
+}
+
+/// Where `member`'s state comes from: its own `saved` state, the state of the member live
+/// `was_live` (its index), or the candidate version `named` (of this member's configuration),
+/// whichever holds exactly the examples up to live's mark and reads its width; otherwise fresh.
+/// Only a state at live's mark can continue beside it: one ahead would learn examples twice, one
+/// behind would skip some.
+pub fn origin(
+    member: usize,
+    now: &Now,
+    saved: Option<Held>,
+    was_live: Option<(usize, Held)>,
+    named: Option<Held>,
+) -> Origin {
+    let holds = |held: &Held| held.mark == now.mark && held.n_features == now.n_features;
+    if now.live_member == Some(member) {
+        return match saved {
+            Some(held)
+                if holds(&held)
+                    && held.published.is_some()
+                    && held.published == now.live_version =>
+            {
+                Origin::Promoted
+            }
+            _ => Origin::Live,
+        };
+    }
+    if saved.as_ref().is_some_and(holds) {
+        Origin::Saved
+    } else if was_live.is_some_and(|(m, held)| m == member && holds(&held)) {
+        Origin::WasLive
+    } else if named.as_ref().is_some_and(holds) {
+        Origin::Named
+    } else {
+        Origin::Fresh
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +293,66 @@ mod tests {
         );
         assert!(members("logistic", &base, Dimensions::default()).is_err());
         assert!(members("logistic,tree", &base, Dimensions::default()).is_err());
+    }
+
+    #[test]
+    fn only_a_state_at_lives_mark_continues_beside_it() {
+        let now = Now {
+            live_member: Some(1),
+            live_version: Some(9),
+            mark: 500,
+            n_features: 2,
+        };
+        let at = |mark: u64, published: Option<u64>| Held {
+            mark,
+            n_features: 2,
+            published,
+        };
+        // The gate promoted member 1's version 9: live continues as its lineage.
+        assert_eq!(
+            origin(1, &now, Some(at(500, Some(9))), None, None),
+            Origin::Promoted
+        );
+        // Live moved to another of member 1's versions (by hand, or a rollback).
+        assert_eq!(
+            origin(1, &now, Some(at(500, Some(7))), None, None),
+            Origin::Live
+        );
+        assert_eq!(origin(1, &now, None, None, None), Origin::Live);
+        // A challenger saved at live's mark returns to it; the member live was joins from its
+        // last version.
+        assert_eq!(
+            origin(0, &now, Some(at(500, None)), None, None),
+            Origin::Saved
+        );
+        assert_eq!(
+            origin(0, &now, None, Some((0, at(500, Some(8)))), None),
+            Origin::WasLive
+        );
+        assert_eq!(
+            origin(2, &now, None, Some((0, at(500, Some(8)))), None),
+            Origin::Fresh
+        );
+        // Live was set back to an older version: a state ahead of it would learn examples
+        // twice, so the member begins fresh; one of another width cannot read the rows.
+        assert_eq!(
+            origin(0, &now, Some(at(800, None)), None, None),
+            Origin::Fresh
+        );
+        let wide = Held {
+            n_features: 3,
+            ..at(500, None)
+        };
+        assert_eq!(origin(0, &now, Some(wide), None, None), Origin::Fresh);
+        // On start, the candidate version holding live's examples resumes its member.
+        assert_eq!(
+            origin(2, &now, None, None, Some(at(500, Some(10)))),
+            Origin::Named
+        );
+        assert_eq!(
+            origin(2, &now, None, None, Some(at(450, Some(10)))),
+            Origin::Fresh
+        );
     }
 
     #[test]

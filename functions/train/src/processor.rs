@@ -35,7 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
 use crate::handler::{self, BatchPlan, Marks, MetricsWindow, NextVersion, Row, SchemaChoice, Step};
-use crate::population::{Selection, SelectionConfig, Standing};
+use crate::population::{self, Held, Now, Origin, Selection, SelectionConfig, Standing};
 use crate::quality::{Change, Quality, Transition};
 
 /// When a new version is published.
@@ -179,6 +179,39 @@ impl Challenger {
         })
     }
 
+    /// A member continued from its version `manifest` (which holds live's examples up to
+    /// `mark`): its next version follows that one.
+    fn resume(
+        member: usize,
+        config: &ModelConfig,
+        manifest: &Manifest,
+        bytes: &[u8],
+        mark: u64,
+        window_size: usize,
+    ) -> Option<Challenger> {
+        let trainer = ModelTrainer::from_bytes(bytes, config).ok()?;
+        let window = MetricsWindow::new(window_size, manifest.metrics.examples_total);
+        let saved = Saved {
+            bytes: bytes.to_vec(),
+            window: window.clone(),
+            published: Some(manifest.clone()),
+            pending: None,
+            new_chain: false,
+            mark,
+            n_features: trainer.n_features(),
+        };
+        Some(Challenger {
+            member,
+            trainer,
+            window,
+            published: Some(manifest.clone()),
+            pending: None,
+            new_chain: false,
+            traces: TraceSample::default(),
+            saved,
+        })
+    }
+
     /// A member with fresh parameters beginning after `lineage`'s live version: its first
     /// version follows that one and begins a chain of its own, as a newly declared schema's
     /// does, and its history counts live's examples up to it.
@@ -246,73 +279,67 @@ impl Population {
         named: Option<(Manifest, Vec<u8>)>,
         window_size: usize,
     ) {
-        let mark = lineage.live.as_ref().map_or(0, |m| m.high_water_mark);
-        let width = lineage.trainer.n_features();
-        let live_member = self
-            .members
-            .iter()
-            .position(|c| c == lineage.trainer.config());
-        let live_version = lineage.live.as_ref().map(|m| m.version);
-        let usable = |saved: &Saved| saved.mark == mark && saved.n_features == width;
+        let now = Now {
+            live_member: self
+                .members
+                .iter()
+                .position(|c| c == lineage.trainer.config()),
+            live_version: lineage.live.as_ref().map(|m| m.version),
+            mark: lineage.live.as_ref().map_or(0, |m| m.high_water_mark),
+            n_features: lineage.trainer.n_features(),
+        };
+        let held = |saved: &Saved| Held {
+            mark: saved.mark,
+            n_features: saved.n_features,
+            published: saved.published.as_ref().map(|p| p.version),
+        };
         let old = std::mem::take(&mut self.challengers);
         let live_saved = self.live_saved.take();
         let mut promoted = false;
         for (member, config) in self.members.iter().enumerate() {
             let before = old.iter().find(|c| c.member == member);
-            if Some(member) == live_member {
-                if let Some(c) = before.filter(|c| {
-                    usable(&c.saved)
-                        && c.saved.published.as_ref().map(|p| p.version) == live_version
-                }) {
-                    // The gate promoted this challenger: live continues as its lineage.
-                    lineage.window = c.saved.window.clone();
-                    promoted = true;
-                    tracing::info!(model = %model, kind = config.kind.name(), version = ?live_version, "live is now this member's lineage");
-                }
-                continue;
-            }
-            let restored = before
-                .filter(|c| usable(&c.saved))
-                .and_then(|c| Challenger::restore(member, config, &c.saved))
-                .or_else(|| {
-                    live_saved
-                        .as_ref()
-                        .filter(|(m, saved)| *m == member && usable(saved))
-                        .and_then(|(_, saved)| Challenger::restore(member, config, saved))
-                })
-                .or_else(|| {
-                    let (manifest, bytes) = named.as_ref()?;
-                    if manifest.config != *config || manifest.high_water_mark != mark {
-                        return None;
+            let named = named
+                .as_ref()
+                .filter(|(manifest, _)| manifest.config == *config);
+            let origin = population::origin(
+                member,
+                &now,
+                before.map(|c| held(&c.saved)),
+                live_saved.as_ref().map(|(m, saved)| (*m, held(saved))),
+                named.map(|(manifest, _)| Held {
+                    mark: manifest.high_water_mark,
+                    n_features: manifest.schema.n_features(),
+                    published: Some(manifest.version),
+                }),
+            );
+            let restored = match origin {
+                Origin::Promoted => {
+                    if let Some(c) = before {
+                        lineage.window = c.saved.window.clone();
                     }
-                    let trainer = ModelTrainer::from_bytes(bytes, config).ok()?;
-                    let mut c = Challenger {
-                        member,
-                        trainer,
-                        window: MetricsWindow::new(window_size, manifest.metrics.examples_total),
-                        published: Some(manifest.clone()),
-                        pending: None,
-                        new_chain: false,
-                        traces: TraceSample::default(),
-                        saved: Saved {
-                            bytes: bytes.clone(),
-                            window: MetricsWindow::new(window_size, 0),
-                            published: None,
-                            pending: None,
-                            new_chain: false,
-                            mark,
-                            n_features: width,
-                        },
-                    };
-                    c.saved = c.save(mark).ok()?;
-                    tracing::info!(model = %model, kind = config.kind.name(), version = manifest.version, "resuming a member from its candidate version");
-                    Some(c)
-                });
+                    promoted = true;
+                    tracing::info!(model = %model, kind = config.kind.name(), version = ?now.live_version, "live is now this member's lineage");
+                    continue;
+                }
+                Origin::Live => continue,
+                Origin::Saved => before.and_then(|c| Challenger::restore(member, config, &c.saved)),
+                Origin::WasLive => live_saved
+                    .as_ref()
+                    .and_then(|(_, saved)| Challenger::restore(member, config, saved)),
+                Origin::Named => named.and_then(|(manifest, bytes)| {
+                    let c = Challenger::resume(member, config, manifest, bytes, now.mark, window_size);
+                    if c.is_some() {
+                        tracing::info!(model = %model, kind = config.kind.name(), version = manifest.version, "resuming a member from its candidate version");
+                    }
+                    c
+                }),
+                Origin::Fresh => None,
+            };
             let challenger = match restored {
                 Some(c) => c,
                 None => match Challenger::fresh(member, config, lineage, window_size) {
                     Ok(c) => {
-                        tracing::info!(model = %model, kind = config.kind.name(), after = ?live_version, "a member begins with fresh parameters");
+                        tracing::info!(model = %model, kind = config.kind.name(), after = ?now.live_version, "a member begins with fresh parameters");
                         c
                     }
                     Err(err) => {
@@ -323,7 +350,7 @@ impl Population {
             };
             self.challengers.push(challenger);
         }
-        if promoted || live_member.is_none() {
+        if promoted || now.live_member.is_none() {
             self.selection.reset();
         }
     }
