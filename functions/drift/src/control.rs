@@ -255,6 +255,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         }
     }
 

@@ -1424,6 +1424,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         };
         Incoming {
             subject: format!("freshet.examples.{model}"),
