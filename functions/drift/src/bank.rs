@@ -591,7 +591,8 @@ impl Checkpoint {
         self.error.version
     }
 
-    /// Views held until their label is final.
+    /// Examples whose error waits to be judged: views waiting for their label, and examples
+    /// settled after them.
     pub fn pending_views(&self) -> usize {
         self.pending.len()
     }
@@ -1008,8 +1009,9 @@ impl Bank {
         }
     }
 
-    /// Judges the example's error if its label is final, holds it if it is a fake negative,
-    /// and judges the held views it settles (a correction's, and those its event time made due).
+    /// Puts the example in the line of errors to judge (settled if its label is final,
+    /// waiting if it is a fake negative), settles the views it settles (a correction's, and
+    /// those its event time made due), and judges what the line releases.
     fn judge(&self, checkpoint: &mut Checkpoint, example: &Observation<'_>, folded: &mut Folded) {
         // The model's first examples are its warm-up too: it is still learning from nothing.
         // A score outside [0, 1] is not judged.
@@ -1018,71 +1020,83 @@ impl Bank {
                 && scored.probability.is_finite()
                 && (0.0..=1.0).contains(&scored.probability)
         });
-        if let Some(scored) = scored {
-            // Views another chain scored are no longer this model's errors.
-            folded.feedback.dropped += checkpoint.pending.follow(scored.version) as u64;
-        }
+        let pending = &mut checkpoint.pending;
+        let config = &self.config.pending;
         let counts = &mut folded.feedback;
-        let mut settled = Vec::new();
-        match example.feedback {
-            Labelling::Final => {
-                if let Some(scored) = scored
-                    && (example.label == 0.0 || example.label == 1.0)
-                {
-                    settled.push(Settled {
-                        chain: scored.version,
-                        probability: scored.probability,
-                        positive: example.label == 1.0,
-                    });
-                }
-            }
-            Labelling::FakeNegative { id, final_at } => match (scored, final_at) {
-                (None, _) => {}
-                (Some(_), None) => counts.untimed += 1,
-                (Some(scored), Some(final_at)) => {
-                    match checkpoint.pending.hold(
-                        &self.config.pending,
-                        id,
-                        scored.version,
-                        scored.probability,
-                        final_at.timestamp_millis(),
-                    ) {
-                        Hold::Held => counts.held += 1,
-                        Hold::Overflow => counts.overflow += 1,
-                        Hold::Duplicate => {}
-                    }
-                }
-            },
-            Labelling::Correction { corrects } => match checkpoint.pending.correct(corrects) {
-                Some(view) => {
-                    counts.positives += 1;
-                    settled.push(view);
-                }
-                None => counts.unmatched += 1,
-            },
+        if let Some(scored) = scored {
+            // What another chain scored is no longer this model's error.
+            counts.dropped += pending.follow(scored.version) as u64;
         }
-        let due = checkpoint.pending.settle_due(&self.config.pending);
-        counts.negatives += due.len() as u64;
-        settled.extend(due);
-        for view in settled {
-            self.fold_error(checkpoint, example.sequence, view, folded);
+        let sequence = example.sequence;
+        let held = match (example.feedback, scored) {
+            (Labelling::Final, Some(scored)) if example.label == 0.0 || example.label == 1.0 => {
+                Some(pending.judge(
+                    config,
+                    sequence,
+                    scored.version,
+                    scored.probability,
+                    example.label == 1.0,
+                ))
+            }
+            (Labelling::FakeNegative { final_at: None, .. }, Some(_)) => {
+                counts.untimed += 1;
+                None
+            }
+            (
+                Labelling::FakeNegative {
+                    id,
+                    final_at: Some(final_at),
+                },
+                Some(scored),
+            ) => {
+                let hold = pending.hold(
+                    config,
+                    sequence,
+                    id,
+                    scored.version,
+                    scored.probability,
+                    final_at.timestamp_millis(),
+                );
+                counts.held += u64::from(hold == Hold::Held);
+                Some(hold)
+            }
+            // A correction's own score is not judged: it settles the view it corrects, whose
+            // prediction is the one made when the view arrived.
+            (Labelling::Correction { corrects }, _) => {
+                if pending.correct(corrects) {
+                    counts.positives += 1;
+                } else {
+                    counts.unmatched += 1;
+                }
+                None
+            }
+            _ => None,
+        };
+        counts.overflow += u64::from(held == Some(Hold::Overflow));
+        counts.negatives += pending.settle_due(config) as u64;
+        let Some(chain) = pending.chain() else {
+            return;
+        };
+        for settled in pending.release() {
+            self.fold_error(checkpoint, sequence, chain, settled, folded);
         }
     }
 
-    /// Feeds the error of one view whose label is final to the error detectors, at the example
-    /// `sequence` that settled it.
+    /// Feeds the error of one example whose label is final, scored by `chain`, to the error
+    /// detectors, at the example `sequence` that released it.
     fn fold_error(
         &self,
         checkpoint: &mut Checkpoint,
         sequence: u64,
+        chain: u64,
         view: Settled,
         folded: &mut Folded,
     ) {
         let state = &mut checkpoint.error;
-        if state.version != Some(view.chain) {
+        if state.version != Some(chain) {
             folded.error_reset = Some(state.version);
             *state = ErrorState {
-                version: Some(view.chain),
+                version: Some(chain),
                 slots: self.fresh_errors.clone(),
             };
         }
@@ -1874,16 +1888,13 @@ mod tests {
         );
         // Views final 60 s after them settle once the watermark (latest − 5 s) passes: all
         // but the last 65 or so.
-        assert_eq!(
-            checkpoint.pending_views() as u64,
-            20_000 - counts.positives - counts.negatives
-        );
-        assert!(
-            (60..=70).contains(&checkpoint.pending_views()),
-            "{}",
-            checkpoint.pending_views()
-        );
-        assert_eq!(judged, counts.positives + counts.negatives);
+        let waiting = checkpoint.pending.waiting() as u64;
+        assert_eq!(waiting, 20_000 - counts.positives - counts.negatives);
+        assert!((60..=70).contains(&waiting), "{waiting}");
+        // Released in the views' order: all but what follows the first view still waiting.
+        let held = checkpoint.pending_views() as u64;
+        assert!(held >= waiting && held < waiting + 20, "{held}");
+        assert_eq!(judged, 20_000 - held);
         assert_eq!(
             counts.unmatched + counts.overflow + counts.untimed + counts.dropped,
             0
