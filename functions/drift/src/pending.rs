@@ -474,6 +474,28 @@ mod tests {
     }
 
     #[test]
+    fn a_full_line_of_the_default_size_fits_in_a_checkpoint() {
+        // The checkpoint is one message of at most 1 MB, beside the detectors (up to about
+        // 240 KB while the bookstore's three PSI references fill).
+        let config = PendingConfig::default();
+        let mut pending = Pending::default();
+        let start = 1_800_000_000_000_i64;
+        for i in 0..config.capacity as u64 {
+            let id = format!("ex-{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+            let p = f64::from((i % 997) as f32 / 997.0 + 1e-4);
+            let sequence = 40_000_000 + 3 * i;
+            if i % 4 == 0 {
+                pending.judge(&config, sequence, 12, p, true);
+            } else {
+                pending.hold(&config, sequence, &id, 12, p, start + 1_000 * i as i64);
+            }
+        }
+        assert_eq!(pending.len(), config.capacity);
+        let bytes = serde_json::to_vec(&pending).unwrap().len();
+        assert!(bytes < 650_000, "{bytes}");
+    }
+
+    #[test]
     fn keys_are_fixed() {
         // A key read back from a checkpoint must match the id on any build.
         assert_eq!(key_of("ex-v1"), 2_217_344_928_652_776_588);
