@@ -7,8 +7,9 @@
 //! prediction error to the error detectors (ADWIN by default, reading the squared error of the
 //! probability; DDM reads the 0/1 error, Page-Hinkley the log loss). A fake negative's label is
 //! not final when it arrives: its prediction is held until a correction or its `final_at`
-//! settles it ([`crate::pending`]), and its error is judged then. What they report becomes part of an episode ([`crate::episodes`]): one alarm per
-//! change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
+//! settles it, and errors are judged in stream order once every example before them is settled
+//! ([`crate::pending`]). What the detectors report becomes part of an episode
+//! ([`crate::episodes`]): one alarm per change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
 //! JSON in the DRIFT bucket. It records the stream sequence of the last example folded in, and
 //! folding an example at or below that mark does nothing, so a redelivered batch is neither
 //! observed nor reported twice, and a checkpoint read back continues exactly as the run that
@@ -165,7 +166,8 @@ pub enum BankError {
     #[error("the {family} family's false-alarm budget must be in (0, 0.5), got {alpha}")]
     Budget { family: &'static str, alpha: f64 },
     #[error(
-        "views held for their label: at least one (got {capacity}), and a lateness of zero or more (got {lateness_ms} ms)"
+        "examples held for their label: at least one (got {capacity}), and a lateness of zero \
+         or more (got {lateness_ms} ms)"
     )]
     Pending { capacity: usize, lateness_ms: i64 },
     #[error(transparent)]
