@@ -443,10 +443,10 @@ impl Processor for DriftProcessor {
         let overflow = working_overflow(&tally, self.pending.as_ref());
         if overflow > 0 {
             // Counted and logged once per batch: a stream whose event time stands still (or a
-            // horizon far longer than the buffer covers) fills it, and the views beyond it are
-            // never judged.
+            // horizon's views beyond --pending-views) fills the line, and the examples beyond it
+            // are never judged.
             tracing::warn!(model = %self.model, declined = overflow, held = working.pending_views(), capacity = self.bank.config().pending.capacity,
-                "the buffer of views waiting for their label is full; views beyond it are not judged");
+                "the line of examples waiting for their label is full; examples beyond it are not judged");
         }
         if !transitions.is_empty()
             && let Err(failure) = self
@@ -540,10 +540,13 @@ impl Processor for DriftProcessor {
     }
 }
 
-/// Views this batch declined because the buffer was full: the tally's overflow less what the
+/// Examples this batch declined because the line waiting for labels was full: the tally's overflow less what the
 /// batches folded before it (held, not yet written) declined.
 fn working_overflow(tally: &Tally, before: Option<&Pending>) -> u64 {
-    tally.feedback.overflow - before.map_or(0, |p| p.tally.feedback.overflow)
+    tally
+        .feedback
+        .overflow
+        .saturating_sub(before.map_or(0, |p| p.tally.feedback.overflow))
 }
 
 fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {
