@@ -35,7 +35,7 @@ const DETECTION_BOUND: usize = 3_000;
 /// learns from the fake negative at once and from the correction minutes later, follows the
 /// flip within a few hundred examples, so its error rises by about a tenth (the squared error
 /// from 0.166 to 0.18-0.19), which ADWIN at the error family's level needs several thousand
-/// values to tell from noise (measured: 5,242 to 8,664 examples after the change in nine runs).
+/// values to tell from noise (measured: 4,881 to 8,664 examples after the change in ten runs).
 /// The stream runs on long enough after the flip for that.
 const FLIP_DETECTION_BOUND: usize = 12_000;
 
