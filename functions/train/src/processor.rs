@@ -1937,6 +1937,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         };
         Incoming {
             subject: format!("freshet.examples.{model}"),
