@@ -63,7 +63,7 @@ impl FunctionContext {
         http.register(&metrics);
         http.start(&shutdown);
         let client = connect(&args.common.nats, name).await?;
-        let js = jetstream::new(client.clone());
+        let js = args.common.nats.jetstream(client.clone());
         let provisioned = retry::until_done(
             "provisioning the JetStream topology",
             shutdown.clone(),
