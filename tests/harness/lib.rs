@@ -857,6 +857,11 @@ impl ConfiguredServer {
         }
         Ok(server)
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for ConfiguredServer {
