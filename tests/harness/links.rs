@@ -47,14 +47,31 @@ impl Link {
                         return;
                     }
                     let dialer = dialer_socket.and_then(process_holding);
-                    let acceptor = listening.and_then(process_holding);
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
                     };
+                    // Who accepted, from the target's end of this very connection: the
+                    // listening socket may not have existed when the dialer came (a server
+                    // still starting), and the process behind a port can change (a restart).
+                    // Until the server accepts it, the kernel holds its end with no inode.
+                    let ours = outbound.local_addr().map(|a| a.port()).unwrap_or_default();
+                    let mut acceptor = None;
+                    for _ in 0..50 {
+                        acceptor = socket_inode(target_port, ours)
+                            .filter(|&inode| inode != 0)
+                            .and_then(process_holding);
+                        if acceptor.is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
                     let cut = |set: &BTreeSet<u32>| {
                         dialer.is_some_and(|pid| set.contains(&pid))
                             || acceptor.is_some_and(|pid| set.contains(&pid))
                     };
+                    if cut(&isolated.borrow()) {
+                        return;
+                    }
                     let (mut inbound, mut outbound) = (inbound, outbound);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
