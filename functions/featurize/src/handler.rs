@@ -1099,12 +1099,22 @@ mod tests {
         assert!(plan.rejected.is_empty());
         let example = &plan.examples[2];
         assert_eq!(example.features.len(), FEATURE_NAMES.len());
-        assert_eq!(example.schema, Some(("bookstore".to_string(), 3)));
+        assert_eq!(
+            example.schema,
+            Some(("bookstore".to_string(), bookstore::SCHEMA_VERSION))
+        );
         assert_eq!(example.event_time, Some(at(4)));
         // The purchase's example saw the view and the cart before it: the state moves through
-        // the batch.
-        let (views, carts) = (example.features[0], example.features[1]);
-        assert_eq!((views, carts), (2f32.ln(), 2f32.ln()));
+        // the batch. One cart in one view, towards the priors (0.2 for the user, the user's rate
+        // within a category).
+        let feature = |name: &str| {
+            let column = FEATURE_NAMES.iter().position(|n| *n == name).unwrap();
+            f64::from(example.features[column])
+        };
+        let cart_rate = (1.0 + 4.0 * 0.2) / (1.0 + 4.0);
+        assert!((feature("user_cart_rate") - cart_rate).abs() < 1e-6);
+        let in_category = (1.0 + 4.0 * cart_rate) / (1.0 + 4.0);
+        assert!((feature("user_category_cart_rate") - in_category).abs() < 1e-6);
         assert_eq!(plan.mutations["user.u1"].len(), 3);
         assert_eq!(plan.mutations["item.b1"].len(), 4);
         assert_eq!(plan.mutations["category.poetry"].len(), 3);

@@ -5,30 +5,41 @@
 //! Every state carries, per partition, the highest stream sequence already applied to it. A
 //! redelivered event at or below that mark is recognised and not counted twice.
 //!
-//! # The features (schema "bookstore", version 3)
+//! # The features (schema "bookstore", version 4)
 //!
-//! Counts enter as `ln(1 + n)`, rates are smoothed towards a prior, durations are clamped, so
-//! every value is finite and bounded (below 45) for any state. "Now" is the event time of the
+//! No feature grows with the stream's age or an entity's: every one is a rate smoothed towards a
+//! prior, a count over a fixed recent span, a price or a clamped idle time, so its distribution
+//! over the views of one minute is the same early in a stream as an hour later (only the spread
+//! of a smoothed rate widens as histories lengthen, not its level). This matters beyond drift
+//! monitoring: a delayed label carries the features of its view, older than those of the rows
+//! learned beside it, and a feature that grows with age then reads "older values convert" (the
+//! bias measured in BENCHMARKS.md, section "Delayed feedback"). Version 3's running counts
+//! (views, carts and purchases of the user, views of the item), the item's age and its hour-long
+//! counts are gone; what they told about buying is carried by the cart rates, which are known at
+//! once where purchases come minutes later, and by the user's rates within the item's category.
+//!
+//! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
+//! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
+//! Every value is finite and bounded (below 45) for any state. "Now" is the event time of the
 //! action at training time and the clock at request time.
 //!
 //! | # | name | definition | drift watches |
 //! | --- | --- | --- | --- |
-//! | 0 | `user_log_views` | ln(1 + views by the user) | no: a running count |
-//! | 1 | `user_log_carts` | ln(1 + add-to-carts by the user) | no: a running count |
-//! | 2 | `user_log_purchases` | ln(1 + purchases by the user) | no: a running count |
+//! | 0 | `user_cart_rate` | (add-to-carts + 4·0.2) / (views + 4) | no: a running average |
+//! | 1 | `user_category_cart_rate` | (the user's add-to-carts in the item's category + 4·c) / (their views of it + 4), c the user's cart rate (feature 0) | no: a running average |
+//! | 2 | `user_category_purchase_rate` | (the user's purchases in the item's category + 4·r) / (their views of it + 4), r the user's purchase rate (feature 3) | no: a running average |
 //! | 3 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
 //! | 4 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
 //! | 5 | `user_log_idle_minutes` | ln(1 + minutes since the user's last event), at most 30 days; 30 days for a new user | the value |
-//! | 6 | `item_log_views` | ln(1 + views of the item) | no: a running count |
-//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 15) | no: a running average |
+//! | 6 | `item_cart_rate` | (add-to-carts + 4·c) / (views + 4), c the category cart rate (feature 13) | no: a running average |
+//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 14) | no: a running average |
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
-//! | 9 | `item_log_age_hours` | ln(1 + hours since the item was first seen) | no: a time since |
+//! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4), s its purchases per action over all time, (purchases + 4·s_c) / (actions + 4), s_c the same of its category towards 0.1 / 1.3 | no: hour-long overlap |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
 //! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | no: slow swings |
 //! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) | no: wanders |
-//! | 13 | `item_log_actions_1h` | ln(1 + actions on the item in the last 60 one-minute windows) | no: hour-long overlap |
-//! | 14 | `item_log_purchases_1h` | ln(1 + purchases of it in the same span) | no: hour-long overlap |
-//! | 15 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4): all items of the category | no: a running average |
+//! | 13 | `category_cart_rate` | (category add-to-carts + 4·0.2) / (category views + 4): all items of the category | no: a running average |
+//! | 14 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4) | no: a running average |
 //!
 //! The last column is the monitoring plan ([`MONITORING`], with each reason in full): what the
 //! drift function compares between a reference window and a recent one. The model's prediction
@@ -36,10 +47,15 @@
 //!
 //! The recent spans are event-time windows ([`EventTimeWindows`]): tumbling one-minute windows
 //! ending at the end of the current minute, so "the last 5 minutes" is the current, partly
-//! elapsed minute and the four before it. A book that goes viral lifts features 11–14 with its
-//! first events, and the next request already sees them. The category's rate is the prior of a
-//! new item's rate, so a book listed a second ago starts at its category's level rather than at a
-//! bookshop-wide guess.
+//! elapsed minute and the four before it. A book that goes viral lifts features 9, 11 and 12 with
+//! its first events, and the next request already sees them. A category's rates are the priors
+//! of its items', and a user's overall rates the priors of their rates within a category, so a
+//! book listed a second ago starts at its category's level and a user's first look at a category
+//! at their own level, rather than at a bookshop-wide guess.
+//!
+//! A user state written before version 4 has no per-category add-to-carts or purchases: it reads
+//! as none, so features 1 and 2 of such a user start below their level and catch up as the user
+//! acts (every other feature is computed from counts all versions keep).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,41 +75,41 @@ use freshet::stats::{Decay, EwmaError, EwmaVector};
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
 /// Bumped whenever a feature's meaning changes; predictors refuse a model of another version.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The features, in vector order; the module documentation defines each.
-pub const FEATURE_NAMES: [&str; 16] = [
-    "user_log_views",
-    "user_log_carts",
-    "user_log_purchases",
+pub const FEATURE_NAMES: [&str; 15] = [
+    "user_cart_rate",
+    "user_category_cart_rate",
+    "user_category_purchase_rate",
     "user_purchase_rate",
     "user_category_share",
     "user_log_idle_minutes",
-    "item_log_views",
+    "item_cart_rate",
     "item_purchase_rate",
     "item_log_price",
-    "item_log_age_hours",
+    "item_recent_conversion",
     "item_log_idle_minutes",
     "item_log_actions_5m",
     "item_log_purchases_5m",
-    "item_log_actions_1h",
-    "item_log_purchases_1h",
+    "category_cart_rate",
     "category_purchase_rate",
 ];
 /// How drift watches each feature, in [`FEATURE_NAMES`] order, and why (see
-/// [`freshet::monitoring`]). A feature that moves by construction is not watched: comparing its
-/// recent values with older ones would report the shop's age, not a change in it.
-pub const MONITORING: [(Watch, &str); 16] = [
+/// [`freshet::monitoring`]). A feature whose recent values are not comparable with older ones by
+/// construction is not watched: comparing them would report the shop's age or the overlap of its
+/// own spans, not a change in the shop.
+pub const MONITORING: [(Watch, &str); 15] = [
     (
         Watch::Ignore,
-        "a running count of the user's views: it grows with every visit, so recent values always sit above older ones",
+        "a running average over the user's whole history: it narrows towards each user's rate as histories lengthen, and answers a change only slowly; a change in buying shows first in the model's error",
     ),
     (
         Watch::Ignore,
-        "a running count of the user's add-to-carts: it grows with the user's history by construction",
+        "a running average over the user's history in one category: it narrows as histories lengthen, and answers a change in taste only slowly",
     ),
     (
         Watch::Ignore,
-        "a running count of the user's purchases: it grows with the user's history; a change in buying shows in the model's error",
+        "a running average over the user's history in one category: it narrows as histories lengthen, and answers a change in buying only slowly; the model's error shows it first",
     ),
     (
         Watch::Ignore,
@@ -109,7 +125,7 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "a running count of the item's views: it grows with the catalogue's age by construction",
+        "a running average over the item's whole history: it creeps towards the item's rate as views accumulate, and answers a change only slowly",
     ),
     (
         Watch::Ignore,
@@ -121,7 +137,7 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "time since the item was listed: it grows with the catalogue's age by construction",
+        "an hour-long moving rate: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; a change in what sells shows first in the model's error",
     ),
     (
         Watch::Value,
@@ -129,7 +145,7 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's sales over the same span and its idle time are watched",
+        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's idle time is watched",
     ),
     (
         Watch::Ignore,
@@ -137,18 +153,15 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
-    ),
-    (
-        Watch::Ignore,
-        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
     ),
     (
         Watch::Ignore,
         "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
     ),
 ];
-/// A user's per-category view counts keep at most this many categories.
+/// A user's per-category counts (views, add-to-carts, purchases) each keep at most this many
+/// categories.
 const MAX_CATEGORIES_PER_USER: usize = 64;
 /// A user remembers at most this many of their actions refused as late (see
 /// [`UserState::refused`]).
@@ -268,6 +281,12 @@ pub struct UserState {
     pub carts: u64,
     pub purchases: u64,
     pub category_views: BTreeMap<String, u64>,
+    /// Add-to-carts per category of the item; empty in a state written before schema 4.
+    #[serde(default)]
+    pub category_carts: BTreeMap<String, u64>,
+    /// Purchases per category of the item; empty in a state written before schema 4.
+    #[serde(default)]
+    pub category_purchases: BTreeMap<String, u64>,
     /// The latest event time of the user's actions: the user's event-time progress.
     pub last_event_at: Option<DateTime<Utc>>,
     /// Views waiting for their label, oldest first; at most [`MAX_PENDING_VIEWS`].
@@ -314,19 +333,14 @@ pub struct CategoryState {
 impl UserState {
     /// Counts one action of this user on an item of `category`.
     pub fn apply(&mut self, action: Action, category: Option<&str>, at: DateTime<Utc>) {
-        match action {
-            Action::View => {
-                self.views = self.views.saturating_add(1);
-                if let Some(category) = category {
-                    let known = self.category_views.contains_key(category);
-                    if known || self.category_views.len() < MAX_CATEGORIES_PER_USER {
-                        let count = self.category_views.entry(category.to_string()).or_insert(0);
-                        *count = count.saturating_add(1);
-                    }
-                }
-            }
-            Action::AddToCart => self.carts = self.carts.saturating_add(1),
-            Action::Purchase => self.purchases = self.purchases.saturating_add(1),
+        let (total, per_category) = match action {
+            Action::View => (&mut self.views, &mut self.category_views),
+            Action::AddToCart => (&mut self.carts, &mut self.category_carts),
+            Action::Purchase => (&mut self.purchases, &mut self.category_purchases),
+        };
+        *total = total.saturating_add(1);
+        if let Some(category) = category {
+            count_in(per_category, category);
         }
         self.last_event_at = Some(latest(self.last_event_at, at));
     }
@@ -413,6 +427,16 @@ impl CategoryState {
     }
 }
 
+/// Counts one in `category`, unless the map already holds [`MAX_CATEGORIES_PER_USER`] others:
+/// a user's state stays bounded however many categories the shop has.
+fn count_in(counts: &mut BTreeMap<String, u64>, category: &str) {
+    let known = counts.contains_key(category);
+    if known || counts.len() < MAX_CATEGORIES_PER_USER {
+        let count = counts.entry(category.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+    }
+}
+
 fn latest(known: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
     known.map_or(at, |known| known.max(at))
 }
@@ -492,16 +516,33 @@ impl ScalingState {
     }
 }
 
-/// The purchase rate assumed with no evidence at all: about what a bookshop sees. A category
-/// starts there, and a new item starts at its category's rate.
+/// The purchase rate (purchases per view) assumed with no evidence at all: about what a
+/// bookshop sees. A category starts there, a new item at its category's rate and a new user
+/// there too.
 pub const PRIOR_PURCHASE_RATE: f64 = 0.1;
+/// The add-to-cart rate (add-to-carts per view) assumed with no evidence, in the same way.
+pub const PRIOR_CART_RATE: f64 = 0.2;
 /// How many observations a prior is worth.
 const PRIOR_WEIGHT: f64 = 4.0;
 
 /// A rate shrunk towards `prior` (additive smoothing): defined and sensible for brand-new
-/// entities, and dominated by the entity's own counts once it has a few.
-fn smoothed_rate(hits: u64, trials: u64, prior: f64) -> f64 {
-    (hits as f64 + PRIOR_WEIGHT * prior) / (trials as f64 + PRIOR_WEIGHT)
+/// entities, and dominated by the entity's own counts once it has a few. Trials are never
+/// counted fewer than hits (counts of different actions can disagree after a state was capped or
+/// an action refused), so a rate stays within [0, 1] for a prior within it.
+fn smoothed_rate(hits: f64, trials: f64, prior: f64) -> f64 {
+    (hits + PRIOR_WEIGHT * prior) / (trials.max(hits) + PRIOR_WEIGHT)
+}
+
+/// The number of a per-category map, 0 for a category not in it (or no category).
+fn in_category(counts: &BTreeMap<String, u64>, category: Option<&String>) -> f64 {
+    category
+        .and_then(|c| counts.get(c))
+        .map_or(0.0, |&n| n as f64)
+}
+
+/// Every action counted in a state, as a float (a sum of three u64s can overflow one).
+fn actions(views: u64, carts: u64, purchases: u64) -> f64 {
+    views as f64 + carts as f64 + purchases as f64
 }
 
 fn log1p(count: f64) -> f32 {
@@ -559,7 +600,7 @@ fn popularity(item: &ItemState, now: DateTime<Utc>, span: u32) -> (f64, f64) {
 
 /// The feature vector of a (user, item) pair at time `now`, in [`FEATURE_NAMES`] order, with
 /// `category` the state of the item's category (the default for an item without one). Every
-/// value is finite and bounded for any state: counts are logged, rates smoothed, and time
+/// value is finite and bounded for any state: rates are smoothed, recent counts logged, and time
 /// differences clamped.
 pub fn feature_vector(
     user: &UserState,
@@ -567,47 +608,57 @@ pub fn feature_vector(
     category: &CategoryState,
     now: DateTime<Utc>,
 ) -> Vec<f32> {
-    let category_views = item
-        .category
-        .as_ref()
-        .and_then(|c| user.category_views.get(c))
-        .copied()
-        .unwrap_or(0);
-    let age_hours = item.first_seen.map_or(0.0, |first| {
-        now.signed_duration_since(first).num_seconds().max(0) as f64 / 3600.0
-    });
-    let category_rate = smoothed_rate(
-        category.purchases,
-        category.views.max(category.purchases),
+    let name = item.category.as_ref();
+    let user_views = user.views as f64;
+    let user_cart_rate = smoothed_rate(user.carts as f64, user_views, PRIOR_CART_RATE);
+    let user_purchase_rate = smoothed_rate(user.purchases as f64, user_views, PRIOR_PURCHASE_RATE);
+    let category_views_by_user = in_category(&user.category_views, name);
+    let category_views = category.views as f64;
+    let category_cart_rate = smoothed_rate(category.carts as f64, category_views, PRIOR_CART_RATE);
+    let category_purchase_rate = smoothed_rate(
+        category.purchases as f64,
+        category_views,
         PRIOR_PURCHASE_RATE,
+    );
+    // Purchases per action (of any kind), as the popularity windows count them: the category's
+    // towards the prior's share of the actions of a visit, the item's towards its category's.
+    let category_purchase_share = smoothed_rate(
+        category.purchases as f64,
+        actions(category.views, category.carts, category.purchases),
+        PRIOR_PURCHASE_RATE / (1.0 + PRIOR_CART_RATE + PRIOR_PURCHASE_RATE),
+    );
+    let item_purchase_share = smoothed_rate(
+        item.purchases as f64,
+        actions(item.views, item.carts, item.purchases),
+        category_purchase_share,
     );
     let (actions_short, purchases_short) = popularity(item, now, SHORT_SPAN);
     let (actions_long, purchases_long) = popularity(item, now, LONG_SPAN);
+    let item_views = item.views as f64;
     vec![
-        log1p(user.views as f64),
-        log1p(user.carts as f64),
-        log1p(user.purchases as f64),
+        user_cart_rate as f32,
         smoothed_rate(
-            user.purchases,
-            user.views.max(user.purchases),
-            PRIOR_PURCHASE_RATE,
+            in_category(&user.category_carts, name),
+            category_views_by_user,
+            user_cart_rate,
         ) as f32,
-        smoothed_rate(category_views, user.views, 0.5) as f32,
+        smoothed_rate(
+            in_category(&user.category_purchases, name),
+            category_views_by_user,
+            user_purchase_rate,
+        ) as f32,
+        user_purchase_rate as f32,
+        smoothed_rate(category_views_by_user, user_views, 0.5) as f32,
         log_idle_minutes(user.last_event_at, now),
-        log1p(item.views as f64),
-        smoothed_rate(
-            item.purchases,
-            item.views.max(item.purchases),
-            category_rate,
-        ) as f32,
+        smoothed_rate(item.carts as f64, item_views, category_cart_rate) as f32,
+        smoothed_rate(item.purchases as f64, item_views, category_purchase_rate) as f32,
         log1p(item.price.unwrap_or(0.0)),
-        log1p(age_hours),
+        smoothed_rate(purchases_long, actions_long, item_purchase_share) as f32,
         log_idle_minutes(item.last_event_at, now),
         log1p(actions_short),
         log1p(purchases_short),
-        log1p(actions_long),
-        log1p(purchases_long),
-        category_rate as f32,
+        category_cart_rate as f32,
+        category_purchase_rate as f32,
     ]
 }
 
@@ -646,7 +697,7 @@ mod tests {
         assert!(FEATURE_NAMES.len() <= 16);
         let distinct: std::collections::BTreeSet<_> = FEATURE_NAMES.iter().collect();
         assert_eq!(distinct.len(), FEATURE_NAMES.len());
-        assert_eq!(schema().version, 3);
+        assert_eq!(schema().version, 4);
         assert_eq!(ScalingState::default().ewma.len(), FEATURE_NAMES.len());
     }
 
@@ -655,17 +706,25 @@ mod tests {
         let schema = schema();
         assert_eq!(schema.monitoring.len(), FEATURE_NAMES.len());
         assert!(schema.monitoring.iter().all(|m| m.reason.len() > 20));
-        // Running counts and times since grow by construction: never watched as they stand.
+        // Running averages narrow as histories lengthen, and an hour-long rate overlaps itself:
+        // not watched as they stand. Prices and idle times are.
         for name in [
-            "user_log_views",
-            "user_log_carts",
-            "user_log_purchases",
-            "item_log_views",
-            "item_log_age_hours",
+            "user_cart_rate",
+            "user_category_cart_rate",
+            "user_category_purchase_rate",
+            "item_cart_rate",
+            "item_recent_conversion",
+            "category_cart_rate",
         ] {
             assert_eq!(schema.watch(index(name)), Watch::Ignore, "{name}");
         }
-        assert_eq!(schema.watch(index("item_log_price")), Watch::Value);
+        for name in [
+            "user_log_idle_minutes",
+            "item_log_price",
+            "item_log_idle_minutes",
+        ] {
+            assert_eq!(schema.watch(index(name)), Watch::Value, "{name}");
+        }
         let json = serde_json::to_value(&schema).unwrap();
         assert_eq!(json["monitoring"][8]["watch"], "value");
         // A schema written before plans existed still decodes, and watches every value.
@@ -721,10 +780,12 @@ mod tests {
         );
         assert_eq!(v.len(), FEATURE_NAMES.len());
         let idle = (MAX_IDLE_MINUTES.ln_1p()) as f32;
+        // An item's recent conversion starts at the prior's purchases per action: 0.1 / 1.3.
+        let share = (0.1 / 1.3) as f32;
         assert_eq!(
             v,
             vec![
-                0.0, 0.0, 0.0, 0.1, 0.5, idle, 0.0, 0.1, 0.0, 0.0, idle, 0.0, 0.0, 0.0, 0.0, 0.1
+                0.2, 0.2, 0.1, 0.1, 0.5, idle, 0.2, 0.1, 0.0, share, idle, 0.0, 0.0, 0.2, 0.1
             ]
         );
     }
@@ -744,32 +805,50 @@ mod tests {
         user.apply(Action::AddToCart, Some("scifi"), at(15));
         item.apply_action(Action::AddToCart, at(15), &spec(), UNBOUNDED)
             .unwrap();
+        category.apply(Action::AddToCart);
         user.apply(Action::Purchase, Some("scifi"), at(20));
         item.apply_action(Action::Purchase, at(20), &spec(), UNBOUNDED)
             .unwrap();
         category.apply(Action::Purchase);
-        // Other items of the category sold well: 16 views, 5 purchases in all.
+        // Elsewhere the user looked at two poems and put one in the cart.
+        user.apply(Action::View, Some("poetry"), at(5));
+        user.apply(Action::View, Some("poetry"), at(6));
+        user.apply(Action::AddToCart, Some("poetry"), at(7));
+        // Other items of the category sold well: 16 views, 5 purchases, 3 carts in all.
         for _ in 0..13 {
             category.apply(Action::View);
         }
         for _ in 0..4 {
             category.apply(Action::Purchase);
         }
+        for _ in 0..2 {
+            category.apply(Action::AddToCart);
+        }
         let now = at(7200);
         let v = feature_vector(&user, &item, &category, now);
-        assert!(close(v[index("user_log_views")], 4f64.ln()));
-        assert!(close(v[index("user_log_carts")], 2f64.ln()));
-        assert!(close(v[index("user_log_purchases")], 2f64.ln()));
+        let user_cart_rate = (2.0 + 4.0 * 0.2) / (5.0 + 4.0);
+        let user_purchase_rate = (1.0 + 4.0 * 0.1) / (5.0 + 4.0);
+        assert!(close(v[index("user_cart_rate")], user_cart_rate));
+        assert!(close(v[index("user_purchase_rate")], user_purchase_rate));
         assert!(
-            close(v[index("user_purchase_rate")], 1.4 / 7.0),
-            "(1 + 4·0.1) / (3 + 4)"
+            close(
+                v[index("user_category_cart_rate")],
+                (1.0 + 4.0 * user_cart_rate) / (3.0 + 4.0)
+            ),
+            "one cart in three views of sci-fi, towards the user's rate"
         );
+        assert!(close(
+            v[index("user_category_purchase_rate")],
+            (1.0 + 4.0 * user_purchase_rate) / (3.0 + 4.0)
+        ));
         assert!(
-            close(v[index("user_category_share")], 5.0 / 7.0),
-            "(3 + 4·0.5) / (3 + 4)"
+            close(v[index("user_category_share")], 5.0 / 9.0),
+            "(3 + 4·0.5) / (5 + 4)"
         );
         let category_rate = (5.0 + 0.4) / (16.0 + 4.0);
+        let category_cart_rate = (3.0 + 0.8) / (16.0 + 4.0);
         assert!(close(v[index("category_purchase_rate")], category_rate));
+        assert!(close(v[index("category_cart_rate")], category_cart_rate));
         assert!(
             close(
                 v[index("item_purchase_rate")],
@@ -777,32 +856,70 @@ mod tests {
             ),
             "the category's rate is the item's prior"
         );
+        assert!(close(
+            v[index("item_cart_rate")],
+            (1.0 + 4.0 * category_cart_rate) / 7.0
+        ));
         assert!(close(v[index("item_log_price")], 20f64.ln()));
-        assert!(
-            close(v[index("item_log_age_hours")], 3f64.ln()),
-            "2 hours old"
-        );
         let idle = (7180.0f64 / 60.0).ln_1p();
         assert!(
             close(v[index("user_log_idle_minutes")], idle),
             "last seen at 20 s"
         );
         assert!(close(v[index("item_log_idle_minutes")], idle));
-        // Two hours later the last hour holds nothing.
-        for name in [
-            "item_log_actions_5m",
-            "item_log_purchases_5m",
-            "item_log_actions_1h",
-            "item_log_purchases_1h",
-        ] {
+        // Two hours later the last hour holds nothing: the recent conversion is the item's own
+        // over all time, purchases per action towards its category's.
+        let category_share = (5.0 + 4.0 * 0.1 / 1.3) / (24.0 + 4.0);
+        let item_share = (1.0 + 4.0 * category_share) / (5.0 + 4.0);
+        assert!(close(v[index("item_recent_conversion")], item_share));
+        for name in ["item_log_actions_5m", "item_log_purchases_5m"] {
             assert_eq!(v[index(name)], 0.0, "{name}");
         }
         // At the time of the purchase, all five actions are recent.
         let v = feature_vector(&user, &item, &category, at(20));
         assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
         assert!(close(v[index("item_log_purchases_5m")], 2f64.ln()));
-        assert!(close(v[index("item_log_actions_1h")], 6f64.ln()));
+        assert!(close(
+            v[index("item_recent_conversion")],
+            (1.0 + 4.0 * item_share) / (5.0 + 4.0)
+        ));
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn no_feature_grows_with_a_history_of_the_same_behaviour() {
+        // A user who carts one view in five and buys one in ten, on an item that sells the
+        // same, a visit a minute, seen after 100 and after 10,000 visits (at the same phase of
+        // the pattern): the features agree within what the prior still weighs after 100.
+        let after = |visits: u64| {
+            let mut user = UserState::default();
+            let mut item = ItemState::default();
+            let mut category = CategoryState::default();
+            item.apply_new_item("scifi", 19.0, at(0));
+            for k in 0..visits {
+                let t = at(k as i64 * 60);
+                let mut actions = vec![Action::View];
+                if k % 5 == 0 {
+                    actions.push(Action::AddToCart);
+                }
+                if k % 10 == 0 {
+                    actions.push(Action::Purchase);
+                }
+                for action in actions {
+                    user.apply(action, Some("scifi"), t);
+                    let _ = item.apply_action(action, t, &spec(), UNBOUNDED);
+                    category.apply(action);
+                }
+            }
+            feature_vector(&user, &item, &category, at(visits as i64 * 60))
+        };
+        let (young, old) = (after(100), after(10_000));
+        for (name, (a, b)) in FEATURE_NAMES.iter().zip(young.iter().zip(&old)) {
+            assert!(
+                (a - b).abs() < 0.02,
+                "{name}: {a} after 100 visits, {b} after 10,000"
+            );
+        }
     }
 
     #[test]
@@ -858,17 +975,19 @@ mod tests {
             close(s[index("item_log_actions_5m")], 6f64.ln()),
             "minutes 115–119"
         );
-        assert!(
-            close(s[index("item_log_actions_1h")], 61f64.ln()),
-            "minutes 60–119"
-        );
-        assert!(
-            close(s[index("item_log_purchases_1h")], 7f64.ln()),
-            "60, 70, …, 110"
-        );
-        // An hour and more later, the burst has left both spans.
+        assert!(v[index("item_recent_conversion")] > s[index("item_recent_conversion")]);
+        // The steady seller's last hour: minutes 60–119, purchases at 60, 70, …, 110; its
+        // prior, its purchases per action over all time.
+        let steady_share = (12.0 + 4.0 * 0.1 / 1.3) / (120.0 + 4.0);
+        assert!(close(
+            s[index("item_recent_conversion")],
+            (6.0 + 4.0 * steady_share) / (60.0 + 4.0)
+        ));
+        // An hour and more later, the burst has left both spans: the viral book's recent
+        // conversion is its own over all time.
         let later = feature_vector(&UserState::default(), &viral, &category, at(181 * 60));
-        assert_eq!(later[index("item_log_actions_1h")], 0.0);
+        let viral_share = (10.0 + 4.0 * 0.1 / 1.3) / (50.0 + 4.0);
+        assert!(close(later[index("item_recent_conversion")], viral_share));
     }
 
     #[test]
@@ -933,8 +1052,9 @@ mod tests {
             &CategoryState::default(),
             at(150 * 60 + 5),
         );
-        assert!(
-            close(v[index("item_log_actions_1h")], 12f64.ln()),
+        assert_eq!(
+            popularity(&item, at(150 * 60 + 5), LONG_SPAN),
+            (11.0, 0.0),
             "minutes 140–150 kept"
         );
         assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
@@ -975,10 +1095,14 @@ mod tests {
     fn a_user_keeps_a_bounded_number_of_categories() {
         let mut user = UserState::default();
         for i in 0..200 {
-            user.apply(Action::View, Some(&format!("c{i}")), at(0));
+            for action in [Action::View, Action::AddToCart, Action::Purchase] {
+                user.apply(action, Some(&format!("c{i}")), at(0));
+            }
         }
         assert_eq!(user.category_views.len(), MAX_CATEGORIES_PER_USER);
-        assert_eq!(user.views, 200);
+        assert_eq!(user.category_carts.len(), MAX_CATEGORIES_PER_USER);
+        assert_eq!(user.category_purchases.len(), MAX_CATEGORIES_PER_USER);
+        assert_eq!((user.views, user.carts, user.purchases), (200, 200, 200));
     }
 
     #[test]
@@ -1007,6 +1131,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!((user.views, user.pending.len()), (3, 0));
+        // Of schema 3: no add-to-carts or purchases per category; they read as none.
+        let user: UserState = serde_json::from_str(
+            r#"{"views":4,"carts":2,"purchases":1,"category_views":{"x":4},"last_event_at":null,"pending":[],"refused":[],"applied":{}}"#,
+        )
+        .unwrap();
+        assert!(user.category_carts.is_empty() && user.category_purchases.is_empty());
+        let item = ItemState {
+            category: Some("x".into()),
+            ..Default::default()
+        };
+        let v = feature_vector(&user, &item, &CategoryState::default(), at(0));
+        let user_cart_rate = (2.0 + 0.8) / 8.0;
+        assert!(close(
+            v[index("user_category_cart_rate")],
+            4.0 * user_cart_rate / 8.0
+        ));
         let item: ItemState = serde_json::from_str(
             r#"{"category":"x","price":2.0,"views":1,"carts":0,"purchases":0,"first_seen":null,"applied":{"0":4}}"#,
         )
