@@ -8,15 +8,18 @@
 //! # The features (schema "bookstore", version 4)
 //!
 //! No feature grows with the stream's age or an entity's: every one is a rate smoothed towards a
-//! prior, a count over a fixed recent span, a price or a clamped idle time, so its distribution
-//! over the views of one minute is the same early in a stream as an hour later (only the spread
-//! of a smoothed rate widens as histories lengthen, not its level). This matters beyond drift
+//! prior, a rate per minute over a recent span, a price or a clamped idle time, so its
+//! distribution over the views of one minute is the same early in a stream as an hour later
+//! (only the spread of a smoothed rate widens as histories lengthen, not its level). This matters beyond drift
 //! monitoring: a delayed label carries the features of its view, older than those of the rows
 //! learned beside it, and a feature that grows with age then reads "older values convert" (the
 //! bias measured in BENCHMARKS.md, section "Delayed feedback"). Version 3's running counts
 //! (views, carts and purchases of the user, views of the item), the item's age and its hour-long
-//! counts are gone; what they told about buying is carried by the cart rates, which are known at
-//! once where purchases come minutes later, and by the user's rates within the item's category.
+//! counts are gone, and the five-minute counts became rates per minute of the span actually
+//! covered (a count over the current, partly elapsed minute and the four before it swings with
+//! the second of the minute, and fills up over an item's first five minutes). What the counts
+//! told about buying is carried by the cart rates, which are known at once where purchases come
+//! minutes later, and by the user's rates within the item's category.
 //!
 //! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
 //! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
@@ -36,8 +39,8 @@
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
 //! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4), s its purchases per action over all time, (purchases + 4·s_c) / (actions + 4), s_c the same of its category towards 0.1 / 1.3 | no: hour-long overlap |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
-//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | no: slow swings |
-//! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) | no: wanders |
+//! | 11 | `item_log_action_rate_5m` | ln(1 + actions on the item per minute in the last 5 one-minute windows: their count over the minutes those windows have covered by now since the item was first seen, at least 1) | no: slow swings |
+//! | 12 | `item_log_purchase_rate_5m` | ln(1 + purchases of it per minute, over the same span) | no: wanders |
 //! | 13 | `category_cart_rate` | (category add-to-carts + 4·0.2) / (category views + 4): all items of the category | no: a running average |
 //! | 14 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4) | no: a running average |
 //!
@@ -89,8 +92,8 @@ pub const FEATURE_NAMES: [&str; 15] = [
     "item_log_price",
     "item_recent_conversion",
     "item_log_idle_minutes",
-    "item_log_actions_5m",
-    "item_log_purchases_5m",
+    "item_log_action_rate_5m",
+    "item_log_purchase_rate_5m",
     "category_cart_rate",
     "category_purchase_rate",
 ];
@@ -145,11 +148,11 @@ pub const MONITORING: [(Watch, &str); 15] = [
     ),
     (
         Watch::Ignore,
-        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's idle time is watched",
+        "the item's traffic rate over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's idle time is watched",
     ),
     (
         Watch::Ignore,
-        "the item's sales over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
+        "the item's sales rate over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
     ),
     (
         Watch::Ignore,
@@ -598,6 +601,25 @@ fn popularity(item: &ItemState, now: DateTime<Utc>, span: u32) -> (f64, f64) {
         })
 }
 
+/// Minutes of event time that the `span` windows ending at the end of `now`'s window have
+/// covered by `now` since the item was first seen, at least one: what a count over them is a
+/// count of. The current window has only partly elapsed, and a span that began before the item
+/// was listed has seen it for less, so a count divided by this is a rate per minute whatever the
+/// second of the minute or the item's age (one minute at least keeps the first seconds' rate
+/// from dividing by almost nothing).
+fn covered_minutes(item: &ItemState, now: DateTime<Utc>, span: u32) -> f64 {
+    let size = i64::try_from(POPULARITY_WINDOW.as_millis()).unwrap_or(60_000);
+    let full = size.saturating_mul(i64::from(span));
+    let t = now.timestamp_millis();
+    let end = t.div_euclid(size).saturating_mul(size).saturating_add(size);
+    let mut start = end.saturating_sub(full);
+    if let Some(first) = item.first_seen {
+        start = start.max(first.timestamp_millis());
+    }
+    let covered = t.saturating_sub(start).clamp(60_000, full.max(60_000));
+    covered as f64 / 60_000.0
+}
+
 /// The feature vector of a (user, item) pair at time `now`, in [`FEATURE_NAMES`] order, with
 /// `category` the state of the item's category (the default for an item without one). Every
 /// value is finite and bounded for any state: rates are smoothed, recent counts logged, and time
@@ -633,6 +655,7 @@ pub fn feature_vector(
         category_purchase_share,
     );
     let (actions_short, purchases_short) = popularity(item, now, SHORT_SPAN);
+    let short_minutes = covered_minutes(item, now, SHORT_SPAN);
     let (actions_long, purchases_long) = popularity(item, now, LONG_SPAN);
     let item_views = item.views as f64;
     vec![
@@ -655,8 +678,8 @@ pub fn feature_vector(
         log1p(item.price.unwrap_or(0.0)),
         smoothed_rate(purchases_long, actions_long, item_purchase_share) as f32,
         log_idle_minutes(item.last_event_at, now),
-        log1p(actions_short),
-        log1p(purchases_short),
+        log1p(actions_short / short_minutes),
+        log1p(purchases_short / short_minutes),
         category_cart_rate as f32,
         category_purchase_rate as f32,
     ]
@@ -872,13 +895,21 @@ mod tests {
         let category_share = (5.0 + 4.0 * 0.1 / 1.3) / (24.0 + 4.0);
         let item_share = (1.0 + 4.0 * category_share) / (5.0 + 4.0);
         assert!(close(v[index("item_recent_conversion")], item_share));
-        for name in ["item_log_actions_5m", "item_log_purchases_5m"] {
+        for name in ["item_log_action_rate_5m", "item_log_purchase_rate_5m"] {
             assert_eq!(v[index(name)], 0.0, "{name}");
         }
-        // At the time of the purchase, all five actions are recent.
+        // At the time of the purchase, all five actions are recent, and the item has been listed
+        // for 20 seconds: counted as a minute.
         let v = feature_vector(&user, &item, &category, at(20));
-        assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
-        assert!(close(v[index("item_log_purchases_5m")], 2f64.ln()));
+        assert!(close(v[index("item_log_action_rate_5m")], 6f64.ln()));
+        assert!(close(v[index("item_log_purchase_rate_5m")], 2f64.ln()));
+        // Four minutes on, the same actions are spread over the four minutes and 20 seconds the
+        // span has covered since the listing.
+        let v = feature_vector(&user, &item, &category, at(260));
+        assert!(close(
+            v[index("item_log_action_rate_5m")],
+            (5.0f64 / (260.0 / 60.0)).ln_1p()
+        ));
         assert!(close(
             v[index("item_recent_conversion")],
             (1.0 + 4.0 * item_share) / (5.0 + 4.0)
@@ -969,11 +1000,18 @@ mod tests {
         let category = CategoryState::default();
         let f = |item: &ItemState| feature_vector(&UserState::default(), item, &category, now);
         let (v, s) = (f(&viral), f(&steady));
-        assert!(v[index("item_log_actions_5m")] > s[index("item_log_actions_5m")]);
-        assert!(v[index("item_log_purchases_5m")] > s[index("item_log_purchases_5m")]);
+        assert!(v[index("item_log_action_rate_5m")] > s[index("item_log_action_rate_5m")]);
+        assert!(v[index("item_log_purchase_rate_5m")] > s[index("item_log_purchase_rate_5m")]);
         assert!(
-            close(s[index("item_log_actions_5m")], 6f64.ln()),
-            "minutes 115–119"
+            close(
+                s[index("item_log_action_rate_5m")],
+                (5.0f64 / (280.0 / 60.0)).ln_1p()
+            ),
+            "minutes 115–119: five actions in 4 minutes 40 seconds"
+        );
+        assert!(
+            close(v[index("item_log_action_rate_5m")], 50f64.ln_1p()),
+            "fifty actions within its first minute"
         );
         assert!(v[index("item_recent_conversion")] > s[index("item_recent_conversion")]);
         // The steady seller's last hour: minutes 60–119, purchases at 60, 70, …, 110; its
@@ -1057,7 +1095,10 @@ mod tests {
             (11.0, 0.0),
             "minutes 140–150 kept"
         );
-        assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
+        assert!(close(
+            v[index("item_log_action_rate_5m")],
+            (5.0f64 / (245.0 / 60.0)).ln_1p()
+        ));
     }
 
     #[test]
