@@ -1105,16 +1105,13 @@ mod tests {
         );
         assert_eq!(example.event_time, Some(at(4)));
         // The purchase's example saw the view and the cart before it: the state moves through
-        // the batch. One cart in one view, towards the priors (0.2 for the user, the user's rate
-        // within a category).
+        // the batch: one cart and no purchase in one view, towards the priors 0.2 and 0.1.
         let feature = |name: &str| {
             let column = FEATURE_NAMES.iter().position(|n| *n == name).unwrap();
             f64::from(example.features[column])
         };
-        let cart_rate = (1.0 + 4.0 * 0.2) / (1.0 + 4.0);
-        assert!((feature("user_cart_rate") - cart_rate).abs() < 1e-6);
-        let in_category = (1.0 + 4.0 * cart_rate) / (1.0 + 4.0);
-        assert!((feature("user_category_cart_rate") - in_category).abs() < 1e-6);
+        assert!((feature("user_cart_rate") - 1.8 / 5.0).abs() < 1e-6);
+        assert!((feature("user_purchase_rate") - 0.4 / 5.0).abs() < 1e-6);
         assert_eq!(plan.mutations["user.u1"].len(), 3);
         assert_eq!(plan.mutations["item.b1"].len(), 4);
         assert_eq!(plan.mutations["category.poetry"].len(), 3);

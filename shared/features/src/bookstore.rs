@@ -19,7 +19,10 @@
 //! covered (a count over the current, partly elapsed minute and the four before it swings with
 //! the second of the minute, and fills up over an item's first five minutes). What the counts
 //! told about buying is carried by the cart rates, which are known at once where purchases come
-//! minutes later, and by the user's rates within the item's category.
+//! minutes later. A user's cart and purchase rates within the item's category were tried and
+//! left out: they ranked a little better, but the model then followed a change in what users buy
+//! (half the catalogue selling against taste) so closely that its error, which drift watches,
+//! rose too slowly to confirm the change in time.
 //!
 //! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
 //! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
@@ -29,20 +32,18 @@
 //! | # | name | definition | drift watches |
 //! | --- | --- | --- | --- |
 //! | 0 | `user_cart_rate` | (add-to-carts + 4·0.2) / (views + 4) | no: a running average |
-//! | 1 | `user_category_cart_rate` | (the user's add-to-carts in the item's category + 4·c) / (their views of it + 4), c the user's cart rate (feature 0) | no: a running average |
-//! | 2 | `user_category_purchase_rate` | (the user's purchases in the item's category + 4·r) / (their views of it + 4), r the user's purchase rate (feature 3) | no: a running average |
-//! | 3 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
-//! | 4 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
+//! | 1 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
+//! | 2 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
+//! | 3 | `category_cart_rate` | (category add-to-carts + 4·0.2) / (category views + 4): all items of the category | no: a running average |
+//! | 4 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4) | no: a running average |
 //! | 5 | `user_log_idle_minutes` | ln(1 + minutes since the user's last event), at most 30 days; 30 days for a new user | the value |
-//! | 6 | `item_cart_rate` | (add-to-carts + 4·c) / (views + 4), c the category cart rate (feature 13) | no: a running average |
-//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 14) | no: a running average |
+//! | 6 | `item_cart_rate` | (add-to-carts + 4·c) / (views + 4), c the category cart rate (feature 3) | no: a running average |
+//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 4) | no: a running average |
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
 //! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4), s its purchases per action over all time, (purchases + 4·s_c) / (actions + 4), s_c the same of its category towards 0.1 / 1.3 | no: hour-long overlap |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
 //! | 11 | `item_log_action_rate_5m` | ln(1 + actions on the item per minute in the last 5 one-minute windows: their count over the minutes those windows have covered by now since the item was first seen, at least 1) | no: slow swings |
 //! | 12 | `item_log_purchase_rate_5m` | ln(1 + purchases of it per minute, over the same span) | no: wanders |
-//! | 13 | `category_cart_rate` | (category add-to-carts + 4·0.2) / (category views + 4): all items of the category | no: a running average |
-//! | 14 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4) | no: a running average |
 //!
 //! The last column is the monitoring plan ([`MONITORING`], with each reason in full): what the
 //! drift function compares between a reference window and a recent one. The model's prediction
@@ -52,13 +53,11 @@
 //! ending at the end of the current minute, so "the last 5 minutes" is the current, partly
 //! elapsed minute and the four before it. A book that goes viral lifts features 9, 11 and 12 with
 //! its first events, and the next request already sees them. A category's rates are the priors
-//! of its items', and a user's overall rates the priors of their rates within a category, so a
-//! book listed a second ago starts at its category's level and a user's first look at a category
-//! at their own level, rather than at a bookshop-wide guess.
+//! of its items', so a book listed a second ago starts at its category's level rather than at a
+//! bookshop-wide guess.
 //!
-//! A user state written before version 4 has no per-category add-to-carts or purchases: it reads
-//! as none, so features 1 and 2 of such a user start below their level and catch up as the user
-//! acts (every other feature is computed from counts all versions keep).
+//! Version 4 reads the states of version 3 as they are: every feature is computed from counts
+//! both versions keep (the item's first-seen time is still kept, though no feature reads it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -80,12 +79,12 @@ pub const SCHEMA_NAME: &str = "bookstore";
 /// Bumped whenever a feature's meaning changes; predictors refuse a model of another version.
 pub const SCHEMA_VERSION: u32 = 4;
 /// The features, in vector order; the module documentation defines each.
-pub const FEATURE_NAMES: [&str; 15] = [
+pub const FEATURE_NAMES: [&str; 13] = [
     "user_cart_rate",
-    "user_category_cart_rate",
-    "user_category_purchase_rate",
     "user_purchase_rate",
     "user_category_share",
+    "category_cart_rate",
+    "category_purchase_rate",
     "user_log_idle_minutes",
     "item_cart_rate",
     "item_purchase_rate",
@@ -94,25 +93,15 @@ pub const FEATURE_NAMES: [&str; 15] = [
     "item_log_idle_minutes",
     "item_log_action_rate_5m",
     "item_log_purchase_rate_5m",
-    "category_cart_rate",
-    "category_purchase_rate",
 ];
 /// How drift watches each feature, in [`FEATURE_NAMES`] order, and why (see
 /// [`freshet::monitoring`]). A feature whose recent values are not comparable with older ones by
 /// construction is not watched: comparing them would report the shop's age or the overlap of its
 /// own spans, not a change in the shop.
-pub const MONITORING: [(Watch, &str); 15] = [
+pub const MONITORING: [(Watch, &str); 13] = [
     (
         Watch::Ignore,
         "a running average over the user's whole history: it narrows towards each user's rate as histories lengthen, and answers a change only slowly; a change in buying shows first in the model's error",
-    ),
-    (
-        Watch::Ignore,
-        "a running average over the user's history in one category: it narrows as histories lengthen, and answers a change in taste only slowly",
-    ),
-    (
-        Watch::Ignore,
-        "a running average over the user's history in one category: it narrows as histories lengthen, and answers a change in buying only slowly; the model's error shows it first",
     ),
     (
         Watch::Ignore,
@@ -121,6 +110,14 @@ pub const MONITORING: [(Watch, &str); 15] = [
     (
         Watch::Ignore,
         "a running share over the user's whole history: it narrows as histories lengthen, and answers a change in taste only slowly",
+    ),
+    (
+        Watch::Ignore,
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
+    ),
+    (
+        Watch::Ignore,
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
     ),
     (
         Watch::Value,
@@ -154,17 +151,8 @@ pub const MONITORING: [(Watch, &str); 15] = [
         Watch::Ignore,
         "the item's sales rate over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
     ),
-    (
-        Watch::Ignore,
-        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
-    ),
-    (
-        Watch::Ignore,
-        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
-    ),
 ];
-/// A user's per-category counts (views, add-to-carts, purchases) each keep at most this many
-/// categories.
+/// A user's per-category view counts keep at most this many categories.
 const MAX_CATEGORIES_PER_USER: usize = 64;
 /// A user remembers at most this many of their actions refused as late (see
 /// [`UserState::refused`]).
@@ -284,12 +272,6 @@ pub struct UserState {
     pub carts: u64,
     pub purchases: u64,
     pub category_views: BTreeMap<String, u64>,
-    /// Add-to-carts per category of the item; empty in a state written before schema 4.
-    #[serde(default)]
-    pub category_carts: BTreeMap<String, u64>,
-    /// Purchases per category of the item; empty in a state written before schema 4.
-    #[serde(default)]
-    pub category_purchases: BTreeMap<String, u64>,
     /// The latest event time of the user's actions: the user's event-time progress.
     pub last_event_at: Option<DateTime<Utc>>,
     /// Views waiting for their label, oldest first; at most [`MAX_PENDING_VIEWS`].
@@ -336,14 +318,15 @@ pub struct CategoryState {
 impl UserState {
     /// Counts one action of this user on an item of `category`.
     pub fn apply(&mut self, action: Action, category: Option<&str>, at: DateTime<Utc>) {
-        let (total, per_category) = match action {
-            Action::View => (&mut self.views, &mut self.category_views),
-            Action::AddToCart => (&mut self.carts, &mut self.category_carts),
-            Action::Purchase => (&mut self.purchases, &mut self.category_purchases),
-        };
-        *total = total.saturating_add(1);
-        if let Some(category) = category {
-            count_in(per_category, category);
+        match action {
+            Action::View => {
+                self.views = self.views.saturating_add(1);
+                if let Some(category) = category {
+                    count_in(&mut self.category_views, category);
+                }
+            }
+            Action::AddToCart => self.carts = self.carts.saturating_add(1),
+            Action::Purchase => self.purchases = self.purchases.saturating_add(1),
         }
         self.last_event_at = Some(latest(self.last_event_at, at));
     }
@@ -660,18 +643,10 @@ pub fn feature_vector(
     let item_views = item.views as f64;
     vec![
         user_cart_rate as f32,
-        smoothed_rate(
-            in_category(&user.category_carts, name),
-            category_views_by_user,
-            user_cart_rate,
-        ) as f32,
-        smoothed_rate(
-            in_category(&user.category_purchases, name),
-            category_views_by_user,
-            user_purchase_rate,
-        ) as f32,
         user_purchase_rate as f32,
         smoothed_rate(category_views_by_user, user_views, 0.5) as f32,
+        category_cart_rate as f32,
+        category_purchase_rate as f32,
         log_idle_minutes(user.last_event_at, now),
         smoothed_rate(item.carts as f64, item_views, category_cart_rate) as f32,
         smoothed_rate(item.purchases as f64, item_views, category_purchase_rate) as f32,
@@ -680,8 +655,6 @@ pub fn feature_vector(
         log_idle_minutes(item.last_event_at, now),
         log1p(actions_short / short_minutes),
         log1p(purchases_short / short_minutes),
-        category_cart_rate as f32,
-        category_purchase_rate as f32,
     ]
 }
 
@@ -733,8 +706,7 @@ mod tests {
         // not watched as they stand. Prices and idle times are.
         for name in [
             "user_cart_rate",
-            "user_category_cart_rate",
-            "user_category_purchase_rate",
+            "user_purchase_rate",
             "item_cart_rate",
             "item_recent_conversion",
             "category_cart_rate",
@@ -808,7 +780,7 @@ mod tests {
         assert_eq!(
             v,
             vec![
-                0.2, 0.2, 0.1, 0.1, 0.5, idle, 0.2, 0.1, 0.0, share, idle, 0.0, 0.0, 0.2, 0.1
+                0.2, 0.1, 0.5, 0.2, 0.1, idle, 0.2, 0.1, 0.0, share, idle, 0.0, 0.0
             ]
         );
     }
@@ -853,17 +825,6 @@ mod tests {
         let user_purchase_rate = (1.0 + 4.0 * 0.1) / (5.0 + 4.0);
         assert!(close(v[index("user_cart_rate")], user_cart_rate));
         assert!(close(v[index("user_purchase_rate")], user_purchase_rate));
-        assert!(
-            close(
-                v[index("user_category_cart_rate")],
-                (1.0 + 4.0 * user_cart_rate) / (3.0 + 4.0)
-            ),
-            "one cart in three views of sci-fi, towards the user's rate"
-        );
-        assert!(close(
-            v[index("user_category_purchase_rate")],
-            (1.0 + 4.0 * user_purchase_rate) / (3.0 + 4.0)
-        ));
         assert!(
             close(v[index("user_category_share")], 5.0 / 9.0),
             "(3 + 4·0.5) / (5 + 4)"
@@ -1136,14 +1097,10 @@ mod tests {
     fn a_user_keeps_a_bounded_number_of_categories() {
         let mut user = UserState::default();
         for i in 0..200 {
-            for action in [Action::View, Action::AddToCart, Action::Purchase] {
-                user.apply(action, Some(&format!("c{i}")), at(0));
-            }
+            user.apply(Action::View, Some(&format!("c{i}")), at(0));
         }
         assert_eq!(user.category_views.len(), MAX_CATEGORIES_PER_USER);
-        assert_eq!(user.category_carts.len(), MAX_CATEGORIES_PER_USER);
-        assert_eq!(user.category_purchases.len(), MAX_CATEGORIES_PER_USER);
-        assert_eq!((user.views, user.carts, user.purchases), (200, 200, 200));
+        assert_eq!(user.views, 200);
     }
 
     #[test]
@@ -1172,22 +1129,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((user.views, user.pending.len()), (3, 0));
-        // Of schema 3: no add-to-carts or purchases per category; they read as none.
-        let user: UserState = serde_json::from_str(
-            r#"{"views":4,"carts":2,"purchases":1,"category_views":{"x":4},"last_event_at":null,"pending":[],"refused":[],"applied":{}}"#,
-        )
-        .unwrap();
-        assert!(user.category_carts.is_empty() && user.category_purchases.is_empty());
-        let item = ItemState {
-            category: Some("x".into()),
-            ..Default::default()
-        };
-        let v = feature_vector(&user, &item, &CategoryState::default(), at(0));
-        let user_cart_rate = (2.0 + 0.8) / 8.0;
-        assert!(close(
-            v[index("user_category_cart_rate")],
-            4.0 * user_cart_rate / 8.0
-        ));
         let item: ItemState = serde_json::from_str(
             r#"{"category":"x","price":2.0,"views":1,"carts":0,"purchases":0,"first_seen":null,"applied":{"0":4}}"#,
         )
