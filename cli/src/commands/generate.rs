@@ -1,7 +1,8 @@
-//! `freshet generate`: writes the synthetic bookstore stream (see [`crate::bookstore`]) to stdout
-//! as JSON Lines CloudEvents, ready for `freshet publish`.
+//! `freshet generate`: writes a story's synthetic stream (see [`crate::stories`]) to stdout as
+//! JSON Lines CloudEvents, ready for `freshet publish`: the bookstore by default, or `--story
+//! fraud` (card payments and chargebacks) or `--story sensors` (machine readings and failures).
 //!
-//! The stream starts now unless `--start` says otherwise: featurize refuses an event that comes
+//! The bookstore stream starts now unless `--start` says otherwise: featurize refuses an event that comes
 //! more than its allowed lateness behind the newest one it has seen, so a second run must not
 //! go back to where the first began. Event ids carry the start, so a run that starts elsewhere
 //! in time is other events, not duplicates of an earlier run's; the same seed and start give the
@@ -12,6 +13,11 @@
 //! start, purchases some minutes after their views (a share of them much later, past the label
 //! horizon) and users who leave for good. Send such a stream in real time with `freshet publish
 //! --rate` at the same rate, so its event times stay near the clock.
+//!
+//! The fraud and sensors streams span days of event time (a chargeback comes days after its
+//! payment), so without `--start` or `--rate` they end now rather than start now: history up to
+//! the present, which featurize takes at once. With `--rate` they are live from `--start` (or
+//! now) at that many events a second, like the bookstore.
 
 use std::io::{BufWriter, ErrorKind, Write};
 
@@ -24,19 +30,45 @@ use freshet::events::Event;
 use freshet::ids::EntityId;
 
 use crate::bookstore::{self, BookstoreConfig, Traffic, Viral};
+use crate::stories::fraud::{self, FraudConfig};
+use crate::stories::sensors::{self, SensorsConfig};
+
+/// The stories `freshet generate` can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Story {
+    /// Users viewing, carting and buying books
+    Bookstore,
+    /// Card payments, stolen cards used in bursts, chargebacks days later
+    Fraud,
+    /// Machines reporting four sensors, wearing out before they fail; sensors that stick
+    Sensors,
+}
 
 /// Arguments of `freshet generate`.
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
+    /// Which stream: the bookstore, card payments or machine sensors
+    #[arg(long = "story", value_enum, default_value_t = Story::Bookstore)]
+    pub story: Story,
     /// Number of users (u0001, u0002, ...)
     #[arg(long = "users", default_value_t = 100)]
     pub users: usize,
     /// Number of catalogue items (b0001, b0002, ...), each announced by a new_item event first
     #[arg(long = "items", default_value_t = 50)]
     pub items: usize,
-    /// Number of user_action events after the catalogue
+    /// Number of user_action events after the catalogue; for fraud, of honest transactions;
+    /// for sensors, of readings
     #[arg(long = "events", default_value_t = 10_000)]
     pub events: usize,
+    /// fraud: number of cards (c00001, ...); one in ten is stolen at some point
+    #[arg(long = "cards", default_value_t = 500)]
+    pub cards: usize,
+    /// fraud: the event time the transactions span, without --rate
+    #[arg(long = "span", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub span: Duration,
+    /// sensors: number of devices (d0001, ...), each reading four sensors
+    #[arg(long = "devices", default_value_t = 20)]
+    pub devices: usize,
     /// Random seed: the same seed gives the same stream, event ids included
     #[arg(long = "seed", default_value_t = 42)]
     pub seed: u64,
@@ -138,12 +170,67 @@ fn starting_at(mut events: Vec<Event>, start: DateTime<Utc>) -> Vec<Event> {
     events
 }
 
+impl GenerateArgs {
+    /// The fraud story these arguments describe.
+    pub fn fraud_config(&self) -> FraudConfig {
+        let span = match self.rate {
+            Some(rate) => Duration::from_secs_f64(self.events as f64 / rate),
+            None => self.span,
+        };
+        let mut config =
+            FraudConfig::new(self.story_start(span), self.cards, self.events, self.seed);
+        config.span = span;
+        config
+    }
+
+    /// The sensors story these arguments describe.
+    pub fn sensors_config(&self) -> SensorsConfig {
+        let mut config = SensorsConfig::new(self.start(), self.devices, self.events, self.seed);
+        if let Some(rate) = self.rate {
+            // Every device reads its four sensors once an interval.
+            let per_second = rate / (self.devices.max(1) * sensors::SENSORS.len()) as f64;
+            config.interval = Duration::from_secs_f64(1.0 / per_second);
+        }
+        config.start = self.story_start(config.span());
+        config
+    }
+
+    /// Where a story spanning `span` starts: `--start`; under `--rate`, now; else `span` before
+    /// now, so it ends now.
+    fn story_start(&self, span: Duration) -> DateTime<Utc> {
+        match (self.start, self.rate) {
+            (Some(start), _) => start,
+            (None, Some(_)) => self.start(),
+            (None, None) => self.start() - chrono::Duration::from_std(span).unwrap_or_default(),
+        }
+    }
+}
+
+/// The JSON Lines of the stream `args` asks for.
+fn stream_lines(args: &GenerateArgs) -> Vec<Vec<u8>> {
+    match args.story {
+        Story::Bookstore => starting_at(bookstore::generate(&args.config()), args.start())
+            .iter()
+            .map(Event::to_json_bytes)
+            .collect(),
+        Story::Fraud => cloud_event_lines(&fraud::generate(&args.fraud_config()).events),
+        Story::Sensors => cloud_event_lines(&sensors::generate(&args.sensors_config()).events),
+    }
+}
+
+fn cloud_event_lines(events: &[freshet::events::CloudEvent]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .map(|event| serde_json::to_vec(event).expect("a generated CloudEvent always serialises"))
+        .collect()
+}
+
 /// Runs `freshet generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    let events = starting_at(bookstore::generate(&args.config()), args.start());
+    let lines = stream_lines(args);
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let written = events.iter().try_for_each(|event| {
-        out.write_all(&event.to_json_bytes())?;
+    let written = lines.iter().try_for_each(|line| {
+        out.write_all(line)?;
         out.write_all(b"\n")
     });
     match written.and_then(|()| out.flush()) {
@@ -247,5 +334,78 @@ mod tests {
         assert_eq!((traffic.late_share, traffic.churn), (0.1, 0.1));
         assert!(try_args(&["--churn", "0.1"]).is_err());
         assert!(try_args(&["--rate", "0"]).is_err());
+    }
+
+    /// Arguments with no bookstore sizes set.
+    fn story_args(extra: &[&str]) -> GenerateArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            generate: GenerateArgs,
+        }
+        let cli: Cli = clap::Parser::try_parse_from(["generate"].iter().chain(extra)).unwrap();
+        cli.generate
+    }
+
+    fn lines(extra: &[&str]) -> Vec<serde_json::Value> {
+        stream_lines(&story_args(extra))
+            .iter()
+            .map(|line| serde_json::from_slice(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_fraud_and_sensors_stories_end_now_unless_told_where_to_start() {
+        let fraud = lines(&["--story", "fraud", "--cards", "20", "--events", "300"]);
+        let sensors = lines(&["--story", "sensors", "--devices", "2", "--events", "400"]);
+        for stream in [&fraud, &sensors] {
+            let last =
+                DateTime::parse_from_rfc3339(stream.last().unwrap()["time"].as_str().unwrap())
+                    .unwrap();
+            let lag = Utc::now() - last.to_utc();
+            assert!(
+                lag >= chrono::Duration::zero() && lag < chrono::Duration::days(2),
+                "lag {lag}"
+            );
+        }
+        assert!(
+            fraud
+                .iter()
+                .all(|e| ["transaction", "chargeback"].contains(&e["type"].as_str().unwrap()))
+        );
+        assert!(sensors.iter().any(|e| e["type"] == "reading"));
+
+        let started = lines(&[
+            "--story",
+            "sensors",
+            "--devices",
+            "2",
+            "--events",
+            "400",
+            "--start",
+            "2026-03-01T08:00:00Z",
+        ]);
+        assert_eq!(
+            started[0]["time"].as_str().unwrap().get(..16),
+            Some("2026-03-01T08:00")
+        );
+    }
+
+    #[test]
+    fn a_rate_sets_the_pace_of_every_story() {
+        let readings = story_args(&[
+            "--story",
+            "sensors",
+            "--devices",
+            "5",
+            "--rate",
+            "10",
+            "--events",
+            "1000",
+        ]);
+        // Five devices of four sensors at ten readings a second: each device every two seconds.
+        assert_eq!(readings.sensors_config().interval, Duration::from_secs(2));
+        let payments = story_args(&["--story", "fraud", "--rate", "2", "--events", "1000"]);
+        assert_eq!(payments.fraud_config().span, Duration::from_secs(500));
     }
 }

@@ -25,6 +25,8 @@ use freshet::ids::EntityId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::exponential;
+
 /// Mixed into the seed of the random draws of [`Traffic`] (arrivals, delays, departures), so
 /// they leave the shop's own draws, and so its visits, as they are without it.
 const TRAFFIC_SEED: u64 = 0x7472_6166_6669_6321;
@@ -33,8 +35,7 @@ const TRAFFIC_SEED: u64 = 0x7472_6166_6669_6321;
 pub const CATEGORIES: [&str; 8] = [
     "fiction", "mystery", "sci-fi", "fantasy", "romance", "history", "science", "children",
 ];
-/// The CloudEvent `source` of every generated event.
-pub const SOURCE: &str = "freshet-generate";
+pub use super::SOURCE;
 /// The time of the first event, 2026-01-01T00:00:00Z, as a Unix timestamp; events are 1 s apart.
 pub const START_UNIX_SECONDS: i64 = 1_767_225_600;
 /// Lowest and highest item price.
@@ -228,12 +229,6 @@ fn new_user(n: usize, rng: &mut StdRng) -> User {
         favourite,
         affinity,
     }
-}
-
-/// An exponentially distributed duration with the given mean.
-fn exponential(mean: std::time::Duration, rng: &mut StdRng) -> Duration {
-    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    Duration::microseconds((-u.ln() * mean.as_secs_f64() * 1e6) as i64)
 }
 
 /// A generated id such as `b0001`: a letter and digits, always a valid entity id.
