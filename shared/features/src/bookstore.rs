@@ -10,19 +10,19 @@
 //! No feature grows with the stream's age or an entity's: every one is a rate smoothed towards a
 //! prior, a rate per minute over a recent span, a price or a clamped idle time, so its
 //! distribution over the views of one minute is the same early in a stream as an hour later
-//! (only the spread of a smoothed rate widens as histories lengthen, not its level). This matters beyond drift
-//! monitoring: a delayed label carries the features of its view, older than those of the rows
-//! learned beside it, and a feature that grows with age then reads "older values convert" (the
-//! bias measured in BENCHMARKS.md, section "Delayed feedback"). Version 3's running counts
-//! (views, carts and purchases of the user, views of the item), the item's age and its hour-long
-//! counts are gone, and the five-minute counts became rates per minute of the span actually
-//! covered (a count over the current, partly elapsed minute and the four before it swings with
-//! the second of the minute, and fills up over an item's first five minutes). What the counts
-//! told about buying is carried by the cart rates, which are known at once where purchases come
-//! minutes later. A user's cart and purchase rates within the item's category were tried and
-//! left out: they ranked a little better, but the model then followed a change in what users buy
-//! (half the catalogue selling against taste) so closely that its error, which drift watches,
-//! rose too slowly to confirm the change in time.
+//! (only the spread of a smoothed rate widens as histories lengthen, not its level). This matters
+//! beyond drift monitoring: a delayed label carries the features of its view, older than those
+//! of the rows learned beside it, and a feature that grows with age then reads "older values
+//! convert" (the bias measured in BENCHMARKS.md, section "Delayed feedback"). Version 3's
+//! running counts (views, carts and purchases of the user, views of the item), the item's age and
+//! its hour-long counts are gone, and the five-minute counts became rates per minute of the span
+//! actually covered (a count over the current, partly elapsed minute and the four before it
+//! swings with the second of the minute, and fills up over an item's first five minutes). What
+//! the counts told about buying is carried by the cart rates, which are known at once where
+//! purchases come minutes later. A user's cart and purchase rates within the item's category
+//! were tried and left out: they ranked a little better, but the model then followed a change in
+//! what users buy (half the catalogue selling against taste) so closely that its error, which
+//! drift watches, rose too slowly to confirm the change in time.
 //!
 //! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
 //! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
@@ -40,7 +40,7 @@
 //! | 6 | `item_cart_rate` | (add-to-carts + 4·c) / (views + 4), c the category cart rate (feature 3) | no: a running average |
 //! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 4) | no: a running average |
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
-//! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4), s its purchases per action over all time, (purchases + 4·s_c) / (actions + 4), s_c the same of its category towards 0.1 / 1.3 | no: hour-long overlap |
+//! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4); s = (its purchases + 4·s_c) / (its actions + 4) over all time, s_c = (category purchases + 4·0.1/1.3) / (category actions + 4), purchases per action of any kind | no: hour-long overlap |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
 //! | 11 | `item_log_action_rate_5m` | ln(1 + actions on the item per minute in the last 5 one-minute windows: their count over the minutes those windows have covered by now since the item was first seen, at least 1) | no: slow swings |
 //! | 12 | `item_log_purchase_rate_5m` | ln(1 + purchases of it per minute, over the same span) | no: wanders |
@@ -56,8 +56,9 @@
 //! of its items', so a book listed a second ago starts at its category's level rather than at a
 //! bookshop-wide guess.
 //!
-//! Version 4 reads the states of version 3 as they are: every feature is computed from counts
-//! both versions keep (the item's first-seen time is still kept, though no feature reads it).
+//! Version 4 reads the states of version 3 as they are: every feature is computed from what both
+//! versions keep (counts, category views, first and last event times, popularity windows), so a
+//! state written by version 3 yields the features it would have had under version 4.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
