@@ -3,8 +3,8 @@
 //! label, a purchase within the horizon labels it 1 under the view's id, the user's next event
 //! past the horizon labels another view 0, and an action too late for its item's event-time
 //! windows is dead-lettered as "late" and changes nothing. With fake-negative weighting (the
-//! default): every view goes out at once as a fake negative, and the purchase sends the view's
-//! correction under its own id.
+//! default): every view goes out at once as a fake negative saying from when its label is final,
+//! and the purchase sends the view's correction under its own id.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -68,6 +68,21 @@ async fn with_fake_negatives_views_go_out_at_once_and_a_purchase_corrects_one() 
         (&correction.features, correction.event_time),
         (&examples[0].features, examples[0].event_time),
         "the correction carries the view's features and time"
+    );
+    // Each fake negative says from when its label is final: the ten-minute horizon and the
+    // five-second out-of-orderness bound after its view. Nothing else carries a final time.
+    let final_at: Vec<(&str, Option<String>)> = examples
+        .iter()
+        .map(|e| (e.id.as_str(), e.final_at.map(|t| t.to_rfc3339())))
+        .collect();
+    assert_eq!(
+        final_at,
+        [
+            ("ex-v1", Some("2026-11-26T12:10:05+00:00".to_string())),
+            ("ex-v2", Some("2026-11-26T12:11:05+00:00".to_string())),
+            ("ex-p1", None),
+            ("ex-v3", Some("2026-11-26T12:30:05+00:00".to_string())),
+        ]
     );
     Ok(())
 }

@@ -252,7 +252,8 @@ fn run_bank(examples: &[Example], scores: &[f64]) -> BankRun {
                 plan: &plan,
                 features: &example.features,
                 label: example.label,
-                feedback: freshet::events::Feedback::Final,
+                feedback: freshet_drift::bank::Labelling::Final,
+                event_time: None,
                 scored: Some(Scored {
                     version: 1,
                     probability: *score,

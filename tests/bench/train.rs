@@ -51,6 +51,7 @@ fn example(model: &ModelName, n: u64) -> Bytes {
         event_time: None,
         feedback: Default::default(),
         corrects: None,
+        final_at: None,
     };
     Bytes::from(record.to_json_bytes())
 }

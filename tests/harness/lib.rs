@@ -253,6 +253,7 @@ impl Stack {
                 event_time: None,
                 feedback: Default::default(),
                 corrects: None,
+                final_at: None,
             };
             let message = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(record.to_json_bytes()))

@@ -21,6 +21,16 @@
 //! defaults instead (`pipeline.rs`); the learning flags do not apply there.
 
 mod pipeline;
+mod population;
+
+/// drift's promotion gate, the very rules drift runs (pure, no I/O), for `--population`.
+#[path = "../../functions/drift/src/gate.rs"]
+#[allow(dead_code)]
+mod gate;
+/// train's choice among a population's members, the very module train runs.
+#[path = "../../functions/train/src/population.rs"]
+#[allow(dead_code)]
+mod selection;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,6 +91,13 @@ struct Args {
     /// the defaults it shipped before
     #[arg(long = "train-arg", allow_hyphen_values = true)]
     train_args: Vec<String>,
+    /// Train a population as `train --population` declares it (e.g. `auto`) with the shipped
+    /// settings, judged by drift's gate, and report what live served (`population.rs`)
+    #[arg(long)]
+    population: Option<String>,
+    /// With --population: train's prequential metrics window, over which members are compared
+    #[arg(long, default_value_t = 1000)]
+    metrics_window: usize,
 }
 
 /// One stream file in memory, in the shape `train_batch` takes.
@@ -319,6 +336,9 @@ fn main() -> anyhow::Result<()> {
     if args.pipeline {
         return run_pipeline(&args);
     }
+    if let Some(declared) = &args.population {
+        return run_population(&args, declared, build);
+    }
     let mut results = Vec::new();
     println!("| stream | rows | batch | rows/step | η0 | accuracy | log-loss | train rows/s |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -361,6 +381,115 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(json, text + "\n")
+            .with_context(|| format!("cannot write {}", json.display()))?;
+    }
+    Ok(())
+}
+
+/// One stream learned by a population, as reported.
+#[derive(Debug, Clone, Serialize)]
+struct PopulationOutcome {
+    stream: String,
+    file: PathBuf,
+    rows: usize,
+    features: usize,
+    batch: usize,
+    /// The members' shipped settings (the kind aside).
+    hyper: Hyper,
+    /// Of what live served: each row's prequential prediction by the member live then.
+    accuracy: f64,
+    log_loss: f64,
+    /// Each member's own prequential accuracy over the file.
+    members: Vec<(&'static str, f64)>,
+    promotions: Vec<population::Promotion>,
+    /// Median over runs of the time training every member (and the gate's scoring).
+    train_seconds: f64,
+    rows_per_second: f64,
+    hits: String,
+}
+
+/// `--population`: every file learned by the declared population, judged by drift's gate.
+fn run_population(args: &Args, declared: &str, build: &str) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    println!(
+        "| stream | rows | batch | population | served accuracy | members | promotions | rows/s |"
+    );
+    println!("| --- | ---: | ---: | --- | ---: | --- | --- | ---: |");
+    for path in &args.streams {
+        let stream = read_stream(path)?;
+        for &batch in &args.batches {
+            let reference = population::run(&stream, declared, batch, args.metrics_window)
+                .with_context(|| format!("{} at batch {batch}", path.display()))?;
+            let mut times = vec![reference.train];
+            for _ in 1..args.runs {
+                let again = population::run(&stream, declared, batch, args.metrics_window)?;
+                ensure!(
+                    again.hits == reference.hits,
+                    "runs of the same population disagree"
+                );
+                times.push(again.train);
+            }
+            times.sort();
+            let median = times[times.len() / 2].as_secs_f64();
+            let rows = stream.rows.len();
+            let outcome = PopulationOutcome {
+                stream: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.display().to_string()),
+                file: path.clone(),
+                rows,
+                features: stream.features.len(),
+                batch,
+                hyper: Hyper::default(),
+                accuracy: reference.hits.iter().filter(|h| **h).count() as f64 / rows as f64,
+                log_loss: reference.log_loss_sum / rows as f64,
+                members: reference.members.clone(),
+                promotions: reference.promotions.clone(),
+                train_seconds: median,
+                rows_per_second: rows as f64 / median,
+                hits: reference
+                    .hits
+                    .iter()
+                    .map(|hit| if *hit { '1' } else { '0' })
+                    .collect(),
+            };
+            println!(
+                "| {} | {} | {} | {declared} | {:.4} | {} | {} | {:.0} |",
+                outcome.stream,
+                rows,
+                batch,
+                outcome.accuracy,
+                outcome
+                    .members
+                    .iter()
+                    .map(|(k, a)| format!("{k} {:.4}", a))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                outcome
+                    .promotions
+                    .iter()
+                    .map(|p| format!("{}→{} at {}", p.from, p.to, p.row))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                outcome.rows_per_second
+            );
+            results.push(outcome);
+        }
+    }
+    if let Some(json) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "mode": "population",
+            "population": declared,
+            "metrics_window": args.metrics_window,
+            "runs": args.runs,
+            "build": build,
+            "results": results,
+        }))?;
+        if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(json, text + "\n")
             .with_context(|| format!("cannot write {}", json.display()))?;
     }

@@ -99,6 +99,8 @@ def main() -> int:
     pipeline_before = load_pipeline(out / "pipeline-before.json")
     pipeline_default = load_pipeline(out / "pipeline-default.json")
     pipeline_fourier = load_pipeline(out / "pipeline-fourier.json")
+    pipeline_population = load_pipeline(out / "pipeline-population.json")
+    population = load_pipeline(out / "population-auto.json")
 
     def get(table: dict, stream: str, batch: int, step: int, key: str, rows: int):
         row = table.get((stream, batch, step))
@@ -125,7 +127,7 @@ def main() -> int:
         entry["freshet_default_b1"] = get(default, name, 1, 1, "accuracy", rows)
         entry["freshet_default_b256"] = get(default, name, 256, 1, "accuracy", rows)
         for label, table in (("before", pipeline_before), ("default", pipeline_default),
-                             ("fourier", pipeline_fourier)):
+                             ("fourier", pipeline_fourier), ("population", pipeline_population)):
             row = table.get(name)
             entry[f"pipeline_{label}"] = None if row is None else row["accuracy"]
             entry[f"pipeline_{label}_rows_per_second"] = (
@@ -146,6 +148,16 @@ def main() -> int:
             for kind in KINDS:
                 entry["recovery"][f"freshet {kind}, defaults, b256"] = recovery(
                     get(kinds[kind], name, 256, 1, "hits", rows), rows)
+            served = population.get(name)
+            entry["recovery"]["freshet population (auto), b256, served"] = recovery(
+                None if served is None else served["hits"], rows)
+        served = population.get(name)
+        entry["population"] = None if served is None else {
+            "accuracy": served["accuracy"],
+            "members": served["members"],
+            "promotions": served["promotions"],
+            "rows_per_second": served["rows_per_second"],
+        }
         entry["kinds"] = {}
         for kind in KINDS:
             entry["kinds"][kind] = {
@@ -238,6 +250,34 @@ def main() -> int:
             level, rows_needed = measured
             lines.append(f"| {e['stream']} | {model} | {pct(level)} | "
                          f"{'not by the end' if rows_needed is None else f'{rows_needed:,}'} |")
+    lines += [
+        "",
+        "The population (`--population auto`: logistic, mlp and fourier, shipped settings, batch "
+        "256), judged by drift's gate with its defaults; served accuracy is each row's "
+        "prequential prediction by the member live when it arrived. Target: the best of River's "
+        "models minus 1 point. Rates: in process, every member trained (rows/s), beside the "
+        "logistic model alone; end to end, the train binary with and without the population "
+        "(no gate runs there, so live stays logistic):",
+        "",
+        "| stream | served accuracy | best River − 1 | met | members' own | promotions "
+        "| in process rows/s | logistic alone | train binary, population | train binary, defaults |",
+        "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for e in joined:
+        p = e["population"]
+        if p is None:
+            continue
+        best = max((r["accuracy"] for r in e["river"].values() if r is not None), default=None)
+        target = None if best is None else best - 0.01
+        met = "–" if target is None else ("yes" if p["accuracy"] >= target else "no")
+        own = ", ".join(f"{k} {pct(a)}" for k, a in p["members"])
+        moves = ", ".join(f"{m['from']}→{m['to']} at {m['row']:,}" for m in p["promotions"]) or "none"
+        lines.append(
+            f"| {e['stream']} | {pct(p['accuracy'])} | {pct(target)} | {met} | {own} | {moves} "
+            f"| {rate(p['rows_per_second'])} | {rate(e['kinds']['logistic']['b256_rows_per_second'])} "
+            f"| {rate(e['pipeline_population_rows_per_second'])} "
+            f"| {rate(e['pipeline_default_rows_per_second'])} |"
+        )
     print("\n".join(lines))
     summary = {
         "river": {k: river[k] for k in ("model", "river", "python", "seed") if k in river},

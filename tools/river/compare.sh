@@ -19,6 +19,11 @@
 #   shipped before (freshet-quality --pipeline): what a user running the pipeline gets; and
 #   pipeline-fourier.json, the same with `--kind fourier`. Each also measures the raw floor: a
 #   bare pull consumer draining the same backlog.
+# - population-auto.json: the population `train --population auto` declares (logistic, mlp and
+#   fourier with the shipped settings) at batch 256, judged by drift's gate with its defaults, in
+#   process (freshet-quality --population): what live served, row by row;
+#   pipeline-population.json: the train binary with `--population auto` (no gate runs there, so
+#   live stays logistic): what training the population costs end to end.
 #
 # Settings (environment): OUT (default target/quality), ROWS per synthetic stream (20000),
 # SEED (42), RUNS per freshet setting (3, median rate), RIVER_MODELS (logistic hat arf; ARF
@@ -57,4 +62,8 @@ before=(--learning-rate 0.5 --lr-decay 0.01 --l2 1e-4 --rows-per-step 0)
 "$bin" --pipeline "${before[@]/#/--train-arg=}" --json "$out/pipeline-before.json" "${streams[@]}" >&2
 "$bin" --pipeline --train-arg=--kind --train-arg=fourier --json "$out/pipeline-fourier.json" \
   "${streams[@]}" >&2
+"$bin" --runs "$runs" --population auto --batch 256 --json "$out/population-auto.json" \
+  "${streams[@]}" >&2
+"$bin" --pipeline --train-arg=--population --train-arg=auto \
+  --json "$out/pipeline-population.json" "${streams[@]}" >&2
 .tools/river-venv/bin/python tests/quality/table.py "$out" | tee "$out/comparison.md"

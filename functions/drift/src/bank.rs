@@ -3,10 +3,13 @@
 //!
 //! For each example, in stream order, the bank feeds what the schema's monitoring plan says to
 //! watch of each feature (see [`freshet::monitoring`]) to that feature's distribution detectors
-//! (PSI by default) and, when the live model scored the example, its prediction error to the
-//! error detectors (ADWIN by default, reading the squared error of the probability; DDM reads
-//! the 0/1 error, Page-Hinkley the log loss). What they report becomes part of an episode ([`crate::episodes`]): one alarm per
-//! change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
+//! (PSI by default) and, when the live model scored the example and its label is final, its
+//! prediction error to the error detectors (ADWIN by default, reading the squared error of the
+//! probability; DDM reads the 0/1 error, Page-Hinkley the log loss). A fake negative's label is
+//! not final when it arrives: its prediction is held until a correction or its `final_at`
+//! settles it, and errors are judged in stream order once every example before them is settled
+//! ([`crate::pending`]). What the detectors report becomes part of an episode
+//! ([`crate::episodes`]): one alarm per change. Everything the bank knows is a [`Checkpoint`]: plain data that the function keeps as
 //! JSON in the DRIFT bucket. It records the stream sequence of the last example folded in, and
 //! folding an example at or below that mark does nothing, so a redelivered batch is neither
 //! observed nor reported twice, and a checkpoint read back continues exactly as the run that
@@ -36,9 +39,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use freshet::events::Feedback;
+use chrono::{DateTime, Utc};
 use freshet::monitoring::Watch;
-use freshet_model::weighting::RowWeight;
 use serde::{Deserialize, Serialize};
 
 use crate::detectors::{
@@ -47,6 +49,7 @@ use crate::detectors::{
     normal_upper_quantile,
 };
 use crate::episodes::{EpisodeConfig, Episodes, ReactionPolicy, Transition};
+use crate::pending::{Hold, Pending, PendingConfig, Settled};
 
 /// The checkpoint layout this build writes and reads; any other is read for its mark only.
 /// Format 1 (no episodes, uncalibrated detectors) is read that way.
@@ -162,6 +165,11 @@ pub enum BankError {
     Empty,
     #[error("the {family} family's false-alarm budget must be in (0, 0.5), got {alpha}")]
     Budget { family: &'static str, alpha: f64 },
+    #[error(
+        "examples held for their label: at least one (got {capacity}), and a lateness of zero \
+         or more (got {lateness_ms} ms)"
+    )]
+    Pending { capacity: usize, lateness_ms: i64 },
     #[error(transparent)]
     Detector(#[from] DetectorError),
 }
@@ -183,6 +191,10 @@ pub struct BankConfig {
     /// error is.
     pub warm_up: u64,
     pub episodes: EpisodeConfig,
+    /// The views held until their label is final. A checkpoint from before they were held has
+    /// none, reads as [`PendingConfig::absent`], and is taken up with fresh detectors.
+    #[serde(default = "PendingConfig::absent")]
+    pub pending: PendingConfig,
     // Each detector's parameters, the same wherever it runs (ADWIN may watch features and the
     // error alike); the significance of each test comes from its family's budget instead of
     // these (PSI's fixed thresholds, ADWIN's δ, KSWIN's α and DDM's deviations are overwritten).
@@ -202,6 +214,7 @@ impl Default for BankConfig {
             error_alpha: 1e-3,
             warm_up: 2_000,
             episodes: EpisodeConfig::default(),
+            pending: PendingConfig::default(),
             psi: StreamingPsiConfig {
                 reference_size: 4_000,
                 recent_size: 2_000,
@@ -293,6 +306,12 @@ impl BankConfig {
             if !(alpha > 0.0 && alpha < 0.5) {
                 return Err(BankError::Budget { family, alpha });
             }
+        }
+        if self.pending.capacity == 0 || self.pending.lateness_ms < 0 {
+            return Err(BankError::Pending {
+                capacity: self.pending.capacity,
+                lateness_ms: self.pending.lateness_ms,
+            });
         }
         /// A list of detectors, where it runs, what may run there, and what to say otherwise.
         type Place<'a> = (
@@ -560,6 +579,10 @@ pub struct Checkpoint {
     pub config: BankConfig,
     features: FeatureState,
     error: ErrorState,
+    /// The views whose label is not final yet, with their predictions, and the examples'
+    /// event-time watermark that settles them.
+    #[serde(default)]
+    pending: Pending,
     /// The model's episodes: the open one and the last resolved ones.
     pub episodes: Episodes,
 }
@@ -568,6 +591,12 @@ impl Checkpoint {
     /// The live version the error detectors are reading, if any.
     pub fn error_version(&self) -> Option<u64> {
         self.error.version
+    }
+
+    /// Examples whose error waits to be judged: views waiting for their label, and examples
+    /// settled after them.
+    pub fn pending_views(&self) -> usize {
+        self.pending.len()
     }
 
     /// The features watched under the current schema (indexes), once any example was read.
@@ -631,11 +660,60 @@ pub struct Observation<'a> {
     pub features: &'a [f32],
     /// 0 or 1.
     pub label: f32,
-    /// How its label came about (delayed feedback): its error is weighed as train weighs its
-    /// loss.
-    pub feedback: Feedback,
+    /// Whether its label is final, or a fake negative's or its correction (delayed feedback).
+    pub feedback: Labelling<'a>,
+    /// When the action it carries happened: the latest one seen, less a lateness, settles the
+    /// fake negatives whose `final_at` it passed.
+    pub event_time: Option<DateTime<Utc>>,
     /// The live model's score, when a live version could score it.
     pub scored: Option<Scored>,
+}
+
+/// What an example says of its label, as the error detectors judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labelling<'a> {
+    /// The label is final: its error is judged at once.
+    Final,
+    /// A fake negative (its label may yet become 1): its prediction is held until its label is
+    /// final, from `final_at` unless a correction comes first. Without `final_at` nobody says
+    /// when it is final, and its error is never judged.
+    FakeNegative {
+        id: &'a str,
+        final_at: Option<DateTime<Utc>>,
+    },
+    /// The correction of the fake negative `corrects`: it settles that view as a positive.
+    Correction { corrects: &'a str },
+}
+
+/// What became of the delayed labels of one fold (or of several, summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedbackCounts {
+    /// Fake negatives held.
+    pub held: u64,
+    /// Fake negatives not held because the buffer was full: their errors are never judged.
+    pub overflow: u64,
+    /// Fake negatives without `final_at`, never judged.
+    pub untimed: u64,
+    /// Held views dropped because live moved to another chain of versions.
+    pub dropped: u64,
+    /// Held views a correction settled as positives.
+    pub positives: u64,
+    /// Held views whose `final_at` passed without a correction, settled as negatives.
+    pub negatives: u64,
+    /// Corrections naming no held view (not scored, not held, or settled already).
+    pub unmatched: u64,
+}
+
+impl FeedbackCounts {
+    pub fn add(&mut self, other: &FeedbackCounts) {
+        self.held += other.held;
+        self.overflow += other.overflow;
+        self.untimed += other.untimed;
+        self.dropped += other.dropped;
+        self.positives += other.positives;
+        self.negatives += other.negatives;
+        self.unmatched += other.unmatched;
+    }
 }
 
 /// What a finding is about.
@@ -676,8 +754,11 @@ pub struct Finding {
 pub struct Folded {
     /// False when the example was at or below the mark, and nothing happened.
     pub new: bool,
-    /// Whether its prediction error reached the error detectors.
-    pub error_observed: bool,
+    /// Prediction errors that reached the error detectors: its own if its label is final, and
+    /// those of the held views it settled.
+    pub errors_observed: u64,
+    /// What it did to the views held for their label.
+    pub feedback: FeedbackCounts,
     /// The error detectors started afresh for a new live version (the version they left).
     pub error_reset: Option<Option<u64>>,
     pub findings: Vec<Finding>,
@@ -745,6 +826,7 @@ impl Bank {
             config: self.config.clone(),
             features: FeatureState::default(),
             error: ErrorState::default(),
+            pending: Pending::default(),
             episodes,
         }
     }
@@ -829,12 +911,11 @@ impl Bank {
             ..Folded::default()
         };
         self.fold_features(checkpoint, example, &mut folded.findings);
-        // The model's first examples are its warm-up too: it is still learning from nothing,
-        // and while labels wait for their horizon the mix of classes settles.
-        if let Some(scored) = example.scored
-            && checkpoint.examples > self.config.warm_up
-        {
-            self.fold_error(checkpoint, example, scored, &mut folded);
+        if let Some(at) = example.event_time {
+            checkpoint.pending.advance(at.timestamp_millis());
+        }
+        if !self.fresh_errors.is_empty() {
+            self.judge(checkpoint, example, &mut folded);
         }
         let active = checkpoint
             .features
@@ -930,54 +1011,113 @@ impl Bank {
         }
     }
 
+    /// Puts the example in the line of errors to judge (settled if its label is final,
+    /// waiting if it is a fake negative), settles the views it settles (a correction's, and
+    /// those its event time made due), and judges what the line releases.
+    fn judge(&self, checkpoint: &mut Checkpoint, example: &Observation<'_>, folded: &mut Folded) {
+        // The model's first examples are its warm-up too: it is still learning from nothing.
+        // A score outside [0, 1] is not judged.
+        let scored = example.scored.filter(|scored| {
+            checkpoint.examples > self.config.warm_up
+                && scored.probability.is_finite()
+                && (0.0..=1.0).contains(&scored.probability)
+        });
+        let pending = &mut checkpoint.pending;
+        let config = &self.config.pending;
+        let counts = &mut folded.feedback;
+        if let Some(scored) = scored {
+            // What another chain scored is no longer this model's error.
+            counts.dropped += pending.follow(scored.version) as u64;
+        }
+        let sequence = example.sequence;
+        let held = match (example.feedback, scored) {
+            (Labelling::Final, Some(scored)) if example.label == 0.0 || example.label == 1.0 => {
+                Some(pending.judge(
+                    config,
+                    sequence,
+                    scored.version,
+                    scored.probability,
+                    example.label == 1.0,
+                ))
+            }
+            (Labelling::FakeNegative { final_at: None, .. }, Some(_)) => {
+                counts.untimed += 1;
+                None
+            }
+            (
+                Labelling::FakeNegative {
+                    id,
+                    final_at: Some(final_at),
+                },
+                Some(scored),
+            ) => {
+                let hold = pending.hold(
+                    config,
+                    sequence,
+                    id,
+                    scored.version,
+                    scored.probability,
+                    final_at.timestamp_millis(),
+                );
+                counts.held += u64::from(hold == Hold::Held);
+                Some(hold)
+            }
+            // A correction's own score is not judged: it settles the view it corrects, whose
+            // prediction is the one made when the view arrived.
+            (Labelling::Correction { corrects }, _) => {
+                if pending.correct(corrects) {
+                    counts.positives += 1;
+                } else {
+                    counts.unmatched += 1;
+                }
+                None
+            }
+            _ => None,
+        };
+        counts.overflow += u64::from(held == Some(Hold::Overflow));
+        counts.negatives += pending.settle_due(config) as u64;
+        let Some(chain) = pending.chain() else {
+            return;
+        };
+        for settled in pending.release() {
+            self.fold_error(checkpoint, sequence, chain, settled, folded);
+        }
+    }
+
+    /// Feeds the error of one example whose label is final, scored by `chain`, to the error
+    /// detectors, at the example `sequence` that released it.
     fn fold_error(
         &self,
         checkpoint: &mut Checkpoint,
-        example: &Observation<'_>,
-        scored: Scored,
+        sequence: u64,
+        chain: u64,
+        view: Settled,
         folded: &mut Folded,
     ) {
-        let p = scored.probability;
-        let label_ok = example.label == 0.0 || example.label == 1.0;
-        if self.fresh_errors.is_empty() || !(p.is_finite() && (0.0..=1.0).contains(&p)) || !label_ok
-        {
-            return;
-        }
         let state = &mut checkpoint.error;
-        if state.version != Some(scored.version) {
+        if state.version != Some(chain) {
             folded.error_reset = Some(state.version);
             *state = ErrorState {
-                version: Some(scored.version),
+                version: Some(chain),
                 slots: self.fresh_errors.clone(),
             };
         }
-        let positive = example.label == 1.0;
+        let (p, positive) = (view.probability, view.positive);
         let wrong = (p >= 0.5) != positive;
-        // With fake-negative weighting every view comes first as a negative and a converting
-        // one again as a positive, so the stream's own label rate is not the true rate the model
-        // learns, and the model's probabilities move towards the true rate while it learns. The
-        // error the detectors watch is weighed as train weighs the loss (1 for a final label),
-        // which makes it an estimate of the error on the true labels: unweighted, a model
-        // getting better at the true rate reads as a rising error on the fake negatives. The
-        // weighted Brier score stays in [0, 1]: (1 − p²)·p² ≤ 1/4 for a fake negative,
-        // (1 + p)(1 − p)² ≤ 1 for its correction.
-        let weight = f64::from(RowWeight::from(example.feedback).weight(p as f32));
-        folded.error_observed = true;
+        folded.errors_observed += 1;
         for slot in &mut state.slots {
             let kind = slot.detector.kind();
             let x = match kind {
-                DetectorKind::PageHinkley => weight * log_loss(p, positive),
+                DetectorKind::PageHinkley => log_loss(p, positive),
                 // The squared error of the probability (the Brier score), in [0, 1] as ADWIN's
                 // bound assumes: it moves with the model's confidence, so a change that leaves
                 // its decisions right or wrong alike while its probabilities go astray (a model
                 // that mostly says no, and buyers that change) still shows.
-                DetectorKind::Adwin => weight * (p - f64::from(example.label)).powi(2),
-                // DDM reads a right-or-wrong outcome as it is: a weight would break the
-                // Bernoulli error rate its bound assumes.
+                DetectorKind::Adwin => (p - if positive { 1.0 } else { 0.0 }).powi(2),
                 _ if wrong => 1.0,
                 _ => 0.0,
             };
-            let Some(signal) = slot.observe(example.sequence, x) else {
+            let Some(signal) = slot.observe(sequence, x) else {
                 continue;
             };
             // A falling error is the model getting better, not a change to act on.
@@ -988,7 +1128,7 @@ impl Bank {
             }
             folded
                 .findings
-                .push(finding(example.sequence, kind, Target::Error, signal));
+                .push(finding(sequence, kind, Target::Error, signal));
         }
     }
 }
@@ -1035,6 +1175,17 @@ mod tests {
         features: Vec<f32>,
         label: f32,
         scored: Option<Scored>,
+        delayed: Delayed,
+        event_time: Option<DateTime<Utc>>,
+    }
+
+    /// What an example says of its label, owning its ids.
+    #[derive(Debug, Clone, Default)]
+    enum Delayed {
+        #[default]
+        Final,
+        FakeNegative(String, Option<DateTime<Utc>>),
+        Correction(String),
     }
 
     impl Example {
@@ -1045,7 +1196,15 @@ mod tests {
                 plan: &self.plan,
                 features: &self.features,
                 label: self.label,
-                feedback: Feedback::Final,
+                feedback: match &self.delayed {
+                    Delayed::Final => Labelling::Final,
+                    Delayed::FakeNegative(id, final_at) => Labelling::FakeNegative {
+                        id,
+                        final_at: *final_at,
+                    },
+                    Delayed::Correction(corrects) => Labelling::Correction { corrects },
+                },
+                event_time: self.event_time,
                 scored: self.scored,
             }
         }
@@ -1082,6 +1241,8 @@ mod tests {
                         version,
                         probability: if miss { 0.2 } else { 0.8 },
                     }),
+                    delayed: Delayed::Final,
+                    event_time: None,
                 }
             })
             .collect()
@@ -1270,9 +1431,11 @@ mod tests {
                     version: 1,
                     probability,
                 }),
+                delayed: Delayed::Final,
+                event_time: None,
             };
             let folded = bank.fold(&mut checkpoint, &bad.observation(), &ALERT);
-            assert!(folded.new && !folded.error_observed && folded.findings.is_empty());
+            assert!(folded.new && folded.errors_observed == 0 && folded.findings.is_empty());
             assert_eq!(windows(&checkpoint), before);
         }
         // The mark still moved: the examples were handled, just not observed.
@@ -1312,7 +1475,7 @@ mod tests {
             ..next
         };
         let folded = bank.fold(&mut checkpoint, &unscored.observation(), &ALERT);
-        assert!(folded.new && !folded.error_observed && folded.error_reset.is_none());
+        assert!(folded.new && folded.errors_observed == 0 && folded.error_reset.is_none());
     }
 
     #[test]
@@ -1475,6 +1638,8 @@ mod tests {
                 version: 1,
                 probability: if miss { 0.2 } else { 0.8 },
             }),
+            delayed: Delayed::Final,
+            event_time: None,
         }
     }
 
@@ -1640,5 +1805,235 @@ mod tests {
         let (taken, how) = other.decode(Some(&serde_json::to_vec(&checkpoint).unwrap()));
         assert_eq!(how, Restored::Reconfigured);
         assert_eq!(taken.episodes.open(), Some(&open));
+    }
+
+    /// A view stream with fake-negative weighting: view `i` at second `i` of event time goes
+    /// out as a fake negative (final 60 s later) and, if it converts, its correction follows
+    /// `delay` views later. A view converts with probability `rate`, or `after` from view `at`;
+    /// the live model `chain` predicts 0.1 for every view.
+    fn fnw(n: u64, rate: f64, at: u64, after: f64, delay: u64, chain: u64) -> Vec<Example> {
+        let start = DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+        let time = |i: u64| start + chrono::TimeDelta::seconds(i as i64);
+        let mut corrections: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+        let mut examples = Vec::new();
+        let push = |examples: &mut Vec<Example>, delayed: Delayed, view: u64, label: f32| {
+            examples.push(Example {
+                sequence: examples.len() as u64 + 1,
+                schema: Some(("bookstore".to_string(), 2)),
+                plan: Vec::new(),
+                features: vec![noise(view) as f32],
+                label,
+                scored: Some(Scored {
+                    version: chain,
+                    probability: 0.1,
+                }),
+                delayed,
+                event_time: Some(time(view)),
+            });
+        };
+        for i in 0..n {
+            push(
+                &mut examples,
+                Delayed::FakeNegative(
+                    format!("ex-v{i}"),
+                    Some(time(i) + chrono::TimeDelta::seconds(60)),
+                ),
+                i,
+                0.0,
+            );
+            let p = if i >= at { after } else { rate };
+            if noise(7 * i + 3) + 0.5 < p {
+                corrections.entry(i + delay).or_default().push(i);
+            }
+            for view in corrections.remove(&i).unwrap_or_default() {
+                push(
+                    &mut examples,
+                    Delayed::Correction(format!("ex-v{view}")),
+                    view,
+                    1.0,
+                );
+            }
+        }
+        examples
+    }
+
+    fn adwin_only() -> BankConfig {
+        BankConfig {
+            pending: PendingConfig {
+                capacity: 1_000,
+                lateness_ms: 5_000,
+            },
+            ..config(&[], &[DetectorKind::Adwin])
+        }
+    }
+
+    #[test]
+    fn a_views_error_is_judged_once_its_label_is_final() {
+        let bank = Bank::new(adwin_only()).unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples = fnw(20_000, 0.1, u64::MAX, 0.1, 20, 1);
+        let mut counts = FeedbackCounts::default();
+        let (mut judged, mut findings) = (0, Vec::new());
+        for e in &examples {
+            let folded = bank.fold(&mut checkpoint, &e.observation(), &ALERT);
+            counts.add(&folded.feedback);
+            judged += folded.errors_observed;
+            findings.extend(folded.findings);
+        }
+        // A model right about the true rate is not wrong on the views that will convert.
+        assert!(findings.is_empty(), "{findings:?}");
+        let corrections = examples.len() as u64 - 20_000;
+        assert_eq!(counts.held, 20_000);
+        assert_eq!(
+            counts.positives, corrections,
+            "every correction settles its view"
+        );
+        // Views final 60 s after them settle once the watermark (latest − 5 s) passes: all
+        // but the last 65 or so.
+        let waiting = checkpoint.pending.waiting() as u64;
+        assert_eq!(waiting, 20_000 - counts.positives - counts.negatives);
+        assert!((60..=70).contains(&waiting), "{waiting}");
+        // Released in the views' order: all but what follows the first view still waiting.
+        let held = checkpoint.pending_views() as u64;
+        assert!(held >= waiting && held < waiting + 20, "{held}");
+        assert_eq!(judged, 20_000 - held);
+        assert_eq!(
+            counts.unmatched + counts.overflow + counts.untimed + counts.dropped,
+            0
+        );
+        assert_eq!(checkpoint.error.slots[0].window.unwrap().count, judged);
+    }
+
+    #[test]
+    fn a_flip_of_who_buys_shows_in_the_settled_error() {
+        let bank = Bank::new(adwin_only()).unwrap();
+        let mut checkpoint = bank.fresh();
+        let examples = fnw(20_000, 0.1, 10_000, 0.5, 20, 1);
+        let first_changed = examples
+            .iter()
+            .position(|e| matches!(&e.delayed, Delayed::FakeNegative(id, _) if id == "ex-v10000"))
+            .unwrap() as u64
+            + 1;
+        let findings = fold_all(&bank, &mut checkpoint, &examples);
+        let drift = findings
+            .iter()
+            .find(|f| f.level == Level::Drift)
+            .expect("the flip is found");
+        assert!(drift.sequence > first_changed, "{drift:?}");
+        assert!(
+            findings.iter().all(|f| f.sequence > first_changed),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn held_views_survive_a_restart_and_settle_exactly_once() {
+        let bank = Bank::new(adwin_only()).unwrap();
+        let examples = fnw(6_000, 0.1, 3_000, 0.5, 20, 1);
+        let mut straight = bank.fresh();
+        let expected = fold_all(&bank, &mut straight, &examples);
+        let mut resumed = bank.fresh();
+        let mut got = Vec::new();
+        for batch in examples.chunks(97) {
+            // A batch folded, then lost before its checkpoint was written: folded again.
+            let mut lost = resumed.clone();
+            fold_all(&bank, &mut lost, batch);
+            got.extend(fold_all(&bank, &mut resumed, batch));
+            // Redelivered after the write: at or below the mark, nothing happens.
+            assert!(fold_all(&bank, &mut resumed, batch).is_empty());
+            let json = serde_json::to_vec(&resumed).unwrap();
+            let (restored, how) = bank.decode(Some(&json));
+            assert_eq!(how, Restored::AsWritten);
+            assert_eq!(restored, resumed);
+            resumed = restored;
+        }
+        assert_eq!(got, expected);
+        assert_eq!(resumed, straight);
+        assert!(straight.pending_views() > 0);
+    }
+
+    #[test]
+    fn a_full_buffer_declines_views_and_another_chain_drops_them() {
+        let bank = Bank::new(BankConfig {
+            pending: PendingConfig {
+                capacity: 10,
+                lateness_ms: 0,
+            },
+            ..adwin_only()
+        })
+        .unwrap();
+        let mut checkpoint = bank.fresh();
+        let mut counts = FeedbackCounts::default();
+        // Twenty views in one second of event time: nothing settles, ten are declined.
+        let crowded: Vec<Example> = fnw(20, 0.0, u64::MAX, 0.0, 1, 1)
+            .into_iter()
+            .map(|e| Example {
+                event_time: examples_start(),
+                delayed: match e.delayed {
+                    Delayed::FakeNegative(id, _) => Delayed::FakeNegative(id, examples_start()),
+                    other => other,
+                },
+                ..e
+            })
+            .collect();
+        for e in &crowded {
+            counts.add(
+                &bank
+                    .fold(&mut checkpoint, &e.observation(), &ALERT)
+                    .feedback,
+            );
+        }
+        assert_eq!((counts.held, counts.overflow), (10, 10));
+        assert_eq!(checkpoint.pending_views(), 10);
+        // The correction of a declined view finds nothing to settle.
+        let late = Example {
+            sequence: 100,
+            label: 1.0,
+            delayed: Delayed::Correction("ex-v15".into()),
+            ..crowded[0].clone()
+        };
+        let folded = bank.fold(&mut checkpoint, &late.observation(), &ALERT);
+        assert_eq!((folded.feedback.unmatched, folded.errors_observed), (1, 0));
+        // A view scored by another chain: the old chain's views are dropped.
+        let other = Example {
+            sequence: 101,
+            label: 0.0,
+            delayed: Delayed::FakeNegative("ex-w1".into(), examples_start()),
+            scored: Some(Scored {
+                version: 9,
+                probability: 0.3,
+            }),
+            ..crowded[0].clone()
+        };
+        let folded = bank.fold(&mut checkpoint, &other.observation(), &ALERT);
+        assert_eq!((folded.feedback.dropped, folded.feedback.held), (10, 1));
+        assert_eq!(checkpoint.pending_views(), 1);
+        // A fake negative that does not say when it is final is never judged.
+        let untimed = Example {
+            sequence: 102,
+            delayed: Delayed::FakeNegative("ex-w2".into(), None),
+            ..other
+        };
+        let folded = bank.fold(&mut checkpoint, &untimed.observation(), &ALERT);
+        assert_eq!(folded.feedback.untimed, 1);
+        assert_eq!(checkpoint.pending_views(), 1);
+    }
+
+    fn examples_start() -> Option<DateTime<Utc>> {
+        Some(DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(20_000))
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_views_were_held_starts_its_detectors_afresh() {
+        let bank = Bank::new(adwin_only()).unwrap();
+        let mut checkpoint = bank.fresh();
+        fold_all(&bank, &mut checkpoint, &stream(50, 0, 0.0, false, 1));
+        let mut json = serde_json::to_value(&checkpoint).unwrap();
+        json["config"].as_object_mut().unwrap().remove("pending");
+        json.as_object_mut().unwrap().remove("pending");
+        let (taken, how) = bank.decode(Some(&serde_json::to_vec(&json).unwrap()));
+        assert_eq!(how, Restored::Reconfigured);
+        assert_eq!(taken.last_sequence, checkpoint.last_sequence);
+        assert!(taken.error.version.is_none());
     }
 }

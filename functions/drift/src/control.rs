@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use freshet::control::{
     DRIFT_FORMAT, DriftEpisodeRecord, DriftSignal, EpisodeState, KIND_DRIFT, SequenceSpan,
 };
-use freshet::examples::{ExampleRecord, FeatureSchema};
+use freshet::examples::{ExampleRecord, FeatureSchema, Feedback};
 use freshet::ids::ModelName;
 use freshet::monitoring::Watch;
 
-use crate::bank::{Finding, Observation, Scored, Target};
+use crate::bank::{Finding, Labelling, Observation, Scored, Target};
 use freshet_drift::episodes::{Episode, ReactionDecision, Transition};
 
 /// What every record of one batch shares.
@@ -227,8 +227,25 @@ pub fn observation<'a>(
         plan,
         features: &example.features,
         label: example.label,
-        feedback: example.feedback,
+        feedback: labelling(example),
+        event_time: example.event_time,
         scored,
+    }
+}
+
+/// What `example` says of its label, for the error detectors.
+pub fn labelling(example: &ExampleRecord) -> Labelling<'_> {
+    match example.feedback {
+        Feedback::Final => Labelling::Final,
+        Feedback::FakeNegative => Labelling::FakeNegative {
+            id: &example.id,
+            final_at: example.final_at,
+        },
+        // A correction without `corrects` is refused when the example is decoded.
+        Feedback::Correction => match &example.corrects {
+            Some(corrects) => Labelling::Correction { corrects },
+            None => Labelling::Final,
+        },
     }
 }
 
@@ -255,6 +272,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         }
     }
 

@@ -9,3 +9,4 @@
 pub mod bank;
 pub mod detectors;
 pub mod episodes;
+pub mod pending;

@@ -12,7 +12,7 @@ mod processor;
 mod promotion;
 
 use clap::Parser;
-use freshet::config::{FunctionArgs, ModelArgs};
+use freshet::config::{FunctionArgs, ModelArgs, parse_duration};
 use freshet::control::Reaction;
 use freshet::runtime::FunctionContext;
 use freshet::runtime::order::OrderGuard;
@@ -27,6 +27,7 @@ use freshet_drift::detectors::{
     AdwinConfig, KswinConfig, PageHinkleyConfig, PsiConfig, StreamingPsiConfig,
 };
 use freshet_drift::episodes::EpisodeConfig;
+use freshet_drift::pending::PendingConfig;
 
 /// Watches one model's examples: each feature the schema's monitoring plan watches (PSI by
 /// default) and the live version's prediction error on each labelled example (ADWIN by
@@ -88,6 +89,19 @@ struct Args {
     /// new episode can open only after it)
     #[arg(long = "rearm", env = "FRESHET_REARM", default_value_t = 10_000)]
     rearm: u64,
+    /// Views whose prediction is held until their label is final (delayed feedback: a fake
+    /// negative waits for its correction or its final_at). A view beyond them is not held, and
+    /// its error never judged (counted, logged)
+    #[arg(
+        long = "pending-views",
+        env = "FRESHET_PENDING_VIEWS",
+        default_value_t = freshet_drift::pending::DEFAULT_CAPACITY
+    )]
+    pending_views: usize,
+    /// How far the event time that settles held views as negatives trails the latest example's:
+    /// a correction from a featurize partition running behind the others by less is on time
+    #[arg(long = "feedback-lateness", env = "FRESHET_FEEDBACK_LATENESS", default_value = "1m", value_parser = parse_duration)]
+    feedback_lateness: std::time::Duration,
     /// Reaction requested when an episode is confirmed: alert, raise_lr or train_candidate
     /// (carried out by train and the promotion gate, not by drift)
     #[arg(long = "reaction", env = "FRESHET_REACTION", default_value = "alert")]
@@ -221,6 +235,10 @@ impl Args {
             error_alpha: self.error_alpha,
             warm_up: self.warm_up,
             episodes: EpisodeConfig { rearm: self.rearm },
+            pending: PendingConfig {
+                capacity: self.pending_views,
+                lateness_ms: i64::try_from(self.feedback_lateness.as_millis()).unwrap_or(i64::MAX),
+            },
             psi: StreamingPsiConfig {
                 psi: PsiConfig {
                     bins: self.psi_bins,
@@ -399,6 +417,23 @@ mod tests {
         assert!(Bank::new(misplaced.bank_config()).is_err());
         let overspent = Args::try_parse_from(["drift", "--error-alpha", "0.7"]).unwrap();
         assert!(Bank::new(overspent.bank_config()).is_err());
+        let held = Args::try_parse_from([
+            "drift",
+            "--pending-views",
+            "500",
+            "--feedback-lateness",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(
+            held.bank_config().pending,
+            PendingConfig {
+                capacity: 500,
+                lateness_ms: 30_000
+            }
+        );
+        let none_held = Args::try_parse_from(["drift", "--pending-views", "0"]).unwrap();
+        assert!(Bank::new(none_held.bank_config()).is_err());
     }
 
     #[test]

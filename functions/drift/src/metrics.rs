@@ -93,6 +93,31 @@ impl ReactionLabel {
     }
 }
 
+/// What became of a delayed label (see [`crate::bank::FeedbackCounts`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabel {
+    pub outcome: String,
+}
+
+/// The outcomes of delayed labels, in the order of [`FeedbackLabel`]'s values.
+pub const FEEDBACK_OUTCOMES: [&str; 7] = [
+    "held",
+    "overflow",
+    "untimed",
+    "dropped",
+    "settled_positive",
+    "settled_negative",
+    "unmatched",
+];
+
+impl FeedbackLabel {
+    pub fn new(outcome: &str) -> FeedbackLabel {
+        FeedbackLabel {
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
 /// Counters and gauges of one drift function, cloned into the processor and the live follower.
 #[derive(Clone, Default)]
 pub struct DriftMetrics {
@@ -107,6 +132,8 @@ pub struct DriftMetrics {
     pub error_resets: Counter,
     pub live_version: Gauge,
     pub refused_versions: Counter,
+    pub feedback: Family<FeedbackLabel, Counter>,
+    pub pending_views: Gauge,
 }
 
 impl DriftMetrics {
@@ -168,6 +195,22 @@ impl DriftMetrics {
             "Live versions that could not be loaded or verified",
             self.refused_versions.clone(),
         );
+        metrics.register(
+            "drift_delayed_labels",
+            "Fake negatives and corrections, by what became of them: held until final, not held \
+             (overflow: the buffer was full; untimed: no final_at), dropped (live moved to another \
+             chain), settled_positive (a correction), settled_negative (final_at passed), \
+             unmatched (a correction naming no held view)",
+            self.feedback.clone(),
+        );
+        metrics.register(
+            "drift_pending_views",
+            "Views whose prediction is held until their label is final",
+            self.pending_views.clone(),
+        );
+        for outcome in FEEDBACK_OUTCOMES {
+            let _ = self.feedback.get_or_create(&FeedbackLabel::new(outcome));
+        }
         for stream in ["features", "error"] {
             let _ = self.observations.get_or_create(&StreamLabel {
                 stream: stream.to_string(),

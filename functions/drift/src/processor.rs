@@ -25,7 +25,7 @@ use freshet::store::kv::{CasError, compare_and_set, read};
 use freshet::subjects::Subjects;
 use futures::future::try_join_all;
 
-use crate::bank::{Bank, Checkpoint, DetectorKind, Restored, Scored, Target};
+use crate::bank::{Bank, Checkpoint, DetectorKind, FeedbackCounts, Restored, Scored, Target};
 use crate::control::{self, RecordContext};
 use crate::metrics::{DetectionLabel, DriftMetrics, EpisodeLabel, StreamLabel};
 use crate::promotion::Promotion;
@@ -60,6 +60,8 @@ struct Tally {
     transitions: Vec<(EpisodeState, EpisodeLabel)>,
     /// The reaction requested or withheld at each confirmation.
     reactions: Vec<bool>,
+    /// What became of the delayed labels.
+    feedback: FeedbackCounts,
 }
 
 /// Folded but not yet written: the state of the messages held.
@@ -281,6 +283,22 @@ impl DriftProcessor {
         observed("features", tally.features);
         observed("error", tally.errors);
         self.metrics.error_resets.inc_by(tally.resets);
+        let f = &tally.feedback;
+        let outcomes = [
+            f.held,
+            f.overflow,
+            f.untimed,
+            f.dropped,
+            f.positives,
+            f.negatives,
+            f.unmatched,
+        ];
+        for (outcome, n) in crate::metrics::FEEDBACK_OUTCOMES.iter().zip(outcomes) {
+            self.metrics
+                .feedback
+                .get_or_create(&crate::metrics::FeedbackLabel::new(outcome))
+                .inc_by(n);
+        }
         self.metrics.improvements.inc_by(tally.improvements);
         for (detector, error, level) in &tally.detections {
             self.metrics
@@ -384,7 +402,8 @@ impl Processor for DriftProcessor {
                         &policy,
                     );
                     tally.features += u64::from(folded.new);
-                    tally.errors += u64::from(folded.error_observed);
+                    tally.errors += folded.errors_observed;
+                    tally.feedback.add(&folded.feedback);
                     tally.improvements += folded.improvements;
                     if let Some(Some(left)) = folded.error_reset {
                         tracing::info!(model = %self.model, left, now = working.error_version(), sequence, "live moved to another chain of versions; error detectors start afresh");
@@ -420,6 +439,14 @@ impl Processor for DriftProcessor {
                     dispositions[i] = Some(Disposition::Hold);
                 }
             }
+        }
+        let overflow = working_overflow(&tally, self.pending.as_ref());
+        if overflow > 0 {
+            // Counted and logged once per batch: a stream whose event time stands still (or a
+            // horizon's views beyond --pending-views) fills the line, and the examples beyond it
+            // are never judged.
+            tracing::warn!(model = %self.model, declined = overflow, held = working.pending_views(), capacity = self.bank.config().pending.capacity,
+                "the line of examples waiting for their label is full; examples beyond it are not judged");
         }
         if !transitions.is_empty()
             && let Err(failure) = self
@@ -492,6 +519,9 @@ impl Processor for DriftProcessor {
                         let open = (*state != EpisodeState::Resolved).then(|| label.clone());
                         self.show_open(open);
                     }
+                    self.metrics
+                        .pending_views
+                        .set(pending.checkpoint.pending_views() as i64);
                     self.stored = pending.checkpoint;
                 }
                 self.revision = revision;
@@ -508,6 +538,15 @@ impl Processor for DriftProcessor {
             Err(CasError::Failed(failure)) => Err(failure),
         }
     }
+}
+
+/// Examples this batch declined because the line waiting for labels was full: the tally's overflow less what the
+/// batches folded before it (held, not yet written) declined.
+fn working_overflow(tally: &Tally, before: Option<&Pending>) -> u64 {
+    tally
+        .feedback
+        .overflow
+        .saturating_sub(before.map_or(0, |p| p.tally.feedback.overflow))
 }
 
 fn finish(dispositions: Vec<Option<Disposition>>) -> Vec<Disposition> {

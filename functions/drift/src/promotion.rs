@@ -565,6 +565,7 @@ mod tests {
                     event_time: None,
                     feedback: Default::default(),
                     corrects: None,
+                    final_at: None,
                 };
                 let scored = Scored {
                     version: 5,

@@ -917,6 +917,7 @@ fn example_of(model: &ModelName, labelled: Labelled) -> ExampleRecord {
         event_time: Some(labelled.at),
         feedback: labelled.feedback,
         corrects: labelled.corrects,
+        final_at: labelled.final_at,
     }
 }
 

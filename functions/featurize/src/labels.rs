@@ -173,6 +173,17 @@ impl LabelSettings {
         at.checked_add_signed(self.horizon)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
+
+    /// From when the label of a view at `at` is final, written on its fake negative: once an
+    /// event of its partition is later than its due time plus the out-of-orderness bound, the
+    /// partition's watermark (and its user's) has passed the due time, the view is decided, and
+    /// no purchase corrects it any more. drift settles the view then, so the two never disagree
+    /// on the horizon.
+    pub fn final_at(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        self.due(at)
+            .checked_add_signed(self.out_of_orderness)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
 }
 
 /// One labelled example an action (or the tick) decided: whose event its id derives from, the
@@ -189,6 +200,9 @@ pub struct Labelled {
     pub feedback: Feedback,
     /// For a correction: the id of the fake negative it corrects.
     pub corrects: Option<String>,
+    /// For a fake negative: the event time from which its label is final
+    /// ([`LabelSettings::final_at`]).
+    pub final_at: Option<DateTime<Utc>>,
 }
 
 impl Labelled {
@@ -201,6 +215,7 @@ impl Labelled {
             at: view.at,
             feedback: Feedback::Final,
             corrects: None,
+            final_at: None,
         }
     }
 }
@@ -264,6 +279,7 @@ pub fn label(user: &mut UserState, act: ActionEvent<'_>, settings: &LabelSetting
         at: act.at,
         feedback: Feedback::Final,
         corrects: None,
+        final_at: None,
     };
     if !settings.waits() {
         outcome
@@ -299,6 +315,7 @@ pub fn label(user: &mut UserState, act: ActionEvent<'_>, settings: &LabelSetting
                     if settings.method == Method::FakeNegative {
                         outcome.examples.push(Labelled {
                             feedback: Feedback::FakeNegative,
+                            final_at: Some(settings.final_at(act.at)),
                             ..own(0.0)
                         });
                     }
@@ -473,6 +490,7 @@ mod tests {
                 at: at(0),
                 feedback: Feedback::Final,
                 corrects: None,
+                final_at: None,
             }],
             "the view's id, features and time"
         );
@@ -644,6 +662,9 @@ mod tests {
                 at: at(0),
                 feedback: Feedback::FakeNegative,
                 corrects: None,
+                // The horizon (600 s) and the out-of-orderness bound (5 s) after the view: its
+                // user's events from then on decide it, so no purchase corrects it after.
+                final_at: Some(at(605)),
             }]
         );
         assert_eq!(view.waiting, Some(at(0)), "it waits for its correction");
@@ -670,6 +691,7 @@ mod tests {
                 at: at(0),
                 feedback: Feedback::Correction,
                 corrects: Some("ex-v1".into()),
+                final_at: None,
             }],
             "the view's features and time, under the purchase's id"
         );

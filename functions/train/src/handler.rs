@@ -623,6 +623,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         }
     }
 

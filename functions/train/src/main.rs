@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod handler;
+mod population;
 mod processor;
 mod quality;
 
@@ -112,6 +113,27 @@ struct Args {
     /// Unset, the scaler is Welford's over every example. A lineage keeps the scaler it began with
     #[arg(long = "scaler-decay", env = "FRESHET_SCALER_DECAY")]
     scaler_decay: Option<Decay>,
+    /// Members learning beside live, offered to the promotion gate as the candidate: `none`,
+    /// `auto` (logistic, mlp and fourier, with the model's settings) or kinds separated by
+    /// commas (e.g. `logistic,fourier`). Every member learns every example in the same batches;
+    /// after each live version the challenger leading the others over the metrics window (by
+    /// --population-margin to take over from the one chosen before), if it leads live too, is
+    /// published to the candidate slot, and the gate promotes it if it beats live on examples
+    /// neither learned. The model's own --kind is always a member
+    #[arg(
+        long = "population",
+        env = "FRESHET_POPULATION",
+        default_value = "none"
+    )]
+    population: String,
+    /// Accuracy over the metrics window by which a challenger must lead the one chosen before
+    /// to replace it as the candidate (hysteresis: the choice does not flap)
+    #[arg(
+        long = "population-margin",
+        env = "FRESHET_POPULATION_MARGIN",
+        default_value_t = population::MARGIN
+    )]
+    population_margin: f64,
     /// Examples in the prequential metrics window
     #[arg(
         long = "metrics-window",
@@ -213,6 +235,19 @@ async fn main() -> anyhow::Result<()> {
         scaler_decay: args.scaler_decay,
     };
     config.validate()?;
+    let members = population::members(
+        &args.population,
+        &config,
+        Dimensions {
+            hidden: args.hidden,
+            factors: Some(args.factors),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("--population: {e}"))?;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.population_margin),
+        "--population-margin must be in [0, 1)"
+    );
     let metrics = processor::TrainMetrics::default();
     // train's own metrics carry the model it trains; the consumer loop's are per process.
     metrics.register(&ctx.metrics.for_model(&args.model.name.to_string()));
@@ -263,6 +298,13 @@ async fn main() -> anyhow::Result<()> {
         io,
         metrics,
         quality,
+    );
+    trainer.with_population(
+        members,
+        population::SelectionConfig {
+            margin: args.population_margin,
+            min_examples: population::min_examples(args.metrics_window),
+        },
     );
     trainer.listen(listen_for_reactions(&ctx, &args.model.name).await?);
     // One trainer per model: the others stand by until the lease is free.

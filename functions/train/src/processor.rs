@@ -35,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
 use crate::handler::{self, BatchPlan, Marks, MetricsWindow, NextVersion, Row, SchemaChoice, Step};
+use crate::population::{self, Held, Now, Origin, Selection, SelectionConfig, Standing};
 use crate::quality::{Change, Quality, Transition};
 
 /// When a new version is published.
@@ -102,6 +103,293 @@ struct PendingUpdate {
     since: Option<Instant>,
     /// Traces of the examples learned, for the next version's manifest.
     traces: TraceSample,
+}
+
+/// The model's population (see [`crate::population`]): the members' configurations, the
+/// challengers learning beside live, and which of them is offered as the candidate.
+struct Population {
+    members: Vec<ModelConfig>,
+    config: SelectionConfig,
+    selection: Selection,
+    /// Every member but live's, in the order declared.
+    challengers: Vec<Challenger>,
+    /// The candidate pointer's revision the next write of a challenger must expect.
+    candidate_revision: u64,
+    /// Live as of its last version, and which member it is: when the gate promotes a
+    /// challenger, the lineage it replaced joins the challengers from here.
+    live_saved: Option<(usize, Saved)>,
+}
+
+/// A member other than live's: it learns every example live learns, in the same batches.
+struct Challenger {
+    /// Its index among the population's members.
+    member: usize,
+    trainer: ModelTrainer,
+    window: MetricsWindow,
+    /// Its last version; before it has one, the live version it began after (if any).
+    published: Option<Manifest>,
+    /// Examples learned since `published`.
+    pending: Option<freshet_model::SequenceRange>,
+    /// Its next version begins a chain of its own.
+    new_chain: bool,
+    traces: TraceSample,
+    /// Where it stood at the last live version: what it returns to when the examples learned
+    /// since are handed back (a pointer conflict, a hold), so it learns none of them twice.
+    saved: Saved,
+}
+
+/// A member as it stood at a live version.
+#[derive(Clone)]
+struct Saved {
+    bytes: Vec<u8>,
+    window: MetricsWindow,
+    published: Option<Manifest>,
+    pending: Option<freshet_model::SequenceRange>,
+    new_chain: bool,
+    /// Live's high-water mark then: the state holds exactly the examples up to it (those it
+    /// learned since its own `published`, and before).
+    mark: u64,
+    n_features: usize,
+}
+
+impl Challenger {
+    fn save(&self, mark: u64) -> Result<Saved, ModelError> {
+        Ok(Saved {
+            bytes: self.trainer.to_bytes()?,
+            window: self.window.clone(),
+            published: self.published.clone(),
+            pending: self.pending,
+            new_chain: self.new_chain,
+            mark,
+            n_features: self.trainer.n_features(),
+        })
+    }
+
+    fn restore(member: usize, config: &ModelConfig, saved: &Saved) -> Option<Challenger> {
+        let trainer = ModelTrainer::from_bytes(&saved.bytes, config).ok()?;
+        Some(Challenger {
+            member,
+            trainer,
+            window: saved.window.clone(),
+            published: saved.published.clone(),
+            pending: saved.pending,
+            new_chain: saved.new_chain,
+            traces: TraceSample::default(),
+            saved: saved.clone(),
+        })
+    }
+
+    /// A member continued from its version `manifest` (which holds live's examples up to
+    /// `mark`): its next version follows that one.
+    fn resume(
+        member: usize,
+        config: &ModelConfig,
+        manifest: &Manifest,
+        bytes: &[u8],
+        mark: u64,
+        window_size: usize,
+    ) -> Option<Challenger> {
+        let trainer = ModelTrainer::from_bytes(bytes, config).ok()?;
+        let window = MetricsWindow::new(window_size, manifest.metrics.examples_total);
+        let saved = Saved {
+            bytes: bytes.to_vec(),
+            window: window.clone(),
+            published: Some(manifest.clone()),
+            pending: None,
+            new_chain: false,
+            mark,
+            n_features: trainer.n_features(),
+        };
+        Some(Challenger {
+            member,
+            trainer,
+            window,
+            published: Some(manifest.clone()),
+            pending: None,
+            new_chain: false,
+            traces: TraceSample::default(),
+            saved,
+        })
+    }
+
+    /// A member with fresh parameters beginning after `lineage`'s live version: its first
+    /// version follows that one and begins a chain of its own, as a newly declared schema's
+    /// does, and its history counts live's examples up to it.
+    fn fresh(
+        member: usize,
+        config: &ModelConfig,
+        lineage: &Lineage,
+        window_size: usize,
+    ) -> Result<Challenger, ModelError> {
+        let trainer = ModelTrainer::new(config, lineage.trainer.n_features())?;
+        let live = lineage.live.as_ref();
+        let mut challenger = Challenger {
+            member,
+            trainer,
+            window: MetricsWindow::new(window_size, live.map_or(0, |m| m.metrics.examples_total)),
+            published: live.cloned(),
+            pending: None,
+            new_chain: live.is_some(),
+            traces: TraceSample::default(),
+            saved: Saved {
+                bytes: Vec::new(),
+                window: MetricsWindow::new(window_size, 0),
+                published: None,
+                pending: None,
+                new_chain: false,
+                mark: 0,
+                n_features: 0,
+            },
+        };
+        challenger.saved = challenger.save(live.map_or(0, |m| m.high_water_mark))?;
+        Ok(challenger)
+    }
+
+    fn standing(&self) -> Standing {
+        let metrics = self.window.snapshot();
+        Standing {
+            member: self.member,
+            accuracy: metrics.prequential_accuracy,
+            examples: metrics.window_examples,
+        }
+    }
+}
+
+impl Population {
+    fn new(members: Vec<ModelConfig>, config: SelectionConfig) -> Population {
+        Population {
+            members,
+            config,
+            selection: Selection::default(),
+            challengers: Vec::new(),
+            candidate_revision: 0,
+            live_saved: None,
+        }
+    }
+
+    /// Makes the challengers every member but `lineage`'s, each as it stood at live's version:
+    /// a challenger saved at live's mark returns to that state; the one the gate promoted
+    /// (live is now its version) leaves the challengers and its window continues as live's;
+    /// the member live was before joins them from its last version; `named` (the version the
+    /// candidate pointer names, as read on start) restores its member; any other begins fresh.
+    fn rejoin(
+        &mut self,
+        model: &ModelName,
+        lineage: &mut Lineage,
+        named: Option<(Manifest, Vec<u8>)>,
+        window_size: usize,
+    ) {
+        let now = Now {
+            live_member: self
+                .members
+                .iter()
+                .position(|c| c == lineage.trainer.config()),
+            live_version: lineage.live.as_ref().map(|m| m.version),
+            mark: lineage.live.as_ref().map_or(0, |m| m.high_water_mark),
+            n_features: lineage.trainer.n_features(),
+        };
+        let held = |saved: &Saved| Held {
+            mark: saved.mark,
+            n_features: saved.n_features,
+            published: saved.published.as_ref().map(|p| p.version),
+        };
+        let old = std::mem::take(&mut self.challengers);
+        let live_saved = self.live_saved.take();
+        let mut promoted = false;
+        for (member, config) in self.members.iter().enumerate() {
+            let before = old.iter().find(|c| c.member == member);
+            let named = named
+                .as_ref()
+                .filter(|(manifest, _)| manifest.config == *config);
+            let origin = population::origin(
+                member,
+                &now,
+                before.map(|c| held(&c.saved)),
+                live_saved.as_ref().map(|(m, saved)| (*m, held(saved))),
+                named.map(|(manifest, _)| Held {
+                    mark: manifest.high_water_mark,
+                    n_features: manifest.schema.n_features(),
+                    published: Some(manifest.version),
+                }),
+            );
+            let restored = match origin {
+                Origin::Promoted => {
+                    if let Some(c) = before {
+                        lineage.window = c.saved.window.clone();
+                    }
+                    promoted = true;
+                    tracing::info!(model = %model, kind = config.kind.name(), version = ?now.live_version, "live is now this member's lineage");
+                    continue;
+                }
+                Origin::Live => continue,
+                Origin::Saved => before.and_then(|c| Challenger::restore(member, config, &c.saved)),
+                Origin::WasLive => live_saved
+                    .as_ref()
+                    .and_then(|(_, saved)| Challenger::restore(member, config, saved)),
+                Origin::Named => named.and_then(|(manifest, bytes)| {
+                    let c = Challenger::resume(member, config, manifest, bytes, now.mark, window_size);
+                    if c.is_some() {
+                        tracing::info!(model = %model, kind = config.kind.name(), version = manifest.version, "resuming a member from its candidate version");
+                    }
+                    c
+                }),
+                Origin::Fresh => None,
+            };
+            let challenger = match restored {
+                Some(c) => c,
+                None => match Challenger::fresh(member, config, lineage, window_size) {
+                    Ok(c) => {
+                        tracing::info!(model = %model, kind = config.kind.name(), after = ?now.live_version, "a member begins with fresh parameters");
+                        c
+                    }
+                    Err(err) => {
+                        tracing::warn!(model = %model, kind = config.kind.name(), error = %err, "cannot begin a member; it sits out");
+                        continue;
+                    }
+                },
+            };
+            self.challengers.push(challenger);
+        }
+        if promoted || now.live_member.is_none() {
+            self.selection.reset();
+        }
+    }
+
+    /// Saves every member as it stands at `live`'s new version (live's bytes given).
+    fn save(&mut self, lineage: &Lineage, live_bytes: &[u8]) {
+        let Some(live) = lineage.live.as_ref() else {
+            return;
+        };
+        let mark = live.high_water_mark;
+        if let Some(member) = self
+            .members
+            .iter()
+            .position(|c| c == lineage.trainer.config())
+        {
+            self.live_saved = Some((
+                member,
+                Saved {
+                    bytes: live_bytes.to_vec(),
+                    window: lineage.window.clone(),
+                    published: Some(live.clone()),
+                    pending: None,
+                    new_chain: false,
+                    mark,
+                    n_features: lineage.trainer.n_features(),
+                },
+            ));
+        }
+        self.challengers.retain_mut(|c| match c.save(mark) {
+            Ok(saved) => {
+                c.saved = saved;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(kind = c.trainer.kind().name(), error = %err, "cannot save a member; it sits out");
+                false
+            }
+        });
+    }
 }
 
 /// Metrics train exports beside the common ones.
@@ -263,6 +551,8 @@ pub struct Trainer<P = Pointers, D = Declarations, C = jetstream::Context, O = O
     /// The lineage in memory may no longer be live's (the model was held: what was learned was
     /// thrown away, or live was pinned elsewhere): it is loaded again before the next batch.
     reload: bool,
+    /// The members learning beside live, when the model has a population.
+    population: Option<Population>,
 }
 
 /// Whether a batch can be planned now.
@@ -311,6 +601,170 @@ where
             hold: None,
             hold_read_at: None,
             reload: false,
+            population: None,
+        }
+    }
+
+    /// Trains `members` (configurations; see [`crate::population::members`]) beside live, and
+    /// offers the challenger `selection` chooses as the candidate after each live version.
+    pub fn with_population(&mut self, members: Vec<ModelConfig>, selection: SelectionConfig) {
+        self.population = (members.len() > 1).then(|| Population::new(members, selection));
+    }
+
+    /// Makes the population's challengers follow the lineage now in memory (see
+    /// [`Population::rejoin`]), reading the candidate pointer: its revision, and on start the
+    /// member version it names.
+    async fn rejoin_population(&mut self, on_start: bool) -> anyhow::Result<()> {
+        let Some(mut population) = self.population.take() else {
+            return Ok(());
+        };
+        let outcome = async {
+            let pointer = self.io.pointers.get(&self.model, Slot::Candidate).await?;
+            population.candidate_revision = pointer.revision;
+            let Some(lineage) = self.lineage.as_mut() else {
+                population.challengers.clear();
+                return Ok(());
+            };
+            let mut named = None;
+            if on_start && let Some(candidate) = pointer.value {
+                match self.io.artifacts.load(&self.model, candidate.version).await {
+                    Ok((manifest, bytes)) => named = Some((manifest, bytes.to_vec())),
+                    Err(err) => {
+                        tracing::warn!(model = %self.model, version = candidate.version, error = %err, "cannot load the candidate; its member begins fresh")
+                    }
+                }
+            }
+            population.rejoin(&self.model, lineage, named, self.window_size);
+            anyhow::Ok(())
+        }
+        .await;
+        self.population = Some(population);
+        outcome
+    }
+
+    /// After a live version: offers the chosen challenger as the candidate (unless a candidate
+    /// forked for a drift holds the slot), then saves every member as it stands.
+    async fn offer_challenger(&mut self, live_bytes: &[u8]) {
+        let Some(mut population) = self.population.take() else {
+            return;
+        };
+        if let Some(lineage) = self.lineage.as_ref() {
+            let live = lineage.window.snapshot();
+            let live = Standing {
+                member: usize::MAX,
+                accuracy: live.prequential_accuracy,
+                examples: live.window_examples,
+            };
+            let standings: Vec<Standing> = population
+                .challengers
+                .iter()
+                .map(Challenger::standing)
+                .collect();
+            let before = population.selection.chosen();
+            let offer = population
+                .selection
+                .choose(&population.config, &live, &standings);
+            if population.selection.chosen() != before
+                && let Some(chosen) = population.selection.chosen()
+            {
+                tracing::info!(model = %self.model, kind = population.members[chosen].kind.name(),
+                    live_accuracy = live.accuracy, "the population's leading challenger changed");
+            }
+            if let Some(member) = offer
+                && lineage.candidate.is_none()
+            {
+                self.publish_challenger(&mut population, member).await;
+            }
+        }
+        if let Some(lineage) = self.lineage.as_ref() {
+            population.save(lineage, live_bytes);
+        }
+        self.population = Some(population);
+    }
+
+    /// Writes challenger `member`'s new version and moves `<model>.candidate` to it. Best
+    /// effort, as for a candidate forked for a drift: a version that cannot be written or
+    /// pointed at is left as an orphan, and the member's next version covers its examples.
+    async fn publish_challenger(&mut self, population: &mut Population, member: usize) {
+        let Some(lineage) = self.lineage.as_ref() else {
+            return;
+        };
+        let Some(challenger) = population
+            .challengers
+            .iter_mut()
+            .find(|c| c.member == member)
+        else {
+            return;
+        };
+        let Some(range) = challenger.pending else {
+            return;
+        };
+        let bytes = match challenger.trainer.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(model = %self.model, error = %err, "cannot encode a challenger");
+                return;
+            }
+        };
+        let mut manifest = handler::next_manifest(
+            NextVersion {
+                model: &self.model,
+                parent: challenger.published.as_ref(),
+                config: *challenger.trainer.config(),
+                schema: lineage.schema.clone(),
+                step: challenger.trainer.step(),
+                learned: range,
+                metrics: challenger.window.snapshot(),
+                created_at: Utc::now(),
+                new_chain: challenger.new_chain,
+                traces: challenger.traces.to_strings(),
+            },
+            &bytes,
+        );
+        manifest.version = manifest.version.max(self.last_version + 1);
+        if let Err(failure) =
+            store_version(&self.io.artifacts, &self.model, &mut manifest, &bytes).await
+        {
+            tracing::warn!(model = %self.model, error = %failure, "cannot store a challenger; it is offered with the next version");
+            return;
+        }
+        self.last_version = manifest.version;
+        let reason = format!("train: population member {}", manifest.config.kind.name());
+        match self
+            .io
+            .pointers
+            .move_to(
+                &self.model,
+                Slot::Candidate,
+                &Verified::held(&manifest),
+                Cause::Candidate,
+                &reason,
+                population.candidate_revision,
+            )
+            .await
+        {
+            Ok(revision) => {
+                tracing::info!(model = %self.model, version = manifest.version, kind = manifest.config.kind.name(),
+                    high_water_mark = manifest.high_water_mark, accuracy = manifest.metrics.prequential_accuracy,
+                    "published a challenger as the candidate");
+                self.metrics.candidate_version.set(manifest.version as i64);
+                population.candidate_revision = revision;
+                challenger.published = Some(manifest);
+                challenger.pending = None;
+                challenger.new_chain = false;
+                challenger.traces = TraceSample::default();
+            }
+            Err(CasError::Conflict { .. }) => {
+                // Withdrawn or promoted by the gate, or moved by hand: offered again at the
+                // next version against the pointer as it stands then.
+                tracing::info!(model = %self.model, "the candidate pointer moved; the challenger is offered again with the next version");
+                if let Ok(pointer) = self.io.pointers.get(&self.model, Slot::Candidate).await {
+                    population.candidate_revision = pointer.revision;
+                }
+            }
+            Err(CasError::Failed(failure)) => {
+                tracing::warn!(model = %self.model, error = %failure, "cannot move the candidate pointer; the challenger is offered again with the next version");
+            }
         }
     }
 
@@ -442,7 +896,10 @@ where
             SchemaChoice::Continue(schema) => {
                 match self.lineage.as_mut() {
                     Some(lineage) => lineage.schema = schema,
-                    None => self.lineage = Some(self.fresh_lineage(schema, None, 0)?),
+                    None => {
+                        self.lineage = Some(self.fresh_lineage(schema, None, 0)?);
+                        self.seed_population();
+                    }
                 }
                 Ok(Footing::Ready)
             }
@@ -458,8 +915,18 @@ where
                 tracing::warn!(model = %self.model, schema = %schema.name, version = schema.version, features = schema.n_features(),
                     follows = ?live.as_ref().map(|m| m.version), "a new schema is declared; beginning a new chain of versions under it");
                 self.lineage = Some(self.fresh_lineage(schema, live, revision)?);
+                self.seed_population();
                 Ok(Footing::Ready)
             }
+        }
+    }
+
+    /// Begins the population's challengers beside a lineage just begun (no example learned
+    /// since its live version, so nothing is pending).
+    fn seed_population(&mut self) {
+        if let (Some(population), Some(lineage)) = (self.population.as_mut(), self.lineage.as_mut())
+        {
+            population.rejoin(&self.model, lineage, None, self.window_size);
         }
     }
 
@@ -542,6 +1009,7 @@ where
         self.chain = None;
         self.flush = false;
         self.resume_candidate().await?;
+        self.rejoin_population(false).await?;
         if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
             tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version after a hold");
             self.metrics.live_version.set(live.version as i64);
@@ -604,6 +1072,30 @@ where
                 for trace in traces.clone() {
                     self.pending.traces.add(trace.trace_id());
                 }
+                if let Some(population) = self.population.as_mut() {
+                    // Every member learns the batch live learned, each scoring a row before
+                    // its own step on it.
+                    population.challengers.retain_mut(|challenger| {
+                        match tokio::task::block_in_place(|| {
+                            challenger
+                                .trainer
+                                .train_weighted_batch(rows, labels, weighting)
+                        }) {
+                            Ok(report) => {
+                                challenger.window.record(&report, labels, weighting);
+                                for trace in traces.clone() {
+                                    challenger.traces.add(trace.trace_id());
+                                }
+                                true
+                            }
+                            Err(err) => {
+                                tracing::warn!(model = %self.model, kind = challenger.trainer.kind().name(), error = %err,
+                                    "a challenger refused a batch live took; it sits out until live's next reload");
+                                false
+                            }
+                        }
+                    });
+                }
                 if let Some(candidate) = lineage.candidate.as_mut() {
                     match tokio::task::block_in_place(|| {
                         candidate
@@ -648,6 +1140,13 @@ where
         if let Some(candidate) = self.lineage.as_mut().and_then(|l| l.candidate.as_mut()) {
             candidate.pending = Some(handler::widen(candidate.pending, range));
         }
+        for challenger in self
+            .population
+            .iter_mut()
+            .flat_map(|p| p.challengers.iter_mut())
+        {
+            challenger.pending = Some(handler::widen(challenger.pending, range));
+        }
         // Refused examples count as handled: the next version's mark covers them too.
         self.pending.range = Some(handler::widen(self.pending.range, range));
         if self.pending.since.is_none() {
@@ -682,6 +1181,12 @@ where
             .await?;
         if manifest.high_water_mark != live.high_water_mark {
             tracing::warn!(model = %self.model, candidate = manifest.version, "the candidate does not hold the live version's examples; not continuing it");
+            return Ok(());
+        }
+        if manifest.config != *lineage.trainer.config() {
+            // Another kind than live's: a population member's version (the population resumes
+            // it), not a copy of live forked for a drift.
+            tracing::info!(model = %self.model, candidate = manifest.version, kind = manifest.config.kind.name(), "the candidate is another configuration than live's; not continuing it as live's copy");
             return Ok(());
         }
         let trainer = ModelTrainer::from_bytes(&bytes, lineage.trainer.config())?;
@@ -823,6 +1328,7 @@ where
             }
         }
         self.resume_candidate().await?;
+        self.rejoin_population(true).await?;
         if let Some(live) = self.lineage.as_ref().and_then(|l| l.live.as_ref()) {
             tracing::info!(model = %self.model, version = live.version, high_water_mark = live.high_water_mark, "resuming from the live version");
             self.metrics.live_version.set(live.version as i64);
@@ -921,6 +1427,11 @@ where
                     .load_live()
                     .await
                     .map_err(|e| Failure::new("reload live version", e))?;
+                // A promoted challenger is live now: the members return to where they stood at
+                // the last version, and live continues as the promoted one's lineage.
+                self.rejoin_population(false)
+                    .await
+                    .map_err(|e| Failure::new("rejoin the population", e))?;
                 return Ok(Commit::Abandoned);
             }
             Err(CasError::Failed(failure)) => return Err(failure),
@@ -946,6 +1457,7 @@ where
         self.flush = false;
         self.last_published = Some(Instant::now());
         self.publish_candidate().await;
+        self.offer_challenger(&bytes).await;
         self.prune_in_background();
         Ok(Commit::Durable)
     }
@@ -1281,6 +1793,7 @@ mod tests {
     use freshet::examples::ExampleRecord;
     use freshet::runtime::order::MemoryOrder;
     use freshet::store::MemoryDeclarations;
+    use freshet_model::ModelKind;
     use freshet_model::store::{MemoryPointers, Pointer};
 
     use super::*;
@@ -1424,6 +1937,7 @@ mod tests {
             event_time: None,
             feedback: Default::default(),
             corrects: None,
+            final_at: None,
         };
         Incoming {
             subject: format!("freshet.examples.{model}"),
@@ -1692,5 +2206,267 @@ mod tests {
         );
         assert_eq!(records[1]["sequence"], 23);
         assert_eq!(bench.trainer.metrics.examples_quarantined.get(), 3);
+    }
+
+    /// Example `n` of a boundary no linear model fits: two features in [-1, 1), labelled 1 when
+    /// they have the same sign; first delivered as the consumer's `delivery`-th message.
+    fn quadrant(model: &ModelName, sequence: u64, delivery: u64) -> Incoming {
+        let feature = |j: u64| {
+            let mut z = sequence
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(j.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let features = vec![feature(0), feature(1)];
+        let mut message = incoming(model, sequence, delivery, features.clone());
+        let mut record = ExampleRecord::decode(&message.payload).unwrap();
+        record.label = f32::from(features[0] * features[1] > 0.0);
+        message.payload = Bytes::from(record.to_json_bytes());
+        message
+    }
+
+    /// The learned ranges along the lineage ending at `live`, oldest first.
+    async fn lineage_ranges(bench: &Bench, live: &Manifest) -> Vec<(u64, u64)> {
+        let mut ranges = Vec::new();
+        let mut manifest = live.clone();
+        loop {
+            let learned = manifest.learned.unwrap();
+            ranges.push((learned.first, learned.last));
+            match manifest.parent {
+                Some(parent) => {
+                    manifest = bench
+                        .artifacts
+                        .manifest(&bench.model, parent)
+                        .await
+                        .unwrap()
+                }
+                None => break,
+            }
+        }
+        ranges.reverse();
+        ranges
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_promoted_member_continues_as_live_and_the_member_it_replaced_keeps_learning() {
+        let mut bench = Bench::new();
+        let members = crate::population::members(
+            "fourier",
+            &ModelConfig::default(),
+            freshet_model::Dimensions {
+                hidden: Some(64),
+                factors: None,
+            },
+        )
+        .unwrap();
+        bench.trainer.with_population(
+            members,
+            SelectionConfig {
+                margin: 0.01,
+                min_examples: 100,
+            },
+        );
+        bench.declare("quadrants", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        let mut sequence = 0;
+        let mut batch = |bench: &mut Bench| -> Vec<Incoming> {
+            (0..100)
+                .map(|_| {
+                    sequence += 1;
+                    bench.delivery += 1;
+                    quadrant(&bench.model, sequence, bench.delivery)
+                })
+                .collect()
+        };
+        for _ in 0..12 {
+            let mut examples = batch(&mut bench);
+            bench.trainer.process(&mut examples).await;
+            assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        }
+        // Live is the logistic model; the fourier member leads it and is the candidate, holding
+        // exactly live's examples.
+        let live = bench.live().await.unwrap();
+        assert_eq!(live.config.kind, ModelKind::Logistic);
+        let pointer = bench
+            .pointers
+            .get(&bench.model, Slot::Candidate)
+            .await
+            .unwrap();
+        let candidate = bench
+            .artifacts
+            .manifest(&bench.model, pointer.value.unwrap().version)
+            .await
+            .unwrap();
+        assert_eq!(candidate.config.kind, ModelKind::Fourier { hidden: 64 });
+        assert_eq!(candidate.high_water_mark, live.high_water_mark);
+        assert!(
+            candidate.metrics.prequential_accuracy > live.metrics.prequential_accuracy + 0.1,
+            "{:?} against {:?}",
+            candidate.metrics,
+            live.metrics
+        );
+        // Every example once along the candidate's own chain, from the first.
+        assert_eq!(
+            lineage_ranges(&bench, &candidate).await.first().unwrap().0,
+            1
+        );
+
+        // Learned, not yet published, when the gate promotes the candidate: the update is
+        // handed back, and learned again on top of the promoted version.
+        let mut examples = batch(&mut bench);
+        let held = bench.trainer.process(&mut examples).await;
+        assert!(held.iter().all(|d| matches!(d, Disposition::Hold)));
+        let live_revision = bench
+            .pointers
+            .get(&bench.model, Slot::Live)
+            .await
+            .unwrap()
+            .revision;
+        bench
+            .pointers
+            .promote(
+                &bench.model,
+                &Verified::held(&candidate),
+                "gate",
+                live_revision,
+                pointer.revision,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            bench.trainer.commit(false).await.unwrap(),
+            Commit::Abandoned
+        );
+        for message in &mut examples {
+            message.delivered = 2;
+        }
+        bench.trainer.process(&mut examples).await;
+        assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
+        let after = bench.live().await.unwrap();
+        assert_eq!(after.config.kind, ModelKind::Fourier { hidden: 64 });
+        assert_eq!(after.parent, Some(candidate.version));
+        assert_eq!(after.high_water_mark, 1_300);
+        assert_eq!(after.metrics.examples_total, 1_300);
+        let ranges = lineage_ranges(&bench, &after).await;
+        assert_eq!(ranges.first().unwrap().0, 1);
+        assert!(
+            ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+            "{ranges:?}"
+        );
+        // The logistic lineage learns on as a challenger, from where it stood: it holds the
+        // same examples as live.
+        let population = bench.trainer.population.as_ref().unwrap();
+        let kinds: Vec<&str> = population
+            .challengers
+            .iter()
+            .map(|c| c.trainer.kind().name())
+            .collect();
+        assert_eq!(kinds, ["logistic"]);
+        let logistic = &population.challengers[0];
+        assert_eq!(logistic.published.as_ref().unwrap().version, live.version);
+        assert_eq!(logistic.window.snapshot().examples_total, 1_300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_trainer_resumes_the_candidates_member_and_begins_the_others_after_live() {
+        let population = |bench: &mut Bench| {
+            let members = crate::population::members(
+                "mlp,fourier",
+                &ModelConfig::default(),
+                freshet_model::Dimensions {
+                    hidden: Some(16),
+                    factors: None,
+                },
+            )
+            .unwrap();
+            bench.trainer.with_population(
+                members,
+                SelectionConfig {
+                    margin: 0.01,
+                    min_examples: 100,
+                },
+            );
+        };
+        let mut bench = Bench::new();
+        population(&mut bench);
+        bench.declare("quadrants", 1, 2).await;
+        bench.trainer.resume().await.unwrap();
+        let mut sequence = 0;
+        let mut batch = |bench: &mut Bench| -> Vec<Incoming> {
+            (0..100)
+                .map(|_| {
+                    sequence += 1;
+                    bench.delivery += 1;
+                    quadrant(&bench.model, sequence, bench.delivery)
+                })
+                .collect()
+        };
+        for _ in 0..10 {
+            let mut examples = batch(&mut bench);
+            bench.trainer.process(&mut examples).await;
+            bench.trainer.commit(false).await.unwrap();
+        }
+        let pointer = bench
+            .pointers
+            .get(&bench.model, Slot::Candidate)
+            .await
+            .unwrap();
+        let before = bench
+            .artifacts
+            .manifest(&bench.model, pointer.value.unwrap().version)
+            .await
+            .unwrap();
+        let offered = before.config.kind;
+        assert_ne!(offered, ModelKind::Logistic);
+
+        // Another trainer takes over: the member the candidate pointer names resumes from its
+        // version; the other begins fresh, its first version to follow live's.
+        let mut restarted = bench.restarted();
+        population(&mut restarted);
+        restarted.trainer.resume().await.unwrap();
+        let members = &restarted.trainer.population.as_ref().unwrap().challengers;
+        let resumed = members
+            .iter()
+            .find(|c| c.trainer.kind() == offered)
+            .unwrap();
+        assert_eq!(resumed.published.as_ref().unwrap().version, before.version);
+        assert!(!resumed.new_chain);
+        let fresh = members
+            .iter()
+            .find(|c| c.trainer.kind() != offered)
+            .unwrap();
+        let live = restarted.live().await.unwrap();
+        assert_eq!(fresh.published.as_ref().unwrap().version, live.version);
+        assert!(fresh.new_chain);
+        assert_eq!(fresh.window.snapshot().examples_total, 1_000);
+
+        restarted.delivery = bench.delivery;
+        for _ in 0..2 {
+            let mut examples = batch(&mut restarted);
+            restarted.trainer.process(&mut examples).await;
+            restarted.trainer.commit(false).await.unwrap();
+        }
+        // The candidate's chain learned every example once, across the restart.
+        let pointer = restarted
+            .pointers
+            .get(&restarted.model, Slot::Candidate)
+            .await
+            .unwrap();
+        let after = restarted
+            .artifacts
+            .manifest(&restarted.model, pointer.value.unwrap().version)
+            .await
+            .unwrap();
+        assert_eq!(after.config.kind, offered);
+        assert_eq!(after.high_water_mark, 1_200);
+        assert_eq!(after.metrics.examples_total, 1_200);
+        let ranges = lineage_ranges(&restarted, &after).await;
+        assert_eq!(ranges.first().unwrap().0, 1);
+        assert!(
+            ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+            "{ranges:?}"
+        );
     }
 }

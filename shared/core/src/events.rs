@@ -126,6 +126,17 @@ pub struct ExampleData {
     /// the fake negative). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrects: Option<String>,
+    /// For a [`Feedback::FakeNegative`]: the event time (RFC 3339) from which its label is
+    /// final, no correction following it after that (featurize writes the view's time plus the
+    /// label horizon plus its out-of-orderness bound). drift holds the view's prediction until a
+    /// correction or this time settles its label, and judges its error then; a fake negative
+    /// without it is never judged. Absent otherwise.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::event_time::deserialize_option"
+    )]
+    pub final_at: Option<DateTime<Utc>>,
 }
 
 /// How an example's label relates to delayed feedback: whether it is final, or part of
@@ -198,6 +209,25 @@ pub fn check_feedback(
         )),
         _ => Ok(()),
     }
+}
+
+/// Checks that only a fake negative says when its label becomes final (`final_at`): a final
+/// label is final already, and a correction is the final label of its fake negative.
+pub fn check_final_at(
+    prefix: &str,
+    feedback: Feedback,
+    has_final_at: bool,
+) -> Result<(), Rejection> {
+    if has_final_at && feedback != Feedback::FakeNegative {
+        return Err(invalid_data(
+            &format!("{prefix}final_at"),
+            format!(
+                "only a fake negative says when its label becomes final; this one is {}",
+                feedback.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `outcome`: the true label of an earlier prediction, by the prediction's id.
@@ -470,6 +500,7 @@ fn decode_data(event_type: EventType, data: serde_json::Value) -> Result<EventDa
                 example.corrects.as_deref(),
                 example.label,
             )?;
+            check_final_at("data.", example.feedback, example.final_at.is_some())?;
             EventData::Example(example)
         }
         EventType::Outcome => {
@@ -652,7 +683,17 @@ mod tests {
         let fake = decoded(
             json!({"model": "m", "features": [1.0], "label": 0, "feedback": "fake_negative"}),
         );
-        assert_eq!(fake.feedback, Feedback::FakeNegative);
+        assert_eq!(
+            (fake.feedback, fake.final_at),
+            (Feedback::FakeNegative, None)
+        );
+        // A fake negative may say from when its label is final.
+        let timed = decoded(json!({"model": "m", "features": [1.0], "label": 0,
+            "feedback": "fake_negative", "final_at": "2026-01-01T00:30:05Z"}));
+        assert_eq!(
+            timed.final_at,
+            Some("2026-01-01T00:30:05Z".parse::<DateTime<Utc>>().unwrap())
+        );
         let correction = decoded(json!({"model": "m", "features": [1.0], "label": 1,
             "feedback": "correction", "corrects": "ex-v1"}));
         assert_eq!(
@@ -774,6 +815,8 @@ mod tests {
             (envelope("example", json!({"model": "m", "features": [1.0], "label": 0, "feedback": "correction", "corrects": "ex-v1"})), RejectReason::InvalidData, "data.label"),
             (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "feedback": "fake_negative"})), RejectReason::InvalidData, "data.label"),
             (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "corrects": "ex-v1"})), RejectReason::InvalidData, "data.corrects"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 1, "final_at": "2026-01-01T00:30:05Z"})), RejectReason::InvalidData, "data.final_at"),
+            (envelope("example", json!({"model": "m", "features": [1.0], "label": 0, "feedback": "fake_negative", "final_at": "tomorrow"})), RejectReason::InvalidData, "data.final_at"),
             (envelope("outcome", serde_json::Value::Null), RejectReason::InvalidData, "data"),
         ];
         for (bytes, reason, field) in cases {

@@ -5,7 +5,9 @@
 //!
 //! With delayed feedback an example also says how its label came about ([`Feedback`]): final,
 //! a fake negative sent before the label was known, or the correction of one (which names it in
-//! `corrects`). Both fields are left out when the label is final, so such a record reads as it
+//! `corrects`); a fake negative also says from when its label is final (`final_at`: no
+//! correction follows it after that event time), so drift can judge the view's error once its
+//! label is. These fields are left out when the label is final, so such a record reads as it
 //! always did; a reader from before them refuses a record that has them, so train and drift must
 //! be upgraded before featurize.
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RejectReason, Rejection};
 pub use crate::events::Feedback;
-use crate::events::{MAX_FEATURES, check_feedback, check_numbers};
+use crate::events::{MAX_FEATURES, check_feedback, check_final_at, check_numbers};
 use crate::ids::ModelName;
 use crate::monitoring::{Monitoring, Watch};
 
@@ -73,6 +75,10 @@ pub struct ExampleRecord {
     /// For a correction: the id of the fake negative it corrects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrects: Option<String>,
+    /// For a fake negative: the event time from which its label is final, a correction no
+    /// longer following it (see [`crate::events::ExampleData::final_at`]). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_at: Option<DateTime<Utc>>,
 }
 
 /// [`ExampleRecord`] as read from the wire, before its features are checked and narrowed.
@@ -90,6 +96,8 @@ struct WideExample {
     feedback: Feedback,
     #[serde(default)]
     corrects: Option<String>,
+    #[serde(default)]
+    final_at: Option<DateTime<Utc>>,
 }
 
 impl ExampleRecord {
@@ -114,6 +122,7 @@ impl ExampleRecord {
             event_time: Some(at),
             feedback: data.feedback,
             corrects: data.corrects.clone(),
+            final_at: data.final_at,
         }
     }
 
@@ -136,6 +145,7 @@ impl ExampleRecord {
             event_time: wide.event_time,
             feedback: wide.feedback,
             corrects: wide.corrects,
+            final_at: wide.final_at,
         };
         if record.features.is_empty() || record.features.len() > MAX_FEATURES {
             return Err(Rejection::new(
@@ -160,6 +170,7 @@ impl ExampleRecord {
             record.corrects.as_deref(),
             f64::from(record.label),
         )?;
+        check_final_at("", record.feedback, record.final_at.is_some())?;
         Ok(record)
     }
 
@@ -194,6 +205,7 @@ mod tests {
             event_time: None,
             feedback: Feedback::Final,
             corrects: None,
+            final_at: None,
         };
         assert_eq!(ExampleRecord::decode(&good.to_json_bytes()).unwrap(), good);
         // A final example is written as before delayed feedback; a correction names its fake
@@ -242,6 +254,13 @@ mod tests {
                     ..correction.clone()
                 },
                 "corrects",
+            ),
+            (
+                ExampleRecord {
+                    final_at: Some(DateTime::<Utc>::UNIX_EPOCH),
+                    ..correction.clone()
+                },
+                "final_at",
             ),
         ] {
             assert_eq!(
