@@ -22,7 +22,8 @@
 //! purchases come minutes later. A user's cart and purchase rates within the item's category
 //! were tried and left out: they ranked a little better, but the model then followed a change in
 //! what users buy (half the catalogue selling against taste) so closely that its error, which
-//! drift watches, rose too slowly to confirm the change in time.
+//! drift watches, rose too slowly to confirm the change in time on labels that wait for the
+//! horizon (measured in BENCHMARKS.md, section "Delayed feedback").
 //!
 //! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
 //! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
