@@ -5,9 +5,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use freshet::runtime::function::EXIT_LEASE_LOST;
 
 /// The oldest nats-server freshet works with: KV creation and multi-filter consumers need 2.10.
 pub const MIN_NATS_SERVER: (u32, u32) = (2, 10);
@@ -244,7 +246,46 @@ pub fn executable_of(name: &str) -> String {
 /// One function (or CLI) process of the stack.
 pub struct FunctionProcess {
     name: String,
+    running: Arc<Mutex<Running>>,
+    /// Restarts the process when it exits with [`EXIT_LEASE_LOST`] (see
+    /// [`FunctionProcess::spawn_restarting`]).
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a process handle holds, shared with its watcher.
+struct Running {
     child: Option<Child>,
+    /// Set once the stack ends the process on purpose: the watcher starts nothing after that.
+    stopping: bool,
+    restarts: u32,
+}
+
+/// How to start a process, kept to start it again.
+struct Launch {
+    path: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn start(&self, append: bool) -> anyhow::Result<Child> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&self.log)
+            .with_context(|| format!("creating {}", self.log.display()))?;
+        Command::new(&self.path)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", self.path.display()))
+    }
 }
 
 impl FunctionProcess {
@@ -255,6 +296,30 @@ impl FunctionProcess {
         envs: &[(String, String)],
         log: &Path,
     ) -> anyhow::Result<FunctionProcess> {
+        Self::start(binary, args, envs, log, false)
+    }
+
+    /// Starts `binary` as [`spawn`](Self::spawn) does, and starts it again whenever it exits
+    /// with [`EXIT_LEASE_LOST`]: a function that lost its lease (cut off from the servers for
+    /// longer than the lease lives) exits so as never to work beside the new holder, and
+    /// counts on being restarted, as Kubernetes, Compose and `make up` do. Any other exit is
+    /// left for the caller to see. The restart appends to the same log.
+    pub fn spawn_restarting(
+        binary: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<FunctionProcess> {
+        Self::start(binary, args, envs, log, true)
+    }
+
+    fn start(
+        binary: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        log: &Path,
+        restarting: bool,
+    ) -> anyhow::Result<FunctionProcess> {
         let path = bin_dir()?.join(executable_of(binary));
         if !path.is_file() {
             bail!(
@@ -262,19 +327,25 @@ impl FunctionProcess {
                 path.display()
             );
         }
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(&path)
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
+        let launch = Launch {
+            path,
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            log: log.to_path_buf(),
+        };
+        let running = Arc::new(Mutex::new(Running {
+            child: Some(launch.start(false)?),
+            stopping: false,
+            restarts: 0,
+        }));
+        let watcher = restarting.then(|| {
+            let running = running.clone();
+            std::thread::spawn(move || restart_on_lease_loss(&launch, &running))
+        });
         Ok(FunctionProcess {
             name: binary.to_string(),
-            child: Some(child),
+            running,
+            watcher,
         })
     }
 
@@ -282,21 +353,39 @@ impl FunctionProcess {
         &self.name
     }
 
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.running().child.as_ref().map(Child::id)
+    }
+
+    /// How many times the process was started again after losing its lease.
+    pub fn restarts(&self) -> u32 {
+        self.running().restarts
     }
 
     /// Whether the process has exited (and how).
     pub fn try_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        match self.child.as_mut() {
+        match self.running().child.as_mut() {
             Some(child) => Ok(child.try_wait()?),
             None => Ok(None),
         }
     }
 
+    /// Takes the child out of the handle for the stack to end it, and stops restarts.
+    fn stop(&mut self) -> Option<Child> {
+        let mut running = self.running();
+        running.stopping = true;
+        running.child.take()
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for a graceful exit; returns its status.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("process already stopped")?;
+        let mut child = self.stop().context("process already stopped")?;
         signal(&child, libc::SIGTERM);
         match wait_with_timeout(&mut child, timeout)? {
             Some(status) => Ok(status),
@@ -310,7 +399,7 @@ impl FunctionProcess {
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.stop() {
             child.kill()?;
             child.wait()?;
         }
@@ -318,11 +407,40 @@ impl FunctionProcess {
     }
 }
 
+/// Watches a process started by [`FunctionProcess::spawn_restarting`] until the stack stops it.
+fn restart_on_lease_loss(launch: &Launch, running: &Mutex<Running>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut running = running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.stopping {
+            return;
+        }
+        let lost_lease = running.child.as_mut().is_some_and(|child| {
+            matches!(child.try_wait(), Ok(Some(status)) if status.code() == Some(EXIT_LEASE_LOST))
+        });
+        if lost_lease {
+            match launch.start(true) {
+                Ok(child) => {
+                    running.child = Some(child);
+                    running.restarts += 1;
+                }
+                // Left exited, for the caller to see.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 impl Drop for FunctionProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.stop() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
         }
     }
 }

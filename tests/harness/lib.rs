@@ -18,6 +18,8 @@ use futures::StreamExt;
 
 pub use freshet_cli::stack;
 
+pub mod links;
+
 /// The built-in topology with a short ack wait, so redelivery after a crash takes seconds.
 pub fn test_topology() -> String {
     include_str!("../../infra/topology.toml").replace("ack_wait = \"30s\"", "ack_wait = \"3s\"")
@@ -856,6 +858,11 @@ impl ConfiguredServer {
         }
         Ok(server)
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for ConfiguredServer {
@@ -866,7 +873,8 @@ impl Drop for ConfiguredServer {
 }
 
 /// Starts the function binary `function` with `args`, the settings `envs`, HTTP on a free
-/// loopback port and text logs; its log goes to `dir/<function>.log` (see [`function_log`]).
+/// loopback port and text logs; its log goes to `dir/<function>.log` (see [`function_log`]). It is
+/// started again if it exits having lost its lease, as a deployment restarts it.
 pub fn spawn_function(
     function: &str,
     args: &[&str],
@@ -885,7 +893,7 @@ pub fn spawn_function(
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    FunctionProcess::spawn(function, &args, &envs, &dir.join(format!("{function}.log")))
+    FunctionProcess::spawn_restarting(function, &args, &envs, &dir.join(format!("{function}.log")))
 }
 
 /// The log a function started by [`spawn_function`] in `dir` wrote so far.

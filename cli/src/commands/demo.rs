@@ -120,7 +120,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         ("drift", vec![]),
     ] {
         let log = dir.join("logs").join(format!("{binary}.log"));
-        functions.push(FunctionProcess::spawn(binary, &extra, &env, &log)?);
+        functions.push(FunctionProcess::spawn_restarting(
+            binary, &extra, &env, &log,
+        )?);
     }
     timeline.at("featurize, train, predict and drift started (logs in .freshet/demo/logs)");
 

@@ -86,7 +86,7 @@ pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Nats> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let js = jetstream::new(client.clone());
+    let js = global.common.nats.jetstream(client.clone());
     Ok(Nats {
         client,
         js,

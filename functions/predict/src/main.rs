@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         let recording =
             freshet::connect::connect(&ctx.args.common.nats, "predict-recorder").await?;
         tasks.push(tokio::spawn(recorder.flush_until(
-            async_nats::jetstream::new(recording),
+            ctx.args.common.nats.jetstream(recording),
             ctx.subjects.clone(),
             args.model.name.clone(),
             async move {

@@ -63,6 +63,21 @@ pub struct NatsArgs {
     /// Client private key (PEM) for mutual TLS (with --nats-tls-cert)
     #[arg(long = "nats-tls-key", env = "FRESHET_NATS_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// JetStream domain to address: the hub's, for a function at an edge site whose server is a
+    /// leaf node without JetStream of its own (its JetStream requests cross the leaf connection
+    /// only under the hub's domain)
+    #[arg(long = "jetstream-domain", env = "FRESHET_JETSTREAM_DOMAIN")]
+    pub jetstream_domain: Option<String>,
+}
+
+impl NatsArgs {
+    /// The JetStream context for `client`, in the configured domain if any.
+    pub fn jetstream(&self, client: async_nats::Client) -> async_nats::jetstream::Context {
+        match &self.jetstream_domain {
+            Some(domain) => async_nats::jetstream::with_domain(client, domain),
+            None => async_nats::jetstream::new(client),
+        }
+    }
 }
 
 impl Default for NatsArgs {
@@ -77,6 +92,7 @@ impl Default for NatsArgs {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            jetstream_domain: None,
         }
     }
 }

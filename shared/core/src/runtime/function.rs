@@ -23,6 +23,10 @@ use crate::subjects::Subjects;
 use crate::telemetry::Spans;
 use crate::topology::{self, Topology, TopologyError};
 
+/// The exit status of a function that lost its lease (see [`FunctionContext::exclusively`]): it stops
+/// at once so as never to work beside the new holder, and expects to be started again.
+pub const EXIT_LEASE_LOST: i32 = 3;
+
 /// Longest a function waits at shutdown for its last spans to be exported.
 const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -59,7 +63,7 @@ impl FunctionContext {
         http.register(&metrics);
         http.start(&shutdown);
         let client = connect(&args.common.nats, name).await?;
-        let js = jetstream::new(client.clone());
+        let js = args.common.nats.jetstream(client.clone());
         let provisioned = retry::until_done(
             "provisioning the JetStream topology",
             shutdown.clone(),
@@ -271,7 +275,7 @@ impl FunctionContext {
                             }
                             Err(err) => {
                                 tracing::error!(error = %err, "lost the lease; exiting so the new holder works alone");
-                                std::process::exit(3);
+                                std::process::exit(EXIT_LEASE_LOST);
                             }
                         }
                     }

@@ -5,13 +5,13 @@
 //! over. A function whose exactly-once bookkeeping is a high-water mark (train's manifest, the
 //! per-partition marks of featurize's entity state) must then not handle the later messages
 //! first. [`OrderGuard::check`] tells whether a message is the next one on the consumer's filter
-//! after a mark, looking at the stream itself (a direct get of the next message on the filter)
-//! and stepping over messages the consumer has already acknowledged. The check reads the stream
+//! after a mark, looking at the stream itself (the next message on the filter, as the stream's
+//! leader has it) and stepping over messages the consumer has already acknowledged. The check reads the stream
 //! through [`OrderCheck`], so a processor's unit tests run it against [`MemoryOrder`].
 
 use std::future::Future;
 
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 
 use crate::error::Failure;
 
@@ -174,13 +174,20 @@ impl OrderCheck for OrderGuard {
     }
 
     async fn next_on_filter(&self, after: u64) -> Result<Option<u64>, Failure> {
+        // Asked of the stream's leader, never a direct get: any replica answers a direct get,
+        // and one still catching up (just restarted, or back from a partition) lacks the latest
+        // messages. Told that nothing follows the mark, the guard would let a later message
+        // through, and the high-water mark would pass the earlier ones unhandled.
         match self
             .stream
-            .direct_get_next_for_subject(self.filter.clone(), Some(after + 1))
+            .raw_message_builder()
+            .sequence(after + 1)
+            .next_by_subject(self.filter.clone())
+            .send()
             .await
         {
             Ok(message) => Ok(Some(message.sequence)),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(err) => Err(Failure::new(
                 format!("look up the next message on {}", self.filter),
                 err,
