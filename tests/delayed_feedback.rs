@@ -8,7 +8,7 @@
 //!   told every label at once would learn, and the model's mean prediction within 1.5× of the
 //!   stream's true conversion rate, in every version train published. (Before that the first
 //!   views' corrections are still on their way: at one minute the share learned is about half
-//!   the true share and the mean prediction a fifth of the true rate.) Every view goes out at once, once; every correction names a view of the same
+//!   the true share and the mean prediction about half the true rate.) Every view goes out at once, once; every correction names a view of the same
 //!   user and item with a purchase within the horizon after it, at most one per view.
 //! - Waiting for the horizon, every view older than the horizon at the end is labelled exactly
 //!   once (1 if and only if a purchase of the item by its user followed within the horizon),

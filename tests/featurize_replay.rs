@@ -6,7 +6,7 @@
 //!
 //! featurize runs with `--label-horizon 0s`, so every action is one example. "The same EXAMPLES"
 //! is exact for everything an example's own partition decides: its id, its label and the user's
-//! features, and the item's price, age and idle time (every test event has the same time). An item
+//! features, and the item's price and idle time (every test event has the same time). An item
 //! and its category are touched by users of every partition, so the other item columns of an
 //! example depend on how the partitions interleaved in that run (as they would between any two
 //! runs of a partitioned stream processor); for them the test checks each value lies between the
@@ -29,11 +29,13 @@ use futures::{StreamExt, TryStreamExt};
 
 const ITEMS: usize = 12;
 const ACTIONS: usize = 900;
-/// Columns of the feature vector that come from the user's state alone.
-const USER_COLUMNS: usize = 6;
-/// Item columns every run agrees on: price, age and idle time, from the catalogue and the one
-/// event time of the test.
-const ITEM_FIXED_COLUMNS: [usize; 3] = [8, 9, 10];
+/// Columns of the feature vector that come from the user's state alone (and the item's category,
+/// known from the catalogue before any action): the cart and purchase rates, the category share
+/// and the idle time.
+const USER_COLUMNS: [usize; 4] = [0, 1, 2, 5];
+/// Item columns every run agrees on: price and idle time, from the catalogue and the one event
+/// time of the test.
+const ITEM_FIXED_COLUMNS: [usize; 2] = [8, 10];
 /// featurize labels every action at once.
 const AT_ONCE: [&str; 2] = ["--label-horizon", "0s"];
 
@@ -156,13 +158,15 @@ fn assert_same(clean: &Outcome, other: &Outcome, what: &str) {
     for (id, expected) in &clean.examples {
         let got = &other.examples[id];
         assert_eq!(got.label, expected.label, "{what}: label of {id}");
-        assert_eq!(
-            got.features[..USER_COLUMNS],
-            expected.features[..USER_COLUMNS],
-            "{what}: user features of {id}"
-        );
-        // Price and age come from the item's new_item event, featurized before any action, and
-        // its idle time from the one event time of the test.
+        for column in USER_COLUMNS {
+            assert_eq!(
+                got.features[column], expected.features[column],
+                "{what}: user feature {} of {id}",
+                FEATURE_NAMES[column]
+            );
+        }
+        // Price comes from the item's new_item event, featurized before any action, and its idle
+        // time from the one event time of the test.
         for column in ITEM_FIXED_COLUMNS {
             assert_eq!(
                 got.features[column], expected.features[column],
@@ -173,14 +177,16 @@ fn assert_same(clean: &Outcome, other: &Outcome, what: &str) {
         // The item's and category's counts when this action was featurized lie between none and
         // the final ones, whatever the interleaving. A purchase rate is (purchases + 4·prior) /
         // (views + 4): the category's with prior 0.1, the item's with the category's rate as its
-        // prior. Every action of the test falls in one popularity window.
+        // prior; a cart rate the same with carts, and prior 0.2. Every action of the test falls
+        // in one popularity window, within the item's first minute, so a rate per minute of the
+        // last five is their count.
         let end: ItemState =
             serde_json::from_value(clean.features[&format!("item.{}", id_item(id))].clone())
                 .unwrap();
         let category_name = end.category.as_deref().expect("the catalogue came first");
         let category: CategoryState =
             serde_json::from_value(clean.features[&category_key(category_name)].clone()).unwrap();
-        let (views, purchases) = (end.views as f32, end.purchases as f32);
+        let (views, carts, purchases) = (end.views as f32, end.carts as f32, end.purchases as f32);
         let actions = (end.views + end.carts + end.purchases) as f32;
         let (category_views, category_purchases) = (
             category.views.max(category.purchases) as f32,
@@ -188,18 +194,25 @@ fn assert_same(clean: &Outcome, other: &Outcome, what: &str) {
         );
         let prior_low = 0.4 / (category_views + 4.0);
         let prior_high = (category_purchases + 0.4) / 4.0;
+        let category_carts = category.carts as f32;
+        let cart_prior_low = 0.8 / (category_views.max(category_carts) + 4.0);
+        let cart_prior_high = (category_carts + 0.8) / 4.0;
         let bounds = [
-            (6, 0.0, (1.0 + views).ln()),
+            (
+                6,
+                4.0 * cart_prior_low / (views.max(carts) + 4.0),
+                (carts + 4.0 * cart_prior_high) / 4.0,
+            ),
             (
                 7,
                 4.0 * prior_low / (views.max(purchases) + 4.0),
                 (purchases + 4.0 * prior_high) / 4.0,
             ),
+            (9, 0.0, 1.0),
             (11, 0.0, (1.0 + actions).ln()),
             (12, 0.0, (1.0 + purchases).ln()),
-            (13, 0.0, (1.0 + actions).ln()),
-            (14, 0.0, (1.0 + purchases).ln()),
-            (15, prior_low, prior_high),
+            (3, cart_prior_low, cart_prior_high),
+            (4, prior_low, prior_high),
         ];
         for (column, low, high) in bounds {
             let value = got.features[column];

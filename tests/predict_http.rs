@@ -150,7 +150,7 @@ async fn the_predictor_speaks_open_inference_and_cloud_events() -> anyhow::Resul
     let infer_url = format!("{base}/v2/models/bookstore/infer");
     let rows = [
         [
-            0.5, 1.0, 0.0, 0.2, 0.7, 2.0, 0.1, 0.3, 3.0, 0.2, 1.5, 0.4, 0.0, 1.1, 0.7, 0.1,
+            0.3, 0.1, 0.7, 0.2, 0.1, 2.0, 0.25, 0.12, 3.0, 0.08, 1.5, 1.2, 0.3,
         ],
         [0.0; N],
     ];

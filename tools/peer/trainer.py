@@ -152,10 +152,10 @@ class Bookstore:
     def features(self, data: dict) -> dict[str, float]:
         """The feature dict of a `user_action`, from the state BEFORE that action is counted.
 
-        Names and definitions follow freshet's bookstore features (shared/features/src/bookstore.rs) where
-        they need no clock: counts as ln(1 + n), rates smoothed towards a prior. The event-time
-        windows and recency features are left out: a Python team would need a stream processor
-        for those.
+        Names and definitions follow freshet's bookstore features of schema version 3
+        (shared/features/src/bookstore.rs) where they need no clock: counts as ln(1 + n), rates
+        smoothed towards a prior. The event-time windows and recency features are left out: a
+        Python team would need a stream processor for those.
         """
         user = self.users.get(data["user"]) or User()
         item = self.items.get(data["item"]) or Item()

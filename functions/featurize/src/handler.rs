@@ -1100,12 +1100,19 @@ mod tests {
         assert!(plan.rejected.is_empty());
         let example = &plan.examples[2];
         assert_eq!(example.features.len(), FEATURE_NAMES.len());
-        assert_eq!(example.schema, Some(("bookstore".to_string(), 3)));
+        assert_eq!(
+            example.schema,
+            Some(("bookstore".to_string(), bookstore::SCHEMA_VERSION))
+        );
         assert_eq!(example.event_time, Some(at(4)));
         // The purchase's example saw the view and the cart before it: the state moves through
-        // the batch.
-        let (views, carts) = (example.features[0], example.features[1]);
-        assert_eq!((views, carts), (2f32.ln(), 2f32.ln()));
+        // the batch: one cart and no purchase in one view, towards the priors 0.2 and 0.1.
+        let feature = |name: &str| {
+            let column = FEATURE_NAMES.iter().position(|n| *n == name).unwrap();
+            f64::from(example.features[column])
+        };
+        assert!((feature("user_cart_rate") - 1.8 / 5.0).abs() < 1e-6);
+        assert!((feature("user_purchase_rate") - 0.4 / 5.0).abs() < 1e-6);
         assert_eq!(plan.mutations["user.u1"].len(), 3);
         assert_eq!(plan.mutations["item.b1"].len(), 4);
         assert_eq!(plan.mutations["category.poetry"].len(), 3);

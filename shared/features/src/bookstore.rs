@@ -5,30 +5,46 @@
 //! Every state carries, per partition, the highest stream sequence already applied to it. A
 //! redelivered event at or below that mark is recognised and not counted twice.
 //!
-//! # The features (schema "bookstore", version 3)
+//! # The features (schema "bookstore", version 4)
 //!
-//! Counts enter as `ln(1 + n)`, rates are smoothed towards a prior, durations are clamped, so
-//! every value is finite and bounded (below 45) for any state. "Now" is the event time of the
+//! No feature grows with the stream's age or an entity's: every one is a rate smoothed towards a
+//! prior, a rate per minute over a recent span, a price or a clamped idle time, so its
+//! distribution over the views of one minute is the same early in a stream as an hour later
+//! (only the spread of a smoothed rate widens as histories lengthen, not its level). This matters
+//! beyond drift monitoring: a delayed label carries the features of its view, older than those
+//! of the rows learned beside it, and a feature that grows with age then reads "older values
+//! convert" (the bias measured in BENCHMARKS.md, section "Delayed feedback"). Version 3's
+//! running counts (views, carts and purchases of the user, views of the item), the item's age and
+//! its hour-long counts are gone, and the five-minute counts became rates per minute of the span
+//! actually covered (a count over the current, partly elapsed minute and the four before it
+//! swings with the second of the minute, and fills up over an item's first five minutes). What
+//! the counts told about buying is carried by the cart rates, which are known at once where
+//! purchases come minutes later. A user's cart and purchase rates within the item's category
+//! were tried and left out: they ranked a little better, but the model then followed a change in
+//! what users buy (half the catalogue selling against taste) so closely that its error, which
+//! drift watches, rose too slowly to confirm the change in time on labels that wait for the
+//! horizon (measured in BENCHMARKS.md, section "Delayed feedback").
+//!
+//! Rates are (hits + 4·prior) / (trials + 4): defined for a brand-new entity (the prior) and
+//! dominated by the entity's own counts after a few actions; trials are never fewer than hits.
+//! Every value is finite and bounded (below 45) for any state. "Now" is the event time of the
 //! action at training time and the clock at request time.
 //!
 //! | # | name | definition | drift watches |
 //! | --- | --- | --- | --- |
-//! | 0 | `user_log_views` | ln(1 + views by the user) | no: a running count |
-//! | 1 | `user_log_carts` | ln(1 + add-to-carts by the user) | no: a running count |
-//! | 2 | `user_log_purchases` | ln(1 + purchases by the user) | no: a running count |
-//! | 3 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
-//! | 4 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
+//! | 0 | `user_cart_rate` | (add-to-carts + 4·0.2) / (views + 4) | no: a running average |
+//! | 1 | `user_purchase_rate` | (purchases + 4·0.1) / (views + 4) | no: a running average |
+//! | 2 | `user_category_share` | (views of the item's category + 4·0.5) / (views + 4) | no: a running average |
+//! | 3 | `category_cart_rate` | (category add-to-carts + 4·0.2) / (category views + 4): all items of the category | no: a running average |
+//! | 4 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4) | no: a running average |
 //! | 5 | `user_log_idle_minutes` | ln(1 + minutes since the user's last event), at most 30 days; 30 days for a new user | the value |
-//! | 6 | `item_log_views` | ln(1 + views of the item) | no: a running count |
-//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 15) | no: a running average |
+//! | 6 | `item_cart_rate` | (add-to-carts + 4·c) / (views + 4), c the category cart rate (feature 3) | no: a running average |
+//! | 7 | `item_purchase_rate` | (purchases + 4·p) / (views + 4), p the category purchase rate (feature 4) | no: a running average |
 //! | 8 | `item_log_price` | ln(1 + price), 0 when unknown | the value |
-//! | 9 | `item_log_age_hours` | ln(1 + hours since the item was first seen) | no: a time since |
+//! | 9 | `item_recent_conversion` | (purchases of the item in the last 60 one-minute windows + 4·s) / (actions on it in them + 4); s = (its purchases + 4·s_c) / (its actions + 4) over all time, s_c = (category purchases + 4·0.1/1.3) / (category actions + 4), purchases per action of any kind | no: hour-long overlap |
 //! | 10 | `item_log_idle_minutes` | ln(1 + minutes since the item's last event), as for the user | the value |
-//! | 11 | `item_log_actions_5m` | ln(1 + actions on the item in the last 5 one-minute windows) | no: slow swings |
-//! | 12 | `item_log_purchases_5m` | ln(1 + purchases of it in the same span) | no: wanders |
-//! | 13 | `item_log_actions_1h` | ln(1 + actions on the item in the last 60 one-minute windows) | no: hour-long overlap |
-//! | 14 | `item_log_purchases_1h` | ln(1 + purchases of it in the same span) | no: hour-long overlap |
-//! | 15 | `category_purchase_rate` | (category purchases + 4·0.1) / (category views + 4): all items of the category | no: a running average |
+//! | 11 | `item_log_action_rate_5m` | ln(1 + actions on the item per minute in the last 5 one-minute windows: their count over the minutes those windows have covered by now since the item was first seen, at least 1) | no: slow swings |
+//! | 12 | `item_log_purchase_rate_5m` | ln(1 + purchases of it per minute, over the same span) | no: wanders |
 //!
 //! The last column is the monitoring plan ([`MONITORING`], with each reason in full): what the
 //! drift function compares between a reference window and a recent one. The model's prediction
@@ -36,10 +52,14 @@
 //!
 //! The recent spans are event-time windows ([`EventTimeWindows`]): tumbling one-minute windows
 //! ending at the end of the current minute, so "the last 5 minutes" is the current, partly
-//! elapsed minute and the four before it. A book that goes viral lifts features 11–14 with its
-//! first events, and the next request already sees them. The category's rate is the prior of a
-//! new item's rate, so a book listed a second ago starts at its category's level rather than at a
+//! elapsed minute and the four before it. A book that goes viral lifts features 9, 11 and 12 with
+//! its first events, and the next request already sees them. A category's rates are the priors
+//! of its items', so a book listed a second ago starts at its category's level rather than at a
 //! bookshop-wide guess.
+//!
+//! Version 4 reads the states of version 3 as they are: every feature is computed from what both
+//! versions keep (counts, category views, first and last event times, popularity windows), so a
+//! state written by version 3 yields the features it would have had under version 4.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,41 +79,31 @@ use freshet::stats::{Decay, EwmaError, EwmaVector};
 /// The name of the bookstore feature schema, written into every manifest.
 pub const SCHEMA_NAME: &str = "bookstore";
 /// Bumped whenever a feature's meaning changes; predictors refuse a model of another version.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// The features, in vector order; the module documentation defines each.
-pub const FEATURE_NAMES: [&str; 16] = [
-    "user_log_views",
-    "user_log_carts",
-    "user_log_purchases",
+pub const FEATURE_NAMES: [&str; 13] = [
+    "user_cart_rate",
     "user_purchase_rate",
     "user_category_share",
+    "category_cart_rate",
+    "category_purchase_rate",
     "user_log_idle_minutes",
-    "item_log_views",
+    "item_cart_rate",
     "item_purchase_rate",
     "item_log_price",
-    "item_log_age_hours",
+    "item_recent_conversion",
     "item_log_idle_minutes",
-    "item_log_actions_5m",
-    "item_log_purchases_5m",
-    "item_log_actions_1h",
-    "item_log_purchases_1h",
-    "category_purchase_rate",
+    "item_log_action_rate_5m",
+    "item_log_purchase_rate_5m",
 ];
 /// How drift watches each feature, in [`FEATURE_NAMES`] order, and why (see
-/// [`freshet::monitoring`]). A feature that moves by construction is not watched: comparing its
-/// recent values with older ones would report the shop's age, not a change in it.
-pub const MONITORING: [(Watch, &str); 16] = [
+/// [`freshet::monitoring`]). A feature whose recent values are not comparable with older ones by
+/// construction is not watched: comparing them would report the shop's age or the overlap of its
+/// own spans, not a change in the shop.
+pub const MONITORING: [(Watch, &str); 13] = [
     (
         Watch::Ignore,
-        "a running count of the user's views: it grows with every visit, so recent values always sit above older ones",
-    ),
-    (
-        Watch::Ignore,
-        "a running count of the user's add-to-carts: it grows with the user's history by construction",
-    ),
-    (
-        Watch::Ignore,
-        "a running count of the user's purchases: it grows with the user's history; a change in buying shows in the model's error",
+        "a running average over the user's whole history: it narrows towards each user's rate as histories lengthen, and answers a change only slowly; a change in buying shows first in the model's error",
     ),
     (
         Watch::Ignore,
@@ -104,12 +114,20 @@ pub const MONITORING: [(Watch, &str); 16] = [
         "a running share over the user's whole history: it narrows as histories lengthen, and answers a change in taste only slowly",
     ),
     (
+        Watch::Ignore,
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
+    ),
+    (
+        Watch::Ignore,
+        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
+    ),
+    (
         Watch::Value,
         "clamped and logged time since the user's previous event: how often users come back, steady while their habits are",
     ),
     (
         Watch::Ignore,
-        "a running count of the item's views: it grows with the catalogue's age by construction",
+        "a running average over the item's whole history: it creeps towards the item's rate as views accumulate, and answers a change only slowly",
     ),
     (
         Watch::Ignore,
@@ -121,7 +139,7 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "time since the item was listed: it grows with the catalogue's age by construction",
+        "an hour-long moving rate: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; a change in what sells shows first in the model's error",
     ),
     (
         Watch::Value,
@@ -129,23 +147,11 @@ pub const MONITORING: [(Watch, &str); 16] = [
     ),
     (
         Watch::Ignore,
-        "the item's traffic over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's sales over the same span and its idle time are watched",
+        "the item's traffic rate over five minutes: examples of one item minutes apart share its window, and attention swings more slowly than a window comparison can tell from a change; the item's idle time is watched",
     ),
     (
         Watch::Ignore,
-        "the item's sales over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
-    ),
-    (
-        Watch::Ignore,
-        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
-    ),
-    (
-        Watch::Ignore,
-        "an hour-long moving count: examples minutes apart share most of its window, so recent values are too dependent for a window comparison; the five-minute count carries the same signal",
-    ),
-    (
-        Watch::Ignore,
-        "a running rate over every action in the category: after the first minutes a handful of values creeping as counts grow, which a comparison of quantiles reads as jumps",
+        "the item's sales rate over five minutes: in the order featurize publishes examples (a view's when its label is known) its recent values wander more than a window comparison allows for, even with the measured dispersion; a change in what sells shows in the model's error",
     ),
 ];
 /// A user's per-category view counts keep at most this many categories.
@@ -304,11 +310,7 @@ impl UserState {
             Action::View => {
                 self.views = self.views.saturating_add(1);
                 if let Some(category) = category {
-                    let known = self.category_views.contains_key(category);
-                    if known || self.category_views.len() < MAX_CATEGORIES_PER_USER {
-                        let count = self.category_views.entry(category.to_string()).or_insert(0);
-                        *count = count.saturating_add(1);
-                    }
+                    count_in(&mut self.category_views, category);
                 }
             }
             Action::AddToCart => self.carts = self.carts.saturating_add(1),
@@ -399,6 +401,16 @@ impl CategoryState {
     }
 }
 
+/// Counts one in `category`, unless the map already holds [`MAX_CATEGORIES_PER_USER`] others:
+/// a user's state stays bounded however many categories the shop has.
+fn count_in(counts: &mut BTreeMap<String, u64>, category: &str) {
+    let known = counts.contains_key(category);
+    if known || counts.len() < MAX_CATEGORIES_PER_USER {
+        let count = counts.entry(category.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+    }
+}
+
 fn latest(known: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
     known.map_or(at, |known| known.max(at))
 }
@@ -478,16 +490,33 @@ impl ScalingState {
     }
 }
 
-/// The purchase rate assumed with no evidence at all: about what a bookshop sees. A category
-/// starts there, and a new item starts at its category's rate.
+/// The purchase rate (purchases per view) assumed with no evidence at all: about what a
+/// bookshop sees. A category starts there, a new item at its category's rate and a new user
+/// there too.
 pub const PRIOR_PURCHASE_RATE: f64 = 0.1;
+/// The add-to-cart rate (add-to-carts per view) assumed with no evidence, in the same way.
+pub const PRIOR_CART_RATE: f64 = 0.2;
 /// How many observations a prior is worth.
 const PRIOR_WEIGHT: f64 = 4.0;
 
 /// A rate shrunk towards `prior` (additive smoothing): defined and sensible for brand-new
-/// entities, and dominated by the entity's own counts once it has a few.
-fn smoothed_rate(hits: u64, trials: u64, prior: f64) -> f64 {
-    (hits as f64 + PRIOR_WEIGHT * prior) / (trials as f64 + PRIOR_WEIGHT)
+/// entities, and dominated by the entity's own counts once it has a few. Trials are never
+/// counted fewer than hits (counts of different actions can disagree after a state was capped or
+/// an action refused), so a rate stays within [0, 1] for a prior within it.
+fn smoothed_rate(hits: f64, trials: f64, prior: f64) -> f64 {
+    (hits + PRIOR_WEIGHT * prior) / (trials.max(hits) + PRIOR_WEIGHT)
+}
+
+/// The number of a per-category map, 0 for a category not in it (or no category).
+fn in_category(counts: &BTreeMap<String, u64>, category: Option<&String>) -> f64 {
+    category
+        .and_then(|c| counts.get(c))
+        .map_or(0.0, |&n| n as f64)
+}
+
+/// Every action counted in a state, as a float (a sum of three u64s can overflow one).
+fn actions(views: u64, carts: u64, purchases: u64) -> f64 {
+    views as f64 + carts as f64 + purchases as f64
 }
 
 fn log1p(count: f64) -> f32 {
@@ -543,9 +572,28 @@ fn popularity(item: &ItemState, now: DateTime<Utc>, span: u32) -> (f64, f64) {
         })
 }
 
+/// Minutes of event time that the `span` windows ending at the end of `now`'s window have
+/// covered by `now` since the item was first seen, at least one: what a count over them is a
+/// count of. The current window has only partly elapsed, and a span that began before the item
+/// was listed has seen it for less, so a count divided by this is a rate per minute whatever the
+/// second of the minute or the item's age (one minute at least keeps the first seconds' rate
+/// from dividing by almost nothing).
+fn covered_minutes(item: &ItemState, now: DateTime<Utc>, span: u32) -> f64 {
+    let size = i64::try_from(POPULARITY_WINDOW.as_millis()).unwrap_or(60_000);
+    let full = size.saturating_mul(i64::from(span));
+    let t = now.timestamp_millis();
+    let end = t.div_euclid(size).saturating_mul(size).saturating_add(size);
+    let mut start = end.saturating_sub(full);
+    if let Some(first) = item.first_seen {
+        start = start.max(first.timestamp_millis());
+    }
+    let covered = t.saturating_sub(start).clamp(60_000, full.max(60_000));
+    covered as f64 / 60_000.0
+}
+
 /// The feature vector of a (user, item) pair at time `now`, in [`FEATURE_NAMES`] order, with
 /// `category` the state of the item's category (the default for an item without one). Every
-/// value is finite and bounded for any state: counts are logged, rates smoothed, and time
+/// value is finite and bounded for any state: rates are smoothed, recent counts logged, and time
 /// differences clamped.
 pub fn feature_vector(
     user: &UserState,
@@ -553,47 +601,48 @@ pub fn feature_vector(
     category: &CategoryState,
     now: DateTime<Utc>,
 ) -> Vec<f32> {
-    let category_views = item
-        .category
-        .as_ref()
-        .and_then(|c| user.category_views.get(c))
-        .copied()
-        .unwrap_or(0);
-    let age_hours = item.first_seen.map_or(0.0, |first| {
-        now.signed_duration_since(first).num_seconds().max(0) as f64 / 3600.0
-    });
-    let category_rate = smoothed_rate(
-        category.purchases,
-        category.views.max(category.purchases),
+    let name = item.category.as_ref();
+    let user_views = user.views as f64;
+    let user_cart_rate = smoothed_rate(user.carts as f64, user_views, PRIOR_CART_RATE);
+    let user_purchase_rate = smoothed_rate(user.purchases as f64, user_views, PRIOR_PURCHASE_RATE);
+    let category_views_by_user = in_category(&user.category_views, name);
+    let category_views = category.views as f64;
+    let category_cart_rate = smoothed_rate(category.carts as f64, category_views, PRIOR_CART_RATE);
+    let category_purchase_rate = smoothed_rate(
+        category.purchases as f64,
+        category_views,
         PRIOR_PURCHASE_RATE,
     );
+    // Purchases per action (of any kind), as the popularity windows count them: the category's
+    // towards the prior's share of the actions of a visit, the item's towards its category's.
+    let category_purchase_share = smoothed_rate(
+        category.purchases as f64,
+        actions(category.views, category.carts, category.purchases),
+        PRIOR_PURCHASE_RATE / (1.0 + PRIOR_CART_RATE + PRIOR_PURCHASE_RATE),
+    );
+    let item_purchase_share = smoothed_rate(
+        item.purchases as f64,
+        actions(item.views, item.carts, item.purchases),
+        category_purchase_share,
+    );
     let (actions_short, purchases_short) = popularity(item, now, SHORT_SPAN);
+    let short_minutes = covered_minutes(item, now, SHORT_SPAN);
     let (actions_long, purchases_long) = popularity(item, now, LONG_SPAN);
+    let item_views = item.views as f64;
     vec![
-        log1p(user.views as f64),
-        log1p(user.carts as f64),
-        log1p(user.purchases as f64),
-        smoothed_rate(
-            user.purchases,
-            user.views.max(user.purchases),
-            PRIOR_PURCHASE_RATE,
-        ) as f32,
-        smoothed_rate(category_views, user.views, 0.5) as f32,
+        user_cart_rate as f32,
+        user_purchase_rate as f32,
+        smoothed_rate(category_views_by_user, user_views, 0.5) as f32,
+        category_cart_rate as f32,
+        category_purchase_rate as f32,
         log_idle_minutes(user.last_event_at, now),
-        log1p(item.views as f64),
-        smoothed_rate(
-            item.purchases,
-            item.views.max(item.purchases),
-            category_rate,
-        ) as f32,
+        smoothed_rate(item.carts as f64, item_views, category_cart_rate) as f32,
+        smoothed_rate(item.purchases as f64, item_views, category_purchase_rate) as f32,
         log1p(item.price.unwrap_or(0.0)),
-        log1p(age_hours),
+        smoothed_rate(purchases_long, actions_long, item_purchase_share) as f32,
         log_idle_minutes(item.last_event_at, now),
-        log1p(actions_short),
-        log1p(purchases_short),
-        log1p(actions_long),
-        log1p(purchases_long),
-        category_rate as f32,
+        log1p(actions_short / short_minutes),
+        log1p(purchases_short / short_minutes),
     ]
 }
 
@@ -632,7 +681,7 @@ mod tests {
         assert!(FEATURE_NAMES.len() <= 16);
         let distinct: std::collections::BTreeSet<_> = FEATURE_NAMES.iter().collect();
         assert_eq!(distinct.len(), FEATURE_NAMES.len());
-        assert_eq!(schema().version, 3);
+        assert_eq!(schema().version, 4);
         assert_eq!(ScalingState::default().ewma.len(), FEATURE_NAMES.len());
     }
 
@@ -641,17 +690,24 @@ mod tests {
         let schema = schema();
         assert_eq!(schema.monitoring.len(), FEATURE_NAMES.len());
         assert!(schema.monitoring.iter().all(|m| m.reason.len() > 20));
-        // Running counts and times since grow by construction: never watched as they stand.
+        // Running averages narrow as histories lengthen, and an hour-long rate overlaps itself:
+        // not watched as they stand. Prices and idle times are.
         for name in [
-            "user_log_views",
-            "user_log_carts",
-            "user_log_purchases",
-            "item_log_views",
-            "item_log_age_hours",
+            "user_cart_rate",
+            "user_purchase_rate",
+            "item_cart_rate",
+            "item_recent_conversion",
+            "category_cart_rate",
         ] {
             assert_eq!(schema.watch(index(name)), Watch::Ignore, "{name}");
         }
-        assert_eq!(schema.watch(index("item_log_price")), Watch::Value);
+        for name in [
+            "user_log_idle_minutes",
+            "item_log_price",
+            "item_log_idle_minutes",
+        ] {
+            assert_eq!(schema.watch(index(name)), Watch::Value, "{name}");
+        }
         let json = serde_json::to_value(&schema).unwrap();
         assert_eq!(json["monitoring"][8]["watch"], "value");
         // A schema written before plans existed still decodes, and watches every value.
@@ -707,10 +763,12 @@ mod tests {
         );
         assert_eq!(v.len(), FEATURE_NAMES.len());
         let idle = (MAX_IDLE_MINUTES.ln_1p()) as f32;
+        // An item's recent conversion starts at the prior's purchases per action: 0.1 / 1.3.
+        let share = (0.1 / 1.3) as f32;
         assert_eq!(
             v,
             vec![
-                0.0, 0.0, 0.0, 0.1, 0.5, idle, 0.0, 0.1, 0.0, 0.0, idle, 0.0, 0.0, 0.0, 0.0, 0.1
+                0.2, 0.1, 0.5, 0.2, 0.1, idle, 0.2, 0.1, 0.0, share, idle, 0.0, 0.0
             ]
         );
     }
@@ -730,32 +788,39 @@ mod tests {
         user.apply(Action::AddToCart, Some("scifi"), at(15));
         item.apply_action(Action::AddToCart, at(15), &spec(), UNBOUNDED)
             .unwrap();
+        category.apply(Action::AddToCart);
         user.apply(Action::Purchase, Some("scifi"), at(20));
         item.apply_action(Action::Purchase, at(20), &spec(), UNBOUNDED)
             .unwrap();
         category.apply(Action::Purchase);
-        // Other items of the category sold well: 16 views, 5 purchases in all.
+        // Elsewhere the user looked at two poems and put one in the cart.
+        user.apply(Action::View, Some("poetry"), at(5));
+        user.apply(Action::View, Some("poetry"), at(6));
+        user.apply(Action::AddToCart, Some("poetry"), at(7));
+        // Other items of the category sold well: 16 views, 5 purchases, 3 carts in all.
         for _ in 0..13 {
             category.apply(Action::View);
         }
         for _ in 0..4 {
             category.apply(Action::Purchase);
         }
+        for _ in 0..2 {
+            category.apply(Action::AddToCart);
+        }
         let now = at(7200);
         let v = feature_vector(&user, &item, &category, now);
-        assert!(close(v[index("user_log_views")], 4f64.ln()));
-        assert!(close(v[index("user_log_carts")], 2f64.ln()));
-        assert!(close(v[index("user_log_purchases")], 2f64.ln()));
+        let user_cart_rate = (2.0 + 4.0 * 0.2) / (5.0 + 4.0);
+        let user_purchase_rate = (1.0 + 4.0 * 0.1) / (5.0 + 4.0);
+        assert!(close(v[index("user_cart_rate")], user_cart_rate));
+        assert!(close(v[index("user_purchase_rate")], user_purchase_rate));
         assert!(
-            close(v[index("user_purchase_rate")], 1.4 / 7.0),
-            "(1 + 4·0.1) / (3 + 4)"
-        );
-        assert!(
-            close(v[index("user_category_share")], 5.0 / 7.0),
-            "(3 + 4·0.5) / (3 + 4)"
+            close(v[index("user_category_share")], 5.0 / 9.0),
+            "(3 + 4·0.5) / (5 + 4)"
         );
         let category_rate = (5.0 + 0.4) / (16.0 + 4.0);
+        let category_cart_rate = (3.0 + 0.8) / (16.0 + 4.0);
         assert!(close(v[index("category_purchase_rate")], category_rate));
+        assert!(close(v[index("category_cart_rate")], category_cart_rate));
         assert!(
             close(
                 v[index("item_purchase_rate")],
@@ -763,32 +828,78 @@ mod tests {
             ),
             "the category's rate is the item's prior"
         );
+        assert!(close(
+            v[index("item_cart_rate")],
+            (1.0 + 4.0 * category_cart_rate) / 7.0
+        ));
         assert!(close(v[index("item_log_price")], 20f64.ln()));
-        assert!(
-            close(v[index("item_log_age_hours")], 3f64.ln()),
-            "2 hours old"
-        );
         let idle = (7180.0f64 / 60.0).ln_1p();
         assert!(
             close(v[index("user_log_idle_minutes")], idle),
             "last seen at 20 s"
         );
         assert!(close(v[index("item_log_idle_minutes")], idle));
-        // Two hours later the last hour holds nothing.
-        for name in [
-            "item_log_actions_5m",
-            "item_log_purchases_5m",
-            "item_log_actions_1h",
-            "item_log_purchases_1h",
-        ] {
+        // Two hours later the last hour holds nothing: the recent conversion is the item's own
+        // over all time, purchases per action towards its category's.
+        let category_share = (5.0 + 4.0 * 0.1 / 1.3) / (24.0 + 4.0);
+        let item_share = (1.0 + 4.0 * category_share) / (5.0 + 4.0);
+        assert!(close(v[index("item_recent_conversion")], item_share));
+        for name in ["item_log_action_rate_5m", "item_log_purchase_rate_5m"] {
             assert_eq!(v[index(name)], 0.0, "{name}");
         }
-        // At the time of the purchase, all five actions are recent.
+        // At the time of the purchase, all five actions are recent, and the item has been listed
+        // for 20 seconds: counted as a minute.
         let v = feature_vector(&user, &item, &category, at(20));
-        assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
-        assert!(close(v[index("item_log_purchases_5m")], 2f64.ln()));
-        assert!(close(v[index("item_log_actions_1h")], 6f64.ln()));
+        assert!(close(v[index("item_log_action_rate_5m")], 6f64.ln()));
+        assert!(close(v[index("item_log_purchase_rate_5m")], 2f64.ln()));
+        // Four minutes on, the same actions are spread over the four minutes and 20 seconds the
+        // span has covered since the listing.
+        let v = feature_vector(&user, &item, &category, at(260));
+        assert!(close(
+            v[index("item_log_action_rate_5m")],
+            (5.0f64 / (260.0 / 60.0)).ln_1p()
+        ));
+        assert!(close(
+            v[index("item_recent_conversion")],
+            (1.0 + 4.0 * item_share) / (5.0 + 4.0)
+        ));
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn no_feature_grows_with_a_history_of_the_same_behaviour() {
+        // A user who carts one view in five and buys one in ten, on an item that sells the
+        // same, a visit a minute, seen after 100 and after 10,000 visits (at the same phase of
+        // the pattern): the features agree within what the prior still weighs after 100.
+        let after = |visits: u64| {
+            let mut user = UserState::default();
+            let mut item = ItemState::default();
+            let mut category = CategoryState::default();
+            item.apply_new_item("scifi", 19.0, at(0));
+            for k in 0..visits {
+                let t = at(k as i64 * 60);
+                let mut actions = vec![Action::View];
+                if k % 5 == 0 {
+                    actions.push(Action::AddToCart);
+                }
+                if k % 10 == 0 {
+                    actions.push(Action::Purchase);
+                }
+                for action in actions {
+                    user.apply(action, Some("scifi"), t);
+                    let _ = item.apply_action(action, t, &spec(), UNBOUNDED);
+                    category.apply(action);
+                }
+            }
+            feature_vector(&user, &item, &category, at(visits as i64 * 60))
+        };
+        let (young, old) = (after(100), after(10_000));
+        for (name, (a, b)) in FEATURE_NAMES.iter().zip(young.iter().zip(&old)) {
+            assert!(
+                (a - b).abs() < 0.02,
+                "{name}: {a} after 100 visits, {b} after 10,000"
+            );
+        }
     }
 
     #[test]
@@ -838,23 +949,32 @@ mod tests {
         let category = CategoryState::default();
         let f = |item: &ItemState| feature_vector(&UserState::default(), item, &category, now);
         let (v, s) = (f(&viral), f(&steady));
-        assert!(v[index("item_log_actions_5m")] > s[index("item_log_actions_5m")]);
-        assert!(v[index("item_log_purchases_5m")] > s[index("item_log_purchases_5m")]);
+        assert!(v[index("item_log_action_rate_5m")] > s[index("item_log_action_rate_5m")]);
+        assert!(v[index("item_log_purchase_rate_5m")] > s[index("item_log_purchase_rate_5m")]);
         assert!(
-            close(s[index("item_log_actions_5m")], 6f64.ln()),
-            "minutes 115–119"
+            close(
+                s[index("item_log_action_rate_5m")],
+                (5.0f64 / (280.0 / 60.0)).ln_1p()
+            ),
+            "minutes 115–119: five actions in 4 minutes 40 seconds"
         );
         assert!(
-            close(s[index("item_log_actions_1h")], 61f64.ln()),
-            "minutes 60–119"
+            close(v[index("item_log_action_rate_5m")], 50f64.ln_1p()),
+            "fifty actions within its first minute"
         );
-        assert!(
-            close(s[index("item_log_purchases_1h")], 7f64.ln()),
-            "60, 70, …, 110"
-        );
-        // An hour and more later, the burst has left both spans.
+        assert!(v[index("item_recent_conversion")] > s[index("item_recent_conversion")]);
+        // The steady seller's last hour: minutes 60–119, purchases at 60, 70, …, 110; its
+        // prior, its purchases per action over all time.
+        let steady_share = (12.0 + 4.0 * 0.1 / 1.3) / (120.0 + 4.0);
+        assert!(close(
+            s[index("item_recent_conversion")],
+            (6.0 + 4.0 * steady_share) / (60.0 + 4.0)
+        ));
+        // An hour and more later, the burst has left both spans: the viral book's recent
+        // conversion is its own over all time.
         let later = feature_vector(&UserState::default(), &viral, &category, at(181 * 60));
-        assert_eq!(later[index("item_log_actions_1h")], 0.0);
+        let viral_share = (10.0 + 4.0 * 0.1 / 1.3) / (50.0 + 4.0);
+        assert!(close(later[index("item_recent_conversion")], viral_share));
     }
 
     #[test]
@@ -919,11 +1039,15 @@ mod tests {
             &CategoryState::default(),
             at(150 * 60 + 5),
         );
-        assert!(
-            close(v[index("item_log_actions_1h")], 12f64.ln()),
+        assert_eq!(
+            popularity(&item, at(150 * 60 + 5), LONG_SPAN),
+            (11.0, 0.0),
             "minutes 140–150 kept"
         );
-        assert!(close(v[index("item_log_actions_5m")], 6f64.ln()));
+        assert!(close(
+            v[index("item_log_action_rate_5m")],
+            (5.0f64 / (245.0 / 60.0)).ln_1p()
+        ));
     }
 
     #[test]
