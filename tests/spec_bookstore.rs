@@ -116,8 +116,7 @@ fn engine_features(engine: &Engine, events: &[Event]) -> BTreeMap<String, Vec<f3
     features
 }
 
-/// Compares the two on `events`; returns (actions compared, values not bit-identical, the
-/// item's age aside).
+/// Compares the two on `events`; returns (actions compared, values not bit-identical).
 fn compare(events: &[Event], tolerance: f32) -> (usize, usize) {
     let engine = Engine::from_toml(SPEC).unwrap_or_else(|e| panic!("{e}"));
     let schema = engine.schema();
@@ -136,21 +135,12 @@ fn compare(events: &[Event], tolerance: f32) -> (usize, usize) {
     for (id, want) in &expected {
         let have = &got[id];
         for (i, (a, b)) in have.iter().zip(want).enumerate() {
-            // bookstore.rs counts an item's age in whole seconds, the spec in milliseconds: with
-            // event times between seconds the two differ by less than a second's worth of hours.
-            let tolerance = if hand.features[i] == "item_log_age_hours" {
-                tolerance.max(1.0 / 3600.0)
-            } else {
-                tolerance
-            };
             assert!(
                 (a - b).abs() <= tolerance,
                 "{id}: {} is {a} by the spec, {b} by bookstore.rs\nspec:     {have:?}\nbookstore {want:?}",
                 hand.features[i]
             );
-            if hand.features[i] != "item_log_age_hours" {
-                inexact += usize::from(a.to_bits() != b.to_bits());
-            }
+            inexact += usize::from(a.to_bits() != b.to_bits());
         }
     }
     (expected.len(), inexact)
