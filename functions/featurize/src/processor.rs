@@ -283,7 +283,14 @@ impl Processor for Featurizer {
                 for i in routed_at {
                     dispositions[i] = Some(Disposition::Retry(failure.duplicate()));
                 }
+                // The next event delivered may follow the failed ones in delivery order while
+                // they wait for redelivery (a consumer leader that took over can even number
+                // it straight after the mark): only the stream can tell it is next now.
+                self.mark_delivery = None;
             }
+        }
+        if waiting.is_some() {
+            self.mark_delivery = None;
         }
         let held = dispositions
             .iter()

@@ -1645,6 +1645,10 @@ where
     /// are acknowledged, new ones are learned (or refused) strictly in sequence, and an example
     /// whose predecessor has not been seen yet waits for it (it is redelivered after a short
     /// delay).
+    ///
+    /// A batch handed back whole, or one with an example that must wait, drops the chain of
+    /// first deliveries ([`Marks::chain`]): what the consumer delivers next is checked against
+    /// the stream, since a consumer leader that took over may number it straight after the mark.
     async fn process(&mut self, batch: &mut [Incoming]) -> Vec<Disposition> {
         match self.read_hold(false).await {
             Ok(false) => {}
@@ -1652,12 +1656,14 @@ where
                 // Held: the batch goes back to the stream, unacknowledged. The wait keeps the
                 // consumer from cycling through the backlog while nothing can be learned.
                 tokio::time::sleep(HOLD_REFRESH).await;
+                self.chain = None;
                 return batch
                     .iter()
                     .map(|_| Disposition::Defer(Failure::new("train", "the model is held")))
                     .collect();
             }
             Err(failure) => {
+                self.chain = None;
                 return batch
                     .iter()
                     .map(|_| Disposition::Retry(failure.duplicate()))
@@ -1668,6 +1674,7 @@ where
             && let Err(err) = self.reload_after_hold().await
         {
             let failure = Failure::new("reload the live version after a hold", err);
+            self.chain = None;
             return batch
                 .iter()
                 .map(|_| Disposition::Retry(failure.duplicate()))
@@ -1676,6 +1683,7 @@ where
         self.react().await;
         let rows: Vec<Row> = batch.iter().map(Row::of).collect();
         if let Err(failure) = self.read_declaration(&rows).await {
+            self.chain = None;
             return batch
                 .iter()
                 .map(|_| Disposition::Retry(failure.duplicate()))
@@ -1684,6 +1692,7 @@ where
         match self.settle_schema() {
             Ok(Footing::Ready) => {}
             Ok(Footing::Flushing) => {
+                self.chain = None;
                 return batch
                     .iter()
                     .map(|_| {
@@ -1695,6 +1704,7 @@ where
                     .collect();
             }
             Err(rejection) => {
+                self.chain = None;
                 return batch
                     .iter()
                     .map(|_| Disposition::Reject(rejection.clone()))
@@ -1723,6 +1733,11 @@ where
             self.announce_quarantine(transition, *sequence).await;
         }
         self.book(&plan);
+        if waiting.is_some() {
+            // Examples after the one that waits may be numbered straight after the mark by a
+            // consumer leader that took over: until the wait is over, ask the stream.
+            self.chain = None;
+        }
         plan.steps
             .into_iter()
             .enumerate()
