@@ -36,8 +36,7 @@ integration: tools browser build
 	$(CARGO) test -p freshet-tests
 
 ## cluster: the pipeline on a 3-node JetStream cluster through a node killed mid-replay, a rolling
-## restart and a partition (not in `make test` while a loss of examples they found is open; see
-## tests/cluster.rs)
+## restart and a partition (not in `make test` until 50 clean runs in a row; see tests/cluster.rs)
 cluster: tools build
 	$(CARGO) test -p freshet-tests --test cluster -- --ignored --nocapture
 

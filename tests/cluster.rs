@@ -14,10 +14,14 @@
 //! fail only in the seconds after a fault, while clients move off a node and leaders are
 //! re-elected. A failed run keeps the servers' and functions' logs and says where.
 //!
-//! Run by `make cluster`, not `make test`: in 2 of 12 rolling restarts and 1 of 15 partitions a
-//! batch of events (11 to 49) whose example publish failed while the client's server was
-//! rejoining was later acknowledged with no example (found with these tests; the order guard's
-//! read of the stream now goes to the leader, which was not the whole cause).
+//! Run by `make cluster`, not `make test`, until they pass 50 runs in a row. They found a loss
+//! of examples (in 2 of 12 rolling restarts, 49 events; in 1 of 15 partitions, 11): a batch whose
+//! examples failed to publish while the client's server was rejoining was nak'ed, later events
+//! were admitted without asking the stream (taken to follow the mark in delivery order; how a
+//! consumer leader's failover numbers deliveries is the likely way), and the high-water marks
+//! passed the failed events, which were then acknowledged as already handled, with no example. featurize and train now check against the
+//! stream (asking its leader) after any failed or deferred batch; since then 10 of 10 rolling
+//! restarts and 6 of 6 partitions kept every example.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -565,7 +569,7 @@ async fn replay_through_faults(dir: &Path, scenario: Scenario) -> anyhow::Result
     Ok(())
 }
 
-#[ignore = "a batch whose examples failed to publish during a restart or partition was sometimes acknowledged without them; run with make cluster"]
+#[ignore = "not yet 50 clean runs in a row since the loss of examples it found was fixed; run with make cluster"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()> {
     run(Scenario {
@@ -575,7 +579,7 @@ async fn a_node_lost_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()
     .await
 }
 
-#[ignore = "a batch whose examples failed to publish during a restart or partition was sometimes acknowledged without them; run with make cluster"]
+#[ignore = "not yet 50 clean runs in a row since the loss of examples it found was fixed; run with make cluster"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_mid_replay_loses_and_repeats_nothing() -> anyhow::Result<()> {
     run(Scenario {
@@ -586,7 +590,7 @@ async fn a_rolling_restart_mid_replay_loses_and_repeats_nothing() -> anyhow::Res
     .await
 }
 
-#[ignore = "a batch whose examples failed to publish during a restart or partition was sometimes acknowledged without them; run with make cluster"]
+#[ignore = "not yet 50 clean runs in a row since the loss of examples it found was fixed; run with make cluster"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_loses_and_repeats_nothing() -> anyhow::Result<()> {
     run(Scenario {
