@@ -536,40 +536,9 @@ fn log_idle_minutes(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> f32 {
 /// window. Windows already evicted (only possible for a `now` well before the item's latest
 /// event) count as empty, so the answer is always defined.
 fn popularity(item: &ItemState, now: DateTime<Utc>, span: u32) -> (f64, f64) {
-    let Some(windows) = &item.popularity else {
-        return (0.0, 0.0);
-    };
-    if let Ok(recent) = windows.recent(now, span) {
-        return (recent.count as f64, recent.sum);
-    }
-    // An evicted window, or a span beyond the history of a state built with other settings:
-    // sum the back-to-back windows of the span that are still kept.
-    let spec = windows.spec();
-    let (Ok(size), Ok(slide)) = (
-        i64::try_from(spec.size().as_millis()),
-        i64::try_from(spec.slide().as_millis()),
-    ) else {
-        return (0.0, 0.0);
-    };
-    if size <= 0 || slide <= 0 {
-        return (0.0, 0.0);
-    }
-    let t = now.timestamp_millis();
-    let end = t
-        .div_euclid(slide)
-        .saturating_mul(slide)
-        .saturating_add(slide);
-    let start = end.saturating_sub(size.saturating_mul(i64::from(span)));
-    windows
-        .windows()
-        .iter()
-        .filter(|w| {
-            let s = w.start.timestamp_millis();
-            s >= start && s < end && (end - s) % size == 0
-        })
-        .fold((0.0, 0.0), |(count, sum), w| {
-            (count + w.count as f64, sum + w.sum)
-        })
+    item.popularity
+        .as_ref()
+        .map_or((0.0, 0.0), |windows| windows.span_totals(now, span))
 }
 
 /// Minutes of event time that the `span` windows ending at the end of `now`'s window have

@@ -624,6 +624,41 @@ impl EventTimeWindows {
         })
     }
 
+    /// The (count, sum) of the `span` windows ending at the end of `now`'s slide, as
+    /// [`recent`](Self::recent) has them, and otherwise (a window already evicted, which only a
+    /// `now` well before the latest event asks for, or a span beyond the history of a state built
+    /// with other settings) the back-to-back windows of the span still kept, the others counting
+    /// as empty: always defined.
+    pub fn span_totals(&self, now: DateTime<Utc>, span: u32) -> (f64, f64) {
+        if let Ok(recent) = self.recent(now, span) {
+            return (recent.count as f64, recent.sum);
+        }
+        let (Ok(size), Ok(slide)) = (
+            i64::try_from(self.spec.size().as_millis()),
+            i64::try_from(self.spec.slide().as_millis()),
+        ) else {
+            return (0.0, 0.0);
+        };
+        if size <= 0 || slide <= 0 {
+            return (0.0, 0.0);
+        }
+        let end = now
+            .timestamp_millis()
+            .div_euclid(slide)
+            .saturating_mul(slide)
+            .saturating_add(slide);
+        let start = end.saturating_sub(size.saturating_mul(i64::from(span)));
+        self.windows()
+            .iter()
+            .filter(|w| {
+                let s = w.start.timestamp_millis();
+                s >= start && s < end && (end - s) % size == 0
+            })
+            .fold((0.0, 0.0), |(count, sum), w| {
+                (count + w.count as f64, sum + w.sum)
+            })
+    }
+
     /// The count and sum of the window starting at `start_ms` (zero if it holds nothing).
     fn count_and_sum(&self, start_ms: i64) -> (u64, f64) {
         match self.windows.binary_search_by_key(&start_ms, |w| w.start_ms) {

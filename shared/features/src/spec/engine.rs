@@ -743,37 +743,7 @@ fn deviation(n: f64, sum: f64, sum_sq: f64) -> f64 {
 /// evicted (only possible for a `now` well before the latest event) count as empty, so the
 /// answer is always defined.
 fn span_totals(windows: &EventTimeWindows, now_ms: i64, span: u32) -> (f64, f64) {
-    let Some(now) = DateTime::from_timestamp_millis(now_ms) else {
-        return (0.0, 0.0);
-    };
-    if let Ok(recent) = windows.recent(now, span) {
-        return (recent.count as f64, recent.sum);
-    }
-    let spec = windows.spec();
-    let (Ok(size), Ok(slide)) = (
-        i64::try_from(spec.size().as_millis()),
-        i64::try_from(spec.slide().as_millis()),
-    ) else {
-        return (0.0, 0.0);
-    };
-    if size <= 0 || slide <= 0 {
-        return (0.0, 0.0);
-    }
-    let end = now_ms
-        .div_euclid(slide)
-        .saturating_mul(slide)
-        .saturating_add(slide);
-    let start = end.saturating_sub(size.saturating_mul(i64::from(span)));
-    windows
-        .windows()
-        .iter()
-        .filter(|w| {
-            let s = w.start.timestamp_millis();
-            s >= start && s < end && (end - s) % size == 0
-        })
-        .fold((0.0, 0.0), |(count, sum), w| {
-            (count + w.count as f64, sum + w.sum)
-        })
+    DateTime::from_timestamp_millis(now_ms).map_or((0.0, 0.0), |now| windows.span_totals(now, span))
 }
 
 /// Milliseconds from the start of the `span` windows ending at the end of `now`'s slide to
