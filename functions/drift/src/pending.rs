@@ -337,16 +337,7 @@ impl Pending {
 /// Both are fixed algorithms, so a key read back from a checkpoint matches the id on any machine
 /// and release; two of the ten thousand held ids share a key with a chance of about 3·10⁻¹².
 fn key_of(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.bytes() {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    freshet::stats::hash::mixed(id)
 }
 
 #[cfg(test)]

@@ -100,16 +100,7 @@ impl fmt::Display for NegativeRate {
 /// ids differing in one character land far apart. Both are fixed algorithms, so the value is the
 /// same on every machine and release (unlike the standard library's hasher).
 fn unit_hash(text: &str) -> f64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
+    let h = freshet::stats::hash::mixed(text);
     // The top 53 bits, as a double in [0, 1).
     (h >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -87,9 +87,7 @@ pub fn feature_row(values: &[f64], n_features: usize) -> Result<Vec<f32>, ServeE
 /// FNV-1a, 64 bits: a hash that is the same on every machine and release, so an entity lands
 /// in the same A/B bucket on every replica and after every restart.
 pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    freshet::stats::hash::fnv1a(text)
 }
 
 /// Which variant answers a request: the candidate for a `candidate_share` of entities (by a

@@ -8,6 +8,7 @@
 //! finite, however many values are folded in.
 
 pub mod ewma;
+pub mod hash;
 
 pub use ewma::{DEFAULT_DECAY, Decay, Ewma, EwmaError, EwmaMoments, EwmaVector};
 
