@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use clap::Args;
+use freshet::config::{parse_fraction, parse_positive};
 use freshet::events::Event;
 use freshet::ids::EntityId;
 
@@ -86,7 +87,7 @@ pub struct GenerateArgs {
     pub start: Option<DateTime<Utc>>,
     /// Live traffic: this many user actions per second of event time, from the start (see
     /// above)
-    #[arg(long = "rate", value_parser = parse_rate)]
+    #[arg(long = "rate", value_parser = parse_positive)]
     pub rate: Option<f64>,
     /// Mean delay from a view to the purchase that follows it, under --rate
     #[arg(long = "purchase-delay", default_value = "2m", requires = "rate", value_parser = humantime::parse_duration)]
@@ -102,28 +103,12 @@ pub struct GenerateArgs {
     pub churn: f64,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!(
-            "{text:?} is not a positive number of actions per second"
-        )),
-    }
-}
-
 fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|err| {
             format!("{text:?} is not an RFC 3339 time such as 2026-03-01T09:00:00Z: {err}")
         })
-}
-
-fn parse_fraction(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err(format!("{text:?} is not a fraction between 0 and 1")),
-    }
 }
 
 impl GenerateArgs {
@@ -246,10 +231,11 @@ mod tests {
 
     #[test]
     fn fractions_are_between_zero_and_one() {
-        assert_eq!(parse_fraction("0.3"), Ok(0.3));
-        assert!(parse_fraction("1.5").is_err());
-        assert!(parse_fraction("-0.1").is_err());
-        assert!(parse_fraction("NaN").is_err());
+        assert_eq!(args(&["--rate", "5", "--churn", "0.3"]).churn, 0.3);
+        for bad in ["1.5", "-0.1", "NaN"] {
+            assert!(try_args(&["--rate", "5", "--churn", bad]).is_err(), "{bad}");
+        }
+        assert!(try_args(&["--rate", "0"]).is_err());
     }
 
     fn try_args(extra: &[&str]) -> Result<GenerateArgs, clap::Error> {

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use freshet::config::parse_positive;
 use freshet::events::DEFAULT_MAX_EVENT_BYTES;
 use tokio::time::Instant;
 
@@ -34,7 +35,7 @@ pub struct PublishArgs {
     #[arg(long = "raw")]
     pub raw: bool,
     /// Publish at most this many events per second; as fast as acks allow when unset
-    #[arg(long = "rate", value_parser = parse_rate)]
+    #[arg(long = "rate", value_parser = parse_positive)]
     pub rate: Option<f64>,
     /// Largest event accepted, in bytes; larger lines are reported as oversized
     #[arg(long = "max-event-bytes", env = "FRESHET_MAX_EVENT_BYTES", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
@@ -44,15 +45,6 @@ pub struct PublishArgs {
     /// resent event is stored once
     #[arg(long = "retry-for", env = "FRESHET_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!(
-            "{text:?} is not a positive number of events per second"
-        )),
-    }
 }
 
 /// Runs `freshet publish`.
@@ -167,10 +159,18 @@ mod tests {
 
     #[test]
     fn rates_must_be_positive_and_finite() {
-        assert_eq!(parse_rate("250").unwrap(), 250.0);
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("-3").is_err());
-        assert!(parse_rate("inf").is_err());
-        assert!(parse_rate("fast").is_err());
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            publish: PublishArgs,
+        }
+        let rate = |text: &str| {
+            clap::Parser::try_parse_from(["publish", "--rate", text])
+                .map(|cli: Cli| cli.publish.rate)
+        };
+        assert_eq!(rate("250").unwrap(), Some(250.0));
+        for bad in ["0", "-3", "inf", "fast"] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
     }
 }

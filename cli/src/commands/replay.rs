@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use freshet::config::parse_non_negative;
 use freshet::events::DEFAULT_MAX_EVENT_BYTES;
 use freshet::subjects::Subjects;
 use serde::Serialize;
@@ -50,7 +51,7 @@ pub struct ReplayArgs {
     /// JSON Lines file of CloudEvents, or "-" for stdin
     pub file: PathBuf,
     /// Target events per second; 0 or unset replays as fast as JetStream acknowledges
-    #[arg(long = "rate", value_parser = parse_rate)]
+    #[arg(long = "rate", value_parser = parse_non_negative)]
     pub rate: Option<f64>,
     /// Replay only the first N events (non-blank lines, valid or not) of the input
     #[arg(long = "limit")]
@@ -63,15 +64,6 @@ pub struct ReplayArgs {
     /// which a resent event is stored once
     #[arg(long = "retry-for", env = "FRESHET_RETRY_FOR", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
-        _ => Err(format!(
-            "{text:?} is not a number of events per second (0 for as fast as possible)"
-        )),
-    }
 }
 
 /// What a replay did, for `--json`.
@@ -417,11 +409,20 @@ mod tests {
 
     #[test]
     fn rates_may_be_zero_for_unpaced() {
-        assert_eq!(parse_rate("0").unwrap(), 0.0);
-        assert_eq!(parse_rate("2.5").unwrap(), 2.5);
-        assert!(parse_rate("-1").is_err());
-        assert!(parse_rate("NaN").is_err());
-        assert!(parse_rate("fast").is_err());
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            replay: ReplayArgs,
+        }
+        let rate = |text: &str| {
+            clap::Parser::try_parse_from(["replay", "events.jsonl", "--rate", text])
+                .map(|cli: Cli| cli.replay.rate)
+        };
+        assert_eq!(rate("0").unwrap(), Some(0.0));
+        assert_eq!(rate("2.5").unwrap(), Some(2.5));
+        for bad in ["-1", "NaN", "fast"] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

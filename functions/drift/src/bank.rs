@@ -41,6 +41,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use freshet::monitoring::Watch;
+use freshet::stats::log_loss;
 use serde::{Deserialize, Serialize};
 
 use crate::detectors::{
@@ -54,10 +55,6 @@ use crate::pending::{Hold, Pending, PendingConfig, Settled};
 /// The checkpoint layout this build writes and reads; any other is read for its mark only.
 /// Format 1 (no episodes, uncalibrated detectors) is read that way.
 pub const CHECKPOINT_FORMAT: u32 = 2;
-
-/// Probabilities are kept this far from 0 and 1 for the log loss, so a confident miss costs a
-/// large but finite loss (about 16 nats).
-const LOG_LOSS_EPSILON: f64 = 1e-7;
 
 /// A warning is reported at this many times a test's drift level (PSI, DDM).
 pub const WARNING_FACTOR: f64 = 10.0;
@@ -1145,12 +1142,6 @@ fn finding(sequence: u64, detector: DetectorKind, target: Target, signal: Signal
         reference: signal.evidence.reference,
         recent: signal.evidence.recent,
     }
-}
-
-/// The log loss of predicting `p` for class 1 when the truth is `positive`, in nats.
-fn log_loss(p: f64, positive: bool) -> f64 {
-    let p = p.clamp(LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON);
-    if positive { -p.ln() } else { -(1.0 - p).ln() }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod spans;
 mod swaps;
 
 use clap::Parser;
-use freshet::config::{FunctionArgs, ModelArgs};
+use freshet::config::{FunctionArgs, ModelArgs, parse_fraction};
 use freshet::runtime::FunctionContext;
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ struct Args {
     model: ModelArgs,
     /// Share of entities (0 to 1) answered by the candidate version when one is loaded (A/B);
     /// the other variant always scores in shadow
-    #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    #[arg(long = "candidate-share", env = "FRESHET_CANDIDATE_SHARE", default_value_t = 0.0, value_parser = parse_fraction)]
     candidate_share: f64,
     /// Record every prediction on PREDICTIONS (needed for shadow comparison and the outcome join)
     #[arg(long = "record-predictions", env = "FRESHET_RECORD_PREDICTIONS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -43,13 +43,6 @@ struct Args {
     /// Oldest the live version may be (e.g. "10m"); older, /readyz fails. Unbounded if unset
     #[arg(long = "max-model-age", env = "FRESHET_MAX_MODEL_AGE", value_parser = humantime::parse_duration)]
     max_model_age: Option<std::time::Duration>,
-}
-
-fn parse_share(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
-        _ => Err(format!("{text:?} is not a share between 0 and 1")),
-    }
 }
 
 /// mimalloc: the functions allocate and free many small buffers per message, which it serves

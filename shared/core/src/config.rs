@@ -16,6 +16,31 @@ use crate::topology::{Topology, TopologyError};
 /// duration flag, so all of them read alike.
 pub use humantime::parse_duration;
 
+/// The `value_parser` of a flag that takes a finite number above zero (a rate, say); the flag's
+/// help says what the number measures, and clap's error names the flag.
+pub fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+/// The `value_parser` of a flag that takes a finite number of zero or more.
+pub fn parse_non_negative(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a number of zero or more")),
+    }
+}
+
+/// The `value_parser` of a flag that takes a fraction (a share, a chance) from 0 to 1.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a fraction from 0 to 1")),
+    }
+}
+
 /// How to reach NATS and prove who we are.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
@@ -348,6 +373,24 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::*;
+
+    #[test]
+    fn numbers_in_range_are_parsed_and_the_rest_refused() {
+        assert_eq!(parse_positive("2.5"), Ok(2.5));
+        for bad in ["0", "-1", "NaN", "inf", "fast", ""] {
+            assert!(parse_positive(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_non_negative("0"), Ok(0.0));
+        assert_eq!(parse_non_negative(" 7 "), Ok(7.0));
+        for bad in ["-0.1", "NaN", "inf"] {
+            assert!(parse_non_negative(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        for bad in ["1.01", "-0.5", "NaN", "half"] {
+            assert!(parse_fraction(bad).is_err(), "{bad}");
+        }
+    }
 
     /// A function's command line, as each function's `main` flattens it.
     #[derive(Debug, Parser)]

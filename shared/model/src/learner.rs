@@ -39,16 +39,13 @@ use super::optim::OptimizerState;
 use super::params::{ParamSpec, read_f32, shape_error};
 use super::scaler::StandardScaler;
 use super::weighting::RowWeight;
+use freshet::stats;
 use freshet::stats::ewma::Decay;
 
 /// Rows × parameters of a step below which its gradient is computed on the host: measured
 /// against burn's flex backend (BENCHMARKS.md, "Model quality"), where one call's graph costs
 /// more than the arithmetic of a small step.
 const HOST_STEP_VALUES: usize = 1 << 16;
-
-/// Probabilities are clamped to `[P_CLAMP, 1 - P_CLAMP]` for log-loss so one confident mistake
-/// costs at most ~16 nats instead of infinity.
-pub(crate) const P_CLAMP: f64 = 1e-7;
 
 /// The class a probability predicts: 1 when `p > 0.5`, else 0. A score of exactly 0.5 (an
 /// untrained model, for one) carries no information; it is called 0, as River and scikit-learn
@@ -57,11 +54,10 @@ pub fn predicts_positive(p: f32) -> bool {
     p > 0.5
 }
 
-/// The cross-entropy of probability `p` for a row of class `positive`: `-ln p(label)`, with `p`
-/// clamped to `[1e-7, 1 - 1e-7]`, as every prequential log-loss here is measured.
+/// The cross-entropy of probability `p` for a row of class `positive` ([`stats::log_loss`], so
+/// train's prequential log loss and drift's error stream are one measure).
 pub fn log_loss(p: f32, positive: bool) -> f64 {
-    let p = f64::from(p).clamp(P_CLAMP, 1.0 - P_CLAMP);
-    if positive { -p.ln() } else { -(1.0 - p).ln() }
+    stats::log_loss(f64::from(p), positive)
 }
 
 /// What one `train_batch` call measured and did.
@@ -779,7 +775,7 @@ mod tests {
                 .iter()
                 .zip(&labels)
                 .map(|(p, y)| {
-                    let p = f64::from(*p).clamp(P_CLAMP, 1.0 - P_CLAMP);
+                    let p = f64::from(*p).clamp(stats::LOG_LOSS_CLAMP, 1.0 - stats::LOG_LOSS_CLAMP);
                     if *y == 1.0 { -p.ln() } else { -(1.0 - p).ln() }
                 })
                 .sum();

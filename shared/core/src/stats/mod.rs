@@ -36,9 +36,31 @@ pub fn check_value(value: f64) -> Result<f64, ValueError> {
     }
 }
 
+/// Probabilities are kept this far from 0 and 1 for the log loss, so one confident miss costs a
+/// large but finite loss (about 16 nats) instead of infinity.
+pub const LOG_LOSS_CLAMP: f64 = 1e-7;
+
+/// The cross-entropy of predicting `p` for class 1 when the truth is `positive`, in nats:
+/// `-ln p(label)`, with `p` clamped to `[LOG_LOSS_CLAMP, 1 - LOG_LOSS_CLAMP]`. Every log loss
+/// here, train's prequential one and drift's error stream alike, is this one.
+pub fn log_loss(p: f64, positive: bool) -> f64 {
+    let p = p.clamp(LOG_LOSS_CLAMP, 1.0 - LOG_LOSS_CLAMP);
+    if positive { -p.ln() } else { -(1.0 - p).ln() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_loss_is_the_cross_entropy_and_stays_finite() {
+        assert!((log_loss(0.5, true) - std::f64::consts::LN_2).abs() < 1e-12);
+        assert!((log_loss(0.8, false) - -(0.2f64).ln()).abs() < 1e-12);
+        let worst = -LOG_LOSS_CLAMP.ln();
+        assert!((log_loss(0.0, true) - worst).abs() < 1e-9);
+        assert!((log_loss(1.0, false) - worst).abs() < 1e-6);
+        assert!(worst > 16.0 && worst < 16.2);
+    }
 
     #[test]
     fn values_are_checked() {
