@@ -29,15 +29,7 @@ fn manifest(version: u64, bytes: &[u8]) -> Manifest {
         high_water_mark: 10 * version,
         lineage: None,
         traces: Vec::new(),
-        metrics: TrainingMetrics {
-            examples_total: 10 * version,
-            window_examples: 10,
-            prequential_accuracy: 0.5,
-            log_loss: 0.69,
-            roc_auc: None,
-            positive_share: None,
-            mean_prediction: None,
-        },
+        metrics: TrainingMetrics::at_chance(10 * version, 10),
     }
 }
 

@@ -754,15 +754,7 @@ impl ModelWriter {
             high_water_mark: version,
             lineage: None,
             traces: Vec::new(),
-            metrics: freshet_model::TrainingMetrics {
-                examples_total: 16 * version,
-                window_examples: 16,
-                prequential_accuracy: 0.5,
-                log_loss: 0.69,
-                roc_auc: None,
-                positive_share: None,
-                mean_prediction: None,
-            },
+            metrics: freshet_model::TrainingMetrics::at_chance(16 * version, 16),
         };
         self.artifacts.put_version(&manifest, &bytes).await?;
         Ok(manifest)

@@ -77,15 +77,7 @@ mod tests {
             step: 1,
             learned: None,
             high_water_mark: 0,
-            metrics: freshet_model::TrainingMetrics {
-                examples_total: 0,
-                window_examples: 0,
-                prequential_accuracy: 0.5,
-                log_loss: 0.69,
-                roc_auc: None,
-                positive_share: None,
-                mean_prediction: None,
-            },
+            metrics: freshet_model::TrainingMetrics::at_chance(0, 0),
             lineage,
             traces: Vec::new(),
         }

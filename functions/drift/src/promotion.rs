@@ -499,15 +499,7 @@ mod tests {
             step: 1,
             learned: None,
             high_water_mark,
-            metrics: freshet_model::TrainingMetrics {
-                examples_total: high_water_mark,
-                window_examples: 0,
-                prequential_accuracy: 0.5,
-                log_loss: 0.69,
-                roc_auc: None,
-                positive_share: None,
-                mean_prediction: None,
-            },
+            metrics: freshet_model::TrainingMetrics::at_chance(high_water_mark, 0),
             // Each a chain of its own.
             lineage: Some(version),
             traces: Vec::new(),

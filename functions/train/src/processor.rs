@@ -2242,6 +2242,38 @@ mod tests {
         message
     }
 
+    /// Gives `bench`'s trainer a population of `kinds` (hidden width `hidden`), a challenger
+    /// leading by 0.01 over 100 examples being offered as the candidate.
+    fn with_population(bench: &mut Bench, kinds: &str, hidden: usize) {
+        let members = crate::population::members(
+            kinds,
+            &ModelConfig::default(),
+            freshet_model::Dimensions {
+                hidden: Some(hidden),
+                factors: None,
+            },
+        )
+        .unwrap();
+        bench.trainer.with_population(
+            members,
+            SelectionConfig {
+                margin: 0.01,
+                min_examples: 100,
+            },
+        );
+    }
+
+    /// The next 100 quadrant examples after `sequence`, delivered in order after `bench`'s last.
+    fn quadrant_batch(bench: &mut Bench, sequence: &mut u64) -> Vec<Incoming> {
+        (0..100)
+            .map(|_| {
+                *sequence += 1;
+                bench.delivery += 1;
+                quadrant(&bench.model, *sequence, bench.delivery)
+            })
+            .collect()
+    }
+
     /// The learned ranges along the lineage ending at `live`, oldest first.
     async fn lineage_ranges(bench: &Bench, live: &Manifest) -> Vec<(u64, u64)> {
         let mut ranges = Vec::new();
@@ -2267,36 +2299,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_promoted_member_continues_as_live_and_the_member_it_replaced_keeps_learning() {
         let mut bench = Bench::new();
-        let members = crate::population::members(
-            "fourier",
-            &ModelConfig::default(),
-            freshet_model::Dimensions {
-                hidden: Some(64),
-                factors: None,
-            },
-        )
-        .unwrap();
-        bench.trainer.with_population(
-            members,
-            SelectionConfig {
-                margin: 0.01,
-                min_examples: 100,
-            },
-        );
+        with_population(&mut bench, "fourier", 64);
         bench.declare("quadrants", 1, 2).await;
         bench.trainer.resume().await.unwrap();
         let mut sequence = 0;
-        let mut batch = |bench: &mut Bench| -> Vec<Incoming> {
-            (0..100)
-                .map(|_| {
-                    sequence += 1;
-                    bench.delivery += 1;
-                    quadrant(&bench.model, sequence, bench.delivery)
-                })
-                .collect()
-        };
         for _ in 0..12 {
-            let mut examples = batch(&mut bench);
+            let mut examples = quadrant_batch(&mut bench, &mut sequence);
             bench.trainer.process(&mut examples).await;
             assert_eq!(bench.trainer.commit(false).await.unwrap(), Commit::Durable);
         }
@@ -2330,7 +2338,7 @@ mod tests {
 
         // Learned, not yet published, when the gate promotes the candidate: the update is
         // handed back, and learned again on top of the promoted version.
-        let mut examples = batch(&mut bench);
+        let mut examples = quadrant_batch(&mut bench, &mut sequence);
         let held = bench.trainer.process(&mut examples).await;
         assert!(held.iter().all(|d| matches!(d, Disposition::Hold)));
         let live_revision = bench
@@ -2386,40 +2394,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_trainer_resumes_the_candidates_member_and_begins_the_others_after_live() {
-        let population = |bench: &mut Bench| {
-            let members = crate::population::members(
-                "mlp,fourier",
-                &ModelConfig::default(),
-                freshet_model::Dimensions {
-                    hidden: Some(16),
-                    factors: None,
-                },
-            )
-            .unwrap();
-            bench.trainer.with_population(
-                members,
-                SelectionConfig {
-                    margin: 0.01,
-                    min_examples: 100,
-                },
-            );
-        };
         let mut bench = Bench::new();
-        population(&mut bench);
+        with_population(&mut bench, "mlp,fourier", 16);
         bench.declare("quadrants", 1, 2).await;
         bench.trainer.resume().await.unwrap();
         let mut sequence = 0;
-        let mut batch = |bench: &mut Bench| -> Vec<Incoming> {
-            (0..100)
-                .map(|_| {
-                    sequence += 1;
-                    bench.delivery += 1;
-                    quadrant(&bench.model, sequence, bench.delivery)
-                })
-                .collect()
-        };
         for _ in 0..10 {
-            let mut examples = batch(&mut bench);
+            let mut examples = quadrant_batch(&mut bench, &mut sequence);
             bench.trainer.process(&mut examples).await;
             bench.trainer.commit(false).await.unwrap();
         }
@@ -2439,7 +2420,7 @@ mod tests {
         // Another trainer takes over: the member the candidate pointer names resumes from its
         // version; the other begins fresh, its first version to follow live's.
         let mut restarted = bench.restarted();
-        population(&mut restarted);
+        with_population(&mut restarted, "mlp,fourier", 16);
         restarted.trainer.resume().await.unwrap();
         let members = &restarted.trainer.population.as_ref().unwrap().challengers;
         let resumed = members
@@ -2459,7 +2440,7 @@ mod tests {
 
         restarted.delivery = bench.delivery;
         for _ in 0..2 {
-            let mut examples = batch(&mut restarted);
+            let mut examples = quadrant_batch(&mut restarted, &mut sequence);
             restarted.trainer.process(&mut examples).await;
             restarted.trainer.commit(false).await.unwrap();
         }

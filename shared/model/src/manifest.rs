@@ -48,6 +48,23 @@ pub struct TrainingMetrics {
     pub mean_prediction: Option<f64>,
 }
 
+impl TrainingMetrics {
+    /// The metrics of a model that scores at chance (accuracy ½, log loss ln 2) after
+    /// `examples_total` examples, `window_examples` of them in the window: what a version with
+    /// nothing measured yet (a fixture, a stand-in) records.
+    pub fn at_chance(examples_total: u64, window_examples: u64) -> TrainingMetrics {
+        TrainingMetrics {
+            examples_total,
+            window_examples,
+            prequential_accuracy: 0.5,
+            log_loss: std::f64::consts::LN_2,
+            roc_auc: None,
+            positive_share: None,
+            mean_prediction: None,
+        }
+    }
+}
+
 /// Everything recorded about one stored model version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -593,15 +593,7 @@ mod tests {
                 high_water_mark: version,
                 lineage: None,
                 traces: Vec::new(),
-                metrics: TrainingMetrics {
-                    examples_total: 0,
-                    window_examples: 0,
-                    prequential_accuracy: 0.5,
-                    log_loss: 0.69,
-                    roc_auc: None,
-                    positive_share: None,
-                    mean_prediction: None,
-                },
+                metrics: TrainingMetrics::at_chance(0, 0),
             };
             self.artifacts
                 .store
