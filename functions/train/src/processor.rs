@@ -1917,12 +1917,12 @@ mod tests {
         }
 
         async fn live(&self) -> Option<Manifest> {
-            let pointer = self
-                .pointers
-                .get(&self.model, Slot::Live)
-                .await
-                .unwrap()
-                .value?;
+            self.named_by(Slot::Live).await
+        }
+
+        /// The manifest of the version `slot` names, if it names one.
+        async fn named_by(&self, slot: Slot) -> Option<Manifest> {
+            let pointer = self.pointers.get(&self.model, slot).await.unwrap().value?;
             Some(
                 self.artifacts
                     .manifest(&self.model, pointer.version)
@@ -2312,16 +2312,7 @@ mod tests {
         // exactly live's examples.
         let live = bench.live().await.unwrap();
         assert_eq!(live.config.kind, ModelKind::Logistic);
-        let pointer = bench
-            .pointers
-            .get(&bench.model, Slot::Candidate)
-            .await
-            .unwrap();
-        let candidate = bench
-            .artifacts
-            .manifest(&bench.model, pointer.value.unwrap().version)
-            .await
-            .unwrap();
+        let candidate = bench.named_by(Slot::Candidate).await.unwrap();
         assert_eq!(candidate.config.kind, ModelKind::Fourier { hidden: 64 });
         assert_eq!(candidate.high_water_mark, live.high_water_mark);
         assert!(
@@ -2341,12 +2332,9 @@ mod tests {
         let mut examples = quadrant_batch(&mut bench, &mut sequence);
         let held = bench.trainer.process(&mut examples).await;
         assert!(held.iter().all(|d| matches!(d, Disposition::Hold)));
-        let live_revision = bench
-            .pointers
-            .get(&bench.model, Slot::Live)
-            .await
-            .unwrap()
-            .revision;
+        let (pointers, model) = (&bench.pointers, &bench.model);
+        let live_revision = pointers.get(model, Slot::Live).await.unwrap().revision;
+        let candidate_revision = pointers.get(model, Slot::Candidate).await.unwrap().revision;
         bench
             .pointers
             .promote(
@@ -2354,7 +2342,7 @@ mod tests {
                 &Verified::held(&candidate),
                 "gate",
                 live_revision,
-                pointer.revision,
+                candidate_revision,
             )
             .await
             .unwrap();
@@ -2404,16 +2392,7 @@ mod tests {
             bench.trainer.process(&mut examples).await;
             bench.trainer.commit(false).await.unwrap();
         }
-        let pointer = bench
-            .pointers
-            .get(&bench.model, Slot::Candidate)
-            .await
-            .unwrap();
-        let before = bench
-            .artifacts
-            .manifest(&bench.model, pointer.value.unwrap().version)
-            .await
-            .unwrap();
+        let before = bench.named_by(Slot::Candidate).await.unwrap();
         let offered = before.config.kind;
         assert_ne!(offered, ModelKind::Logistic);
 
@@ -2445,16 +2424,7 @@ mod tests {
             restarted.trainer.commit(false).await.unwrap();
         }
         // The candidate's chain learned every example once, across the restart.
-        let pointer = restarted
-            .pointers
-            .get(&restarted.model, Slot::Candidate)
-            .await
-            .unwrap();
-        let after = restarted
-            .artifacts
-            .manifest(&restarted.model, pointer.value.unwrap().version)
-            .await
-            .unwrap();
+        let after = restarted.named_by(Slot::Candidate).await.unwrap();
         assert_eq!(after.config.kind, offered);
         assert_eq!(after.high_water_mark, 1_200);
         assert_eq!(after.metrics.examples_total, 1_200);

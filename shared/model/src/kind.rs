@@ -274,12 +274,7 @@ impl std::str::FromStr for ModelKind {
 mod tests {
     use super::*;
 
-    const KINDS: [ModelKind; 4] = [
-        ModelKind::Logistic,
-        ModelKind::Mlp { hidden: 3 },
-        ModelKind::FactorizationMachine { factors: 2 },
-        ModelKind::Fourier { hidden: 5 },
-    ];
+    use crate::synthetic::SMALL_KINDS as KINDS;
 
     #[test]
     fn a_kind_is_its_name_and_its_dimensions() {

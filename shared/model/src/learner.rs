@@ -738,7 +738,7 @@ fn input_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::linear_batch;
+    use crate::synthetic::{SMALL_KINDS, linear_batch};
 
     /// The report's counts are the scores' own: correct by [`predicts_positive`], log-loss by
     /// the clamped cross-entropy, from the scores a scorer made just before the update.
@@ -750,12 +750,7 @@ mod tests {
             rows_per_step: 0,
             ..Hyper::default()
         };
-        for kind in [
-            ModelKind::Logistic,
-            ModelKind::Mlp { hidden: 4 },
-            ModelKind::FactorizationMachine { factors: 2 },
-            ModelKind::Fourier { hidden: 8 },
-        ] {
+        for kind in SMALL_KINDS {
             let mut learner = Learner::new(kind, 3, hyper, 1, None).unwrap();
             for b in 0..15 {
                 let (rows, labels) = linear_batch(b, 64, 3);
@@ -808,12 +803,7 @@ mod tests {
             learning_rate: 0.1,
             ..Hyper::default()
         };
-        for kind in [
-            ModelKind::Logistic,
-            ModelKind::Mlp { hidden: 6 },
-            ModelKind::FactorizationMachine { factors: 3 },
-            ModelKind::Fourier { hidden: 6 },
-        ] {
+        for kind in SMALL_KINDS {
             let mut learner = Learner::new(kind, 5, hyper, 2, None).unwrap();
             let rows: Vec<Vec<f32>> = (0..64)
                 .map(|i| {
@@ -881,12 +871,7 @@ mod tests {
             rows_per_step: 1,
             ..Hyper::default()
         };
-        for kind in [
-            ModelKind::Logistic,
-            ModelKind::Mlp { hidden: 4 },
-            ModelKind::FactorizationMachine { factors: 2 },
-            ModelKind::Fourier { hidden: 8 },
-        ] {
+        for kind in SMALL_KINDS {
             let mut whole = Learner::new(kind, 3, hyper, 1, None).unwrap();
             let mut single = Learner::new(kind, 3, hyper, 1, None).unwrap();
             let (rows, labels) = linear_batch(0, 40, 3);

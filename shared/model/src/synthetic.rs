@@ -6,6 +6,14 @@ use super::kind::ModelKind;
 use super::optim::Optimizer;
 use super::trainer::Trainer;
 
+/// Every kind, each small enough that a test over all of them stays quick.
+pub(crate) const SMALL_KINDS: [ModelKind; 4] = [
+    ModelKind::Logistic,
+    ModelKind::Mlp { hidden: 4 },
+    ModelKind::FactorizationMachine { factors: 2 },
+    ModelKind::Fourier { hidden: 6 },
+];
+
 /// What the per-kind learning tests train `kind` with: a rate at which each optimizer learns
 /// the tasks below within their batch budgets, a slow decay and a light penalty.
 pub(crate) fn learning_config(kind: ModelKind, optimizer: Optimizer, seed: u64) -> ModelConfig {
