@@ -10,6 +10,7 @@ mod live;
 mod metrics;
 mod processor;
 mod promotion;
+mod settling;
 
 use clap::Parser;
 use freshet::config::{FunctionArgs, ModelArgs, parse_duration};
@@ -275,7 +276,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Settings are checked before connecting, so a typo fails at once.
-    let bank = Bank::new(args.bank_config())?;
+    let bank_config = args.bank_config();
+    let pending = bank_config.pending;
+    let bank = Bank::new(bank_config)?;
     let gate_config = args.gate_config()?;
     let ctx = FunctionContext::start("drift", args.function).await?;
     // CloudEvents pushed to /events (Knative Eventing) join the stream this function reads.
@@ -317,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
             control: ctx.js.clone(),
             subjects: ctx.subjects.clone(),
             metrics: gate_metrics,
+            settling: settling::Settling::new(pending),
         }
     });
     let durable = format!("drift-{}", args.model.name);

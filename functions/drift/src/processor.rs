@@ -461,8 +461,9 @@ impl Processor for DriftProcessor {
             return finish(dispositions);
         }
         if let Some(promotion) = self.promotion.as_mut() {
-            // `new` is in stream order. The gate's trials live in memory: a redelivered batch is
-            // judged again, which only repeats evidence the window already weighs.
+            // `new` is in stream order. The gate's trials and its line of examples waiting for
+            // final labels live in memory: a redelivered batch is judged again, which only
+            // repeats evidence the window already weighs.
             // The live version's scores are the ones computed above for the error detectors.
             let labelled: Vec<(u64, &ExampleRecord, Option<Scored>)> = new
                 .iter()

@@ -30,7 +30,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::bank::Scored;
-use crate::gate::{Gate, Held, Judged, PointerNow, Proposal, Standing, Step, Verdict, plan_step};
+use crate::control::labelling;
+use crate::gate::{Gate, Held, PointerNow, Proposal, Standing, Step, plan_step};
+use crate::settling::{Score, Scoring, Settling};
 
 /// Labels of the decision counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,15 +72,14 @@ pub struct Promotion<P = Pointers, C = jetstream::Context> {
     pub control: C,
     pub subjects: Subjects,
     pub metrics: GateMetrics,
+    /// The examples judged, held until their labels are final.
+    pub settling: Settling,
 }
 
-/// Each row's verdict under `model`: right or wrong where it had not learned the example.
-fn verdicts(
-    model: Option<&Loaded>,
-    rows: &[(u64, &ExampleRecord, Option<Scored>)],
-) -> Vec<Verdict> {
+/// Each row's score under `model`: its probability where it had not learned the example.
+fn scores(model: Option<&Loaded>, rows: &[(u64, &ExampleRecord, Option<Scored>)]) -> Vec<Score> {
     let Some(model) = model else {
-        return vec![Verdict::Absent; rows.len()];
+        return vec![Score::Absent; rows.len()];
     };
     let width = model.scorer.n_features();
     let scorable: Vec<Vec<f32>> = rows
@@ -88,19 +89,19 @@ fn verdicts(
         .collect();
     // burn is blocking CPU work: keep it off the async workers' hot path.
     let Ok(scores) = tokio::task::block_in_place(|| model.scorer.score_batch(&scorable)) else {
-        return vec![Verdict::Learned; rows.len()];
+        return vec![Score::Learned; rows.len()];
     };
     let mut scores = scores.into_iter();
     rows.iter()
         .map(|(sequence, example, _)| {
             if example.features.len() != width {
-                return Verdict::Learned;
+                return Score::Learned;
             }
             let score = scores.next().unwrap_or(0.5);
             if *sequence <= model.manifest.high_water_mark {
-                Verdict::Learned
+                Score::Learned
             } else {
-                Verdict::Scored(predicts_positive(score) == (example.label >= 0.5))
+                Score::Probability(score)
             }
         })
         .collect()
@@ -147,55 +148,60 @@ impl<P: PointerStore, C: ControlSink> Promotion<P, C> {
         };
         let candidate = self.versions.candidate.current();
         let fallback = self.versions.fallback.current();
-        // Live was scored by the caller only where it had not learned the example.
-        let live_verdicts: Vec<Verdict> = rows
-            .iter()
-            .map(|(_, example, scored)| match scored {
-                Some(scored) => Verdict::Scored(
-                    predicts_positive(scored.probability as f32) == (example.label >= 0.5),
-                ),
-                None => Verdict::Learned,
-            })
-            .collect();
-        let candidate_verdicts = verdicts(candidate.as_deref(), rows);
-        let fallback_verdicts = verdicts(fallback.as_deref(), rows);
-        for (i, (_, example, _)) in rows.iter().enumerate() {
-            let proposals = self.gate.observe(Judged {
-                live_chain: live.manifest.lineage_root(),
-                row: &example.features,
-                label: example.label,
-                live: live_verdicts[i],
-                candidate: (
-                    candidate_verdicts[i],
-                    candidate.as_ref().map_or(0, |c| c.version()),
-                ),
-                candidate_chain: candidate.as_ref().map_or(0, |c| c.manifest.lineage_root()),
-                fallback: (
-                    fallback_verdicts[i],
-                    fallback.as_ref().map_or(0, |f| f.version()),
-                ),
-            });
-            let sequence = rows[i].0;
-            let mut moved = false;
-            for proposal in proposals {
-                match self
-                    .carry_out(
-                        proposal,
-                        live,
-                        candidate.as_ref(),
-                        fallback.as_ref(),
-                        sequence,
-                    )
-                    .await
-                {
-                    Ok(changed) => moved |= changed,
-                    Err(failure) => {
-                        tracing::warn!(model = %self.model, error = %failure, "the gate could not act; it tries again with the next example")
+        let live_chain = live.manifest.lineage_root();
+        let candidate_version = candidate.as_ref().map_or(0, |c| c.version());
+        let candidate_chain = candidate.as_ref().map_or(0, |c| c.manifest.lineage_root());
+        let fallback_version = fallback.as_ref().map_or(0, |f| f.version());
+        let candidate_scores = scores(candidate.as_deref(), rows);
+        let fallback_scores = scores(fallback.as_deref(), rows);
+        // After a pointer moved, the rest of the batch still goes into the line (its
+        // corrections settle views scored before), but nothing more is judged until the next
+        // batch, which is judged with the versions loaded then.
+        let mut moved = false;
+        for (i, (sequence, example, scored)) in rows.iter().enumerate() {
+            let scoring = Scoring {
+                live_chain,
+                row: example.features.clone(),
+                // Live was scored by the caller only where it had not learned the example.
+                live: scored.map_or(Score::Learned, |s| Score::Probability(s.probability as f32)),
+                candidate: (candidate_scores[i], candidate_version, candidate_chain),
+                fallback: (fallback_scores[i], fallback_version),
+            };
+            let event_time = example.event_time.map(|t| t.timestamp_millis());
+            self.settling.offer(
+                *sequence,
+                &labelling(example),
+                example.label,
+                event_time,
+                scoring,
+            );
+            if moved {
+                continue;
+            }
+            for (_, scoring, positive) in self.settling.release() {
+                let proposals = self.gate.observe(scoring.judged(positive));
+                for proposal in proposals {
+                    match self
+                        .carry_out(
+                            proposal,
+                            live,
+                            candidate.as_ref(),
+                            fallback.as_ref(),
+                            *sequence,
+                        )
+                        .await
+                    {
+                        Ok(changed) => moved |= changed,
+                        Err(failure) => {
+                            tracing::warn!(model = %self.model, error = %failure, "the gate could not act; it tries again with the next example")
+                        }
                     }
                 }
-            }
-            if moved {
-                return;
+                if moved {
+                    // What else this release holds was scored by versions one of which is no
+                    // longer where it was judged: the gate's trials begin again.
+                    break;
+                }
             }
         }
     }
@@ -472,6 +478,8 @@ mod tests {
     use freshet::control::MemoryControl;
     use freshet_model::store::MemoryPointers;
 
+    use freshet::examples::Feedback;
+
     use super::*;
     use crate::gate::GateConfig;
 
@@ -539,6 +547,7 @@ mod tests {
             control: MemoryControl::new(),
             subjects: Subjects::default(),
             metrics: GateMetrics::default(),
+            settling: Settling::new(freshet_drift::pending::PendingConfig::default()),
         }
     }
 
@@ -578,6 +587,24 @@ mod tests {
         promotion.judge(Some(live), &rows).await;
     }
 
+    /// Live trained, and `candidate` named by the candidate pointer and loaded.
+    fn offer(
+        promotion: &mut Promotion<MemoryPointers, MemoryControl>,
+        live: &Loaded,
+        candidate: &Arc<Loaded>,
+    ) {
+        let model = promotion.model.clone();
+        promotion
+            .pointers
+            .force(&model, Slot::Live, pointer(live, Cause::Train));
+        promotion.pointers.force(
+            &model,
+            Slot::Candidate,
+            pointer(candidate, Cause::Candidate),
+        );
+        promotion.versions.candidate.store(candidate.clone());
+    }
+
     fn decisions(control: &MemoryControl) -> Vec<String> {
         control
             .published()
@@ -591,15 +618,7 @@ mod tests {
         let mut promotion = promotion();
         let (live, candidate) = (loaded(5, 900), loaded(7, 900));
         let model = promotion.model.clone();
-        promotion
-            .pointers
-            .force(&model, Slot::Live, pointer(&live, Cause::Train));
-        promotion.pointers.force(
-            &model,
-            Slot::Candidate,
-            pointer(&candidate, Cause::Candidate),
-        );
-        promotion.versions.candidate.store(candidate.clone());
+        offer(&mut promotion, &live, &candidate);
         // The same parameters as live: never better, withdrawn after 20 comparable examples.
         judge(&mut promotion, &live, &examples(901, 19)).await;
         assert!(decisions(&promotion.control).is_empty());
@@ -624,6 +643,46 @@ mod tests {
             .unwrap();
         assert_eq!(left.value, None, "the candidate pointer is removed");
         assert!(promotion.versions.candidate.current().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fake_negatives_are_judged_once_their_labels_are_final() {
+        let mut promotion = promotion();
+        let (live, candidate) = (loaded(5, 900), loaded(7, 900));
+        offer(&mut promotion, &live, &candidate);
+        let start = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let minutes = |n: i64| start + chrono::Duration::minutes(n);
+        // Twenty views out at once as fake negatives, final a minute later.
+        let mut views = examples(901, 20);
+        for (_, view, _) in &mut views {
+            view.label = 0.0;
+            view.feedback = Feedback::FakeNegative;
+            view.event_time = Some(start);
+            view.final_at = Some(minutes(1));
+        }
+        judge(&mut promotion, &live, &views).await;
+        assert!(
+            decisions(&promotion.control).is_empty(),
+            "nothing is judged while the labels may change"
+        );
+        // A correction settles one view; the correction itself is not judged.
+        let mut correction = examples(921, 1);
+        correction[0].1.label = 1.0;
+        correction[0].1.feedback = Feedback::Correction;
+        correction[0].1.corrects = Some("ex-901".into());
+        correction[0].1.event_time = Some(start);
+        judge(&mut promotion, &live, &correction).await;
+        assert!(decisions(&promotion.control).is_empty());
+        // Event time passes the views' final_at (and the lateness): all twenty are judged,
+        // and the candidate, no better than live, is withdrawn at the twentieth.
+        let mut later = examples(922, 1);
+        later[0].1.event_time = Some(minutes(3));
+        judge(&mut promotion, &live, &later).await;
+        assert_eq!(decisions(&promotion.control), ["withdraw"]);
+        assert_eq!(
+            promotion.control.published()[0].message_id.as_deref(),
+            Some("gate-m-withdraw-5-7-922")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
