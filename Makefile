@@ -58,7 +58,7 @@ delayed:
 quality:
 	RUNS=3 bash tools/river/compare.sh
 
-## bench: release build, then every suite beside its floor, measured in one run: the pipeline (featurize → train → predictor reply, freshness, scale curve) beside the JetStream floors and the Python peer, the predictor (and by model size), training, featurize, and drift's detectors beside River's (about 30 minutes; installs River and nats-py into .tools/river-venv)
+## bench: release build, then every suite beside its floor, measured in one run: the pipeline (featurize → train → predictor reply, freshness, scale curve) beside the JetStream floors and the Python peer, the predictor (and by model size), training, featurize, featurize replicas each held to a CPU quota (1, 2, 4, 8; cgroups, as root), and drift's detectors beside River's (about 35 minutes; installs River and nats-py into .tools/river-venv)
 bench: tools
 	$(CARGO) build --release --workspace --bins
 	target/release/freshet-bench --json target/bench/bench.json

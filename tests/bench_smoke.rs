@@ -58,8 +58,10 @@ fn the_benchmark_suite_runs_end_to_end() {
             // its programs cannot rot either.
             "--peer-actions",
             "1000",
+            "--scale-replicas",
+            "1,2",
             "--suite",
-            "pipeline,predict,train,featurize,detectors,soak",
+            "pipeline,predict,train,featurize,scale,detectors,soak",
             "--json",
         ])
         .arg(&report)
@@ -73,6 +75,18 @@ fn the_benchmark_suite_runs_end_to_end() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    // The scale curve ran (every point moved events), or said why no CPU quota could be set.
+    let scale = &report["scale"];
+    if scale.get("skipped").is_none() {
+        let points = scale["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{scale}");
+        for runs in points {
+            assert!(
+                runs[0]["events_per_second"].as_f64().unwrap() > 0.0,
+                "{scale}"
+            );
+        }
+    }
     let rows = report["predict"]["rows"].as_array().unwrap();
     assert!(
         rows.len() >= 6,

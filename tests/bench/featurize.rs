@@ -106,13 +106,23 @@ pub async fn examples_reach(stack: &Stack, count: u64) -> anyhow::Result<Instant
 async fn featurize(replicas: &[&[&str]], actions: usize) -> anyhow::Result<f64> {
     let mut stack = Stack::start().await?;
     for args in replicas {
-        let mut all = vec!["--label-horizon", "0s", "--log", "warn"];
-        all.extend_from_slice(args);
-        stack.spawn("featurize", &all)?;
+        spawn_featurize(&mut stack, args)?;
     }
+    measure(&stack, actions).await
+}
+
+fn spawn_featurize(stack: &mut Stack, args: &[&str]) -> anyhow::Result<usize> {
+    let mut all = vec!["--label-horizon", "0s", "--log", "warn"];
+    all.extend_from_slice(args);
+    stack.spawn("featurize", &all)
+}
+
+/// Publishes the catalogue, waits until featurize has taken it in, then times `actions` actions
+/// from the first publish until every one has its example; events/s.
+async fn measure(stack: &Stack, actions: usize) -> anyhow::Result<f64> {
     let events = bookstore_events(ITEMS, actions, "b");
     let (catalogue, actions_only) = events.split_at(ITEMS);
-    publish(&stack, catalogue).await?;
+    publish(stack, catalogue).await?;
     // The catalogue makes no examples; give featurize a moment to take it in.
     let features = stack
         .js
@@ -133,14 +143,77 @@ async fn featurize(replicas: &[&[&str]], actions: usize) -> anyhow::Result<f64> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    publish(&stack, actions_only).await?;
-    let done = examples_reach(&stack, actions as u64).await?;
+    publish(stack, actions_only).await?;
+    let done = examples_reach(stack, actions as u64).await?;
     Ok(actions as f64 / (done - started).as_secs_f64())
+}
+
+/// EVENTS partitions in the scale curve: enough for its largest number of replicas.
+pub const SCALE_PARTITIONS: u32 = 8;
+
+/// One point of the scale curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalePoint {
+    pub replicas: usize,
+    pub events_per_second: f64,
+    /// Share of scheduler periods in which a replica used up its quota (mean over replicas):
+    /// near 1, the replicas are what limits; well below, something else is (the server).
+    pub throttled_share: f64,
+}
+
+/// The partitions replica `index` of `replicas` reads, of [`SCALE_PARTITIONS`].
+fn partitions_of(index: usize, replicas: usize) -> String {
+    (0..SCALE_PARTITIONS as usize)
+        .filter(|partition| partition % replicas == index)
+        .map(|partition| partition.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// featurize with `replicas` processes on [`SCALE_PARTITIONS`] partitions, each held to `cpus`
+/// CPUs by its own cgroup; nats-server and the benchmark run without a quota. One replica runs
+/// as featurize runs by default (one durable over every partition); more split the partitions
+/// evenly.
+pub async fn scale_point(replicas: usize, cpus: f64, actions: usize) -> anyhow::Result<ScalePoint> {
+    anyhow::ensure!(
+        replicas >= 1 && (SCALE_PARTITIONS as usize).is_multiple_of(replicas),
+        "{replicas} replicas do not split {SCALE_PARTITIONS} partitions evenly"
+    );
+    // Declared before the stack, so dropped after it: a group is removed once its process ended.
+    let mut quotas = Vec::new();
+    let mut stack = Stack::start_with_partitions(SCALE_PARTITIONS).await?;
+    for index in 0..replicas {
+        let partitions = partitions_of(index, replicas);
+        let args: Vec<&str> = if replicas == 1 {
+            Vec::new()
+        } else {
+            vec!["--partition", &partitions]
+        };
+        let process = spawn_featurize(&mut stack, &args)?;
+        let pid = stack
+            .process(process)
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("featurize replica {index} did not start"))?;
+        let quota = crate::cgroup::Quota::new(&format!("featurize-{replicas}-{index}"), cpus)?;
+        quota.add(pid)?;
+        quotas.push(quota);
+    }
+    let events_per_second = measure(&stack, actions).await?;
+    let mut throttled = Vec::new();
+    for quota in &quotas {
+        throttled.push(quota.throttling()?.share());
+    }
+    drop(stack);
+    Ok(ScalePoint {
+        replicas,
+        events_per_second,
+        throttled_share: throttled.iter().sum::<f64>() / throttled.len().max(1) as f64,
+    })
 }
 
 /// The floor: pull, republish to EXAMPLES (acknowledged), acknowledge, for each event, a batch
 /// of 1,024 at a time like featurize.
-async fn floor(actions: usize) -> anyhow::Result<f64> {
+pub async fn floor(actions: usize) -> anyhow::Result<f64> {
     let stack = Stack::start().await?;
     let events = bookstore_events(ITEMS, actions, "f");
     let target = stack.subjects.examples(&"floor".parse()?);

@@ -26,6 +26,7 @@
 #![allow(clippy::unwrap_used)] // a benchmark that cannot set up should stop loudly
 
 mod bank;
+mod cgroup;
 mod detectors;
 mod featurize;
 mod flood;
@@ -61,12 +62,13 @@ struct Args {
     /// Where to write the machine-readable results
     #[arg(long, default_value = "target/bench/predict.json")]
     json: std::path::PathBuf,
-    /// Which suites to run: pipeline, predict, train, featurize, detectors, and soak (not run
-    /// unless named; about 4 minutes) (comma-separated)
+    /// Which suites to run: pipeline, predict, train, featurize, scale (featurize replicas
+    /// under a CPU quota each; needs root for cgroups, skipped otherwise), detectors, and soak
+    /// (not run unless named; about 4 minutes) (comma-separated)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pipeline,predict,train,featurize,detectors"
+        default_value = "pipeline,predict,train,featurize,scale,detectors"
     )]
     suite: Vec<String>,
     /// Pipeline: actions published at full speed through featurize → train
@@ -132,6 +134,13 @@ struct Args {
     /// User actions per featurize run (after a 200-book catalogue)
     #[arg(long, default_value_t = 30_000)]
     featurize_actions: usize,
+    /// Scale: featurize replicas at each point of the curve (each divides 8 partitions)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    scale_replicas: Vec<usize>,
+    /// Scale: CPUs each replica may use (its cgroup's quota); small enough that the replicas,
+    /// not nats-server, limit throughput until the server saturates
+    #[arg(long, default_value_t = 0.1)]
+    scale_cpus: f64,
     /// Offered load for the fixed-rate freshness measurement, examples/s
     #[arg(long, default_value_t = 5_000.0)]
     offered_rate: f64,
@@ -466,6 +475,9 @@ async fn main() -> anyhow::Result<()> {
     if args.suite.iter().any(|s| s == "featurize") {
         report["featurize"] = featurize_suite(&args).await?;
     }
+    if args.suite.iter().any(|s| s == "scale") {
+        report["scale"] = scale_suite(&args).await?;
+    }
     if args.suite.iter().any(|s| s == "detectors") {
         let dir = args.json.parent().unwrap_or(std::path::Path::new("."));
         let bank = bank::Sizes {
@@ -541,6 +553,64 @@ async fn featurize_suite(args: &Args) -> anyhow::Result<serde_json::Value> {
         decode / parse
     );
     Ok(serde_json::json!({ "actions": args.featurize_actions, "runs": runs }))
+}
+
+/// Scale-out on one machine: featurize with 1, 2, 4 and 8 replicas, each held to a CPU quota,
+/// beside the raw floor of the same run (the server's limit, with nothing held back). Runs take
+/// turns over the points, so every point meets the same moments of a shared machine.
+async fn scale_suite(args: &Args) -> anyhow::Result<serde_json::Value> {
+    if let Err(why) = cgroup::available() {
+        eprintln!("scale: skipped, no CPU quota can be set here: {why:#}");
+        println!("\nscale: skipped, no CPU quota can be set here ({why:#})");
+        return Ok(serde_json::json!({ "skipped": format!("{why:#}") }));
+    }
+    eprintln!(
+        "scale: featurize replicas {:?} at {} CPUs each, {} actions per point, {} runs",
+        args.scale_replicas, args.scale_cpus, args.featurize_actions, args.runs
+    );
+    let mut floors = Vec::new();
+    let mut points: Vec<Vec<featurize::ScalePoint>> = vec![Vec::new(); args.scale_replicas.len()];
+    for run in 0..args.runs {
+        floors.push(featurize::floor(args.featurize_actions).await?);
+        for (i, &replicas) in args.scale_replicas.iter().enumerate() {
+            let point =
+                featurize::scale_point(replicas, args.scale_cpus, args.featurize_actions).await?;
+            eprintln!("  run {}: {point:?}", run + 1);
+            points[i].push(point);
+        }
+    }
+    let floor = median(floors.clone());
+    let one = points
+        .first()
+        .map(|runs| median(runs.iter().map(|p| p.events_per_second).collect()))
+        .unwrap_or(f64::NAN);
+    println!(
+        "\n| featurize replicas, {} CPUs each ({} partitions) | events/s | × one replica | of linear | throttled periods |",
+        args.scale_cpus,
+        featurize::SCALE_PARTITIONS
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (i, &replicas) in args.scale_replicas.iter().enumerate() {
+        let rate = median(points[i].iter().map(|p| p.events_per_second).collect());
+        let throttled = median(points[i].iter().map(|p| p.throttled_share).collect());
+        println!(
+            "| {replicas} | {rate:.0} | {:.2}× | {:.2} | {:.0}% |",
+            rate / one,
+            rate / (one * replicas as f64),
+            throttled * 100.0
+        );
+    }
+    println!(
+        "| raw floor (pull + republish + ack, no quota) | {floor:.0} | {:.2}× | | |",
+        floor / one
+    );
+    Ok(serde_json::json!({
+        "cpus_per_replica": args.scale_cpus,
+        "partitions": featurize::SCALE_PARTITIONS,
+        "actions": args.featurize_actions,
+        "floors": floors,
+        "points": points,
+    }))
 }
 
 /// Training: examples/s through train against the raw consume-and-ack floor, and freshness.

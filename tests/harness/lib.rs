@@ -66,6 +66,24 @@ pub struct Stack {
 impl Stack {
     /// Starts nats-server and provisions the test topology.
     pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with_topology(test_topology()).await
+    }
+
+    /// The same, with EVENTS in `partitions` partitions instead of the topology's 4.
+    pub async fn start_with_partitions(partitions: u32) -> anyhow::Result<Stack> {
+        let topology = test_topology().replace(
+            "\npartitions = 4\n",
+            &format!("\npartitions = {partitions}\n"),
+        );
+        anyhow::ensure!(
+            topology.contains(&format!("\npartitions = {partitions}\n")),
+            "the built-in topology no longer says how many partitions EVENTS has"
+        );
+        Self::start_with_topology(topology).await
+    }
+
+    /// Starts nats-server and provisions `topology` (the text of a topology file).
+    async fn start_with_topology(topology: String) -> anyhow::Result<Stack> {
         let mut dir = tempfile::tempdir()?;
         // FRESHET_KEEP_TEST_DIRS=1 keeps every stack's folder (logs, JetStream store) for a
         // post-mortem; its path is printed.
@@ -73,7 +91,7 @@ impl Stack {
             dir.disable_cleanup(true);
             eprintln!("stack folder kept: {}", dir.path().display());
         }
-        std::fs::write(dir.path().join("topology.toml"), test_topology())?;
+        std::fs::write(dir.path().join("topology.toml"), topology)?;
         let nats = NatsServer::start(&dir.path().join("jetstream"))?;
         let client = async_nats::connect(nats.url()).await?;
         let js = jetstream::new(client.clone());
