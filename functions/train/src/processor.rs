@@ -1889,6 +1889,14 @@ mod tests {
             }
         }
 
+        /// A bench whose model declared `name` v1 of `width` features, its trainer resumed.
+        async fn declared(name: &str, width: usize) -> Bench {
+            let mut bench = Bench::new();
+            bench.declare(name, 1, width).await;
+            bench.trainer.resume().await.unwrap();
+            bench
+        }
+
         async fn declare(&self, name: &str, version: u32, width: usize) -> FeatureSchema {
             let schema = FeatureSchema {
                 name: name.into(),
@@ -1981,9 +1989,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_model_takes_no_batch_and_learns_the_waiting_examples_once_released() {
-        let mut bench = Bench::new();
-        bench.declare("m", 1, 2).await;
-        bench.trainer.resume().await.unwrap();
+        let mut bench = Bench::declared("m", 2).await;
         assert_eq!(
             outcomes(&bench.process(&[(1, 2), (2, 2)]).await),
             ["-", "-"]
@@ -2071,9 +2077,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_trainer_learns_nothing_twice() {
-        let mut bench = Bench::new();
-        bench.declare("churn", 1, 2).await;
-        bench.trainer.resume().await.unwrap();
+        let mut bench = Bench::declared("churn", 2).await;
         bench.process(&[(1, 2), (2, 2), (3, 2)]).await;
         bench.trainer.commit(false).await.unwrap();
         // A crash after the version went live and before the acknowledgements: the batch comes
@@ -2093,9 +2097,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pointer_moved_by_another_writer_hands_the_examples_back() {
-        let mut bench = Bench::new();
-        bench.declare("churn", 1, 2).await;
-        bench.trainer.resume().await.unwrap();
+        let mut bench = Bench::declared("churn", 2).await;
         bench.process(&[(1, 2), (2, 2)]).await;
         bench.trainer.commit(false).await.unwrap();
         let first = bench.live().await.unwrap();
@@ -2132,9 +2134,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_declaration_begins_a_new_chain_once_the_old_examples_are_published() {
-        let mut bench = Bench::new();
-        bench.declare("churn", 1, 2).await;
-        bench.trainer.resume().await.unwrap();
+        let mut bench = Bench::declared("churn", 2).await;
         bench.process(&[(1, 2), (2, 2)]).await;
         bench.trainer.commit(false).await.unwrap();
         // One more example under v1, not published yet, when v2 (3 features) is declared.
