@@ -116,7 +116,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::View(args) => view::run(global, args).await,
         Command::Generate(args) => generate::run(args),
         Command::Demo(args) => demo::run(args).await,
-        Command::Features(command) => features::run(global, command),
+        Command::Features(command) => features::run(global, command).await,
     }
 }
 
