@@ -21,7 +21,16 @@
 //! consumer leader's failover numbers deliveries is the likely way), and the high-water marks
 //! passed the failed events, which were then acknowledged as already handled, with no example. featurize and train now check against the
 //! stream (asking its leader) after any failed or deferred batch; since then 10 of 10 rolling
-//! restarts and 6 of 6 partitions kept every example.
+//! restarts and 6 of 6 partitions kept every example. Twelve more runs of all three later the
+//! same day: every node loss (12) and partition (12) kept every example, but 3 of 12 rolling
+//! restarts lost examples again (1, 1 and 49 of 1,200; the consumer acknowledged all 1,220
+//! events, and DEAD_LETTER was empty). Each lost run of events began at the first event of a
+//! batch whose examples failed to publish ("no stream found" or a timed-out acknowledgement
+//! while EXAMPLES changed leader), retried up to four times and then acknowledged with no further
+//! attempt logged, most likely as already handled (`sequence <= mark`). Two ways the mark can pass
+//! them are still to rule out: the order check stepping over messages at or below the
+//! consumer's acknowledgement floor as read during a consumer leader's change, and the stream
+//! answering "no message after the mark" while its leader changes.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
