@@ -7,6 +7,19 @@ use std::time::Duration;
 
 use freshet_tests::{Stack, bookstore_events, eventually};
 
+/// `freshet features show bookstore ENTITY ID --pair OTHER`, then `rest`.
+fn pair(entity: &str, id: &str, other: &str, rest: &[&str]) -> Vec<String> {
+    ["features", "show", "bookstore", entity, id, "--pair", other]
+        .iter()
+        .chain(rest)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
+fn strs(owned: &[String]) -> Vec<&str> {
+    owned.iter().map(String::as_str).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_prints_an_entitys_state_and_a_pairs_features() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
@@ -35,8 +48,8 @@ async fn show_prints_an_entitys_state_and_a_pairs_features() -> anyhow::Result<(
     // With a pair: one value per feature of the bookstore schema, named, finite. The same
     // pair asked from the item's side, at the same time, gives the same features.
     let names = freshet_features::bookstore::schema().features;
-    let features = |args: &[&str]| {
-        let (code, out, err) = stack.run_cli(args);
+    let features = |owned: &[String]| {
+        let (code, out, err) = stack.run_cli(&strs(owned));
         assert_eq!(code, Some(0), "{err}");
         let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
         names
@@ -45,61 +58,20 @@ async fn show_prints_an_entitys_state_and_a_pairs_features() -> anyhow::Result<(
             .collect::<Vec<f64>>()
     };
     let at = chrono::Utc::now().to_rfc3339();
-    let from_user = features(&[
-        "features",
-        "show",
-        "bookstore",
-        "user",
-        "u1",
-        "--pair",
-        "b1",
-        "--at",
-        &at,
-        "--json",
-    ]);
+    let from_user = features(&pair("user", "u1", "b1", &["--at", &at, "--json"]));
     assert_eq!(from_user.len(), names.len());
     assert!(from_user.iter().all(|v| v.is_finite()), "{from_user:?}");
-    let from_item = features(&[
-        "features",
-        "show",
-        "bookstore",
-        "item",
-        "b1",
-        "--pair",
-        "u1",
-        "--at",
-        &at,
-        "--json",
-    ]);
+    let from_item = features(&pair("item", "b1", "u1", &["--at", &at, "--json"]));
     assert_eq!(from_user, from_item);
     // A user with no state reads as new, as predict reads one.
-    let new_user = features(&[
-        "features",
-        "show",
-        "bookstore",
-        "item",
-        "b1",
-        "--pair",
-        "nobody",
-        "--at",
-        &at,
-        "--json",
-    ]);
+    let new_user = features(&pair("item", "b1", "nobody", &["--at", &at, "--json"]));
     assert_ne!(new_user, from_user);
 
     // An item's category has state of its own; the table output names every feature.
     let (code, out, err) = stack.run_cli(&["features", "show", "bookstore", "category", "c1"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("category.c1"), "{out}");
-    let (code, out, err) = stack.run_cli(&[
-        "features",
-        "show",
-        "bookstore",
-        "user",
-        "u1",
-        "--pair",
-        "b1",
-    ]);
+    let (code, out, err) = stack.run_cli(&strs(&pair("user", "u1", "b1", &[])));
     assert_eq!(code, Some(0), "{err}");
     for name in &names {
         assert!(out.contains(name.as_str()), "{name} missing from:\n{out}");
