@@ -14,7 +14,7 @@ use freshet::ids::ModelName;
 use freshet::stats::Decay;
 use freshet_cli::bookstore::{BookstoreConfig, Traffic, Viral, generate};
 use freshet_features::bookstore;
-use freshet_features::spec::{self, Engine, EventRef, States};
+use freshet_features::spec::{self, Engine, EventRef, ReadEvent, States};
 use freshet_featurize::handler::{
     EntityState, Mutation, Position, Routed, Settings, plan_batch, work_for,
 };
@@ -75,21 +75,26 @@ fn handler_features(events: &[Event]) -> BTreeMap<String, Vec<f32>> {
     features
 }
 
+/// `event` as `engine` reads it (every generated event fits the bookstore spec).
+fn read_event(engine: &Engine, event: &Event) -> ReadEvent {
+    let cloud = event.to_cloud_event();
+    engine
+        .read(&EventRef {
+            event_type: &cloud.event_type,
+            id: &cloud.id,
+            time: event.time.unwrap(),
+            data: &cloud.data,
+        })
+        .unwrap()
+        .unwrap()
+}
+
 /// The features the spec engine gives each user action (before applying it), by event id.
 fn engine_features(engine: &Engine, events: &[Event]) -> BTreeMap<String, Vec<f32>> {
     let mut states = States::new();
     let mut features = BTreeMap::new();
     for (i, event) in events.iter().enumerate() {
-        let cloud = event.to_cloud_event();
-        let mut read = engine
-            .read(&EventRef {
-                event_type: &cloud.event_type,
-                id: &cloud.id,
-                time: event.time.unwrap(),
-                data: &cloud.data,
-            })
-            .unwrap()
-            .unwrap();
+        let mut read = read_event(engine, event);
         // What featurize would fetch: the lookups first, then every state the event touches.
         let lookups = engine.lookup_keys(&read);
         engine.resolve(&mut read, &states);
@@ -236,16 +241,7 @@ fn the_spec_states_stay_near_the_size_of_bookstore_rs_states() {
     let mut states = States::new();
     let mut spec_bytes = 0;
     for (i, event) in events.iter().enumerate() {
-        let cloud = event.to_cloud_event();
-        let mut read = engine
-            .read(&EventRef {
-                event_type: &cloud.event_type,
-                id: &cloud.id,
-                time: event.time.unwrap(),
-                data: &cloud.data,
-            })
-            .unwrap()
-            .unwrap();
+        let mut read = read_event(&engine, event);
         engine.resolve(&mut read, &states);
         let position = spec::Position {
             partition: 0,

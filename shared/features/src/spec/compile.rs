@@ -1425,24 +1425,19 @@ impl Compiler<'_, '_> {
                 };
                 (slot(SlotKind::Moments { field }), read)
             }
-            ("sum", Some((spec, span))) => {
+            ("sum" | "mean", Some((spec, span))) => {
                 let field = on_field(self, FieldType::Number)?;
+                let read = if kind == "sum" {
+                    Read::WindowSum { span }
+                } else {
+                    Read::WindowMean { span }
+                };
                 (
                     slot(SlotKind::Windows {
                         spec,
                         amount: Amount::Field(field),
                     }),
-                    Read::WindowSum { span },
-                )
-            }
-            ("mean", Some((spec, span))) => {
-                let field = on_field(self, FieldType::Number)?;
-                (
-                    slot(SlotKind::Windows {
-                        spec,
-                        amount: Amount::Field(field),
-                    }),
-                    Read::WindowMean { span },
+                    read,
                 )
             }
             ("std", Some((spec, span))) => {

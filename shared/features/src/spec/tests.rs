@@ -86,15 +86,7 @@ fn e(k: &str, x: f64, c: &str) -> serde_json::Value {
 fn run(engine: &Engine, events: &[(&str, serde_json::Value, i64)]) -> States {
     let mut states = States::new();
     for (sequence, (kind, data, seconds)) in events.iter().enumerate() {
-        let mut read = engine
-            .read(&EventRef {
-                event_type: kind,
-                id: &format!("ev{sequence}"),
-                time: at(*seconds),
-                data,
-            })
-            .unwrap()
-            .unwrap();
+        let mut read = read_event(engine, kind, &format!("ev{sequence}"), *seconds, data);
         engine.resolve(&mut read, &states);
         let position = Position {
             partition: 0,
@@ -105,17 +97,28 @@ fn run(engine: &Engine, events: &[(&str, serde_json::Value, i64)]) -> States {
     states
 }
 
-/// The features of an `e` event with `data` at `seconds`.
-fn features(engine: &Engine, states: &States, data: serde_json::Value, seconds: i64) -> Vec<f32> {
-    let read = engine
+/// An event of type `event_type` with id `id` at `seconds`, read by `engine` (it fits the spec).
+fn read_event(
+    engine: &Engine,
+    event_type: &str,
+    id: &str,
+    seconds: i64,
+    data: &serde_json::Value,
+) -> ReadEvent {
+    engine
         .read(&EventRef {
-            event_type: "e",
-            id: "probe",
+            event_type,
+            id,
             time: at(seconds),
-            data: &data,
+            data,
         })
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// The features of an `e` event with `data` at `seconds`.
+fn features(engine: &Engine, states: &States, data: serde_json::Value, seconds: i64) -> Vec<f32> {
+    let read = read_event(engine, "e", "probe", seconds, &data);
     engine.features(&read, states, at(seconds))
 }
 
@@ -388,15 +391,7 @@ fn an_event_counts_once_and_states_survive_json() {
         "name = \"w\"\nkind = \"count\"\nentity = \"ent\"\nwindow = \"minute\"",
     ]));
     let data = e("a", 1.0, "r");
-    let read = engine
-        .read(&EventRef {
-            event_type: "e",
-            id: "x",
-            time: at(0),
-            data: &data,
-        })
-        .unwrap()
-        .unwrap();
+    let read = read_event(&engine, "e", "x", 0, &data);
     let position = Position {
         partition: 2,
         sequence: 7,
@@ -429,15 +424,7 @@ fn an_event_counts_once_and_states_survive_json() {
 fn keys_escape_what_a_kv_key_cannot_hold() {
     let engine = engine(&spec(&["name = \"n\"\nkind = \"count\"\nentity = \"ent\""]));
     let data = e("Sci Fi/é", 1.0, "r");
-    let read = engine
-        .read(&EventRef {
-            event_type: "e",
-            id: "x",
-            time: at(0),
-            data: &data,
-        })
-        .unwrap()
-        .unwrap();
+    let read = read_event(&engine, "e", "x", 0, &data);
     assert_eq!(engine.state_keys(&read), vec!["t.ent.Sci_20Fi_2F_C3_A9"]);
 }
 
@@ -493,15 +480,7 @@ fn a_chargeback_counts_against_the_merchant_it_looks_up() {
     };
     let mut states = States::new();
     let mut step = |kind: &str, data: serde_json::Value, seconds: i64, sequence: u64| {
-        let mut read = engine
-            .read(&EventRef {
-                event_type: kind,
-                id: &format!("ev{sequence}"),
-                time: at(seconds),
-                data: &data,
-            })
-            .unwrap()
-            .unwrap();
+        let mut read = read_event(&engine, kind, &format!("ev{sequence}"), seconds, &data);
         for key in engine.lookup_keys(&read) {
             assert!(key.starts_with("fraud.transaction."), "{key}");
         }
@@ -572,30 +551,14 @@ fn a_chargeback_counts_against_the_merchant_it_looks_up() {
 fn a_failure_labels_readings_of_its_device() {
     let engine = Engine::from_toml(SENSORS).unwrap();
     let reading = json!({"device": "d1", "sensor": "temp", "value": 20.0});
-    let read = engine
-        .read(&EventRef {
-            event_type: "reading",
-            id: "r",
-            time: at(0),
-            data: &reading,
-        })
-        .unwrap()
-        .unwrap();
+    let read = read_event(&engine, "reading", "r", 0, &reading);
     assert_eq!(engine.example_match(&read), Some(vec!["d1".to_string()]));
     assert_eq!(
         engine.state_keys(&read),
         vec!["sensors.channel.d1.temp", "sensors.device.d1"]
     );
     let failure = json!({"device": "d1"});
-    let read = engine
-        .read(&EventRef {
-            event_type: "failure",
-            id: "f",
-            time: at(0),
-            data: &failure,
-        })
-        .unwrap()
-        .unwrap();
+    let read = read_event(&engine, "failure", "f", 0, &failure);
     assert_eq!(engine.positive_match(&read), Some(vec!["d1".to_string()]));
     assert_eq!(engine.label().horizon_ms, 3_600_000);
 }
